@@ -1,0 +1,3 @@
+"""imgcluster: sort a folder of images into groups without labels."""
+
+__version__ = "0.1.0"

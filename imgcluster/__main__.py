@@ -1,0 +1,3 @@
+from imgcluster.cli import main
+
+main()

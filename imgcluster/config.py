@@ -1,0 +1,86 @@
+"""One dataclass config per command, saved as JSON beside every artefact it produces."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from imgcluster import __version__
+from imgcluster.atomic import atomic_write_text
+
+DEFAULT_CLUSTERS = 10
+DEFAULT_KNN = 20
+
+
+@dataclass
+class EmbedConfig:
+    folder: str
+    model: str = "auto"
+    weights: str | None = None
+    cache_dir: str | None = None
+    batch_size: int = 64
+    workers: int | None = None  # None: chosen from the machine
+    dtype: str = "float16"
+    follow_symlinks: bool = False
+
+
+@dataclass
+class TrainConfig:
+    objective: str = "scan"
+    clusters: int = DEFAULT_CLUSTERS
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    knn: int = DEFAULT_KNN
+    seed: int = 0
+    grad_clip: float = 0.0
+    objective_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AssignConfig:
+    folder: str
+    out: str
+    head: str | None = None
+    explain: bool = False
+
+
+@dataclass
+class EvaluateConfig:
+    assignments: str
+    labelled_folder: str
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else dict(obj)
+
+
+def provenance() -> dict[str, Any]:
+    """Where and with what a result was made."""
+    import torch
+
+    return {
+        "imgcluster": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def write_sidecar(path: Path, **sections: Any) -> Path:
+    """Write ``{section: config}`` as pretty JSON, atomically, and return its path."""
+    payload = {name: to_dict(value) if dataclasses.is_dataclass(value) else value for name, value in sections.items()}
+    payload.setdefault("provenance", provenance())
+    atomic_write_text(path, json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return path
+
+
+def sidecar_path(artefact: Path) -> Path:
+    """``clusters.csv`` -> ``clusters.csv.json``: the config travels with the file it describes."""
+    return artefact.with_name(artefact.name + ".json")

@@ -1,0 +1,111 @@
+"""The contract every clustering objective fulfils.
+
+An objective owns both its parameters (heads, centres, teachers) and its loss, because the
+methods differ in both: SeCu keeps centres and dual variables, TEMI an EMA teacher, DDC its own
+hidden layer. The training loop in :mod:`imgcluster.train` only knows this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class Batch:
+    """One training step's input: anchors, one mined neighbour each, and their row indices."""
+
+    anchors: torch.Tensor  # [B, d] L2-normalised features
+    neighbours: torch.Tensor  # [B, d] L2-normalised features of a random kNN partner
+    index: torch.Tensor  # [B] rows of the anchors in the full feature matrix
+    neighbour_index: torch.Tensor  # [B] rows of the neighbours
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A training phase. ``epochs=None`` means the command's ``--epochs``."""
+
+    name: str
+    epochs: int | None = None
+    select_head: bool = True  # pick the lowest-loss head at the end of this stage
+
+
+@dataclass
+class StepOutput:
+    """What one step returns: the loss to minimise and one loss per head for head selection."""
+
+    loss: torch.Tensor
+    head_losses: torch.Tensor  # [H], detached; the lowest running mean picks the head kept
+    logs: dict[str, float] = field(default_factory=dict)
+
+
+class Objective(nn.Module):
+    """A clustering objective trained on cached, L2-normalised features.
+
+    Subclasses set ``name`` and ``Params`` (a dataclass of hyper-parameters with the paper's
+    defaults), and implement :meth:`step` and :meth:`head_probs`. ``trainable = False`` marks
+    objectives fitted in closed form (k-means), which implement :meth:`fit` instead.
+    """
+
+    name: ClassVar[str] = ""
+    trainable: ClassVar[bool] = True
+    Params: ClassVar[type]
+
+    def __init__(self, in_dim: int, n_clusters: int, params: Any) -> None:
+        super().__init__()
+        self.in_dim = in_dim
+        self.n_clusters = n_clusters
+        self.params = params
+        # Index of the head kept after training, chosen by its own loss (never by labels).
+        self.register_buffer("best_head", torch.zeros((), dtype=torch.long))
+
+    @property
+    def n_heads(self) -> int:
+        return 1
+
+    # --- training hooks -------------------------------------------------------------------
+    def setup(self, features: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator) -> None:
+        """Called once before training with all features and the kNN table (both on device)."""
+
+    def step(self, batch: Batch) -> StepOutput:
+        raise NotImplementedError
+
+    def after_step(self, batch: Batch, out: StepOutput) -> None:
+        """Updates outside autograd (EMA teachers, dual variables), after the optimiser step."""
+
+    def stages(self) -> list[Stage]:
+        """The training phases in order; most objectives have one."""
+        return [Stage("train")]
+
+    def begin_stage(self, stage: Stage) -> None:
+        """Switch behaviour between phases (SCAN's self-labelling)."""
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Per-epoch state (SeCu freezes the previous epoch's centres here)."""
+
+    def fit(self, features: np.ndarray, seed: int) -> None:
+        """Closed-form fitting for objectives with ``trainable = False``."""
+        raise NotImplementedError
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups; objectives with centres may want no weight decay on them."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr": lr, "weight_decay": weight_decay}]
+
+    # --- inference ------------------------------------------------------------------------
+    def head_probs(self, z: torch.Tensor) -> torch.Tensor:
+        """Soft assignments of every head, ``[H, N, K]``, for L2-normalised features ``z``."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def predict(self, z: torch.Tensor) -> torch.Tensor:
+        """Soft assignment ``[N, K]`` of the kept head."""
+        return self.head_probs(z)[int(self.best_head)]
+
+    @torch.no_grad()
+    def explain(self, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Extra per-image columns for ``assign --explain``; empty unless the method has them."""
+        return {}

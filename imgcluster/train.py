@@ -1,0 +1,137 @@
+"""Train a clustering objective on cached features: one loop for every gradient-based method."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from imgcluster.config import TrainConfig
+from imgcluster.errors import UserError
+from imgcluster.objectives import Batch, Objective, create_objective
+
+
+@dataclass
+class EpochLog:
+    stage: str
+    epoch: int
+    loss: float
+    seconds: float
+    extras: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    objective: Objective
+    history: list[EpochLog]
+    seconds: float
+    empty_clusters: int
+
+
+ProgressFn = Callable[[EpochLog, int], None]  # (log, total epochs)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    return torch.Generator().manual_seed(seed)
+
+
+def train_objective(
+    features: np.ndarray,
+    neighbours: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    on_epoch: ProgressFn | None = None,
+) -> TrainResult:
+    """Fit ``config.objective`` on L2-normalised ``features`` [N, d] with kNN table [N, k]."""
+    n, dim = features.shape
+    if config.clusters < 2:
+        raise UserError(f"--clusters must be at least 2, got {config.clusters}", exit_code=2)
+    if config.clusters > n:
+        raise UserError(f"--clusters {config.clusters} is larger than the number of images ({n})")
+    generator = seed_everything(config.seed)
+    objective = create_objective(config.objective, dim, config.clusters, config.objective_options).to(device)
+    start = time.perf_counter()
+    history: list[EpochLog] = []
+    if not objective.trainable:
+        objective.fit(features, config.seed)
+    else:
+        history = _gradient_training(objective, features, neighbours, config, device, generator, on_epoch)
+    seconds = time.perf_counter() - start
+    objective.eval()
+    z = torch.from_numpy(features).to(device)
+    labels = predict_labels(objective, z)
+    empty = int(config.clusters - np.unique(labels).size)
+    return TrainResult(objective=objective, history=history, seconds=seconds, empty_clusters=empty)
+
+
+@torch.no_grad()
+def predict_labels(objective: Objective, z: torch.Tensor, batch_size: int = 65536) -> np.ndarray:
+    out = [objective.predict(z[i : i + batch_size]).argmax(-1).cpu() for i in range(0, z.shape[0], batch_size)]
+    return torch.cat(out).numpy()
+
+
+def _gradient_training(
+    objective: Objective,
+    features: np.ndarray,
+    neighbours: np.ndarray,
+    config: TrainConfig,
+    device: torch.device,
+    generator: torch.Generator,
+    on_epoch: ProgressFn | None,
+) -> list[EpochLog]:
+    n = features.shape[0]
+    z = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    knn = torch.from_numpy(np.ascontiguousarray(neighbours[:, : config.knn], dtype=np.int64)).to(device)
+    objective.setup(z, knn, generator)
+    batch_size = min(config.batch_size, n)
+    steps_per_epoch = max(1, n // batch_size)  # drop the ragged tail: BatchNorm and entropy need a full batch
+    stages = objective.stages()
+    total_epochs = sum(s.epochs if s.epochs is not None else config.epochs for s in stages)
+    history: list[EpochLog] = []
+    epoch_counter = 0
+    for stage in stages:
+        objective.begin_stage(stage)
+        optimiser = torch.optim.AdamW(objective.param_groups(config.lr, config.weight_decay))
+        epochs = stage.epochs if stage.epochs is not None else config.epochs
+        head_loss_sum = torch.zeros(objective.n_heads, device=device)
+        for epoch in range(epochs):
+            objective.train()
+            objective.on_epoch_start(epoch_counter)
+            t0 = time.perf_counter()
+            order = torch.randperm(n, generator=generator)[: steps_per_epoch * batch_size].to(device)
+            pick = torch.randint(knn.shape[1], (order.shape[0],), generator=generator).to(device)
+            head_loss_sum.zero_()
+            loss_sum = 0.0
+            extras: dict[str, float] = {}
+            for s in range(steps_per_epoch):
+                idx = order[s * batch_size : (s + 1) * batch_size]
+                nidx = knn[idx, pick[s * batch_size : (s + 1) * batch_size]]
+                batch = Batch(anchors=z[idx], neighbours=z[nidx], index=idx, neighbour_index=nidx)
+                out = objective.step(batch)
+                optimiser.zero_grad(set_to_none=True)
+                out.loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
+                optimiser.step()
+                objective.after_step(batch, out)
+                head_loss_sum += out.head_losses
+                loss_sum += float(out.loss.detach())
+                for key, value in out.logs.items():
+                    extras[key] = extras.get(key, 0.0) + value / steps_per_epoch
+            mean_loss = loss_sum / steps_per_epoch
+            if not math.isfinite(mean_loss):
+                raise UserError(f"training diverged (loss {mean_loss}) in epoch {epoch + 1}; try a smaller --lr")
+            epoch_counter += 1
+            log = EpochLog(stage.name, epoch_counter, mean_loss, time.perf_counter() - t0, extras)
+            history.append(log)
+            if on_epoch is not None:
+                on_epoch(log, total_epochs)
+        if stage.select_head and objective.n_heads > 1:
+            objective.best_head.fill_(int(head_loss_sum.argmin()))
+    return history
