@@ -40,6 +40,7 @@ class TrainConfig:
     knn: int = DEFAULT_KNN
     seed: int = 0
     grad_clip: float = 0.0
+    min_steps: int = 300  # small folders train for more epochs to reach this many steps
     objective_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -84,3 +85,5 @@ def write_sidecar(path: Path, **sections: Any) -> Path:
 def sidecar_path(artefact: Path) -> Path:
     """``clusters.csv`` -> ``clusters.csv.json``: the config travels with the file it describes."""
     return artefact.with_name(artefact.name + ".json")
+
+FORMAT_NOTE = "written by imgcluster; see README.md, section 'Files imgcluster writes'"

@@ -12,6 +12,7 @@ import torch
 
 from imgcluster.config import TrainConfig
 from imgcluster.errors import UserError
+from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import Batch, Objective, create_objective
 
 
@@ -54,6 +55,7 @@ def train_objective(
         raise UserError(f"--clusters must be at least 2, got {config.clusters}", exit_code=2)
     if config.clusters > n:
         raise UserError(f"--clusters {config.clusters} is larger than the number of images ({n})")
+    features = l2_normalise(features)  # every objective works on unit vectors
     generator = seed_everything(config.seed)
     objective = create_objective(config.objective, dim, config.clusters, config.objective_options).to(device)
     start = time.perf_counter()
@@ -76,6 +78,19 @@ def predict_labels(objective: Objective, z: torch.Tensor, batch_size: int = 6553
     return torch.cat(out).numpy()
 
 
+def effective_schedule(n: int, config: TrainConfig) -> tuple[int, int]:
+    """Batch size and epochs for ``n`` images.
+
+    Small folders get smaller batches (at least four per epoch) and more epochs, so that every
+    run takes at least ``config.min_steps`` optimiser steps: 30 epochs of one batch would not
+    train anything.
+    """
+    batch_size = max(2, min(config.batch_size, max(16, n // 4), n))
+    steps_per_epoch = max(1, n // batch_size)
+    epochs = max(config.epochs, math.ceil(config.min_steps / steps_per_epoch))
+    return batch_size, epochs
+
+
 def _gradient_training(
     objective: Objective,
     features: np.ndarray,
@@ -89,16 +104,16 @@ def _gradient_training(
     z = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
     knn = torch.from_numpy(np.ascontiguousarray(neighbours[:, : config.knn], dtype=np.int64)).to(device)
     objective.setup(z, knn, generator)
-    batch_size = min(config.batch_size, n)
+    batch_size, epochs_main = effective_schedule(n, config)
     steps_per_epoch = max(1, n // batch_size)  # drop the ragged tail: BatchNorm and entropy need a full batch
     stages = objective.stages()
-    total_epochs = sum(s.epochs if s.epochs is not None else config.epochs for s in stages)
+    total_epochs = sum(s.epochs if s.epochs is not None else epochs_main for s in stages)
     history: list[EpochLog] = []
     epoch_counter = 0
     for stage in stages:
         objective.begin_stage(stage)
         optimiser = torch.optim.AdamW(objective.param_groups(config.lr, config.weight_decay))
-        epochs = stage.epochs if stage.epochs is not None else config.epochs
+        epochs = stage.epochs if stage.epochs is not None else epochs_main
         head_loss_sum = torch.zeros(objective.n_heads, device=device)
         for epoch in range(epochs):
             objective.train()

@@ -81,7 +81,7 @@ class SCAN(Objective):
         return StepOutput(
             loss=per_head.sum(),
             head_losses=per_head.detach(),
-            logs={"consistency": float(consistency.mean()), "entropy": float(entropy.mean())},
+            logs={"consistency": float(consistency.detach().mean()), "entropy": float(entropy.detach().mean())},
         )
 
     def _self_label_step(self, batch: Batch) -> StepOutput:

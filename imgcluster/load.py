@@ -1,0 +1,68 @@
+"""Decode one image file into an RGB picture, or say exactly why it cannot be."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps
+
+# Keep Pillow strict: a truncated file is an error, never half an image.
+ImageFile.LOAD_TRUNCATED_IMAGES = False
+
+
+class ImageDecodeError(Exception):
+    """The file is not a usable image; the message is the reason shown in ``skipped.csv``."""
+
+
+def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
+    """Open ``path`` as 8-bit RGB with EXIF orientation applied.
+
+    ``draft_size`` lets JPEG decoding downscale at the source (Pillow's draft mode) when the model
+    needs far fewer pixels than the file has. Transparency is composited on white, 16-bit and
+    float images are rescaled to 8 bits, CMYK and palette images are converted.
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                if getattr(im, "n_frames", 1) > 1:
+                    im.seek(0)
+                if draft_size and im.format == "JPEG":
+                    im.draft("RGB", (draft_size, draft_size))
+                im.load()
+                im = ImageOps.exif_transpose(im) or im
+                return to_rgb(im)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageDecodeError(f"decompression bomb: {exc}") from None
+    except Image.UnidentifiedImageError:
+        raise ImageDecodeError("not an image (unrecognised format)") from None
+    except FileNotFoundError:
+        raise ImageDecodeError("file disappeared before it could be read") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except (OSError, ValueError, SyntaxError, EOFError, TypeError, IndexError, KeyError, MemoryError) as exc:
+        raise ImageDecodeError(f"cannot decode: {exc}" if str(exc) else f"cannot decode: {type(exc).__name__}") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    mode = im.mode
+    if mode == "RGB":
+        return im.copy()
+    if mode == "P":
+        im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+        mode = im.mode
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = im.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        if mode.startswith("I;16"):
+            arr = arr / 257.0
+        else:
+            lo, hi = float(arr.min()), float(arr.max())
+            arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+    return im.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV

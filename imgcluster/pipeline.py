@@ -1,0 +1,186 @@
+"""The steps behind each command, as typed functions the CLI calls. Nothing here prints."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from imgcluster.backbones import create_backbone, resolve_model_name
+from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root
+from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
+from imgcluster.embed import embed_files
+from imgcluster.errors import UserError
+from imgcluster.lock import folder_lock
+from imgcluster.scan import ImageFile, scan_folder
+
+FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
+
+
+@dataclass
+class EmbedResult:
+    paths: list[str]  # relative paths, scan order, decodable images only
+    features: np.ndarray  # [N, d] float32
+    skipped: list[tuple[str, str]]  # (relative path, reason)
+    embedded: int  # images embedded in this run
+    reused: int  # images whose features came from the cache
+    model: str
+    identity: dict[str, Any]
+    cache_dir: Path
+    warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+@dataclass
+class EmbedHooks:
+    """Callbacks the CLI uses for progress; the library stays silent."""
+
+    on_ready: Callable[[str, Path], None] = lambda model, cache_dir: None
+    on_start: Callable[[int, int], None] = lambda to_embed, reused: None
+    on_advance: Callable[[int], None] = lambda n: None
+    on_warning: Callable[[str], None] = lambda message: None
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu", exit_code=2)
+    if requested not in ("cpu", "cuda"):
+        raise UserError(f"--device must be auto, cpu or cuda, not {requested!r}", exit_code=2)
+    return torch.device(requested)
+
+
+def check_folder(folder: Path) -> Path:
+    if not folder.exists():
+        raise UserError(f"folder not found: {folder}", exit_code=2)
+    if not folder.is_dir():
+        raise UserError(f"not a folder: {folder}", exit_code=2)
+    return folder
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so finished batches are flushed either way."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def embed_folder(config: EmbedConfig, device: torch.device, hooks: EmbedHooks | None = None) -> EmbedResult:
+    """Embed every image under ``config.folder``, reusing cached features of unchanged files."""
+    hooks = hooks or EmbedHooks()
+    start = time.perf_counter()
+    folder = check_folder(Path(config.folder))
+    if config.dtype not in ("float16", "float32"):
+        raise UserError(f"--dtype must be float16 or float32, not {config.dtype!r}", exit_code=2)
+    cache_root = default_cache_root(folder, config.cache_dir)
+    files = scan_folder(folder, follow_symlinks=config.follow_symlinks, exclude=(cache_root,))
+    if not files:
+        raise UserError(f"no images found in {folder} (looked for .jpg .jpeg .png .webp .bmp .gif .tif .tiff)")
+    model_name, warning = resolve_model_name(config.model, config.weights)
+    if warning:
+        hooks.on_warning(warning)
+    backbone = create_backbone(model_name, config.weights, device)
+    identity = backbone.identity()
+    directory = cache_root / "embeddings" / f"{model_name}-{cache_key(identity, config.dtype)}"
+    hooks.on_ready(model_name, directory)
+    with folder_lock(directory):
+        cache = EmbeddingCache.open(directory, config.dtype, {"embed": to_dict(config), "backbone": identity, "note": FORMAT_NOTE})
+        for problem in cache.problems:
+            hooks.on_warning(f"cache shard damaged and ignored (will re-embed): {problem}")
+        todo = [f for f in files if cache.lookup(f) is None]
+        reused = len(files) - len(todo)
+        hooks.on_start(len(todo), reused)
+        skipped: dict[str, str] = {}
+        with _sigterm_as_interrupt():
+            _embed_into_cache(todo, cache, backbone, device, config, skipped, hooks)
+        cache.compact([f for f in files if f.rel not in skipped])
+        rows = [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped]
+    paths = [rel for rel, v in rows if v is not None]
+    features = np.stack([v for _, v in rows if v is not None]).astype(np.float32) if paths else np.zeros((0, backbone.feature_dim), np.float32)
+    return EmbedResult(
+        paths=paths,
+        features=features,
+        skipped=sorted(skipped.items()),
+        embedded=len(todo) - len(skipped),
+        reused=reused,
+        model=model_name,
+        identity=identity,
+        cache_dir=directory,
+        warnings=[warning] if warning else [],
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _embed_into_cache(
+    todo: list[ImageFile],
+    cache: EmbeddingCache,
+    backbone: Any,
+    device: torch.device,
+    config: EmbedConfig,
+    skipped: dict[str, str],
+    hooks: EmbedHooks,
+) -> None:
+    pending_files: list[ImageFile] = []
+    pending_feats: list[np.ndarray] = []
+
+    def flush() -> None:
+        if pending_files:
+            cache.add(pending_files, np.concatenate(pending_feats))
+            pending_files.clear()
+            pending_feats.clear()
+
+    try:
+        for batch in embed_files(todo, backbone, device, config.batch_size, config.workers):
+            for i, reason in batch.failures:
+                skipped[todo[i].rel] = reason
+            if batch.indices:
+                pending_files.extend(todo[i] for i in batch.indices)
+                pending_feats.append(batch.features)
+            hooks.on_advance(len(batch.indices) + len(batch.failures))
+            if len(pending_files) >= FLUSH_EVERY:
+                flush()
+    finally:
+        flush()  # on Ctrl-C too: every finished batch is kept
+
+
+def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
+    from imgcluster.atomic import atomic_open
+
+    with atomic_open(path, "w", newline="") as handle:
+        writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC)
+        writer.writerow(["path", "reason"])
+        writer.writerows(skipped)
+
+
+def mine_neighbours(features: np.ndarray, k: int, device: torch.device) -> np.ndarray:
+    from imgcluster.neighbours import knn_search
+
+    if features.shape[0] < 2:
+        raise UserError("need at least two images to cluster")
+    indices, _ = knn_search(features, k, use_gpu=device.type == "cuda")
+    return indices
+
+
+def head_path_for(cache_dir: Path, config: Any) -> Path:
+    """Default checkpoint location: inside the embedding cache it was trained on."""
+    return cache_dir / "heads" / f"{config.objective}-k{config.clusters}-seed{config.seed}.safetensors"

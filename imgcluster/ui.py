@@ -1,0 +1,80 @@
+"""Everything the CLI shows on stderr: messages, warnings and progress bars."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
+
+
+class UI:
+    """Progress bars only on an interactive terminal; ``quiet`` keeps warnings and errors alone."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.interactive = sys.stderr.isatty() and not quiet
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.console.print(message, markup=False)
+
+    def warn(self, message: str) -> None:
+        self.console.print(f"warning: {message}", markup=False, style="yellow")
+
+    def error(self, message: str) -> None:
+        self.console.print(f"error: {message}", markup=False, style="bold red")
+
+    @contextmanager
+    def progress(self, description: str, unit: str = "images") -> Iterator[ProgressTask]:
+        """A bar that appears once :meth:`ProgressTask.start` gives its total; silent when not a TTY."""
+        if not self.interactive:
+            yield ProgressTask(None, description)
+            return
+        columns = [
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn(unit),
+            RateColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[status]}"),
+        ]
+        with Progress(*columns, console=self.console, transient=True) as progress:
+            yield ProgressTask(progress, description)
+
+
+class ProgressTask:
+    def __init__(self, progress: Progress | None, description: str) -> None:
+        self._progress = progress
+        self._description = description
+        self._task: TaskID | None = None
+
+    def start(self, total: int) -> None:
+        if self._progress is not None and total > 0:
+            self._task = self._progress.add_task(self._description, total=total, status="")
+
+    def advance(self, n: int = 1, status: str = "") -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, advance=n, status=status)
+
+
+class RateColumn(ProgressColumn):
+    def render(self, task: Task) -> Text:
+        return Text(f"{task.speed:6.1f}/s" if task.speed else "     -/s")
