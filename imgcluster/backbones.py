@@ -203,7 +203,9 @@ def create_backbone(name: str, weights: str | None = None, device: torch.device 
         try:
             model = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
         except Exception as exc:  # noqa: BLE001 - network and hub errors come in many types
-            raise UserError(f"cannot get weights for {name} ({type(exc).__name__}); use --model {OFFLINE_MODEL} or --weights FILE") from None
+            raise UserError(
+                f"cannot get weights for {name} ({type(exc).__name__}); use --model {OFFLINE_MODEL} or --weights FILE"
+            ) from None
         weights_id = f"timm:{spec.timm_name}"
     model.eval().requires_grad_(False)
     data_config = resolve_model_data_config(model)

@@ -73,7 +73,7 @@ def handled(ui: UI) -> Iterator[None]:
         raise typer.Exit(130) from None
     except typer.Exit:
         raise
-    except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+    except Exception as exc:
         if os.environ.get("IMGCLUSTER_DEBUG") == "1":
             raise
         ui.error(f"unexpected {type(exc).__name__}: {exc} (run with IMGCLUSTER_DEBUG=1 for details)")
@@ -181,13 +181,16 @@ def _save_head(result: Any, trained: Any, embed_config: EmbedConfig, train_confi
             "images": len(result.paths),
             "empty_clusters": trained.empty_clusters,
             "train_seconds": trained.seconds,
+            "schedule": trained.schedule,
             "history": [log.__dict__ for log in trained.history],
         },
     )
     return path
 
 
-def _train_config(objective: str, clusters: int, epochs: int, batch_size: int, lr: float, knn: int, seed: int, options: list[str] | None) -> TrainConfig:
+def _train_config(
+    objective: str, clusters: int, epochs: int, batch_size: int, lr: float, knn: int, seed: int, options: list[str] | None
+) -> TrainConfig:
     return TrainConfig(
         objective=objective, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, seed=seed,
         objective_options=_parse_options(options),
@@ -343,7 +346,12 @@ def assign(
                 train=train_config or head_meta.get("train"),
                 backbone=result.identity,
                 head={"path": str(head), "objective": trained_objective.name, "clusters": trained_objective.n_clusters},
-                result={"images": len(result.paths), "skipped": len(result.skipped), "skipped_csv": _str(skipped_csv), "cluster_sizes": sizes},
+                result={
+                    "images": len(result.paths),
+                    "skipped": len(result.skipped),
+                    "skipped_csv": _str(skipped_csv),
+                    "cluster_sizes": sizes,
+                },
             )
             ui.info(f"wrote {len(result.paths)} assignments to {out_path} ({len(sizes)} clusters)")
 
@@ -377,12 +385,13 @@ def objectives() -> None:
 
     from imgcluster.objectives import DEFAULT_OBJECTIVE, list_objectives, objective_class
 
-    for name in list_objectives():
-        cls = objective_class(name)
-        summary = (cls.__doc__ or "").strip().splitlines()[0]
-        typer.echo(f"{name}{' (default)' if name == DEFAULT_OBJECTIVE else ''}: {summary}")
-        for f in dataclasses.fields(cls.Params):
-            typer.echo(f"    {f.name} = {f.default!r}")
+    with handled(UI()):
+        for name in list_objectives():
+            cls = objective_class(name)
+            summary = (cls.__doc__ or "").strip().splitlines()[0]
+            typer.echo(f"{name}{' (default)' if name == DEFAULT_OBJECTIVE else ''}: {summary}")
+            for f in dataclasses.fields(cls.Params):
+                typer.echo(f"    {f.name} = {f.default!r}")
 
 
 def _print_evaluation(ui: UI, evaluation: Any) -> None:

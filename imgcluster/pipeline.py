@@ -116,7 +116,9 @@ def embed_folder(config: EmbedConfig, device: torch.device, hooks: EmbedHooks | 
         cache.compact([f for f in files if f.rel not in skipped])
         rows = [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped]
     paths = [rel for rel, v in rows if v is not None]
-    features = np.stack([v for _, v in rows if v is not None]).astype(np.float32) if paths else np.zeros((0, backbone.feature_dim), np.float32)
+    features = np.zeros((0, backbone.feature_dim), np.float32)
+    if paths:
+        features = np.stack([v for _, v in rows if v is not None]).astype(np.float32)
     return EmbedResult(
         paths=paths,
         features=features,

@@ -31,6 +31,7 @@ class TrainResult:
     history: list[EpochLog]
     seconds: float
     empty_clusters: int
+    schedule: dict[str, int] = field(default_factory=dict)  # batch, epochs and k actually used
 
 
 ProgressFn = Callable[[EpochLog, int], None]  # (log, total epochs)
@@ -60,16 +61,19 @@ def train_objective(
     objective = create_objective(config.objective, dim, config.clusters, config.objective_options).to(device)
     start = time.perf_counter()
     history: list[EpochLog] = []
+    batch_size, epochs = effective_schedule(n, config)
+    knn = effective_knn(n, config)
     if not objective.trainable:
         objective.fit(features, config.seed)
     else:
-        history = _gradient_training(objective, features, neighbours, config, device, generator, on_epoch)
+        history = _gradient_training(objective, features, neighbours[:, :knn], batch_size, epochs, config, device, generator, on_epoch)
     seconds = time.perf_counter() - start
     objective.eval()
     z = torch.from_numpy(features).to(device)
     labels = predict_labels(objective, z)
     empty = int(config.clusters - np.unique(labels).size)
-    return TrainResult(objective=objective, history=history, seconds=seconds, empty_clusters=empty)
+    schedule = {"batch_size": batch_size, "epochs": epochs, "knn": knn} if objective.trainable else {}
+    return TrainResult(objective=objective, history=history, seconds=seconds, empty_clusters=empty, schedule=schedule)
 
 
 @torch.no_grad()
@@ -91,10 +95,20 @@ def effective_schedule(n: int, config: TrainConfig) -> tuple[int, int]:
     return batch_size, epochs
 
 
+def effective_knn(n: int, config: TrainConfig) -> int:
+    """Neighbours per image, at most half the expected cluster size.
+
+    With 24 images in 3 groups, 20 neighbours would pair nearly every image with every other.
+    """
+    return max(1, min(config.knn, n // (2 * config.clusters)))
+
+
 def _gradient_training(
     objective: Objective,
     features: np.ndarray,
     neighbours: np.ndarray,
+    batch_size: int,
+    epochs_main: int,
     config: TrainConfig,
     device: torch.device,
     generator: torch.Generator,
@@ -102,9 +116,8 @@ def _gradient_training(
 ) -> list[EpochLog]:
     n = features.shape[0]
     z = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
-    knn = torch.from_numpy(np.ascontiguousarray(neighbours[:, : config.knn], dtype=np.int64)).to(device)
+    knn = torch.from_numpy(np.ascontiguousarray(neighbours, dtype=np.int64)).to(device)
     objective.setup(z, knn, generator)
-    batch_size, epochs_main = effective_schedule(n, config)
     steps_per_epoch = max(1, n // batch_size)  # drop the ragged tail: BatchNorm and entropy need a full batch
     stages = objective.stages()
     total_epochs = sum(s.epochs if s.epochs is not None else epochs_main for s in stages)

@@ -25,7 +25,7 @@ _REGISTRY: dict[str, str] = {
 
 DEFAULT_OBJECTIVE = "scan"
 
-__all__ = ["Batch", "Objective", "Stage", "StepOutput", "DEFAULT_OBJECTIVE", "list_objectives", "objective_class", "create_objective"]
+__all__ = ["DEFAULT_OBJECTIVE", "Batch", "Objective", "Stage", "StepOutput", "create_objective", "list_objectives", "objective_class"]
 
 
 def list_objectives() -> list[str]:

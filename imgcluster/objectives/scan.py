@@ -40,7 +40,9 @@ class SCANParams:
     self_label_threshold: float = 0.99
 
 
-def consistency_entropy_loss(p_a: torch.Tensor, p_n: torch.Tensor, entropy_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def consistency_entropy_loss(
+    p_a: torch.Tensor, p_n: torch.Tensor, entropy_weight: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """SCAN's loss for stacked heads: ``p_a``, ``p_n`` are ``[H, B, K]``; returns per-head losses."""
     consistency = -torch.log((p_a * p_n).sum(-1).clamp_min(EPS)).mean(-1)  # [H]
     mean_p = p_a.mean(1)  # [H, K]

@@ -1,0 +1,41 @@
+# imgcluster developer commands. `make install` then `make test` is all a new machine needs.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: install test test-fast lint bench bench-objectives bench-speed bench-k clean
+
+install: $(BIN)/imgcluster
+
+$(BIN)/imgcluster: pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch and torchvision first, pinned, so no other package pulls a different build
+	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+test: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+test-fast: install
+	$(BIN)/pytest -q -m "not slow and not browser" $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check imgcluster tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+bench-objectives: install
+	$(BIN)/python benchmarks/bench_objectives.py
+
+bench-speed: install
+	$(BIN)/python benchmarks/bench_speed.py
+
+bench-k: install
+	$(BIN)/python benchmarks/bench_choose_k.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,49 @@
+"""Shared fixtures: small real-image folders built per test from the committed sample_data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagefolders import CLASSES, copy_sample, sample_image
+from PIL import Image
+
+
+@pytest.fixture(scope="session")
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One embedding cache for the session: tests that do not test caching reuse features."""
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture
+def small_folder(tmp_path: Path) -> Path:
+    return copy_sample(tmp_path / "photos", CLASSES[:3], per_class=8)
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path) -> Path:
+    """Real images in every awkward form a photo folder has, plus files that are not images."""
+    root = copy_sample(tmp_path / "messy", CLASSES[:2], per_class=6)
+    base = sample_image(CLASSES[2]).resize((64, 48))
+    nested = root / "nested" / "deeper"
+    nested.mkdir(parents=True)
+    rgba = base.convert("RGBA")
+    rgba.putalpha(Image.fromarray((np.arange(64 * 48).reshape(48, 64) % 2 * 255).astype(np.uint8)))
+    rgba.save(nested / "rgba.png")
+    base.convert("L").save(root / "grey.png")
+    base.convert("P").save(root / "palette.gif")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    base.save(root / "rotated.jpg", exif=exif)
+    base.save(root / "ünïcødé 名前.webp")
+    base.convert("CMYK").save(root / "cmyk.tiff")
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.jpg").write_text("this is not an image\n")
+    data = (root / CLASSES[0] / sorted(p.name for p in (root / CLASSES[0]).iterdir())[0]).read_bytes()
+    (root / "truncated.png").write_bytes(data[: len(data) // 2])
+    (root / "readme.txt").write_text("ignored: not an image extension\n")
+    hidden = root / ".hidden"
+    hidden.mkdir()
+    base.save(hidden / "secret.png")
+    return root

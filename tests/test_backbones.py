@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from imagefolders import SAMPLE
+
+from imgcluster.backbones import BACKBONES, create_backbone, resolve_model_name
+from imgcluster.errors import UserError
+from imgcluster.evaluate import hungarian_accuracy
+
+
+def test_registry_names() -> None:
+    assert set(BACKBONES) == {"dinov2-vits14", "dinov2-vitb14", "dino-vits16", "clip-vitb16", "efficientnet-lite0"}
+
+
+def test_unknown_model_lists_known() -> None:
+    with pytest.raises(UserError, match="known models: auto, clip-vitb16"):
+        resolve_model_name("resnet9000", None)
+
+
+def test_auto_falls_back_offline_with_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("imgcluster.backbones._hub_cached", lambda name: False)
+    name, warning = resolve_model_name("auto", None)
+    assert name == "efficientnet-lite0"
+    assert warning is not None and "dinov2-vits14" in warning
+
+
+def test_explicit_online_model_never_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("imgcluster.backbones._hub_cached", lambda name: False)
+    with pytest.raises(UserError, match="--model efficientnet-lite0"):
+        create_backbone("dinov2-vits14")
+
+
+def _features(model: torch.nn.Module, data_config: dict, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    from timm.data import create_transform
+
+    from imgcluster.load import load_rgb
+
+    transform = create_transform(**data_config)
+    paths = [(p, i) for i, c in enumerate(classes) for p in sorted((SAMPLE / c).glob("*.png"))]
+    x = torch.stack([transform(load_rgb(p)) for p, _ in paths])
+    with torch.inference_mode():
+        f = model(x).numpy()
+    return f / np.linalg.norm(f, axis=1, keepdims=True), np.array([i for _, i in paths])
+
+
+def _two_means_acc(f: np.ndarray, y: np.ndarray) -> float:
+    from sklearn.cluster import KMeans
+
+    return hungarian_accuracy(y, KMeans(2, n_init=5, random_state=0).fit_predict(f))
+
+
+def _one_nn_acc(f: np.ndarray, y: np.ndarray) -> float:
+    s = f @ f.T
+    np.fill_diagonal(s, -np.inf)
+    return float((y[s.argmax(1)] == y).mean())
+
+
+def test_bundled_backbone_is_really_pretrained() -> None:
+    """Ankle boots vs bags: pretrained features split them cleanly, random ones do not."""
+    import timm
+
+    pretrained = create_backbone("efficientnet-lite0")
+    assert pretrained.feature_dim == 1280
+    torch.manual_seed(0)
+    random_model = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
+    classes = ["ankle-boot", "bag"]
+    fp, y = _features(pretrained.model, pretrained.data_config, classes)
+    fr, _ = _features(random_model, pretrained.data_config, classes)
+    assert _two_means_acc(fp, y) >= 0.96
+    assert _two_means_acc(fr, y) <= 0.8
+    assert _one_nn_acc(fp, y) > _one_nn_acc(fr, y)
+
+
+def test_weights_file_round_trip(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    bundled = create_backbone("efficientnet-lite0")
+    path = tmp_path / "w.safetensors"
+    save_file({k: v.contiguous() for k, v in bundled.model.state_dict().items()}, str(path))
+    loaded = create_backbone("efficientnet-lite0", weights=str(path))
+    assert loaded.weights_id.startswith("file:")
+    x = torch.randn(2, 3, 224, 224)
+    with torch.inference_mode():
+        assert torch.allclose(loaded.model(x), bundled.model(x))
+
+
+def test_weights_that_do_not_fit(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w.safetensors"
+    save_file({"foo.weight": torch.zeros(3)}, str(path))
+    with pytest.raises(UserError, match="do not fit"):
+        create_backbone("efficientnet-lite0", weights=str(path))
+    with pytest.raises(UserError, match="not found"):
+        create_backbone("efficientnet-lite0", weights=str(tmp_path / "missing.pth"))

@@ -1,0 +1,87 @@
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from imgcluster.cache import read_shard
+from imgcluster.config import EmbedConfig
+from imgcluster.pipeline import EmbedHooks, embed_folder
+
+CPU = torch.device("cpu")
+
+
+def run(folder: Path, cache: Path, hooks: EmbedHooks | None = None):
+    return embed_folder(EmbedConfig(str(folder), model="efficientnet-lite0", cache_dir=str(cache), workers=0, batch_size=4), CPU, hooks)
+
+
+def test_second_run_embeds_nothing_and_touch_reembeds_one(small_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = run(small_folder, cache)
+    assert first.embedded == 24 and first.reused == 0
+    second = run(small_folder, cache)
+    assert second.embedded == 0 and second.reused == 24
+    assert np.array_equal(first.features, second.features)
+    target = sorted(small_folder.rglob("*.png"))[5]
+    st = target.stat()
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    third = run(small_folder, cache)
+    assert (third.embedded, third.reused) == (1, 23)
+
+
+def test_deleted_files_are_dropped_and_new_ones_added(small_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    run(small_folder, cache)
+    victim = sorted(small_folder.rglob("*.png"))[0]
+    victim.unlink()
+    (small_folder / "copy.png").write_bytes(sorted(small_folder.rglob("*.png"))[3].read_bytes())
+    result = run(small_folder, cache)
+    assert result.embedded == 1 and len(result.paths) == 24
+    assert victim.relative_to(small_folder).as_posix() not in result.paths
+    shards = list((result.cache_dir / "shards").glob("*.safetensors"))
+    assert len(shards) == 1  # compacted
+    _, rows = read_shard(shards[0])
+    assert sorted(r[0] for r in rows) == sorted(result.paths)
+
+
+def test_interrupted_run_keeps_finished_batches(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("imgcluster.pipeline.FLUSH_EVERY", 4)
+    cache = tmp_path / "cache"
+    seen = 0
+
+    def advance(n: int) -> None:
+        nonlocal seen
+        seen += n
+        if seen >= 12:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(small_folder, cache, EmbedHooks(on_advance=advance))
+    resumed = run(small_folder, cache)
+    assert resumed.reused == 12 and resumed.embedded == 12
+
+
+def test_damaged_shard_is_reported_and_rebuilt(small_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    first = run(small_folder, cache)
+    shard = next((first.cache_dir / "shards").glob("*.safetensors"))
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # flip bits inside the feature block
+    shard.write_bytes(bytes(data))
+    warnings: list[str] = []
+    again = run(small_folder, cache, EmbedHooks(on_warning=warnings.append))
+    assert any("checksum" in w for w in warnings)
+    assert again.embedded == 24
+    assert np.allclose(again.features, first.features)
+
+
+def test_bad_files_are_skipped_not_fatal(messy_folder: Path, shared_cache: Path) -> None:
+    result = run(messy_folder, shared_cache)
+    skipped = dict(result.skipped)
+    assert set(skipped) == {"empty.png", "notes.jpg", "truncated.png"}
+    assert "not an image" in skipped["notes.jpg"]
+    for good in ["grey.png", "palette.gif", "rotated.jpg", "ünïcødé 名前.webp", "cmyk.tiff", "nested/deeper/rgba.png"]:
+        assert good in result.paths
+    assert not any(p.startswith(".hidden") for p in result.paths)
+    assert result.features.shape == (len(result.paths), 1280)

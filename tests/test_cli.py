@@ -1,0 +1,146 @@
+"""The command line through Typer's CliRunner: exit codes, stdout/stderr split, files written."""
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imgcluster.cli import app
+
+runner = CliRunner()
+FAST = ["--model", "efficientnet-lite0", "--epochs", "2", "--clusters", "3", "--workers", "0"]
+
+
+def invoke(*args: str):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("command", ["embed", "train", "assign", "evaluate", "objectives"])
+def test_help_has_examples(command: str) -> None:
+    result = invoke(command, "--help")
+    assert result.exit_code == 0
+    if command != "objectives":
+        assert "Examples" in result.stdout and f"imgcluster {command}" in result.stdout
+
+
+def test_root_help_and_version() -> None:
+    assert "assign" in invoke("--help").stdout
+    assert invoke("--version").stdout.startswith("imgcluster ")
+
+
+def test_python_dash_m_works() -> None:
+    out = subprocess.run([sys.executable, "-m", "imgcluster", "--help"], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and "assign" in out.stdout
+
+
+def test_assign_pipeline_writes_csv_sidecar_and_skipped(messy_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "clusters.csv"
+    result = invoke("assign", messy_folder, "--out", out, "--cache-dir", shared_cache, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == ""  # data went to the file, logs to stderr
+    assert "skipped 3 unreadable file(s)" in result.stderr and f"wrote 18 assignments to {out}" in result.stderr
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert list(rows[0]) == ["path", "cluster", "confidence"]
+    assert len(rows) == 18 and "ünïcødé 名前.webp" in {r["path"] for r in rows}
+    assert all(0 <= int(r["cluster"]) < 3 and 0 < float(r["confidence"]) <= 1 for r in rows)
+    skipped = list(csv.DictReader((out.parent / "skipped.csv").open(encoding="utf-8")))
+    assert {r["path"] for r in skipped} == {"empty.png", "notes.jpg", "truncated.png"}
+    sidecar = json.loads((out.parent / "clusters.csv.json").read_text())
+    assert sidecar["backbone"]["model"] == "efficientnet-lite0" and sidecar["train"]["clusters"] == 3
+    assert sidecar["train"]["objective"] == "scan" and Path(sidecar["head"]["path"]).is_file()
+
+
+def test_stdout_output_and_determinism(small_folder: Path, shared_cache: Path) -> None:
+    args = ("assign", small_folder, "--out", "-", "--cache-dir", shared_cache, "--seed", "7", "--quiet", *FAST)
+    first, second = invoke(*args), invoke(*args)
+    assert first.exit_code == 0 and second.exit_code == 0
+    assert first.stdout == second.stdout
+    assert first.stderr == ""  # --quiet: nothing but warnings and errors
+    rows = list(csv.DictReader(io.StringIO(first.stdout)))
+    assert len(rows) == 24 and rows[0]["path"] == sorted(r["path"] for r in rows)[0]
+
+
+def test_step_by_step_and_reuse_of_a_head(small_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    embedded = invoke("embed", small_folder, "--cache-dir", cache, "--model", "efficientnet-lite0")
+    assert embedded.exit_code == 0 and "embedded 24, reused 0" in embedded.stderr
+    again = invoke("embed", small_folder, "--cache-dir", cache, "--model", "efficientnet-lite0")
+    assert "embedded 0, reused 24" in again.stderr
+    head = tmp_path / "head.safetensors"
+    trained = invoke("train", small_folder, "--cache-dir", cache, "--out", head, *FAST)
+    assert trained.exit_code == 0 and head.is_file() and head.with_suffix(".json").is_file()
+    meta = json.loads(head.with_suffix(".json").read_text())
+    assert meta["objective"] == "scan" and meta["clusters"] == 3 and meta["feature_dim"] == 1280
+    out = tmp_path / "reuse.csv"
+    # --model auto picks the head's backbone from its JSON, so no download is attempted
+    assigned = invoke("assign", small_folder, "--cache-dir", cache, "--head", head, "--out", out)
+    assert assigned.exit_code == 0, assigned.stderr
+    assert "embedded 0, reused 24" in assigned.stderr
+    evaluated = invoke("evaluate", out, small_folder, "--json")
+    assert evaluated.exit_code == 0
+    scores = json.loads(evaluated.stdout)
+    assert scores["matched"] == 24 and scores["acc"] > 0.6
+    assert "ACC" in evaluated.stderr and "per-cluster purity" in evaluated.stderr
+
+
+def test_wrong_head_gives_one_line_error(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    bogus = tmp_path / "bogus.safetensors"
+    bogus.write_bytes(b"not a checkpoint")
+    meta = {"format": "imgcluster-head/1", "objective": "scan", "clusters": 3, "feature_dim": 1280}
+    bogus.with_suffix(".json").write_text(json.dumps(meta))
+    result = invoke("assign", small_folder, "--cache-dir", shared_cache, "--head", bogus, "--model", "efficientnet-lite0")
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
+    missing = invoke("assign", small_folder, "--head", tmp_path / "nope.safetensors")
+    assert missing.exit_code == 1 and "head checkpoint not found" in missing.stderr
+
+
+def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    import torch
+
+    from imgcluster.checkpoint import save_checkpoint
+    from imgcluster.objectives import create_objective
+
+    head = tmp_path / "small.safetensors"
+    save_checkpoint(head, create_objective("scan", 384, 3), {"backbone": {"model": "efficientnet-lite0"}})
+    result = invoke("assign", small_folder, "--cache-dir", shared_cache, "--head", head, "--model", "efficientnet-lite0")
+    assert result.exit_code == 1
+    assert "expects 384-d features" in result.stderr and len(result.stderr.strip().splitlines()[-1]) > 0
+    assert torch is not None
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("assign", "/definitely/not/here"), 2, "folder not found"),
+        (("assign", "{folder}", "--model", "resnet-9000"), 2, "known models: auto"),
+        (("assign", "{folder}", "--objective", "nope", *FAST[:2]), 1, "known objectives:"),
+        (("assign", "{folder}", "--clusters", "500", *FAST[:2]), 1, "larger than the number of images"),
+        (("assign", "{folder}", "--device", "tpu"), 2, "--device must be"),
+        (("evaluate", "missing.csv", "{folder}"), 2, "assignments file not found"),
+        (("assign", "{folder}", "--option", "novalue"), 2, "KEY=VALUE"),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(small_folder: Path, shared_cache: Path, args: tuple, code: int, message: str) -> None:
+    argv = [a.format(folder=small_folder) for a in args] + ["--quiet"] * (args[0] == "assign")
+    if args[0] == "assign":
+        argv += ["--cache-dir", str(shared_cache)]
+    result = invoke(*argv)
+    assert result.exit_code == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    result = invoke("embed", tmp_path, "--model", "efficientnet-lite0")
+    assert result.exit_code == 1 and "no images found" in result.stderr
+
+
+def test_objectives_lists_registry() -> None:
+    result = invoke("objectives")
+    assert result.exit_code == 0 and "scan (default)" in result.stdout and "entropy_weight" in result.stdout

@@ -1,0 +1,60 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from imgcluster.errors import UserError
+from imgcluster.evaluate import evaluate, hungarian_accuracy, score
+
+
+def test_permuted_labels_score_perfectly() -> None:
+    labels = np.array(["a", "a", "b", "b", "c", "c"])
+    clusters = np.array([2, 2, 0, 0, 1, 1])
+    s = score(labels, clusters)
+    assert s["acc"] == 1.0 and s["nmi"] == pytest.approx(1.0) and s["ari"] == pytest.approx(1.0)
+
+
+def test_more_clusters_than_classes_hand_computed() -> None:
+    # classes a,a,a,b,b,b; clusters 0,0,1,2,2,2 -> best matching 0->a (2), 2->b (3): 5/6
+    labels = np.array(["a", "a", "a", "b", "b", "b"])
+    clusters = np.array([0, 0, 1, 2, 2, 2])
+    assert hungarian_accuracy(labels, clusters) == pytest.approx(5 / 6)
+
+
+def test_fewer_clusters_than_classes() -> None:
+    # one cluster can match one class only: 3 of 6
+    labels = np.array(["a", "a", "b", "b", "c", "c"])
+    assert hungarian_accuracy(labels, np.zeros(6, int)) == pytest.approx(2 / 6)
+
+
+def write_csv(path: Path, rows: list[tuple[str, int]]) -> Path:
+    path.write_text('"path","cluster","confidence"\n' + "".join(f'"{p}",{c},1.0\n' for p, c in rows))
+    return path
+
+
+def test_evaluate_counts_unmatched(tmp_path: Path) -> None:
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "cat/2.png", "dog/3.png", "dog/4.png", "dog/5.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv = write_csv(tmp_path / "a.csv", [("cat/1.png", 7), ("cat/2.png", 7), ("dog/3.png", 1), ("dog/4.png", 7), ("ghost.png", 1)])
+    e = evaluate(csv, folder)
+    assert e.matched == 4 and e.unmatched_assignments == 1 and e.unassigned_images == 1
+    assert e.acc == pytest.approx(3 / 4)
+    biggest = e.per_cluster[0]
+    assert (biggest.cluster, biggest.size, biggest.majority_label) == (7, 3, "cat")
+    assert biggest.purity == pytest.approx(2 / 3)
+
+
+def test_evaluate_errors(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="not found"):
+        evaluate(tmp_path / "missing.csv", tmp_path)
+    csv = write_csv(tmp_path / "a.csv", [("x/1.png", 0)])
+    (tmp_path / "lab" / "y").mkdir(parents=True)
+    (tmp_path / "lab" / "y" / "2.png").write_bytes(b"x")
+    with pytest.raises(UserError, match="no path"):
+        evaluate(csv, tmp_path / "lab")
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="missing column"):
+        evaluate(bad, tmp_path / "lab")

@@ -1,0 +1,67 @@
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgcluster.load import ImageDecodeError, load_rgb
+
+
+def test_transparent_pixels_become_white(tmp_path: Path) -> None:
+    im = Image.new("RGBA", (4, 4), (255, 0, 0, 0))
+    im.save(tmp_path / "t.png")
+    assert load_rgb(tmp_path / "t.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_la_and_palette_transparency(tmp_path: Path) -> None:
+    Image.new("LA", (3, 3), (0, 0)).save(tmp_path / "la.png")
+    assert load_rgb(tmp_path / "la.png").getpixel((1, 1)) == (255, 255, 255)
+    p = Image.new("P", (3, 3), 0)
+    p.putpalette([0, 0, 0, 10, 20, 30] + [0] * 762)
+    p.info["transparency"] = 0
+    p.save(tmp_path / "p.png", transparency=0)
+    assert load_rgb(tmp_path / "p.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_grey_16bit_and_cmyk(tmp_path: Path) -> None:
+    Image.new("L", (2, 2), 100).save(tmp_path / "g.png")
+    assert load_rgb(tmp_path / "g.png").getpixel((0, 0)) == (100, 100, 100)
+    Image.fromarray(np.full((2, 2), 65535, dtype=np.uint16)).save(tmp_path / "d.png")
+    assert load_rgb(tmp_path / "d.png").getpixel((0, 0)) == (255, 255, 255)
+    Image.new("CMYK", (2, 2), (0, 0, 0, 0)).save(tmp_path / "c.tiff")
+    assert load_rgb(tmp_path / "c.tiff").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_exif_orientation_applied(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 20), (0, 128, 0)).save(tmp_path / "r.jpg", exif=exif)
+    assert load_rgb(tmp_path / "r.jpg").size == (20, 40)
+
+
+def test_gif_first_frame(tmp_path: Path) -> None:
+    frames = [Image.new("RGB", (4, 4), c) for c in [(255, 0, 0), (0, 0, 255)]]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    r, _, b = load_rgb(tmp_path / "a.gif").getpixel((0, 0))
+    assert r > 200 and b < 50
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(b"", "not an image"), (b"hello, not an image", "not an image"), (None, "cannot decode")],
+)
+def test_bad_files_raise_with_reason(tmp_path: Path, content: bytes | None, reason: str) -> None:
+    path = tmp_path / "bad.png"
+    if content is None:
+        Image.new("RGB", (64, 64), (1, 2, 3)).save(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(content)
+    with pytest.raises(ImageDecodeError, match=reason):
+        load_rgb(path)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ImageDecodeError, match="disappeared"):
+        load_rgb(tmp_path / "gone.png")

@@ -1,0 +1,52 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from imgcluster.scan import scan_folder
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"x")
+    return path
+
+
+def test_recursive_sorted_and_filtered(tmp_path: Path) -> None:
+    for rel in ["b/2.PNG", "a/1.jpg", "a/z/3.webp", "c.tiff", "notes.txt", ".hidden/x.png", "a/.dot.png"]:
+        touch(tmp_path / rel)
+    rels = [f.rel for f in scan_folder(tmp_path)]
+    assert rels == ["a/1.jpg", "a/z/3.webp", "b/2.PNG", "c.tiff"]
+
+
+def test_excluded_cache_folder_is_skipped(tmp_path: Path) -> None:
+    touch(tmp_path / "img.png")
+    touch(tmp_path / "cache" / "thumb.png")
+    assert [f.rel for f in scan_folder(tmp_path, exclude=(tmp_path / "cache",))] == ["img.png"]
+
+
+def test_symlink_loop_terminates(tmp_path: Path) -> None:
+    touch(tmp_path / "a" / "1.png")
+    os.symlink(tmp_path, tmp_path / "a" / "loop")
+    assert [f.rel for f in scan_folder(tmp_path)] == ["a/1.png"]
+
+
+def test_links_outside_root_need_the_flag(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    touch(outside / "o.png")
+    root = tmp_path / "root"
+    touch(root / "in.png")
+    os.symlink(outside, root / "ext")
+    os.symlink(outside / "o.png", root / "file-link.png")
+    assert [f.rel for f in scan_folder(root)] == ["in.png"]
+    assert [f.rel for f in scan_folder(root, follow_symlinks=True)] == ["ext/o.png", "file-link.png", "in.png"]
+
+
+def test_unicode_and_spaces(tmp_path: Path) -> None:
+    touch(tmp_path / "dossier été" / "photo 名前.jpg")
+    assert [f.rel for f in scan_folder(tmp_path)] == ["dossier été/photo 名前.jpg"]
+
+
+def test_not_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(NotADirectoryError):
+        scan_folder(tmp_path / "missing")
