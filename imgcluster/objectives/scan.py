@@ -33,8 +33,11 @@ EPS = 1e-8
 
 @dataclass
 class SCANParams:
-    n_heads: int = 10
-    hidden: int = 512
+    # SCAN trains 10 linear heads on a fine-tuned backbone. On frozen features an MLP head helps,
+    # and 5 heads of width 128 matched 10 of width 512 on Fashion-MNIST features (ACC 0.749 vs
+    # 0.737, efficientnet-lite0) at about a tenth of the CPU time.
+    n_heads: int = 5
+    hidden: int = 128
     entropy_weight: float = 5.0
     self_label_epochs: int = 0
     self_label_threshold: float = 0.99

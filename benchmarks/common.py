@@ -1,0 +1,86 @@
+"""Shared benchmark plumbing: labelled folders -> cached features -> scores, and RESULTS.md sections."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from datasets import digits_folder, fashion_mnist_folder  # noqa: E402
+
+from imgcluster.config import EmbedConfig, TrainConfig  # noqa: E402
+from imgcluster.evaluate import score  # noqa: E402
+from imgcluster.neighbours import knn_search  # noqa: E402
+from imgcluster.pipeline import embed_folder  # noqa: E402
+from imgcluster.train import train_objective  # noqa: E402
+
+DATA = HERE / "data"
+RESULTS = HERE / "RESULTS.md"
+MODEL = "efficientnet-lite0"
+
+
+@dataclass
+class Dataset:
+    name: str
+    folder: Path
+    classes: int
+
+
+def datasets() -> list[Dataset]:
+    return [
+        Dataset("fashion-mnist-test", fashion_mnist_folder(DATA / "fashion-mnist-test"), 10),
+        Dataset("digits", digits_folder(DATA / "digits"), 10),
+        Dataset("sample_data", HERE.parent / "sample_data", 5),
+    ]
+
+
+def features(folder: Path, device: torch.device, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Features (through the project's own cached pipeline), labels, seconds, images embedded now."""
+    config = EmbedConfig(str(folder), model=MODEL, cache_dir=str(cache_dir) if cache_dir else str(DATA / "cache"))
+    result = embed_folder(config, device)
+    labels = np.array([p.split("/", 1)[0] for p in result.paths])
+    return result.features, labels, result.seconds, result.embedded
+
+
+def run_objective(x: np.ndarray, y: np.ndarray, neighbours: np.ndarray, config: TrainConfig, device: torch.device) -> dict[str, float]:
+    from imgcluster.assign import predict
+
+    result = train_objective(x, neighbours, config, device)
+    assigned = predict(result.objective, x, device)
+    scores = score(y, assigned.cluster)
+    return {**scores, "seconds": result.seconds, "empty": float(result.empty_clusters)}
+
+
+def neighbours_for(x: np.ndarray, k: int = 20) -> np.ndarray:
+    return knn_search(x, k)[0]
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{os.cpu_count()} CPU cores ({cpu}), {gpu}, torch {torch.__version__}, threads {torch.get_num_threads()}"
+
+
+def mean_std(values: list[float], digits: int = 3) -> str:
+    a = np.asarray(values, dtype=float)
+    return f"{a.mean():.{digits}f} ± {a.std():.{digits}f}"
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace this benchmark's section of RESULTS.md, leaving the others as they are."""
+    start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
+    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is written by the script named in it.\n"
+    block = f"{start}\n{body.rstrip()}\n\n_Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}._\n{end}"
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    RESULTS.write_text(text)
