@@ -9,6 +9,8 @@ import pytest
 from imagefolders import CLASSES, copy_sample, sample_image
 from PIL import Image
 
+import imgcluster  # noqa: F401 - before any torch import: sets OpenMP waiting
+
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
