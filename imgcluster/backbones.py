@@ -120,6 +120,8 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str,
         if len(src) != len(dst) or any(target[d].shape != v.shape for d, (_, v) in zip(dst, src)):
             raise UserError(f"weights in {source} do not match {type(model).__name__}")
         state = {d: v for d, (_, v) in zip(dst, src)}
+    else:
+        state = _timm_filter(model, state)
     state = {k: v for k, v in state.items() if k in target or not _is_head_key(k)}
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
@@ -128,6 +130,23 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str,
             f"weights in {source} do not fit this model ({len(missing)} missing, {len(unexpected)} unexpected keys, "
             f"e.g. {(missing or unexpected)[0]})"
         )
+
+
+def _timm_filter(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Apply timm's own checkpoint conversion for this architecture.
+
+    It resamples position embeddings (DINOv2 is published at 518 px, used here at 224) and maps
+    original layouts to timm's, exactly as ``pretrained=True`` loading does.
+    """
+    import sys
+
+    filter_fn = getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+    if filter_fn is None:
+        return state
+    try:
+        return filter_fn(state, model)
+    except Exception:  # noqa: BLE001 - a filter that cannot convert leaves the key check to report
+        return state
 
 
 def _is_head_key(key: str) -> bool:

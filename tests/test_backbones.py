@@ -97,3 +97,19 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
         create_backbone("efficientnet-lite0", weights=str(path))
     with pytest.raises(UserError, match="not found"):
         create_backbone("efficientnet-lite0", weights=str(tmp_path / "missing.pth"))
+
+
+def test_vit_weights_at_another_resolution_are_resampled(tmp_path: Path) -> None:
+    """DINOv2 checkpoints are 518 px; ``dinov2-vits14`` runs at 224 px, as timm's loader allows."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    published = timm.create_model("vit_small_patch14_dinov2.lvd142m", pretrained=False, num_classes=0)
+    path = tmp_path / "dinov2.safetensors"
+    save_file({k: v.contiguous() for k, v in published.state_dict().items()}, str(path))
+    backbone = create_backbone("dinov2-vits14", weights=str(path))
+    assert backbone.data_config["input_size"] == (3, 224, 224) and backbone.feature_dim == 384
+    assert torch.equal(backbone.model.blocks[0].attn.qkv.weight, published.blocks[0].attn.qkv.weight)
+    with torch.inference_mode():
+        assert backbone.model(torch.randn(1, 3, 224, 224)).shape == (1, 384)
