@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import DATA, datasets, features, machine, mean_std, neighbours_for, run_objective, write_section
+from common import datasets, features, machine, mean_std, neighbours_for, run_objective, write_section
 
 from imgcluster.config import TrainConfig
 from imgcluster.objectives import DEFAULT_OBJECTIVE
@@ -42,7 +42,7 @@ def main() -> None:
     print(f"machine: {machine()}", flush=True)
     rate = embed_throughput(fashion.folder, device)
     print(f"embed throughput: {rate:.1f} images/s", flush=True)
-    x, y, seconds, embedded = features(fashion.folder, device, DATA / "cache")
+    x, y, seconds, embedded = features(fashion.folder, device)
     print(f"features: {x.shape} ({embedded} embedded now, {seconds:.1f}s)", flush=True)
     nn = neighbours_for(x)
     rows = {}

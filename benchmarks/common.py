@@ -46,7 +46,7 @@ def datasets() -> list[Dataset]:
 
 def features(folder: Path, device: torch.device, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, float, int]:
     """Features (through the project's own cached pipeline), labels, seconds, images embedded now."""
-    config = EmbedConfig(str(folder), model=MODEL, cache_dir=str(cache_dir) if cache_dir else str(DATA / "cache"))
+    config = EmbedConfig(str(folder), model=MODEL, cache_dir=str(cache_dir) if cache_dir else None)
     result = embed_folder(config, device)
     labels = np.array([p.split("/", 1)[0] for p in result.paths])
     return result.features, labels, result.seconds, result.embedded

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -16,6 +16,9 @@ import torch
 from imgcluster.atomic import atomic_open
 from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import Objective
+
+if TYPE_CHECKING:
+    from imgcluster.outliers import Outliers
 
 BASE_COLUMNS = ["path", "cluster", "confidence"]
 
@@ -70,8 +73,21 @@ def write_assignments(out: str, paths: list[str], assignment: Assignment) -> Non
             row: list[object] = [rel, int(assignment.cluster[i]), round(float(assignment.confidence[i]), 6)]
             for values in extras:
                 v = values[i]
-                row.append(round(float(v), 6) if np.issubdtype(values.dtype, np.floating) else int(v))
+                if values.dtype.kind in "USO":  # text columns (outlier_reason) are quoted like paths
+                    row.append(str(v))
+                else:
+                    row.append(round(float(v), 6) if np.issubdtype(values.dtype, np.floating) else int(v))
             writer.writerow(row)
+
+
+def mark_outliers(assignment: Assignment, features: np.ndarray, min_confidence: float) -> Outliers:
+    """Add the ``outlier`` (0/1) and ``outlier_reason`` columns; the rule is in :mod:`imgcluster.outliers`."""
+    from imgcluster.outliers import find_outliers
+
+    found = find_outliers(features, assignment.cluster, assignment.confidence, min_confidence=min_confidence)
+    assignment.extra["outlier"] = found.flags.astype(np.int64)
+    assignment.extra["outlier_reason"] = found.reasons()
+    return found
 
 
 def read_assignments(path: Path) -> tuple[list[str], np.ndarray]:

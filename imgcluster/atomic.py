@@ -1,33 +1,77 @@
-"""Atomic file writes: a reader sees the old file or the complete new one, never a torn one."""
+"""Atomic file writes: a reader sees the old file or the complete new one, never a torn one.
+
+A write that fails (read-only folder, disk full, quota) removes its temporary file and raises a
+one-line :class:`UserError` naming the file, so no half-written file is ever left as if complete.
+A process killed outright (SIGKILL, power loss) can leave a hidden ``.<name>.<random>.tmp``
+beside the target; it is never renamed into place, and the cache removes its own on next open.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
+from imgcluster.errors import UserError
+
+# Errors from the caller's writes that are about the disk, not the caller's data.
+_DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+
+
+def _temp_prefix(path: Path) -> str:
+    """Hidden and short enough: ``.{name}.`` plus mkstemp's suffix must stay under NAME_MAX (255 bytes)."""
+    name = path.name
+    while len(name.encode("utf-8", "surrogateescape")) > 200:
+        name = name[:-1]
+    return f".{name}."
+
+
+def _cannot_write(path: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write {path}: {exc.strerror or exc}")
+
 
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    in_body = False
     try:
         binary = "b" in mode
         with os.fdopen(fd, mode, encoding=None if binary else encoding, newline=None if binary else newline) as handle:
+            in_body = True
             yield handle
+            in_body = False
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and (not in_body or exc.errno in _DISK_ERRORS):
+            raise _cannot_write(path, exc) from None
         raise
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, in one line, if ``path`` cannot be written, rather than after the embedding."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    os.close(fd)
+    os.unlink(tmp)
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -2,10 +2,11 @@
 
 Layout under ``<cache root>/embeddings/<model>-<key>/``: ``config.json`` says how the features
 were made; ``shards/<seq>.safetensors`` each hold a block of features with, in the header, the
-(path, size, mtime) of every row and a checksum. Shards are written atomically and never
-modified, so a killed run leaves only complete shards; on load a later shard overrides an
-earlier one, and a shard that fails its checksum is reported and ignored. After a run the live
-rows are compacted into one shard.
+(path, size, mtime) of every row, the cache it belongs to (``<model>-<key>``) and a checksum.
+Shards are written atomically and never modified, so a killed run leaves only complete shards;
+on load a later shard overrides an earlier one, and a shard that is torn, edited, of another
+format version, dtype or width, or copied from another backbone's cache is reported and ignored.
+After a run the live rows are compacted into one shard.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 from imgcluster.atomic import atomic_open, atomic_write_text
 from imgcluster.scan import ImageFile
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"  # 2: shards name the cache they belong to
 CACHE_DIRNAME = ".imgcluster"
 
 
@@ -65,7 +66,10 @@ class EmbeddingCache:
         """Load every valid shard; ``description`` is written as ``config.json``."""
         cache = cls(directory=directory, dtype=dtype)
         cache.shard_dir.mkdir(parents=True, exist_ok=True)
+        for stale in [*directory.glob(".*.tmp"), *cache.shard_dir.glob(".*.tmp")]:  # left by a killed writer (we hold the lock)
+            stale.unlink(missing_ok=True)
         atomic_write_text(directory / "config.json", json.dumps(description, indent=2, sort_keys=True, default=str) + "\n")
+        dim = (description.get("backbone") or {}).get("feature_dim")
         for path in sorted(cache.shard_dir.glob("*.safetensors")):
             try:
                 seq = int(path.stem)
@@ -73,7 +77,7 @@ class EmbeddingCache:
                 continue
             cache._next_seq = max(cache._next_seq, seq + 1)
             try:
-                features, rows = read_shard(path)
+                features, rows = read_shard(path, cache=directory.name, dtype=dtype, dim=dim)
             except ShardError as exc:
                 cache.problems.append(f"{path.name}: {exc}")
                 path.unlink(missing_ok=True)
@@ -81,8 +85,6 @@ class EmbeddingCache:
             cache._arrays[seq] = features
             for row, (rel, size, mtime_ns) in enumerate(rows):
                 cache.entries[rel] = Entry(size, mtime_ns, seq, row)
-        for stale in cache.shard_dir.glob(".*.tmp"):  # left by a killed writer
-            stale.unlink(missing_ok=True)
         return cache
 
     def lookup(self, file: ImageFile) -> np.ndarray | None:
@@ -98,7 +100,8 @@ class EmbeddingCache:
         seq = self._next_seq
         self._next_seq += 1
         array = np.ascontiguousarray(features, dtype=self.dtype)
-        write_shard(self.shard_dir / f"{seq:08d}.safetensors", array, [(f.rel, f.size, f.mtime_ns) for f in files])
+        rows = [(f.rel, f.size, f.mtime_ns) for f in files]
+        write_shard(self.shard_dir / f"{seq:08d}.safetensors", array, rows, cache=self.directory.name)
         self._arrays[seq] = array
         for row, f in enumerate(files):
             self.entries[f.rel] = Entry(f.size, f.mtime_ns, seq, row)
@@ -127,21 +130,33 @@ class ShardError(Exception):
     pass
 
 
-def _digest(array: np.ndarray) -> str:
-    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+def _digest(array: np.ndarray, rows: str, cache: str) -> str:
+    """Covers the features *and* the row table: an edited path or mtime must fail it too."""
+    h = hashlib.sha256(np.ascontiguousarray(array).tobytes())
+    h.update(b"\0rows\0" + rows.encode("utf-8", "surrogateescape"))
+    h.update(b"\0cache\0" + cache.encode("utf-8", "surrogateescape"))
+    return h.hexdigest()
 
 
-def write_shard(path: Path, features: np.ndarray, rows: list[tuple[str, int, int]]) -> None:
+def write_shard(path: Path, features: np.ndarray, rows: list[tuple[str, int, int]], cache: str = "") -> None:
+    """``cache`` names the cache folder the shard belongs to, so a shard copied elsewhere is refused."""
     from safetensors.numpy import save
 
-    metadata = {"format": FORMAT_VERSION, "rows": json.dumps(rows, ensure_ascii=False), "sha256": _digest(features)}
+    table = json.dumps(rows, ensure_ascii=False)
+    metadata = {"format": FORMAT_VERSION, "cache": cache, "rows": table, "sha256": _digest(features, table, cache)}
     data = save({"features": features}, metadata=metadata)
     with atomic_open(path, "wb") as handle:
         handle.write(data)
 
 
-def read_shard(path: Path) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
-    """Read and verify one shard; any damage raises :class:`ShardError`."""
+def read_shard(
+    path: Path, cache: str | None = None, dtype: str | None = None, dim: int | None = None
+) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
+    """Read and verify one shard; any damage raises :class:`ShardError`.
+
+    ``cache``, ``dtype`` and ``dim``, when given, must match: features from another backbone's
+    cache would otherwise pass every checksum and still be wrong here.
+    """
     from safetensors import safe_open
 
     try:
@@ -158,6 +173,14 @@ def read_shard(path: Path) -> tuple[np.ndarray, list[tuple[str, int, int]]]:
         raise ShardError("row table missing or damaged") from None
     if features.ndim != 2 or features.shape[0] != len(rows):
         raise ShardError("row count does not match the feature block")
-    if _digest(features) != metadata.get("sha256"):
+    if _digest(features, metadata["rows"], metadata.get("cache", "")) != metadata.get("sha256"):
         raise ShardError("checksum mismatch")
+    if cache is not None and metadata.get("cache") != cache:
+        raise ShardError(f"belongs to cache {metadata.get('cache')!r} (another backbone or dtype), not {cache!r}")
+    if dtype is not None and features.dtype != np.dtype(dtype):
+        raise ShardError(f"holds {features.dtype} features, this cache stores {dtype}")
+    if dim is not None and features.shape[1] != int(dim):
+        raise ShardError(f"holds {features.shape[1]}-d features, this backbone gives {dim}-d")
+    if not all(len(r) == 3 and isinstance(r[0], str) and isinstance(r[1], int) and isinstance(r[2], int) for r in rows):
+        raise ShardError("row table damaged")
     return features, rows  # type: ignore[return-value]

@@ -1,7 +1,14 @@
-"""Trained heads on disk: safetensors weights plus a JSON description, never pickle."""
+"""Trained heads on disk: safetensors weights plus a JSON description, never pickle.
+
+The JSON records the SHA-256 of the weights file and the weights file records the head's
+defining fields (objective, K, feature width, hyper-parameters, backbone), so a torn pair (a
+run killed between the two writes), an edited or truncated file, a pair mixed from two saves
+or an older format is refused in one line instead of being loaded as valid.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +17,7 @@ from imgcluster.atomic import atomic_write_bytes, atomic_write_text
 from imgcluster.errors import UserError
 from imgcluster.objectives import Objective, create_objective
 
-CHECKPOINT_FORMAT = "imgcluster-head/1"
+CHECKPOINT_FORMAT = "imgcluster-head/2"  # 2: weights checksum in the JSON, head fields in the weights
 
 
 def checkpoint_json(path: Path) -> Path:
@@ -30,9 +37,20 @@ def save_checkpoint(path: Path, objective: Objective, description: dict[str, Any
         "params": _jsonable(objective.params),
         **description,
     }
-    atomic_write_bytes(path, save(state, metadata={"format": CHECKPOINT_FORMAT}))
-    atomic_write_text(checkpoint_json(path), json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n")
+    meta = json.loads(json.dumps(meta, default=str))  # exactly what a reader will see
+    data = save(state, metadata={"format": CHECKPOINT_FORMAT, "head": _head_fields(meta)})
+    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
+    # Weights first: a run killed between the two writes leaves new weights beside an old JSON,
+    # which the checksum refuses, never an old head described as a new one.
+    atomic_write_bytes(path, data)
+    atomic_write_text(checkpoint_json(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return checkpoint_json(path)
+
+
+def _head_fields(meta: dict[str, Any]) -> str:
+    """The fields that decide what the weights mean, as canonical JSON."""
+    keys = ("objective", "clusters", "feature_dim", "params", "backbone")
+    return json.dumps({k: meta.get(k) for k in keys}, sort_keys=True, default=str)
 
 
 def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
@@ -51,12 +69,27 @@ def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot read {meta_path}: {exc}") from None
-    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+    found = meta.get("format") if isinstance(meta, dict) else None
+    if isinstance(found, str) and found.startswith("imgcluster-head/") and found != CHECKPOINT_FORMAT:
+        raise UserError(f"head checkpoint {path} has format {found}, this imgcluster reads {CHECKPOINT_FORMAT}; train it again")
+    if not isinstance(meta, dict) or found != CHECKPOINT_FORMAT:
         raise UserError(f"{meta_path} is not an imgcluster head description (format {CHECKPOINT_FORMAT})")
     try:
-        state = load(path.read_bytes())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+    if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
+        raise UserError(
+            f"head checkpoint {path} does not match the checksum in {meta_path.name} "
+            "(truncated, edited, or the two files come from different saves); train it again"
+        )
+    try:
+        header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
+        state = load(data)
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on bad files
         raise UserError(f"{path} is not a valid safetensors checkpoint ({type(exc).__name__})") from None
+    if header.get("format") != CHECKPOINT_FORMAT or header.get("head") != _head_fields(meta):
+        raise UserError(f"{meta_path.name} does not describe the weights in {path} (edited or mixed up); train it again")
     try:
         objective = create_objective(meta["objective"], int(meta["feature_dim"]), int(meta["clusters"]), meta.get("params") or {})
         objective.load_state_dict(state, strict=True)
@@ -66,6 +99,22 @@ def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
         raise UserError(f"{path} does not match its description {meta_path.name}: {str(exc).splitlines()[0]}") from None
     objective.eval()
     return objective, meta
+
+
+def check_backbone(meta: dict[str, Any], identity: dict[str, Any], head: Path | str) -> None:
+    """Refuse a head trained on another backbone's features, even one of the same width.
+
+    Only the fields the head's description records are compared (hand-written descriptions
+    may name just the model).
+    """
+    recorded = meta.get("backbone") or {}
+    differ = [k for k, v in recorded.items() if identity.get(k) != v] if isinstance(recorded, dict) else ["backbone"]
+    if differ:
+        raise UserError(
+            f"head {head} was trained on features of {recorded.get('model', '?')} (weights {recorded.get('weights', '?')}), "
+            f"but this run embeds with {identity.get('model')} (weights {identity.get('weights')}); "
+            f"differs in: {', '.join(differ)}. Use the same --model/--weights, or train a new head"
+        )
 
 
 def _jsonable(params: Any) -> dict[str, Any]:

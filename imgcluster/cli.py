@@ -13,6 +13,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from imgcluster import __version__
+from imgcluster.atomic import check_writable
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, AssignConfig, EmbedConfig, TrainConfig, sidecar_path, write_sidecar
 from imgcluster.errors import UserError
 from imgcluster.ui import UI
@@ -47,9 +48,21 @@ WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Ima
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Storage type of cached features: float16 or float32.")]
 SymlinkOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Follow links that point outside FOLDER.")]
+CompileOpt = Annotated[
+    bool, typer.Option("--compile", help="torch.compile the backbone on CUDA (faster on large folders; ignored on the CPU).")
+]
+LockTimeoutOpt = Annotated[
+    float,
+    typer.Option("--lock-timeout", min=0, help="Seconds to wait while another run uses the same cache. Default 0: fail at once."),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 ObjectiveOpt = Annotated[str, typer.Option("--objective", "-o", help="Clustering objective (see `imgcluster objectives`).")]
-ClustersOpt = Annotated[int, typer.Option("--clusters", "-k", help="Number of clusters K.")]
+ClustersOpt = Annotated[
+    str,
+    typer.Option("--clusters", "-k", help="Number of clusters K, or auto: chosen from the features between --k-min and --k-max."),
+]
+KMinOpt = Annotated[int, typer.Option("--k-min", min=2, help="Smallest K that --clusters auto considers.")]
+KMaxOpt = Annotated[int, typer.Option("--k-max", min=2, help="Largest K that --clusters auto considers.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, help="Training batch size.")]
 LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
@@ -63,14 +76,17 @@ OptionOpt = Annotated[
 @contextmanager
 def handled(ui: UI) -> Iterator[None]:
     """One-line errors with exit codes; tracebacks only for bugs, and only with IMGCLUSTER_DEBUG=1."""
+    from imgcluster.signals import exit_code_of, sigterm_as_interrupt
+
     try:
-        yield
+        with sigterm_as_interrupt():
+            yield
     except UserError as exc:
         ui.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
-    except KeyboardInterrupt:
-        ui.error("interrupted; every finished batch is kept in the cache and the next run resumes from there")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the message says what was kept, when known
+        ui.error(str(exc) or "interrupted; every finished batch is kept in the cache and the next run resumes from there")
+        raise typer.Exit(exit_code_of(exc)) from None
     except typer.Exit:
         raise
     except Exception as exc:
@@ -107,7 +123,7 @@ def _parse_options(options: list[str] | None) -> dict[str, Any]:
     return parsed
 
 
-def _embed(ui: UI, config: EmbedConfig, device: Any) -> Any:
+def _embed(ui: UI, config: EmbedConfig, device: Any, lock_timeout: float = 0.0) -> Any:
     from imgcluster.pipeline import EmbedHooks, embed_folder
 
     with ui.progress("embedding") as bar:
@@ -121,8 +137,9 @@ def _embed(ui: UI, config: EmbedConfig, device: Any) -> Any:
             on_start=on_start,
             on_advance=bar.advance,
             on_warning=ui.warn,
+            on_wait=ui.info,
         )
-        result = embed_folder(config, device, hooks)
+        result = embed_folder(config, device, hooks, lock_timeout)
     ui.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
     return result
 
@@ -156,7 +173,16 @@ def _train(ui: UI, result: Any, config: TrainConfig, device: Any) -> Any:
             if not ui.interactive:
                 ui.info(f"epoch {log.epoch}/{total} [{log.stage}] loss {log.loss:.4f} ({log.seconds:.1f}s)")
 
-        trained = train_objective(result.features, neighbours, config, device, on_epoch)
+        try:
+            trained = train_objective(result.features, neighbours, config, device, on_epoch)
+        except KeyboardInterrupt as exc:
+            from imgcluster.signals import Interrupted
+
+            raise Interrupted.wrap(
+                exc,
+                f"interrupted while training: the features of all {len(result.paths)} images stay cached in {result.cache_dir}; "
+                "no head or CSV was written by this run, the next run trains again from the cached features",
+            ) from None
     ui.info(f"trained {config.objective} (K={config.clusters}) in {trained.seconds:.1f}s")
     if trained.empty_clusters:
         ui.warn(
@@ -166,7 +192,14 @@ def _train(ui: UI, result: Any, config: TrainConfig, device: Any) -> Any:
     return trained
 
 
-def _save_head(result: Any, trained: Any, embed_config: EmbedConfig, train_config: TrainConfig, out: Path | None) -> Path:
+def _save_head(
+    result: Any,
+    trained: Any,
+    embed_config: EmbedConfig,
+    train_config: TrainConfig,
+    out: Path | None,
+    choose_k: dict[str, Any] | None = None,
+) -> Path:
     from imgcluster.checkpoint import save_checkpoint
     from imgcluster.pipeline import head_path_for
 
@@ -183,9 +216,57 @@ def _save_head(result: Any, trained: Any, embed_config: EmbedConfig, train_confi
             "train_seconds": trained.seconds,
             "schedule": trained.schedule,
             "history": [log.__dict__ for log in trained.history],
+            **({"choose_k": choose_k} if choose_k is not None else {}),
         },
     )
     return path
+
+
+def _parse_clusters(clusters: str, k_min: int, k_max: int) -> int | None:
+    """``--clusters``: a whole number, or None for ``auto``; checked before any embedding."""
+    from imgcluster.choose_k import parse_clusters
+
+    try:
+        requested = parse_clusters(clusters)
+    except ValueError as exc:
+        raise UserError(str(exc), exit_code=2) from None
+    if requested is None and k_max < k_min:
+        raise UserError(f"--k-max ({k_max}) must not be below --k-min ({k_min})", exit_code=2)
+    return requested
+
+
+def _auto_clusters(
+    ui: UI, config: TrainConfig, requested: int | None, k_min: int, k_max: int, features: Any
+) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """``--clusters auto``: choose K from the cached features, say why on stderr, return the evidence to record."""
+    import dataclasses
+
+    from imgcluster.choose_k import choose_k
+
+    if requested is not None:
+        return config, None
+    try:
+        choice = choose_k(features, k_min, k_max, seed=config.seed)
+    except ValueError as exc:
+        raise UserError(str(exc), exit_code=2) from None
+    ui.info(choice.explanation)
+    return dataclasses.replace(config, clusters=choice.k), choice.to_dict()
+
+
+OUTLIER_RULE = "confidence < min_confidence, or cosine distance to the cluster's mean feature > median + 3 * 1.4826 * MAD of that cluster"
+
+
+def _near_duplicates(ui: UI, result: Any, threshold: float | None, out_path: Path | None, device: Any) -> dict[str, Any] | None:
+    """``--near-duplicates``: write ``<csv stem>-duplicates.csv`` and say how many groups it holds."""
+    if threshold is None or out_path is None:
+        return None
+    from imgcluster.duplicates import duplicates_path, find_near_duplicates, write_duplicates
+
+    groups = find_near_duplicates(result.features, threshold, use_gpu=device.type == "cuda")
+    path = write_duplicates(duplicates_path(out_path), result.paths, groups)
+    images = sum(len(g.members) for g in groups)
+    ui.info(f"{len(groups)} near-duplicate group(s) ({images} images, cosine similarity >= {threshold}) in {path}")
+    return {"threshold": threshold, "groups": len(groups), "images": images, "csv": str(path)}
 
 
 def _train_config(
@@ -211,6 +292,8 @@ def embed(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float16",
     follow_symlinks: SymlinkOpt = False,
+    compile_model: CompileOpt = False,
+    lock_timeout: LockTimeoutOpt = 0.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Compute and cache backbone features; a second run embeds only new or changed images."""
@@ -218,8 +301,10 @@ def embed(
 
     ui = UI(quiet)
     with handled(ui):
-        config = EmbedConfig(str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks)
-        result = _embed(ui, config, resolve_device(device))
+        config = EmbedConfig(
+            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
+        )
+        result = _embed(ui, config, resolve_device(device), lock_timeout)
         _report_skipped(ui, result, None)
 
 
@@ -230,7 +315,9 @@ def embed(
 def train(
     folder: Folder,
     objective: ObjectiveOpt = "scan",
-    clusters: ClustersOpt = DEFAULT_CLUSTERS,
+    clusters: ClustersOpt = str(DEFAULT_CLUSTERS),
+    k_min: KMinOpt = 2,
+    k_max: KMaxOpt = 20,
     epochs: EpochsOpt = TrainConfig.epochs,
     batch_size: BatchOpt = TrainConfig.batch_size,
     lr: LrOpt = TrainConfig.lr,
@@ -246,6 +333,8 @@ def train(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float16",
     follow_symlinks: SymlinkOpt = False,
+    compile_model: CompileOpt = False,
+    lock_timeout: LockTimeoutOpt = 0.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed (cached) and train a clustering head; saves a reusable checkpoint."""
@@ -254,12 +343,20 @@ def train(
     ui = UI(quiet)
     with handled(ui):
         dev = resolve_device(device)
-        embed_config = EmbedConfig(str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks)
-        train_config = _train_config(objective, clusters, epochs, batch_size, lr, knn, seed, option)
-        result = _embed(ui, embed_config, dev)
+        embed_config = EmbedConfig(
+            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
+        )
+        requested = _parse_clusters(clusters, k_min, k_max)
+        train_config = _train_config(
+            objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option
+        )
+        if out is not None:
+            check_writable(out)
+        result = _embed(ui, embed_config, dev, lock_timeout)
         _report_skipped(ui, result, None)
+        train_config, choice = _auto_clusters(ui, train_config, requested, k_min, k_max, result.features)
         trained = _train(ui, result, train_config, dev)
-        path = _save_head(result, trained, embed_config, train_config, out)
+        path = _save_head(result, trained, embed_config, train_config, out, choice)
         ui.info(f"head saved to {path}")
 
 
@@ -275,8 +372,30 @@ def assign(
     ] = None,
     head: Annotated[Optional[Path], typer.Option("--head", help="Use a trained head checkpoint instead of training one.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Add the objective's explanation columns (dsc2i: distances).")] = False,
+    report: Annotated[bool, typer.Option("--report", help="Also write an HTML report beside the CSV (see `imgcluster report`).")] = False,
+    min_confidence: Annotated[
+        float,
+        typer.Option(
+            "--min-confidence",
+            min=0.0,
+            max=1.0,
+            help="Mark images whose confidence is below this as outliers (outlier column); images far from their "
+            "cluster's centre (cosine distance above median + 3 robust SD in that cluster) are marked too.",
+        ),
+    ] = 0.5,
+    near_duplicates: Annotated[
+        Optional[float],
+        typer.Option(
+            "--near-duplicates",
+            metavar="THRESHOLD",
+            help="Also list groups of near-identical images (cosine similarity >= THRESHOLD, e.g. 0.98) in "
+            "<csv stem>-duplicates.csv beside the CSV.",
+        ),
+    ] = None,
     objective: ObjectiveOpt = "scan",
-    clusters: ClustersOpt = DEFAULT_CLUSTERS,
+    clusters: ClustersOpt = str(DEFAULT_CLUSTERS),
+    k_min: KMinOpt = 2,
+    k_max: KMaxOpt = 20,
     epochs: EpochsOpt = TrainConfig.epochs,
     batch_size: BatchOpt = TrainConfig.batch_size,
     lr: LrOpt = TrainConfig.lr,
@@ -291,6 +410,8 @@ def assign(
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float16",
     follow_symlinks: SymlinkOpt = False,
+    compile_model: CompileOpt = False,
+    lock_timeout: LockTimeoutOpt = 0.0,
     quiet: QuietOpt = False,
 ) -> None:
     """Write a CSV of cluster labels (path, cluster, confidence), one row per image.
@@ -299,8 +420,8 @@ def assign(
     """
     import numpy as np
 
-    from imgcluster.assign import predict, write_assignments
-    from imgcluster.checkpoint import load_checkpoint
+    from imgcluster.assign import mark_outliers, predict, write_assignments
+    from imgcluster.checkpoint import check_backbone, load_checkpoint
     from imgcluster.pipeline import resolve_device
 
     ui = UI(quiet)
@@ -310,13 +431,25 @@ def assign(
         out_path = None if out == "-" else Path(out)
         if out_path is not None and out_path.is_dir():
             raise UserError(f"--out {out} is a folder; give a file name", exit_code=2)
+        if report and out_path is None:
+            raise UserError("--report needs --out FILE: the report is written beside the CSV", exit_code=2)
+        if near_duplicates is not None and out_path is None:
+            raise UserError("--near-duplicates needs --out FILE: the duplicates CSV is written beside it", exit_code=2)
+        if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
+            raise UserError(f"--near-duplicates is a cosine similarity in (0, 1], got {near_duplicates}", exit_code=2)
+        requested = _parse_clusters(clusters, k_min, k_max) if head is None else None
+        choice: dict[str, Any] | None = None
+        if out_path is not None:
+            check_writable(out_path)  # fail before the embedding, not after it
         head_meta: dict[str, Any] | None = None
         if head is not None:
             trained_objective, head_meta = load_checkpoint(head)
             if model == "auto" and weights is None:
                 model = head_meta.get("backbone", {}).get("model", model)
-        embed_config = EmbedConfig(str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks)
-        result = _embed(ui, embed_config, dev)
+        embed_config = EmbedConfig(
+            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
+        )
+        result = _embed(ui, embed_config, dev, lock_timeout)
         train_config: TrainConfig | None = None
         if head_meta is not None:
             if int(head_meta["feature_dim"]) != result.features.shape[1]:
@@ -324,18 +457,29 @@ def assign(
                     f"head {head} expects {head_meta['feature_dim']}-d features but {result.model} gives "
                     f"{result.features.shape[1]}-d; use --model {head_meta.get('backbone', {}).get('model', '?')}"
                 )
+            check_backbone(head_meta, result.identity, head)
+            choice = head_meta.get("choose_k")
         else:
-            train_config = _train_config(objective, clusters, epochs, batch_size, lr, knn, seed, option)
+            train_config = _train_config(
+                objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option
+            )
+            train_config, choice = _auto_clusters(ui, train_config, requested, k_min, k_max, result.features)
             trained = _train(ui, result, train_config, dev)
             trained_objective = trained.objective
-            head = _save_head(result, trained, embed_config, train_config, None)
+            head = _save_head(result, trained, embed_config, train_config, None, choice)
             ui.info(f"head saved to {head}")
         if not result.paths:
             raise UserError(f"none of the images in {folder} could be read")
         assignment = predict(trained_objective, result.features, dev, explain=explain)
+        found = mark_outliers(assignment, result.features, min_confidence)
         write_assignments(out, result.paths, assignment)
+        ui.info(
+            f"{found.count} outlier(s): {int(found.low_confidence.sum())} below --min-confidence {min_confidence}, "
+            f"{int(found.far_from_centre.sum())} far from their cluster's centre"
+        )
+        duplicates = _near_duplicates(ui, result, near_duplicates, out_path, dev)
         skipped_csv = _report_skipped(ui, result, out_path)
-        assign_config = AssignConfig(str(folder), out, _str(head), explain)
+        assign_config = AssignConfig(str(Path(folder).resolve()), out, _str(head), explain)  # absolute: `report` runs from anywhere
         labels, counts = np.unique(assignment.cluster, return_counts=True)
         sizes = {int(k): int(v) for k, v in zip(labels, counts)}
         if out_path is not None:
@@ -346,14 +490,19 @@ def assign(
                 train=train_config or head_meta.get("train"),
                 backbone=result.identity,
                 head={"path": str(head), "objective": trained_objective.name, "clusters": trained_objective.n_clusters},
+                **({"choose_k": choice} if choice is not None else {}),
                 result={
                     "images": len(result.paths),
                     "skipped": len(result.skipped),
                     "skipped_csv": _str(skipped_csv),
                     "cluster_sizes": sizes,
+                    "outliers": {"min_confidence": min_confidence, "rule": OUTLIER_RULE, **found.summary()},
+                    "near_duplicates": duplicates,
                 },
             )
             ui.info(f"wrote {len(result.paths)} assignments to {out_path} ({len(sizes)} clusters)")
+            if report:
+                _write_report(ui, out_path, features=(result.paths, result.features))
 
 
 @app.command(
@@ -378,6 +527,47 @@ def evaluate(
             sys.stdout.write(json.dumps(evaluation.to_dict(), indent=2) + "\n")
 
 
+def _write_report(ui: UI, assignments: Path, **options: Any) -> None:
+    """Thumbnails under a progress bar, then one line saying where the report went."""
+    from imgcluster.report import ReportHooks, write_report
+
+    with ui.progress("thumbnails") as bar:
+        hooks = ReportHooks(on_start=bar.start, on_advance=bar.advance, on_warning=ui.warn)
+        made = write_report(assignments, hooks=hooks, **options)
+    ui.info(
+        f"report written to {made.html} ({made.clusters} clusters, {made.shown} of {made.rows} images shown, "
+        f"{made.bytes / 1e6:.1f} MB, {made.seconds:.1f}s)"
+    )
+    if made.montages:
+        ui.info(f"{len(made.montages)} montage(s) in {made.montages[0].parent}")
+
+
+@app.command(
+    epilog="Examples:\n\n  imgcluster report photos-clusters.csv                 # writes photos-clusters.html\n\n"
+    "  imgcluster report clusters.csv --labels ./labelled-photos --montage\n\n"
+    "  imgcluster report clusters.csv --per-cluster 24 --out /tmp/clusters.html",
+)
+def report(
+    assignments: Annotated[Path, typer.Argument(help="CSV written by `imgcluster assign`.", show_default=False)],
+    out: Annotated[Optional[Path], typer.Option("--out", help="HTML path. Default: <csv stem>.html beside the CSV.")] = None,
+    labels: Annotated[
+        Optional[Path], typer.Option("--labels", help="Labelled folder (sub-folder names are labels): show each cluster's label mix.")
+    ] = None,
+    folder: Annotated[
+        Optional[Path], typer.Option("--folder", help="Image folder, when the CSV has no sidecar JSON or the images moved.")
+    ] = None,
+    montage: Annotated[bool, typer.Option("--montage", help="Also write a PNG contact sheet per cluster in <csv stem>-montage/.")] = False,
+    per_cluster: Annotated[
+        int, typer.Option("--per-cluster", min=1, help="Most typical images shown per cluster; a third as many least confident join them.")
+    ] = 48,
+    quiet: QuietOpt = False,
+) -> None:
+    """Write one self-contained HTML page of thumbnails per cluster; open it from disk in any browser."""
+    ui = UI(quiet)
+    with handled(ui):
+        _write_report(ui, assignments, out=out, labels=labels, folder=folder, montage=montage, per_cluster=per_cluster)
+
+
 @app.command()
 def objectives() -> None:
     """List the clustering objectives and their hyper-parameters (for --option)."""
@@ -388,7 +578,8 @@ def objectives() -> None:
     with handled(UI()):
         for name in list_objectives():
             cls = objective_class(name)
-            summary = (cls.__doc__ or "").strip().splitlines()[0]
+            doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
+            summary = doc.strip().splitlines()[0] if doc.strip() else ""
             typer.echo(f"{name}{' (default)' if name == DEFAULT_OBJECTIVE else ''}: {summary}")
             for f in dataclasses.fields(cls.Params):
                 typer.echo(f"    {f.name} = {f.default!r}")
@@ -419,4 +610,7 @@ def _str(value: Path | str | None) -> str | None:
 
 
 def main() -> None:
-    app(prog_name="imgcluster")
+    from imgcluster.signals import sigterm_as_interrupt
+
+    with sigterm_as_interrupt():  # SIGTERM while still importing ends like Ctrl-C (exit 130), not mid-way
+        app(prog_name="imgcluster")

@@ -27,6 +27,7 @@ class EmbedConfig:
     workers: int | None = None  # None: chosen from the machine
     dtype: str = "float16"
     follow_symlinks: bool = False
+    compile_model: bool = False  # torch.compile the backbone (CUDA only; ignored on the CPU)
 
 
 @dataclass

@@ -2,22 +2,65 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from imgcluster.backbones import Backbone
 from imgcluster.load import ImageDecodeError, load_rgb
 from imgcluster.scan import ImageFile
+from imgcluster.speed import cpu_threads, fold_batchnorm, worker_threads_init
+
+MAX_ASPECT = 16  # longer side / shorter side kept before resizing; see limit_aspect
+
+Item = tuple[int, "torch.Tensor | None", "str | None", "tuple[int, int] | None"]
+
+
+def limit_aspect(image: Image.Image, max_ratio: int = MAX_ASPECT) -> Image.Image:
+    """Centre-crop the long side of extreme slivers to ``max_ratio`` times the short side.
+
+    The model's transform scales the *short* side up to ~256 px: a 1×100,000 strip would become
+    256×25,600,000 pixels (20 GB) before the centre crop threw nearly all of it away. Ordinary
+    photos and panoramas (up to 16:1) are left alone, so their features do not change.
+    """
+    w, h = image.size
+    short = max(1, min(w, h))
+    if max(w, h) <= max_ratio * short:
+        return image
+    keep = max_ratio * short
+    if w > h:
+        left = (w - keep) // 2
+        return image.crop((left, 0, left + keep, h))
+    top = (h - keep) // 2
+    return image.crop((0, top, w, top + keep))
+
+
+def _stat(path: Path, when: str) -> tuple[int, int]:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise ImageDecodeError(f"file disappeared {when}") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot stat: {exc.strerror or exc}") from None
+    return st.st_size, st.st_mtime_ns
 
 
 class ImageDataset(Dataset):
-    """Decodes and preprocesses one file; failures travel as reasons, never as exceptions."""
+    """Decodes and preprocesses one file; failures travel as reasons, never as exceptions.
+
+    The file is stat'ed before and after decoding: one that changed while it was read is
+    skipped (the pixels may mix two versions); one that changed since the scan but held still
+    while read is embedded, and its new (size, mtime) is returned so the cache records the
+    version that was actually embedded.
+    """
 
     def __init__(self, files: list[ImageFile], transform: Callable, draft_size: int | None) -> None:
         self.files = files
@@ -27,21 +70,28 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor | None, str | None]:
+    def __getitem__(self, i: int) -> Item:
+        file = self.files[i]
         try:
-            image = load_rgb(self.files[i].path, self.draft_size)
-            return i, self.transform(image), None
+            before = _stat(file.path, "before it could be read")
+            image = load_rgb(file.path, self.draft_size)
+            after = _stat(file.path, "while it was read")
+            if after != before:
+                return i, None, "changed while it was read; run again to embed it", None
+            tensor = self.transform(limit_aspect(image))
+            return i, tensor, None, after if after != (file.size, file.mtime_ns) else None
         except ImageDecodeError as exc:
-            return i, None, str(exc)
+            return i, None, str(exc), None
         except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image must not stop the run
-            return i, None, f"cannot preprocess: {type(exc).__name__}: {exc}"
+            return i, None, f"cannot preprocess: {type(exc).__name__}: {exc}", None
 
 
-def _collate(items: list[tuple[int, torch.Tensor | None, str | None]]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]]]:
-    ok = [(i, t) for i, t, _ in items if t is not None]
-    failed = [(i, reason) for i, t, reason in items if t is None and reason is not None]
+def _collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]], dict[int, tuple[int, int]]]:
+    ok = [(i, t) for i, t, _, _ in items if t is not None]
+    failed = [(i, reason) for i, t, reason, _ in items if t is None and reason is not None]
+    changed = {i: stat for i, t, _, stat in items if t is not None and stat is not None}
     tensor = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], tensor, failed
+    return [i for i, _ in ok], tensor, failed, changed
 
 
 @dataclass
@@ -49,6 +99,7 @@ class EmbeddedBatch:
     indices: list[int]  # positions in the ``files`` list given to :func:`embed_files`
     features: np.ndarray  # [len(indices), d] float32
     failures: list[tuple[int, str]]  # (position, reason)
+    changed: dict[int, tuple[int, int]] = field(default_factory=dict)  # position -> (size, mtime_ns) when decoded
 
 
 def default_workers(n_files: int) -> int:
@@ -69,36 +120,70 @@ def embed_files(
     device: torch.device,
     batch_size: int = 64,
     workers: int | None = None,
+    compile_model: bool = False,
 ) -> Iterator[EmbeddedBatch]:
+    """Yield features batch by batch; decoding runs in ``workers`` processes beside the model.
+
+    ``compile_model`` applies ``torch.compile`` on CUDA only (on the CPU compiling costs minutes
+    and needs a C++ compiler, for little gain on one folder).
+    """
     from timm.data import create_transform
 
     transform = create_transform(**backbone.data_config, is_training=False)
     dataset = ImageDataset(files, transform, draft_size_for(backbone.data_config))
     workers = default_workers(len(files)) if workers is None else workers
+    if not files:
+        return
+    cuda = device.type == "cuda"
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
         shuffle=False,
         num_workers=workers,
         collate_fn=_collate,
-        pin_memory=device.type == "cuda",
+        pin_memory=cuda,
         persistent_workers=False,
         prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=worker_threads_init if workers > 0 else None,
     )
-    model = backbone.model
-    cuda = device.type == "cuda"
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    with torch.inference_mode():
-        for indices, tensor, failures in loader:
+    model = prepare_model(backbone, device)
+    compiled = compile_model and cuda
+    if compiled:
+        model = torch.compile(model, dynamic=False)
+    with contextlib.ExitStack() as stack:
+        if not cuda:
+            stack.enter_context(cpu_threads(workers))
+        stack.enter_context(torch.inference_mode())
+        for indices, tensor, failures, changed in loader:
             if tensor is None:
-                yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures)
+                yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, changed)
                 continue
-            x = tensor.to(device, non_blocking=True)
+            n = tensor.shape[0]
+            # Always one shape: the CPU kernels for a batch of 1 round differently from larger ones
+            # (measured with EfficientNet-Lite0), and a resumed or incremental run groups images
+            # differently, so without padding its features could differ in the last bits; a
+            # ragged last batch would also recompile a compiled model.
+            if n < batch_size:
+                tensor = torch.cat([tensor, tensor.new_zeros((batch_size - n, *tensor.shape[1:]))])
+            x = tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.bfloat16):
                     out = model(x)
             else:
                 out = model(x)
-            yield EmbeddedBatch(indices, out.float().cpu().numpy(), failures)
+            yield EmbeddedBatch(indices, out[:n].float().cpu().numpy(), failures, changed)
+
+
+def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:
+    """The backbone as it runs here: batch norm folded into convolutions, channels-last memory.
+
+    Both are exact up to rounding and speed up convolutional backbones on the CPU as well as on
+    CUDA (numbers in ``benchmarks/results_speed.md``). Folding works on a copy; a model without
+    batch norm is used as it is, only its memory format changes.
+    """
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn((1, *backbone.data_config["input_size"]), generator=generator).to(device)
+    model = fold_batchnorm(backbone.model, probe)
+    return model.to(memory_format=torch.channels_last)

@@ -25,6 +25,7 @@ def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     """
     try:
         with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's notes on odd files (corrupt EXIF, ...) would litter stderr
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 if getattr(im, "n_frames", 1) > 1:

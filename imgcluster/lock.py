@@ -10,33 +10,48 @@ import contextlib
 import fcntl
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from imgcluster.errors import UserError
 
 
 @contextlib.contextmanager
-def folder_lock(directory: Path, wait_seconds: float = 0.0) -> Iterator[None]:
-    """Hold ``directory/lock``; wait up to ``wait_seconds`` for another run, then fail clearly."""
-    directory.mkdir(parents=True, exist_ok=True)
+def folder_lock(directory: Path, wait_seconds: float = 0.0, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold ``directory/lock``; wait up to ``wait_seconds`` for another run, then fail clearly.
+
+    ``on_wait`` hears once, in one line, that this run is waiting and for whom.
+    """
     path = directory / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UserError(
+            f"cannot create the cache folder {directory}: {exc.strerror or exc}; "
+            "pass --cache-dir DIR or set $IMGCLUSTER_CACHE to a writable folder"
+        ) from None
     try:
         deadline = time.monotonic() + wait_seconds
+        waited = False
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                holder = _read_holder(path)
                 if time.monotonic() >= deadline:
-                    holder = _read_holder(path)
+                    still = f" is still using {directory} after {wait_seconds:g}s" if wait_seconds > 0 else f" is using {directory}"
                     raise UserError(
-                        f"another imgcluster run{holder} is using {directory}; wait for it or use --lock-timeout"
+                        f"another imgcluster run{holder}{still}; wait for it to finish, or pass --lock-timeout SECONDS to wait longer"
                     ) from None
+                if not waited and on_wait is not None:
+                    on_wait(f"another imgcluster run{holder} is using {directory}; waiting up to {wait_seconds:g}s")
+                waited = True
                 time.sleep(0.2)
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+        with contextlib.suppress(OSError):  # the pid only makes a waiting run's message friendlier; the flock is what counts
+            os.ftruncate(fd, 0)
+            os.write(fd, str(os.getpid()).encode())
         yield
     finally:
         os.close(fd)  # closing releases the flock

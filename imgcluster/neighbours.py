@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 # Above this many vectors an exact search costs O(N^2) time; an IVF index keeps it near-linear.
 IVF_THRESHOLD = 200_000
 SEARCH_BLOCK = 16_384  # queries per block: bounds the distance buffer to BLOCK x k
+# The torch search holds a [block, N] similarity matrix: at most this many floats (1 GiB).
+TORCH_SIMILARITY_BUDGET = 1 << 28
+TORCH_BLOCK = 4096
+EXACT_SIMILARITY_BUDGET = 1 << 26  # floats (256 MiB) for the CPU repair of rows IVF left short
 
 
 def l2_normalise(features: np.ndarray) -> np.ndarray:
@@ -46,6 +55,11 @@ def knn_search(features: np.ndarray, k: int, use_gpu: bool = False, seed: int = 
 
     Duplicate images can outrank the query itself, so self is removed by index, not by rank.
     """
+    if use_gpu and not faiss_has_gpu():
+        import torch
+
+        if torch.cuda.is_available():  # faiss-cpu only (no `gpu` extra): exact search in torch on the GPU
+            return knn_search_torch(features, k, torch.device("cuda"))
     x = l2_normalise(features)
     n = x.shape[0]
     if n < 2:
@@ -63,4 +77,62 @@ def knn_search(features: np.ndarray, k: int, use_gpu: bool = False, seed: int = 
         keep[keep.sum(1) > k, k] = False
         indices[start:stop] = i[keep].reshape(-1, k)
         sims[start:stop] = d[keep].reshape(-1, k)
+    short = np.flatnonzero((indices < 0).any(axis=1))  # IVF pads with -1 when its probed lists hold < k+1 vectors
+    if short.size:
+        indices[short], sims[short] = _exact_rows(x, short, k)
+    return indices, sims
+
+
+def _exact_rows(x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` (self excluded) for a few ``rows``: the repair for rows an IVF search left short.
+
+    Blocks of rows keep the [block, N] similarity buffer within EXACT_SIMILARITY_BUDGET floats.
+    """
+    block = max(1, EXACT_SIMILARITY_BUDGET // x.shape[0])
+    indices = np.empty((rows.size, k), dtype=np.int64)
+    sims = np.empty((rows.size, k), dtype=np.float32)
+    for start in range(0, rows.size, block):
+        part = rows[start : start + block]
+        s = x[part] @ x.T
+        s[np.arange(part.size), part] = -np.inf
+        top = np.argpartition(-s, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(s, top, 1), axis=1, kind="stable")
+        indices[start : start + part.size] = np.take_along_axis(top, order, 1)
+        sims[start : start + part.size] = np.take_along_axis(s, indices[start : start + part.size], 1)
+    return indices, sims
+
+
+def knn_search_torch(features: np.ndarray, k: int, device: torch.device | str, block: int = TORCH_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` neighbours by blocked matrix products in torch, self excluded by index.
+
+    The GPU path when faiss has no GPU support: a [block, N] similarity matrix at a time, so
+    memory is O(block x N + N x d), never N x N. Same output as :func:`knn_search` with an exact
+    index; products run in full float32 (TF32 off) so neighbour sets match faiss.
+    """
+    import torch
+
+    x_np = l2_normalise(features)
+    n = x_np.shape[0]
+    if n < 2:
+        raise ValueError("need at least two images to find neighbours")
+    k = min(k, n - 1)
+    device = torch.device(device)
+    block = max(1, min(block, TORCH_SIMILARITY_BUDGET // n))
+    indices = np.empty((n, k), dtype=np.int64)
+    sims = np.empty((n, k), dtype=np.float32)
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        with torch.inference_mode():
+            x = torch.from_numpy(x_np).to(device)
+            for start in range(0, n, block):
+                stop = min(start + block, n)
+                s = x[start:stop] @ x.T
+                local = torch.arange(stop - start, device=device)
+                s[local, local + start] = -torch.inf
+                values, found = torch.topk(s, k, dim=1)
+                indices[start:stop] = found.cpu().numpy()
+                sims[start:stop] = values.cpu().numpy()
+    finally:
+        torch.set_float32_matmul_precision(precision)
     return indices, sims

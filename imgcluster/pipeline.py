@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import signal
+import dataclasses
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -21,8 +22,23 @@ from imgcluster.embed import embed_files
 from imgcluster.errors import UserError
 from imgcluster.lock import folder_lock
 from imgcluster.scan import ImageFile, scan_folder
+from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
 FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
+
+
+def flush_every() -> int:
+    """Images per cache shard; ``$IMGCLUSTER_FLUSH_EVERY`` overrides it (small values for tests)."""
+    raw = os.environ.get("IMGCLUSTER_FLUSH_EVERY")
+    if not raw:
+        return FLUSH_EVERY
+    try:
+        value = int(raw)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"IMGCLUSTER_FLUSH_EVERY must be a positive number of images, not {raw!r}", exit_code=2)
+    return value
 
 
 @dataclass
@@ -47,6 +63,7 @@ class EmbedHooks:
     on_start: Callable[[int, int], None] = lambda to_embed, reused: None
     on_advance: Callable[[int], None] = lambda n: None
     on_warning: Callable[[str], None] = lambda message: None
+    on_wait: Callable[[str], None] = lambda message: None  # waiting for another run's cache lock
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -70,23 +87,26 @@ def check_folder(folder: Path) -> Path:
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
     """SIGTERM unwinds like Ctrl-C, so finished batches are flushed either way."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        previous = signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
+    with sigterm_as_interrupt():
         yield
-        return
+
+
+def _utf8_name(rel: str) -> bool:
+    """Linux names are bytes; one that is not UTF-8 cannot go into the cache, a CSV or JSON."""
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
-def embed_folder(config: EmbedConfig, device: torch.device, hooks: EmbedHooks | None = None) -> EmbedResult:
-    """Embed every image under ``config.folder``, reusing cached features of unchanged files."""
+def embed_folder(
+    config: EmbedConfig, device: torch.device, hooks: EmbedHooks | None = None, lock_timeout: float = 0.0
+) -> EmbedResult:
+    """Embed every image under ``config.folder``, reusing cached features of unchanged files.
+
+    ``lock_timeout`` is how long to wait for another run that holds the same cache.
+    """
     hooks = hooks or EmbedHooks()
     start = time.perf_counter()
     folder = check_folder(Path(config.folder))
@@ -103,16 +123,28 @@ def embed_folder(config: EmbedConfig, device: torch.device, hooks: EmbedHooks | 
     identity = backbone.identity()
     directory = cache_root / "embeddings" / f"{model_name}-{cache_key(identity, config.dtype)}"
     hooks.on_ready(model_name, directory)
-    with folder_lock(directory):
+    with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait):
         cache = EmbeddingCache.open(directory, config.dtype, {"embed": to_dict(config), "backbone": identity, "note": FORMAT_NOTE})
         for problem in cache.problems:
             hooks.on_warning(f"cache shard damaged and ignored (will re-embed): {problem}")
-        todo = [f for f in files if cache.lookup(f) is None]
-        reused = len(files) - len(todo)
+        skipped: dict[str, str] = {f.rel: "file name is not valid UTF-8; rename the file" for f in files if not _utf8_name(f.rel)}
+        todo = [f for f in files if f.rel not in skipped and cache.lookup(f) is None]
+        reused = len(files) - len(skipped) - len(todo)
         hooks.on_start(len(todo), reused)
-        skipped: dict[str, str] = {}
+        changed: dict[str, ImageFile] = {}
         with _sigterm_as_interrupt():
-            _embed_into_cache(todo, cache, backbone, device, config, skipped, hooks)
+            try:
+                _embed_into_cache(todo, cache, backbone, device, config, skipped, hooks, changed)
+            except KeyboardInterrupt as exc:
+                kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files)
+                raise Interrupted.wrap(
+                    exc,
+                    f"interrupted while embedding: {kept} of {len(files)} files are saved in the cache {directory} "
+                    f"({kept - reused} by this run); run the same command again to resume from there",
+                ) from None
+        if changed:
+            hooks.on_warning(f"{len(changed)} file(s) changed between the scan and decoding; they were embedded as they are now")
+            files = [changed.get(f.rel, f) for f in files]
         cache.compact([f for f in files if f.rel not in skipped])
         rows = [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped]
     paths = [rel for rel, v in rows if v is not None]
@@ -123,7 +155,7 @@ def embed_folder(config: EmbedConfig, device: torch.device, hooks: EmbedHooks | 
         paths=paths,
         features=features,
         skipped=sorted(skipped.items()),
-        embedded=len(todo) - len(skipped),
+        embedded=len(todo) - sum(f.rel in skipped for f in todo),
         reused=reused,
         model=model_name,
         identity=identity,
@@ -141,7 +173,10 @@ def _embed_into_cache(
     config: EmbedConfig,
     skipped: dict[str, str],
     hooks: EmbedHooks,
+    changed: dict[str, ImageFile],
 ) -> None:
+    """Embed ``todo`` and save every ``flush_every()`` images; ``changed`` gets files re-stat'ed at decode time."""
+    every = flush_every()
     pending_files: list[ImageFile] = []
     pending_feats: list[np.ndarray] = []
 
@@ -152,26 +187,37 @@ def _embed_into_cache(
             pending_feats.clear()
 
     try:
-        for batch in embed_files(todo, backbone, device, config.batch_size, config.workers):
+        for batch in embed_files(todo, backbone, device, config.batch_size, config.workers, config.compile_model):
             for i, reason in batch.failures:
                 skipped[todo[i].rel] = reason
+            for i in batch.indices:
+                file = todo[i]
+                if i in batch.changed:  # decoded content belongs to the stat seen at decode time
+                    size, mtime_ns = batch.changed[i]
+                    file = changed[file.rel] = dataclasses.replace(file, size=size, mtime_ns=mtime_ns)
+                pending_files.append(file)
             if batch.indices:
-                pending_files.extend(todo[i] for i in batch.indices)
                 pending_feats.append(batch.features)
             hooks.on_advance(len(batch.indices) + len(batch.failures))
-            if len(pending_files) >= FLUSH_EVERY:
+            if len(pending_files) >= every:
                 flush()
     finally:
         flush()  # on Ctrl-C too: every finished batch is kept
 
 
 def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
+    """Names that are not UTF-8 are written with backslash escapes, so the CSV itself stays UTF-8."""
     from imgcluster.atomic import atomic_open
 
     with atomic_open(path, "w", newline="") as handle:
         writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC)
         writer.writerow(["path", "reason"])
-        writer.writerows(skipped)
+        writer.writerows((printable_name(rel), reason) for rel, reason in skipped)
+
+
+def printable_name(rel: str) -> str:
+    """``rel`` as valid UTF-8: undecodable bytes (kept by Python as surrogates) become ``\\xNN``."""
+    return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def mine_neighbours(features: np.ndarray, k: int, device: torch.device) -> np.ndarray:

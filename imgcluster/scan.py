@@ -22,7 +22,9 @@ def scan_folder(root: Path, follow_symlinks: bool = False, exclude: tuple[Path, 
 
     Hidden files and folders (the default cache ``.imgcluster/`` among them) and ``exclude`` are
     skipped. Symbolic links are followed only when they stay inside ``root`` or when
-    ``follow_symlinks`` is set; each real directory is visited once, so link loops end.
+    ``follow_symlinks`` is set; each real directory is visited once, so link loops end. Linked
+    folders are walked after every real one, so a folder reachable both ways keeps its real path
+    (its images keep their names and ``evaluate`` labels whichever link sorts first).
     """
     root = Path(root)
     if not root.is_dir():
@@ -31,6 +33,7 @@ def scan_folder(root: Path, follow_symlinks: bool = False, exclude: tuple[Path, 
     excluded = {p.resolve() for p in exclude}
     seen_dirs: set[tuple[int, int]] = set()
     found: list[ImageFile] = []
+    linked: list[tuple[Path, tuple[str, ...]]] = []  # folders reached through a link: walked last
 
     def inside_root(p: Path) -> bool:
         return p == real_root or real_root in p.parents
@@ -61,7 +64,10 @@ def scan_folder(root: Path, follow_symlinks: bool = False, exclude: tuple[Path, 
                 if entry.is_dir(follow_symlinks=True):
                     if path.resolve() in excluded:
                         continue
-                    walk(path, (*rel_parts, entry.name))
+                    if is_link:
+                        linked.append((path, (*rel_parts, entry.name)))
+                    else:
+                        walk(path, (*rel_parts, entry.name))
                 elif entry.is_file(follow_symlinks=True) and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
                     st = entry.stat(follow_symlinks=True)
                     found.append(ImageFile("/".join((*rel_parts, entry.name)), path, st.st_size, st.st_mtime_ns))
@@ -69,5 +75,7 @@ def scan_folder(root: Path, follow_symlinks: bool = False, exclude: tuple[Path, 
                 continue
 
     walk(root, ())
+    while linked:
+        walk(*linked.pop(0))
     found.sort(key=lambda f: f.rel)
     return found

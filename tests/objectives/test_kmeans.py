@@ -1,0 +1,115 @@
+"""Spherical k-means: exact recovery of blobs, determinism, calibrated confidences, checkpoints."""
+
+import numpy as np
+import pytest
+import torch
+
+from imgcluster.config import TrainConfig
+from imgcluster.evaluate import hungarian_accuracy
+from imgcluster.neighbours import knn_search, l2_normalise
+from imgcluster.objectives import create_objective
+from imgcluster.objectives.kmeans import FALLBACK_TEMPERATURE, T_MIN, calibrate_temperature, match_labels
+from imgcluster.train import train_objective
+
+
+def blobs(k: int = 5, n: int = 100, d: int = 32, noise: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 3
+    labels = np.repeat(np.arange(k), n)
+    return l2_normalise(centres[labels] + noise * rng.normal(size=(k * n, d))), labels
+
+
+def fitted(x: np.ndarray, k: int, seed: int = 0, **options):
+    objective = create_objective("kmeans", x.shape[1], k, options)
+    objective.fit(x, seed)
+    return objective.eval()
+
+
+def test_finds_the_blobs_exactly_through_the_training_loop() -> None:
+    x, y = blobs()
+    neighbours, _ = knn_search(x, 10)
+    result = train_objective(x, neighbours, TrainConfig(objective="kmeans", clusters=5, seed=0), torch.device("cpu"))
+    labels = result.objective.predict(torch.from_numpy(x)).argmax(1).numpy()
+    assert hungarian_accuracy(y, labels) == 1.0
+    assert result.empty_clusters == 0 and result.history == []
+    centroids = result.objective.centroids
+    assert torch.allclose(centroids.norm(dim=1), torch.ones(5), atol=1e-5)
+
+
+def test_probabilities_are_a_softmax_over_cosine_similarity() -> None:
+    x, _ = blobs(k=3, n=30)
+    objective = fitted(x, 3)
+    z = torch.from_numpy(x)
+    probs = objective.head_probs(z)
+    assert probs.shape == (1, 90, 3)
+    expected = ((z @ objective.centroids.T) / objective.temperature).softmax(-1)
+    assert torch.allclose(probs[0], expected, atol=1e-6)
+    assert torch.equal(objective.predict(z).argmax(1), (z @ objective.centroids.T).argmax(1))
+    explained = objective.explain(z)
+    assert torch.all(explained["centroid_similarity"] >= explained["runner_up_similarity"])
+
+
+def test_same_seed_same_centroids_other_seed_same_partition() -> None:
+    x, _ = blobs(noise=2.0)
+    a, b = fitted(x, 5, seed=3), fitted(x, 5, seed=3)
+    assert torch.equal(a.centroids, b.centroids) and torch.equal(a.temperature, b.temperature)
+    z = torch.from_numpy(x)
+    other = fitted(x, 5, seed=4).predict(z).argmax(1).numpy()
+    assert hungarian_accuracy(a.predict(z).argmax(1).numpy(), other) > 0.95
+
+
+def test_state_dict_and_safetensors_round_trip(tmp_path) -> None:
+    from imgcluster.checkpoint import load_checkpoint, save_checkpoint
+
+    x, _ = blobs(noise=2.0)
+    objective = fitted(x, 5, seed=1)
+    z = torch.from_numpy(x)
+    fresh = create_objective("kmeans", 32, 5, {})
+    fresh.load_state_dict(objective.state_dict(), strict=True)
+    assert torch.equal(fresh.eval().predict(z), objective.predict(z))
+    save_checkpoint(tmp_path / "km.safetensors", objective, {})
+    loaded, meta = load_checkpoint(tmp_path / "km.safetensors")
+    assert meta["objective"] == "kmeans"
+    assert torch.equal(loaded.predict(z), objective.predict(z))
+
+
+def test_confidence_reflects_how_clear_the_clusters_are() -> None:
+    clear, _ = blobs(noise=1.0)
+    vague = l2_normalise(np.random.default_rng(0).normal(size=(500, 32)))  # no cluster structure at all
+    sharp, soft = fitted(clear, 5), fitted(vague, 5)
+    assert float(sharp.temperature) == pytest.approx(T_MIN)  # equally good restarts agree everywhere
+    assert float(soft.temperature) > 10 * T_MIN  # ... and disagree on structureless data
+    assert float(sharp.predict(torch.from_numpy(clear)).max(1).values.mean()) > 0.99
+    assert float(soft.predict(torch.from_numpy(vague)).max(1).values.mean()) < 0.7
+    # Between two centroids the model is undecided.
+    midpoint = torch.nn.functional.normalize(sharp.centroids[:2].sum(0, keepdim=True), dim=1)
+    assert float(sharp.predict(midpoint).max()) < 0.6
+
+
+def test_temperature_calibration() -> None:
+    sims = np.array([[0.9, 0.1], [0.2, 0.8], [0.55, 0.45], [0.45, 0.55]])
+    # Targets that always agree with the argmax: the sharpest temperature on the grid.
+    assert calibrate_temperature(sims, [sims.argmax(1)]) == pytest.approx(T_MIN)
+    # Disagreement on the ambiguous rows: a softer, interior temperature.
+    t = calibrate_temperature(sims, [sims.argmax(1), np.array([0, 1, 1, 0])])
+    assert T_MIN < t < 1.0
+    # Fixed or single-restart temperatures are used as given.
+    x, _ = blobs(k=3, n=30)
+    assert float(fitted(x, 3, temperature=0.2).temperature) == pytest.approx(0.2)
+    assert float(fitted(x, 3, nredo=1).temperature) == pytest.approx(FALLBACK_TEMPERATURE)
+
+
+def test_match_labels_undoes_a_permutation() -> None:
+    reference = np.array([0, 0, 1, 1, 2, 2, 2])
+    assert np.array_equal(match_labels(reference, np.array([2, 2, 0, 0, 1, 1, 0]), 3), [0, 0, 1, 1, 2, 2, 1])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_predicts_on_gpu() -> None:
+    x, _ = blobs()
+    objective = fitted(x, 5)
+    z = torch.from_numpy(x)
+    cpu = objective.predict(z)
+    gpu = objective.to("cuda").predict(z.cuda()).cpu()
+    assert torch.allclose(cpu, gpu, atol=1e-5)

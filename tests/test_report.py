@@ -1,0 +1,229 @@
+"""The HTML report: what it shows, how big it may grow, and how it fails."""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagefolders import CLASSES, copy_sample
+from PIL import Image
+from typer.testing import CliRunner
+
+from imgcluster.cli import app
+from imgcluster.config import sidecar_path
+from imgcluster.report import MAX_IMAGES, THUMB_PX, Row, plan_clusters, write_report
+
+runner = CliRunner()
+FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--epochs", "2", "--workers", "0"]
+ODD_NAME = "<b>&x.png"
+
+
+def invoke(*args: object):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@dataclass
+class Clustered:
+    folder: Path
+    csv: Path
+    cache: Path
+    rows: list[dict[str, str]]
+    stderr: str
+    exit_code: int
+
+
+@pytest.fixture(scope="module")
+def clustered(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Clustered:
+    """One real `assign --report` run that the tests below read and re-report."""
+    root = tmp_path_factory.mktemp("report")
+    folder = copy_sample(root / "photos", CLASSES[:3], per_class=8)
+    shutil.copy2(sorted((folder / CLASSES[0]).iterdir())[0], folder / ODD_NAME)
+    out = root / "out" / "clusters.csv"
+    result = invoke("assign", folder, "--out", out, "--report", "--cache-dir", shared_cache, *FAST)
+    rows = list(csv.DictReader(out.open(encoding="utf-8"))) if out.is_file() else []
+    return Clustered(folder, out, shared_cache, rows, result.stderr, result.exit_code)
+
+
+def copy_csv(clustered: Clustered, dest: Path, rows: list[dict[str, str]] | None = None) -> Path:
+    """The CSV (optionally with other rows) and its sidecar, in another folder."""
+    dest.mkdir(parents=True, exist_ok=True)
+    target = dest / clustered.csv.name
+    rows = rows if rows is not None else clustered.rows
+    with target.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]), quoting=csv.QUOTE_NONNUMERIC)
+        writer.writeheader()
+        writer.writerows(rows)
+    shutil.copy2(sidecar_path(clustered.csv), sidecar_path(target))
+    return target
+
+
+def sections(page: str) -> set[str]:
+    return set(re.findall(r'<section class="card cluster" id="(cluster-\d+)"', page))
+
+
+def test_assign_report_shows_every_cluster_and_image(clustered: Clustered) -> None:
+    assert clustered.exit_code == 0, clustered.stderr
+    page_path = clustered.csv.with_suffix(".html")
+    assert f"report written to {page_path} (3 clusters, 25 of 25 images shown" in clustered.stderr
+    page = page_path.read_text(encoding="utf-8")
+    assert sections(page) == {f"cluster-{r['cluster']}" for r in clustered.rows}
+    assert page.count("<img ") == len(clustered.rows) == 25  # small clusters: every image, once
+    for row in clustered.rows:
+        assert f'alt="{html.escape(row["path"])}"' in page
+    assert "&lt;b&gt;&amp;x.png" in page and ODD_NAME not in page  # the file name is text, never markup
+    assert "closest to the cluster centre in the cached features" in page
+    assert "default-src 'none'" in page and not re.search(r"(src|href)=\"(https?:|//)", page)  # no network
+    assert page.count('src="data:image/') == 25
+
+
+def test_report_command_with_labels_and_montage(clustered: Clustered, tmp_path: Path) -> None:
+    out = tmp_path / "r.html"
+    stale = tmp_path / "clusters-montage" / "cluster-99.png"
+    stale.parent.mkdir()
+    stale.write_bytes(b"left by an earlier run with more clusters")
+    result = invoke("report", clustered.csv, "--out", out, "--labels", clustered.folder, "--montage")
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout == "" and f"report written to {out}" in result.stderr
+    assert f"3 montage(s) in {tmp_path / 'clusters-montage'}" in result.stderr
+    page = out.read_text(encoding="utf-8")
+    assert "ACC <b>" in page and "purity <b>" in page
+    mixes = re.findall(r'<div class="mix">.*?<p>(.*?)</p>', page)
+    assert len(mixes) == 3 and all(re.search(r"\(\d+%\)", m) for m in mixes)
+    assert all(any(c in m for m in mixes) for c in CLASSES[:3])
+    assert not stale.exists()
+    for k in {r["cluster"] for r in clustered.rows}:
+        with Image.open(tmp_path / "clusters-montage" / f"cluster-{k}.png") as im:
+            assert im.format == "PNG" and im.width >= THUMB_PX and im.height >= THUMB_PX
+
+
+def test_typical_means_nearest_the_centre_else_most_confident() -> None:
+    rows = [Row("a.png", 0, 0.40, False), Row("b.png", 0, 0.90, False), Row("c.png", 0, 0.95, False), Row("d.png", 0, 0.99, False)]
+    feats = {"a.png": np.array([1.0, 0.0]), "b.png": np.array([1.0, 0.1]), "c.png": np.array([1.0, -0.1]), "d.png": np.array([-1.0, 0])}
+    views = plan_clusters(rows, feats, per_cluster=3, max_images=100).views
+    assert [rows[i].path for i in views[0].typical] == ["a.png", "b.png", "c.png"]  # a sits on the centre despite its low confidence
+    assert [rows[i].path for i in views[0].least] == ["d.png"]
+    views = plan_clusters(rows, None, per_cluster=3, max_images=100).views
+    assert [rows[i].path for i in views[0].typical] == ["d.png", "c.png", "b.png"]
+    assert [rows[i].path for i in views[0].least] == ["a.png"]
+
+
+def test_size_policy_caps_images_for_a_large_folder() -> None:
+    rng = np.random.default_rng(0)
+    clusters = rng.choice(40, size=10_000, p=np.arange(1, 41) / np.arange(1, 41).sum())
+    rows = [Row(f"img{i:05d}.jpg", int(k), float(rng.random()), i % 97 == 0) for i, k in enumerate(clusters)]
+    plan = plan_clusters(rows, None, per_cluster=48, max_images=MAX_IMAGES)
+    views, outliers = plan.views, plan.outliers
+    shown = sum(len(v.typical) + len(v.least) for v in views) + len(outliers)
+    assert shown <= MAX_IMAGES and len(views) == 40 and plan.typical < 48 and plan.least == plan.typical // 3
+    assert [v.size for v in views] == sorted((v.size for v in views), reverse=True)  # largest first
+    for v in views:
+        assert len(v.typical) == min(plan.typical, v.size) and len(v.least) == min(plan.least, v.size - len(v.typical))
+        assert not set(v.typical) & set(v.least)
+        confidences = [rows[i].confidence for i in v.least]
+        assert confidences == sorted(confidences)
+    assert 0 < len(outliers) <= plan.typical
+    few = plan_clusters(rows, None, per_cluster=48, max_images=10).views  # more clusters than the cap: later clusters get none
+    assert sum(len(v.typical) + len(v.least) for v in few) <= 10
+
+
+def test_per_cluster_option_and_byte_budget(clustered: Clustered, tmp_path: Path) -> None:
+    small = tmp_path / "small.html"
+    result = invoke("report", clustered.csv, "--out", small, "--per-cluster", "3")
+    assert result.exit_code == 0, result.stderr
+    page = small.read_text(encoding="utf-8")
+    sizes = [int(n) for n in re.findall(r'data-size="(\d+)"', page)]
+    assert page.count("<img ") == sum(min(n, 3 + 1) for n in sizes)  # 3 typical + 1 least confident each
+    assert page.count("Least confident (1)") == 3 and "more images not shown" in page
+    full = write_report(clustered.csv, out=tmp_path / "full.html").bytes
+    budget = tmp_path / "budget.html"
+    made = write_report(clustered.csv, out=budget, max_bytes=full - 5_000)
+    assert made.omitted > 0 and made.shown > 0 and made.shown + made.omitted == 25
+    assert budget.stat().st_size <= full - 5_000
+    page = budget.read_text(encoding="utf-8")
+    assert page.count("left out (size limit)") == made.omitted and page.rindex("<img ") < page.index("left out (size limit)")
+
+
+def test_missing_images_are_placeholders(clustered: Clustered, tmp_path: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(clustered.folder, moved)
+    gone = [clustered.rows[0]["path"], clustered.rows[5]["path"]]
+    for rel in gone:
+        (moved / rel).unlink()
+    result = invoke("report", clustered.csv, "--folder", moved, "--out", tmp_path / "r.html")
+    assert result.exit_code == 0, result.stderr
+    assert "2 image file(s) missing and 0 unreadable" in result.stderr
+    page = (tmp_path / "r.html").read_text(encoding="utf-8")
+    assert page.count("<img ") == 23 and page.count(">file missing</div>") == 2
+    sidecar = json.loads(sidecar_path(clustered.csv).read_text())
+    sidecar["assign"]["folder"] = sidecar["embed"]["folder"] = str(tmp_path / "nowhere")
+    target = copy_csv(clustered, tmp_path / "lost")
+    sidecar_path(target).write_text(json.dumps(sidecar))
+    lost = invoke("report", target)
+    assert lost.exit_code == 0 and "not found; every image is shown as a placeholder" in lost.stderr
+    assert "<img " not in target.with_suffix(".html").read_text(encoding="utf-8")
+
+
+def test_outlier_column(clustered: Clustered, tmp_path: Path) -> None:
+    flags = {0: "1", 3: "True", 7: "1.0"}
+    rows = [{**r, "outlier": flags.get(i, "0" if i % 2 else "False")} for i, r in enumerate(clustered.rows)]
+    target = copy_csv(clustered, tmp_path, rows)
+    result = invoke("report", target)
+    assert result.exit_code == 0, result.stderr
+    page = target.with_suffix(".html").read_text(encoding="utf-8")
+    outliers = page.split('id="outliers"', 1)[1]
+    assert outliers.count("<img ") == 3 and "3 flagged" in outliers
+    assert {html.escape(clustered.rows[i]["path"]) for i in flags} <= set(re.findall(r'alt="([^"]*)"', outliers))
+
+
+def test_evaluation_json_adds_majority_labels(clustered: Clustered, tmp_path: Path) -> None:
+    target = copy_csv(clustered, tmp_path)
+    scores = invoke("evaluate", target, clustered.folder, "--json", "--quiet")
+    assert scores.exit_code == 0, scores.stderr
+    target.with_name(target.name + ".eval.json").write_text(scores.stdout)
+    result = invoke("report", target, "--quiet")
+    assert result.exit_code == 0 and result.stderr == ""
+    page = target.with_suffix(".html").read_text(encoding="utf-8")
+    assert len(re.findall(r"mostly [\w-]+ \(purity \d\.\d\d\)", page)) == 3
+    assert f"ACC <b>{json.loads(scores.stdout)['acc']:.3f}</b>" in page
+
+
+def test_thumbnails_are_made_once(clustered: Clustered, tmp_path: Path) -> None:
+    thumbs = clustered.cache / "thumbs" / str(THUMB_PX)
+    files = {p: p.stat().st_mtime_ns for p in thumbs.iterdir()}
+    assert len(files) >= 25
+    made = write_report(clustered.csv, out=tmp_path / "again.html")
+    assert made.shown == 25 and made.typical_by == "features"
+    assert {p: p.stat().st_mtime_ns for p in thumbs.iterdir()} == files  # nothing re-made
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (("report", "{tmp}/missing.csv"), 2, "assignments file not found"),
+        (("report", "{tmp}/nosidecar.csv"), 1, "give the folder with --folder"),
+        (("report", "{tmp}/bad.csv", "--folder", "{tmp}"), 1, "missing column(s) cluster"),
+        (("report", "{csv}", "--folder", "{tmp}/nowhere"), 2, "image folder not found"),
+        (("report", "{csv}", "--labels", "{tmp}/nowhere"), 2, "labelled folder not found"),
+        (("assign", "{tmp}", "--out", "-", "--report"), 2, "--report needs --out FILE"),
+    ],
+)
+def test_mistakes_are_one_line_errors(clustered: Clustered, tmp_path: Path, args: tuple, code: int, message: str) -> None:
+    shutil.copy2(clustered.csv, tmp_path / "nosidecar.csv")
+    (tmp_path / "bad.csv").write_text('"path","label"\n"a.png","x"\n')
+    result = invoke(*(a.format(tmp=tmp_path, csv=clustered.csv) for a in args))
+    assert result.exit_code == code, result.stderr
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_has_examples() -> None:
+    result = invoke("report", "--help")
+    assert result.exit_code == 0 and "Examples" in result.stdout and "imgcluster report" in result.stdout
+    assert "--report" in invoke("assign", "--help").stdout

@@ -1,0 +1,239 @@
+"""The fast paths give the same answers as the plain ones: torch kNN vs faiss, IVF, JPEG draft
+decoding, decode workers, batch-norm folding. GPU-only checks skip without CUDA."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from imagefolders import CLASSES, copy_sample
+from PIL import Image
+from torch import nn
+
+import imgcluster.neighbours as neighbours
+from imgcluster.backbones import Backbone, create_backbone
+from imgcluster.embed import draft_size_for, embed_files, prepare_model
+from imgcluster.load import load_rgb
+from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
+from imgcluster.scan import scan_folder
+from imgcluster.speed import cpu_threads, fold_batchnorm
+
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def clustered(n: int, d: int, centres: int, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.normal(size=(centres, d)).astype(np.float32)
+    return c[rng.integers(0, centres, n)] + 0.3 * rng.normal(size=(n, d)).astype(np.float32)
+
+
+def exact_knn(x: np.ndarray, k: int) -> np.ndarray:
+    z = l2_normalise(x)
+    s = z @ z.T
+    np.fill_diagonal(s, -np.inf)
+    return np.argsort(-s, axis=1)[:, :k]
+
+
+def assert_valid(idx: np.ndarray, n: int) -> None:
+    assert ((idx >= 0) & (idx < n)).all()
+    assert (idx != np.arange(n)[:, None]).all()
+    assert all(len(set(row)) == idx.shape[1] for row in idx)
+
+
+# ---- kNN ------------------------------------------------------------------------------------------
+def test_torch_knn_equals_faiss_on_random_data() -> None:
+    x = np.random.default_rng(0).normal(size=(1500, 32)).astype(np.float32)
+    idx_f, sim_f = knn_search(x, 10)
+    idx_t, sim_t = knn_search_torch(x, 10, "cpu", block=256)  # several blocks, a ragged last one
+    assert np.array_equal(np.sort(idx_f, 1), np.sort(idx_t, 1))
+    assert np.allclose(np.sort(sim_f, 1), np.sort(sim_t, 1), atol=1e-5)
+    assert (np.diff(sim_t, axis=1) <= 1e-7).all()  # best first, as faiss returns them
+
+
+def test_torch_knn_block_follows_memory_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    x = np.random.default_rng(1).normal(size=(500, 8)).astype(np.float32)
+    monkeypatch.setattr(neighbours, "TORCH_SIMILARITY_BUDGET", 500 * 7)  # 7 query rows per block
+    idx, _ = knn_search_torch(x, 5, "cpu")
+    assert np.array_equal(np.sort(idx, 1), np.sort(exact_knn(x, 5), 1))
+
+
+def test_torch_knn_excludes_self_among_duplicates() -> None:
+    x = np.eye(4, dtype=np.float32)[[0, 0, 0, 1, 2, 3]]
+    idx, _ = knn_search_torch(x, 2, "cpu")
+    assert (idx != np.arange(6)[:, None]).all()
+    assert set(idx[0]) == {1, 2}
+
+
+def test_ivf_path_returns_valid_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(neighbours, "IVF_THRESHOLD", 1000)
+    x = clustered(4000, 16, centres=40)
+    idx, sims = knn_search(x, 10)
+    assert idx.shape == (4000, 10)
+    assert_valid(idx, 4000)
+    expected = exact_knn(x, 10)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(idx, expected)])
+    assert recall > 0.9
+    z = l2_normalise(x)
+    assert np.allclose(sims, np.einsum("nd,nkd->nk", z, z[idx]), atol=1e-4)
+
+
+def test_ivf_rows_left_short_are_repaired_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With k larger than what the probed lists hold, faiss pads with -1; those rows go exact."""
+    monkeypatch.setattr(neighbours, "IVF_THRESHOLD", 1000)
+    repaired: list[np.ndarray] = []
+    exact_rows = neighbours._exact_rows
+
+    def spy(x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        repaired.append(rows)
+        return exact_rows(x, rows, k)
+
+    monkeypatch.setattr(neighbours, "_exact_rows", spy)
+    x = np.random.default_rng(2).normal(size=(1200, 8)).astype(np.float32)
+    idx, _ = knn_search(x, 300)
+    assert repaired and repaired[0].size > 0  # the repair really ran
+    assert_valid(idx, 1200)
+    rows = repaired[0]
+    assert np.array_equal(np.sort(idx[rows], 1), np.sort(exact_knn(x, 300)[rows], 1))
+
+
+@cuda
+def test_torch_knn_on_cuda_equals_faiss() -> None:
+    x = np.random.default_rng(3).normal(size=(5000, 64)).astype(np.float32)
+    idx_f, _ = knn_search(x, 20)
+    idx_t, _ = knn_search_torch(x, 20, "cuda", block=1000)
+    assert np.array_equal(np.sort(idx_f, 1), np.sort(idx_t, 1))
+    idx_gpu, _ = knn_search(x, 20, use_gpu=True)  # faiss-gpu when installed, else the torch path
+    assert np.array_equal(np.sort(idx_f, 1), np.sort(idx_gpu, 1))
+
+
+# ---- decoding -------------------------------------------------------------------------------------
+def pattern(width: int, height: int) -> Image.Image:
+    """Four coloured quadrants and a gradient: any flip or rotation changes it."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.zeros((height, width, 3), np.uint8)
+    rgb[..., 0] = np.where(x < width // 2, 230, 20)
+    rgb[..., 1] = np.where(y < height // 2, 200, 30)
+    rgb[..., 2] = (x * 255 // width).astype(np.uint8)
+    return Image.fromarray(rgb)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_draft_decode_keeps_exif_orientation(tmp_path: Path, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = tmp_path / f"o{orientation}.jpg"
+    pattern(1200, 600).save(path, quality=95, exif=exif)
+    full = load_rgb(path)
+    draft = load_rgb(path, draft_size=256)
+    assert draft.size[0] < full.size[0]  # draft mode really decoded fewer pixels
+    assert min(draft.size) >= 256  # but never fewer than the resize step needs
+    assert (draft.size[0] > draft.size[1]) == (full.size[0] > full.size[1])
+    reference = np.asarray(full.resize(draft.size, Image.BILINEAR), dtype=np.float32)
+    assert np.abs(np.asarray(draft, dtype=np.float32) - reference).mean() < 4.0
+
+
+@pytest.mark.parametrize("mode", ["L", "CMYK"])
+def test_draft_decode_keeps_colour_modes(tmp_path: Path, mode: str) -> None:
+    path = tmp_path / f"{mode}.jpg"
+    pattern(1024, 768).convert(mode).save(path, quality=95)
+    full = load_rgb(path)
+    draft = load_rgb(path, draft_size=256)
+    assert draft.mode == full.mode == "RGB"
+    assert draft.size == (512, 384)
+    reference = np.asarray(full.resize(draft.size, Image.BILINEAR), dtype=np.float32)
+    assert np.abs(np.asarray(draft, dtype=np.float32) - reference).mean() < 4.0
+    if mode == "L":
+        channels = np.asarray(draft)
+        assert (channels[..., 0] == channels[..., 1]).all() and (channels[..., 1] == channels[..., 2]).all()
+
+
+# ---- embedding ------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lite0() -> Backbone:
+    return create_backbone("efficientnet-lite0")
+
+
+def test_workers_give_the_same_features_as_in_process(tmp_path: Path, lite0: Backbone) -> None:
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=8)
+    pattern(900, 500).save(folder / "big.jpg", quality=90)  # draft-mode JPEG among the PNGs
+    files = scan_folder(folder)
+    cpu = torch.device("cpu")
+
+    def run(workers: int) -> np.ndarray:
+        out = np.zeros((len(files), lite0.feature_dim), np.float32)
+        for batch in embed_files(files, lite0, cpu, batch_size=8, workers=workers):
+            assert not batch.failures
+            out[batch.indices] = batch.features
+        return out
+
+    assert np.allclose(run(0), run(2), atol=1e-5)
+
+
+def test_folded_backbone_matches_original(lite0: Backbone) -> None:
+    cpu = torch.device("cpu")
+    fast = prepare_model(lite0, cpu)
+    assert fast is not lite0.model
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, nn.BatchNorm2d) for m in lite0.model.modules())  # the original is untouched
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, size=(4, 3, 224, 224)).astype(np.float32))
+    threads = torch.get_num_threads()
+    try:
+        with torch.inference_mode():
+            expected = lite0.model(x)
+            got = fast(x.contiguous(memory_format=torch.channels_last))
+            torch.set_num_threads(1)  # single-thread convs once rejected folded weights made in inference mode
+            single = fast(x.contiguous(memory_format=torch.channels_last))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.allclose(got, expected, atol=1e-4 * float(expected.abs().max()))
+    assert torch.allclose(single, expected, atol=1e-4 * float(expected.abs().max()))
+
+
+def test_fold_refuses_when_call_order_differs() -> None:
+    """Registration order says conv then bn, but forward runs bn first: folding would be wrong."""
+
+    class NormFirst(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 1)
+            self.bn = nn.BatchNorm2d(3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(self.bn(x))
+
+    model = NormFirst().eval()
+    model.bn.running_mean.fill_(0.5)
+    model.bn.running_var.fill_(4.0)
+    assert fold_batchnorm(model, torch.randn(2, 3, 8, 8)) is model
+
+
+def test_draft_size_covers_the_resize_step(lite0: Backbone) -> None:
+    config = lite0.data_config
+    assert draft_size_for(config) >= int(config["input_size"][-1] / config["crop_pct"])
+
+
+def test_cpu_threads_restores_setting() -> None:
+    before = torch.get_num_threads()
+    with cpu_threads(workers=64) as threads:
+        assert threads >= 1 and torch.get_num_threads() == threads
+    assert torch.get_num_threads() == before
+
+
+@cuda
+def test_compiled_cuda_embedding_matches_eager(tmp_path: Path, lite0: Backbone) -> None:
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=5)  # 10 images: a ragged last batch
+    files = scan_folder(folder)
+    gpu = torch.device("cuda")
+    backbone = create_backbone("efficientnet-lite0", device=gpu)
+
+    def run(compiled: bool) -> np.ndarray:
+        out = np.zeros((len(files), backbone.feature_dim), np.float32)
+        for batch in embed_files(files, backbone, gpu, batch_size=4, workers=0, compile_model=compiled):
+            out[batch.indices] = batch.features
+        return out
+
+    eager, compiled = run(False), run(True)
+    cos = (l2_normalise(eager) * l2_normalise(compiled)).sum(1)
+    assert cos.min() > 0.99
