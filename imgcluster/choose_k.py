@@ -18,37 +18,40 @@ k-means partition for each candidate K, with a one-standard-error rule for parsi
    **smallest** K whose Q is within one standard error of the best (Breiman's 1-SE rule): the Q
    curve of real features has a broad plateau, and inside it fewer clusters are easier to read.
 
-Measured, before choosing (true K in brackets; efficientnet-lite0 features unless noted;
-``choose_k`` as below unless noted; the PCA-64 space was used by every criterion):
+Measured before choosing, on one PCA-64 space and the same best-of-5 k-means partitions for
+every partition-based criterion (efficientnet-lite0 features; true K in brackets; blobs: 3, 5,
+8, 12, 16 groups of 200 points in 128-d, centres 0.99 apart, isotropic noise of norm about 1):
 
-============================  =======  ========  ========  ===========  ======================
-criterion                     fmnist   digits    sample    blobs        notes
-                              10k(10)  1797(10)  125(5)    3,5,8,12,16
-============================  =======  ========  ========  ===========  ======================
-eigengap, sym. norm. Laplacian 8-20    --        --        --           no clear gap: 8, 12, 17
- (10/20-NN graph, 1280-d)                                               or 20 depending on the
-                                                                        weighting; raw-pixel
-                                                                        digits: 11-17
-silhouette (cosine), 3k sample 7       3         5         3, 7, 13(12)
-Calinski-Harabasz              2       3         2         3, 7, 13(12)
-Davies-Bouldin                 8       3         19        10(12)
-restart stability (mean ARI)   5       3         5         3, 7, 12
-kNN modularity, best of 5      10-12   7-9       5         all correct  3 seeds; 1-SE rule
- (this module)                                                          chose 12, 10, 11 on
-                                                                        fmnist, 7 on digits
-============================  =======  ========  ========  ===========  ======================
+=======================================  ==========  ========  ========  ==================
+criterion (argmax over K = 2..20)        fmnist      digits    sample    blobs
+                                         10,000(10)  1797(10)  125(5)    3/5/8/12/16
+=======================================  ==========  ========  ========  ==================
+eigengap, norm. Laplacian, 10-NN, 1280-d 8           5         7         all right
+eigengap, same on PCA-64                 12          4         7         all right
+silhouette (cosine, 3,000-image sample)  7           3         5         all right
+Calinski-Harabasz                        2           2         2         all right
+Davies-Bouldin                           10          3         18        all right
+stability (mean ARI of 5 k-means runs)   2           3         6         3/6/8/13/18
+kNN modularity, argmax                   13          9         5         all right
+kNN modularity + 1-SE (this), seeds 0-2  10, 11, 10  7, 7, 8   5, 5, 5   all right
+=======================================  ==========  ========  ========  ==================
 
-On Fashion-MNIST the modularity curve is flat from K = 10 to 14 (Q = 0.789 to 0.794), so the
-choice moves within that plateau with the seed; the digits' ImageNet features are weak (NMI 0.44
-even at K = 10), and every criterion under-counts them. Averaging Q over restarts instead of
-keeping the best restart chose 7 for 8 well-separated blobs (k-means++ merged two blobs in 3 of
-5 restarts), hence best-of-5. A graph on the full 1280-d features gave the same choices as the
-PCA-64 graph at 6x the kNN cost. Time: 6-8 s of CPU for 10,000 x 1280 (PCA about 2.5 s, graph
-0.6 s, k-means 3-5 s), on 2 shared cores.
+Only modularity is near the truth on all three image sets. The eigengap also depends on the
+graph's weighting: with 5-, 10- and 20-NN graphs weighted by similarity, 0/1 or a self-tuned heat
+kernel it gave 8, 12, 17 or 20 on Fashion-MNIST -- its spectrum has no clear gap. On
+Fashion-MNIST the modularity curve is a plateau from K = 10 to 14 (Q = 0.789 to 0.794), so the
+argmax moves within it with the seed and the 1-SE rule picks its low end. The digits' ImageNet
+features are weak (NMI 0.44 at K = 10), and every criterion under-counts there. Averaging Q over
+the restarts instead of keeping the lowest-inertia one chose 7 for 8 separated blobs (k-means++
+merged two blobs in 3 of 5 restarts), hence best-of-5. A kNN graph on the full 1280-d features
+gave the same kind of choices as the PCA-64 graph (10-12 on Fashion-MNIST) at 6x the search CPU.
+Cost for 10,000 x 1280: about 9.5 s of CPU (process time, both threads), 23 s wall on two cores
+shared with a load average of 10.
 
-Limits: modularity cannot resolve clusters much smaller than ``sqrt(edges)`` images (its
-resolution limit; about 30 images for 10,000 images with 10 neighbours), and it finds the
-groups the *features* separate, which need not be the groups a person would name.
+Limits: modularity may merge clusters with fewer than about ``sqrt(edges / 2)`` internal edges
+(its resolution limit, Fortunato & Barthélemy, PNAS 2007: a few dozen images in a 10,000-image
+folder), and it finds the groups the *features* separate, which need not be the groups a person
+would name.
 """
 
 from __future__ import annotations

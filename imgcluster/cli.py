@@ -59,7 +59,9 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and
 ObjectiveOpt = Annotated[str, typer.Option("--objective", "-o", help="Clustering objective (see `imgcluster objectives`).")]
 ClustersOpt = Annotated[
     str,
-    typer.Option("--clusters", "-k", help="Number of clusters K, or auto: chosen from the features between --k-min and --k-max."),
+    typer.Option(
+        "--clusters", "-k", metavar="K|auto", help="Number of clusters K, or auto: chosen from the features between --k-min and --k-max."
+    ),
 ]
 KMinOpt = Annotated[int, typer.Option("--k-min", min=2, help="Smallest K that --clusters auto considers.")]
 KMaxOpt = Annotated[int, typer.Option("--k-max", min=2, help="Largest K that --clusters auto considers.")]
@@ -363,6 +365,7 @@ def train(
 @app.command(
     epilog="Examples:\n\n  imgcluster assign ./photos                       # whole pipeline, CSV in ./photos-clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters 5 --out - > clusters.csv\n\n"
+    "  imgcluster assign ./photos --clusters auto --near-duplicates 0.98 --out clusters.csv\n\n"
     "  imgcluster assign ./new-photos --head ./photos/.imgcluster/embeddings/*/heads/scan-k10-seed0.safetensors",
 )
 def assign(

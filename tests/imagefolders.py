@@ -9,7 +9,7 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
-CLASSES = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir())
+CLASSES = sorted(p.name for p in SAMPLE.iterdir() if p.is_dir() and not p.name.startswith("."))  # not a cache left by a run
 
 
 def copy_sample(dest: Path, classes: list[str] | None = None, per_class: int = 8) -> Path:

@@ -45,7 +45,7 @@ def test_assign_pipeline_writes_csv_sidecar_and_skipped(messy_folder: Path, shar
     assert result.stdout == ""  # data went to the file, logs to stderr
     assert "skipped 3 unreadable file(s)" in result.stderr and f"wrote 18 assignments to {out}" in result.stderr
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
-    assert list(rows[0]) == ["path", "cluster", "confidence"]
+    assert list(rows[0])[:3] == ["path", "cluster", "confidence"] and "outlier" in rows[0]
     assert len(rows) == 18 and "ünïcødé 名前.webp" in {r["path"] for r in rows}
     assert all(0 <= int(r["cluster"]) < 3 and 0 < float(r["confidence"]) <= 1 for r in rows)
     skipped = list(csv.DictReader((out.parent / "skipped.csv").open(encoding="utf-8")))

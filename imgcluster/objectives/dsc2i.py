@@ -23,17 +23,17 @@ EPS = 1e-8
 @dataclass
 class DSC2IParams:
     n_heads: int = 5  # clustering layers (own centres) on one shared encoder; the lowest-loss one is kept
-    hidden: int = 512  # encoder MLP width
+    hidden: int = 256  # encoder MLP width (Linear-BN-ReLU-Linear); 256 keeps CPU runs short at no loss of ACC
     dim: int = 128  # dimension of z and of the centres
-    temperature: float = 0.1  # T in p = softmax(-||z - c||^2 / T); TELL's soft winner-takes-all
+    temperature: float = 0.1  # T in p = softmax(-||z - c||^2 / T): soft winner-takes-all; 0.4 let clusters empty
     intra_weight: float = 1.0  # weight of the intra-cluster distance (the k-means term of TELL)
     inter_weight: float = 1.0  # weight of the inter-cluster (centre separation) term
     inter: str = "mean"  # "mean": -mean_{j<l} ||c_j - c_l||^2; "margin": mean_{j<l} relu(margin - ||c_j - c_l||^2)
     margin: float = 2.0  # squared distance for "margin"; 2.0 asks every pair of centres to be at least orthogonal
-    mi_weight: float = 1.0  # weight of the mutual information H(mean_B p) - mean_i H(p_i)
+    mi_weight: float = 3.0  # weight of the MI H(mean_B p) - mean_i H(p_i); at 1.0 heads left clusters empty
     knn_weight: float = 1.0  # weight of the kNN consistency -mean log <p(a), p(n)> (0 turns it off)
     centre_lr_scale: float = 1.0  # centre lr / encoder lr
-    alternate: bool = False  # TELL's alternation: odd steps update only the encoder, even steps only the centres
+    alternate: bool = False  # TELL's alternation: steps take turns, encoder only, then centres only
 
 
 def squared_distances(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -121,6 +121,10 @@ class DSC2I(Objective):
     :meth:`explain` reports the distance to that centre and to the runner-up. With
     ``alternate=True`` the encoder and the centres take turns, as TELL's alternating updates;
     by default both move in every step.
+
+    The weights and temperature are not fixed by the sources this module follows; the defaults
+    were chosen on digits and Fashion-MNIST features (balanced classes) and are all options.
+    Centres start from greedy k-means++ seeds of the encoded images, one draw per head.
     """
 
     name = "dsc2i"

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcluster.heads import MultiHead
 from imgcluster.objectives.base import Batch, Objective, StepOutput
 
 EPS = 1e-8
@@ -23,10 +24,10 @@ class MixtureEMParams:
     # Independent networks trained side by side; the one with the lowest loss is kept. The paper
     # trains one network; several cost little here and guard against a bad initialisation.
     n_heads: int = 4
-    hidden: int = 256  # MLP width on the cached features (the paper fine-tunes a CNN end to end instead)
-    dim: int = 128  # dimension of the unit embedding the von Mises-Fisher densities live on
-    kappa: float = 10.0  # vMF concentration shared by all clusters (1 / temperature 0.1)
-    consistency_weight: float = 1.0  # weight of the kNN consistency term (the paper fuses EM with consistency, weight 1)
+    hidden: int = 256  # MLP width on the cached features (the paper trains a CNN end to end instead)
+    dim: int = 64  # width of the embedding the von Mises-Fisher densities live on
+    kappa: float = 10.0  # vMF concentration shared by all clusters (a cosine temperature of 0.1)
+    consistency_weight: float = 1.0  # weight of the kNN consistency term (the paper adds consistency with weight 1)
     balance: float = 1.0  # weight of the uniform-prior term KL(u || mean_B q); 0 switches the safeguard off
 
 
@@ -73,46 +74,45 @@ def mixture_em_loss(
     return total, {"em": em, "consistency": consistency, "balance": balance_term}
 
 
-class VMFHeads(nn.Module):
-    """``H`` networks ``Linear(d, hidden) -> GELU -> Linear(hidden, dim) -> L2`` and ``K`` unit centres each.
+class Whitening(nn.Module):
+    """Batch whitening of ``[H, N, d]`` embeddings per head: zero mean, identity covariance.
 
-    The last layer is a weight-normalised linear layer without bias, so its ``K`` outputs are
-    cosines ``mu_k^T e`` between the unit embedding ``e`` and unit centres ``mu_k``. Times ``kappa``
-    they are von Mises-Fisher log-densities up to the normalising constant, which is the same for
-    every cluster (shared ``kappa``) and so cancels in the E-step and adds only a constant to the loss.
+    ``w = (e - mean) L^-T`` with ``L L^T`` the covariance (Cholesky), differentiable. Like
+    BatchNorm it uses batch statistics in training and running estimates (saved buffers) in eval.
     """
 
-    def __init__(self, in_dim: int, n_clusters: int, n_heads: int, hidden: int, dim: int) -> None:
+    def __init__(self, n_heads: int, dim: int, momentum: float = 0.1, eps: float = 1e-4) -> None:
         super().__init__()
-        self.w1 = nn.Parameter(torch.empty(n_heads, in_dim, hidden))
-        self.b1 = nn.Parameter(torch.empty(n_heads, 1, hidden))
-        self.w2 = nn.Parameter(torch.empty(n_heads, hidden, dim))
-        self.b2 = nn.Parameter(torch.empty(n_heads, 1, dim))
-        self.centres = nn.Parameter(torch.empty(n_heads, dim, n_clusters))  # columns are mu_k before normalising
-        for w, b in ((self.w1, self.b1), (self.w2, self.b2), (self.centres, None)):
-            for h in range(n_heads):
-                nn.init.kaiming_uniform_(w.data[h].T, a=math.sqrt(5))  # nn.Linear's default, per head
-            if b is not None:
-                nn.init.uniform_(b.data, -1.0 / math.sqrt(w.shape[1]), 1.0 / math.sqrt(w.shape[1]))
+        self.momentum = momentum
+        self.eps = eps
+        self.register_buffer("running_mean", torch.zeros(n_heads, 1, dim))
+        self.register_buffer("running_cov", torch.eye(dim).repeat(n_heads, 1, 1))
 
-    def embed(self, z: torch.Tensor) -> torch.Tensor:
-        """Unit embeddings ``[H, N, dim]``."""
-        x = z.unsqueeze(0).expand(self.w1.shape[0], -1, -1)
-        h = F.gelu(torch.baddbmm(self.b1, x, self.w1))
-        return F.normalize(torch.baddbmm(self.b2, h, self.w2), dim=-1)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Cosines ``[H, N, K]`` between each embedding and each unit centre."""
-        return torch.bmm(self.embed(z), F.normalize(self.centres, dim=1))
+    def forward(self, e: torch.Tensor) -> torch.Tensor:
+        eye = torch.eye(e.shape[-1], device=e.device, dtype=e.dtype)
+        if self.training:
+            mean = e.mean(1, keepdim=True)
+            centred = e - mean
+            cov = centred.transpose(1, 2) @ centred / max(1, e.shape[1] - 1)
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_cov.lerp_(cov, self.momentum)
+        else:
+            centred = e - self.running_mean
+            cov = self.running_cov
+        chol = torch.linalg.cholesky(cov + self.eps * eye)
+        return torch.linalg.solve_triangular(chol, centred.transpose(1, 2), upper=False).transpose(1, 2)
 
 
 class MixtureEM(Objective):
-    """Neural mixture-model EM (Tissera et al., arXiv 2107.02453) with vMF cluster densities.
+    """Neural mixture-model EM (Tissera et al., arXiv 2107.02453) with sigmoid cluster densities.
 
-    The network's last layer gives ``K`` log-densities ``log f_k(x) = kappa * mu_k^T e(x)`` (a von
-    Mises-Fisher density on the unit sphere, normaliser dropped as it is equal for all k), and
-    ``pi = softmax(theta)`` are learnable mixing weights. Each step on anchors ``a`` and kNN
-    neighbours ``n``::
+    Each head is an MLP whose ``K`` output neurons ``o_k(x)`` become cluster densities through the
+    paper's transform: standardise each neuron over the data (a BatchNorm without affine
+    parameters, so every neuron has mean 0 and variance 1), squash with a sigmoid, and divide by a
+    constant ``C`` that is the same for every cluster and so drops out:
+    ``log f_k(x) = log sigmoid(s * (o_k(x) - mu_k) / sigma_k) - log C``. With learnable mixing
+    weights ``pi = softmax(theta)``, each step on anchors ``a`` and kNN neighbours ``n``::
 
         E-step (forward, no gradient):  gamma_ik = pi_k f_k(x_i) / sum_j pi_j f_j(x_i)
         M-step (back-propagation):      L_EM   = -mean_i sum_k gamma_ik [log pi_k + log f_k(x_i)]
@@ -122,17 +122,19 @@ class MixtureEM(Objective):
 
     where ``q`` is the posterior computed like ``gamma`` but with gradient and ``qbar`` its batch mean.
 
-    Why vMF and not the paper's transform: the paper makes each neuron's outputs a distribution by
-    normalising them over the batch, so a prediction depends on which other images share the
-    batch. The vMF density is normalised per image, so ``head_probs`` of one image is the same in
-    any batch, which ``assign`` on a new folder needs, and it is the natural density for the
-    L2-normalised features every objective here works on.
+    Why this transform: the densities must not be free to grow everywhere, or the network
+    maximises every likelihood at once. Standardising fixes each neuron's mean and spread over
+    the data, so no cluster can claim every image; the images must share the neurons, which is
+    what splits them into clusters. It is also per image at inference (BatchNorm's running
+    statistics are saved), unlike a softmax over the batch. Two alternatives were tried and fail:
+    a von Mises-Fisher density on a learned unit embedding is maximised by mapping every image
+    onto one point with all centres on top of it; a softmax of each neuron over the batch makes
+    flat, identical neurons the maximum-likelihood solution. In both the posteriors went uniform.
 
-    Why the balance term: maximising the EM objective over the network as well as the mixture has a
-    trivial optimum, every image at one centre with ``pi`` on that cluster (``L_EM`` then reaches
-    ``-kappa``). The paper prevents it through its batch normalisation of the densities; with
-    per-image vMF densities the uniform-prior term does that job, its penalty growing without
-    bound as a cluster empties. ``balance = 0`` gives plain neural EM.
+    Why the balance term: the EM objective does not mind how large clusters are, and a cluster
+    can shrink to nothing while ``pi`` follows it. The uniform-prior term (the cross-entropy of a
+    uniform prior against the batch's mean posterior) keeps every cluster in use, its penalty
+    growing without bound as a cluster empties; ``balance = 0`` gives plain neural EM.
 
     Predictions are the posterior ``gamma`` (the E-step) of the kept head.
     """
@@ -142,7 +144,10 @@ class MixtureEM(Objective):
 
     def __init__(self, in_dim: int, n_clusters: int, params: MixtureEMParams) -> None:
         super().__init__(in_dim, n_clusters, params)
-        self.heads = VMFHeads(in_dim, n_clusters, params.n_heads, params.hidden, params.dim)
+        self.net = MultiHead(in_dim, params.dim, params.n_heads, params.hidden)
+        # Whitens the embedding; its running statistics are saved and used at inference.
+        self.whiten = Whitening(params.n_heads, params.dim)
+        self.centres = nn.Parameter(F.normalize(torch.randn(params.n_heads, params.dim, n_clusters), dim=1))
         self.mixing_logits = nn.Parameter(torch.zeros(params.n_heads, n_clusters))  # pi = softmax(theta), uniform start
 
     @property
@@ -150,15 +155,19 @@ class MixtureEM(Objective):
         return self.params.n_heads
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, object]]:
-        """No weight decay on the mixing weights: decay would pull ``pi`` to uniform, biasing the M-step."""
+        """No weight decay on the mixing weights (it would pull ``pi`` to uniform) nor on the centres (only their direction counts)."""
         return [
-            {"params": list(self.heads.parameters()), "lr": lr, "weight_decay": weight_decay},
-            {"params": [self.mixing_logits], "lr": lr, "weight_decay": 0.0},
+            {"params": list(self.net.parameters()), "lr": lr, "weight_decay": weight_decay},
+            {"params": [self.centres, self.mixing_logits], "lr": lr, "weight_decay": 0.0},
         ]
 
+    def embed(self, z: torch.Tensor) -> torch.Tensor:
+        """Unit embeddings ``[H, N, dim]``: MLP, standardised per dimension, L2-normalised."""
+        return F.normalize(self.whiten(self.net(z)), dim=-1)
+
     def log_densities(self, z: torch.Tensor) -> torch.Tensor:
-        """``log f_k(z)`` up to a constant, ``[H, N, K]``."""
-        return self.params.kappa * self.heads(z)
+        """``log f_k(z) + log C_dim(kappa)`` for every head, ``[H, N, K]``: kappa times a cosine."""
+        return self.params.kappa * torch.bmm(self.embed(z), F.normalize(self.centres, dim=1))
 
     def step(self, batch: Batch) -> StepOutput:
         b = batch.anchors.shape[0]

@@ -21,7 +21,7 @@ EPS = 1e-12
 @dataclass
 class SeCuParams:
     n_heads: int = 5  # heads with independent centres on one shared encoder; the paper uses 10 heads (K = 10..100)
-    hidden: int = 512  # encoder MLP width (the paper's projection MLP: Linear -> BN -> ReLU -> Linear)
+    hidden: int = 256  # encoder width (Linear-BN-ReLU-Linear like the paper's projection MLP); 256 keeps CPU runs short
     dim: int = 128  # d', the dimension of z and of the centres (paper: 128)
     tau: float = 0.05  # temperature of the representation loss and of predictions (paper: tx = 0.05)
     tau_w: float = 0.05  # temperature of the centre loss (paper: tw = 0.05)

@@ -11,7 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcluster.errors import UserError
 from imgcluster.objectives.base import Batch, Objective, StepOutput
+
+KMEANS_SAMPLE = 4096  # images embedded to seed the prototypes: plenty for K centres, cheap for any N
 
 
 @dataclass
@@ -27,6 +30,10 @@ class TEMIParams:
     teacher_temp: float = 0.1  # temperature of the teacher softmax and of predictions (paper)
     prior_momentum: float = 0.9  # EMA momentum of the cluster prior p~ (paper)
     beta: float = 0.6  # exponent of the joint probability in the PMI (paper)
+    # "kmeans": the last layer's directions start at spherical k-means centres of the initial
+    # embeddings, so the teacher's first targets follow the data; "random": DINO's initialisation.
+    # The paper trains ~100x more steps than the CPU budget here, enough to escape a random start.
+    prototype_init: str = "kmeans"
     learn_gain: bool = True  # weight norm's gain g trainable, TEMI's default (norm_last_layer False); False fixes g = 1
     standardise: bool = True  # feed (z - mean) / std of the training features (TEMI's --embed_norm option)
 
@@ -67,6 +74,26 @@ def temi_loss(
     return loss, weight.mean(-1)
 
 
+def spherical_kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
+    """Spherical k-means on unit vectors ``x`` ``[H, N, d]``, per head: k-means++ seeds, Lloyd steps.
+
+    Returns unit centres ``[H, k, d]``. Runs on the CPU (the seeding samples with ``generator``).
+    """
+    x = x.detach().float().cpu()
+    h, n, _ = x.shape
+    rows = torch.arange(h)
+    centres = x[rows, torch.randint(n, (h,), generator=generator)].unsqueeze(1)
+    for _ in range(k - 1):
+        gap = (1.0 - (x @ centres.transpose(1, 2)).amax(-1)).clamp_min(0.0) + 1e-12  # [H, N]
+        pick = torch.multinomial(gap / gap.sum(-1, keepdim=True), 1, generator=generator)[:, 0]
+        centres = torch.cat([centres, x[rows, pick].unsqueeze(1)], dim=1)
+    for _ in range(iters):
+        onehot = F.one_hot((x @ centres.transpose(1, 2)).argmax(-1), k).float()  # [H, N, k]
+        counts = onehot.sum(1).unsqueeze(-1)  # [H, k, 1]
+        centres = torch.where(counts > 0, F.normalize(onehot.transpose(1, 2) @ x, dim=-1), centres)
+    return centres
+
+
 def _init_batched_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """DINO's and TEMI's head initialisation: truncated normal weights (std 0.02), zero biases."""
     nn.init.trunc_normal_(weight.data, std=0.02, a=-0.04, b=0.04)
@@ -95,12 +122,15 @@ class TEMIHeads(nn.Module):
         _init_batched_linear(self.w2, self.b2)
         _init_batched_linear(self.direction, None)
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Logits ``[H, N, K]`` for features ``z`` ``[N, d]``."""
+    def embed(self, z: torch.Tensor) -> torch.Tensor:
+        """Unit bottleneck embeddings ``[H, N, bottleneck]``."""
         x = z.unsqueeze(0).expand(self.w1.shape[0], -1, -1)
         h = F.gelu(torch.baddbmm(self.b1, x, self.w1))
-        e = F.normalize(torch.baddbmm(self.b2, h, self.w2), dim=-1)
-        return torch.bmm(e, F.normalize(self.direction, dim=1)) * self.gain
+        return F.normalize(torch.baddbmm(self.b2, h, self.w2), dim=-1)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """Logits ``[H, N, K]`` for features ``z`` ``[N, d]``."""
+        return torch.bmm(self.embed(z), F.normalize(self.direction, dim=1)) * self.gain
 
 
 class TEMI(Objective):
@@ -130,6 +160,8 @@ class TEMI(Objective):
 
     def __init__(self, in_dim: int, n_clusters: int, params: TEMIParams) -> None:
         super().__init__(in_dim, n_clusters, params)
+        if params.prototype_init not in ("kmeans", "random"):
+            raise UserError(f"temi: prototype_init must be 'kmeans' or 'random', got {params.prototype_init!r}")
         heads = (in_dim, n_clusters, params.n_heads, params.hidden, params.bottleneck, params.learn_gain)
         self.student = TEMIHeads(*heads)
         self.teacher = TEMIHeads(*heads)
@@ -156,6 +188,11 @@ class TEMI(Objective):
         if self.params.standardise:
             self.feature_mean.copy_(features.mean(0))
             self.feature_std.copy_(features.std(0).clamp_min(1e-6))
+        if self.params.prototype_init == "kmeans":
+            sample = torch.randperm(features.shape[0], generator=generator)[:KMEANS_SAMPLE].to(features.device)
+            with torch.no_grad():
+                centres = spherical_kmeans(self.student.embed(self._standardised(features[sample])), self.n_clusters, 10, generator)
+                self.student.direction.copy_(centres.transpose(1, 2).to(self.student.direction))
         self.prior.fill_(1.0 / self.n_clusters)
         self.teacher.load_state_dict(self.student.state_dict())
         self._batch_mean = None

@@ -1,0 +1,183 @@
+"""TEMI: the PMI pair loss on hand-made cases, the EMA teacher, training on blobs, checkpoints."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from imgcluster.config import TrainConfig
+from imgcluster.evaluate import hungarian_accuracy
+from imgcluster.neighbours import knn_search, l2_normalise
+from imgcluster.objectives import Batch, create_objective
+from imgcluster.objectives.temi import temi_loss, temi_pair_loss
+from imgcluster.train import train_objective
+
+
+def blobs(k: int = 4, n: int = 100, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(k, d)) * 3
+    labels = np.repeat(np.arange(k), n)
+    return l2_normalise(centres[labels] + rng.normal(size=(k * n, d))), labels
+
+
+def random_batch(n: int = 24, d: int = 16, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    b = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+    return Batch(anchors=a, neighbours=b, index=torch.arange(n), neighbour_index=torch.arange(n))
+
+
+def smoothed_onehot(labels: list[int], k: int, eps: float = 1e-3) -> torch.Tensor:
+    p = torch.nn.functional.one_hot(torch.tensor(labels), k).float() * (1 - eps) + eps / k
+    return p / p.sum(-1, keepdim=True)
+
+
+def symmetric_loss(p: torch.Tensor, q: torch.Tensor, prior: torch.Tensor, beta: float = 0.6) -> float:
+    """Student and teacher agree (``p`` for anchors, ``q`` for their neighbours)."""
+    return float(temi_loss(p.log(), q.log(), p.log(), q.log(), prior, beta)[0])
+
+
+# --- the loss maths -------------------------------------------------------------------------------
+
+
+def test_pair_loss_matches_the_formula() -> None:
+    g = torch.Generator().manual_seed(0)
+    s = torch.rand(6, 5, generator=g).softmax(-1)
+    t = torch.rand(6, 5, generator=g).softmax(-1)
+    w = torch.rand(6, generator=g)
+    prior = torch.rand(5, generator=g).softmax(-1)
+    expected = -(w * torch.log(((s * t) ** 0.6 / prior).sum(-1))).mean()
+    assert float(temi_pair_loss(s.log(), t.log(), w, prior, 0.6)) == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_loss_is_symmetric_and_weighted_by_teacher_agreement() -> None:
+    g = torch.Generator().manual_seed(1)
+    s_a, s_n, t_a, t_n = (torch.randn(2, 7, 4, generator=g).log_softmax(-1) for _ in range(4))
+    prior = torch.full((2, 4), 0.25)
+    loss, weight = temi_loss(s_a, s_n, t_a, t_n, prior, 0.6)
+    swapped, _ = temi_loss(s_n, s_a, t_n, t_a, prior, 0.6)
+    assert loss.shape == (2,) and torch.allclose(loss, swapped)
+    assert torch.allclose(weight, (t_a.exp() * t_n.exp()).sum(-1).mean(-1))
+
+
+def test_balanced_assignment_scores_lower_than_collapsed() -> None:
+    k = 4
+    labels = [0, 1, 2, 3] * 5
+    balanced = smoothed_onehot(labels, k)
+    collapsed = smoothed_onehot([0] * len(labels), k)
+    # The prior is the EMA of the teacher's batch mean, i.e. at equilibrium the batch mean itself.
+    loss_balanced = symmetric_loss(balanced, balanced, balanced.mean(0))
+    loss_collapsed = symmetric_loss(collapsed, collapsed, collapsed.mean(0))
+    assert loss_balanced == pytest.approx(-math.log(k), abs=0.02)  # PMI = log K for every agreeing pair
+    # One cluster carries no information: PMI = log sum_k p_k^(2 beta - 1), near log 1 = 0 (the
+    # smoothing's rare clusters add a little because beta < 1).
+    p = collapsed[0]
+    assert loss_collapsed == pytest.approx(-float((p * p).sum() * torch.log((p ** (2 * 0.6 - 1)).sum())), rel=1e-4)
+    assert -0.5 < loss_collapsed < 0.0
+    assert loss_balanced < loss_collapsed - 0.9
+    # Neighbours that disagree have a small teacher weight, so they can neither help nor hurt much.
+    disagree = smoothed_onehot([1, 2, 3, 0] * 5, k)
+    assert abs(symmetric_loss(balanced, disagree, balanced.mean(0))) < 0.05
+
+
+# --- the objective --------------------------------------------------------------------------------
+
+
+def test_finite_loss_and_gradients_only_for_the_student() -> None:
+    torch.manual_seed(0)
+    objective = create_objective("temi", 16, 5, {"n_heads": 3})
+    out = objective.step(random_batch())
+    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
+    assert out.head_losses.shape == (3,) and not out.head_losses.requires_grad
+    assert out.loss.item() == pytest.approx(out.head_losses.sum().item(), rel=1e-5)
+    out.loss.backward()
+    student = [p for p in objective.student.parameters() if p.requires_grad]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in student)
+    assert all(p.grad.abs().sum() > 0 for p in student)
+    assert all(not p.requires_grad and p.grad is None for p in objective.teacher.parameters())
+    optimised = {id(p) for group in objective.param_groups(1e-3, 1e-4) for p in group["params"]}
+    assert optimised.isdisjoint(id(p) for p in objective.teacher.parameters())
+    probs = objective.eval().head_probs(random_batch(seed=1).anchors)
+    assert probs.shape == (3, 24, 5)
+    assert torch.allclose(probs.sum(-1), torch.ones(3, 24), atol=1e-5)
+
+
+def test_after_step_moves_teacher_and_prior_by_ema() -> None:
+    torch.manual_seed(0)
+    objective = create_objective("temi", 16, 5, {"n_heads": 2, "momentum": 0.9, "prior_momentum": 0.5})
+    batch = random_batch()
+    before = [p.detach().clone() for p in objective.teacher.parameters()]
+    optimiser = torch.optim.SGD(objective.param_groups(0.5, 0.0))
+    out = objective.step(batch)
+    batch_mean = objective._batch_mean.clone()
+    optimiser.zero_grad()
+    out.loss.backward()
+    optimiser.step()
+    objective.after_step(batch, out)
+    for old, t, s in zip(before, objective.teacher.parameters(), objective.student.parameters()):
+        assert torch.allclose(t, 0.9 * old + 0.1 * s, atol=1e-6)
+    assert torch.allclose(objective.prior, 0.5 * torch.full((2, 5), 0.2) + 0.5 * batch_mean, atol=1e-6)
+    assert torch.allclose(objective.prior.sum(-1), torch.ones(2))
+
+
+def _train(options: dict | None = None, seed: int = 0, min_steps: int = 150, device: str = "cpu"):
+    x, y = blobs(k=4, n=100, d=32)
+    neighbours, _ = knn_search(x, 10)
+    config = TrainConfig(
+        objective="temi",
+        clusters=4,
+        epochs=5,
+        batch_size=100,
+        knn=10,
+        seed=seed,
+        min_steps=min_steps,
+        objective_options=options or {},
+    )
+    return train_objective(x, neighbours, config, torch.device(device)), x, y
+
+
+def test_recovers_blobs_without_collapse() -> None:
+    result, x, y = _train()
+    labels = result.objective.predict(torch.from_numpy(x)).argmax(1).numpy()
+    assert np.unique(labels).size >= 3
+    assert hungarian_accuracy(y, labels) >= 0.9
+    assert all(np.isfinite(h.loss) for h in result.history)
+
+
+def test_same_seed_same_result_and_state_dict_round_trip(tmp_path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    a, x, _ = _train(seed=5, min_steps=20)
+    b, _, _ = _train(seed=5, min_steps=20)
+    z = torch.from_numpy(x)
+    pa = a.objective.predict(z)
+    assert torch.equal(pa, b.objective.predict(z))
+    state = {k: v.detach().cpu().contiguous() for k, v in a.objective.state_dict().items()}
+    assert "prior" not in state and "teacher.w1" in state and "feature_mean" in state
+    save_file(state, tmp_path / "temi.safetensors")
+    fresh = create_objective("temi", 32, 4, {})
+    fresh.load_state_dict(load_file(tmp_path / "temi.safetensors"), strict=True)
+    fresh.eval()
+    assert int(fresh.best_head) == int(a.objective.best_head)
+    assert torch.equal(fresh.predict(z), pa)
+
+
+def test_checkpoint_round_trip(tmp_path) -> None:
+    from imgcluster.checkpoint import load_checkpoint, save_checkpoint
+
+    result, x, _ = _train(options={"n_heads": 2}, seed=1, min_steps=10)
+    save_checkpoint(tmp_path / "temi.safetensors", result.objective, {})
+    loaded, meta = load_checkpoint(tmp_path / "temi.safetensors")
+    z = torch.from_numpy(x)
+    assert meta["objective"] == "temi" and loaded.params.n_heads == 2
+    assert torch.equal(loaded.predict(z), result.objective.predict(z))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_trains_on_cuda() -> None:
+    result, x, y = _train(min_steps=100, device="cuda")
+    probs = result.objective.predict(torch.from_numpy(x).cuda())
+    assert probs.is_cuda and torch.isfinite(probs).all()
+    assert hungarian_accuracy(y, probs.argmax(1).cpu().numpy()) >= 0.9
