@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import torch
-from common import datasets, features, machine, mean_std, neighbours_for, run_objective, write_section
+from common import DATA, datasets, features, machine, mean_std, neighbours_for, run_objective, write_section
 
 from imgcluster.config import TrainConfig
 from imgcluster.objectives import DEFAULT_OBJECTIVE
