@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcluster.errors import UserError
 from imgcluster.objectives.base import Batch, Objective, StepOutput
 from imgcluster.objectives.secu import encode_with_batch_statistics, kmeans_pp_seeds
 
@@ -67,7 +68,7 @@ def inter_cluster(centres: torch.Tensor, kind: str, margin: float) -> torch.Tens
         return -pairs.mean(-1)
     if kind == "margin":
         return torch.relu(margin - pairs).mean(-1)
-    raise ValueError(f"dsc2i inter must be 'mean' or 'margin', got {kind!r}")
+    raise ValueError(f"inter must be 'mean' or 'margin', got {kind!r}")
 
 
 def mutual_information(p: torch.Tensor) -> torch.Tensor:
@@ -133,9 +134,9 @@ class DSC2I(Objective):
     def __init__(self, in_dim: int, n_clusters: int, params: DSC2IParams) -> None:
         super().__init__(in_dim, n_clusters, params)
         if params.inter not in ("mean", "margin"):
-            raise ValueError(f"dsc2i inter must be 'mean' or 'margin', got {params.inter!r}")
+            raise UserError(f"dsc2i inter must be 'mean' or 'margin', got {params.inter!r}", exit_code=2)
         if n_clusters < 2:
-            raise ValueError("dsc2i needs at least two clusters")
+            raise UserError("dsc2i needs at least two clusters", exit_code=2)
         self.encoder = nn.Sequential(
             nn.Linear(in_dim, params.hidden),
             nn.BatchNorm1d(params.hidden),

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcluster.errors import UserError
 from imgcluster.objectives.base import Batch, Objective, StepOutput
 
 EPS = 1e-12
@@ -195,9 +196,10 @@ class SeCu(Objective):
     def __init__(self, in_dim: int, n_clusters: int, params: SeCuParams) -> None:
         super().__init__(in_dim, n_clusters, params)
         if params.constraint not in ("size", "entropy"):
-            raise ValueError(f"secu constraint must be 'size' or 'entropy', got {params.constraint!r}")
+            raise UserError(f"secu constraint must be 'size' or 'entropy', got {params.constraint!r}", exit_code=2)
         if params.centre_init not in ("kmeans++", "data", "random"):
-            raise ValueError(f"secu centre_init must be 'kmeans++', 'data' or 'random', got {params.centre_init!r}")
+            choices = "'kmeans++', 'data' or 'random'"
+            raise UserError(f"secu centre_init must be {choices}, got {params.centre_init!r}", exit_code=2)
         self.encoder = nn.Sequential(
             nn.Linear(in_dim, params.hidden),
             nn.BatchNorm1d(params.hidden),

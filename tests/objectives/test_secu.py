@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from imgcluster.config import TrainConfig
+from imgcluster.errors import UserError
 from imgcluster.evaluate import hungarian_accuracy
 from imgcluster.neighbours import knn_search, l2_normalise
 from imgcluster.objectives import Batch, create_objective
@@ -223,7 +224,7 @@ def test_state_dict_round_trip_gives_identical_predictions(
 
 
 def test_unknown_constraint_is_rejected() -> None:
-    with pytest.raises(ValueError, match="constraint"):
+    with pytest.raises(UserError, match="constraint"):
         SeCu(8, 3, SeCuParams(constraint="nope"))
 
 

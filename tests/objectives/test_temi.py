@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from imgcluster.config import TrainConfig
+from imgcluster.errors import UserError
 from imgcluster.evaluate import hungarian_accuracy
 from imgcluster.neighbours import knn_search, l2_normalise
 from imgcluster.objectives import Batch, create_objective
-from imgcluster.objectives.temi import temi_loss, temi_pair_loss
+from imgcluster.objectives.temi import spherical_kmeans, temi_loss, temi_pair_loss
 from imgcluster.train import train_objective
 
 
@@ -84,6 +85,27 @@ def test_balanced_assignment_scores_lower_than_collapsed() -> None:
 # --- the objective --------------------------------------------------------------------------------
 
 
+def test_unknown_prototype_init_is_a_clear_error() -> None:
+    with pytest.raises(UserError, match="prototype_init"):
+        create_objective("temi", 16, 5, {"prototype_init": "data"})
+
+
+def test_kmeans_prototypes_start_at_the_data_clusters() -> None:
+    x, y = blobs(k=4, n=50, d=32)
+    g = torch.Generator().manual_seed(0)
+    centres = spherical_kmeans(torch.from_numpy(x).unsqueeze(0), 4, 10, g)  # [1, 4, 32]
+    assert torch.allclose(centres.norm(dim=-1), torch.ones(1, 4), atol=1e-5)
+    labels = (torch.from_numpy(x) @ centres[0].T).argmax(1).numpy()
+    assert hungarian_accuracy(y, labels) == 1.0
+    torch.manual_seed(0)
+    objective = create_objective("temi", 32, 4, {"n_heads": 2})
+    objective.setup(torch.from_numpy(x), torch.zeros(200, 1, dtype=torch.long), torch.Generator().manual_seed(0))
+    # Teacher and student start equal, and the untrained heads already split the blobs apart.
+    assert all(torch.equal(t, s) for t, s in zip(objective.teacher.parameters(), objective.student.parameters()))
+    predicted = objective.eval().head_probs(torch.from_numpy(x)).argmax(-1)
+    assert all(hungarian_accuracy(y, p.numpy()) >= 0.9 for p in predicted)
+
+
 def test_finite_loss_and_gradients_only_for_the_student() -> None:
     torch.manual_seed(0)
     objective = create_objective("temi", 16, 5, {"n_heads": 3})
@@ -121,7 +143,7 @@ def test_after_step_moves_teacher_and_prior_by_ema() -> None:
     assert torch.allclose(objective.prior.sum(-1), torch.ones(2))
 
 
-def _train(options: dict | None = None, seed: int = 0, min_steps: int = 150, device: str = "cpu"):
+def _train(options: dict | None = None, seed: int = 0, min_steps: int = 60, device: str = "cpu"):
     x, y = blobs(k=4, n=100, d=32)
     neighbours, _ = knn_search(x, 10)
     config = TrainConfig(
@@ -137,8 +159,12 @@ def _train(options: dict | None = None, seed: int = 0, min_steps: int = 150, dev
     return train_objective(x, neighbours, config, torch.device(device)), x, y
 
 
-def test_recovers_blobs_without_collapse() -> None:
-    result, x, y = _train()
+@pytest.mark.parametrize(
+    ("options", "min_steps"),
+    [({}, 60), ({"prototype_init": "random", "n_heads": 1}, 100)],  # the loss alone, from DINO's random start
+)
+def test_recovers_blobs_without_collapse(options: dict, min_steps: int) -> None:
+    result, x, y = _train(options, min_steps=min_steps)
     labels = result.objective.predict(torch.from_numpy(x)).argmax(1).numpy()
     assert np.unique(labels).size >= 3
     assert hungarian_accuracy(y, labels) >= 0.9
