@@ -161,7 +161,7 @@ def _train(options: dict | None = None, seed: int = 0, min_steps: int = 60, devi
 
 @pytest.mark.parametrize(
     ("options", "min_steps"),
-    [({}, 60), ({"prototype_init": "random", "n_heads": 1}, 100)],  # the loss alone, from DINO's random start
+    [({}, 60), ({"prototype_init": "random", "n_heads": 2}, 150)],  # the loss alone, from DINO's random start
 )
 def test_recovers_blobs_without_collapse(options: dict, min_steps: int) -> None:
     result, x, y = _train(options, min_steps=min_steps)
