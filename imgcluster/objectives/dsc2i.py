@@ -55,9 +55,10 @@ def intra_cluster(p: torch.Tensor, dist2: torch.Tensor) -> torch.Tensor:
 def inter_cluster(centres: torch.Tensor, kind: str, margin: float) -> torch.Tensor:
     """Separation penalty of unit centres ``[H, d, K]`` -> ``[H]`` (lower = centres further apart).
 
-    ``mean``: minus the mean pairwise squared distance (maximal when the centres sum to zero);
-    ``margin``: the mean hinge ``relu(margin - ||c_j - c_l||^2)``, which only pushes apart
-    centres that are closer than the margin.
+    ``mean``: minus the mean pairwise squared distance, ``-2K/(K-1) (1 - ||mean_k c_k||^2)``:
+    maximal whenever the centres sum to zero, so on its own it does not keep two centres from
+    coinciding; ``margin``: the mean hinge ``relu(margin - ||c_j - c_l||^2)``, which pushes
+    apart every pair closer than the margin.
     """
     k = centres.shape[-1]
     gram = centres.transpose(1, 2) @ centres  # [H, K, K]
