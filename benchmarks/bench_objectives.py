@@ -52,9 +52,8 @@ def main() -> None:
             print(ds.name, row, flush=True)
             lines.append(row)
         lines.append("")
-    body = "\n".join(lines)
-    print(body)
-    write_section(args.section or f"objectives-{device.type}", body)
+        write_section(args.section or f"objectives-{device.type}", "\n".join(lines))  # each finished dataset is kept
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

@@ -70,6 +70,19 @@ BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, help="Training bat
 LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
 KnnOpt = Annotated[int, typer.Option("--knn", min=1, help="Neighbours mined per image for consistency pairs.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: same seed and input give the same result on the CPU.")]
+BalanceOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--balance",
+        min=0.0,
+        help="Weight of the objective's pull towards equal cluster sizes, times its paper default: below 1 for "
+        "imbalanced folders, above 1 when clusters come out empty (scan, temi, secu, dsc2i, mixture-em).",
+    ),
+]
+SelfLabelOpt = Annotated[
+    bool, typer.Option("--self-label", help="scan: add SCAN's self-labelling stage on confident images (class-balanced CE).")
+]
+UcoOpt = Annotated[bool, typer.Option("--uco", help="ddc: add the companion objectives on the input and hidden layers.")]
 OptionOpt = Annotated[
     Optional[list[str]], typer.Option("--option", help="Objective hyper-parameter KEY=VALUE (repeatable), e.g. entropy_weight=5.")
 ]
@@ -272,11 +285,22 @@ def _near_duplicates(ui: UI, result: Any, threshold: float | None, out_path: Pat
 
 
 def _train_config(
-    objective: str, clusters: int, epochs: int, batch_size: int, lr: float, knn: int, seed: int, options: list[str] | None
+    objective: str,
+    clusters: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    knn: int,
+    seed: int,
+    options: list[str] | None,
+    flags: dict[str, Any],
 ) -> TrainConfig:
+    """The train config, with --balance/--self-label/--uco folded into the objective's options (checked now)."""
+    from imgcluster.objectives import objective_flags
+
     return TrainConfig(
         objective=objective, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, seed=seed,
-        objective_options=_parse_options(options),
+        objective_options=objective_flags(objective, _parse_options(options), **flags),
     )  # fmt: skip
 
 
@@ -325,6 +349,9 @@ def train(
     lr: LrOpt = TrainConfig.lr,
     knn: KnnOpt = DEFAULT_KNN,
     seed: SeedOpt = 0,
+    balance: BalanceOpt = None,
+    self_label: SelfLabelOpt = False,
+    uco: UcoOpt = False,
     option: OptionOpt = None,
     out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint path (.safetensors; a .json goes beside it).")] = None,
     model: ModelOpt = "auto",
@@ -350,7 +377,8 @@ def train(
         )
         requested = _parse_clusters(clusters, k_min, k_max)
         train_config = _train_config(
-            objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option
+            objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
+                {"balance": balance, "self_label": self_label, "uco": uco},
         )
         if out is not None:
             check_writable(out)
@@ -404,6 +432,9 @@ def assign(
     lr: LrOpt = TrainConfig.lr,
     knn: KnnOpt = DEFAULT_KNN,
     seed: SeedOpt = 0,
+    balance: BalanceOpt = None,
+    self_label: SelfLabelOpt = False,
+    uco: UcoOpt = False,
     option: OptionOpt = None,
     model: ModelOpt = "auto",
     weights: WeightsOpt = None,
@@ -464,7 +495,8 @@ def assign(
             choice = head_meta.get("choose_k")
         else:
             train_config = _train_config(
-                objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option
+                objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
+                {"balance": balance, "self_label": self_label, "uco": uco},
             )
             train_config, choice = _auto_clusters(ui, train_config, requested, k_min, k_max, result.features)
             trained = _train(ui, result, train_config, dev)

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
 
 # Above this many vectors an exact search costs O(N^2) time; an IVF index keeps it near-linear.
 IVF_THRESHOLD = 200_000
+IVF_NPROBE = 16  # lists searched per query; with 4 * sqrt(N) lists this balances coarse and fine search costs
+IVF_TRAIN_PER_LIST = 40
+IVF_TRAIN_ITERATIONS = 10
 SEARCH_BLOCK = 16_384  # queries per block: bounds the distance buffer to BLOCK x k
 # The torch search holds a [block, N] similarity matrix: at most this many floats (1 GiB).
 TORCH_SIMILARITY_BUDGET = 1 << 28
@@ -38,10 +41,15 @@ def build_index(x: np.ndarray, use_gpu: bool = False, seed: int = 0):  # noqa: A
         nlist = int(4 * np.sqrt(n))
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        # Coarse centroids need only a rough fit: 40 points per list (faiss warns below 39) and 10
+        # Lloyd iterations. The defaults (256 per list, 25 iterations) made training alone cost
+        # more than the search at 1M images (2e13 flops for 4,000 lists).
+        index.cp.niter = IVF_TRAIN_ITERATIONS
+        index.cp.seed = seed
         rng = np.random.default_rng(seed)
-        sample = x[rng.choice(n, size=min(n, nlist * 64), replace=False)]
+        sample = x[np.sort(rng.choice(n, size=min(n, nlist * IVF_TRAIN_PER_LIST), replace=False))]
         index.train(sample)
-        index.nprobe = 16
+        index.nprobe = IVF_NPROBE
     else:
         index = faiss.IndexFlatIP(d)
     if use_gpu and faiss_has_gpu():

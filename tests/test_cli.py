@@ -119,7 +119,11 @@ def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path
     [
         (("assign", "/definitely/not/here"), 2, "folder not found"),
         (("assign", "{folder}", "--model", "resnet-9000"), 2, "known models: auto"),
-        (("assign", "{folder}", "--objective", "nope", *FAST[:2]), 1, "known objectives:"),
+        (("assign", "{folder}", "--objective", "nope", *FAST[:2]), 2, "known objectives:"),
+        (("assign", "{folder}", "--option", "bogus=1"), 2, "has no option bogus"),
+        (("assign", "{folder}", "--objective", "ddc", "--self-label"), 2, "--self-label is SCAN's"),
+        (("assign", "{folder}", "--uco"), 2, "--uco adds DDC's"),
+        (("assign", "{folder}", "--objective", "kmeans", "--balance", "0.5"), 2, "no uniform-prior term"),
         (("assign", "{folder}", "--clusters", "500", *FAST[:2]), 1, "larger than the number of images"),
         (("assign", "{folder}", "--device", "tpu"), 2, "--device must be"),
         (("evaluate", "missing.csv", "{folder}"), 2, "assignments file not found"),
@@ -144,3 +148,14 @@ def test_empty_folder(tmp_path: Path) -> None:
 def test_objectives_lists_registry() -> None:
     result = invoke("objectives")
     assert result.exit_code == 0 and "scan (default)" in result.stdout and "entropy_weight" in result.stdout
+
+
+def test_objective_shortcuts_reach_the_checkpoint(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    head = tmp_path / "scan.safetensors"
+    args = ("train", small_folder, "--cache-dir", shared_cache, "--out", head, "--balance", "0.5", "--self-label", *FAST)
+    result = invoke(*args)
+    assert result.exit_code == 0, result.stderr
+    meta = json.loads(head.with_suffix(".json").read_text())
+    options = meta["train"]["objective_options"]
+    assert options == {"entropy_weight": 2.5, "self_label_epochs": 10}
+    assert [h["stage"] for h in meta["history"]][-10:] == ["self-label"] * 10

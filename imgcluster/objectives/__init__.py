@@ -24,8 +24,10 @@ _REGISTRY: dict[str, str] = {
 }
 
 DEFAULT_OBJECTIVE = "scan"
+SELF_LABEL_EPOCHS = 10  # epochs of SCAN's self-labelling stage that --self-label adds
 
-__all__ = ["DEFAULT_OBJECTIVE", "Batch", "Objective", "Stage", "StepOutput", "create_objective", "list_objectives", "objective_class"]
+__all__ = ["DEFAULT_OBJECTIVE", "Batch", "Objective", "Stage", "StepOutput", "create_objective", "list_objectives", "objective_class",
+           "objective_flags"]
 
 
 def list_objectives() -> list[str]:
@@ -49,6 +51,44 @@ def make_params(name: str, overrides: dict[str, Any] | None = None) -> Any:
     if unknown:
         raise UserError(f"objective {name!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(fields))}")
     return cls.Params(**overrides)
+
+
+def objective_flags(
+    name: str, options: dict[str, Any], *, balance: float | None = None, self_label: bool = False, uco: bool = False
+) -> dict[str, Any]:
+    """Fold the command-line shortcuts into the objective's options; an explicit ``--option`` wins.
+
+    ``balance`` scales the weight of the uniform-prior term (see ``Objective.balance_options``),
+    ``self_label`` adds SCAN's self-labelling stage and ``uco`` DDC's companion objectives. A
+    shortcut the objective has no use for is a usage error, not silently ignored.
+    """
+    if name not in _REGISTRY:
+        raise UserError(f"unknown objective {name!r}; known objectives: {', '.join(list_objectives())}", exit_code=2)
+    cls = objective_class(name)
+    merged: dict[str, Any] = {}
+    if balance is not None:
+        if balance < 0:
+            raise UserError(f"--balance is a weight, 0 or more; got {balance}", exit_code=2)
+        if not cls.balance_options:
+            with_term = ", ".join(n for n in list_objectives() if objective_class(n).balance_options)
+            raise UserError(
+                f"--balance: objective {name!r} has no uniform-prior term to weight; objectives with one: {with_term}", exit_code=2
+            )
+        merged.update(cls.balanced_options(balance))
+    if self_label:
+        if name != "scan":
+            raise UserError(f"--self-label is SCAN's second stage; use it with --objective scan, not {name!r}", exit_code=2)
+        merged["self_label_epochs"] = SELF_LABEL_EPOCHS
+    if uco:
+        if name != "ddc":
+            raise UserError(f"--uco adds DDC's companion objectives; use it with --objective ddc, not {name!r}", exit_code=2)
+        merged["uco"] = True
+    merged.update(options)
+    try:
+        make_params(name, merged)  # unknown keys fail here, before any embedding
+    except UserError as exc:
+        raise UserError(str(exc), exit_code=2) from None
+    return merged
 
 
 def create_objective(name: str, in_dim: int, n_clusters: int, overrides: dict[str, Any] | None = None) -> Objective:

@@ -54,6 +54,9 @@ class Objective(nn.Module):
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
     Params: ClassVar[type]
+    # Hyper-parameters that weight the objective's pull towards equal cluster sizes (its uniform
+    # prior). ``--balance W`` multiplies their defaults by W; empty when the method has no such term.
+    balance_options: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, in_dim: int, n_clusters: int, params: Any) -> None:
         super().__init__()
@@ -62,6 +65,12 @@ class Objective(nn.Module):
         self.params = params
         # Index of the head kept after training, chosen by its own loss (never by labels).
         self.register_buffer("best_head", torch.zeros((), dtype=torch.long))
+
+    @classmethod
+    def balanced_options(cls, weight: float) -> dict[str, Any]:
+        """The ``balance_options`` at W times their defaults: what ``--balance W`` sets."""
+        defaults = cls.Params()
+        return {name: getattr(defaults, name) * weight for name in cls.balance_options}
 
     @property
     def n_heads(self) -> int:

@@ -131,6 +131,7 @@ class DSC2I(Objective):
 
     name = "dsc2i"
     Params = DSC2IParams
+    balance_options = ("mi_weight",)
 
     def __init__(self, in_dim: int, n_clusters: int, params: DSC2IParams) -> None:
         super().__init__(in_dim, n_clusters, params)

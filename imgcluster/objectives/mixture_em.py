@@ -152,6 +152,7 @@ class MixtureEM(Objective):
 
     name = "mixture-em"
     Params = MixtureEMParams
+    balance_options = ("balance",)
 
     def __init__(self, in_dim: int, n_clusters: int, params: MixtureEMParams) -> None:
         super().__init__(in_dim, n_clusters, params)

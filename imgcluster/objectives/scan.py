@@ -56,6 +56,7 @@ def consistency_entropy_loss(
 class SCAN(Objective):
     name = "scan"
     Params = SCANParams
+    balance_options = ("entropy_weight",)
 
     def __init__(self, in_dim: int, n_clusters: int, params: SCANParams) -> None:
         super().__init__(in_dim, n_clusters, params)

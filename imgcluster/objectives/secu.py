@@ -192,6 +192,14 @@ class SeCu(Objective):
 
     name = "secu"
     Params = SeCuParams
+    balance_options = ("lower_bound", "alpha")
+
+    @classmethod
+    def balanced_options(cls, weight: float) -> dict[str, Any]:
+        """Both variants' balance weights; the size bound stays a fraction of N / K, at most 1."""
+        options = super().balanced_options(weight)
+        options["lower_bound"] = min(1.0, options["lower_bound"])
+        return options
 
     def __init__(self, in_dim: int, n_clusters: int, params: SeCuParams) -> None:
         super().__init__(in_dim, n_clusters, params)

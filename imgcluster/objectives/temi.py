@@ -30,6 +30,7 @@ class TEMIParams:
     teacher_temp: float = 0.1  # temperature of the teacher softmax and of predictions (paper)
     prior_momentum: float = 0.9  # EMA momentum of the cluster prior p~ (paper)
     beta: float = 0.6  # exponent of the joint probability in the PMI (paper)
+    prior_weight: float = 1.0  # exponent of the prior in the PMI denominator (paper: 1); --balance scales it
     # "kmeans": the last layer's directions start at spherical k-means centres of the initial
     # embeddings, so the teacher's first targets follow the data; "random": DINO's initialisation.
     # The paper trains ~100x more steps than the CPU budget here, enough to escape a random start.
@@ -39,15 +40,20 @@ class TEMIParams:
 
 
 def temi_pair_loss(
-    log_s: torch.Tensor, log_t_other: torch.Tensor, weight: torch.Tensor, prior: torch.Tensor, beta: float
+    log_s: torch.Tensor,
+    log_t_other: torch.Tensor,
+    weight: torch.Tensor,
+    prior: torch.Tensor,
+    beta: float,
+    prior_weight: float = 1.0,
 ) -> torch.Tensor:
-    """``-mean_i w_i log sum_k (s_ik t'_ik)^beta / prior_k`` for stacked heads.
+    """``-mean_i w_i log sum_k (s_ik t'_ik)^beta / prior_k^gamma`` for stacked heads (gamma = ``prior_weight``, 1 in the paper).
 
     ``log_s``, ``log_t_other`` are log-probabilities ``[..., B, K]`` (student of one view, teacher of
     the other), ``weight`` is ``[..., B]`` and ``prior`` ``[..., K]``. Working in logs keeps the
     gradient of ``x^beta`` finite where a probability underflows to zero. Returns ``[...]``.
     """
-    log_terms = beta * (log_s + log_t_other) - torch.log(prior).unsqueeze(-2)
+    log_terms = beta * (log_s + log_t_other) - prior_weight * torch.log(prior).unsqueeze(-2)
     pmi = torch.logsumexp(log_terms, dim=-1)  # [..., B]
     return -(weight * pmi).mean(-1)
 
@@ -59,6 +65,7 @@ def temi_loss(
     log_t_n: torch.Tensor,
     prior: torch.Tensor,
     beta: float,
+    prior_weight: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """TEMI's symmetrised loss over the pairs (anchor, neighbour) and (neighbour, anchor).
 
@@ -69,7 +76,8 @@ def temi_loss(
     with torch.no_grad():
         weight = (log_t_a.exp() * log_t_n.exp()).sum(-1)  # [..., B]
     loss = 0.5 * (
-        temi_pair_loss(log_s_a, log_t_n, weight, prior, beta) + temi_pair_loss(log_s_n, log_t_a, weight, prior, beta)
+        temi_pair_loss(log_s_a, log_t_n, weight, prior, beta, prior_weight)
+        + temi_pair_loss(log_s_n, log_t_a, weight, prior, beta, prior_weight)
     )
     return loss, weight.mean(-1)
 
@@ -144,7 +152,8 @@ class TEMI(Objective):
         L       = mean_B [L(a, n) + L(n, a)] / 2,                   beta = 0.6
 
     Dividing by the prior rewards assignments to rare clusters, which keeps every cluster in use
-    without an explicit entropy term; ``beta < 1`` lets a confident student raise the score only
+    without an explicit entropy term (``prior_weight`` raises the prior to a power, 1 in the paper, so
+    ``--balance`` can weaken or strengthen that pull); ``beta < 1`` lets a confident student raise the score only
     sub-linearly, and ``w`` down-weights pairs the teacher places in different clusters.
 
     The teacher is an EMA (momentum 0.996 per step) of the student and is never touched by the
@@ -157,6 +166,7 @@ class TEMI(Objective):
 
     name = "temi"
     Params = TEMIParams
+    balance_options = ("prior_weight",)
 
     def __init__(self, in_dim: int, n_clusters: int, params: TEMIParams) -> None:
         super().__init__(in_dim, n_clusters, params)
@@ -209,7 +219,8 @@ class TEMI(Objective):
         with torch.no_grad():
             log_t = (self.teacher(both) / self.params.teacher_temp).log_softmax(-1)
             self._batch_mean = log_t.exp().mean(1)  # [H, K]
-        per_head, weight = temi_loss(log_s[:, :b], log_s[:, b:], log_t[:, :b], log_t[:, b:], self.prior, self.params.beta)
+        p = self.params
+        per_head, weight = temi_loss(log_s[:, :b], log_s[:, b:], log_t[:, :b], log_t[:, b:], self.prior, p.beta, p.prior_weight)
         used = int((log_t.argmax(-1)[0].bincount(minlength=self.n_clusters) > 0).sum())
         return StepOutput(
             loss=per_head.sum(),
