@@ -202,7 +202,7 @@ def _train(ui: UI, result: Any, config: TrainConfig, device: Any) -> Any:
     if trained.empty_clusters:
         ui.warn(
             f"{trained.empty_clusters} of {config.clusters} clusters are empty; "
-            "try fewer --clusters or a larger balance weight (--option)"
+            "try fewer --clusters, or --balance 2 for a stronger pull towards equal cluster sizes"
         )
     return trained
 

@@ -1,14 +1,15 @@
 """DDC: the Cauchy-Schwarz maths on hand-made cases, gradients, training on blobs, checkpoints."""
 
+from functools import partial
+
 import numpy as np
 import pytest
 import torch
+from toys import blobs, random_batch, train_toy
 
-from imgcluster.config import TrainConfig
 from imgcluster.errors import UserError
 from imgcluster.evaluate import hungarian_accuracy
-from imgcluster.neighbours import knn_search, l2_normalise
-from imgcluster.objectives import Batch, create_objective
+from imgcluster.objectives import create_objective
 from imgcluster.objectives.ddc import (
     cs_divergence,
     ddc_terms,
@@ -17,25 +18,10 @@ from imgcluster.objectives.ddc import (
     simplex_memberships,
     squared_distances,
 )
-from imgcluster.train import train_objective
-
-
-def blobs(k: int = 4, n: int = 100, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d)) * 3
-    labels = np.repeat(np.arange(k), n)
-    return l2_normalise(centres[labels] + rng.normal(size=(k * n, d))), labels
 
 
 def onehot(labels: list[int], k: int) -> torch.Tensor:
     return torch.nn.functional.one_hot(torch.tensor(labels), k).float()
-
-
-def random_batch(n: int = 24, d: int = 16, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    a = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-    b = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-    return Batch(anchors=a, neighbours=b, index=torch.arange(n), neighbour_index=torch.arange(n))
 
 
 # --- pure functions -------------------------------------------------------------------------------
@@ -105,10 +91,7 @@ def test_balanced_assignment_scores_lower_than_collapsed() -> None:
     balanced = onehot(y.tolist(), 3)
     collapsed = onehot([0] * len(y), 3)
     uniform = torch.full((len(y), 3), 1 / 3)
-    loss = {
-        name: sum(ddc_terms(a, hidden, 0.15))
-        for name, a in [("balanced", balanced), ("collapsed", collapsed), ("uniform", uniform)]
-    }
+    loss = {name: sum(ddc_terms(a, hidden, 0.15)) for name, a in [("balanced", balanced), ("collapsed", collapsed), ("uniform", uniform)]}
     assert float(loss["balanced"]) < float(loss["uniform"]) < float(loss["collapsed"]) + 1e-6
     assert float(loss["balanced"]) < 0.5 * float(loss["collapsed"])
 
@@ -116,9 +99,7 @@ def test_balanced_assignment_scores_lower_than_collapsed() -> None:
 # --- the objective --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "options", [{}, {"uco": True}, {"uco": True, "uco_layers": "input"}, {"neighbour_weight": 1.0}]
-)
+@pytest.mark.parametrize("options", [{}, {"uco": True}, {"uco": True, "uco_layers": "input"}, {"neighbour_weight": 1.0}])
 def test_finite_loss_and_gradients(options: dict) -> None:
     torch.manual_seed(0)
     objective = create_objective("ddc", 16, 5, options)
@@ -151,20 +132,7 @@ def test_unknown_companion_layer_is_a_clear_error() -> None:
         create_objective("ddc", 16, 5, {"uco": True, "uco_layers": "input,conv3"})
 
 
-def _train(options: dict | None = None, seed: int = 0, device: str = "cpu"):
-    x, y = blobs(k=4, n=100, d=32)
-    neighbours, _ = knn_search(x, 10)
-    config = TrainConfig(
-        objective="ddc",
-        clusters=4,
-        epochs=8,
-        batch_size=100,
-        knn=10,
-        seed=seed,
-        min_steps=100,
-        objective_options=options or {},
-    )
-    return train_objective(x, neighbours, config, torch.device(device)), x, y
+_train = partial(train_toy, "ddc", epochs=8, min_steps=100)
 
 
 @pytest.mark.parametrize("options", [{}, {"uco": True}])

@@ -3,20 +3,14 @@
 import numpy as np
 import pytest
 import torch
+from toys import blobs, toy_neighbours
 
 from imgcluster.config import TrainConfig
 from imgcluster.evaluate import hungarian_accuracy
-from imgcluster.neighbours import knn_search, l2_normalise
+from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.kmeans import FALLBACK_TEMPERATURE, T_MIN, calibrate_temperature, match_labels
 from imgcluster.train import train_objective
-
-
-def blobs(k: int = 5, n: int = 100, d: int = 32, noise: float = 1.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d)) * 3
-    labels = np.repeat(np.arange(k), n)
-    return l2_normalise(centres[labels] + noise * rng.normal(size=(k * n, d))), labels
 
 
 def fitted(x: np.ndarray, k: int, seed: int = 0, **options):
@@ -26,8 +20,7 @@ def fitted(x: np.ndarray, k: int, seed: int = 0, **options):
 
 
 def test_finds_the_blobs_exactly_through_the_training_loop() -> None:
-    x, y = blobs()
-    neighbours, _ = knn_search(x, 10)
+    x, y, neighbours = toy_neighbours(k=5)
     result = train_objective(x, neighbours, TrainConfig(objective="kmeans", clusters=5, seed=0), torch.device("cpu"))
     labels = result.objective.predict(torch.from_numpy(x)).argmax(1).numpy()
     assert hungarian_accuracy(y, labels) == 1.0
@@ -50,7 +43,7 @@ def test_probabilities_are_a_softmax_over_cosine_similarity() -> None:
 
 
 def test_same_seed_same_centroids_other_seed_same_partition() -> None:
-    x, _ = blobs(noise=2.0)
+    x, _ = blobs(k=5, noise=2.0)
     a, b = fitted(x, 5, seed=3), fitted(x, 5, seed=3)
     assert torch.equal(a.centroids, b.centroids) and torch.equal(a.temperature, b.temperature)
     z = torch.from_numpy(x)
@@ -61,7 +54,7 @@ def test_same_seed_same_centroids_other_seed_same_partition() -> None:
 def test_state_dict_and_safetensors_round_trip(tmp_path) -> None:
     from imgcluster.checkpoint import load_checkpoint, save_checkpoint
 
-    x, _ = blobs(noise=2.0)
+    x, _ = blobs(k=5, noise=2.0)
     objective = fitted(x, 5, seed=1)
     z = torch.from_numpy(x)
     fresh = create_objective("kmeans", 32, 5, {})
@@ -74,7 +67,7 @@ def test_state_dict_and_safetensors_round_trip(tmp_path) -> None:
 
 
 def test_confidence_reflects_how_clear_the_clusters_are() -> None:
-    clear, _ = blobs(noise=1.0)
+    clear, _ = blobs(k=5, noise=1.0)
     vague = l2_normalise(np.random.default_rng(0).normal(size=(500, 32)))  # no cluster structure at all
     sharp, soft = fitted(clear, 5), fitted(vague, 5)
     assert float(sharp.temperature) == pytest.approx(T_MIN)  # equally good restarts agree everywhere
@@ -107,7 +100,7 @@ def test_match_labels_undoes_a_permutation() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_predicts_on_gpu() -> None:
-    x, _ = blobs()
+    x, _ = blobs(k=5)
     objective = fitted(x, 5)
     z = torch.from_numpy(x)
     cpu = objective.predict(z)

@@ -1,31 +1,16 @@
 """Neural mixture-model EM: E/M-step maths on hand-made cases, whitening, training on blobs, checkpoints."""
 
 import math
+from functools import partial
 
 import numpy as np
 import pytest
 import torch
+from toys import random_batch, train_toy
 
-from imgcluster.config import TrainConfig
 from imgcluster.evaluate import hungarian_accuracy
-from imgcluster.neighbours import knn_search, l2_normalise
-from imgcluster.objectives import Batch, create_objective
+from imgcluster.objectives import create_objective
 from imgcluster.objectives.mixture_em import Whitening, em_terms, mixture_em_loss
-from imgcluster.train import train_objective
-
-
-def blobs(k: int = 4, n: int = 100, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d)) * 3
-    labels = np.repeat(np.arange(k), n)
-    return l2_normalise(centres[labels] + rng.normal(size=(k * n, d))), labels
-
-
-def random_batch(n: int = 24, d: int = 16, seed: int = 0) -> Batch:
-    g = torch.Generator().manual_seed(seed)
-    a = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-    b = torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
-    return Batch(anchors=a, neighbours=b, index=torch.arange(n), neighbour_index=torch.arange(n))
 
 
 def cosine_log_densities(labels: list[int], k: int, kappa: float = 10.0) -> torch.Tensor:
@@ -122,20 +107,7 @@ def test_finite_loss_and_gradients() -> None:
     assert torch.allclose(probs.sum(-1), torch.ones(3, 24), atol=1e-5)
 
 
-def _train(options: dict | None = None, seed: int = 0, min_steps: int = 150, device: str = "cpu"):
-    x, y = blobs(k=4, n=100, d=32)
-    neighbours, _ = knn_search(x, 10)
-    config = TrainConfig(
-        objective="mixture-em",
-        clusters=4,
-        epochs=5,
-        batch_size=100,
-        knn=10,
-        seed=seed,
-        min_steps=min_steps,
-        objective_options=options or {},
-    )
-    return train_objective(x, neighbours, config, torch.device(device)), x, y
+_train = partial(train_toy, "mixture-em", epochs=5, min_steps=150)
 
 
 def test_recovers_blobs_without_collapse() -> None:

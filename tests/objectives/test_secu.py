@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from toys import blob_config, random_knn_batch, toy_neighbours
 
 from imgcluster.config import TrainConfig
 from imgcluster.errors import UserError
 from imgcluster.evaluate import hungarian_accuracy
-from imgcluster.neighbours import knn_search, l2_normalise
-from imgcluster.objectives import Batch, create_objective
+from imgcluster.objectives import create_objective
 from imgcluster.objectives.secu import (
     SeCu,
     SeCuParams,
@@ -27,32 +27,13 @@ from imgcluster.train import train_objective
 FAST = {"hidden": 128, "n_heads": 3}  # keeps the toy runs short; the method is unchanged
 
 
-def blobs(k: int = 4, n: int = 100, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Well separated Gaussian blobs, L2-normalised."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(k, d)) * 3
-    labels = np.repeat(np.arange(k), n)
-    return l2_normalise((centres[labels] + rng.normal(size=(k * n, d))).astype(np.float32)), labels
-
-
 @pytest.fixture(scope="module")
 def toy() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x, y = blobs()
-    nn, _ = knn_search(x, 10)
-    return x, y, nn
+    return toy_neighbours()
 
 
 def toy_config(**options: object) -> TrainConfig:
-    return TrainConfig(
-        objective="secu",
-        clusters=4,
-        epochs=10,
-        batch_size=100,
-        knn=10,
-        seed=1,
-        min_steps=120,
-        objective_options={**FAST, **options},
-    )
+    return blob_config("secu", {**FAST, **options}, epochs=10, min_steps=120, seed=1)
 
 
 @pytest.fixture(scope="module")
@@ -63,18 +44,9 @@ def trained(toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> SeCu:
     return objective
 
 
-def random_batch(n: int = 64, d: int = 16, b: int = 32, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor, Batch]:
-    g = torch.Generator().manual_seed(seed)
-    x = F.normalize(torch.randn(n, d, generator=g), dim=1)
-    knn = torch.randint(n, (n, 5), generator=g)
-    idx = torch.randperm(n, generator=g)[:b]
-    nidx = knn[idx, 0]
-    return x, knn, Batch(anchors=x[idx], neighbours=x[nidx], index=idx, neighbour_index=nidx)
-
-
 @pytest.mark.parametrize("constraint", ["size", "entropy"])
 def test_loss_and_gradients_are_finite(constraint: str) -> None:
-    x, knn, batch = random_batch()
+    x, knn, batch = random_knn_batch()
     objective = create_objective("secu", 16, 4, {"constraint": constraint, "hidden": 32, "dim": 8})
     objective.setup(x, knn, torch.Generator().manual_seed(0))
     objective.train()
@@ -183,9 +155,7 @@ def test_entropy_constraint_spreads_a_skewed_batch() -> None:
 
 
 @pytest.mark.parametrize("constraint", ["size", "entropy"])
-def test_no_collapse_on_separable_blobs(
-    constraint: str, toy: tuple[np.ndarray, np.ndarray, np.ndarray], trained: SeCu
-) -> None:
+def test_no_collapse_on_separable_blobs(constraint: str, toy: tuple[np.ndarray, np.ndarray, np.ndarray], trained: SeCu) -> None:
     x, y, nn = toy
     if constraint == "size":
         objective = trained
@@ -207,9 +177,7 @@ def test_same_seed_same_result(toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -
     assert [h.loss for h in a.history] == [h.loss for h in b.history]
 
 
-def test_state_dict_round_trip_gives_identical_predictions(
-    trained: SeCu, toy: tuple[np.ndarray, np.ndarray, np.ndarray]
-) -> None:
+def test_state_dict_round_trip_gives_identical_predictions(trained: SeCu, toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     from safetensors.torch import load, save
 
     state = trained.state_dict()
