@@ -14,7 +14,16 @@ import typer
 
 from imgcluster import __version__
 from imgcluster.atomic import check_writable
-from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, AssignConfig, EmbedConfig, TrainConfig, sidecar_path, write_sidecar
+from imgcluster.config import (
+    DEFAULT_CLUSTERS,
+    DEFAULT_KNN,
+    DEFAULT_OBJECTIVE,
+    AssignConfig,
+    EmbedConfig,
+    TrainConfig,
+    sidecar_path,
+    write_sidecar,
+)
 from imgcluster.errors import UserError
 from imgcluster.ui import UI
 
@@ -340,7 +349,7 @@ def embed(
 )
 def train(
     folder: Folder,
-    objective: ObjectiveOpt = "scan",
+    objective: ObjectiveOpt = DEFAULT_OBJECTIVE,
     clusters: ClustersOpt = str(DEFAULT_CLUSTERS),
     k_min: KMinOpt = 2,
     k_max: KMaxOpt = 20,
@@ -423,7 +432,7 @@ def assign(
             "<csv stem>-duplicates.csv beside the CSV.",
         ),
     ] = None,
-    objective: ObjectiveOpt = "scan",
+    objective: ObjectiveOpt = DEFAULT_OBJECTIVE,
     clusters: ClustersOpt = str(DEFAULT_CLUSTERS),
     k_min: KMinOpt = 2,
     k_max: KMaxOpt = 20,

@@ -407,8 +407,8 @@ class _Page:
     def __init__(self, thumbs: dict[Path, Thumb]) -> None:
         self.parts: list[str] = []
         self.thumbs = thumbs
-        self.images: list[tuple[int, str]] = []  # (index in parts, the <figure> with its image)
-        self.shown = self.placeholders = self.omitted = 0
+        self.images: list[tuple[int, str, str]] = []  # (index in parts, the <figure> with its image, row path)
+        self.shown = self.placeholders = self.omitted = 0  # distinct images: an outlier is also in its cluster
 
     def add(self, text: str) -> None:
         self.parts.append(text)
@@ -427,20 +427,22 @@ class _Page:
         else:
             uri = f"data:{thumb.mime};base64,{base64.b64encode(thumb.data).decode('ascii')}"
             block = f'<figure><div class="box"><img src="{uri}" alt="{name}" title="{tip}" decoding="async"></div>{caption}</figure>'
-            self.images.append((len(self.parts), block))
+            self.images.append((len(self.parts), block, row.path))
             problem = "left out (size limit)"
         self.add(f'<figure><div class="box ph" title="{tip}">{problem}</div>{caption}</figure>')
 
     def finish(self, max_bytes: int) -> str:
         size = sum(len(part.encode("utf-8")) for part in self.parts)
-        for index, block in self.images:
+        shown: set[str] = set()
+        for index, block, path in self.images:
             grows = len(block.encode("utf-8")) - len(self.parts[index].encode("utf-8"))
             if size + grows > max_bytes:
                 break
             self.parts[index] = block
             size += grows
-            self.shown += 1
-        self.omitted = len(self.images) - self.shown
+            shown.add(path)
+        self.shown = len(shown)
+        self.omitted = len({path for _, _, path in self.images} - shown)
         return "".join(self.parts)
 
 

@@ -52,7 +52,7 @@ def test_assign_pipeline_writes_csv_sidecar_and_skipped(messy_folder: Path, shar
     assert {r["path"] for r in skipped} == {"empty.png", "notes.jpg", "truncated.png"}
     sidecar = json.loads((out.parent / "clusters.csv.json").read_text())
     assert sidecar["backbone"]["model"] == "efficientnet-lite0" and sidecar["train"]["clusters"] == 3
-    assert sidecar["train"]["objective"] == "scan" and Path(sidecar["head"]["path"]).is_file()
+    assert sidecar["train"]["objective"] == "secu" and Path(sidecar["head"]["path"]).is_file()
 
 
 def test_stdout_output_and_determinism(small_folder: Path, shared_cache: Path) -> None:
@@ -75,7 +75,7 @@ def test_step_by_step_and_reuse_of_a_head(small_folder: Path, tmp_path: Path) ->
     trained = invoke("train", small_folder, "--cache-dir", cache, "--out", head, *FAST)
     assert trained.exit_code == 0 and head.is_file() and head.with_suffix(".json").is_file()
     meta = json.loads(head.with_suffix(".json").read_text())
-    assert meta["objective"] == "scan" and meta["clusters"] == 3 and meta["feature_dim"] == 1280
+    assert meta["objective"] == "secu" and meta["clusters"] == 3 and meta["feature_dim"] == 1280
     out = tmp_path / "reuse.csv"
     # --model auto picks the head's backbone from its JSON, so no download is attempted
     assigned = invoke("assign", small_folder, "--cache-dir", cache, "--head", head, "--out", out)
@@ -147,12 +147,13 @@ def test_empty_folder(tmp_path: Path) -> None:
 
 def test_objectives_lists_registry() -> None:
     result = invoke("objectives")
-    assert result.exit_code == 0 and "scan (default)" in result.stdout and "entropy_weight" in result.stdout
+    assert result.exit_code == 0 and "secu (default)" in result.stdout and "entropy_weight" in result.stdout
 
 
 def test_objective_shortcuts_reach_the_checkpoint(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
     head = tmp_path / "scan.safetensors"
-    args = ("train", small_folder, "--cache-dir", shared_cache, "--out", head, "--balance", "0.5", "--self-label", *FAST)
+    shortcuts = ("--objective", "scan", "--balance", "0.5", "--self-label")
+    args = ("train", small_folder, "--cache-dir", shared_cache, "--out", head, *shortcuts, *FAST)
     result = invoke(*args)
     assert result.exit_code == 0, result.stderr
     meta = json.loads(head.with_suffix(".json").read_text())

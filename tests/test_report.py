@@ -41,12 +41,16 @@ class Clustered:
 
 @pytest.fixture(scope="module")
 def clustered(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> Clustered:
-    """One real `assign --report` run that the tests below read and re-report."""
+    """One real `assign --report` run that the tests below read and re-report.
+
+    No row is flagged (confidence floor 0; clusters under 10 images get no distance test), so
+    every image appears once; ``test_outlier_column`` flags rows itself.
+    """
     root = tmp_path_factory.mktemp("report")
     folder = copy_sample(root / "photos", CLASSES[:3], per_class=8)
     shutil.copy2(sorted((folder / CLASSES[0]).iterdir())[0], folder / ODD_NAME)
     out = root / "out" / "clusters.csv"
-    result = invoke("assign", folder, "--out", out, "--report", "--cache-dir", shared_cache, *FAST)
+    result = invoke("assign", folder, "--out", out, "--report", "--min-confidence", "0", "--cache-dir", shared_cache, *FAST)
     rows = list(csv.DictReader(out.open(encoding="utf-8"))) if out.is_file() else []
     return Clustered(folder, out, shared_cache, rows, result.stderr, result.exit_code)
 
@@ -179,6 +183,7 @@ def test_outlier_column(clustered: Clustered, tmp_path: Path) -> None:
     page = target.with_suffix(".html").read_text(encoding="utf-8")
     outliers = page.split('id="outliers"', 1)[1]
     assert outliers.count("<img ") == 3 and "3 flagged" in outliers
+    assert page.count("<img ") == 28 and "25 of 25 images shown" in result.stderr  # images are counted once
     assert {html.escape(clustered.rows[i]["path"]) for i in flags} <= set(re.findall(r'alt="([^"]*)"', outliers))
 
 

@@ -10,6 +10,7 @@ import dataclasses
 import importlib
 from typing import Any
 
+from imgcluster.config import DEFAULT_OBJECTIVE
 from imgcluster.errors import UserError
 from imgcluster.objectives.base import Batch, Objective, Stage, StepOutput
 
@@ -23,7 +24,6 @@ _REGISTRY: dict[str, str] = {
     "kmeans": "imgcluster.objectives.kmeans:KMeans",
 }
 
-DEFAULT_OBJECTIVE = "scan"
 SELF_LABEL_EPOCHS = 10  # epochs of SCAN's self-labelling stage that --self-label adds
 
 __all__ = ["DEFAULT_OBJECTIVE", "Batch", "Objective", "Stage", "StepOutput", "create_objective", "list_objectives", "objective_class",
