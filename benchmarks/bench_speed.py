@@ -649,7 +649,7 @@ def main() -> None:
     sections = [
         "# Speed and scale (`make bench-speed`)",
         "",
-        f"Machine: {machine()}; {os.cpu_count()}-core CPU shared with other jobs.",
+        f"Machine: {machine()}; load average {os.getloadavg()[0]:.1f} when the benchmark started.",
         "",
     ]
     if not args.skip_embed:
