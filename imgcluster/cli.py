@@ -612,7 +612,10 @@ def report(
         _write_report(ui, assignments, out=out, labels=labels, folder=folder, montage=montage, per_cluster=per_cluster)
 
 
-@app.command()
+@app.command(
+    epilog="Examples:\n\n  imgcluster objectives\n\n"
+    "  imgcluster assign ./photos --objective scan --option entropy_weight=3 --self-label",
+)
 def objectives() -> None:
     """List the clustering objectives and their hyper-parameters (for --option)."""
     import dataclasses

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,12 +21,11 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("command", ["embed", "train", "assign", "evaluate", "objectives"])
+@pytest.mark.parametrize("command", ["embed", "train", "assign", "evaluate", "objectives", "report"])
 def test_help_has_examples(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0
-    if command != "objectives":
-        assert "Examples" in result.stdout and f"imgcluster {command}" in result.stdout
+    assert "Examples" in result.stdout and f"imgcluster {command}" in result.stdout
 
 
 def test_root_help_and_version() -> None:
@@ -160,3 +160,11 @@ def test_objective_shortcuts_reach_the_checkpoint(small_folder: Path, shared_cac
     options = meta["train"]["objective_options"]
     assert options == {"entropy_weight": 2.5, "self_label_epochs": 10}
     assert [h["stage"] for h in meta["history"]][-10:] == ["self-label"] * 10
+
+
+def test_shell_completion() -> None:
+    script = invoke("--show-completion", "bash")
+    assert script.exit_code == 0 and "_IMGCLUSTER_COMPLETE=complete_bash" in script.stdout
+    env = {**os.environ, "_IMGCLUSTER_COMPLETE": "complete_bash", "COMP_WORDS": "imgcluster assign --obj", "COMP_CWORD": "2"}
+    completed = subprocess.run([sys.executable, "-m", "imgcluster"], env=env, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 0 and completed.stdout.split() == ["--objective"]
