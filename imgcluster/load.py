@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+import threading
+import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +19,43 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 class ImageDecodeError(Exception):
     """The file is not a usable image; the message is the reason shown in ``skipped.csv``."""
+
+
+class DecodeTimeout(BaseException):
+    """Raised when one file's time is up: a BaseException, so no image-error handler swallows it."""
+
+
+def _time_is_up(signum: int, frame: object) -> None:
+    raise DecodeTimeout
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Interrupt the block with :class:`DecodeTimeout` after ``seconds`` of wall time.
+
+    Uses ``SIGALRM``, so it only works in a process's main thread on POSIX (decode workers and the
+    in-process loader both are); elsewhere, or with ``seconds <= 0``, the block runs unlimited.
+    Pillow decodes in chunks from Python, so the signal lands within one chunk of the limit. An
+    alarm someone else set (a watchdog) is kept: if it is due first this limit stands aside,
+    otherwise it is re-armed afterwards with the time it had left.
+    """
+    if seconds <= 0 or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    outer_left, outer_interval = signal.getitimer(signal.ITIMER_REAL)
+    if 0 < outer_left <= seconds:
+        yield
+        return
+    start = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, _time_is_up)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer_left > 0:
+            signal.setitimer(signal.ITIMER_REAL, max(outer_left - (time.monotonic() - start), 1e-3), outer_interval)
 
 
 def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:

@@ -345,3 +345,35 @@ def test_fuzz_through_embed_folder(tmp_path: Path, request: pytest.FixtureReques
             "seconds": round(time.perf_counter() - start, 1),
         },
     )
+
+
+def _slow_load(path: Path, draft_size: int | None = None) -> Image.Image:
+    if "slow" in path.name:
+        time.sleep(30)
+    return load_rgb(path, draft_size)
+
+
+def test_per_file_time_limit_skips_a_hanging_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A file whose decoding hangs is skipped with a reason after the limit, in process and in a worker."""
+    import imgcluster.embed
+    from imgcluster.load import time_limit
+
+    fast, slow = tmp_path / "fast.png", tmp_path / "slow.png"
+    for path in (fast, slow):
+        sample_image(CLASSES[0], 0).save(path)
+    monkeypatch.setattr(imgcluster.embed, "load_rgb", _slow_load)
+    monkeypatch.setenv("IMGCLUSTER_DECODE_TIMEOUT", "0.5")
+    dataset = ImageDataset([_scanned(fast), _scanned(slow)], _transform(), draft_size_for(DATA_CONFIG))
+    assert dataset.timeout == 0.5
+    start = time.perf_counter()
+    with watchdog(CASE_SECONDS, "slow decode"):  # an outer alarm further away survives the inner limit
+        assert dataset[0][2] is None and dataset[0][1] is not None
+        _, tensor, reason, _ = dataset[1]
+        assert signal.getitimer(signal.ITIMER_REAL)[0] > 0
+    assert tensor is None and reason is not None and "longer than 0.5 s" in reason
+    assert time.perf_counter() - start < 10
+    loader = torch.utils.data.DataLoader(dataset, batch_size=None, num_workers=1)  # the limit holds in a worker process
+    reasons = [item[2] for item in loader]
+    assert reasons[0] is None and reasons[1] is not None and "longer than 0.5 s" in reasons[1]
+    with time_limit(0), time_limit(-1):  # 0 or less: no limit, nothing armed
+        assert signal.getitimer(signal.ITIMER_REAL)[0] == 0
