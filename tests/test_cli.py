@@ -168,3 +168,14 @@ def test_shell_completion() -> None:
     env = {**os.environ, "_IMGCLUSTER_COMPLETE": "complete_bash", "COMP_WORDS": "imgcluster assign --obj", "COMP_CWORD": "2"}
     completed = subprocess.run([sys.executable, "-m", "imgcluster"], env=env, capture_output=True, text=True, timeout=60)
     assert completed.returncode == 0 and completed.stdout.split() == ["--objective"]
+
+
+def test_assign_explain_adds_distance_columns(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "explained.csv"
+    result = invoke("assign", small_folder, "--out", out, "--cache-dir", shared_cache, "--objective", "dsc2i", "--explain", *FAST)
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert {"distance", "runner_up", "runner_up_distance"} <= set(rows[0])
+    for row in rows:
+        assert 0.0 <= float(row["distance"]) <= float(row["runner_up_distance"]) <= 4.0  # unit vectors: ||z - c||^2 <= 4
+        assert int(float(row["runner_up"])) != int(row["cluster"])
