@@ -34,15 +34,37 @@ def _cannot_write(path: Path, exc: OSError) -> UserError:
     return UserError(f"cannot write {path}: {exc.strerror or exc}")
 
 
-@contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``."""
-    path = Path(path)
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
+
+
+def _temp_beside(path: Path) -> tuple[int, str]:
+    """A hidden temporary file in ``path``'s folder (created if needed), as (fd, name).
+
+    mkstemp makes it 0600; it gets the mode the target has, or a new file's usual
+    ``0666 & ~umask``, so a CSV renamed into place is as readable as one written directly.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as exc:
         raise _cannot_write(path, exc) from None
+    try:
+        mode = path.stat().st_mode & 0o7777
+    except OSError:
+        mode = 0o666 & ~_umask()
+    with contextlib.suppress(OSError):
+        os.fchmod(fd, mode)
+    return fd, tmp
+
+
+@contextlib.contextmanager
+def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = _temp_beside(path)
     in_body = False
     try:
         binary = "b" in mode
@@ -64,12 +86,7 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", new
 
 def check_writable(path: Path) -> None:
     """Fail now, in one line, if ``path`` cannot be written, rather than after the embedding."""
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
-    except OSError as exc:
-        raise _cannot_write(path, exc) from None
+    fd, tmp = _temp_beside(Path(path))
     os.close(fd)
     os.unlink(tmp)
 
