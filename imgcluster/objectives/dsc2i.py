@@ -11,12 +11,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from imgcluster.errors import UserError
-from imgcluster.objectives.base import Batch, Objective, StepOutput
-from imgcluster.objectives.secu import encode_with_batch_statistics, kmeans_pp_seeds
+from imgcluster.objectives.base import Batch, StepOutput
+from imgcluster.objectives.centres import CentreObjective
 
 EPS = 1e-8
 
@@ -105,7 +103,7 @@ def dsc2i_loss(
     return loss, {"intra": intra, "inter": inter, "mi": mi, "knn": knn}
 
 
-class DSC2I(Objective):
+class DSC2I(CentreObjective):
     """DSC2I (Neural Networks 2024) with a TELL clustering layer, on cached features.
 
     An MLP encoder maps a feature to a unit vector ``z``; each of ``H`` heads owns unit centres
@@ -139,33 +137,13 @@ class DSC2I(Objective):
             raise UserError(f"dsc2i inter must be 'mean' or 'margin', got {params.inter!r}", exit_code=2)
         if n_clusters < 2:
             raise UserError("dsc2i needs at least two clusters", exit_code=2)
-        self.encoder = nn.Sequential(
-            nn.Linear(in_dim, params.hidden),
-            nn.BatchNorm1d(params.hidden),
-            nn.ReLU(),
-            nn.Linear(params.hidden, params.dim),
-        )
-        self.centres = nn.Parameter(F.normalize(torch.randn(params.n_heads, params.dim, n_clusters), dim=1))
         self._step_count = 0
-
-    @property
-    def n_heads(self) -> int:
-        return self.params.n_heads
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit-norm representation ``z`` of L2-normalised features ``x``."""
-        return F.normalize(self.encoder(x), dim=-1)
-
-    def unit_centres(self) -> torch.Tensor:
-        """Centres on the unit sphere, ``[H, d, K]``, so that ``||z - c||^2 = 2 - 2 c^T z``."""
-        return F.normalize(self.centres, dim=1)
 
     # --- training -------------------------------------------------------------------------
     @torch.no_grad()
     def setup(self, features: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator) -> None:
         """Seed every head's centres by k-means++ on the encoded images (different draws per head)."""
-        z = encode_with_batch_statistics(self.encoder, features)
-        self.centres.copy_(torch.stack([kmeans_pp_seeds(z, self.n_clusters, generator) for _ in range(self.n_heads)]))
+        self.seed_centres(features, generator)
         self._step_count = 0
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:

@@ -5,16 +5,15 @@ Qi Qian, "Stable Cluster Discrimination for Deep Clustering", ICCV 2023.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from imgcluster.errors import UserError
-from imgcluster.objectives.base import Batch, Objective, StepOutput
+from imgcluster.objectives.base import Batch, StepOutput
+from imgcluster.objectives.centres import CentreObjective, encode_with_batch_statistics, kmeans_pp_seeds
 
 EPS = 1e-12
 
@@ -33,53 +32,6 @@ class SeCuParams:
     alpha: float = 0.12  # entropy weight per image: the paper's 6000 on CIFAR-10's 50,000 images, times N at run time
     centre_lr_scale: float = 3.0  # centre lr / encoder lr; paper: 6 (SGD 1.2 vs 0.2), 3 was steadier with AdamW
     centre_init: str = "kmeans++"  # "kmeans++" on encoded images; "data": random images; "random": Gaussian (paper)
-
-
-@torch.no_grad()
-def encode_with_batch_statistics(encoder: nn.Module, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
-    """Unit-norm ``encoder(x)`` as training sees it (BatchNorm on batch statistics), state untouched.
-
-    A fresh encoder's running statistics (mean 0, variance 1) do not describe the data, so
-    centres seeded from eval-mode outputs would sit in a different space from the first
-    training batches. The running statistics are restored afterwards.
-    """
-    saved = {k: v.clone() for k, v in encoder.state_dict().items() if "running_" in k or "num_batches" in k}
-    was_training = encoder.training
-    encoder.train()
-    pieces = torch.tensor_split(x, max(1, -(-x.shape[0] // chunk)))
-    z = torch.cat([F.normalize(encoder(piece), dim=-1) for piece in pieces])
-    encoder.train(was_training)
-    encoder.load_state_dict(saved, strict=False)
-    return z
-
-
-@torch.no_grad()
-def kmeans_pp_seeds(z: torch.Tensor, k: int, generator: torch.Generator, max_points: int = 20_000) -> torch.Tensor:
-    """Greedy k-means++ seeding (Arthur and Vassilvitskii, 2007) of ``k`` unit centres ``[d, k]``.
-
-    Spread-out starting centres give each dense region its own centre; random ones often start
-    two centres in one group and none in another, which the losses repair only slowly. Each
-    step draws ``2 + log k`` candidates by squared distance and keeps the one that lowers the
-    potential most (as scikit-learn does). Seeds from at most ``max_points`` random rows of ``z``.
-    """
-    n = z.shape[0]
-    if n > max_points:
-        z = z[torch.randperm(n, generator=generator)[:max_points].to(z.device)]
-        n = max_points
-    trials = 2 + int(math.log(k))
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
-    d2 = (2.0 - 2.0 * z @ z[chosen[0]]).clamp_min(0.0)
-    for _ in range(1, k):
-        weights = d2.double().cpu()
-        if float(weights.sum()) <= 0:  # fewer distinct points than centres
-            chosen.append(int(torch.randint(n, (1,), generator=generator)))
-            continue
-        candidates = torch.multinomial(weights, trials, replacement=True, generator=generator).to(z.device)
-        new_d2 = torch.minimum(d2.unsqueeze(0), (2.0 - 2.0 * z[candidates] @ z.T).clamp_min(0.0))  # [trials, n]
-        best = int(new_d2.sum(1).argmin())
-        chosen.append(int(candidates[best]))
-        d2 = new_d2[best]
-    return z[chosen].T.contiguous()
 
 
 def hardness_aware_centre_loss(sims: torch.Tensor, labels: torch.Tensor, tau_w: float) -> torch.Tensor:
@@ -159,7 +111,7 @@ def assign_entropy(cost: torch.Tensor, counts: torch.Tensor, current: torch.Tens
     return (cost - alpha * entropy_gain(counts, current)).argmin(-1)
 
 
-class SeCu(Objective):
+class SeCu(CentreObjective):
     """SeCu (Qian, ICCV 2023) on cached features.
 
     An MLP encoder maps a feature to ``z`` (unit norm); each of ``H`` heads owns unit centres
@@ -208,31 +160,12 @@ class SeCu(Objective):
         if params.centre_init not in ("kmeans++", "data", "random"):
             choices = "'kmeans++', 'data' or 'random'"
             raise UserError(f"secu centre_init must be {choices}, got {params.centre_init!r}", exit_code=2)
-        self.encoder = nn.Sequential(
-            nn.Linear(in_dim, params.hidden),
-            nn.BatchNorm1d(params.hidden),
-            nn.ReLU(),
-            nn.Linear(params.hidden, params.dim),
-        )
-        self.centres = nn.Parameter(F.normalize(torch.randn(params.n_heads, params.dim, n_clusters), dim=1))
         # Training-only state: not needed to predict, so kept out of checkpoints.
         self.register_buffer("labels", torch.zeros(params.n_heads, 0, dtype=torch.long), persistent=False)
         self.register_buffer("rho", torch.zeros(params.n_heads, n_clusters), persistent=False)
         self.register_buffer("counts", torch.zeros(params.n_heads, n_clusters), persistent=False)
         self.register_buffer("prev_centres", self.centres.detach().clone(), persistent=False)
         self._pending: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    @property
-    def n_heads(self) -> int:
-        return self.params.n_heads
-
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Unit-norm representation ``z`` of L2-normalised features ``x``."""
-        return F.normalize(self.encoder(x), dim=-1)
-
-    def unit_centres(self) -> torch.Tensor:
-        """Centres with unit columns, ``[H, d', K]``: the paper's constraint ``||c_k|| = 1``."""
-        return F.normalize(self.centres, dim=1)
 
     # --- training -------------------------------------------------------------------------
     @torch.no_grad()
