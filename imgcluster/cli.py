@@ -302,14 +302,14 @@ def _train_config(
     knn: int,
     seed: int,
     options: list[str] | None,
-    flags: dict[str, Any],
+    **shortcuts: Any,
 ) -> TrainConfig:
-    """The train config, with --balance/--self-label/--uco folded into the objective's options (checked now)."""
+    """The train config, with the ``shortcuts`` (balance, self_label, uco) folded into the objective's options."""
     from imgcluster.objectives import objective_flags
 
     return TrainConfig(
         objective=objective, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, seed=seed,
-        objective_options=objective_flags(objective, _parse_options(options), **flags),
+        objective_options=objective_flags(objective, _parse_options(options), **shortcuts),
     )  # fmt: skip
 
 
@@ -387,8 +387,8 @@ def train(
         requested = _parse_clusters(clusters, k_min, k_max)
         train_config = _train_config(
             objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
-                {"balance": balance, "self_label": self_label, "uco": uco},
-        )
+            balance=balance, self_label=self_label, uco=uco,
+        )  # fmt: skip
         if out is not None:
             check_writable(out)
         result = _embed(ui, embed_config, dev, lock_timeout)
@@ -505,8 +505,8 @@ def assign(
         else:
             train_config = _train_config(
                 objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
-                {"balance": balance, "self_label": self_label, "uco": uco},
-            )
+                balance=balance, self_label=self_label, uco=uco,
+            )  # fmt: skip
             train_config, choice = _auto_clusters(ui, train_config, requested, k_min, k_max, result.features)
             trained = _train(ui, result, train_config, dev)
             trained_objective = trained.objective

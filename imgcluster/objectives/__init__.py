@@ -26,8 +26,17 @@ _REGISTRY: dict[str, str] = {
 
 SELF_LABEL_EPOCHS = 10  # epochs of SCAN's self-labelling stage that --self-label adds
 
-__all__ = ["DEFAULT_OBJECTIVE", "Batch", "Objective", "Stage", "StepOutput", "create_objective", "list_objectives", "objective_class",
-           "objective_flags"]
+__all__ = [
+    "DEFAULT_OBJECTIVE",
+    "Batch",
+    "Objective",
+    "Stage",
+    "StepOutput",
+    "create_objective",
+    "list_objectives",
+    "objective_class",
+    "objective_flags",
+]
 
 
 def list_objectives() -> list[str]:
@@ -62,9 +71,10 @@ def objective_flags(
     ``self_label`` adds SCAN's self-labelling stage and ``uco`` DDC's companion objectives. A
     shortcut the objective has no use for is a usage error, not silently ignored.
     """
-    if name not in _REGISTRY:
-        raise UserError(f"unknown objective {name!r}; known objectives: {', '.join(list_objectives())}", exit_code=2)
-    cls = objective_class(name)
+    try:
+        cls = objective_class(name)
+    except UserError as exc:  # on the command line an unknown name is a usage error
+        raise UserError(str(exc), exit_code=2) from None
     merged: dict[str, Any] = {}
     if balance is not None:
         if balance < 0:
