@@ -180,6 +180,9 @@ def _report_skipped(ui: UI, result: Any, beside: Path | None) -> Path | None:
     return path
 
 
+LOG_EPOCH_LINES = 10
+
+
 def _train(ui: UI, result: Any, config: TrainConfig, device: Any) -> Any:
     from imgcluster.pipeline import mine_neighbours
     from imgcluster.train import train_objective
@@ -194,7 +197,9 @@ def _train(ui: UI, result: Any, config: TrainConfig, device: Any) -> Any:
                 bar.start(total)
                 started = True
             bar.advance(1, status=f"loss {log.loss:.4f}")
-            if not ui.interactive:
+            # Without a progress bar: about ten loss lines however long the run (all are in the checkpoint's JSON).
+            every = -(-total // LOG_EPOCH_LINES)
+            if not ui.interactive and (log.epoch == 1 or log.epoch % every == 0 or log.epoch == total):
                 ui.info(f"epoch {log.epoch}/{total} [{log.stage}] loss {log.loss:.4f} ({log.seconds:.1f}s)")
 
         try:
@@ -635,14 +640,17 @@ def objectives() -> None:
 def _print_evaluation(ui: UI, evaluation: Any) -> None:
     from rich.table import Table
 
-    table = Table(title="clustering scores", title_justify="left")
-    for column in ("ACC", "NMI", "ARI", "AMI", "purity", "matched", "unmatched", "clusters", "classes"):
-        table.add_column(column, justify="right")
     e = evaluation
-    table.add_row(
-        f"{e.acc:.4f}", f"{e.nmi:.4f}", f"{e.ari:.4f}", f"{e.ami:.4f}", f"{e.purity:.4f}", str(e.matched),
-        str(e.unmatched_assignments + e.unassigned_images), str(e.clusters), str(e.classes),
-    )  # fmt: skip
+    table = Table(title="clustering scores", title_justify="left")  # one score a row: fits any terminal
+    table.add_column("score")
+    table.add_column("value", justify="right")
+    rows = {
+        "ACC (Hungarian)": f"{e.acc:.4f}", "NMI": f"{e.nmi:.4f}", "ARI": f"{e.ari:.4f}", "AMI": f"{e.ami:.4f}",
+        "purity": f"{e.purity:.4f}", "images matched": str(e.matched),
+        "unmatched": str(e.unmatched_assignments + e.unassigned_images), "clusters": str(e.clusters), "classes": str(e.classes),
+    }  # fmt: skip
+    for name, value in rows.items():
+        table.add_row(name, value)
     ui.console.print(table)
     per = Table(title="per-cluster purity", title_justify="left")
     for column in ("cluster", "size", "majority label", "purity"):

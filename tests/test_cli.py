@@ -76,6 +76,10 @@ def test_step_by_step_and_reuse_of_a_head(small_folder: Path, tmp_path: Path) ->
     assert trained.exit_code == 0 and head.is_file() and head.with_suffix(".json").is_file()
     meta = json.loads(head.with_suffix(".json").read_text())
     assert meta["objective"] == "secu" and meta["clusters"] == 3 and meta["feature_dim"] == 1280
+    total = len(meta["history"])  # the folder is small: more epochs than --epochs, to reach the minimum steps
+    epoch_lines = [line for line in trained.stderr.splitlines() if line.startswith("epoch ")]
+    assert total > 11 and 2 <= len(epoch_lines) <= 11  # without a terminal, about ten loss lines, not one per epoch
+    assert epoch_lines[0].startswith(f"epoch 1/{total} ") and epoch_lines[-1].startswith(f"epoch {total}/{total} ")
     out = tmp_path / "reuse.csv"
     # --model auto picks the head's backbone from its JSON, so no download is attempted
     assigned = invoke("assign", small_folder, "--cache-dir", cache, "--head", head, "--out", out)
