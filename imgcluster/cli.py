@@ -52,7 +52,9 @@ WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Load back
 CacheOpt = Annotated[
     Optional[Path], typer.Option("--cache-dir", help="Where features are cached. Default: $IMGCLUSTER_CACHE, else FOLDER/.imgcluster.")
 ]
-EmbedBatchOpt = Annotated[int, typer.Option("--embed-batch-size", min=1, help="Images per backbone forward pass.")]
+EmbedBatchOpt = Annotated[
+    Optional[int], typer.Option("--embed-batch-size", min=1, help="Images per backbone forward pass. Default: 64 on the CPU, 256 on CUDA.")
+]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes. Default: from the CPU count.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
 DtypeOpt = Annotated[str, typer.Option("--dtype", help="Storage type of cached features: float16 or float32.")]
@@ -327,7 +329,7 @@ def embed(
     model: ModelOpt = "auto",
     weights: WeightsOpt = None,
     cache_dir: CacheOpt = None,
-    embed_batch_size: EmbedBatchOpt = 64,
+    embed_batch_size: EmbedBatchOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float16",
@@ -371,7 +373,7 @@ def train(
     model: ModelOpt = "auto",
     weights: WeightsOpt = None,
     cache_dir: CacheOpt = None,
-    embed_batch_size: EmbedBatchOpt = 64,
+    embed_batch_size: EmbedBatchOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float16",
@@ -453,7 +455,7 @@ def assign(
     model: ModelOpt = "auto",
     weights: WeightsOpt = None,
     cache_dir: CacheOpt = None,
-    embed_batch_size: EmbedBatchOpt = 64,
+    embed_batch_size: EmbedBatchOpt = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "float16",

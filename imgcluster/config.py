@@ -25,7 +25,7 @@ class EmbedConfig:
     model: str = "auto"
     weights: str | None = None
     cache_dir: str | None = None
-    batch_size: int = 64
+    batch_size: int | None = None  # None: sized to the device (see embed.default_batch_size)
     workers: int | None = None  # None: chosen from the machine
     dtype: str = "float16"
     follow_symlinks: bool = False
