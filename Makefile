@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint bench bench-objectives bench-speed bench-k clean
+.PHONY: install test test-fast lint bench bench-objectives bench-speed bench-k bench-report clean
 
 install: $(BIN)/imgcluster
 
@@ -36,6 +36,9 @@ bench-speed: install
 
 bench-k: install
 	$(BIN)/python benchmarks/bench_choose_k.py
+
+bench-report: install
+	$(BIN)/python benchmarks/bench_report.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
