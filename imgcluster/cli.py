@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -115,11 +116,24 @@ def handled(ui: UI) -> Iterator[None]:
         raise typer.Exit(exit_code_of(exc)) from None
     except typer.Exit:
         raise
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as other tools do
+        _silence_stdout()
+        raise typer.Exit(PIPE_CLOSED) from None
     except Exception as exc:
         if os.environ.get("IMGCLUSTER_DEBUG") == "1":
             raise
         ui.error(f"unexpected {type(exc).__name__}: {exc} (run with IMGCLUSTER_DEBUG=1 for details)")
         raise typer.Exit(1) from None
+
+
+PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whose pipe closed
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush cannot raise again."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
 
 
 def _version(value: bool) -> None:

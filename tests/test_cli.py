@@ -183,3 +183,20 @@ def test_assign_explain_adds_distance_columns(small_folder: Path, shared_cache: 
     for row in rows:
         assert 0.0 <= float(row["distance"]) <= float(row["runner_up_distance"]) <= 4.0  # unit vectors: ||z - c||^2 <= 4
         assert int(float(row["runner_up"])) != int(row["cluster"])
+
+
+def test_closed_stdout_pipe_ends_quietly() -> None:
+    """`imgcluster ... | head`: when the reader goes away, exit 141 without an error or traceback."""
+    code = (
+        "from imgcluster.cli import handled\n"
+        "from imgcluster.ui import UI\n"
+        "import typer\n"
+        "try:\n"
+        "    with handled(UI()):\n"
+        "        raise BrokenPipeError(32, 'Broken pipe')\n"
+        "except typer.Exit as exc:\n"
+        "    print('still printing is harmless')\n"
+        "    raise SystemExit(exc.exit_code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 141 and done.stderr == "" and done.stdout == ""
