@@ -116,9 +116,12 @@ def parse_clusters(value: str | int) -> int | None:
     if text == "auto":
         return None
     try:
-        return int(text)
+        k = int(text)
     except ValueError:
         raise ValueError(f"--clusters takes a whole number or 'auto', not {value!r}") from None
+    if k < 2:
+        raise ValueError(f"--clusters must be at least 2, got {k}")
+    return k
 
 
 def modularity(graph: sp.csr_matrix, labels: np.ndarray) -> float:

@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # recent typer releases bundle their own click, whose errors derive from TyperException
+    from typer.exceptions import TyperException as CommandLineError
+except ImportError:  # pragma: no cover - older typer raises click's own
+    from click import ClickException as CommandLineError  # type: ignore[assignment]
 
 from imgcluster import __version__
 from imgcluster.atomic import check_writable
@@ -28,7 +34,34 @@ from imgcluster.config import (
 from imgcluster.errors import UserError
 from imgcluster.ui import UI
 
+
+class OneLineErrors(TyperGroup):
+    """Usage mistakes (a bad option value, a missing argument) as one ``error:`` line and exit code 2.
+
+    Typer draws them as a multi-line panel; batch scripts and their logs want one line, like the
+    runtime errors in :func:`handled`.
+    """
+
+    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, False, **extra)
+        except CommandLineError as exc:
+            where = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else "imgcluster --help"
+            message = exc.format_message().strip()
+            if message:  # empty when the help was shown instead (no arguments at all)
+                typer.echo(f"error: {message} (see {where})", err=True)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     name="imgcluster",
     help="Sort a folder of images into groups without labels.\n\n"
     "Quick start: [bold]imgcluster assign ./photos --out clusters.csv[/bold]",
@@ -79,7 +112,13 @@ KMinOpt = Annotated[int, typer.Option("--k-min", min=2, help="Smallest K that --
 KMaxOpt = Annotated[int, typer.Option("--k-max", min=2, help="Largest K that --clusters auto considers.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, help="Training batch size.")]
-LrOpt = Annotated[float, typer.Option("--lr", help="Learning rate (AdamW).")]
+def _positive(value: float) -> float:
+    if not value > 0:
+        raise typer.BadParameter(f"must be above 0, got {value:g}")
+    return value
+
+
+LrOpt = Annotated[float, typer.Option("--lr", callback=_positive, help="Learning rate (AdamW).")]
 KnnOpt = Annotated[int, typer.Option("--knn", min=1, help="Neighbours mined per image for consistency pairs.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: same seed and input give the same result on the CPU.")]
 BalanceOpt = Annotated[
@@ -506,15 +545,20 @@ def assign(
         if out_path is not None:
             check_writable(out_path)  # fail before the embedding, not after it
         head_meta: dict[str, Any] | None = None
+        train_config: TrainConfig | None = None
         if head is not None:
             trained_objective, head_meta = load_checkpoint(head)
             if model == "auto" and weights is None:
                 model = head_meta.get("backbone", {}).get("model", model)
+        else:  # objective options are checked now, not after the embedding
+            train_config = _train_config(
+                objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
+                balance=balance, self_label=self_label, uco=uco,
+            )  # fmt: skip
         embed_config = EmbedConfig(
             str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
         )
         result = _embed(ui, embed_config, dev, lock_timeout)
-        train_config: TrainConfig | None = None
         if head_meta is not None:
             if int(head_meta["feature_dim"]) != result.features.shape[1]:
                 raise UserError(
@@ -524,10 +568,7 @@ def assign(
             check_backbone(head_meta, result.identity, head)
             choice = head_meta.get("choose_k")
         else:
-            train_config = _train_config(
-                objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
-                balance=balance, self_label=self_label, uco=uco,
-            )  # fmt: skip
+            assert train_config is not None
             train_config, choice = _auto_clusters(ui, train_config, requested, k_min, k_max, result.features)
             trained = _train(ui, result, train_config, dev)
             trained_objective = trained.objective

@@ -125,6 +125,12 @@ def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path
         (("assign", "{folder}", "--model", "resnet-9000"), 2, "known models: auto"),
         (("assign", "{folder}", "--objective", "nope", *FAST[:2]), 2, "known objectives:"),
         (("assign", "{folder}", "--option", "bogus=1"), 2, "has no option bogus"),
+        (("assign", "{folder}", "--option", "n_heads=abc"), 2, "option n_heads must be a whole number"),
+        (("assign", "{folder}", "--option", "hidden=-3", *FAST[:2]), 2, "cannot be built with options"),
+        (("assign", "{folder}", "--clusters", "1"), 2, "--clusters must be at least 2"),
+        (("assign", "{folder}", "--lr", "0"), 2, "Invalid value for '--lr': must be above 0, got 0 (see imgcluster assign --help)"),
+        (("assign", "{folder}", "--objektive", "scan"), 2, "No such option: --objektive"),
+        (("assign",), 2, "Missing argument 'folder'"),
         (("assign", "{folder}", "--objective", "ddc", "--self-label"), 2, "--self-label is SCAN's"),
         (("assign", "{folder}", "--uco"), 2, "--uco adds DDC's"),
         (("assign", "{folder}", "--objective", "kmeans", "--balance", "0.5"), 2, "no uniform-prior term"),
@@ -142,6 +148,7 @@ def test_user_mistakes_are_one_line_errors(small_folder: Path, shared_cache: Pat
     assert result.exit_code == code, result.stderr
     assert message in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")  # the error is one line, and the last
 
 
 def test_empty_folder(tmp_path: Path) -> None:

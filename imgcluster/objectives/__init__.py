@@ -51,15 +51,26 @@ def objective_class(name: str) -> type[Objective]:
     return cls
 
 
+def _checked(name: str, key: str, value: Any, default: Any) -> Any:
+    """``value`` as the type of the option's default: ints stay whole, floats accept ints, no strings for numbers."""
+    kind = type(default)
+    if default is None or (isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool)):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    what = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(kind, kind.__name__)
+    raise UserError(f"objective {name!r}: option {key} must be {what}, got {value!r}")
+
+
 def make_params(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """Build the objective's hyper-parameter dataclass, rejecting unknown keys by name."""
+    """Build the objective's hyper-parameter dataclass, rejecting unknown keys and wrong types by name."""
     cls = objective_class(name)
-    fields = {f.name for f in dataclasses.fields(cls.Params)}
+    defaults = {f.name: getattr(cls.Params(), f.name) for f in dataclasses.fields(cls.Params)}
     overrides = dict(overrides or {})
-    unknown = sorted(set(overrides) - fields)
+    unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise UserError(f"objective {name!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(fields))}")
-    return cls.Params(**overrides)
+        raise UserError(f"objective {name!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(defaults))}")
+    return cls.Params(**{key: _checked(name, key, value, defaults[key]) for key, value in overrides.items()})
 
 
 def objective_flags(
@@ -103,4 +114,8 @@ def objective_flags(
 
 def create_objective(name: str, in_dim: int, n_clusters: int, overrides: dict[str, Any] | None = None) -> Objective:
     cls = objective_class(name)
-    return cls(in_dim, n_clusters, make_params(name, overrides))
+    params = make_params(name, overrides)
+    try:
+        return cls(in_dim, n_clusters, params)
+    except (RuntimeError, ValueError) as exc:  # e.g. a negative width: torch's message names the problem
+        raise UserError(f"objective {name!r} cannot be built with options {overrides or {}}: {exc}", exit_code=2) from None

@@ -74,3 +74,27 @@ def test_temi_prior_weight_is_the_exponent_of_the_prior() -> None:
         return temi_pair_loss(in_big, in_big, w, skewed, 0.6, gamma) - temi_pair_loss(in_rare, in_rare, w, skewed, 0.6, gamma)
 
     assert 0 < penalty(0.5) < penalty(1.0) < penalty(2.0)
+
+
+def test_option_values_are_checked_against_the_defaults_types() -> None:
+    from imgcluster.objectives import make_params
+
+    assert make_params("scan", {"entropy_weight": 3}).entropy_weight == 3.0  # an int where a float is expected
+    assert isinstance(make_params("scan", {"entropy_weight": 3}).entropy_weight, float)
+    assert make_params("kmeans", {"temperature": 0.1}).temperature == 0.1  # None by default: any value
+    for name, options, message in [
+        ("scan", {"n_heads": "abc"}, "n_heads must be a whole number, got 'abc'"),
+        ("scan", {"n_heads": 2.5}, "n_heads must be a whole number"),
+        ("scan", {"n_heads": True}, "n_heads must be a whole number"),
+        ("ddc", {"uco": 1}, "uco must be true or false"),
+        ("secu", {"constraint": 3}, "constraint must be a string"),
+        ("scan", {"entropy_weight": "x"}, "entropy_weight must be a number"),
+    ]:
+        with pytest.raises(UserError, match=message):
+            make_params(name, options)
+
+
+def test_impossible_sizes_are_a_usage_error_not_a_crash() -> None:
+    with pytest.raises(UserError, match="cannot be built with options") as info:
+        create_objective("secu", 16, 3, {"hidden": -3})
+    assert info.value.exit_code == 2
