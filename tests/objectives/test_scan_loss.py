@@ -1,4 +1,7 @@
-"""SCAN's loss on hand-made cases; training on blobs and its self-labelling stage are in tests/test_train.py."""
+"""SCAN's loss (imgcluster/objectives/scan.py) on hand-made cases.
+
+Training on blobs and the self-labelling stage are tested in tests/test_train.py.
+"""
 
 import math
 
