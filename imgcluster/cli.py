@@ -71,6 +71,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+def _positive(value: float) -> float:
+    """Option callback for values that must be strictly positive (Typer's ``min`` cannot exclude 0)."""
+    if not value > 0:
+        raise typer.BadParameter(f"must be above 0, got {value:g}")
+    return value
+
+
 # ---- options shared by several commands --------------------------------------------------------
 Folder = Annotated[Path, typer.Argument(help="Folder of images (searched recursively).", show_default=False)]
 ModelOpt = Annotated[
@@ -112,12 +119,6 @@ KMinOpt = Annotated[int, typer.Option("--k-min", min=2, help="Smallest K that --
 KMaxOpt = Annotated[int, typer.Option("--k-max", min=2, help="Largest K that --clusters auto considers.")]
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, help="Training batch size.")]
-def _positive(value: float) -> float:
-    if not value > 0:
-        raise typer.BadParameter(f"must be above 0, got {value:g}")
-    return value
-
-
 LrOpt = Annotated[float, typer.Option("--lr", callback=_positive, help="Learning rate (AdamW).")]
 KnnOpt = Annotated[int, typer.Option("--knn", min=1, help="Neighbours mined per image for consistency pairs.")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: same seed and input give the same result on the CPU.")]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from imgcluster.errors import UserError
 from imgcluster.objectives.base import Batch, StepOutput
-from imgcluster.objectives.centres import CentreObjective, encode_with_batch_statistics, kmeans_pp_seeds
+from imgcluster.objectives.centres import CentreObjective, encode_with_batch_statistics
 
 EPS = 1e-12
 
@@ -173,13 +173,14 @@ class SeCu(CentreObjective):
         """Initialise centres and give every image a first label, so ``y_prev`` exists in epoch 1."""
         n = features.shape[0]
         h, k = self.n_heads, self.n_clusters
-        z = encode_with_batch_statistics(self.encoder, features)
         if self.params.centre_init == "kmeans++":
-            self.centres.copy_(torch.stack([kmeans_pp_seeds(z, k, generator) for _ in range(h)]))
-        elif self.params.centre_init == "data":
+            z = self.seed_centres(features, generator)
+        else:
+            z = encode_with_batch_statistics(self.encoder, features)
+        if self.params.centre_init == "data":
             picks = torch.stack([torch.randperm(n, generator=generator)[:k] for _ in range(h)]).to(features.device)
             self.centres.copy_(z[picks].transpose(1, 2))
-        else:
+        elif self.params.centre_init == "random":
             gauss = torch.randn(h, self.params.dim, k, generator=generator).to(features.device)
             self.centres.copy_(F.normalize(gauss, dim=1))
         self.labels = torch.einsum("nd,hdk->hnk", z, self.unit_centres()).argmax(-1)
