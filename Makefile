@@ -24,6 +24,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check imgcluster tests benchmarks
+	$(BIN)/mypy
 
 bench: install
 	$(BIN)/python benchmarks/bench_pipeline.py

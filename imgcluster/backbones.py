@@ -233,5 +233,6 @@ def create_backbone(name: str, weights: str | None = None, device: torch.device 
         data_config["input_size"] = (3, size, size)
     if device is not None:
         model.to(device)
-    return Backbone(name, spec, model, data_config, weights_id, int(model.num_features))
+    width = int(model.num_features)  # type: ignore[arg-type]  # every timm model sets it
+    return Backbone(name, spec, model, data_config, weights_id, width)
 

@@ -108,8 +108,7 @@ class EmbeddingCache:
 
     def compact(self, live: list[ImageFile]) -> None:
         """Rewrite the rows of ``live`` files as one shard and drop the rest (deleted files)."""
-        rows = [(f, self.lookup(f)) for f in live]
-        rows = [(f, v) for f, v in rows if v is not None]
+        rows = [(f, v) for f in live if (v := self.lookup(f)) is not None]
         old = sorted(self._arrays)
         if len(old) <= 1 and len(rows) == len(self.entries):
             return
@@ -183,4 +182,4 @@ def read_shard(
         raise ShardError(f"holds {features.shape[1]}-d features, this backbone gives {dim}-d")
     if not all(len(r) == 3 and isinstance(r[0], str) and isinstance(r[1], int) and isinstance(r[2], int) for r in rows):
         raise ShardError("row table damaged")
-    return features, rows  # type: ignore[return-value]
+    return features, rows

@@ -120,5 +120,5 @@ def check_backbone(meta: dict[str, Any], identity: dict[str, Any], head: Path | 
 def _jsonable(params: Any) -> dict[str, Any]:
     import dataclasses
 
-    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) else dict(params)
+    return dataclasses.asdict(params) if dataclasses.is_dataclass(params) and not isinstance(params, type) else dict(params)
 

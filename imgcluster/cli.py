@@ -6,7 +6,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -42,14 +42,15 @@ class OneLineErrors(TyperGroup):
     runtime errors in :func:`handled`.
     """
 
-    def main(self, args: Any = None, prog_name: str | None = None, complete_var: str | None = None,
-             standalone_mode: bool = True, **extra: Any) -> Any:  # fmt: skip
+    def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
+             standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:  # fmt: skip
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+            return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, False, **extra)
+            code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except CommandLineError as exc:
-            where = f"{exc.ctx.command_path} --help" if getattr(exc, "ctx", None) else "imgcluster --help"
+            ctx = getattr(exc, "ctx", None)  # usage errors carry the command they came from
+            where = f"{ctx.command_path} --help" if ctx is not None else "imgcluster --help"
             message = exc.format_message().strip()
             if message:  # empty when the help was shown instead (no arguments at all)
                 typer.echo(f"error: {message} (see {where})", err=True)
@@ -566,6 +567,7 @@ def assign(
                     f"head {head} expects {head_meta['feature_dim']}-d features but {result.model} gives "
                     f"{result.features.shape[1]}-d; use --model {head_meta.get('backbone', {}).get('model', '?')}"
                 )
+            assert head is not None  # head_meta comes from it
             check_backbone(head_meta, result.identity, head)
             choice = head_meta.get("choose_k")
         else:
@@ -594,7 +596,7 @@ def assign(
                 sidecar_path(out_path),
                 assign=assign_config,
                 embed=embed_config,
-                train=train_config or head_meta.get("train"),
+                train=train_config if train_config is not None else (head_meta or {}).get("train"),
                 backbone=result.identity,
                 head={"path": str(head), "objective": trained_objective.name, "clusters": trained_objective.n_clusters},
                 **({"choose_k": choice} if choice is not None else {}),

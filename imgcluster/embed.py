@@ -8,6 +8,7 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -171,7 +172,7 @@ def embed_files(
     model = prepare_model(backbone, device)
     compiled = compile_model and cuda
     if compiled:
-        model = torch.compile(model, dynamic=False)
+        model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
     with contextlib.ExitStack() as stack:
         if not cuda:
             stack.enter_context(cpu_threads(workers))

@@ -75,8 +75,7 @@ def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
                 if draft_size and im.format == "JPEG":
                     im.draft("RGB", (draft_size, draft_size))
                 im.load()
-                im = ImageOps.exif_transpose(im) or im
-                return to_rgb(im)
+                return to_rgb(ImageOps.exif_transpose(im) or im)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageDecodeError(f"decompression bomb: {exc}") from None
     except Image.UnidentifiedImageError:

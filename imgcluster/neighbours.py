@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -40,16 +40,17 @@ def build_index(x: np.ndarray, use_gpu: bool = False, seed: int = 0):  # noqa: A
     if n > IVF_THRESHOLD:
         nlist = int(4 * np.sqrt(n))
         quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
         # Coarse centroids need only a rough fit: 40 points per list (faiss warns below 39) and 10
         # Lloyd iterations. The defaults (256 per list, 25 iterations) made training alone cost
         # more than the search at 1M images (2e13 flops for 4,000 lists).
-        index.cp.niter = IVF_TRAIN_ITERATIONS
-        index.cp.seed = seed
+        ivf.cp.niter = IVF_TRAIN_ITERATIONS
+        ivf.cp.seed = seed
         rng = np.random.default_rng(seed)
         sample = x[np.sort(rng.choice(n, size=min(n, nlist * IVF_TRAIN_PER_LIST), replace=False))]
-        index.train(sample)
-        index.nprobe = IVF_NPROBE
+        ivf.train(sample)
+        ivf.nprobe = IVF_NPROBE
+        index: Any = ivf
     else:
         index = faiss.IndexFlatIP(d)
     if use_gpu and faiss_has_gpu():

@@ -577,11 +577,11 @@ def write_montages(
                 draw.text((x + 8, y + px // 2 - 6), "missing" if thumb is None or thumb.problem == "missing" else "unreadable",
                           fill=(120, 120, 120), font=font)  # fmt: skip
                 continue
-            with Image.open(io.BytesIO(thumb.data)) as im:
-                im = im.convert("RGB")
-                scale = px / max(im.size)
-                im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))), Image.Resampling.BICUBIC)
-                sheet.paste(im, (x + (px - im.width) // 2, y + (px - im.height) // 2))
+            with Image.open(io.BytesIO(thumb.data)) as opened:
+                rgb = opened.convert("RGB")
+            scale = px / max(rgb.size)
+            tile = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.Resampling.BICUBIC)
+            sheet.paste(tile, (x + (px - tile.width) // 2, y + (px - tile.height) // 2))
         path = directory / f"cluster-{v.cluster}.png"
         with atomic_open(path, "wb") as handle:
             sheet.save(handle, "PNG", optimize=True)

@@ -21,12 +21,16 @@ FOLD_TOLERANCE = 1e-3  # max |folded - original| relative to max |original| on t
 
 def fold_conv_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
     """Fold eval-mode batch norm into the convolution before it: ``bn(conv(x)) == conv'(x)``."""
-    scale = bn.weight.detach() / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
-    shift = bn.bias.detach() if bn.affine else torch.zeros_like(bn.running_mean)
+    mean, var = bn.running_mean, bn.running_var
+    assert mean is not None and var is not None, "only norms with running statistics fold"
+    scale = 1.0 / torch.sqrt(var + bn.eps)
+    if bn.affine:
+        scale = bn.weight.detach() * scale
+    shift = bn.bias.detach() if bn.affine else torch.zeros_like(mean)
     weight = conv.weight.detach() * scale.reshape(-1, 1, 1, 1)
-    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    bias = conv.bias.detach() if conv.bias is not None else torch.zeros_like(mean)
     conv.weight = nn.Parameter(weight, requires_grad=False)
-    conv.bias = nn.Parameter((bias - bn.running_mean) * scale + shift, requires_grad=False)
+    conv.bias = nn.Parameter((bias - mean) * scale + shift, requires_grad=False)
 
 
 def _after_bn(bn: nn.Module) -> nn.Module:
@@ -38,11 +42,9 @@ def _after_bn(bn: nn.Module) -> nn.Module:
     return rest[0] if len(rest) == 1 else nn.Sequential(*rest)
 
 
-def _foldable(conv: nn.Module, bn: nn.Module) -> bool:
+def _foldable(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> bool:
     return (
-        isinstance(conv, nn.Conv2d)
-        and isinstance(bn, nn.BatchNorm2d)
-        and bn.track_running_stats
+        bn.track_running_stats
         and bn.running_mean is not None
         and bn.running_var is not None
         and bn.num_features == conv.out_channels
@@ -59,7 +61,7 @@ def _fold_in_place(model: nn.Module) -> int:
     for parent in list(model.modules()):
         children = list(parent.named_children())
         for (_, conv), (bn_name, bn) in itertools.pairwise(children):
-            if _foldable(conv, bn):
+            if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d) and _foldable(conv, bn):
                 fold_conv_bn(conv, bn)
                 setattr(parent, bn_name, _after_bn(bn))
                 folded += 1

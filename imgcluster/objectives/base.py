@@ -57,6 +57,7 @@ class Objective(nn.Module):
     # Hyper-parameters that weight the objective's pull towards equal cluster sizes (its uniform
     # prior). ``--balance W`` multiplies their defaults by W; empty when the method has no such term.
     balance_options: ClassVar[tuple[str, ...]] = ()
+    best_head: torch.Tensor
 
     def __init__(self, in_dim: int, n_clusters: int, params: Any) -> None:
         super().__init__()

@@ -103,6 +103,8 @@ class KMeans(Objective):
     name = "kmeans"
     trainable = False
     Params = KMeansParams
+    centroids: torch.Tensor
+    temperature: torch.Tensor
 
     def __init__(self, in_dim: int, n_clusters: int, params: KMeansParams) -> None:
         super().__init__(in_dim, n_clusters, params)
@@ -141,6 +143,7 @@ class KMeans(Objective):
                 init_method=faiss.ClusteringInitMethod_KMEANS_PLUS_PLUS,
             )
             km.train(x)
+            assert km.centroids is not None  # set by train()
             centroids = l2_normalise(km.centroids.reshape(k, d))
             sims = self._similarities(x, centroids)
             labels = sims.argmax(1)

@@ -84,6 +84,9 @@ class Whitening(nn.Module):
     BatchNorm it uses batch statistics in training and running estimates (saved buffers) in eval.
     """
 
+    running_mean: torch.Tensor
+    running_cov: torch.Tensor
+
     def __init__(self, n_heads: int, dim: int, momentum: float = 0.1, eps: float = 1e-4) -> None:
         super().__init__()
         self.momentum = momentum

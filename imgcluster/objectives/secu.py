@@ -144,6 +144,10 @@ class SeCu(CentreObjective):
 
     name = "secu"
     Params = SeCuParams
+    labels: torch.Tensor
+    rho: torch.Tensor
+    counts: torch.Tensor
+    prev_centres: torch.Tensor
     balance_options = ("lower_bound", "alpha")
 
     @classmethod

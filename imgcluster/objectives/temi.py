@@ -166,6 +166,9 @@ class TEMI(Objective):
 
     name = "temi"
     Params = TEMIParams
+    prior: torch.Tensor
+    feature_mean: torch.Tensor
+    feature_std: torch.Tensor
     balance_options = ("prior_weight",)
 
     def __init__(self, in_dim: int, n_clusters: int, params: TEMIParams) -> None:
