@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast lint bench bench-objectives bench-speed bench-k bench-report clean
+.PHONY: install install-gpu test test-fast lint bench bench-objectives bench-speed bench-k bench-report clean
 
 install: $(BIN)/imgcluster
 
@@ -15,6 +15,12 @@ $(BIN)/imgcluster: pyproject.toml
 	$(BIN)/pip install -q torch==2.14.1 torchvision==0.29.1
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
+
+# faiss-gpu in place of faiss-cpu: the two wheels write the same `faiss` folder, so only one may stay.
+install-gpu: install
+	$(BIN)/pip install -q -e '.[gpu]'
+	$(BIN)/pip uninstall -y -q faiss-cpu
+	$(BIN)/pip install -q --force-reinstall --no-deps 'faiss-gpu-cu12>=1.8'
 
 test: install
 	$(BIN)/pytest -q $(PYTEST_ARGS)

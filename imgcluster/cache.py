@@ -35,8 +35,17 @@ def default_cache_root(folder: Path, cache_dir: str | None) -> Path:
     return Path(folder) / CACHE_DIRNAME
 
 
-def cache_key(identity: dict[str, Any], dtype: str) -> str:
-    blob = json.dumps({"backbone": identity, "dtype": dtype, "format": FORMAT_VERSION}, sort_keys=True)
+def cache_key(identity: dict[str, Any], dtype: str, compute: str = "float32") -> str:
+    """Names the cache of one backbone, storage dtype and compute precision.
+
+    Features computed in bfloat16 (CUDA autocast) differ from float32 ones (cosine ~0.998), so they
+    get a cache of their own and a run never mixes the two. float32 leaves the key as it was before
+    the field existed, so caches written then stay valid.
+    """
+    fields = {"backbone": identity, "dtype": dtype, "format": FORMAT_VERSION}
+    if compute != "float32":
+        fields["compute"] = compute
+    blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

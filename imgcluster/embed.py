@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcluster.backbones import Backbone
 from imgcluster.load import DecodeTimeout, ImageDecodeError, load_rgb, time_limit
 from imgcluster.scan import ImageFile
-from imgcluster.speed import cpu_threads, fold_batchnorm, worker_threads_init
+from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, worker_threads_init
 
 MAX_ASPECT = 16  # longer side / shorter side kept before resizing; see limit_aspect
 # Seconds one file may take to decode and preprocess before it is skipped ($IMGCLUSTER_DECODE_TIMEOUT;
@@ -119,6 +119,11 @@ class EmbeddedBatch:
     changed: dict[int, tuple[int, int]] = field(default_factory=dict)  # position -> (size, mtime_ns) when decoded
 
 
+def compute_precision(device: torch.device) -> str:
+    """The precision features are computed in: bfloat16 autocast on CUDA, float32 elsewhere."""
+    return "bfloat16" if device.type == "cuda" else "float32"
+
+
 def default_batch_size(device: torch.device) -> int:
     """Images per forward pass: a GPU needs large batches to stay busy; on the CPU 64 already is."""
     return 256 if device.type == "cuda" else 64
@@ -166,7 +171,8 @@ def embed_files(
         collate_fn=_collate,
         pin_memory=cuda,
         persistent_workers=False,
-        prefetch_factor=4 if workers > 0 else None,
+        # CUDA batches are 4x larger: two in flight per worker keep the same shared memory in use.
+        prefetch_factor=(2 if cuda else 4) if workers > 0 else None,
         worker_init_fn=worker_threads_init if workers > 0 else None,
     )
     model = prepare_model(backbone, device)
@@ -189,8 +195,8 @@ def embed_files(
             if n < batch_size:
                 tensor = torch.cat([tensor, tensor.new_zeros((batch_size - n, *tensor.shape[1:]))])
             x = tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            if cuda:
-                with torch.autocast("cuda", dtype=torch.bfloat16):
+            if compute_precision(device) == "bfloat16":
+                with torch.autocast(device.type, dtype=torch.bfloat16):
                     out = model(x)
             else:
                 out = model(x)
@@ -203,10 +209,16 @@ def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:
     Both are exact up to rounding and speed up convolutional backbones on the CPU as well as on
     CUDA (numbers in ``benchmarks/results_speed.md``). Folding works on a copy; a model without
     batch norm is used as it is, only its memory format changes.
+
+    The fold is checked on the CPU in float32 whatever the device: cuDNN's default TF32
+    convolutions on recent GPUs alone differ from float32 by more than the check's tolerance,
+    which would reject every fold there.
     """
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick the fastest kernels
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn((1, *backbone.data_config["input_size"]), generator=generator).to(device)
-    model = fold_batchnorm(backbone.model, probe)
-    return model.to(memory_format=torch.channels_last)
+    model = backbone.model
+    if has_batchnorm(model):
+        generator = torch.Generator().manual_seed(0)
+        probe = torch.randn((1, *backbone.data_config["input_size"]), generator=generator)
+        model = fold_batchnorm(model.cpu(), probe)
+    return model.to(device).to(memory_format=torch.channels_last)

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from imgcluster.errors import UserError
 
 if TYPE_CHECKING:
     import torch
@@ -27,14 +32,32 @@ def l2_normalise(features: np.ndarray) -> np.ndarray:
     return x / np.maximum(norms, 1e-12)
 
 
-def faiss_has_gpu() -> bool:
-    import faiss
+# pip installs faiss-cpu and faiss-gpu-cu12 into the same `faiss` folder, each over the other's files.
+MIXED_FAISS = (
+    "faiss is broken: faiss-cpu and faiss-gpu-cu12 are both installed and overwrite each other; keep one "
+    "(for the GPU build: pip uninstall -y faiss-cpu && pip install --force-reinstall --no-deps faiss-gpu-cu12, "
+    "or make install-gpu)"
+)
 
+
+def load_faiss() -> ModuleType:
+    """``import faiss``, or a one-line :class:`UserError` saying how to repair the install."""
+    try:
+        import faiss
+    except AttributeError:  # a module half overwritten by the other wheel fails while it loads
+        raise UserError(MIXED_FAISS) from None
+    except ImportError as exc:
+        raise UserError(f"faiss cannot be imported ({exc}); pip install faiss-cpu") from None
+    return faiss
+
+
+def faiss_has_gpu() -> bool:
+    faiss = load_faiss()
     return hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0
 
 
 def build_index(x: np.ndarray, use_gpu: bool = False, seed: int = 0):  # noqa: ANN201 - faiss types
-    import faiss
+    faiss = load_faiss()
 
     n, d = x.shape
     if n > IVF_THRESHOLD:
@@ -64,11 +87,22 @@ def knn_search(features: np.ndarray, k: int, use_gpu: bool = False, seed: int = 
 
     Duplicate images can outrank the query itself, so self is removed by index, not by rank.
     """
-    if use_gpu and not faiss_has_gpu():
+    if use_gpu:
         import torch
 
-        if torch.cuda.is_available():  # faiss-cpu only (no `gpu` extra): exact search in torch on the GPU
-            return knn_search_torch(features, k, torch.device("cuda"))
+        if torch.cuda.is_available():
+            if not faiss_has_gpu():  # faiss-cpu only (no `gpu` extra): exact search in torch on the GPU
+                return knn_search_torch(features, k, torch.device("cuda"))
+            try:
+                return _faiss_search(features, k, True, seed)
+            except RuntimeError:
+                # faiss-gpu wheels on PyPI are built for compute capability 7.0-8.9: on newer GPUs
+                # (Hopper and later) their kernels fail to launch, and the torch search takes over.
+                return knn_search_torch(features, k, torch.device("cuda"))
+    return _faiss_search(features, k, False, seed)
+
+
+def _faiss_search(features: np.ndarray, k: int, use_gpu: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
     x = l2_normalise(features)
     n = x.shape[0]
     if n < 2:
@@ -129,9 +163,7 @@ def knn_search_torch(features: np.ndarray, k: int, device: torch.device | str, b
     block = max(1, min(block, TORCH_SIMILARITY_BUDGET // n))
     indices = np.empty((n, k), dtype=np.int64)
     sims = np.empty((n, k), dtype=np.float32)
-    precision = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    try:
+    with _full_float32_matmul():
         with torch.inference_mode():
             x = torch.from_numpy(x_np).to(device)
             for start in range(0, n, block):
@@ -142,6 +174,32 @@ def knn_search_torch(features: np.ndarray, k: int, device: torch.device | str, b
                 values, found = torch.topk(s, k, dim=1)
                 indices[start:stop] = found.cpu().numpy()
                 sims[start:stop] = values.cpu().numpy()
-    finally:
-        torch.set_float32_matmul_precision(precision)
     return indices, sims
+
+
+@contextlib.contextmanager
+def _full_float32_matmul() -> Iterator[None]:
+    """TF32 off for the duration, whichever of torch's two precision APIs the caller used.
+
+    Reading the legacy setting raises once the newer per-backend API has been used (torch refuses
+    a mix), so the newer API is used exactly when the legacy one cannot be read.
+    """
+    import torch
+
+    try:
+        legacy: str | None = torch.get_float32_matmul_precision()
+    except RuntimeError:
+        legacy = None
+    matmul = torch.backends.cuda.matmul
+    previous = matmul.fp32_precision if legacy is None else legacy
+    if legacy is None:
+        matmul.fp32_precision = "ieee"
+    else:
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        if legacy is None:
+            matmul.fp32_precision = previous
+        else:
+            torch.set_float32_matmul_precision(legacy)

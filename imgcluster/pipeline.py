@@ -18,7 +18,7 @@ import torch
 from imgcluster.backbones import create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
-from imgcluster.embed import embed_files
+from imgcluster.embed import compute_precision, embed_files
 from imgcluster.errors import UserError
 from imgcluster.lock import folder_lock
 from imgcluster.scan import ImageFile, scan_folder
@@ -121,10 +121,12 @@ def embed_folder(
         hooks.on_warning(warning)
     backbone = create_backbone(model_name, config.weights, device)
     identity = backbone.identity()
-    directory = cache_root / "embeddings" / f"{model_name}-{cache_key(identity, config.dtype)}"
+    compute = compute_precision(device)
+    directory = cache_root / "embeddings" / f"{model_name}-{cache_key(identity, config.dtype, compute)}"
     hooks.on_ready(model_name, directory)
     with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait):
-        cache = EmbeddingCache.open(directory, config.dtype, {"embed": to_dict(config), "backbone": identity, "note": FORMAT_NOTE})
+        description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "note": FORMAT_NOTE}
+        cache = EmbeddingCache.open(directory, config.dtype, description)
         for problem in cache.problems:
             hooks.on_warning(f"cache shard damaged and ignored (will re-embed): {problem}")
         skipped: dict[str, str] = {f.rel: "file name is not valid UTF-8; rename the file" for f in files if not _utf8_name(f.rel)}

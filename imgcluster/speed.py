@@ -68,6 +68,10 @@ def _fold_in_place(model: nn.Module) -> int:
     return folded
 
 
+def has_batchnorm(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+
+
 @torch.no_grad()  # not inference_mode: folded weights made as inference tensors break single-thread CPU convs
 def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     """A copy of eval-mode ``model`` with batch norms folded into their convolutions, or ``model``.
@@ -76,7 +80,7 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
     folding removes it. The copy is returned only when it matches ``model`` on ``probe``; models
     without batch norm (ViTs) come back unchanged and uncopied.
     """
-    if model.training or not any(isinstance(m, nn.BatchNorm2d) for m in model.modules()):
+    if model.training or not has_batchnorm(model):
         return model
     fast = copy.deepcopy(model)
     if _fold_in_place(fast) == 0:

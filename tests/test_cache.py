@@ -1,3 +1,5 @@
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -5,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgcluster.cache import read_shard
+from imgcluster.cache import FORMAT_VERSION, cache_key, read_shard
 from imgcluster.config import EmbedConfig
 from imgcluster.pipeline import EmbedHooks, embed_folder
 
@@ -85,3 +87,32 @@ def test_bad_files_are_skipped_not_fatal(messy_folder: Path, shared_cache: Path)
         assert good in result.paths
     assert not any(p.startswith(".hidden") for p in result.paths)
     assert result.features.shape == (len(result.paths), 1280)
+
+
+def test_bfloat16_features_get_a_cache_of_their_own() -> None:
+    """CUDA runs compute in bfloat16: their features must never share a cache with float32 ones,
+    while the float32 key stays what it was before the field existed (old caches remain valid)."""
+    identity = {"model": "m", "weights": "w", "feature_dim": 4}
+    assert cache_key(identity, "float16", "float32") == cache_key(identity, "float16")
+    assert cache_key(identity, "float16", "bfloat16") != cache_key(identity, "float16")
+    legacy = json.dumps({"backbone": identity, "dtype": "float16", "format": FORMAT_VERSION}, sort_keys=True)
+    assert cache_key(identity, "float16") == hashlib.sha256(legacy.encode()).hexdigest()[:16]
+
+
+def test_cache_description_records_the_compute_precision(small_folder: Path, tmp_path: Path) -> None:
+    result = run(small_folder, tmp_path / "cache")
+    assert json.loads((result.cache_dir / "config.json").read_text())["compute"] == "float32"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_embedding_is_close_to_cpu_and_cached_apart(small_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    cpu = run(small_folder, cache)
+    config = EmbedConfig(str(small_folder), model="efficientnet-lite0", cache_dir=str(cache), workers=2, batch_size=8)
+    gpu = embed_folder(config, torch.device("cuda"))
+    assert gpu.cache_dir != cpu.cache_dir and gpu.embedded == 24
+    assert gpu.paths == cpu.paths
+    a = cpu.features / np.linalg.norm(cpu.features, axis=1, keepdims=True)
+    b = gpu.features / np.linalg.norm(gpu.features, axis=1, keepdims=True)
+    assert (a * b).sum(1).min() > 0.98  # bfloat16 autocast against float32
+    assert json.loads((gpu.cache_dir / "config.json").read_text())["compute"] == "bfloat16"

@@ -3,6 +3,7 @@ decoding, decode workers, batch-norm folding. GPU-only checks skip without CUDA.
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,9 @@ from PIL import Image
 from torch import nn
 
 import imgcluster.neighbours as neighbours
-from imgcluster.backbones import Backbone, create_backbone
+from imgcluster.backbones import Backbone, BackboneSpec, create_backbone
 from imgcluster.embed import draft_size_for, embed_files, prepare_model
+from imgcluster.errors import UserError
 from imgcluster.load import load_rgb
 from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
 from imgcluster.scan import scan_folder
@@ -64,6 +66,72 @@ def test_torch_knn_excludes_self_among_duplicates() -> None:
     idx, _ = knn_search_torch(x, 2, "cpu")
     assert (idx != np.arange(6)[:, None]).all()
     assert set(idx[0]) == {1, 2}
+
+
+@pytest.mark.parametrize("api", ["legacy", "per-backend"])
+def test_torch_knn_runs_and_restores_either_precision_api(api: str) -> None:
+    """Once the per-backend API is used, torch refuses to read the legacy setting: the search must
+    still run (full float32) and leave the caller's choice as it was."""
+    matmul = torch.backends.cuda.matmul
+    x = np.random.default_rng(4).normal(size=(300, 8)).astype(np.float32)
+    try:
+        if api == "legacy":
+            torch.set_float32_matmul_precision("high")
+        else:
+            matmul.fp32_precision = "tf32"
+        idx, _ = knn_search_torch(x, 5, "cpu")
+        assert np.array_equal(np.sort(idx, 1), np.sort(exact_knn(x, 5), 1))
+        if api == "legacy":
+            assert torch.get_float32_matmul_precision() == "high"
+        else:
+            assert matmul.fp32_precision == "tf32"
+    finally:
+        if api == "legacy":
+            torch.set_float32_matmul_precision("highest")
+        else:
+            matmul.fp32_precision = "none"
+    assert torch.get_float32_matmul_precision() == "highest"  # the process is left as torch starts
+
+
+def test_gpu_search_falls_back_to_torch_when_faiss_gpu_kernels_fail(monkeypatch: pytest.MonkeyPatch) -> None:
+    """PyPI's faiss-gpu wheels stop at compute capability 8.9: on an H100 their search raises, and
+    the exact torch search must answer instead (here on the CPU, standing in for the GPU)."""
+    calls: list[str] = []
+    faiss_search = neighbours._faiss_search
+
+    def failing(features: np.ndarray, k: int, use_gpu: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(f"faiss gpu={use_gpu}")
+        if use_gpu:
+            raise RuntimeError("CUDA error: no kernel image is available for execution on the device")
+        return faiss_search(features, k, use_gpu, seed)
+
+    def torch_on_cpu(features: np.ndarray, k: int, device: object) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(f"torch {device}")
+        return knn_search_torch(features, k, "cpu")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(neighbours, "faiss_has_gpu", lambda: True)
+    monkeypatch.setattr(neighbours, "_faiss_search", failing)
+    monkeypatch.setattr(neighbours, "knn_search_torch", torch_on_cpu)
+    x = np.random.default_rng(5).normal(size=(200, 8)).astype(np.float32)
+    idx, _ = knn_search(x, 5, use_gpu=True)
+    assert calls == ["faiss gpu=True", "torch cuda"]
+    assert np.array_equal(np.sort(idx, 1), np.sort(exact_knn(x, 5), 1))
+
+
+def test_half_overwritten_faiss_is_a_one_line_user_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """faiss-cpu and faiss-gpu-cu12 share one folder; installed together, `import faiss` fails
+    with an AttributeError from inside SWIG (seen with faiss-cpu 1.15.1 + faiss-gpu-cu12 1.14.1)."""
+    fake = tmp_path / "faiss"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        "raise AttributeError(\"module 'faiss._swigfaiss' has no attribute 'delete_GpuResourcesVector'\")\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "faiss", raising=False)
+    with pytest.raises(UserError, match="faiss-cpu and faiss-gpu-cu12 are both installed") as err:
+        neighbours.load_faiss()
+    assert "\n" not in str(err.value) and "pip uninstall -y faiss-cpu" in str(err.value)
 
 
 def test_ivf_path_returns_valid_neighbours(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -189,6 +257,29 @@ def test_folded_backbone_matches_original(lite0: Backbone) -> None:
         torch.set_num_threads(threads)
     assert torch.allclose(got, expected, atol=1e-4 * float(expected.abs().max()))
     assert torch.allclose(single, expected, atol=1e-4 * float(expected.abs().max()))
+
+
+@cuda
+def test_fold_survives_on_cuda(lite0: Backbone) -> None:
+    """The fold is checked on the CPU: on a GPU, TF32 convolutions alone would fail the check."""
+    gpu = torch.device("cuda")
+    backbone = create_backbone("efficientnet-lite0", device=gpu)
+    fast = prepare_model(backbone, gpu)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
+    assert all(p.device.type == "cuda" for p in fast.parameters())
+    x = torch.from_numpy(np.random.default_rng(0).uniform(-1, 1, size=(4, 3, 224, 224)).astype(np.float32))
+    with torch.inference_mode():
+        expected = lite0.model(x)  # the CPU float32 original
+        got = fast(x.to(gpu).contiguous(memory_format=torch.channels_last)).cpu()
+    assert (l2_normalise(got.numpy()) * l2_normalise(expected.numpy())).sum(1).min() > 0.999
+
+
+def test_prepared_model_is_on_the_device_asked_for() -> None:
+    """A ViT has no batch norm to fold: it is used as it is, but still moved and made channels-last."""
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()).eval()
+    backbone = Backbone("toy", BackboneSpec("toy", "toy", "toy"), model, {"input_size": (3, 8, 8)}, "toy", 144)
+    prepared = prepare_model(backbone, torch.device("meta"))
+    assert prepared is model and all(p.device.type == "meta" for p in prepared.parameters())
 
 
 def test_fold_refuses_when_call_order_differs() -> None:

@@ -10,7 +10,9 @@ batch of ``n`` anchors, ``A`` is the ``[n, K]`` soft assignment, ``h`` the ``[n,
 the BatchNorm and ``K_h`` the Gaussian kernel on it::
 
     K_ij   = exp(-||h_i - h_j||^2 / (2 sigma^2)),  sigma^2 = rel_sigma * median_{i<j} ||h_i - h_j||^2
-             (the median of the squared pairwise distances, detached, as in the authors' code)
+             (the median of the squared pairwise distances, detached as in the authors' code; they
+             take the median over the full n x n matrix, zero diagonal included, which at n = 512
+             gives a sigma^2 0.03 % smaller)
     d_cs(A, K) = 2/(K(K-1)) * sum_{p<q} a_p^T K a_q / sqrt(a_p^T K a_p * a_q^T K a_q)
     M_iq   = exp(-||A_i - e_q||^2)
     L_DDC  = d_cs(A, K_h) + 2/(n(n-1)) * sum_{i<j} (A A^T)_ij + d_cs(M, K_h)
@@ -35,6 +37,8 @@ Batch size: the kernels make a step O(n^2) in the batch, but at n <= 1024 the he
 still dominates the cost. The paper trains with n = 120 (Adam, lr 1e-3, gradient clip 10); on cached
 Fashion-MNIST features the lowest-loss head of 5 reached ACC 0.70-0.76 at n = 256 or 512 and
 0.65 at n = 120, where the noisier loss no longer ranks the heads. The default batch (512) suits it.
+The paper's gradient clip (10) is not applied: on those features the gradient norm of all five
+heads together stayed below 4 through training (median 0.36, seed 0), so the clip would never act.
 """
 
 from __future__ import annotations
@@ -80,8 +84,9 @@ def squared_distances(x: torch.Tensor) -> torch.Tensor:
 def gaussian_kernel(x: torch.Tensor, rel_sigma: float) -> torch.Tensor:
     """Gaussian kernel ``[..., n, n]`` with ``sigma^2 = rel_sigma * median_{i<j} ||x_i - x_j||^2``.
 
-    The bandwidth is detached (as in the authors' code): it follows the data's scale but is not a
-    quantity the network can shrink to fake a compact clustering.
+    The bandwidth is detached (as in the authors' code; their median also counts the zero
+    diagonal): it follows the data's scale but is not a quantity the network can shrink to fake a
+    compact clustering.
     """
     dist = squared_distances(x)
     n = x.shape[-2]

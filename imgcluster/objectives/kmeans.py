@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from imgcluster.neighbours import l2_normalise
+from imgcluster.neighbours import l2_normalise, load_faiss
 from imgcluster.objectives.base import Objective
 
 T_MIN, T_MAX = 0.005, 1.0  # calibration grid for the temperature (cosine similarities lie in [-1, 1])
@@ -121,8 +121,7 @@ class KMeans(Objective):
         can calibrate the temperature. FAISS's sampling and initialisation are seeded and its
         Lloyd steps are deterministic, so the same seed gives the same centroids.
         """
-        import faiss
-
+        faiss = load_faiss()
         p = self.params
         x = l2_normalise(features)
         n, d = x.shape

@@ -181,7 +181,7 @@ class MixtureEM(Objective):
         return F.normalize(self.whiten(self.net(z)), dim=-1)
 
     def log_densities(self, z: torch.Tensor) -> torch.Tensor:
-        """``log f_k(z) + log C_dim(kappa)`` for every head, ``[H, N, K]``: kappa times a cosine."""
+        """``log f_k(z) - log C_dim(kappa)`` for every head, ``[H, N, K]``: kappa times a cosine."""
         return self.params.kappa * torch.bmm(self.embed(z), F.normalize(self.centres, dim=1))
 
     def step(self, batch: Batch) -> StepOutput:

@@ -25,7 +25,9 @@ class TEMIParams:
     n_heads: int = 4
     hidden: int = 512  # first Linear(d, 512) -> GELU (paper)
     bottleneck: int = 256  # Linear(512, 256) -> L2-normalise (paper)
-    momentum: float = 0.996  # EMA momentum of the teacher per step (paper, as DINO)
+    # EMA momentum of the teacher per step (paper, as DINO). Held constant: the released code raises
+    # it to 1.0 on a cosine schedule over ~100x more steps than a CPU run takes here.
+    momentum: float = 0.996
     student_temp: float = 0.1  # temperature of the student softmax (paper)
     teacher_temp: float = 0.1  # temperature of the teacher softmax and of predictions (paper)
     prior_momentum: float = 0.9  # EMA momentum of the cluster prior p~ (paper)
@@ -36,6 +38,10 @@ class TEMIParams:
     # The paper trains ~100x more steps than the CPU budget here, enough to escape a random start.
     prototype_init: str = "kmeans"
     learn_gain: bool = True  # weight norm's gain g trainable, TEMI's default (norm_last_layer False); False fixes g = 1
+    # Two deliberate differences from the released code: the pair weight w is each head's own (the
+    # paper's formula; the code averages w over heads), and the last layer is not frozen for the
+    # first epoch (the code's freeze_last_layer=1 guards a random start; the default here starts
+    # the prototypes at k-means centres).
     standardise: bool = True  # feed (z - mean) / std of the training features (TEMI's --embed_norm option)
 
 
@@ -182,7 +188,6 @@ class TEMI(Objective):
         self.teacher.requires_grad_(False)
         # The prior only shapes the training loss, never a prediction: not saved with the head.
         self.register_buffer("prior", torch.full((params.n_heads, n_clusters), 1.0 / n_clusters), persistent=False)
-        self._batch_mean: torch.Tensor | None = None  # teacher's batch mean from the last step
         # Per-dimension statistics of the training features, fixed in setup and saved: inference needs them.
         self.register_buffer("feature_mean", torch.zeros(in_dim))
         self.register_buffer("feature_std", torch.ones(in_dim))
@@ -208,7 +213,6 @@ class TEMI(Objective):
                 self.student.direction.copy_(centres.transpose(1, 2).to(self.student.direction))
         self.prior.fill_(1.0 / self.n_clusters)
         self.teacher.load_state_dict(self.student.state_dict())
-        self._batch_mean = None
 
     def _standardised(self, z: torch.Tensor) -> torch.Tensor:
         """Centre and scale the features: cached embeddings share a large mean direction (post-ReLU
@@ -219,10 +223,12 @@ class TEMI(Objective):
         b = batch.anchors.shape[0]
         both = self._standardised(torch.cat([batch.anchors, batch.neighbours]))
         log_s = (self.student(both) / self.params.student_temp).log_softmax(-1)  # [H, 2B, K]
-        with torch.no_grad():
-            log_t = (self.teacher(both) / self.params.teacher_temp).log_softmax(-1)
-            self._batch_mean = log_t.exp().mean(1)  # [H, K]
         p = self.params
+        with torch.no_grad():
+            log_t = (self.teacher(both) / p.teacher_temp).log_softmax(-1)
+            # The prior takes in this batch before the loss uses it, as TEMI's released code does
+            # (it updates p~ inside the loss); it carries no gradient.
+            self.prior.mul_(p.prior_momentum).add_(log_t.exp().mean(1), alpha=1.0 - p.prior_momentum)
         per_head, weight = temi_loss(log_s[:, :b], log_s[:, b:], log_t[:, :b], log_t[:, b:], self.prior, p.beta, p.prior_weight)
         used = int((log_t.argmax(-1)[0].bincount(minlength=self.n_clusters) > 0).sum())
         return StepOutput(
@@ -233,14 +239,10 @@ class TEMI(Objective):
 
     @torch.no_grad()
     def after_step(self, batch: Batch, out: StepOutput) -> None:
-        """EMA updates after the optimiser step: the teacher towards the student, the prior towards the batch."""
+        """The teacher's EMA step towards the student, once the optimiser has moved the student."""
         m = self.params.momentum
         for t, s in zip(self.teacher.parameters(), self.student.parameters()):
             t.mul_(m).add_(s.detach(), alpha=1.0 - m)
-        if self._batch_mean is not None:
-            pm = self.params.prior_momentum
-            self.prior.mul_(pm).add_(self._batch_mean, alpha=1.0 - pm)
-            self._batch_mean = None
 
     def head_probs(self, z: torch.Tensor) -> torch.Tensor:
         return (self.teacher(self._standardised(z)) / self.params.teacher_temp).softmax(-1)

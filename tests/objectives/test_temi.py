@@ -110,21 +110,31 @@ def test_finite_loss_and_gradients_only_for_the_student() -> None:
     assert torch.allclose(probs.sum(-1), torch.ones(3, 24), atol=1e-5)
 
 
-def test_after_step_moves_teacher_and_prior_by_ema() -> None:
+def test_prior_takes_in_the_batch_before_the_loss_and_teacher_follows_after_step() -> None:
     torch.manual_seed(0)
     objective = create_objective("temi", 16, 5, {"n_heads": 2, "momentum": 0.9, "prior_momentum": 0.5})
     batch = random_batch()
     before = [p.detach().clone() for p in objective.teacher.parameters()]
+    with torch.no_grad():
+        both = objective._standardised(torch.cat([batch.anchors, batch.neighbours]))
+        log_t = (objective.teacher(both) / 0.1).log_softmax(-1)
+        batch_mean = log_t.exp().mean(1)
+    prior = 0.5 * torch.full((2, 5), 0.2) + 0.5 * batch_mean
     optimiser = torch.optim.SGD(objective.param_groups(0.5, 0.0))
     out = objective.step(batch)
-    batch_mean = objective._batch_mean.clone()
+    # The loss was computed with the updated prior (TEMI's released code updates p~ first).
+    assert torch.allclose(objective.prior, prior, atol=1e-6)
+    with torch.no_grad():
+        log_s = (objective.student(both) / 0.1).log_softmax(-1)
+        expected, _ = temi_loss(log_s[:, :24], log_s[:, 24:], log_t[:, :24], log_t[:, 24:], prior, 0.6)
+    assert torch.allclose(out.head_losses, expected, atol=1e-5)
     optimiser.zero_grad()
     out.loss.backward()
     optimiser.step()
     objective.after_step(batch, out)
     for old, t, s in zip(before, objective.teacher.parameters(), objective.student.parameters()):
         assert torch.allclose(t, 0.9 * old + 0.1 * s, atol=1e-6)
-    assert torch.allclose(objective.prior, 0.5 * torch.full((2, 5), 0.2) + 0.5 * batch_mean, atol=1e-6)
+    assert torch.allclose(objective.prior, prior, atol=1e-6)  # after_step leaves the prior alone
     assert torch.allclose(objective.prior.sum(-1), torch.ones(2))
 
 
