@@ -121,7 +121,8 @@ KMaxOpt = Annotated[int, typer.Option("--k-max", min=2, help="Largest K that --c
 EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, help="Training batch size.")]
 LrOpt = Annotated[float, typer.Option("--lr", callback=_positive, help="Learning rate (AdamW).")]
-KnnOpt = Annotated[int, typer.Option("--knn", min=1, help="Neighbours mined per image for consistency pairs.")]
+# At most 1,000: the table is N x k (8 GB at 1M images and k = 1,000) and faiss-gpu stops at 2,048.
+KnnOpt = Annotated[int, typer.Option("--knn", min=1, max=1000, help="Neighbours mined per image for consistency pairs (1-1000).")]
 SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: same seed and input give the same result on the CPU.")]
 BalanceOpt = Annotated[
     Optional[float],

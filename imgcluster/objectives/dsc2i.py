@@ -27,7 +27,11 @@ class DSC2IParams:
     temperature: float = 0.1  # T in p = softmax(-||z - c||^2 / T): soft winner-takes-all; 0.4 let clusters empty
     intra_weight: float = 1.0  # weight of the intra-cluster distance (the k-means term of TELL)
     inter_weight: float = 1.0  # weight of the inter-cluster (centre separation) term
-    inter: str = "mean"  # "mean": -mean_{j<l} ||c_j - c_l||^2; "margin": mean_{j<l} relu(margin - ||c_j - c_l||^2)
+    # "margin": mean_{j<l} relu(margin - ||c_j - c_l||^2); "mean": -mean_{j<l} ||c_j - c_l||^2. "mean"
+    # scores two stacked pairs of centres like a regular simplex (it only asks the centres to sum to
+    # zero); the margin pushes apart every close pair. Over seeds 0-2 on efficientnet-lite0
+    # features: Fashion-MNIST ACC 0.739 both, digits 0.645 vs 0.617, sample_data 0.963 vs 0.973.
+    inter: str = "margin"
     margin: float = 2.0  # squared distance for "margin"; 2.0 asks every pair of centres to be at least orthogonal
     mi_weight: float = 3.0  # weight of the MI H(mean_B p) - mean_i H(p_i); at 1.0 heads left clusters empty
     knn_weight: float = 1.0  # weight of the kNN consistency -mean log <p(a), p(n)> (0 turns it off)
