@@ -8,8 +8,10 @@
 (b) Synthetic scale: random unit features (d=384) for N = 10k, 100k, 1M; wall time and peak RSS of
     kNN mining, head training (default objective, few epochs) and streaming assignment; each N in
     its own process so peaks are per stage; fitted scaling exponents.
-(c) With CUDA: the GPU variants (efficientnet-lite0 and a random-weight DINOv2 ViT-S/14 embedding,
-    head training on 50,000 x 384 features, kNN on 1M x 384) with nvidia-smi utilisation.
+(c) With CUDA: both pipelines again on the GPU for efficientnet-lite0 and a random-weight DINOv2
+    ViT-S/14 (saved as a weights file, so both load it as a user's `--weights FILE`), with
+    nvidia-smi utilisation and the same stage breakdown; head training on 50,000 x 384 features;
+    kNN on 1M x 384. `--smoke-gpu-section` runs (c) on the CPU at toy sizes, only to check it runs.
 
 Writes the markdown it prints to ``benchmarks/results_speed.md``.
 """
@@ -49,7 +51,7 @@ import imgcluster.embed as embed_module  # noqa: E402
 from imgcluster.backbones import Backbone, create_backbone  # noqa: E402
 from imgcluster.cache import EmbeddingCache  # noqa: E402
 from imgcluster.config import EmbedConfig, TrainConfig  # noqa: E402
-from imgcluster.embed import draft_size_for, embed_files  # noqa: E402
+from imgcluster.embed import draft_size_for  # noqa: E402
 from imgcluster.load import load_rgb  # noqa: E402
 from imgcluster.pipeline import EmbedHooks, embed_folder  # noqa: E402
 
@@ -149,9 +151,38 @@ class ReferenceDataset(Dataset):
         return x
 
 
-def run_reference(folder: Path, device: torch.device) -> Run:
+@dataclass(frozen=True)
+class Model:
+    """A backbone both pipelines build the same way: a project model name and an optional weights file."""
+
+    label: str
+    name: str
+    weights: str | None = None
+
+
+LITE0 = Model(MODEL, MODEL)
+
+
+def random_vit() -> Model:
+    """DINOv2 ViT-S/14 at 224 px with random weights, saved as a weights file: the default model's
+    cost without a download, through the same ``--weights FILE`` path a user would take."""
+    path = DATA / "speed" / "vit_small_patch14_dinov2-random.safetensors"
+    if not path.exists():
+        import timm
+        from safetensors.torch import save_file
+
+        torch.manual_seed(0)
+        model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return Model("vit_small_patch14_dinov2 (random weights)", "dinov2-vits14", str(path))
+
+
+def run_reference(folder: Path, device: torch.device, model_spec: Model = LITE0) -> Run:
     start, cpu0 = time.perf_counter(), cpu_seconds()
-    backbone = create_backbone(MODEL, device=device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = False  # torch's default; ours turns it on, and it is process-wide
+    backbone = create_backbone(model_spec.name, model_spec.weights, device=device)
     model = backbone.model
     dataset = ReferenceDataset(image_paths(folder), reference_transform(backbone.data_config))
     loader = DataLoader(dataset, batch_size=BATCH)  # every other setting at its default: num_workers=0
@@ -220,12 +251,13 @@ def timed_embed_path(timers: dict[str, float]) -> Iterator[None]:
         EmbeddingCache.add, EmbeddingCache.compact = original_add, original_compact
 
 
-def run_ours(folder: Path, device: torch.device) -> Run:
+def run_ours(folder: Path, device: torch.device, model_spec: Model = LITE0) -> Run:
+    """The project's embed path with its defaults (batch sized to the device: 64 CPU, 256 CUDA)."""
     timers = {"fold": 0.0, "model": 0.0, "write": 0.0}
     marks: dict[str, float] = {}
     hooks = EmbedHooks(on_start=lambda todo, reused: marks.setdefault("start", time.perf_counter()))
     with tempfile.TemporaryDirectory() as cache, timed_embed_path(timers):
-        config = EmbedConfig(str(folder), model=MODEL, cache_dir=cache, batch_size=BATCH)
+        config = EmbedConfig(str(folder), model=model_spec.name, weights=model_spec.weights, cache_dir=cache)
         start, cpu0 = time.perf_counter(), cpu_seconds()
         result = embed_folder(config, device, hooks)
         wall = time.perf_counter() - start
@@ -269,16 +301,16 @@ def per_image_costs(folder: Path, sample: int = 200) -> dict[str, float]:
     return {k: 1000 * v / len(paths) for k, v in costs.items()}
 
 
-def warm_up(folder: Path, device: torch.device, images: int = 16) -> None:
+def warm_up(folder: Path, device: torch.device, model_spec: Model = LITE0, images: int = 16) -> None:
     """Run both pipelines once on a few images, untimed: the first run of either would otherwise
-    pay for importing timm, torchvision and the weights package."""
+    pay for importing timm, torchvision and the weights package (and on a GPU for the CUDA context)."""
     with tempfile.TemporaryDirectory() as tmp:
         for src in image_paths(folder)[:images]:
             target = Path(tmp) / "images" / src.parent.name / src.name
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, target)
-        run_reference(Path(tmp) / "images", device)
-        run_ours(Path(tmp) / "images", device)
+        run_reference(Path(tmp) / "images", device, model_spec)
+        run_ours(Path(tmp) / "images", device, model_spec)
 
 
 def model_forward_costs(repeats: int = 3) -> list[str]:
@@ -312,6 +344,62 @@ def model_forward_costs(repeats: int = 3) -> list[str]:
     return lines
 
 
+STAGES = ("setup", "decode", "preprocess", "decode wait", "model", "write", "other")
+STAGE_NOTES = (
+    "Columns: `setup` scan + model creation (+ cache open and batch-norm folding for ours); `decode`, "
+    "`preprocess` measured inside the reference's in-process loader; `decode wait` the time ours' main "
+    "process waited for decode workers (plus loop overhead); `model` forward passes (on a GPU with the "
+    "host-to-device copy and a synchronise); `write` `np.save` (reference) or the safetensors cache shards (ours)."
+)
+
+
+def compare_pipelines(
+    folders: dict[str, list[Path]], device: torch.device, model_spec: Model, gpu: bool = False
+) -> tuple[list[str], list[str]]:
+    """Reference and ours on every part of every folder, ABBA order: table rows and a summary line
+    per folder. With ``gpu`` each row also gets nvidia-smi's utilisation while it ran."""
+    rows, summary = [], []
+    for name, parts_dirs in folders.items():
+        for d in parts_dirs:
+            warm_page_cache(d)
+        runs: dict[str, list[Run]] = {"ref": [], "ours": []}
+        samplers = {"ref": GpuSampler(), "ours": GpuSampler()}
+        ratios = []
+        for i, part in enumerate(parts_dirs):
+            order = ("ref", "ours") if i % 2 == 0 else ("ours", "ref")
+            got: dict[str, Run] = {}
+            for which in order:
+                with samplers[which].running():
+                    got[which] = (run_reference if which == "ref" else run_ours)(part, device, model_spec)
+                print(f"  {model_spec.label} {name} part {i} {which}: {got[which].images / got[which].wall:.1f} images/s", flush=True)
+                runs[which].append(got[which])
+            ratios.append((got["ours"].images / got["ours"].wall) / (got["ref"].images / got["ref"].wall))
+        for which, label in (("ref", "reference"), ("ours", "imgcluster")):
+            done = runs[which]
+            images, wall = sum(r.images for r in done), sum(r.wall for r in done)
+            stage = {k: sum(r.stages.get(k, 0.0) for r in done) for k in STAGES}
+            cells = [f"{stage[k]:.1f}" if k in done[0].stages else "–" for k in STAGES]
+            util = [samplers[which].summary()] if gpu else []
+            cpu = sum(r.cpu for r in done) / images
+            rows.append("| " + " | ".join([name, label, f"{images / wall:.1f}", f"{cpu:.3f}", f"{wall:.1f}", *cells, *util]) + " |")
+        ref_rate = sum(r.images for r in runs["ref"]) / sum(r.wall for r in runs["ref"])
+        our_rate = sum(r.images for r in runs["ours"]) / sum(r.wall for r in runs["ours"])
+        cpu_ratio = (sum(r.cpu for r in runs["ref"]) / sum(r.images for r in runs["ref"])) / (
+            sum(r.cpu for r in runs["ours"]) / sum(r.images for r in runs["ours"])
+        )
+        summary.append(
+            f"- {model_spec.label}, {name}: imgcluster **{our_rate / ref_rate:.2f}x** the reference's images/s "
+            f"(per part: {', '.join(f'{r:.2f}' for r in ratios)}); {cpu_ratio:.2f}x less CPU time per image."
+        )
+    return rows, summary
+
+
+def table_header(gpu: bool) -> list[str]:
+    extra = ["GPU utilisation"] if gpu else []
+    columns = ["images", "pipeline", "images/s", "CPU s/img", "wall", *STAGES, *extra]
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+
+
 def embed_benchmark(n: int, parts: int, device: torch.device) -> list[str]:
     folders = prepare_folders(n, parts)
     warm_up(folders["PNG 28 px"][0], device)
@@ -323,61 +411,17 @@ def embed_benchmark(n: int, parts: int, device: torch.device) -> list[str]:
         "creation and worker start-up included. `CPU s/img`: user + system CPU seconds per image of "
         "the process and its decode workers (less sensitive to other jobs on the machine than wall time).",
         "",
-        "| images | pipeline | images/s | CPU s/img | wall | setup | decode | preprocess | decode wait | model | write | other |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *table_header(gpu=False),
     ]
+    rows, summary = compare_pipelines(folders, device, LITE0)
     costs_lines = ["", "Per-image CPU cost of the steps that run in the loader (one thread, 200 images, ms/image):", ""]
     costs_lines += ["| images | ref decode | ref preprocess | ours decode (draft) | ours preprocess |", "|---|---|---|---|---|"]
-    summary = []
     for name, parts_dirs in folders.items():
-        for d in parts_dirs:
-            warm_page_cache(d)
-        ref_runs, our_runs, ratios = [], [], []
-        for i, part in enumerate(parts_dirs):
-            order = ("ref", "ours") if i % 2 == 0 else ("ours", "ref")
-            got: dict[str, Run] = {}
-            for which in order:
-                got[which] = run_reference(part, device) if which == "ref" else run_ours(part, device)
-                print(f"  {name} part {i} {which}: {got[which].images / got[which].wall:.1f} images/s", flush=True)
-            ref_runs.append(got["ref"])
-            our_runs.append(got["ours"])
-            ratios.append((got["ours"].images / got["ours"].wall) / (got["ref"].images / got["ref"].wall))
-        for label, runs in (("reference", ref_runs), ("imgcluster", our_runs)):
-            images = sum(r.images for r in runs)
-            wall = sum(r.wall for r in runs)
-            stage = {
-                k: sum(r.stages.get(k, 0.0) for r in runs)
-                for k in ("setup", "decode", "preprocess", "decode wait", "model", "write", "other")
-            }
-            cells = [f"{stage[k]:.1f}" if k in runs[0].stages else "–" for k in stage]
-            lines.append(
-                f"| {name} | {label} | {images / wall:.1f} | {sum(r.cpu for r in runs) / images:.3f} | {wall:.1f} | "
-                + " | ".join(cells)
-                + " |"
-            )
-        ref_rate = sum(r.images for r in ref_runs) / sum(r.wall for r in ref_runs)
-        our_rate = sum(r.images for r in our_runs) / sum(r.wall for r in our_runs)
-        cpu_ratio = (sum(r.cpu for r in ref_runs) / sum(r.images for r in ref_runs)) / (
-            sum(r.cpu for r in our_runs) / sum(r.images for r in our_runs)
-        )
-        summary.append(
-            f"- {name}: imgcluster **{our_rate / ref_rate:.2f}x** the reference's images/s "
-            f"(per part: {', '.join(f'{r:.2f}' for r in ratios)}); {cpu_ratio:.2f}x less CPU time per image."
-        )
         c = per_image_costs(parts_dirs[0])
         costs_lines.append(
             f"| {name} | {c['ref decode']:.2f} | {c['ref preprocess']:.2f} | {c['ours decode']:.2f} | {c['ours preprocess']:.2f} |"
         )
-    notes = [
-        "",
-        "Columns: `setup` scan + model creation (+ cache open and batch-norm folding for ours); `decode`, "
-        "`preprocess` measured inside the reference's in-process loader; `decode wait` the time ours' main "
-        "process waited for decode workers (plus loop overhead); `model` forward passes; `write` "
-        "`np.save` (reference) or the safetensors cache shards (ours).",
-        "",
-        *summary,
-    ]
-    return lines + costs_lines + model_forward_costs() + notes
+    return lines + rows + costs_lines + model_forward_costs() + ["", STAGE_NOTES, "", *summary]
 
 
 # ---- (b) synthetic scale --------------------------------------------------------------------------
@@ -536,91 +580,97 @@ def scale_benchmark(sizes: list[int], dim: int, epochs: int, k: int, timeout: fl
 
 # ---- (c) GPU --------------------------------------------------------------------------------------
 class GpuSampler:
-    """Polls nvidia-smi for utilisation while a GPU row runs."""
+    """Polls nvidia-smi for the utilisation of the GPU torch uses (by UUID, so CUDA_VISIBLE_DEVICES
+    and nvidia-smi's own ordering cannot mix them up) while a row runs."""
 
     def __init__(self, every: float = 0.5) -> None:
         self.every = every
         self.samples: list[tuple[float, float]] = []
+        self.unreported = 0  # replies without a number: "[N/A]" under MIG, for one
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def _gpu_id() -> str:
+        uuid = getattr(torch.cuda.get_device_properties(0), "uuid", None) if torch.cuda.is_available() else None
+        return f"GPU-{uuid}" if uuid is not None else "0"
 
     def _run(self) -> None:
-        query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", "0"]
+        query = ["nvidia-smi", "--query-gpu=utilization.gpu,memory.used", "--format=csv,noheader,nounits", "-i", self._gpu_id()]
         while not self._stop.is_set():
-            with contextlib.suppress(OSError, subprocess.SubprocessError, ValueError):
-                out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.strip().splitlines()[0]
-                util, mem = (float(v) for v in out.split(","))
-                self.samples.append((util, mem))
+            with contextlib.suppress(OSError, subprocess.SubprocessError):
+                out = subprocess.run(query, capture_output=True, text=True, timeout=5).stdout.strip().splitlines()
+                try:
+                    util, mem = (float(v) for v in out[0].split(","))
+                    self.samples.append((util, mem))
+                except (IndexError, ValueError):
+                    self.unreported += 1
             self._stop.wait(self.every)
 
-    def __enter__(self) -> GpuSampler:
-        if shutil.which("nvidia-smi"):
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread.is_alive():
-            self._thread.join()
+    @contextlib.contextmanager
+    def running(self) -> Iterator[GpuSampler]:
+        """Sample while the block runs; may be entered again (rows made of several runs)."""
+        thread = None
+        if shutil.which("nvidia-smi") and torch.cuda.is_available():
+            self._stop.clear()
+            thread = threading.Thread(target=self._run, daemon=True)
+            thread.start()
+        try:
+            yield self
+        finally:
+            self._stop.set()
+            if thread is not None:
+                thread.join()
 
     def summary(self) -> str:
         if not self.samples:
+            if self.unreported:
+                return "n/a (nvidia-smi reports no utilisation, e.g. under MIG)"
             return "n/a (no nvidia-smi)"
         util = [u for u, _ in self.samples]
         return f"{np.mean(util):.0f}% mean, {max(util):.0f}% max, {max(m for _, m in self.samples):.0f} MiB"
 
 
-def random_vit() -> Backbone:
-    """DINOv2 ViT-S/14 at 224 px with random weights: the default model's cost without a download."""
-    import timm
-    from timm.data import resolve_model_data_config
-
-    from imgcluster.backbones import BACKBONES
-
-    model = timm.create_model("vit_small_patch14_dinov2", pretrained=False, num_classes=0, img_size=224).eval().requires_grad_(False)
-    config = resolve_model_data_config(model)
-    config["input_size"] = (3, 224, 224)
-    return Backbone("dinov2-vits14 (random)", BACKBONES["dinov2-vits14"], model.cuda(), config, "random", int(model.num_features))
-
-
-def gpu_benchmark(n: int, parts: int) -> list[str]:
+def gpu_benchmark(n: int, parts: int, device: torch.device, train_n: int = 50_000, knn_n: int = 1_000_000) -> list[str]:
+    """Section (c). ``device`` is CUDA; the CPU only for a quick check that the section runs."""
     from imgcluster.neighbours import faiss_has_gpu, knn_search
-    from imgcluster.scan import scan_folder
     from imgcluster.train import train_objective
 
-    gpu = torch.device("cuda")
-    lines = [f"### (c) GPU: {torch.cuda.get_device_name(0)}", "", "| what | result | GPU utilisation (nvidia-smi) |", "|---|---|---|"]
+    name = torch.cuda.get_device_name(0) if device.type == "cuda" else "CPU (smoke run of the GPU section)"
+    gpu = device.type == "cuda"
     folders = prepare_folders(n, parts)
-    for name, dirs in folders.items():
-        for label, runner in (("reference", run_reference), ("imgcluster", run_ours)):
-            with GpuSampler() as sampler:
-                runs = [runner(d, gpu) for d in dirs]
-            rate = sum(r.images for r in runs) / sum(r.wall for r in runs)
-            lines.append(f"| embed {MODEL}, {name}, {label} | {rate:.1f} images/s | {sampler.summary()} |")
-    vit = random_vit()
-    files = [f for d in folders["JPEG 512 px"] for f in scan_folder(d)]
-    with GpuSampler() as sampler:
-        t = time.perf_counter()
-        count = sum(len(b.indices) for b in embed_files(files, vit, gpu, batch_size=256))
-        seconds = time.perf_counter() - t
+    lines = [
+        f"### (c) GPU: {name}",
+        "",
+        f"First {n:,} Fashion-MNIST test images in {parts} parts, reference and ours in ABBA order after an "
+        "untimed warm-up of both; the reference runs in float32 with batch 64, no workers and cuDNN's "
+        "defaults, ours with its defaults on CUDA (batch 256, decode workers, pinned memory, bfloat16 "
+        "autocast, batch norm folded, channels-last). Times in seconds.",
+        "",
+    ]
+    summary = []
+    for model_spec in (LITE0, random_vit()):
+        warm_up(folders["PNG 28 px"][0], device, model_spec)
+        rows, lines_summary = compare_pipelines(folders, device, model_spec, gpu=True)
+        lines += [f"**{model_spec.label}**", "", *table_header(gpu=True), *rows, ""]
+        summary += lines_summary
+    lines += [STAGE_NOTES, "", *summary, "", "| what | result | GPU utilisation (nvidia-smi) |", "|---|---|---|"]
+    x = random_unit(train_n, 384)
+    idx, _ = knn_search(x, 20, use_gpu=gpu)
+    sampler = GpuSampler()
+    with sampler.running():
+        trained = train_objective(x, idx, TrainConfig(clusters=10, seed=0), device)
     lines.append(
-        f"| embed vit_small_patch14_dinov2 (random weights), JPEG 512 px, batch 256 | {count / seconds:.1f} images/s "
-        f"| {sampler.summary()} |"
+        f"| train the default head ({trained.objective.name}), {train_n:,} x 384 random unit features, "
+        f"{trained.schedule['epochs']} epochs, batch {trained.schedule['batch_size']} | {trained.seconds:.1f} s | {sampler.summary()} |"
     )
-    x = random_unit(50_000, 384)
-    idx, _ = knn_search(x, 20, use_gpu=True)
-    with GpuSampler() as sampler:
-        trained = train_objective(x, idx, TrainConfig(clusters=10, seed=0), gpu)
-    lines.append(
-        f"| train default head, 50,000 x 384, {trained.schedule['epochs']} epochs | {trained.seconds:.1f} s | {sampler.summary()} |"
-    )
-    x = random_unit(1_000_000, 384)
-    with GpuSampler() as sampler:
+    x = random_unit(knn_n, 384)
+    sampler = GpuSampler()
+    with sampler.running():
         t = time.perf_counter()
-        knn_search(x, 20, use_gpu=True)
+        knn_search(x, 20, use_gpu=gpu)
         seconds = time.perf_counter() - t
-    how = "faiss-gpu" if faiss_has_gpu() else "torch blocked matmul (exact)"
-    lines.append(f"| kNN k=20, 1,000,000 x 384, {how} | {seconds:.1f} s | {sampler.summary()} |")
+    how = ("faiss-gpu" if faiss_has_gpu() else "torch blocked matmul, exact") if gpu else "faiss, CPU"
+    lines.append(f"| kNN k=20, {knn_n:,} x 384 ({how}) | {seconds:.1f} s | {sampler.summary()} |")
     return lines
 
 
@@ -639,6 +689,11 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--scale-worker", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
+    parser.add_argument("--gpu-images", type=int, default=4000, help="images per folder for (c)")
+    parser.add_argument("--gpu-parts", type=int, default=2, help="interleaved parts per folder for (c)")
+    parser.add_argument(
+        "--smoke-gpu-section", action="store_true", help="run section (c) on the CPU at toy sizes, only to check that it runs"
+    )
     args = parser.parse_args()
     if args.scale_worker:
         scale_worker(args.scale_worker, args.dim, args.epochs, args.k, args.device)
@@ -657,8 +712,10 @@ def main() -> None:
     if not args.skip_scale:
         sizes = [int(s) for s in args.sizes.split(",") if s]
         sections += [*scale_benchmark(sizes, args.dim, args.epochs, args.k, args.timeout), ""]
-    if torch.cuda.is_available():
-        sections += [*gpu_benchmark(args.images, args.parts), ""]
+    if args.smoke_gpu_section:
+        sections += [*gpu_benchmark(64, 2, torch.device("cpu"), train_n=2_000, knn_n=5_000), ""]
+    elif torch.cuda.is_available():
+        sections += [*gpu_benchmark(args.gpu_images, args.gpu_parts, torch.device("cuda")), ""]
     else:
         sections += ["### (c) GPU", "", "Skipped: no CUDA GPU on this machine (`torch.cuda.is_available()` is False).", ""]
     sections.append(
