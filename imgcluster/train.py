@@ -135,7 +135,7 @@ def _gradient_training(
             order = torch.randperm(n, generator=generator)[: steps_per_epoch * batch_size].to(device)
             pick = torch.randint(knn.shape[1], (order.shape[0],), generator=generator).to(device)
             head_loss_sum.zero_()
-            loss_sum = 0.0
+            loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
             extras: dict[str, float] = {}
             for s in range(steps_per_epoch):
                 idx = order[s * batch_size : (s + 1) * batch_size]
@@ -149,10 +149,10 @@ def _gradient_training(
                 optimiser.step()
                 objective.after_step(batch, out)
                 head_loss_sum += out.head_losses
-                loss_sum += float(out.loss.detach())
+                loss_sum += out.loss.detach()
                 for key, value in out.logs.items():
                     extras[key] = extras.get(key, 0.0) + value / steps_per_epoch
-            mean_loss = loss_sum / steps_per_epoch
+            mean_loss = float(loss_sum) / steps_per_epoch
             if not math.isfinite(mean_loss):
                 raise UserError(f"training diverged (loss {mean_loss}) in epoch {epoch + 1}; try a smaller --lr")
             epoch_counter += 1
