@@ -4,6 +4,10 @@ A write that fails (read-only folder, disk full, quota) removes its temporary fi
 one-line :class:`UserError` naming the file, so no half-written file is ever left as if complete.
 A process killed outright (SIGKILL, power loss) can leave a hidden ``.<name>.<random>.tmp``
 beside the target; it is never renamed into place, and the cache removes its own on next open.
+
+A symbolic link is followed: its target is replaced and the link stays. A target that exists
+and is not a regular file (``/dev/null``, a named pipe, ``/dev/stdout``) is a stream: it is
+written in place, since renaming a file over it would destroy it.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -60,10 +65,44 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     return fd, tmp
 
 
+def is_stream(path: Path) -> bool:
+    """``path`` (after links) exists and is neither a regular file nor a folder: a device, a pipe."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not stat.S_ISREG(mode) and not stat.S_ISDIR(mode)
+
+
+def _follow(path: Path) -> Path:
+    """The file a symbolic link names (even a dangling one), so the link itself is kept."""
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
+@contextlib.contextmanager
+def _open_stream(path: Path, mode: str, encoding: str | None, newline: str | None) -> Iterator[IO]:
+    binary = "b" in mode
+    in_body = False
+    try:
+        with open(path, mode, encoding=None if binary else encoding, newline=None if binary else newline) as handle:
+            in_body = True
+            yield handle
+            in_body = False
+    except OSError as exc:
+        if not in_body or exc.errno in _DISK_ERRORS:
+            raise _cannot_write(path, exc) from None
+        raise
+
+
 @contextlib.contextmanager
 def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success fsync and rename it over ``path``."""
     path = Path(path)
+    if is_stream(path):
+        with _open_stream(path, mode, encoding, newline) as handle:
+            yield handle
+        return
+    path = _follow(path)
     fd, tmp = _temp_beside(path)
     in_body = False
     try:
@@ -86,7 +125,12 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", new
 
 def check_writable(path: Path) -> None:
     """Fail now, in one line, if ``path`` cannot be written, rather than after the embedding."""
-    fd, tmp = _temp_beside(Path(path))
+    path = Path(path)
+    if is_stream(path):
+        if not os.access(path, os.W_OK):
+            raise UserError(f"cannot write {path}: permission denied")
+        return
+    fd, tmp = _temp_beside(_follow(path))
     os.close(fd)
     os.unlink(tmp)
 

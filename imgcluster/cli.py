@@ -20,7 +20,7 @@ except ImportError:  # pragma: no cover - older typer raises click's own
     from click import ClickException as CommandLineError  # type: ignore[assignment]
 
 from imgcluster import __version__
-from imgcluster.atomic import check_writable
+from imgcluster.atomic import check_writable, is_stream
 from imgcluster.config import (
     DEFAULT_CLUSTERS,
     DEFAULT_KNN,
@@ -227,12 +227,16 @@ def _embed(ui: UI, config: EmbedConfig, device: Any, lock_timeout: float = 0.0) 
 
 
 def _report_skipped(ui: UI, result: Any, beside: Path | None) -> Path | None:
-    """Write ``skipped.csv`` beside the output (or in the cache) and say so in one line."""
+    """Write the list of skipped files beside the output CSV (``photos-clusters-skipped.csv``) or
+    in the cache (``skipped.csv``), and say so in one line. A list left by an earlier run that
+    skipped files is removed when this run skipped none, so it never describes another run."""
     from imgcluster.pipeline import write_skipped
 
+    path = beside.with_name(f"{beside.stem}-skipped.csv") if beside is not None else result.cache_dir / "skipped.csv"
     if not result.skipped:
+        with contextlib.suppress(OSError):
+            path.unlink()
         return None
-    path = (beside.parent if beside is not None else result.cache_dir) / "skipped.csv"
     write_skipped(path, result.skipped)
     ui.warn(f"skipped {len(result.skipped)} unreadable file(s); details in {path}")
     return path
@@ -537,9 +541,12 @@ def assign(
         out_path = None if out == "-" else Path(out)
         if out_path is not None and out_path.is_dir():
             raise UserError(f"--out {out} is a folder; give a file name", exit_code=2)
-        if report and out_path is None:
+        # Files that describe the CSV (its .json, the skipped list, the report) go beside it: only
+        # when it is a regular file, not stdout, /dev/null or a pipe.
+        beside = out_path if out_path is not None and not is_stream(out_path) else None
+        if report and beside is None:
             raise UserError("--report needs --out FILE: the report is written beside the CSV", exit_code=2)
-        if near_duplicates is not None and out_path is None:
+        if near_duplicates is not None and beside is None:
             raise UserError("--near-duplicates needs --out FILE: the duplicates CSV is written beside it", exit_code=2)
         if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
             raise UserError(f"--near-duplicates is a cosine similarity in (0, 1], got {near_duplicates}", exit_code=2)
@@ -587,14 +594,14 @@ def assign(
             f"{found.count} outlier(s): {int(found.low_confidence.sum())} below --min-confidence {min_confidence}, "
             f"{int(found.far_from_centre.sum())} far from their cluster's centre"
         )
-        duplicates = _near_duplicates(ui, result, near_duplicates, out_path, dev)
-        skipped_csv = _report_skipped(ui, result, out_path)
+        duplicates = _near_duplicates(ui, result, near_duplicates, beside, dev)
+        skipped_csv = _report_skipped(ui, result, beside)
         assign_config = AssignConfig(str(Path(folder).resolve()), out, _str(head), explain)  # absolute: `report` runs from anywhere
         labels, counts = np.unique(assignment.cluster, return_counts=True)
         sizes = {int(k): int(v) for k, v in zip(labels, counts)}
-        if out_path is not None:
+        if beside is not None:
             write_sidecar(
-                sidecar_path(out_path),
+                sidecar_path(beside),
                 assign=assign_config,
                 embed=embed_config,
                 train=train_config if train_config is not None else (head_meta or {}).get("train"),
@@ -610,9 +617,10 @@ def assign(
                     "near_duplicates": duplicates,
                 },
             )
+        if out_path is not None:
             ui.info(f"wrote {len(result.paths)} assignments to {out_path} ({len(sizes)} clusters)")
-            if report:
-                _write_report(ui, out_path, features=(result.paths, result.features))
+        if report and beside is not None:
+            _write_report(ui, beside, features=(result.paths, result.features))
 
 
 @app.command(

@@ -2,11 +2,13 @@
 
 import os
 import stat
+import threading
 from pathlib import Path
 
 import pytest
 
-from imgcluster.atomic import atomic_open, atomic_write_text
+from imgcluster.atomic import atomic_open, atomic_write_text, is_stream
+from imgcluster.errors import UserError
 
 
 def _mode(path: Path) -> int:
@@ -38,3 +40,36 @@ def test_failure_keeps_the_old_file_and_leaves_no_temporary(tmp_path: Path) -> N
         handle.write("half")
         raise RuntimeError("stopped mid-write")
     assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == ["c.csv"]
+
+
+def test_a_symlink_is_followed_and_kept(tmp_path: Path) -> None:
+    real = tmp_path / "real.csv"
+    real.write_text("old")
+    link = tmp_path / "linked.csv"
+    link.symlink_to(real)
+    atomic_write_text(link, "new")
+    assert link.is_symlink() and os.readlink(link) == str(real)
+    assert real.read_text() == "new"
+
+
+def test_a_named_pipe_is_written_in_place_not_replaced(tmp_path: Path) -> None:
+    """Renaming a file over a device or pipe destroys it (seen with --out /dev/null as root)."""
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    assert is_stream(fifo) and not is_stream(tmp_path) and not is_stream(tmp_path / "absent")
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    atomic_write_text(fifo, "path,cluster\n")
+    reader.join(timeout=10)
+    assert received == [b"path,cluster\n"]
+    assert stat.S_ISFIFO(fifo.stat().st_mode)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pipe"]  # no temporary, nothing beside it
+
+
+def test_a_full_device_is_a_one_line_error() -> None:
+    if not Path("/dev/full").exists() or not is_stream(Path("/dev/full")):
+        pytest.skip("no /dev/full character device here")
+    with pytest.raises(UserError, match=r"cannot write /dev/full: No space left on device"):
+        atomic_write_text(Path("/dev/full"), "x" * 100_000)
+    assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)

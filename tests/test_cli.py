@@ -4,8 +4,10 @@ import csv
 import io
 import json
 import os
+import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -48,7 +50,7 @@ def test_assign_pipeline_writes_csv_sidecar_and_skipped(messy_folder: Path, shar
     assert list(rows[0])[:3] == ["path", "cluster", "confidence"] and "outlier" in rows[0]
     assert len(rows) == 18 and "ünïcødé 名前.webp" in {r["path"] for r in rows}
     assert all(0 <= int(r["cluster"]) < 3 and 0 < float(r["confidence"]) <= 1 for r in rows)
-    skipped = list(csv.DictReader((out.parent / "skipped.csv").open(encoding="utf-8")))
+    skipped = list(csv.DictReader((out.parent / "clusters-skipped.csv").open(encoding="utf-8")))
     assert {r["path"] for r in skipped} == {"empty.png", "notes.jpg", "truncated.png"}
     sidecar = json.loads((out.parent / "clusters.csv.json").read_text())
     assert sidecar["backbone"]["model"] == "efficientnet-lite0" and sidecar["train"]["clusters"] == 3
@@ -208,3 +210,35 @@ def test_closed_stdout_pipe_ends_quietly() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 141 and done.stderr == "" and done.stdout == ""
+
+
+def test_out_to_a_named_pipe_streams_the_csv_and_writes_nothing_beside(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    """A pipe (like /dev/null or /dev/stdout) is written in place: no sidecar, no skipped list."""
+    (tmp_path / "out").mkdir()
+    fifo = tmp_path / "out" / "pipe"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    result = invoke("assign", small_folder, "--out", fifo, "--cache-dir", shared_cache, *FAST)
+    reader.join(timeout=30)
+    assert result.exit_code == 0, result.stderr
+    assert f"wrote 24 assignments to {fifo}" in result.stderr
+    rows = list(csv.DictReader(io.StringIO(received[0].decode("utf-8"))))
+    assert len(rows) == 24
+    assert stat.S_ISFIFO(fifo.stat().st_mode) and sorted(p.name for p in fifo.parent.iterdir()) == ["pipe"]
+    refused = invoke("assign", small_folder, "--out", fifo, "--report", "--cache-dir", shared_cache, *FAST)
+    assert refused.exit_code == 2 and "--report needs --out FILE" in refused.stderr
+
+
+def test_skipped_list_is_named_after_the_csv_and_removed_when_nothing_is_skipped(
+    messy_folder: Path, small_folder: Path, shared_cache: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "clusters.csv"
+    assert invoke("assign", messy_folder, "--out", out, "--cache-dir", shared_cache, *FAST).exit_code == 0
+    skipped = tmp_path / "clusters-skipped.csv"
+    assert skipped.is_file()
+    again = invoke("assign", small_folder, "--out", out, "--cache-dir", shared_cache, *FAST)
+    assert again.exit_code == 0, again.stderr
+    assert not skipped.exists()  # the old list described the other folder
+    assert json.loads((tmp_path / "clusters.csv.json").read_text())["result"]["skipped_csv"] is None

@@ -436,7 +436,7 @@ def test_kill_during_assign_then_rerun(reference: Reference, tmp_path: Path, req
         data = out.read_bytes()
         assert data in (old_csv, reference.csv), "the CSV is neither the old one nor the complete new one"
         outcomes["old CSV intact" if data == old_csv else "new CSV complete"] += 1
-        skipped = out.parent / "skipped.csv"
+        skipped = out.parent / "clusters-skipped.csv"
         if skipped.exists():
             assert [r[0] for r in csv.reader(skipped.open(encoding="utf-8"))] == ["path", "broken.png"]
         sidecar = out.parent / "clusters.csv.json"

@@ -83,7 +83,7 @@ def test_hostile_names_round_trip_through_csv_and_evaluate(hostile_folder: Path,
     assert scores["matched"] == 18 and scores["unmatched_assignments"] == 0
     assert scores["classes"] == 3  # the "=cmd|' " folder is a label like any other
 
-    skipped = (out.parent / "skipped.csv").read_bytes().decode("utf-8")  # valid UTF-8 despite the name
+    skipped = (out.parent / "clusters-skipped.csv").read_bytes().decode("utf-8")  # valid UTF-8 despite the name
     skipped_rows = list(csv.reader(io.StringIO(skipped, newline="")))
     assert skipped_rows[1] == [f"{CLASSES[0]}/bad\\xff\\xfename.png", "file name is not valid UTF-8; rename the file"]
     record(request.config, "hostile_paths", {"names": len(expected_paths()) + 1, "round_tripped": len(rows) - 1, "failures": 0})
