@@ -1,6 +1,7 @@
 """The on-disk embedding cache: reuse features of unchanged files, survive interruption.
 
-Layout under ``<cache root>/embeddings/<model>-<key>/``: ``config.json`` says how the features
+Layout under ``<cache root>/embeddings/<model>-<key>/``, where the cache root is ``FOLDER/.imgcluster``
+or, under a root shared by many folders, ``<root>/folders/<name>-<hash of the folder's path>``: ``config.json`` says how the features
 were made; ``shards/<seq>.safetensors`` each hold a block of features with, in the header, the
 (path, size, mtime) of every row, the cache it belongs to (``<model>-<key>``) and a checksum.
 Shards are written atomically and never modified, so a killed run leaves only complete shards;
@@ -27,12 +28,29 @@ FORMAT_VERSION = "2"  # 2: shards name the cache they belong to
 CACHE_DIRNAME = ".imgcluster"
 
 
-def default_cache_root(folder: Path, cache_dir: str | None) -> Path:
+def shared_cache_root(cache_dir: str | None) -> Path | None:
+    """The root many folders may share: ``--cache-dir``, else ``$IMGCLUSTER_CACHE``; None for the default."""
     if cache_dir:
         return Path(cache_dir)
     if os.environ.get("IMGCLUSTER_CACHE"):
         return Path(os.environ["IMGCLUSTER_CACHE"])
-    return Path(folder) / CACHE_DIRNAME
+    return None
+
+
+def default_cache_root(folder: Path, cache_dir: str | None) -> Path:
+    """This folder's cache: ``FOLDER/.imgcluster``, or a sub-folder of its own under a shared root.
+
+    Rows are keyed by paths relative to FOLDER, so two folders in one cache would each drop the
+    other's rows (and overwrite each other's heads); a shared root keeps one cache per folder,
+    named after the folder and a hash of its absolute path.
+    """
+    shared = shared_cache_root(cache_dir)
+    if shared is None:
+        return Path(folder) / CACHE_DIRNAME
+    resolved = Path(folder).resolve()
+    digest = hashlib.sha256(os.fsencode(resolved)).hexdigest()[:12]
+    name = "".join(c if c.isalnum() or c in "-_." else "_" for c in resolved.name)[:40] or "root"
+    return shared / "folders" / f"{name}-{digest}"
 
 
 def cache_key(identity: dict[str, Any], dtype: str, compute: str = "float32") -> str:

@@ -92,7 +92,12 @@ ModelOpt = Annotated[
 ]
 WeightsOpt = Annotated[Optional[Path], typer.Option("--weights", help="Load backbone weights from a local file (.safetensors or .pth).")]
 CacheOpt = Annotated[
-    Optional[Path], typer.Option("--cache-dir", help="Where features are cached. Default: $IMGCLUSTER_CACHE, else FOLDER/.imgcluster.")
+    Optional[Path],
+    typer.Option(
+        "--cache-dir",
+        help="A cache root shared by any number of folders (each gets its own sub-folder). "
+        "Default: $IMGCLUSTER_CACHE, else FOLDER/.imgcluster.",
+    ),
 ]
 EmbedBatchOpt = Annotated[
     Optional[int], typer.Option("--embed-batch-size", min=1, help="Images per backbone forward pass. Default: 64 on the CPU, 256 on CUDA.")
@@ -702,8 +707,10 @@ def objectives() -> None:
             doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
             summary = doc.strip().splitlines()[0] if doc.strip() else ""
             typer.echo(f"{name}{' (default)' if name == DEFAULT_OBJECTIVE else ''}: {summary}")
+            ranges = getattr(cls.Params, "ranges", {})
             for f in dataclasses.fields(cls.Params):
-                typer.echo(f"    {f.name} = {f.default!r}")
+                allowed = f"  ({ranges[f.name].describe()})" if f.name in ranges else ""
+                typer.echo(f"    {f.name} = {f.default!r}{allowed}")
 
 
 def _print_evaluation(ui: UI, evaluation: Any) -> None:

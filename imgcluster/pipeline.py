@@ -16,12 +16,12 @@ import numpy as np
 import torch
 
 from imgcluster.backbones import create_backbone, resolve_model_name
-from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root
+from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embed import compute_precision, embed_files
 from imgcluster.errors import UserError
 from imgcluster.lock import folder_lock
-from imgcluster.scan import ImageFile, scan_folder
+from imgcluster.scan import IMAGE_EXTENSIONS, ImageFile, scan_folder
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
 FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
@@ -113,9 +113,16 @@ def embed_folder(
     if config.dtype not in ("float16", "float32"):
         raise UserError(f"--dtype must be float16 or float32, not {config.dtype!r}", exit_code=2)
     cache_root = default_cache_root(folder, config.cache_dir)
-    files = scan_folder(folder, follow_symlinks=config.follow_symlinks, exclude=(cache_root,))
+    shared = shared_cache_root(config.cache_dir)  # may lie inside FOLDER, holding other folders' caches
+    unsupported: list[str] = []
+    excluded = (cache_root, *([shared] if shared else []))
+    files = scan_folder(folder, follow_symlinks=config.follow_symlinks, exclude=excluded, unsupported=unsupported)
+    if unsupported:
+        kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
+        hooks.on_warning(f"left out {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}); convert them to JPEG or PNG")
     if not files:
-        raise UserError(f"no images found in {folder} (looked for .jpg .jpeg .png .webp .bmp .gif .tif .tiff)")
+        looked_for = " ".join(sorted(IMAGE_EXTENSIONS))
+        raise UserError(f"no images found in {folder} (looked for {looked_for})")
     model_name, warning = resolve_model_name(config.model, config.weights)
     if warning:
         hooks.on_warning(warning)

@@ -31,6 +31,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 from imgcluster.atomic import atomic_open, atomic_write_text
 from imgcluster.errors import UserError
 from imgcluster.load import ImageDecodeError, load_rgb
+from imgcluster.scan import OUTPUT_MARKER
 
 DEFAULT_PER_CLUSTER = 48  # most typical images per cluster; a third as many least confident ones join them
 THUMB_PX = 112  # longest side of a thumbnail
@@ -586,6 +587,8 @@ def write_montages(
         with atomic_open(path, "wb") as handle:
             sheet.save(handle, "PNG", optimize=True)
         written.append(path)
+    if written:  # a later scan of a folder that holds this one skips it: these are not photos
+        atomic_write_text(directory / OUTPUT_MARKER, "written by imgcluster report --montage; folders holding this file are not scanned\n")
     keep = {p.name for p in written}
     for old in directory.glob("cluster-*.png"):
         if old.name not in keep:

@@ -6,7 +6,15 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jfif", ".png", ".webp", ".avif", ".bmp", ".gif", ".tif", ".tiff"})
+# Photo formats Pillow cannot decode (HEIC from phones, camera raw, JPEG XL, vector): counted and
+# named in a warning rather than passed over in silence.
+UNSUPPORTED_IMAGE_EXTENSIONS = frozenset(
+    {".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".nrw", ".arw", ".orf", ".rw2", ".raf", ".pef", ".srw", ".svg"}
+)
+# A folder imgcluster wrote (montages beside a CSV) holds this file, so a later scan that reaches
+# it (say, `assign .` run inside the photo folder) does not take its own output for photos.
+OUTPUT_MARKER = ".imgcluster-output"
 
 
 @dataclass(frozen=True)
@@ -17,11 +25,15 @@ class ImageFile:
     mtime_ns: int
 
 
-def scan_folder(root: Path, follow_symlinks: bool = False, exclude: tuple[Path, ...] = ()) -> list[ImageFile]:
+def scan_folder(
+    root: Path, follow_symlinks: bool = False, exclude: tuple[Path, ...] = (), unsupported: list[str] | None = None
+) -> list[ImageFile]:
     """Images under ``root``, sorted by relative path.
 
-    Hidden files and folders (the default cache ``.imgcluster/`` among them) and ``exclude`` are
-    skipped. Symbolic links are followed only when they stay inside ``root`` or when
+    Hidden files and folders (the default cache ``.imgcluster/`` among them), folders imgcluster
+    wrote (marked with :data:`OUTPUT_MARKER`) and ``exclude`` are skipped. Files in formats it
+    cannot read (:data:`UNSUPPORTED_IMAGE_EXTENSIONS`) are appended to ``unsupported`` if given.
+    Symbolic links are followed only when they stay inside ``root`` or when
     ``follow_symlinks`` is set; each real directory is visited once, so link loops end. Linked
     folders are walked after every real one, so a folder reachable both ways keeps its real path
     (its images keep their names and ``evaluate`` labels whichever link sorts first).
@@ -62,15 +74,19 @@ def scan_folder(root: Path, follow_symlinks: bool = False, exclude: tuple[Path, 
                     if not follow_symlinks and not inside_root(target):
                         continue
                 if entry.is_dir(follow_symlinks=True):
-                    if path.resolve() in excluded:
+                    if path.resolve() in excluded or (path / OUTPUT_MARKER).exists():
                         continue
                     if is_link:
                         linked.append((path, (*rel_parts, entry.name)))
                     else:
                         walk(path, (*rel_parts, entry.name))
-                elif entry.is_file(follow_symlinks=True) and Path(entry.name).suffix.lower() in IMAGE_EXTENSIONS:
-                    st = entry.stat(follow_symlinks=True)
-                    found.append(ImageFile("/".join((*rel_parts, entry.name)), path, st.st_size, st.st_mtime_ns))
+                elif entry.is_file(follow_symlinks=True):
+                    suffix = Path(entry.name).suffix.lower()
+                    if suffix in IMAGE_EXTENSIONS:
+                        st = entry.stat(follow_symlinks=True)
+                        found.append(ImageFile("/".join((*rel_parts, entry.name)), path, st.st_size, st.st_mtime_ns))
+                    elif unsupported is not None and suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+                        unsupported.append("/".join((*rel_parts, entry.name)))
             except (OSError, RuntimeError):  # broken link, permission, resolve() loop
                 continue
 

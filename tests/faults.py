@@ -62,14 +62,15 @@ def start_cli(*args: object, env: dict[str, str] | None = None) -> subprocess.Po
 
 
 def cache_directory(cache_root: Path) -> Path:
-    """The one ``embeddings/efficientnet-lite0-<key>`` folder under a cache root."""
-    (directory,) = (Path(cache_root) / "embeddings").glob("efficientnet-lite0-*")
+    """The one ``embeddings/efficientnet-lite0-<key>`` folder under a cache root used by one folder."""
+    (directory,) = Path(cache_root).glob("folders/*/embeddings/efficientnet-lite0-*")
     return directory
 
 
 def backbone_identity(cache_root: Path) -> dict[str, object]:
-    """The backbone identity a run recorded in the cache's ``config.json``."""
-    return json.loads((cache_directory(cache_root) / "config.json").read_text())["backbone"]
+    """The backbone identity a run recorded in a cache's ``config.json`` (any folder's: all agree)."""
+    directory = sorted(Path(cache_root).glob("folders/*/embeddings/efficientnet-lite0-*"))[0]
+    return json.loads((directory / "config.json").read_text())["backbone"]
 
 
 def untrained_head(path: Path, cache_root: Path, seed: int = 0) -> Path:

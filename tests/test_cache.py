@@ -116,3 +116,22 @@ def test_cuda_embedding_is_close_to_cpu_and_cached_apart(small_folder: Path, tmp
     b = gpu.features / np.linalg.norm(gpu.features, axis=1, keepdims=True)
     assert (a * b).sum(1).min() > 0.98  # bfloat16 autocast against float32
     assert json.loads((gpu.cache_dir / "config.json").read_text())["compute"] == "bfloat16"
+
+
+def test_a_shared_cache_keeps_one_cache_per_folder(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$IMGCLUSTER_CACHE (or --cache-dir) set once for every folder: running B must not drop A's rows."""
+    other = tmp_path / "other"
+    other.mkdir()
+    for path in sorted(small_folder.rglob("*.png"))[:6]:
+        (other / path.name).write_bytes(path.read_bytes())
+    monkeypatch.setenv("IMGCLUSTER_CACHE", str(tmp_path / "shared"))
+
+    def embed(folder: Path):
+        return embed_folder(EmbedConfig(str(folder), model="efficientnet-lite0", workers=0, batch_size=4), CPU)
+
+    first = embed(small_folder)
+    assert (first.embedded, embed(other).embedded) == (24, 6)
+    again = embed(small_folder)
+    assert (again.embedded, again.reused) == (0, 24)
+    assert again.cache_dir == first.cache_dir and again.cache_dir.is_relative_to(tmp_path / "shared" / "folders")
+    assert again.cache_dir.parent.parent.name.startswith(small_folder.name + "-")

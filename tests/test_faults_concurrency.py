@@ -35,7 +35,7 @@ def invoke(*args: object):
 
 
 def cache_directory(cache_root: Path) -> Path:
-    (directory,) = (cache_root / "embeddings").glob("efficientnet-lite0-*")
+    (directory,) = cache_root.glob("folders/*/embeddings/efficientnet-lite0-*")
     return directory
 
 

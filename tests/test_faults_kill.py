@@ -127,7 +127,7 @@ def check_exit(run: Run, sig: int, done_marker: str) -> str:
 
 # ---- what is on disk ------------------------------------------------------------------------------
 def cache_dir_of(cache_root: Path) -> Path:
-    dirs = list((cache_root / "embeddings").glob("efficientnet-lite0-*"))
+    dirs = list(cache_root.glob("folders/*/embeddings/efficientnet-lite0-*"))
     assert len(dirs) == 1, dirs
     return dirs[0]
 
@@ -289,9 +289,9 @@ def test_kill_during_embed_then_resume(reference: Reference, tmp_path: Path, req
         first = attempts == 1
 
         def first_shard(cache: Path = cache) -> bool:
-            return any(cache.glob("embeddings/*/shards/[0-9]*.safetensors"))
+            return any(cache.glob("folders/*/embeddings/*/shards/[0-9]*.safetensors"))
 
-        done = len(cached_features(cache, reference.folder)) if (cache / "embeddings").exists() else 0
+        done = len(cached_features(cache, reference.folder)) if any(cache.glob("folders/*/embeddings")) else 0
         delay = 0.0 if first else rng.uniform(0, reference.windows["embed"] * (24 - done) / 24)  # within the work left
         run = run_and_stop(args, sig, delay, after=first_shard if first else None)
         if run.signalled:
@@ -300,7 +300,7 @@ def test_kill_during_embed_then_resume(reference: Reference, tmp_path: Path, req
         else:
             assert run.returncode == 0, run.stderr
             message = ""
-        found = cached_features(cache, reference.folder) if (cache / "embeddings").exists() else {}
+        found = cached_features(cache, reference.folder) if any(cache.glob("folders/*/embeddings")) else {}
         assert_features_match(found, reference.features)
         if run.signalled:
             moments[_embed_moment(len(found))] += 1

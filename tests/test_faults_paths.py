@@ -110,7 +110,7 @@ def linked_folder(tmp_path: Path) -> Path:
 
 
 def cached_paths(cache: Path) -> set[str]:
-    (directory,) = (cache / "embeddings").glob("efficientnet-lite0-*")
+    (directory,) = cache.glob("folders/*/embeddings/efficientnet-lite0-*")
     (shard,) = (directory / "shards").glob("*.safetensors")
     return {rel for rel, _, _ in read_shard(shard)[1]}
 

@@ -16,9 +16,11 @@ from imagefolders import CLASSES, copy_sample
 from PIL import Image
 from typer.testing import CliRunner
 
+from imgcluster.cache import default_cache_root
 from imgcluster.cli import app
 from imgcluster.config import sidecar_path
 from imgcluster.report import MAX_IMAGES, THUMB_PX, Row, plan_clusters, write_report
+from imgcluster.scan import scan_folder
 
 runner = CliRunner()
 FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--epochs", "2", "--workers", "0"]
@@ -52,7 +54,7 @@ def clustered(tmp_path_factory: pytest.TempPathFactory, shared_cache: Path) -> C
     out = root / "out" / "clusters.csv"
     result = invoke("assign", folder, "--out", out, "--report", "--min-confidence", "0", "--cache-dir", shared_cache, *FAST)
     rows = list(csv.DictReader(out.open(encoding="utf-8"))) if out.is_file() else []
-    return Clustered(folder, out, shared_cache, rows, result.stderr, result.exit_code)
+    return Clustered(folder, out, default_cache_root(folder, str(shared_cache)), rows, result.stderr, result.exit_code)
 
 
 def copy_csv(clustered: Clustered, dest: Path, rows: list[dict[str, str]] | None = None) -> Path:
@@ -102,6 +104,7 @@ def test_report_command_with_labels_and_montage(clustered: Clustered, tmp_path: 
     assert len(mixes) == 3 and all(re.search(r"\(\d+%\)", m) for m in mixes)
     assert all(any(c in m for m in mixes) for c in CLASSES[:3])
     assert not stale.exists()
+    assert scan_folder(tmp_path) == []  # the montage folder is marked as output, not photos
     for k in {r["cluster"] for r in clustered.rows}:
         with Image.open(tmp_path / "clusters-montage" / f"cluster-{k}.png") as im:
             assert im.format == "PNG" and im.width >= THUMB_PX and im.height >= THUMB_PX

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcluster.scan import scan_folder
+from imgcluster.scan import OUTPUT_MARKER, scan_folder
 
 
 def touch(path: Path) -> Path:
@@ -23,6 +23,22 @@ def test_excluded_cache_folder_is_skipped(tmp_path: Path) -> None:
     touch(tmp_path / "img.png")
     touch(tmp_path / "cache" / "thumb.png")
     assert [f.rel for f in scan_folder(tmp_path, exclude=(tmp_path / "cache",))] == ["img.png"]
+
+
+def test_folders_imgcluster_wrote_are_skipped(tmp_path: Path) -> None:
+    """`assign . --report` then `report --montage` inside the photo folder: the montages are output."""
+    touch(tmp_path / "img.png")
+    touch(tmp_path / "photos-clusters-montage" / "cluster-0.png")
+    touch(tmp_path / "photos-clusters-montage" / OUTPUT_MARKER)
+    assert [f.rel for f in scan_folder(tmp_path)] == ["img.png"]
+
+
+def test_unreadable_formats_are_counted_not_passed_over(tmp_path: Path) -> None:
+    for rel in ["a.jpg", "phone/IMG_1.HEIC", "raw/DSC_2.nef", "b.avif", "c.jfif", "notes.txt"]:
+        touch(tmp_path / rel)
+    unsupported: list[str] = []
+    assert [f.rel for f in scan_folder(tmp_path, unsupported=unsupported)] == ["a.jpg", "b.avif", "c.jfif"]
+    assert unsupported == ["phone/IMG_1.HEIC", "raw/DSC_2.nef"]
 
 
 def test_symlink_loop_terminates(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 from typing import Any
 
 from imgcluster.config import DEFAULT_OBJECTIVE
@@ -63,14 +64,19 @@ def _checked(name: str, key: str, value: Any, default: Any) -> Any:
 
 
 def make_params(name: str, overrides: dict[str, Any] | None = None) -> Any:
-    """Build the objective's hyper-parameter dataclass, rejecting unknown keys and wrong types by name."""
+    """Build the objective's hyper-parameter dataclass, rejecting unknown keys, wrong types and values
+    out of range (the ``ranges`` of its :class:`~imgcluster.objectives.base.CheckedParams`) by name."""
     cls = objective_class(name)
     defaults = {f.name: getattr(cls.Params(), f.name) for f in dataclasses.fields(cls.Params)}
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
         raise UserError(f"objective {name!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(defaults))}")
-    return cls.Params(**{key: _checked(name, key, value, defaults[key]) for key, value in overrides.items()})
+    checked = {key: _checked(name, key, value, defaults[key]) for key, value in overrides.items()}
+    try:
+        return cls.Params(**checked)
+    except ValueError as exc:  # a value out of range: the message names the option, the value and the range
+        raise UserError(f"objective {name!r} cannot be built with options {overrides}: {exc}", exit_code=2) from None
 
 
 def objective_flags(
@@ -88,7 +94,7 @@ def objective_flags(
         raise UserError(str(exc), exit_code=2) from None
     merged: dict[str, Any] = {}
     if balance is not None:
-        if balance < 0:
+        if not (balance >= 0 and math.isfinite(balance)):  # NaN fails the comparison
             raise UserError(f"--balance is a weight, 0 or more; got {balance}", exit_code=2)
         if not cls.balance_options:
             with_term = ", ".join(n for n in list_objectives() if objective_class(n).balance_options)

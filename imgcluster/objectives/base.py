@@ -7,12 +7,93 @@ hidden layer. The training loop in :mod:`imgcluster.train` only knows this inter
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric option may take: ``low``/``high`` bounds, each closed unless marked open.
+
+    ``optional`` admits ``None`` (an option whose default ``None`` means "work it out").
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    optional: bool = False
+
+    def describe(self) -> str:
+        """The range in words, as an error message ends: "at least 1", "greater than 0", "in [0, 1)"."""
+        if self.high is None:
+            if self.low is None:
+                return "a number"
+            if self.low_open:
+                return f"greater than {self.low:g}"
+            return f"at least {self.low:g}" if self.low != 0 else "0 or more"
+        if self.low is None:
+            return f"less than {self.high:g}" if self.high_open else f"at most {self.high:g}"
+        return f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+    def check(self, name: str, value: Any) -> None:
+        """Raise ``ValueError`` naming ``name``, ``value`` and the range unless ``value`` lies in it."""
+        if value is None and self.optional:
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number {self.describe()}, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number {self.describe()}, got {value!r}")
+        below = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        above = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if below or above:
+            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class Choices:
+    """The words a text option may be; ``separator`` admits a list of them (``"input,relu"``)."""
+
+    words: tuple[str, ...]
+    separator: str | None = None
+
+    def describe(self) -> str:
+        words = ", ".join(repr(w) for w in self.words)
+        return f"a comma-separated list of {words}" if self.separator else f"one of {words}"
+
+    def check(self, name: str, value: Any) -> None:
+        if not isinstance(value, str):
+            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+        given = [s.strip() for s in value.split(self.separator)] if self.separator else [value]
+        if not all(g in self.words for g in given if g) or not any(given):
+            raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
+
+
+COUNT = Range(1)  # heads, widths, iterations: a whole number, at least 1
+POSITIVE = Range(0, low_open=True)  # temperatures, concentrations, step sizes, learning-rate scales
+WEIGHT = Range(0)  # weights of loss terms: 0 switches the term off
+MOMENTUM = Range(0, 1, high_open=True)  # EMA momenta: 1 would never move
+FRACTION = Range(0, 1)  # mixing weights and fractions
+
+
+class CheckedParams:
+    """Base of every objective's ``Params`` dataclass: its options checked against ``ranges``.
+
+    ``ranges`` (one entry per numeric or text option, the only place an objective states its
+    valid values) is checked when the dataclass is built, so ``--option`` values fail on the
+    command line, before any embedding, with a message naming the option, the value and the range.
+    """
+
+    ranges: ClassVar[dict[str, Range | Choices]] = {}
+
+    def __post_init__(self) -> None:
+        for name, allowed in self.ranges.items():
+            allowed.check(name, getattr(self, name))
 
 
 @dataclass
@@ -46,9 +127,10 @@ class StepOutput:
 class Objective(nn.Module):
     """A clustering objective trained on cached, L2-normalised features.
 
-    Subclasses set ``name`` and ``Params`` (a dataclass of hyper-parameters with the paper's
-    defaults), and implement :meth:`step` and :meth:`head_probs`. ``trainable = False`` marks
-    objectives fitted in closed form (k-means), which implement :meth:`fit` instead.
+    Subclasses set ``name`` and ``Params`` (a :class:`CheckedParams` dataclass of hyper-parameters
+    with the paper's defaults and their valid ranges), and implement :meth:`step` and
+    :meth:`head_probs`. ``trainable = False`` marks objectives fitted in closed form (k-means),
+    which implement :meth:`fit` instead.
     """
 
     name: ClassVar[str] = ""

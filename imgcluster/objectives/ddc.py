@@ -44,19 +44,19 @@ heads together stayed below 4 through training (median 0.36, seed 0), so the cli
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from imgcluster.errors import UserError
-from imgcluster.objectives.base import Batch, Objective, StepOutput
+from imgcluster.objectives.base import COUNT, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Objective, Range, StepOutput
 
 EPS = 1e-9  # the authors' floor: an empty cluster gives a_p^T K a_q = 0 -> ratio eps/eps = 1, the worst score
 UCO_LAYERS = ("input", "relu")
 
 
 @dataclass
-class DDCParams:
+class DDCParams(CheckedParams):
     # Heads trained side by side; the lowest-loss one is kept. DDC's result depends strongly on the
     # initialisation and its loss ranks heads well: on Fashion-MNIST features (batch 256-512) one head
     # averaged ACC 0.67, the lowest-loss of 5 0.70-0.76. CPU time grows about linearly with the heads.
@@ -67,6 +67,15 @@ class DDCParams:
     uco_weight: float = 0.01  # lambda of the companion objectives (paper: 0.01)
     uco_layers: str = "input,relu"  # comma-separated subset of "input", "relu" (see the module docstring)
     neighbour_weight: float = 0.0  # weight of the kNN consistency term; 0 keeps the paper's objective
+
+    ranges: ClassVar[dict[str, Range | Choices]] = {
+        "n_heads": COUNT,
+        "hidden": COUNT,
+        "rel_sigma": POSITIVE,  # a kernel bandwidth
+        "uco_weight": WEIGHT,
+        "neighbour_weight": WEIGHT,
+        "uco_layers": Choices(UCO_LAYERS, separator=","),
+    }
 
 
 # --- the divergence maths, as pure functions -------------------------------------------------------
@@ -187,9 +196,6 @@ class DDC(Objective):
     def __init__(self, in_dim: int, n_clusters: int, params: DDCParams) -> None:
         super().__init__(in_dim, n_clusters, params)
         layers = tuple(s.strip() for s in str(params.uco_layers).split(",") if s.strip())
-        unknown = sorted(set(layers) - set(UCO_LAYERS))
-        if unknown:
-            raise UserError(f"uco_layers: unknown layer(s) {', '.join(unknown)}; choose from {', '.join(UCO_LAYERS)}")
         self.uco_layers = layers if params.uco else ()
         self.heads = DDCHeads(in_dim, n_clusters, params.n_heads, params.hidden)
 

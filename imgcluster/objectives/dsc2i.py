@@ -8,19 +8,19 @@ Clustering", JMLR 2022).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from imgcluster.errors import UserError
-from imgcluster.objectives.base import Batch, StepOutput
+from imgcluster.objectives.base import COUNT, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Range, StepOutput
 from imgcluster.objectives.centres import CentreObjective
 
 EPS = 1e-8
 
 
 @dataclass
-class DSC2IParams:
+class DSC2IParams(CheckedParams):
     n_heads: int = 5  # clustering layers (own centres) on one shared encoder; the lowest-loss one is kept
     hidden: int = 256  # encoder MLP width (Linear-BN-ReLU-Linear); 256 keeps CPU runs short at no loss of ACC
     dim: int = 128  # dimension of z and of the centres
@@ -37,6 +37,21 @@ class DSC2IParams:
     knn_weight: float = 1.0  # weight of the kNN consistency -mean log <p(a), p(n)> (0 turns it off)
     centre_lr_scale: float = 1.0  # centre lr / encoder lr
     alternate: bool = False  # TELL's alternation: steps take turns, encoder only, then centres only
+
+    ranges: ClassVar[dict[str, Range | Choices]] = {
+        "n_heads": COUNT,
+        "hidden": COUNT,
+        "dim": Range(2),  # z and the centres are unit vectors: in 1-d they are +-1, two clusters at most
+        "temperature": POSITIVE,
+        "intra_weight": WEIGHT,
+        "inter_weight": WEIGHT,
+        # Squared distances between unit centres lie in [0, 4]: a margin of 0 or less never acts
+        "margin": Range(0, 4, low_open=True),
+        "mi_weight": WEIGHT,  # 0 drops the MI term (--balance 0)
+        "knn_weight": WEIGHT,
+        "centre_lr_scale": POSITIVE,
+        "inter": Choices(("margin", "mean")),
+    }
 
 
 def squared_distances(z: torch.Tensor, centres: torch.Tensor) -> torch.Tensor:
@@ -137,8 +152,6 @@ class DSC2I(CentreObjective):
 
     def __init__(self, in_dim: int, n_clusters: int, params: DSC2IParams) -> None:
         super().__init__(in_dim, n_clusters, params)
-        if params.inter not in ("mean", "margin"):
-            raise UserError(f"dsc2i inter must be 'mean' or 'margin', got {params.inter!r}", exit_code=2)
         if n_clusters < 2:
             raise UserError("dsc2i needs at least two clusters", exit_code=2)
         self._step_count = 0

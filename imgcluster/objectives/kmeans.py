@@ -34,12 +34,13 @@ this gave T = 0.037-0.068 and an expected calibration error against the true cla
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import torch
 
 from imgcluster.neighbours import l2_normalise, load_faiss
-from imgcluster.objectives.base import Objective
+from imgcluster.objectives.base import COUNT, FRACTION, CheckedParams, Choices, Objective, Range
 
 T_MIN, T_MAX = 0.005, 1.0  # calibration grid for the temperature (cosine similarities lie in [-1, 1])
 FALLBACK_TEMPERATURE = 0.05  # without restarts to calibrate against; close to the calibrated values on real features
@@ -47,7 +48,7 @@ CALIBRATION_POINTS = 50_000  # rows used to calibrate T (a fixed, seeded subsamp
 
 
 @dataclass
-class KMeansParams:
+class KMeansParams(CheckedParams):
     nredo: int = 5  # restarts, best objective kept; the others calibrate the temperature
     niter: int = 50  # Lloyd iterations per restart (FAISS's default is 25; 50 converges on 1280-d features)
     # FAISS trains on at most this many points per centroid (a seeded sample). Its default, 256,
@@ -58,6 +59,14 @@ class KMeansParams:
     # Restarts whose mean similarity is within this fraction of the best one's calibrate T. Equally
     # good restarts differed by < 0.5 % on Fashion-MNIST and digits features, failed ones by > 4 %.
     calibration_tolerance: float = 0.01
+
+    ranges: ClassVar[dict[str, Range | Choices]] = {
+        "nredo": COUNT,
+        "niter": COUNT,
+        "max_points_per_centroid": COUNT,
+        "temperature": Range(0, low_open=True, optional=True),  # None: calibrated
+        "calibration_tolerance": FRACTION,  # relative to the best restart's mean similarity
+    }
 
 
 def calibrate_temperature(sims: np.ndarray, targets: list[np.ndarray]) -> float:

@@ -8,19 +8,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from imgcluster.heads import MultiHead
-from imgcluster.objectives.base import Batch, Objective, StepOutput
+from imgcluster.objectives.base import COUNT, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Objective, Range, StepOutput
 
 EPS = 1e-8
 
 
 @dataclass
-class MixtureEMParams:
+class MixtureEMParams(CheckedParams):
     # Independent networks trained side by side; the one with the lowest loss is kept. The paper
     # trains one network; several cost little here and guard against a bad initialisation.
     n_heads: int = 4
@@ -32,6 +33,15 @@ class MixtureEMParams:
     kappa: float = 10.0  # vMF concentration shared by all clusters (a cosine temperature of 0.1)
     consistency_weight: float = 1.0  # weight of the kNN consistency term (the paper fuses EM with a consistency loss)
     balance: float = 1.0  # weight of the uniform-prior term KL(u || mean_B q); 0 switches the safeguard off
+
+    ranges: ClassVar[dict[str, Range | Choices]] = {
+        "n_heads": COUNT,
+        "hidden": COUNT,
+        "dim": Range(2),  # the vMF densities live on the unit sphere: in 1-d it is two points
+        "kappa": POSITIVE,  # at 0 every density is flat and all images share one posterior
+        "consistency_weight": WEIGHT,
+        "balance": WEIGHT,  # 0: plain neural EM (--balance 0)
+    }
 
 
 def em_terms(log_pi: torch.Tensor, log_f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

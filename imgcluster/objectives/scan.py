@@ -21,18 +21,19 @@ adds strong augmentations; on cached features the neighbour serves as the second
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from imgcluster.heads import MultiHead
-from imgcluster.objectives.base import Batch, Objective, Stage, StepOutput
+from imgcluster.objectives.base import COUNT, FRACTION, WEIGHT, Batch, CheckedParams, Choices, Objective, Range, Stage, StepOutput
 
 EPS = 1e-8
 
 
 @dataclass
-class SCANParams:
+class SCANParams(CheckedParams):
     # SCAN trains 10 linear heads on a fine-tuned backbone. On frozen features an MLP head helps,
     # and 5 heads of width 128 matched 10 of width 512 on Fashion-MNIST features (ACC 0.749 vs
     # 0.737, efficientnet-lite0) at about a tenth of the CPU time.
@@ -41,6 +42,15 @@ class SCANParams:
     entropy_weight: float = 5.0
     self_label_epochs: int = 0
     self_label_threshold: float = 0.99
+
+    ranges: ClassVar[dict[str, Range | Choices]] = {
+        "n_heads": COUNT,
+        "hidden": COUNT,
+        "entropy_weight": WEIGHT,  # 0 drops the balance term (--balance 0)
+        "self_label_epochs": Range(0),  # 0: no self-labelling stage
+        # compared with p_max, a probability; at 1 no image is confident and the stage changes nothing
+        "self_label_threshold": FRACTION,
+    }
 
 
 def consistency_entropy_loss(

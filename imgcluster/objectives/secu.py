@@ -6,20 +6,19 @@ Qi Qian, "Stable Cluster Discrimination for Deep Clustering", ICCV 2023.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from imgcluster.errors import UserError
-from imgcluster.objectives.base import Batch, StepOutput
+from imgcluster.objectives.base import COUNT, FRACTION, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Range, StepOutput
 from imgcluster.objectives.centres import CentreObjective, encode_with_batch_statistics
 
 EPS = 1e-12
 
 
 @dataclass
-class SeCuParams:
+class SeCuParams(CheckedParams):
     n_heads: int = 5  # heads with independent centres on one shared encoder; the paper uses 10 heads (K = 10..100)
     hidden: int = 256  # encoder width (Linear-BN-ReLU-Linear like the paper's projection MLP); 256 keeps CPU runs short
     dim: int = 128  # d', the dimension of z and of the centres (paper: 128)
@@ -32,6 +31,22 @@ class SeCuParams:
     alpha: float = 0.12  # entropy weight per image: the paper's 6000 on CIFAR-10's 50,000 images, times N at run time
     centre_lr_scale: float = 3.0  # centre lr / encoder lr; paper: 6 (SGD 1.2 vs 0.2), 3 was steadier with AdamW
     centre_init: str = "kmeans++"  # "kmeans++" on encoded images; "data": random images; "random": Gaussian (paper)
+
+    ranges: ClassVar[dict[str, Range | Choices]] = {
+        "n_heads": COUNT,
+        "hidden": COUNT,
+        "dim": Range(2),  # z and the centres are unit vectors: in 1-d they are +-1, two clusters at most
+        "tau": POSITIVE,
+        "tau_w": POSITIVE,
+        "label_weight": FRACTION,  # q mixes a softmax and a one-hot: weights outside [0, 1] are no distribution
+        "dual_lr": POSITIVE,
+        # A fraction of N / K: above 1 the size constraint is infeasible (--balance clamps it to 1), 0 lifts it (--balance 0)
+        "lower_bound": FRACTION,
+        "alpha": WEIGHT,  # 0 lifts the entropy constraint (--balance 0)
+        "centre_lr_scale": POSITIVE,
+        "constraint": Choices(("size", "entropy")),
+        "centre_init": Choices(("kmeans++", "data", "random")),
+    }
 
 
 def hardness_aware_centre_loss(sims: torch.Tensor, labels: torch.Tensor, tau_w: float) -> torch.Tensor:
@@ -159,11 +174,6 @@ class SeCu(CentreObjective):
 
     def __init__(self, in_dim: int, n_clusters: int, params: SeCuParams) -> None:
         super().__init__(in_dim, n_clusters, params)
-        if params.constraint not in ("size", "entropy"):
-            raise UserError(f"secu constraint must be 'size' or 'entropy', got {params.constraint!r}", exit_code=2)
-        if params.centre_init not in ("kmeans++", "data", "random"):
-            choices = "'kmeans++', 'data' or 'random'"
-            raise UserError(f"secu centre_init must be {choices}, got {params.centre_init!r}", exit_code=2)
         # Training-only state: not needed to predict, so kept out of checkpoints.
         self.register_buffer("labels", torch.zeros(params.n_heads, 0, dtype=torch.long), persistent=False)
         self.register_buffer("rho", torch.zeros(params.n_heads, n_clusters), persistent=False)

@@ -6,19 +6,19 @@ Adaloglou et al., "Exploring the Limits of Deep Image Clustering using Pretraine
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgcluster.errors import UserError
-from imgcluster.objectives.base import Batch, Objective, StepOutput
+from imgcluster.objectives.base import COUNT, MOMENTUM, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Objective, Range, StepOutput
 
 KMEANS_SAMPLE = 4096  # images embedded to seed the prototypes: plenty for K centres, cheap for any N
 
 
 @dataclass
-class TEMIParams:
+class TEMIParams(CheckedParams):
     # The paper trains 16 heads. Every head costs a full MLP forward for the student and the teacher,
     # so 16 heads take about 8 minutes for 10,000 images x 1280-d on 2 CPU cores; 4 heads keep the
     # same lowest-loss selection against bad initialisations at a quarter of the time.
@@ -43,6 +43,20 @@ class TEMIParams:
     # first epoch (the code's freeze_last_layer=1 guards a random start; the default here starts
     # the prototypes at k-means centres).
     standardise: bool = True  # feed (z - mean) / std of the training features (TEMI's --embed_norm option)
+
+    ranges: ClassVar[dict[str, Range | Choices]] = {
+        "n_heads": COUNT,
+        "hidden": COUNT,
+        "bottleneck": Range(2),  # the embedding is L2-normalised: in 1-d it is +-1 and tells two clusters apart at most
+        "momentum": MOMENTUM,  # 1 would freeze the teacher, which makes the predictions, at its random start
+        "student_temp": POSITIVE,
+        "teacher_temp": POSITIVE,
+        "prior_momentum": MOMENTUM,
+        # (s t')^beta: beta = 1 is the plain PMI, smaller values damp confident pairs; at 0 the student has no gradient
+        "beta": Range(0, 1, low_open=True),
+        "prior_weight": WEIGHT,  # 0 drops the prior (--balance 0)
+        "prototype_init": Choices(("kmeans", "random")),
+    }
 
 
 def temi_pair_loss(
@@ -179,8 +193,6 @@ class TEMI(Objective):
 
     def __init__(self, in_dim: int, n_clusters: int, params: TEMIParams) -> None:
         super().__init__(in_dim, n_clusters, params)
-        if params.prototype_init not in ("kmeans", "random"):
-            raise UserError(f"temi: prototype_init must be 'kmeans' or 'random', got {params.prototype_init!r}")
         heads = (in_dim, n_clusters, params.n_heads, params.hidden, params.bottleneck, params.learn_gain)
         self.student = TEMIHeads(*heads)
         self.teacher = TEMIHeads(*heads)

@@ -181,8 +181,9 @@ def test_state_dict_round_trip_gives_identical_predictions(trained: DSC2I, toy: 
 
 
 def test_unknown_inter_is_rejected() -> None:
-    with pytest.raises(UserError, match="inter"):
-        DSC2I(8, 3, DSC2IParams(inter="nope"))
+    with pytest.raises(UserError, match="inter must be one of 'margin', 'mean', got 'nope'") as err:
+        create_objective("dsc2i", 8, 3, {"inter": "nope"})
+    assert err.value.exit_code == 2
 
 
 @pytest.mark.gpu

@@ -192,8 +192,9 @@ def test_state_dict_round_trip_gives_identical_predictions(trained: SeCu, toy: t
 
 
 def test_unknown_constraint_is_rejected() -> None:
-    with pytest.raises(UserError, match="constraint"):
-        SeCu(8, 3, SeCuParams(constraint="nope"))
+    with pytest.raises(UserError, match="constraint must be one of 'size', 'entropy', got 'nope'") as err:
+        create_objective("secu", 8, 3, {"constraint": "nope"})
+    assert err.value.exit_code == 2
 
 
 @pytest.mark.gpu
