@@ -231,6 +231,28 @@ def _embed(ui: UI, config: EmbedConfig, device: Any, lock_timeout: float = 0.0) 
     return result
 
 
+# assign's options that shape a head's training: meaningless with --head, whose training is done.
+TRAINING_PARAMETERS = (
+    "objective", "clusters", "k_min", "k_max", "epochs", "batch_size", "lr", "knn", "seed", "balance", "self_label", "uco", "option",
+)  # fmt: skip
+
+
+def _refuse_training_options(ctx: typer.Context) -> None:
+    """A usage error naming the training options given with ``--head``, rather than ignoring them."""
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
+    given = []
+    for name in TRAINING_PARAMETERS:
+        source = ctx.get_parameter_source(name)
+        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+            given.append(flags.get(name, name))
+    if given:
+        raise UserError(
+            f"{', '.join(given)} only apply to training, and --head uses a head that is already trained; "
+            "leave them out, or leave out --head to train a new one",
+            exit_code=2,
+        )
+
+
 def _report_skipped(ui: UI, result: Any, beside: Path | None) -> Path | None:
     """Write the list of skipped files beside the output CSV (``photos-clusters-skipped.csv``) or
     in the cache (``skipped.csv``), and say so in one line. A list left by an earlier run that
@@ -478,6 +500,7 @@ def train(
     "  imgcluster assign ./new-photos --head ./photos/.imgcluster/embeddings/*/heads/secu-k10-seed0.safetensors",
 )
 def assign(
+    ctx: typer.Context,
     folder: Folder,
     out: Annotated[
         Optional[str], typer.Option("--out", help="CSV path, or - for stdout. Default: ./<folder name>-clusters.csv.")
@@ -562,6 +585,7 @@ def assign(
         head_meta: dict[str, Any] | None = None
         train_config: TrainConfig | None = None
         if head is not None:
+            _refuse_training_options(ctx)
             trained_objective, head_meta = load_checkpoint(head)
             if model == "auto" and weights is None:
                 model = head_meta.get("backbone", {}).get("model", model)

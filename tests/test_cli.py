@@ -131,6 +131,7 @@ def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path
         (("assign", "{folder}", "--option", "hidden=-3", *FAST[:2]), 2, "cannot be built with options"),
         (("assign", "{folder}", "--clusters", "1"), 2, "--clusters must be at least 2"),
         (("assign", "{folder}", "--knn", "5000"), 2, "Invalid value for '--knn'"),
+        (("assign", "{folder}", "--head", "any.safetensors", "-k", "5", "--lr", "0.1"), 2, "--clusters, --lr only apply to training"),
         (("assign", "{folder}", "--lr", "0"), 2, "Invalid value for '--lr': must be above 0, got 0 (see imgcluster assign --help)"),
         (("assign", "{folder}", "--objektive", "scan"), 2, "No such option: --objektive"),
         (("assign",), 2, "Missing argument 'folder'"),
