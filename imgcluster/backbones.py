@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import socket
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,9 +98,19 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
 
             return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols would litter stderr
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(
+            f"cannot read weights {path}: it holds Python objects besides tensors, and imgcluster never runs code "
+            "from a weights file; save model.state_dict() with torch.save, or use safetensors"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any failure to parse is the user's file
-        raise UserError(f"cannot read weights {path}: {exc}") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise UserError(
+            f"cannot read weights {path}: not a safetensors or PyTorch weights file ({type(exc).__name__}: {first[:120]})"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

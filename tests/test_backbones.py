@@ -1,3 +1,4 @@
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +98,22 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
         create_backbone("efficientnet-lite0", weights=str(path))
     with pytest.raises(UserError, match="not found"):
         create_backbone("efficientnet-lite0", weights=str(tmp_path / "missing.pth"))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"hello\n", "not a safetensors or PyTorch weights file"),
+        (pickle.dumps({"a": object}, protocol=4), "holds Python objects besides tensors"),
+    ],
+)
+def test_unreadable_weights_file_is_one_line(tmp_path: Path, content: bytes, message: str, recwarn: pytest.WarningsRecorder) -> None:
+    path = tmp_path / "g.pth"
+    path.write_bytes(content)
+    with pytest.raises(UserError, match=message) as err:
+        create_backbone("efficientnet-lite0", str(path))
+    assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
+    assert not [w for w in recwarn if "pickle" in str(w.message)]  # torch's protocol note stays quiet
 
 
 def test_vit_weights_at_another_resolution_are_resampled(tmp_path: Path) -> None:

@@ -415,7 +415,8 @@ def test_kill_during_assign_then_rerun(reference: Reference, tmp_path: Path, req
     old_csv = out.read_bytes()
     assert old_csv != reference.csv
     moments: Counter[str] = Counter()
-    args = ["assign", str(reference.folder), "--cache-dir", str(cache), "--head", str(reference.head), "--out", str(out), *FAST[:2], *FAST[6:8], *BATCH]
+    args = ["assign", str(reference.folder), "--cache-dir", str(cache), "--head", str(reference.head), "--out", str(out)]
+    args += [*FAST[:2], *FAST[6:8], *BATCH]  # no training options: the head is trained
     landed: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     attempts = 0
