@@ -123,7 +123,10 @@ ClustersOpt = Annotated[
 ]
 KMinOpt = Annotated[int, typer.Option("--k-min", min=2, help="Smallest K that --clusters auto considers.")]
 KMaxOpt = Annotated[int, typer.Option("--k-max", min=2, help="Largest K that --clusters auto considers.")]
-EpochsOpt = Annotated[int, typer.Option("--epochs", min=1, help="Training epochs.")]
+EpochsOpt = Annotated[
+    int,
+    typer.Option("--epochs", min=1, help="Training epochs. Unless given, small folders train longer, to reach 300 optimiser steps."),
+]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, help="Training batch size.")]
 LrOpt = Annotated[float, typer.Option("--lr", callback=_positive, help="Learning rate (AdamW).")]
 # At most 1,000: the table is N x k (8 GB at 1M images and k = 1,000) and faiss-gpu stops at 2,048.
@@ -242,8 +245,7 @@ def _refuse_training_options(ctx: typer.Context) -> None:
     flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
     given = []
     for name in TRAINING_PARAMETERS:
-        source = ctx.get_parameter_source(name)
-        if source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT"):
+        if _given(ctx, name):
             given.append(flags.get(name, name))
     if given:
         raise UserError(
@@ -274,9 +276,13 @@ LOG_EPOCH_LINES = 10
 
 def _train(ui: UI, result: Any, config: TrainConfig, device: Any) -> Any:
     from imgcluster.pipeline import mine_neighbours
-    from imgcluster.train import train_objective
+    from imgcluster.train import effective_schedule, train_objective
 
     neighbours = mine_neighbours(result.features, config.knn, device)
+    n = len(result.features)
+    batch, epochs = effective_schedule(n, config)
+    if epochs > config.epochs:  # say why a run takes longer than the epochs it was given
+        ui.info(f"{n} images: {epochs} epochs of batch {batch} instead of {config.epochs}, to reach {config.min_steps} steps")
     with ui.progress(f"training {config.objective}", unit="epochs") as bar:
         started = False
 
@@ -396,15 +402,27 @@ def _train_config(
     knn: int,
     seed: int,
     options: list[str] | None,
+    epochs_given: bool = False,
     **shortcuts: Any,
 ) -> TrainConfig:
-    """The train config, with the ``shortcuts`` (balance, self_label, uco) folded into the objective's options."""
+    """The train config, with the ``shortcuts`` (balance, self_label, uco) folded into the objective's options.
+
+    Small folders train for more than the default epochs (to reach ``min_steps``); epochs the user
+    asked for with ``--epochs`` are run as asked.
+    """
     from imgcluster.objectives import objective_flags
 
     return TrainConfig(
         objective=objective, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, seed=seed,
+        min_steps=0 if epochs_given else TrainConfig.min_steps,
         objective_options=objective_flags(objective, _parse_options(options), **shortcuts),
     )  # fmt: skip
+
+
+def _given(ctx: typer.Context, name: str) -> bool:
+    """Whether the user set parameter ``name`` (on the command line or through the environment)."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -442,6 +460,7 @@ def embed(
     "  imgcluster train ./photos --objective temi --out head.safetensors",
 )
 def train(
+    ctx: typer.Context,
     folder: Folder,
     objective: ObjectiveOpt = DEFAULT_OBJECTIVE,
     clusters: ClustersOpt = str(DEFAULT_CLUSTERS),
@@ -481,7 +500,7 @@ def train(
         requested = _parse_clusters(clusters, k_min, k_max)
         train_config = _train_config(
             objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
-            balance=balance, self_label=self_label, uco=uco,
+            epochs_given=_given(ctx, "epochs"), balance=balance, self_label=self_label, uco=uco,
         )  # fmt: skip
         if out is not None:
             check_writable(out)
@@ -592,7 +611,7 @@ def assign(
         else:  # objective options are checked now, not after the embedding
             train_config = _train_config(
                 objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
-                balance=balance, self_label=self_label, uco=uco,
+                epochs_given=_given(ctx, "epochs"), balance=balance, self_label=self_label, uco=uco,
             )  # fmt: skip
         embed_config = EmbedConfig(
             str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
