@@ -678,19 +678,28 @@ def assign(
 def evaluate(
     assignments: Annotated[Path, typer.Argument(help="CSV written by `imgcluster assign`.", show_default=False)],
     labelled_folder: Annotated[Path, typer.Argument(help="Folder whose sub-folder names are the labels.", show_default=False)],
-    as_json: Annotated[bool, typer.Option("--json", help="Print the scores as JSON on stdout.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the scores as JSON on stdout (the tables then go to stderr, unless --quiet).")
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
-    """Score an assignment against a labelled folder: ACC (Hungarian), NMI, ARI, AMI, purity."""
+    """Score an assignment against a labelled folder: ACC (Hungarian), NMI, ARI, AMI, purity.
+
+    The scores are the command's output: tables on stdout, or JSON with --json.
+    """
+    from rich.console import Console
+
     from imgcluster.evaluate import evaluate as run_evaluation
 
     ui = UI(quiet)
     with handled(ui):
         evaluation = run_evaluation(assignments, labelled_folder)
-        if not quiet:
-            _print_evaluation(ui, evaluation)
         if as_json:
+            if not quiet:
+                _print_evaluation(ui.console, evaluation)
             sys.stdout.write(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+        else:
+            _print_evaluation(Console(highlight=False, soft_wrap=True), evaluation)
 
 
 def _write_report(ui: UI, assignments: Path, **options: Any) -> None:
@@ -756,7 +765,7 @@ def objectives() -> None:
                 typer.echo(f"    {f.name} = {f.default!r}{allowed}")
 
 
-def _print_evaluation(ui: UI, evaluation: Any) -> None:
+def _print_evaluation(console: Any, evaluation: Any) -> None:
     from rich.table import Table
 
     e = evaluation
@@ -766,17 +775,18 @@ def _print_evaluation(ui: UI, evaluation: Any) -> None:
     rows = {
         "ACC (Hungarian)": f"{e.acc:.4f}", "NMI": f"{e.nmi:.4f}", "ARI": f"{e.ari:.4f}", "AMI": f"{e.ami:.4f}",
         "purity": f"{e.purity:.4f}", "images matched": str(e.matched),
-        "unmatched": str(e.unmatched_assignments + e.unassigned_images), "clusters": str(e.clusters), "classes": str(e.classes),
+        "rows not in the folder": str(e.unmatched_assignments), "images not in the CSV": str(e.unassigned_images),
+        "clusters": str(e.clusters), "classes": str(e.classes),
     }  # fmt: skip
     for name, value in rows.items():
         table.add_row(name, value)
-    ui.console.print(table)
+    console.print(table)
     per = Table(title="per-cluster purity", title_justify="left")
     for column in ("cluster", "size", "majority label", "purity"):
         per.add_column(column, justify="right")
     for p in e.per_cluster:
         per.add_row(str(p.cluster), str(p.size), p.majority_label, f"{p.purity:.3f}")
-    ui.console.print(per)
+    console.print(per)
 
 
 def _str(value: Path | str | None) -> str | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,13 @@ def evaluate(assignments: Path, labelled_folder: Path) -> Evaluation:
         paths, clusters = read_assignments(assignments)
     except (ValueError, OSError) as exc:
         raise UserError(f"cannot read assignments {assignments}: {exc}") from None
+    if not paths:
+        raise UserError(f"{assignments} has no rows")
+    repeated = sorted(p for p, n in Counter(paths).items() if n > 1)
+    if repeated:  # each image would count more than once in every score
+        raise UserError(
+            f"{assignments} lists {len(repeated)} path(s) more than once (e.g. {repeated[0]!r}); an assignment has one row per image"
+        )
     truth = folder_labels(labelled_folder)
     if not truth:
         raise UserError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")

@@ -17,7 +17,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_KEY = "imgcluster/faults/"
-FAST = ["--model", "efficientnet-lite0", "--epochs", "2", "--clusters", "3", "--workers", "0", "--seed", "0"]
+# No --epochs: the default schedule trains a small folder for 300 steps, long enough to be killed in.
+FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--workers", "0", "--seed", "0"]
+NO_TRAINING = ["--model", "efficientnet-lite0", "--workers", "0"]  # embed, and assign with --head
 
 
 def record(config: pytest.Config, name: str, counts: dict[str, object]) -> None:

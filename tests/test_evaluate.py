@@ -1,8 +1,11 @@
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from imgcluster.cli import app
 from imgcluster.errors import UserError
 from imgcluster.evaluate import evaluate, hungarian_accuracy, score
 
@@ -58,3 +61,25 @@ def test_evaluate_errors(tmp_path: Path) -> None:
     bad.write_text("a,b\n1,2\n")
     with pytest.raises(UserError, match="missing column"):
         evaluate(bad, tmp_path / "lab")
+    empty = tmp_path / "empty.csv"
+    empty.write_text('"path","cluster","confidence"\n')
+    with pytest.raises(UserError, match="has no rows"):
+        evaluate(empty, tmp_path / "lab")
+    twice = write_csv(tmp_path / "twice.csv", [("y/2.png", 0), ("y/2.png", 1)])
+    with pytest.raises(UserError, match=r"lists 1 path\(s\) more than once \(e.g. 'y/2.png'\)"):
+        evaluate(twice, tmp_path / "lab")
+
+
+def test_evaluate_command_prints_scores_on_stdout(tmp_path: Path) -> None:
+    """The scores are the command's output: `evaluate csv folder > scores.txt` keeps them, even with -q."""
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "dog/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv = write_csv(tmp_path / "a.csv", [("cat/1.png", 0), ("dog/2.png", 1), ("ghost.png", 1)])
+    result = CliRunner().invoke(app, ["evaluate", str(csv), str(folder), "--quiet"])
+    assert result.exit_code == 0, result.stderr
+    assert "ACC (Hungarian)" in result.stdout and "1.0000" in result.stdout and result.stderr == ""
+    assert "rows not in the folder │      1" in result.stdout and "images not in the CSV  │      0" in result.stdout
+    as_json = CliRunner().invoke(app, ["evaluate", str(csv), str(folder), "--json"])
+    assert json.loads(as_json.stdout)["acc"] == 1.0 and "ACC (Hungarian)" in as_json.stderr

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faults import FAST, cli_env, record, start_cli
+from faults import FAST, NO_TRAINING, cli_env, record, start_cli
 from imagefolders import CLASSES, copy_sample
 
 from imgcluster.cache import read_shard
@@ -205,7 +205,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     (folder / "broken.png").write_bytes(good[: len(good) // 2])  # skipped each run: shifts batches after a resume
     cache = root / "ref-cache"
     windows: dict[str, float] = {}
-    embed = run_and_stop(["embed", str(folder), "--cache-dir", str(cache), *FAST[:2], *FAST[6:8], *BATCH], None, 0)
+    embed = run_and_stop(["embed", str(folder), "--cache-dir", str(cache), *NO_TRAINING, *BATCH], None, 0)
     assert embed.returncode == 0, embed.stderr
     windows["embed"] = embed.time_of(EMBEDDED) - embed.time_of(START_MARKER)
     head = root / "ref" / "head.safetensors"
@@ -213,7 +213,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> Reference:
     assert train.returncode == 0, train.stderr
     windows["train"] = train.ended - train.time_of(START_MARKER)
     out = root / "ref" / "clusters.csv"
-    assign_args = ["assign", str(folder), "--cache-dir", str(cache), "--head", str(head), "--out", str(out), *FAST[:2], *FAST[6:8], *BATCH]
+    assign_args = ["assign", str(folder), "--cache-dir", str(cache), "--head", str(head), "--out", str(out), *NO_TRAINING, *BATCH]
     assign = run_and_stop(assign_args, None, 0)
     assert assign.returncode == 0, assign.stderr
     windows["assign"] = assign.ended - assign.time_of(START_MARKER)
@@ -272,7 +272,7 @@ def _train_moment(last_line: str) -> str:
 def test_kill_during_embed_then_resume(reference: Reference, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     rng = random.Random(SEED)
     cache = tmp_path / "cache"
-    args = ["embed", str(reference.folder), "--cache-dir", str(cache), *FAST[:2], *FAST[6:8], *BATCH]
+    args = ["embed", str(reference.folder), "--cache-dir", str(cache), *NO_TRAINING, *BATCH]
     plan = signal_plan(rng, EMBED_KILLS)
     plan.remove(signal.SIGINT)
     plan.insert(0, signal.SIGINT)  # the first: Ctrl-C right after the first shard, so what was kept is known to be > 0
@@ -416,7 +416,7 @@ def test_kill_during_assign_then_rerun(reference: Reference, tmp_path: Path, req
     assert old_csv != reference.csv
     moments: Counter[str] = Counter()
     args = ["assign", str(reference.folder), "--cache-dir", str(cache), "--head", str(reference.head), "--out", str(out)]
-    args += [*FAST[:2], *FAST[6:8], *BATCH]  # no training options: the head is trained
+    args += [*NO_TRAINING, *BATCH]  # no training options: the head is trained
     landed: Counter[str] = Counter()
     outcomes: Counter[str] = Counter()
     attempts = 0
@@ -487,11 +487,11 @@ def test_sigterm_mid_embed_reports_what_was_kept(small_folder: Path, tmp_path: P
 
     monkeypatch.setattr(imgcluster.embed, "load_rgb", load)
     cache = tmp_path / "cache"
-    result = CliRunner().invoke(app, ["embed", str(small_folder), "--cache-dir", str(cache), *FAST[:2], *FAST[6:8], *BATCH])
+    result = CliRunner().invoke(app, ["embed", str(small_folder), "--cache-dir", str(cache), *NO_TRAINING, *BATCH])
     assert result.exit_code == 143, result.stderr
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("error: interrupted while embedding: 8 of 24 files are saved in the cache"), last
     assert len(cached_features(cache, small_folder)) == 8
     monkeypatch.undo()
-    resumed = CliRunner().invoke(app, ["embed", str(small_folder), "--cache-dir", str(cache), *FAST[:2], *FAST[6:8], *BATCH])
+    resumed = CliRunner().invoke(app, ["embed", str(small_folder), "--cache-dir", str(cache), *NO_TRAINING, *BATCH])
     assert resumed.exit_code == 0 and "embedded 16, reused 8" in resumed.stderr

@@ -23,7 +23,7 @@ from imgcluster.report import MAX_IMAGES, THUMB_PX, Row, plan_clusters, write_re
 from imgcluster.scan import scan_folder
 
 runner = CliRunner()
-FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--epochs", "2", "--workers", "0"]
+FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--workers", "0"]
 ODD_NAME = "<b>&x.png"
 
 

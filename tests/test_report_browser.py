@@ -176,7 +176,7 @@ def test_report_renders_in_chromium(tmp_path: Path, shared_cache: Path) -> None:
     shutil.copy2(next(iter(sorted((folder / CLASSES[0]).iterdir()))), folder / "<b>&x.png")
     out = tmp_path / "clusters.csv"
     runner = CliRunner()
-    fast = ["--model", "efficientnet-lite0", "--cache-dir", str(shared_cache), "--clusters", "3", "--epochs", "2", "--workers", "0"]
+    fast = ["--model", "efficientnet-lite0", "--cache-dir", str(shared_cache), "--clusters", "3", "--workers", "0"]
     assigned = runner.invoke(app, ["assign", str(folder), "--out", str(out), "--quiet", "--min-confidence", "0", *fast])
     assert assigned.exit_code == 0, assigned.stderr
     (folder / CLASSES[1] / sorted(p.name for p in (folder / CLASSES[1]).iterdir())[0]).unlink()  # one file gone: a placeholder
