@@ -58,8 +58,16 @@ def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
     from safetensors.torch import load
 
     path = Path(path)
-    if path.suffix == ".json":
+    if path.name.endswith(".safetensors.json"):  # the description given for its head
+        path = path.with_name(path.name[: -len(".json")])
+    elif path.suffix == ".json":
         path = path.with_suffix(".safetensors")
+    if path.suffix != ".safetensors":
+        raise UserError(
+            f"{path} is not a head checkpoint: --head takes the .safetensors file that train or assign saved "
+            "(an assignment's .json names the one it used, under head.path)",
+            exit_code=2,
+        )
     meta_path = checkpoint_json(path)
     if not path.is_file():
         raise UserError(f"head checkpoint not found: {path}")

@@ -32,7 +32,7 @@ from imgcluster.config import (
     write_sidecar,
 )
 from imgcluster.errors import UserError
-from imgcluster.ui import UI
+from imgcluster.ui import UI, count
 
 
 class OneLineErrors(TyperGroup):
@@ -219,7 +219,7 @@ def _embed(ui: UI, config: EmbedConfig, device: Any, lock_timeout: float = 0.0) 
     with ui.progress("embedding") as bar:
 
         def on_start(todo: int, reused: int) -> None:
-            ui.info(f"{todo + reused} images: {reused} cached, {todo} to embed")
+            ui.info(f"{count(todo + reused, 'image')}: {reused} cached, {todo} to embed")
             bar.start(todo)
 
         hooks = EmbedHooks(
@@ -636,6 +636,12 @@ def assign(
         if not result.paths:
             raise UserError(f"none of the images in {folder} could be read")
         assignment = predict(trained_objective, result.features, dev, explain=explain)
+        chance = 1.0 / trained_objective.n_clusters
+        if float(assignment.confidence.max()) < chance + 0.01:
+            ui.warn(
+                f"the head is no surer of any image than chance (confidence at most {float(assignment.confidence.max()):.3f}, "
+                f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer --clusters"
+            )
         found = mark_outliers(assignment, result.features, min_confidence)
         write_assignments(out, result.paths, assignment)
         ui.info(
@@ -666,7 +672,7 @@ def assign(
                 },
             )
         if out_path is not None:
-            ui.info(f"wrote {len(result.paths)} assignments to {out_path} ({len(sizes)} clusters)")
+            ui.info(f"wrote {count(len(result.paths), 'assignment')} to {out_path} ({count(len(sizes), 'cluster')})")
         if report and beside is not None:
             _write_report(ui, beside, features=(result.paths, result.features))
 
@@ -710,7 +716,7 @@ def _write_report(ui: UI, assignments: Path, **options: Any) -> None:
         hooks = ReportHooks(on_start=bar.start, on_advance=bar.advance, on_warning=ui.warn)
         made = write_report(assignments, hooks=hooks, **options)
     ui.info(
-        f"report written to {made.html} ({made.clusters} clusters, {made.shown} of {made.rows} images shown, "
+        f"report written to {made.html} ({count(made.clusters, 'cluster')}, {made.shown} of {count(made.rows, 'image')} shown, "
         f"{made.bytes / 1e6:.1f} MB, {made.seconds:.1f}s)"
     )
     if made.montages:

@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from imagefolders import CLASSES, copy_sample
 from typer.testing import CliRunner
 
 from imgcluster.cli import app
@@ -132,6 +133,8 @@ def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path
         (("assign", "{folder}", "--option", "hidden=-3", *FAST[:2]), 2, "cannot be built with options"),
         (("assign", "{folder}", "--clusters", "1"), 2, "--clusters must be at least 2"),
         (("assign", "{folder}", "--knn", "5000"), 2, "Invalid value for '--knn'"),
+        (("assign", "{folder}", "--head", "photos-clusters.csv"), 2, "photos-clusters.csv is not a head checkpoint"),
+        (("assign", "{folder}", "--head", "{folder}/h.safetensors.json"), 1, "head checkpoint not found: {folder}/h.safetensors"),
         (("assign", "{folder}", "--head", "any.safetensors", "-k", "5", "--lr", "0.1"), 2, "--clusters, --lr only apply to training"),
         (("assign", "{folder}", "--lr", "0"), 2, "Invalid value for '--lr': must be above 0, got 0 (see imgcluster assign --help)"),
         (("assign", "{folder}", "--objektive", "scan"), 2, "No such option: --objektive"),
@@ -151,7 +154,7 @@ def test_user_mistakes_are_one_line_errors(small_folder: Path, shared_cache: Pat
         argv += ["--cache-dir", str(shared_cache)]
     result = invoke(*argv)
     assert result.exit_code == code, result.stderr
-    assert message in result.stderr
+    assert message.format(folder=small_folder) in result.stderr
     assert "Traceback" not in result.stderr and result.stderr.count("error:") == 1
     assert result.stderr.strip().splitlines()[-1].startswith("error: ")  # the error is one line, and the last
 
@@ -245,3 +248,15 @@ def test_skipped_list_is_named_after_the_csv_and_removed_when_nothing_is_skipped
     assert again.exit_code == 0, again.stderr
     assert not skipped.exists()  # the old list described the other folder
     assert json.loads((tmp_path / "clusters.csv.json").read_text())["result"]["skipped_csv"] is None
+
+
+def test_a_head_that_learned_nothing_is_called_out(small_folder: Path, tmp_path: Path, shared_cache: Path) -> None:
+    """Two images, two clusters: the loss cannot move and every confidence stays at chance."""
+    folder = copy_sample(tmp_path / "two", CLASSES[:2], per_class=1)
+    result = invoke("assign", folder, "--out", "-", "--cache-dir", shared_cache, *FAST[:2], "--clusters", "2", "--workers", "0")
+    assert result.exit_code == 0, result.stderr
+    confidences = [float(r["confidence"]) for r in csv.DictReader(io.StringIO(result.stdout))]
+    assert max(confidences) < 0.51
+    assert "no surer of any image than chance" in result.stderr
+    trained = invoke("assign", small_folder, "--out", "-", "--cache-dir", shared_cache, *FAST)
+    assert trained.exit_code == 0 and "than chance" not in trained.stderr  # a head that learned is not called out
