@@ -80,7 +80,7 @@ def _positive(value: float) -> float:
 
 
 # ---- options shared by several commands --------------------------------------------------------
-Folder = Annotated[Path, typer.Argument(help="Folder of images (searched recursively).", show_default=False)]
+Folder = Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder of images (searched recursively).", show_default=False)]
 ModelOpt = Annotated[
     str,
     typer.Option(
@@ -682,8 +682,10 @@ def assign(
     "  imgcluster evaluate clusters.csv sample_data --json > scores.json",
 )
 def evaluate(
-    assignments: Annotated[Path, typer.Argument(help="CSV written by `imgcluster assign`.", show_default=False)],
-    labelled_folder: Annotated[Path, typer.Argument(help="Folder whose sub-folder names are the labels.", show_default=False)],
+    assignments: Annotated[Path, typer.Argument(metavar="CSV", help="CSV written by `imgcluster assign`.", show_default=False)],
+    labelled_folder: Annotated[
+        Path, typer.Argument(metavar="LABELLED_FOLDER", help="Folder whose sub-folder names are the labels.", show_default=False)
+    ],
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the scores as JSON on stdout (the tables then go to stderr, unless --quiet).")
     ] = False,
@@ -729,7 +731,7 @@ def _write_report(ui: UI, assignments: Path, **options: Any) -> None:
     "  imgcluster report clusters.csv --per-cluster 24 --out /tmp/clusters.html",
 )
 def report(
-    assignments: Annotated[Path, typer.Argument(help="CSV written by `imgcluster assign`.", show_default=False)],
+    assignments: Annotated[Path, typer.Argument(metavar="CSV", help="CSV written by `imgcluster assign`.", show_default=False)],
     out: Annotated[Optional[Path], typer.Option("--out", help="HTML path. Default: <csv stem>.html beside the CSV.")] = None,
     labels: Annotated[
         Optional[Path], typer.Option("--labels", help="Labelled folder (sub-folder names are labels): show each cluster's label mix.")

@@ -55,7 +55,7 @@ def train_objective(
     if config.clusters < 2:
         raise UserError(f"--clusters must be at least 2, got {config.clusters}", exit_code=2)
     if config.clusters > n:
-        raise UserError(f"--clusters {config.clusters} is larger than the number of images ({n})")
+        raise UserError(f"--clusters {config.clusters} is larger than the number of images ({n})", exit_code=2)
     features = l2_normalise(features)  # every objective works on unit vectors
     generator = seed_everything(config.seed)
     objective = create_objective(config.objective, dim, config.clusters, config.objective_options).to(device)
