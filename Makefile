@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu test test-fast lint bench bench-objectives bench-speed bench-k bench-report clean
+.PHONY: install install-gpu test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates clean
 
 install: $(BIN)/imgcluster
 
@@ -46,6 +46,9 @@ bench-k: install
 
 bench-report: install
 	$(BIN)/python benchmarks/bench_report.py
+
+bench-duplicates: install
+	$(BIN)/python benchmarks/bench_near_duplicates.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
