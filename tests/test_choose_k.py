@@ -64,6 +64,15 @@ def test_large_inputs_are_sampled_and_small_ones_capped() -> None:
         choose_k(x, 1, 3)
 
 
+def test_no_structure_is_said_to_be_a_guess() -> None:
+    """Ten points, each with the other nine as neighbours: a complete graph, where no partition
+    beats chance (Q <= 0), so the chosen K must come with a caveat; real blobs get none."""
+    x = np.random.default_rng(4).normal(size=(10, 32)).astype(np.float32)
+    choice = choose_k(x, 2, 20)
+    assert max(choice.scores.values()) <= 0 and "this K is a guess: give --clusters a number" in choice.explanation
+    assert "guess" not in choose_k(blobs(3, seed=3)[0], 2, 8).explanation
+
+
 def test_modularity_of_two_cliques() -> None:
     block = np.ones((4, 4)) - np.eye(4)
     graph = sp.csr_matrix(sp.block_diag([block, block]))
