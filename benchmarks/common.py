@@ -9,6 +9,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,7 +59,64 @@ def run_objective(x: np.ndarray, y: np.ndarray, neighbours: np.ndarray, config: 
     result = train_objective(x, neighbours, config, device)
     assigned = predict(result.objective, x, device)
     scores = score(y, assigned.cluster)
-    return {**scores, "seconds": result.seconds, "empty": float(result.empty_clusters)}
+    probs = probabilities(result.objective, x, device)
+    truth = matched_clusters(y, assigned.cluster, probs.shape[1])
+    calibration = {
+        "ece": expected_calibration_error(assigned.confidence, assigned.cluster == truth),
+        "fitted_t": fitted_temperature(probs, truth),
+        "low": float((assigned.confidence < 0.5).mean()),
+    }
+    return {**scores, **calibration, "seconds": result.seconds, "empty": float(result.empty_clusters)}
+
+
+def probabilities(objective: Any, x: np.ndarray, device: torch.device) -> np.ndarray:
+    """The kept head's probabilities, whose maximum is the confidence `assign` reports."""
+    from imgcluster.neighbours import l2_normalise
+
+    objective.eval().to(device)
+    with torch.no_grad():
+        z = torch.from_numpy(l2_normalise(x)).to(device)
+        return objective.predict(z).float().cpu().numpy()
+
+
+def matched_clusters(y: np.ndarray, clusters: np.ndarray, k: int) -> np.ndarray:
+    """Each image's true class as a cluster index, by the Hungarian matching behind ACC (-1: no cluster)."""
+    from scipy.optimize import linear_sum_assignment
+
+    classes, y_idx = np.unique(y, return_inverse=True)
+    counts = np.zeros((k, classes.size), np.int64)
+    np.add.at(counts, (clusters, y_idx), 1)
+    rows, cols = linear_sum_assignment(-counts)
+    cluster_of_class = np.full(classes.size, -1)
+    cluster_of_class[cols] = rows
+    return cluster_of_class[y_idx]
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
+    """Mean |accuracy - confidence| over equal-width confidence bins, weighted by their size."""
+    which = np.minimum((confidence * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        inside = which == b
+        if inside.any():
+            total += inside.sum() * abs(correct[inside].mean() - confidence[inside].mean())
+    return float(total / confidence.size)
+
+
+def fitted_temperature(probs: np.ndarray, truth: np.ndarray) -> float:
+    """The T that makes softmax(log p / T) most likely for the true (matched) clusters."""
+    from scipy.optimize import minimize_scalar
+
+    keep = truth >= 0
+    logp = np.log(np.clip(probs[keep], np.finfo(np.float32).tiny, None)).astype(np.float64)
+    target = truth[keep]
+
+    def nll(log_t: float) -> float:
+        scaled = logp / np.exp(log_t)
+        scaled -= scaled.max(1, keepdims=True)
+        return float(-(scaled[np.arange(target.size), target] - np.log(np.exp(scaled).sum(1))).mean())
+
+    return float(np.exp(minimize_scalar(nll, bounds=(np.log(0.05), np.log(50.0)), method="bounded").x))
 
 
 def neighbours_for(x: np.ndarray, k: int = 20) -> np.ndarray:
