@@ -645,7 +645,8 @@ def assign(
         found = mark_outliers(assignment, result.features, min_confidence)
         write_assignments(out, result.paths, assignment)
         ui.info(
-            f"{found.count} outlier(s): {int(found.low_confidence.sum())} below --min-confidence {min_confidence}, "
+            f"{found.count} outlier(s) of {len(result.paths)} ({100 * found.count / max(1, len(result.paths)):.0f}%): "
+            f"{int(found.low_confidence.sum())} below --min-confidence {min_confidence}, "
             f"{int(found.far_from_centre.sum())} far from their cluster's centre"
         )
         duplicates = _near_duplicates(ui, result, near_duplicates, beside, dev)

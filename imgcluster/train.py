@@ -136,7 +136,7 @@ def _gradient_training(
             pick = torch.randint(knn.shape[1], (order.shape[0],), generator=generator).to(device)
             head_loss_sum.zero_()
             loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
-            extras: dict[str, float] = {}
+            extras: dict[str, float | torch.Tensor] = {}
             for s in range(steps_per_epoch):
                 idx = order[s * batch_size : (s + 1) * batch_size]
                 nidx = knn[idx, pick[s * batch_size : (s + 1) * batch_size]]
@@ -156,7 +156,8 @@ def _gradient_training(
             if not math.isfinite(mean_loss):
                 raise UserError(f"training diverged (loss {mean_loss}) in epoch {epoch + 1}; try a smaller --lr")
             epoch_counter += 1
-            log = EpochLog(stage.name, epoch_counter, mean_loss, time.perf_counter() - t0, extras)
+            logged = {key: float(value) for key, value in extras.items()}
+            log = EpochLog(stage.name, epoch_counter, mean_loss, time.perf_counter() - t0, logged)
             history.append(log)
             if on_epoch is not None:
                 on_epoch(log, total_epochs)

@@ -121,7 +121,9 @@ class StepOutput:
 
     loss: torch.Tensor
     head_losses: torch.Tensor  # [H], detached; the lowest running mean picks the head kept
-    logs: dict[str, float] = field(default_factory=dict)
+    # Diagnostics averaged per epoch; 0-d tensors are fine and cheaper: train.py reads them once an
+    # epoch, so a step never waits for the GPU to report a number.
+    logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
 
 
 class Objective(nn.Module):

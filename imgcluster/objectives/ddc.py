@@ -215,10 +215,10 @@ class DDC(Objective):
         a = probs[:, :n]
         d_hidden, ortho, d_simplex = ddc_terms(a, hidden[:, :n], p.rel_sigma)
         per_head = d_hidden + ortho + d_simplex
-        logs = {
-            "d_cs_hidden": float(d_hidden.detach().mean()),
-            "orthogonality": float(ortho.detach().mean()),
-            "d_cs_simplex": float(d_simplex.detach().mean()),
+        logs: dict[str, float | torch.Tensor] = {
+            "d_cs_hidden": d_hidden.detach().mean(),
+            "orthogonality": ortho.detach().mean(),
+            "d_cs_simplex": d_simplex.detach().mean(),
         }
         if self.uco_layers:
             companion = torch.zeros_like(per_head)
@@ -228,12 +228,12 @@ class DDC(Objective):
             if "relu" in self.uco_layers:
                 companion = companion + cs_divergence(a, gaussian_kernel(relu[:, :n], p.rel_sigma))
             per_head = per_head + p.uco_weight * companion
-            logs["companion"] = float(companion.detach().mean())
+            logs["companion"] = companion.detach().mean()
         if use_neighbours:
             agreement = (a * probs[:, n:]).sum(-1).clamp_min(EPS)
             consistency = -torch.log(agreement).mean(-1)
             per_head = per_head + p.neighbour_weight * consistency
-            logs["consistency"] = float(consistency.detach().mean())
+            logs["consistency"] = consistency.detach().mean()
         return StepOutput(loss=per_head.sum(), head_losses=per_head.detach(), logs=logs)
 
     def head_probs(self, z: torch.Tensor) -> torch.Tensor:

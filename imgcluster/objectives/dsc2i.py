@@ -187,7 +187,7 @@ class DSC2I(CentreObjective):
         return StepOutput(
             loss=per_head.mean(),
             head_losses=per_head.detach(),
-            logs={name: float(v.detach().mean()) for name, v in terms.items()},
+            logs={name: v.detach().mean() for name, v in terms.items()},
         )
 
     # --- inference ------------------------------------------------------------------------

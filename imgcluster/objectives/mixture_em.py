@@ -201,8 +201,8 @@ class MixtureEM(Objective):
         per_head, parts = mixture_em_loss(
             log_pi, log_f[:, :b], log_f[:, b:], self.params.consistency_weight, self.params.balance
         )
-        logs = {key: float(value.detach().mean()) for key, value in parts.items()}
-        logs["pi_max"] = float(log_pi.detach().exp().max())
+        logs: dict[str, float | torch.Tensor] = {key: value.detach().mean() for key, value in parts.items()}
+        logs["pi_max"] = log_pi.detach().exp().max()
         return StepOutput(loss=per_head.sum(), head_losses=per_head.detach(), logs=logs)
 
     def head_probs(self, z: torch.Tensor) -> torch.Tensor:

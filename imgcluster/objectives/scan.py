@@ -97,7 +97,7 @@ class SCAN(Objective):
         return StepOutput(
             loss=per_head.sum(),
             head_losses=per_head.detach(),
-            logs={"consistency": float(consistency.detach().mean()), "entropy": float(entropy.detach().mean())},
+            logs={"consistency": consistency.detach().mean(), "entropy": entropy.detach().mean()},
         )
 
     def _self_label_step(self, batch: Batch) -> StepOutput:
@@ -115,7 +115,7 @@ class SCAN(Objective):
         weight = torch.where(counts > 0, counts.sum() / (counts.clamp_min(1) * self.n_clusters), torch.zeros_like(counts))
         loss = F.cross_entropy(logits[mask], target[mask], weight=weight)
         head_losses = torch.zeros(self.n_heads, device=logits.device)
-        return StepOutput(loss=loss, head_losses=head_losses, logs={"confident": float(mask.float().mean())})
+        return StepOutput(loss=loss, head_losses=head_losses, logs={"confident": mask.float().mean()})
 
     def head_probs(self, z: torch.Tensor) -> torch.Tensor:
         return self.heads(z).softmax(-1)

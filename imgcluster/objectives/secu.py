@@ -242,10 +242,10 @@ class SeCu(CentreObjective):
             loss=per_head.mean(),
             head_losses=per_head.detach(),
             logs={
-                "centre": float(loss_c.detach().mean()),
-                "repr": float(loss_x.detach().mean()),
-                "min_size": float(sizes.min(-1).values.mean() * self.n_clusters / b),  # 1.0 = perfectly balanced
-                "changed": float(changed),
+                "centre": loss_c.detach().mean(),
+                "repr": loss_x.detach().mean(),
+                "min_size": sizes.min(-1).values.float().mean() * self.n_clusters / b,  # 1.0 = perfectly balanced
+                "changed": changed,
             },
         )
 

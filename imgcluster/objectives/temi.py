@@ -242,11 +242,11 @@ class TEMI(Objective):
             # (it updates p~ inside the loss); it carries no gradient.
             self.prior.mul_(p.prior_momentum).add_(log_t.exp().mean(1), alpha=1.0 - p.prior_momentum)
         per_head, weight = temi_loss(log_s[:, :b], log_s[:, b:], log_t[:, :b], log_t[:, b:], self.prior, p.beta, p.prior_weight)
-        used = int((log_t.argmax(-1)[0].bincount(minlength=self.n_clusters) > 0).sum())
+        used = (log_t.argmax(-1)[0].bincount(minlength=self.n_clusters) > 0).sum()
         return StepOutput(
             loss=per_head.sum(),
             head_losses=per_head.detach(),
-            logs={"pair_weight": float(weight.mean()), "clusters_used": float(used)},
+            logs={"pair_weight": weight.mean(), "clusters_used": used.float()},
         )
 
     @torch.no_grad()
