@@ -139,6 +139,8 @@ def embed_folder(
         skipped: dict[str, str] = {f.rel: "file name is not valid UTF-8; rename the file" for f in files if not _utf8_name(f.rel)}
         todo = [f for f in files if f.rel not in skipped and cache.lookup(f) is None]
         reused = len(files) - len(skipped) - len(todo)
+        if skipped:  # counted here, so the totals below add up to the files found
+            hooks.on_warning(f"{len(skipped)} file name(s) are not valid UTF-8 and will be skipped; rename them")
         hooks.on_start(len(todo), reused)
         changed: dict[str, ImageFile] = {}
         with _sigterm_as_interrupt():

@@ -63,6 +63,8 @@ def test_hostile_names_round_trip_through_csv_and_evaluate(hostile_folder: Path,
     embedded = invoke("embed", hostile_folder, "--cache-dir", cache, *EMBED)
     assert embedded.exit_code == 0, embedded.stderr
     assert "embedded 18, reused 0, skipped 1" in embedded.stderr
+    assert "1 file name(s) are not valid UTF-8 and will be skipped" in embedded.stderr  # before "18 images: ..."
+    assert embedded.stderr.index("not valid UTF-8") < embedded.stderr.index("18 images: 0 cached, 18 to embed")
     head = untrained_head(tmp_path / "head.safetensors", cache)
     out = tmp_path / "out" / "clusters.csv"
     result = invoke("assign", hostile_folder, "--cache-dir", cache, "--head", head, "--out", out, *EMBED)
