@@ -7,6 +7,7 @@ digits from scikit-learn. Each folder has one sub-folder per class, the layout `
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -14,7 +15,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+# $IMGCLUSTER_FASHION_MNIST points at a copy of the package's files on a machine without apt
+# (the GPU device: benchmarks/gpu_check.sh).
+FASHION_DIR = Path(os.environ.get("IMGCLUSTER_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 
 

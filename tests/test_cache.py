@@ -104,6 +104,7 @@ def test_cache_description_records_the_compute_precision(small_folder: Path, tmp
     assert json.loads((result.cache_dir / "config.json").read_text())["compute"] == "float32"
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_embedding_is_close_to_cpu_and_cached_apart(small_folder: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"

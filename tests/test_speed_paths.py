@@ -4,6 +4,7 @@ decoding, decode workers, batch-norm folding. GPU-only checks skip without CUDA.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,10 @@ from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
 from imgcluster.scan import scan_folder
 from imgcluster.speed import cpu_threads, fold_batchnorm
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+def cuda(test: Callable[..., None]) -> Callable[..., None]:
+    """Marked ``gpu`` (``pytest -m gpu`` picks every CUDA test) and skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
 
 
 def clustered(n: int, d: int, centres: int, seed: int = 0) -> np.ndarray:
