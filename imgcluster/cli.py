@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -708,7 +710,13 @@ def evaluate(
                 _print_evaluation(ui.console, evaluation)
             sys.stdout.write(json.dumps(evaluation.to_dict(), indent=2) + "\n")
         else:
-            _print_evaluation(Console(highlight=False, soft_wrap=True), evaluation)
+            # Rendered first, then written: rich ends a broken pipe with exit 1, the write below
+            # reaches handled(), which ends it as `| head` expects (141, silently).
+            buffer = io.StringIO()
+            width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
+            _print_evaluation(Console(file=buffer, width=width, highlight=False, soft_wrap=True), evaluation)
+            sys.stdout.write(buffer.getvalue())
+            sys.stdout.flush()
 
 
 def _write_report(ui: UI, assignments: Path, **options: Any) -> None:

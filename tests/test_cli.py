@@ -167,7 +167,7 @@ def test_empty_folder(tmp_path: Path) -> None:
 def test_objectives_lists_registry() -> None:
     result = invoke("objectives")
     assert result.exit_code == 0 and "secu (default)" in result.stdout and "entropy_weight" in result.stdout
-    assert "    n_heads = 5  (at least 1)" in result.stdout and "inter = 'margin'  (one of 'margin', 'mean')" in result.stdout
+    assert "    n_heads = 5  (in [1, 64])" in result.stdout and "inter = 'margin'  (one of 'margin', 'mean')" in result.stdout
 
 
 def test_objective_shortcuts_reach_the_checkpoint(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:

@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +85,20 @@ def test_evaluate_command_prints_scores_on_stdout(tmp_path: Path) -> None:
     assert "rows not in the folder │      1" in result.stdout and "images not in the CSV  │      0" in result.stdout
     as_json = CliRunner().invoke(app, ["evaluate", str(csv), str(folder), "--json"])
     assert json.loads(as_json.stdout)["acc"] == 1.0 and "ACC (Hungarian)" in as_json.stderr
+
+
+def test_evaluate_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    """`evaluate ... | head`: rich would end a broken pipe with exit 1; the scores end as 141, silently."""
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "dog/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv = write_csv(tmp_path / "a.csv", [("cat/1.png", 0), ("dog/2.png", 1)])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "imgcluster", "evaluate", str(csv), str(folder)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the scores are written
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=60) == 141 and stderr == ""

@@ -74,7 +74,12 @@ class Choices:
             raise ValueError(f"{name} must be {self.describe()}, got {value!r}")
 
 
-COUNT = Range(1)  # heads, widths, iterations: a whole number, at least 1
+COUNT = Range(1)  # iterations and the like: a whole number, at least 1
+# Sizes of the head itself have upper bounds too: a typo such as n_heads=100000000 would otherwise
+# be caught only by the memory allocator, after the embedding.
+HEADS = Range(1, 64)
+WIDTH = Range(1, 16384)  # hidden layers
+SPHERE = Range(2, 16384)  # unit-vector embeddings: in 1-d they are +-1, two clusters at most
 POSITIVE = Range(0, low_open=True)  # temperatures, concentrations, step sizes, learning-rate scales
 WEIGHT = Range(0)  # weights of loss terms: 0 switches the term off
 MOMENTUM = Range(0, 1, high_open=True)  # EMA momenta: 1 would never move

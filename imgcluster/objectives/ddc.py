@@ -49,7 +49,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from imgcluster.objectives.base import COUNT, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Objective, Range, StepOutput
+from imgcluster.objectives.base import HEADS, POSITIVE, WEIGHT, WIDTH, Batch, CheckedParams, Choices, Objective, Range, StepOutput
 
 EPS = 1e-9  # the authors' floor: an empty cluster gives a_p^T K a_q = 0 -> ratio eps/eps = 1, the worst score
 UCO_LAYERS = ("input", "relu")
@@ -69,8 +69,8 @@ class DDCParams(CheckedParams):
     neighbour_weight: float = 0.0  # weight of the kNN consistency term; 0 keeps the paper's objective
 
     ranges: ClassVar[dict[str, Range | Choices]] = {
-        "n_heads": COUNT,
-        "hidden": COUNT,
+        "n_heads": HEADS,
+        "hidden": WIDTH,
         "rel_sigma": POSITIVE,  # a kernel bandwidth
         "uco_weight": WEIGHT,
         "neighbour_weight": WEIGHT,

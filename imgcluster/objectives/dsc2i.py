@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 import torch
 
 from imgcluster.errors import UserError
-from imgcluster.objectives.base import COUNT, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Range, StepOutput
+from imgcluster.objectives.base import HEADS, POSITIVE, SPHERE, WEIGHT, WIDTH, Batch, CheckedParams, Choices, Range, StepOutput
 from imgcluster.objectives.centres import CentreObjective
 
 EPS = 1e-8
@@ -39,9 +39,9 @@ class DSC2IParams(CheckedParams):
     alternate: bool = False  # TELL's alternation: steps take turns, encoder only, then centres only
 
     ranges: ClassVar[dict[str, Range | Choices]] = {
-        "n_heads": COUNT,
-        "hidden": COUNT,
-        "dim": Range(2),  # z and the centres are unit vectors: in 1-d they are +-1, two clusters at most
+        "n_heads": HEADS,
+        "hidden": WIDTH,
+        "dim": SPHERE,
         "temperature": POSITIVE,
         "intra_weight": WEIGHT,
         "inter_weight": WEIGHT,

@@ -15,7 +15,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from imgcluster.heads import MultiHead
-from imgcluster.objectives.base import COUNT, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Objective, Range, StepOutput
+from imgcluster.objectives.base import (
+    HEADS,
+    POSITIVE,
+    SPHERE,
+    WEIGHT,
+    WIDTH,
+    Batch,
+    CheckedParams,
+    Choices,
+    Objective,
+    Range,
+    StepOutput,
+)
 
 EPS = 1e-8
 
@@ -35,9 +47,9 @@ class MixtureEMParams(CheckedParams):
     balance: float = 1.0  # weight of the uniform-prior term KL(u || mean_B q); 0 switches the safeguard off
 
     ranges: ClassVar[dict[str, Range | Choices]] = {
-        "n_heads": COUNT,
-        "hidden": COUNT,
-        "dim": Range(2),  # the vMF densities live on the unit sphere: in 1-d it is two points
+        "n_heads": HEADS,
+        "hidden": WIDTH,
+        "dim": SPHERE,
         "kappa": POSITIVE,  # at 0 every density is flat and all images share one posterior
         "consistency_weight": WEIGHT,
         "balance": WEIGHT,  # 0: plain neural EM (--balance 0)

@@ -27,7 +27,19 @@ import torch
 import torch.nn.functional as F
 
 from imgcluster.heads import MultiHead
-from imgcluster.objectives.base import COUNT, FRACTION, WEIGHT, Batch, CheckedParams, Choices, Objective, Range, Stage, StepOutput
+from imgcluster.objectives.base import (
+    FRACTION,
+    HEADS,
+    WEIGHT,
+    WIDTH,
+    Batch,
+    CheckedParams,
+    Choices,
+    Objective,
+    Range,
+    Stage,
+    StepOutput,
+)
 
 EPS = 1e-8
 
@@ -44,8 +56,8 @@ class SCANParams(CheckedParams):
     self_label_threshold: float = 0.99
 
     ranges: ClassVar[dict[str, Range | Choices]] = {
-        "n_heads": COUNT,
-        "hidden": COUNT,
+        "n_heads": HEADS,
+        "hidden": WIDTH,
         "entropy_weight": WEIGHT,  # 0 drops the balance term (--balance 0)
         "self_label_epochs": Range(0),  # 0: no self-labelling stage
         # compared with p_max, a probability; at 1 no image is confident and the stage changes nothing

@@ -11,7 +11,19 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 
-from imgcluster.objectives.base import COUNT, FRACTION, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Range, StepOutput
+from imgcluster.objectives.base import (
+    FRACTION,
+    HEADS,
+    POSITIVE,
+    SPHERE,
+    WEIGHT,
+    WIDTH,
+    Batch,
+    CheckedParams,
+    Choices,
+    Range,
+    StepOutput,
+)
 from imgcluster.objectives.centres import CentreObjective, encode_with_batch_statistics
 
 EPS = 1e-12
@@ -33,9 +45,9 @@ class SeCuParams(CheckedParams):
     centre_init: str = "kmeans++"  # "kmeans++" on encoded images; "data": random images; "random": Gaussian (paper)
 
     ranges: ClassVar[dict[str, Range | Choices]] = {
-        "n_heads": COUNT,
-        "hidden": COUNT,
-        "dim": Range(2),  # z and the centres are unit vectors: in 1-d they are +-1, two clusters at most
+        "n_heads": HEADS,
+        "hidden": WIDTH,
+        "dim": SPHERE,
         "tau": POSITIVE,
         "tau_w": POSITIVE,
         "label_weight": FRACTION,  # q mixes a softmax and a one-hot: weights outside [0, 1] are no distribution

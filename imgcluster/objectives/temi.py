@@ -12,7 +12,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imgcluster.objectives.base import COUNT, MOMENTUM, POSITIVE, WEIGHT, Batch, CheckedParams, Choices, Objective, Range, StepOutput
+from imgcluster.objectives.base import (
+    HEADS,
+    MOMENTUM,
+    POSITIVE,
+    SPHERE,
+    WEIGHT,
+    WIDTH,
+    Batch,
+    CheckedParams,
+    Choices,
+    Objective,
+    Range,
+    StepOutput,
+)
 
 KMEANS_SAMPLE = 4096  # images embedded to seed the prototypes: plenty for K centres, cheap for any N
 
@@ -45,9 +58,9 @@ class TEMIParams(CheckedParams):
     standardise: bool = True  # feed (z - mean) / std of the training features (TEMI's --embed_norm option)
 
     ranges: ClassVar[dict[str, Range | Choices]] = {
-        "n_heads": COUNT,
-        "hidden": COUNT,
-        "bottleneck": Range(2),  # the embedding is L2-normalised: in 1-d it is +-1 and tells two clusters apart at most
+        "n_heads": HEADS,
+        "hidden": WIDTH,
+        "bottleneck": SPHERE,
         "momentum": MOMENTUM,  # 1 would freeze the teacher, which makes the predictions, at its random start
         "student_temp": POSITIVE,
         "teacher_temp": POSITIVE,
