@@ -76,7 +76,14 @@ def is_stream(path: Path) -> bool:
 
 def _follow(path: Path) -> Path:
     """The file a symbolic link names (even a dangling one), so the link itself is kept."""
-    return Path(os.path.realpath(path)) if path.is_symlink() else path
+    if not path.is_symlink():
+        return path
+    try:
+        return Path(os.path.realpath(path, strict=True))
+    except FileNotFoundError:  # dangling: the file it names is created
+        return Path(os.path.realpath(path))
+    except OSError as exc:  # a loop of links names no file at all
+        raise _cannot_write(path, exc) from None
 
 
 @contextlib.contextmanager

@@ -106,11 +106,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             f"cannot read weights {path}: it holds Python objects besides tensors, and imgcluster never runs code "
             "from a weights file; save model.state_dict() with torch.save, or use safetensors"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - any failure to parse is the user's file
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        raise UserError(
-            f"cannot read weights {path}: not a safetensors or PyTorch weights file ({type(exc).__name__}: {first[:120]})"
-        ) from None
+    except Exception:  # noqa: BLE001 - any failure to parse is the user's file
+        raise UserError(f"cannot read weights {path}: it is not a safetensors file or a PyTorch state dict") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -138,10 +135,8 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str,
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
-        raise UserError(
-            f"weights in {source} do not fit this model ({len(missing)} missing, {len(unexpected)} unexpected keys, "
-            f"e.g. {(missing or unexpected)[0]})"
-        )
+        found = [f"{len(keys)} keys {what} (e.g. {keys[0]})" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
+        raise UserError(f"weights in {source} do not fit this model: {'; '.join(found)}")
 
 
 def _timm_filter(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -53,15 +53,27 @@ def _head_fields(meta: dict[str, Any]) -> str:
     return json.dumps({k: meta.get(k) for k in keys}, sort_keys=True, default=str)
 
 
+def _head_named_by(description: Path) -> str | None:
+    """The head an assignment's ``.json`` names, or None when ``description`` is not one."""
+    try:
+        meta = json.loads(description.read_text())
+    except (OSError, ValueError):
+        return None
+    head = meta.get("head") if isinstance(meta, dict) and "assign" in meta else None
+    return str(head.get("path")) if isinstance(head, dict) and head.get("path") else None
+
+
 def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
     """Rebuild a trained objective; any mismatch is a one-line :class:`UserError`."""
     from safetensors.torch import load
 
     path = Path(path)
-    if path.name.endswith(".safetensors.json"):  # the description given for its head
-        path = path.with_name(path.name[: -len(".json")])
-    elif path.suffix == ".json":
-        path = path.with_suffix(".safetensors")
+    if path.suffix == ".json":
+        used = _head_named_by(path)
+        if used is not None:  # an assignment's description: point at the head it names
+            raise UserError(f"{path} describes an assignment, not a head; the head it used is {used}: give that to --head", exit_code=2)
+        # A head's description, given for the head (head.json beside head.safetensors).
+        path = path.with_name(path.name[: -len(".json")]) if path.name.endswith(".safetensors.json") else path.with_suffix(".safetensors")
     if path.suffix != ".safetensors":
         raise UserError(
             f"{path} is not a head checkpoint: --head takes the .safetensors file that train or assign saved "
@@ -70,7 +82,7 @@ def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
         )
     meta_path = checkpoint_json(path)
     if not path.is_file():
-        raise UserError(f"head checkpoint not found: {path}")
+        raise UserError(f"head checkpoint not found: {path}", exit_code=2)
     if not meta_path.is_file():
         raise UserError(f"head checkpoint {path} has no description {meta_path.name} beside it")
     try:

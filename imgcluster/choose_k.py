@@ -229,7 +229,12 @@ def choose_k(
     sample = f"a sample of {n} of {n_all} images" if n < n_all else f"{n} images"
     seconds = time.perf_counter() - start
     explanation = f"--clusters auto chose K={chosen} of {k_min}-{upper}{capped}: {why}; {sample}, {seconds:.1f}s"
-    if scores[best] <= 0:  # no partition keeps more neighbour links inside clusters than chance would
+    if n <= graph_k + 1:  # every image links to every other: a complete graph, where no split beats chance
+        explanation += (
+            f"; with {n} images each is a neighbour of every other in the {graph_k}-NN graph, so no K can be judged "
+            "and this one is a guess: give --clusters a number"
+        )
+    elif scores[best] <= 0:  # no partition keeps more neighbour links inside clusters than chance would
         explanation += "; no K shows cluster structure (every Q <= 0), so this K is a guess: give --clusters a number"
     return KChoice(
         k=chosen,

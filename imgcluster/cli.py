@@ -251,7 +251,8 @@ def _refuse_training_options(ctx: typer.Context) -> None:
             given.append(flags.get(name, name))
     if given:
         raise UserError(
-            f"{', '.join(given)} only apply to training, and --head uses a head that is already trained; "
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to training, "
+            "and --head uses a head that is already trained; "
             "leave them out, or leave out --head to train a new one",
             exit_code=2,
         )
@@ -269,7 +270,7 @@ def _report_skipped(ui: UI, result: Any, beside: Path | None) -> Path | None:
             path.unlink()
         return None
     write_skipped(path, result.skipped)
-    ui.warn(f"skipped {len(result.skipped)} unreadable file(s); details in {path}")
+    ui.warn(f"skipped {count(len(result.skipped), 'unreadable file')}; details in {path}")
     return path
 
 
@@ -277,13 +278,14 @@ LOG_EPOCH_LINES = 10
 
 
 def _train(ui: UI, result: Any, config: TrainConfig, device: Any) -> Any:
+    from imgcluster.objectives import objective_class
     from imgcluster.pipeline import mine_neighbours
     from imgcluster.train import effective_schedule, train_objective
 
     neighbours = mine_neighbours(result.features, config.knn, device)
     n = len(result.features)
     batch, epochs = effective_schedule(n, config)
-    if epochs > config.epochs:  # say why a run takes longer than the epochs it was given
+    if epochs > config.epochs and objective_class(config.objective).trainable:  # why a run takes longer than asked
         ui.info(f"{n} images: {epochs} epochs of batch {batch} instead of {config.epochs}, to reach {config.min_steps} steps")
     with ui.progress(f"training {config.objective}", unit="epochs") as bar:
         started = False
@@ -391,7 +393,7 @@ def _near_duplicates(ui: UI, result: Any, threshold: float | None, out_path: Pat
     groups = find_near_duplicates(result.features, threshold, use_gpu=device.type == "cuda")
     path = write_duplicates(duplicates_path(out_path), result.paths, groups)
     images = sum(len(g.members) for g in groups)
-    ui.info(f"{len(groups)} near-duplicate group(s) ({images} images, cosine similarity >= {threshold}) in {path}")
+    ui.info(f"{count(len(groups), 'near-duplicate group')} ({count(images, 'image')}, cosine similarity >= {threshold}) in {path}")
     return {"threshold": threshold, "groups": len(groups), "images": images, "csv": str(path)}
 
 
@@ -593,10 +595,11 @@ def assign(
         # Files that describe the CSV (its .json, the skipped list, the report) go beside it: only
         # when it is a regular file, not stdout, /dev/null or a pipe.
         beside = out_path if out_path is not None and not is_stream(out_path) else None
+        where = "stdout" if out_path is None else f"{out}, which is not a regular file"
         if report and beside is None:
-            raise UserError("--report needs --out FILE: the report is written beside the CSV", exit_code=2)
+            raise UserError(f"--report needs --out FILE: the report is written beside the CSV, not beside {where}", exit_code=2)
         if near_duplicates is not None and beside is None:
-            raise UserError("--near-duplicates needs --out FILE: the duplicates CSV is written beside it", exit_code=2)
+            raise UserError(f"--near-duplicates needs --out FILE: its CSV is written beside the CSV, not beside {where}", exit_code=2)
         if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
             raise UserError(f"--near-duplicates is a cosine similarity in (0, 1], got {near_duplicates}", exit_code=2)
         requested = _parse_clusters(clusters, k_min, k_max) if head is None else None
@@ -647,7 +650,7 @@ def assign(
         found = mark_outliers(assignment, result.features, min_confidence)
         write_assignments(out, result.paths, assignment)
         ui.info(
-            f"{found.count} outlier(s) of {len(result.paths)} ({100 * found.count / max(1, len(result.paths)):.0f}%): "
+            f"{count(found.count, 'outlier')} of {len(result.paths)} ({100 * found.count / max(1, len(result.paths)):.0f}%): "
             f"{int(found.low_confidence.sum())} below --min-confidence {min_confidence}, "
             f"{int(found.far_from_centre.sum())} far from their cluster's centre"
         )
@@ -731,7 +734,7 @@ def _write_report(ui: UI, assignments: Path, **options: Any) -> None:
         f"{made.bytes / 1e6:.1f} MB, {made.seconds:.1f}s)"
     )
     if made.montages:
-        ui.info(f"{len(made.montages)} montage(s) in {made.montages[0].parent}")
+        ui.info(f"{count(len(made.montages), 'montage')} in {made.montages[0].parent}")
 
 
 @app.command(
@@ -757,6 +760,8 @@ def report(
     """Write one self-contained HTML page of thumbnails per cluster; open it from disk in any browser."""
     ui = UI(quiet)
     with handled(ui):
+        if out is not None and (str(out) == "-" or is_stream(out)):
+            raise UserError("the report is a file with pictures beside it: give --out FILE.html", exit_code=2)
         _write_report(ui, assignments, out=out, labels=labels, folder=folder, montage=montage, per_cluster=per_cluster)
 
 

@@ -73,3 +73,17 @@ def test_a_full_device_is_a_one_line_error() -> None:
     with pytest.raises(UserError, match=r"cannot write /dev/full: No space left on device"):
         atomic_write_text(Path("/dev/full"), "x" * 100_000)
     assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)
+
+
+def test_a_loop_of_links_is_a_one_line_error_and_stays(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").symlink_to(tmp_path / "b.csv")
+    (tmp_path / "b.csv").symlink_to(tmp_path / "a.csv")
+    with pytest.raises(UserError, match=r"cannot write .*a\.csv: Too many levels of symbolic links"):
+        atomic_write_text(tmp_path / "a.csv", "x")
+    assert (tmp_path / "a.csv").is_symlink() and (tmp_path / "b.csv").is_symlink()
+
+
+def test_a_dangling_link_creates_the_file_it_names(tmp_path: Path) -> None:
+    (tmp_path / "link.csv").symlink_to(tmp_path / "sub" / "new.csv")
+    atomic_write_text(tmp_path / "link.csv", "x")
+    assert (tmp_path / "link.csv").is_symlink() and (tmp_path / "sub" / "new.csv").read_text() == "x"

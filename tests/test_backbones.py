@@ -103,7 +103,7 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"hello\n", "not a safetensors or PyTorch weights file"),
+        (b"hello\n", "it is not a safetensors file or a PyTorch state dict"),
         (pickle.dumps({"a": object}, protocol=4), "holds Python objects besides tensors"),
     ],
 )

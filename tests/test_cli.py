@@ -47,7 +47,7 @@ def test_assign_pipeline_writes_csv_sidecar_and_skipped(messy_folder: Path, shar
     result = invoke("assign", messy_folder, "--out", out, "--cache-dir", shared_cache, *FAST)
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""  # data went to the file, logs to stderr
-    assert "skipped 3 unreadable file(s)" in result.stderr and f"wrote 18 assignments to {out}" in result.stderr
+    assert "skipped 3 unreadable files" in result.stderr and f"wrote 18 assignments to {out}" in result.stderr
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert list(rows[0])[:3] == ["path", "cluster", "confidence"] and "outlier" in rows[0]
     assert len(rows) == 18 and "ünïcødé 名前.webp" in {r["path"] for r in rows}
@@ -89,6 +89,9 @@ def test_step_by_step_and_reuse_of_a_head(small_folder: Path, tmp_path: Path) ->
     assigned = invoke("assign", small_folder, "--cache-dir", cache, "--head", head, "--out", out)
     assert assigned.exit_code == 0, assigned.stderr
     assert "embedded 0, reused 24" in assigned.stderr
+    sidecar = out.with_name(out.name + ".json")
+    pointed = invoke("assign", small_folder, "--cache-dir", cache, "--head", sidecar, "--out", "-")
+    assert pointed.exit_code == 2 and f"describes an assignment, not a head; the head it used is {head}" in pointed.stderr
     evaluated = invoke("evaluate", out, small_folder, "--json")
     assert evaluated.exit_code == 0
     scores = json.loads(evaluated.stdout)
@@ -105,7 +108,7 @@ def test_wrong_head_gives_one_line_error(small_folder: Path, shared_cache: Path,
     assert result.exit_code == 1
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     missing = invoke("assign", small_folder, "--head", tmp_path / "nope.safetensors")
-    assert missing.exit_code == 1 and "head checkpoint not found" in missing.stderr
+    assert missing.exit_code == 2 and "head checkpoint not found" in missing.stderr
 
 
 def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
@@ -134,8 +137,8 @@ def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path
         (("assign", "{folder}", "--clusters", "1"), 2, "--clusters must be at least 2"),
         (("assign", "{folder}", "--knn", "5000"), 2, "Invalid value for '--knn'"),
         (("assign", "{folder}", "--head", "photos-clusters.csv"), 2, "photos-clusters.csv is not a head checkpoint"),
-        (("assign", "{folder}", "--head", "{folder}/h.safetensors.json"), 1, "head checkpoint not found: {folder}/h.safetensors"),
-        (("assign", "{folder}", "--head", "any.safetensors", "-k", "5", "--lr", "0.1"), 2, "--clusters, --lr only apply to training"),
+        (("assign", "{folder}", "--head", "{folder}/h.safetensors.json"), 2, "head checkpoint not found: {folder}/h.safetensors"),
+        (("assign", "{folder}", "--head", "any.safetensors", "-k", "5", "--lr", "0.1"), 2, "--clusters, --lr apply only to training"),
         (("assign", "{folder}", "--lr", "0"), 2, "Invalid value for '--lr': must be above 0, got 0 (see imgcluster assign --help)"),
         (("assign", "{folder}", "--objektive", "scan"), 2, "No such option: --objektive"),
         (("assign",), 2, "Missing argument 'FOLDER'"),

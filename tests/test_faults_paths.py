@@ -69,7 +69,7 @@ def test_hostile_names_round_trip_through_csv_and_evaluate(hostile_folder: Path,
     out = tmp_path / "out" / "clusters.csv"
     result = invoke("assign", hostile_folder, "--cache-dir", cache, "--head", head, "--out", out, *EMBED)
     assert result.exit_code == 0, result.stderr
-    assert "skipped 1 unreadable file(s)" in result.stderr
+    assert "skipped 1 unreadable file;" in result.stderr
 
     rows = list(csv.reader(out.open(encoding="utf-8", newline="")))
     assert rows[0][:3] == ["path", "cluster", "confidence"] and all(len(r) == len(rows[0]) for r in rows)

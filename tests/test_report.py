@@ -97,7 +97,7 @@ def test_report_command_with_labels_and_montage(clustered: Clustered, tmp_path: 
     result = invoke("report", clustered.csv, "--out", out, "--labels", clustered.folder, "--montage")
     assert result.exit_code == 0, result.stderr
     assert result.stdout == "" and f"report written to {out}" in result.stderr
-    assert f"3 montage(s) in {tmp_path / 'clusters-montage'}" in result.stderr
+    assert f"3 montages in {tmp_path / 'clusters-montage'}" in result.stderr
     page = out.read_text(encoding="utf-8")
     assert "ACC <b>" in page and "purity <b>" in page
     mixes = re.findall(r'<div class="mix">.*?<p>(.*?)</p>', page)
