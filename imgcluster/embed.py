@@ -179,6 +179,7 @@ def embed_files(
     compiled = compile_model and cuda
     if compiled:
         model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
+    bf16 = compute_precision(device) == "bfloat16"
     with contextlib.ExitStack() as stack:
         if not cuda:
             stack.enter_context(cpu_threads(workers))
@@ -195,10 +196,7 @@ def embed_files(
             if n < batch_size:
                 tensor = torch.cat([tensor, tensor.new_zeros((batch_size - n, *tensor.shape[1:]))])
             x = tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            if compute_precision(device) == "bfloat16":
-                with torch.autocast(device.type, dtype=torch.bfloat16):
-                    out = model(x)
-            else:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x)
             yield EmbeddedBatch(indices, out[:n].float().cpu().numpy(), failures, changed)
 

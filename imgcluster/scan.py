@@ -82,11 +82,12 @@ def scan_folder(
                         walk(path, (*rel_parts, entry.name))
                 elif entry.is_file(follow_symlinks=True):
                     suffix = Path(entry.name).suffix.lower()
+                    rel = "/".join((*rel_parts, entry.name))
                     if suffix in IMAGE_EXTENSIONS:
                         st = entry.stat(follow_symlinks=True)
-                        found.append(ImageFile("/".join((*rel_parts, entry.name)), path, st.st_size, st.st_mtime_ns))
+                        found.append(ImageFile(rel, path, st.st_size, st.st_mtime_ns))
                     elif unsupported is not None and suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
-                        unsupported.append("/".join((*rel_parts, entry.name)))
+                        unsupported.append(rel)
             except (OSError, RuntimeError):  # broken link, permission, resolve() loop
                 continue
 
