@@ -8,6 +8,7 @@ commits ACC / NMI / ARI (mean ± std), training seconds, empty clusters and the 
 from __future__ import annotations
 
 import argparse
+import sys
 
 import torch
 from common import datasets, features, machine, mean_std, neighbours_for, run_objective, write_section
@@ -23,6 +24,7 @@ def main() -> None:
     parser.add_argument("--objectives", nargs="*", default=list_objectives())
     parser.add_argument("--datasets", nargs="*", default=None)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--section", default=None, help="RESULTS.md section name (default: objectives-<device>)")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -30,7 +32,8 @@ def main() -> None:
     lines = [
         f"## Objectives side by side on {device.type.upper()} (`make bench-objectives`)",
         "",
-        f"efficientnet-lite0 features, default options of each objective, seeds {', '.join(map(str, SEEDS))}; "
+        *([f"Run as `python benchmarks/bench_objectives.py {' '.join(sys.argv[1:])}`.", ""] if sys.argv[1:] else []),
+        f"efficientnet-lite0 features, default options of each objective, seeds {', '.join(map(str, args.seeds))}; "
         "mean ± std over seeds. `ECE`: expected calibration error of the confidences `assign` reports "
         "(10 bins; right = the cluster Hungarian-matched to the image's class). `fitted T`: the temperature on the "
         "head's log-probabilities that would fit the true labels best (above 1: the confidences overstate "
@@ -49,7 +52,7 @@ def main() -> None:
             "|---|---|---|---|---|---|---|---|---|",
         ]
         for name in args.objectives:
-            runs = [run_objective(x, y, nn, TrainConfig(objective=name, clusters=ds.classes, seed=s), device) for s in SEEDS]
+            runs = [run_objective(x, y, nn, TrainConfig(objective=name, clusters=ds.classes, seed=s), device) for s in args.seeds]
             label = f"{name} (default)" if name == DEFAULT_OBJECTIVE else name
             row = (
                 f"| {label} | {mean_std([r['acc'] for r in runs])} | {mean_std([r['nmi'] for r in runs])} | "

@@ -51,7 +51,7 @@ import imgcluster.embed as embed_module  # noqa: E402
 from imgcluster.backbones import Backbone, create_backbone  # noqa: E402
 from imgcluster.cache import EmbeddingCache  # noqa: E402
 from imgcluster.config import EmbedConfig, TrainConfig  # noqa: E402
-from imgcluster.embed import draft_size_for  # noqa: E402
+from imgcluster.embed import default_batch_size, default_workers, draft_size_for  # noqa: E402
 from imgcluster.load import load_rgb  # noqa: E402
 from imgcluster.pipeline import EmbedHooks, embed_folder  # noqa: E402
 
@@ -251,13 +251,17 @@ def timed_embed_path(timers: dict[str, float]) -> Iterator[None]:
         EmbeddingCache.add, EmbeddingCache.compact = original_add, original_compact
 
 
-def run_ours(folder: Path, device: torch.device, model_spec: Model = LITE0) -> Run:
+def run_ours(
+    folder: Path, device: torch.device, model_spec: Model = LITE0, workers: int | None = None, batch_size: int | None = None
+) -> Run:
     """The project's embed path with its defaults (batch sized to the device: 64 CPU, 256 CUDA)."""
     timers = {"fold": 0.0, "model": 0.0, "write": 0.0}
     marks: dict[str, float] = {}
     hooks = EmbedHooks(on_start=lambda todo, reused: marks.setdefault("start", time.perf_counter()))
     with tempfile.TemporaryDirectory() as cache, timed_embed_path(timers):
-        config = EmbedConfig(str(folder), model=model_spec.name, weights=model_spec.weights, cache_dir=cache)
+        config = EmbedConfig(
+            str(folder), model=model_spec.name, weights=model_spec.weights, cache_dir=cache, workers=workers, batch_size=batch_size
+        )
         start, cpu0 = time.perf_counter(), cpu_seconds()
         result = embed_folder(config, device, hooks)
         wall = time.perf_counter() - start
@@ -674,6 +678,76 @@ def gpu_benchmark(n: int, parts: int, device: torch.device, train_n: int = 50_00
     return lines
 
 
+def workers_sweep(counts: list[int], n: int, device: torch.device) -> list[str]:
+    """Section (d): our pipeline alone with each decode-worker count, in A B B A order per folder;
+    on a GPU the model waits for decoding, so this is what sets the default worker count there."""
+    folders = prepare_folders(n, 1)
+    lines = [
+        f"### (d) Decode workers, {device.type.upper()}" + (f": {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
+        "",
+        f"First {n:,} Fashion-MNIST test images, our pipeline with `--workers` set to each count "
+        f"({os.cpu_count()} CPU cores; the default is {default_workers(n)}), each count run twice in "
+        "A B B A order after a warm-up; wall time includes starting the workers.",
+        "",
+        "| model | images | workers | images/s | decode wait s | model s | GPU utilisation |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model_spec in (LITE0, random_vit()):
+        warm_up(folders["PNG 28 px"][0], device, model_spec)
+        for name, (folder,) in folders.items():
+            warm_page_cache(folder)
+            runs: dict[int, list[Run]] = {c: [] for c in counts}
+            samplers = {c: GpuSampler() for c in counts}
+            for c in [*counts, *reversed(counts)]:
+                with samplers[c].running():
+                    runs[c].append(run_ours(folder, device, model_spec, workers=c))
+                print(f"  {model_spec.label} {name} workers {c}: {runs[c][-1].images / runs[c][-1].wall:.1f} images/s", flush=True)
+            for c in counts:
+                images, wall = sum(r.images for r in runs[c]), sum(r.wall for r in runs[c])
+                wait = sum(r.stages["decode wait"] for r in runs[c])
+                model_s = sum(r.stages["model"] for r in runs[c])
+                lines.append(
+                    f"| {model_spec.label} | {name} | {c} | {images / wall:.1f} | {wait:.1f} | {model_s:.1f} | {samplers[c].summary()} |"
+                )
+    return lines
+
+
+def small_folders(sizes: list[int]) -> list[str]:
+    """Section (e): small folders on the CPU, forward passes padded to a batch sized to the folder
+    (the default) against padding to the full 64 (the default before), on the same images."""
+    cpu = torch.device("cpu")
+    lines = [
+        "### (e) Small folders, CPU",
+        "",
+        "Every forward pass is padded to the embedding batch. Our pipeline on the first N Fashion-MNIST "
+        "test PNGs with the default batch (N rounded up to a multiple of 8, at most 64) against "
+        "`--embed-batch-size 64` (what every folder got before), in A B B A order; seconds per run, "
+        "model creation included.",
+        "",
+        "| model | images | batch | seconds, batch 64 | seconds, default | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    source = fashion_mnist_folder(DATA / "fashion-mnist-test")
+    pngs = sorted(source.rglob("*.png"), key=lambda p: p.name)
+    folders = {n: DATA / "speed" / f"small-{n}" for n in sizes}
+    for n, folder in folders.items():
+        if not (folder / ".complete").exists():
+            for src in pngs[:n]:
+                (folder / src.parent.name).mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, folder / src.parent.name / src.name)
+            (folder / ".complete").write_text("ok\n")
+    for model_spec in (LITE0, random_vit()):
+        warm_up(folders[sizes[0]], cpu, model_spec)
+        for n, folder in folders.items():
+            times: dict[str, list[float]] = {"full": [], "sized": []}
+            for which in ("full", "sized", "sized", "full"):
+                times[which].append(run_ours(folder, cpu, model_spec, batch_size=64 if which == "full" else None).wall)
+            full, sized = float(np.mean(times["full"])), float(np.mean(times["sized"]))
+            print(f"  {model_spec.label} {n} images: batch 64 {full:.1f} s, default {sized:.1f} s", flush=True)
+            lines.append(f"| {model_spec.label} | {n} | {default_batch_size(cpu, n)} | {full:.1f} | {sized:.1f} | {full / sized:.1f}x |")
+    return lines
+
+
 # ---- main ------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -691,6 +765,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     parser.add_argument("--gpu-images", type=int, default=4000, help="images per folder for (c)")
     parser.add_argument("--gpu-parts", type=int, default=2, help="interleaved parts per folder for (c)")
+    parser.add_argument("--skip-gpu", action="store_true", help="skip section (c)")
+    parser.add_argument("--small-folders", default="10,40", help="section (e): small folder sizes on the CPU ('' to skip)")
+    parser.add_argument("--workers-sweep", default="", help="section (d): decode-worker counts to compare, e.g. 8,15")
     parser.add_argument(
         "--smoke-gpu-section", action="store_true", help="run section (c) on the CPU at toy sizes, only to check that it runs"
     )
@@ -712,12 +789,20 @@ def main() -> None:
     if not args.skip_scale:
         sizes = [int(s) for s in args.sizes.split(",") if s]
         sections += [*scale_benchmark(sizes, args.dim, args.epochs, args.k, args.timeout), ""]
-    if args.smoke_gpu_section:
+    if args.skip_gpu:
+        pass
+    elif args.smoke_gpu_section:
         sections += [*gpu_benchmark(64, 2, torch.device("cpu"), train_n=2_000, knn_n=5_000), ""]
     elif torch.cuda.is_available():
         sections += [*gpu_benchmark(args.gpu_images, args.gpu_parts, torch.device("cuda")), ""]
     else:
         sections += ["### (c) GPU", "", "Skipped: no CUDA GPU on this machine (`torch.cuda.is_available()` is False).", ""]
+    if args.small_folders and not args.smoke_gpu_section:
+        sections += [*small_folders([int(n) for n in args.small_folders.split(",")]), ""]
+    if args.workers_sweep:
+        device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke_gpu_section else "cpu")
+        counts = [int(c) for c in args.workers_sweep.split(",")]
+        sections += [*workers_sweep(counts, 64 if args.smoke_gpu_section else args.gpu_images, device), ""]
     sections.append(
         f"_Benchmark took {(time.perf_counter() - started) / 60:.1f} minutes; "
         f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._"

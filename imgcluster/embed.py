@@ -124,9 +124,17 @@ def compute_precision(device: torch.device) -> str:
     return "bfloat16" if device.type == "cuda" else "float32"
 
 
-def default_batch_size(device: torch.device) -> int:
-    """Images per forward pass: a GPU needs large batches to stay busy; on the CPU 64 already is."""
-    return 256 if device.type == "cuda" else 64
+def default_batch_size(device: torch.device, n_files: int | None = None) -> int:
+    """Images per forward pass: a GPU needs large batches to stay busy; on the CPU 64 already is.
+
+    Every forward pass is padded to this size (see ``embed_files``), so a folder smaller than it
+    gets its own size rounded up to a multiple of 8 instead: 10 images cost 16 forward rows, not
+    64. ``n_files`` is the whole folder, not what is left to embed, so a resumed run pads the same.
+    """
+    full = 256 if device.type == "cuda" else 64
+    if n_files is None:
+        return full
+    return min(full, 8 * -(-max(n_files, 1) // 8))
 
 
 def default_workers(n_files: int) -> int:

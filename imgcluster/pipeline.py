@@ -18,7 +18,7 @@ import torch
 from imgcluster.backbones import create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
-from imgcluster.embed import compute_precision, embed_files
+from imgcluster.embed import compute_precision, default_batch_size, embed_files
 from imgcluster.errors import UserError
 from imgcluster.lock import folder_lock
 from imgcluster.scan import IMAGE_EXTENSIONS, ImageFile, scan_folder
@@ -145,7 +145,8 @@ def embed_folder(
         changed: dict[str, ImageFile] = {}
         with _sigterm_as_interrupt():
             try:
-                _embed_into_cache(todo, cache, backbone, device, config, skipped, hooks, changed)
+                batch_size = config.batch_size or default_batch_size(device, len(files))
+                _embed_into_cache(todo, cache, backbone, device, config, batch_size, skipped, hooks, changed)
             except KeyboardInterrupt as exc:
                 kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files)
                 raise Interrupted.wrap(
@@ -182,6 +183,7 @@ def _embed_into_cache(
     backbone: Any,
     device: torch.device,
     config: EmbedConfig,
+    batch_size: int,
     skipped: dict[str, str],
     hooks: EmbedHooks,
     changed: dict[str, ImageFile],
@@ -198,7 +200,7 @@ def _embed_into_cache(
             pending_feats.clear()
 
     try:
-        for batch in embed_files(todo, backbone, device, config.batch_size, config.workers, config.compile_model):
+        for batch in embed_files(todo, backbone, device, batch_size, config.workers, config.compile_model):
             for i, reason in batch.failures:
                 skipped[todo[i].rel] = reason
             for i in batch.indices:

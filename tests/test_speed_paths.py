@@ -3,6 +3,7 @@ decoding, decode workers, batch-norm folding. GPU-only checks skip without CUDA.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -16,7 +17,7 @@ from torch import nn
 
 import imgcluster.neighbours as neighbours
 from imgcluster.backbones import Backbone, BackboneSpec, create_backbone
-from imgcluster.embed import draft_size_for, embed_files, prepare_model
+from imgcluster.embed import default_batch_size, draft_size_for, embed_files, prepare_model
 from imgcluster.errors import UserError
 from imgcluster.load import load_rgb
 from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
@@ -241,6 +242,39 @@ def test_workers_give_the_same_features_as_in_process(tmp_path: Path, lite0: Bac
         return out
 
     assert np.allclose(run(0), run(2), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("device", "n_files", "expected"),
+    [("cpu", None, 64), ("cpu", 1, 8), ("cpu", 5, 8), ("cpu", 40, 40), ("cpu", 65, 64), ("cuda", 100, 104), ("cuda", 10**6, 256)],
+)
+def test_default_batch_shrinks_to_small_folders(device: str, n_files: int | None, expected: int) -> None:
+    assert default_batch_size(torch.device(device), n_files) == expected
+
+
+def test_small_folder_pads_to_its_own_size_and_resumes_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Five images are padded to 8 forward rows, not 64; a run that finds three of them cached pads
+    its remaining two to the same 8, because the size is counted over the whole folder."""
+    import imgcluster.pipeline as pipeline
+    from imgcluster.config import EmbedConfig
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=5)
+    seen: list[int] = []
+    real = pipeline.embed_files
+
+    def spy(files, backbone, device, batch_size=None, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(batch_size)
+        return real(files, backbone, device, batch_size, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "embed_files", spy)
+    config = EmbedConfig(str(folder), model="efficientnet-lite0", cache_dir=str(tmp_path / "cache"))
+    first = pipeline.embed_folder(config, torch.device("cpu"))
+    for path in sorted(folder.rglob("*.png"))[:2]:
+        path.touch()
+        os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))  # changed: re-embedded
+    again = pipeline.embed_folder(config, torch.device("cpu"))
+    assert seen == [8, 8] and again.embedded == 2 and again.reused == 3
+    assert np.array_equal(first.features, again.features)  # same padding, same bits
 
 
 def test_folded_backbone_matches_original(lite0: Backbone) -> None:
