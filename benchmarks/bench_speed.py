@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import machine  # noqa: E402
+from common import machine, write_section  # noqa: E402
 from datasets import FASHION_CLASSES, fashion_mnist_folder, fashion_mnist_test, write_folder  # noqa: E402
 
 import imgcluster.embed as embed_module  # noqa: E402
@@ -794,7 +794,9 @@ def main() -> None:
     elif args.smoke_gpu_section:
         sections += [*gpu_benchmark(64, 2, torch.device("cpu"), train_n=2_000, knn_n=5_000), ""]
     elif torch.cuda.is_available():
-        sections += [*gpu_benchmark(args.gpu_images, args.gpu_parts, torch.device("cuda")), ""]
+        gpu_lines = gpu_benchmark(args.gpu_images, args.gpu_parts, torch.device("cuda"))
+        write_section("speed-gpu", "\n".join(gpu_lines).replace("### (c) GPU", "## Speed on a GPU (`make bench-speed`, section (c))", 1))
+        sections += [*gpu_lines, ""]
     else:
         sections += ["### (c) GPU", "", "Skipped: no CUDA GPU on this machine (`torch.cuda.is_available()` is False).", ""]
     if args.small_folders and not args.smoke_gpu_section:
