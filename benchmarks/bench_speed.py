@@ -678,22 +678,51 @@ def gpu_benchmark(n: int, parts: int, device: torch.device, train_n: int = 50_00
     return lines
 
 
-def workers_sweep(counts: list[int], n: int, device: torch.device) -> list[str]:
+def repeated(folder: Path, times: int) -> Path:
+    """``folder``'s images ``times`` over (hard links in sub-folders copy0, copy1, ...): a large
+    folder made fast, for throughput in steady state rather than start-up."""
+    target = folder.parent / f"{folder.name}-x{times}"
+    if not (target / ".complete").exists():
+        sources = image_paths(folder)
+        for i in range(times):
+            for src in sources:
+                dst = target / f"copy{i}" / src.relative_to(folder)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                if not dst.exists():
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copy2(src, dst)
+        (target / ".complete").write_text("ok\n")
+    return target
+
+
+def workers_sweep(
+    counts: list[int], n: int, device: torch.device, repeat: int = 1, models: tuple[str, ...] = ("lite0", "vit")
+) -> list[str]:
     """Section (d): our pipeline alone with each decode-worker count, in A B B A order per folder;
-    on a GPU the model waits for decoding, so this is what sets the default worker count there."""
+    on a GPU the model waits for decoding, so this is what sets the default worker count there.
+    ``repeat`` > 1 sweeps only the JPEG folder, its images ``repeat`` times over."""
     folders = prepare_folders(n, 1)
+    warm_folder = folders["PNG 28 px"][0]
+    if repeat > 1:
+        folders = {f"JPEG 512 px x{repeat}": [repeated(folders["JPEG 512 px"][0], repeat)]}
+    total = n * repeat
     lines = [
         f"### (d) Decode workers, {device.type.upper()}" + (f": {torch.cuda.get_device_name(0)}" if device.type == "cuda" else ""),
         "",
-        f"First {n:,} Fashion-MNIST test images, our pipeline with `--workers` set to each count "
-        f"({os.cpu_count()} CPU cores; the default is {default_workers(n)}), each count run twice in "
+        f"First {n:,} Fashion-MNIST test images"
+        + (f", {repeat} times over ({total:,} files, hard links)" if repeat > 1 else "")
+        + f", our pipeline with `--workers` set to each count "
+        f"({os.cpu_count()} CPU cores; the default is {default_workers(total, device)}), each count run twice in "
         "A B B A order after a warm-up; wall time includes starting the workers.",
         "",
         "| model | images | workers | images/s | decode wait s | model s | GPU utilisation |",
         "|---|---|---|---|---|---|---|",
     ]
-    for model_spec in (LITE0, random_vit()):
-        warm_up(folders["PNG 28 px"][0], device, model_spec)
+    for key in models:
+        model_spec = LITE0 if key == "lite0" else random_vit()
+        warm_up(warm_folder, device, model_spec)
         for name, (folder,) in folders.items():
             warm_page_cache(folder)
             runs: dict[int, list[Run]] = {c: [] for c in counts}
@@ -768,6 +797,8 @@ def main() -> None:
     parser.add_argument("--skip-gpu", action="store_true", help="skip section (c)")
     parser.add_argument("--small-folders", default="10,40", help="section (e): small folder sizes on the CPU ('' to skip)")
     parser.add_argument("--workers-sweep", default="", help="section (d): decode-worker counts to compare, e.g. 8,15")
+    parser.add_argument("--sweep-repeat", type=int, default=1, help="(d) on the JPEG folder's images this many times over")
+    parser.add_argument("--sweep-models", default="lite0,vit", help="(d): lite0, vit or both")
     parser.add_argument(
         "--smoke-gpu-section", action="store_true", help="run section (c) on the CPU at toy sizes, only to check that it runs"
     )
@@ -804,7 +835,8 @@ def main() -> None:
     if args.workers_sweep:
         device = torch.device("cuda" if torch.cuda.is_available() and not args.smoke_gpu_section else "cpu")
         counts = [int(c) for c in args.workers_sweep.split(",")]
-        sections += [*workers_sweep(counts, 64 if args.smoke_gpu_section else args.gpu_images, device), ""]
+        n = 64 if args.smoke_gpu_section else args.gpu_images
+        sections += [*workers_sweep(counts, n, device, args.sweep_repeat, tuple(args.sweep_models.split(","))), ""]
     sections.append(
         f"_Benchmark took {(time.perf_counter() - started) / 60:.1f} minutes; "
         f"written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._"

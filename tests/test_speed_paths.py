@@ -17,7 +17,7 @@ from torch import nn
 
 import imgcluster.neighbours as neighbours
 from imgcluster.backbones import Backbone, BackboneSpec, create_backbone
-from imgcluster.embed import default_batch_size, draft_size_for, embed_files, prepare_model
+from imgcluster.embed import default_batch_size, default_workers, draft_size_for, embed_files, prepare_model
 from imgcluster.errors import UserError
 from imgcluster.load import load_rgb
 from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
@@ -250,6 +250,24 @@ def test_workers_give_the_same_features_as_in_process(tmp_path: Path, lite0: Bac
 )
 def test_default_batch_shrinks_to_small_folders(device: str, n_files: int | None, expected: int) -> None:
     assert default_batch_size(torch.device(device), n_files) == expected
+
+
+@pytest.mark.parametrize(
+    ("cores", "n_files", "device", "expected"),
+    [
+        (16, 63, "cuda", 0),
+        (16, 10_000, "cpu", 8),
+        (16, 10_000, "cuda", 15),
+        (64, 10_000, "cuda", 16),
+        (2, 10_000, "cuda", 1),
+        (1, 100, "cpu", 1),
+    ],
+)
+def test_default_workers_follow_cores_and_device(
+    monkeypatch: pytest.MonkeyPatch, cores: int, n_files: int, device: str, expected: int
+) -> None:
+    monkeypatch.setattr(os, "cpu_count", lambda: cores)
+    assert default_workers(n_files, torch.device(device)) == expected
 
 
 def test_small_folder_pads_to_its_own_size_and_resumes_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
