@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,6 +149,59 @@ def default_workers(n_files: int, device: torch.device | None = None) -> int:
     return max(1, min(cap, (os.cpu_count() or 2) - 1))
 
 
+def default_prefetch(cuda: bool) -> int:
+    """Batches in flight per decode worker: CUDA batches are 4x larger, so two there hold the same
+    shared memory as four on the CPU."""
+    return 2 if cuda else 4
+
+
+def shared_memory_free() -> int | None:
+    """Free bytes in /dev/shm, through which decode workers hand their batches over; None where
+    there is no such folder (macOS, Windows), where the limit is not a folder's size."""
+    try:
+        return shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+
+
+@dataclass(frozen=True)
+class LoaderPlan:
+    """Decode workers and batches in flight per worker, fitted to the shared memory there is."""
+
+    workers: int
+    prefetch: int | None  # DataLoader's prefetch_factor; None without workers
+    note: str | None = None  # why fewer workers than asked for, for the user
+
+
+def plan_loader(workers: int, batch_size: int, input_size: tuple[int, ...], cuda: bool, shm_free: int | None) -> LoaderPlan:
+    """Fit the decode workers to /dev/shm. Each batch a worker has ready sits there as float32
+    (256 images of 3x224x224 are 154 MB); when it fills up, the worker's queue thread fails and the
+    run hangs. Containers often have little (Docker's default is 64 MB), so the batches in flight,
+    plus two being consumed, are kept under half of what is free, with fewer workers or, below
+    one batch, none (decoding in the main process: slower, same features)."""
+    if workers == 0:
+        return LoaderPlan(0, None)
+    prefetch = default_prefetch(cuda)
+    if shm_free is None:
+        return LoaderPlan(workers, prefetch)
+    batch_bytes = batch_size * math.prod(input_size) * 4
+    slots = shm_free // 2 // batch_bytes - 2  # batches that may wait in workers' queues
+    if slots >= workers * prefetch:
+        return LoaderPlan(workers, prefetch)
+    free_mb = shm_free // 2**20
+    need_gb = math.ceil(2 * (workers * prefetch + 2) * batch_bytes / 2**30)
+    advice = f"{workers} workers would need about {need_gb} GB there (docker run --shm-size={need_gb}g), or lower --embed-batch-size"
+    if slots < 1:
+        return LoaderPlan(
+            0, None, f"only {free_mb} MB free in /dev/shm, too little for decode workers; decoding in the main process (slower): {advice}"
+        )
+    fitted = min(workers, slots)
+    note = None
+    if fitted < workers:
+        note = f"only {free_mb} MB free in /dev/shm: {fitted} decode worker(s) instead of {workers}; {advice}"
+    return LoaderPlan(fitted, max(1, min(prefetch, slots // fitted)), note)
+
+
 def draft_size_for(data_config: dict) -> int:
     """The smallest side the resize step needs, so JPEG decoding can skip the rest."""
     size = max(data_config["input_size"][1:])
@@ -161,8 +215,10 @@ def embed_files(
     batch_size: int | None = None,
     workers: int | None = None,
     compile_model: bool = False,
+    prefetch: int | None = None,
 ) -> Iterator[EmbeddedBatch]:
-    """Yield features batch by batch; decoding runs in ``workers`` processes beside the model.
+    """Yield features batch by batch; decoding runs in ``workers`` processes beside the model,
+    each with ``prefetch`` batches in flight (default: as ``plan_loader`` says with ample memory).
 
     ``compile_model`` applies ``torch.compile`` on CUDA only (on the CPU compiling costs minutes
     and needs a C++ compiler, for little gain on one folder).
@@ -184,8 +240,7 @@ def embed_files(
         collate_fn=_collate,
         pin_memory=cuda,
         persistent_workers=False,
-        # CUDA batches are 4x larger: two in flight per worker keep the same shared memory in use.
-        prefetch_factor=(2 if cuda else 4) if workers > 0 else None,
+        prefetch_factor=(prefetch or default_prefetch(cuda)) if workers > 0 else None,
         worker_init_fn=worker_threads_init if workers > 0 else None,
     )
     model = prepare_model(backbone, device)

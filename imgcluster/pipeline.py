@@ -18,7 +18,7 @@ import torch
 from imgcluster.backbones import create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
-from imgcluster.embed import compute_precision, default_batch_size, embed_files
+from imgcluster.embed import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
 from imgcluster.errors import UserError
 from imgcluster.lock import folder_lock
 from imgcluster.scan import IMAGE_EXTENSIONS, ImageFile, scan_folder
@@ -200,7 +200,11 @@ def _embed_into_cache(
             pending_feats.clear()
 
     try:
-        for batch in embed_files(todo, backbone, device, batch_size, config.workers, config.compile_model):
+        workers = default_workers(len(todo), device) if config.workers is None else config.workers
+        plan = plan_loader(workers, batch_size, tuple(backbone.data_config["input_size"]), device.type == "cuda", shared_memory_free())
+        if plan.note:
+            hooks.on_warning(plan.note)
+        for batch in embed_files(todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch):
             for i, reason in batch.failures:
                 skipped[todo[i].rel] = reason
             for i in batch.indices:

@@ -4,6 +4,9 @@ decoding, decode workers, batch-norm folding. GPU-only checks skip without CUDA.
 from __future__ import annotations
 
 import os
+import shutil
+import signal
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +20,7 @@ from torch import nn
 
 import imgcluster.neighbours as neighbours
 from imgcluster.backbones import Backbone, BackboneSpec, create_backbone
-from imgcluster.embed import default_batch_size, default_workers, draft_size_for, embed_files, prepare_model
+from imgcluster.embed import default_batch_size, default_workers, draft_size_for, embed_files, plan_loader, prepare_model
 from imgcluster.errors import UserError
 from imgcluster.load import load_rgb
 from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
@@ -268,6 +271,79 @@ def test_default_workers_follow_cores_and_device(
 ) -> None:
     monkeypatch.setattr(os, "cpu_count", lambda: cores)
     assert default_workers(n_files, torch.device(device)) == expected
+
+
+MB = 2**20
+BATCH_64_MB = 64 * 3 * 224 * 224 * 4 / MB  # 36.75 MB of float32 per CPU batch
+
+
+@pytest.mark.parametrize(
+    ("shm_mb", "workers", "expected", "warns"),
+    [
+        (None, 8, (8, 4), False),  # no /dev/shm to measure: as asked
+        (24_000, 8, (8, 4), False),  # ample
+        (64, 8, (0, None), True),  # Docker's default: not one batch fits in half of it
+        (256, 4, (1, 1), True),  # one batch may wait beside the two being consumed
+        (700, 8, (7, 1), True),
+        (64, 0, (0, None), False),  # no workers asked for: nothing to fit
+    ],
+)
+def test_decode_workers_fit_shared_memory(shm_mb: int | None, workers: int, expected: tuple, warns: bool) -> None:
+    plan = plan_loader(workers, 64, (3, 224, 224), cuda=False, shm_free=None if shm_mb is None else shm_mb * MB)
+    assert (plan.workers, plan.prefetch) == expected and (plan.note is not None) == warns
+    if plan.workers:
+        assert (plan.workers * plan.prefetch + 2) * BATCH_64_MB <= (shm_mb or 10**9) / 2
+    if warns:
+        assert "/dev/shm" in plan.note and "--shm-size" in plan.note
+
+
+def test_embedding_with_little_shared_memory_warns_and_gives_like_features(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imgcluster.pipeline as pipeline
+    from imgcluster.config import EmbedConfig
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=6)
+
+    def embed(cache: str, shm_free: int) -> tuple[np.ndarray, list[str]]:
+        monkeypatch.setattr(pipeline, "shared_memory_free", lambda: shm_free)
+        warnings: list[str] = []
+        config = EmbedConfig(str(folder), model="efficientnet-lite0", cache_dir=str(tmp_path / cache), workers=2, batch_size=8)
+        return pipeline.embed_folder(config, torch.device("cpu"), pipeline.EmbedHooks(on_warning=warnings.append)).features, warnings
+
+    ample, quiet = embed("a", 10**11)
+    short, warned = embed("b", 20 * MB)  # 8 images of 224 px are 4.6 MB: no batch fits beside two in use
+    assert quiet == [] and len(warned) == 1 and "decoding in the main process" in warned[0]
+    assert np.allclose(ample, short, atol=1e-3)  # in-process decoding: the same up to float16 rounding
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"),
+    reason="needs root and unshare to mount a small /dev/shm",
+)
+def test_small_dev_shm_does_not_hang(tmp_path: Path) -> None:
+    """A real 64 MB /dev/shm (Docker's default): workers' batches used to fill it, their queue
+    thread failed with a traceback and the run waited forever."""
+    folder = copy_sample(tmp_path / "photos", CLASSES, per_class=30)  # 150 images: two full batches of 37 MB each
+    script = (
+        "mount -t tmpfs -o size=64m tmpfs /dev/shm && "
+        f"{sys.executable} -m imgcluster embed {folder} --cache-dir {tmp_path / 'cache'} --workers 2 --quiet"
+    )
+    proc = subprocess.Popen(
+        ["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        _, stderr = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its decode workers
+        proc.communicate()
+        pytest.fail("embedding with a 64 MB /dev/shm hung")
+    if proc.returncode != 0 and "mount" in stderr:
+        pytest.skip(f"cannot mount a tmpfs here: {stderr.strip()}")
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "too little for decode workers" in stderr
 
 
 def test_small_folder_pads_to_its_own_size_and_resumes_alike(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
