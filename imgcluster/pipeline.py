@@ -154,6 +154,17 @@ def embed_folder(
                     f"interrupted while embedding: {kept} of {len(files)} files are saved in the cache {directory} "
                     f"({kept - reused} by this run); run the same command again to resume from there",
                 ) from None
+            except RuntimeError as exc:
+                if "DataLoader worker (pid" not in str(exc):
+                    raise
+                # A decode process died under us (most often the kernel's OOM killer); what is
+                # flushed is kept, as after Ctrl-C.
+                kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files)
+                raise UserError(
+                    f"a decode worker died ({str(exc).split('. ')[0].rstrip('.')}), most often because memory ran out: "
+                    f"{kept} of {len(files)} files are saved in the cache ({kept - reused} by this run); run the same command "
+                    "again to resume, with fewer --workers (or --workers 0) if it happens again"
+                ) from None
         if changed:
             hooks.on_warning(f"{len(changed)} file(s) changed between the scan and decoding; they were embedded as they are now")
             files = [changed.get(f.rel, f) for f in files]

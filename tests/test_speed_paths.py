@@ -317,6 +317,46 @@ def test_embedding_with_little_shared_memory_warns_and_gives_like_features(
     assert np.allclose(ample, short, atol=1e-3)  # in-process decoding: the same up to float16 rounding
 
 
+def test_a_dead_decode_worker_is_one_line_and_keeps_what_was_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The kernel's OOM killer takes a decode worker: DataLoader raises in the main process. The
+    batches already flushed stay cached and the message says so, like an interrupted run."""
+    import imgcluster.pipeline as pipeline
+    from imgcluster.config import EmbedConfig
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=8)
+    real = pipeline.embed_files
+
+    def dies_after_one_batch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        yield next(iter(real(*args, **kwargs)))
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+
+    monkeypatch.setattr(pipeline, "embed_files", dies_after_one_batch)
+    monkeypatch.setenv("IMGCLUSTER_FLUSH_EVERY", "4")
+    config = EmbedConfig(str(folder), model="efficientnet-lite0", cache_dir=str(tmp_path / "cache"), workers=0, batch_size=4)
+    with pytest.raises(UserError) as caught:
+        pipeline.embed_folder(config, torch.device("cpu"))
+    message = str(caught.value)
+    assert "\n" not in message and "decode worker died (DataLoader worker (pid 4242) is killed by signal: Killed)" in message
+    assert "4 of 8 files are saved in the cache (4 by this run)" in message and "--workers 0" in message
+    monkeypatch.undo()
+    again = pipeline.embed_folder(config, torch.device("cpu"))
+    assert (again.reused, again.embedded) == (4, 4)
+
+
+def test_other_runtime_errors_are_not_taken_for_a_dead_worker(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgcluster.pipeline as pipeline
+    from imgcluster.config import EmbedConfig
+
+    def broken(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise RuntimeError("a bug")
+        yield
+
+    monkeypatch.setattr(pipeline, "embed_files", broken)
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    with pytest.raises(RuntimeError, match="a bug"):
+        pipeline.embed_folder(EmbedConfig(str(folder), model="efficientnet-lite0", cache_dir=str(tmp_path / "c")), torch.device("cpu"))
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("unshare"),
