@@ -33,7 +33,7 @@ from imgcluster.config import (
     sidecar_path,
     write_sidecar,
 )
-from imgcluster.errors import UserError
+from imgcluster.errors import UserError, out_of_memory_summary
 from imgcluster.ui import UI, count
 
 
@@ -175,6 +175,12 @@ def handled(ui: UI) -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("IMGCLUSTER_DEBUG") == "1":
             raise
+        if type(exc).__name__ == "OutOfMemoryError":  # torch's, on CUDA; not imported here to keep --help fast
+            ui.error(
+                f"the GPU ran out of memory ({out_of_memory_summary(exc)}); lower --batch-size (training) or "
+                "--embed-batch-size (embedding), or run with --device cpu"
+            )
+            raise typer.Exit(1) from None
         ui.error(f"unexpected {type(exc).__name__}: {exc} (run with IMGCLUSTER_DEBUG=1 for details)")
         raise typer.Exit(1) from None
 

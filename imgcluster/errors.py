@@ -12,3 +12,9 @@ class UserError(Exception):
     def __init__(self, message: str, exit_code: int = 1) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+def out_of_memory_summary(exc: BaseException) -> str:
+    """The first two sentences of torch's CUDA out-of-memory message (what was asked, what the GPU
+    has); the rest is allocator advice that does not fit one line."""
+    return ". ".join(str(exc).split(". ")[:2]).rstrip(".")

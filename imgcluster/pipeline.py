@@ -19,7 +19,7 @@ from imgcluster.backbones import create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embed import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
-from imgcluster.errors import UserError
+from imgcluster.errors import UserError, out_of_memory_summary
 from imgcluster.lock import folder_lock
 from imgcluster.scan import IMAGE_EXTENSIONS, ImageFile, scan_folder
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
@@ -155,11 +155,17 @@ def embed_folder(
                     f"({kept - reused} by this run); run the same command again to resume from there",
                 ) from None
             except RuntimeError as exc:
-                if "DataLoader worker (pid" not in str(exc):
+                if not isinstance(exc, torch.OutOfMemoryError) and "DataLoader worker (pid" not in str(exc):
                     raise
-                # A decode process died under us (most often the kernel's OOM killer); what is
-                # flushed is kept, as after Ctrl-C.
+                # What is flushed is kept, as after Ctrl-C.
                 kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files)
+                if isinstance(exc, torch.OutOfMemoryError):
+                    raise UserError(
+                        f"the GPU ran out of memory embedding batches of {batch_size} images ({out_of_memory_summary(exc)}): "
+                        f"{kept} of {len(files)} files are saved in the cache ({kept - reused} by this run); run again with "
+                        "a smaller --embed-batch-size to resume"
+                    ) from None
+                # A decode process died under us, most often at the hands of the kernel's OOM killer.
                 raise UserError(
                     f"a decode worker died ({str(exc).split('. ')[0].rstrip('.')}), most often because memory ran out: "
                     f"{kept} of {len(files)} files are saved in the cache ({kept - reused} by this run); run the same command "

@@ -111,6 +111,55 @@ def test_wrong_head_gives_one_line_error(small_folder: Path, shared_cache: Path,
     assert missing.exit_code == 2 and "head checkpoint not found" in missing.stderr
 
 
+CUDA_OOM = (
+    "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.79 GiB of which 1.12 GiB is free. "
+    "Of the allocated memory 5.90 GiB is allocated by PyTorch. If reserved but unallocated memory is large try setting "
+    "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True to avoid fragmentation."
+)
+
+
+def test_gpu_out_of_memory_in_training_is_one_line_with_advice(
+    small_folder: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+
+    import imgcluster.train
+
+    def out_of_memory(*args: object, **kwargs: object) -> None:
+        raise torch.OutOfMemoryError(CUDA_OOM)
+
+    monkeypatch.setattr(imgcluster.train, "train_objective", out_of_memory)
+    result = invoke("train", small_folder, "--cache-dir", shared_cache, *FAST)
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "error: the GPU ran out of memory (CUDA out of memory. Tried to allocate 2.00 GiB); lower --batch-size (training) "
+        "or --embed-batch-size (embedding), or run with --device cpu"
+    )
+
+
+def test_gpu_out_of_memory_while_embedding_keeps_what_was_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    import imgcluster.pipeline as pipeline
+
+    real = pipeline.embed_files
+
+    def out_of_memory_after_one_batch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        yield next(iter(real(*args, **kwargs)))
+        raise torch.OutOfMemoryError(CUDA_OOM)
+
+    monkeypatch.setattr(pipeline, "embed_files", out_of_memory_after_one_batch)
+    monkeypatch.setenv("IMGCLUSTER_FLUSH_EVERY", "4")
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=8)
+    result = invoke("embed", folder, "--cache-dir", tmp_path / "cache", "--embed-batch-size", "4", *FAST[:2], "--workers", "0")
+    assert result.exit_code == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: the GPU ran out of memory embedding batches of 4 images (CUDA out of memory. Tried to allocate 2.00 GiB): "
+        "4 of 8 files are saved in the cache (4 by this run); run again with a smaller --embed-batch-size to resume"
+    )
+
+
 def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
     import torch
 
