@@ -175,7 +175,7 @@ class LoaderPlan:
 
 def plan_loader(workers: int, batch_size: int, input_size: tuple[int, ...], cuda: bool, shm_free: int | None) -> LoaderPlan:
     """Fit the decode workers to /dev/shm. Each batch a worker has ready sits there as float32
-    (256 images of 3x224x224 are 154 MB); when it fills up, the worker's queue thread fails and the
+    (256 images of 3x224x224 are 147 MB); when it fills up, the worker's queue thread fails and the
     run hangs. Containers often have little (Docker's default is 64 MB), so the batches in flight,
     plus two being consumed, are kept under half of what is free, with fewer workers or, below
     one batch, none (decoding in the main process: slower, same features)."""
