@@ -156,7 +156,7 @@ OptionOpt = Annotated[
 @contextmanager
 def handled(ui: UI) -> Iterator[None]:
     """One-line errors with exit codes; tracebacks only for bugs, and only with IMGCLUSTER_DEBUG=1."""
-    from imgcluster.signals import exit_code_of, sigterm_as_interrupt
+    from imgcluster.signals import note_stop, sigterm_as_interrupt
 
     try:
         with sigterm_as_interrupt():
@@ -166,7 +166,7 @@ def handled(ui: UI) -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the message says what was kept, when known
         ui.error(str(exc) or "interrupted; every finished batch is kept in the cache and the next run resumes from there")
-        raise typer.Exit(exit_code_of(exc)) from None
+        raise typer.Exit(note_stop(exc)) from None
     except typer.Exit:
         raise
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as other tools do
@@ -823,7 +823,11 @@ def _str(value: Path | str | None) -> str | None:
 
 
 def main() -> None:
-    from imgcluster.signals import sigterm_as_interrupt
+    from imgcluster.signals import exit_by_signal, sigterm_as_interrupt
 
-    with sigterm_as_interrupt():  # SIGTERM while still importing ends like Ctrl-C (exit 130), not mid-way
-        app(prog_name="imgcluster")
+    try:
+        with sigterm_as_interrupt():  # SIGTERM while still importing ends like Ctrl-C, not mid-way
+            app(prog_name="imgcluster")
+    except SystemExit:
+        exit_by_signal()  # after Ctrl-C or SIGTERM: end by that signal, so a calling script stops too
+        raise

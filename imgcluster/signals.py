@@ -3,14 +3,16 @@
 SIGTERM (sent by ``kill``, schedulers and container runtimes) would otherwise end the process
 on the spot, skipping the ``finally`` blocks that flush finished work. Turning it into an
 :class:`Interrupted` (a :class:`KeyboardInterrupt`) makes both signals take the path Ctrl-C
-takes; the CLI then prints one line and exits 130 (SIGINT) or 143 (SIGTERM), as shells do.
+takes; the CLI then prints one line and ends by that same signal (the shell reports 130 or 143).
 SIGKILL cannot be caught: atomic writes make it lose at most the unflushed block.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 from collections.abc import Iterator
 from typing import Any
 
@@ -54,3 +56,30 @@ def sigterm_as_interrupt() -> Iterator[None]:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+_stopped_by: int | None = None  # the signal a handled interrupt came from, for exit_by_signal
+
+
+def note_stop(exc: KeyboardInterrupt) -> int:
+    """Remember which signal stopped the run and return its exit code (130 for Ctrl-C, 143 for SIGTERM)."""
+    global _stopped_by
+    _stopped_by = int(getattr(exc, "signum", signal.SIGINT))
+    return exit_code_of(exc)
+
+
+def exit_by_signal() -> None:
+    """End the process by the signal that stopped it, once it has said what it kept.
+
+    A shell running a script stops the script's loop when its child dies of SIGINT, but carries on
+    when the child exits 130 (it takes that as a child that handled Ctrl-C itself; see
+    https://www.cons.org/cracauer/sigint.html). CPython ends the same way after an uncaught
+    KeyboardInterrupt. Does nothing if no interrupt was handled, or off POSIX.
+    """
+    if _stopped_by is None or os.name != "posix":
+        return
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    signal.signal(_stopped_by, signal.SIG_DFL)
+    os.kill(os.getpid(), _stopped_by)
