@@ -33,7 +33,7 @@ from imgcluster.config import (
     sidecar_path,
     write_sidecar,
 )
-from imgcluster.errors import UserError, out_of_memory_summary
+from imgcluster.errors import UserError, first_sentences
 from imgcluster.ui import UI, count
 
 
@@ -177,7 +177,7 @@ def handled(ui: UI) -> Iterator[None]:
             raise
         if type(exc).__name__ == "OutOfMemoryError":  # torch's, on CUDA; not imported here to keep --help fast
             ui.error(
-                f"the GPU ran out of memory ({out_of_memory_summary(exc)}); lower --batch-size (training) or "
+                f"the GPU ran out of memory ({first_sentences(exc, 2)}); lower --batch-size (training) or "
                 "--embed-batch-size (embedding), or run with --device cpu"
             )
             raise typer.Exit(1) from None
@@ -252,10 +252,7 @@ TRAINING_PARAMETERS = (
 def _refuse_training_options(ctx: typer.Context) -> None:
     """A usage error naming the training options given with ``--head``, rather than ignoring them."""
     flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
-    given = []
-    for name in TRAINING_PARAMETERS:
-        if _given(ctx, name):
-            given.append(flags.get(name, name))
+    given = [flags.get(name, name) for name in TRAINING_PARAMETERS if _given(ctx, name)]
     if given:
         raise UserError(
             f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to training, "

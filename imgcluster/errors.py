@@ -14,7 +14,8 @@ class UserError(Exception):
         self.exit_code = exit_code
 
 
-def out_of_memory_summary(exc: BaseException) -> str:
-    """The first two sentences of torch's CUDA out-of-memory message (what was asked, what the GPU
-    has); the rest is allocator advice that does not fit one line."""
-    return ". ".join(str(exc).split(". ")[:2]).rstrip(".")
+def first_sentences(exc: BaseException, n: int) -> str:
+    """The first ``n`` sentences of a library's error, without the last full stop: torch's CUDA
+    out-of-memory message says what was asked and what the GPU has in two, then gives allocator
+    advice that does not fit one line; DataLoader names the dead worker in one."""
+    return ". ".join(str(exc).split(". ")[:n]).rstrip(".")

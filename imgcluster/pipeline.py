@@ -19,7 +19,7 @@ from imgcluster.backbones import create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embed import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
-from imgcluster.errors import UserError, out_of_memory_summary
+from imgcluster.errors import UserError, first_sentences
 from imgcluster.lock import folder_lock
 from imgcluster.scan import IMAGE_EXTENSIONS, ImageFile, scan_folder
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
@@ -143,33 +143,32 @@ def embed_folder(
             hooks.on_warning(f"{len(skipped)} file name(s) are not valid UTF-8 and will be skipped; rename them")
         hooks.on_start(len(todo), reused)
         changed: dict[str, ImageFile] = {}
+
+        def saved(where: str = "") -> str:
+            """What a stopped run kept: every flushed batch stays in the cache, as the next run finds it."""
+            kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files)
+            return f"{kept} of {len(files)} files are saved in the cache{where} ({kept - reused} by this run)"
+
+        batch_size = config.batch_size or default_batch_size(device, len(files))
         with _sigterm_as_interrupt():
             try:
-                batch_size = config.batch_size or default_batch_size(device, len(files))
                 _embed_into_cache(todo, cache, backbone, device, config, batch_size, skipped, hooks, changed)
             except KeyboardInterrupt as exc:
-                kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files)
                 raise Interrupted.wrap(
-                    exc,
-                    f"interrupted while embedding: {kept} of {len(files)} files are saved in the cache {directory} "
-                    f"({kept - reused} by this run); run the same command again to resume from there",
+                    exc, f"interrupted while embedding: {saved(f' {directory}')}; run the same command again to resume from there"
+                ) from None
+            except torch.OutOfMemoryError as exc:
+                raise UserError(
+                    f"the GPU ran out of memory embedding batches of {batch_size} images ({first_sentences(exc, 2)}): "
+                    f"{saved()}; run again with a smaller --embed-batch-size to resume"
                 ) from None
             except RuntimeError as exc:
-                if not isinstance(exc, torch.OutOfMemoryError) and "DataLoader worker (pid" not in str(exc):
+                if "DataLoader worker (pid" not in str(exc):
                     raise
-                # What is flushed is kept, as after Ctrl-C.
-                kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files)
-                if isinstance(exc, torch.OutOfMemoryError):
-                    raise UserError(
-                        f"the GPU ran out of memory embedding batches of {batch_size} images ({out_of_memory_summary(exc)}): "
-                        f"{kept} of {len(files)} files are saved in the cache ({kept - reused} by this run); run again with "
-                        "a smaller --embed-batch-size to resume"
-                    ) from None
                 # A decode process died under us, most often at the hands of the kernel's OOM killer.
                 raise UserError(
-                    f"a decode worker died ({str(exc).split('. ')[0].rstrip('.')}), most often because memory ran out: "
-                    f"{kept} of {len(files)} files are saved in the cache ({kept - reused} by this run); run the same command "
-                    "again to resume, with fewer --workers (or --workers 0) if it happens again"
+                    f"a decode worker died ({first_sentences(exc, 1)}), most often because memory ran out: {saved()}; "
+                    "run the same command again to resume, with fewer --workers (or --workers 0) if it happens again"
                 ) from None
         if changed:
             hooks.on_warning(f"{len(changed)} file(s) changed between the scan and decoding; they were embedded as they are now")
