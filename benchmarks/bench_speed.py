@@ -31,10 +31,10 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -89,22 +89,56 @@ def warm_page_cache(folder: Path) -> None:
         path.read_bytes()
 
 
+def fill_once(folder: Path, files: Iterable[tuple[Path, Path]], link: bool = False) -> Path:
+    """Copy (or hard-link) each ``(source, relative path)`` into ``folder``, once: a finished
+    folder is marked ``.complete`` and later runs reuse it."""
+    if not (folder / ".complete").exists():
+        for src, rel in files:
+            dst = folder / rel
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            if dst.exists():
+                continue
+            if link:
+                with contextlib.suppress(OSError):  # another file system: copy instead
+                    os.link(src, dst)
+                    continue
+            shutil.copy2(src, dst)
+        (folder / ".complete").write_text("ok\n")
+    return folder
+
+
+def first_pngs(n: int) -> list[tuple[Path, Path]]:
+    """The first ``n`` Fashion-MNIST test PNGs of the benchmark folder, each with its path under a class folder."""
+    source = fashion_mnist_folder(DATA / "fashion-mnist-test")
+    pngs = sorted(source.rglob("*.png"), key=lambda p: p.name)[:n]
+    return [(src, Path(src.parent.name, src.name)) for src in pngs]
+
+
+def announced(run: Run, label: str) -> Run:
+    """Print a run's images/s as it finishes: progress for whoever watches a long benchmark."""
+    print(f"  {label}: {run.images / run.wall:.1f} images/s", flush=True)
+    return run
+
+
+def in_abba_order(keys: list[K], run: Callable[[K], Run], samplers: dict[K, GpuSampler] | None = None) -> dict[K, list[Run]]:
+    """Each of ``keys`` run twice, in A B B A order, so a drift over the runs (a warming cache, a
+    busy neighbour) falls on every key alike; ``samplers`` watch the GPU during each key's runs."""
+    runs: dict[K, list[Run]] = {k: [] for k in keys}
+    for k in [*keys, *reversed(keys)]:
+        with samplers[k].running() if samplers else contextlib.nullcontext():
+            runs[k].append(run(k))
+    return runs
+
+
 def prepare_folders(n: int, parts: int) -> dict[str, list[Path]]:
     """The first ``n`` Fashion-MNIST test images as PNG (copied from the benchmark folder) and as
     512-px JPEG, each split into ``parts`` sub-folders of equal size."""
-    source = fashion_mnist_folder(DATA / "fashion-mnist-test")
-    pngs = sorted(source.rglob("*.png"), key=lambda p: p.name)[:n]
+    pngs = first_pngs(n)
     images, labels = fashion_mnist_test()
     bounds = np.linspace(0, n, parts + 1).astype(int)
     out: dict[str, list[Path]] = {"PNG 28 px": [], "JPEG 512 px": []}
     for part, (lo, hi) in enumerate(itertools.pairwise(bounds)):
-        png_dir = DATA / "speed" / f"png-{n}-{parts}" / f"part{part}"
-        if not (png_dir / ".complete").exists():
-            for src in pngs[lo:hi]:
-                target = png_dir / src.parent.name / src.name
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, target)
-            (png_dir / ".complete").write_text("ok\n")
+        png_dir = fill_once(DATA / "speed" / f"png-{n}-{parts}" / f"part{part}", pngs[lo:hi])
         jpg_dir = write_folder(
             images[lo:hi], labels[lo:hi], FASHION_CLASSES, DATA / "speed" / f"jpg512-{n}-{parts}" / f"part{part}", "jpg", 512
         )
@@ -161,6 +195,7 @@ class Model:
 
 
 LITE0 = Model(MODEL, MODEL)
+K = TypeVar("K")  # what in_abba_order compares: worker counts, batch policies
 
 
 def random_vit() -> Model:
@@ -375,7 +410,7 @@ def compare_pipelines(
             for which in order:
                 with samplers[which].running():
                     got[which] = (run_reference if which == "ref" else run_ours)(part, device, model_spec)
-                print(f"  {model_spec.label} {name} part {i} {which}: {got[which].images / got[which].wall:.1f} images/s", flush=True)
+                announced(got[which], f"{model_spec.label} {name} part {i} {which}")
                 runs[which].append(got[which])
             ratios.append((got["ours"].images / got["ours"].wall) / (got["ref"].images / got["ref"].wall))
         for which, label in (("ref", "reference"), ("ours", "imgcluster")):
@@ -681,20 +716,9 @@ def gpu_benchmark(n: int, parts: int, device: torch.device, train_n: int = 50_00
 def repeated(folder: Path, times: int) -> Path:
     """``folder``'s images ``times`` over (hard links in sub-folders copy0, copy1, ...): a large
     folder made fast, for throughput in steady state rather than start-up."""
-    target = folder.parent / f"{folder.name}-x{times}"
-    if not (target / ".complete").exists():
-        sources = image_paths(folder)
-        for i in range(times):
-            for src in sources:
-                dst = target / f"copy{i}" / src.relative_to(folder)
-                dst.parent.mkdir(parents=True, exist_ok=True)
-                if not dst.exists():
-                    try:
-                        os.link(src, dst)
-                    except OSError:
-                        shutil.copy2(src, dst)
-        (target / ".complete").write_text("ok\n")
-    return target
+    sources = image_paths(folder)
+    copies = ((src, Path(f"copy{i}") / src.relative_to(folder)) for i in range(times) for src in sources)
+    return fill_once(folder.parent / f"{folder.name}-x{times}", copies, link=True)
 
 
 def workers_sweep(
@@ -725,12 +749,12 @@ def workers_sweep(
         warm_up(warm_folder, device, model_spec)
         for name, (folder,) in folders.items():
             warm_page_cache(folder)
-            runs: dict[int, list[Run]] = {c: [] for c in counts}
             samplers = {c: GpuSampler() for c in counts}
-            for c in [*counts, *reversed(counts)]:
-                with samplers[c].running():
-                    runs[c].append(run_ours(folder, device, model_spec, workers=c))
-                print(f"  {model_spec.label} {name} workers {c}: {runs[c][-1].images / runs[c][-1].wall:.1f} images/s", flush=True)
+
+            def with_workers(c: int, folder: Path = folder, name: str = name, model_spec: Model = model_spec) -> Run:
+                return announced(run_ours(folder, device, model_spec, workers=c), f"{model_spec.label} {name} workers {c}")
+
+            runs = in_abba_order(counts, with_workers, samplers)
             for c in counts:
                 images, wall = sum(r.images for r in runs[c]), sum(r.wall for r in runs[c])
                 wait = sum(r.stages["decode wait"] for r in runs[c])
@@ -756,22 +780,16 @@ def small_folders(sizes: list[int]) -> list[str]:
         "| model | images | batch | seconds, batch 64 | seconds, default | speed-up |",
         "|---|---|---|---|---|---|",
     ]
-    source = fashion_mnist_folder(DATA / "fashion-mnist-test")
-    pngs = sorted(source.rglob("*.png"), key=lambda p: p.name)
-    folders = {n: DATA / "speed" / f"small-{n}" for n in sizes}
-    for n, folder in folders.items():
-        if not (folder / ".complete").exists():
-            for src in pngs[:n]:
-                (folder / src.parent.name).mkdir(parents=True, exist_ok=True)
-                shutil.copy2(src, folder / src.parent.name / src.name)
-            (folder / ".complete").write_text("ok\n")
+    folders = {n: fill_once(DATA / "speed" / f"small-{n}", first_pngs(n)) for n in sizes}
     for model_spec in (LITE0, random_vit()):
         warm_up(folders[sizes[0]], cpu, model_spec)
         for n, folder in folders.items():
-            times: dict[str, list[float]] = {"full": [], "sized": []}
-            for which in ("full", "sized", "sized", "full"):
-                times[which].append(run_ours(folder, cpu, model_spec, batch_size=64 if which == "full" else None).wall)
-            full, sized = float(np.mean(times["full"])), float(np.mean(times["sized"]))
+
+            def padded_to(which: str, folder: Path = folder, model_spec: Model = model_spec) -> Run:
+                return run_ours(folder, cpu, model_spec, batch_size=64 if which == "full" else None)
+
+            runs = in_abba_order(["full", "sized"], padded_to)
+            full, sized = (float(np.mean([r.wall for r in runs[w]])) for w in ("full", "sized"))
             print(f"  {model_spec.label} {n} images: batch 64 {full:.1f} s, default {sized:.1f} s", flush=True)
             lines.append(f"| {model_spec.label} | {n} | {default_batch_size(cpu, n)} | {full:.1f} | {sized:.1f} | {full / sized:.1f}x |")
     return lines
