@@ -20,7 +20,7 @@ sys.path.insert(0, str(HERE))
 from datasets import digits_folder, fashion_mnist_folder  # noqa: E402
 
 from imgcluster.config import EmbedConfig, TrainConfig  # noqa: E402
-from imgcluster.evaluate import score  # noqa: E402
+from imgcluster.evaluate import best_matching, score  # noqa: E402
 from imgcluster.neighbours import knn_search  # noqa: E402
 from imgcluster.pipeline import embed_folder  # noqa: E402
 from imgcluster.train import train_objective  # noqa: E402
@@ -81,12 +81,8 @@ def probabilities(objective: Any, x: np.ndarray, device: torch.device) -> np.nda
 
 def matched_clusters(y: np.ndarray, clusters: np.ndarray, k: int) -> np.ndarray:
     """Each image's true class as a cluster index, by the Hungarian matching behind ACC (-1: no cluster)."""
-    from scipy.optimize import linear_sum_assignment
-
     classes, y_idx = np.unique(y, return_inverse=True)
-    counts = np.zeros((k, classes.size), np.int64)
-    np.add.at(counts, (clusters, y_idx), 1)
-    rows, cols = linear_sum_assignment(-counts)
+    _, rows, cols = best_matching(clusters, y_idx, (k, classes.size))
     cluster_of_class = np.full(classes.size, -1)
     cluster_of_class[cols] = rows
     return cluster_of_class[y_idx]

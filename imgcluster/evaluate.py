@@ -40,15 +40,22 @@ class Evaluation:
         return asdict(self)
 
 
-def hungarian_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
-    """Best one-to-one match of clusters to classes; works when K differs from the class count."""
+def best_matching(clusters: np.ndarray, classes: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The cluster x class count table of ``shape`` and the one-to-one match of clusters (rows) to
+    classes (columns) that keeps the most images: the matching behind ACC, for any K."""
     from scipy.optimize import linear_sum_assignment
 
+    table = np.zeros(shape, dtype=np.int64)
+    np.add.at(table, (clusters, classes), 1)
+    rows, cols = linear_sum_assignment(table, maximize=True)
+    return table, rows, cols
+
+
+def hungarian_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:
+    """Best one-to-one match of clusters to classes; works when K differs from the class count."""
     _, y = np.unique(labels, return_inverse=True)
     _, c = np.unique(clusters, return_inverse=True)
-    table = np.zeros((c.max() + 1, y.max() + 1), dtype=np.int64)
-    np.add.at(table, (c, y), 1)
-    rows, cols = linear_sum_assignment(table, maximize=True)
+    table, rows, cols = best_matching(c, y, (c.max() + 1, y.max() + 1))
     return float(table[rows, cols].sum() / len(labels))
 
 
