@@ -91,3 +91,18 @@ if __name__ == "__main__":
     cache_dir = ROOT / ".pytest_cache" / "v" / "imgcluster" / "faults"
     for path in sorted(cache_dir.glob("*")):
         print(f"{path.name}: {path.read_text().strip()}")
+
+
+def fail_embedding_after_one_batch(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    """Make the pipeline's embedding raise ``error`` after its first batch, with a shard flushed
+    every 4 images: what a failure in the middle of a run (a dead worker, a full GPU) leaves."""
+    import imgcluster.pipeline as pipeline
+
+    real = pipeline.embed_files
+
+    def after_one_batch(*args, **kwargs):  # type: ignore[no-untyped-def]
+        yield next(iter(real(*args, **kwargs)))
+        raise error
+
+    monkeypatch.setattr(pipeline, "embed_files", after_one_batch)
+    monkeypatch.setenv("IMGCLUSTER_FLUSH_EVERY", "4")

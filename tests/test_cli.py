@@ -140,17 +140,9 @@ def test_gpu_out_of_memory_in_training_is_one_line_with_advice(
 
 def test_gpu_out_of_memory_while_embedding_keeps_what_was_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
+    from faults import fail_embedding_after_one_batch
 
-    import imgcluster.pipeline as pipeline
-
-    real = pipeline.embed_files
-
-    def out_of_memory_after_one_batch(*args, **kwargs):  # type: ignore[no-untyped-def]
-        yield next(iter(real(*args, **kwargs)))
-        raise torch.OutOfMemoryError(CUDA_OOM)
-
-    monkeypatch.setattr(pipeline, "embed_files", out_of_memory_after_one_batch)
-    monkeypatch.setenv("IMGCLUSTER_FLUSH_EVERY", "4")
+    fail_embedding_after_one_batch(monkeypatch, torch.OutOfMemoryError(CUDA_OOM))
     folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=8)
     result = invoke("embed", folder, "--cache-dir", tmp_path / "cache", "--embed-batch-size", "4", *FAST[:2], "--workers", "0")
     assert result.exit_code == 1 and "Traceback" not in result.stderr

@@ -320,18 +320,13 @@ def test_embedding_with_little_shared_memory_warns_and_gives_like_features(
 def test_a_dead_decode_worker_is_one_line_and_keeps_what_was_saved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The kernel's OOM killer takes a decode worker: DataLoader raises in the main process. The
     batches already flushed stay cached and the message says so, like an interrupted run."""
+    from faults import fail_embedding_after_one_batch
+
     import imgcluster.pipeline as pipeline
     from imgcluster.config import EmbedConfig
 
     folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=8)
-    real = pipeline.embed_files
-
-    def dies_after_one_batch(*args, **kwargs):  # type: ignore[no-untyped-def]
-        yield next(iter(real(*args, **kwargs)))
-        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
-
-    monkeypatch.setattr(pipeline, "embed_files", dies_after_one_batch)
-    monkeypatch.setenv("IMGCLUSTER_FLUSH_EVERY", "4")
+    fail_embedding_after_one_batch(monkeypatch, RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "))
     config = EmbedConfig(str(folder), model="efficientnet-lite0", cache_dir=str(tmp_path / "cache"), workers=0, batch_size=4)
     with pytest.raises(UserError) as caught:
         pipeline.embed_folder(config, torch.device("cpu"))
