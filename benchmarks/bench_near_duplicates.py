@@ -21,8 +21,8 @@ from common import write_section
 from PIL import Image, ImageOps
 
 from imgcluster.backbones import create_backbone
-from imgcluster.embed import embed_files
-from imgcluster.scan import scan_folder
+from imgcluster.embedding import embed_files
+from imgcluster.listing import list_images
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
@@ -56,7 +56,7 @@ def main() -> None:
                 im.convert("RGB").save(folder / f"{i:03d}-original.png")
                 for j, edit in enumerate(EDITS.values()):
                     edit(im).convert("RGB").save(folder / f"{i:03d}-edit{j}.png")
-        files = scan_folder(folder)
+        files = list_images(folder)
         backbone = create_backbone("efficientnet-lite0", device=cpu)
         z = np.zeros((len(files), backbone.feature_dim), np.float32)
         for batch in embed_files(files, backbone, cpu, workers=0):

@@ -47,11 +47,11 @@ sys.path.insert(0, str(HERE))
 from common import machine, write_section  # noqa: E402
 from datasets import FASHION_CLASSES, fashion_mnist_folder, fashion_mnist_test, write_folder  # noqa: E402
 
-import imgcluster.embed as embed_module  # noqa: E402
+import imgcluster.embedding as embed_module  # noqa: E402
 from imgcluster.backbones import Backbone, create_backbone  # noqa: E402
 from imgcluster.cache import EmbeddingCache  # noqa: E402
 from imgcluster.config import EmbedConfig, TrainConfig  # noqa: E402
-from imgcluster.embed import default_batch_size, default_workers, draft_size_for  # noqa: E402
+from imgcluster.embedding import default_batch_size, default_workers, draft_size_for  # noqa: E402
 from imgcluster.load import load_rgb  # noqa: E402
 from imgcluster.pipeline import EmbedHooks, embed_folder  # noqa: E402
 
@@ -356,7 +356,7 @@ def model_forward_costs(repeats: int = 3) -> list[str]:
     """CPU seconds per image of one batch-64 forward pass, reference model vs ours (folded,
     channels-last), interleaved, best of ``repeats``: the model part of the ratio, measured in CPU
     time so that other jobs on the machine barely move it."""
-    from imgcluster.embed import prepare_model
+    from imgcluster.embedding import prepare_model
 
     backbone = create_backbone(MODEL)
     ours = prepare_model(backbone, torch.device("cpu"))

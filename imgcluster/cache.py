@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from imgcluster.atomic import atomic_open, atomic_write_text
-from imgcluster.scan import ImageFile
+from imgcluster.listing import ImageFile
 
 FORMAT_VERSION = "2"  # 2: shards name the cache they belong to
 CACHE_DIRNAME = ".imgcluster"

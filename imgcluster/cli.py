@@ -707,7 +707,7 @@ def evaluate(
     """
     from rich.console import Console
 
-    from imgcluster.evaluate import evaluate as run_evaluation
+    from imgcluster.scoring import evaluate as run_evaluation
 
     ui = UI(quiet)
     with handled(ui):

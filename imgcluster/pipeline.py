@@ -18,10 +18,10 @@ import torch
 from imgcluster.backbones import create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
-from imgcluster.embed import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
+from imgcluster.embedding import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
 from imgcluster.errors import UserError, first_sentences
+from imgcluster.listing import IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.lock import folder_lock
-from imgcluster.scan import IMAGE_EXTENSIONS, ImageFile, scan_folder
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
 FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
@@ -116,7 +116,7 @@ def embed_folder(
     shared = shared_cache_root(config.cache_dir)  # may lie inside FOLDER, holding other folders' caches
     unsupported: list[str] = []
     excluded = (cache_root, *([shared] if shared else []))
-    files = scan_folder(folder, follow_symlinks=config.follow_symlinks, exclude=excluded, unsupported=unsupported)
+    files = list_images(folder, follow_symlinks=config.follow_symlinks, exclude=excluded, unsupported=unsupported)
     if unsupported:
         kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
         hooks.on_warning(f"left out {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}); convert them to JPEG or PNG")

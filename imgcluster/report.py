@@ -30,8 +30,8 @@ from PIL import Image, ImageDraw, ImageFont, features
 
 from imgcluster.atomic import atomic_open, atomic_write_text
 from imgcluster.errors import UserError
+from imgcluster.listing import OUTPUT_MARKER
 from imgcluster.load import ImageDecodeError, load_rgb
-from imgcluster.scan import OUTPUT_MARKER
 
 DEFAULT_PER_CLUSTER = 48  # most typical images per cluster; a third as many least confident ones join them
 THUMB_PX = 112  # longest side of a thumbnail
@@ -206,7 +206,7 @@ def cached_features(folder: Path, sidecar: dict[str, Any] | None) -> tuple[dict[
 
 def label_mix(rows: list[Row], labelled_folder: Path) -> dict[int, Counter[str]]:
     """Per cluster, how many images carry each label (the top sub-folder name in ``labelled_folder``)."""
-    from imgcluster.evaluate import folder_labels
+    from imgcluster.scoring import folder_labels
 
     if not labelled_folder.is_dir():
         raise UserError(f"labelled folder not found: {labelled_folder}", exit_code=2)
@@ -663,7 +663,7 @@ def write_report(
         mix = label_mix(rows, labels)
         for v in views:
             v.mix = mix[v.cluster].most_common()
-        from imgcluster.evaluate import evaluate
+        from imgcluster.scoring import evaluate
 
         e = evaluate(assignments, labels)
         info["scores"] = [("ACC", e.acc), ("NMI", e.nmi), ("ARI", e.ari), ("purity", e.purity)]

@@ -8,7 +8,7 @@ from imagefolders import SAMPLE
 
 from imgcluster.backbones import BACKBONES, create_backbone, resolve_model_name
 from imgcluster.errors import UserError
-from imgcluster.evaluate import hungarian_accuracy
+from imgcluster.scoring import hungarian_accuracy
 
 
 def test_registry_names() -> None:

@@ -14,7 +14,7 @@ import torch
 from faults import record
 from imagefolders import CLASSES, sample_image
 
-import imgcluster.embed
+import imgcluster.embedding
 from imgcluster.config import EmbedConfig
 from imgcluster.pipeline import EmbedHooks, embed_folder
 
@@ -32,11 +32,11 @@ def test_files_changing_between_scan_and_decode(
     rels = sorted(p.relative_to(small_folder).as_posix() for p in small_folder.rglob("*.png"))
     deleted_before, replaced, grown_during, deleted_during, touched = rels[1], rels[5], rels[9], rels[13], rels[17]
     replacement = sample_image(CLASSES[4], 3).resize((40, 40))
-    real_load = imgcluster.embed.load_rgb
-    real_getitem = imgcluster.embed.ImageDataset.__getitem__
+    real_load = imgcluster.embedding.load_rgb
+    real_getitem = imgcluster.embedding.ImageDataset.__getitem__
     calls: list[str] = []
 
-    def change_after_scan(self: imgcluster.embed.ImageDataset, i: int):  # after the scan, before decoding starts
+    def change_after_scan(self: imgcluster.embedding.ImageDataset, i: int):  # after the scan, before decoding starts
         path = self.files[i].path
         rel = self.files[i].rel
         calls.append(rel)
@@ -60,8 +60,8 @@ def test_files_changing_between_scan_and_decode(
             Path(path).unlink()
         return image
 
-    monkeypatch.setattr(imgcluster.embed.ImageDataset, "__getitem__", change_after_scan)
-    monkeypatch.setattr(imgcluster.embed, "load_rgb", change_while_reading)
+    monkeypatch.setattr(imgcluster.embedding.ImageDataset, "__getitem__", change_after_scan)
+    monkeypatch.setattr(imgcluster.embedding, "load_rgb", change_while_reading)
     warnings: list[str] = []
     cache = tmp_path / "cache"
     result = run(small_folder, cache, warnings)

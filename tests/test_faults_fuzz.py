@@ -26,9 +26,9 @@ from faults import record
 from imagefolders import CLASSES, sample_image
 from PIL import Image, ImageFile
 
-from imgcluster.embed import ImageDataset, draft_size_for
+from imgcluster.embedding import ImageDataset, draft_size_for
+from imgcluster.listing import ImageFile as ScannedFile
 from imgcluster.load import ImageDecodeError, load_rgb
-from imgcluster.scan import ImageFile as ScannedFile
 
 SEED = 20240601
 CASES = 3000
@@ -355,13 +355,13 @@ def _slow_load(path: Path, draft_size: int | None = None) -> Image.Image:
 
 def test_per_file_time_limit_skips_a_hanging_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A file whose decoding hangs is skipped with a reason after the limit, in process and in a worker."""
-    import imgcluster.embed
+    import imgcluster.embedding
     from imgcluster.load import time_limit
 
     fast, slow = tmp_path / "fast.png", tmp_path / "slow.png"
     for path in (fast, slow):
         sample_image(CLASSES[0], 0).save(path)
-    monkeypatch.setattr(imgcluster.embed, "load_rgb", _slow_load)
+    monkeypatch.setattr(imgcluster.embedding, "load_rgb", _slow_load)
     monkeypatch.setenv("IMGCLUSTER_DECODE_TIMEOUT", "0.5")
     dataset = ImageDataset([_scanned(fast), _scanned(slow)], _transform(), draft_size_for(DATA_CONFIG))
     assert dataset.timeout == 0.5

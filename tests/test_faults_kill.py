@@ -261,10 +261,10 @@ def test_features_do_not_depend_on_batch_grouping(small_folder: Path) -> None:
     """A resumed run groups images differently; padding every forward pass to the batch size keeps
     each image's features bit-identical (a batch of 1 took another CPU kernel path)."""
     from imgcluster.backbones import create_backbone
-    from imgcluster.embed import embed_files
-    from imgcluster.scan import scan_folder
+    from imgcluster.embedding import embed_files
+    from imgcluster.listing import list_images
 
-    files = scan_folder(small_folder)[:9]
+    files = list_images(small_folder)[:9]
     backbone = create_backbone("efficientnet-lite0", None, torch.device("cpu"))
     together = {}
     for batch in embed_files(files, backbone, torch.device("cpu"), batch_size=4, workers=0):
@@ -503,11 +503,11 @@ def test_sigterm_mid_embed_reports_what_was_kept(small_folder: Path, tmp_path: P
 
     from typer.testing import CliRunner
 
-    import imgcluster.embed
+    import imgcluster.embedding
     from imgcluster.cli import app
 
     monkeypatch.setenv("IMGCLUSTER_FLUSH_EVERY", "4")
-    real_load = imgcluster.embed.load_rgb
+    real_load = imgcluster.embedding.load_rgb
     calls = 0
 
     def load(path: Path, draft_size: int | None = None):
@@ -517,7 +517,7 @@ def test_sigterm_mid_embed_reports_what_was_kept(small_folder: Path, tmp_path: P
             os.kill(os.getpid(), signal.SIGTERM)
         return real_load(path, draft_size)
 
-    monkeypatch.setattr(imgcluster.embed, "load_rgb", load)
+    monkeypatch.setattr(imgcluster.embedding, "load_rgb", load)
     cache = tmp_path / "cache"
     result = CliRunner().invoke(app, ["embed", str(small_folder), "--cache-dir", str(cache), *NO_TRAINING, *BATCH])
     assert result.exit_code == 143, result.stderr

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 from imgcluster.cache import default_cache_root
 from imgcluster.cli import app
 from imgcluster.config import sidecar_path
+from imgcluster.listing import list_images
 from imgcluster.report import MAX_IMAGES, THUMB_PX, Row, plan_clusters, write_report
-from imgcluster.scan import scan_folder
 
 runner = CliRunner()
 FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--workers", "0"]
@@ -104,7 +104,7 @@ def test_report_command_with_labels_and_montage(clustered: Clustered, tmp_path: 
     assert len(mixes) == 3 and all(re.search(r"\(\d+%\)", m) for m in mixes)
     assert all(any(c in m for m in mixes) for c in CLASSES[:3])
     assert not stale.exists()
-    assert scan_folder(tmp_path) == []  # the montage folder is marked as output, not photos
+    assert list_images(tmp_path) == []  # the montage folder is marked as output, not photos
     for k in {r["cluster"] for r in clustered.rows}:
         with Image.open(tmp_path / "clusters-montage" / f"cluster-{k}.png") as im:
             assert im.format == "PNG" and im.width >= THUMB_PX and im.height >= THUMB_PX

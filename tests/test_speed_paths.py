@@ -20,11 +20,11 @@ from torch import nn
 
 import imgcluster.neighbours as neighbours
 from imgcluster.backbones import Backbone, BackboneSpec, create_backbone
-from imgcluster.embed import default_batch_size, default_workers, draft_size_for, embed_files, plan_loader, prepare_model
+from imgcluster.embedding import default_batch_size, default_workers, draft_size_for, embed_files, plan_loader, prepare_model
 from imgcluster.errors import UserError
+from imgcluster.listing import list_images
 from imgcluster.load import load_rgb
 from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
-from imgcluster.scan import scan_folder
 from imgcluster.speed import cpu_threads, fold_batchnorm
 
 
@@ -234,7 +234,7 @@ def lite0() -> Backbone:
 def test_workers_give_the_same_features_as_in_process(tmp_path: Path, lite0: Backbone) -> None:
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=8)
     pattern(900, 500).save(folder / "big.jpg", quality=90)  # draft-mode JPEG among the PNGs
-    files = scan_folder(folder)
+    files = list_images(folder)
     cpu = torch.device("cpu")
 
     def run(workers: int) -> np.ndarray:
@@ -482,7 +482,7 @@ def test_cpu_threads_restores_setting() -> None:
 @cuda
 def test_compiled_cuda_embedding_matches_eager(tmp_path: Path, lite0: Backbone) -> None:
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=5)  # 10 images: a ragged last batch
-    files = scan_folder(folder)
+    files = list_images(folder)
     gpu = torch.device("cuda")
     backbone = create_backbone("efficientnet-lite0", device=gpu)
 

@@ -4,8 +4,8 @@ import torch
 
 from imgcluster.config import TrainConfig
 from imgcluster.errors import UserError
-from imgcluster.evaluate import hungarian_accuracy
 from imgcluster.neighbours import knn_search
+from imgcluster.scoring import hungarian_accuracy
 from imgcluster.train import effective_schedule, train_objective
 
 

@@ -8,7 +8,6 @@ import torch
 from toys import blobs, random_batch, train_toy
 
 from imgcluster.errors import UserError
-from imgcluster.evaluate import hungarian_accuracy
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.ddc import (
     cs_divergence,
@@ -18,6 +17,7 @@ from imgcluster.objectives.ddc import (
     simplex_memberships,
     squared_distances,
 )
+from imgcluster.scoring import hungarian_accuracy
 
 
 def onehot(labels: list[int], k: int) -> torch.Tensor:

@@ -6,10 +6,10 @@ import torch
 from toys import blobs, toy_neighbours
 
 from imgcluster.config import TrainConfig
-from imgcluster.evaluate import hungarian_accuracy
 from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.kmeans import FALLBACK_TEMPERATURE, T_MIN, calibrate_temperature, match_labels
+from imgcluster.scoring import hungarian_accuracy
 from imgcluster.train import train_objective
 
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 from toys import random_batch, train_toy
 
-from imgcluster.evaluate import hungarian_accuracy
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.mixture_em import Whitening, em_terms, mixture_em_loss
+from imgcluster.scoring import hungarian_accuracy
 
 
 def cosine_log_densities(labels: list[int], k: int, kappa: float = 10.0) -> torch.Tensor:

@@ -10,7 +10,6 @@ from toys import blob_config, random_knn_batch, toy_neighbours
 
 from imgcluster.config import TrainConfig
 from imgcluster.errors import UserError
-from imgcluster.evaluate import hungarian_accuracy
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.secu import (
     SeCu,
@@ -22,6 +21,7 @@ from imgcluster.objectives.secu import (
     representation_loss,
     update_duals,
 )
+from imgcluster.scoring import hungarian_accuracy
 from imgcluster.train import train_objective
 
 FAST = {"hidden": 128, "n_heads": 3}  # keeps the toy runs short; the method is unchanged

@@ -9,9 +9,9 @@ import torch
 from toys import blobs, random_batch, train_toy
 
 from imgcluster.errors import UserError
-from imgcluster.evaluate import hungarian_accuracy
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.temi import spherical_kmeans, temi_loss, temi_pair_loss
+from imgcluster.scoring import hungarian_accuracy
 
 
 def smoothed_onehot(labels: list[int], k: int, eps: float = 1e-3) -> torch.Tensor:

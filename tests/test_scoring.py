@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from imgcluster.cli import app
 from imgcluster.errors import UserError
-from imgcluster.evaluate import evaluate, hungarian_accuracy, score
+from imgcluster.scoring import evaluate, hungarian_accuracy, score
 
 
 def test_permuted_labels_score_perfectly() -> None:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from imgcluster.scan import OUTPUT_MARKER, scan_folder
+from imgcluster.listing import OUTPUT_MARKER, list_images
 
 
 def touch(path: Path) -> Path:
@@ -15,14 +15,14 @@ def touch(path: Path) -> Path:
 def test_recursive_sorted_and_filtered(tmp_path: Path) -> None:
     for rel in ["b/2.PNG", "a/1.jpg", "a/z/3.webp", "c.tiff", "notes.txt", ".hidden/x.png", "a/.dot.png"]:
         touch(tmp_path / rel)
-    rels = [f.rel for f in scan_folder(tmp_path)]
+    rels = [f.rel for f in list_images(tmp_path)]
     assert rels == ["a/1.jpg", "a/z/3.webp", "b/2.PNG", "c.tiff"]
 
 
 def test_excluded_cache_folder_is_skipped(tmp_path: Path) -> None:
     touch(tmp_path / "img.png")
     touch(tmp_path / "cache" / "thumb.png")
-    assert [f.rel for f in scan_folder(tmp_path, exclude=(tmp_path / "cache",))] == ["img.png"]
+    assert [f.rel for f in list_images(tmp_path, exclude=(tmp_path / "cache",))] == ["img.png"]
 
 
 def test_folders_imgcluster_wrote_are_skipped(tmp_path: Path) -> None:
@@ -30,21 +30,21 @@ def test_folders_imgcluster_wrote_are_skipped(tmp_path: Path) -> None:
     touch(tmp_path / "img.png")
     touch(tmp_path / "photos-clusters-montage" / "cluster-0.png")
     touch(tmp_path / "photos-clusters-montage" / OUTPUT_MARKER)
-    assert [f.rel for f in scan_folder(tmp_path)] == ["img.png"]
+    assert [f.rel for f in list_images(tmp_path)] == ["img.png"]
 
 
 def test_unreadable_formats_are_counted_not_passed_over(tmp_path: Path) -> None:
     for rel in ["a.jpg", "phone/IMG_1.HEIC", "raw/DSC_2.nef", "b.avif", "c.jfif", "notes.txt"]:
         touch(tmp_path / rel)
     unsupported: list[str] = []
-    assert [f.rel for f in scan_folder(tmp_path, unsupported=unsupported)] == ["a.jpg", "b.avif", "c.jfif"]
+    assert [f.rel for f in list_images(tmp_path, unsupported=unsupported)] == ["a.jpg", "b.avif", "c.jfif"]
     assert unsupported == ["phone/IMG_1.HEIC", "raw/DSC_2.nef"]
 
 
 def test_symlink_loop_terminates(tmp_path: Path) -> None:
     touch(tmp_path / "a" / "1.png")
     os.symlink(tmp_path, tmp_path / "a" / "loop")
-    assert [f.rel for f in scan_folder(tmp_path)] == ["a/1.png"]
+    assert [f.rel for f in list_images(tmp_path)] == ["a/1.png"]
 
 
 def test_links_outside_root_need_the_flag(tmp_path: Path) -> None:
@@ -54,15 +54,15 @@ def test_links_outside_root_need_the_flag(tmp_path: Path) -> None:
     touch(root / "in.png")
     os.symlink(outside, root / "ext")
     os.symlink(outside / "o.png", root / "file-link.png")
-    assert [f.rel for f in scan_folder(root)] == ["in.png"]
-    assert [f.rel for f in scan_folder(root, follow_symlinks=True)] == ["ext/o.png", "file-link.png", "in.png"]
+    assert [f.rel for f in list_images(root)] == ["in.png"]
+    assert [f.rel for f in list_images(root, follow_symlinks=True)] == ["ext/o.png", "file-link.png", "in.png"]
 
 
 def test_unicode_and_spaces(tmp_path: Path) -> None:
     touch(tmp_path / "dossier été" / "photo 名前.jpg")
-    assert [f.rel for f in scan_folder(tmp_path)] == ["dossier été/photo 名前.jpg"]
+    assert [f.rel for f in list_images(tmp_path)] == ["dossier été/photo 名前.jpg"]
 
 
 def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
-        scan_folder(tmp_path / "missing")
+        list_images(tmp_path / "missing")

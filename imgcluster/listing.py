@@ -25,7 +25,7 @@ class ImageFile:
     mtime_ns: int
 
 
-def scan_folder(
+def list_images(
     root: Path, follow_symlinks: bool = False, exclude: tuple[Path, ...] = (), unsupported: list[str] | None = None
 ) -> list[ImageFile]:
     """Images under ``root``, sorted by relative path.

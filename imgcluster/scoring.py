@@ -11,7 +11,7 @@ import numpy as np
 
 from imgcluster.assign import read_assignments
 from imgcluster.errors import UserError
-from imgcluster.scan import scan_folder
+from imgcluster.listing import list_images
 
 
 @dataclass
@@ -72,7 +72,7 @@ def score(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
 
 def folder_labels(folder: Path) -> dict[str, str]:
     """Relative path -> label, the label being the top-level sub-folder's name."""
-    return {f.rel: f.rel.split("/", 1)[0] for f in scan_folder(folder) if "/" in f.rel}
+    return {f.rel: f.rel.split("/", 1)[0] for f in list_images(folder) if "/" in f.rel}
 
 
 def evaluate(assignments: Path, labelled_folder: Path) -> Evaluation:

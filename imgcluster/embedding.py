@@ -17,8 +17,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from imgcluster.backbones import Backbone
+from imgcluster.listing import ImageFile
 from imgcluster.load import DecodeTimeout, ImageDecodeError, load_rgb, time_limit
-from imgcluster.scan import ImageFile
 from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, worker_threads_init
 
 MAX_ASPECT = 16  # longer side / shorter side kept before resizing; see limit_aspect
