@@ -33,7 +33,7 @@ from imgcluster.config import (
     sidecar_path,
     write_sidecar,
 )
-from imgcluster.errors import UserError, first_sentences
+from imgcluster.errors import ImgclusterError, ParameterError, UserError, first_sentences
 from imgcluster.ui import UI, count
 
 
@@ -161,9 +161,15 @@ def handled(ui: UI) -> Iterator[None]:
     try:
         with sigterm_as_interrupt():
             yield
+    except ParameterError as exc:  # a bad value: named by its flag, exit 2 as for Click's usage errors
+        ui.error(exc.render(FlagNames()))
+        raise typer.Exit(2) from None
     except UserError as exc:
         ui.error(str(exc))
         raise typer.Exit(exc.exit_code) from None
+    except ImgclusterError as exc:
+        ui.error(str(exc))
+        raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the message says what was kept, when known
         ui.error(str(exc) or "interrupted; every finished batch is kept in the cache and the next run resumes from there")
         raise typer.Exit(note_stop(exc)) from None
@@ -183,6 +189,17 @@ def handled(ui: UI) -> Iterator[None]:
             raise typer.Exit(1) from None
         ui.error(f"unexpected {type(exc).__name__}: {exc} (run with IMGCLUSTER_DEBUG=1 for details)")
         raise typer.Exit(1) from None
+
+
+# Library parameters whose flag is not simply ``--`` + the name with dashes.
+FLAG_OVERRIDES = {"n_clusters": "--clusters", "folder": "FOLDER", "embed_batch_size": "--embed-batch-size"}
+
+
+class FlagNames(dict):  # type: ignore[type-arg]
+    """Maps a library parameter name to the flag a user typed: ``k_max`` -> ``--k-max``."""
+
+    def get(self, key: str, default: str | None = None) -> str:  # type: ignore[override]
+        return FLAG_OVERRIDES.get(key, "--" + key.replace("_", "-"))
 
 
 PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whose pipe closed
