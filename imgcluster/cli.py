@@ -195,7 +195,7 @@ def handled(ui: UI) -> Iterator[None]:
 FLAG_OVERRIDES = {"n_clusters": "--clusters", "folder": "FOLDER", "embed_batch_size": "--embed-batch-size"}
 
 
-class FlagNames(dict):  # type: ignore[type-arg]
+class FlagNames(dict[str, str]):
     """Maps a library parameter name to the flag a user typed: ``k_max`` -> ``--k-max``."""
 
     def get(self, key: str, default: str | None = None) -> str:  # type: ignore[override]
