@@ -1,6 +1,18 @@
-"""imgcluster: sort a folder of images into groups without labels."""
+"""imgcluster: sort a folder of images into groups without labels.
 
+The Python API (README, section "Python API"): :func:`embed`, :class:`ClusterHead`,
+:func:`cluster_folder`, :func:`train_folder`, :func:`evaluate`, :func:`write_report`. Each name
+is imported when first used, so ``import imgcluster`` stays light (no torch, timm, faiss or
+scikit-learn) and ``imgcluster --version`` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
 import os
+from typing import TYPE_CHECKING, Any
+
+from imgcluster.errors import ImgclusterError, ParameterError
 
 # OpenMP threads that spin while waiting make small training steps 30x slower as soon as another
 # process (a decode worker, a second job) shares the cores: 0.41 s vs 0.014 s per step measured
@@ -9,3 +21,56 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+# name -> module that defines it, imported on first use (PEP 562)
+_LAZY = {
+    "embed": "imgcluster.features",
+    "Embeddings": "imgcluster.pipeline",
+    "ClusterHead": "imgcluster.estimator",
+    "cluster_folder": "imgcluster.folder",
+    "train_folder": "imgcluster.folder",
+    "Assignment": "imgcluster.folder",
+    "evaluate": "imgcluster.scoring",
+    "Evaluation": "imgcluster.scoring",
+    "write_report": "imgcluster.reporting",
+    "ReportResult": "imgcluster.reporting",
+    "Event": "imgcluster.progress",
+}
+
+__all__ = [
+    "Assignment",
+    "ClusterHead",
+    "Embeddings",
+    "Evaluation",
+    "Event",
+    "ImgclusterError",
+    "ParameterError",
+    "ReportResult",
+    "__version__",
+    "cluster_folder",
+    "embed",
+    "evaluate",
+    "train_folder",
+    "write_report",
+]
+
+if TYPE_CHECKING:
+    from imgcluster.estimator import ClusterHead
+    from imgcluster.features import embed
+    from imgcluster.folder import Assignment, cluster_folder, train_folder
+    from imgcluster.pipeline import Embeddings
+    from imgcluster.progress import Event
+    from imgcluster.reporting import ReportResult, write_report
+    from imgcluster.scoring import Evaluation, evaluate
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'imgcluster' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

@@ -31,14 +31,22 @@ class Assignment:
 
 
 @torch.no_grad()
-def predict(objective: Objective, features: np.ndarray, device: torch.device, explain: bool = False, batch_size: int = 65536) -> Assignment:
-    """Stream features through the head in blocks, so memory stays flat for large folders."""
+def probabilities(
+    objective: Objective, features: np.ndarray, device: torch.device, batch_size: int = 65536
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(normalised features, cluster probabilities) block by block, so memory stays flat for large folders."""
     objective.eval().to(device)
-    clusters, confidences = [], []
-    extra: dict[str, list[np.ndarray]] = {}
     for start in range(0, features.shape[0], batch_size):
         z = torch.from_numpy(l2_normalise(features[start : start + batch_size])).to(device)
-        p = objective.predict(z)
+        yield z, objective.predict(z)
+
+
+@torch.no_grad()
+def predict(objective: Objective, features: np.ndarray, device: torch.device, explain: bool = False, batch_size: int = 65536) -> Assignment:
+    """Each image's most probable cluster and its probability (plus the objective's explanations)."""
+    clusters, confidences = [], []
+    extra: dict[str, list[np.ndarray]] = {}
+    for z, p in probabilities(objective, features, device, batch_size):
         conf, cluster = p.max(-1)
         clusters.append(cluster.cpu().numpy())
         confidences.append(conf.float().cpu().numpy())

@@ -1,7 +1,7 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a torn one.
 
 A write that fails (read-only folder, disk full, quota) removes its temporary file and raises a
-one-line :class:`UserError` naming the file, so no half-written file is ever left as if complete.
+one-line :class:`ImgclusterError` naming the file, so no half-written file is ever left as if complete.
 A process killed outright (SIGKILL, power loss) can leave a hidden ``.<name>.<random>.tmp``
 beside the target; it is never renamed into place, and the cache removes its own on next open.
 
@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 
 # Errors from the caller's writes that are about the disk, not the caller's data.
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
@@ -35,8 +35,8 @@ def _temp_prefix(path: Path) -> str:
     return f".{name}."
 
 
-def _cannot_write(path: Path, exc: OSError) -> UserError:
-    return UserError(f"cannot write {path}: {exc.strerror or exc}")
+def _cannot_write(path: Path, exc: OSError) -> ImgclusterError:
+    return ImgclusterError(f"cannot write {path}: {exc.strerror or exc}")
 
 
 def _umask() -> int:
@@ -135,7 +135,7 @@ def check_writable(path: Path) -> None:
     path = Path(path)
     if is_stream(path):
         if not os.access(path, os.W_OK):
-            raise UserError(f"cannot write {path}: permission denied")
+            raise ImgclusterError(f"cannot write {path}: permission denied")
         return
     fd, tmp = _temp_beside(_follow(path))
     os.close(fd)

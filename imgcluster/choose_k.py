@@ -64,6 +64,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from imgcluster.errors import ParameterError, render
 from imgcluster.neighbours import knn_search, l2_normalise
 
 CRITERION = "knn-modularity"
@@ -84,7 +85,7 @@ class KChoice:
     scores: dict[int, float]  # modularity Q per candidate K
     best_k: int  # K with the highest Q (k differs when a smaller K is within one standard error)
     standard_error: float  # jackknife standard error of Q at best_k
-    explanation: str
+    explanation: str  # may name parameters as {placeholders} (errors.render)
     k_min: int
     k_max: int
     points: int  # images used (a seeded sample above MAX_POINTS)
@@ -106,21 +107,21 @@ class KChoice:
             "points": self.points,
             "seconds": round(self.seconds, 3),
             "settings": self.settings,
-            "explanation": self.explanation,
+            "explanation": render(self.explanation, {}),
         }
 
 
 def parse_clusters(value: str | int) -> int | None:
-    """``"auto"`` -> None, ``"12"`` -> 12; anything else raises ValueError with a readable message."""
+    """``"auto"`` -> None, ``"12"`` -> 12; anything else raises :class:`ParameterError` naming ``n_clusters``."""
     text = str(value).strip().lower()
     if text == "auto":
         return None
     try:
         k = int(text)
     except ValueError:
-        raise ValueError(f"--clusters takes a whole number or 'auto', not {value!r}") from None
+        raise ParameterError(f"{{n_clusters}} takes a whole number or 'auto', not {value!r}") from None
     if k < 2:
-        raise ValueError(f"--clusters must be at least 2, got {k}")
+        raise ParameterError(f"{{n_clusters}} must be at least 2, got {k}")
     return k
 
 
@@ -201,15 +202,15 @@ def choose_k(
     start = time.perf_counter()
     n_all = features.shape[0]
     if k_min < 2:
-        raise ValueError(f"--k-min must be at least 2, got {k_min}")
+        raise ParameterError(f"{{k_min}} must be at least 2, got {k_min}")
     if k_max < k_min:
-        raise ValueError(f"--k-max ({k_max}) must not be below --k-min ({k_min})")
+        raise ParameterError(f"{{k_max}} ({k_max}) must not be below {{k_min}} ({k_min})")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n_all, max_points, replace=False)) if n_all > max_points else np.arange(n_all)
     n = rows.size
     upper = min(k_max, n // 2)
     if upper < k_min:
-        raise ValueError(f"{n_all} images are too few to choose K between {k_min} and {k_max}; give --clusters a number")
+        raise ParameterError(f"{n_all} images are too few to choose K between {k_min} and {k_max}; give {{n_clusters}} a number")
     z = reduce(features[rows], pca_dims, seed)
     graph = knn_graph(z, graph_k)
     candidates = list(range(k_min, upper + 1))
@@ -228,14 +229,14 @@ def choose_k(
         )
     sample = f"a sample of {n} of {n_all} images" if n < n_all else f"{n} images"
     seconds = time.perf_counter() - start
-    explanation = f"--clusters auto chose K={chosen} of {k_min}-{upper}{capped}: {why}; {sample}, {seconds:.1f}s"
+    explanation = f"{{n_clusters}} auto chose K={chosen} of {k_min}-{upper}{capped}: {why}; {sample}, {seconds:.1f}s"
     if n <= graph_k + 1:  # every image links to every other: a complete graph, where no split beats chance
         explanation += (
             f"; with {n} images each is a neighbour of every other in the {graph_k}-NN graph, so no K can be judged "
-            "and this one is a guess: give --clusters a number"
+            "and this one is a guess: give {n_clusters} a number"
         )
     elif scores[best] <= 0:  # no partition keeps more neighbour links inside clusters than chance would
-        explanation += "; no K shows cluster structure (every Q <= 0), so this K is a guess: give --clusters a number"
+        explanation += "; no K shows cluster structure (every Q <= 0), so this K is a guess: give {n_clusters} a number"
     return KChoice(
         k=chosen,
         scores=scores,

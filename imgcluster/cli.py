@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, ClassVar, Optional
 
 import typer
 from typer.core import TyperGroup
@@ -21,20 +21,13 @@ try:  # recent typer releases bundle their own click, whose errors derive from T
 except ImportError:  # pragma: no cover - older typer raises click's own
     from click import ClickException as CommandLineError  # type: ignore[assignment]
 
+import imgcluster
 from imgcluster import __version__
-from imgcluster.atomic import check_writable, is_stream
-from imgcluster.config import (
-    DEFAULT_CLUSTERS,
-    DEFAULT_KNN,
-    DEFAULT_OBJECTIVE,
-    AssignConfig,
-    EmbedConfig,
-    TrainConfig,
-    sidecar_path,
-    write_sidecar,
-)
-from imgcluster.errors import ImgclusterError, ParameterError, UserError, first_sentences
-from imgcluster.ui import UI, count
+from imgcluster.atomic import is_stream
+from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
+from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
+from imgcluster.progress import Event, count
+from imgcluster.ui import UI, ProgressTask
 
 
 class OneLineErrors(TyperGroup):
@@ -164,11 +157,8 @@ def handled(ui: UI) -> Iterator[None]:
     except ParameterError as exc:  # a bad value: named by its flag, exit 2 as for Click's usage errors
         ui.error(exc.render(FlagNames()))
         raise typer.Exit(2) from None
-    except UserError as exc:
-        ui.error(str(exc))
-        raise typer.Exit(exc.exit_code) from None
     except ImgclusterError as exc:
-        ui.error(str(exc))
+        ui.error(exc.render(FlagNames()))
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the message says what was kept, when known
         ui.error(str(exc) or "interrupted; every finished batch is kept in the cache and the next run resumes from there")
@@ -192,7 +182,15 @@ def handled(ui: UI) -> Iterator[None]:
 
 
 # Library parameters whose flag is not simply ``--`` + the name with dashes.
-FLAG_OVERRIDES = {"n_clusters": "--clusters", "folder": "FOLDER", "embed_batch_size": "--embed-batch-size"}
+FLAG_OVERRIDES = {
+    "n_clusters": "--clusters",
+    "folder": "FOLDER",
+    "folder_or_paths": "FOLDER",
+    "assignments": "CSV",
+    "labelled_folder": "LABELLED_FOLDER",
+    "objective_options": "--option",
+    "compile_model": "--compile",
+}
 
 
 class FlagNames(dict[str, str]):
@@ -225,13 +223,72 @@ def _root(
     """Sort a folder of images into groups without labels."""
 
 
+
+
 # ---- helpers the commands share ----------------------------------------------------------------
+class Printer:
+    """Shows the library's progress events: lines on stderr, one bar per stage on a terminal."""
+
+    STAGES: ClassVar[dict[str, tuple[str, str]]] = {
+        "embed": ("embedding", "images"), "train": ("training", "epochs"), "report": ("thumbnails", "images"),
+    }  # fmt: skip
+
+    def __init__(self, ui: UI) -> None:
+        self.ui = ui
+        self._bar: contextlib.ExitStack | None = None
+        self._task: ProgressTask | None = None
+
+    def __enter__(self) -> Printer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        self._bar = self._task = None
+
+    def __call__(self, event: Event) -> None:
+        text = event.render(FlagNames())
+        if event.kind == "info":
+            self.ui.info(text)
+        elif event.kind == "warning":
+            self.ui.warn(text)
+        elif event.kind == "start":
+            self._close()
+            description, unit = self.STAGES.get(event.stage, (event.stage, "steps"))
+            self._bar = contextlib.ExitStack()
+            self._task = self._bar.enter_context(self.ui.progress(text or description, unit=unit))
+            self._task.start(event.total)
+        elif event.kind == "advance":
+            if self._task is not None:
+                self._task.advance(1 if event.stage == "train" else event.done - self._done(event), status=event.status)
+            if event.stage == "train" and not self.ui.interactive and self._epoch_line(event.done, event.total):
+                self.ui.info(text)  # without a bar: about ten loss lines, however long the run
+            if event.done >= event.total:
+                self._close()
+        self._last = event
+
+    def _done(self, event: Event) -> int:
+        last = getattr(self, "_last", None)
+        return last.done if last is not None and last.stage == event.stage and last.kind == "advance" else 0
+
+    @staticmethod
+    def _epoch_line(epoch: int, total: int) -> bool:
+        every = -(-total // LOG_EPOCH_LINES)
+        return epoch == 1 or epoch % every == 0 or epoch == total
+
+
+LOG_EPOCH_LINES = 10
+
+
 def _parse_options(options: list[str] | None) -> dict[str, Any]:
     parsed: dict[str, Any] = {}
     for item in options or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise UserError(f"--option takes KEY=VALUE, got {item!r}", exit_code=2)
+            raise ParameterError(f"{{objective_options}} takes KEY=VALUE, got {item!r}")
         try:
             parsed[key.strip()] = json.loads(raw)
         except ValueError:
@@ -239,25 +296,29 @@ def _parse_options(options: list[str] | None) -> dict[str, Any]:
     return parsed
 
 
-def _embed(ui: UI, config: EmbedConfig, device: Any, lock_timeout: float = 0.0) -> Any:
-    from imgcluster.pipeline import EmbedHooks, embed_folder
+def _embedding(
+    model: str, weights: Path | None, cache_dir: Path | None, embed_batch_size: int | None, workers: int | None, device: str,
+    dtype: str, follow_symlinks: bool, compile_model: bool, lock_timeout: float,
+) -> dict[str, Any]:  # fmt: skip
+    """The embedding options, as the library's keyword arguments."""
+    return {
+        "model": model, "weights": weights, "cache_dir": cache_dir, "embed_batch_size": embed_batch_size, "workers": workers,
+        "device": device, "dtype": dtype, "follow_symlinks": follow_symlinks, "compile_model": compile_model,
+        "lock_timeout": lock_timeout,
+    }  # fmt: skip
 
-    with ui.progress("embedding") as bar:
 
-        def on_start(todo: int, reused: int) -> None:
-            ui.info(f"{count(todo + reused, 'image')}: {reused} cached, {todo} to embed")
-            bar.start(todo)
-
-        hooks = EmbedHooks(
-            on_ready=lambda model, cache: ui.info(f"model {model} on {device}; cache {cache}"),
-            on_start=on_start,
-            on_advance=bar.advance,
-            on_warning=ui.warn,
-            on_wait=ui.info,
-        )
-        result = embed_folder(config, device, hooks, lock_timeout)
-    ui.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
-    return result
+def _training(
+    ctx: typer.Context, objective: str, clusters: str, k_min: int, k_max: int, epochs: int, batch_size: int, lr: float, knn: int,
+    seed: int, balance: float | None, self_label: bool, uco: bool, option: list[str] | None,
+) -> dict[str, Any]:  # fmt: skip
+    """The training options, as the library's keyword arguments. Epochs the user gave are run as
+    given; otherwise (None) small folders train longer, to reach 300 optimiser steps."""
+    return {
+        "objective": objective, "n_clusters": clusters, "k_min": k_min, "k_max": k_max,
+        "epochs": epochs if _given(ctx, "epochs") else None, "batch_size": batch_size, "lr": lr, "knn": knn, "seed": seed,
+        "balance": balance, "self_label": self_label, "uco": uco, "objective_options": _parse_options(option),
+    }  # fmt: skip
 
 
 # assign's options that shape a head's training: meaningless with --head, whose training is done.
@@ -271,183 +332,28 @@ def _refuse_training_options(ctx: typer.Context) -> None:
     flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
     given = [flags.get(name, name) for name in TRAINING_PARAMETERS if _given(ctx, name)]
     if given:
-        raise UserError(
+        raise ParameterError(
             f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} only to training, "
             "and --head uses a head that is already trained; "
-            "leave them out, or leave out --head to train a new one",
-            exit_code=2,
+            "leave them out, or leave out --head to train a new one"
         )
-
-
-def _report_skipped(ui: UI, result: Any, beside: Path | None) -> Path | None:
-    """Write the list of skipped files beside the output CSV (``photos-clusters-skipped.csv``) or
-    in the cache (``skipped.csv``), and say so in one line. A list left by an earlier run that
-    skipped files is removed when this run skipped none, so it never describes another run."""
-    from imgcluster.pipeline import write_skipped
-
-    path = beside.with_name(f"{beside.stem}-skipped.csv") if beside is not None else result.cache_dir / "skipped.csv"
-    if not result.skipped:
-        with contextlib.suppress(OSError):
-            path.unlink()
-        return None
-    write_skipped(path, result.skipped)
-    ui.warn(f"skipped {count(len(result.skipped), 'unreadable file')}; details in {path}")
-    return path
-
-
-LOG_EPOCH_LINES = 10
-
-
-def _train(ui: UI, result: Any, config: TrainConfig, device: Any) -> Any:
-    from imgcluster.objectives import objective_class
-    from imgcluster.pipeline import mine_neighbours
-    from imgcluster.train import effective_schedule, train_objective
-
-    neighbours = mine_neighbours(result.features, config.knn, device)
-    n = len(result.features)
-    batch, epochs = effective_schedule(n, config)
-    if epochs > config.epochs and objective_class(config.objective).trainable:  # why a run takes longer than asked
-        ui.info(f"{n} images: {epochs} epochs of batch {batch} instead of {config.epochs}, to reach {config.min_steps} steps")
-    with ui.progress(f"training {config.objective}", unit="epochs") as bar:
-        started = False
-
-        def on_epoch(log: Any, total: int) -> None:
-            nonlocal started
-            if not started:
-                bar.start(total)
-                started = True
-            bar.advance(1, status=f"loss {log.loss:.4f}")
-            # Without a progress bar: about ten loss lines however long the run (all are in the checkpoint's JSON).
-            every = -(-total // LOG_EPOCH_LINES)
-            if not ui.interactive and (log.epoch == 1 or log.epoch % every == 0 or log.epoch == total):
-                ui.info(f"epoch {log.epoch}/{total} [{log.stage}] loss {log.loss:.4f} ({log.seconds:.1f}s)")
-
-        try:
-            trained = train_objective(result.features, neighbours, config, device, on_epoch)
-        except KeyboardInterrupt as exc:
-            from imgcluster.signals import Interrupted
-
-            raise Interrupted.wrap(
-                exc,
-                f"interrupted while training: the features of all {len(result.paths)} images stay cached in {result.cache_dir}; "
-                "no head or CSV was written by this run, the next run trains again from the cached features",
-            ) from None
-    ui.info(f"trained {config.objective} (K={config.clusters}) in {trained.seconds:.1f}s")
-    if trained.empty_clusters:
-        ui.warn(
-            f"{trained.empty_clusters} of {config.clusters} clusters are empty; "
-            "try fewer --clusters, or --balance 2 for a stronger pull towards equal cluster sizes"
-        )
-    return trained
-
-
-def _save_head(
-    result: Any,
-    trained: Any,
-    embed_config: EmbedConfig,
-    train_config: TrainConfig,
-    out: Path | None,
-    choose_k: dict[str, Any] | None = None,
-) -> Path:
-    from imgcluster.checkpoint import save_checkpoint
-    from imgcluster.pipeline import head_path_for
-
-    path = out or head_path_for(result.cache_dir, train_config)
-    save_checkpoint(
-        path,
-        trained.objective,
-        {
-            "backbone": result.identity,
-            "train": train_config.__dict__,
-            "embed": embed_config.__dict__,
-            "images": len(result.paths),
-            "empty_clusters": trained.empty_clusters,
-            "train_seconds": trained.seconds,
-            "schedule": trained.schedule,
-            "history": [log.__dict__ for log in trained.history],
-            **({"choose_k": choose_k} if choose_k is not None else {}),
-        },
-    )
-    return path
-
-
-def _parse_clusters(clusters: str, k_min: int, k_max: int) -> int | None:
-    """``--clusters``: a whole number, or None for ``auto``; checked before any embedding."""
-    from imgcluster.choose_k import parse_clusters
-
-    try:
-        requested = parse_clusters(clusters)
-    except ValueError as exc:
-        raise UserError(str(exc), exit_code=2) from None
-    if requested is None and k_max < k_min:
-        raise UserError(f"--k-max ({k_max}) must not be below --k-min ({k_min})", exit_code=2)
-    return requested
-
-
-def _auto_clusters(
-    ui: UI, config: TrainConfig, requested: int | None, k_min: int, k_max: int, features: Any
-) -> tuple[TrainConfig, dict[str, Any] | None]:
-    """``--clusters auto``: choose K from the cached features, say why on stderr, return the evidence to record."""
-    import dataclasses
-
-    from imgcluster.choose_k import choose_k
-
-    if requested is not None:
-        return config, None
-    try:
-        choice = choose_k(features, k_min, k_max, seed=config.seed)
-    except ValueError as exc:
-        raise UserError(str(exc), exit_code=2) from None
-    ui.info(choice.explanation)
-    return dataclasses.replace(config, clusters=choice.k), choice.to_dict()
-
-
-OUTLIER_RULE = "confidence < min_confidence, or cosine distance to the cluster's mean feature > median + 3 * 1.4826 * MAD of that cluster"
-
-
-def _near_duplicates(ui: UI, result: Any, threshold: float | None, out_path: Path | None, device: Any) -> dict[str, Any] | None:
-    """``--near-duplicates``: write ``<csv stem>-duplicates.csv`` and say how many groups it holds."""
-    if threshold is None or out_path is None:
-        return None
-    from imgcluster.duplicates import duplicates_path, find_near_duplicates, write_duplicates
-
-    groups = find_near_duplicates(result.features, threshold, use_gpu=device.type == "cuda")
-    path = write_duplicates(duplicates_path(out_path), result.paths, groups)
-    images = sum(len(g.members) for g in groups)
-    ui.info(f"{count(len(groups), 'near-duplicate group')} ({count(images, 'image')}, cosine similarity >= {threshold}) in {path}")
-    return {"threshold": threshold, "groups": len(groups), "images": images, "csv": str(path)}
-
-
-def _train_config(
-    objective: str,
-    clusters: int,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    knn: int,
-    seed: int,
-    options: list[str] | None,
-    epochs_given: bool = False,
-    **shortcuts: Any,
-) -> TrainConfig:
-    """The train config, with the ``shortcuts`` (balance, self_label, uco) folded into the objective's options.
-
-    Small folders train for more than the default epochs (to reach ``min_steps``); epochs the user
-    asked for with ``--epochs`` are run as asked.
-    """
-    from imgcluster.objectives import objective_flags
-
-    return TrainConfig(
-        objective=objective, clusters=clusters, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, seed=seed,
-        min_steps=0 if epochs_given else TrainConfig.min_steps,
-        objective_options=objective_flags(objective, _parse_options(options), **shortcuts),
-    )  # fmt: skip
 
 
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user set parameter ``name`` (on the command line or through the environment)."""
     source = ctx.get_parameter_source(name)
     return source is not None and source.name in ("COMMANDLINE", "ENVIRONMENT")
+
+
+def _write_report(show: Printer, assignments: Path, **options: Any) -> None:
+    """Thumbnails under a progress bar, then one line saying where the report went."""
+    made = imgcluster.write_report(assignments, progress=show, **options)
+    show.ui.info(
+        f"report written to {made.html} ({count(made.clusters, 'cluster')}, {made.shown} of {count(made.rows, 'image')} shown, "
+        f"{made.bytes / 1e6:.1f} MB, {made.seconds:.1f}s)"
+    )
+    if made.montages:
+        show.ui.info(f"{count(len(made.montages), 'montage')} in {made.montages[0].parent}")
 
 
 # ---- commands ----------------------------------------------------------------------------------
@@ -469,15 +375,15 @@ def embed(
     quiet: QuietOpt = False,
 ) -> None:
     """Compute and cache backbone features; a second run embeds only new or changed images."""
-    from imgcluster.pipeline import resolve_device
-
     ui = UI(quiet)
-    with handled(ui):
-        config = EmbedConfig(
-            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
-        )
-        result = _embed(ui, config, resolve_device(device), lock_timeout)
-        _report_skipped(ui, result, None)
+    with handled(ui), Printer(ui) as show:
+        result = imgcluster.embed(
+            folder, progress=show,
+            **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
+        )  # fmt: skip
+        skipped = result.write_skipped()
+        if skipped is not None:
+            ui.warn(f"skipped {count(len(result.skipped), 'unreadable file')}; details in {skipped}")
 
 
 @app.command(
@@ -514,27 +420,13 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Embed (cached) and train a clustering head; saves a reusable checkpoint."""
-    from imgcluster.pipeline import resolve_device
-
     ui = UI(quiet)
-    with handled(ui):
-        dev = resolve_device(device)
-        embed_config = EmbedConfig(
-            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
-        )
-        requested = _parse_clusters(clusters, k_min, k_max)
-        train_config = _train_config(
-            objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
-            epochs_given=_given(ctx, "epochs"), balance=balance, self_label=self_label, uco=uco,
+    with handled(ui), Printer(ui) as show:
+        imgcluster.train_folder(
+            folder, out=out, progress=show,
+            **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
+            **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
         )  # fmt: skip
-        if out is not None:
-            check_writable(out)
-        result = _embed(ui, embed_config, dev, lock_timeout)
-        _report_skipped(ui, result, None)
-        train_config, choice = _auto_clusters(ui, train_config, requested, k_min, k_max, result.features)
-        trained = _train(ui, result, train_config, dev)
-        path = _save_head(result, trained, embed_config, train_config, out, choice)
-        ui.info(f"head saved to {path}")
 
 
 @app.command(
@@ -600,108 +492,22 @@ def assign(
 
     Without --head it runs the whole pipeline: scan, embed (cached), mine neighbours, train, assign.
     """
-    import numpy as np
-
-    from imgcluster.assign import mark_outliers, predict, write_assignments
-    from imgcluster.checkpoint import check_backbone, load_checkpoint
-    from imgcluster.pipeline import resolve_device
-
     ui = UI(quiet)
-    with handled(ui):
-        dev = resolve_device(device)
+    with handled(ui), Printer(ui) as show:
         out = out or f"{Path(folder).resolve().name}-clusters.csv"
-        out_path = None if out == "-" else Path(out)
-        if out_path is not None and out_path.is_dir():
-            raise UserError(f"--out {out} is a folder; give a file name", exit_code=2)
-        # Files that describe the CSV (its .json, the skipped list, the report) go beside it: only
-        # when it is a regular file, not stdout, /dev/null or a pipe.
-        beside = out_path if out_path is not None and not is_stream(out_path) else None
-        where = "stdout" if out_path is None else f"{out}, which is not a regular file"
-        if report and beside is None:
-            raise UserError(f"--report needs --out FILE: the report is written beside the CSV, not beside {where}", exit_code=2)
-        if near_duplicates is not None and beside is None:
-            raise UserError(f"--near-duplicates needs --out FILE: its CSV is written beside the CSV, not beside {where}", exit_code=2)
-        if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
-            raise UserError(f"--near-duplicates is a cosine similarity in (0, 1], got {near_duplicates}", exit_code=2)
-        requested = _parse_clusters(clusters, k_min, k_max) if head is None else None
-        choice: dict[str, Any] | None = None
-        if out_path is not None:
-            check_writable(out_path)  # fail before the embedding, not after it
-        head_meta: dict[str, Any] | None = None
-        train_config: TrainConfig | None = None
+        if report and (out == "-" or is_stream(Path(out))):
+            where = "stdout" if out == "-" else f"{out}, which is not a regular file"
+            raise ParameterError(f"--report needs --out FILE: the report is written beside the CSV, not beside {where}")
         if head is not None:
             _refuse_training_options(ctx)
-            trained_objective, head_meta = load_checkpoint(head)
-            if model == "auto" and weights is None:
-                model = head_meta.get("backbone", {}).get("model", model)
-        else:  # objective options are checked now, not after the embedding
-            train_config = _train_config(
-                objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
-                epochs_given=_given(ctx, "epochs"), balance=balance, self_label=self_label, uco=uco,
-            )  # fmt: skip
-        embed_config = EmbedConfig(
-            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
-        )
-        result = _embed(ui, embed_config, dev, lock_timeout)
-        if head_meta is not None:
-            if int(head_meta["feature_dim"]) != result.features.shape[1]:
-                raise UserError(
-                    f"head {head} expects {head_meta['feature_dim']}-d features but {result.model} gives "
-                    f"{result.features.shape[1]}-d; use --model {head_meta.get('backbone', {}).get('model', '?')}"
-                )
-            assert head is not None  # head_meta comes from it
-            check_backbone(head_meta, result.identity, head)
-            choice = head_meta.get("choose_k")
-        else:
-            assert train_config is not None
-            train_config, choice = _auto_clusters(ui, train_config, requested, k_min, k_max, result.features)
-            trained = _train(ui, result, train_config, dev)
-            trained_objective = trained.objective
-            head = _save_head(result, trained, embed_config, train_config, None, choice)
-            ui.info(f"head saved to {head}")
-        if not result.paths:
-            raise UserError(f"none of the images in {folder} could be read")
-        assignment = predict(trained_objective, result.features, dev, explain=explain)
-        chance = 1.0 / trained_objective.n_clusters
-        if float(assignment.confidence.max()) < chance + 0.01:
-            ui.warn(
-                f"the head is no surer of any image than chance (confidence at most {float(assignment.confidence.max()):.3f}, "
-                f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer --clusters"
-            )
-        found = mark_outliers(assignment, result.features, min_confidence)
-        write_assignments(out, result.paths, assignment)
-        ui.info(
-            f"{count(found.count, 'outlier')} of {len(result.paths)} ({100 * found.count / max(1, len(result.paths)):.0f}%): "
-            f"{int(found.low_confidence.sum())} below --min-confidence {min_confidence}, "
-            f"{int(found.far_from_centre.sum())} far from their cluster's centre"
-        )
-        duplicates = _near_duplicates(ui, result, near_duplicates, beside, dev)
-        skipped_csv = _report_skipped(ui, result, beside)
-        assign_config = AssignConfig(str(Path(folder).resolve()), out, _str(head), explain)  # absolute: `report` runs from anywhere
-        labels, counts = np.unique(assignment.cluster, return_counts=True)
-        sizes = {int(k): int(v) for k, v in zip(labels, counts)}
-        if beside is not None:
-            write_sidecar(
-                sidecar_path(beside),
-                assign=assign_config,
-                embed=embed_config,
-                train=train_config if train_config is not None else (head_meta or {}).get("train"),
-                backbone=result.identity,
-                head={"path": str(head), "objective": trained_objective.name, "clusters": trained_objective.n_clusters},
-                **({"choose_k": choice} if choice is not None else {}),
-                result={
-                    "images": len(result.paths),
-                    "skipped": len(result.skipped),
-                    "skipped_csv": _str(skipped_csv),
-                    "cluster_sizes": sizes,
-                    "outliers": {"min_confidence": min_confidence, "rule": OUTLIER_RULE, **found.summary()},
-                    "near_duplicates": duplicates,
-                },
-            )
-        if out_path is not None:
-            ui.info(f"wrote {count(len(result.paths), 'assignment')} to {out_path} ({count(len(sizes), 'cluster')})")
-        if report and beside is not None:
-            _write_report(ui, beside, features=(result.paths, result.features))
+        training = _training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option)
+        result = imgcluster.cluster_folder(
+            folder, out=out, head=head, explain=explain, min_confidence=min_confidence, near_duplicates=near_duplicates,
+            progress=show, **(training if head is None else {}),
+            **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
+        )  # fmt: skip
+        if report:
+            _write_report(show, Path(out), features=(result.paths, result.embeddings.features))
 
 
 @app.command(
@@ -724,11 +530,9 @@ def evaluate(
     """
     from rich.console import Console
 
-    from imgcluster.scoring import evaluate as run_evaluation
-
     ui = UI(quiet)
     with handled(ui):
-        evaluation = run_evaluation(assignments, labelled_folder)
+        evaluation = imgcluster.evaluate(assignments, labelled_folder)
         if as_json:
             if not quiet:
                 _print_evaluation(ui.console, evaluation)
@@ -741,21 +545,6 @@ def evaluate(
             _print_evaluation(Console(file=buffer, width=width, highlight=False, soft_wrap=True), evaluation)
             sys.stdout.write(buffer.getvalue())
             sys.stdout.flush()
-
-
-def _write_report(ui: UI, assignments: Path, **options: Any) -> None:
-    """Thumbnails under a progress bar, then one line saying where the report went."""
-    from imgcluster.report import ReportHooks, write_report
-
-    with ui.progress("thumbnails") as bar:
-        hooks = ReportHooks(on_start=bar.start, on_advance=bar.advance, on_warning=ui.warn)
-        made = write_report(assignments, hooks=hooks, **options)
-    ui.info(
-        f"report written to {made.html} ({count(made.clusters, 'cluster')}, {made.shown} of {count(made.rows, 'image')} shown, "
-        f"{made.bytes / 1e6:.1f} MB, {made.seconds:.1f}s)"
-    )
-    if made.montages:
-        ui.info(f"{count(len(made.montages), 'montage')} in {made.montages[0].parent}")
 
 
 @app.command(
@@ -780,10 +569,8 @@ def report(
 ) -> None:
     """Write one self-contained HTML page of thumbnails per cluster; open it from disk in any browser."""
     ui = UI(quiet)
-    with handled(ui):
-        if out is not None and (str(out) == "-" or is_stream(out)):
-            raise UserError("the report is a file with pictures beside it: give --out FILE.html", exit_code=2)
-        _write_report(ui, assignments, out=out, labels=labels, folder=folder, montage=montage, per_cluster=per_cluster)
+    with handled(ui), Printer(ui) as show:
+        _write_report(show, assignments, out=out, labels=labels, folder=folder, montage=montage, per_cluster=per_cluster)
 
 
 @app.command(
@@ -831,9 +618,6 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
         per.add_row(str(p.cluster), str(p.size), p.majority_label, f"{p.purity:.3f}")
     console.print(per)
 
-
-def _str(value: Path | str | None) -> str | None:
-    return None if value is None else str(value)
 
 
 def main() -> None:

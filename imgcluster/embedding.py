@@ -190,7 +190,7 @@ def plan_loader(workers: int, batch_size: int, input_size: tuple[int, ...], cuda
         return LoaderPlan(workers, prefetch)
     free_mb = shm_free // 2**20
     need_gb = math.ceil(2 * (workers * prefetch + 2) * batch_bytes / 2**30)
-    advice = f"{workers} workers would need about {need_gb} GB there (docker run --shm-size={need_gb}g), or lower --embed-batch-size"
+    advice = f"{workers} workers would need about {need_gb} GB there (docker run --shm-size={need_gb}g), or lower {{embed_batch_size}}"
     if slots < 1:
         return LoaderPlan(
             0, None, f"only {free_mb} MB free in /dev/shm, too little for decode workers; decoding in the main process (slower): {advice}"

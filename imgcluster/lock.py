@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 
 
 @contextlib.contextmanager
@@ -27,9 +27,9 @@ def folder_lock(directory: Path, wait_seconds: float = 0.0, on_wait: Callable[[s
         directory.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
-        raise UserError(
+        raise ImgclusterError(
             f"cannot create the cache folder {directory}: {exc.strerror or exc}; "
-            "pass --cache-dir DIR or set $IMGCLUSTER_CACHE to a writable folder"
+            "pass {cache_dir} DIR or set $IMGCLUSTER_CACHE to a writable folder"
         ) from None
     try:
         deadline = time.monotonic() + wait_seconds
@@ -42,8 +42,8 @@ def folder_lock(directory: Path, wait_seconds: float = 0.0, on_wait: Callable[[s
                 holder = _read_holder(path)
                 if time.monotonic() >= deadline:
                     still = f" is still using {directory} after {wait_seconds:g}s" if wait_seconds > 0 else f" is using {directory}"
-                    raise UserError(
-                        f"another imgcluster run{holder}{still}; wait for it to finish, or pass --lock-timeout SECONDS to wait longer"
+                    raise ImgclusterError(
+                        f"another imgcluster run{holder}{still}; wait for it to finish, or pass {{lock_timeout}} SECONDS to wait longer"
                     ) from None
                 if not waited and on_wait is not None:
                     on_wait(f"another imgcluster run{holder} is using {directory}; waiting up to {wait_seconds:g}s")

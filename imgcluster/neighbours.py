@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 
 if TYPE_CHECKING:
     import torch
@@ -41,13 +41,13 @@ MIXED_FAISS = (
 
 
 def load_faiss() -> ModuleType:
-    """``import faiss``, or a one-line :class:`UserError` saying how to repair the install."""
+    """``import faiss``, or a one-line :class:`ImgclusterError` saying how to repair the install."""
     try:
         import faiss
     except AttributeError:  # a module half overwritten by the other wheel fails while it loads
-        raise UserError(MIXED_FAISS) from None
+        raise ImgclusterError(MIXED_FAISS) from None
     except ImportError as exc:
-        raise UserError(f"faiss cannot be imported ({exc}); pip install faiss-cpu") from None
+        raise ImgclusterError(f"faiss cannot be imported ({exc}); pip install faiss-cpu") from None
     return faiss
 
 

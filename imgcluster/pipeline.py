@@ -7,7 +7,7 @@ import csv
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,7 @@ from imgcluster.backbones import create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embedding import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
-from imgcluster.errors import UserError, first_sentences
+from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.listing import IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.lock import folder_lock
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
@@ -37,22 +37,38 @@ def flush_every() -> int:
     except ValueError:
         value = 0
     if value < 1:
-        raise UserError(f"IMGCLUSTER_FLUSH_EVERY must be a positive number of images, not {raw!r}", exit_code=2)
+        raise ParameterError(f"IMGCLUSTER_FLUSH_EVERY must be a positive number of images, not {raw!r}")
     return value
 
 
 @dataclass
-class EmbedResult:
-    paths: list[str]  # relative paths, scan order, decodable images only
-    features: np.ndarray  # [N, d] float32
-    skipped: list[tuple[str, str]]  # (relative path, reason)
+class Embeddings:
+    """The features of a folder's images, and what made them (returned by :func:`imgcluster.embed`)."""
+
+    paths: list[str]  # relative to ``folder``, scan order, decodable images only
+    features: np.ndarray  # [N, d] float32, row i for paths[i]
+    skipped: list[tuple[str, str]]  # (relative path, reason) of files that could not be embedded
     embedded: int  # images embedded in this run
     reused: int  # images whose features came from the cache
     model: str
-    identity: dict[str, Any]
-    cache_dir: Path
+    identity: dict[str, Any]  # the backbone: model, weights, preprocessing (what a head must match)
+    cache_dir: Path  # where the features are cached
+    folder: Path
+    config: EmbedConfig
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+
+    def write_skipped(self, beside: Path | None = None) -> Path | None:
+        """Write the skipped files (``path``, ``reason``) to ``<beside stem>-skipped.csv``, or to
+        ``skipped.csv`` in the cache; returns that path, or None when nothing was skipped. A list
+        an earlier run left there is then removed, so it never describes another run."""
+        path = beside.with_name(f"{beside.stem}-skipped.csv") if beside is not None else self.cache_dir / "skipped.csv"
+        if not self.skipped:
+            with contextlib.suppress(OSError):
+                path.unlink()
+            return None
+        write_skipped(path, self.skipped)
+        return path
 
 
 @dataclass
@@ -70,17 +86,17 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda was asked for but no CUDA GPU is available; use --device auto or cpu", exit_code=2)
+        raise ParameterError("{device} cuda was asked for but no CUDA GPU is available; use {device} auto or cpu")
     if requested not in ("cpu", "cuda"):
-        raise UserError(f"--device must be auto, cpu or cuda, not {requested!r}", exit_code=2)
+        raise ParameterError(f"{{device}} must be auto, cpu or cuda, not {requested!r}")
     return torch.device(requested)
 
 
 def check_folder(folder: Path) -> Path:
     if not folder.exists():
-        raise UserError(f"folder not found: {folder}", exit_code=2)
+        raise ParameterError(f"folder not found: {folder}", "folder")
     if not folder.is_dir():
-        raise UserError(f"not a folder: {folder}", exit_code=2)
+        raise ParameterError(f"not a folder: {folder}", "folder")
     return folder
 
 
@@ -101,28 +117,35 @@ def _utf8_name(rel: str) -> bool:
 
 
 def embed_folder(
-    config: EmbedConfig, device: torch.device, hooks: EmbedHooks | None = None, lock_timeout: float = 0.0
-) -> EmbedResult:
+    config: EmbedConfig,
+    device: torch.device,
+    hooks: EmbedHooks | None = None,
+    lock_timeout: float = 0.0,
+    only: Collection[str] | None = None,
+) -> Embeddings:
     """Embed every image under ``config.folder``, reusing cached features of unchanged files.
 
-    ``lock_timeout`` is how long to wait for another run that holds the same cache.
+    ``lock_timeout`` is how long to wait for another run that holds the same cache; ``only``
+    limits the run to these relative paths (each must be an image the scan finds).
     """
     hooks = hooks or EmbedHooks()
     start = time.perf_counter()
     folder = check_folder(Path(config.folder))
     if config.dtype not in ("float16", "float32"):
-        raise UserError(f"--dtype must be float16 or float32, not {config.dtype!r}", exit_code=2)
+        raise ParameterError(f"{{dtype}} must be float16 or float32, not {config.dtype!r}")
     cache_root = default_cache_root(folder, config.cache_dir)
     shared = shared_cache_root(config.cache_dir)  # may lie inside FOLDER, holding other folders' caches
     unsupported: list[str] = []
     excluded = (cache_root, *([shared] if shared else []))
     files = list_images(folder, follow_symlinks=config.follow_symlinks, exclude=excluded, unsupported=unsupported)
+    if only is not None:
+        files, unsupported = _only(files, only), [rel for rel in unsupported if rel in only]
     if unsupported:
         kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
         hooks.on_warning(f"left out {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}); convert them to JPEG or PNG")
     if not files:
         looked_for = " ".join(sorted(IMAGE_EXTENSIONS))
-        raise UserError(f"no images found in {folder} (looked for {looked_for})")
+        raise ImgclusterError(f"no images found in {folder} (looked for {looked_for})")
     model_name, warning = resolve_model_name(config.model, config.weights)
     if warning:
         hooks.on_warning(warning)
@@ -158,17 +181,17 @@ def embed_folder(
                     exc, f"interrupted while embedding: {saved(f' {directory}')}; run the same command again to resume from there"
                 ) from None
             except torch.OutOfMemoryError as exc:
-                raise UserError(
+                raise ImgclusterError(
                     f"the GPU ran out of memory embedding batches of {batch_size} images ({first_sentences(exc, 2)}): "
-                    f"{saved()}; run again with a smaller --embed-batch-size to resume"
+                    f"{saved()}; run again with a smaller {{embed_batch_size}} to resume"
                 ) from None
             except RuntimeError as exc:
                 if "DataLoader worker (pid" not in str(exc):
                     raise
                 # A decode process died under us, most often at the hands of the kernel's OOM killer.
-                raise UserError(
+                raise ImgclusterError(
                     f"a decode worker died ({first_sentences(exc, 1)}), most often because memory ran out: {saved()}; "
-                    "run the same command again to resume, with fewer --workers (or --workers 0) if it happens again"
+                    "run the same command again to resume, with fewer {workers} ({workers} 0) if it happens again"
                 ) from None
         if changed:
             hooks.on_warning(f"{len(changed)} file(s) changed between the scan and decoding; they were embedded as they are now")
@@ -179,7 +202,7 @@ def embed_folder(
     features = np.zeros((0, backbone.feature_dim), np.float32)
     if paths:
         features = np.stack([v for _, v in rows if v is not None]).astype(np.float32)
-    return EmbedResult(
+    return Embeddings(
         paths=paths,
         features=features,
         skipped=sorted(skipped.items()),
@@ -188,9 +211,24 @@ def embed_folder(
         model=model_name,
         identity=identity,
         cache_dir=directory,
+        folder=folder,
+        config=config,
         warnings=[warning] if warning else [],
         seconds=time.perf_counter() - start,
     )
+
+
+def _only(files: list[ImageFile], wanted: Collection[str]) -> list[ImageFile]:
+    """The listed ``files`` named in ``wanted``; a name the scan did not find is a mistake, not a skip."""
+    found = {f.rel for f in files}
+    missing = sorted(set(wanted) - found)
+    if missing:
+        raise ParameterError(
+            f"{len(missing)} of the paths are not images imgcluster reads (missing, hidden or another format), "
+            f"e.g. {missing[0]!r}",
+            "folder_or_paths",
+        )
+    return [f for f in files if f.rel in wanted]
 
 
 def _embed_into_cache(
@@ -251,15 +289,6 @@ def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
 def printable_name(rel: str) -> str:
     """``rel`` as valid UTF-8: undecodable bytes (kept by Python as surrogates) become ``\\xNN``."""
     return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def mine_neighbours(features: np.ndarray, k: int, device: torch.device) -> np.ndarray:
-    from imgcluster.neighbours import knn_search
-
-    if features.shape[0] < 2:
-        raise UserError("need at least two images to cluster")
-    indices, _ = knn_search(features, k, use_gpu=device.type == "cuda")
-    return indices
 
 
 def head_path_for(cache_dir: Path, config: Any) -> Path:

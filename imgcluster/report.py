@@ -29,7 +29,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
 from imgcluster.atomic import atomic_open, atomic_write_text
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.listing import OUTPUT_MARKER
 from imgcluster.load import ImageDecodeError, load_rgb
 
@@ -109,19 +109,19 @@ def read_rows(path: Path) -> list[Row]:
             columns = reader.fieldnames or []
             missing = [c for c in ("path", "cluster") if c not in columns]
             if missing:
-                raise UserError(f"{path} is not an assignment CSV: missing column(s) {', '.join(missing)}")
+                raise ImgclusterError(f"{path} is not an assignment CSV: missing column(s) {', '.join(missing)}")
             rows = []
             for number, record in enumerate(reader, start=2):
                 try:
                     cluster = int(float(record["cluster"]))
                     confidence = float(record["confidence"]) if record.get("confidence") not in (None, "") else math.nan
                 except (TypeError, ValueError):
-                    raise UserError(f"{path}, line {number}: cluster and confidence must be numbers") from None
+                    raise ImgclusterError(f"{path}, line {number}: cluster and confidence must be numbers") from None
                 rows.append(Row(record["path"], cluster, confidence, _truthy(record.get("outlier"))))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"cannot read assignments {path}: {exc}") from None
+        raise ImgclusterError(f"cannot read assignments {path}: {exc}") from None
     if not rows:
-        raise UserError(f"{path} has no rows")
+        raise ImgclusterError(f"{path} has no rows")
     return rows
 
 
@@ -148,7 +148,7 @@ def read_sidecar(csv_path: Path) -> dict[str, Any] | None:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
+        raise ImgclusterError(f"cannot read {path}: {exc}") from None
     return data if isinstance(data, dict) else None
 
 
@@ -161,12 +161,12 @@ def resolve_folder(csv_path: Path, sidecar: dict[str, Any] | None, folder: Path 
     """
     if folder is not None:
         if not folder.is_dir():
-            raise UserError(f"image folder not found: {folder}", exit_code=2)
+            raise ParameterError(f"image folder not found: {folder}", "folder")
         return folder
     sidecar = sidecar or {}
     recorded = [str(v) for v in ((sidecar.get("assign") or {}).get("folder"), (sidecar.get("embed") or {}).get("folder")) if v]
     if not recorded:
-        raise UserError(f"{csv_path} has no sidecar {csv_path.name}.json saying where its images are; give the folder with --folder")
+        raise ImgclusterError(f"{csv_path} has no sidecar {csv_path.name}.json saying where its images are; give the folder with {{folder}}")
     candidates = [Path(r) for r in recorded] + [csv_path.parent / r for r in recorded if not Path(r).is_absolute()]
     for candidate in candidates:
         if candidate.is_dir():
@@ -209,12 +209,12 @@ def label_mix(rows: list[Row], labelled_folder: Path) -> dict[int, Counter[str]]
     from imgcluster.scoring import folder_labels
 
     if not labelled_folder.is_dir():
-        raise UserError(f"labelled folder not found: {labelled_folder}", exit_code=2)
+        raise ParameterError(f"labelled folder not found: {labelled_folder}", "labels")
     truth = folder_labels(labelled_folder)
     if not truth:
-        raise UserError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")
+        raise ImgclusterError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")
     if not any(r.path in truth for r in rows):
-        raise UserError(f"no path in the CSV matches an image in {labelled_folder}; were they made from the same folder?")
+        raise ImgclusterError(f"no path in the CSV matches an image in {labelled_folder}; were they made from the same folder?")
     mix: dict[int, Counter[str]] = {}
     for r in rows:
         mix.setdefault(r.cluster, Counter())[truth.get(r.path, "(no label)")] += 1
@@ -634,12 +634,12 @@ def write_report(
     start = time.perf_counter()
     hooks = hooks or ReportHooks()
     if per_cluster < 1:
-        raise UserError("--per-cluster must be at least 1", exit_code=2)
+        raise ParameterError("{per_cluster} must be at least 1")
     if not assignments.is_file():
-        raise UserError(f"assignments file not found: {assignments}", exit_code=2)
+        raise ParameterError(f"assignments file not found: {assignments}", "assignments")
     out = out or default_report_path(assignments)
     if out.is_dir():
-        raise UserError(f"--out {out} is a folder; give a file name", exit_code=2)
+        raise ParameterError(f"{{out}} {out} is a folder; give a file name")
     rows = read_rows(assignments)
     sidecar = read_sidecar(assignments)
     image_folder = resolve_folder(assignments, sidecar, folder)
@@ -684,7 +684,7 @@ def write_report(
     if problems:
         hooks.on_warning(f"{problems['missing']} image file(s) missing and {problems['unreadable']} unreadable; shown as placeholders")
     if page.omitted:
-        hooks.on_warning(f"{page.omitted} thumbnail(s) left out to keep the page under {max_bytes / 1e6:g} MB; try a smaller --per-cluster")
+        hooks.on_warning(f"{page.omitted} thumbnail(s) left out to keep the page under {max_bytes / 1e6:g} MB; try a smaller {{per_cluster}}")
     montages = write_montages(out.parent / f"{assignments.stem}-montage", rows, views, image_folder, thumbs) if montage else []
     return ReportResult(
         html=out,

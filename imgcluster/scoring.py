@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -10,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from imgcluster.assign import read_assignments
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.listing import list_images
 
 
@@ -75,28 +76,31 @@ def folder_labels(folder: Path) -> dict[str, str]:
     return {f.rel: f.rel.split("/", 1)[0] for f in list_images(folder) if "/" in f.rel}
 
 
-def evaluate(assignments: Path, labelled_folder: Path) -> Evaluation:
+def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.PathLike[str]) -> Evaluation:
+    """Score an assignment CSV against a folder whose top-level sub-folder names are the labels:
+    ACC (Hungarian matching), NMI, ARI, AMI, purity overall and per cluster."""
+    assignments, labelled_folder = Path(assignments), Path(labelled_folder)
     if not assignments.is_file():
-        raise UserError(f"assignments file not found: {assignments}", exit_code=2)
+        raise ParameterError(f"assignments file not found: {assignments}", "assignments")
     if not labelled_folder.is_dir():
-        raise UserError(f"labelled folder not found: {labelled_folder}", exit_code=2)
+        raise ParameterError(f"labelled folder not found: {labelled_folder}", "labelled_folder")
     try:
         paths, clusters = read_assignments(assignments)
     except (ValueError, OSError) as exc:
-        raise UserError(f"cannot read assignments {assignments}: {exc}") from None
+        raise ImgclusterError(f"cannot read assignments {assignments}: {exc}") from None
     if not paths:
-        raise UserError(f"{assignments} has no rows")
+        raise ImgclusterError(f"{assignments} has no rows")
     repeated = sorted(p for p, n in Counter(paths).items() if n > 1)
     if repeated:  # each image would count more than once in every score
-        raise UserError(
+        raise ImgclusterError(
             f"{assignments} lists {len(repeated)} path(s) more than once (e.g. {repeated[0]!r}); an assignment has one row per image"
         )
     truth = folder_labels(labelled_folder)
     if not truth:
-        raise UserError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")
+        raise ImgclusterError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")
     keep = [i for i, p in enumerate(paths) if p in truth]
     if not keep:
-        raise UserError(f"no path in {assignments.name} matches an image in {labelled_folder}; were they made from the same folder?")
+        raise ImgclusterError(f"no path in {assignments.name} matches an image in {labelled_folder}; were they made from the same folder?")
     matched_paths = [paths[i] for i in keep]
     y = np.array([truth[p] for p in matched_paths])
     c = clusters[keep]

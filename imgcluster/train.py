@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from imgcluster.config import TrainConfig
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import Batch, Objective, create_objective
 
@@ -53,9 +53,9 @@ def train_objective(
     """Fit ``config.objective`` on L2-normalised ``features`` [N, d] with kNN table [N, k]."""
     n, dim = features.shape
     if config.clusters < 2:
-        raise UserError(f"--clusters must be at least 2, got {config.clusters}", exit_code=2)
+        raise ParameterError(f"{{n_clusters}} must be at least 2, got {config.clusters}")
     if config.clusters > n:
-        raise UserError(f"--clusters {config.clusters} is larger than the number of images ({n})", exit_code=2)
+        raise ParameterError(f"{{n_clusters}} {config.clusters} is larger than the number of images ({n})")
     features = l2_normalise(features)  # every objective works on unit vectors
     generator = seed_everything(config.seed)
     objective = create_objective(config.objective, dim, config.clusters, config.objective_options).to(device)
@@ -154,7 +154,7 @@ def _gradient_training(
                     extras[key] = extras.get(key, 0.0) + value / steps_per_epoch
             mean_loss = float(loss_sum) / steps_per_epoch
             if not math.isfinite(mean_loss):
-                raise UserError(f"training diverged (loss {mean_loss}) in epoch {epoch + 1}; try a smaller --lr")
+                raise ImgclusterError(f"training diverged (loss {mean_loss}) in epoch {epoch + 1}; try a smaller {{lr}}")
             epoch_counter += 1
             logged = {key: float(value) for key, value in extras.items()}
             log = EpochLog(stage.name, epoch_counter, mean_loss, time.perf_counter() - t0, logged)

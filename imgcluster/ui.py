@@ -21,11 +21,6 @@ from rich.progress import (
 from rich.text import Text
 
 
-def count(n: int, noun: str) -> str:
-    """``1 image``, ``2 images``: messages read as sentences."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
-
-
 class UI:
     """Progress bars only on an interactive terminal; ``quiet`` keeps warnings and errors alone."""
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from imgcluster.atomic import atomic_open, atomic_write_text, is_stream
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 
 
 def _mode(path: Path) -> int:
@@ -70,7 +70,7 @@ def test_a_named_pipe_is_written_in_place_not_replaced(tmp_path: Path) -> None:
 def test_a_full_device_is_a_one_line_error() -> None:
     if not Path("/dev/full").exists() or not is_stream(Path("/dev/full")):
         pytest.skip("no /dev/full character device here")
-    with pytest.raises(UserError, match=r"cannot write /dev/full: No space left on device"):
+    with pytest.raises(ImgclusterError, match=r"cannot write /dev/full: No space left on device"):
         atomic_write_text(Path("/dev/full"), "x" * 100_000)
     assert stat.S_ISCHR(Path("/dev/full").stat().st_mode)
 
@@ -78,7 +78,7 @@ def test_a_full_device_is_a_one_line_error() -> None:
 def test_a_loop_of_links_is_a_one_line_error_and_stays(tmp_path: Path) -> None:
     (tmp_path / "a.csv").symlink_to(tmp_path / "b.csv")
     (tmp_path / "b.csv").symlink_to(tmp_path / "a.csv")
-    with pytest.raises(UserError, match=r"cannot write .*a\.csv: Too many levels of symbolic links"):
+    with pytest.raises(ImgclusterError, match=r"cannot write .*a\.csv: Too many levels of symbolic links"):
         atomic_write_text(tmp_path / "a.csv", "x")
     assert (tmp_path / "a.csv").is_symlink() and (tmp_path / "b.csv").is_symlink()
 

@@ -7,7 +7,7 @@ import torch
 from imagefolders import SAMPLE
 
 from imgcluster.backbones import BACKBONES, create_backbone, resolve_model_name
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 from imgcluster.scoring import hungarian_accuracy
 
 
@@ -16,7 +16,7 @@ def test_registry_names() -> None:
 
 
 def test_unknown_model_lists_known() -> None:
-    with pytest.raises(UserError, match="known models: auto, clip-vitb16"):
+    with pytest.raises(ImgclusterError, match="known models: auto, clip-vitb16"):
         resolve_model_name("resnet9000", None)
 
 
@@ -31,7 +31,7 @@ def test_auto_falls_back_offline_with_warning(monkeypatch: pytest.MonkeyPatch) -
 def test_explicit_online_model_never_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr("imgcluster.backbones._hub_cached", lambda name: False)
-    with pytest.raises(UserError, match="--model efficientnet-lite0"):
+    with pytest.raises(ImgclusterError, match=r"use model efficientnet-lite0 \(works offline\) or weights FILE"):
         create_backbone("dinov2-vits14")
 
 
@@ -94,9 +94,9 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
 
     path = tmp_path / "w.safetensors"
     save_file({"foo.weight": torch.zeros(3)}, str(path))
-    with pytest.raises(UserError, match="do not fit"):
+    with pytest.raises(ImgclusterError, match="do not fit"):
         create_backbone("efficientnet-lite0", weights=str(path))
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(ImgclusterError, match="not found"):
         create_backbone("efficientnet-lite0", weights=str(tmp_path / "missing.pth"))
 
 
@@ -110,7 +110,7 @@ def test_weights_that_do_not_fit(tmp_path: Path) -> None:
 def test_unreadable_weights_file_is_one_line(tmp_path: Path, content: bytes, message: str, recwarn: pytest.WarningsRecorder) -> None:
     path = tmp_path / "g.pth"
     path.write_bytes(content)
-    with pytest.raises(UserError, match=message) as err:
+    with pytest.raises(ImgclusterError, match=message) as err:
         create_backbone("efficientnet-lite0", str(path))
     assert "\n" not in str(err.value) and "weights_only" not in str(err.value)
     assert not [w for w in recwarn if "pickle" in str(w.message)]  # torch's protocol note stays quiet

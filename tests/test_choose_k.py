@@ -37,7 +37,7 @@ def test_finds_the_number_of_blobs(k: int) -> None:
     assert choice.k == k
     assert sorted(choice.scores) == list(range(2, 16))
     assert choice.scores[k] == max(choice.scores.values()) or choice.k < choice.best_k
-    assert f"K={k}" in choice.explanation and "--clusters auto chose" in choice.explanation
+    assert f"K={k}" in choice.explanation and "{n_clusters} auto chose" in choice.explanation
 
 
 def test_same_seed_same_choice_and_record() -> None:
@@ -70,7 +70,7 @@ def test_no_structure_is_said_to_be_a_guess() -> None:
     x = np.random.default_rng(4).normal(size=(10, 32)).astype(np.float32)
     choice = choose_k(x, 2, 20)
     assert max(choice.scores.values()) <= 0
-    assert "with 10 images each is a neighbour of every other" in choice.explanation and "give --clusters a number" in choice.explanation
+    assert "with 10 images each is a neighbour of every other" in choice.explanation and "give {n_clusters} a number" in choice.explanation
     sparse = choose_k(x, 2, 4, graph_k=3)  # not complete, so the caveat depends on the scores alone
     assert ("no K shows cluster structure" in sparse.explanation) == (max(sparse.scores.values()) <= 0)
     assert "guess" not in choose_k(blobs(3, seed=3)[0], 2, 8).explanation

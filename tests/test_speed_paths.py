@@ -21,7 +21,7 @@ from torch import nn
 import imgcluster.neighbours as neighbours
 from imgcluster.backbones import Backbone, BackboneSpec, create_backbone
 from imgcluster.embedding import default_batch_size, default_workers, draft_size_for, embed_files, plan_loader, prepare_model
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 from imgcluster.listing import list_images
 from imgcluster.load import load_rgb
 from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
@@ -137,7 +137,7 @@ def test_half_overwritten_faiss_is_a_one_line_user_error(tmp_path: Path, monkeyp
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.delitem(sys.modules, "faiss", raising=False)
-    with pytest.raises(UserError, match="faiss-cpu and faiss-gpu-cu12 are both installed") as err:
+    with pytest.raises(ImgclusterError, match="faiss-cpu and faiss-gpu-cu12 are both installed") as err:
         neighbours.load_faiss()
     assert "\n" not in str(err.value) and "pip uninstall -y faiss-cpu" in str(err.value)
 
@@ -328,11 +328,11 @@ def test_a_dead_decode_worker_is_one_line_and_keeps_what_was_saved(tmp_path: Pat
     folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=8)
     fail_embedding_after_one_batch(monkeypatch, RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. "))
     config = EmbedConfig(str(folder), model="efficientnet-lite0", cache_dir=str(tmp_path / "cache"), workers=0, batch_size=4)
-    with pytest.raises(UserError) as caught:
+    with pytest.raises(ImgclusterError) as caught:
         pipeline.embed_folder(config, torch.device("cpu"))
     message = str(caught.value)
     assert "\n" not in message and "decode worker died (DataLoader worker (pid 4242) is killed by signal: Killed)" in message
-    assert "4 of 8 files are saved in the cache (4 by this run)" in message and "--workers 0" in message
+    assert "4 of 8 files are saved in the cache (4 by this run)" in message and "(workers 0)" in message
     monkeypatch.undo()
     again = pipeline.embed_folder(config, torch.device("cpu"))
     assert (again.reused, again.embedded) == (4, 4)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from imgcluster.config import TrainConfig
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 from imgcluster.neighbours import knn_search
 from imgcluster.scoring import hungarian_accuracy
 from imgcluster.train import effective_schedule, train_objective
@@ -43,14 +43,14 @@ def test_scan_self_label_stage_runs() -> None:
 def test_too_many_clusters_is_a_clear_error() -> None:
     x, _ = blobs(k=2, n=3)
     nn, _ = knn_search(x, 2)
-    with pytest.raises(UserError, match="larger than the number of images"):
+    with pytest.raises(ImgclusterError, match="larger than the number of images"):
         train_objective(x, nn, TrainConfig(clusters=10), torch.device("cpu"))
 
 
 def test_unknown_objective_lists_known_names() -> None:
     x, _ = blobs(k=2, n=10)
     nn, _ = knn_search(x, 2)
-    with pytest.raises(UserError, match=r"known objectives: .*scan"):
+    with pytest.raises(ImgclusterError, match=r"known objectives: .*scan"):
         train_objective(x, nn, TrainConfig(objective="nope", clusters=2), torch.device("cpu"))
 
 

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from imgcluster.config import DEFAULT_OBJECTIVE
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.objectives.base import Batch, Objective, Stage, StepOutput
 
 _REGISTRY: dict[str, str] = {
@@ -46,7 +46,7 @@ def list_objectives() -> list[str]:
 
 def objective_class(name: str) -> type[Objective]:
     if name not in _REGISTRY:
-        raise UserError(f"unknown objective {name!r}; known objectives: {', '.join(list_objectives())}")
+        raise ImgclusterError(f"unknown objective {name!r}; known objectives: {', '.join(list_objectives())}", "objective")
     module_name, cls_name = _REGISTRY[name].split(":")
     cls: type[Objective] = getattr(importlib.import_module(module_name), cls_name)
     return cls
@@ -60,7 +60,7 @@ def _checked(name: str, key: str, value: Any, default: Any) -> Any:
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     what = {bool: "true or false", int: "a whole number", float: "a number", str: "a string"}.get(kind, kind.__name__)
-    raise UserError(f"objective {name!r}: option {key} must be {what}, got {value!r}")
+    raise ImgclusterError(f"objective {name!r}: option {key} must be {what}, got {value!r}", "objective_options")
 
 
 def make_params(name: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -71,18 +71,20 @@ def make_params(name: str, overrides: dict[str, Any] | None = None) -> Any:
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(defaults))
     if unknown:
-        raise UserError(f"objective {name!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(defaults))}")
+        raise ImgclusterError(
+            f"objective {name!r} has no option {', '.join(unknown)}; its options: {', '.join(sorted(defaults))}", "objective_options"
+        )
     checked = {key: _checked(name, key, value, defaults[key]) for key, value in overrides.items()}
     try:
         return cls.Params(**checked)
     except ValueError as exc:  # a value out of range: the message names the option, the value and the range
-        raise UserError(f"objective {name!r} cannot be built with options {overrides}: {exc}", exit_code=2) from None
+        raise ParameterError(f"objective {name!r} cannot be built with options {overrides}: {exc}", "objective_options") from None
 
 
 def objective_flags(
     name: str, options: dict[str, Any], *, balance: float | None = None, self_label: bool = False, uco: bool = False
 ) -> dict[str, Any]:
-    """Fold the command-line shortcuts into the objective's options; an explicit ``--option`` wins.
+    """Fold the shortcuts into the objective's options; an explicit entry in ``options`` wins.
 
     ``balance`` scales the weight of the uniform-prior term (see ``Objective.balance_options``),
     ``self_label`` adds SCAN's self-labelling stage and ``uco`` DDC's companion objectives. A
@@ -90,31 +92,31 @@ def objective_flags(
     """
     try:
         cls = objective_class(name)
-    except UserError as exc:  # on the command line an unknown name is a usage error
-        raise UserError(str(exc), exit_code=2) from None
+    except ImgclusterError as exc:  # given as an argument, an unknown name is a bad value
+        raise ParameterError(str(exc), "objective") from None
     merged: dict[str, Any] = {}
     if balance is not None:
         if not (balance >= 0 and math.isfinite(balance)):  # NaN fails the comparison
-            raise UserError(f"--balance is a weight, 0 or more; got {balance}", exit_code=2)
+            raise ParameterError(f"{{balance}} is a weight, 0 or more; got {balance}")
         if not cls.balance_options:
             with_term = ", ".join(n for n in list_objectives() if objective_class(n).balance_options)
-            raise UserError(
-                f"--balance: objective {name!r} has no uniform-prior term to weight; objectives with one: {with_term}", exit_code=2
-            )
+            raise ParameterError(f"{{balance}}: objective {name!r} has no uniform-prior term to weight; objectives with one: {with_term}")
         merged.update(cls.balanced_options(balance))
     if self_label:
         if name != "scan":
-            raise UserError(f"--self-label is SCAN's second stage; use it with --objective scan, not {name!r}", exit_code=2)
+            raise ParameterError(f"{{self_label}} is SCAN's second stage; use it with {{objective}} scan, not {name!r}")
         merged["self_label_epochs"] = SELF_LABEL_EPOCHS
     if uco:
         if name != "ddc":
-            raise UserError(f"--uco adds DDC's companion objectives; use it with --objective ddc, not {name!r}", exit_code=2)
+            raise ParameterError(f"{{uco}} adds DDC's companion objectives; use it with {{objective}} ddc, not {name!r}")
         merged["uco"] = True
     merged.update(options)
     try:
         make_params(name, merged)  # unknown keys fail here, before any embedding
-    except UserError as exc:
-        raise UserError(str(exc), exit_code=2) from None
+    except ParameterError:
+        raise
+    except ImgclusterError as exc:
+        raise ParameterError(str(exc), "objective_options") from None
     return merged
 
 
@@ -124,4 +126,4 @@ def create_objective(name: str, in_dim: int, n_clusters: int, overrides: dict[st
     try:
         return cls(in_dim, n_clusters, params)
     except (RuntimeError, ValueError) as exc:  # e.g. a negative width: torch's message names the problem
-        raise UserError(f"objective {name!r} cannot be built with options {overrides or {}}: {exc}", exit_code=2) from None
+        raise ParameterError(f"objective {name!r} cannot be built with options {overrides or {}}: {exc}", "objective_options") from None

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from imgcluster.errors import UserError
+from imgcluster.errors import ParameterError
 from imgcluster.objectives.base import HEADS, POSITIVE, SPHERE, WEIGHT, WIDTH, Batch, CheckedParams, Choices, Range, StepOutput
 from imgcluster.objectives.centres import CentreObjective
 
@@ -153,7 +153,7 @@ class DSC2I(CentreObjective):
     def __init__(self, in_dim: int, n_clusters: int, params: DSC2IParams) -> None:
         super().__init__(in_dim, n_clusters, params)
         if n_clusters < 2:
-            raise UserError("dsc2i needs at least two clusters", exit_code=2)
+            raise ParameterError("dsc2i needs at least two clusters", "n_clusters")
         self._step_count = 0
 
     # --- training -------------------------------------------------------------------------

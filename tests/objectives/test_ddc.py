@@ -7,7 +7,7 @@ import pytest
 import torch
 from toys import blobs, random_batch, train_toy
 
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.ddc import (
     cs_divergence,
@@ -128,7 +128,7 @@ def test_companion_objectives_change_the_loss() -> None:
 
 
 def test_unknown_companion_layer_is_a_clear_error() -> None:
-    with pytest.raises(UserError, match="uco_layers"):
+    with pytest.raises(ImgclusterError, match="uco_layers"):
         create_objective("ddc", 16, 5, {"uco": True, "uco_layers": "input,conv3"})
 
 

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from toys import blob_config, random_knn_batch, toy_neighbours
 
 from imgcluster.config import TrainConfig
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.secu import (
     SeCu,
@@ -192,9 +192,9 @@ def test_state_dict_round_trip_gives_identical_predictions(trained: SeCu, toy: t
 
 
 def test_unknown_constraint_is_rejected() -> None:
-    with pytest.raises(UserError, match="constraint must be one of 'size', 'entropy', got 'nope'") as err:
+    with pytest.raises(ImgclusterError, match="constraint must be one of 'size', 'entropy', got 'nope'") as err:
         create_objective("secu", 8, 3, {"constraint": "nope"})
-    assert err.value.exit_code == 2
+    assert isinstance(err.value, ParameterError)
 
 
 @pytest.mark.gpu

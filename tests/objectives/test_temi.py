@@ -8,7 +8,7 @@ import pytest
 import torch
 from toys import blobs, random_batch, train_toy
 
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.temi import spherical_kmeans, temi_loss, temi_pair_loss
 from imgcluster.scoring import hungarian_accuracy
@@ -71,7 +71,7 @@ def test_balanced_assignment_scores_lower_than_collapsed() -> None:
 
 
 def test_unknown_prototype_init_is_a_clear_error() -> None:
-    with pytest.raises(UserError, match="prototype_init"):
+    with pytest.raises(ImgclusterError, match="prototype_init"):
         create_objective("temi", 16, 5, {"prototype_init": "data"})
 
 

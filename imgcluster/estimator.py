@@ -1,0 +1,235 @@
+"""``imgcluster.ClusterHead``: a clustering head on a feature array, as a scikit-learn estimator.
+
+It trains one of the objectives (``imgcluster objectives``) on the features' nearest-neighbour
+pairs, exactly as ``imgcluster train`` does, and saves and loads the same checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClusterMixin
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
+from imgcluster.pipeline import Embeddings
+from imgcluster.progress import ProgressFn, Reporter
+
+__all__ = ["ClusterHead"]
+
+# The constructor's own parameters; any other keyword is one of the objective's options.
+_OWN = (
+    "objective", "n_clusters", "seed", "epochs", "batch_size", "lr", "knn", "k_min", "k_max",
+    "balance", "self_label", "uco", "device",
+)  # fmt: skip
+
+
+class ClusterHead(ClusterMixin, BaseEstimator):
+    """Cluster rows of ``X`` (image features) into ``n_clusters`` groups with a self-supervised head.
+
+    ``n_clusters="auto"`` chooses K between ``k_min`` and ``k_max`` from the features
+    (:mod:`imgcluster.choose_k`). ``epochs=None`` trains 30 epochs, or more on small inputs to
+    reach 300 optimiser steps; a number is trained as given. ``balance``, ``self_label`` and
+    ``uco`` are the shortcuts of ``imgcluster assign``; any other keyword is an option of the
+    objective (``imgcluster objectives`` lists them), e.g. ``ClusterHead("scan", hidden=64)``.
+    ``device`` is ``auto``, ``cpu`` or ``cuda``.
+
+    After :meth:`fit`: ``labels_``, ``n_clusters_``, ``objective_`` (the trained torch module),
+    ``history_`` (loss per epoch), ``choose_k_`` (the evidence for an ``auto`` K, else None).
+    """
+
+    def __init__(
+        self,
+        objective: str = DEFAULT_OBJECTIVE,
+        n_clusters: int | str = DEFAULT_CLUSTERS,
+        seed: int = 0,
+        *,
+        epochs: int | None = None,
+        batch_size: int = TrainConfig.batch_size,
+        lr: float = TrainConfig.lr,
+        knn: int = DEFAULT_KNN,
+        k_min: int = 2,
+        k_max: int = 20,
+        balance: float | None = None,
+        self_label: bool = False,
+        uco: bool = False,
+        device: str = "auto",
+        **objective_options: Any,
+    ) -> None:
+        self.objective = objective
+        self.n_clusters = n_clusters
+        self.seed = seed
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.knn = knn
+        self.k_min = k_min
+        self.k_max = k_max
+        self.balance = balance
+        self.self_label = self_label
+        self.uco = uco
+        self.device = device
+        for key, value in objective_options.items():  # each its own attribute, as scikit-learn expects
+            setattr(self, key, value)
+
+    # ---- parameters ----------------------------------------------------------------------
+    def _objective_options(self) -> dict[str, Any]:
+        """The objective's own options given to the constructor or :meth:`set_params`."""
+        return {k: v for k, v in vars(self).items() if k not in _OWN and not k.startswith("_") and not k.endswith("_")}
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return {**{name: getattr(self, name) for name in _OWN}, **self._objective_options()}
+
+    def set_params(self, **params: Any) -> ClusterHead:
+        """Set constructor parameters, or objective options by name (checked when fitting)."""
+        for key, value in params.items():
+            setattr(self, key, value)
+        return self
+
+    def train_config(self, n_clusters: int | None = None) -> TrainConfig:
+        """The training settings these parameters give, checked (unknown options, values out of range).
+
+        ``n_clusters`` stands in for K when it is ``auto`` (chosen only when fitting).
+        """
+        from imgcluster.choose_k import parse_clusters
+        from imgcluster.errors import ParameterError
+        from imgcluster.objectives import objective_flags
+
+        requested = parse_clusters(self.n_clusters)
+        if requested is None and self.k_max < self.k_min:
+            raise ParameterError(f"{{k_max}} ({self.k_max}) must not be below {{k_min}} ({self.k_min})")
+        for name in ("batch_size", "knn", "epochs"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "batch_size" else 1)):
+                raise ParameterError(f"{{{name}}} must be a whole number of at least {2 if name == 'batch_size' else 1}, got {value!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ParameterError(f"{{lr}} must be above 0, got {self.lr!r}")
+        options = objective_flags(self.objective, self._objective_options(), balance=self.balance, self_label=self.self_label, uco=self.uco)
+        return TrainConfig(
+            objective=self.objective, clusters=requested or n_clusters or DEFAULT_CLUSTERS,
+            epochs=TrainConfig.epochs if self.epochs is None else self.epochs, batch_size=self.batch_size, lr=float(self.lr),
+            knn=self.knn, seed=self.seed, min_steps=TrainConfig.min_steps if self.epochs is None else 0, objective_options=options,
+        )  # fmt: skip
+
+    # ---- fitting and predicting ----------------------------------------------------------
+    def fit(self, X: Any, y: None = None, *, progress: ProgressFn | None = None) -> ClusterHead:
+        """Train on the rows of ``X`` ([n_samples, n_features], or :class:`imgcluster.Embeddings`,
+        whose backbone then goes into the checkpoint). ``y`` is ignored. ``progress`` receives
+        the events of stages ``choose_k`` and ``train``."""
+        from imgcluster.choose_k import choose_k
+        from imgcluster.neighbours import knn_search
+        from imgcluster.objectives import objective_class
+        from imgcluster.pipeline import resolve_device
+        from imgcluster.train import effective_schedule, train_objective
+
+        embeddings = X if isinstance(X, Embeddings) else None
+        # Two rows and two columns at least: one image has no neighbour, 1-d unit vectors are +-1.
+        features = validate_data(
+            self, embeddings.features if embeddings else X, dtype=np.float32, ensure_min_samples=2, ensure_min_features=2
+        )
+        config = self.train_config()
+        device = resolve_device(self.device)
+        report = Reporter(progress, "train")
+        choice = None
+        if parse_auto(self.n_clusters):
+            found = choose_k(features, self.k_min, self.k_max, seed=self.seed)
+            report.at("choose_k").info(found.explanation)
+            config, choice = dataclasses.replace(config, clusters=found.k), found.to_dict()
+        neighbours, _ = knn_search(features, config.knn, use_gpu=device.type == "cuda")
+        n = len(features)
+        batch, epochs = effective_schedule(n, config)
+        if epochs > config.epochs and objective_class(config.objective).trainable:  # why a run takes longer than asked
+            report.info(f"{n} images: {epochs} epochs of batch {batch} instead of {config.epochs}, to reach {config.min_steps} steps")
+
+        def on_epoch(log: Any, total: int) -> None:
+            if log.epoch == 1:
+                report.start(total, f"training {config.objective}")
+            line = f"epoch {log.epoch}/{total} [{log.stage}] loss {log.loss:.4f} ({log.seconds:.1f}s)"
+            report.advance(1, line, status=f"loss {log.loss:.4f}")
+
+        trained = train_objective(features, neighbours, config, device, on_epoch)
+        report.info(f"trained {config.objective} (K={config.clusters}) in {trained.seconds:.1f}s")
+        if trained.empty_clusters:
+            report.warning(
+                f"{trained.empty_clusters} of {config.clusters} clusters are empty; "
+                "try fewer {n_clusters}, or {balance} 2 for a stronger pull towards equal cluster sizes"
+            )
+        self.objective_ = trained.objective
+        self.device_ = device
+        self.n_clusters_ = config.clusters
+        self.train_config_ = config
+        self.history_ = trained.history
+        self.choose_k_ = choice
+        self.description_ = {
+            **({"backbone": embeddings.identity, "embed": dataclasses.asdict(embeddings.config)} if embeddings else {}),
+            "train": dataclasses.asdict(config),
+            "images": n,
+            "empty_clusters": trained.empty_clusters,
+            "train_seconds": trained.seconds,
+            "schedule": trained.schedule,
+            "history": [dataclasses.asdict(log) for log in trained.history],
+            **({"choose_k": choice} if choice is not None else {}),
+        }
+        self.labels_ = self._predict_proba(features).argmax(1)
+        return self
+
+    def predict(self, X: Any) -> np.ndarray:
+        """The most probable cluster of each row."""
+        return np.asarray(self.predict_proba(X).argmax(1), dtype=np.int64)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Each row's probability of each cluster, [n_samples, n_clusters_] (rows sum to 1)."""
+        check_is_fitted(self, "objective_")
+        features = validate_data(self, X.features if isinstance(X, Embeddings) else X, dtype=np.float32, reset=False)
+        return self._predict_proba(features)
+
+    def _predict_proba(self, features: np.ndarray) -> np.ndarray:
+        from imgcluster.assign import probabilities
+
+        blocks = [p.float().cpu().numpy() for _, p in probabilities(self.objective_, features, self.device_)]
+        return np.concatenate(blocks) if blocks else np.zeros((0, self.n_clusters_), np.float32)
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the head as ``path`` (safetensors weights) and ``path`` with ``.json`` (how it was
+        trained); ``imgcluster assign --head`` and :meth:`load` read it. Returns the JSON's path."""
+        from imgcluster.checkpoint import save_checkpoint
+
+        check_is_fitted(self, "objective_")
+        return save_checkpoint(Path(path), self.objective_, self.description_)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str = "auto") -> ClusterHead:
+        """A head saved by :meth:`save`, ``imgcluster train`` or ``imgcluster assign``, ready to predict.
+
+        Damaged, edited or mixed-up files are refused (:class:`imgcluster.ImgclusterError`).
+        """
+        from imgcluster.checkpoint import load_checkpoint
+        from imgcluster.pipeline import resolve_device
+
+        objective, meta = load_checkpoint(Path(path))
+        train = meta.get("train") or {}
+        head = cls(
+            objective.name, objective.n_clusters, int(train.get("seed", 0)),
+            **{k: train[k] for k in ("batch_size", "lr", "knn") if k in train},
+            device=device, **dict(train.get("objective_options") or {}),
+        )  # fmt: skip
+        head.objective_ = objective
+        head.device_ = resolve_device(device)
+        head.n_clusters_ = objective.n_clusters
+        known = {f.name for f in dataclasses.fields(TrainConfig)}
+        head.train_config_ = TrainConfig(**{k: v for k, v in train.items() if k in known})
+        head.n_features_in_ = int(meta["feature_dim"])
+        head.history_ = meta.get("history", [])
+        head.choose_k_ = meta.get("choose_k")
+        head.description_ = meta
+        return head
+
+
+def parse_auto(n_clusters: int | str) -> bool:
+    return isinstance(n_clusters, str) and n_clusters.strip().lower() == "auto"

@@ -1,0 +1,77 @@
+"""``imgcluster.embed``: the features of a folder's images (or of a list of image files), cached."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from imgcluster.config import EmbedConfig
+from imgcluster.errors import ParameterError
+from imgcluster.pipeline import Embeddings, EmbedHooks, embed_folder, resolve_device
+from imgcluster.progress import ProgressFn, Reporter, count
+
+__all__ = ["Embeddings", "embed"]
+
+PathLike = str | os.PathLike[str]
+
+
+def embed(
+    folder_or_paths: PathLike | Sequence[PathLike],
+    model: str = "auto",
+    *,
+    weights: PathLike | None = None,
+    cache_dir: PathLike | None = None,
+    device: str = "auto",
+    dtype: str = "float16",
+    embed_batch_size: int | None = None,
+    workers: int | None = None,
+    follow_symlinks: bool = False,
+    compile_model: bool = False,
+    lock_timeout: float = 0.0,
+    progress: ProgressFn | None = None,
+) -> Embeddings:
+    """Embed every image in a folder (recursively), reusing the cached features of unchanged files.
+
+    A list of image files is embedded as part of their closest common folder: paths in the
+    result are relative to it (``Embeddings.folder``) and the cache is that folder's, so a later
+    run on the whole folder reuses these features. Files that cannot be decoded are skipped
+    and listed in ``Embeddings.skipped`` with the reason. ``progress`` receives
+    :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``); nothing is printed.
+    """
+    folder, only = _folder_and_files(folder_or_paths)
+    dev = resolve_device(device)
+    config = EmbedConfig(
+        str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
+    )
+    report = Reporter(progress, "embed")
+
+    def on_start(todo: int, reused: int) -> None:
+        report.info(f"{count(todo + reused, 'image')}: {reused} cached, {todo} to embed")
+        report.start(todo)
+
+    hooks = EmbedHooks(
+        on_ready=lambda name, cache: report.at("model").info(f"model {name} on {dev}; cache {cache}"),
+        on_start=on_start,
+        on_advance=report.advance,
+        on_warning=report.warning,
+        on_wait=report.info,
+    )
+    result = embed_folder(config, dev, hooks, lock_timeout, only)
+    report.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
+    return result
+
+
+def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list[str] | None]:
+    """A folder as it is; a list of files as (their closest common folder, their paths relative to it)."""
+    if isinstance(source, (str, os.PathLike)):
+        return Path(source), None
+    files = [Path(p).absolute() for p in source]
+    if not files:
+        raise ParameterError("{folder_or_paths} is an empty list; give a folder or some image files")
+    folder = Path(os.path.commonpath([f.parent for f in files]))
+    return folder, [f.relative_to(folder).as_posix() for f in files]
+
+
+def _str(value: PathLike | None) -> str | None:
+    return None if value is None else os.fspath(value)

@@ -1,0 +1,360 @@
+"""``imgcluster.cluster_folder`` and ``imgcluster.train_folder``: the pipelines behind ``assign`` and ``train``.
+
+Scan, embed (cached), train a head or load one, assign, mark outliers, find near-duplicates;
+the result is an :class:`Assignment` in memory, and files only when ``out`` is given.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgcluster.atomic import check_writable, is_stream
+from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
+from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.estimator import ClusterHead
+from imgcluster.features import embed
+from imgcluster.outputs import refuse_inputs
+from imgcluster.pipeline import Embeddings, head_path_for
+from imgcluster.progress import ProgressFn, Reporter, count
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from imgcluster.duplicates import DuplicateGroup
+    from imgcluster.outliers import Outliers
+
+__all__ = ["Assignment", "cluster_folder", "train_folder"]
+
+PathLike = str | os.PathLike[str]
+OUTLIER_RULE = "confidence < min_confidence, or cosine distance to the cluster's mean feature > median + 3 * 1.4826 * MAD of that cluster"
+
+
+@dataclass
+class Assignment:
+    """The clusters of a folder's images, with everything ``imgcluster assign`` writes about them.
+
+    Row ``i`` is image ``paths[i]`` (relative to ``embeddings.folder``); ``columns`` holds the
+    CSV's columns after path (cluster, confidence, outlier, outlier_reason and any explanation
+    columns). :meth:`to_frame` gives them as a DataFrame, :meth:`write` as the CSV and its files.
+    """
+
+    paths: list[str]
+    columns: dict[str, np.ndarray]
+    outliers: Outliers
+    min_confidence: float
+    duplicates: list[DuplicateGroup] | None  # None unless near_duplicates was given
+    near_duplicates: float | None
+    embeddings: Embeddings
+    head: Path  # the checkpoint used (trained by this run, or given)
+    objective: str
+    n_clusters: int
+    train: dict[str, Any] | None  # how the head was trained
+    choose_k: dict[str, Any] | None  # the evidence for K when it was chosen automatically
+    explain: bool = False
+    written: dict[str, Path] = field(default_factory=dict)  # what write() wrote: csv, sidecar, duplicates, skipped
+
+    @property
+    def cluster(self) -> np.ndarray:
+        return self.columns["cluster"]
+
+    @property
+    def confidence(self) -> np.ndarray:
+        return self.columns["confidence"]
+
+    @property
+    def cluster_sizes(self) -> dict[int, int]:
+        labels, counts = np.unique(self.cluster, return_counts=True)
+        return {int(k): int(v) for k, v in zip(labels, counts)}
+
+    def to_frame(self) -> pd.DataFrame:
+        """The CSV's rows as a DataFrame: path, cluster, confidence, outlier, outlier_reason, ..."""
+        import pandas as pd
+
+        return pd.DataFrame({"path": self.paths, **self.columns})
+
+    def provenance(self, out: str | None = None) -> dict[str, Any]:
+        """What the sidecar JSON records: how the features, the head and the clusters were made."""
+        duplicates = None
+        if self.duplicates is not None:
+            images = sum(len(g.members) for g in self.duplicates)
+            where = self.written.get("duplicates")
+            duplicates = {"threshold": self.near_duplicates, "groups": len(self.duplicates), "images": images, "csv": _str(where)}
+        assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", str(self.head), self.explain)
+        return {
+            "assign": assign,
+            "embed": self.embeddings.config,
+            "train": self.train,
+            "backbone": self.embeddings.identity,
+            "head": {"path": str(self.head), "objective": self.objective, "clusters": self.n_clusters},
+            **({"choose_k": self.choose_k} if self.choose_k is not None else {}),
+            "result": {
+                "images": len(self.paths),
+                "skipped": len(self.embeddings.skipped),
+                "skipped_csv": _str(self.written.get("skipped")),
+                "cluster_sizes": self.cluster_sizes,
+                "outliers": {"min_confidence": self.min_confidence, "rule": OUTLIER_RULE, **self.outliers.summary()},
+                "near_duplicates": duplicates,
+            },
+        }
+
+    def write(self, out: PathLike, progress: ProgressFn | None = None) -> dict[str, Path]:
+        """Write the CSV to ``out`` (``"-"``: standard output) and, beside a regular file, its
+        sidecar ``.json``, the near-duplicate groups and the list of skipped files. Returns what
+        was written; ``progress`` hears one line per file (stage ``write``)."""
+        from imgcluster.assign import Assignment as Prediction
+        from imgcluster.assign import write_assignments
+
+        out_path, beside = check_out(out, self.embeddings.folder, near_duplicates=self.near_duplicates)
+        report = Reporter(progress, "write")
+        extra = {k: v for k, v in self.columns.items() if k not in ("cluster", "confidence")}
+        write_assignments(os.fspath(out), self.paths, Prediction(self.cluster, self.confidence, extra))
+        self.written = {"csv": out_path} if out_path is not None else {}
+        if self.duplicates is not None and beside is not None:
+            from imgcluster.duplicates import duplicates_path, write_duplicates
+
+            self.written["duplicates"] = write_duplicates(duplicates_path(beside), self.paths, self.duplicates)
+            images = sum(len(g.members) for g in self.duplicates)
+            report.info(
+                f"{count(len(self.duplicates), 'near-duplicate group')} ({count(images, 'image')}, "
+                f"cosine similarity >= {self.near_duplicates}) in {self.written['duplicates']}"
+            )
+        skipped = self.embeddings.write_skipped(beside)
+        if skipped is not None:
+            self.written["skipped"] = skipped
+            report.warning(f"skipped {count(len(self.embeddings.skipped), 'unreadable file')}; details in {skipped}")
+        if beside is not None:
+            self.written["sidecar"] = write_sidecar(sidecar_path(beside), **self.provenance(os.fspath(out)))
+        if out_path is not None:
+            report.info(f"wrote {count(len(self.paths), 'assignment')} to {out_path} ({count(len(self.cluster_sizes), 'cluster')})")
+        return self.written
+
+
+def check_out(
+    out: PathLike, folder: Path, near_duplicates: float | None = None, inputs: dict[Path, str] | None = None
+) -> tuple[Path | None, Path | None]:
+    """Where the CSV goes (None: standard output) and what its other files go beside (None:
+    nowhere, as for standard output, /dev/null or a pipe); refused, before any work, when it is
+    a folder or an input of the run."""
+    text = os.fspath(out)
+    out_path = None if text == "-" else Path(text)
+    if out_path is not None and out_path.is_dir():
+        raise ParameterError(f"{{out}} {text} is a folder; give a file name")
+    # Files that describe the CSV (its .json, the skipped list, the report) go beside it: only
+    # when it is a regular file, not stdout, /dev/null or a pipe.
+    beside = out_path if out_path is not None and not is_stream(out_path) else None
+    if near_duplicates is not None and beside is None:
+        where = "stdout" if out_path is None else f"{text}, which is not a regular file"
+        raise ParameterError(f"{{near_duplicates}} needs {{out}} FILE: its CSV is written beside the CSV, not beside {where}")
+    if out_path is not None:
+        refuse_inputs(out_path, inputs or {}, folder)
+    return out_path, beside
+
+
+def cluster_folder(
+    folder: PathLike,
+    *,
+    out: PathLike | None = None,
+    head: PathLike | None = None,
+    n_clusters: int | str = DEFAULT_CLUSTERS,
+    objective: str = DEFAULT_OBJECTIVE,
+    k_min: int = 2,
+    k_max: int = 20,
+    epochs: int | None = None,
+    batch_size: int = TrainConfig.batch_size,
+    lr: float = TrainConfig.lr,
+    knn: int = DEFAULT_KNN,
+    seed: int = 0,
+    balance: float | None = None,
+    self_label: bool = False,
+    uco: bool = False,
+    objective_options: dict[str, Any] | None = None,
+    min_confidence: float = 0.5,
+    near_duplicates: float | None = None,
+    explain: bool = False,
+    model: str = "auto",
+    weights: PathLike | None = None,
+    cache_dir: PathLike | None = None,
+    embed_batch_size: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    dtype: str = "float16",
+    follow_symlinks: bool = False,
+    compile_model: bool = False,
+    lock_timeout: float = 0.0,
+    progress: ProgressFn | None = None,
+) -> Assignment:
+    """Cluster every image in ``folder``: what ``imgcluster assign`` does, returned in memory.
+
+    Trains a head on the (cached) features, saved in the cache, or uses the checkpoint ``head``
+    (then the training parameters do not apply). ``out`` also writes the CSV and the files
+    beside it (:meth:`Assignment.write`); it is checked before any work. ``near_duplicates``
+    (a cosine similarity in (0, 1]) also finds groups of near-identical images. The training and
+    embedding parameters are those of :class:`ClusterHead` and :func:`imgcluster.embed`;
+    ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
+    """
+    from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
+    from imgcluster.pipeline import resolve_device
+
+    dev = resolve_device(device)
+    if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
+        raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
+    estimator = None
+    if head is None:  # the training parameters are checked now, not after the embedding
+        estimator = ClusterHead(
+            objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
+            balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
+        )  # fmt: skip
+        estimator.train_config()
+    head_meta: dict[str, Any] | None = None
+    if head is not None:
+        trained_objective, head_meta = load_checkpoint(Path(head))
+        if model == "auto" and weights is None:
+            model = head_meta.get("backbone", {}).get("model", model)
+    if out is not None:
+        inputs = {Path(head): "the head checkpoint", checkpoint_json(Path(head)): "the head's description"} if head is not None else {}
+        out_path, _ = check_out(out, Path(folder), near_duplicates, inputs)
+        if out_path is not None:
+            check_writable(out_path)  # fail before the embedding, not after it
+    embeddings = embed(
+        folder, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
+        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, progress=progress,
+    )  # fmt: skip
+    if head_meta is not None:
+        assert head is not None  # head_meta comes from it
+        head_path = Path(head)
+        if int(head_meta["feature_dim"]) != embeddings.features.shape[1]:
+            raise ImgclusterError(
+                f"head {head} expects {head_meta['feature_dim']}-d features but {embeddings.model} gives "
+                f"{embeddings.features.shape[1]}-d; use {{model}} {head_meta.get('backbone', {}).get('model', '?')}"
+            )
+        check_backbone(head_meta, embeddings.identity, head_path)
+        choice, train = head_meta.get("choose_k"), head_meta.get("train")
+    else:
+        assert estimator is not None
+        head_path = _train(estimator, embeddings, None, progress)
+        trained_objective, choice, train = estimator.objective_, estimator.choose_k_, asdict(estimator.train_config_)
+    if not embeddings.paths:
+        raise ImgclusterError(f"none of the images in {folder} could be read")
+    result = _assign(embeddings, trained_objective, dev, explain, min_confidence, near_duplicates, progress)
+    assignment = Assignment(
+        paths=embeddings.paths, min_confidence=min_confidence, near_duplicates=near_duplicates, embeddings=embeddings,
+        head=head_path, objective=trained_objective.name, n_clusters=trained_objective.n_clusters, train=train,
+        choose_k=choice, explain=explain, **result,
+    )  # fmt: skip
+    if out is not None:
+        assignment.write(out, progress)
+    return assignment
+
+
+def _assign(
+    embeddings: Embeddings, objective: Any, device: Any, explain: bool, min_confidence: float, near_duplicates: float | None,
+    progress: ProgressFn | None,
+) -> dict[str, Any]:  # fmt: skip
+    """Clusters, confidence, outliers and near-duplicates, with a warning when the head knows nothing."""
+    from imgcluster.assign import mark_outliers, predict
+
+    report = Reporter(progress, "assign")
+    prediction = predict(objective, embeddings.features, device, explain=explain)
+    chance = 1.0 / objective.n_clusters
+    top = float(prediction.confidence.max())
+    if top < chance + 0.01:
+        report.warning(
+            f"the head is no surer of any image than chance (confidence at most {top:.3f}, "
+            f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer {{n_clusters}}"
+        )
+    found = mark_outliers(prediction, embeddings.features, min_confidence)
+    n = len(embeddings.paths)
+    report.info(
+        f"{count(found.count, 'outlier')} of {n} ({100 * found.count / max(1, n):.0f}%): "
+        f"{int(found.low_confidence.sum())} below {{min_confidence}} {min_confidence}, "
+        f"{int(found.far_from_centre.sum())} far from their cluster's centre"
+    )
+    duplicates = None
+    if near_duplicates is not None:
+        from imgcluster.duplicates import find_near_duplicates
+
+        duplicates = find_near_duplicates(embeddings.features, near_duplicates, use_gpu=device.type == "cuda")
+    columns = {"cluster": prediction.cluster, "confidence": prediction.confidence, **dict(sorted(prediction.extra.items()))}
+    return {"columns": columns, "outliers": found, "duplicates": duplicates}
+
+
+def _train(estimator: ClusterHead, embeddings: Embeddings, out: Path | None, progress: ProgressFn | None) -> Path:
+    """Fit the head on the cached features and save it (in the cache unless ``out``); returns its path."""
+    from imgcluster.signals import Interrupted
+
+    if len(embeddings.paths) < 2:
+        raise ImgclusterError("need at least two images to cluster")
+    try:
+        estimator.fit(embeddings, progress=progress)
+    except KeyboardInterrupt as exc:
+        raise Interrupted.wrap(
+            exc,
+            f"interrupted while training: the features of all {len(embeddings.paths)} images stay cached in {embeddings.cache_dir}; "
+            "no head or CSV was written by this run, the next run trains again from the cached features",
+        ) from None
+    path = out or head_path_for(embeddings.cache_dir, estimator.train_config_)
+    estimator.save(path)
+    Reporter(progress, "train").info(f"head saved to {path}")
+    return path
+
+
+def train_folder(
+    folder: PathLike,
+    *,
+    out: PathLike | None = None,
+    n_clusters: int | str = DEFAULT_CLUSTERS,
+    objective: str = DEFAULT_OBJECTIVE,
+    k_min: int = 2,
+    k_max: int = 20,
+    epochs: int | None = None,
+    batch_size: int = TrainConfig.batch_size,
+    lr: float = TrainConfig.lr,
+    knn: int = DEFAULT_KNN,
+    seed: int = 0,
+    balance: float | None = None,
+    self_label: bool = False,
+    uco: bool = False,
+    objective_options: dict[str, Any] | None = None,
+    model: str = "auto",
+    weights: PathLike | None = None,
+    cache_dir: PathLike | None = None,
+    embed_batch_size: int | None = None,
+    workers: int | None = None,
+    device: str = "auto",
+    dtype: str = "float16",
+    follow_symlinks: bool = False,
+    compile_model: bool = False,
+    lock_timeout: float = 0.0,
+    progress: ProgressFn | None = None,
+) -> tuple[ClusterHead, Path]:
+    """Embed ``folder`` (cached) and train a head on it: what ``imgcluster train`` does.
+
+    The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
+    path. Files that could not be read are listed in the cache's ``skipped.csv``.
+    """
+    estimator = ClusterHead(
+        objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
+        balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
+    )  # fmt: skip
+    estimator.train_config()
+    if out is not None:
+        refuse_inputs(Path(out), folder=Path(folder))
+        check_writable(Path(out))
+    embeddings = embed(
+        folder, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
+        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, progress=progress,
+    )  # fmt: skip
+    skipped = embeddings.write_skipped()
+    if skipped is not None:
+        Reporter(progress, "embed").warning(f"skipped {count(len(embeddings.skipped), 'unreadable file')}; details in {skipped}")
+    return estimator, _train(estimator, embeddings, Path(out) if out is not None else None, progress)
+
+
+def _str(value: Path | None) -> str | None:
+    return None if value is None else str(value)
+

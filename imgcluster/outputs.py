@@ -1,0 +1,42 @@
+"""Checks on where a run writes, made before any work: an output must never replace an input."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from imgcluster.errors import ParameterError
+from imgcluster.listing import IMAGE_EXTENSIONS
+
+
+def _same(a: Path, b: Path) -> bool:
+    """One file under two names: the same path after links, or (when both exist) a hard link."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def refuse_inputs(out: Path, inputs: Mapping[Path, str] = {}, folder: Path | None = None, parameter: str = "out") -> None:
+    """Raise a :class:`ParameterError` naming ``parameter`` when writing ``out`` would replace an input.
+
+    ``inputs`` maps files the run reads to what they are ("the assignments CSV"); ``folder`` is
+    an image folder the run scans: any image file inside it counts as an input too.
+    """
+    for path, what in inputs.items():
+        if _same(out, path):
+            raise ParameterError(
+                f"{{{parameter}}} {out} is {what}, which this run reads; writing there would replace it: give another file"
+            )
+    if folder is not None and out.suffix.lower() in IMAGE_EXTENSIONS:
+        try:
+            inside = out.resolve().relative_to(folder.resolve())
+        except ValueError:
+            return
+        if not any(part.startswith(".") for part in inside.parts):  # hidden files are never scanned
+            raise ParameterError(
+                f"{{{parameter}}} {out} is an image in {folder}, which this run reads; writing there would replace it: give another file"
+            )

@@ -1,0 +1,77 @@
+"""Progress as events: the library reports what it does, the caller decides how to show it.
+
+One callable receives every :class:`Event`. ``kind`` says what it is: a stage that ``start``s
+with a total, ``advance``s by some steps, or a line of ``info`` or a ``warning``. Messages may
+name library parameters as ``{placeholders}``: ``str(event)`` shows the names, :meth:`Event.render`
+whatever a caller maps them to (the CLI: its flags).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from imgcluster.errors import render
+
+Kind = Literal["start", "advance", "info", "warning"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """One thing that happened: ``stage`` is ``model``, ``embed``, ``choose_k``, ``train``, ``assign``,
+    ``write`` or ``report``; ``done``/``total`` count the stage's steps (images, epochs, thumbnails)."""
+
+    stage: str
+    kind: Kind
+    message: str = ""
+    done: int = 0
+    total: int = 0
+    status: str = ""  # a short note for a progress bar ("loss 0.4127")
+
+    def render(self, names: Mapping[str, str]) -> str:
+        return render(self.message, names)
+
+    def __str__(self) -> str:
+        return self.render({})
+
+
+ProgressFn = Callable[[Event], None]
+
+
+def count(n: int, noun: str) -> str:
+    """``1 image``, ``2 images``: messages read as sentences."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+class Reporter:
+    """What library code calls: ``report.info("...")`` instead of building events by hand."""
+
+    def __init__(self, progress: ProgressFn | None, stage: str) -> None:
+        self._progress = progress
+        self.stage = stage
+        self._done = 0
+        self._total = 0
+
+    def at(self, stage: str) -> Reporter:
+        """The same callback, for another stage."""
+        return Reporter(self._progress, stage)
+
+    def _emit(self, event: Event) -> None:
+        if self._progress is not None:
+            self._progress(event)
+
+    def info(self, message: str) -> None:
+        self._emit(Event(self.stage, "info", message))
+
+    def warning(self, message: str) -> None:
+        self._emit(Event(self.stage, "warning", message))
+
+    def start(self, total: int, message: str = "") -> None:
+        """A stage of ``total`` steps begins; ``message`` names it for a progress bar."""
+        self._done, self._total = 0, total
+        self._emit(Event(self.stage, "start", message, total=total))
+
+    def advance(self, n: int = 1, message: str = "", status: str = "") -> None:
+        self._done += n
+        self._emit(Event(self.stage, "advance", message, self._done, self._total, status))
