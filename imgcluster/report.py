@@ -166,7 +166,9 @@ def resolve_folder(csv_path: Path, sidecar: dict[str, Any] | None, folder: Path 
     sidecar = sidecar or {}
     recorded = [str(v) for v in ((sidecar.get("assign") or {}).get("folder"), (sidecar.get("embed") or {}).get("folder")) if v]
     if not recorded:
-        raise ImgclusterError(f"{csv_path} has no sidecar {csv_path.name}.json saying where its images are; give the folder with {{folder}}")
+        raise ImgclusterError(
+            f"{csv_path} has no sidecar {csv_path.name}.json saying where its images are; give the folder with {{folder}}"
+        )
     candidates = [Path(r) for r in recorded] + [csv_path.parent / r for r in recorded if not Path(r).is_absolute()]
     for candidate in candidates:
         if candidate.is_dir():
@@ -684,7 +686,9 @@ def write_report(
     if problems:
         hooks.on_warning(f"{problems['missing']} image file(s) missing and {problems['unreadable']} unreadable; shown as placeholders")
     if page.omitted:
-        hooks.on_warning(f"{page.omitted} thumbnail(s) left out to keep the page under {max_bytes / 1e6:g} MB; try a smaller {{per_cluster}}")
+        hooks.on_warning(
+            f"{page.omitted} thumbnail(s) left out to keep the page under {max_bytes / 1e6:g} MB; try a smaller {{per_cluster}}"
+        )
     montages = write_montages(out.parent / f"{assignments.stem}-montage", rows, views, image_folder, thumbs) if montage else []
     return ReportResult(
         html=out,
