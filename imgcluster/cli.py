@@ -181,23 +181,38 @@ def handled(ui: UI) -> Iterator[None]:
         raise typer.Exit(1) from None
 
 
-# Library parameters whose flag is not simply ``--`` + the name with dashes.
+# Library parameters whose command-line parameter has another name.
+CLI_NAMES = {"n_clusters": "clusters", "objective_options": "option", "folder_or_paths": "folder"}
+# Library parameters whose flag is not simply ``--`` + the name with dashes, when the command has no such parameter.
 FLAG_OVERRIDES = {
     "n_clusters": "--clusters",
     "folder": "FOLDER",
     "folder_or_paths": "FOLDER",
-    "assignments": "CSV",
-    "labelled_folder": "LABELLED_FOLDER",
     "objective_options": "--option",
     "compile_model": "--compile",
 }
 
 
 class FlagNames(dict[str, str]):
-    """Maps a library parameter name to the flag a user typed: ``k_max`` -> ``--k-max``."""
+    """Maps a library parameter name to what a user typed for it in the running command:
+    ``k_max`` -> ``--k-max``, ``folder`` -> ``FOLDER`` for ``assign`` but ``--folder`` for ``report``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        try:  # recent typer releases bundle their own click, which keeps the running command
+            from typer._click.globals import get_current_context
+        except ImportError:  # pragma: no cover - older typer uses click itself
+            from click import get_current_context  # type: ignore[no-redef]
+
+        ctx = get_current_context(silent=True)
+        self._typed: dict[str, str] = {}
+        for param in ctx.command.params if ctx is not None else []:
+            if param.name:
+                self._typed[param.name] = param.opts[0] if param.param_type_name == "option" else (param.metavar or param.name.upper())
 
     def get(self, key: str, default: str | None = None) -> str:  # type: ignore[override]
-        return FLAG_OVERRIDES.get(key, "--" + key.replace("_", "-"))
+        typed = self._typed.get(CLI_NAMES.get(key, key))
+        return typed or FLAG_OVERRIDES.get(key, "--" + key.replace("_", "-"))
 
 
 PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whose pipe closed
@@ -235,6 +250,7 @@ class Printer:
 
     def __init__(self, ui: UI) -> None:
         self.ui = ui
+        self.flags = FlagNames()
         self._bar: contextlib.ExitStack | None = None
         self._task: ProgressTask | None = None
 
@@ -250,7 +266,7 @@ class Printer:
         self._bar = self._task = None
 
     def __call__(self, event: Event) -> None:
-        text = event.render(FlagNames())
+        text = event.render(self.flags)
         if event.kind == "info":
             self.ui.info(text)
         elif event.kind == "warning":

@@ -1,0 +1,121 @@
+"""The Python API: light import, embed, cluster_folder, progress events, outputs that never replace inputs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from imagefolders import CLASSES, copy_sample
+
+import imgcluster
+from imgcluster import ParameterError
+from imgcluster.progress import Event
+
+MODEL = {"model": "efficientnet-lite0", "workers": 0}
+HEAVY = ("torch", "timm", "faiss", "sklearn", "scipy", "pandas")
+
+
+@pytest.mark.parametrize("module", ["imgcluster", "imgcluster.cli"])
+def test_import_stays_light(module: str) -> None:
+    """``imgcluster --version`` and argument errors must not wait for torch: nothing heavy loads on import."""
+    code = f"import sys, {module}; print(' '.join(m for m in {HEAVY!r} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert loaded == []
+
+
+def test_every_api_name_resolves() -> None:
+    for name in imgcluster.__all__:
+        assert getattr(imgcluster, name) is not None
+    assert set(imgcluster.__all__) <= set(dir(imgcluster))
+    with pytest.raises(AttributeError):
+        imgcluster.no_such_name  # noqa: B018
+
+
+def test_embed_a_folder_reports_progress_and_prints_nothing(
+    small_folder: Path, shared_cache: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    events: list[Event] = []
+    result = imgcluster.embed(small_folder, cache_dir=shared_cache, progress=events.append, **MODEL)
+    assert capsys.readouterr() == ("", "")
+    assert len(result.paths) == 24 and result.features.shape == (24, 1280) and result.skipped == []
+    assert result.folder == small_folder and result.identity["model"] == "efficientnet-lite0"
+    assert result.cache_dir.is_dir() and shared_cache in result.cache_dir.parents
+    assert {e.stage for e in events} >= {"model", "embed"}
+    assert any(e.kind == "info" and str(e).startswith("embedded ") for e in events)
+
+
+def test_embed_a_list_of_files_relative_to_their_common_folder(tmp_path: Path, shared_cache: Path) -> None:
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4)
+    files = sorted((folder / CLASSES[0]).glob("*.png"))[:2] + sorted((folder / CLASSES[1]).glob("*.png"))[:1]
+    result = imgcluster.embed([str(f) for f in files], cache_dir=shared_cache, **MODEL)
+    assert result.folder == folder
+    assert result.paths == [f.relative_to(folder).as_posix() for f in files]
+    assert result.features.shape == (3, 1280)
+    (folder / "notes.txt").write_text("not an image\n")
+    with pytest.raises(ParameterError, match="not images imgcluster reads") as info:
+        imgcluster.embed([files[0], folder / "notes.txt"], cache_dir=shared_cache, **MODEL)
+    assert info.value.parameters == ("folder_or_paths",)
+
+
+def test_cluster_folder_in_memory_writes_nothing_until_asked(small_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    before = sorted(p for p in small_folder.rglob("*"))
+    result = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=cache, **MODEL)
+    assert sorted(p for p in small_folder.rglob("*")) == before  # the cache lives in cache_dir; no CSV anywhere
+    frame = result.to_frame()
+    assert list(frame.columns) == ["path", "cluster", "confidence", "outlier", "outlier_reason"]
+    assert len(frame) == 24 and set(frame["cluster"]) <= {0, 1, 2} and result.head.is_file()
+    written = result.write(tmp_path / "out.csv")
+    assert set(written) == {"csv", "sidecar"}
+    read = pd.read_csv(written["csv"], keep_default_na=False)
+    assert read["path"].tolist() == frame["path"].tolist() and read["cluster"].tolist() == frame["cluster"].tolist()
+    assert result.provenance()["result"]["images"] == 24
+
+
+def test_a_bad_value_names_the_parameter_not_a_flag(small_folder: Path) -> None:
+    with pytest.raises(ParameterError) as info:
+        imgcluster.cluster_folder(small_folder, n_clusters="many", **MODEL)
+    assert str(info.value) == "n_clusters takes a whole number or 'auto', not 'many'" and info.value.parameters == ("n_clusters",)
+
+
+@pytest.fixture
+def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any embedding fails the test: the checks under test come before any work."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("embedded although the output was refused")
+
+    monkeypatch.setattr("imgcluster.folder.embed", fail)
+
+
+@pytest.mark.usefixtures("no_embedding")
+def test_an_output_that_is_an_input_image_is_refused_before_any_work(small_folder: Path) -> None:
+    image = sorted((small_folder / CLASSES[0]).glob("*.png"))[0]
+    data = image.read_bytes()
+    with pytest.raises(ParameterError, match=r"is an image in .*which this run reads") as info:
+        imgcluster.cluster_folder(small_folder, out=image, **MODEL)
+    assert info.value.parameters == ("out",) and image.read_bytes() == data
+    with pytest.raises(ParameterError, match="is an image in"):  # the same file by another name
+        imgcluster.cluster_folder(small_folder, out=small_folder / CLASSES[0] / ".." / CLASSES[0] / image.name, **MODEL)
+    with pytest.raises(ParameterError, match="is an image in"):  # a new image there: the next scan would read CSV text
+        imgcluster.cluster_folder(small_folder, out=small_folder / "clusters.PNG", **MODEL)
+    hidden = small_folder / ".notes" / "clusters.png"  # hidden folders are never scanned
+    hidden.parent.mkdir()
+    with pytest.raises(AssertionError, match="embedded although"):
+        imgcluster.cluster_folder(small_folder, out=hidden, **MODEL)
+
+
+@pytest.mark.usefixtures("no_embedding")
+def test_an_output_that_is_the_head_is_refused(small_folder: Path, tmp_path: Path) -> None:
+    import numpy as np
+
+    head = imgcluster.ClusterHead(n_clusters=2, epochs=1, device="cpu").fit(np.eye(8, dtype=np.float32))
+    path = tmp_path / "head.safetensors"
+    head.save(path)
+    for out in (path, path.with_suffix(".json")):
+        with pytest.raises(ParameterError, match="is the head") as info:
+            imgcluster.cluster_folder(small_folder, head=path, out=out)
+        assert info.value.parameters == ("out",)
