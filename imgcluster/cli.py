@@ -162,7 +162,7 @@ def handled(ui: UI) -> Iterator[None]:
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the message says what was kept, when known
         ui.error(str(exc) or "interrupted; every finished batch is kept in the cache and the next run resumes from there")
-        raise typer.Exit(note_stop(exc)) from None
+        raise typer.Exit(128 + note_stop(exc)) from None  # what a shell reports for a process that signal stopped
     except typer.Exit:
         raise
     except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, as other tools do

@@ -590,7 +590,7 @@ def write_montages(
             sheet.save(handle, "PNG", optimize=True)
         written.append(path)
     if written:  # a later scan of a folder that holds this one skips it: these are not photos
-        atomic_write_text(directory / OUTPUT_MARKER, "written by imgcluster report --montage; folders holding this file are not scanned\n")
+        atomic_write_text(directory / OUTPUT_MARKER, "written by imgcluster report (montage); folders holding this file are not scanned\n")
     keep = {p.name for p in written}
     for old in directory.glob("cluster-*.png"):
         if old.name not in keep:

@@ -24,20 +24,10 @@ class Interrupted(KeyboardInterrupt):
         super().__init__(message)
         self.signum = signum
 
-    @property
-    def exit_code(self) -> int:
-        """128 + signal number: what a shell reports for a process stopped by that signal."""
-        return 128 + int(self.signum)
-
     @classmethod
     def wrap(cls, exc: KeyboardInterrupt, message: str) -> Interrupted:
         """Same signal as ``exc``, with a message saying what was kept."""
         return cls(message, getattr(exc, "signum", signal.SIGINT))
-
-
-def exit_code_of(exc: KeyboardInterrupt) -> int:
-    """130 for Ctrl-C, 143 for SIGTERM."""
-    return exc.exit_code if isinstance(exc, Interrupted) else 128 + int(signal.SIGINT)
 
 
 @contextlib.contextmanager
@@ -62,10 +52,10 @@ _stopped_by: int | None = None  # the signal a handled interrupt came from, for 
 
 
 def note_stop(exc: KeyboardInterrupt) -> int:
-    """Remember which signal stopped the run and return its exit code (130 for Ctrl-C, 143 for SIGTERM)."""
+    """Remember which signal stopped the run (SIGINT for Ctrl-C, SIGTERM) and return its number."""
     global _stopped_by
     _stopped_by = int(getattr(exc, "signum", signal.SIGINT))
-    return exit_code_of(exc)
+    return _stopped_by
 
 
 def exit_by_signal() -> None:
