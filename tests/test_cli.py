@@ -304,3 +304,26 @@ def test_a_head_that_learned_nothing_is_called_out(small_folder: Path, tmp_path:
     assert "no surer of any image than chance" in result.stderr
     trained = invoke("assign", small_folder, "--out", "-", "--cache-dir", shared_cache, *FAST)
     assert trained.exit_code == 0 and "than chance" not in trained.stderr  # a head that learned is not called out
+
+
+def test_out_that_is_an_input_image_is_refused_and_the_image_kept(small_folder: Path) -> None:
+    """`assign FOLDER --out FOLDER/<image>` once turned the image into CSV text and exited 0."""
+    image = sorted((small_folder / CLASSES[0]).glob("*.png"))[0]
+    data = image.read_bytes()
+    result = invoke("assign", small_folder, "--out", image, *FAST)
+    assert result.exit_code == 2
+    assert result.stderr == f"error: --out {image} is an image in {small_folder}, which this run reads; writing there would replace it: give another file\n"
+    assert image.read_bytes() == data and not (small_folder / ".imgcluster").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("target", ["clusters.csv", "clusters.csv.json"])
+def test_report_out_that_is_its_input_is_refused_and_the_input_kept(tmp_path: Path, target: str) -> None:
+    """`report a.csv --out a.csv` once replaced the CSV with HTML and exited 0."""
+    csv_path = tmp_path / "clusters.csv"
+    csv_path.write_text('"path","cluster","confidence"\n"a.png",0,0.9\n')
+    (tmp_path / "clusters.csv.json").write_text("{}\n")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    result = invoke("report", csv_path, "--out", tmp_path / target)
+    assert result.exit_code == 2 and result.stderr.startswith(f"error: --out {tmp_path / target} is the ")
+    assert "which this run reads; writing there would replace it" in result.stderr
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
