@@ -119,3 +119,23 @@ def test_an_output_that_is_the_head_is_refused(small_folder: Path, tmp_path: Pat
         with pytest.raises(ParameterError, match="is the head") as info:
             imgcluster.cluster_folder(small_folder, head=path, out=out)
         assert info.value.parameters == ("out",)
+
+
+def _readme_examples() -> list[str]:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("\n## Python API\n", 1)[1].split("\n## ", 1)[0]
+    return [block.split("\n", 1)[1] for block in section.split("```")[1::2] if block.startswith("python\n")]
+
+
+def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's "Python API" examples, run in order on a copy of sample_data (125 images, 5 classes)."""
+    import shutil
+
+    examples = _readme_examples()
+    assert len(examples) >= 2
+    shutil.copytree(Path(__file__).resolve().parents[1] / "sample_data", tmp_path / "sample_data", ignore=shutil.ignore_patterns(".*"))
+    monkeypatch.chdir(tmp_path)
+    namespace: dict[str, object] = {}
+    for code in examples:
+        exec(compile(code, "README.md (Python API)", "exec"), namespace)  # noqa: S102 - the README's own examples
+    assert (tmp_path / "clusters.csv").is_file() and (tmp_path / "clusters.html").is_file()
