@@ -137,5 +137,5 @@ def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.Monk
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     for code in examples:
-        exec(compile(code, "README.md (Python API)", "exec"), namespace)  # noqa: S102 - the README's own examples
+        exec(compile(code, "README.md (Python API)", "exec"), namespace)  # the README's own examples
     assert (tmp_path / "clusters.csv").is_file() and (tmp_path / "clusters.html").is_file()

@@ -312,7 +312,9 @@ def test_out_that_is_an_input_image_is_refused_and_the_image_kept(small_folder: 
     data = image.read_bytes()
     result = invoke("assign", small_folder, "--out", image, *FAST)
     assert result.exit_code == 2
-    assert result.stderr == f"error: --out {image} is an image in {small_folder}, which this run reads; writing there would replace it: give another file\n"
+    assert result.stderr == (
+        f"error: --out {image} is an image in {small_folder}, which this run reads; writing there would replace it: give another file\n"
+    )
     assert image.read_bytes() == data and not (small_folder / ".imgcluster").exists()  # refused before any work
 
 

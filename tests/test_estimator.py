@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import numpy as np
+import pytest
+from sklearn.base import clone
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from imgcluster import ClusterHead
+from imgcluster import ClusterHead, ParameterError
+from imgcluster.progress import Event
 
 FAST = {"epochs": 3, "device": "cpu", "hidden": 32}
 
@@ -36,3 +42,49 @@ def blobs(n_per: int = 30, k: int = 3, d: int = 16, seed: int = 0) -> tuple[np.n
 )
 def test_scikit_learn_checks(estimator: ClusterHead, check: object) -> None:
     check(estimator)  # type: ignore[operator]
+
+
+def test_auto_chooses_k_and_records_why() -> None:
+    x, _ = blobs(n_per=40, k=4)
+    events: list[Event] = []
+    head = ClusterHead(n_clusters="auto", k_max=8, **FAST).fit(x, progress=events.append)
+    assert head.n_clusters_ == 4 and head.choose_k_ is not None and head.choose_k_["k"] == 4
+    assert any(e.stage == "choose_k" and str(e).startswith("n_clusters auto chose K=4") for e in events)
+    assert {e.kind for e in events if e.stage == "train"} >= {"start", "advance", "info"}
+    assert head.predict_proba(x).shape == (160, 4)
+
+
+def test_save_and_load_give_the_same_predictions(tmp_path: Path) -> None:
+    x, _ = blobs()
+    head = ClusterHead("scan", n_clusters=3, **FAST).fit(x)
+    head.save(tmp_path / "head.safetensors")
+    loaded = ClusterHead.load(tmp_path / "head.safetensors", device="cpu")
+    assert loaded.get_params()["hidden"] == 32 and loaded.objective == "scan" and loaded.n_clusters_ == 3
+    assert np.array_equal(loaded.predict(x), head.predict(x))
+    assert np.allclose(loaded.predict_proba(x), head.predict_proba(x))
+
+
+def test_objective_options_are_parameters() -> None:
+    head = ClusterHead("scan", n_clusters=3, entropy_weight=3.0)
+    assert head.get_params()["entropy_weight"] == 3.0
+    copy = clone(head).set_params(entropy_weight=1.0)
+    assert copy.get_params()["entropy_weight"] == 1.0 and head.get_params()["entropy_weight"] == 3.0
+    assert copy.train_config().objective_options == {"entropy_weight": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("params", "message", "parameter"),
+    [
+        ({"n_clusters": 1}, "n_clusters must be at least 2, got 1", "n_clusters"),
+        ({"n_clusters": "many"}, "n_clusters takes a whole number or 'auto'", "n_clusters"),
+        ({"objective": "nope"}, "unknown objective 'nope'", "objective"),
+        ({"bogus": 1}, "has no option bogus", "objective_options"),
+        ({"lr": 0}, "lr must be above 0, got 0", "lr"),
+        ({"n_clusters": 40}, "n_clusters 40 is larger than the number of images (30)", "n_clusters"),
+    ],
+)
+def test_bad_parameters_are_named(params: dict, message: str, parameter: str) -> None:
+    x, _ = blobs(n_per=10)
+    with pytest.raises(ParameterError, match=re.escape(message)) as info:
+        ClusterHead(**{**FAST, **params}).fit(x)
+    assert info.value.parameters == (parameter,)
