@@ -279,16 +279,11 @@ class Printer:
             self._task.start(event.total)
         elif event.kind == "advance":
             if self._task is not None:
-                self._task.advance(1 if event.stage == "train" else event.done - self._done(event), status=event.status)
+                self._task.update(event.done, status=event.status)
             if event.stage == "train" and not self.ui.interactive and self._epoch_line(event.done, event.total):
                 self.ui.info(text)  # without a bar: about ten loss lines, however long the run
             if event.done >= event.total:
                 self._close()
-        self._last = event
-
-    def _done(self, event: Event) -> int:
-        last = getattr(self, "_last", None)
-        return last.done if last is not None and last.stage == event.stage and last.kind == "advance" else 0
 
     @staticmethod
     def _epoch_line(epoch: int, total: int) -> bool:

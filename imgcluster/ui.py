@@ -70,9 +70,10 @@ class ProgressTask:
         if self._progress is not None and total > 0:
             self._task = self._progress.add_task(self._description, total=total, status="")
 
-    def advance(self, n: int = 1, status: str = "") -> None:
+    def update(self, done: int, status: str = "") -> None:
+        """Show ``done`` steps of the total finished."""
         if self._progress is not None and self._task is not None:
-            self._progress.update(self._task, advance=n, status=status)
+            self._progress.update(self._task, completed=done, status=status)
 
 
 class RateColumn(ProgressColumn):
