@@ -37,7 +37,7 @@ from imagefolders import CLASSES, copy_sample
 
 from imgcluster.cache import read_shard
 from imgcluster.checkpoint import load_checkpoint, save_checkpoint
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 from imgcluster.objectives import create_objective
 
 SEED = 1234
@@ -184,7 +184,7 @@ def head_state(path: Path) -> dict[str, torch.Tensor] | None:
     """The head's weights, or None when loading refuses the pair (torn by a kill)."""
     try:
         objective, _ = load_checkpoint(path)
-    except UserError:
+    except ImgclusterError:
         return None
     return {k: v.clone() for k, v in objective.state_dict().items()}
 
