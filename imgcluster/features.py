@@ -9,7 +9,7 @@ from pathlib import Path
 from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError
 from imgcluster.pipeline import Embeddings, EmbedHooks, embed_folder, resolve_device
-from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
 __all__ = ["Embeddings", "embed"]
 
@@ -36,7 +36,8 @@ def embed(
     A list of image files is embedded as part of their closest common folder: paths in the
     result are relative to it (``Embeddings.folder``) and the cache is that folder's, so a later
     run on the whole folder reuses these features. Files that cannot be decoded are skipped
-    and listed in ``Embeddings.skipped`` with the reason. ``progress`` receives
+    and listed in ``Embeddings.skipped`` with the reason; ``Embeddings.warnings`` keeps every warning.
+    ``progress`` receives
     :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``); nothing is printed.
     """
     folder, only = _folder_and_files(folder_or_paths)
@@ -44,6 +45,7 @@ def embed(
     config = EmbedConfig(
         str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
     )
+    progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "embed")
 
     def on_start(todo: int, reused: int) -> None:
@@ -58,6 +60,7 @@ def embed(
         on_wait=report.info,
     )
     result = embed_folder(config, dev, hooks, lock_timeout, only)
+    result.warnings = warnings
     report.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
     return result
 

@@ -20,7 +20,7 @@ from imgcluster.estimator import ClusterHead
 from imgcluster.features import embed
 from imgcluster.outputs import refuse_inputs
 from imgcluster.pipeline import Embeddings, head_path_for
-from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -56,6 +56,7 @@ class Assignment:
     train: dict[str, Any] | None  # how the head was trained
     choose_k: dict[str, Any] | None  # the evidence for K when it was chosen automatically
     explain: bool = False
+    warnings: list[str] = field(default_factory=list)  # every warning the run gave, as its progress heard them
     written: dict[str, Path] = field(default_factory=dict)  # what write() wrote: csv, sidecar, duplicates, skipped
 
     @property
@@ -200,6 +201,7 @@ def cluster_folder(
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
     from imgcluster.pipeline import resolve_device
 
+    progress, warnings = keeping_warnings(progress)
     dev = resolve_device(device)
     if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
@@ -244,7 +246,7 @@ def cluster_folder(
     assignment = Assignment(
         paths=embeddings.paths, min_confidence=min_confidence, near_duplicates=near_duplicates, embeddings=embeddings,
         head=head_path, objective=trained_objective.name, n_clusters=trained_objective.n_clusters, train=train,
-        choose_k=choice, explain=explain, **result,
+        choose_k=choice, explain=explain, warnings=warnings, **result,
     )  # fmt: skip
     if out is not None:
         assignment.write(out, progress)

@@ -39,6 +39,19 @@ class Event:
 ProgressFn = Callable[[Event], None]
 
 
+def keeping_warnings(progress: ProgressFn | None) -> tuple[ProgressFn, list[str]]:
+    """``progress`` that also keeps every warning's text, so that a result can carry its warnings."""
+    kept: list[str] = []
+
+    def relay(event: Event) -> None:
+        if event.kind == "warning":
+            kept.append(str(event))
+        if progress is not None:
+            progress(event)
+
+    return relay, kept
+
+
 def count(n: int, noun: str) -> str:
     """``1 image``, ``2 images``: messages read as sentences."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"

@@ -139,3 +139,15 @@ def test_readme_python_api_examples_run(tmp_path: Path, monkeypatch: pytest.Monk
     for code in examples:
         exec(compile(code, "README.md (Python API)", "exec"), namespace)  # the README's own examples
     assert (tmp_path / "clusters.csv").is_file() and (tmp_path / "clusters.html").is_file()
+
+
+def test_results_carry_their_warnings(messy_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    (messy_folder / "phone.heic").write_bytes(b"not decodable by Pillow")
+    heard: list[Event] = []
+    result = imgcluster.cluster_folder(
+        messy_folder, n_clusters=3, cache_dir=shared_cache, out=tmp_path / "out.csv", progress=heard.append, **MODEL
+    )
+    assert any("formats imgcluster cannot read (.heic)" in w for w in result.embeddings.warnings)
+    assert any(w.startswith("skipped 3 unreadable files; details in ") for w in result.warnings)
+    assert result.warnings == [str(e) for e in heard if e.kind == "warning"] and len(result.warnings) >= 2
+    assert result.written["skipped"] == tmp_path / "out-skipped.csv"
