@@ -6,6 +6,7 @@ import contextlib
 import csv
 import dataclasses
 import os
+import stat
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shar
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embedding import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
-from imgcluster.listing import IMAGE_EXTENSIONS, ImageFile, list_images
+from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.lock import folder_lock
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
@@ -126,7 +127,8 @@ def embed_folder(
     """Embed every image under ``config.folder``, reusing cached features of unchanged files.
 
     ``lock_timeout`` is how long to wait for another run that holds the same cache; ``only``
-    limits the run to these relative paths (each must be an image the scan finds).
+    limits the run to these relative paths, in that order, and keeps the cached features of the
+    folder's other files.
     """
     hooks = hooks or EmbedHooks()
     start = time.perf_counter()
@@ -137,9 +139,10 @@ def embed_folder(
     shared = shared_cache_root(config.cache_dir)  # may lie inside FOLDER, holding other folders' caches
     unsupported: list[str] = []
     excluded = (cache_root, *([shared] if shared else []))
-    files = list_images(folder, follow_symlinks=config.follow_symlinks, exclude=excluded, unsupported=unsupported)
-    if only is not None:
-        files, unsupported = _only(files, only), [rel for rel in unsupported if rel in only]
+    if only is None:
+        files = list_images(folder, follow_symlinks=config.follow_symlinks, exclude=excluded, unsupported=unsupported)
+    else:
+        files = _named_files(folder, only, unsupported)
     if unsupported:
         kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
         hooks.on_warning(f"left out {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}); convert them to JPEG or PNG")
@@ -196,7 +199,8 @@ def embed_folder(
         if changed:
             hooks.on_warning(f"{len(changed)} file(s) changed between the scan and decoding; they were embedded as they are now")
             files = [changed.get(f.rel, f) for f in files]
-        cache.compact([f for f in files if f.rel not in skipped])
+        if only is None:  # a run on some files keeps the features of the others
+            cache.compact([f for f in files if f.rel not in skipped])
         rows = [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped]
     paths = [rel for rel, v in rows if v is not None]
     features = np.zeros((0, backbone.feature_dim), np.float32)
@@ -218,17 +222,29 @@ def embed_folder(
     )
 
 
-def _only(files: list[ImageFile], wanted: Collection[str]) -> list[ImageFile]:
-    """The listed ``files`` named in ``wanted``; a name the scan did not find is a mistake, not a skip."""
-    found = {f.rel for f in files}
-    missing = sorted(set(wanted) - found)
+def _named_files(folder: Path, names: Collection[str], unsupported: list[str]) -> list[ImageFile]:
+    """The image files ``names`` (relative to ``folder``), in that order, without scanning the folder
+    (their common folder may be large). A name that is no image file is a mistake, not a skip."""
+    files, missing = [], []
+    for rel in dict.fromkeys(names):
+        path = folder / rel
+        if path.suffix.lower() in UNSUPPORTED_IMAGE_EXTENSIONS:
+            unsupported.append(rel)
+            continue
+        try:
+            st = path.stat()
+        except OSError:
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or path.suffix.lower() not in IMAGE_EXTENSIONS:
+            missing.append(rel)
+            continue
+        files.append(ImageFile(rel, path, st.st_size, st.st_mtime_ns))
     if missing:
         raise ParameterError(
-            f"{len(missing)} of the paths are not images imgcluster reads (missing, hidden or another format), "
-            f"e.g. {missing[0]!r}",
+            f"{len(missing)} of the paths are not image files imgcluster reads (missing, a folder or another format), e.g. {missing[0]!r}",
             "folder_or_paths",
         )
-    return [f for f in files if f.rel in wanted]
+    return files
 
 
 def _embed_into_cache(

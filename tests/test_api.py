@@ -47,16 +47,20 @@ def test_embed_a_folder_reports_progress_and_prints_nothing(
     assert any(e.kind == "info" and str(e).startswith("embedded ") for e in events)
 
 
-def test_embed_a_list_of_files_relative_to_their_common_folder(tmp_path: Path, shared_cache: Path) -> None:
+def test_embed_a_list_of_files_relative_to_their_common_folder(tmp_path: Path) -> None:
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4)
-    files = sorted((folder / CLASSES[0]).glob("*.png"))[:2] + sorted((folder / CLASSES[1]).glob("*.png"))[:1]
-    result = imgcluster.embed([str(f) for f in files], cache_dir=shared_cache, **MODEL)
-    assert result.folder == folder
-    assert result.paths == [f.relative_to(folder).as_posix() for f in files]
-    assert result.features.shape == (3, 1280)
+    cache = tmp_path / "cache"
+    whole = imgcluster.embed(folder, cache_dir=cache, **MODEL)
+    files = sorted((folder / CLASSES[1]).glob("*.png"))[:1] + sorted((folder / CLASSES[0]).glob("*.png"))[:2]
+    result = imgcluster.embed([str(f) for f in files], cache_dir=cache, **MODEL)
+    assert result.folder == folder and (result.reused, result.embedded) == (3, 0)
+    assert result.paths == [f.relative_to(folder).as_posix() for f in files]  # in the order given
+    assert (result.features == whole.features[[whole.paths.index(p) for p in result.paths]]).all()
+    again = imgcluster.embed(folder, cache_dir=cache, **MODEL)  # the other files' features were kept
+    assert (again.reused, again.embedded) == (8, 0)
     (folder / "notes.txt").write_text("not an image\n")
-    with pytest.raises(ParameterError, match="not images imgcluster reads") as info:
-        imgcluster.embed([files[0], folder / "notes.txt"], cache_dir=shared_cache, **MODEL)
+    with pytest.raises(ParameterError, match="not image files imgcluster reads") as info:
+        imgcluster.embed([files[0], folder / "notes.txt"], cache_dir=cache, **MODEL)
     assert info.value.parameters == ("folder_or_paths",)
 
 
