@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -91,11 +92,10 @@ class ClusterHead(ClusterMixin, BaseEstimator):
             setattr(self, key, value)
         return self
 
-    def train_config(self, n_clusters: int | None = None) -> TrainConfig:
-        """The training settings these parameters give, checked (unknown options, values out of range).
-
-        ``n_clusters`` stands in for K when it is ``auto`` (chosen only when fitting).
-        """
+    def train_config(self) -> TrainConfig:
+        """The training settings these parameters give, checked (unknown options, values out of
+        range), so that mistakes surface before any slow work. With ``n_clusters="auto"`` its K
+        is a stand-in: :meth:`fit` chooses the real one."""
         from imgcluster.choose_k import parse_clusters
         from imgcluster.errors import ParameterError
         from imgcluster.objectives import objective_flags
@@ -103,17 +103,19 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         requested = parse_clusters(self.n_clusters)
         if requested is None and self.k_max < self.k_min:
             raise ParameterError(f"{{k_max}} ({self.k_max}) must not be below {{k_min}} ({self.k_min})")
-        for name in ("batch_size", "knn", "epochs"):
+        for name, least in (("batch_size", 2), ("knn", 1), ("epochs", 1)):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < (2 if name == "batch_size" else 1)):
-                raise ParameterError(f"{{{name}}} must be a whole number of at least {2 if name == 'batch_size' else 1}, got {value!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
+                raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
+        if not (isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0):
             raise ParameterError(f"{{lr}} must be above 0, got {self.lr!r}")
-        options = objective_flags(self.objective, self._objective_options(), balance=self.balance, self_label=self.self_label, uco=self.uco)
+        shortcuts = {"balance": self.balance, "self_label": self.self_label, "uco": self.uco}
+        options = objective_flags(self.objective, self._objective_options(), **shortcuts)
         return TrainConfig(
-            objective=self.objective, clusters=requested or n_clusters or DEFAULT_CLUSTERS,
-            epochs=TrainConfig.epochs if self.epochs is None else self.epochs, batch_size=self.batch_size, lr=float(self.lr),
-            knn=self.knn, seed=self.seed, min_steps=TrainConfig.min_steps if self.epochs is None else 0, objective_options=options,
+            objective=self.objective, clusters=requested or DEFAULT_CLUSTERS,
+            epochs=TrainConfig.epochs if self.epochs is None else int(self.epochs), batch_size=int(self.batch_size),
+            lr=float(self.lr), knn=int(self.knn), seed=int(self.seed), objective_options=options,
+            min_steps=TrainConfig.min_steps if self.epochs is None else 0,
         )  # fmt: skip
 
     # ---- fitting and predicting ----------------------------------------------------------

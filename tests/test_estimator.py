@@ -88,3 +88,10 @@ def test_bad_parameters_are_named(params: dict, message: str, parameter: str) ->
     with pytest.raises(ParameterError, match=re.escape(message)) as info:
         ClusterHead(**{**FAST, **params}).fit(x)
     assert info.value.parameters == (parameter,)
+
+
+def test_numpy_integers_are_whole_numbers() -> None:
+    """A grid search hands parameters over as numpy integers."""
+    x, _ = blobs()
+    head = ClusterHead(n_clusters=np.int64(3), batch_size=np.int64(16), epochs=np.int64(2), knn=np.int32(5), device="cpu").fit(x)
+    assert head.n_clusters_ == 3 and head.train_config_.batch_size == 16 and type(head.train_config_.batch_size) is int
