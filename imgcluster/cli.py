@@ -602,9 +602,10 @@ def assign(
     """
     import numpy as np
 
-    from imgcluster.assign import mark_outliers, predict, write_assignments
+    from imgcluster.assign import mark_outliers, predict
     from imgcluster.checkpoint import check_backbone, load_checkpoint
-    from imgcluster.pipeline import resolve_device
+    from imgcluster.csvfile import write_assignments
+    from imgcluster.pipeline import compute_precision, resolve_device
 
     ui = UI(quiet)
     with handled(ui):
@@ -687,6 +688,7 @@ def assign(
                 embed=embed_config,
                 train=train_config if train_config is not None else (head_meta or {}).get("train"),
                 backbone=result.identity,
+                compute=compute_precision(dev),  # names the cache the features are in, with the backbone and dtype
                 head={"path": str(head), "objective": trained_objective.name, "clusters": trained_objective.n_clusters},
                 **({"choose_k": choice} if choice is not None else {}),
                 result={

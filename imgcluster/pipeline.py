@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from imgcluster.backbones import create_backbone, resolve_model_name
-from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shared_cache_root
+from imgcluster.cache import EmbeddingCache, default_cache_root, embeddings_dir, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embedding import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
 from imgcluster.errors import UserError, first_sentences
@@ -129,7 +129,7 @@ def embed_folder(
     backbone = create_backbone(model_name, config.weights, device)
     identity = backbone.identity()
     compute = compute_precision(device)
-    directory = cache_root / "embeddings" / f"{model_name}-{cache_key(identity, config.dtype, compute)}"
+    directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute)
     hooks.on_ready(model_name, directory)
     with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait):
         description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "note": FORMAT_NOTE}

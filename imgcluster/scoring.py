@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from imgcluster.assign import read_assignments
-from imgcluster.errors import UserError
+from imgcluster.csvfile import read_assignments
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.listing import list_images
 
 
@@ -77,26 +77,23 @@ def folder_labels(folder: Path) -> dict[str, str]:
 
 def evaluate(assignments: Path, labelled_folder: Path) -> Evaluation:
     if not assignments.is_file():
-        raise UserError(f"assignments file not found: {assignments}", exit_code=2)
+        raise ParameterError(f"assignments file not found: {assignments}", "assignments")
     if not labelled_folder.is_dir():
-        raise UserError(f"labelled folder not found: {labelled_folder}", exit_code=2)
-    try:
-        paths, clusters = read_assignments(assignments)
-    except (ValueError, OSError) as exc:
-        raise UserError(f"cannot read assignments {assignments}: {exc}") from None
-    if not paths:
-        raise UserError(f"{assignments} has no rows")
+        raise ParameterError(f"labelled folder not found: {labelled_folder}", "labelled_folder")
+    rows = read_assignments(assignments)
+    paths = [r.path for r in rows]
+    clusters = np.array([r.cluster for r in rows], dtype=np.int64)
     repeated = sorted(p for p, n in Counter(paths).items() if n > 1)
     if repeated:  # each image would count more than once in every score
-        raise UserError(
+        raise ImgclusterError(
             f"{assignments} lists {len(repeated)} path(s) more than once (e.g. {repeated[0]!r}); an assignment has one row per image"
         )
     truth = folder_labels(labelled_folder)
     if not truth:
-        raise UserError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")
+        raise ImgclusterError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")
     keep = [i for i, p in enumerate(paths) if p in truth]
     if not keep:
-        raise UserError(f"no path in {assignments.name} matches an image in {labelled_folder}; were they made from the same folder?")
+        raise ImgclusterError(f"no path in {assignments.name} matches an image in {labelled_folder}; were they made from the same folder?")
     matched_paths = [paths[i] for i in keep]
     y = np.array([truth[p] for p in matched_paths])
     c = clusters[keep]

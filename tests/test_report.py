@@ -211,11 +211,28 @@ def test_thumbnails_are_made_once(clustered: Clustered, tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in thumbs.iterdir()} == files  # nothing re-made
 
 
+def test_report_finds_the_features_of_a_gpu_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA run keys its cache with bfloat16 compute; the report looked under float32 and fell back to confidence."""
+    import imgcluster.pipeline
+
+    monkeypatch.setattr(imgcluster.pipeline, "compute_precision", lambda device: "bfloat16")  # what CUDA gives
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=5)
+    out = tmp_path / "gpu.csv"
+    result = invoke("assign", folder, "--out", out, "--cache-dir", tmp_path / "cache", "--epochs", "1", *FAST)
+    assert result.exit_code == 0, result.stderr
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["compute"] == "bfloat16"
+    assert write_report(out, out=tmp_path / "r.html").typical_by == "features"
+    del sidecar["compute"]  # a sidecar written before the field existed
+    sidecar_path(out).write_text(json.dumps(sidecar))
+    assert write_report(out, out=tmp_path / "r.html").typical_by == "features"
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
         (("report", "{tmp}/missing.csv"), 2, "assignments file not found"),
-        (("report", "{tmp}/nosidecar.csv"), 1, "give the folder with --folder"),
+        (("report", "{tmp}/nosidecar.csv"), 1, "saying where its images are; give the image folder"),
         (("report", "{tmp}/bad.csv", "--folder", "{tmp}"), 1, "missing column(s) cluster"),
         (("report", "{csv}", "--folder", "{tmp}/nowhere"), 2, "image folder not found"),
         (("report", "{csv}", "--labels", "{tmp}/nowhere"), 2, "labelled folder not found"),

@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from imgcluster.cli import app
-from imgcluster.errors import UserError
+from imgcluster.errors import ImgclusterError
 from imgcluster.scoring import evaluate, hungarian_accuracy, score
 
 
@@ -52,23 +52,23 @@ def test_evaluate_counts_unmatched(tmp_path: Path) -> None:
 
 
 def test_evaluate_errors(tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="not found"):
+    with pytest.raises(ImgclusterError, match="not found"):
         evaluate(tmp_path / "missing.csv", tmp_path)
     csv = write_csv(tmp_path / "a.csv", [("x/1.png", 0)])
     (tmp_path / "lab" / "y").mkdir(parents=True)
     (tmp_path / "lab" / "y" / "2.png").write_bytes(b"x")
-    with pytest.raises(UserError, match="no path"):
+    with pytest.raises(ImgclusterError, match="no path"):
         evaluate(csv, tmp_path / "lab")
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b\n1,2\n")
-    with pytest.raises(UserError, match="missing column"):
+    with pytest.raises(ImgclusterError, match="missing column"):
         evaluate(bad, tmp_path / "lab")
     empty = tmp_path / "empty.csv"
     empty.write_text('"path","cluster","confidence"\n')
-    with pytest.raises(UserError, match="has no rows"):
+    with pytest.raises(ImgclusterError, match="has no rows"):
         evaluate(empty, tmp_path / "lab")
     twice = write_csv(tmp_path / "twice.csv", [("y/2.png", 0), ("y/2.png", 1)])
-    with pytest.raises(UserError, match=r"lists 1 path\(s\) more than once \(e.g. 'y/2.png'\)"):
+    with pytest.raises(ImgclusterError, match=r"lists 1 path\(s\) more than once \(e.g. 'y/2.png'\)"):
         evaluate(twice, tmp_path / "lab")
 
 

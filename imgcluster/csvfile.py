@@ -1,0 +1,104 @@
+"""The assignments CSV: its columns, how it is written and how it is read back, in one place.
+
+``assign`` writes it, ``evaluate`` and ``report`` read it. Strings are quoted
+(``QUOTE_NONNUMERIC``), so any file name (commas, quotes, newlines) reads back exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import numpy as np
+
+from imgcluster.atomic import atomic_open
+from imgcluster.errors import ImgclusterError
+
+if TYPE_CHECKING:
+    from imgcluster.assign import Assignment
+
+BASE_COLUMNS = ["path", "cluster", "confidence"]
+
+
+@dataclass
+class Row:
+    """One image's line of the assignments CSV, as ``evaluate`` and ``report`` use it."""
+
+    path: str  # relative to the image folder, exactly as assigned
+    cluster: int
+    confidence: float  # NaN when the CSV has no confidence column
+    outlier: bool
+
+
+@contextmanager
+def _output(out: str) -> Iterator[IO[str]]:
+    if out == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+    else:
+        with atomic_open(Path(out), "w", newline="") as handle:
+            yield handle
+
+
+def write_assignments(out: str, paths: list[str], assignment: Assignment) -> None:
+    """Write the CSV to ``out`` (``-`` for stdout); strings are quoted, so any file name is safe."""
+    columns = BASE_COLUMNS + sorted(assignment.extra)
+    with _output(out) as handle:
+        writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+        writer.writerow(columns)
+        extras = [assignment.extra[c] for c in columns[len(BASE_COLUMNS) :]]
+        for i, rel in enumerate(paths):
+            row: list[object] = [rel, int(assignment.cluster[i]), round(float(assignment.confidence[i]), 6)]
+            for values in extras:
+                v = values[i]
+                if values.dtype.kind in "USO":  # text columns (outlier_reason) are quoted like paths
+                    row.append(str(v))
+                else:
+                    row.append(round(float(v), 6) if np.issubdtype(values.dtype, np.floating) else int(v))
+            writer.writerow(row)
+
+
+def read_assignments(path: Path) -> list[Row]:
+    """Every row of the CSV at ``path``, file names exactly as written; any fault is one clear error."""
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [c for c in ("path", "cluster") if c not in columns]
+            if missing:
+                raise ImgclusterError(f"{path} is not an assignment CSV: missing column(s) {', '.join(missing)}")
+            rows = [_row(path, number, record) for number, record in enumerate(reader, start=2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ImgclusterError(f"cannot read assignments {path}: {exc}") from None
+    if not rows:
+        raise ImgclusterError(f"{path} has no rows")
+    return rows
+
+
+def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
+    try:
+        cluster = int(float(record["cluster"] or ""))
+        raw = record.get("confidence")
+        confidence = float(raw) if raw not in (None, "") else math.nan
+    except (TypeError, ValueError):
+        raise ImgclusterError(f"{path}, line {number}: cluster and confidence must be numbers") from None
+    return Row(record["path"] or "", cluster, confidence, _truthy(record.get("outlier")))
+
+
+def _truthy(value: str | None) -> bool:
+    """``outlier`` column: 1/True/yes (any case, any number but 0) marks an outlier."""
+    if value is None:
+        return False
+    text = value.strip().lower()
+    if text in ("true", "yes", "y"):
+        return True
+    try:
+        return float(text) != 0.0
+    except ValueError:
+        return False
