@@ -82,13 +82,35 @@ def read_assignments(path: Path) -> list[Row]:
 
 
 def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
+    name = record["path"] or ""
+    where = f"{path}, line {number} ({name!r})"
+    cluster = _cluster(record["cluster"])
+    if cluster is None:
+        raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is not a whole number")
+    raw = record.get("confidence")
     try:
-        cluster = int(float(record["cluster"] or ""))
-        raw = record.get("confidence")
         confidence = float(raw) if raw not in (None, "") else math.nan
-    except (TypeError, ValueError):
-        raise ImgclusterError(f"{path}, line {number}: cluster and confidence must be numbers") from None
-    return Row(record["path"] or "", cluster, confidence, _truthy(record.get("outlier")))
+    except ValueError:
+        raise ImgclusterError(f"{where}: confidence {raw!r} is not a number") from None
+    return Row(name, cluster, confidence, _truthy(record.get("outlier")))
+
+
+def _cluster(text: str | None) -> int | None:
+    """A cluster id: a whole number (``3`` or ``3.0``) that fits 64 bits; None for anything else.
+
+    ``int(float(...))`` truncated ``0.7`` to 0 and made ``inf`` an overflow, so both are refused.
+    """
+    try:
+        exact = int(text or "")
+    except ValueError:
+        try:
+            value = float(text or "")
+        except ValueError:
+            return None
+        if not value.is_integer():  # also refuses inf and nan
+            return None
+        exact = int(value)
+    return exact if -(2**63) <= exact < 2**63 else None
 
 
 def _truthy(value: str | None) -> bool:
