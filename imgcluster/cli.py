@@ -703,7 +703,7 @@ def assign(
         if out_path is not None:
             ui.info(f"wrote {count(len(result.paths), 'assignment')} to {out_path} ({count(len(sizes), 'cluster')})")
         if report and beside is not None:
-            _write_report(ui, beside, features=(result.paths, result.features))
+            _write_report(ui, beside, features=(result.paths, result.features), follow_symlinks=follow_symlinks)
 
 
 @app.command(
@@ -778,6 +778,7 @@ def report(
     per_cluster: Annotated[
         int, typer.Option("--per-cluster", min=1, help="Most typical images shown per cluster; a third as many least confident join them.")
     ] = 48,
+    follow_symlinks: SymlinkOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write one self-contained HTML page of thumbnails per cluster; open it from disk in any browser."""
@@ -785,7 +786,8 @@ def report(
     with handled(ui):
         if out is not None and (str(out) == "-" or is_stream(out)):
             raise UserError("the report is a file with pictures beside it: give --out FILE.html", exit_code=2)
-        _write_report(ui, assignments, out=out, labels=labels, folder=folder, montage=montage, per_cluster=per_cluster)
+        options = {"out": out, "labels": labels, "folder": folder, "montage": montage, "per_cluster": per_cluster}
+        _write_report(ui, assignments, follow_symlinks=follow_symlinks, **options)
 
 
 @app.command(

@@ -211,6 +211,37 @@ def test_thumbnails_are_made_once(clustered: Clustered, tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in thumbs.iterdir()} == files  # nothing re-made
 
 
+def test_rows_outside_the_folder_are_refused(clustered: Clustered, tmp_path: Path) -> None:
+    """A received CSV must not make the report read files elsewhere: `..`, absolute paths and links out are refused."""
+    folder = tmp_path / "photos"
+    shutil.copytree(clustered.folder, folder)
+    secret = tmp_path / "secret" / "secret.png"
+    secret.parent.mkdir()
+    shutil.copy2(folder / clustered.rows[0]["path"], secret)
+    (folder / "link.png").symlink_to(secret)
+    extra = [{**clustered.rows[0], "path": p, "cluster": "0"} for p in ("../secret/secret.png", str(secret), "link.png")]
+    target = copy_csv(clustered, tmp_path / "received", clustered.rows + extra)
+    result = invoke("report", target, "--folder", folder)
+    assert result.exit_code == 0, result.stderr
+    assert "3 row(s) name a file outside the image folder" in result.stderr and "not opened, shown as placeholders" in result.stderr
+    page = target.with_suffix(".html").read_text(encoding="utf-8")
+    assert page.count("<img ") == 25 and page.count(">outside the folder</div>") == 3
+    followed = invoke("report", target, "--folder", folder, "--follow-symlinks")  # as the scan: links only with the flag
+    assert followed.exit_code == 0 and "2 row(s) name a file outside" in followed.stderr
+    assert target.with_suffix(".html").read_text(encoding="utf-8").count("<img ") == 26
+
+
+def test_a_cache_named_only_by_a_sidecar_is_never_created(clustered: Clustered, tmp_path: Path) -> None:
+    sidecar = json.loads(sidecar_path(clustered.csv).read_text())
+    sidecar["embed"]["cache_dir"] = str(tmp_path / "elsewhere")
+    target = copy_csv(clustered, tmp_path / "received")
+    sidecar_path(target).write_text(json.dumps(sidecar))
+    result = invoke("report", target)
+    assert result.exit_code == 0, result.stderr
+    assert target.with_suffix(".html").read_text(encoding="utf-8").count("<img ") == 25  # made in memory
+    assert not (tmp_path / "elsewhere").exists()
+
+
 def test_report_finds_the_features_of_a_gpu_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A CUDA run keys its cache with bfloat16 compute; the report looked under float32 and fell back to confidence."""
     import imgcluster.pipeline

@@ -15,6 +15,7 @@ from imgcluster.report.layout import ClusterView
 from imgcluster.report.thumbnails import THUMB_PX, Thumb
 
 MONTAGE_COLUMNS = 8
+_SHORT = {"missing": "missing", "unreadable": "unreadable", "refused": "outside"}  # placeholder text, by Thumb.problem
 
 
 def write_montages(
@@ -35,8 +36,8 @@ def write_montages(
             thumb = thumbs.get(folder / rows[i].path)
             if thumb is None or thumb.data is None:
                 draw.rectangle((x, y, x + px - 1, y + px - 1), fill=(235, 235, 235), outline=(200, 200, 200))
-                draw.text((x + 8, y + px // 2 - 6), "missing" if thumb is None or thumb.problem == "missing" else "unreadable",
-                          fill=(120, 120, 120), font=font)  # fmt: skip
+                problem = "missing" if thumb is None else thumb.problem
+                draw.text((x + 8, y + px // 2 - 6), _SHORT.get(problem, "unreadable"), fill=(120, 120, 120), font=font)
                 continue
             with Image.open(io.BytesIO(thumb.data)) as opened:
                 rgb = opened.convert("RGB")

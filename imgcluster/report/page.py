@@ -15,7 +15,7 @@ from typing import Any
 
 from imgcluster.csvfile import Row
 from imgcluster.report.layout import ClusterView, Plan
-from imgcluster.report.thumbnails import Thumb
+from imgcluster.report.thumbnails import PROBLEMS, Thumb
 
 MAX_BYTES = 28_000_000  # the page never grows past this (the promise is < 30 MB)
 PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f", "#bab0ac"]
@@ -85,7 +85,7 @@ class _Page:
         thumb = self.thumbs.get(path, Thumb(None, problem="missing"))
         if thumb.data is None:
             self.placeholders += 1
-            problem = "file missing" if thumb.problem == "missing" else "unreadable"
+            problem = PROBLEMS.get(thumb.problem, "unreadable")
         else:
             uri = f"data:{thumb.mime};base64,{base64.b64encode(thumb.data).decode('ascii')}"
             block = f'<figure><div class="box"><img src="{uri}" alt="{name}" title="{tip}" decoding="async"></div>{caption}</figure>'

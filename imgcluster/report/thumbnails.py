@@ -24,7 +24,11 @@ THUMB_VERSION = "1"  # bump to invalidate cached thumbnails
 class Thumb:
     data: bytes | None  # encoded image, or None for a placeholder
     mime: str = ""
-    problem: str = ""  # "missing" or "unreadable" when ``data`` is None
+    problem: str = ""  # when ``data`` is None: a key of PROBLEMS
+
+
+# What a placeholder says in the page, by ``Thumb.problem``.
+PROBLEMS = {"missing": "file missing", "unreadable": "unreadable", "refused": "outside the folder"}
 
 
 class ThumbCache:

@@ -21,8 +21,9 @@ from imgcluster.errors import ParameterError
 from imgcluster.report.layout import DEFAULT_PER_CLUSTER, MAX_IMAGES, ClusterView, Plan, label_mix, plan_clusters
 from imgcluster.report.montage import write_montages
 from imgcluster.report.page import MAX_BYTES, render_html
+from imgcluster.report.paths import lexical_refusal, refusal
 from imgcluster.report.sidecar import cache_dir_of, cached_features, read_sidecar, resolve_folder
-from imgcluster.report.thumbnails import THUMB_PX, ThumbCache, make_thumbnails
+from imgcluster.report.thumbnails import THUMB_PX, Thumb, ThumbCache, make_thumbnails
 
 
 @dataclass
@@ -40,12 +41,13 @@ class ReportResult:
     clusters: int
     rows: int  # images in the CSV
     shown: int  # thumbnails embedded in the page
-    placeholders: int  # images shown as a placeholder: file gone or unreadable
+    placeholders: int  # images shown as a placeholder: file gone, unreadable or outside the folder
     omitted: int  # thumbnails left out to keep the page under ``max_bytes``
     typical_by: str  # "features" or "confidence"
     bytes: int
     montages: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    refused: int = 0  # rows naming a file outside the image folder: never opened
 
 
 def default_report_path(csv_path: Path) -> Path:
@@ -63,6 +65,7 @@ def write_report(
     hooks: ReportHooks | None = None,
     max_images: int = MAX_IMAGES,
     max_bytes: int = MAX_BYTES,
+    follow_symlinks: bool = False,
 ) -> ReportResult:
     """Write one self-contained HTML page showing the clusters of ``assignments`` (a CSV from ``assign``).
 
@@ -73,6 +76,11 @@ def write_report(
     thumbnails in all, the per-cluster counts shrink evenly; and any thumbnail that would take the
     file past ``max_bytes`` (28 MB) becomes a placeholder. Images whose files are gone or unreadable
     are placeholders too. The CSV itself always lists every image.
+
+    Only files inside the image folder are opened: a row that is an absolute path, climbs out with
+    ``..`` or (unless ``follow_symlinks``) is a link leading outside is refused and counted. The
+    thumbnail cache goes in the folder's existing feature cache, never in a folder the report
+    would have to create because a sidecar named it.
 
     ``features`` (paths, matrix) skips the read of the embedding cache when the caller has them
     (``assign`` with a report). ``labels`` is a labelled folder for each cluster's label mix; without
@@ -122,18 +130,27 @@ def write_report(
         _apply_eval_json(assignments, views, info, hooks)
 
     cache_root = default_cache_root(image_folder, cache_dir_of(sidecar))
-    thumb_cache = ThumbCache(cache_root / "thumbs" / str(THUMB_PX) if image_folder.is_dir() else None)
+    thumb_cache = ThumbCache(cache_root / "thumbs" / str(THUMB_PX) if cache_root.is_dir() else None)
     wanted = [i for v in views for i in (*v.typical, *v.least)] + plan.outliers
-    paths = list(dict.fromkeys(image_folder / rows[i].path for i in wanted))
+    refused = {r.path: reason for r in rows if (reason := lexical_refusal(r.path))}
+    refused |= {p: reason for p in {rows[i].path for i in wanted} - set(refused) if (reason := refusal(image_folder, p, follow_symlinks))}
+    paths = list(dict.fromkeys(image_folder / rows[i].path for i in wanted if rows[i].path not in refused))
     hooks.on_start(len(paths))
     thumbs = make_thumbnails(paths, thumb_cache, hooks.on_advance)
+    thumbs |= {image_folder / rel: Thumb(None, problem="refused") for rel in refused}
+    if refused:
+        example = min(refused)
+        hooks.on_warning(
+            f"{len(refused)} row(s) name a file outside the image folder {image_folder} (e.g. {example!r}: {refused[example]}); "
+            "not opened, shown as placeholders"
+        )
     if thumb_cache.write_problem:
         hooks.on_warning(thumb_cache.write_problem)
 
     text, page = render_html(rows, plan, image_folder, thumbs, info, max_bytes)
     atomic_write_text(out, text)
     problems = Counter(t.problem for t in thumbs.values() if t.data is None)
-    if problems:
+    if problems["missing"] or problems["unreadable"]:
         hooks.on_warning(f"{problems['missing']} image file(s) missing and {problems['unreadable']} unreadable; shown as placeholders")
     if page.omitted:
         hooks.on_warning(
@@ -147,6 +164,7 @@ def write_report(
         shown=page.shown,
         placeholders=page.placeholders,
         omitted=page.omitted,
+        refused=len(refused),
         typical_by="features" if feats is not None else "confidence",
         bytes=len(text.encode("utf-8")),
         montages=montages,
