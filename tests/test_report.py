@@ -5,8 +5,13 @@ from __future__ import annotations
 import csv
 import html
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +26,7 @@ from imgcluster.cli import app
 from imgcluster.config import sidecar_path
 from imgcluster.listing import list_images
 from imgcluster.report import MAX_IMAGES, THUMB_PX, Row, plan_clusters, write_report
+from imgcluster.report.thumbnails import ThumbCache
 
 runner = CliRunner()
 FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--workers", "0"]
@@ -240,6 +246,78 @@ def test_a_cache_named_only_by_a_sidecar_is_never_created(clustered: Clustered, 
     assert result.exit_code == 0, result.stderr
     assert target.with_suffix(".html").read_text(encoding="utf-8").count("<img ") == 25  # made in memory
     assert not (tmp_path / "elsewhere").exists()
+
+
+def small_csv(tmp_path: Path, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A folder of 4 real images (no feature cache) and a CSV naming them and ``extra`` rows."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    names = [f.rel for f in list_images(folder)] + list(extra)
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('"path","cluster","confidence"\n' + "".join(f'"{n}",{i % 2},0.9\n' for i, n in enumerate(names)))
+    return folder, csv_path
+
+
+def test_a_named_pipe_in_the_csv_does_not_hang_the_report(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until someone writes to it: thumbnails, like embedding, open regular files only."""
+    folder, csv_path = small_csv(tmp_path, ("pipe.png",))
+    os.mkfifo(folder / "pipe.png")
+    run = subprocess.run(
+        [sys.executable, "-m", "imgcluster", "report", str(csv_path), "--folder", str(folder)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert "0 image file(s) missing and 1 unreadable" in run.stderr
+    assert csv_path.with_suffix(".html").read_text(encoding="utf-8").count("<img ") == 4
+
+
+def test_thumbnails_have_the_decode_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, csv_path = small_csv(tmp_path)
+
+    def endless(self: ThumbCache, path: Path) -> bytes:
+        time.sleep(30)
+        return b"too late"
+
+    monkeypatch.setattr(ThumbCache, "_make", endless)
+    monkeypatch.setenv("IMGCLUSTER_DECODE_TIMEOUT", "0.2")
+    made = write_report(csv_path, folder=folder)
+    assert made.shown == 0 and made.placeholders == 4
+
+
+STOPPED_IN_THUMBNAILS = """
+import pathlib, sys, time
+from imgcluster.report.thumbnails import ThumbCache
+
+marker = pathlib.Path(sys.argv[1])
+
+def stuck(self, path):
+    marker.touch()
+    time.sleep(60)
+
+ThumbCache._make = stuck
+sys.argv = ["imgcluster", *sys.argv[2:]]
+from imgcluster.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_report_ends_at_once_with_its_own_message(tmp_path: Path, signum: int) -> None:
+    """The first signal ends it (it used to wait for every queued thumbnail), and the line is about the report."""
+    folder, csv_path = small_csv(tmp_path)
+    marker = tmp_path / "decoding"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_IN_THUMBNAILS, str(marker), "report", str(csv_path), "--folder", str(folder)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == -signum  # ends by the signal, as every command does
+    out = csv_path.with_suffix(".html")
+    assert stderr.strip().splitlines()[-1] == f"error: interrupted while making the report: {out} was not written"
+    assert "cache" not in stderr and not out.exists()
 
 
 def test_report_finds_the_features_of_a_gpu_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,15 +6,15 @@ import contextlib
 import hashlib
 import io
 import os
+import stat
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, features
 
-from imgcluster.load import ImageDecodeError, load_rgb
+from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_rgb, time_limit
 
 THUMB_PX = 112  # longest side of a thumbnail
 THUMB_VERSION = "1"  # bump to invalidate cached thumbnails
@@ -50,12 +50,19 @@ class ThumbCache:
             except OSError as exc:
                 self.directory, self.write_problem = None, f"cannot create thumbnail cache {directory}: {exc}"
 
-    def get(self, path: Path) -> Thumb:
+    def get(self, path: Path, timeout: float = 0.0) -> Thumb:
+        """The thumbnail of ``path``, made under the decode time limit (``timeout`` seconds, 0 for none).
+
+        As when embedding, only regular files are opened (a named pipe would block forever) and the
+        limit is a SIGALRM timer, so it holds in the main thread only: call this from there.
+        """
         try:
             st = path.stat()
         except FileNotFoundError:
             return Thumb(None, problem="missing")
         except OSError:
+            return Thumb(None, problem="unreadable")
+        if not stat.S_ISREG(st.st_mode):
             return Thumb(None, problem="unreadable")
         key = f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\0{self.px}\0{self.suffix}\0{THUMB_VERSION}"
         cached = None if self.directory is None else self.directory / (hashlib.sha256(key.encode()).hexdigest()[:32] + self.suffix)
@@ -65,7 +72,10 @@ class ThumbCache:
                 if data:
                     return Thumb(data, self.mime)
         try:
-            data = self._make(path)
+            with time_limit(timeout):  # also ends an open() that blocks: a pipe swapped in after the check above
+                data = self._make(path)
+        except DecodeTimeout:
+            return Thumb(None, problem="unreadable")
         except ImageDecodeError as exc:
             return Thumb(None, problem="missing" if "disappeared" in str(exc) else "unreadable")
         if cached is not None:
@@ -99,11 +109,14 @@ class ThumbCache:
 
 
 def make_thumbnails(paths: list[Path], cache: ThumbCache, on_advance: Callable[[int], None]) -> dict[Path, Thumb]:
-    """Make (or load) thumbnails with a few threads: Pillow decodes and resizes without the GIL."""
+    """Make (or load) thumbnails one at a time in the calling thread, each under the decode time limit.
+
+    Not in a thread pool: the limit interrupts a decode with SIGALRM, which only the main thread
+    receives, and Ctrl-C or SIGTERM must end the report at once, not after the pool's queue.
+    """
+    timeout = decode_timeout()
     out: dict[Path, Thumb] = {}
-    workers = max(1, min(4, os.cpu_count() or 1))
-    with ThreadPoolExecutor(workers) as pool:
-        for path, thumb in zip(paths, pool.map(cache.get, paths)):
-            out[path] = thumb
-            on_advance(1)
+    for path in paths:
+        out[path] = cache.get(path, timeout)
+        on_advance(1)
     return out

@@ -24,6 +24,7 @@ from imgcluster.report.page import MAX_BYTES, render_html
 from imgcluster.report.paths import lexical_refusal, refusal
 from imgcluster.report.sidecar import cache_dir_of, cached_features, read_sidecar, resolve_folder
 from imgcluster.report.thumbnails import THUMB_PX, Thumb, ThumbCache, make_thumbnails
+from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
 
 @dataclass
@@ -87,11 +88,6 @@ def write_report(
     it a ``<csv>.eval.json`` (the JSON of ``imgcluster evaluate``) adds majority labels and scores.
     ``montage`` also writes ``<csv stem>-montage/cluster-<k>.png`` beside the page.
     """
-    from imgcluster import __version__
-    from imgcluster.cache import default_cache_root
-
-    start = time.perf_counter()
-    hooks = hooks or ReportHooks()
     if per_cluster < 1:
         raise ParameterError("{per_cluster} must be at least 1")
     if not assignments.is_file():
@@ -99,6 +95,36 @@ def write_report(
     out = out or default_report_path(assignments)
     if out.is_dir():
         raise ParameterError(f"{{out}} {out} is a folder; give a file name")
+    written: list[Path] = []  # the page, once it is in place
+    try:
+        with sigterm_as_interrupt():
+            return _write_report(
+                assignments, out, labels, folder, montage, per_cluster, features, hooks or ReportHooks(), max_images, max_bytes,
+                follow_symlinks, written,
+            )  # fmt: skip
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: stop now, and say what is on disk
+        kept = f"drawing montages: the report {out} is written, some montages are missing"
+        raise Interrupted.wrap(exc, f"interrupted while {kept if written else f'making the report: {out} was not written'}") from None
+
+
+def _write_report(
+    assignments: Path,
+    out: Path,
+    labels: Path | None,
+    folder: Path | None,
+    montage: bool,
+    per_cluster: int,
+    features: tuple[list[str], np.ndarray] | None,
+    hooks: ReportHooks,
+    max_images: int,
+    max_bytes: int,
+    follow_symlinks: bool,
+    written: list[Path],
+) -> ReportResult:
+    from imgcluster import __version__
+    from imgcluster.cache import default_cache_root
+
+    start = time.perf_counter()
     rows = read_assignments(assignments)
     sidecar = read_sidecar(assignments)
     image_folder = resolve_folder(assignments, sidecar, folder)
@@ -149,6 +175,7 @@ def write_report(
 
     text, page = render_html(rows, plan, image_folder, thumbs, info, max_bytes)
     atomic_write_text(out, text)
+    written.append(out)
     problems = Counter(t.problem for t in thumbs.values() if t.data is None)
     if problems["missing"] or problems["unreadable"]:
         hooks.on_warning(f"{problems['missing']} image file(s) missing and {problems['unreadable']} unreadable; shown as placeholders")
