@@ -25,7 +25,7 @@ from imgcluster.cache import default_cache_root
 from imgcluster.cli import app
 from imgcluster.config import sidecar_path
 from imgcluster.listing import list_images
-from imgcluster.report import MAX_IMAGES, THUMB_PX, Row, plan_clusters, write_report
+from imgcluster.report import MAX_BYTES, MAX_IMAGES, THUMB_PX, Row, plan_clusters, write_report
 from imgcluster.report.thumbnails import ThumbCache
 
 runner = CliRunner()
@@ -144,6 +144,29 @@ def test_size_policy_caps_images_for_a_large_folder() -> None:
     assert 0 < len(outliers) <= plan.typical
     few = plan_clusters(rows, None, per_cluster=48, max_images=10).views  # more clusters than the cap: later clusters get none
     assert sum(len(v.typical) + len(v.least) for v in few) <= 10
+
+
+@pytest.mark.slow
+def test_the_size_cap_holds_for_any_number_of_clusters(tmp_path: Path) -> None:
+    """200,000 one-image clusters made a 98.6 MB page: every cluster had a section, with or without images."""
+    n = 200_000
+    csv_path = tmp_path / "many.csv"
+    csv_path.write_text('"path","cluster","confidence"\n' + "".join(f'"img{i:06d}.png",{i},0.9\n' for i in range(n)))
+    (tmp_path / "photos").mkdir()
+    made = write_report(csv_path, folder=tmp_path / "photos")
+    page = made.html.read_text(encoding="utf-8")
+    assert made.bytes == made.html.stat().st_size <= MAX_BYTES and made.clusters == n
+    assert len(sections(page)) == MAX_IMAGES and page.count('<a class="row"') == MAX_IMAGES
+    assert f"{n - MAX_IMAGES} more clusters ({n - MAX_IMAGES} images) have no section" in page
+
+
+def test_long_names_cannot_break_the_size_cap(clustered: Clustered, tmp_path: Path) -> None:
+    """Markup counts too: sections that would not fit are left out, and the page keeps its limit."""
+    rows = [{**r, "path": f"{'&' * 20_000}{i}.png", "cluster": str(i)} for i, r in enumerate(clustered.rows)]
+    target = copy_csv(clustered, tmp_path, rows)
+    made = write_report(target, max_bytes=1_000_000)
+    page = made.html.read_text(encoding="utf-8")
+    assert made.bytes <= 1_000_000 and 0 < len(sections(page)) < 25 and "more clusters (" in page
 
 
 def test_per_cluster_option_and_byte_budget(clustered: Clustered, tmp_path: Path) -> None:

@@ -79,13 +79,14 @@ def plan_clusters(rows: list[Row], feats: dict[str, np.ndarray] | None, per_clus
     views = []
     for k in order:
         idx = members[k]
-        ranked = _typical_order(idx, rows, feats)
-        t = min(typical_n, budget)
-        typical = ranked[:t]
-        chosen = set(typical)
-        rest = sorted((i for i in idx if i not in chosen), key=lambda i: (_conf(rows[i]), rows[i].path))
-        least = rest[: min(least_n, budget - len(typical))]
-        budget -= len(typical) + len(least)
+        typical: list[int] = []
+        least: list[int] = []
+        if budget > 0:  # once the cap is spent, later clusters need no ranking (there may be 200,000)
+            typical = _typical_order(idx, rows, feats)[: min(typical_n, budget)]
+            chosen = set(typical)
+            rest = sorted((i for i in idx if i not in chosen), key=lambda i: (_conf(rows[i]), rows[i].path))
+            least = rest[: min(least_n, budget - len(typical))]
+            budget -= len(typical) + len(least)
         confidences = [rows[i].confidence for i in idx if not math.isnan(rows[i].confidence)]
         views.append(ClusterView(k, len(idx), float(np.mean(confidences)) if confidences else math.nan, typical, least))
     return Plan(views, outliers[: min(typical_n, max(budget, 0))], typical_n, least_n)

@@ -63,17 +63,31 @@ class _Page:
     """Collects the HTML; thumbnails go in last, in page order, while the file stays under ``max_bytes``.
 
     Every thumbnail is first written as a placeholder, so the size of all the markup is known
-    exactly; then images replace placeholders until the next one would not fit.
+    exactly; then images replace placeholders until the next one would not fit. A block that
+    would take the markup past its budget is taken back (:meth:`mark`, :meth:`rollback`).
     """
 
     def __init__(self, thumbs: dict[Path, Thumb]) -> None:
         self.parts: list[str] = []
+        self.size = 0  # bytes of markup in ``parts``
         self.thumbs = thumbs
         self.images: list[tuple[int, str, str]] = []  # (index in parts, the <figure> with its image, row path)
+        self.problems: list[int] = []  # indices in parts of placeholders for files gone or unreadable
         self.shown = self.placeholders = self.omitted = 0  # distinct images: an outlier is also in its cluster
 
     def add(self, text: str) -> None:
         self.parts.append(text)
+        self.size += len(text.encode("utf-8"))
+
+    def mark(self) -> int:
+        return len(self.parts)
+
+    def rollback(self, mark: int) -> None:
+        """Take back everything added since ``mark``."""
+        self.size -= sum(len(part.encode("utf-8")) for part in self.parts[mark:])
+        del self.parts[mark:]
+        self.images = [image for image in self.images if image[0] < mark]
+        self.problems = [index for index in self.problems if index < mark]
 
     def figure(self, row: Row, path: Path, show_cluster: bool = False) -> None:
         name = html.escape(row.path)
@@ -84,7 +98,7 @@ class _Page:
         caption = f'<figcaption title="{tip}"><b>{html.escape(label)}{conf}</b> {short}</figcaption>'
         thumb = self.thumbs.get(path, Thumb(None, problem="missing"))
         if thumb.data is None:
-            self.placeholders += 1
+            self.problems.append(len(self.parts))
             problem = PROBLEMS.get(thumb.problem, "unreadable")
         else:
             uri = f"data:{thumb.mime};base64,{base64.b64encode(thumb.data).decode('ascii')}"
@@ -94,7 +108,7 @@ class _Page:
         self.add(f'<figure><div class="box ph" title="{tip}">{problem}</div>{caption}</figure>')
 
     def finish(self, max_bytes: int) -> str:
-        size = sum(len(part.encode("utf-8")) for part in self.parts)
+        size = self.size
         shown: set[str] = set()
         for index, block, path in self.images:
             grows = len(block.encode("utf-8")) - len(self.parts[index].encode("utf-8"))
@@ -105,16 +119,25 @@ class _Page:
             shown.add(path)
         self.shown = len(shown)
         self.omitted = len({path for _, _, path in self.images} - shown)
+        self.placeholders = len(self.problems)
         return "".join(self.parts)
 
 
 def _mix_bar(mix: list[tuple[str, int]], colours: dict[str, str]) -> str:
+    """One segment per label that has a colour and one for all the others, so its size stays bounded."""
     total = sum(n for _, n in mix) or 1
+    others = sum(n for label, n in mix if label not in colours)
+    named = [(html.escape(label), n, colours[label]) for label, n in mix if label in colours]
     segments = "".join(
-        f'<i style="width:{100 * n / total:.3f}%;background:{colours.get(label, OTHER_COLOUR)}" title="{html.escape(label)}: {n}"></i>'
-        for label, n in mix
+        f'<i style="width:{100 * n / total:.3f}%;background:{colour}" title="{label}: {n}"></i>'
+        for label, n, colour in [*named, *([("other", others, OTHER_COLOUR)] if others else [])]
     )
     return f'<span class="bar">{segments}</span>'
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    """A name from a sidecar or an evaluation JSON, shortened: those files may come from anyone."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def render_html(
@@ -125,12 +148,17 @@ def render_html(
     info: dict[str, Any],
     max_bytes: int,
 ) -> tuple[str, _Page]:
-    """The whole page as one string; every name that came from a file is escaped."""
+    """The whole page as one string, at most ``max_bytes``; every name that came from a file is escaped.
+
+    Only clusters with images to show (at most ``max_images``) get a section and a bar, largest
+    first, while the markup without thumbnails fits; the others are counted in one line (200,000
+    one-image clusters made a 98.6 MB page). Thumbnails then fill what is left, in page order.
+    """
     esc = html.escape
     views, outliers = plan.views, plan.outliers
     page = _Page(thumbs)
     colours = _label_colours(views)
-    title = f"imgcluster report: {info['csv_name']}"
+    title = f"imgcluster report: {_clip(info['csv_name'])}"
     page.add(
         '<!doctype html><html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width,initial-scale=1">'
@@ -139,59 +167,48 @@ def render_html(
     )
     page.add(f"<header><h1>{esc(title)}</h1>")
     page.add(
-        f'<p class="meta"><b>{len(rows)}</b> images in <b>{len(views)}</b> clusters · folder <b>{esc(str(folder))}</b>'
-        + "".join(f" · {esc(k)} <b>{esc(str(v))}</b>" for k, v in info["facts"])
+        f'<p class="meta"><b>{len(rows)}</b> images in <b>{len(views)}</b> clusters · folder <b>{esc(_clip(str(folder), 4096))}</b>'
+        + "".join(f" · {esc(k)} <b>{esc(_clip(str(v)))}</b>" for k, v in info["facts"])
         + "</p>"
     )
     if info.get("scores"):
         page.add('<p class="meta">' + " · ".join(f"{esc(k)} <b>{v:.3f}</b>" for k, v in info["scores"]) + "</p>")
     page.add(f'<p class="meta">{esc(info["policy"])}</p></header>')
+    overview = page.mark()
+    page.add("")  # the overview, filled in once the sections that fit are known
+    tail = f"<footer>Made by imgcluster {esc(info['version'])} from {esc(_clip(info['csv_name']))} on {esc(info['created'])}.</footer>"
+    tail += "</body></html>\n"
+    legend = ""
+    if colours:
+        legend = '<div class="legend">' + "".join(f'<span style="--c:{c}">{esc(label)}</span>' for label, c in colours.items())
+        legend += f'<span style="--c:{OTHER_COLOUR}">other</span></div>' if _has_other(views, colours) else "</div>"
+    budget = max_bytes - len(tail.encode("utf-8")) - len(legend.encode("utf-8")) - _OVERVIEW_RESERVE
 
     largest = max(v.size for v in views)
-    page.add(f'<section class="card overview" id="overview"><h2>Cluster sizes</h2><div class="bars{" many" if len(views) > 12 else ""}">')
+    bars: list[str] = []
+    bars_size = 0
+    left_out = [v for v in views if not (v.typical or v.least)]  # the image cap ran out before them
     for v in views:
+        if not (v.typical or v.least):
+            continue
         width = 100 * v.size / largest
         bar = _mix_bar(v.mix, colours) if v.mix else '<span class="bar"></span>'
-        page.add(
+        row_html = (
             f'<a class="row" href="#cluster-{v.cluster}"><span>cluster {v.cluster}</span>'
             f'<span class="track" style="width:{width:.2f}%">{bar}</span><span class="num">{v.size}</span></a>'
         )
-    page.add("</div>")
-    if colours:
-        page.add('<div class="legend">' + "".join(f'<span style="--c:{c}">{esc(label)}</span>' for label, c in colours.items()))
-        page.add(f'<span style="--c:{OTHER_COLOUR}">other</span></div>' if _has_other(views, colours) else "</div>")
-    if outliers:
-        page.add(f'<p class="note"><a href="#outliers">{sum(r.outlier for r in rows)} outliers</a> flagged in the CSV.</p>')
-    page.add("</section>")
-
-    for v in views:
-        conf = "–" if math.isnan(v.mean_confidence) else f"{v.mean_confidence:.3f}"
-        page.add(
-            f'<section class="card cluster" id="cluster-{v.cluster}" data-cluster="{v.cluster}" data-size="{v.size}">'
-            f'<div class="head"><h2>Cluster {v.cluster}</h2><span class="stats">{v.size} images · mean confidence {conf}</span></div>'
-        )
-        if v.mix:
-            total = sum(n for _, n in v.mix)
-            text = " · ".join(f"{esc(label)} {n} ({100 * n / total:.0f}%)" for label, n in v.mix[:6])
-            more = f" · {len(v.mix) - 6} more" if len(v.mix) > 6 else ""
-            page.add(f'<div class="mix">{_mix_bar(v.mix, colours)}<p>{text}{more}</p></div>')
-        elif v.majority:
-            page.add(f'<div class="mix"><p>mostly {esc(v.majority[0])} (purity {v.majority[1]:.2f})</p></div>')
-        page.add(f'<h3>Most typical ({len(v.typical)} of {v.size})</h3><div class="grid">')
-        for i in v.typical:
-            page.figure(rows[i], folder / rows[i].path)
-        page.add("</div>")
-        if v.least:
-            page.add(f'<h3>Least confident ({len(v.least)})</h3><div class="strip">')
-            for i in v.least:
-                page.figure(rows[i], folder / rows[i].path)
-            page.add("</div>")
-        hidden = v.size - len(v.typical) - len(v.least)
-        if hidden > 0:
-            page.add(f'<p class="note">{hidden} more images not shown; the CSV lists them all.</p>')
-        page.add("</section>")
+        row_size = len(row_html.encode("utf-8"))
+        mark = page.mark()
+        _section(page, v, rows, folder, colours)
+        if page.size + bars_size + row_size > budget:
+            page.rollback(mark)
+            left_out.append(v)
+            continue
+        bars.append(row_html)
+        bars_size += row_size
 
     if outliers:
+        mark = page.mark()
         flagged = sum(r.outlier for r in rows)
         page.add(
             f'<section class="card outliers" id="outliers"><div class="head"><h2>Outliers</h2>'
@@ -200,9 +217,59 @@ def render_html(
         for i in outliers:
             page.figure(rows[i], folder / rows[i].path, show_cluster=True)
         page.add("</div></section>")
-    page.add(f"<footer>Made by imgcluster {esc(info['version'])} from {esc(info['csv_name'])} on {esc(info['created'])}.</footer>")
-    page.add("</body></html>\n")
+        if page.size + bars_size > budget:
+            page.rollback(mark)
+            outliers = []
+    page.add(tail)
+
+    head = f'<section class="card overview" id="overview"><h2>Cluster sizes</h2><div class="bars{" many" if len(bars) > 12 else ""}">'
+    parts = [head, *bars, "</div>"]
+    if left_out:
+        images = sum(v.size for v in left_out)
+        parts.append(
+            f'<p class="note">{len(left_out)} more clusters ({images} images) have no section, to keep the page small; '
+            "the CSV lists them all.</p>"
+        )
+    parts.append(legend)
+    if outliers:
+        parts.append(f'<p class="note"><a href="#outliers">{sum(r.outlier for r in rows)} outliers</a> flagged in the CSV.</p>')
+    parts.append("</section>")
+    page.parts[overview] = "".join(parts)
+    page.size += len(page.parts[overview].encode("utf-8"))
     return page.finish(max_bytes), page
+
+
+# Room kept for the overview's heading and its notes (clusters without a section, outliers).
+_OVERVIEW_RESERVE = 600
+
+
+def _section(page: _Page, v: ClusterView, rows: list[Row], folder: Path, colours: dict[str, str]) -> None:
+    esc = html.escape
+    conf = "–" if math.isnan(v.mean_confidence) else f"{v.mean_confidence:.3f}"
+    page.add(
+        f'<section class="card cluster" id="cluster-{v.cluster}" data-cluster="{v.cluster}" data-size="{v.size}">'
+        f'<div class="head"><h2>Cluster {v.cluster}</h2><span class="stats">{v.size} images · mean confidence {conf}</span></div>'
+    )
+    if v.mix:
+        total = sum(n for _, n in v.mix)
+        text = " · ".join(f"{esc(label)} {n} ({100 * n / total:.0f}%)" for label, n in v.mix[:6])
+        more = f" · {len(v.mix) - 6} more" if len(v.mix) > 6 else ""
+        page.add(f'<div class="mix">{_mix_bar(v.mix, colours)}<p>{text}{more}</p></div>')
+    elif v.majority:
+        page.add(f'<div class="mix"><p>mostly {esc(_clip(v.majority[0]))} (purity {v.majority[1]:.2f})</p></div>')
+    page.add(f'<h3>Most typical ({len(v.typical)} of {v.size})</h3><div class="grid">')
+    for i in v.typical:
+        page.figure(rows[i], folder / rows[i].path)
+    page.add("</div>")
+    if v.least:
+        page.add(f'<h3>Least confident ({len(v.least)})</h3><div class="strip">')
+        for i in v.least:
+            page.figure(rows[i], folder / rows[i].path)
+        page.add("</div>")
+    hidden = v.size - len(v.typical) - len(v.least)
+    if hidden > 0:
+        page.add(f'<p class="note">{hidden} more images not shown; the CSV lists them all.</p>')
+    page.add("</section>")
 
 
 def _label_colours(views: list[ClusterView]) -> dict[str, str]:
