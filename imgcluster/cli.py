@@ -813,6 +813,7 @@ def objectives() -> None:
 
 
 def _print_evaluation(console: Any, evaluation: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     e = evaluation
@@ -832,7 +833,7 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
     for column in ("cluster", "size", "majority label", "purity"):
         per.add_column(column, justify="right")
     for p in e.per_cluster:
-        per.add_row(str(p.cluster), str(p.size), p.majority_label, f"{p.purity:.3f}")
+        per.add_row(str(p.cluster), str(p.size), escape(p.majority_label), f"{p.purity:.3f}")  # a folder name, not markup
     console.print(per)
 
 

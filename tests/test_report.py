@@ -127,6 +127,20 @@ def test_typical_means_nearest_the_centre_else_most_confident() -> None:
     assert [rows[i].path for i in views[0].least] == ["a.png"]
 
 
+def test_every_name_in_the_page_is_escaped() -> None:
+    from imgcluster.report.page import render_html
+
+    rows = [Row("<img src=x onerror=alert(1)>.png", 0, 0.5, True), Row("b.png", 1, 0.5, False)]
+    plan = plan_clusters(rows, None, per_cluster=3, max_images=100)
+    plan.views[0].mix = [("<script>label</script>", 1)]
+    plan.views[1].majority = ('"><b>major</b>', 1.0)
+    info = {"csv_name": "<i>c</i>.csv", "facts": [("model", "<u>m</u>")], "policy": "p", "version": "1", "created": "now"}
+    text, _ = render_html(rows, plan, Path("<em>folder</em>"), {}, info, max_bytes=1_000_000)
+    for raw in ("<script>", "<img src=x", "<b>major", "<i>c</i>", "<u>m", "<em>folder"):
+        assert raw not in text
+    assert "&lt;script&gt;label&lt;/script&gt;" in text and "&quot;&gt;&lt;b&gt;major" in text
+
+
 def test_size_policy_caps_images_for_a_large_folder() -> None:
     rng = np.random.default_rng(0)
     clusters = rng.choice(40, size=10_000, p=np.arange(1, 41) / np.arange(1, 41).sum())
