@@ -117,6 +117,14 @@ LockTimeoutOpt = Annotated[
     typer.Option("--lock-timeout", min=0, help="Seconds to wait while another run uses the same cache. Default 0: fail at once."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+RawCsvOpt = Annotated[
+    bool,
+    typer.Option(
+        "--raw-csv",
+        help="Write CSV cells as they are: without it a cell starting with = + - @ ' a tab or a carriage return gets a "
+        "leading ' so that spreadsheets do not run it as a formula (evaluate and report read both forms).",
+    ),
+]
 ObjectiveOpt = Annotated[str, typer.Option("--objective", "-o", help="Clustering objective (see `imgcluster objectives`).")]
 ClustersOpt = Annotated[
     str,
@@ -279,7 +287,7 @@ def _refuse_training_options(ctx: typer.Context) -> None:
         )
 
 
-def _report_skipped(ui: UI, result: Any, beside: Path | None) -> Path | None:
+def _report_skipped(ui: UI, result: Any, beside: Path | None, raw_csv: bool = False) -> Path | None:
     """Write the list of skipped files beside the output CSV (``photos-clusters-skipped.csv``) or
     in the cache (``skipped.csv``), and say so in one line. A list left by an earlier run that
     skipped files is removed when this run skipped none, so it never describes another run."""
@@ -290,7 +298,7 @@ def _report_skipped(ui: UI, result: Any, beside: Path | None) -> Path | None:
         with contextlib.suppress(OSError):
             path.unlink()
         return None
-    write_skipped(path, result.skipped)
+    write_skipped(path, result.skipped, raw_csv)
     ui.warn(f"skipped {count(len(result.skipped), 'unreadable file')}; details in {path}")
     return path
 
@@ -405,14 +413,16 @@ def _auto_clusters(
 OUTLIER_RULE = "confidence < min_confidence, or cosine distance to the cluster's mean feature > median + 3 * 1.4826 * MAD of that cluster"
 
 
-def _near_duplicates(ui: UI, result: Any, threshold: float | None, out_path: Path | None, device: Any) -> dict[str, Any] | None:
+def _near_duplicates(
+    ui: UI, result: Any, threshold: float | None, out_path: Path | None, device: Any, raw_csv: bool = False
+) -> dict[str, Any] | None:
     """``--near-duplicates``: write ``<csv stem>-duplicates.csv`` and say how many groups it holds."""
     if threshold is None or out_path is None:
         return None
     from imgcluster.duplicates import duplicates_path, find_near_duplicates, write_duplicates
 
     groups = find_near_duplicates(result.features, threshold, use_gpu=device.type == "cuda")
-    path = write_duplicates(duplicates_path(out_path), result.paths, groups)
+    path = write_duplicates(duplicates_path(out_path), result.paths, groups, raw_csv)
     images = sum(len(g.members) for g in groups)
     ui.info(f"{count(len(groups), 'near-duplicate group')} ({count(images, 'image')}, cosine similarity >= {threshold}) in {path}")
     return {"threshold": threshold, "groups": len(groups), "images": images, "csv": str(path)}
@@ -466,6 +476,7 @@ def embed(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Compute and cache backbone features; a second run embeds only new or changed images."""
@@ -477,7 +488,7 @@ def embed(
             str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
         )
         result = _embed(ui, config, resolve_device(device), lock_timeout)
-        _report_skipped(ui, result, None)
+        _report_skipped(ui, result, None, raw_csv)
 
 
 @app.command(
@@ -511,6 +522,7 @@ def train(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed (cached) and train a clustering head; saves a reusable checkpoint."""
@@ -530,7 +542,7 @@ def train(
         if out is not None:
             check_writable(out)
         result = _embed(ui, embed_config, dev, lock_timeout)
-        _report_skipped(ui, result, None)
+        _report_skipped(ui, result, None, raw_csv)
         train_config, choice = _auto_clusters(ui, train_config, requested, k_min, k_max, result.features)
         trained = _train(ui, result, train_config, dev)
         path = _save_head(result, trained, embed_config, train_config, out, choice)
@@ -594,6 +606,7 @@ def assign(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write a CSV of cluster labels (path, cluster, confidence), one row per image.
@@ -670,15 +683,16 @@ def assign(
                 f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer --clusters"
             )
         found = mark_outliers(assignment, result.features, min_confidence)
-        write_assignments(out, result.paths, assignment)
+        write_assignments(out, result.paths, assignment, raw_csv)
         ui.info(
             f"{count(found.count, 'outlier')} of {len(result.paths)} ({100 * found.count / max(1, len(result.paths)):.0f}%): "
             f"{int(found.low_confidence.sum())} below --min-confidence {min_confidence}, "
             f"{int(found.far_from_centre.sum())} far from their cluster's centre"
         )
-        duplicates = _near_duplicates(ui, result, near_duplicates, beside, dev)
-        skipped_csv = _report_skipped(ui, result, beside)
-        assign_config = AssignConfig(str(Path(folder).resolve()), out, _str(head), explain)  # absolute: `report` runs from anywhere
+        duplicates = _near_duplicates(ui, result, near_duplicates, beside, dev, raw_csv)
+        skipped_csv = _report_skipped(ui, result, beside, raw_csv)
+        # The folder is absolute: `report` runs from anywhere.
+        assign_config = AssignConfig(str(Path(folder).resolve()), out, _str(head), explain, raw_csv)
         labels, counts = np.unique(assignment.cluster, return_counts=True)
         sizes = {int(k): int(v) for k, v in zip(labels, counts)}
         if beside is not None:

@@ -1,15 +1,23 @@
-"""The assignments CSV: its columns, how it is written and how it is read back, in one place.
+"""The CSVs imgcluster writes, and the assignments CSV read back, in one place.
 
-``assign`` writes it, ``evaluate`` and ``report`` read it. Strings are quoted
+``assign`` writes the assignments CSV, ``evaluate`` and ``report`` read it; the skipped list and
+the near-duplicate groups are written with the same cell rules. Strings are quoted
 (``QUOTE_NONNUMERIC``), so any file name (commas, quotes, newlines) reads back exactly.
+
+Spreadsheets run a cell that starts with ``= + - @``, a tab or a carriage return as a formula,
+quoted or not (``=HYPERLINK(...)`` in a file name is enough). Following OWASP's advice for CSV
+export, such a text cell gets a leading ``'`` unless ``raw_csv``; a cell that already starts with
+``'`` gets one too, so the reader strips exactly one ``'`` from a cell that starts with ``'`` and one
+of those characters, and every name reads back as it was.
 """
 
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +32,35 @@ if TYPE_CHECKING:
     from imgcluster.assign import Assignment
 
 BASE_COLUMNS = ["path", "cluster", "confidence"]
+ESCAPE = "'"
+FORMULA_STARTS = frozenset("=+-@\t\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def escape_cell(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would run it, or when it starts with ``'``."""
+    return ESCAPE + text if text[:1] in FORMULA_STARTS or text.startswith(ESCAPE) else text
+
+
+def unescape_cell(text: str) -> str:
+    """The text :func:`escape_cell` was given (for a cell it did not change, the cell itself)."""
+    if len(text) > 1 and text[0] == ESCAPE and (text[1] in FORMULA_STARTS or text[1] == ESCAPE):
+        return text[1:]
+    return text
+
+
+class CsvWriter:
+    """``csv.writer`` with every string quoted and, unless ``raw_csv``, escaped against formulas."""
+
+    def __init__(self, handle: IO[str], raw_csv: bool = False, lineterminator: str = "\n") -> None:
+        self._writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC, lineterminator=lineterminator)
+        self._raw = raw_csv
+
+    def writerow(self, row: Sequence[object]) -> None:
+        self._writer.writerow(row if self._raw else [escape_cell(v) if isinstance(v, str) else v for v in row])
+
+    def writerows(self, rows: Iterable[Sequence[object]]) -> None:
+        for row in rows:
+            self.writerow(row)
 
 
 @dataclass
@@ -46,11 +83,11 @@ def _output(out: str) -> Iterator[IO[str]]:
             yield handle
 
 
-def write_assignments(out: str, paths: list[str], assignment: Assignment) -> None:
+def write_assignments(out: str, paths: list[str], assignment: Assignment, raw_csv: bool = False) -> None:
     """Write the CSV to ``out`` (``-`` for stdout); strings are quoted, so any file name is safe."""
     columns = BASE_COLUMNS + sorted(assignment.extra)
     with _output(out) as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+        writer = CsvWriter(handle, raw_csv)
         writer.writerow(columns)
         extras = [assignment.extra[c] for c in columns[len(BASE_COLUMNS) :]]
         for i, rel in enumerate(paths):
@@ -64,8 +101,14 @@ def write_assignments(out: str, paths: list[str], assignment: Assignment) -> Non
             writer.writerow(row)
 
 
-def read_assignments(path: Path) -> list[Row]:
-    """Every row of the CSV at ``path``, file names exactly as written; any fault is one clear error."""
+def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
+    """Every row of the CSV at ``path``, file names exactly as written; any fault is one clear error.
+
+    ``raw_csv`` says whether the cells were written unescaped; None reads it from the CSV's
+    sidecar, and without one takes the cells as escaped (a raw CSV then reads back exactly unless
+    a name starts with ``'`` followed by ``= + - @ '``, a tab or a carriage return).
+    """
+    raw = written_raw(path) if raw_csv is None else raw_csv
     try:
         with open(path, encoding="utf-8", newline="") as handle:
             reader = csv.DictReader(handle)
@@ -73,12 +116,27 @@ def read_assignments(path: Path) -> list[Row]:
             missing = [c for c in ("path", "cluster") if c not in columns]
             if missing:
                 raise ImgclusterError(f"{path} is not an assignment CSV: missing column(s) {', '.join(missing)}")
-            rows = [_row(path, number, record) for number, record in enumerate(reader, start=2)]
+            rows = [_row(path, number, record if raw else _unescaped(record)) for number, record in enumerate(reader, start=2)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ImgclusterError(f"cannot read assignments {path}: {exc}") from None
     if not rows:
         raise ImgclusterError(f"{path} has no rows")
     return rows
+
+
+def written_raw(path: Path) -> bool:
+    """Whether the sidecar of the CSV at ``path`` says its cells were written unescaped."""
+    from imgcluster.config import sidecar_path
+
+    try:
+        sidecar = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        return sidecar["assign"]["raw_csv"] is True
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def _unescaped(record: dict[str, str | None]) -> dict[str, str | None]:
+    return {key: unescape_cell(value) if isinstance(value, str) else value for key, value in record.items()}
 
 
 def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:

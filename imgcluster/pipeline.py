@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import os
 import time
@@ -238,12 +237,13 @@ def _embed_into_cache(
         flush()  # on Ctrl-C too: every finished batch is kept
 
 
-def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
+def write_skipped(path: Path, skipped: list[tuple[str, str]], raw_csv: bool = False) -> None:
     """Names that are not UTF-8 are written with backslash escapes, so the CSV itself stays UTF-8."""
     from imgcluster.atomic import atomic_open
+    from imgcluster.csvfile import CsvWriter
 
     with atomic_open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC)
+        writer = CsvWriter(handle, raw_csv, lineterminator="\r\n")
         writer.writerow(["path", "reason"])
         writer.writerows((printable_name(rel), reason) for rel, reason in skipped)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import math
 from pathlib import Path
 
@@ -11,8 +13,10 @@ from typer.testing import CliRunner
 
 from imgcluster.assign import Assignment
 from imgcluster.cli import app
-from imgcluster.csvfile import read_assignments, write_assignments
+from imgcluster.csvfile import escape_cell, read_assignments, unescape_cell, write_assignments
+from imgcluster.duplicates import DuplicateGroup, write_duplicates
 from imgcluster.errors import ImgclusterError
+from imgcluster.pipeline import write_skipped
 
 runner = CliRunner()
 
@@ -69,3 +73,54 @@ def test_odd_cluster_ids_are_one_line_errors_in_the_cli(tmp_path: Path, command:
     result = runner.invoke(app, args)
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr == f"error: {csv}, line 3 ('img1.png'): cluster 'inf' is not a whole number\n"
+
+
+FORMULAS = ["=HYPERLINK(\"http://x\",\"y\").png", "+SUM(1).png", "@SUM(1).png", "-cmd.png", "\tx.png", "\rx.png"]
+APOSTROPHES = ["'quoted.png", "'", "''", "'=x.png", "''=x.png", "'-1.png"]
+PLAIN = ["a.png", "x=1.png", "dir/=y.png", "-", "="]
+
+
+def cells(path: Path) -> list[str]:
+    return [row[0] for row in csv.reader(path.open(encoding="utf-8", newline=""))][1:]
+
+
+def test_escaping_is_unambiguous() -> None:
+    for name in FORMULAS + APOSTROPHES + PLAIN:
+        escaped = escape_cell(name)
+        assert unescape_cell(escaped) == name and escaped[:1] not in "=+-@\t\r"
+    assert escape_cell("=1") == "'=1" and escape_cell("'a") == "''a" and escape_cell("a=1") == "a=1"
+    assert unescape_cell("'abc") == "'abc"  # an apostrophe the writer did not add is kept
+
+
+def test_formula_cells_are_escaped_and_read_back_exactly(tmp_path: Path) -> None:
+    """Quoting alone left `=HYPERLINK(...)` for a spreadsheet to run (OWASP: prefix such cells with ')."""
+    names = FORMULAS + APOSTROPHES + PLAIN
+    out = tmp_path / "c.csv"
+    write_assignments(str(out), names, assignment(len(names), outlier=True))
+    assert cells(out) == [escape_cell(n) for n in names] and not any(c[:1] in "=+-@\t\r" for c in cells(out))
+    assert [r.path for r in read_assignments(out)] == names
+
+
+def test_raw_csv_writes_cells_as_they_are_and_reads_back_exactly(tmp_path: Path) -> None:
+    names = FORMULAS + APOSTROPHES + PLAIN
+    out = tmp_path / "raw.csv"
+    write_assignments(str(out), names, assignment(len(names)), raw_csv=True)
+    assert cells(out) == names
+    assert [r.path for r in read_assignments(out, raw_csv=True)] == names
+    (tmp_path / "raw.csv.json").write_text(json.dumps({"assign": {"raw_csv": True}}))  # what assign records
+    assert [r.path for r in read_assignments(out)] == names
+    (tmp_path / "raw.csv.json").unlink()  # without a sidecar only a leading ' before = + - @ ' is ambiguous
+    assert [r.path for r in read_assignments(out)] == [n[1:] if n in ("''", "'=x.png", "''=x.png", "'-1.png") else n for n in names]
+
+
+def test_skipped_list_and_duplicates_are_escaped_too(tmp_path: Path) -> None:
+    write_skipped(tmp_path / "s.csv", [("=cmd.png", "not an image")])
+    assert cells(tmp_path / "s.csv") == ["'=cmd.png"] and (tmp_path / "s.csv").read_bytes().endswith(b'"not an image"\r\n')
+    write_skipped(tmp_path / "r.csv", [("=cmd.png", "not an image")], raw_csv=True)
+    assert cells(tmp_path / "r.csv") == ["=cmd.png"]
+    groups = [DuplicateGroup([0, 1], [1.0, 0.99])]
+    rows = lambda p: list(csv.reader(p.open(encoding="utf-8", newline="")))[1:]  # noqa: E731
+    write_duplicates(tmp_path / "d.csv", ["@a.png", "b.png"], groups)
+    assert [r[1] for r in rows(tmp_path / "d.csv")] == ["'@a.png", "b.png"]
+    write_duplicates(tmp_path / "e.csv", ["@a.png", "b.png"], groups, raw_csv=True)
+    assert [r[1] for r in rows(tmp_path / "e.csv")] == ["@a.png", "b.png"]
