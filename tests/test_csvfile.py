@@ -5,6 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -124,3 +129,57 @@ def test_skipped_list_and_duplicates_are_escaped_too(tmp_path: Path) -> None:
     assert [r[1] for r in rows(tmp_path / "d.csv")] == ["'@a.png", "b.png"]
     write_duplicates(tmp_path / "e.csv", ["@a.png", "b.png"], groups, raw_csv=True)
     assert [r[1] for r in rows(tmp_path / "e.csv")] == ["@a.png", "b.png"]
+
+
+KILLED_WRITER = """
+import sys, types
+import numpy as np
+from imgcluster.csvfile import write_assignments
+
+n = int(sys.argv[2])
+paths = [f"folder {i % 97}/image {i:08d} with a long enough name.png" for i in range(n)]
+assignment = types.SimpleNamespace(cluster=np.arange(n) % 10, confidence=np.full(n, 0.5, np.float32), extra={})
+write_assignments(sys.argv[1], paths, assignment)
+"""
+ROWS = 600_000
+
+
+def write_in_child(target: Path, rows: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target), str(rows)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_bytes", [1, 8_000_000])
+@pytest.mark.parametrize("old", [True, False])
+def test_sigkill_while_the_csv_is_written_leaves_the_old_file_or_none(tmp_path: Path, kill_after_bytes: int, old: bool) -> None:
+    """Killed inside the write window (the temporary file half-written), the CSV is the old one, or absent."""
+    target = tmp_path / "clusters.csv"
+    if old:
+        write_in_child(target, 5).wait(timeout=120)
+    before = target.read_bytes() if old else None
+    proc = write_in_child(target, ROWS)
+    deadline = time.monotonic() + 120
+    temp: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        temp = list(tmp_path.glob(".clusters.csv.*.tmp"))
+        if temp and temp[0].stat().st_size >= kill_after_bytes:
+            break
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    (left,) = temp
+    partial = left.stat().st_size
+    assert kill_after_bytes <= partial < ROWS * 50  # killed inside the window: the new file was far from complete
+    if old:
+        assert target.read_bytes() == before and len(read_assignments(target)) == 5
+    else:
+        assert not target.exists()
+
+
+@pytest.mark.slow
+def test_a_csv_write_that_is_not_killed_is_complete(tmp_path: Path) -> None:
+    """The control for the kill test: the same writer, left alone, leaves the whole new file and no temporary one."""
+    target = tmp_path / "clusters.csv"
+    write_in_child(target, 5).wait(timeout=120)
+    assert write_in_child(target, 200_000).wait(timeout=300) == 0
+    assert len(read_assignments(target)) == 200_000 and list(tmp_path.iterdir()) == [target]
