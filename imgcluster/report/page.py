@@ -150,7 +150,7 @@ def render_html(
 ) -> tuple[str, _Page]:
     """The whole page as one string, at most ``max_bytes``; every name that came from a file is escaped.
 
-    Only clusters with images to show (at most ``max_images``) get a section and a bar, largest
+    Only clusters the plan gives images to (its thumbnail cap bounds them) get a section and a bar, largest
     first, while the markup without thumbnails fits; the others are counted in one line (200,000
     one-image clusters made a 98.6 MB page). Thumbnails then fill what is left, in page order.
     """

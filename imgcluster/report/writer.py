@@ -158,8 +158,8 @@ def _write_report(
     cache_root = default_cache_root(image_folder, cache_dir_of(sidecar))
     thumb_cache = ThumbCache(cache_root / "thumbs" / str(THUMB_PX) if cache_root.is_dir() else None)
     wanted = [i for v in views for i in (*v.typical, *v.least)] + plan.outliers
-    refused = {r.path: reason for r in rows if (reason := lexical_refusal(r.path))}
-    refused |= {p: reason for p in {rows[i].path for i in wanted} - set(refused) if (reason := refusal(image_folder, p, follow_symlinks))}
+    refused = {r.path: why for r in rows if (why := lexical_refusal(r.path))}  # counted over every row
+    refused |= {p: why for p in {rows[i].path for i in wanted} - set(refused) if (why := refusal(image_folder, p, follow_symlinks))}
     paths = list(dict.fromkeys(image_folder / rows[i].path for i in wanted if rows[i].path not in refused))
     hooks.on_start(len(paths))
     thumbs = make_thumbnails(paths, thumb_cache, hooks.on_advance)
