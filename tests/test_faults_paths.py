@@ -81,6 +81,7 @@ def test_hostile_names_round_trip_through_csv_and_evaluate(hostile_folder: Path,
     assert invoke("assign", hostile_folder, "--cache-dir", cache, "--head", head, "--out", raw, "--raw-csv", *EMBED).exit_code == 0
     assert {r[0] for r in list(csv.reader(raw.open(encoding="utf-8", newline="")))[1:]} == expected_paths()
     assert json.loads(invoke("evaluate", raw, hostile_folder, "--json").stdout)["matched"] == 18
+    assert json.loads(raw.with_name("raw.csv.json").read_text())["assign"]["raw_csv"] is True  # how evaluate knows
 
     stdout = invoke("assign", hostile_folder, "--cache-dir", cache, "--head", head, "--out", "-", "--quiet", *EMBED)
     assert stdout.exit_code == 0 and stdout.stdout_bytes == out.read_bytes()
