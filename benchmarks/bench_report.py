@@ -27,9 +27,10 @@ from PIL import Image
 sys.path.insert(0, str(HERE.parent / "tests"))
 from test_report_browser import DevTools, find_chromium
 
-from imgcluster.assign import predict, write_assignments
+from imgcluster.assign import predict
 from imgcluster.cache import default_cache_root
 from imgcluster.config import EmbedConfig, TrainConfig
+from imgcluster.csvfile import write_assignments
 from imgcluster.pipeline import embed_folder
 from imgcluster.report import write_report
 from imgcluster.train import train_objective

@@ -506,7 +506,8 @@ def recall_at_k(x: np.ndarray, idx: np.ndarray, queries: int = 200, seed: int = 
 
 def scale_worker(n: int, dim: int, epochs: int, k: int, device_name: str) -> None:
     """Runs in its own process: neighbours, training, assignment on N random unit vectors."""
-    from imgcluster.assign import predict, write_assignments
+    from imgcluster.assign import predict
+    from imgcluster.csvfile import write_assignments
     from imgcluster.neighbours import IVF_THRESHOLD, knn_search
     from imgcluster.train import train_objective
 

@@ -1,26 +1,19 @@
-"""Cluster labels for embedded images, written as CSV one row at a time."""
+"""Cluster labels for embedded images (the CSV they go into is :mod:`imgcluster.csvfile`)."""
 
 from __future__ import annotations
 
-import csv
-import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from imgcluster.atomic import atomic_open
 from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import Objective
 
 if TYPE_CHECKING:
     from imgcluster.outliers import Outliers
-
-BASE_COLUMNS = ["path", "cluster", "confidence"]
 
 
 @dataclass
@@ -60,34 +53,6 @@ def predict(objective: Objective, features: np.ndarray, device: torch.device, ex
     )
 
 
-@contextmanager
-def _output(out: str) -> Iterator[IO[str]]:
-    if out == "-":
-        yield sys.stdout
-        sys.stdout.flush()
-    else:
-        with atomic_open(Path(out), "w", newline="") as handle:
-            yield handle
-
-
-def write_assignments(out: str, paths: list[str], assignment: Assignment) -> None:
-    """Write the CSV to ``out`` (``-`` for stdout); strings are quoted, so any file name is safe."""
-    columns = BASE_COLUMNS + sorted(assignment.extra)
-    with _output(out) as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
-        writer.writerow(columns)
-        extras = [assignment.extra[c] for c in columns[len(BASE_COLUMNS) :]]
-        for i, rel in enumerate(paths):
-            row: list[object] = [rel, int(assignment.cluster[i]), round(float(assignment.confidence[i]), 6)]
-            for values in extras:
-                v = values[i]
-                if values.dtype.kind in "USO":  # text columns (outlier_reason) are quoted like paths
-                    row.append(str(v))
-                else:
-                    row.append(round(float(v), 6) if np.issubdtype(values.dtype, np.floating) else int(v))
-            writer.writerow(row)
-
-
 def mark_outliers(assignment: Assignment, features: np.ndarray, min_confidence: float) -> Outliers:
     """Add the ``outlier`` (0/1) and ``outlier_reason`` columns; the rule is in :mod:`imgcluster.outliers`."""
     from imgcluster.outliers import find_outliers
@@ -96,14 +61,3 @@ def mark_outliers(assignment: Assignment, features: np.ndarray, min_confidence: 
     assignment.extra["outlier"] = found.flags.astype(np.int64)
     assignment.extra["outlier_reason"] = found.reasons()
     return found
-
-
-def read_assignments(path: Path) -> tuple[list[str], np.ndarray]:
-    """Read back ``path`` and ``cluster`` columns exactly as written (any file name)."""
-    import pandas as pd
-
-    frame = pd.read_csv(path, dtype={"path": str}, keep_default_na=False)
-    missing = [c for c in ("path", "cluster") if c not in frame.columns]
-    if missing:
-        raise ValueError(f"missing column(s) {', '.join(missing)}")
-    return frame["path"].tolist(), frame["cluster"].to_numpy(dtype=np.int64)

@@ -67,6 +67,11 @@ def cache_key(identity: dict[str, Any], dtype: str, compute: str = "float32") ->
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def embeddings_dir(cache_root: Path, model_name: str, identity: dict[str, Any], dtype: str, compute: str = "float32") -> Path:
+    """The one place that names a backbone's cache folder, for the run that writes it and for readers."""
+    return Path(cache_root) / "embeddings" / f"{model_name}-{cache_key(identity, dtype, compute)}"
+
+
 @dataclass
 class Entry:
     size: int

@@ -110,6 +110,14 @@ LockTimeoutOpt = Annotated[
     typer.Option("--lock-timeout", min=0, help="Seconds to wait while another run uses the same cache. Default 0: fail at once."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+RawCsvOpt = Annotated[
+    bool,
+    typer.Option(
+        "--raw-csv",
+        help="Write CSV cells as they are: without it a cell starting with = + - @ ' a tab or a carriage return gets a "
+        "leading ' so that spreadsheets do not run it as a formula (evaluate and report read both forms).",
+    ),
+]
 ObjectiveOpt = Annotated[str, typer.Option("--objective", "-o", help="Clustering objective (see `imgcluster objectives`).")]
 ClustersOpt = Annotated[
     str,
@@ -383,6 +391,7 @@ def embed(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Compute and cache backbone features; a second run embeds only new or changed images."""
@@ -392,7 +401,7 @@ def embed(
             folder, progress=show,
             **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
         )  # fmt: skip
-        skipped = result.write_skipped()
+        skipped = result.write_skipped(raw_csv=raw_csv)
         if skipped is not None:
             ui.warn(f"skipped {count(len(result.skipped), 'unreadable file')}; details in {skipped}")
 
@@ -428,13 +437,14 @@ def train(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed (cached) and train a clustering head; saves a reusable checkpoint."""
     ui = UI(quiet)
     with handled(ui), Printer(ui) as show:
         imgcluster.train_folder(
-            folder, out=out, progress=show,
+            folder, out=out, raw_csv=raw_csv, progress=show,
             **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
             **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
         )  # fmt: skip
@@ -497,6 +507,7 @@ def assign(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write a CSV of cluster labels (path, cluster, confidence), one row per image.
@@ -514,11 +525,11 @@ def assign(
         training = _training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option)
         result = imgcluster.cluster_folder(
             folder, out=out, head=head, explain=explain, min_confidence=min_confidence, near_duplicates=near_duplicates,
-            progress=show, **(training if head is None else {}),
+            raw_csv=raw_csv, progress=show, **(training if head is None else {}),
             **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
         )  # fmt: skip
         if report:
-            _write_report(show, Path(out), features=(result.paths, result.embeddings.features))
+            _write_report(show, Path(out), features=(result.paths, result.embeddings.features), follow_symlinks=follow_symlinks)
 
 
 @app.command(
@@ -576,12 +587,14 @@ def report(
     per_cluster: Annotated[
         int, typer.Option("--per-cluster", min=1, help="Most typical images shown per cluster; a third as many least confident join them.")
     ] = 48,
+    follow_symlinks: SymlinkOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write one self-contained HTML page of thumbnails per cluster; open it from disk in any browser."""
     ui = UI(quiet)
     with handled(ui), Printer(ui) as show:
-        _write_report(show, assignments, out=out, labels=labels, folder=folder, montage=montage, per_cluster=per_cluster)
+        options = {"out": out, "labels": labels, "folder": folder, "montage": montage, "per_cluster": per_cluster}
+        _write_report(show, assignments, follow_symlinks=follow_symlinks, **options)
 
 
 @app.command(
@@ -607,6 +620,7 @@ def objectives() -> None:
 
 
 def _print_evaluation(console: Any, evaluation: Any) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
     e = evaluation
@@ -626,7 +640,7 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
     for column in ("cluster", "size", "majority label", "purity"):
         per.add_column(column, justify="right")
     for p in e.per_cluster:
-        per.add_row(str(p.cluster), str(p.size), p.majority_label, f"{p.purity:.3f}")
+        per.add_row(str(p.cluster), str(p.size), escape(p.majority_label), f"{p.purity:.3f}")  # a folder name, not markup
     console.print(per)
 
 

@@ -53,6 +53,7 @@ class AssignConfig:
     out: str
     head: str | None = None
     explain: bool = False
+    raw_csv: bool = False  # CSV cells written without the formula escape (see imgcluster.csvfile)
 
 
 @dataclass

@@ -13,13 +13,13 @@ crowds' own links then usually puts them in one group anyway.
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from imgcluster.atomic import atomic_open
+from imgcluster.csvfile import CsvWriter
 from imgcluster.neighbours import knn_search, l2_normalise
 
 DEFAULT_NEIGHBOURS = 10
@@ -92,10 +92,10 @@ def duplicates_path(csv_path: Path) -> Path:
     return csv_path.with_name(f"{csv_path.stem}-duplicates.csv")
 
 
-def write_duplicates(path: Path, paths: list[str], groups: list[DuplicateGroup]) -> Path:
+def write_duplicates(path: Path, paths: list[str], groups: list[DuplicateGroup], raw_csv: bool = False) -> Path:
     """One row per image in a group: ``group`` (0-based), ``path``, ``similarity`` to the group's first member."""
     with atomic_open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC, lineterminator="\n")
+        writer = CsvWriter(handle, raw_csv)
         writer.writerow(COLUMNS)
         for g, group in enumerate(groups):
             for i, s in zip(group.members, group.similarity):

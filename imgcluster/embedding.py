@@ -18,13 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgcluster.backbones import Backbone
 from imgcluster.listing import ImageFile
-from imgcluster.load import DecodeTimeout, ImageDecodeError, load_rgb, time_limit
+from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_rgb, time_limit
 from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, worker_threads_init
 
 MAX_ASPECT = 16  # longer side / shorter side kept before resizing; see limit_aspect
-# Seconds one file may take to decode and preprocess before it is skipped ($IMGCLUSTER_DECODE_TIMEOUT;
-# 0 turns the limit off). The slowest of 3,024 fuzzed files took 5 s on a loaded 2-core machine.
-DECODE_TIMEOUT = 60.0
 
 Item = tuple[int, "torch.Tensor | None", "str | None", "tuple[int, int] | None"]
 
@@ -93,15 +90,6 @@ class ImageDataset(Dataset):
             return i, None, str(exc), None
         except Exception as exc:  # noqa: BLE001 - a transform failing on one odd image must not stop the run
             return i, None, f"cannot preprocess: {type(exc).__name__}: {exc}", None
-
-
-def decode_timeout() -> float:
-    """The per-file limit in seconds: ``$IMGCLUSTER_DECODE_TIMEOUT`` or :data:`DECODE_TIMEOUT`."""
-    raw = os.environ.get("IMGCLUSTER_DECODE_TIMEOUT")
-    try:
-        return float(raw) if raw else DECODE_TIMEOUT
-    except ValueError:
-        return DECODE_TIMEOUT
 
 
 def _collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]], dict[int, tuple[int, int]]]:

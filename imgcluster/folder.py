@@ -78,19 +78,20 @@ class Assignment:
 
         return pd.DataFrame({"path": self.paths, **self.columns})
 
-    def provenance(self, out: str | None = None) -> dict[str, Any]:
+    def provenance(self, out: str | None = None, raw_csv: bool = False) -> dict[str, Any]:
         """What the sidecar JSON records: how the features, the head and the clusters were made."""
         duplicates = None
         if self.duplicates is not None:
             images = sum(len(g.members) for g in self.duplicates)
             where = self.written.get("duplicates")
             duplicates = {"threshold": self.near_duplicates, "groups": len(self.duplicates), "images": images, "csv": _str(where)}
-        assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", str(self.head), self.explain)
+        assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", str(self.head), self.explain, raw_csv)
         return {
             "assign": assign,
             "embed": self.embeddings.config,
             "train": self.train,
             "backbone": self.embeddings.identity,
+            "compute": self.embeddings.compute,  # names the cache the features are in, with the backbone and dtype
             "head": {"path": str(self.head), "objective": self.objective, "clusters": self.n_clusters},
             **({"choose_k": self.choose_k} if self.choose_k is not None else {}),
             "result": {
@@ -103,33 +104,34 @@ class Assignment:
             },
         }
 
-    def write(self, out: PathLike, progress: ProgressFn | None = None) -> dict[str, Path]:
+    def write(self, out: PathLike, progress: ProgressFn | None = None, *, raw_csv: bool = False) -> dict[str, Path]:
         """Write the CSV to ``out`` (``"-"``: standard output) and, beside a regular file, its
         sidecar ``.json``, the near-duplicate groups and the list of skipped files. Returns what
-        was written; ``progress`` hears one line per file (stage ``write``)."""
+        was written; ``progress`` hears one line per file (stage ``write``). Text cells that a
+        spreadsheet would run as a formula get a leading ``'`` unless ``raw_csv`` (see :mod:`imgcluster.csvfile`)."""
         from imgcluster.assign import Assignment as Prediction
-        from imgcluster.assign import write_assignments
+        from imgcluster.csvfile import write_assignments
 
         out_path, beside = check_out(out, self.embeddings.folder, near_duplicates=self.near_duplicates)
         report = Reporter(progress, "write")
         extra = {k: v for k, v in self.columns.items() if k not in ("cluster", "confidence")}
-        write_assignments(os.fspath(out), self.paths, Prediction(self.cluster, self.confidence, extra))
+        write_assignments(os.fspath(out), self.paths, Prediction(self.cluster, self.confidence, extra), raw_csv)
         self.written = {"csv": out_path} if out_path is not None else {}
         if self.duplicates is not None and beside is not None:
             from imgcluster.duplicates import duplicates_path, write_duplicates
 
-            self.written["duplicates"] = write_duplicates(duplicates_path(beside), self.paths, self.duplicates)
+            self.written["duplicates"] = write_duplicates(duplicates_path(beside), self.paths, self.duplicates, raw_csv)
             images = sum(len(g.members) for g in self.duplicates)
             report.info(
                 f"{count(len(self.duplicates), 'near-duplicate group')} ({count(images, 'image')}, "
                 f"cosine similarity >= {self.near_duplicates}) in {self.written['duplicates']}"
             )
-        skipped = self.embeddings.write_skipped(beside)
+        skipped = self.embeddings.write_skipped(beside, raw_csv)
         if skipped is not None:
             self.written["skipped"] = skipped
             report.warning(f"skipped {count(len(self.embeddings.skipped), 'unreadable file')}; details in {skipped}")
         if beside is not None:
-            self.written["sidecar"] = write_sidecar(sidecar_path(beside), **self.provenance(os.fspath(out)))
+            self.written["sidecar"] = write_sidecar(sidecar_path(beside), **self.provenance(os.fspath(out), raw_csv))
         if out_path is not None:
             report.info(f"wrote {count(len(self.paths), 'assignment')} to {out_path} ({count(len(self.cluster_sizes), 'cluster')})")
         return self.written
@@ -187,6 +189,7 @@ def cluster_folder(
     follow_symlinks: bool = False,
     compile_model: bool = False,
     lock_timeout: float = 0.0,
+    raw_csv: bool = False,
     progress: ProgressFn | None = None,
 ) -> Assignment:
     """Cluster every image in ``folder``: what ``imgcluster assign`` does, returned in memory.
@@ -196,7 +199,8 @@ def cluster_folder(
     beside it (:meth:`Assignment.write`); it is checked before any work. ``near_duplicates``
     (a cosine similarity in (0, 1]) also finds groups of near-identical images. The training and
     embedding parameters are those of :class:`ClusterHead` and :func:`imgcluster.embed`;
-    ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
+    ``raw_csv`` writes CSV cells without the formula escape; ``progress`` receives every stage's
+    :class:`imgcluster.progress.Event`.
     """
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
     from imgcluster.pipeline import resolve_device
@@ -249,7 +253,7 @@ def cluster_folder(
         choose_k=choice, explain=explain, warnings=warnings, **result,
     )  # fmt: skip
     if out is not None:
-        assignment.write(out, progress)
+        assignment.write(out, progress, raw_csv=raw_csv)
     return assignment
 
 
@@ -332,6 +336,7 @@ def train_folder(
     follow_symlinks: bool = False,
     compile_model: bool = False,
     lock_timeout: float = 0.0,
+    raw_csv: bool = False,
     progress: ProgressFn | None = None,
 ) -> tuple[ClusterHead, Path]:
     """Embed ``folder`` (cached) and train a head on it: what ``imgcluster train`` does.
@@ -351,7 +356,7 @@ def train_folder(
         folder, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
         workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, progress=progress,
     )  # fmt: skip
-    skipped = embeddings.write_skipped()
+    skipped = embeddings.write_skipped(raw_csv=raw_csv)
     if skipped is not None:
         Reporter(progress, "embed").warning(f"skipped {count(len(embeddings.skipped), 'unreadable file')}; details in {skipped}")
     return estimator, _train(estimator, embeddings, Path(out) if out is not None else None, progress)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import csv
 import dataclasses
 import os
 import stat
@@ -17,7 +16,7 @@ import numpy as np
 import torch
 
 from imgcluster.backbones import create_backbone, resolve_model_name
-from imgcluster.cache import EmbeddingCache, cache_key, default_cache_root, shared_cache_root
+from imgcluster.cache import EmbeddingCache, default_cache_root, embeddings_dir, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embedding import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
@@ -56,10 +55,11 @@ class Embeddings:
     cache_dir: Path  # where the features are cached
     folder: Path
     config: EmbedConfig
+    compute: str = "float32"  # precision the features were computed in (bfloat16 under CUDA autocast)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
-    def write_skipped(self, beside: Path | None = None) -> Path | None:
+    def write_skipped(self, beside: Path | None = None, raw_csv: bool = False) -> Path | None:
         """Write the skipped files (``path``, ``reason``) to ``<beside stem>-skipped.csv``, or to
         ``skipped.csv`` in the cache; returns that path, or None when nothing was skipped. A list
         an earlier run left there is then removed, so it never describes another run."""
@@ -68,7 +68,7 @@ class Embeddings:
             with contextlib.suppress(OSError):
                 path.unlink()
             return None
-        write_skipped(path, self.skipped)
+        write_skipped(path, self.skipped, raw_csv)
         return path
 
 
@@ -155,7 +155,7 @@ def embed_folder(
     backbone = create_backbone(model_name, config.weights, device)
     identity = backbone.identity()
     compute = compute_precision(device)
-    directory = cache_root / "embeddings" / f"{model_name}-{cache_key(identity, config.dtype, compute)}"
+    directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute)
     hooks.on_ready(model_name, directory)
     with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait):
         description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "note": FORMAT_NOTE}
@@ -217,6 +217,7 @@ def embed_folder(
         cache_dir=directory,
         folder=folder,
         config=config,
+        compute=compute,
         warnings=[warning] if warning else [],
         seconds=time.perf_counter() - start,
     )
@@ -292,12 +293,13 @@ def _embed_into_cache(
         flush()  # on Ctrl-C too: every finished batch is kept
 
 
-def write_skipped(path: Path, skipped: list[tuple[str, str]]) -> None:
+def write_skipped(path: Path, skipped: list[tuple[str, str]], raw_csv: bool = False) -> None:
     """Names that are not UTF-8 are written with backslash escapes, so the CSV itself stays UTF-8."""
     from imgcluster.atomic import atomic_open
+    from imgcluster.csvfile import CsvWriter
 
     with atomic_open(path, "w", newline="") as handle:
-        writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC)
+        writer = CsvWriter(handle, raw_csv, lineterminator="\r\n")
         writer.writerow(["path", "reason"])
         writer.writerows((printable_name(rel), reason) for rel, reason in skipped)
 

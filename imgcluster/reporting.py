@@ -29,6 +29,7 @@ def write_report(
     folder: PathLike | None = None,
     montage: bool = False,
     per_cluster: int = 48,
+    follow_symlinks: bool = False,
     features: tuple[list[str], np.ndarray] | None = None,
     progress: ProgressFn | None = None,
 ) -> ReportResult:
@@ -37,9 +38,10 @@ def write_report(
 
     ``labels`` (a folder whose sub-folder names are labels) adds each cluster's label mix and
     the scores; ``folder`` is the image folder when the CSV's sidecar does not say or the images
-    moved; ``montage`` also writes a PNG contact sheet per cluster; ``features`` (paths, matrix)
-    spares reading the cache. ``out`` may not be a file the report reads (the CSV, its sidecar,
-    an image). ``progress`` hears the thumbnails (stage ``report``) and warnings.
+    moved; a row that leads outside that folder (absolute, ``..``, or a link unless
+    ``follow_symlinks``) is refused and shown as a placeholder; ``montage`` also writes a PNG
+    contact sheet per cluster; ``features`` (paths, matrix) spares reading the cache. ``out``
+    may not be a file the report reads (the CSV, its sidecar, an image). ``progress`` hears the thumbnails (stage ``report``) and warnings.
     """
     csv_path = Path(assignments)
     target = Path(out) if out is not None else csv_path.with_suffix(".html")
@@ -57,6 +59,7 @@ def write_report(
         folder=Path(folder) if folder is not None else None,
         montage=montage,
         per_cluster=per_cluster,
+        follow_symlinks=follow_symlinks,
         features=features,
         hooks=hooks,
     )

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcluster.assign import read_assignments
+from imgcluster.csvfile import read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.listing import list_images
 
@@ -84,12 +84,9 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
         raise ParameterError(f"assignments file not found: {assignments}", "assignments")
     if not labelled_folder.is_dir():
         raise ParameterError(f"labelled folder not found: {labelled_folder}", "labelled_folder")
-    try:
-        paths, clusters = read_assignments(assignments)
-    except (ValueError, OSError) as exc:
-        raise ImgclusterError(f"cannot read assignments {assignments}: {exc}") from None
-    if not paths:
-        raise ImgclusterError(f"{assignments} has no rows")
+    rows = read_assignments(assignments)
+    paths = [r.path for r in rows]
+    clusters = np.array([r.cluster for r in rows], dtype=np.int64)
     repeated = sorted(p for p, n in Counter(paths).items() if n > 1)
     if repeated:  # each image would count more than once in every score
         raise ImgclusterError(

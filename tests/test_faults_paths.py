@@ -23,6 +23,7 @@ from typer.testing import CliRunner
 
 from imgcluster.cache import read_shard
 from imgcluster.cli import app
+from imgcluster.csvfile import unescape_cell
 
 EMBED = ["--model", "efficientnet-lite0", "--workers", "0", "--embed-batch-size", "8"]
 LONG = "é" * 125 + "x.png"  # 255 bytes in UTF-8: NAME_MAX
@@ -73,7 +74,14 @@ def test_hostile_names_round_trip_through_csv_and_evaluate(hostile_folder: Path,
 
     rows = list(csv.reader(out.open(encoding="utf-8", newline="")))
     assert rows[0][:3] == ["path", "cluster", "confidence"] and all(len(r) == len(rows[0]) for r in rows)
-    assert {r[0] for r in rows[1:]} == expected_paths() and len(rows) == 19  # every name exactly, once
+    assert {unescape_cell(r[0]) for r in rows[1:]} == expected_paths() and len(rows) == 19  # every name exactly, once
+    assert not any(cell[:1] in "=+-@\t\r" for r in rows for cell in r if cell)  # no cell a spreadsheet would run
+
+    raw = tmp_path / "out" / "raw.csv"  # --raw-csv: the names as they are, and evaluate reads them too
+    assert invoke("assign", hostile_folder, "--cache-dir", cache, "--head", head, "--out", raw, "--raw-csv", *EMBED).exit_code == 0
+    assert {r[0] for r in list(csv.reader(raw.open(encoding="utf-8", newline="")))[1:]} == expected_paths()
+    assert json.loads(invoke("evaluate", raw, hostile_folder, "--json").stdout)["matched"] == 18
+    assert json.loads(raw.with_name("raw.csv.json").read_text())["assign"]["raw_csv"] is True  # how evaluate knows
 
     stdout = invoke("assign", hostile_folder, "--cache-dir", cache, "--head", head, "--out", "-", "--quiet", *EMBED)
     assert stdout.exit_code == 0 and stdout.stdout_bytes == out.read_bytes()

@@ -5,8 +5,13 @@ from __future__ import annotations
 import csv
 import html
 import json
+import os
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +25,8 @@ from imgcluster.cache import default_cache_root
 from imgcluster.cli import app
 from imgcluster.config import sidecar_path
 from imgcluster.listing import list_images
-from imgcluster.report import MAX_IMAGES, THUMB_PX, Row, plan_clusters, write_report
+from imgcluster.report import MAX_BYTES, MAX_IMAGES, THUMB_PX, Row, plan_clusters, write_report
+from imgcluster.report.thumbnails import ThumbCache
 
 runner = CliRunner()
 FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--workers", "0"]
@@ -121,6 +127,20 @@ def test_typical_means_nearest_the_centre_else_most_confident() -> None:
     assert [rows[i].path for i in views[0].least] == ["a.png"]
 
 
+def test_every_name_in_the_page_is_escaped() -> None:
+    from imgcluster.report.page import render_html
+
+    rows = [Row("<img src=x onerror=alert(1)>.png", 0, 0.5, True), Row("b.png", 1, 0.5, False)]
+    plan = plan_clusters(rows, None, per_cluster=3, max_images=100)
+    plan.views[0].mix = [("<script>label</script>", 1)]
+    plan.views[1].majority = ('"><b>major</b>', 1.0)
+    info = {"csv_name": "<i>c</i>.csv", "facts": [("model", "<u>m</u>")], "policy": "p", "version": "1", "created": "now"}
+    text, _ = render_html(rows, plan, Path("<em>folder</em>"), {}, info, max_bytes=1_000_000)
+    for raw in ("<script>", "<img src=x", "<b>major", "<i>c</i>", "<u>m", "<em>folder"):
+        assert raw not in text
+    assert "&lt;script&gt;label&lt;/script&gt;" in text and "&quot;&gt;&lt;b&gt;major" in text
+
+
 def test_size_policy_caps_images_for_a_large_folder() -> None:
     rng = np.random.default_rng(0)
     clusters = rng.choice(40, size=10_000, p=np.arange(1, 41) / np.arange(1, 41).sum())
@@ -138,6 +158,29 @@ def test_size_policy_caps_images_for_a_large_folder() -> None:
     assert 0 < len(outliers) <= plan.typical
     few = plan_clusters(rows, None, per_cluster=48, max_images=10).views  # more clusters than the cap: later clusters get none
     assert sum(len(v.typical) + len(v.least) for v in few) <= 10
+
+
+@pytest.mark.slow
+def test_the_size_cap_holds_for_any_number_of_clusters(tmp_path: Path) -> None:
+    """200,000 one-image clusters made a 98.6 MB page: every cluster had a section, with or without images."""
+    n = 200_000
+    csv_path = tmp_path / "many.csv"
+    csv_path.write_text('"path","cluster","confidence"\n' + "".join(f'"img{i:06d}.png",{i},0.9\n' for i in range(n)))
+    (tmp_path / "photos").mkdir()
+    made = write_report(csv_path, folder=tmp_path / "photos")
+    page = made.html.read_text(encoding="utf-8")
+    assert made.bytes == made.html.stat().st_size <= MAX_BYTES and made.clusters == n
+    assert len(sections(page)) == MAX_IMAGES and page.count('<a class="row"') == MAX_IMAGES
+    assert f"{n - MAX_IMAGES} more clusters ({n - MAX_IMAGES} images) have no section" in page
+
+
+def test_long_names_cannot_break_the_size_cap(clustered: Clustered, tmp_path: Path) -> None:
+    """Markup counts too: sections that would not fit are left out, and the page keeps its limit."""
+    rows = [{**r, "path": f"{'&' * 20_000}{i}.png", "cluster": str(i)} for i, r in enumerate(clustered.rows)]
+    target = copy_csv(clustered, tmp_path, rows)
+    made = write_report(target, max_bytes=1_000_000)
+    page = made.html.read_text(encoding="utf-8")
+    assert made.bytes <= 1_000_000 and 0 < len(sections(page)) < 25 and "more clusters (" in page
 
 
 def test_per_cluster_option_and_byte_budget(clustered: Clustered, tmp_path: Path) -> None:
@@ -211,11 +254,131 @@ def test_thumbnails_are_made_once(clustered: Clustered, tmp_path: Path) -> None:
     assert {p: p.stat().st_mtime_ns for p in thumbs.iterdir()} == files  # nothing re-made
 
 
+def test_rows_outside_the_folder_are_refused(clustered: Clustered, tmp_path: Path) -> None:
+    """A received CSV must not make the report read files elsewhere: `..`, absolute paths and links out are refused."""
+    folder = tmp_path / "photos"
+    shutil.copytree(clustered.folder, folder)
+    secret = tmp_path / "secret" / "secret.png"
+    secret.parent.mkdir()
+    shutil.copy2(folder / clustered.rows[0]["path"], secret)
+    (folder / "link.png").symlink_to(secret)
+    extra = [{**clustered.rows[0], "path": p, "cluster": "0"} for p in ("../secret/secret.png", str(secret), "link.png")]
+    target = copy_csv(clustered, tmp_path / "received", clustered.rows + extra)
+    result = invoke("report", target, "--folder", folder)
+    assert result.exit_code == 0, result.stderr
+    assert "3 row(s) name a file outside the image folder" in result.stderr and "not opened, shown as placeholders" in result.stderr
+    page = target.with_suffix(".html").read_text(encoding="utf-8")
+    assert page.count("<img ") == 25 and page.count(">outside the folder</div>") == 3
+    followed = invoke("report", target, "--folder", folder, "--follow-symlinks")  # as the scan: links only with the flag
+    assert followed.exit_code == 0 and "2 row(s) name a file outside" in followed.stderr
+    assert target.with_suffix(".html").read_text(encoding="utf-8").count("<img ") == 26
+
+
+def test_a_cache_named_only_by_a_sidecar_is_never_created(clustered: Clustered, tmp_path: Path) -> None:
+    sidecar = json.loads(sidecar_path(clustered.csv).read_text())
+    sidecar["embed"]["cache_dir"] = str(tmp_path / "elsewhere")
+    target = copy_csv(clustered, tmp_path / "received")
+    sidecar_path(target).write_text(json.dumps(sidecar))
+    result = invoke("report", target)
+    assert result.exit_code == 0, result.stderr
+    assert target.with_suffix(".html").read_text(encoding="utf-8").count("<img ") == 25  # made in memory
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def small_csv(tmp_path: Path, extra: tuple[str, ...] = ()) -> tuple[Path, Path]:
+    """A folder of 4 real images (no feature cache) and a CSV naming them and ``extra`` rows."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    names = [f.rel for f in list_images(folder)] + list(extra)
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('"path","cluster","confidence"\n' + "".join(f'"{n}",{i % 2},0.9\n' for i, n in enumerate(names)))
+    return folder, csv_path
+
+
+def test_a_named_pipe_in_the_csv_does_not_hang_the_report(tmp_path: Path) -> None:
+    """Opening a FIFO blocks until someone writes to it: thumbnails, like embedding, open regular files only."""
+    folder, csv_path = small_csv(tmp_path, ("pipe.png",))
+    os.mkfifo(folder / "pipe.png")
+    run = subprocess.run(
+        [sys.executable, "-m", "imgcluster", "report", str(csv_path), "--folder", str(folder)], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert "0 image file(s) missing and 1 unreadable" in run.stderr
+    assert csv_path.with_suffix(".html").read_text(encoding="utf-8").count("<img ") == 4
+
+
+def test_thumbnails_have_the_decode_time_limit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder, csv_path = small_csv(tmp_path)
+
+    def endless(self: ThumbCache, path: Path) -> bytes:
+        time.sleep(30)
+        return b"too late"
+
+    monkeypatch.setattr(ThumbCache, "_make", endless)
+    monkeypatch.setenv("IMGCLUSTER_DECODE_TIMEOUT", "0.2")
+    made = write_report(csv_path, folder=folder)
+    assert made.shown == 0 and made.placeholders == 4
+
+
+STOPPED_IN_THUMBNAILS = """
+import pathlib, sys, time
+from imgcluster.report.thumbnails import ThumbCache
+
+marker = pathlib.Path(sys.argv[1])
+
+def stuck(self, path):
+    marker.touch()
+    time.sleep(60)
+
+ThumbCache._make = stuck
+sys.argv = ["imgcluster", *sys.argv[2:]]
+from imgcluster.cli import main
+main()
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_report_ends_at_once_with_its_own_message(tmp_path: Path, signum: int) -> None:
+    """The first signal ends it (it used to wait for every queued thumbnail), and the line is about the report."""
+    folder, csv_path = small_csv(tmp_path)
+    marker = tmp_path / "decoding"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", STOPPED_IN_THUMBNAILS, str(marker), "report", str(csv_path), "--folder", str(folder)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists()
+    proc.send_signal(signum)
+    _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == -signum  # ends by the signal, as every command does
+    out = csv_path.with_suffix(".html")
+    assert stderr.strip().splitlines()[-1] == f"error: interrupted while making the report: {out} was not written"
+    assert "cache" not in stderr and not out.exists()
+
+
+def test_report_finds_the_features_of_a_gpu_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A CUDA run keys its cache with bfloat16 compute; the report looked under float32 and fell back to confidence."""
+    import imgcluster.pipeline
+
+    monkeypatch.setattr(imgcluster.pipeline, "compute_precision", lambda device: "bfloat16")  # what CUDA gives
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=5)
+    out = tmp_path / "gpu.csv"
+    result = invoke("assign", folder, "--out", out, "--cache-dir", tmp_path / "cache", "--epochs", "1", *FAST)
+    assert result.exit_code == 0, result.stderr
+    sidecar = json.loads(sidecar_path(out).read_text())
+    assert sidecar["compute"] == "bfloat16"
+    assert write_report(out, out=tmp_path / "r.html").typical_by == "features"
+    del sidecar["compute"]  # a sidecar written before the field existed
+    sidecar_path(out).write_text(json.dumps(sidecar))
+    assert write_report(out, out=tmp_path / "r.html").typical_by == "features"
+
+
 @pytest.mark.parametrize(
     ("args", "code", "message"),
     [
         (("report", "{tmp}/missing.csv"), 2, "assignments file not found"),
-        (("report", "{tmp}/nosidecar.csv"), 1, "give the folder with --folder"),
+        (("report", "{tmp}/nosidecar.csv"), 1, "saying where its images are; give the image folder"),
         (("report", "{tmp}/bad.csv", "--folder", "{tmp}"), 1, "missing column(s) cluster"),
         (("report", "{csv}", "--folder", "{tmp}/nowhere"), 2, "image folder not found"),
         (("report", "{csv}", "--labels", "{tmp}/nowhere"), 2, "labelled folder not found"),

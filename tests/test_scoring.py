@@ -102,3 +102,15 @@ def test_evaluate_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     proc.stdout.close()  # the reader is gone before the scores are written
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=60) == 141 and stderr == ""
+
+
+def test_label_names_are_printed_as_they_are(tmp_path: Path) -> None:
+    """A label folder named `[bold red]RED` was shown as `RED`: rich read the name as markup."""
+    folder = tmp_path / "labelled"
+    for rel in ["[bold red]RED/1.png", "[italic]blue/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv = write_csv(tmp_path / "a.csv", [("[bold red]RED/1.png", 0), ("[italic]blue/2.png", 1)])
+    result = CliRunner().invoke(app, ["evaluate", str(csv), str(folder)])
+    assert result.exit_code == 0, result.stderr
+    assert "[bold red]RED" in result.stdout and "[italic]blue" in result.stdout

@@ -1,0 +1,184 @@
+"""The CSVs imgcluster writes, and the assignments CSV read back, in one place.
+
+``assign`` writes the assignments CSV, ``evaluate`` and ``report`` read it; the skipped list and
+the near-duplicate groups are written with the same cell rules. Strings are quoted
+(``QUOTE_NONNUMERIC``), so any file name (commas, quotes, newlines) reads back exactly.
+
+Spreadsheets run a cell that starts with ``= + - @``, a tab or a carriage return as a formula,
+quoted or not (``=HYPERLINK(...)`` in a file name is enough). Following OWASP's advice for CSV
+export, such a text cell gets a leading ``'`` unless ``raw_csv``; a cell that already starts with
+``'`` gets one too, so the reader strips exactly one ``'`` from a cell that starts with ``'`` and one
+of those characters, and every name reads back as it was.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+import numpy as np
+
+from imgcluster.atomic import atomic_open
+from imgcluster.errors import ImgclusterError
+
+if TYPE_CHECKING:
+    from imgcluster.assign import Assignment
+
+BASE_COLUMNS = ["path", "cluster", "confidence"]
+ESCAPE = "'"
+FORMULA_STARTS = frozenset("=+-@\t\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
+
+
+def escape_cell(text: str) -> str:
+    """``text`` with a leading ``'`` when a spreadsheet would run it, or when it starts with ``'``."""
+    return ESCAPE + text if text[:1] in FORMULA_STARTS or text.startswith(ESCAPE) else text
+
+
+def unescape_cell(text: str) -> str:
+    """The text :func:`escape_cell` was given (for a cell it did not change, the cell itself)."""
+    if len(text) > 1 and text[0] == ESCAPE and (text[1] in FORMULA_STARTS or text[1] == ESCAPE):
+        return text[1:]
+    return text
+
+
+class CsvWriter:
+    """``csv.writer`` with every string quoted and, unless ``raw_csv``, escaped against formulas."""
+
+    def __init__(self, handle: IO[str], raw_csv: bool = False, lineterminator: str = "\n") -> None:
+        self._writer = csv.writer(handle, quoting=csv.QUOTE_NONNUMERIC, lineterminator=lineterminator)
+        self._raw = raw_csv
+
+    def writerow(self, row: Sequence[object]) -> None:
+        self._writer.writerow(row if self._raw else [escape_cell(v) if isinstance(v, str) else v for v in row])
+
+    def writerows(self, rows: Iterable[Sequence[object]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+@dataclass
+class Row:
+    """One image's line of the assignments CSV, as ``evaluate`` and ``report`` use it."""
+
+    path: str  # relative to the image folder, exactly as assigned
+    cluster: int
+    confidence: float  # NaN when the CSV has no confidence column
+    outlier: bool
+
+
+@contextmanager
+def _output(out: str) -> Iterator[IO[str]]:
+    if out == "-":
+        yield sys.stdout
+        sys.stdout.flush()
+    else:
+        with atomic_open(Path(out), "w", newline="") as handle:
+            yield handle
+
+
+def write_assignments(out: str, paths: list[str], assignment: Assignment, raw_csv: bool = False) -> None:
+    """Write the CSV to ``out`` (``-`` for stdout); strings are quoted, so any file name is safe."""
+    columns = BASE_COLUMNS + sorted(assignment.extra)
+    with _output(out) as handle:
+        writer = CsvWriter(handle, raw_csv)
+        writer.writerow(columns)
+        extras = [assignment.extra[c] for c in columns[len(BASE_COLUMNS) :]]
+        for i, rel in enumerate(paths):
+            row: list[object] = [rel, int(assignment.cluster[i]), round(float(assignment.confidence[i]), 6)]
+            for values in extras:
+                v = values[i]
+                if values.dtype.kind in "USO":  # text columns (outlier_reason) are quoted like paths
+                    row.append(str(v))
+                else:
+                    row.append(round(float(v), 6) if np.issubdtype(values.dtype, np.floating) else int(v))
+            writer.writerow(row)
+
+
+def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
+    """Every row of the CSV at ``path``, file names exactly as written; any fault is one clear error.
+
+    ``raw_csv`` says whether the cells were written unescaped; None reads it from the CSV's
+    sidecar, and without one takes the cells as escaped (a raw CSV then reads back exactly unless
+    a name starts with ``'`` followed by ``= + - @ '``, a tab or a carriage return).
+    """
+    raw = written_raw(path) if raw_csv is None else raw_csv
+    try:
+        with open(path, encoding="utf-8", newline="") as handle:
+            reader = csv.DictReader(handle)
+            columns = reader.fieldnames or []
+            missing = [c for c in ("path", "cluster") if c not in columns]
+            if missing:
+                raise ImgclusterError(f"{path} is not an assignment CSV: missing column(s) {', '.join(missing)}")
+            rows = [_row(path, number, record if raw else _unescaped(record)) for number, record in enumerate(reader, start=2)]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ImgclusterError(f"cannot read assignments {path}: {exc}") from None
+    if not rows:
+        raise ImgclusterError(f"{path} has no rows")
+    return rows
+
+
+def written_raw(path: Path) -> bool:
+    """Whether the sidecar of the CSV at ``path`` says its cells were written unescaped."""
+    from imgcluster.config import sidecar_path
+
+    try:
+        sidecar = json.loads(sidecar_path(path).read_text(encoding="utf-8"))
+        return sidecar["assign"]["raw_csv"] is True
+    except (OSError, ValueError, TypeError, KeyError):
+        return False
+
+
+def _unescaped(record: dict[str, str | None]) -> dict[str, str | None]:
+    return {key: unescape_cell(value) if isinstance(value, str) else value for key, value in record.items()}
+
+
+def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
+    name = record["path"] or ""
+    where = f"{path}, line {number} ({name!r})"
+    cluster = _cluster(record["cluster"])
+    if cluster is None:
+        raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is not a whole number")
+    raw = record.get("confidence")
+    try:
+        confidence = float(raw) if raw not in (None, "") else math.nan
+    except ValueError:
+        raise ImgclusterError(f"{where}: confidence {raw!r} is not a number") from None
+    return Row(name, cluster, confidence, _truthy(record.get("outlier")))
+
+
+def _cluster(text: str | None) -> int | None:
+    """A cluster id: a whole number (``3`` or ``3.0``) that fits 64 bits; None for anything else.
+
+    ``int(float(...))`` truncated ``0.7`` to 0 and made ``inf`` an overflow, so both are refused.
+    """
+    try:
+        exact = int(text or "")
+    except ValueError:
+        try:
+            value = float(text or "")
+        except ValueError:
+            return None
+        if not value.is_integer():  # also refuses inf and nan
+            return None
+        exact = int(value)
+    return exact if -(2**63) <= exact < 2**63 else None
+
+
+def _truthy(value: str | None) -> bool:
+    """``outlier`` column: 1/True/yes (any case, any number but 0) marks an outlier."""
+    if value is None:
+        return False
+    text = value.strip().lower()
+    if text in ("true", "yes", "y"):
+        return True
+    try:
+        return float(text) != 0.0
+    except ValueError:
+        return False

@@ -1,0 +1,185 @@
+"""The assignments CSV: written once, read back exactly by evaluate and report, odd values refused in one line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from imgcluster.assign import Assignment
+from imgcluster.cli import app
+from imgcluster.csvfile import escape_cell, read_assignments, unescape_cell, write_assignments
+from imgcluster.duplicates import DuplicateGroup, write_duplicates
+from imgcluster.errors import ImgclusterError
+from imgcluster.pipeline import write_skipped
+
+runner = CliRunner()
+
+
+def assignment(n: int, outlier: bool = False) -> Assignment:
+    extra = {"outlier": np.array([i % 2 for i in range(n)]), "outlier_reason": np.array(["low-confidence"] * n)} if outlier else {}
+    return Assignment(np.arange(n) % 3, np.linspace(0.2, 0.9, n, dtype=np.float32), extra)
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    names = ["a.png", 'q "x", y.png', "new\nline.png", "ünï 名.webp"]
+    out = tmp_path / "c.csv"
+    write_assignments(str(out), names, assignment(len(names), outlier=True))
+    rows = read_assignments(out)
+    assert [r.path for r in rows] == names
+    assert [r.cluster for r in rows] == [0, 1, 2, 0] and [r.outlier for r in rows] == [False, True, False, True]
+    assert rows[0].confidence == pytest.approx(0.2)
+
+
+def write_clusters(path: Path, clusters: list[str]) -> Path:
+    path.write_text('"path","cluster","confidence"\n' + "".join(f'"img{i}.png",{c},0.5\n' for i, c in enumerate(clusters)))
+    return path
+
+
+@pytest.mark.parametrize("value", ["0.7", "inf", "-inf", "nan", "1e300", "9223372036854775808", "x", ""])
+def test_cluster_ids_that_are_not_whole_numbers_are_refused(tmp_path: Path, value: str) -> None:
+    """``int(float(...))`` truncated 0.7 to 0, and inf became -9223372036854775808 or an OverflowError."""
+    csv = write_clusters(tmp_path / "odd.csv", ["1", value])
+    with pytest.raises(ImgclusterError) as caught:
+        read_assignments(csv)
+    assert str(caught.value) == f"{csv}, line 3 ('img1.png'): cluster {value!r} is not a whole number"
+
+
+def test_whole_cluster_ids_in_any_spelling_are_kept(tmp_path: Path) -> None:
+    csv = write_clusters(tmp_path / "ok.csv", ["3", "3.0", " 4 ", "-2", "9007199254740993", "9223372036854775807"])
+    assert [r.cluster for r in read_assignments(csv)] == [3, 3, 4, -2, 2**53 + 1, 2**63 - 1]
+
+
+def test_missing_confidence_is_nan_and_a_bad_one_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "a.csv").write_text('"path","cluster"\n"a.png",1\n')
+    assert math.isnan(read_assignments(tmp_path / "a.csv")[0].confidence)
+    (tmp_path / "b.csv").write_text('"path","cluster","confidence"\n"a.png",1,"high"\n')
+    with pytest.raises(ImgclusterError, match=r"line 2 \('a.png'\): confidence 'high' is not a number"):
+        read_assignments(tmp_path / "b.csv")
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report"])
+def test_odd_cluster_ids_are_one_line_errors_in_the_cli(tmp_path: Path, command: str) -> None:
+    labelled = tmp_path / "labelled" / "cat"
+    labelled.mkdir(parents=True)
+    (labelled / "img0.png").write_bytes(b"x")
+    csv = write_clusters(tmp_path / "odd.csv", ["0", "inf"])
+    args = [command, str(csv), str(tmp_path / "labelled")] if command == "evaluate" else [command, str(csv), "--folder", str(tmp_path)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"error: {csv}, line 3 ('img1.png'): cluster 'inf' is not a whole number\n"
+
+
+FORMULAS = ["=HYPERLINK(\"http://x\",\"y\").png", "+SUM(1).png", "@SUM(1).png", "-cmd.png", "\tx.png", "\rx.png"]
+APOSTROPHES = ["'quoted.png", "'", "''", "'=x.png", "''=x.png", "'-1.png"]
+PLAIN = ["a.png", "x=1.png", "dir/=y.png", "-", "="]
+
+
+def cells(path: Path) -> list[str]:
+    return [row[0] for row in csv.reader(path.open(encoding="utf-8", newline=""))][1:]
+
+
+def test_escaping_is_unambiguous() -> None:
+    for name in FORMULAS + APOSTROPHES + PLAIN:
+        escaped = escape_cell(name)
+        assert unescape_cell(escaped) == name and escaped[:1] not in "=+-@\t\r"
+    assert escape_cell("=1") == "'=1" and escape_cell("'a") == "''a" and escape_cell("a=1") == "a=1"
+    assert unescape_cell("'abc") == "'abc"  # an apostrophe the writer did not add is kept
+
+
+def test_formula_cells_are_escaped_and_read_back_exactly(tmp_path: Path) -> None:
+    """Quoting alone left `=HYPERLINK(...)` for a spreadsheet to run (OWASP: prefix such cells with ')."""
+    names = FORMULAS + APOSTROPHES + PLAIN
+    out = tmp_path / "c.csv"
+    write_assignments(str(out), names, assignment(len(names), outlier=True))
+    assert cells(out) == [escape_cell(n) for n in names] and not any(c[:1] in "=+-@\t\r" for c in cells(out))
+    assert [r.path for r in read_assignments(out)] == names
+
+
+def test_raw_csv_writes_cells_as_they_are_and_reads_back_exactly(tmp_path: Path) -> None:
+    names = FORMULAS + APOSTROPHES + PLAIN
+    out = tmp_path / "raw.csv"
+    write_assignments(str(out), names, assignment(len(names)), raw_csv=True)
+    assert cells(out) == names
+    assert [r.path for r in read_assignments(out, raw_csv=True)] == names
+    (tmp_path / "raw.csv.json").write_text(json.dumps({"assign": {"raw_csv": True}}))  # what assign records
+    assert [r.path for r in read_assignments(out)] == names
+    (tmp_path / "raw.csv.json").unlink()  # without a sidecar only a leading ' before = + - @ ' is ambiguous
+    assert [r.path for r in read_assignments(out)] == [n[1:] if n in ("''", "'=x.png", "''=x.png", "'-1.png") else n for n in names]
+
+
+def test_skipped_list_and_duplicates_are_escaped_too(tmp_path: Path) -> None:
+    write_skipped(tmp_path / "s.csv", [("=cmd.png", "not an image")])
+    assert cells(tmp_path / "s.csv") == ["'=cmd.png"] and (tmp_path / "s.csv").read_bytes().endswith(b'"not an image"\r\n')
+    write_skipped(tmp_path / "r.csv", [("=cmd.png", "not an image")], raw_csv=True)
+    assert cells(tmp_path / "r.csv") == ["=cmd.png"]
+    groups = [DuplicateGroup([0, 1], [1.0, 0.99])]
+    rows = lambda p: list(csv.reader(p.open(encoding="utf-8", newline="")))[1:]  # noqa: E731
+    write_duplicates(tmp_path / "d.csv", ["@a.png", "b.png"], groups)
+    assert [r[1] for r in rows(tmp_path / "d.csv")] == ["'@a.png", "b.png"]
+    write_duplicates(tmp_path / "e.csv", ["@a.png", "b.png"], groups, raw_csv=True)
+    assert [r[1] for r in rows(tmp_path / "e.csv")] == ["@a.png", "b.png"]
+
+
+KILLED_WRITER = """
+import sys, types
+import numpy as np
+from imgcluster.csvfile import write_assignments
+
+n = int(sys.argv[2])
+paths = [f"folder {i % 97}/image {i:08d} with a long enough name.png" for i in range(n)]
+assignment = types.SimpleNamespace(cluster=np.arange(n) % 10, confidence=np.full(n, 0.5, np.float32), extra={})
+write_assignments(sys.argv[1], paths, assignment)
+"""
+ROWS = 600_000
+
+
+def write_in_child(target: Path, rows: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(target), str(rows)])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_bytes", [1, 8_000_000])
+@pytest.mark.parametrize("old", [True, False])
+def test_sigkill_while_the_csv_is_written_leaves_the_old_file_or_none(tmp_path: Path, kill_after_bytes: int, old: bool) -> None:
+    """Killed inside the write window (the temporary file half-written), the CSV is the old one, or absent."""
+    target = tmp_path / "clusters.csv"
+    if old:
+        write_in_child(target, 5).wait(timeout=120)
+    before = target.read_bytes() if old else None
+    proc = write_in_child(target, ROWS)
+    deadline = time.monotonic() + 120
+    temp: list[Path] = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        temp = list(tmp_path.glob(".clusters.csv.*.tmp"))
+        if temp and temp[0].stat().st_size >= kill_after_bytes:
+            break
+        time.sleep(0.001)
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    (left,) = temp
+    partial = left.stat().st_size
+    assert kill_after_bytes <= partial < ROWS * 50  # killed inside the window: the new file was far from complete
+    if old:
+        assert target.read_bytes() == before and len(read_assignments(target)) == 5
+    else:
+        assert not target.exists()
+
+
+@pytest.mark.slow
+def test_a_csv_write_that_is_not_killed_is_complete(tmp_path: Path) -> None:
+    """The control for the kill test: the same writer, left alone, leaves the whole new file and no temporary one."""
+    target = tmp_path / "clusters.csv"
+    write_in_child(target, 5).wait(timeout=120)
+    assert write_in_child(target, 200_000).wait(timeout=300) == 0
+    assert len(read_assignments(target)) == 200_000 and list(tmp_path.iterdir()) == [target]
