@@ -378,7 +378,7 @@ def test_report_finds_the_features_of_a_gpu_run(tmp_path: Path, monkeypatch: pyt
     ("args", "code", "message"),
     [
         (("report", "{tmp}/missing.csv"), 2, "assignments file not found"),
-        (("report", "{tmp}/nosidecar.csv"), 1, "saying where its images are; give the image folder"),
+        (("report", "{tmp}/nosidecar.csv"), 1, "saying where its images are; give the folder with --folder"),
         (("report", "{tmp}/bad.csv", "--folder", "{tmp}"), 1, "missing column(s) cluster"),
         (("report", "{csv}", "--folder", "{tmp}/nowhere"), 2, "image folder not found"),
         (("report", "{csv}", "--labels", "{tmp}/nowhere"), 2, "labelled folder not found"),
