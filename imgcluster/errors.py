@@ -14,14 +14,33 @@ from collections.abc import Mapping
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
+# The parameter names a message may mention as ``{name}``. Only these are placeholders, so a file
+# name quoted in a message (``/data/{2024}/a.png``, ``{draft}.png``) is shown as it is;
+# tests/test_errors.py checks that every placeholder the package writes is listed here.
+PARAMETERS = frozenset(
+    {
+        "assignments", "balance", "batch_size", "cache_dir", "compile_model", "device", "dtype", "embed_batch_size", "epochs",
+        "explain", "folder", "folder_or_paths", "follow_symlinks", "head", "k_max", "k_min", "knn", "labelled_folder", "labels",
+        "lock_timeout", "lr", "min_confidence", "model", "montage", "n_clusters", "near_duplicates", "objective",
+        "objective_options", "out", "per_cluster", "raw_csv", "reembed", "rehash", "seed", "self_label", "uco", "weights",
+        "workers",
+    }
+)  # fmt: skip
+
+
 def render(template: str, names: Mapping[str, str]) -> str:
     """``template`` with each ``{parameter}`` replaced by ``names[parameter]`` (default: the name itself)."""
-    return _PLACEHOLDER.sub(lambda m: names.get(m.group(1), m.group(1)), template)
+
+    def name(match: re.Match[str]) -> str:
+        word = match.group(1)
+        return names.get(word, word) if word in PARAMETERS else match.group(0)
+
+    return _PLACEHOLDER.sub(name, template)
 
 
 def placeholders(template: str) -> tuple[str, ...]:
     """The parameter names a template mentions, in order, each once."""
-    return tuple(dict.fromkeys(_PLACEHOLDER.findall(template)))
+    return tuple(dict.fromkeys(w for w in _PLACEHOLDER.findall(template) if w in PARAMETERS))
 
 
 class ImgclusterError(Exception):

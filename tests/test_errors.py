@@ -35,6 +35,30 @@ def test_a_message_names_parameters_and_renders_them_as_asked() -> None:
     assert str(plain) == "folder not found: /data/{2024}" and plain.parameters == ("folder",)
 
 
+def test_a_file_name_in_a_message_is_shown_as_it_is() -> None:
+    """Messages quote paths with f-strings; braces in a path are not placeholders unless they
+    spell a parameter of the library."""
+    error = ParameterError("{out} /photos/{draft}/{x}.png is a folder; give a file name")
+    assert error.render({"out": "--out"}) == "--out /photos/{draft}/{x}.png is a folder; give a file name"
+    assert error.parameters == ("out",)
+
+
+def test_every_placeholder_the_package_writes_is_a_known_parameter() -> None:
+    """A placeholder missing from PARAMETERS would reach the user as ``{name}``."""
+    from imgcluster.errors import PARAMETERS
+
+    pattern = re.compile(r"\{([a-z_]+)\}")
+    unknown = set()
+    for path in _library_files():
+        tree = ast.parse(path.read_text())
+        docstrings = _docstrings(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+                unknown |= {(path.name, word) for word in pattern.findall(node.value) if word not in PARAMETERS}
+    allowed = {("errors.py", "parameter"), ("errors.py", "placeholder"), ("errors.py", "placeholders"), ("progress.py", "placeholders")}
+    assert unknown <= allowed, f"placeholders not in errors.PARAMETERS: {sorted(unknown - allowed)}"
+
+
 def _library_files() -> list[Path]:
     return [p for p in sorted(PACKAGE.rglob("*.py")) if p.name != "cli.py"]
 
