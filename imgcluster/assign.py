@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from imgcluster.atomic import atomic_open
+from imgcluster.errors import ImgclusterError
 from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import Objective
 
@@ -40,6 +41,8 @@ def predict(objective: Objective, features: np.ndarray, device: torch.device, ex
         z = torch.from_numpy(l2_normalise(features[start : start + batch_size])).to(device)
         p = objective.predict(z)
         conf, cluster = p.max(-1)
+        if not bool(torch.isfinite(conf).all()):  # NaN would land every image in cluster 0 with no outlier flag
+            raise ImgclusterError("the head gives confidences that are not finite numbers (its weights overflow); train it again")
         clusters.append(cluster.cpu().numpy())
         confidences.append(conf.float().cpu().numpy())
         if explain:

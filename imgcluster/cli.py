@@ -116,6 +116,11 @@ LockTimeoutOpt = Annotated[
     float,
     typer.Option("--lock-timeout", min=0, help="Seconds to wait while another run uses the same cache. Default 0: fail at once."),
 ]
+RehashOpt = Annotated[
+    bool,
+    typer.Option("--rehash", help="Reuse a cached feature only if the file's content hash matches (slower: reads every file)."),
+]
+ReembedOpt = Annotated[bool, typer.Option("--reembed", help="Embed every image again, replacing its cached features.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 ObjectiveOpt = Annotated[str, typer.Option("--objective", "-o", help="Clustering objective (see `imgcluster objectives`).")]
 ClustersOpt = Annotated[
@@ -240,6 +245,7 @@ def _parse_options(options: list[str] | None) -> dict[str, Any]:
 
 
 def _embed(ui: UI, config: EmbedConfig, device: Any, lock_timeout: float = 0.0) -> Any:
+    from imgcluster.lock import CacheNotWritable, LockBusy
     from imgcluster.pipeline import EmbedHooks, embed_folder
 
     with ui.progress("embedding") as bar:
@@ -255,7 +261,10 @@ def _embed(ui: UI, config: EmbedConfig, device: Any, lock_timeout: float = 0.0) 
             on_warning=ui.warn,
             on_wait=ui.info,
         )
-        result = embed_folder(config, device, hooks, lock_timeout)
+        try:
+            result = embed_folder(config, device, hooks, lock_timeout)
+        except (CacheNotWritable, LockBusy) as exc:  # their advice names parameters: say which flags
+            raise ImgclusterError(exc.render(FlagNames())) from None
     ui.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
     return result
 
@@ -352,7 +361,7 @@ def _save_head(
     from imgcluster.checkpoint import save_checkpoint
     from imgcluster.pipeline import head_path_for
 
-    path = out or head_path_for(result.cache_dir, train_config)
+    path = out or head_path_for(result.cache_dir, train_config, result.paths, result.features)
     save_checkpoint(
         path,
         trained.objective,
@@ -466,6 +475,8 @@ def embed(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    rehash: RehashOpt = False,
+    reembed: ReembedOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Compute and cache backbone features; a second run embeds only new or changed images."""
@@ -474,8 +485,9 @@ def embed(
     ui = UI(quiet)
     with handled(ui):
         config = EmbedConfig(
-            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
-        )
+            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model,
+            rehash=rehash, reembed=reembed,
+        )  # fmt: skip
         result = _embed(ui, config, resolve_device(device), lock_timeout)
         _report_skipped(ui, result, None)
 
@@ -511,6 +523,8 @@ def train(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    rehash: RehashOpt = False,
+    reembed: ReembedOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Embed (cached) and train a clustering head; saves a reusable checkpoint."""
@@ -520,8 +534,9 @@ def train(
     with handled(ui):
         dev = resolve_device(device)
         embed_config = EmbedConfig(
-            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
-        )
+            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model,
+            rehash=rehash, reembed=reembed,
+        )  # fmt: skip
         requested = _parse_clusters(clusters, k_min, k_max)
         train_config = _train_config(
             objective, DEFAULT_CLUSTERS if requested is None else requested, epochs, batch_size, lr, knn, seed, option,
@@ -594,6 +609,8 @@ def assign(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    rehash: RehashOpt = False,
+    reembed: ReembedOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Write a CSV of cluster labels (path, cluster, confidence), one row per image.
@@ -640,8 +657,9 @@ def assign(
                 epochs_given=_given(ctx, "epochs"), balance=balance, self_label=self_label, uco=uco,
             )  # fmt: skip
         embed_config = EmbedConfig(
-            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
-        )
+            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model,
+            rehash=rehash, reembed=reembed,
+        )  # fmt: skip
         result = _embed(ui, embed_config, dev, lock_timeout)
         if head_meta is not None:
             if int(head_meta["feature_dim"]) != result.features.shape[1]:
