@@ -556,7 +556,7 @@ def train(
     epilog="Examples:\n\n  imgcluster assign ./photos                       # whole pipeline, CSV in ./photos-clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters 5 --out - > clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters auto --near-duplicates 0.98 --out clusters.csv\n\n"
-    "  imgcluster assign ./new-photos --head ./photos/.imgcluster/embeddings/*/heads/secu-k10-seed0.safetensors",
+    "  imgcluster assign ./new-photos --head ./photos/.imgcluster/embeddings/*/heads/secu-k10-seed0-*.safetensors",
 )
 def assign(
     ctx: typer.Context,
