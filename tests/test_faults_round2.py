@@ -136,6 +136,10 @@ def test_lock_is_free_the_moment_its_holder_is_killed_even_with_workers_alive(tm
                 workers = _forked_children(run.pid)
             time.sleep(0.01)
         assert workers, f"no decode workers seen; run ended with {run.poll()}"
+        # Orphaned workers notice their parent is gone within a moment on an idle machine, seconds
+        # on a loaded one; stopping them first makes "a loaded machine" certain.
+        for w in workers:
+            os.kill(w, signal.SIGSTOP)
         run.send_signal(signal.SIGKILL)
         run.wait()
         directory = cache_directory(cache)
