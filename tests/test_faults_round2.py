@@ -244,12 +244,12 @@ def test_rehash_trusts_content_not_stat_and_reembed_redoes_all(bmp_folder: Path,
     fst = forged.stat()
     rows = [(r[0], fst.st_size, fst.st_mtime_ns, fst.st_ctime_ns, fst.st_ino, r[5]) if r[0] == forged.name else r for r in rows]
     write_shard(shard, block, rows, cache=directory.name)
-    plain = invoke("embed", bmp_folder, "--cache-dir", cache, *EMBED)
-    assert "8 images: 7 cached, 1 to embed" in plain.stderr  # the touched one; the forged row is trusted
     rehashed = invoke("embed", bmp_folder, "--cache-dir", cache, *EMBED, "--rehash")
     assert rehashed.exit_code == 0, rehashed.stderr
-    assert "8 images: 7 cached, 1 to embed" in rehashed.stderr  # the forged one, found by its content
+    assert "8 images: 7 cached, 1 to embed" in rehashed.stderr  # the forged one, found by its content; the touched one kept
     assert np.array_equal(_features(cache)[forged.name], reference[source.name])
+    plain = invoke("embed", bmp_folder, "--cache-dir", cache, *EMBED)
+    assert "8 images: 8 cached, 0 to embed" in plain.stderr  # the touched file was recorded under its new stat
     reembedded = invoke("embed", bmp_folder, "--cache-dir", cache, *EMBED, "--reembed")
     assert "8 images: 0 cached, 8 to embed" in reembedded.stderr
     final = _features(cache)
