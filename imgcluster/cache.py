@@ -120,6 +120,8 @@ class EmbeddingCache:
         lives in memory only. Rows of format 2 shards are kept (they match on size and mtime,
         as they did then) and written in the current format by the next compaction.
         """
+        if writable and _shards_read_only(directory):
+            writable = False
         cache = cls(directory=directory, dtype=dtype, writable=writable)
         if writable:
             cache.shard_dir.mkdir(parents=True, exist_ok=True)
@@ -210,6 +212,12 @@ class EmbeddingCache:
             (self.shard_dir / f"{old_seq:08d}.safetensors").unlink(missing_ok=True)
             self._arrays.pop(old_seq, None)
         return None
+
+
+def _shards_read_only(directory: Path) -> bool:
+    """The shards folder exists and cannot be written (a cache made read-only folder by folder)."""
+    shards = directory / "shards"
+    return shards.is_dir() and not os.access(shards, os.W_OK | os.X_OK)
 
 
 class ShardError(Exception):

@@ -64,6 +64,8 @@ def folder_lock(
     path = directory / "lock"
     try:
         directory.mkdir(parents=True, exist_ok=True)
+        if not os.access(directory, os.W_OK | os.X_OK):  # a lock file we may write in a folder we may not
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
         fd = _open_once(path, os.O_RDWR | os.O_CREAT)
         exclusive = True
     except OSError as exc:

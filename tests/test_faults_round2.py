@@ -9,6 +9,7 @@ with other options, a file replaced with the same size and mtime (``cp -p``), cr
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -339,13 +340,30 @@ def test_an_unreadable_folder_is_listed_with_the_skipped_files(small_folder: Pat
 
 
 # ---- 16. a complete read-only cache is read, not refused ---------------------------------------------
+@contextlib.contextmanager
+def read_only_tree(folder: Path) -> Iterator[None]:
+    """The whole tree read-only: a read-only bind mount as root, every folder chmod 555 otherwise."""
+    if os.geteuid() == 0:
+        with read_only(folder):
+            yield
+        return
+    folders = [folder, *(p for p in folder.rglob("*") if p.is_dir())]
+    for p in folders:
+        p.chmod(0o555)
+    try:
+        yield
+    finally:
+        for p in folders:
+            p.chmod(0o755)
+
+
 def test_a_complete_read_only_cache_is_used_without_writing(small_folder: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     assert invoke("embed", small_folder, "--cache-dir", cache, *EMBED).exit_code == 0
     head = untrained_head(tmp_path / "head.safetensors", cache)
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
     out = tmp_path / "clusters.csv"
-    with read_only(cache):
+    with read_only_tree(cache):
         result = invoke("assign", small_folder, "--cache-dir", cache, *EMBED, "--head", head, "--out", out)
         assert result.exit_code == 0, result.stderr
         assert "24 images: 24 cached, 0 to embed" in result.stderr
@@ -359,3 +377,29 @@ def test_a_complete_read_only_cache_is_used_without_writing(small_folder: Path, 
         assert len(list(csv.DictReader(out.open()))) == 25
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
     SEEN["read-only shared cache"] = line
+
+
+def test_a_cache_without_write_permission_is_used_without_writing(
+    small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another user's shared cache (or one chmod 555 folder by folder): its lock file may even be
+    writable, its folders are not. Root ignores modes, so the permission answer is injected."""
+    import imgcluster.cache
+    import imgcluster.lock
+
+    cache = tmp_path / "cache"
+    assert invoke("embed", small_folder, "--cache-dir", cache, *EMBED).exit_code == 0
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    real_access = os.access
+
+    def access(path: Any, mode: int) -> bool:
+        if Path(path).is_relative_to(cache) and mode & os.W_OK:
+            return False
+        return real_access(path, mode)
+
+    monkeypatch.setattr(imgcluster.lock.os, "access", access)
+    monkeypatch.setattr(imgcluster.cache.os, "access", access)
+    result = invoke("embed", small_folder, "--cache-dir", cache, *EMBED)
+    assert result.exit_code == 0, result.stderr
+    assert "24 images: 24 cached, 0 to embed" in result.stderr and warnings_of(result) == []
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
