@@ -87,11 +87,11 @@ def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
             exit_code=2,
         )
     meta_path = checkpoint_json(path)
-    if not path.is_file():
-        raise UserError(f"head checkpoint not found: {path}", exit_code=2)
-    if not meta_path.is_file():
-        raise UserError(f"head checkpoint {path} has no description {meta_path.name} beside it")
     with pair_lock(path.parent, exclusive=False):  # both files from one save, even while another save runs
+        if not path.is_file():
+            raise UserError(f"head checkpoint not found: {path}", exit_code=2)
+        if not meta_path.is_file():
+            raise UserError(f"head checkpoint {path} has no description {meta_path.name} beside it")
         try:
             meta = json.loads(meta_path.read_text())
         except (OSError, ValueError) as exc:

@@ -45,8 +45,9 @@ def _reader(path: str, stop: Any, refused: Any, loaded: Any) -> None:
         try:
             load_checkpoint(Path(path))
             loaded.value += 1
-        except ImgclusterError:
+        except ImgclusterError as exc:
             refused.value += 1
+            print(f"reader refused: {exc}", file=sys.stderr)
 
 
 @pytest.mark.timeout(300)
