@@ -34,10 +34,6 @@ class ImageFile:
     def stat_key(self) -> tuple[int, int, int, int]:
         return (self.size, self.mtime_ns, self.ctime_ns, self.inode)
 
-    def restat(self, st: os.stat_result) -> ImageFile:
-        """This file as ``st`` (taken later) describes it."""
-        return ImageFile(self.rel, self.path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-
 
 def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
