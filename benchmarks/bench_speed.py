@@ -264,12 +264,12 @@ def timed_embed_path(timers: dict[str, float]) -> Iterator[None]:
         model.register_forward_hook(after)
         return model
 
-    def wrap(method: Callable[..., None]) -> Callable[..., None]:
-        def timed(self: EmbeddingCache, *args: Any) -> None:
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(self: EmbeddingCache, *args: Any) -> Any:
             depth[0] += 1
             t = time.perf_counter()
             try:
-                method(self, *args)
+                return method(self, *args)  # compact returns why it could not compact
             finally:
                 depth[0] -= 1
                 if depth[0] == 0:  # compact calls add: count the outer call only

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from imgcluster.errors import ImgclusterError
 from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import Objective
 
@@ -41,6 +42,8 @@ def predict(objective: Objective, features: np.ndarray, device: torch.device, ex
     extra: dict[str, list[np.ndarray]] = {}
     for z, p in probabilities(objective, features, device, batch_size):
         conf, cluster = p.max(-1)
+        if not bool(torch.isfinite(conf).all()):  # NaN would land every image in cluster 0 with no outlier flag
+            raise ImgclusterError("the head gives confidences that are not finite numbers (its weights overflow); train it again")
         clusters.append(cluster.cpu().numpy())
         confidences.append(conf.float().cpu().numpy())
         if explain:

@@ -8,6 +8,7 @@ or an older format is refused in one line instead of being loaded as valid.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 
 from imgcluster.atomic import atomic_write_bytes, atomic_write_text
 from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.lock import pair_lock
 from imgcluster.objectives import Objective, create_objective
 
 CHECKPOINT_FORMAT = "imgcluster-head/2"  # 2: weights checksum in the JSON, head fields in the weights
@@ -41,9 +43,13 @@ def save_checkpoint(path: Path, objective: Objective, description: dict[str, Any
     data = save(state, metadata={"format": CHECKPOINT_FORMAT, "head": _head_fields(meta)})
     meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
     # Weights first: a run killed between the two writes leaves new weights beside an old JSON,
-    # which the checksum refuses, never an old head described as a new one.
-    atomic_write_bytes(path, data)
-    atomic_write_text(checkpoint_json(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    # which the checksum refuses, never an old head described as a new one. The folder's lock
+    # keeps two saves to one path from interleaving (one's weights under the other's JSON).
+    with contextlib.suppress(OSError):  # if it cannot be made, the write below says why
+        path.parent.mkdir(parents=True, exist_ok=True)
+    with pair_lock(path.parent, exclusive=True):
+        atomic_write_bytes(path, data)
+        atomic_write_text(checkpoint_json(path), json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return checkpoint_json(path)
 
 
@@ -80,23 +86,24 @@ def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
             "(an assignment's .json names the one it used, under head.path)"
         )
     meta_path = checkpoint_json(path)
-    if not path.is_file():
-        raise ParameterError(f"head checkpoint not found: {path}", "head")
-    if not meta_path.is_file():
-        raise ImgclusterError(f"head checkpoint {path} has no description {meta_path.name} beside it")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ImgclusterError(f"cannot read {meta_path}: {exc}") from None
+    with pair_lock(path.parent, exclusive=False):  # both files from one save, even while another save runs
+        if not path.is_file():
+            raise ParameterError(f"head checkpoint not found: {path}", "head")
+        if not meta_path.is_file():
+            raise ImgclusterError(f"head checkpoint {path} has no description {meta_path.name} beside it")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise ImgclusterError(f"cannot read {meta_path}: {exc}") from None
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImgclusterError(f"cannot read {path}: {exc.strerror or exc}") from None
     found = meta.get("format") if isinstance(meta, dict) else None
     if isinstance(found, str) and found.startswith("imgcluster-head/") and found != CHECKPOINT_FORMAT:
         raise ImgclusterError(f"head checkpoint {path} has format {found}, this imgcluster reads {CHECKPOINT_FORMAT}; train it again")
     if not isinstance(meta, dict) or found != CHECKPOINT_FORMAT:
         raise ImgclusterError(f"{meta_path} is not an imgcluster head description (format {CHECKPOINT_FORMAT})")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ImgclusterError(f"cannot read {path}: {exc.strerror or exc}") from None
     if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
         raise ImgclusterError(
             f"head checkpoint {path} does not match the checksum in {meta_path.name} "
@@ -109,6 +116,7 @@ def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
         raise ImgclusterError(f"{path} is not a valid safetensors checkpoint ({type(exc).__name__})") from None
     if header.get("format") != CHECKPOINT_FORMAT or header.get("head") != _head_fields(meta):
         raise ImgclusterError(f"{meta_path.name} does not describe the weights in {path} (edited or mixed up); train it again")
+    _check_weights(path, meta_path, meta, state)
     try:
         objective = create_objective(meta["objective"], int(meta["feature_dim"]), int(meta["clusters"]), meta.get("params") or {})
         objective.load_state_dict(state, strict=True)
@@ -118,6 +126,38 @@ def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
         raise ImgclusterError(f"{path} does not match its description {meta_path.name}: {str(exc).splitlines()[0]}") from None
     objective.eval()
     return objective, meta
+
+
+def _check_weights(path: Path, meta_path: Path, meta: dict[str, Any], state: dict[str, Any]) -> None:
+    """Refuse weights that do not have the shapes the description gives, before building anything.
+
+    The head is built from the sizes in the JSON, so a small crafted file declaring three million
+    clusters would allocate gigabytes before ``load_state_dict`` compared shapes: the head is
+    first built on torch's ``meta`` device, which allocates nothing. NaN or infinite weights
+    would put every image in cluster 0 with confidence NaN, so they are refused too.
+    """
+    import torch
+
+    try:
+        dim, clusters = int(meta["feature_dim"]), int(meta["clusters"])
+        if dim < 1 or clusters < 1:
+            raise ValueError("sizes must be positive")
+        with torch.device("meta"):
+            skeleton = create_objective(meta["objective"], dim, clusters, meta.get("params") or {})
+        expected = {k: tuple(v.shape) for k, v in skeleton.state_dict().items()}
+    except ImgclusterError:
+        raise
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise ImgclusterError(f"{path} does not match its description {meta_path.name}: {str(exc).splitlines()[0]}") from None
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if found != expected:
+        wrong = sorted(k for k in expected.keys() | found.keys() if expected.get(k) != found.get(k))
+        raise ImgclusterError(
+            f"{meta_path.name} declares a {meta.get('objective')} head of {clusters} clusters on {dim}-d features, "
+            f"but the weights in {path} have other shapes ({', '.join(wrong[:3])}); train it again"
+        )
+    if not all(bool(torch.isfinite(t).all()) for t in state.values() if t.is_floating_point()):
+        raise ImgclusterError(f"head checkpoint {path} holds weights that are not finite numbers (NaN or infinity); train it again")
 
 
 def check_backbone(meta: dict[str, Any], identity: dict[str, Any], head: Path | str) -> None:

@@ -110,6 +110,11 @@ LockTimeoutOpt = Annotated[
     typer.Option("--lock-timeout", min=0, help="Seconds to wait while another run uses the same cache. Default 0: fail at once."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+RehashOpt = Annotated[
+    bool,
+    typer.Option("--rehash", help="Reuse a cached feature only if the file's content hash matches (slower: reads every file)."),
+]
+ReembedOpt = Annotated[bool, typer.Option("--reembed", help="Embed every image again, replacing its cached features.")]
 RawCsvOpt = Annotated[
     bool,
     typer.Option(
@@ -317,13 +322,13 @@ def _parse_options(options: list[str] | None) -> dict[str, Any]:
 
 def _embedding(
     model: str, weights: Path | None, cache_dir: Path | None, embed_batch_size: int | None, workers: int | None, device: str,
-    dtype: str, follow_symlinks: bool, compile_model: bool, lock_timeout: float,
+    dtype: str, follow_symlinks: bool, compile_model: bool, lock_timeout: float, rehash: bool, reembed: bool,
 ) -> dict[str, Any]:  # fmt: skip
     """The embedding options, as the library's keyword arguments."""
     return {
         "model": model, "weights": weights, "cache_dir": cache_dir, "embed_batch_size": embed_batch_size, "workers": workers,
         "device": device, "dtype": dtype, "follow_symlinks": follow_symlinks, "compile_model": compile_model,
-        "lock_timeout": lock_timeout,
+        "lock_timeout": lock_timeout, "rehash": rehash, "reembed": reembed,
     }  # fmt: skip
 
 
@@ -391,6 +396,8 @@ def embed(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    rehash: RehashOpt = False,
+    reembed: ReembedOpt = False,
     raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -399,7 +406,10 @@ def embed(
     with handled(ui), Printer(ui) as show:
         result = imgcluster.embed(
             folder, progress=show,
-            **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
+            **_embedding(
+                model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout, rehash,
+                reembed,
+            ),
         )  # fmt: skip
         skipped = result.write_skipped(raw_csv=raw_csv)
         if skipped is not None:
@@ -437,6 +447,8 @@ def train(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    rehash: RehashOpt = False,
+    reembed: ReembedOpt = False,
     raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -446,7 +458,10 @@ def train(
         imgcluster.train_folder(
             folder, out=out, raw_csv=raw_csv, progress=show,
             **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
-            **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
+            **_embedding(
+                model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout, rehash,
+                reembed,
+            ),
         )  # fmt: skip
 
 
@@ -454,7 +469,7 @@ def train(
     epilog="Examples:\n\n  imgcluster assign ./photos                       # whole pipeline, CSV in ./photos-clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters 5 --out - > clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters auto --near-duplicates 0.98 --out clusters.csv\n\n"
-    "  imgcluster assign ./new-photos --head ./photos/.imgcluster/embeddings/*/heads/secu-k10-seed0.safetensors",
+    "  imgcluster assign ./new-photos --head ./photos/.imgcluster/embeddings/*/heads/secu-k10-seed0-*.safetensors",
 )
 def assign(
     ctx: typer.Context,
@@ -507,6 +522,8 @@ def assign(
     follow_symlinks: SymlinkOpt = False,
     compile_model: CompileOpt = False,
     lock_timeout: LockTimeoutOpt = 0.0,
+    rehash: RehashOpt = False,
+    reembed: ReembedOpt = False,
     raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -526,7 +543,10 @@ def assign(
         result = imgcluster.cluster_folder(
             folder, out=out, head=head, explain=explain, min_confidence=min_confidence, near_duplicates=near_duplicates,
             raw_csv=raw_csv, progress=show, **(training if head is None else {}),
-            **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
+            **_embedding(
+                model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout, rehash,
+                reembed,
+            ),
         )  # fmt: skip
         if report:
             _write_report(show, Path(out), features=(result.paths, result.embeddings.features), follow_symlinks=follow_symlinks)

@@ -30,6 +30,10 @@ class EmbedConfig:
     dtype: str = "float16"
     follow_symlinks: bool = False
     compile_model: bool = False  # torch.compile the backbone (CUDA only; ignored on the CPU)
+    # Trust no file's stat: reuse a cached vector only when the file's bytes hash to what was
+    # embedded (for file systems whose ctime or inode cannot be trusted, or to be sure).
+    rehash: bool = False
+    reembed: bool = False  # embed every file again, replacing what the cache holds
 
 
 @dataclass

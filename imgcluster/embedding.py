@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import math
 import os
 import shutil
@@ -17,13 +18,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from imgcluster.backbones import Backbone
-from imgcluster.listing import ImageFile
+from imgcluster.listing import ImageFile, stat_key
 from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_rgb, time_limit
 from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, worker_threads_init
 
 MAX_ASPECT = 16  # longer side / shorter side kept before resizing; see limit_aspect
 
-Item = tuple[int, "torch.Tensor | None", "str | None", "tuple[int, int] | None"]
+Item = tuple[int, "torch.Tensor | None", "str | None", "Seen | None"]
 
 
 def limit_aspect(image: Image.Image, max_ratio: int = MAX_ASPECT) -> Image.Image:
@@ -45,23 +46,42 @@ def limit_aspect(image: Image.Image, max_ratio: int = MAX_ASPECT) -> Image.Image
     return image.crop((0, top, w, top + keep))
 
 
-def _stat(path: Path, when: str) -> tuple[int, int]:
+def _stat(path: Path, when: str) -> tuple[int, int, int, int]:
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise ImageDecodeError(f"file disappeared {when}") from None
     except OSError as exc:
         raise ImageDecodeError(f"cannot stat: {exc.strerror or exc}") from None
-    return st.st_size, st.st_mtime_ns
+    return stat_key(st)
+
+
+def content_hash(path: Path) -> str:
+    """SHA-256 of the file's bytes: what ``rehash`` compares when stat cannot be trusted."""
+    try:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        return digest.hexdigest()
+    except FileNotFoundError:
+        raise ImageDecodeError("file disappeared before it could be read") from None
+    except PermissionError:
+        raise ImageDecodeError("permission denied") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"cannot read: {exc.strerror or exc}") from None
+
+
+Seen = tuple[tuple[int, int, int, int], str]  # (size, mtime_ns, ctime_ns, inode) and SHA-256, as decoded
 
 
 class ImageDataset(Dataset):
     """Decodes and preprocesses one file; failures travel as reasons, never as exceptions.
 
-    The file is stat'ed before and after decoding: one that changed while it was read is
-    skipped (the pixels may mix two versions); one that changed since the scan but held still
-    while read is embedded, and its new (size, mtime) is returned so the cache records the
-    version that was actually embedded.
+    The file is stat'ed before and after it is hashed and decoded: one that changed meanwhile
+    is skipped (the pixels may mix two versions); one that changed since the scan but held
+    still while read is embedded, and the stat and hash it was read with are returned, so the
+    cache records the version that was actually embedded.
     """
 
     def __init__(self, files: list[ImageFile], transform: Callable, draft_size: int | None, timeout: float | None = None) -> None:
@@ -78,12 +98,13 @@ class ImageDataset(Dataset):
         try:
             with time_limit(self.timeout):
                 before = _stat(file.path, "before it could be read")
+                digest = content_hash(file.path)
                 image = load_rgb(file.path, self.draft_size)
                 after = _stat(file.path, "while it was read")
                 if after != before:
                     return i, None, "changed while it was read; run again to embed it", None
                 tensor = self.transform(limit_aspect(image))
-            return i, tensor, None, after if after != (file.size, file.mtime_ns) else None
+            return i, tensor, None, (after, digest)
         except DecodeTimeout:
             return i, None, f"decoding took longer than {self.timeout:g} s (the per-file limit, $IMGCLUSTER_DECODE_TIMEOUT)", None
         except ImageDecodeError as exc:
@@ -92,12 +113,12 @@ class ImageDataset(Dataset):
             return i, None, f"cannot preprocess: {type(exc).__name__}: {exc}", None
 
 
-def _collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]], dict[int, tuple[int, int]]]:
+def _collate(items: list[Item]) -> tuple[list[int], torch.Tensor | None, list[tuple[int, str]], dict[int, Seen]]:
     ok = [(i, t) for i, t, _, _ in items if t is not None]
     failed = [(i, reason) for i, t, reason, _ in items if t is None and reason is not None]
-    changed = {i: stat for i, t, _, stat in items if t is not None and stat is not None}
+    seen = {i: s for i, t, _, s in items if t is not None and s is not None}
     tensor = torch.stack([t for _, t in ok]) if ok else None
-    return [i for i, _ in ok], tensor, failed, changed
+    return [i for i, _ in ok], tensor, failed, seen
 
 
 @dataclass
@@ -105,7 +126,7 @@ class EmbeddedBatch:
     indices: list[int]  # positions in the ``files`` list given to :func:`embed_files`
     features: np.ndarray  # [len(indices), d] float32
     failures: list[tuple[int, str]]  # (position, reason)
-    changed: dict[int, tuple[int, int]] = field(default_factory=dict)  # position -> (size, mtime_ns) when decoded
+    seen: dict[int, Seen] = field(default_factory=dict)  # position -> stat and content hash when decoded
 
 
 def compute_precision(device: torch.device) -> str:
@@ -240,9 +261,9 @@ def embed_files(
         if not cuda:
             stack.enter_context(cpu_threads(workers))
         stack.enter_context(torch.inference_mode())
-        for indices, tensor, failures, changed in loader:
+        for indices, tensor, failures, seen in loader:
             if tensor is None:
-                yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, changed)
+                yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, seen)
                 continue
             n = tensor.shape[0]
             # Always one shape: the CPU kernels for a batch of 1 round differently from larger ones
@@ -254,7 +275,7 @@ def embed_files(
             x = tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x)
-            yield EmbeddedBatch(indices, out[:n].float().cpu().numpy(), failures, changed)
+            yield EmbeddedBatch(indices, out[:n].float().cpu().numpy(), failures, seen)
 
 
 def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:

@@ -29,6 +29,8 @@ def embed(
     follow_symlinks: bool = False,
     compile_model: bool = False,
     lock_timeout: float = 0.0,
+    rehash: bool = False,
+    reembed: bool = False,
     progress: ProgressFn | None = None,
 ) -> Embeddings:
     """Embed every image in a folder (recursively), reusing the cached features of unchanged files.
@@ -37,14 +39,17 @@ def embed(
     result are relative to it (``Embeddings.folder``) and the cache is that folder's, so a later
     run on the whole folder reuses these features. Files that cannot be decoded are skipped
     and listed in ``Embeddings.skipped`` with the reason; ``Embeddings.warnings`` keeps every warning.
-    ``progress`` receives
+    A cached feature is reused while the file's size, mtime, ctime and inode are unchanged;
+    ``rehash`` reuses it only when the file's content hash matches, ``reembed`` embeds every image
+    again. ``progress`` receives
     :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``); nothing is printed.
     """
     folder, only = _folder_and_files(folder_or_paths)
     dev = resolve_device(device)
     config = EmbedConfig(
-        str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model
-    )
+        str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model,
+        rehash=rehash, reembed=reembed,
+    )  # fmt: skip
     progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "embed")
 

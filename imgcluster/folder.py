@@ -189,6 +189,8 @@ def cluster_folder(
     follow_symlinks: bool = False,
     compile_model: bool = False,
     lock_timeout: float = 0.0,
+    rehash: bool = False,
+    reembed: bool = False,
     raw_csv: bool = False,
     progress: ProgressFn | None = None,
 ) -> Assignment:
@@ -228,7 +230,8 @@ def cluster_folder(
             check_writable(out_path)  # fail before the embedding, not after it
     embeddings = embed(
         folder, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, progress=progress,
+        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout,
+        rehash=rehash, reembed=reembed, progress=progress,
     )  # fmt: skip
     if head_meta is not None:
         assert head is not None  # head_meta comes from it
@@ -303,7 +306,7 @@ def _train(estimator: ClusterHead, embeddings: Embeddings, out: Path | None, pro
             f"interrupted while training: the features of all {len(embeddings.paths)} images stay cached in {embeddings.cache_dir}; "
             "no head or CSV was written by this run, the next run trains again from the cached features",
         ) from None
-    path = out or head_path_for(embeddings.cache_dir, estimator.train_config_)
+    path = out or head_path_for(embeddings.cache_dir, estimator.train_config_, embeddings.paths, embeddings.features)
     estimator.save(path)
     Reporter(progress, "train").info(f"head saved to {path}")
     return path
@@ -336,6 +339,8 @@ def train_folder(
     follow_symlinks: bool = False,
     compile_model: bool = False,
     lock_timeout: float = 0.0,
+    rehash: bool = False,
+    reembed: bool = False,
     raw_csv: bool = False,
     progress: ProgressFn | None = None,
 ) -> tuple[ClusterHead, Path]:
@@ -354,7 +359,8 @@ def train_folder(
         check_writable(Path(out))
     embeddings = embed(
         folder, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, progress=progress,
+        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout,
+        rehash=rehash, reembed=reembed, progress=progress,
     )  # fmt: skip
     skipped = embeddings.write_skipped(raw_csv=raw_csv)
     if skipped is not None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +25,35 @@ class ImageFile:
     path: Path
     size: int
     mtime_ns: int
+    # With size and mtime, what git's index keys a file by: `cp -p`, `rsync -t` and `touch -r`
+    # can give a new file the old size and mtime, but not the old ctime or inode.
+    ctime_ns: int = 0
+    inode: int = 0
+
+    @property
+    def stat_key(self) -> tuple[int, int, int, int]:
+        return (self.size, self.mtime_ns, self.ctime_ns, self.inode)
+
+
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
 
 
 def list_images(
-    root: Path, follow_symlinks: bool = False, exclude: tuple[Path, ...] = (), unsupported: list[str] | None = None
+    root: Path,
+    follow_symlinks: bool = False,
+    exclude: tuple[Path, ...] = (),
+    unsupported: list[str] | None = None,
+    unreachable: list[tuple[str, str]] | None = None,
 ) -> list[ImageFile]:
     """Images under ``root``, sorted by relative path.
 
     Hidden files and folders (the default cache ``.imgcluster/`` among them), folders imgcluster
     wrote (marked with :data:`OUTPUT_MARKER`) and ``exclude`` are skipped. Files in formats it
     cannot read (:data:`UNSUPPORTED_IMAGE_EXTENSIONS`) are appended to ``unsupported`` if given.
+    Folders that cannot be listed and images that cannot be stat'ed are appended to
+    ``unreachable`` as (relative path, reason), a folder's path ending in ``/``: nothing is left
+    out in silence. The walk keeps its own stack, so no depth of nesting can exhaust Python's.
     Symbolic links are followed only when they stay inside ``root`` or when
     ``follow_symlinks`` is set; each real directory is visited once, so link loops end. Linked
     folders are walked after every real one, so a folder reachable both ways keeps its real path
@@ -42,7 +63,11 @@ def list_images(
     if not root.is_dir():
         raise NotADirectoryError(str(root))
     real_root = root.resolve()
-    excluded = {p.resolve() for p in exclude}
+    excluded: set[tuple[int, int]] = set()  # by device and inode: resolving each folder's path costs a stat per level
+    for p in exclude:
+        with contextlib.suppress(OSError):
+            st = p.stat()
+            excluded.add((st.st_dev, st.st_ino))
     seen_dirs: set[tuple[int, int]] = set()
     found: list[ImageFile] = []
     linked: list[tuple[Path, tuple[str, ...]]] = []  # folders reached through a link: walked last
@@ -50,46 +75,59 @@ def list_images(
     def inside_root(p: Path) -> bool:
         return p == real_root or real_root in p.parents
 
-    def walk(directory: Path, rel_parts: tuple[str, ...]) -> None:
-        try:
-            st = directory.stat()
-        except OSError:
-            return
-        key = (st.st_dev, st.st_ino)
-        if key in seen_dirs:
-            return
-        seen_dirs.add(key)
-        try:
-            entries = sorted(os.scandir(directory), key=lambda e: e.name)
-        except OSError:
-            return
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = Path(entry.path)
+    def missed(rel_parts: tuple[str, ...], what: str, exc: OSError) -> None:
+        if unreachable is not None:
+            unreachable.append(("/".join(rel_parts) + ("/" if what == "folder" else ""), f"{what} cannot be read: {exc.strerror or exc}"))
+
+    def walk(start: Path, start_parts: tuple[str, ...]) -> None:
+        stack = [(start, start_parts)]
+        while stack:
+            directory, rel_parts = stack.pop()
             try:
-                is_link = entry.is_symlink()
-                if is_link:
-                    target = path.resolve()
-                    if not follow_symlinks and not inside_root(target):
-                        continue
-                if entry.is_dir(follow_symlinks=True):
-                    if path.resolve() in excluded or (path / OUTPUT_MARKER).exists():
-                        continue
-                    if is_link:
-                        linked.append((path, (*rel_parts, entry.name)))
-                    else:
-                        walk(path, (*rel_parts, entry.name))
-                elif entry.is_file(follow_symlinks=True):
-                    suffix = Path(entry.name).suffix.lower()
-                    rel = "/".join((*rel_parts, entry.name))
-                    if suffix in IMAGE_EXTENSIONS:
-                        st = entry.stat(follow_symlinks=True)
-                        found.append(ImageFile(rel, path, st.st_size, st.st_mtime_ns))
-                    elif unsupported is not None and suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
-                        unsupported.append(rel)
-            except (OSError, RuntimeError):  # broken link, permission, resolve() loop
+                st = directory.stat()
+                key = (st.st_dev, st.st_ino)
+                if key in seen_dirs:
+                    continue
+                seen_dirs.add(key)
+                entries = sorted(os.scandir(directory), key=lambda e: e.name)
+            except OSError as exc:
+                missed(rel_parts, "folder", exc)
                 continue
+            subfolders: list[tuple[Path, tuple[str, ...]]] = []
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                path = Path(entry.path)
+                suffix = Path(entry.name).suffix.lower()
+                parts = (*rel_parts, entry.name)
+                try:
+                    is_link = entry.is_symlink()
+                    if is_link:
+                        target = path.resolve()
+                        if not follow_symlinks and not inside_root(target):
+                            continue
+                    if entry.is_dir(follow_symlinks=True):
+                        st = entry.stat(follow_symlinks=True)
+                        if (st.st_dev, st.st_ino) in excluded or (path / OUTPUT_MARKER).exists():
+                            continue
+                        if is_link:
+                            linked.append((path, parts))
+                        else:
+                            subfolders.append((path, parts))
+                    elif entry.is_file(follow_symlinks=True):
+                        if suffix in IMAGE_EXTENSIONS:
+                            st = entry.stat(follow_symlinks=True)
+                            found.append(ImageFile("/".join(parts), path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+                        elif unsupported is not None and suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+                            unsupported.append("/".join(parts))
+                    elif is_link and suffix in IMAGE_EXTENSIONS:
+                        missed(parts, "file", FileNotFoundError(errno.ENOENT, "broken symbolic link"))
+                except OSError as exc:  # permission, a dangling link, a name too long for the system
+                    if suffix in IMAGE_EXTENSIONS:
+                        missed(parts, "file", exc)
+                except RuntimeError:  # resolve() meeting a loop of links: names no file at all
+                    continue
+            stack.extend(reversed(subfolders))
 
     walk(root, ())
     while linked:

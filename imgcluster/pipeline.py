@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import json
 import os
 import stat
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,9 +20,18 @@ import torch
 from imgcluster.backbones import create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, default_cache_root, embeddings_dir, shared_cache_root
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
-from imgcluster.embedding import compute_precision, default_batch_size, default_workers, embed_files, plan_loader, shared_memory_free
+from imgcluster.embedding import (
+    compute_precision,
+    content_hash,
+    default_batch_size,
+    default_workers,
+    embed_files,
+    plan_loader,
+    shared_memory_free,
+)
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile, list_images
+from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
@@ -138,14 +149,20 @@ def embed_folder(
     cache_root = default_cache_root(folder, config.cache_dir)
     shared = shared_cache_root(config.cache_dir)  # may lie inside FOLDER, holding other folders' caches
     unsupported: list[str] = []
+    unreachable: list[tuple[str, str]] = []
     excluded = (cache_root, *([shared] if shared else []))
     if only is None:
-        files = list_images(folder, follow_symlinks=config.follow_symlinks, exclude=excluded, unsupported=unsupported)
+        files = list_images(
+            folder, follow_symlinks=config.follow_symlinks, exclude=excluded, unsupported=unsupported, unreachable=unreachable
+        )
     else:
         files = _named_files(folder, only, unsupported)
     if unsupported:
         kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
         hooks.on_warning(f"left out {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}); convert them to JPEG or PNG")
+    if unreachable:
+        first, reason = unreachable[0]
+        hooks.on_warning(f"could not read {len(unreachable)} folder(s) or file(s) while scanning (first: {first}: {reason})")
     if not files:
         looked_for = " ".join(sorted(IMAGE_EXTENSIONS))
         raise ImgclusterError(f"no images found in {folder} (looked for {looked_for})")
@@ -157,13 +174,18 @@ def embed_folder(
     compute = compute_precision(device)
     directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute)
     hooks.on_ready(model_name, directory)
-    with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait):
+    with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait, read_only_ok=True) as writable:
         description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "note": FORMAT_NOTE}
-        cache = EmbeddingCache.open(directory, config.dtype, description)
+        cache = EmbeddingCache.open(directory, config.dtype, description, writable=writable)
         for problem in cache.problems:
             hooks.on_warning(f"cache shard damaged and ignored (will re-embed): {problem}")
         skipped: dict[str, str] = {f.rel: "file name is not valid UTF-8; rename the file" for f in files if not _utf8_name(f.rel)}
-        todo = [f for f in files if f.rel not in skipped and cache.lookup(f) is None]
+        if config.reembed:
+            todo = [f for f in files if f.rel not in skipped]
+        elif config.rehash:
+            todo = _verify_by_content(cache, [f for f in files if f.rel not in skipped])
+        else:
+            todo = [f for f in files if f.rel not in skipped and cache.lookup(f) is None]
         reused = len(files) - len(skipped) - len(todo)
         if skipped:  # counted here, so the totals below add up to the files found
             hooks.on_warning(f"{len(skipped)} file name(s) are not valid UTF-8 and will be skipped; rename them")
@@ -172,7 +194,7 @@ def embed_folder(
 
         def saved(where: str = "") -> str:
             """What a stopped run kept: every flushed batch stays in the cache, as the next run finds it."""
-            kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files)
+            kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files) if writable else reused
             return f"{kept} of {len(files)} files are saved in the cache{where} ({kept - reused} by this run)"
 
         batch_size = config.batch_size or default_batch_size(device, len(files))
@@ -199,9 +221,14 @@ def embed_folder(
         if changed:
             hooks.on_warning(f"{len(changed)} file(s) changed between the scan and decoding; they were embedded as they are now")
             files = [changed.get(f.rel, f) for f in files]
+        if not writable and len(todo) > 0:
+            hooks.on_warning(f"the cache {directory} cannot be written: the {len(todo)} image(s) embedded by this run were not saved in it")
         if only is None:  # a run on some files keeps the features of the others
-            cache.compact([f for f in files if f.rel not in skipped])
+            not_compacted = cache.compact([f for f in files if f.rel not in skipped])
+            if not_compacted:
+                hooks.on_warning(not_compacted)
         rows = [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped]
+    skipped.update(unreachable)  # after the counts above, which are of the files found
     paths = [rel for rel, v in rows if v is not None]
     features = np.zeros((0, backbone.feature_dim), np.float32)
     if paths:
@@ -239,13 +266,34 @@ def _named_files(folder: Path, names: Collection[str], unsupported: list[str]) -
         if st is None or not stat.S_ISREG(st.st_mode) or path.suffix.lower() not in IMAGE_EXTENSIONS:
             missing.append(rel)
             continue
-        files.append(ImageFile(rel, path, st.st_size, st.st_mtime_ns))
+        files.append(ImageFile(rel, path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
     if missing:
         raise ParameterError(
             f"{len(missing)} of the paths are not image files imgcluster reads (missing, a folder or another format), e.g. {missing[0]!r}",
             "folder_or_paths",
         )
     return files
+
+
+def _verify_by_content(cache: EmbeddingCache, files: list[ImageFile]) -> list[ImageFile]:
+    """``rehash``: keep a cached vector only for a file whose bytes hash to what was embedded,
+    whatever its stat says; one kept under a new stat is recorded under it. Returns the rest."""
+    todo: list[ImageFile] = []
+    rekeyed: list[tuple[ImageFile, str]] = []
+    for file in files:
+        recorded = cache.recorded_hash(file.rel)
+        try:
+            same = bool(recorded) and content_hash(file.path) == recorded
+        except ImageDecodeError:
+            same = False
+        if not same:
+            todo.append(file)
+        elif cache.lookup(file) is None:
+            rekeyed.append((file, recorded))
+    if rekeyed:
+        vectors = np.stack([cache.vector(f.rel) for f, _ in rekeyed])
+        cache.add([f for f, _ in rekeyed], vectors, [h for _, h in rekeyed])
+    return todo
 
 
 def _embed_into_cache(
@@ -262,12 +310,14 @@ def _embed_into_cache(
     """Embed ``todo`` and save every ``flush_every()`` images; ``changed`` gets files re-stat'ed at decode time."""
     every = flush_every()
     pending_files: list[ImageFile] = []
+    pending_hashes: list[str] = []
     pending_feats: list[np.ndarray] = []
 
     def flush() -> None:
         if pending_files:
-            cache.add(pending_files, np.concatenate(pending_feats))
+            cache.add(pending_files, np.concatenate(pending_feats), pending_hashes)
             pending_files.clear()
+            pending_hashes.clear()
             pending_feats.clear()
 
     try:
@@ -280,10 +330,12 @@ def _embed_into_cache(
                 skipped[todo[i].rel] = reason
             for i in batch.indices:
                 file = todo[i]
-                if i in batch.changed:  # decoded content belongs to the stat seen at decode time
-                    size, mtime_ns = batch.changed[i]
-                    file = changed[file.rel] = dataclasses.replace(file, size=size, mtime_ns=mtime_ns)
+                stat, digest = batch.seen[i]
+                if stat != file.stat_key:  # decoded content belongs to the stat seen at decode time
+                    size, mtime_ns, ctime_ns, inode = stat
+                    file = changed[file.rel] = dataclasses.replace(file, size=size, mtime_ns=mtime_ns, ctime_ns=ctime_ns, inode=inode)
                 pending_files.append(file)
+                pending_hashes.append(digest)
             if batch.indices:
                 pending_feats.append(batch.features)
             hooks.on_advance(len(batch.indices) + len(batch.failures))
@@ -309,6 +361,17 @@ def printable_name(rel: str) -> str:
     return rel.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-def head_path_for(cache_dir: Path, config: Any) -> Path:
-    """Default checkpoint location: inside the embedding cache it was trained on."""
-    return cache_dir / "heads" / f"{config.objective}-k{config.clusters}-seed{config.seed}.safetensors"
+def head_path_for(cache_dir: Path, config: Any, paths: Sequence[str] = (), features: np.ndarray | None = None) -> Path:
+    """Default checkpoint location: inside the embedding cache it was trained on.
+
+    Named ``<objective>-k<K>-seed<S>-<hash>``, the hash covering the whole training config, the
+    cache (backbone, dtype) and the images and features trained on: a run with other options,
+    or on a folder that changed since, writes a head of its own instead of replacing the one an
+    earlier CSV's sidecar names.
+    """
+    h = hashlib.sha256(json.dumps(to_dict(config), sort_keys=True, default=str).encode())
+    h.update(b"\0cache\0" + cache_dir.name.encode("utf-8", "surrogateescape"))
+    h.update(b"\0paths\0" + "\0".join(paths).encode("utf-8", "surrogateescape"))
+    if features is not None:
+        h.update(b"\0features\0" + np.ascontiguousarray(features, dtype=np.float32).tobytes())
+    return cache_dir / "heads" / f"{config.objective}-k{config.clusters}-seed{config.seed}-{h.hexdigest()[:12]}.safetensors"

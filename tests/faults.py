@@ -7,13 +7,19 @@ the numbers in ``docs/reliability.md`` are the ones a run actually saw
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+import imgcluster.atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHE_KEY = "imgcluster/faults/"
@@ -85,6 +91,77 @@ def untrained_head(path: Path, cache_root: Path, seed: int = 0) -> Path:
     torch.manual_seed(seed)
     save_checkpoint(path, create_objective("scan", 1280, 3), {"backbone": backbone_identity(cache_root)})
     return path
+
+
+@contextlib.contextmanager
+def read_only(folder: Path) -> Iterator[None]:
+    """Make ``folder`` really read-only: chmod for a user, a read-only bind mount for root."""
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        try:
+            yield
+        finally:
+            folder.chmod(0o755)
+        return
+    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("running as root and bind mounts are not allowed here: cannot make a folder read-only")
+    try:
+        remount = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True, check=False)
+        if remount.returncode != 0:
+            pytest.skip("cannot remount read-only here")
+        with pytest.raises(OSError):
+            (folder / "probe").write_text("x")
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True, check=False)
+
+
+class FullDisk:
+    """A file handle whose writes fail with ENOSPC once ``budget`` bytes have been written."""
+
+    def __init__(self, handle: Any, budget: int) -> None:
+        self._handle = handle
+        self._left = budget
+
+    def write(self, data: Any) -> int:
+        if len(data) > self._left:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        self._left -= len(data)
+        return self._handle.write(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+    def __enter__(self) -> FullDisk:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+
+def fill_disk_for(monkeypatch: pytest.MonkeyPatch, name_part: str, budget: int = 100) -> None:
+    """Writes through the atomic writer to files whose name contains ``name_part`` hit a full disk."""
+    real_fdopen = os.fdopen
+
+    def fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
+        handle = real_fdopen(fd, *args, **kwargs)
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        return FullDisk(handle, budget) if name_part in Path(target).name else handle
+
+    monkeypatch.setattr(imgcluster.atomic.os, "fdopen", fdopen)
+
+
+@contextlib.contextmanager
+def tiny_tmpfs(mountpoint: Path, size: str = "256k") -> Iterator[Path]:
+    mountpoint.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a tmpfs is not allowed here")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
 
 
 if __name__ == "__main__":

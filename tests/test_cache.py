@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from imgcluster.cache import FORMAT_VERSION, cache_key, read_shard
+from imgcluster.cache import KEY_FORMAT, cache_key, read_shard
 from imgcluster.config import EmbedConfig
 from imgcluster.pipeline import EmbedHooks, embed_folder
 
@@ -95,7 +95,7 @@ def test_bfloat16_features_get_a_cache_of_their_own() -> None:
     identity = {"model": "m", "weights": "w", "feature_dim": 4}
     assert cache_key(identity, "float16", "float32") == cache_key(identity, "float16")
     assert cache_key(identity, "float16", "bfloat16") != cache_key(identity, "float16")
-    legacy = json.dumps({"backbone": identity, "dtype": "float16", "format": FORMAT_VERSION}, sort_keys=True)
+    legacy = json.dumps({"backbone": identity, "dtype": "float16", "format": KEY_FORMAT}, sort_keys=True)
     assert cache_key(identity, "float16") == hashlib.sha256(legacy.encode()).hexdigest()[:16]
 
 

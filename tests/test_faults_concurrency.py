@@ -4,6 +4,7 @@ the cache; a lock whose holder was SIGKILLed is taken over at once (flock dies w
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -125,3 +126,20 @@ def test_two_cli_runs_at_once_share_the_work(small_folder: Path, tmp_path: Path,
     ref_features, ref_rows = read_shard(next((cache_directory(reference_cache) / "shards").glob("*.safetensors")))
     assert rows == ref_rows and np.array_equal(features, ref_features)
     record(request.config, "concurrency_two_runs", {"runs": 2, "waited": waited, "embedded": embedded, "seconds": round(seconds, 1)})
+
+
+def test_the_lock_is_held_once_per_process_and_names_its_parameter(embedded: tuple[Path, Path]) -> None:
+    """A record lock belongs to the process, and closing any descriptor of its file drops it: a
+    second attempt in the same process must be refused without opening (and closing) the file."""
+    from imgcluster.lock import LockBusy, folder_lock
+
+    directory = cache_directory(embedded[1])
+    with folder_lock(directory):
+        with pytest.raises(LockBusy, match="this process is already using"), folder_lock(directory):
+            pass
+        probe = subprocess.run([sys.executable, "-c", HOLDER, str(directory), "0"], capture_output=True, text=True, check=False)
+        assert probe.returncode != 0 and "LockBusy" in probe.stderr  # still held after the refused attempt
+        message = probe.stderr.splitlines()[-1]
+        assert f"(pid {os.getpid()})" in message and "pass lock_timeout SECONDS" in message and "--" not in message
+    with folder_lock(directory):  # released on leaving
+        pass

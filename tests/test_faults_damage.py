@@ -18,7 +18,7 @@ from faults import backbone_identity, cache_directory, record, untrained_head
 from imagefolders import CLASSES, copy_sample
 from typer.testing import CliRunner
 
-from imgcluster.cache import read_shard, write_shard
+from imgcluster.cache import read_shard, read_shard_rows, write_shard
 from imgcluster.checkpoint import save_checkpoint
 from imgcluster.cli import app
 from imgcluster.objectives import create_objective
@@ -105,7 +105,7 @@ SHARD_DAMAGE: dict[str, tuple[Callable[[bytes, Path], bytes], str]] = {
     "emptied": (lambda d, _: b"", "unreadable"),
     "features edited": (lambda d, _: _flip_last_bytes(d), "checksum mismatch"),
     "row table edited": (lambda d, _: _edit_row_table(d), "checksum mismatch"),
-    "older format version": (_old_format, "format '1', expected 2"),
+    "older format version": (_old_format, "format '1', expected 3"),
 }
 
 
@@ -144,7 +144,7 @@ def test_foreign_shard_is_refused(embedded: tuple[Path, Path, dict[str, np.ndarr
     shutil.copytree(original_cache, cache)
     directory = cache_directory(cache)
     (shard,) = (directory / "shards").glob("*.safetensors")
-    _, rows = read_shard(shard)
+    _, rows = read_shard_rows(shard)
     rng = np.random.default_rng(0)
     foreign = directory / "shards" / "00000099.safetensors"
     if damage == "another dtype":

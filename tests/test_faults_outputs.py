@@ -10,18 +10,14 @@ fail with ENOSPC, and, where mounting works, also shown for real on a tiny tmpfs
 from __future__ import annotations
 
 import contextlib
-import errno
-import os
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from faults import cache_directory, record, untrained_head
+from faults import cache_directory, fill_disk_for, read_only, record, tiny_tmpfs, untrained_head
 from typer.testing import CliRunner
 
-import imgcluster.atomic
 from imgcluster.cli import app
 
 EMBED = ["--model", "efficientnet-lite0", "--workers", "0", "--embed-batch-size", "8"]
@@ -54,30 +50,6 @@ def visible_files(folder: Path) -> list[str]:
 
 def temp_leftovers(*folders: Path) -> list[Path]:
     return [p for folder in folders if folder.exists() for p in folder.rglob("*.tmp")]
-
-
-@contextlib.contextmanager
-def read_only(folder: Path) -> Iterator[None]:
-    """Make ``folder`` really read-only: chmod for a user, a read-only bind mount for root."""
-    if os.geteuid() != 0:
-        folder.chmod(0o555)
-        try:
-            yield
-        finally:
-            folder.chmod(0o755)
-        return
-    mounted = subprocess.run(["mount", "--bind", str(folder), str(folder)], capture_output=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip("running as root and bind mounts are not allowed here: cannot make a folder read-only")
-    try:
-        remount = subprocess.run(["mount", "-o", "remount,bind,ro", str(folder)], capture_output=True, check=False)
-        if remount.returncode != 0:
-            pytest.skip("cannot remount read-only here")
-        with pytest.raises(OSError):
-            (folder / "probe").write_text("x")
-        yield
-    finally:
-        subprocess.run(["umount", str(folder)], capture_output=True, check=False)
 
 
 @pytest.fixture
@@ -116,42 +88,6 @@ def test_read_only_input_folder_needs_another_cache(small_folder: Path, tmp_path
     SEEN["read-only input folder, default cache"] = line
 
 
-# ---- a full disk, simulated -------------------------------------------------------------------------
-class FullDisk:
-    """A file handle whose writes fail with ENOSPC once ``budget`` bytes have been written."""
-
-    def __init__(self, handle: Any, budget: int) -> None:
-        self._handle = handle
-        self._left = budget
-
-    def write(self, data: Any) -> int:
-        if len(data) > self._left:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        self._left -= len(data)
-        return self._handle.write(data)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._handle, name)
-
-    def __enter__(self) -> FullDisk:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._handle.close()
-
-
-def fill_disk_for(monkeypatch: pytest.MonkeyPatch, name_part: str, budget: int = 100) -> None:
-    """Writes through the atomic writer to files whose name contains ``name_part`` hit a full disk."""
-    real_fdopen = os.fdopen
-
-    def fdopen(fd: int, *args: Any, **kwargs: Any) -> Any:
-        handle = real_fdopen(fd, *args, **kwargs)
-        target = os.readlink(f"/proc/self/fd/{fd}")
-        return FullDisk(handle, budget) if name_part in Path(target).name else handle
-
-    monkeypatch.setattr(imgcluster.atomic.os, "fdopen", fdopen)
-
-
 def test_disk_full_while_writing_the_csv(small_folder: Path, cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     head = untrained_head(tmp_path / "head.safetensors", cache)
     out = tmp_path / "out" / "clusters.csv"
@@ -187,19 +123,6 @@ def test_disk_full_while_saving_a_head(small_folder: Path, cache: Path, tmp_path
     assert line == f"error: cannot write {head}: No space left on device"
     assert visible_files(head.parent) == []
     SEEN["disk full: head checkpoint"] = line
-
-
-# ---- a full disk, for real ------------------------------------------------------------------------
-@contextlib.contextmanager
-def tiny_tmpfs(mountpoint: Path, size: str = "256k") -> Iterator[Path]:
-    mountpoint.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mountpoint)], capture_output=True, check=False)
-    if mounted.returncode != 0:
-        pytest.skip("mounting a tmpfs is not allowed here")
-    try:
-        yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], capture_output=True, check=False)
 
 
 def test_really_full_tmpfs(small_folder: Path, cache: Path, tmp_path: Path) -> None:

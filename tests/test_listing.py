@@ -1,4 +1,6 @@
+import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,98 @@ def test_unicode_and_spaces(tmp_path: Path) -> None:
 def test_not_a_directory(tmp_path: Path) -> None:
     with pytest.raises(NotADirectoryError):
         list_images(tmp_path / "missing")
+
+
+def _remove_tree_without_recursion(top: Path) -> None:
+    """``shutil.rmtree`` (and pytest's clean-up of old temporary folders, shared by every run on
+    the machine) recurses per level and dies on a 1,300-level tree: remove it bottom-up here."""
+    order: list[str] = []
+    stack = [str(top)]
+    while stack:
+        directory = stack.pop()
+        order.append(directory)
+        for entry in os.scandir(directory):
+            if entry.is_dir(follow_symlinks=False):
+                stack.append(entry.path)
+            else:
+                os.unlink(entry.path)
+    for directory in reversed(order):
+        os.rmdir(directory)
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_walked_whole(tmp_path: Path) -> None:
+    """1,300 levels: a recursive walk lost the deepest images to a swallowed RecursionError."""
+    depths = [0, 1, 200, 700, 999, 1200, 1299]
+    top = tmp_path / "deep"
+    try:
+        folder = top
+        for level in range(1300):
+            if level in depths:
+                touch(folder / f"img{level}.png")
+            folder = folder / "d"
+            folder.mkdir(parents=True)
+        found = list_images(top)
+        assert len(found) == len(depths)
+        assert sorted(f.rel.count("/") for f in found) == depths
+    finally:
+        if top.exists():
+            _remove_tree_without_recursion(top)
+
+
+def test_unreachable_folders_and_files_are_reported(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgcluster.listing
+
+    touch(tmp_path / "ok" / "1.png")
+    touch(tmp_path / "locked" / "2.png")
+    os.symlink(tmp_path / "ok" / "gone.png", tmp_path / "ok" / "dangling.png")
+    os.symlink(tmp_path / "ok" / "gone.txt", tmp_path / "ok" / "dangling.txt")  # not an image: nothing to report
+    real_scandir = os.scandir
+
+    def scandir(path: os.PathLike[str]):  # type: ignore[no-untyped-def]
+        if Path(path) == tmp_path / "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(imgcluster.listing.os, "scandir", scandir)
+    unreachable: list[tuple[str, str]] = []
+    assert [f.rel for f in list_images(tmp_path, unreachable=unreachable)] == ["ok/1.png"]
+    assert unreachable == [
+        ("locked/", "folder cannot be read: Permission denied"),
+        ("ok/dangling.png", "file cannot be read: broken symbolic link"),
+    ]
+
+
+def test_a_really_unreadable_folder_is_reported(tmp_path: Path) -> None:
+    """Real permissions: as root, the scan runs as ``nobody`` in a world-readable folder."""
+    import subprocess
+    import sys
+    import tempfile
+
+    base = Path(tempfile.mkdtemp(prefix="imgcluster-perm-"))
+    try:
+        base.chmod(0o755)
+        touch(base / "open" / "1.png")
+        touch(base / "closed" / "2.png")
+        for p in (base / "open", base / "closed"):
+            p.chmod(0o755)
+        (base / "open" / "1.png").chmod(0o644)
+        (base / "closed").chmod(0o000)
+        code = (
+            "import json, sys; from pathlib import Path; from imgcluster.listing import list_images; u = []; "
+            "found = [f.rel for f in list_images(Path(sys.argv[1]), unreachable=u)]; print(json.dumps([found, u]))"
+        )
+        user = {"user": 65534, "group": 65534} if os.geteuid() == 0 else {}
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+        try:
+            done = subprocess.run([sys.executable, "-c", code, str(base)], capture_output=True, text=True, env=env, check=False, **user)
+        except PermissionError as exc:  # this Python lives where nobody may not go
+            pytest.skip(f"cannot run Python as nobody here: {exc}")
+        if done.returncode != 0 and os.geteuid() == 0:
+            pytest.skip(f"cannot run as nobody here: {done.stderr.strip()[-200:]}")
+        assert done.returncode == 0, done.stderr
+        found, unreachable = json.loads(done.stdout)
+        assert found == ["open/1.png"]
+        assert unreachable == [["closed/", "folder cannot be read: Permission denied"]]
+    finally:
+        (base / "closed").chmod(0o755)
+        shutil.rmtree(base)
