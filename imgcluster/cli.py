@@ -405,17 +405,25 @@ def _auto_clusters(
 OUTLIER_RULE = "confidence < min_confidence, or cosine distance to the cluster's mean feature > median + 3 * 1.4826 * MAD of that cluster"
 
 
-def _near_duplicates(ui: UI, result: Any, threshold: float | None, out_path: Path | None, device: Any) -> dict[str, Any] | None:
+def _near_duplicates(
+    ui: UI, result: Any, threshold: float | None, out_path: Path | None, device: Any, folder: Path
+) -> dict[str, Any] | None:
     """``--near-duplicates``: write ``<csv stem>-duplicates.csv`` and say how many groups it holds."""
     if threshold is None or out_path is None:
         return None
-    from imgcluster.duplicates import duplicates_path, find_near_duplicates, write_duplicates
+    from imgcluster.duplicates import KINDS, duplicates_path, find_near_duplicates, write_duplicates
 
-    groups = find_near_duplicates(result.features, threshold, use_gpu=device.type == "cuda")
+    files = [folder / p for p in result.paths]
+    groups = find_near_duplicates(result.features, threshold, use_gpu=device.type == "cuda", files=files)
     path = write_duplicates(duplicates_path(out_path), result.paths, groups)
     images = sum(len(g.members) for g in groups)
-    ui.info(f"{count(len(groups), 'near-duplicate group')} ({count(images, 'image')}, cosine similarity >= {threshold}) in {path}")
-    return {"threshold": threshold, "groups": len(groups), "images": images, "csv": str(path)}
+    kinds = {kind: sum(g.kinds.count(kind) for g in groups) for kind in KINDS}
+    ui.info(
+        f"{count(len(groups), 'near-duplicate group')} ({count(images, 'image')}, cosine similarity >= {threshold}: "
+        + ", ".join(f"{n} {kind}" for kind, n in kinds.items())
+        + f") in {path}"
+    )
+    return {"threshold": threshold, "groups": len(groups), "images": images, "kinds": kinds, "csv": str(path)}
 
 
 def _train_config(
@@ -675,7 +683,7 @@ def assign(
             f"{int(found.low_confidence.sum())} below --min-confidence {min_confidence}, "
             f"{int(found.far_from_centre.sum())} far from their cluster's centre"
         )
-        duplicates = _near_duplicates(ui, result, near_duplicates, beside, dev)
+        duplicates = _near_duplicates(ui, result, near_duplicates, beside, dev, Path(folder))
         skipped_csv = _report_skipped(ui, result, beside)
         assign_config = AssignConfig(str(Path(folder).resolve()), out, _str(head), explain)  # absolute: `report` runs from anywhere
         labels, counts = np.unique(assignment.cluster, return_counts=True)

@@ -128,10 +128,11 @@ def test_assign_auto_outliers_and_near_duplicates(folder_with_copy: Path, shared
     assert sidecar["result"]["outliers"]["outliers"] == sum(r["outlier"] == "1" for r in rows)
 
     dup_rows = list(csv.DictReader((out.parent / "photos-duplicates.csv").open(encoding="utf-8")))
-    assert list(dup_rows[0]) == ["group", "path", "similarity"]
+    assert list(dup_rows[0]) == ["group", "path", "similarity", "kind"]
     original = f"{CLASSES[1]}/{sorted((folder_with_copy / CLASSES[1]).glob('*.png'))[0].name}"
     group = next(r["group"] for r in dup_rows if r["path"] == "copy of that one.png")
-    assert {r["path"] for r in dup_rows if r["group"] == group} == {original, "copy of that one.png"}
+    assert {(r["path"], r["kind"]) for r in dup_rows if r["group"] == group} == {(original, ""), ("copy of that one.png", "exact")}
+    assert "1 exact" in result.stderr and sidecar["result"]["near_duplicates"]["kinds"]["exact"] == 1
     assert all(float(r["similarity"]) >= 0.98 - 1e-6 for r in dup_rows)
     assert sidecar["result"]["near_duplicates"]["groups"] == len({r["group"] for r in dup_rows})
 
