@@ -11,8 +11,9 @@ least as similar, i.e. both sit in a crowd of more than ``k`` near-copies; union
 crowds' own links then usually puts them in one group anyway.
 
 Feature similarity finds *candidates*; given the image files, each member is then checked against
-the group's reference image (its largest file: usually the original, the highest resolution or the
-least compressed copy) with pixel-level fingerprints (:mod:`imgcluster.fingerprint`) and labelled:
+the group's reference image (the one most members are pixel copies of, and among those the
+largest file: usually the original, the highest resolution or the least compressed copy) with
+pixel-level fingerprints (:mod:`imgcluster.fingerprint`) and labelled:
 
 * ``exact``: the same bytes. Safe to delete.
 * ``resized/re-encoded``: the same picture at another size, format or compression (shape,
@@ -43,6 +44,7 @@ RESIZED = "resized/re-encoded"
 SIMILAR = "similar"
 KINDS = (EXACT, RESIZED, SIMILAR)
 SAFE_TO_DELETE = (EXACT, RESIZED)
+FULL_COMPARISON = 64  # members; larger groups pick their reference by file size alone
 
 
 @dataclass
@@ -91,8 +93,8 @@ def find_near_duplicates(
 ) -> list[DuplicateGroup]:
     """Groups of images whose features are linked by cosine similarity >= ``threshold``.
 
-    With ``files`` (each row's image file) every group is rooted at its largest file and each
-    member is confirmed from its pixels and given a kind (module docstring); without them the
+    With ``files`` (each row's image file) every group is rooted at :func:`choose_reference` and
+    each member is confirmed from its pixels and given a kind (module docstring); without them the
     pixels are unknown: the lowest index is the reference and every other member is ``similar``.
     ``prints`` caches fingerprints by row across calls (a benchmark trying several thresholds).
     Largest groups first, then by lowest member.
@@ -114,7 +116,7 @@ def find_near_duplicates(
     groups = []
     for members in candidates:
         if files is not None and prints is not None:
-            reference = max(members, key=lambda i: (_file_size(files[i]), -i))
+            reference = choose_reference(members, files, prints)
             members = [reference] + [i for i in members if i != reference]
             kinds = [""] + [_kind(prints[reference], prints[i]) for i in members[1:]]
         else:
@@ -137,6 +139,21 @@ def fingerprints(
             except ImageDecodeError:
                 prints[i] = None
     return prints
+
+
+def choose_reference(members: list[int], files: Sequence[Path], prints: dict[int, Fingerprint | None]) -> int:
+    """The member most others are pixel copies of; among those, the largest file, then the first.
+
+    Largest alone would let a lossless crop of a JPEG lead, and the original with its copies
+    would all read ``similar`` against it. Groups above ``FULL_COMPARISON`` members skip the
+    pairwise count (quadratic) and take the largest file.
+    """
+    def copies(i: int) -> int:
+        if len(members) > FULL_COMPARISON:
+            return 0
+        return sum(_kind(prints[i], prints[j]) in SAFE_TO_DELETE for j in members if j != i)
+
+    return max(members, key=lambda i: (copies(i), _file_size(files[i]), -i))
 
 
 def _file_size(path: Path) -> int:

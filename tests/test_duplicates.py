@@ -78,16 +78,18 @@ def _same_features(n: int, groups: list[list[int]]) -> np.ndarray:
 
 def test_pixels_label_each_member(tmp_path: Path) -> None:
     big = picture(0, (900, 600))
-    files = [tmp_path / name for name in ["a-small.jpg", "b-big.png", "c-copy.png", "d-other.png", "e-crop.png", "f.png"]]
+    names = ["a-small.jpg", "b-big.jpg", "c-copy.jpg", "d-other.jpg", "e-crop.png", "f.jpg"]
+    files = [tmp_path / name for name in names]
     big.resize((300, 200), Image.Resampling.LANCZOS).save(files[0], quality=85)
-    big.save(files[1])
+    big.save(files[1], quality=90)
     shutil.copyfile(files[1], files[2])
-    picture(1, (900, 600)).save(files[3])
-    big.crop((0, 0, 600, 600)).save(files[4])
+    picture(1, (900, 600)).save(files[3], quality=90)
+    big.crop((0, 0, 600, 600)).save(files[4])  # lossless: the largest file of all
     picture(2).save(files[5])
+    assert max(files, key=lambda f: f.stat().st_size) == files[4]
     groups = find_near_duplicates(_same_features(6, [[0, 1, 2, 3, 4]]), 0.98, files=files)
     assert len(groups) == 1
-    # the largest file leads (b before its byte copy c: scan order breaks the tie)
+    # the picture with the most copies leads, its largest file first (b before its byte copy c: scan order breaks the tie)
     assert groups[0].members == [1, 0, 2, 3, 4]
     assert groups[0].kinds == ["", RESIZED, EXACT, SIMILAR, SIMILAR]
     assert groups[0].similarity == pytest.approx([1.0] * 5, abs=1e-5)
