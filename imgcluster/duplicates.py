@@ -10,16 +10,17 @@ above the threshold is missed only when *both* images already have ``k`` other n
 least as similar, i.e. both sit in a crowd of more than ``k`` near-copies; union-find over those
 crowds' own links then usually puts them in one group anyway.
 
-Feature similarity finds *candidates*; given the image files, each member is then checked against
-the group's reference image (the one most members are pixel copies of, and among those the
-largest file: usually the original, the highest resolution or the least compressed copy) with
-pixel-level fingerprints (:mod:`imgcluster.fingerprint`) and labelled:
+Feature similarity finds *candidates*; given the image files, the pixels decide
+(:mod:`imgcluster.fingerprint`). Each candidate group is split into sets of copies, each led by
+its reference: its largest file (usually the original, the highest resolution or the least
+compressed copy). Every other member is labelled against its set's reference:
 
 * ``exact``: the same bytes. Safe to delete.
 * ``resized/re-encoded``: the same picture at another size, format or compression (shape,
-  perceptual hash and colours agree). Safe to delete when the reference is the copy to keep.
-* ``similar``: alike to the model but not the same picture by its pixels: a crop, a rotation, an
-  edit, another shot of the same scene, or a different image. Look before deleting.
+  perceptual hash and colours agree). Safe to delete: the reference keeps the picture.
+* ``similar``: alike to the model but nobody's copy by its pixels: a crop, a rotation, an edit,
+  another shot of the same scene, or a different image. Look before deleting. It joins the set
+  whose reference its features are closest to.
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ RESIZED = "resized/re-encoded"
 SIMILAR = "similar"
 KINDS = (EXACT, RESIZED, SIMILAR)
 SAFE_TO_DELETE = (EXACT, RESIZED)
-FULL_COMPARISON = 64  # members; larger groups pick their reference by file size alone
 
 
 @dataclass
@@ -93,9 +93,9 @@ def find_near_duplicates(
 ) -> list[DuplicateGroup]:
     """Groups of images whose features are linked by cosine similarity >= ``threshold``.
 
-    With ``files`` (each row's image file) every group is rooted at :func:`choose_reference` and
-    each member is confirmed from its pixels and given a kind (module docstring); without them the
-    pixels are unknown: the lowest index is the reference and every other member is ``similar``.
+    With ``files`` (each row's image file) each candidate group is split by :func:`confirm` into
+    sets of pixel copies, and each member gets a kind (module docstring); without them the pixels
+    are unknown: the lowest index is the reference and every other member is ``similar``.
     ``prints`` caches fingerprints by row across calls (a benchmark trying several thresholds).
     Largest groups first, then by lowest member.
     """
@@ -110,21 +110,52 @@ def find_near_duplicates(
     pairs = np.stack([rows, indices[rows, cols]], axis=1)
     pairs = pairs[pairs[:, 1] >= 0]  # FAISS pads missing hits with -1
     candidates = group_pairs(n, pairs)
-    if files is not None:
-        prints = fingerprints(files, sorted({i for g in candidates for i in g}), prints)
     z = l2_normalise(features)
     groups = []
     for members in candidates:
-        if files is not None and prints is not None:
-            reference = choose_reference(members, files, prints)
-            members = [reference] + [i for i in members if i != reference]
-            kinds = [""] + [_kind(prints[reference], prints[i]) for i in members[1:]]
+        if files is None:
+            split = [(members, [""] + [SIMILAR] * (len(members) - 1))]
         else:
-            kinds = [""] + [SIMILAR] * (len(members) - 1)
-        sim = np.clip(z[members] @ z[members[0]], -1.0, 1.0)
-        groups.append(DuplicateGroup(members, [float(s) for s in sim], kinds))
+            prints = fingerprints(files, members, prints)
+            split = confirm(members, files, prints, z)
+        for group, kinds in split:
+            sim = np.clip(z[group] @ z[group[0]], -1.0, 1.0)
+            groups.append(DuplicateGroup(group, [float(s) for s in sim], kinds))
     groups.sort(key=lambda g: (-len(g.members), min(g.members)))
     return groups
+
+
+def confirm(
+    members: list[int], files: Sequence[Path], prints: dict[int, Fingerprint | None], z: np.ndarray
+) -> list[tuple[list[int], list[str]]]:
+    """Split one candidate group into sets of pixel copies, each led by its largest file.
+
+    Largest file first, each image not yet placed takes every unplaced member that is a pixel copy
+    of it (checked directly against it, never through a chain). Images that are nobody's copy (a
+    crop, a look-alike) join, as ``similar``, the set whose reference their features are closest
+    to; with no copies at all the candidate group stays one group of ``similar`` images.
+    """
+    order = sorted(members, key=lambda i: (-_file_size(files[i]), i))
+    placed: set[int] = set()
+    sets: list[list[int]] = []
+    for ref in order:
+        if ref in placed:
+            continue
+        copies = [j for j in order if j not in placed and j != ref and _kind(prints[ref], prints[j]) in SAFE_TO_DELETE]
+        placed.update([ref, *copies])
+        sets.append([ref, *sorted(copies)])
+    confirmed = [s for s in sets if len(s) > 1]
+    alone = sorted(s[0] for s in sets if len(s) == 1)
+    if not confirmed:
+        return [([order[0]] + [i for i in alone if i != order[0]], [""] + [SIMILAR] * (len(alone) - 1))]
+    refs = np.array([s[0] for s in confirmed])
+    extra: list[list[int]] = [[] for _ in confirmed]
+    for i in alone:
+        extra[int(np.argmax(z[refs] @ z[i]))].append(i)
+    return [
+        ([*s, *more], [""] + [_kind(prints[s[0]], prints[j]) for j in s[1:]] + [SIMILAR] * len(more))
+        for s, more in zip(confirmed, extra)
+    ]
 
 
 def fingerprints(
@@ -139,21 +170,6 @@ def fingerprints(
             except ImageDecodeError:
                 prints[i] = None
     return prints
-
-
-def choose_reference(members: list[int], files: Sequence[Path], prints: dict[int, Fingerprint | None]) -> int:
-    """The member most others are pixel copies of; among those, the largest file, then the first.
-
-    Largest alone would let a lossless crop of a JPEG lead, and the original with its copies
-    would all read ``similar`` against it. Groups above ``FULL_COMPARISON`` members skip the
-    pairwise count (quadratic) and take the largest file.
-    """
-    def copies(i: int) -> int:
-        if len(members) > FULL_COMPARISON:
-            return 0
-        return sum(_kind(prints[i], prints[j]) in SAFE_TO_DELETE for j in members if j != i)
-
-    return max(members, key=lambda i: (copies(i), _file_size(files[i]), -i))
 
 
 def _file_size(path: Path) -> int:

@@ -95,6 +95,22 @@ def test_pixels_label_each_member(tmp_path: Path) -> None:
     assert groups[0].similarity == pytest.approx([1.0] * 5, abs=1e-5)
 
 
+def test_look_alikes_in_one_candidate_group_split_into_their_own_copies(tmp_path: Path) -> None:
+    """Two different pictures the model confuses, each with a copy: two groups, nobody a copy of the other."""
+    files = [tmp_path / name for name in ["a.png", "a-small.jpg", "b.png", "b-small.jpg", "c.png"]]
+    for seed, (big, small) in enumerate([(files[0], files[1]), (files[2], files[3])]):
+        picture(seed, (600, 400)).save(big)
+        picture(seed, (600, 400)).resize((300, 200)).save(small, quality=90)
+    picture(9, (600, 400)).save(files[4])
+    x = _same_features(5, [[0, 1, 2, 3, 4]])
+    x[4] = 0.8 * x[0] + 0.2 * x[4]  # still a candidate, closer to a than to b
+    groups = find_near_duplicates(x, 0.9, files=files)
+    assert [(g.members, g.kinds) for g in sorted(groups, key=lambda g: g.members[0])] == [
+        ([0, 1, 4], ["", RESIZED, SIMILAR]),
+        ([2, 3], ["", RESIZED]),
+    ]
+
+
 def test_alpha_only_patterns_are_not_called_copies(tmp_path: Path) -> None:
     """Six MATE wallpapers once came out as one group of 'duplicates' at similarity 1.0."""
     files = [tmp_path / f"pattern{i}.png" for i in range(4)]
