@@ -9,7 +9,11 @@ rectangle, can score a cosine similarity of 1.0. A fingerprint is evidence from 
   63 lowest non-constant frequencies against their median. Resizing, re-encoding and mild
   compression move few bits; a different picture moves about half of them;
 * a 16x16 **colour thumbnail** (box-filtered): the hash is blind to colour, so recoloured variants
-  of one design (Ubuntu MATE's Cold, Warm and Radioactive) would otherwise pass as copies;
+  of one design (Ubuntu MATE's Cold, Warm and Radioactive) would otherwise pass as copies; and
+  it is blind to small edits, so the thumbnail also counts the cells that changed a lot. Resizing
+  and re-encoding change every cell a little (at most 2 of 256 cells by more than 16/255 in
+  ``make bench-duplicates``); a logo added to a wallpaper (Debian's login screen with and without
+  it: hash distance 8, mean colour difference 1.2) changes a few cells a lot (7);
 * the **aspect ratio**: a crop that keeps most of the picture can keep the hash, but not the shape.
 
 Images are decoded by :func:`imgcluster.load.load_rgb`, the loader the embedding uses, so EXIF
@@ -33,6 +37,8 @@ HASH_FREQUENCIES = 8  # the 8x8 lowest frequencies, less the constant term: 63 b
 THUMB_SIDE = 16
 MAX_HASH_DISTANCE = 10  # of 63 bits; chosen with `make bench-duplicates`
 MAX_COLOUR_DIFFERENCE = 8.0  # mean absolute difference of the 16x16 thumbnails, of 255
+CELL_CHANGE = 16.0  # a thumbnail cell (mean of its channels' absolute differences, of 255) changed this much ...
+MAX_CHANGED_CELLS = 3  # ... in more cells than this: an edit, not a re-encoding
 MAX_ASPECT_CHANGE = 0.02  # relative: 1920x1080 and 5640x3172 differ by 0.01 %
 _DRAFT = 4 * HASH_SIDE  # JPEGs decode at a reduced scale: the hash needs no more pixels
 
@@ -79,11 +85,19 @@ def colour_difference(a: Fingerprint, b: Fingerprint) -> float:
     return float(np.abs(a.thumb - b.thumb).mean())
 
 
+def changed_cells(a: Fingerprint, b: Fingerprint) -> int:
+    return int(np.count_nonzero(np.abs(a.thumb - b.thumb).mean(-1) > CELL_CHANGE))
+
+
 def same_picture(a: Fingerprint, b: Fingerprint) -> bool:
-    """The same picture at another size or encoding: shape, structure and colour all agree."""
+    """The same picture at another size or encoding: shape, structure, colour and every part agree."""
     if abs(a.aspect / b.aspect - 1.0) > MAX_ASPECT_CHANGE:
         return False
-    return hash_distance(a, b) <= MAX_HASH_DISTANCE and colour_difference(a, b) <= MAX_COLOUR_DIFFERENCE
+    return (
+        hash_distance(a, b) <= MAX_HASH_DISTANCE
+        and colour_difference(a, b) <= MAX_COLOUR_DIFFERENCE
+        and changed_cells(a, b) <= MAX_CHANGED_CELLS
+    )
 
 
 def same_file(a: Fingerprint, b: Fingerprint) -> bool:

@@ -10,7 +10,16 @@ import numpy as np
 from imagefolders import alpha_pattern, picture
 from PIL import Image
 
-from imgcluster.fingerprint import MAX_HASH_DISTANCE, fingerprint, hash_distance, perceptual_hash, same_file, same_picture
+from imgcluster.fingerprint import (
+    MAX_COLOUR_DIFFERENCE,
+    MAX_HASH_DISTANCE,
+    colour_difference,
+    fingerprint,
+    hash_distance,
+    perceptual_hash,
+    same_file,
+    same_picture,
+)
 
 
 def save(im: Image.Image, path: Path, **kwargs: object) -> Path:
@@ -47,6 +56,18 @@ def test_different_recoloured_and_cropped_pictures_differ(tmp_path: Path) -> Non
     assert hash_distance(w, c) <= 2  # the grey hash alone is fooled
     assert not same_picture(w, c)  # the colours are not
     assert not same_picture(a, fingerprint(save(base.crop((0, 0, 300, 320)), tmp_path / "crop.png")))
+
+
+def test_a_small_edit_is_not_a_copy(tmp_path: Path) -> None:
+    """A logo stamped on a wallpaper moves few hash bits and little mean colour, but a few cells a lot."""
+    base = picture(6, (640, 480))
+    a = fingerprint(save(base, tmp_path / "plain.png"))
+    stamped = base.copy()
+    stamped.paste((250, 250, 250), (500, 380, 600, 440))  # a white badge over a few thumbnail cells
+    b = fingerprint(save(stamped, tmp_path / "logo.png"))
+    assert hash_distance(a, b) <= MAX_HASH_DISTANCE and colour_difference(a, b) <= MAX_COLOUR_DIFFERENCE
+    assert not same_picture(a, b)
+    assert same_picture(a, fingerprint(save(base.resize((213, 160), Image.Resampling.LANCZOS), tmp_path / "small.jpg", quality=90)))
 
 
 def test_alpha_only_patterns_are_told_apart(tmp_path: Path) -> None:
