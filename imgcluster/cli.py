@@ -566,10 +566,10 @@ def assign(
             "--min-confidence",
             min=0.0,
             max=1.0,
-            help="Mark images whose confidence is below this as outliers (outlier column); images far from their "
-            "cluster's centre (cosine distance above median + 3 robust SD in that cluster) are marked too.",
+            help="Also mark images whose confidence is below this as outliers (outlier column; default 0: off); images far "
+            "from their cluster's centre (cosine distance above median + 3 robust SD in that cluster) are always marked.",
         ),
-    ] = 0.5,
+    ] = 0.0,
     near_duplicates: Annotated[
         Optional[float],
         typer.Option(
