@@ -49,7 +49,7 @@ SAFE_TO_DELETE = (EXACT, RESIZED)
 
 @dataclass
 class DuplicateGroup:
-    members: list[int]  # row indices, the reference first, then in index (scan) order
+    members: list[int]  # row indices: the reference, its copies in index order, then the similar ones in index order
     similarity: list[float]  # cosine similarity of each member to the reference (1.0 for itself)
     kinds: list[str]  # per member against the reference: "" for itself, then EXACT/RESIZED/SIMILAR
 
