@@ -468,7 +468,7 @@ def train(
 @app.command(
     epilog="Examples:\n\n  imgcluster assign ./photos                       # whole pipeline, CSV in ./photos-clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters 5 --out - > clusters.csv\n\n"
-    "  imgcluster assign ./photos --clusters auto --near-duplicates 0.98 --out clusters.csv\n\n"
+    "  imgcluster assign ./photos --clusters auto --near-duplicates 0.85 --out clusters.csv\n\n"
     "  imgcluster assign ./new-photos --head ./photos/.imgcluster/embeddings/*/heads/secu-k10-seed0-*.safetensors",
 )
 def assign(
@@ -486,17 +486,17 @@ def assign(
             "--min-confidence",
             min=0.0,
             max=1.0,
-            help="Mark images whose confidence is below this as outliers (outlier column); images far from their "
-            "cluster's centre (cosine distance above median + 3 robust SD in that cluster) are marked too.",
+            help="Also mark images whose confidence is below this as outliers (outlier column; default 0: off); images far "
+            "from their cluster's centre (cosine distance above median + 3 robust SD in that cluster) are always marked.",
         ),
-    ] = 0.5,
+    ] = 0.0,
     near_duplicates: Annotated[
         Optional[float],
         typer.Option(
             "--near-duplicates",
             metavar="THRESHOLD",
-            help="Also list groups of near-identical images (cosine similarity >= THRESHOLD, e.g. 0.98) in "
-            "<csv stem>-duplicates.csv beside the CSV.",
+            help="Also list groups of near-identical images (cosine similarity >= THRESHOLD, e.g. 0.85, then checked from "
+            "their pixels: kind exact, resized/re-encoded or similar) in <csv stem>-duplicates.csv beside the CSV.",
         ),
     ] = None,
     objective: ObjectiveOpt = DEFAULT_OBJECTIVE,

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 __all__ = ["Assignment", "cluster_folder", "train_folder"]
 
 PathLike = str | os.PathLike[str]
-OUTLIER_RULE = "confidence < min_confidence, or cosine distance to the cluster's mean feature > median + 3 * 1.4826 * MAD of that cluster"
 
 
 @dataclass
@@ -72,6 +71,13 @@ class Assignment:
         labels, counts = np.unique(self.cluster, return_counts=True)
         return {int(k): int(v) for k, v in zip(labels, counts)}
 
+    def duplicate_kinds(self) -> dict[str, int]:
+        """How many near-duplicate group members are of each kind (exact, resized/re-encoded, similar)."""
+        from imgcluster.duplicates import KINDS
+
+        groups = self.duplicates or []
+        return {kind: sum(g.kinds.count(kind) for g in groups) for kind in KINDS}
+
     def to_frame(self) -> pd.DataFrame:
         """The CSV's rows as a DataFrame: path, cluster, confidence, outlier, outlier_reason, ..."""
         import pandas as pd
@@ -84,7 +90,10 @@ class Assignment:
         if self.duplicates is not None:
             images = sum(len(g.members) for g in self.duplicates)
             where = self.written.get("duplicates")
-            duplicates = {"threshold": self.near_duplicates, "groups": len(self.duplicates), "images": images, "csv": _str(where)}
+            duplicates = {
+                "threshold": self.near_duplicates, "groups": len(self.duplicates), "images": images, "kinds": self.duplicate_kinds(),
+                "csv": _str(where),
+            }  # fmt: skip
         assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", str(self.head), self.explain, raw_csv)
         return {
             "assign": assign,
@@ -99,7 +108,7 @@ class Assignment:
                 "skipped": len(self.embeddings.skipped),
                 "skipped_csv": _str(self.written.get("skipped")),
                 "cluster_sizes": self.cluster_sizes,
-                "outliers": {"min_confidence": self.min_confidence, "rule": OUTLIER_RULE, **self.outliers.summary()},
+                "outliers": {"min_confidence": self.min_confidence, **self.outliers.summary()},
                 "near_duplicates": duplicates,
             },
         }
@@ -124,7 +133,9 @@ class Assignment:
             images = sum(len(g.members) for g in self.duplicates)
             report.info(
                 f"{count(len(self.duplicates), 'near-duplicate group')} ({count(images, 'image')}, "
-                f"cosine similarity >= {self.near_duplicates}) in {self.written['duplicates']}"
+                f"cosine similarity >= {self.near_duplicates}: "
+                + ", ".join(f"{n} {kind}" for kind, n in self.duplicate_kinds().items())
+                + f") in {self.written['duplicates']}"
             )
         skipped = self.embeddings.write_skipped(beside, raw_csv)
         if skipped is not None:
@@ -176,7 +187,7 @@ def cluster_folder(
     self_label: bool = False,
     uco: bool = False,
     objective_options: dict[str, Any] | None = None,
-    min_confidence: float = 0.5,
+    min_confidence: float = 0.0,
     near_duplicates: float | None = None,
     explain: bool = False,
     model: str = "auto",
@@ -278,16 +289,17 @@ def _assign(
         )
     found = mark_outliers(prediction, embeddings.features, min_confidence)
     n = len(embeddings.paths)
+    low = f"{int(found.low_confidence.sum())} below {{min_confidence}} {min_confidence}, " if min_confidence > 0 else ""
     report.info(
         f"{count(found.count, 'outlier')} of {n} ({100 * found.count / max(1, n):.0f}%): "
-        f"{int(found.low_confidence.sum())} below {{min_confidence}} {min_confidence}, "
-        f"{int(found.far_from_centre.sum())} far from their cluster's centre"
+        f"{low}{int(found.far_from_centre.sum())} far from their cluster's centre"
     )
     duplicates = None
     if near_duplicates is not None:
         from imgcluster.duplicates import find_near_duplicates
 
-        duplicates = find_near_duplicates(embeddings.features, near_duplicates, use_gpu=device.type == "cuda")
+        files = [embeddings.folder / p for p in embeddings.paths]  # candidate pairs are confirmed from their pixels
+        duplicates = find_near_duplicates(embeddings.features, near_duplicates, use_gpu=device.type == "cuda", files=files)
     columns = {"cluster": prediction.cluster, "confidence": prediction.confidence, **dict(sorted(prediction.extra.items()))}
     return {"columns": columns, "outliers": found, "duplicates": duplicates}
 

@@ -18,6 +18,11 @@ from PIL import Image, ImageFile, ImageOps
 # 0 turns the limit off). The slowest of 3,024 fuzzed files took 5 s on a loaded 2-core machine.
 DECODE_TIMEOUT = 60.0
 
+# What decoding produces, as part of the feature cache's key: bump it when a change makes some
+# images look different, so their old features are not reused. 2: a picture whose content is only
+# in its alpha channel is composited on black, where white would blank it.
+DECODE_VERSION = "2"
+
 # Keep Pillow strict: a truncated file is an error, never half an image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
@@ -76,8 +81,9 @@ def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
     """Open ``path`` as 8-bit RGB with EXIF orientation applied.
 
     ``draft_size`` lets JPEG decoding downscale at the source (Pillow's draft mode) when the model
-    needs far fewer pixels than the file has. Transparency is composited on white, 16-bit and
-    float images are rescaled to 8 bits, CMYK and palette images are converted.
+    needs far fewer pixels than the file has. Transparency is composited on white, or on black
+    when white would hide the picture (:func:`transparency_background`); 16-bit and float images
+    are rescaled to 8 bits, CMYK and palette images are converted.
     """
     try:
         with warnings.catch_warnings():
@@ -111,7 +117,7 @@ def to_rgb(im: Image.Image) -> Image.Image:
         mode = im.mode
     if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = im.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        background = Image.new("RGBA", rgba.size, (*transparency_background(rgba), 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
         arr = np.asarray(im, dtype=np.float64)
@@ -122,3 +128,29 @@ def to_rgb(im: Image.Image) -> Image.Image:
             arr = (arr - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(arr)
         return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
     return im.convert("RGB")  # 1, L, CMYK, YCbCr, LAB, HSV
+
+
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+HIDDEN_SHARE = 0.5  # white hides the picture when it keeps under half the contrast black shows
+_PROBE_PX = 256  # the contrast is compared on a copy this small: the choice needs no detail
+
+
+def transparency_background(rgba: Image.Image) -> tuple[int, int, int]:
+    """White, unless white would hide the picture: then black.
+
+    Some wallpapers draw their whole pattern in the alpha channel over constant white pixels
+    (MATE's Silk, Waves, Stripes-Light): on white they come out blank, so the embedding and the
+    report thumbnails see one white rectangle and every such image looks like a copy of the
+    others. The background is the one under which the picture keeps its contrast: the luminance
+    spread on white is compared with that on black, on a small copy.
+    """
+    alpha = rgba.getchannel("A")
+    if alpha.getextrema()[0] == 255:
+        return WHITE  # opaque: the background never shows
+    probe = rgba.copy()
+    probe.thumbnail((_PROBE_PX, _PROBE_PX), Image.Resampling.BOX)
+    spread: dict[tuple[int, int, int], float] = {}
+    for colour in (WHITE, BLACK):
+        flat = Image.alpha_composite(Image.new("RGBA", probe.size, (*colour, 255)), probe).convert("L")
+        spread[colour] = float(np.asarray(flat, dtype=np.float32).std())
+    return BLACK if spread[WHITE] < HIDDEN_SHARE * spread[BLACK] else WHITE

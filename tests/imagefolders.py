@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -23,3 +24,17 @@ def copy_sample(dest: Path, classes: list[str] | None = None, per_class: int = 8
 
 def sample_image(cls: str = CLASSES[0], i: int = 0) -> Image.Image:
     return Image.open(sorted((SAMPLE / cls).glob("*.png"))[i]).convert("RGB")
+
+
+def picture(seed: int, size: tuple[int, int] = (480, 320)) -> Image.Image:
+    """A smooth random 'photo': low-frequency colour blobs, the kind of structure a hash sees."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, size=(6, 9, 3), dtype=np.uint8)
+    return Image.fromarray(small, "RGB").resize(size, Image.Resampling.BICUBIC)
+
+
+def alpha_pattern(seed: int, size: tuple[int, int] = (480, 320)) -> Image.Image:
+    """Constant white pixels whose picture lives only in the alpha channel (MATE's Silk, Waves)."""
+    alpha = np.asarray(picture(seed, size).convert("L"))
+    rgba = np.dstack([np.full((*alpha.shape, 3), 255, np.uint8), alpha])
+    return Image.fromarray(rgba, "RGBA")

@@ -124,14 +124,15 @@ def test_assign_auto_outliers_and_near_duplicates(folder_with_copy: Path, shared
     assert len(rows) == 25 and {"outlier", "outlier_reason"} <= set(rows[0])
     assert all(r["outlier"] in ("0", "1") for r in rows)
     assert all((r["outlier"] == "1") == (r["outlier_reason"] != "") for r in rows)
-    assert all(r["outlier"] == "1" for r in rows if float(r["confidence"]) < 0.5)
+    assert not any("low-confidence" in r["outlier_reason"] for r in rows)  # the confidence test is off by default
     assert sidecar["result"]["outliers"]["outliers"] == sum(r["outlier"] == "1" for r in rows)
 
     dup_rows = list(csv.DictReader((out.parent / "photos-duplicates.csv").open(encoding="utf-8")))
-    assert list(dup_rows[0]) == ["group", "path", "similarity"]
+    assert list(dup_rows[0]) == ["group", "path", "similarity", "kind"]
     original = f"{CLASSES[1]}/{sorted((folder_with_copy / CLASSES[1]).glob('*.png'))[0].name}"
     group = next(r["group"] for r in dup_rows if r["path"] == "copy of that one.png")
-    assert {r["path"] for r in dup_rows if r["group"] == group} == {original, "copy of that one.png"}
+    assert {(r["path"], r["kind"]) for r in dup_rows if r["group"] == group} == {(original, ""), ("copy of that one.png", "exact")}
+    assert "1 exact" in result.stderr and sidecar["result"]["near_duplicates"]["kinds"]["exact"] == 1
     assert all(float(r["similarity"]) >= 0.98 - 1e-6 for r in dup_rows)
     assert sidecar["result"]["near_duplicates"]["groups"] == len({r["group"] for r in dup_rows})
 

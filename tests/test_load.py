@@ -65,3 +65,33 @@ def test_bad_files_raise_with_reason(tmp_path: Path, content: bytes | None, reas
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ImageDecodeError, match="disappeared"):
         load_rgb(tmp_path / "gone.png")
+
+
+def _alpha_stripes(colour: tuple[int, int, int]) -> Image.Image:
+    """A pattern drawn only in the alpha channel over constant ``colour``, as MATE's Silk and Waves are."""
+    alpha = np.zeros((40, 60), np.uint8)
+    alpha[:, ::6] = 200
+    alpha[::8, :] = 120
+    rgba = np.dstack([np.full((40, 60, 3), colour, np.uint8), alpha])
+    return Image.fromarray(rgba, "RGBA")
+
+
+def test_alpha_only_pattern_stays_visible(tmp_path: Path) -> None:
+    """White drawn through transparency would vanish on white: it is shown on black instead."""
+    _alpha_stripes((255, 255, 255)).save(tmp_path / "white-on-clear.png")
+    grey = np.asarray(load_rgb(tmp_path / "white-on-clear.png").convert("L"), dtype=np.float32)
+    assert grey.std() > 40  # the stripes keep their contrast
+    assert grey[1, 0] == pytest.approx(200, abs=1) and grey[1, 1] == 0
+    _alpha_stripes((0, 0, 0)).save(tmp_path / "black-on-clear.png")  # dark content: white still shows it
+    assert load_rgb(tmp_path / "black-on-clear.png").getpixel((1, 1)) == (255, 255, 255)
+    opaque = Image.new("RGBA", (4, 4), (255, 255, 255, 255))
+    opaque.save(tmp_path / "opaque.png")
+    assert load_rgb(tmp_path / "opaque.png").getpixel((0, 0)) == (255, 255, 255)
+
+
+def test_alpha_only_pattern_in_grey_alpha_and_draft(tmp_path: Path) -> None:
+    """Grey+alpha files take the same path, at the reduced size report thumbnails ask for."""
+    la = _alpha_stripes((255, 255, 255)).convert("LA")
+    la.save(tmp_path / "la.png")
+    grey = np.asarray(load_rgb(tmp_path / "la.png", draft_size=16).convert("L"), dtype=np.float32)
+    assert grey.std() > 40

@@ -17,7 +17,7 @@ from PIL import Image, features
 from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_rgb, time_limit
 
 THUMB_PX = 112  # longest side of a thumbnail
-THUMB_VERSION = "1"  # bump to invalidate cached thumbnails
+THUMB_VERSION = "2"  # bump to invalidate cached thumbnails (2: alpha-only pictures shown on black)
 
 
 @dataclass

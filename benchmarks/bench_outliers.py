@@ -1,0 +1,121 @@
+"""`make bench-outliers`: how many images each outlier rule flags, and whether it finds planted strays.
+
+Folders: 2,000 Fashion-MNIST test images, scikit-learn digits (1,797) and real wallpapers (the
+distinct originals of `make bench-duplicates`, shrunk to 512 px), embedded with
+efficientnet-lite0 through the project's cached pipeline. Into each about 1 % images from other
+domains are planted (digits and wallpapers into Fashion-MNIST, Fashion-MNIST and wallpapers into
+digits, Fashion-MNIST and digits into the wallpapers). The default objective is trained on the
+mixed folder with K = the number of classes (the wallpapers: K chosen by ``choose_k``), as
+``assign`` would, and every rule is applied to its clusters and confidences.
+
+Reported per folder and rule: the share of ordinary images flagged (want well under 10 %) and
+the share of planted images flagged (recall). Writes ``benchmarks/results_outliers.md``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from bench_near_duplicates import ensure_wallpapers, originals
+from common import DATA, HERE, features, machine, neighbours_for
+from datasets import FASHION_CLASSES, digits_folder, fashion_mnist_test, write_folder
+from PIL import Image
+
+from imgcluster.assign import predict
+from imgcluster.choose_k import choose_k
+from imgcluster.config import TrainConfig
+from imgcluster.neighbours import knn_search
+from imgcluster.outliers import DEFAULT_MIN_CONFIDENCE, MAD_FLOOR, MAD_TO_SD, find_outliers
+from imgcluster.train import train_objective
+
+OUT = HERE / "results_outliers.md"
+FASHION_N = 2000
+WALLPAPER_PX = 512
+
+
+def isolated(x: np.ndarray, k: int = 10, mad_factor: float = 3.0) -> np.ndarray:
+    """The rejected candidate: kNN spread over the neighbours' median spread (the local outlier factor's idea), robust 3 sigma."""
+    indices, sims = knn_search(x, k)
+    spread = np.clip(1.0 - sims.mean(1), MAD_FLOOR, 2.0)
+    ratio = spread / np.median(spread[indices], axis=1)
+    median = np.median(ratio)
+    return ratio > median + mad_factor * MAD_TO_SD * max(float(np.median(np.abs(ratio - median))), 0.02)
+
+
+def rules(x: np.ndarray, cluster: np.ndarray, confidence: np.ndarray) -> dict[str, np.ndarray]:
+    """Each rule's flags for one folder."""
+    old = find_outliers(x, cluster, confidence, min_confidence=0.5)
+    new = find_outliers(x, cluster, confidence)
+    return {
+        "old default: confidence < 0.5 or far from centre": old.flags,
+        "confidence < 0.5 alone": old.low_confidence,
+        f"new default: far from centre{'' if DEFAULT_MIN_CONFIDENCE == 0 else f' or confidence < {DEFAULT_MIN_CONFIDENCE}'}": new.flags,
+        "candidate: isolated (kNN ratio)": isolated(x),
+        "far from centre or isolated": new.flags | isolated(x),
+    }
+
+
+def wallpaper_folder(out: Path) -> Path:
+    if (out / ".complete").exists():
+        return out
+    ensure_wallpapers()
+    (out / "wallpapers").mkdir(parents=True, exist_ok=True)
+    for i, path in enumerate(originals()):
+        with Image.open(path) as im:
+            im.thumbnail((WALLPAPER_PX, WALLPAPER_PX))
+            im.save(out / "wallpapers" / f"{i:03d}-{path.stem}.png")
+    (out / ".complete").write_text("ok\n")
+    return out
+
+
+def folders() -> dict[str, Path]:
+    images, labels = fashion_mnist_test()
+    return {
+        "fashion-mnist": write_folder(images[:FASHION_N], labels[:FASHION_N], FASHION_CLASSES, DATA / f"fashion-mnist-{FASHION_N}"),
+        "digits": digits_folder(DATA / "digits"),
+        "wallpapers": wallpaper_folder(DATA / "wallpapers"),
+    }
+
+
+def main() -> None:
+    started = time.perf_counter()
+    cpu = torch.device("cpu")
+    feats = {name: features(folder, cpu)[0] for name, folder in folders().items()}
+    plants = {name: [other for other in feats if other != name] for name in feats}
+    classes = {"fashion-mnist": 10, "digits": 10}
+    rng = np.random.default_rng(0)
+    lines = [
+        "# Outlier rules (`make bench-outliers`)",
+        "",
+        "Share of ordinary images flagged / share of planted other-domain images flagged (recall), "
+        "default objective trained on each mixed folder (efficientnet-lite0 features).",
+        "",
+    ]
+    for name, base in feats.items():
+        per_source = max(2, round(0.005 * len(base)))
+        planted = [feats[src][rng.choice(len(feats[src]), per_source, replace=False)] for src in plants[name]]
+        x = np.concatenate([base, *planted]).astype(np.float32)
+        is_planted = np.arange(len(x)) >= len(base)
+        k = classes.get(name) or choose_k(x, 2, 20).k
+        config = TrainConfig(clusters=k, seed=0)
+        trained = train_objective(x, neighbours_for(x, config.knn), config, cpu)
+        assigned = predict(trained.objective, x, cpu)
+        flagged = rules(x, assigned.cluster, assigned.confidence)
+        if name == next(iter(feats)):
+            header = "| folder | images | planted | K | median confidence | " + " | ".join(flagged) + " |"
+            lines += [header, "|---" * (len(flagged) + 5) + "|"]
+        cells = [f"{flags[~is_planted].mean():.1%} / {flags[is_planted].mean():.0%}" for flags in flagged.values()]
+        median = float(np.median(assigned.confidence))
+        lines.append(f"| {name} | {len(base)} | {int(is_planted.sum())} | {k} | {median:.2f} | " + " | ".join(cells) + " |")
+        print(lines[-1], flush=True)
+    lines += ["", f"Took {time.perf_counter() - started:.0f} s on {machine()}."]
+    body = "\n".join(lines) + "\n"
+    print(body)
+    OUT.write_text(body)
+
+
+if __name__ == "__main__":
+    main()
