@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcluster.backbones import Backbone
 from imgcluster.listing import ImageFile
 from imgcluster.load import DecodeTimeout, ImageDecodeError, load_rgb, time_limit
-from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, worker_threads_init
+from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, reuse_freed_memory, worker_threads_init
 
 MAX_ASPECT = 16  # longer side / shorter side kept before resizing; see limit_aspect
 # Seconds one file may take to decode and preprocess before it is skipped ($IMGCLUSTER_DECODE_TIMEOUT;
@@ -251,6 +251,7 @@ def embed_files(
     with contextlib.ExitStack() as stack:
         if not cuda:
             stack.enter_context(cpu_threads(workers))
+            stack.enter_context(reuse_freed_memory())
         stack.enter_context(torch.inference_mode())
         for indices, tensor, failures, changed in loader:
             if tensor is None:

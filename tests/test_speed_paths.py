@@ -3,12 +3,14 @@ decoding, decode workers, batch-norm folding. GPU-only checks skip without CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,7 @@ from imagefolders import CLASSES, copy_sample
 from PIL import Image
 from torch import nn
 
+import imgcluster.embedding as embedding
 import imgcluster.neighbours as neighbours
 from imgcluster.backbones import Backbone, BackboneSpec, create_backbone
 from imgcluster.embedding import default_batch_size, default_workers, draft_size_for, embed_files, plan_loader, prepare_model
@@ -25,7 +28,7 @@ from imgcluster.errors import UserError
 from imgcluster.listing import list_images
 from imgcluster.load import load_rgb
 from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
-from imgcluster.speed import cpu_threads, fold_batchnorm
+from imgcluster.speed import cpu_threads, fold_batchnorm, reuse_freed_memory
 
 
 def cuda(test: Callable[..., None]) -> Callable[..., None]:
@@ -477,6 +480,60 @@ def test_cpu_threads_restores_setting() -> None:
     with cpu_threads(workers=64) as threads:
         assert threads >= 1 and torch.get_num_threads() == threads
     assert torch.get_num_threads() == before
+
+
+BIG = 64 * 2**20  # bytes: over glibc's largest mmap threshold (32 MB), like a batch's activations
+
+
+def faults_of_big_buffers(times: int = 10) -> int:
+    """Minor page faults of allocating, touching and freeing a BIG buffer ``times`` times."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        torch.empty(BIG // 4).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def huge_pages_always() -> bool:
+    """With transparent huge pages on for all memory, a fresh buffer costs too few faults to tell."""
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+@pytest.mark.skipif(huge_pages_always(), reason="transparent huge pages hide the faults this counts")
+def test_freed_large_buffers_are_reused_and_given_back_at_the_end() -> None:
+    one_buffer = BIG // resource.getpagesize()
+    with reuse_freed_memory() as active:
+        if not active:
+            pytest.skip("needs glibc's mallopt")
+        faults_of_big_buffers(20)  # the heap grows until a buffer fits among what is free
+        inside = faults_of_big_buffers()
+        kept = resident_bytes()
+    assert inside < 2 * one_buffer  # ten buffers, at most one of them faulted in again (not ten)
+    assert kept - resident_bytes() > BIG // 2  # on leaving, the heap kept for reuse goes back
+
+
+def test_cpu_embedding_runs_inside_reuse_freed_memory(tmp_path: Path, lite0: Backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    state: list[str] = []
+
+    @contextlib.contextmanager
+    def spy() -> Iterator[bool]:
+        state.append("entered")
+        yield True
+        state.append("left")
+
+    monkeypatch.setattr(embedding, "reuse_freed_memory", spy)
+    files = list_images(copy_sample(tmp_path / "photos", CLASSES[:1], per_class=4))
+    seen = []
+    for _ in embed_files(files, lite0, torch.device("cpu"), batch_size=2, workers=0):
+        seen.append(list(state))
+    assert seen == [["entered"], ["entered"]]  # every forward pass ran inside it
+    assert state == ["entered", "left"]
 
 
 @cuda
