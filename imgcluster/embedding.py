@@ -126,13 +126,16 @@ def compute_precision(device: torch.device) -> str:
 
 
 def default_batch_size(device: torch.device, n_files: int | None = None) -> int:
-    """Images per forward pass: a GPU needs large batches to stay busy; on the CPU 64 already is.
+    """Images per forward pass: a GPU needs large batches to stay busy; the CPU is as busy with 16.
 
-    Every forward pass is padded to this size (see ``embed_files``), so a folder smaller than it
-    gets its own size rounded up to a multiple of 8 instead: 10 images cost 16 forward rows, not
-    64. ``n_files`` is the whole folder, not what is left to embed, so a resumed run pads the same.
+    On the CPU a batch's activations are the process's largest allocation: EfficientNet-Lite0's
+    peak RSS was 2.2 GB with 64 images per pass and 1.3 GB with 16, at the same CPU time per image
+    (``benchmarks/results_peers.md``). Every forward pass is padded to this size (see
+    ``embed_files``), so a folder smaller than it gets its own size rounded up to a multiple of 8
+    instead. ``n_files`` is the whole folder, not what is left to embed, so a resumed run pads the
+    same.
     """
-    full = 256 if device.type == "cuda" else 64
+    full = 256 if device.type == "cuda" else 16
     if n_files is None:
         return full
     return min(full, 8 * -(-max(n_files, 1) // 8))

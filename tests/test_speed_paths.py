@@ -252,7 +252,7 @@ def test_workers_give_the_same_features_as_in_process(tmp_path: Path, lite0: Bac
 
 @pytest.mark.parametrize(
     ("device", "n_files", "expected"),
-    [("cpu", None, 64), ("cpu", 1, 8), ("cpu", 5, 8), ("cpu", 40, 40), ("cpu", 65, 64), ("cuda", 100, 104), ("cuda", 10**6, 256)],
+    [("cpu", None, 16), ("cpu", 1, 8), ("cpu", 5, 8), ("cpu", 12, 16), ("cpu", 40, 16), ("cuda", 100, 104), ("cuda", 10**6, 256)],
 )
 def test_default_batch_shrinks_to_small_folders(device: str, n_files: int | None, expected: int) -> None:
     assert default_batch_size(torch.device(device), n_files) == expected
@@ -366,7 +366,7 @@ def test_small_dev_shm_does_not_hang(tmp_path: Path) -> None:
     folder = copy_sample(tmp_path / "photos", CLASSES, per_class=30)  # 150 images: two full batches of 37 MB each
     script = (
         "mount -t tmpfs -o size=64m tmpfs /dev/shm && "
-        f"{sys.executable} -m imgcluster embed {folder} --cache-dir {tmp_path / 'cache'} --workers 2 --quiet"
+        f"{sys.executable} -m imgcluster embed {folder} --cache-dir {tmp_path / 'cache'} --workers 2 --embed-batch-size 64 --quiet"
     )
     proc = subprocess.Popen(
         ["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
