@@ -29,6 +29,7 @@ import argparse
 import csv
 import os
 import resource
+import shlex
 import shutil
 import subprocess
 import sys
@@ -259,20 +260,31 @@ def main() -> None:
                 print(f"{tool} on {folder.name} (run {repeat + 1})", file=sys.stderr, flush=True)
                 results.append(run_tool(tool, folder, fastdup, args.baseline))
                 print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
-    order = [f.name for f in folders]
-    results.sort(key=lambda r: (order.index(r.folder), r.tool))
-    body = (
+                # written after every run, so what ran is kept if a later run is stopped
+                write_section(args.section, report(results, [f.name for f in folders], args.note), RESULTS)
+    print(report(results, [f.name for f in folders], args.note))
+
+
+def command_line() -> str:
+    """This run's options, the note's text left out (it is printed above the table)."""
+    argv = sys.argv[1:]
+    if "--note" in argv:
+        argv[argv.index("--note") + 1] = "..."
+    return shlex.join(argv)
+
+
+def report(results: list[Measured], order: list[str], note: str) -> str:
+    ordered = sorted(results, key=lambda r: (order.index(r.folder), r.tool))
+    return (
         "## imgcluster and fastdup side by side (`make bench-peers`)\n\n"
-        + (f"{args.note}\n\n" if args.note else "")
-        + f"Run as `python benchmarks/bench_peers.py {' '.join(sys.argv[1:])}`. Each row is one cold run (fresh cache or work "
+        + (f"{note}\n\n" if note else "")
+        + f"Run as `python benchmarks/bench_peers.py {command_line()}`. Each row is one cold run (fresh cache or work "
         f"folder). imgcluster: `assign FOLDER --model {MODEL} --clusters K`, other options default. fastdup {FASTDUP_VERSION}: "
         "`fastdup.run_kmeans(input_dir=FOLDER, work_dir=FRESH, num_clusters=K)`, each image in its closest centroid's cluster. "
         "CPU, user and system seconds cover the whole process tree (`os.wait4`); tree peak PSS is the largest sum of "
         "proportional set sizes over the tree (sampled every 50 ms); ACC/NMI/ARI by `imgcluster.scoring.score` for both.\n\n"
-        + table(results)
+        + table(ordered)
     )
-    print(body)
-    write_section(args.section, body, RESULTS)
 
 
 if __name__ == "__main__":
