@@ -132,13 +132,13 @@ def tree_pss_kb(root: int) -> int:
     return total
 
 
-def run_measured(command: list[str], env: dict[str, str], log: Path) -> tuple[float, resource.struct_rusage, int]:
+def run_measured(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> tuple[float, resource.struct_rusage, int]:
     """Run ``command``; wall seconds, rusage of the tree, peak tree PSS in kB."""
     peak = 0
     done = threading.Event()
     start = time.perf_counter()
     with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
 
         def sample() -> None:
             nonlocal peak
@@ -185,9 +185,9 @@ def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | N
     RUNS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=RUNS))
     env = dict(os.environ, SENTRY_OPT_OUT="1", PYTHONUNBUFFERED="1")
-    if tool == "baseline":
-        assert baseline is not None
-        env["PYTHONPATH"] = str(baseline)
+    # `python -m` puts the current folder first on sys.path, so each run starts in its empty work
+    # folder and imports imgcluster from PYTHONPATH: this checkout, or the baseline's
+    env["PYTHONPATH"] = str(baseline if tool == "baseline" and baseline else HERE.parent)
     if tool in ("imgcluster", "baseline"):
         out = work / "clusters.csv"
         command = [
@@ -198,7 +198,7 @@ def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | N
         assert fastdup is not None
         command = [str(fastdup), "-c", FASTDUP_SCRIPT, str(folder.path), str(work / "fastdup"), str(folder.classes)]
     load_before = os.getloadavg()[0]
-    wall, usage, peak = run_measured(command, env, work.with_suffix(".log"))
+    wall, usage, peak = run_measured(command, env, work.with_suffix(".log"), work)
     load_after = os.getloadavg()[0]
     rels, clusters = fastdup_clusters(work / "fastdup", folder.path) if tool == "fastdup" else imgcluster_clusters(out)
     shutil.rmtree(work)

@@ -23,7 +23,15 @@ from torch import nn
 import imgcluster.embedding as embedding
 import imgcluster.neighbours as neighbours
 from imgcluster.backbones import Backbone, BackboneSpec, create_backbone
-from imgcluster.embedding import default_batch_size, default_workers, draft_size_for, embed_files, plan_loader, prepare_model
+from imgcluster.embedding import (
+    default_batch_size,
+    default_workers,
+    draft_size_for,
+    embed_files,
+    plan_loader,
+    prepare_model,
+    split_transform,
+)
 from imgcluster.errors import UserError
 from imgcluster.listing import list_images
 from imgcluster.load import load_rgb
@@ -248,6 +256,44 @@ def test_workers_give_the_same_features_as_in_process(tmp_path: Path, lite0: Bac
         return out
 
     assert np.allclose(run(0), run(2), atol=1e-5)
+
+
+def test_workers_hand_over_uint8_pixels_that_become_the_same_floats(tmp_path: Path, lite0: Backbone) -> None:
+    from timm.data import create_transform
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4)
+    pattern(900, 500).save(folder / "big.jpg", quality=90)
+    whole = create_transform(**lite0.data_config, is_training=False)
+    per_image, to_floats = split_transform(whole)
+    assert to_floats is not None
+    images = [load_rgb(f.path, draft_size_for(lite0.data_config)) for f in list_images(folder)]
+    pixels = torch.stack([per_image(im) for im in images])
+    assert pixels.dtype == torch.uint8  # a quarter of float32's bytes through shared memory
+    assert torch.equal(to_floats(pixels), torch.stack([whole(im) for im in images]))  # bit for bit
+
+
+def test_transform_without_normalise_at_the_end_is_kept_whole() -> None:
+    from torchvision import transforms as tv
+
+    odd = tv.Compose([tv.Resize(32), tv.ToTensor()])
+    assert split_transform(odd) == (odd, None)
+
+
+def test_embedding_from_uint8_batches_gives_the_float_path_s_features(
+    tmp_path: Path, lite0: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = list_images(copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4))
+    cpu = torch.device("cpu")
+
+    def run() -> np.ndarray:
+        out = np.zeros((len(files), lite0.feature_dim), np.float32)
+        for batch in embed_files(files, lite0, cpu, batch_size=8, workers=0):
+            out[batch.indices] = batch.features
+        return out
+
+    split = run()
+    monkeypatch.setattr(embedding, "split_transform", lambda transform: (transform, None))  # floats per image, as before
+    assert np.array_equal(split, run())
 
 
 @pytest.mark.parametrize(
