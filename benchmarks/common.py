@@ -130,11 +130,11 @@ def mean_std(values: list[float], digits: int = 3) -> str:
     return f"{a.mean():.{digits}f} ± {a.std():.{digits}f}"
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace this benchmark's section of RESULTS.md, leaving the others as they are."""
+def write_section(name: str, body: str, results: Path = RESULTS) -> None:
+    """Replace this benchmark's section of ``results`` (RESULTS.md), leaving the others as they are."""
     start, end = f"<!-- bench:{name} -->", f"<!-- /bench:{name} -->"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is written by the script named in it.\n"
+    text = results.read_text() if results.exists() else "# Benchmark results\n\nEach section is written by the script named in it.\n"
     block = f"{start}\n{body.rstrip()}\n\n_Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine()}._\n{end}"
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
+    results.write_text(text)

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcluster.backbones import Backbone
 from imgcluster.listing import ImageFile, stat_key
 from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_rgb, time_limit
-from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, worker_threads_init
+from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, reuse_freed_memory, worker_threads_init
 
 MAX_ASPECT = 16  # longer side / shorter side kept before resizing; see limit_aspect
 
@@ -135,13 +135,16 @@ def compute_precision(device: torch.device) -> str:
 
 
 def default_batch_size(device: torch.device, n_files: int | None = None) -> int:
-    """Images per forward pass: a GPU needs large batches to stay busy; on the CPU 64 already is.
+    """Images per forward pass: a GPU needs large batches to stay busy; the CPU is as busy with 16.
 
-    Every forward pass is padded to this size (see ``embed_files``), so a folder smaller than it
-    gets its own size rounded up to a multiple of 8 instead: 10 images cost 16 forward rows, not
-    64. ``n_files`` is the whole folder, not what is left to embed, so a resumed run pads the same.
+    On the CPU a batch's activations are the process's largest allocation: EfficientNet-Lite0's
+    peak RSS was 2.2 GB with 64 images per pass and 1.3 GB with 16, at the same CPU time per image
+    (``benchmarks/results_peers.md``). Every forward pass is padded to this size (see
+    ``embed_files``), so a folder smaller than it gets its own size rounded up to a multiple of 8
+    instead. ``n_files`` is the whole folder, not what is left to embed, so a resumed run pads the
+    same.
     """
-    full = 256 if device.type == "cuda" else 64
+    full = 256 if device.type == "cuda" else 16
     if n_files is None:
         return full
     return min(full, 8 * -(-max(n_files, 1) // 8))
@@ -183,8 +186,9 @@ class LoaderPlan:
 
 
 def plan_loader(workers: int, batch_size: int, input_size: tuple[int, ...], cuda: bool, shm_free: int | None) -> LoaderPlan:
-    """Fit the decode workers to /dev/shm. Each batch a worker has ready sits there as float32
-    (256 images of 3x224x224 are 147 MB); when it fills up, the worker's queue thread fails and the
+    """Fit the decode workers to /dev/shm. Each batch a worker has ready sits there, as uint8 pixels
+    for timm's transforms (``split_transform``) but planned here as float32, what any other
+    transform hands over (256 images of 3x224x224 are 147 MB); when it fills up, the worker's queue thread fails and the
     run hangs. Containers often have little (Docker's default is 64 MB), so the batches in flight,
     plus two being consumed, are kept under half of what is free, with fewer workers or, below
     one batch, none (decoding in the main process: slower, same features)."""
@@ -211,6 +215,30 @@ def plan_loader(workers: int, batch_size: int, input_size: tuple[int, ...], cuda
     return LoaderPlan(fitted, max(1, min(prefetch, slots // fitted)), note)
 
 
+def split_transform(transform: Callable) -> tuple[Callable, Callable[[torch.Tensor], torch.Tensor] | None]:
+    """Split a timm eval transform into a per-image part that ends in uint8 pixels and a batch part
+    that turns them into the model's normalised floats; ``(transform, None)`` when it does not end
+    in to-tensor + normalise.
+
+    Decode workers hand their batches to the main process through shared memory, so uint8 moves a
+    quarter of float32's bytes (and page faults). The batch part runs the same element-wise
+    operations as the per-image steps it replaces (``/ 255``, ``- mean``, ``/ std``), so the floats
+    are bit for bit the ones the whole transform gives.
+    """
+    from timm.data.transforms import MaybePILToTensor, MaybeToTensor
+    from torchvision import transforms as tv  # type: ignore[import-untyped]
+
+    steps = list(getattr(transform, "transforms", []))
+    if len(steps) < 2 or not isinstance(steps[-2], MaybeToTensor | tv.ToTensor) or not isinstance(steps[-1], tv.Normalize):
+        return transform, None
+    normalise = steps[-1]
+
+    def to_floats(pixels: torch.Tensor) -> torch.Tensor:
+        return cast(torch.Tensor, normalise(pixels.to(torch.float32).div(255)))
+
+    return tv.Compose([*steps[:-2], MaybePILToTensor()]), to_floats
+
+
 def draft_size_for(data_config: dict) -> int:
     """The smallest side the resize step needs, so JPEG decoding can skip the rest."""
     size = max(data_config["input_size"][1:])
@@ -234,8 +262,8 @@ def embed_files(
     """
     from timm.data import create_transform
 
-    transform = create_transform(**backbone.data_config, is_training=False)
-    dataset = ImageDataset(files, transform, draft_size_for(backbone.data_config))
+    per_image, to_floats = split_transform(create_transform(**backbone.data_config, is_training=False))
+    dataset = ImageDataset(files, per_image, draft_size_for(backbone.data_config))
     workers = default_workers(len(files), device) if workers is None else workers
     batch_size = batch_size or default_batch_size(device)
     if not files:
@@ -260,19 +288,23 @@ def embed_files(
     with contextlib.ExitStack() as stack:
         if not cuda:
             stack.enter_context(cpu_threads(workers))
+            stack.enter_context(reuse_freed_memory())
         stack.enter_context(torch.inference_mode())
         for indices, tensor, failures, seen in loader:
             if tensor is None:
                 yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, seen)
                 continue
             n = tensor.shape[0]
+            tensor = tensor.to(device, non_blocking=True)
+            if to_floats is not None:
+                tensor = to_floats(tensor)
             # Always one shape: the CPU kernels for a batch of 1 round differently from larger ones
             # (measured with EfficientNet-Lite0), and a resumed or incremental run groups images
             # differently, so without padding its features could differ in the last bits; a
             # ragged last batch would also recompile a compiled model.
             if n < batch_size:
                 tensor = torch.cat([tensor, tensor.new_zeros((batch_size - n, *tensor.shape[1:]))])
-            x = tensor.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+            x = tensor.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 out = model(x)
             yield EmbeddedBatch(indices, out[:n].float().cpu().numpy(), failures, seen)

@@ -3,12 +3,14 @@ decoding, decode workers, batch-norm folding. GPU-only checks skip without CUDA.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import resource
 import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +20,23 @@ from imagefolders import CLASSES, copy_sample
 from PIL import Image
 from torch import nn
 
+import imgcluster.embedding as embedding
 import imgcluster.neighbours as neighbours
 from imgcluster.backbones import Backbone, BackboneSpec, create_backbone
-from imgcluster.embedding import default_batch_size, default_workers, draft_size_for, embed_files, plan_loader, prepare_model
+from imgcluster.embedding import (
+    default_batch_size,
+    default_workers,
+    draft_size_for,
+    embed_files,
+    plan_loader,
+    prepare_model,
+    split_transform,
+)
 from imgcluster.errors import ImgclusterError
 from imgcluster.listing import list_images
 from imgcluster.load import load_rgb
 from imgcluster.neighbours import knn_search, knn_search_torch, l2_normalise
-from imgcluster.speed import cpu_threads, fold_batchnorm
+from imgcluster.speed import cpu_threads, fold_batchnorm, reuse_freed_memory
 
 
 def cuda(test: Callable[..., None]) -> Callable[..., None]:
@@ -247,9 +258,47 @@ def test_workers_give_the_same_features_as_in_process(tmp_path: Path, lite0: Bac
     assert np.allclose(run(0), run(2), atol=1e-5)
 
 
+def test_workers_hand_over_uint8_pixels_that_become_the_same_floats(tmp_path: Path, lite0: Backbone) -> None:
+    from timm.data import create_transform
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4)
+    pattern(900, 500).save(folder / "big.jpg", quality=90)
+    whole = create_transform(**lite0.data_config, is_training=False)
+    per_image, to_floats = split_transform(whole)
+    assert to_floats is not None
+    images = [load_rgb(f.path, draft_size_for(lite0.data_config)) for f in list_images(folder)]
+    pixels = torch.stack([per_image(im) for im in images])
+    assert pixels.dtype == torch.uint8  # a quarter of float32's bytes through shared memory
+    assert torch.equal(to_floats(pixels), torch.stack([whole(im) for im in images]))  # bit for bit
+
+
+def test_transform_without_normalise_at_the_end_is_kept_whole() -> None:
+    from torchvision import transforms as tv
+
+    odd = tv.Compose([tv.Resize(32), tv.ToTensor()])
+    assert split_transform(odd) == (odd, None)
+
+
+def test_embedding_from_uint8_batches_gives_the_float_path_s_features(
+    tmp_path: Path, lite0: Backbone, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = list_images(copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4))
+    cpu = torch.device("cpu")
+
+    def run() -> np.ndarray:
+        out = np.zeros((len(files), lite0.feature_dim), np.float32)
+        for batch in embed_files(files, lite0, cpu, batch_size=8, workers=0):
+            out[batch.indices] = batch.features
+        return out
+
+    split = run()
+    monkeypatch.setattr(embedding, "split_transform", lambda transform: (transform, None))  # floats per image, as before
+    assert np.array_equal(split, run())
+
+
 @pytest.mark.parametrize(
     ("device", "n_files", "expected"),
-    [("cpu", None, 64), ("cpu", 1, 8), ("cpu", 5, 8), ("cpu", 40, 40), ("cpu", 65, 64), ("cuda", 100, 104), ("cuda", 10**6, 256)],
+    [("cpu", None, 16), ("cpu", 1, 8), ("cpu", 5, 8), ("cpu", 12, 16), ("cpu", 40, 16), ("cuda", 100, 104), ("cuda", 10**6, 256)],
 )
 def test_default_batch_shrinks_to_small_folders(device: str, n_files: int | None, expected: int) -> None:
     assert default_batch_size(torch.device(device), n_files) == expected
@@ -363,7 +412,7 @@ def test_small_dev_shm_does_not_hang(tmp_path: Path) -> None:
     folder = copy_sample(tmp_path / "photos", CLASSES, per_class=30)  # 150 images: two full batches of 37 MB each
     script = (
         "mount -t tmpfs -o size=64m tmpfs /dev/shm && "
-        f"{sys.executable} -m imgcluster embed {folder} --cache-dir {tmp_path / 'cache'} --workers 2 --quiet"
+        f"{sys.executable} -m imgcluster embed {folder} --cache-dir {tmp_path / 'cache'} --workers 2 --embed-batch-size 64 --quiet"
     )
     proc = subprocess.Popen(
         ["unshare", "-m", "sh", "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
@@ -477,6 +526,60 @@ def test_cpu_threads_restores_setting() -> None:
     with cpu_threads(workers=64) as threads:
         assert threads >= 1 and torch.get_num_threads() == threads
     assert torch.get_num_threads() == before
+
+
+BIG = 64 * 2**20  # bytes: over glibc's largest mmap threshold (32 MB), like a batch's activations
+
+
+def faults_of_big_buffers(times: int = 10) -> int:
+    """Minor page faults of allocating, touching and freeing a BIG buffer ``times`` times."""
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(times):
+        torch.empty(BIG // 4).fill_(1.0)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+def huge_pages_always() -> bool:
+    """With transparent huge pages on for all memory, a fresh buffer costs too few faults to tell."""
+    try:
+        return "[always]" in Path("/sys/kernel/mm/transparent_hugepage/enabled").read_text()
+    except OSError:
+        return False
+
+
+def resident_bytes() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * resource.getpagesize()
+
+
+@pytest.mark.skipif(huge_pages_always(), reason="transparent huge pages hide the faults this counts")
+def test_freed_large_buffers_are_reused_and_given_back_at_the_end() -> None:
+    one_buffer = BIG // resource.getpagesize()
+    with reuse_freed_memory() as active:
+        if not active:
+            pytest.skip("needs glibc's mallopt")
+        faults_of_big_buffers(20)  # the heap grows until a buffer fits among what is free
+        inside = faults_of_big_buffers()
+        kept = resident_bytes()
+    assert inside < 2 * one_buffer  # ten buffers, at most one of them faulted in again (not ten)
+    assert kept - resident_bytes() > BIG // 2  # on leaving, the heap kept for reuse goes back
+
+
+def test_cpu_embedding_runs_inside_reuse_freed_memory(tmp_path: Path, lite0: Backbone, monkeypatch: pytest.MonkeyPatch) -> None:
+    state: list[str] = []
+
+    @contextlib.contextmanager
+    def spy() -> Iterator[bool]:
+        state.append("entered")
+        yield True
+        state.append("left")
+
+    monkeypatch.setattr(embedding, "reuse_freed_memory", spy)
+    files = list_images(copy_sample(tmp_path / "photos", CLASSES[:1], per_class=4))
+    seen = []
+    for _ in embed_files(files, lite0, torch.device("cpu"), batch_size=2, workers=0):
+        seen.append(list(state))
+    assert seen == [["entered"], ["entered"]]  # every forward pass ran inside it
+    assert state == ["entered", "left"]
 
 
 @cuda

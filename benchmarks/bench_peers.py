@@ -1,0 +1,291 @@
+"""`make bench-peers`: imgcluster against fastdup 2.54 on the same folders, in the same run.
+
+Each tool runs as a subprocess from a cold start (a fresh cache or work folder), one after the
+other on each folder (ABBA order with ``--repeats 2``), so load from other processes hits both
+alike. Measured for the whole process tree:
+
+- wall seconds, and CPU seconds split into user and system (``os.wait4``: the process and every
+  child it waited for, which covers imgcluster's decode workers and fastdup's threads);
+- peak memory: the largest sum of PSS (proportional set size, so pages shared between a process
+  and its forked workers count once) over the tree, sampled from ``/proc`` every 50 ms, and the
+  largest single process's RSS (``ru_maxrss``);
+- images/s: images over wall time, start-up and clustering included;
+- ACC / NMI / ARI of each tool's clusters against the folder's class sub-folders, both through
+  ``imgcluster.scoring.score``.
+
+What runs: ``python -m imgcluster assign FOLDER --model efficientnet-lite0 --clusters K`` with a
+fresh ``--cache-dir`` and otherwise default options, and fastdup's own k-means entry point,
+``fastdup.run_kmeans(input_dir=FOLDER, work_dir=FRESH, num_clusters=K)`` (its ONNX model on the
+CPU, default threads), each image taken to the closest of the centroids it lists in
+``kmeans_assignments.csv``. fastdup lives in its own virtualenv under ``benchmarks/data/``,
+created on first use (pip from PyPI).
+
+Writes its table into the ``peers`` section of ``benchmarks/results_peers.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from common import DATA, MODEL, write_section  # noqa: E402
+from datasets import FASHION_CLASSES, fashion_mnist_test, write_folder  # noqa: E402
+
+from imgcluster.scoring import score  # noqa: E402
+
+RESULTS = HERE / "results_peers.md"
+FASTDUP_VERSION = "2.54"
+FASTDUP_VENV = DATA / "fastdup-venv"
+RUNS = DATA / "peers-runs"
+FASTDUP_SCRIPT = (
+    "import sys, fastdup\n"
+    "sys.exit(fastdup.run_kmeans(input_dir=sys.argv[1], work_dir=sys.argv[2], num_clusters=int(sys.argv[3])) or 0)\n"
+)
+
+
+@dataclass
+class Folder:
+    name: str
+    path: Path
+    classes: int
+    images: int
+
+
+@dataclass
+class Measured:
+    tool: str
+    folder: str
+    images: int
+    assigned: int
+    wall: float
+    user: float
+    system: float
+    tree_pss_mb: float
+    max_rss_mb: float
+    load: tuple[float, float]
+    scores: dict[str, float]
+
+
+def fastdup_python() -> Path:
+    """fastdup's interpreter, in a virtualenv of its own so its pins never touch imgcluster's."""
+    python = FASTDUP_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {FASTDUP_VENV} with fastdup=={FASTDUP_VERSION}", file=sys.stderr, flush=True)
+        base = getattr(sys, "_base_executable", sys.executable)
+        subprocess.run([base, "-m", "venv", str(FASTDUP_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", f"fastdup=={FASTDUP_VERSION}"], check=True)
+    return python
+
+
+def fashion_folder(n: int) -> Folder:
+    images, labels = fashion_mnist_test()
+    path = write_folder(images[:n], labels[:n], FASHION_CLASSES, DATA / "peers" / f"fashion-mnist-{n}")
+    return Folder(f"Fashion-MNIST test, first {n:,}", path, 10, n)
+
+
+def sample_folder() -> Folder:
+    path = HERE.parent / "sample_data"
+    return Folder("sample_data", path, 5, sum(1 for p in path.rglob("*.png")))
+
+
+def tree_pss_kb(root: int) -> int:
+    """PSS of ``root`` and all its descendants, in kB; processes that end meanwhile count 0."""
+    parents: dict[int, int] = {}
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                stat = Path(entry.path, "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    total = 0
+    for pid in tree:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+        except OSError:
+            pass
+    return total
+
+
+def run_measured(command: list[str], env: dict[str, str], log: Path, cwd: Path) -> tuple[float, resource.struct_rusage, int]:
+    """Run ``command``; wall seconds, rusage of the tree, peak tree PSS in kB."""
+    peak = 0
+    done = threading.Event()
+    start = time.perf_counter()
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.wait(0.05):
+                peak = max(peak, tree_pss_kb(process.pid))
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - start
+        done.set()
+        sampler.join()
+        process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise RuntimeError(f"{command[:4]} failed with {process.returncode}; see {log}")
+    return wall, usage, peak
+
+
+def labels_of(rels: list[str]) -> np.ndarray:
+    return np.array([rel.split("/", 1)[0] for rel in rels])
+
+
+def imgcluster_clusters(csv_path: Path) -> tuple[list[str], np.ndarray]:
+    with csv_path.open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    return [r["path"] for r in rows], np.array([int(r["cluster"]) for r in rows])
+
+
+def fastdup_clusters(work: Path, folder: Path) -> tuple[list[str], np.ndarray]:
+    """Each image's closest centroid; fastdup lists ``nearest_neighbors_k`` (2) rows per image."""
+    best: dict[str, tuple[float, int]] = {}
+    with (work / "kmeans_assignments.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            rel = Path(row["filename"]).resolve().relative_to(folder.resolve()).as_posix()
+            distance = float(row["distance"])
+            if rel not in best or distance < best[rel][0]:
+                best[rel] = (distance, int(row["cluster"]))
+    rels = sorted(best)
+    return rels, np.array([best[r][1] for r in rels])
+
+
+def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | None = None) -> Measured:
+    """One cold run; tool ``baseline`` is imgcluster imported from the checkout ``baseline``."""
+    RUNS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=RUNS))
+    env = dict(os.environ, SENTRY_OPT_OUT="1", PYTHONUNBUFFERED="1")
+    # `python -m` puts the current folder first on sys.path, so each run starts in its empty work
+    # folder and imports imgcluster from PYTHONPATH: this checkout, or the baseline's
+    env["PYTHONPATH"] = str(baseline if tool == "baseline" and baseline else HERE.parent)
+    if tool in ("imgcluster", "baseline"):
+        out = work / "clusters.csv"
+        command = [
+            sys.executable, "-m", "imgcluster", "assign", str(folder.path), "--model", MODEL,
+            "--clusters", str(folder.classes), "--cache-dir", str(work / "cache"), "--out", str(out), "--quiet",
+        ]  # fmt: skip
+    else:
+        assert fastdup is not None
+        command = [str(fastdup), "-c", FASTDUP_SCRIPT, str(folder.path), str(work / "fastdup"), str(folder.classes)]
+    load_before = os.getloadavg()[0]
+    wall, usage, peak = run_measured(command, env, work.with_suffix(".log"), work)
+    load_after = os.getloadavg()[0]
+    rels, clusters = fastdup_clusters(work / "fastdup", folder.path) if tool == "fastdup" else imgcluster_clusters(out)
+    shutil.rmtree(work)
+    return Measured(
+        tool=f"imgcluster {baseline.name}" if tool == "baseline" and baseline else tool,
+        folder=folder.name,
+        images=folder.images,
+        assigned=len(rels),
+        wall=wall,
+        user=usage.ru_utime,
+        system=usage.ru_stime,
+        tree_pss_mb=peak / 1024,
+        max_rss_mb=usage.ru_maxrss / 1024,
+        load=(load_before, load_after),
+        scores=score(labels_of(rels), clusters),
+    )
+
+
+def table(results: list[Measured]) -> str:
+    head = (
+        "| folder | tool | images/s | wall s | CPU s | user s | system s | system % | tree peak PSS MB | "
+        "largest process RSS MB | ACC | NMI | ARI | images scored | load avg before → after |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    rows = []
+    for r in results:
+        cpu = r.user + r.system
+        rows.append(
+            f"| {r.folder} | {r.tool} | {r.images / r.wall:.1f} | {r.wall:.1f} | {cpu:.1f} | {r.user:.1f} | {r.system:.1f} | "
+            f"{100 * r.system / cpu:.1f} | {r.tree_pss_mb:.0f} | {r.max_rss_mb:.0f} | {r.scores['acc']:.3f} | {r.scores['nmi']:.3f} | "
+            f"{r.scores['ari']:.3f} | {r.assigned:,} | {r.load[0]:.1f} → {r.load[1]:.1f} |"
+        )
+    return head + "\n".join(rows) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="2000,10000", help="Fashion-MNIST test images per folder, comma-separated ('' for none)")
+    parser.add_argument("--no-sample-data", action="store_true", help="leave out sample_data (125 images)")
+    parser.add_argument("--tools", default="imgcluster,fastdup", help="comma-separated: imgcluster, fastdup, baseline")
+    parser.add_argument("--baseline", type=Path, help="an imgcluster checkout to run as tool 'baseline' (before/after)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs per tool and folder, alternating A B B A ...")
+    parser.add_argument("--section", default="peers", help="section of results_peers.md to write")
+    parser.add_argument("--note", default="", help="a line written above the table (what else ran on the machine)")
+    args = parser.parse_args()
+
+    tools = [t for t in args.tools.split(",") if t]
+    unknown = set(tools) - {"imgcluster", "fastdup", "baseline"}
+    if unknown:
+        parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
+    if "baseline" in tools and (args.baseline is None or not (args.baseline / "imgcluster").is_dir()):
+        parser.error("tool 'baseline' needs --baseline DIR, a checkout with an imgcluster/ folder")
+    fastdup = fastdup_python() if "fastdup" in tools else None
+    folders = ([] if args.no_sample_data else [sample_folder()]) + [fashion_folder(int(n)) for n in args.sizes.split(",") if n]
+    results: list[Measured] = []
+    for folder in folders:
+        for repeat in range(args.repeats):
+            for tool in tools if repeat % 2 == 0 else tools[::-1]:
+                print(f"{tool} on {folder.name} (run {repeat + 1})", file=sys.stderr, flush=True)
+                results.append(run_tool(tool, folder, fastdup, args.baseline))
+                print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+                # written after every run, so what ran is kept if a later run is stopped
+                write_section(args.section, report(results, [f.name for f in folders], args.note), RESULTS)
+    print(report(results, [f.name for f in folders], args.note))
+
+
+def command_line() -> str:
+    """This run's options, the note's text left out (it is printed above the table)."""
+    argv = sys.argv[1:]
+    if "--note" in argv:
+        argv[argv.index("--note") + 1] = "..."
+    return shlex.join(argv)
+
+
+def report(results: list[Measured], order: list[str], note: str) -> str:
+    ordered = sorted(results, key=lambda r: (order.index(r.folder), r.tool))
+    return (
+        "## imgcluster and fastdup side by side (`make bench-peers`)\n\n"
+        + (f"{note}\n\n" if note else "")
+        + f"Run as `python benchmarks/bench_peers.py {command_line()}`. Each row is one cold run (fresh cache or work "
+        f"folder). imgcluster: `assign FOLDER --model {MODEL} --clusters K`, other options default. fastdup {FASTDUP_VERSION}: "
+        "`fastdup.run_kmeans(input_dir=FOLDER, work_dir=FRESH, num_clusters=K)`, each image in its closest centroid's cluster. "
+        "CPU, user and system seconds cover the whole process tree (`os.wait4`); tree peak PSS is the largest sum of "
+        "proportional set sizes over the tree (sampled every 50 ms); ACC/NMI/ARI by `imgcluster.scoring.score` for both.\n\n"
+        + table(ordered)
+    )
+
+
+if __name__ == "__main__":
+    main()
