@@ -65,13 +65,9 @@ def cache_key(identity: dict[str, Any], dtype: str, compute: str = "float32") ->
 
     Features computed in bfloat16 (CUDA autocast) differ from float32 ones (cosine ~0.998), so they
     get a cache of their own and a run never mixes the two. float32 leaves the key as it was before
-    the field existed, so caches written then stay valid. ``decode`` is the loader's version
-    (:data:`imgcluster.load.DECODE_VERSION`): when decoding changes what some images look like, their
-    old features must not be reused.
+    the field existed, so caches written then stay valid.
     """
-    from imgcluster.load import DECODE_VERSION
-
-    fields = {"backbone": identity, "dtype": dtype, "format": KEY_FORMAT, "decode": DECODE_VERSION}
+    fields = {"backbone": identity, "dtype": dtype, "format": KEY_FORMAT}
     if compute != "float32":
         fields["compute"] = compute
     blob = json.dumps(fields, sort_keys=True)

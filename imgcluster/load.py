@@ -18,11 +18,6 @@ from PIL import Image, ImageFile, ImageOps
 # 0 turns the limit off). The slowest of 3,024 fuzzed files took 5 s on a loaded 2-core machine.
 DECODE_TIMEOUT = 60.0
 
-# What decoding produces, as part of the feature cache's key: bump it when a change makes some
-# images look different, so their old features are not reused. 2: a picture whose content is only
-# in its alpha channel is composited on black, where white would blank it.
-DECODE_VERSION = "2"
-
 # Keep Pillow strict: a truncated file is an error, never half an image.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
