@@ -89,7 +89,7 @@ def export(
     if target.exists() and not target.is_dir():
         raise ParameterError(f"{{to}} {target} is not a folder")
     result = ExportResult(target)
-    place = _placer(mode, result, Path(real_target))
+    place = _placer(mode, result, target)
     width = max(2, len(str(max(r.cluster for r in rows))))
     report = Reporter(progress, "export")
     plan: list[tuple[str, Path]] = []  # (path in the image folder, the folder in the export it goes to)
@@ -146,17 +146,9 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
     return out
 
 
-def _placer(mode: str, result: ExportResult, real_target: Path) -> Callable[[Path, Path], None]:
+def _placer(mode: str, result: ExportResult, target: Path) -> Callable[[Path, Path], None]:
     def place(source: Path, dest: Path) -> None:
-        try:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-        except (FileExistsError, NotADirectoryError):  # a foreign file where a folder goes
-            result.conflicts.append(dest)
-            return
-        except OSError as exc:
-            raise ImgclusterError(f"cannot create {dest.parent}: {exc.strerror or exc}") from None
-        real_parent = os.path.realpath(dest.parent)
-        if os.path.commonpath([real_parent, real_target]) != str(real_target):  # a foreign link out of the export
+        if not _make_folders(target, dest.parent):
             result.conflicts.append(dest)
             return
         if os.path.lexists(dest):
@@ -189,6 +181,22 @@ def _placer(mode: str, result: ExportResult, real_target: Path) -> Callable[[Pat
         result.placed += 1
 
     return place
+
+
+def _make_folders(target: Path, folder: Path) -> bool:
+    """Create ``folder`` below ``target`` one level at a time; False when something foreign is in
+    the way: a file where a folder goes, or a link, which could lead the export out of ``target``."""
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        current = target
+        for part in folder.relative_to(target).parts:
+            current = current / part
+            if current.is_symlink() or (os.path.lexists(current) and not current.is_dir()):
+                return False
+            current.mkdir(exist_ok=True)
+    except OSError as exc:
+        raise ImgclusterError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    return True
 
 
 def _is_ours(source: Path, dest: Path, mode: str) -> bool:
