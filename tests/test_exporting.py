@@ -83,7 +83,7 @@ def test_a_foreign_file_is_never_overwritten(assigned: tuple[Path, Path, list[st
 
 
 def test_a_foreign_link_out_of_the_export_is_not_followed(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
-    folder, csv_path, paths = assigned
+    folder, csv_path, _ = assigned
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     to = tmp_path / "sorted"
