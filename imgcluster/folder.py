@@ -259,7 +259,9 @@ def cluster_folder(
                 embeddings.folder, NAMING_MODEL, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
                 workers=workers, follow_symlinks=follow_symlinks, lock_timeout=lock_timeout, progress=progress,
             )  # fmt: skip
-        result["columns"]["cluster_name"] = _names(embeddings.paths, result["columns"]["cluster"], naming)
+        columns = result["columns"]
+        name = {"cluster_name": _names(embeddings.paths, columns["cluster"], naming)}
+        result["columns"] = {**{k: columns[k] for k in ("cluster", "confidence")}, **name, **columns}  # in the CSV's order
     assignment = Assignment(
         paths=embeddings.paths, min_confidence=min_confidence, near_duplicates=near_duplicates, embeddings=embeddings,
         head=head_path, objective=trained_objective.name, n_clusters=trained_objective.n_clusters, train=train,
