@@ -73,6 +73,13 @@ class Assignment:
         labels, counts = np.unique(self.cluster, return_counts=True)
         return {int(k): int(v) for k, v in zip(labels, counts)}
 
+    @property
+    def cluster_names(self) -> dict[int, str]:
+        """Cluster id -> its name (empty without ``names``)."""
+        if "cluster_name" not in self.columns:
+            return {}
+        return {int(k): str(n) for k, n in zip(self.cluster, self.columns["cluster_name"])}
+
     def to_frame(self) -> pd.DataFrame:
         """The CSV's rows as a DataFrame: path, cluster, confidence, outlier, outlier_reason, ..."""
         import pandas as pd
@@ -102,6 +109,7 @@ class Assignment:
                 "cluster_sizes": self.cluster_sizes,
                 "outliers": {"min_confidence": self.min_confidence, "rule": OUTLIER_RULE, **self.outliers.summary()},
                 "near_duplicates": duplicates,
+                **({"cluster_names": self.cluster_names} if "cluster_name" in self.columns else {}),
             },
         }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,12 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image, ImageOps
+from typer.testing import CliRunner
 
 import imgcluster
 from imgcluster.backbones import _bundled_weights_path
+from imgcluster.cli import app
 from imgcluster.naming import _lemmas, cluster_names, name_of
 
 MODEL = {"model": "efficientnet-lite0", "workers": 0}
+FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--workers", "0"]
 
 
 def photo_folder(root: Path) -> Path:
@@ -58,8 +62,20 @@ def test_cluster_folder_names_each_cluster(small_folder: Path, shared_cache: Pat
     read = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
     assert list(read.columns) == ["path", "cluster", "confidence", "cluster_name", "outlier", "outlier_reason"]
     assert read["cluster_name"].tolist() == list(names)
+    sidecar = json.loads((tmp_path / "out.csv.json").read_text())
+    assert result.cluster_names == expected
+    assert sidecar["result"]["cluster_names"] == {str(k): v for k, v in expected.items()}
     plain = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=shared_cache, names=False, **MODEL)
-    assert "cluster_name" not in plain.columns
+    assert "cluster_name" not in plain.columns and plain.cluster_names == {}
+
+
+def test_cli_no_names(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plain.csv"
+    args = ["assign", small_folder, "--no-names", "--out", out, "--cache-dir", shared_cache, *FAST]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text().splitlines()[0] == '"path","cluster","confidence","outlier","outlier_reason"'
+    assert "cluster_names" not in json.loads((tmp_path / "plain.csv.json").read_text())["result"]
 
 
 def test_another_backbone_is_named_by_one_extra_lite0_pass(small_folder: Path, tmp_path: Path) -> None:
