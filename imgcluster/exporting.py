@@ -45,6 +45,7 @@ class ExportResult:
     conflicts: list[Path] = field(default_factory=list)  # foreign files left as they were
     refused: list[tuple[str, str]] = field(default_factory=list)  # (CSV path, why it was not opened)
     symlinked: int = 0  # mode "link" on a file system without hard links between these folders
+    missing: list[str] = field(default_factory=list)  # images not in the image folder (any more), or not regular files
 
 
 def folder_name(cluster: int, name: str, width: int) -> str:
@@ -112,6 +113,9 @@ def export(
             f"left {count(len(result.conflicts), 'file')} that were already in {target} and are not these images as they were "
             f"(e.g. {result.conflicts[0]}); nothing was overwritten"
         )
+    if result.missing:
+        gone = count(len(result.missing), "image")
+        report.warning(f"{gone} of {csv_path.name} not found or not a regular file (e.g. {result.missing[0]}); left out")
     if result.symlinked:
         report.warning(f"{count(result.symlinked, 'image')} could not be hard-linked into {target} and got symbolic links instead")
     report.info(f"exported {count(result.placed + result.kept, 'image')} to {target} ({result.placed} new, {result.kept} already there)")
@@ -148,6 +152,9 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
 
 def _placer(mode: str, result: ExportResult, target: Path) -> Callable[[Path, Path], None]:
     def place(source: Path, dest: Path) -> None:
+        if not source.is_file():  # gone since the assignment (or never there): nothing to export, nothing to stop for
+            result.missing.append(source.as_posix())
+            return
         if not _make_folders(target, dest.parent):
             result.conflicts.append(dest)
             return

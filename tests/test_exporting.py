@@ -137,3 +137,12 @@ def test_cli_export(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> N
     assert bad.exit_code == 2 and "--mode must be one of" in bad.stderr
     inside = runner.invoke(app, ["export", str(csv_path), "--to", str(folder / "s"), "--folder", str(folder)])
     assert inside.exit_code == 2 and "--to" in inside.stderr and not (folder / "s").exists()
+
+
+def test_a_missing_image_is_left_out_and_the_rest_exported(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    folder, csv_path, paths = assigned
+    (folder / paths[1]).unlink()
+    events: list[imgcluster.Event] = []
+    result = imgcluster.export(csv_path, tmp_path / "sorted", folder=folder, progress=events.append)
+    assert result.placed == 5 and result.missing == [(folder / paths[1]).as_posix()]
+    assert any(e.kind == "warning" and "1 image of out.csv not found or not a regular file" in str(e) for e in events)
