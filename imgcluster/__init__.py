@@ -1,8 +1,8 @@
 """imgcluster: sort a folder of images into groups without labels.
 
 The Python API (README, section "Python API"): :func:`embed`, :class:`ClusterHead`,
-:func:`cluster_folder`, :func:`train_folder`, :func:`evaluate`, :func:`write_report`. Each name
-is imported when first used, so ``import imgcluster`` stays light (no torch, timm, faiss or
+:func:`cluster_folder`, :func:`train_folder`, :func:`evaluate`, :func:`write_report`,
+:func:`export`. Each name is imported when first used, so ``import imgcluster`` stays light (no torch, timm, faiss or
 scikit-learn) and ``imgcluster --version`` stays fast.
 """
 
@@ -35,6 +35,8 @@ _LAZY = {
     "write_report": "imgcluster.reporting",
     "ReportResult": "imgcluster.reporting",
     "Event": "imgcluster.progress",
+    "export": "imgcluster.exporting",
+    "ExportResult": "imgcluster.exporting",
 }
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "Embeddings",
     "Evaluation",
     "Event",
+    "ExportResult",
     "ImgclusterError",
     "ParameterError",
     "ReportResult",
@@ -50,12 +53,14 @@ __all__ = [
     "cluster_folder",
     "embed",
     "evaluate",
+    "export",
     "train_folder",
     "write_report",
 ]
 
 if TYPE_CHECKING:
     from imgcluster.estimator import ClusterHead
+    from imgcluster.exporting import ExportResult, export
     from imgcluster.features import embed
     from imgcluster.folder import Assignment, cluster_folder, train_folder
     from imgcluster.pipeline import Embeddings

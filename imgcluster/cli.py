@@ -480,6 +480,14 @@ def assign(
     head: Annotated[Optional[Path], typer.Option("--head", help="Use a trained head checkpoint instead of training one.")] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Add the objective's explanation columns (dsc2i: distances).")] = False,
     report: Annotated[bool, typer.Option("--report", help="Also write an HTML report beside the CSV (see `imgcluster report`).")] = False,
+    names: Annotated[
+        bool,
+        typer.Option(
+            "--names/--no-names",
+            help="Name each cluster by the bundled EfficientNet-Lite0's top ImageNet classes (cluster_name column); "
+            "with another --model this takes one extra, cached Lite0 pass.",
+        ),
+    ] = True,
     min_confidence: Annotated[
         float,
         typer.Option(
@@ -541,7 +549,7 @@ def assign(
             _refuse_training_options(ctx)
         training = _training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option)
         result = imgcluster.cluster_folder(
-            folder, out=out, head=head, explain=explain, min_confidence=min_confidence, near_duplicates=near_duplicates,
+            folder, out=out, head=head, explain=explain, names=names, min_confidence=min_confidence, near_duplicates=near_duplicates,
             raw_csv=raw_csv, progress=show, **(training if head is None else {}),
             **_embedding(
                 model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout, rehash,
@@ -618,6 +626,31 @@ def report(
 
 
 @app.command(
+    epilog="Examples:\n\n  imgcluster export photos-clusters.csv --to ./sorted            # hard links, one folder per cluster\n\n"
+    "  imgcluster export photos-clusters.csv --to /mnt/usb/sorted --mode copy",
+)
+def export(
+    assignments: Annotated[Path, typer.Argument(metavar="CSV", help="CSV written by `imgcluster assign`.", show_default=False)],
+    to: Annotated[Path, typer.Option("--to", help="Folder to fill (created if needed); must not be inside the image folder.")],
+    mode: Annotated[
+        str, typer.Option("--mode", help="link: hard links (symbolic ones across file systems); symlink: symbolic links; copy: copies.")
+    ] = "link",
+    folder: Annotated[
+        Optional[Path], typer.Option("--folder", help="Image folder, when the CSV has no sidecar JSON or the images moved.")
+    ] = None,
+    follow_symlinks: SymlinkOpt = False,
+    quiet: QuietOpt = False,
+) -> None:
+    """Put the images into one sub-folder per cluster (NN-name), outliers and near-duplicates in their own.
+
+    Never moves, changes or deletes an image; a file already in the folder is never overwritten, so a rerun is safe.
+    """
+    ui = UI(quiet)
+    with handled(ui), Printer(ui) as show:
+        imgcluster.export(assignments, to, mode, folder=folder, follow_symlinks=follow_symlinks, progress=show)
+
+
+@app.command(
     epilog="Examples:\n\n  imgcluster objectives\n\n"
     "  imgcluster assign ./photos --objective scan --option entropy_weight=3 --self-label",
 )
@@ -657,10 +690,12 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
         table.add_row(name, value)
     console.print(table)
     per = Table(title="per-cluster purity", title_justify="left")
-    for column in ("cluster", "size", "majority label", "purity"):
+    named = any(p.name for p in e.per_cluster)  # the name column only when the CSV has one
+    for column in ("cluster", "size", *(("name",) if named else ()), "majority label", "purity"):
         per.add_column(column, justify="right")
     for p in e.per_cluster:
-        per.add_row(str(p.cluster), str(p.size), escape(p.majority_label), f"{p.purity:.3f}")  # a folder name, not markup
+        cells = (escape(p.name),) if named else ()  # names and folder names are text, not markup
+        per.add_row(str(p.cluster), str(p.size), *cells, escape(p.majority_label), f"{p.purity:.3f}")
     console.print(per)
 
 

@@ -71,6 +71,7 @@ class Row:
     cluster: int
     confidence: float  # NaN when the CSV has no confidence column
     outlier: bool
+    name: str = ""  # the cluster's name (cluster_name column), "" when the CSV has none
 
 
 @contextmanager
@@ -150,7 +151,7 @@ def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
         confidence = float(raw) if raw not in (None, "") else math.nan
     except ValueError:
         raise ImgclusterError(f"{where}: confidence {raw!r} is not a number") from None
-    return Row(name, cluster, confidence, _truthy(record.get("outlier")))
+    return Row(name, cluster, confidence, _truthy(record.get("outlier")), record.get("cluster_name") or "")
 
 
 def _cluster(text: str | None) -> int | None:

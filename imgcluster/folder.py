@@ -18,6 +18,7 @@ from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, 
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.estimator import ClusterHead
 from imgcluster.features import embed
+from imgcluster.naming import NAMING_MODEL, cluster_names, is_naming_backbone, name_column
 from imgcluster.outputs import refuse_inputs
 from imgcluster.pipeline import Embeddings, head_path_for
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
@@ -38,8 +39,8 @@ class Assignment:
     """The clusters of a folder's images, with everything ``imgcluster assign`` writes about them.
 
     Row ``i`` is image ``paths[i]`` (relative to ``embeddings.folder``); ``columns`` holds the
-    CSV's columns after path (cluster, confidence, outlier, outlier_reason and any explanation
-    columns). :meth:`to_frame` gives them as a DataFrame, :meth:`write` as the CSV and its files.
+    CSV's columns after path (cluster, confidence, cluster_name, outlier, outlier_reason and any
+    explanation columns). :meth:`to_frame` gives them as a DataFrame, :meth:`write` as the CSV and its files.
     """
 
     paths: list[str]
@@ -78,6 +79,13 @@ class Assignment:
         groups = self.duplicates or []
         return {kind: sum(g.kinds.count(kind) for g in groups) for kind in KINDS}
 
+    @property
+    def cluster_names(self) -> dict[int, str]:
+        """Cluster id -> its name (empty without ``names``)."""
+        if "cluster_name" not in self.columns:
+            return {}
+        return {int(k): str(n) for k, n in zip(self.cluster, self.columns["cluster_name"])}
+
     def to_frame(self) -> pd.DataFrame:
         """The CSV's rows as a DataFrame: path, cluster, confidence, outlier, outlier_reason, ..."""
         import pandas as pd
@@ -110,6 +118,7 @@ class Assignment:
                 "cluster_sizes": self.cluster_sizes,
                 "outliers": {"min_confidence": self.min_confidence, **self.outliers.summary()},
                 "near_duplicates": duplicates,
+                **({"cluster_names": self.cluster_names} if "cluster_name" in self.columns else {}),
             },
         }
 
@@ -190,6 +199,7 @@ def cluster_folder(
     min_confidence: float = 0.0,
     near_duplicates: float | None = None,
     explain: bool = False,
+    names: bool = True,
     model: str = "auto",
     weights: PathLike | None = None,
     cache_dir: PathLike | None = None,
@@ -212,8 +222,10 @@ def cluster_folder(
     beside it (:meth:`Assignment.write`); it is checked before any work. ``near_duplicates``
     (a cosine similarity in (0, 1]) also finds groups of near-identical images. The training and
     embedding parameters are those of :class:`ClusterHead` and :func:`imgcluster.embed`;
-    ``raw_csv`` writes CSV cells without the formula escape; ``progress`` receives every stage's
-    :class:`imgcluster.progress.Event`.
+    ``raw_csv`` writes CSV cells without the formula escape; ``names`` adds a ``cluster_name``
+    column from the bundled EfficientNet-Lite0's ImageNet classes (:mod:`imgcluster.naming`: from
+    the cached features with that model, by one extra cached Lite0 pass with any other);
+    ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
     """
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
     from imgcluster.pipeline import resolve_device
@@ -261,6 +273,17 @@ def cluster_folder(
     if not embeddings.paths:
         raise ImgclusterError(f"none of the images in {folder} could be read")
     result = _assign(embeddings, trained_objective, dev, explain, min_confidence, near_duplicates, progress)
+    if names:
+        naming = embeddings
+        if not is_naming_backbone(embeddings.identity):
+            Reporter(progress, "assign").info(f"naming the clusters takes one extra pass with {NAMING_MODEL} (cached)")
+            naming = embed(
+                embeddings.folder, NAMING_MODEL, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
+                workers=workers, follow_symlinks=follow_symlinks, lock_timeout=lock_timeout, progress=progress,
+            )  # fmt: skip
+        columns = result["columns"]
+        name = {"cluster_name": _names(embeddings.paths, columns["cluster"], naming)}
+        result["columns"] = {**{k: columns[k] for k in ("cluster", "confidence")}, **name, **columns}  # in the CSV's order
     assignment = Assignment(
         paths=embeddings.paths, min_confidence=min_confidence, near_duplicates=near_duplicates, embeddings=embeddings,
         head=head_path, objective=trained_objective.name, n_clusters=trained_objective.n_clusters, train=train,
@@ -302,6 +325,15 @@ def _assign(
         duplicates = find_near_duplicates(embeddings.features, near_duplicates, use_gpu=device.type == "cuda", files=files)
     columns = {"cluster": prediction.cluster, "confidence": prediction.confidence, **dict(sorted(prediction.extra.items()))}
     return {"columns": columns, "outliers": found, "duplicates": duplicates}
+
+
+def _names(paths: list[str], clusters: np.ndarray, naming: Embeddings) -> np.ndarray:
+    """Each row's cluster name, from the Lite0 features of the rows ``naming`` has (all of them
+    unless a file changed between the two passes)."""
+    row = {p: i for i, p in enumerate(naming.paths)}
+    have = [i for i, p in enumerate(paths) if p in row]
+    features = naming.features[[row[paths[i]] for i in have]]
+    return name_column(cluster_names(features, clusters[have]), clusters)
 
 
 def _train(estimator: ClusterHead, embeddings: Embeddings, out: Path | None, progress: ProgressFn | None) -> Path:

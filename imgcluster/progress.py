@@ -20,7 +20,7 @@ Kind = Literal["start", "advance", "info", "warning"]
 @dataclass(frozen=True)
 class Event:
     """One thing that happened: ``stage`` is ``model``, ``embed``, ``choose_k``, ``train``, ``assign``,
-    ``write`` or ``report``; ``done``/``total`` count the stage's steps (images, epochs, thumbnails)."""
+    ``write``, ``report`` or ``export``; ``done``/``total`` count the stage's steps (images, epochs, thumbnails)."""
 
     stage: str
     kind: Kind

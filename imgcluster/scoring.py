@@ -21,6 +21,7 @@ class ClusterPurity:
     size: int
     majority_label: str
     purity: float
+    name: str = ""  # the cluster's name from the CSV's cluster_name column, "" without one
 
 
 @dataclass
@@ -102,11 +103,13 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
     y = np.array([truth[p] for p in matched_paths])
     c = clusters[keep]
     metrics = score(y, c)
+    names = {r.cluster: r.name for r in rows if r.name}
     per_cluster = []
     for k in np.unique(c):
         members = y[c == k]
         values, counts = np.unique(members, return_counts=True)
-        per_cluster.append(ClusterPurity(int(k), int(members.size), str(values[counts.argmax()]), float(counts.max() / members.size)))
+        majority, purity = str(values[counts.argmax()]), float(counts.max() / members.size)
+        per_cluster.append(ClusterPurity(int(k), int(members.size), majority, purity, names.get(int(k), "")))
     per_cluster.sort(key=lambda p: (-p.size, p.cluster))
     purity = sum(p.purity * p.size for p in per_cluster) / len(keep)
     return Evaluation(

@@ -70,7 +70,7 @@ def test_cluster_folder_in_memory_writes_nothing_until_asked(small_folder: Path,
     result = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=cache, **MODEL)
     assert sorted(p for p in small_folder.rglob("*")) == before  # the cache lives in cache_dir; no CSV anywhere
     frame = result.to_frame()
-    assert list(frame.columns) == ["path", "cluster", "confidence", "outlier", "outlier_reason"]
+    assert list(frame.columns) == ["path", "cluster", "confidence", "cluster_name", "outlier", "outlier_reason"]
     assert len(frame) == 24 and set(frame["cluster"]) <= {0, 1, 2} and result.head.is_file()
     written = result.write(tmp_path / "out.csv")
     assert set(written) == {"csv", "sidecar"}

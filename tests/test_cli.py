@@ -25,7 +25,7 @@ def invoke(*args: str):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.mark.parametrize("command", ["embed", "train", "assign", "evaluate", "objectives", "report"])
+@pytest.mark.parametrize("command", ["embed", "train", "assign", "evaluate", "objectives", "report", "export"])
 def test_help_has_examples(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0

@@ -398,3 +398,14 @@ def test_help_has_examples() -> None:
     result = invoke("report", "--help")
     assert result.exit_code == 0 and "Examples" in result.stdout and "imgcluster report" in result.stdout
     assert "--report" in invoke("assign", "--help").stdout
+
+
+def test_cluster_names_are_in_the_headings(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    names = ["sandal, running shoe", "sandal, running shoe", "<i>bag</i>", "<i>bag</i>"]
+    csv_path = tmp_path / "named.csv"
+    lines = [f'"{p}",{i // 2},"{n}"\n' for i, (p, n) in enumerate(zip(paths, names))]
+    csv_path.write_text('"path","cluster","cluster_name"\n' + "".join(lines))
+    page = write_report(csv_path, folder=folder).html.read_text(encoding="utf-8")
+    assert "<h2>Cluster 0: sandal, running shoe</h2>" in page and "<h2>Cluster 1: &lt;i&gt;bag&lt;/i&gt;</h2>" in page

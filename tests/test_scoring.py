@@ -114,3 +114,19 @@ def test_label_names_are_printed_as_they_are(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(csv), str(folder)])
     assert result.exit_code == 0, result.stderr
     assert "[bold red]RED" in result.stdout and "[italic]blue" in result.stdout
+
+
+def test_evaluate_shows_cluster_names_when_the_csv_has_them(tmp_path: Path) -> None:
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "cat/2.png", "dog/3.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    named = tmp_path / "named.csv"
+    named.write_text('"path","cluster","cluster_name"\n"cat/1.png",0,"tabby"\n"cat/2.png",0,"tabby"\n"dog/3.png",1,"[b]beagle"\n')
+    assert [(p.cluster, p.name) for p in evaluate(named, folder).per_cluster] == [(0, "tabby"), (1, "[b]beagle")]
+    shown = CliRunner().invoke(app, ["evaluate", str(named), str(folder)])
+    assert shown.exit_code == 0 and "name" in shown.stdout and "tabby" in shown.stdout and "[b]beagle" in shown.stdout
+    assert json.loads(CliRunner().invoke(app, ["evaluate", str(named), str(folder), "--json"]).stdout)["per_cluster"][0]["name"] == "tabby"
+    plain = write_csv(tmp_path / "plain.csv", [("cat/1.png", 0), ("dog/3.png", 1)])
+    header = [line for line in CliRunner().invoke(app, ["evaluate", str(plain), str(folder)]).stdout.splitlines() if "majority" in line]
+    assert header and "name" not in header[0]  # no empty name column without names

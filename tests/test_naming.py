@@ -1,0 +1,103 @@
+"""Cluster names from the bundled EfficientNet-Lite0's ImageNet classifier."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageOps
+from typer.testing import CliRunner
+
+import imgcluster
+from imgcluster.backbones import _bundled_weights_path
+from imgcluster.cli import app
+from imgcluster.naming import _lemmas, cluster_names, name_of
+
+MODEL = {"model": "efficientnet-lite0", "workers": 0}
+FAST = ["--model", "efficientnet-lite0", "--clusters", "3", "--workers", "0"]
+
+
+def photo_folder(root: Path) -> Path:
+    """Two classes of real photos ImageNet knows (scikit-learn's bundled sample images), four crops and their mirrors each."""
+    from sklearn.datasets import load_sample_images
+
+    for name, pixels in zip(("temple", "flower"), load_sample_images().images):  # china.jpg, flower.jpg
+        image = Image.fromarray(pixels)
+        (root / name).mkdir(parents=True)
+        w, h = image.size
+        for i, (fx, fy) in enumerate([(0, 0), (0.15, 0.1), (0.1, 0.2), (0.2, 0.05)]):
+            crop = image.crop((int(fx * w), int(fy * h), int(fx * w + 0.8 * w), int(fy * h + 0.8 * h)))
+            crop.save(root / name / f"{i}.jpg")
+            ImageOps.mirror(crop).save(root / name / f"{i}-mirror.jpg")
+    return root
+
+
+def test_names_agree_with_the_labels_of_photos(tmp_path: Path) -> None:
+    folder = photo_folder(tmp_path / "photos")
+    embeddings = imgcluster.embed(folder, cache_dir=tmp_path / "cache", **MODEL)
+    labels = np.array([0 if p.startswith("temple/") else 1 for p in embeddings.paths])
+    assert cluster_names(embeddings.features, labels) == {0: "palace", 1: "daisy"}
+
+
+def test_the_runner_up_joins_only_when_close() -> None:
+    lemmas = _lemmas()
+    sandal, shoe = lemmas.index("sandal"), lemmas.index("running shoe")
+    p = np.zeros(1000)
+    p[sandal], p[shoe] = 0.4, 0.25
+    assert name_of(p) == "sandal, running shoe"
+    p[shoe] = 0.19  # under half of the top class
+    assert name_of(p) == "sandal"
+    assert len(lemmas) == 1000 and lemmas[770] == "running shoe"  # first lemma of "running shoe"
+
+
+def test_cluster_folder_names_each_cluster(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    result = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=shared_cache, out=tmp_path / "out.csv", **MODEL)
+    names = result.columns["cluster_name"]
+    expected = cluster_names(result.embeddings.features, result.cluster)
+    assert [expected[int(k)] for k in result.cluster] == list(names) and all(names)
+    read = pd.read_csv(tmp_path / "out.csv", keep_default_na=False)
+    assert list(read.columns) == ["path", "cluster", "confidence", "cluster_name", "outlier", "outlier_reason"]
+    assert read["cluster_name"].tolist() == list(names)
+    sidecar = json.loads((tmp_path / "out.csv.json").read_text())
+    assert result.cluster_names == expected
+    assert sidecar["result"]["cluster_names"] == {str(k): v for k, v in expected.items()}
+    plain = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=shared_cache, names=False, **MODEL)
+    assert "cluster_name" not in plain.columns and plain.cluster_names == {}
+
+
+def test_cli_no_names(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "plain.csv"
+    args = ["assign", small_folder, "--no-names", "--out", out, "--cache-dir", shared_cache, *FAST]
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.stderr
+    assert out.read_text().splitlines()[0] == '"path","cluster","confidence","outlier","outlier_reason"'
+    assert "cluster_names" not in json.loads((tmp_path / "plain.csv.json").read_text())["result"]
+
+
+def test_another_backbone_is_named_by_one_extra_lite0_pass(small_folder: Path, tmp_path: Path) -> None:
+    """Lite0 loaded from a weights file may carry another classifier: its features are not used for names."""
+    weights = tmp_path / "lite0.pth"
+    shutil.copy(_bundled_weights_path(), weights)
+    events: list[str] = []
+    cache = tmp_path / "cache"
+    result = imgcluster.cluster_folder(
+        small_folder, n_clusters=3, cache_dir=cache, weights=weights, progress=lambda e: events.append(str(e)), **MODEL
+    )
+    assert any("one extra pass with efficientnet-lite0" in e for e in events)
+    bundled = imgcluster.embed(small_folder, cache_dir=cache, **MODEL)
+    assert bundled.embedded == 0  # the extra pass cached the bundled model's features
+    expected = cluster_names(bundled.features[[bundled.paths.index(p) for p in result.paths]], result.cluster)
+    assert list(result.columns["cluster_name"]) == [expected[int(k)] for k in result.cluster]
+
+
+@pytest.mark.parametrize("column", [True, False])
+def test_csv_name_column_is_read_back(tmp_path: Path, column: bool) -> None:
+    from imgcluster.csvfile import read_assignments
+
+    path = tmp_path / "a.csv"
+    path.write_text('"path","cluster","cluster_name"\n"a.png",0,"\'=sandal"\n' if column else '"path","cluster"\n"a.png",0\n')
+    assert read_assignments(path)[0].name == ("=sandal" if column else "")
