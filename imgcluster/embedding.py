@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcluster.backbones import Backbone
 from imgcluster.listing import ImageFile
 from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_rgb, time_limit
+from imgcluster.progress import BATCH_DECODED, MODEL_READY
 from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, worker_threads_init
 
 MAX_ASPECT = 16  # longer side / shorter side kept before resizing; see limit_aspect
@@ -204,9 +205,11 @@ def embed_files(
     workers: int | None = None,
     compile_model: bool = False,
     prefetch: int | None = None,
+    on_mark: Callable[[str, str], None] = lambda stage, message: None,
 ) -> Iterator[EmbeddedBatch]:
     """Yield features batch by batch; decoding runs in ``workers`` processes beside the model,
     each with ``prefetch`` batches in flight (default: as ``plan_loader`` says with ample memory).
+    ``on_mark(stage, message)`` hears the moments that split the time: the model ready, each batch decoded.
 
     ``compile_model`` applies ``torch.compile`` on CUDA only (on the CPU compiling costs minutes
     and needs a C++ compiler, for little gain on one folder).
@@ -235,12 +238,14 @@ def embed_files(
     compiled = compile_model and cuda
     if compiled:
         model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
+    on_mark("model", MODEL_READY)
     bf16 = compute_precision(device) == "bfloat16"
     with contextlib.ExitStack() as stack:
         if not cuda:
             stack.enter_context(cpu_threads(workers))
         stack.enter_context(torch.inference_mode())
         for indices, tensor, failures, changed in loader:
+            on_mark("embed", BATCH_DECODED)
             if tensor is None:
                 yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, changed)
                 continue

@@ -38,7 +38,8 @@ def embed(
     run on the whole folder reuses these features. Files that cannot be decoded are skipped
     and listed in ``Embeddings.skipped`` with the reason; ``Embeddings.warnings`` keeps every warning.
     ``progress`` receives
-    :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``); nothing is printed.
+    :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``; ``mark`` events time
+    the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
     folder, only = _folder_and_files(folder_or_paths)
     dev = resolve_device(device)
@@ -58,6 +59,7 @@ def embed(
         on_advance=report.advance,
         on_warning=report.warning,
         on_wait=report.info,
+        on_mark=lambda stage, message: report.at(stage).mark(message),
     )
     result = embed_folder(config, dev, hooks, lock_timeout, only)
     result.warnings = warnings

@@ -22,6 +22,7 @@ from imgcluster.embedding import compute_precision, default_batch_size, default_
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.lock import folder_lock
+from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
 FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
@@ -81,6 +82,7 @@ class EmbedHooks:
     on_advance: Callable[[int], None] = lambda n: None
     on_warning: Callable[[str], None] = lambda message: None
     on_wait: Callable[[str], None] = lambda message: None  # waiting for another run's cache lock
+    on_mark: Callable[[str, str], None] = lambda stage, message: None  # (stage, one of progress.MARKS)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -200,7 +202,9 @@ def embed_folder(
             hooks.on_warning(f"{len(changed)} file(s) changed between the scan and decoding; they were embedded as they are now")
             files = [changed.get(f.rel, f) for f in files]
         if only is None:  # a run on some files keeps the features of the others
+            hooks.on_mark("embed", SAVING)
             cache.compact([f for f in files if f.rel not in skipped])
+            hooks.on_mark("embed", SAVED)
         rows = [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped]
     paths = [rel for rel, v in rows if v is not None]
     features = np.zeros((0, backbone.feature_dim), np.float32)
@@ -266,7 +270,9 @@ def _embed_into_cache(
 
     def flush() -> None:
         if pending_files:
+            hooks.on_mark("embed", SAVING)
             cache.add(pending_files, np.concatenate(pending_feats))
+            hooks.on_mark("embed", SAVED)
             pending_files.clear()
             pending_feats.clear()
 
@@ -275,7 +281,7 @@ def _embed_into_cache(
         plan = plan_loader(workers, batch_size, tuple(backbone.data_config["input_size"]), device.type == "cuda", shared_memory_free())
         if plan.note:
             hooks.on_warning(plan.note)
-        for batch in embed_files(todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch):
+        for batch in embed_files(todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch, hooks.on_mark):
             for i, reason in batch.failures:
                 skipped[todo[i].rel] = reason
             for i in batch.indices:
