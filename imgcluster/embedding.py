@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Dataset
 from imgcluster.backbones import Backbone
 from imgcluster.listing import ImageFile, stat_key
 from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_rgb, time_limit
+from imgcluster.progress import BATCH_DECODED, MODEL_READY
 from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, reuse_freed_memory, worker_threads_init
 
 MAX_ASPECT = 16  # longer side / shorter side kept before resizing; see limit_aspect
@@ -253,9 +254,11 @@ def embed_files(
     workers: int | None = None,
     compile_model: bool = False,
     prefetch: int | None = None,
+    on_mark: Callable[[str, str], None] = lambda stage, message: None,
 ) -> Iterator[EmbeddedBatch]:
     """Yield features batch by batch; decoding runs in ``workers`` processes beside the model,
     each with ``prefetch`` batches in flight (default: as ``plan_loader`` says with ample memory).
+    ``on_mark(stage, message)`` hears the moments that split the time: the model ready, each batch decoded.
 
     ``compile_model`` applies ``torch.compile`` on CUDA only (on the CPU compiling costs minutes
     and needs a C++ compiler, for little gain on one folder).
@@ -284,6 +287,7 @@ def embed_files(
     compiled = compile_model and cuda
     if compiled:
         model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
+    on_mark("model", MODEL_READY)
     bf16 = compute_precision(device) == "bfloat16"
     with contextlib.ExitStack() as stack:
         if not cuda:
@@ -291,6 +295,7 @@ def embed_files(
             stack.enter_context(reuse_freed_memory())
         stack.enter_context(torch.inference_mode())
         for indices, tensor, failures, seen in loader:
+            on_mark("embed", BATCH_DECODED)
             if tensor is None:
                 yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, seen)
                 continue

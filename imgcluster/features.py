@@ -42,7 +42,8 @@ def embed(
     A cached feature is reused while the file's size, mtime, ctime and inode are unchanged;
     ``rehash`` reuses it only when the file's content hash matches, ``reembed`` embeds every image
     again. ``progress`` receives
-    :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``); nothing is printed.
+    :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``; ``mark`` events time
+    the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
     folder, only = _folder_and_files(folder_or_paths)
     dev = resolve_device(device)
@@ -63,6 +64,7 @@ def embed(
         on_advance=report.advance,
         on_warning=report.warning,
         on_wait=report.info,
+        on_mark=lambda stage, message: report.at(stage).mark(message),
     )
     result = embed_folder(config, dev, hooks, lock_timeout, only)
     result.warnings = warnings

@@ -33,6 +33,7 @@ from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
+from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
 FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
@@ -92,6 +93,7 @@ class EmbedHooks:
     on_advance: Callable[[int], None] = lambda n: None
     on_warning: Callable[[str], None] = lambda message: None
     on_wait: Callable[[str], None] = lambda message: None  # waiting for another run's cache lock
+    on_mark: Callable[[str, str], None] = lambda stage, message: None  # (stage, one of progress.MARKS)
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -224,7 +226,9 @@ def embed_folder(
         if not writable and len(todo) > 0:
             hooks.on_warning(f"the cache {directory} cannot be written: the {len(todo)} image(s) embedded by this run were not saved in it")
         if only is None:  # a run on some files keeps the features of the others
+            hooks.on_mark("embed", SAVING)
             not_compacted = cache.compact([f for f in files if f.rel not in skipped])
+            hooks.on_mark("embed", SAVED)
             if not_compacted:
                 hooks.on_warning(not_compacted)
         rows = [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped]
@@ -315,7 +319,9 @@ def _embed_into_cache(
 
     def flush() -> None:
         if pending_files:
+            hooks.on_mark("embed", SAVING)
             cache.add(pending_files, np.concatenate(pending_feats), pending_hashes)
+            hooks.on_mark("embed", SAVED)
             pending_files.clear()
             pending_hashes.clear()
             pending_feats.clear()
@@ -325,7 +331,7 @@ def _embed_into_cache(
         plan = plan_loader(workers, batch_size, tuple(backbone.data_config["input_size"]), device.type == "cuda", shared_memory_free())
         if plan.note:
             hooks.on_warning(plan.note)
-        for batch in embed_files(todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch):
+        for batch in embed_files(todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch, hooks.on_mark):
             for i, reason in batch.failures:
                 skipped[todo[i].rel] = reason
             for i in batch.indices:

@@ -1,7 +1,9 @@
 """Progress as events: the library reports what it does, the caller decides how to show it.
 
 One callable receives every :class:`Event`. ``kind`` says what it is: a stage that ``start``s
-with a total, ``advance``s by some steps, or a line of ``info`` or a ``warning``. Messages may
+with a total, ``advance``s by some steps, a line of ``info`` or a ``warning``, or a ``mark``: a
+moment inside a stage (one of the ``MARKS`` below) for whoever times the stages; progress
+displays ignore marks. Messages may
 name library parameters as ``{placeholders}``: ``str(event)`` shows the names, :meth:`Event.render`
 whatever a caller maps them to (the CLI: its flags).
 """
@@ -14,7 +16,15 @@ from typing import Literal
 
 from imgcluster.errors import render
 
-Kind = Literal["start", "advance", "info", "warning"]
+Kind = Literal["start", "advance", "info", "warning", "mark"]
+
+# The messages of ``mark`` events. Each is sent the moment it names, so the time between two
+# marks (or a mark and an ``advance``) is what happened in between.
+MODEL_READY = "model ready"  # stage model: the backbone is loaded and prepared; decoding starts
+BATCH_DECODED = "batch decoded"  # stage embed: a batch is decoded; its forward pass starts (the advance ends it)
+SAVING = "saving features"  # stage embed: a write to the feature cache starts ...
+SAVED = "features saved"  # ... and ends
+MARKS = (MODEL_READY, BATCH_DECODED, SAVING, SAVED)
 
 
 @dataclass(frozen=True)
@@ -79,6 +89,9 @@ class Reporter:
 
     def warning(self, message: str) -> None:
         self._emit(Event(self.stage, "warning", message))
+
+    def mark(self, message: str) -> None:
+        self._emit(Event(self.stage, "mark", message))
 
     def start(self, total: int, message: str = "") -> None:
         """A stage of ``total`` steps begins; ``message`` names it for a progress bar."""

@@ -12,7 +12,7 @@ from imagefolders import CLASSES, copy_sample
 
 import imgcluster
 from imgcluster import ParameterError
-from imgcluster.progress import Event
+from imgcluster.progress import BATCH_DECODED, MODEL_READY, SAVED, SAVING, Event
 
 MODEL = {"model": "efficientnet-lite0", "workers": 0}
 HEAVY = ("torch", "timm", "faiss", "sklearn", "scipy", "pandas")
@@ -45,6 +45,24 @@ def test_embed_a_folder_reports_progress_and_prints_nothing(
     assert result.cache_dir.is_dir() and shared_cache in result.cache_dir.parents
     assert {e.stage for e in events} >= {"model", "embed"}
     assert any(e.kind == "info" and str(e).startswith("embedded ") for e in events)
+
+
+def test_embed_marks_the_moments_that_time_its_stages(
+    small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What benchmarks/speed times the embed path by: the model ready, each batch decoded (its
+    forward pass ends at the advance after it), each cache write between SAVING and SAVED."""
+    from imgcluster.cli import Printer
+    from imgcluster.ui import UI
+
+    monkeypatch.setenv("IMGCLUSTER_FLUSH_EVERY", "8")
+    events: list[Event] = []
+    imgcluster.embed(small_folder, cache_dir=tmp_path / "cache", embed_batch_size=8, progress=events.append, **MODEL)
+    timeline = [(e.stage, e.message if e.kind == "mark" else e.kind) for e in events if e.kind in ("mark", "advance")]
+    batch = [("embed", BATCH_DECODED), ("embed", "advance"), ("embed", SAVING), ("embed", SAVED)]
+    assert timeline == [("model", MODEL_READY), *batch * 3, ("embed", SAVING), ("embed", SAVED)]  # three shards, then compacted
+    Printer(UI())(Event("embed", "mark", SAVING))
+    assert capsys.readouterr() == ("", "")  # marks are for timing, not for the command line's output
 
 
 def test_embed_a_list_of_files_relative_to_their_common_folder(tmp_path: Path) -> None:
