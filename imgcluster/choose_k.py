@@ -111,20 +111,6 @@ class KChoice:
         }
 
 
-def parse_clusters(value: str | int) -> int | None:
-    """``"auto"`` -> None, ``"12"`` -> 12; anything else raises :class:`ParameterError` naming ``n_clusters``."""
-    text = str(value).strip().lower()
-    if text == "auto":
-        return None
-    try:
-        k = int(text)
-    except ValueError:
-        raise ParameterError(f"{{n_clusters}} takes a whole number or 'auto', not {value!r}") from None
-    if k < 2:
-        raise ParameterError(f"{{n_clusters}} must be at least 2, got {k}")
-    return k
-
-
 def modularity(graph: sp.csr_matrix, labels: np.ndarray) -> float:
     """Newman-Girvan modularity of ``labels`` on the symmetric adjacency matrix ``graph``."""
     two_m = float(graph.sum())

@@ -96,9 +96,9 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         """The training settings these parameters give, checked (unknown options, values out of
         range), so that mistakes surface before any slow work. With ``n_clusters="auto"`` its K
         is a stand-in: :meth:`fit` chooses the real one."""
-        from imgcluster.choose_k import parse_clusters
         from imgcluster.errors import ParameterError
         from imgcluster.objectives import objective_flags
+        from imgcluster.preflight import parse_clusters
 
         requested = parse_clusters(self.n_clusters)
         if requested is None and self.k_max < self.k_min:

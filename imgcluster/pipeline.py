@@ -22,6 +22,7 @@ from imgcluster.embedding import compute_precision, default_batch_size, default_
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.lock import folder_lock
+from imgcluster.preflight import check_folder
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
 FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
@@ -91,14 +92,6 @@ def resolve_device(requested: str) -> torch.device:
     if requested not in ("cpu", "cuda"):
         raise ParameterError(f"{{device}} must be auto, cpu or cuda, not {requested!r}")
     return torch.device(requested)
-
-
-def check_folder(folder: Path) -> Path:
-    if not folder.exists():
-        raise ParameterError(f"folder not found: {folder}", "folder")
-    if not folder.is_dir():
-        raise ParameterError(f"not a folder: {folder}", "folder")
-    return folder
 
 
 @contextlib.contextmanager

@@ -13,8 +13,9 @@ import scipy.sparse as sp
 from imagefolders import CLASSES, copy_sample
 from typer.testing import CliRunner
 
-from imgcluster.choose_k import choose_k, modularity, parse_clusters
+from imgcluster.choose_k import choose_k, modularity
 from imgcluster.cli import app
+from imgcluster.preflight import parse_clusters
 
 runner = CliRunner()
 MODEL = ["--model", "efficientnet-lite0", "--workers", "0"]
