@@ -42,6 +42,23 @@ def flush_every() -> int:
     return value
 
 
+FLUSH_SECONDS = 30.0  # also save at least this often: slow folders (large photos on a CPU) keep their work too
+
+
+def flush_seconds() -> float:
+    """Seconds of embedding between saves at most; ``$IMGCLUSTER_FLUSH_SECONDS`` overrides it (tests)."""
+    raw = os.environ.get("IMGCLUSTER_FLUSH_SECONDS")
+    if not raw:
+        return FLUSH_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ParameterError(f"IMGCLUSTER_FLUSH_SECONDS must be a positive number of seconds, not {raw!r}")
+    return value
+
+
 @dataclass
 class Embeddings:
     """The features of a folder's images, and what made them (returned by :func:`imgcluster.embed`)."""
@@ -252,16 +269,20 @@ def _embed_into_cache(
     hooks: EmbedHooks,
     changed: dict[str, ImageFile],
 ) -> None:
-    """Embed ``todo`` and save every ``flush_every()`` images; ``changed`` gets files re-stat'ed at decode time."""
-    every = flush_every()
+    """Embed ``todo`` and save every ``flush_every()`` images or ``flush_seconds()``, whichever
+    comes first, so that a killed run loses at most that much; ``changed`` gets files re-stat'ed
+    at decode time."""
+    every, seconds = flush_every(), flush_seconds()
     pending_files: list[ImageFile] = []
     pending_feats: list[np.ndarray] = []
+    saved_at = [time.monotonic()]
 
     def flush() -> None:
         if pending_files:
             cache.add(pending_files, np.concatenate(pending_feats))
             pending_files.clear()
             pending_feats.clear()
+        saved_at[0] = time.monotonic()
 
     try:
         workers = default_workers(len(todo), device) if config.workers is None else config.workers
@@ -280,7 +301,7 @@ def _embed_into_cache(
             if batch.indices:
                 pending_feats.append(batch.features)
             hooks.on_advance(len(batch.indices) + len(batch.failures))
-            if len(pending_files) >= every:
+            if len(pending_files) >= every or time.monotonic() - saved_at[0] >= seconds:
                 flush()
     finally:
         flush()  # on Ctrl-C too: every finished batch is kept
