@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 try:  # recent typer releases bundle their own click, whose errors derive from TyperException
     from typer.exceptions import TyperException as CommandLineError
@@ -30,12 +31,36 @@ from imgcluster.progress import Event, count
 from imgcluster.ui import UI, ProgressTask
 
 
+def _plain_flags(params: Sequence[Any]) -> None:
+    """No ``<bool>`` after an on/off flag in the help: it takes no value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class Command(TyperCommand):
+    """Help as a user types the command: ``FOLDER``, not typer's ``{FOLDER}``, and bare flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _plain_flags(params)
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in super().collect_usage_pieces(ctx)]
+
+
 class OneLineErrors(TyperGroup):
     """Usage mistakes (a bad option value, a missing argument) as one ``error:`` line and exit code 2.
 
     Typer draws them as a multi-line panel; batch scripts and their logs want one line, like the
     runtime errors in :func:`handled`.
     """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _plain_flags(params)  # --version, and the --install-completion typer adds
+        return params
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:  # fmt: skip
@@ -377,6 +402,7 @@ def _write_report(show: Printer, assignments: Path, **options: Any) -> None:
 
 # ---- commands ----------------------------------------------------------------------------------
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster embed ./photos\n\n  imgcluster embed ./photos --model efficientnet-lite0 --cache-dir /tmp/cache",
 )
 def embed(
@@ -407,6 +433,7 @@ def embed(
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster train ./photos --clusters 8\n\n"
     "  imgcluster train ./photos --objective temi --out head.safetensors",
 )
@@ -443,14 +470,16 @@ def train(
     """Embed (cached) and train a clustering head; saves a reusable checkpoint."""
     ui = UI(quiet)
     with handled(ui), Printer(ui) as show:
-        imgcluster.train_folder(
+        _, saved = imgcluster.train_folder(
             folder, out=out, raw_csv=raw_csv, progress=show,
             **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
             **_embedding(model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout),
         )  # fmt: skip
+        ui.info(f"to label new images with this head: imgcluster assign NEW_FOLDER --head {shlex.quote(str(saved))}")
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster assign ./photos                       # whole pipeline, CSV in ./photos-clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters 5 --out - > clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters auto --near-duplicates 0.98 --out clusters.csv\n\n"
@@ -533,6 +562,7 @@ def assign(
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster evaluate photos-clusters.csv ./labelled-photos\n\n"
     "  imgcluster evaluate clusters.csv sample_data --json > scores.json",
 )
@@ -570,6 +600,7 @@ def evaluate(
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster report photos-clusters.csv                 # writes photos-clusters.html\n\n"
     "  imgcluster report clusters.csv --labels ./labelled-photos --montage\n\n"
     "  imgcluster report clusters.csv --per-cluster 24 --out /tmp/clusters.html",
@@ -598,6 +629,7 @@ def report(
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster objectives\n\n"
     "  imgcluster assign ./photos --objective scan --option entropy_weight=3 --self-label",
 )
