@@ -99,7 +99,8 @@ class KChoice:
             "clusters_requested": "auto",
             "k": self.k,
             "criterion": self.criterion,
-            "scores": {str(k): round(v, 6) for k, v in self.scores.items()},
+            # a list in K order: a {K: score} mapping would read "10" before "2" in the sorted-key JSON files
+            "scores": [{"k": k, "score": round(self.scores[k], 6)} for k in sorted(self.scores)],
             "best_k": self.best_k,
             "standard_error": round(self.standard_error, 6),
             "k_min": self.k_min,
