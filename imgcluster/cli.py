@@ -662,11 +662,12 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
     rows = {
         "ACC (Hungarian)": f"{e.acc:.4f}", "NMI": f"{e.nmi:.4f}", "ARI": f"{e.ari:.4f}", "AMI": f"{e.ami:.4f}",
         "purity": f"{e.purity:.4f}", "images matched": str(e.matched),
-        "rows not in the folder": str(e.unmatched_assignments), "images not in the CSV": str(e.unassigned_images),
+        "rows not in the folder": _with_examples(e.unmatched_assignments, e.unmatched_examples),
+        "images not in the CSV": _with_examples(e.unassigned_images, e.unassigned_examples),
         "clusters": str(e.clusters), "classes": str(e.classes),
     }  # fmt: skip
     for name, value in rows.items():
-        table.add_row(name, value)
+        table.add_row(name, escape(value))  # file names are not markup
     console.print(table)
     per = Table(title="per-cluster purity", title_justify="left")
     for column in ("cluster", "size", "majority label", "purity"):
@@ -675,6 +676,14 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
         per.add_row(str(p.cluster), str(p.size), escape(p.majority_label), f"{p.purity:.3f}")  # a folder name, not markup
     console.print(per)
 
+
+
+def _with_examples(n: int, examples: list[str]) -> str:
+    """``2 (a.png, b.png)``, or ``7 (a.png, b.png, c.png, d.png, e.png, ...)`` when not all are named."""
+    if not examples:
+        return str(n)
+    more = ", ..." if n > len(examples) else ""
+    return f"{n} ({', '.join(examples)}{more})"
 
 
 def main() -> None:
