@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates clean
+.PHONY: install install-gpu test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-startup clean
 
 install: $(BIN)/imgcluster
 
@@ -49,6 +49,9 @@ bench-report: install
 
 bench-duplicates: install
 	$(BIN)/python benchmarks/bench_near_duplicates.py
+
+bench-startup: install
+	$(BIN)/python benchmarks/bench_startup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
