@@ -92,7 +92,7 @@ def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("embedded although the output was refused")
 
-    monkeypatch.setattr("imgcluster.folder.embed", fail)
+    monkeypatch.setattr("imgcluster.folder.embed_checked", fail)
 
 
 @pytest.mark.usefixtures("no_embedding")
