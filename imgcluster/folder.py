@@ -207,7 +207,7 @@ def cluster_folder(
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
     if out is not None:  # the arguments first, then what the folder holds
         check_out(out, Path(folder), near_duplicates)
-    check_inputs(folder, model, n_clusters=n_clusters if head is None else None, cluster=True, follow_symlinks=follow_symlinks)
+    check_inputs(folder, model, n_clusters=n_clusters if head is None else None, follow_symlinks=follow_symlinks)
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
     from imgcluster.estimator import ClusterHead
     from imgcluster.pipeline import resolve_device
@@ -350,7 +350,7 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
-    check_inputs(folder, model, n_clusters=n_clusters, cluster=True, follow_symlinks=follow_symlinks)
+    check_inputs(folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks)
     from imgcluster.estimator import ClusterHead
 
     estimator = ClusterHead(

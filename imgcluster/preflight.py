@@ -39,13 +39,13 @@ def parse_clusters(value: str | int) -> int | None:
 
 
 def check_inputs(
-    folder: str | os.PathLike[str], model: str, *, n_clusters: int | str | None = None, cluster: bool = False,
-    follow_symlinks: bool = False,
-) -> int:  # fmt: skip
+    folder: str | os.PathLike[str], model: str, *, n_clusters: int | str | None = None, follow_symlinks: bool = False
+) -> int:
     """Refuse what can be refused without features; returns the number of image files found.
 
-    ``cluster``: the images are to be clustered, so one image is too few, and more ``n_clusters``
-    (None: a trained head's K) than images cannot work.
+    ``n_clusters`` (a number or ``auto``) is given when a head is to be trained on the folder:
+    then one image is too few, and more clusters than images cannot work. Without it (embedding
+    only, or labelling with a trained head) one image is enough.
     """
     where = check_folder(Path(folder))
     check_model_name(model)
@@ -59,8 +59,8 @@ def check_inputs(
             kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
             others = f"; {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}): convert them to JPEG or PNG"
         raise ImgclusterError(f"no images found in {where} (looked for {looked_for}){others}")
-    if cluster and found < 2:
+    if n_clusters is not None and found < 2:
         raise ImgclusterError(f"need at least two images to cluster, and {where} holds one")
-    if cluster and k is not None and k > found:
+    if k is not None and k > found:
         raise ParameterError(f"{{n_clusters}} {k} is larger than the number of images ({found})")
     return found

@@ -24,7 +24,8 @@ def _images(folder: Path, n: int) -> Path:
 
 
 def test_check_inputs_counts_the_scan(tmp_path: Path) -> None:
-    assert check_inputs(_images(tmp_path / "f", 3), "auto", n_clusters=3, cluster=True) == 3
+    assert check_inputs(_images(tmp_path / "f", 3), "auto", n_clusters=3) == 3
+    assert check_inputs(_images(tmp_path / "one", 1), "auto") == 1  # enough to embed, or to label with a trained head
 
 
 @pytest.mark.parametrize(
@@ -42,7 +43,7 @@ def test_check_inputs_counts_the_scan(tmp_path: Path) -> None:
 def test_check_inputs_refuses(tmp_path: Path, setup, kwargs: dict, error: type, message: str) -> None:  # type: ignore[no-untyped-def]
     options = {"model": "auto", **kwargs}
     with pytest.raises(error, match=None) as caught:
-        check_inputs(setup(tmp_path), options.pop("model"), cluster=True, **options)
+        check_inputs(setup(tmp_path), options.pop("model"), **options)
     assert message in str(caught.value)
 
 
