@@ -45,6 +45,8 @@ def test_embed_a_folder_reports_progress_and_prints_nothing(
     assert result.cache_dir.is_dir() and shared_cache in result.cache_dir.parents
     assert {e.stage for e in events} >= {"model", "embed"}
     assert any(e.kind == "info" and str(e).startswith("embedded ") for e in events)
+    first = events[0]  # before the seconds of importing torch and building the model, it says what it does
+    assert (first.stage, first.kind, str(first)) == ("model", "info", "loading the model (efficientnet-lite0) ...")
 
 
 def test_embed_a_list_of_files_relative_to_their_common_folder(tmp_path: Path) -> None:
