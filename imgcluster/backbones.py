@@ -12,7 +12,7 @@ import os
 import pickle
 import socket
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,32 +20,9 @@ import torch
 from torch import nn
 
 from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.models import BACKBONES, DEFAULT_ONLINE_MODEL, OFFLINE_MODEL, BackboneSpec, check_model_name, known_models
 
-OFFLINE_MODEL = "efficientnet-lite0"
 HUB_HOST = "huggingface.co"
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    name: str
-    timm_name: str
-    description: str
-    bundled: bool = False  # weights ship inside a Python package
-    create_kwargs: dict[str, Any] = field(default_factory=dict)
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    spec.name: spec
-    for spec in (
-        # DINOv2 is pretrained at 518 px; 224 px keeps most of its quality at a tenth of the cost.
-        BackboneSpec("dinov2-vits14", "vit_small_patch14_dinov2.lvd142m", "DINOv2 ViT-S/14 (384-d)", create_kwargs={"img_size": 224}),
-        BackboneSpec("dinov2-vitb14", "vit_base_patch14_dinov2.lvd142m", "DINOv2 ViT-B/14 (768-d)", create_kwargs={"img_size": 224}),
-        BackboneSpec("dino-vits16", "vit_small_patch16_224.dino", "DINO ViT-S/16 (384-d)"),
-        BackboneSpec("clip-vitb16", "vit_base_patch16_clip_224.openai", "CLIP ViT-B/16 image tower (768-d)"),
-        BackboneSpec("efficientnet-lite0", "tf_efficientnet_lite0", "EfficientNet-Lite0, ImageNet, bundled offline (1280-d)", bundled=True),
-    )
-}
-DEFAULT_ONLINE_MODEL = "dinov2-vits14"
 
 
 @dataclass
@@ -68,10 +45,6 @@ class Backbone:
             "feature_dim": self.feature_dim,
             "data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.data_config.items()},
         }
-
-
-def known_models() -> str:
-    return ", ".join(sorted(BACKBONES))
 
 
 def _bundled_weights_path() -> Path:
@@ -187,9 +160,7 @@ def weights_available(name: str) -> bool:
 
 def resolve_model_name(requested: str, weights: str | None) -> tuple[str, str | None]:
     """Turn ``auto`` into a concrete model; returns (name, warning or None)."""
-    if requested != "auto":
-        if requested not in BACKBONES:
-            raise ParameterError(f"unknown {{model}} {requested!r}; known models: auto, {known_models()}")
+    if check_model_name(requested) != "auto":
         return requested, None
     if weights is not None or weights_available(DEFAULT_ONLINE_MODEL):
         return DEFAULT_ONLINE_MODEL, None
@@ -204,9 +175,9 @@ def create_backbone(name: str, weights: str | None = None, device: torch.device 
     import timm
     from timm.data import resolve_model_data_config
 
-    if name not in BACKBONES:
-        raise ParameterError(f"unknown {{model}} {name!r}; known models: auto, {known_models()}")
-    spec = BACKBONES[name]
+    spec = BACKBONES.get(name)
+    if spec is None:  # ``auto`` too: resolve_model_name turns it into a name first
+        raise ParameterError(f"unknown {{model}} {name!r}; known models: {known_models()}")
     kwargs = {"num_classes": 0, **spec.create_kwargs}
     if weights is not None:
         path = Path(weights)

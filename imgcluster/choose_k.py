@@ -99,7 +99,8 @@ class KChoice:
             "clusters_requested": "auto",
             "k": self.k,
             "criterion": self.criterion,
-            "scores": {str(k): round(v, 6) for k, v in self.scores.items()},
+            # a list in K order: a {K: score} mapping would read "10" before "2" in the sorted-key JSON files
+            "scores": [{"k": k, "score": round(self.scores[k], 6)} for k in sorted(self.scores)],
             "best_k": self.best_k,
             "standard_error": round(self.standard_error, 6),
             "k_min": self.k_min,
@@ -109,20 +110,6 @@ class KChoice:
             "settings": self.settings,
             "explanation": render(self.explanation, {}),
         }
-
-
-def parse_clusters(value: str | int) -> int | None:
-    """``"auto"`` -> None, ``"12"`` -> 12; anything else raises :class:`ParameterError` naming ``n_clusters``."""
-    text = str(value).strip().lower()
-    if text == "auto":
-        return None
-    try:
-        k = int(text)
-    except ValueError:
-        raise ParameterError(f"{{n_clusters}} takes a whole number or 'auto', not {value!r}") from None
-    if k < 2:
-        raise ParameterError(f"{{n_clusters}} must be at least 2, got {k}")
-    return k
 
 
 def modularity(graph: sp.csr_matrix, labels: np.ndarray) -> float:

@@ -6,6 +6,7 @@ import contextlib
 import io
 import json
 import os
+import shlex
 import shutil
 import sys
 from collections.abc import Iterator, Sequence
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 try:  # recent typer releases bundle their own click, whose errors derive from TyperException
     from typer.exceptions import TyperException as CommandLineError
@@ -30,12 +31,36 @@ from imgcluster.progress import Event, count
 from imgcluster.ui import UI, ProgressTask
 
 
+def _plain_flags(params: Sequence[Any]) -> None:
+    """No ``<bool>`` after an on/off flag in the help: it takes no value."""
+    for param in params:
+        if getattr(param, "is_flag", False) and param.metavar is None:
+            param.metavar = ""
+
+
+class Command(TyperCommand):
+    """Help as a user types the command: ``FOLDER``, not typer's ``{FOLDER}``, and bare flags."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _plain_flags(params)
+        return params
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in super().collect_usage_pieces(ctx)]
+
+
 class OneLineErrors(TyperGroup):
     """Usage mistakes (a bad option value, a missing argument) as one ``error:`` line and exit code 2.
 
     Typer draws them as a multi-line panel; batch scripts and their logs want one line, like the
     runtime errors in :func:`handled`.
     """
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        _plain_flags(params)  # --version, and the --install-completion typer adds
+        return params
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:  # fmt: skip
@@ -382,6 +407,7 @@ def _write_report(show: Printer, assignments: Path, **options: Any) -> None:
 
 # ---- commands ----------------------------------------------------------------------------------
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster embed ./photos\n\n  imgcluster embed ./photos --model efficientnet-lite0 --cache-dir /tmp/cache",
 )
 def embed(
@@ -417,6 +443,7 @@ def embed(
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster train ./photos --clusters 8\n\n"
     "  imgcluster train ./photos --objective temi --out head.safetensors",
 )
@@ -455,7 +482,7 @@ def train(
     """Embed (cached) and train a clustering head; saves a reusable checkpoint."""
     ui = UI(quiet)
     with handled(ui), Printer(ui) as show:
-        imgcluster.train_folder(
+        _, saved = imgcluster.train_folder(
             folder, out=out, raw_csv=raw_csv, progress=show,
             **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
             **_embedding(
@@ -463,9 +490,11 @@ def train(
                 reembed,
             ),
         )  # fmt: skip
+        ui.info(f"to label new images with this head: imgcluster assign NEW_FOLDER --head {shlex.quote(str(saved))}")
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster assign ./photos                       # whole pipeline, CSV in ./photos-clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters 5 --out - > clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters auto --near-duplicates 0.85 --out clusters.csv\n\n"
@@ -561,6 +590,7 @@ def assign(
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster evaluate photos-clusters.csv ./labelled-photos\n\n"
     "  imgcluster evaluate clusters.csv sample_data --json > scores.json",
 )
@@ -598,6 +628,7 @@ def evaluate(
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster report photos-clusters.csv                 # writes photos-clusters.html\n\n"
     "  imgcluster report clusters.csv --labels ./labelled-photos --montage\n\n"
     "  imgcluster report clusters.csv --per-cluster 24 --out /tmp/clusters.html",
@@ -626,6 +657,7 @@ def report(
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster export photos-clusters.csv --to ./sorted            # hard links, one folder per cluster\n\n"
     "  imgcluster export photos-clusters.csv --to /mnt/usb/sorted --mode copy",
 )
@@ -651,6 +683,7 @@ def export(
 
 
 @app.command(
+    cls=Command,
     epilog="Examples:\n\n  imgcluster objectives\n\n"
     "  imgcluster assign ./photos --objective scan --option entropy_weight=3 --self-label",
 )
@@ -683,11 +716,12 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
     rows = {
         "ACC (Hungarian)": f"{e.acc:.4f}", "NMI": f"{e.nmi:.4f}", "ARI": f"{e.ari:.4f}", "AMI": f"{e.ami:.4f}",
         "purity": f"{e.purity:.4f}", "images matched": str(e.matched),
-        "rows not in the folder": str(e.unmatched_assignments), "images not in the CSV": str(e.unassigned_images),
+        "rows not in the folder": _with_examples(e.unmatched_assignments, e.unmatched_examples),
+        "images not in the CSV": _with_examples(e.unassigned_images, e.unassigned_examples),
         "clusters": str(e.clusters), "classes": str(e.classes),
     }  # fmt: skip
     for name, value in rows.items():
-        table.add_row(name, value)
+        table.add_row(name, escape(value))  # file names are not markup
     console.print(table)
     per = Table(title="per-cluster purity", title_justify="left")
     named = any(p.name for p in e.per_cluster)  # the name column only when the CSV has one
@@ -698,6 +732,14 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
         per.add_row(str(p.cluster), str(p.size), *cells, escape(p.majority_label), f"{p.purity:.3f}")
     console.print(per)
 
+
+
+def _with_examples(n: int, examples: list[str]) -> str:
+    """``2 (a.png, b.png)``, or ``7 (a.png, b.png, c.png, d.png, e.png, ...)`` when not all are named."""
+    if not examples:
+        return str(n)
+    more = ", ..." if n > len(examples) else ""
+    return f"{n} ({', '.join(examples)}{more})"
 
 
 def main() -> None:

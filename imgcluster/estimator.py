@@ -96,9 +96,9 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         """The training settings these parameters give, checked (unknown options, values out of
         range), so that mistakes surface before any slow work. With ``n_clusters="auto"`` its K
         is a stand-in: :meth:`fit` chooses the real one."""
-        from imgcluster.choose_k import parse_clusters
         from imgcluster.errors import ParameterError
         from imgcluster.objectives import objective_flags
+        from imgcluster.preflight import parse_clusters
 
         requested = parse_clusters(self.n_clusters)
         if requested is None and self.k_max < self.k_min:
@@ -139,11 +139,13 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         report = Reporter(progress, "train")
         choice = None
         if parse_auto(self.n_clusters):
+            report.at("choose_k").info(f"choosing K between {self.k_min} and {self.k_max} ...")
             found = choose_k(features, self.k_min, self.k_max, seed=self.seed)
             report.at("choose_k").info(found.explanation)
             config, choice = dataclasses.replace(config, clusters=found.k), found.to_dict()
-        neighbours, _ = knn_search(features, config.knn, use_gpu=device.type == "cuda")
         n = len(features)
+        report.info(f"finding the {min(config.knn, n - 1)} nearest neighbours of each of {n} images, then training {config.objective} ...")
+        neighbours, _ = knn_search(features, config.knn, use_gpu=device.type == "cuda")
         batch, epochs = effective_schedule(n, config)
         if epochs > config.epochs and objective_class(config.objective).trainable:  # why a run takes longer than asked
             report.info(f"{n} images: {epochs} epochs of batch {batch} instead of {config.epochs}, to reach {config.min_steps} steps")

@@ -5,13 +5,18 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError
-from imgcluster.pipeline import Embeddings, EmbedHooks, embed_folder, resolve_device
+from imgcluster.models import check_model_name
+from imgcluster.preflight import check_inputs
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
-__all__ = ["Embeddings", "embed"]
+if TYPE_CHECKING:
+    from imgcluster.pipeline import Embeddings
+
+__all__ = ["embed"]
 
 PathLike = str | os.PathLike[str]
 
@@ -46,13 +51,46 @@ def embed(
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
     folder, only = _folder_and_files(folder_or_paths)
+    if only is None:  # before torch is imported: a mistake costs a fraction of a second
+        check_inputs(folder, model, follow_symlinks=follow_symlinks)
+    else:
+        check_model_name(model)
+    return embed_checked(
+        folder, only, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
+        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, rehash=rehash,
+        reembed=reembed, progress=progress,
+    )  # fmt: skip
+
+
+def embed_checked(
+    folder: Path,
+    only: list[str] | None,
+    model: str,
+    *,
+    weights: PathLike | None,
+    cache_dir: PathLike | None,
+    device: str,
+    dtype: str,
+    embed_batch_size: int | None,
+    workers: int | None,
+    follow_symlinks: bool,
+    compile_model: bool,
+    lock_timeout: float,
+    rehash: bool = False,
+    reembed: bool = False,
+    progress: ProgressFn | None,
+) -> Embeddings:
+    """:func:`embed` once :mod:`imgcluster.preflight` has passed ``folder`` (``only``: some of its files)."""
+    progress, warnings = keeping_warnings(progress)
+    report = Reporter(progress, "embed")
+    report.at("model").info(f"loading the model ({model}) ...")  # importing torch and building it take seconds
+    from imgcluster.pipeline import EmbedHooks, embed_folder, resolve_device
+
     dev = resolve_device(device)
     config = EmbedConfig(
         str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model,
         rehash=rehash, reembed=reembed,
     )  # fmt: skip
-    progress, warnings = keeping_warnings(progress)
-    report = Reporter(progress, "embed")
 
     def on_start(todo: int, reused: int) -> None:
         report.info(f"{count(todo + reused, 'image')}: {reused} cached, {todo} to embed")

@@ -16,18 +16,18 @@ import numpy as np
 from imgcluster.atomic import check_writable, is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
 from imgcluster.errors import ImgclusterError, ParameterError
-from imgcluster.estimator import ClusterHead
-from imgcluster.features import embed
-from imgcluster.naming import NAMING_MODEL, cluster_names, is_naming_backbone, name_column
+from imgcluster.features import embed, embed_checked
 from imgcluster.outputs import refuse_inputs
-from imgcluster.pipeline import Embeddings, head_path_for
+from imgcluster.preflight import check_inputs
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # torch comes with these: imported once the arguments have been checked
     import pandas as pd
 
     from imgcluster.duplicates import DuplicateGroup
+    from imgcluster.estimator import ClusterHead
     from imgcluster.outliers import Outliers
+    from imgcluster.pipeline import Embeddings
 
 __all__ = ["Assignment", "cluster_folder", "train_folder"]
 
@@ -227,13 +227,18 @@ def cluster_folder(
     the cached features with that model, by one extra cached Lite0 pass with any other);
     ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
     """
+    if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
+        raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
+    if out is not None:  # the arguments first, then what the folder holds
+        check_out(out, Path(folder), near_duplicates)
+    check_inputs(folder, model, n_clusters=n_clusters if head is None else None, follow_symlinks=follow_symlinks)
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
+    from imgcluster.estimator import ClusterHead
+    from imgcluster.naming import NAMING_MODEL, is_naming_backbone
     from imgcluster.pipeline import resolve_device
 
     progress, warnings = keeping_warnings(progress)
     dev = resolve_device(device)
-    if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
-        raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
     estimator = None
     if head is None:  # the training parameters are checked now, not after the embedding
         estimator = ClusterHead(
@@ -251,10 +256,10 @@ def cluster_folder(
         out_path, _ = check_out(out, Path(folder), near_duplicates, inputs)
         if out_path is not None:
             check_writable(out_path)  # fail before the embedding, not after it
-    embeddings = embed(
-        folder, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout,
-        rehash=rehash, reembed=reembed, progress=progress,
+    embeddings = embed_checked(
+        Path(folder), None, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
+        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, rehash=rehash,
+        reembed=reembed, progress=progress,
     )  # fmt: skip
     if head_meta is not None:
         assert head is not None  # head_meta comes from it
@@ -330,6 +335,8 @@ def _assign(
 def _names(paths: list[str], clusters: np.ndarray, naming: Embeddings) -> np.ndarray:
     """Each row's cluster name, from the Lite0 features of the rows ``naming`` has (all of them
     unless a file changed between the two passes)."""
+    from imgcluster.naming import cluster_names, name_column
+
     row = {p: i for i, p in enumerate(naming.paths)}
     have = [i for i, p in enumerate(paths) if p in row]
     features = naming.features[[row[paths[i]] for i in have]]
@@ -338,6 +345,7 @@ def _names(paths: list[str], clusters: np.ndarray, naming: Embeddings) -> np.nda
 
 def _train(estimator: ClusterHead, embeddings: Embeddings, out: Path | None, progress: ProgressFn | None) -> Path:
     """Fit the head on the cached features and save it (in the cache unless ``out``); returns its path."""
+    from imgcluster.pipeline import head_path_for
     from imgcluster.signals import Interrupted
 
     if len(embeddings.paths) < 2:
@@ -393,6 +401,9 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
+    check_inputs(folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks)
+    from imgcluster.estimator import ClusterHead
+
     estimator = ClusterHead(
         objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
         balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
@@ -401,10 +412,10 @@ def train_folder(
     if out is not None:
         refuse_inputs(Path(out), folder=Path(folder))
         check_writable(Path(out))
-    embeddings = embed(
-        folder, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout,
-        rehash=rehash, reembed=reembed, progress=progress,
+    embeddings = embed_checked(
+        Path(folder), None, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
+        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, rehash=rehash,
+        reembed=reembed, progress=progress,
     )  # fmt: skip
     skipped = embeddings.write_skipped(raw_csv=raw_csv)
     if skipped is not None:

@@ -33,6 +33,7 @@ from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
+from imgcluster.preflight import check_folder
 from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
@@ -50,6 +51,23 @@ def flush_every() -> int:
         value = 0
     if value < 1:
         raise ParameterError(f"IMGCLUSTER_FLUSH_EVERY must be a positive number of images, not {raw!r}")
+    return value
+
+
+FLUSH_SECONDS = 30.0  # also save at least this often: slow folders (large photos on a CPU) keep their work too
+
+
+def flush_seconds() -> float:
+    """Seconds of embedding between saves at most; ``$IMGCLUSTER_FLUSH_SECONDS`` overrides it (tests)."""
+    raw = os.environ.get("IMGCLUSTER_FLUSH_SECONDS")
+    if not raw:
+        return FLUSH_SECONDS
+    try:
+        value = float(raw)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise ParameterError(f"IMGCLUSTER_FLUSH_SECONDS must be a positive number of seconds, not {raw!r}")
     return value
 
 
@@ -104,14 +122,6 @@ def resolve_device(requested: str) -> torch.device:
     if requested not in ("cpu", "cuda"):
         raise ParameterError(f"{{device}} must be auto, cpu or cuda, not {requested!r}")
     return torch.device(requested)
-
-
-def check_folder(folder: Path) -> Path:
-    if not folder.exists():
-        raise ParameterError(f"folder not found: {folder}", "folder")
-    if not folder.is_dir():
-        raise ParameterError(f"not a folder: {folder}", "folder")
-    return folder
 
 
 @contextlib.contextmanager
@@ -311,11 +321,14 @@ def _embed_into_cache(
     hooks: EmbedHooks,
     changed: dict[str, ImageFile],
 ) -> None:
-    """Embed ``todo`` and save every ``flush_every()`` images; ``changed`` gets files re-stat'ed at decode time."""
-    every = flush_every()
+    """Embed ``todo`` and save every ``flush_every()`` images or ``flush_seconds()``, whichever
+    comes first, so that a killed run loses at most that much; ``changed`` gets files re-stat'ed
+    at decode time."""
+    every, seconds = flush_every(), flush_seconds()
     pending_files: list[ImageFile] = []
     pending_hashes: list[str] = []
     pending_feats: list[np.ndarray] = []
+    saved_at = [time.monotonic()]
 
     def flush() -> None:
         if pending_files:
@@ -325,6 +338,7 @@ def _embed_into_cache(
             pending_files.clear()
             pending_hashes.clear()
             pending_feats.clear()
+        saved_at[0] = time.monotonic()
 
     try:
         workers = default_workers(len(todo), device) if config.workers is None else config.workers
@@ -345,7 +359,7 @@ def _embed_into_cache(
             if batch.indices:
                 pending_feats.append(batch.features)
             hooks.on_advance(len(batch.indices) + len(batch.failures))
-            if len(pending_files) >= every:
+            if len(pending_files) >= every or time.monotonic() - saved_at[0] >= seconds:
                 flush()
     finally:
         flush()  # on Ctrl-C too: every finished batch is kept

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,8 @@ import numpy as np
 from imgcluster.csvfile import read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.listing import list_images
+
+EXAMPLES = 5  # missing files named per kind; the count says how many there are
 
 
 @dataclass
@@ -37,6 +39,9 @@ class Evaluation:
     clusters: int
     classes: int
     per_cluster: list[ClusterPurity]
+    # the first few of each, by path, so that a count of missing files says which ones
+    unmatched_examples: list[str] = field(default_factory=list)
+    unassigned_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -112,13 +117,17 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
         per_cluster.append(ClusterPurity(int(k), int(members.size), majority, purity, names.get(int(k), "")))
     per_cluster.sort(key=lambda p: (-p.size, p.cluster))
     purity = sum(p.purity * p.size for p in per_cluster) / len(keep)
+    unmatched = sorted(set(paths) - set(matched_paths))
+    unassigned = sorted(set(truth) - set(matched_paths))
     return Evaluation(
         **metrics,
         purity=float(purity),
         matched=len(keep),
-        unmatched_assignments=len(paths) - len(keep),
-        unassigned_images=len(set(truth) - set(matched_paths)),
+        unmatched_assignments=len(unmatched),
+        unassigned_images=len(unassigned),
         clusters=int(np.unique(c).size),
         classes=int(np.unique(y).size),
         per_cluster=per_cluster,
+        unmatched_examples=unmatched[:EXAMPLES],
+        unassigned_examples=unassigned[:EXAMPLES],
     )

@@ -16,7 +16,6 @@ from rich.progress import (
     TaskID,
     TextColumn,
     TimeElapsedColumn,
-    TimeRemainingColumn,
 )
 from rich.text import Text
 
@@ -53,7 +52,7 @@ class UI:
             RateColumn(),
             TimeElapsedColumn(),
             TextColumn("eta"),
-            TimeRemainingColumn(),
+            EtaColumn(),
             TextColumn("{task.fields[status]}"),
         ]
         with Progress(*columns, console=self.console, transient=True) as progress:
@@ -76,6 +75,30 @@ class ProgressTask:
             self._progress.update(self._task, completed=done, status=status)
 
 
+def rate(task: Task) -> float | None:
+    """Steps per second since the bar started, from the first update on.
+
+    rich's own ``task.speed`` needs several updates inside a short window, so a stage that
+    advances a few slow batches (large photos on a CPU) showed no rate and no ETA at all.
+    """
+    elapsed = task.elapsed
+    if not task.completed or not elapsed:
+        return None
+    return task.completed / elapsed
+
+
 class RateColumn(ProgressColumn):
     def render(self, task: Task) -> Text:
-        return Text(f"{task.speed:6.1f}/s" if task.speed else "     -/s")
+        speed = rate(task)
+        return Text(f"{speed:6.1f}/s" if speed else "     -/s")
+
+
+class EtaColumn(ProgressColumn):
+    """Time left at the average rate so far (:func:`rate`)."""
+
+    def render(self, task: Task) -> Text:
+        speed = rate(task)
+        if not speed or task.total is None:
+            return Text("-:--:--")
+        left = int(max(0.0, task.total - task.completed) / speed + 0.5)
+        return Text(f"{left // 3600}:{left // 60 % 60:02d}:{left % 60:02d}")

@@ -45,6 +45,8 @@ def test_embed_a_folder_reports_progress_and_prints_nothing(
     assert result.cache_dir.is_dir() and shared_cache in result.cache_dir.parents
     assert {e.stage for e in events} >= {"model", "embed"}
     assert any(e.kind == "info" and str(e).startswith("embedded ") for e in events)
+    first = events[0]  # before the seconds of importing torch and building the model, it says what it does
+    assert (first.stage, first.kind, str(first)) == ("model", "info", "loading the model (efficientnet-lite0) ...")
 
 
 def test_embed_marks_the_moments_that_time_its_stages(
@@ -110,7 +112,7 @@ def no_embedding(monkeypatch: pytest.MonkeyPatch) -> None:
     def fail(*args: object, **kwargs: object) -> None:
         raise AssertionError("embedded although the output was refused")
 
-    monkeypatch.setattr("imgcluster.folder.embed", fail)
+    monkeypatch.setattr("imgcluster.folder.embed_checked", fail)
 
 
 @pytest.mark.usefixtures("no_embedding")

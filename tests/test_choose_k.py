@@ -13,8 +13,10 @@ import scipy.sparse as sp
 from imagefolders import CLASSES, copy_sample
 from typer.testing import CliRunner
 
-from imgcluster.choose_k import choose_k, modularity, parse_clusters
+from imgcluster.choose_k import choose_k, modularity
 from imgcluster.cli import app
+from imgcluster.config import write_sidecar
+from imgcluster.preflight import parse_clusters
 
 runner = CliRunner()
 MODEL = ["--model", "efficientnet-lite0", "--workers", "0"]
@@ -46,8 +48,18 @@ def test_same_seed_same_choice_and_record() -> None:
     assert first.k == second.k == 4 and first.scores == second.scores
     record = first.to_dict()
     assert record["clusters_requested"] == "auto" and record["k"] == 4 and record["criterion"] == "knn-modularity"
-    assert set(record["scores"]) == {str(k) for k in range(2, 21)}
+    assert [row["k"] for row in record["scores"]] == list(range(2, 21))
+    assert all(row["score"] == round(first.scores[row["k"]], 6) for row in record["scores"])
     json.dumps(record)  # JSON-ready
+
+
+def test_scores_read_in_k_order_in_the_sidecar(tmp_path: Path) -> None:
+    x, _ = blobs(4, seed=1)
+    path = write_sidecar(tmp_path / "clusters.csv.json", choose_k=choose_k(x, seed=3).to_dict())
+    text = path.read_text()
+    assert [row["k"] for row in json.loads(text)["choose_k"]["scores"]] == list(range(2, 21))
+    scores = text[text.index('"scores"') :]
+    assert scores.index('"k": 2,') < scores.index('"k": 10,')  # as a person reading the file sees them
 
 
 def test_large_inputs_are_sampled_and_small_ones_capped() -> None:
@@ -116,7 +128,7 @@ def test_assign_auto_outliers_and_near_duplicates(folder_with_copy: Path, shared
     chosen = sidecar["choose_k"]["k"]
     assert sidecar["choose_k"]["clusters_requested"] == "auto" and 2 <= chosen <= 8
     assert sidecar["train"]["clusters"] == chosen and sidecar["head"]["clusters"] == chosen
-    assert set(sidecar["choose_k"]["scores"]) == {str(k) for k in range(2, 9)}
+    assert [row["k"] for row in sidecar["choose_k"]["scores"]] == list(range(2, 9))
     head_meta = json.loads(Path(sidecar["head"]["path"]).with_suffix(".json").read_text())
     assert head_meta["choose_k"]["k"] == chosen
 

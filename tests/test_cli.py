@@ -4,6 +4,7 @@ import csv
 import io
 import json
 import os
+import shlex
 import stat
 import subprocess
 import sys
@@ -30,6 +31,16 @@ def test_help_has_examples(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0
     assert "Examples" in result.stdout and f"imgcluster {command}" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["", "embed", "train", "assign", "evaluate", "objectives", "report"])
+def test_help_shows_no_type_after_flags_and_plain_arguments(command: str) -> None:
+    result = runner.invoke(app, [*command.split(), "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "<bool>" not in result.stdout
+    usage = next(line for line in result.stdout.splitlines() if "Usage:" in line)
+    assert "{" not in usage and (command not in ("embed", "train", "assign") or usage.rstrip().endswith("FOLDER"))
+    assert command != "evaluate" or usage.rstrip().endswith("CSV LABELLED_FOLDER")
 
 
 def test_root_help_and_version() -> None:
@@ -78,6 +89,8 @@ def test_step_by_step_and_reuse_of_a_head(small_folder: Path, tmp_path: Path) ->
     head = tmp_path / "head.safetensors"
     trained = invoke("train", small_folder, "--cache-dir", cache, "--out", head, *FAST)
     assert trained.exit_code == 0 and head.is_file() and head.with_suffix(".json").is_file()
+    hint = f"to label new images with this head: imgcluster assign NEW_FOLDER --head {shlex.quote(str(head))}"
+    assert trained.stderr.strip().splitlines()[-1] == hint
     meta = json.loads(head.with_suffix(".json").read_text())
     assert meta["objective"] == "secu" and meta["clusters"] == 3 and meta["feature_dim"] == 1280
     total = len(meta["history"])  # the folder is small: more epochs than --epochs, to reach the minimum steps

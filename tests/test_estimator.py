@@ -50,6 +50,10 @@ def test_auto_chooses_k_and_records_why() -> None:
     head = ClusterHead(n_clusters="auto", k_max=8, **FAST).fit(x, progress=events.append)
     assert head.n_clusters_ == 4 and head.choose_k_ is not None and head.choose_k_["k"] == 4
     assert any(e.stage == "choose_k" and str(e).startswith("n_clusters auto chose K=4") for e in events)
+    said = [str(e) for e in events if e.kind == "info"]  # each slow phase says what it does as it starts
+    assert said.index("choosing K between 2 and 8 ...") < said.index(
+        "finding the 20 nearest neighbours of each of 160 images, then training secu ..."
+    )
     assert {e.kind for e in events if e.stage == "train"} >= {"start", "advance", "info"}
     assert head.predict_proba(x).shape == (160, 4)
 

@@ -45,6 +45,8 @@ def test_evaluate_counts_unmatched(tmp_path: Path) -> None:
     csv = write_csv(tmp_path / "a.csv", [("cat/1.png", 7), ("cat/2.png", 7), ("dog/3.png", 1), ("dog/4.png", 7), ("ghost.png", 1)])
     e = evaluate(csv, folder)
     assert e.matched == 4 and e.unmatched_assignments == 1 and e.unassigned_images == 1
+    assert e.unmatched_examples == ["ghost.png"] and e.unassigned_examples == ["dog/5.png"]  # which ones, not only how many
+    assert e.to_dict()["unassigned_examples"] == ["dog/5.png"]
     assert e.acc == pytest.approx(3 / 4)
     biggest = e.per_cluster[0]
     assert (biggest.cluster, biggest.size, biggest.majority_label) == (7, 3, "cat")
@@ -82,7 +84,7 @@ def test_evaluate_command_prints_scores_on_stdout(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(csv), str(folder), "--quiet"])
     assert result.exit_code == 0, result.stderr
     assert "ACC (Hungarian)" in result.stdout and "1.0000" in result.stdout and result.stderr == ""
-    assert "rows not in the folder │      1" in result.stdout and "images not in the CSV  │      0" in result.stdout
+    assert "rows not in the folder │ 1 (ghost.png)" in result.stdout and "images not in the CSV  │             0" in result.stdout
     as_json = CliRunner().invoke(app, ["evaluate", str(csv), str(folder), "--json"])
     assert json.loads(as_json.stdout)["acc"] == 1.0 and "ACC (Hungarian)" in as_json.stderr
 
@@ -130,3 +132,25 @@ def test_evaluate_shows_cluster_names_when_the_csv_has_them(tmp_path: Path) -> N
     plain = write_csv(tmp_path / "plain.csv", [("cat/1.png", 0), ("dog/3.png", 1)])
     header = [line for line in CliRunner().invoke(app, ["evaluate", str(plain), str(folder)]).stdout.splitlines() if "majority" in line]
     assert header and "name" not in header[0]  # no empty name column without names
+
+
+def test_evaluate_names_the_first_missing_files(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgcluster.cli import app
+
+    folder = tmp_path / "labelled"
+    names = [f"cat/{i}.png" for i in range(9)] + ["dog/[x].png"]
+    for rel in names:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv = write_csv(tmp_path / "a.csv", [("cat/0.png", 0), ("dog/[x].png", 1)])
+    e = evaluate(csv, folder)
+    assert e.unassigned_images == 8 and e.unassigned_examples == [f"cat/{i}.png" for i in range(1, 6)]
+    result = CliRunner().invoke(app, ["evaluate", str(csv), str(folder)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "images not in the CSV │ 8 (cat/1.png, cat/2.png, cat/3.png, cat/4.png, cat/5.png, ...)" in " ".join(result.stdout.split())
+    csv = write_csv(tmp_path / "b.csv", [*((f"cat/{i}.png", 0) for i in range(9)), ("dog/[y].png", 1)])
+    result = CliRunner().invoke(app, ["evaluate", str(csv), str(folder)], env={"COLUMNS": "200"})
+    table = " ".join(result.stdout.split())
+    assert "rows not in the folder │ 1 (dog/[y].png)" in table and "images not in the CSV │ 1 (dog/[x].png)" in table

@@ -256,7 +256,7 @@ def test_train_with_an_out_of_range_option_fails_before_embedding(small_folder, 
     def no_embedding(*args: object, **kwargs: object) -> None:
         raise AssertionError("the options must be checked before embedding")
 
-    monkeypatch.setattr("imgcluster.folder.embed", no_embedding)
+    monkeypatch.setattr("imgcluster.folder.embed_checked", no_embedding)
     argv = ["train", str(small_folder), "--objective", "scan", "--option", "n_heads=0", "--cache-dir", str(tmp_path / "cache")]
     result = CliRunner().invoke(cli.app, [*argv, "--model", "efficientnet-lite0"])
     assert result.exit_code == 2, result.stderr

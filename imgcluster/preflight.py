@@ -1,0 +1,66 @@
+"""Checks that need no features, made before torch is imported and before anything is embedded.
+
+A missing folder, a mistyped model or more clusters than images should cost a fraction of a
+second, not the seconds of importing torch plus the minutes of embedding a folder first. The
+image count here is the scan's (an upper bound: files that turn out unreadable are only known
+after decoding), so the checks after embedding stay as they are.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.listing import IMAGE_EXTENSIONS, list_images
+from imgcluster.models import check_model_name
+
+
+def check_folder(folder: Path) -> Path:
+    if not folder.exists():
+        raise ParameterError(f"folder not found: {folder}", "folder")
+    if not folder.is_dir():
+        raise ParameterError(f"not a folder: {folder}", "folder")
+    return folder
+
+
+def parse_clusters(value: str | int) -> int | None:
+    """``"auto"`` -> None, ``"12"`` -> 12; anything else raises :class:`ParameterError` naming ``n_clusters``."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        k = int(text)
+    except ValueError:
+        raise ParameterError(f"{{n_clusters}} takes a whole number or 'auto', not {value!r}") from None
+    if k < 2:
+        raise ParameterError(f"{{n_clusters}} must be at least 2, got {k}")
+    return k
+
+
+def check_inputs(
+    folder: str | os.PathLike[str], model: str, *, n_clusters: int | str | None = None, follow_symlinks: bool = False
+) -> int:
+    """Refuse what can be refused without features; returns the number of image files found.
+
+    ``n_clusters`` (a number or ``auto``) is given when a head is to be trained on the folder:
+    then one image is too few, and more clusters than images cannot work. Without it (embedding
+    only, or labelling with a trained head) one image is enough.
+    """
+    where = check_folder(Path(folder))
+    check_model_name(model)
+    k = parse_clusters(n_clusters) if n_clusters is not None else None
+    unsupported: list[str] = []
+    found = len(list_images(where, follow_symlinks=follow_symlinks, unsupported=unsupported))
+    if found == 0:
+        looked_for = " ".join(sorted(IMAGE_EXTENSIONS))
+        others = ""
+        if unsupported:
+            kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
+            others = f"; {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}): convert them to JPEG or PNG"
+        raise ImgclusterError(f"no images found in {where} (looked for {looked_for}){others}")
+    if n_clusters is not None and found < 2:
+        raise ImgclusterError(f"need at least two images to cluster, and {where} holds one")
+    if k is not None and k > found:
+        raise ParameterError(f"{{n_clusters}} {k} is larger than the number of images ({found})")
+    return found

@@ -1,0 +1,37 @@
+"""Embedding into the cache: a slow run saves its finished batches by time, not only every 512 images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from imgcluster.config import EmbedConfig
+from imgcluster.errors import ParameterError
+from imgcluster.pipeline import EmbedHooks, embed_folder, flush_seconds
+
+
+def test_slow_run_saves_by_time(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLUSTER_FLUSH_SECONDS", "0.001")  # every batch takes longer than this
+    monkeypatch.delenv("IMGCLUSTER_FLUSH_EVERY", raising=False)  # 512 images: far more than the folder
+    cache = tmp_path / "cache"
+    shards_seen: list[int] = []
+
+    def advance(n: int) -> None:  # what a run killed (SIGKILL, power cut) at this point would have kept
+        shards_seen.append(len(list(cache.rglob("shards/*.safetensors"))))
+
+    config = EmbedConfig(str(small_folder), model="efficientnet-lite0", cache_dir=str(cache), workers=0, batch_size=4)
+    embed_folder(config, torch.device("cpu"), EmbedHooks(on_advance=advance))
+    assert len(shards_seen) == 6  # 24 images in batches of 4
+    assert shards_seen[1:] == [1, 2, 3, 4, 5]  # each batch was on disk before the next one finished
+
+
+def test_flush_seconds_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IMGCLUSTER_FLUSH_SECONDS", raising=False)
+    assert flush_seconds() == 30.0
+    monkeypatch.setenv("IMGCLUSTER_FLUSH_SECONDS", "2.5")
+    assert flush_seconds() == 2.5
+    monkeypatch.setenv("IMGCLUSTER_FLUSH_SECONDS", "0")
+    with pytest.raises(ParameterError, match="IMGCLUSTER_FLUSH_SECONDS must be a positive number of seconds"):
+        flush_seconds()

@@ -1,0 +1,111 @@
+"""Mistakes that need no features are refused before torch is imported and before any embedding."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from imagefolders import sample_image
+
+import imgcluster
+from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.preflight import check_inputs
+
+
+def _images(folder: Path, n: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        sample_image(i=i).save(folder / f"{i:02d}.png")
+    return folder
+
+
+def test_check_inputs_counts_the_scan(tmp_path: Path) -> None:
+    assert check_inputs(_images(tmp_path / "f", 3), "auto", n_clusters=3) == 3
+    assert check_inputs(_images(tmp_path / "one", 1), "auto") == 1  # enough to embed, or to label with a trained head
+
+
+@pytest.mark.parametrize(
+    ("setup", "kwargs", "error", "message"),
+    [
+        (lambda p: p / "nowhere", {}, ParameterError, "folder not found"),
+        (lambda p: _images(p / "f", 1) / "00.png", {}, ParameterError, "not a folder"),
+        (lambda p: p, {}, ImgclusterError, "no images found"),
+        (lambda p: _images(p / "f", 2), {"model": "dinov2"}, ParameterError, "unknown model 'dinov2'; known models: auto"),
+        (lambda p: _images(p / "f", 2), {"n_clusters": 10}, ParameterError, "n_clusters 10 is larger than the number of images (2)"),
+        (lambda p: _images(p / "f", 1), {"n_clusters": 2}, ImgclusterError, "need at least two images to cluster"),
+        (lambda p: _images(p / "f", 1), {"n_clusters": "many"}, ParameterError, "n_clusters takes a whole number or 'auto'"),
+    ],
+)
+def test_check_inputs_refuses(tmp_path: Path, setup, kwargs: dict, error: type, message: str) -> None:  # type: ignore[no-untyped-def]
+    options = {"model": "auto", **kwargs}
+    with pytest.raises(error, match=None) as caught:
+        check_inputs(setup(tmp_path), options.pop("model"), **options)
+    assert message in str(caught.value)
+
+
+def test_empty_folder_names_the_formats_it_cannot_read(tmp_path: Path) -> None:
+    (tmp_path / "phone.HEIC").write_bytes(b"not read")
+    with pytest.raises(ImgclusterError, match=r"no images found .*1 file\(s\) in formats imgcluster cannot read \(\.heic\)"):
+        check_inputs(tmp_path, "auto")
+
+
+def test_api_refuses_too_many_clusters_before_embedding(tmp_path: Path) -> None:
+    folder = _images(tmp_path / "two", 2)
+    with pytest.raises(ParameterError) as caught:
+        imgcluster.cluster_folder(folder, model="efficientnet-lite0")
+    assert caught.value.parameters == ("n_clusters",)
+    assert not (folder / ".imgcluster").exists()  # nothing was embedded, no cache was made
+    with pytest.raises(ParameterError, match="n_clusters 5 is larger"):
+        imgcluster.train_folder(folder, n_clusters=5, model="efficientnet-lite0")
+    with pytest.raises(ParameterError, match="unknown model"):
+        imgcluster.embed(folder, model="resnet")
+    assert not (folder / ".imgcluster").exists()
+
+
+# Runs the command line in a fresh interpreter and reports its exit code, stderr and whether torch was imported.
+PROBE = """
+import io, json, sys
+from contextlib import redirect_stderr
+from imgcluster.cli import app
+err = io.StringIO()
+with redirect_stderr(err):
+    try:
+        app(sys.argv[1:], prog_name="imgcluster")
+    except SystemExit as exc:
+        code = exc.code
+print(json.dumps({"code": code, "stderr": err.getvalue(), "torch": "torch" in sys.modules}))
+"""
+
+
+def _cli(*args: str | Path) -> dict:
+    env = {**os.environ, "COLUMNS": "200"}
+    done = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "code", "message"),
+    [
+        (lambda p: None, ("assign", "{tmp}/no_such_folder"), 2, "error: folder not found"),
+        (lambda p: None, ("embed", "{tmp}/no_such_folder"), 2, "error: folder not found"),
+        (lambda p: p.joinpath("empty").mkdir(), ("assign", "{tmp}/empty"), 1, "error: no images found"),
+        (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two"), 2, "error: --clusters 10 is larger than the number of images (2)"),
+        (lambda p: _images(p / "two", 2), ("train", "{tmp}/two", "-k", "3"), 2, "error: --clusters 3 is larger than the number"),
+        (lambda p: _images(p / "one", 1), ("assign", "{tmp}/one", "-k", "2"), 1, "error: need at least two images to cluster"),
+        (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two", "--model", "dinov2"), 2, "error: unknown --model 'dinov2'"),
+    ],
+)
+def test_cli_mistakes_fail_before_torch(tmp_path: Path, make, args: tuple, code: int, message: str) -> None:  # type: ignore[no-untyped-def]
+    make(tmp_path)
+    (tmp_path / "two").mkdir(exist_ok=True)
+    (tmp_path / "two" / "phone.heic").write_bytes(b"x")  # would be warned about by a scan that ran first
+    result = _cli(*(a.format(tmp=tmp_path) for a in args))
+    assert result["code"] == code, result
+    assert result["stderr"].strip().splitlines() == [message] or result["stderr"].startswith(message), result
+    assert result["stderr"].count("\n") == 1, result  # one line: no format warning, no progress before it
+    assert not result["torch"]
