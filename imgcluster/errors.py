@@ -21,9 +21,9 @@ PARAMETERS = frozenset(
     {
         "assignments", "balance", "batch_size", "cache_dir", "compile_model", "device", "dtype", "embed_batch_size", "epochs",
         "explain", "folder", "folder_or_paths", "follow_symlinks", "head", "k_max", "k_min", "knn", "labelled_folder", "labels",
-        "lock_timeout", "lr", "min_confidence", "model", "montage", "n_clusters", "near_duplicates", "objective",
-        "objective_options", "out", "per_cluster", "raw_csv", "reembed", "rehash", "seed", "self_label", "threshold", "uco",
-        "weights", "workers",
+        "lock_timeout", "lr", "mad_factor", "min_confidence", "mode", "model", "montage", "n_clusters", "names",
+        "near_duplicates", "objective", "objective_options", "out", "per_cluster", "raw_csv", "reembed", "rehash", "seed",
+        "self_label", "threshold", "to", "uco", "weights", "workers",
     }
 )  # fmt: skip
 
