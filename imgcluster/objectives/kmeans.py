@@ -41,10 +41,13 @@ CALIBRATION_POINTS = 50_000  # rows used to calibrate T (a fixed, seeded subsamp
 class KMeansParams(CheckedParams):
     nredo: int = 5  # restarts, best objective kept; the others calibrate the temperature
     niter: int = 50  # at most this many Lloyd iterations per restart (they stop once no label changes)
-    # Each restart clusters a seeded sample of at most this many points per centroid, then labels
-    # every image. 2048 uses all 10,000 images for K = 10 while keeping a million-image folder at
-    # CPU-minutes.
-    max_points_per_centroid: int = 2048
+    # Each restart clusters its own seeded sample of at most this many points per centroid, then
+    # labels every image, which keeps a million-image folder at CPU-minutes. The samples also make
+    # equally good restarts differ where an image's cluster is uncertain, which is what calibrates
+    # T: on the 10,000 Fashion-MNIST features (K = 10, seeds 0-2) 512 gave ACC 0.727-0.729 and ECE
+    # 0.06-0.15, while 2048 (every image in every restart) gave the same ACC, restarts that agreed
+    # almost everywhere, T at its floor and ECE 0.27 on two seeds of three.
+    max_points_per_centroid: int = 512
     centre: bool = True  # subtract the features' mean before clustering (kept in the head for prediction)
     temperature: float | None = None  # None: calibrate against the restarts (see the module docstring)
     # Restarts whose mean similarity is within this fraction of the best one's calibrate T. Equally
