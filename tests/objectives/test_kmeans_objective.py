@@ -31,13 +31,15 @@ def test_finds_the_blobs_exactly_through_the_training_loop() -> None:
 
 def test_probabilities_are_a_softmax_over_cosine_similarity() -> None:
     x, _ = blobs(k=3, n=30)
-    objective = fitted(x, 3)
+    objective = fitted(x, 3, temperature=0.5)  # soft enough that every probability counts
     z = torch.from_numpy(x)
     probs = objective.head_probs(z)
     assert probs.shape == (1, 90, 3)
-    expected = ((z @ objective.centroids.T) / objective.temperature).softmax(-1)
+    centred = torch.nn.functional.normalize(z - objective.mean, dim=1)  # the features as the fit saw them
+    expected = ((centred @ objective.centroids.T) / 0.5).softmax(-1)
     assert torch.allclose(probs[0], expected, atol=1e-6)
-    assert torch.equal(objective.predict(z).argmax(1), (z @ objective.centroids.T).argmax(1))
+    assert not torch.allclose(probs[0], ((z @ objective.centroids.T) / 0.5).softmax(-1), atol=1e-2)
+    assert torch.equal(objective.predict(z).argmax(1), (centred @ objective.centroids.T).argmax(1))
     explained = objective.explain(z)
     assert torch.all(explained["centroid_similarity"] >= explained["runner_up_similarity"])
 
