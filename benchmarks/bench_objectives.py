@@ -80,7 +80,7 @@ def main() -> None:
         for name in sorted({*args.objectives, *(n for h, n in kept if h == heading)}):
             if name not in args.objectives:
                 first, rest = kept[(heading, name)].split("|")[1], kept[(heading, name)].split("|", 2)[2]
-                lines.append(f"|{first.rstrip()} † |{rest}")
+                lines.append(f"|{first.replace(' †', '').rstrip()} † |{rest}")
                 continue
             runs = [run_objective(x, y, nn, TrainConfig(objective=name, clusters=ds.classes, seed=s), device) for s in args.seeds]
             label = f"{name} (default)" if name == DEFAULT_OBJECTIVE else name

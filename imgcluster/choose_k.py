@@ -18,7 +18,8 @@ k-means partition for each candidate K, with a one-standard-error rule for parsi
    **smallest** K whose Q is within one standard error of the best (Breiman's 1-SE rule): the Q
    curve of real features has a broad plateau, and inside it fewer clusters are easier to read.
 
-Measured before choosing, on one PCA-64 space and the same best-of-5 k-means partitions for
+Measured with scikit-learn's k-means, before ``kmeans_labels`` moved to the shared spherical
+k-means (``make bench-k`` not rerun since), on one PCA-64 space and the same best-of-5 k-means partitions for
 every partition-based criterion (efficientnet-lite0 features; true K in brackets; blobs: 3, 5,
 8, 12, 16 groups of 200 points in 128-d, centres 0.99 apart, isotropic noise of norm about 1):
 
