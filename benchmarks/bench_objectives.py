@@ -8,15 +8,29 @@ commits ACC / NMI / ARI (mean ± std), training seconds, empty clusters and the 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 
 import torch
-from common import datasets, features, machine, mean_std, neighbours_for, run_objective, write_section
+from common import RESULTS, datasets, features, machine, mean_std, neighbours_for, run_objective, write_section
 
 from imgcluster.config import TrainConfig
 from imgcluster.objectives import DEFAULT_OBJECTIVE, list_objectives
 
 SEEDS = (0, 1, 2)
+
+
+def earlier_rows(section: str) -> dict[tuple[str, str], str]:
+    """(dataset heading, objective) -> table row, from this section of RESULTS.md as it stands."""
+    match = re.search(f"<!-- bench:{re.escape(section)} -->(.*?)<!-- /bench:{re.escape(section)} -->", RESULTS.read_text(), re.S)
+    rows: dict[tuple[str, str], str] = {}
+    heading = ""
+    for line in (match.group(1) if match else "").splitlines():
+        if line.startswith("### "):
+            heading = line
+        elif line.startswith("| ") and not line.startswith(("| objective", "|---")):
+            rows[(heading, line.split("|")[1].strip().split(" ")[0])] = line
+    return rows
 
 
 def main() -> None:
@@ -26,13 +40,24 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--seeds", nargs="*", type=int, default=list(SEEDS))
     parser.add_argument("--section", default=None, help="RESULTS.md section name (default: objectives-<device>)")
+    parser.add_argument(
+        "--keep-other-rows",
+        action="store_true",
+        help="rerun only --objectives and keep the section's rows of the others (marked as from the earlier run)",
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+    section = args.section or f"objectives-{device.type}"
+    kept = earlier_rows(section) if args.keep_other_rows else {}
+    if kept:
+        earlier = re.search(r"_Written (.*?) on", RESULTS.read_text().split(f"<!-- bench:{section} -->", 1)[1])
+        when = earlier.group(1) if earlier else "an earlier run"
     print(f"machine: {machine()}", flush=True)
     lines = [
         f"## Objectives side by side on {device.type.upper()} (`make bench-objectives`)",
         "",
         *([f"Run as `python benchmarks/bench_objectives.py {' '.join(sys.argv[1:])}`.", ""] if sys.argv[1:] else []),
+        *([f"Rows marked † are kept from the run of {when}; the others are from this run.", ""] if kept else []),
         f"efficientnet-lite0 features, default options of each objective, seeds {', '.join(map(str, args.seeds))}; "
         "mean ± std over seeds. `ECE`: expected calibration error of the confidences `assign` reports "
         "(10 bins; right = the cluster Hungarian-matched to the image's class). `fitted T`: the temperature on the "
@@ -46,12 +71,17 @@ def main() -> None:
             continue
         x, y, _, _ = features(ds.folder, torch.device("cpu"))
         nn = neighbours_for(x)
-        lines += [f"### {ds.name} ({x.shape[0]} images, {ds.classes} classes)", ""]
+        heading = f"### {ds.name} ({x.shape[0]} images, {ds.classes} classes)"
+        lines += [heading, ""]
         lines += [
             "| objective | ACC | NMI | ARI | ECE | fitted T | below 0.5 | train s | empty clusters |",
             "|---|---|---|---|---|---|---|---|---|",
         ]
-        for name in args.objectives:
+        for name in sorted({*args.objectives, *(n for h, n in kept if h == heading)}):
+            if name not in args.objectives:
+                first, rest = kept[(heading, name)].split("|")[1], kept[(heading, name)].split("|", 2)[2]
+                lines.append(f"|{first.replace(' †', '').rstrip()} † |{rest}")
+                continue
             runs = [run_objective(x, y, nn, TrainConfig(objective=name, clusters=ds.classes, seed=s), device) for s in args.seeds]
             label = f"{name} (default)" if name == DEFAULT_OBJECTIVE else name
             row = (
@@ -64,7 +94,7 @@ def main() -> None:
             print(ds.name, row, flush=True)
             lines.append(row)
         lines.append("")
-        write_section(args.section or f"objectives-{device.type}", "\n".join(lines))  # each finished dataset is kept
+        write_section(section, "\n".join(lines))  # each finished dataset is kept
     print("\n".join(lines))
 
 

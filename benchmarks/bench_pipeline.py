@@ -1,6 +1,6 @@
 """`make bench`: the default pipeline on Fashion-MNIST (10,000 test images) with efficientnet-lite0 on the CPU.
 
-Reports embed throughput, head training time, and ACC/NMI/ARI of the default head next to FAISS
+Reports embed throughput, head training time, and ACC/NMI/ARI of the default head next to
 spherical k-means, 3 seeds each, on the same cached features.
 """
 
@@ -89,7 +89,7 @@ def main() -> None:
         "|---|---|---|---|---|---|",
     ]
     for name, runs in rows.items():
-        label = {DEFAULT_OBJECTIVE: f"{name} (default)", "kmeans": "kmeans (FAISS spherical, baseline)"}.get(name, name)
+        label = {DEFAULT_OBJECTIVE: f"{name} (default)", "kmeans": "kmeans (spherical, centred; baseline)"}.get(name, name)
         lines.append(
             f"| {label} | {mean_std([r['acc'] for r in runs])} | {mean_std([r['nmi'] for r in runs])} | "
             f"{mean_std([r['ari'] for r in runs])} | {mean_std([r['seconds'] for r in runs], 1)} | "

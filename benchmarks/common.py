@@ -20,9 +20,10 @@ sys.path.insert(0, str(HERE))
 from datasets import digits_folder, fashion_mnist_folder  # noqa: E402
 
 from imgcluster.config import EmbedConfig, TrainConfig  # noqa: E402
+from imgcluster.matching import best_matching  # noqa: E402
 from imgcluster.neighbours import knn_search  # noqa: E402
 from imgcluster.pipeline import embed_folder  # noqa: E402
-from imgcluster.scoring import best_matching, score  # noqa: E402
+from imgcluster.scoring import score  # noqa: E402
 from imgcluster.train import train_objective  # noqa: E402
 
 DATA = HERE / "data"

@@ -13,6 +13,7 @@ import numpy as np
 from imgcluster.csvfile import read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.listing import list_images
+from imgcluster.matching import best_matching
 
 EXAMPLES = 5  # missing files named per kind; the count says how many there are
 
@@ -45,17 +46,6 @@ class Evaluation:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def best_matching(clusters: np.ndarray, classes: np.ndarray, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The cluster x class count table of ``shape`` and the one-to-one match of clusters (rows) to
-    classes (columns) that keeps the most images: the matching behind ACC, for any K."""
-    from scipy.optimize import linear_sum_assignment
-
-    table = np.zeros(shape, dtype=np.int64)
-    np.add.at(table, (clusters, classes), 1)
-    rows, cols = linear_sum_assignment(table, maximize=True)
-    return table, rows, cols
 
 
 def hungarian_accuracy(labels: np.ndarray, clusters: np.ndarray) -> float:

@@ -87,12 +87,14 @@ def test_step_by_step_and_reuse_of_a_head(small_folder: Path, tmp_path: Path) ->
     again = invoke("embed", small_folder, "--cache-dir", cache, "--model", "efficientnet-lite0")
     assert "embedded 0, reused 24" in again.stderr
     head = tmp_path / "head.safetensors"
-    trained = invoke("train", small_folder, "--cache-dir", cache, "--out", head, *FAST)
+    # SCAN starts from random heads, so only training reaches the score checked below (the default,
+    # SeCu, starts from k-means++ seeds, which already sort these easy images).
+    trained = invoke("train", small_folder, "--cache-dir", cache, "--out", head, "--objective", "scan", *FAST)
     assert trained.exit_code == 0 and head.is_file() and head.with_suffix(".json").is_file()
     hint = f"to label new images with this head: imgcluster assign NEW_FOLDER --head {shlex.quote(str(head))}"
     assert trained.stderr.strip().splitlines()[-1] == hint
     meta = json.loads(head.with_suffix(".json").read_text())
-    assert meta["objective"] == "secu" and meta["clusters"] == 3 and meta["feature_dim"] == 1280
+    assert meta["objective"] == "scan" and meta["clusters"] == 3 and meta["feature_dim"] == 1280
     total = len(meta["history"])  # the folder is small: more epochs than --epochs, to reach the minimum steps
     epoch_lines = [line for line in trained.stderr.splitlines() if line.startswith("epoch ")]
     assert total > 11 and 2 <= len(epoch_lines) <= 11  # without a terminal, about ten loss lines, not one per epoch
@@ -108,7 +110,7 @@ def test_step_by_step_and_reuse_of_a_head(small_folder: Path, tmp_path: Path) ->
     evaluated = invoke("evaluate", out, small_folder, "--json")
     assert evaluated.exit_code == 0
     scores = json.loads(evaluated.stdout)
-    assert scores["matched"] == 24 and scores["acc"] > 0.6
+    assert scores["matched"] == 24 and scores["acc"] > 0.9
     assert "ACC" in evaluated.stderr and "per-cluster purity" in evaluated.stderr
 
 
@@ -166,8 +168,6 @@ def test_gpu_out_of_memory_while_embedding_keeps_what_was_saved(tmp_path: Path, 
 
 
 def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
-    import torch
-
     from imgcluster.checkpoint import save_checkpoint
     from imgcluster.objectives import create_objective
 
@@ -176,7 +176,6 @@ def test_mismatched_feature_dim(small_folder: Path, shared_cache: Path, tmp_path
     result = invoke("assign", small_folder, "--cache-dir", shared_cache, "--head", head, "--model", "efficientnet-lite0")
     assert result.exit_code == 1
     assert "expects 384-d features" in result.stderr and len(result.stderr.strip().splitlines()[-1]) > 0
-    assert torch is not None
 
 
 @pytest.mark.parametrize(
@@ -254,7 +253,7 @@ def test_assign_explain_adds_distance_columns(small_folder: Path, shared_cache: 
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert {"distance", "runner_up", "runner_up_distance"} <= set(rows[0])
     for row in rows:
-        assert 0.0 <= float(row["distance"]) <= float(row["runner_up_distance"]) <= 4.0  # unit vectors: ||z - c||^2 <= 4
+        assert 0.0 <= float(row["distance"]) <= float(row["runner_up_distance"]) <= 2.0  # unit vectors: ||z - c|| <= 2
         assert int(float(row["runner_up"])) != int(row["cluster"])
 
 

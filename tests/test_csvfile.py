@@ -123,7 +123,7 @@ def test_skipped_list_and_duplicates_are_escaped_too(tmp_path: Path) -> None:
     assert cells(tmp_path / "s.csv") == ["'=cmd.png"] and (tmp_path / "s.csv").read_bytes().endswith(b'"not an image"\r\n')
     write_skipped(tmp_path / "r.csv", [("=cmd.png", "not an image")], raw_csv=True)
     assert cells(tmp_path / "r.csv") == ["=cmd.png"]
-    groups = [DuplicateGroup([0, 1], [1.0, 0.99])]
+    groups = [DuplicateGroup([0, 1], [1.0, 0.99], ["", "exact"])]
     rows = lambda p: list(csv.reader(p.open(encoding="utf-8", newline="")))[1:]  # noqa: E731
     write_duplicates(tmp_path / "d.csv", ["@a.png", "b.png"], groups)
     assert [r[1] for r in rows(tmp_path / "d.csv")] == ["'@a.png", "b.png"]

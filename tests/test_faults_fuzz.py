@@ -245,6 +245,7 @@ def _scanned(path: Path) -> ScannedFile:
     return ScannedFile(path.name, path, st.st_size, st.st_mtime_ns)
 
 
+@pytest.mark.slow
 def test_fuzz_loader_and_dataset(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """Every mutated file: load_rgb returns RGB or raises ImageDecodeError; __getitem__ returns a
     (3, 224, 224) finite tensor or a reason; the two agree; nothing hangs."""

@@ -65,6 +65,6 @@ def test_small_folders_get_enough_steps() -> None:
 def test_scan_trains_on_gpu() -> None:
     x, y = blobs()
     nn, _ = knn_search(x, 10)
-    r = train_objective(x, nn, TrainConfig(clusters=4, epochs=5, knn=10), torch.device("cuda"))
+    r = train_objective(x, nn, TrainConfig(objective="scan", clusters=4, epochs=5, knn=10), torch.device("cuda"))
     z = torch.from_numpy(x / np.linalg.norm(x, axis=1, keepdims=True)).cuda()
     assert hungarian_accuracy(y, r.objective.predict(z).argmax(1).cpu().numpy()) > 0.9

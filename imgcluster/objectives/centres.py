@@ -3,14 +3,16 @@ learnable unit centres per head, and centre seeding on the encoded images."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcluster.kmeans import spherical_kmeans
 from imgcluster.objectives.base import Objective
+
+SEED_POINTS = 20_000  # rows the seeds are drawn from (a random sample on larger folders)
 
 
 @torch.no_grad()
@@ -29,35 +31,6 @@ def encode_with_batch_statistics(encoder: nn.Module, x: torch.Tensor, chunk: int
     encoder.train(was_training)
     encoder.load_state_dict(saved, strict=False)
     return z
-
-
-@torch.no_grad()
-def kmeans_pp_seeds(z: torch.Tensor, k: int, generator: torch.Generator, max_points: int = 20_000) -> torch.Tensor:
-    """Greedy k-means++ seeding (Arthur and Vassilvitskii, 2007) of ``k`` unit centres ``[d, k]``.
-
-    Spread-out starting centres give each dense region its own centre; random ones often start
-    two centres in one group and none in another, which the losses repair only slowly. Each
-    step draws ``2 + log k`` candidates by squared distance and keeps the one that lowers the
-    potential most (as scikit-learn does). Seeds from at most ``max_points`` random rows of ``z``.
-    """
-    n = z.shape[0]
-    if n > max_points:
-        z = z[torch.randperm(n, generator=generator)[:max_points].to(z.device)]
-        n = max_points
-    trials = 2 + int(math.log(k))
-    chosen = [int(torch.randint(n, (1,), generator=generator))]
-    d2 = (2.0 - 2.0 * z @ z[chosen[0]]).clamp_min(0.0)
-    for _ in range(1, k):
-        weights = d2.double().cpu()
-        if float(weights.sum()) <= 0:  # fewer distinct points than centres
-            chosen.append(int(torch.randint(n, (1,), generator=generator)))
-            continue
-        candidates = torch.multinomial(weights, trials, replacement=True, generator=generator).to(z.device)
-        new_d2 = torch.minimum(d2.unsqueeze(0), (2.0 - 2.0 * z[candidates] @ z.T).clamp_min(0.0))  # [trials, n]
-        best = int(new_d2.sum(1).argmin())
-        chosen.append(int(candidates[best]))
-        d2 = new_d2[best]
-    return z[chosen].T.contiguous()
 
 
 class CentreObjective(Objective):
@@ -91,7 +64,14 @@ class CentreObjective(Objective):
 
     @torch.no_grad()
     def seed_centres(self, features: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """k-means++ seeds of the encoded ``features`` for every head (a different draw each); returns ``z``."""
+        """Greedy k-means++ seeds of the encoded ``features`` for every head (a different draw each); returns ``z``.
+
+        Spread-out starting centres give each dense region its own centre; random ones often start
+        two centres in one group and none in another, which the losses repair only slowly.
+        """
         z = encode_with_batch_statistics(self.encoder, features)
-        self.centres.copy_(torch.stack([kmeans_pp_seeds(z, self.n_clusters, generator) for _ in range(self.n_heads)]))
+        for head in range(self.n_heads):
+            # Seeds only (no Lloyd steps), uncentred: the losses compare the raw z with the centres.
+            seeds = spherical_kmeans(z, self.n_clusters, generator, iters=0, max_points=SEED_POINTS, centre=False)
+            self.centres[head].copy_(seeds.best.centroids.T)
         return z

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from imgcluster.kmeans import spherical_kmeans
 from imgcluster.objectives.base import (
     HEADS,
     MOMENTUM,
@@ -28,6 +29,7 @@ from imgcluster.objectives.base import (
 )
 
 KMEANS_SAMPLE = 4096  # images embedded to seed the prototypes: plenty for K centres, cheap for any N
+KMEANS_ITERS = 10  # Lloyd iterations for the prototypes: a start for training, not a final clustering
 
 
 @dataclass
@@ -113,26 +115,6 @@ def temi_loss(
         + temi_pair_loss(log_s_n, log_t_a, weight, prior, beta, prior_weight)
     )
     return loss, weight.mean(-1)
-
-
-def spherical_kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> torch.Tensor:
-    """Spherical k-means on unit vectors ``x`` ``[H, N, d]``, per head: k-means++ seeds, Lloyd steps.
-
-    Returns unit centres ``[H, k, d]``. Runs on the CPU (the seeding samples with ``generator``).
-    """
-    x = x.detach().float().cpu()
-    h, n, _ = x.shape
-    rows = torch.arange(h)
-    centres = x[rows, torch.randint(n, (h,), generator=generator)].unsqueeze(1)
-    for _ in range(k - 1):
-        gap = (1.0 - (x @ centres.transpose(1, 2)).amax(-1)).clamp_min(0.0) + 1e-12  # [H, N]
-        pick = torch.multinomial(gap / gap.sum(-1, keepdim=True), 1, generator=generator)[:, 0]
-        centres = torch.cat([centres, x[rows, pick].unsqueeze(1)], dim=1)
-    for _ in range(iters):
-        onehot = F.one_hot((x @ centres.transpose(1, 2)).argmax(-1), k).float()  # [H, N, k]
-        counts = onehot.sum(1).unsqueeze(-1)  # [H, k, 1]
-        centres = torch.where(counts > 0, F.normalize(onehot.transpose(1, 2) @ x, dim=-1), centres)
-    return centres
 
 
 def _init_batched_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -234,8 +216,11 @@ class TEMI(Objective):
         if self.params.prototype_init == "kmeans":
             sample = torch.randperm(features.shape[0], generator=generator)[:KMEANS_SAMPLE].to(features.device)
             with torch.no_grad():
-                centres = spherical_kmeans(self.student.embed(self._standardised(features[sample])), self.n_clusters, 10, generator)
-                self.student.direction.copy_(centres.transpose(1, 2).to(self.student.direction))
+                embedded = self.student.embed(self._standardised(features[sample]))  # [H, S, bottleneck]
+                for head, z in enumerate(embedded):
+                    # Uncentred: the logits compare the raw bottleneck embedding with the directions.
+                    fit = spherical_kmeans(z, self.n_clusters, generator, iters=KMEANS_ITERS, centre=False)
+                    self.student.direction[head].copy_(fit.best.centroids.T)
         self.prior.fill_(1.0 / self.n_clusters)
         self.teacher.load_state_dict(self.student.state_dict())
 

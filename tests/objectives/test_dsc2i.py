@@ -1,4 +1,6 @@
-"""DSC2I: loss terms on hand-made cases, distance explanations, and training on toy blobs."""
+"""DSC2I: loss terms on hand-made cases and distance explanations.
+
+Gradients, determinism, round trips and training (both inter-cluster terms) are in test_contract.py."""
 
 import math
 
@@ -37,29 +39,20 @@ def toy_config(**options: object) -> TrainConfig:
 
 @pytest.fixture(scope="module")
 def trained(toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> DSC2I:
+    """A few steps are enough: the explanations must match the distances whatever the clustering."""
     x, _, nn = toy
-    objective = train_objective(x, nn, toy_config(), torch.device("cpu")).objective
+    config = toy_config()
+    config.epochs, config.min_steps = 2, 0
+    objective = train_objective(x, nn, config, torch.device("cpu")).objective
     assert isinstance(objective, DSC2I)
     return objective
 
 
-@pytest.mark.parametrize("inter", ["mean", "margin"])
-def test_loss_and_gradients_are_finite(inter: str) -> None:
+def test_logs_every_loss_term() -> None:
     x, knn, batch = random_knn_batch()
-    objective = create_objective("dsc2i", 16, 4, {"inter": inter, "hidden": 32, "dim": 8})
+    objective = create_objective("dsc2i", 16, 4, {"hidden": 32, "dim": 8})
     objective.setup(x, knn, torch.Generator().manual_seed(0))
-    objective.train()
-    out = objective.step(batch)
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    assert out.head_losses.shape == (objective.n_heads,) and not out.head_losses.requires_grad
-    assert set(out.logs) == {"intra", "inter", "mi", "knn"}
-    out.loss.backward()
-    grads = {name: p.grad for name, p in objective.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
-    assert grads["centres"].abs().sum() > 0 and grads["encoder.0.weight"].abs().sum() > 0
-    probs = objective.eval().head_probs(x)
-    assert probs.shape == (objective.n_heads, 64, 4)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(objective.n_heads, 64))
+    assert set(objective.train().step(batch).logs) == {"intra", "inter", "mi", "knn"}
 
 
 def test_alternate_updates_one_block_per_step() -> None:
@@ -122,22 +115,6 @@ def test_mutual_information_bounds() -> None:
     torch.testing.assert_close(mutual_information(onehot), torch.tensor([math.log(4)]), atol=1e-5, rtol=0)
 
 
-def test_no_collapse_on_separable_blobs(trained: DSC2I, toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    x, y, _ = toy
-    labels = trained.predict(torch.from_numpy(x)).argmax(1).numpy()
-    assert np.unique(labels).size >= 3
-    assert hungarian_accuracy(y, labels) >= 0.9
-
-
-def test_margin_variant_no_collapse(toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    x, y, nn = toy
-    other = "mean" if DSC2IParams().inter == "margin" else "margin"
-    objective = train_objective(x, nn, toy_config(inter=other), torch.device("cpu")).objective
-    labels = objective.predict(torch.from_numpy(x)).argmax(1).numpy()
-    assert np.unique(labels).size >= 3
-    assert hungarian_accuracy(y, labels) >= 0.9
-
-
 def test_explain_is_consistent_with_distances(trained: DSC2I, toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
     z = torch.from_numpy(toy[0])
     info = trained.explain(z)
@@ -153,31 +130,6 @@ def test_explain_is_consistent_with_distances(trained: DSC2I, toy: tuple[np.ndar
     assert (info["runner_up_distance"] >= info["distance"]).all()
     second = dist.sort(dim=1).values[:, 1]
     torch.testing.assert_close(info["runner_up_distance"], second, atol=1e-4, rtol=1e-4)
-
-
-def test_same_seed_same_result(toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    x, _, nn = toy
-    config = toy_config(n_heads=2)
-    config.epochs, config.min_steps = 3, 0
-    a = train_objective(x, nn, config, torch.device("cpu"))
-    b = train_objective(x, nn, config, torch.device("cpu"))
-    z = torch.from_numpy(x)
-    assert torch.equal(a.objective.head_probs(z), b.objective.head_probs(z))
-    assert [h.loss for h in a.history] == [h.loss for h in b.history]
-
-
-def test_state_dict_round_trip_gives_identical_predictions(trained: DSC2I, toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    from safetensors.torch import load, save
-
-    blob = save({k: v.detach().cpu().contiguous() for k, v in trained.state_dict().items()})
-    fresh = DSC2I(trained.in_dim, trained.n_clusters, DSC2IParams(**FAST))
-    fresh.load_state_dict(load(blob), strict=True)
-    fresh.eval()
-    z = torch.from_numpy(toy[0])
-    assert int(fresh.best_head) == int(trained.best_head)
-    assert torch.equal(fresh.predict(z), trained.predict(z))
-    a, b = fresh.explain(z), trained.explain(z)
-    assert all(torch.equal(a[key], b[key]) for key in a)
 
 
 def test_unknown_inter_is_rejected() -> None:

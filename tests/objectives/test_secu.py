@@ -1,4 +1,6 @@
-"""SeCu: loss math on hand-made cases, the size/entropy constraints, and training on toy blobs."""
+"""SeCu: loss math on hand-made cases and the size/entropy constraints.
+
+Gradients, determinism, round trips and training (both constraints) are in test_contract.py."""
 
 import math
 
@@ -12,8 +14,6 @@ from imgcluster.config import TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.objectives import create_objective
 from imgcluster.objectives.secu import (
-    SeCu,
-    SeCuParams,
     assign_entropy,
     assign_size,
     entropy_gain,
@@ -34,34 +34,6 @@ def toy() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def toy_config(**options: object) -> TrainConfig:
     return blob_config("secu", {**FAST, **options}, epochs=10, min_steps=120, seed=1)
-
-
-@pytest.fixture(scope="module")
-def trained(toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> SeCu:
-    x, _, nn = toy
-    objective = train_objective(x, nn, toy_config(), torch.device("cpu")).objective
-    assert isinstance(objective, SeCu)
-    return objective
-
-
-@pytest.mark.parametrize("constraint", ["size", "entropy"])
-def test_loss_and_gradients_are_finite(constraint: str) -> None:
-    x, knn, batch = random_knn_batch()
-    objective = create_objective("secu", 16, 4, {"constraint": constraint, "hidden": 32, "dim": 8})
-    objective.setup(x, knn, torch.Generator().manual_seed(0))
-    objective.train()
-    objective.on_epoch_start(0)
-    out = objective.step(batch)
-    assert out.loss.ndim == 0 and torch.isfinite(out.loss)
-    assert out.head_losses.shape == (objective.n_heads,) and not out.head_losses.requires_grad
-    out.loss.backward()
-    grads = {name: p.grad for name, p in objective.named_parameters()}
-    assert all(g is not None and torch.isfinite(g).all() for g in grads.values()), grads.keys()
-    assert grads["centres"].abs().sum() > 0 and grads["encoder.0.weight"].abs().sum() > 0
-    objective.after_step(batch, out)
-    probs = objective.eval().head_probs(x)
-    assert probs.shape == (objective.n_heads, 64, 4)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(objective.n_heads, 64))
 
 
 def test_centre_loss_moves_only_the_assigned_centre_by_one_minus_p() -> None:
@@ -154,41 +126,14 @@ def test_entropy_constraint_spreads_a_skewed_batch() -> None:
     assert (assign_entropy(cost, counts, current, alpha=100 * 0.12) != 0).all()
 
 
-@pytest.mark.parametrize("constraint", ["size", "entropy"])
-def test_no_collapse_on_separable_blobs(constraint: str, toy: tuple[np.ndarray, np.ndarray, np.ndarray], trained: SeCu) -> None:
-    x, y, nn = toy
-    if constraint == "size":
-        objective = trained
-    else:
-        objective = train_objective(x, nn, toy_config(constraint=constraint), torch.device("cpu")).objective
-    labels = objective.predict(torch.from_numpy(x)).argmax(1).numpy()
-    assert np.unique(labels).size >= 3
-    assert hungarian_accuracy(y, labels) >= 0.9
-
-
-def test_same_seed_same_result(toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    x, _, nn = toy
-    config = toy_config(n_heads=2)
-    config.epochs, config.min_steps = 3, 0
-    a = train_objective(x, nn, config, torch.device("cpu"))
-    b = train_objective(x, nn, config, torch.device("cpu"))
-    z = torch.from_numpy(x)
-    assert torch.equal(a.objective.head_probs(z), b.objective.head_probs(z))
-    assert [h.loss for h in a.history] == [h.loss for h in b.history]
-
-
-def test_state_dict_round_trip_gives_identical_predictions(trained: SeCu, toy: tuple[np.ndarray, np.ndarray, np.ndarray]) -> None:
-    from safetensors.torch import load, save
-
-    state = trained.state_dict()
+def test_training_state_stays_out_of_checkpoints() -> None:
+    x, knn, _ = random_knn_batch()
+    objective = create_objective("secu", 16, 4, {"hidden": 32, "dim": 8})
+    objective.setup(x, knn, torch.Generator().manual_seed(0))
+    assert objective.labels.shape == (objective.n_heads, 64)  # every image has a first label
+    state = objective.state_dict()
     assert not {"labels", "rho", "counts", "prev_centres"} & set(state), "training-only state leaked into checkpoints"
-    blob = save({k: v.detach().cpu().contiguous() for k, v in state.items()})
-    fresh = SeCu(trained.in_dim, trained.n_clusters, SeCuParams(**FAST))
-    fresh.load_state_dict(load(blob), strict=True)
-    fresh.eval()
-    z = torch.from_numpy(toy[0])
-    assert int(fresh.best_head) == int(trained.best_head)
-    assert torch.equal(fresh.predict(z), trained.predict(z))
+    assert {"centres", "best_head"} <= set(state)
 
 
 def test_unknown_constraint_is_rejected() -> None:

@@ -81,3 +81,35 @@ def train_toy(
     x, y, neighbours = toy_neighbours()
     config = blob_config(objective, options, epochs=epochs, min_steps=min_steps, seed=seed)
     return train_objective(x, neighbours, config, torch.device(device)), x, y
+
+
+def strips(k: int = 4, n: int = 60, d: int = 16, length: float = 10.0, gap: float = 4.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``k`` long, thin, parallel strips, L2-normalised: features [k * n, d] (float32) and labels [k * n].
+
+    Each strip runs ``2 * length`` along one shared direction and sits ``gap * sqrt(2)`` from every
+    other across it (width 0.1), all far from the origin so that normalising keeps the shape. The true
+    groups are not convex blobs, so no nearest-centre partition finds them: k-means (and any
+    k-means or k-means++ start) cuts across the strips, while every point's nearest neighbours lie
+    in its own strip. Only training on the neighbours can separate them.
+    """
+    rng = np.random.default_rng(seed)
+    basis = np.linalg.qr(rng.normal(size=(d, d)))[0]  # a random rotation: no strip lies along an axis
+    labels = np.repeat(np.arange(k), n)
+    offsets = gap * np.eye(k, d - 2)  # every two strips gap * sqrt(2) apart
+    points = np.zeros((k * n, d))
+    points[:, 0] = 20.0
+    points[:, 1] = rng.uniform(-length, length, size=k * n)
+    points[:, 2:] = offsets[labels] + 0.1 * rng.normal(size=(k * n, d - 2))
+    return l2_normalise((points @ basis.T).astype(np.float32)), labels
+
+
+def faint_blobs(k: int = 4, n: int = 60, d: int = 8, faint: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`blobs` in ``d`` dimensions plus ``faint`` dimensions of faint noise (std 0.01), like the
+    near-constant units of real CNN features.
+
+    The faint dimensions hardly move cosine similarities, so the neighbours and k-means find the
+    blobs; a start that standardises every dimension first (TEMI's) sees mostly noise.
+    """
+    x, labels = blobs(k=k, n=n, d=d, seed=seed)
+    noise = 0.01 * np.random.default_rng(seed + 1).normal(size=(k * n, faint))
+    return l2_normalise(np.hstack([x, noise]).astype(np.float32)), labels
