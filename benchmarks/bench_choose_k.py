@@ -22,6 +22,7 @@ from common import HERE, datasets, features, machine, mean_std, neighbours_for, 
 
 from imgcluster.choose_k import DEFAULT_K_MAX, DEFAULT_K_MIN, choose_k
 from imgcluster.config import TrainConfig
+from imgcluster.errors import render
 from imgcluster.objectives import DEFAULT_OBJECTIVE
 
 SEEDS = (0, 1, 2)
@@ -49,7 +50,7 @@ def main() -> None:
             cpu.append(time.process_time() - c0)
             wall.append(time.perf_counter() - w0)
         chosen = choices[0].k
-        print(ds.name, choices[0].explanation, flush=True)
+        print(ds.name, render(choices[0].explanation, {}), flush=True)
         nn = neighbours_for(x)
         scores = {}
         for k in dict.fromkeys((chosen, ds.classes)):  # once when the choice is right

@@ -18,9 +18,9 @@ k-means partition for each candidate K, with a one-standard-error rule for parsi
    **smallest** K whose Q is within one standard error of the best (Breiman's 1-SE rule): the Q
    curve of real features has a broad plateau, and inside it fewer clusters are easier to read.
 
-Measured with scikit-learn's k-means, before ``kmeans_labels`` moved to the shared spherical
-k-means (``make bench-k`` not rerun since), on one PCA-64 space and the same best-of-5 k-means partitions for
-every partition-based criterion (efficientnet-lite0 features; true K in brackets; blobs: 3, 5,
+Measured on one PCA-64 space and the same best-of-5 k-means partitions for every
+partition-based criterion (scikit-learn's k-means for the rows of other criteria; the last row
+rerun with the shared spherical k-means on 2026-11-29) (efficientnet-lite0 features; true K in brackets; blobs: 3, 5,
 8, 12, 16 groups of 200 points in 128-d, centres 0.99 apart, isotropic noise of norm about 1):
 
 =======================================  ==========  ========  ========  ==================
@@ -34,7 +34,7 @@ Calinski-Harabasz                        2           2         2         all rig
 Davies-Bouldin                           10          3         18        all right
 stability (mean ARI of 5 k-means runs)   2           3         6         3/6/8/13/18
 kNN modularity, argmax                   13          9         5         all right
-kNN modularity + 1-SE (this), seeds 0-2  10, 11, 10  7, 7, 8   5, 5, 5   all right
+kNN modularity + 1-SE (this), seeds 0-2  10, 11, 11  7, 8, 7   5, 5, 5   all right
 =======================================  ==========  ========  ========  ==================
 
 Only modularity is near the truth on all three image sets. The eigengap also depends on the
