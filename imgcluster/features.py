@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError
 from imgcluster.models import check_model_name
-from imgcluster.preflight import check_inputs
+from imgcluster.preflight import FolderListing, check_inputs
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
 if TYPE_CHECKING:
@@ -51,14 +51,15 @@ def embed(
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
     folder, only = _folder_and_files(folder_or_paths)
+    listing = None
     if only is None:  # before torch is imported: a mistake costs a fraction of a second
-        check_inputs(folder, model, follow_symlinks=follow_symlinks)
+        listing = check_inputs(folder, model, follow_symlinks=follow_symlinks, cache_dir=cache_dir)
     else:
         check_model_name(model)
     return embed_checked(
-        folder, only, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, rehash=rehash,
-        reembed=reembed, progress=progress,
+        folder, only, model, listing=listing, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype,
+        embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model,
+        lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, progress=progress,
     )  # fmt: skip
 
 
@@ -67,6 +68,7 @@ def embed_checked(
     only: list[str] | None,
     model: str,
     *,
+    listing: FolderListing | None = None,
     weights: PathLike | None,
     cache_dir: PathLike | None,
     device: str,
@@ -80,7 +82,8 @@ def embed_checked(
     reembed: bool = False,
     progress: ProgressFn | None,
 ) -> Embeddings:
-    """:func:`embed` once :mod:`imgcluster.preflight` has passed ``folder`` (``only``: some of its files)."""
+    """:func:`embed` once :mod:`imgcluster.preflight` has passed ``folder`` (``only``: some of its files;
+    ``listing``: the scan the checks made)."""
     progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "embed")
     report.at("model").info(f"loading the model ({model}) ...")  # importing torch and building it take seconds
@@ -104,7 +107,7 @@ def embed_checked(
         on_wait=report.info,
         on_mark=lambda stage, message: report.at(stage).mark(message),
     )
-    result = embed_folder(config, dev, hooks, lock_timeout, only)
+    result = embed_folder(config, dev, hooks, lock_timeout, only, listing)
     result.warnings = warnings
     report.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
     return result

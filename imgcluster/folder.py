@@ -231,7 +231,9 @@ def cluster_folder(
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
     if out is not None:  # the arguments first, then what the folder holds
         check_out(out, Path(folder), near_duplicates)
-    check_inputs(folder, model, n_clusters=n_clusters if head is None else None, follow_symlinks=follow_symlinks)
+    listing = check_inputs(
+        folder, model, n_clusters=n_clusters if head is None else None, follow_symlinks=follow_symlinks, cache_dir=cache_dir
+    )
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
     from imgcluster.estimator import ClusterHead
     from imgcluster.naming import NAMING_MODEL, is_naming_backbone
@@ -257,9 +259,9 @@ def cluster_folder(
         if out_path is not None:
             check_writable(out_path)  # fail before the embedding, not after it
     embeddings = embed_checked(
-        Path(folder), None, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, rehash=rehash,
-        reembed=reembed, progress=progress,
+        Path(folder), None, model, listing=listing, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype,
+        embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model,
+        lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, progress=progress,
     )  # fmt: skip
     if head_meta is not None:
         assert head is not None  # head_meta comes from it
@@ -401,7 +403,7 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
-    check_inputs(folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks)
+    listing = check_inputs(folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir)
     from imgcluster.estimator import ClusterHead
 
     estimator = ClusterHead(
@@ -413,9 +415,9 @@ def train_folder(
         refuse_inputs(Path(out), folder=Path(folder))
         check_writable(Path(out))
     embeddings = embed_checked(
-        Path(folder), None, model, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-        workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model, lock_timeout=lock_timeout, rehash=rehash,
-        reembed=reembed, progress=progress,
+        Path(folder), None, model, listing=listing, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype,
+        embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model,
+        lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, progress=progress,
     )  # fmt: skip
     skipped = embeddings.write_skipped(raw_csv=raw_csv)
     if skipped is not None:

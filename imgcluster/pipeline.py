@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from imgcluster.backbones import create_backbone, resolve_model_name
-from imgcluster.cache import EmbeddingCache, default_cache_root, embeddings_dir, shared_cache_root
+from imgcluster.cache import EmbeddingCache, default_cache_root, embeddings_dir
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embedding import (
     compute_precision,
@@ -30,10 +30,10 @@ from imgcluster.embedding import (
     shared_memory_free,
 )
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
-from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile, list_images
+from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
-from imgcluster.preflight import check_folder
+from imgcluster.preflight import FolderListing, check_folder, list_folder
 from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
@@ -42,16 +42,7 @@ FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at mo
 
 def flush_every() -> int:
     """Images per cache shard; ``$IMGCLUSTER_FLUSH_EVERY`` overrides it (small values for tests)."""
-    raw = os.environ.get("IMGCLUSTER_FLUSH_EVERY")
-    if not raw:
-        return FLUSH_EVERY
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ParameterError(f"IMGCLUSTER_FLUSH_EVERY must be a positive number of images, not {raw!r}")
-    return value
+    return int(_positive_from_env("IMGCLUSTER_FLUSH_EVERY", FLUSH_EVERY, int, "number of images"))
 
 
 FLUSH_SECONDS = 30.0  # also save at least this often: slow folders (large photos on a CPU) keep their work too
@@ -59,15 +50,20 @@ FLUSH_SECONDS = 30.0  # also save at least this often: slow folders (large photo
 
 def flush_seconds() -> float:
     """Seconds of embedding between saves at most; ``$IMGCLUSTER_FLUSH_SECONDS`` overrides it (tests)."""
-    raw = os.environ.get("IMGCLUSTER_FLUSH_SECONDS")
+    return _positive_from_env("IMGCLUSTER_FLUSH_SECONDS", FLUSH_SECONDS, float, "number of seconds")
+
+
+def _positive_from_env(name: str, default: float, kind: type[int] | type[float], what: str) -> float:
+    """``$name`` read as ``kind``, else ``default``; anything not above 0 is refused, naming the variable."""
+    raw = os.environ.get(name)
     if not raw:
-        return FLUSH_SECONDS
+        return default
     try:
-        value = float(raw)
+        value = kind(raw)
     except ValueError:
-        value = 0.0
+        value = 0
     if not value > 0:
-        raise ParameterError(f"IMGCLUSTER_FLUSH_SECONDS must be a positive number of seconds, not {raw!r}")
+        raise ParameterError(f"{name} must be a positive {what}, not {raw!r}")
     return value
 
 
@@ -146,12 +142,14 @@ def embed_folder(
     hooks: EmbedHooks | None = None,
     lock_timeout: float = 0.0,
     only: Collection[str] | None = None,
+    listing: FolderListing | None = None,
 ) -> Embeddings:
     """Embed every image under ``config.folder``, reusing cached features of unchanged files.
 
     ``lock_timeout`` is how long to wait for another run that holds the same cache; ``only``
     limits the run to these relative paths, in that order, and keeps the cached features of the
-    folder's other files.
+    folder's other files; ``listing`` is the folder's scan when the preflight checks made it
+    (:func:`imgcluster.preflight.list_folder`), so the folder is not walked twice.
     """
     hooks = hooks or EmbedHooks()
     start = time.perf_counter()
@@ -159,16 +157,12 @@ def embed_folder(
     if config.dtype not in ("float16", "float32"):
         raise ParameterError(f"{{dtype}} must be float16 or float32, not {config.dtype!r}")
     cache_root = default_cache_root(folder, config.cache_dir)
-    shared = shared_cache_root(config.cache_dir)  # may lie inside FOLDER, holding other folders' caches
-    unsupported: list[str] = []
-    unreachable: list[tuple[str, str]] = []
-    excluded = (cache_root, *([shared] if shared else []))
-    if only is None:
-        files = list_images(
-            folder, follow_symlinks=config.follow_symlinks, exclude=excluded, unsupported=unsupported, unreachable=unreachable
-        )
-    else:
-        files = _named_files(folder, only, unsupported)
+    if only is not None:
+        listing = FolderListing([])
+        listing.files = _named_files(folder, only, listing.unsupported)
+    elif listing is None:
+        listing = list_folder(folder, config.cache_dir, config.follow_symlinks)
+    files, unsupported, unreachable = listing.files, listing.unsupported, listing.unreachable
     if unsupported:
         kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
         hooks.on_warning(f"left out {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}); convert them to JPEG or PNG")

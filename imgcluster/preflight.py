@@ -9,11 +9,37 @@ after decoding), so the checks after embedding stay as they are.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcluster.errors import ImgclusterError, ParameterError
-from imgcluster.listing import IMAGE_EXTENSIONS, list_images
+from imgcluster.listing import IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.models import check_model_name
+
+
+@dataclass
+class FolderListing:
+    """What a run on a folder reads: its image files, and what the scan left out or could not reach."""
+
+    files: list[ImageFile]
+    unsupported: list[str] = field(default_factory=list)  # files in formats imgcluster cannot read
+    unreachable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+
+
+def list_folder(folder: Path, cache_dir: str | os.PathLike[str] | None = None, follow_symlinks: bool = False) -> FolderListing:
+    """The one scan of a run: the images under ``folder``, leaving out the folder's cache (and a
+    shared cache root that lies inside it). The preflight checks count these files and the
+    embedding reads them, so a large folder is walked once."""
+    from imgcluster.cache import default_cache_root, shared_cache_root
+
+    cache = os.fspath(cache_dir) if cache_dir is not None else None
+    shared = shared_cache_root(cache)  # may lie inside FOLDER, holding other folders' caches
+    excluded = (default_cache_root(folder, cache), *([shared] if shared else []))
+    listing = FolderListing([])
+    listing.files = list_images(
+        folder, follow_symlinks=follow_symlinks, exclude=excluded, unsupported=listing.unsupported, unreachable=listing.unreachable
+    )
+    return listing
 
 
 def check_folder(folder: Path) -> Path:
@@ -39,9 +65,14 @@ def parse_clusters(value: str | int) -> int | None:
 
 
 def check_inputs(
-    folder: str | os.PathLike[str], model: str, *, n_clusters: int | str | None = None, follow_symlinks: bool = False
-) -> int:
-    """Refuse what can be refused without features; returns the number of image files found.
+    folder: str | os.PathLike[str],
+    model: str,
+    *,
+    n_clusters: int | str | None = None,
+    follow_symlinks: bool = False,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> FolderListing:
+    """Refuse what can be refused without features; returns the folder's listing, for the embedding.
 
     ``n_clusters`` (a number or ``auto``) is given when a head is to be trained on the folder:
     then one image is too few, and more clusters than images cannot work. Without it (embedding
@@ -50,8 +81,9 @@ def check_inputs(
     where = check_folder(Path(folder))
     check_model_name(model)
     k = parse_clusters(n_clusters) if n_clusters is not None else None
-    unsupported: list[str] = []
-    found = len(list_images(where, follow_symlinks=follow_symlinks, unsupported=unsupported))
+    listing = list_folder(where, cache_dir, follow_symlinks)
+    unsupported = listing.unsupported
+    found = len(listing.files)
     if found == 0:
         looked_for = " ".join(sorted(IMAGE_EXTENSIONS))
         others = ""
@@ -63,4 +95,4 @@ def check_inputs(
         raise ImgclusterError(f"need at least two images to cluster, and {where} holds one")
     if k is not None and k > found:
         raise ParameterError(f"{{n_clusters}} {k} is larger than the number of images ({found})")
-    return found
+    return listing

@@ -24,8 +24,8 @@ def _images(folder: Path, n: int) -> Path:
 
 
 def test_check_inputs_counts_the_scan(tmp_path: Path) -> None:
-    assert check_inputs(_images(tmp_path / "f", 3), "auto", n_clusters=3) == 3
-    assert check_inputs(_images(tmp_path / "one", 1), "auto") == 1  # enough to embed, or to label with a trained head
+    assert len(check_inputs(_images(tmp_path / "f", 3), "auto", n_clusters=3).files) == 3
+    assert len(check_inputs(_images(tmp_path / "one", 1), "auto").files) == 1  # enough to embed, or to label with a trained head
 
 
 @pytest.mark.parametrize(
@@ -109,3 +109,20 @@ def test_cli_mistakes_fail_before_torch(tmp_path: Path, make, args: tuple, code:
     assert result["stderr"].strip().splitlines() == [message] or result["stderr"].startswith(message), result
     assert result["stderr"].count("\n") == 1, result  # one line: no format warning, no progress before it
     assert not result["torch"]
+
+
+def test_a_run_walks_the_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The checks' scan is the one the embedding reads: a large folder is not listed twice."""
+    import imgcluster.preflight as preflight
+
+    walks: list[Path] = []
+    real = preflight.list_images
+
+    def counted(root: Path, **options: object) -> list:
+        walks.append(root)
+        return real(root, **options)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(preflight, "list_images", counted)
+    folder = _images(tmp_path / "f", 3)
+    result = imgcluster.embed(folder, model="efficientnet-lite0", cache_dir=tmp_path / "cache", workers=0)
+    assert len(walks) == 1 and sorted(result.paths) == ["00.png", "01.png", "02.png"]
