@@ -69,4 +69,3 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
         yield
     finally:
         ray.shutdown()
-
