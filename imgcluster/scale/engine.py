@@ -1,0 +1,72 @@
+"""The one door to Ray: its lazy import and the session a job runs in.
+
+Ray is an optional extra (``pip install 'imgcluster[ray]'``); nothing outside ``imgcluster.scale``
+imports it, and this module imports it only when a session is asked for, so the rest of the
+package works, and fails with one actionable line, without it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from types import ModuleType
+
+from imgcluster.errors import ImgclusterError
+
+RAY_MISSING = "the Ray engine needs the 'ray' extra: pip install 'imgcluster[ray]'"
+
+# A local instance's shared-memory object store. Ray's default is 30 % of the machine's memory,
+# which crowds out the embedding processes on a small machine; decoded batches are uint8 and
+# consumed as they come (a batch of 256 images of 224x224 is 38 MB), so a fixed gigabyte is ample.
+LOCAL_OBJECT_STORE_BYTES = 1 << 30
+
+
+def import_ray() -> ModuleType:
+    """``ray`` (with Ray Data), or an ImgclusterError naming the extra to install."""
+    try:
+        import ray
+        import ray.data  # the extra's other half: ray without [data] cannot run a job
+    except ImportError:
+        raise ImgclusterError(RAY_MISSING) from None
+    return ray
+
+
+def _quiet_ray_loggers() -> None:
+    """The library never prints: Ray's drivers log their start, autoscaler and progress to stderr."""
+    for name in ("ray", "ray.data", "ray._private", "ray.util"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
+    """Connect to the cluster at ``address`` (``"auto"``, ``"host:port"``, ``"ray://host:port"``),
+    or start a local instance when it is None; end only what was started here.
+
+    A Ray already initialised in this process (a caller's own ``ray.init``) is used as it is and
+    left running. A local instance has no dashboard and a small fixed object store; ``num_cpus``
+    caps the cores it uses (default: all). Token authentication follows ``RAY_AUTH_MODE`` as Ray
+    reads it (unset: Ray turns it on for a new local instance and keeps the token in
+    ``~/.ray/auth_token``); connecting to a cluster needs that cluster's token in the environment.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    _quiet_ray_loggers()
+    kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
+    if address is None:
+        kwargs.update(num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+    else:
+        kwargs["address"] = address
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
+        where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ImgclusterError(f"cannot connect to {where}: {detail}") from None
+    try:
+        yield
+    finally:
+        ray.shutdown()
+

@@ -1,0 +1,35 @@
+"""The lazy Ray import and the session a job runs in."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from imgcluster.errors import ImgclusterError
+from imgcluster.scale import engine
+
+
+def test_without_ray_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(ImgclusterError) as info:
+        engine.import_ray()
+    assert str(info.value) == "the Ray engine needs the 'ray' extra: pip install 'imgcluster[ray]'"
+    with pytest.raises(ImgclusterError, match="'ray' extra"), engine.ray_session(None):
+        pass
+
+
+@pytest.mark.slow
+def test_a_local_instance_is_started_and_ended_a_callers_is_left_running(ray_env: None) -> None:
+    ray = pytest.importorskip("ray", reason="needs the 'ray' extra")
+    assert not ray.is_initialized()
+    with engine.ray_session(None, num_cpus=1):
+        assert ray.is_initialized()
+        resources = ray.cluster_resources()
+        assert resources["CPU"] == 1
+        assert resources["object_store_memory"] == pytest.approx(engine.LOCAL_OBJECT_STORE_BYTES, rel=0.01)
+        with engine.ray_session("auto"):  # nested: finds this process's Ray and leaves it alone
+            assert ray.get(ray.put(7)) == 7
+        assert ray.is_initialized()
+    assert not ray.is_initialized()
+
