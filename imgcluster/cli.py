@@ -28,6 +28,7 @@ from imgcluster.atomic import is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.progress import Event, count
+from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 from imgcluster.ui import UI, ProgressTask
 
 
@@ -182,6 +183,25 @@ UcoOpt = Annotated[bool, typer.Option("--uco", help="ddc: add the companion obje
 OptionOpt = Annotated[
     Optional[list[str]], typer.Option("--option", help="Objective hyper-parameter KEY=VALUE (repeatable), e.g. entropy_weight=5.")
 ]
+# train and assign from a feature store (imgcluster.scale) instead of a folder.
+MaybeFolder = Annotated[
+    Optional[Path],
+    typer.Argument(metavar="FOLDER", help="Folder of images (searched recursively); not with --features.", show_default=False),
+]
+FeaturesOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--features", metavar="URI",
+        help="Run from a feature store (a path, file://, s3:// or gs:// URI that `embed --features-out` wrote) instead of FOLDER.",
+    ),
+]  # fmt: skip
+TrainSampleOpt = Annotated[
+    int,
+    typer.Option(
+        "--train-sample", min=2,
+        help="With --features: train on all rows up to this many, above it on a seeded uniform sample of this many.",
+    ),
+]  # fmt: skip
 
 
 @contextmanager
@@ -388,6 +408,41 @@ def _refuse_training_options(ctx: typer.Context) -> None:
         )
 
 
+# The options that say how to embed a FOLDER: they do not apply to features already in a store.
+EMBEDDING_PARAMETERS = (
+    "model", "weights", "cache_dir", "embed_batch_size", "workers", "dtype", "follow_symlinks", "compile_model", "lock_timeout", "rehash",
+    "reembed",
+)  # fmt: skip
+
+
+def _folder_or_features(ctx: typer.Context, folder: Path | None, features: str | None) -> None:
+    """FOLDER or --features, exactly one; with --features, no embedding option (usage errors, exit 2)."""
+    from typer._click.exceptions import MissingParameter, UsageError
+
+    if folder is None and features is None:
+        raise MissingParameter(ctx=ctx, param=next(p for p in ctx.command.params if p.name == "folder"))  # type: ignore[arg-type]
+    if folder is not None and features is not None:
+        raise UsageError("give FOLDER or --features, not both", ctx=ctx)
+    if features is not None:
+        flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
+        given = [flags[name] for name in EMBEDDING_PARAMETERS if name in flags and _given(ctx, name)]
+        if given:
+            raise UsageError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to embedding a FOLDER, "
+                             "and --features reads features already embedded; leave them out", ctx=ctx)  # fmt: skip
+
+
+def _refuse_given(ctx: typer.Context, names: Sequence[str], why: str) -> None:
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.opts}
+    given = [flags[name] for name in names if _given(ctx, name)]
+    if given:
+        raise ParameterError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {why}")
+
+
+def _store_name(uri: str) -> str:
+    """The default CSV's stem for a store: its last path component (``s3://b/run1/`` -> ``run1``)."""
+    return uri.rstrip("/").rsplit("/", 1)[-1].split("://")[-1] or "features"
+
+
 def _given(ctx: typer.Context, name: str) -> bool:
     """Whether the user set parameter ``name`` (on the command line or through the environment)."""
     source = ctx.get_parameter_source(name)
@@ -449,7 +504,9 @@ def embed(
 )
 def train(
     ctx: typer.Context,
-    folder: Folder,
+    folder: MaybeFolder = None,
+    features: FeaturesOpt = None,
+    train_sample: TrainSampleOpt = DEFAULT_TRAIN_SAMPLE,
     objective: ObjectiveOpt = DEFAULT_OBJECTIVE,
     clusters: ClustersOpt = str(DEFAULT_CLUSTERS),
     k_min: KMinOpt = 2,
@@ -480,8 +537,21 @@ def train(
     quiet: QuietOpt = False,
 ) -> None:
     """Embed (cached) and train a clustering head; saves a reusable checkpoint."""
+    _folder_or_features(ctx, folder, features)
     ui = UI(quiet)
     with handled(ui), Printer(ui) as show:
+        if features is not None:
+            from imgcluster.scale import train_from_store
+
+            _, saved = train_from_store(
+                features, out=out, train_sample=train_sample, device=device, progress=show,
+                **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
+            )  # fmt: skip
+            command = f"imgcluster assign --features {shlex.quote(features)} --head {shlex.quote(str(saved))}"
+            ui.info(f"to label the store with this head: {command}")
+            return
+        _refuse_given(ctx, ("train_sample",), "only with --features")
+        assert folder is not None  # _folder_or_features
         _, saved = imgcluster.train_folder(
             folder, out=out, raw_csv=raw_csv, progress=show,
             **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
@@ -502,7 +572,16 @@ def train(
 )
 def assign(
     ctx: typer.Context,
-    folder: Folder,
+    folder: MaybeFolder = None,
+    features: FeaturesOpt = None,
+    engine: Annotated[
+        str, typer.Option("--engine", help="With --features: local (this process) or ray (a Ray Data job; see docs/scale.md).")
+    ] = "local",
+    ray_address: Annotated[
+        Optional[str],
+        typer.Option("--ray-address", help="With --engine ray: the cluster (auto, host:port or ray://host:port). Default: a local Ray."),
+    ] = None,
+    train_sample: TrainSampleOpt = DEFAULT_TRAIN_SAMPLE,
     out: Annotated[
         Optional[str], typer.Option("--out", help="CSV path, or - for stdout. Default: ./<folder name>-clusters.csv.")
     ] = None,
@@ -568,8 +647,24 @@ def assign(
 
     Without --head it runs the whole pipeline: scan, embed (cached), mine neighbours, train, assign.
     """
+    _folder_or_features(ctx, folder, features)
     ui = UI(quiet)
     with handled(ui), Printer(ui) as show:
+        if features is not None:
+            _refuse_given(ctx, ("report", "near_duplicates"), "with --features: they need the images themselves, not their features")
+            if head is not None:
+                _refuse_training_options(ctx)
+            from imgcluster.scale import assign_store
+
+            assign_store(
+                features, out=out or f"{_store_name(features)}-clusters.csv", head=head, engine=engine, ray_address=ray_address,
+                train_sample=train_sample, min_confidence=min_confidence, names=names, explain=explain, device=device, raw_csv=raw_csv,
+                progress=show, **(_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label,
+                                             uco, option) if head is None else {}),
+            )  # fmt: skip
+            return
+        _refuse_given(ctx, ("engine", "ray_address", "train_sample"), "only with --features")
+        assert folder is not None  # _folder_or_features
         out = out or f"{Path(folder).resolve().name}-clusters.csv"
         if report and (out == "-" or is_stream(Path(out))):
             where = "stdout" if out == "-" else f"{out}, which is not a regular file"

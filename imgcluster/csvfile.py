@@ -86,20 +86,29 @@ def _output(out: str) -> Iterator[IO[str]]:
 
 def write_assignments(out: str, paths: list[str], assignment: Assignment, raw_csv: bool = False) -> None:
     """Write the CSV to ``out`` (``-`` for stdout); strings are quoted, so any file name is safe."""
-    columns = BASE_COLUMNS + sorted(assignment.extra)
     with _output(out) as handle:
         writer = CsvWriter(handle, raw_csv)
-        writer.writerow(columns)
-        extras = [assignment.extra[c] for c in columns[len(BASE_COLUMNS) :]]
-        for i, rel in enumerate(paths):
-            row: list[object] = [rel, int(assignment.cluster[i]), round(float(assignment.confidence[i]), 6)]
-            for values in extras:
-                v = values[i]
-                if values.dtype.kind in "USO":  # text columns (outlier_reason) are quoted like paths
-                    row.append(str(v))
-                else:
-                    row.append(round(float(v), 6) if np.issubdtype(values.dtype, np.floating) else int(v))
-            writer.writerow(row)
+        writer.writerow(assignment_header(assignment))
+        writer.writerows(assignment_rows(paths, assignment))
+
+
+def assignment_header(assignment: Assignment) -> list[str]:
+    """The CSV's columns: path, cluster, confidence, then the extra columns by name."""
+    return BASE_COLUMNS + sorted(assignment.extra)
+
+
+def assignment_rows(paths: list[str], assignment: Assignment) -> Iterator[list[object]]:
+    """The CSV's rows for ``paths`` (one block of them, for writers that stream), cells as :func:`write_assignments` writes them."""
+    extras = [assignment.extra[c] for c in assignment_header(assignment)[len(BASE_COLUMNS) :]]
+    for i, rel in enumerate(paths):
+        row: list[object] = [rel, int(assignment.cluster[i]), round(float(assignment.confidence[i]), 6)]
+        for values in extras:
+            v = values[i]
+            if values.dtype.kind in "USO":  # text columns (outlier_reason) are quoted like paths
+                row.append(str(v))
+            else:
+                row.append(round(float(v), 6) if np.issubdtype(values.dtype, np.floating) else int(v))
+        yield row
 
 
 def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:

@@ -24,6 +24,7 @@ PARAMETERS = frozenset(
         "lock_timeout", "lr", "mad_factor", "min_confidence", "mode", "model", "montage", "n_clusters", "names",
         "near_duplicates", "objective", "objective_options", "out", "per_cluster", "raw_csv", "reembed", "rehash", "seed",
         "self_label", "threshold", "to", "uco", "weights", "workers",
+        "engine", "features", "ray_address", "train_sample",  # imgcluster.scale's train and assign from a feature store
     }
 )  # fmt: skip
 

@@ -119,10 +119,12 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         )  # fmt: skip
 
     # ---- fitting and predicting ----------------------------------------------------------
-    def fit(self, X: Any, y: None = None, *, progress: ProgressFn | None = None) -> ClusterHead:
+    def fit(self, X: Any, y: None = None, *, progress: ProgressFn | None = None, neighbours: np.ndarray | None = None) -> ClusterHead:
         """Train on the rows of ``X`` ([n_samples, n_features], or :class:`imgcluster.Embeddings`,
         whose backbone then goes into the checkpoint). ``y`` is ignored. ``progress`` receives
-        the events of stages ``choose_k`` and ``train``."""
+        the events of stages ``choose_k`` and ``train``. ``neighbours`` ([n_samples, >= knn] row
+        indices, nearest first) replaces the kNN search, for inputs whose search runs elsewhere
+        (:mod:`imgcluster.scale.knn`)."""
         from imgcluster.choose_k import choose_k
         from imgcluster.neighbours import knn_search
         from imgcluster.objectives import objective_class
@@ -145,7 +147,10 @@ class ClusterHead(ClusterMixin, BaseEstimator):
             config, choice = dataclasses.replace(config, clusters=found.k), found.to_dict()
         n = len(features)
         report.info(f"finding the {min(config.knn, n - 1)} nearest neighbours of each of {n} images, then training {config.objective} ...")
-        neighbours, _ = knn_search(features, config.knn, use_gpu=device.type == "cuda")
+        if neighbours is None:
+            neighbours, _ = knn_search(features, config.knn, use_gpu=device.type == "cuda")
+        elif neighbours.shape[0] != n or neighbours.shape[1] < min(config.knn, n - 1):
+            raise ValueError(f"neighbours must be [{n}, >= {min(config.knn, n - 1)}], got {list(neighbours.shape)}")
         batch, epochs = effective_schedule(n, config)
         if epochs > config.epochs and objective_class(config.objective).trainable:  # why a run takes longer than asked
             report.info(f"{n} images: {epochs} epochs of batch {batch} instead of {config.epochs}, to reach {config.min_steps} steps")

@@ -453,3 +453,16 @@ def read_features(uri: str, sample: int | None = None, seed: int = 0, on_problem
         offset += len(p)
     features = np.concatenate(blocks) if blocks else np.zeros((0, meta.dim), np.float32)
     return paths, features
+
+
+def bucket_folders(uri: str) -> list[str]:
+    """The store's bucket folders, in the order :func:`iter_batches` reads them: the unit a parallel pass splits the work by."""
+    fs, root = resolve(uri)
+    return _bucket_dirs(fs, root)
+
+
+def iter_bucket(uri: str, folder: str, on_problem: ProblemFn | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
+    """One bucket folder's rows (newest copy of each path), file by file, in :func:`iter_batches`'s order."""
+    meta = read_meta(uri)
+    fs, _ = resolve(uri)
+    yield from _bucket_rows(fs, folder, meta.dim, on_problem)

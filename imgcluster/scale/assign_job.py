@@ -1,0 +1,390 @@
+"""``imgcluster.scale.assign_store``: label every row of a feature store in one streaming pass.
+
+The head is trained on the store's sample (or loaded from ``head``); the outlier thresholds and
+cluster names are estimated on that sample (:mod:`imgcluster.scale.labels`); then each block of
+rows is labelled and written as it comes, to the CSV and to a parquet copy with the same
+columns, so memory holds one block, never the store. ``engine="local"`` runs the pass in this
+process; ``engine="ray"`` runs it as Ray Data ``map_batches`` over the store's buckets on an
+actor pool, each actor loading the head once from its safetensors checkpoint. Both write the
+same rows in the same order (bucket by bucket, Ray with ``preserve_order``), so the local pass is
+the reference for the Ray one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
+from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
+from imgcluster.scale.knn import RAY_KNN_THRESHOLD
+from imgcluster.scale.labels import SampleModel, fit_sample_model, label_batch
+from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
+
+if TYPE_CHECKING:
+    from imgcluster.scale.training import StoreSample
+
+__all__ = ["StoreAssignment", "assign_store"]
+
+PathLike = str | os.PathLike[str]
+ENGINES = ("local", "ray")
+BATCH_ROWS = 65_536  # rows per block of the local pass: 65,536 x 1280 float32 is 320 MB
+
+
+@dataclass
+class StoreAssignment:
+    """What :func:`assign_store` did: where it wrote, how many rows and clusters, the head used."""
+
+    rows: int
+    cluster_sizes: dict[int, int]
+    outliers: int
+    head: Path
+    written: dict[str, Path]  # csv, parquet, sidecar (those written)
+    engine: str
+    seconds: float
+    sample: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+
+def parquet_path(out: Path) -> Path:
+    """The parquet copy of the CSV ``out``: ``clusters.csv`` -> ``clusters.parquet``."""
+    return out.with_suffix(".parquet")
+
+
+class Writers:
+    """The CSV and its parquet copy, written block by block; both appear complete or not at all."""
+
+    def __init__(self, out: str, raw_csv: bool) -> None:
+        self._stack = contextlib.ExitStack()
+        self._out = out
+        self._raw = raw_csv
+        self._csv: Any = None
+        self._parquet: Any = None
+        self._parquet_handle: IO[bytes] | None = None
+
+    def __enter__(self) -> Writers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._parquet is not None and exc[0] is None:
+            self._parquet.close()  # the footer, before the file is renamed into place
+        self._stack.__exit__(*exc)  # type: ignore[arg-type]
+
+    def write(self, columns: dict[str, np.ndarray]) -> None:
+        from imgcluster.assign import Assignment
+        from imgcluster.csvfile import CsvWriter, _output, assignment_header, assignment_rows
+
+        extra = {k: v for k, v in columns.items() if k not in ("path", "cluster", "confidence")}
+        block = Assignment(np.asarray(columns["cluster"]), np.asarray(columns["confidence"]), extra)
+        paths = [str(p) for p in columns["path"]]
+        if self._csv is None:
+            handle = self._stack.enter_context(_output(self._out))
+            self._csv = CsvWriter(handle, self._raw)
+            self._csv.writerow(assignment_header(block))
+        self._csv.writerows(assignment_rows(paths, block))
+        if self._out != "-" and not _is_stream(self._out):
+            self._write_parquet(paths, block)
+
+    def _write_parquet(self, paths: list[str], block: Any) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from imgcluster.atomic import atomic_open
+        from imgcluster.csvfile import assignment_header
+
+        names = assignment_header(block)
+        arrays = [
+            pa.array(paths, pa.string()), pa.array(np.asarray(block.cluster, np.int64)), pa.array(np.asarray(block.confidence, np.float32)),
+        ]  # fmt: skip
+        for name in names[3:]:
+            values = block.extra[name]
+            arrays.append(pa.array([str(v) for v in values], pa.string()) if values.dtype.kind in "USO" else pa.array(values))
+        table = pa.table(dict(zip(names, arrays)))
+        if self._parquet is None:
+            self._parquet_handle = self._stack.enter_context(atomic_open(parquet_path(Path(self._out)), "wb"))
+            self._parquet = pq.ParquetWriter(self._parquet_handle, table.schema, compression="zstd")
+        self._parquet.write_table(table)
+
+
+def _is_stream(out: str) -> bool:
+    from imgcluster.atomic import is_stream
+
+    return is_stream(Path(out))
+
+
+class Tally:
+    """Counts the pass keeps as blocks go by: rows, cluster sizes, outliers, the highest confidence."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+        self.sizes: dict[int, int] = {}
+        self.outliers = 0
+        self.top = 0.0
+
+    def add(self, columns: dict[str, np.ndarray]) -> None:
+        self.rows += len(columns["cluster"])
+        for k, n in zip(*np.unique(columns["cluster"], return_counts=True)):
+            self.sizes[int(k)] = self.sizes.get(int(k), 0) + int(n)
+        self.outliers += int(np.asarray(columns["outlier"]).sum())
+        if len(columns["confidence"]):
+            self.top = max(self.top, float(np.max(columns["confidence"])))
+
+
+def label_bucket(
+    uri: str, folder: str, objective: Any, model: SampleModel, device: Any, batch_rows: int, on_problem: Any = None
+) -> Iterator[dict[str, np.ndarray]]:
+    """One bucket's rows labelled, file by file in blocks of at most ``batch_rows``: the unit both engines share.
+
+    A head's float32 products round differently in the last bits with the number of rows they
+    are given at once (a confidence's sixth decimal, measured), so both engines give it the same
+    blocks, and the Ray pass writes the local pass's CSV byte for byte.
+    """
+    from imgcluster.featurestore import iter_bucket
+
+    for paths, features in iter_bucket(uri, folder, on_problem):
+        for start in range(0, len(paths), batch_rows):
+            yield label_batch(objective, model, paths[start : start + batch_rows], features[start : start + batch_rows], device)
+
+
+def local_pass(
+    uri: str, objective: Any, model: SampleModel, device: Any, batch_rows: int, on_problem: Any
+) -> Iterator[dict[str, np.ndarray]]:
+    """The pass in this process, bucket by bucket in the order :func:`imgcluster.featurestore.iter_batches` reads them."""
+    from imgcluster.featurestore import bucket_folders
+
+    for folder in bucket_folders(uri):
+        yield from label_bucket(uri, folder, objective, model, device, batch_rows, on_problem)
+
+
+class _Labeller:
+    """A Ray actor: loads the head once from its checkpoint files, then labels whole buckets."""
+
+    def __init__(self, uri: str, weights: bytes, description: bytes, model: SampleModel, batch_rows: int) -> None:
+        import torch
+
+        from imgcluster.checkpoint import load_checkpoint
+
+        torch.set_num_threads(1)  # one CPU per actor; Ray's OMP_NUM_THREADS says the same, torch is told explicitly
+        with tempfile.TemporaryDirectory() as folder:
+            head = Path(folder) / "head.safetensors"
+            head.write_bytes(weights)
+            head.with_suffix(".json").write_bytes(description)
+            self.objective, _ = load_checkpoint(head)  # the same checks as on the driver: checksum, shapes, finite weights
+        self.uri = uri
+        self.model = model
+        self.batch_rows = batch_rows
+        self.device = torch.device("cpu")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        blocks = [block for folder in batch["bucket"]
+                  for block in label_bucket(self.uri, str(folder), self.objective, self.model, self.device, self.batch_rows)]  # fmt: skip
+        if not blocks:
+            return {"path": np.array([], dtype=object), "cluster": np.zeros(0, np.int64), "confidence": np.zeros(0, np.float32)}
+        return {k: np.concatenate([b[k] for b in blocks]) for k in blocks[0]}
+
+
+def ray_pass(uri: str, head: Path, model: SampleModel, actors: int | None, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
+    """The pass as Ray Data ``map_batches`` over the store's buckets; Ray must be initialised."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+
+    from imgcluster.featurestore import bucket_folders
+
+    folders = bucket_folders(uri)
+    if not folders:
+        return
+    context = DataContext.get_current()
+    context.execution_options.preserve_order = True  # the local pass's order: the CSV does not depend on the engine
+    context.actor_task_retry_on_errors = True  # an error in one batch retries it instead of ending the job
+    size = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
+    dataset = ray.data.from_items([{"bucket": f} for f in folders], override_num_blocks=len(folders))
+    labelled = dataset.map_batches(
+        _Labeller, batch_size=max(1, len(folders) // (4 * size)), num_cpus=1, compute=ActorPoolStrategy(min_size=1, max_size=max(1, size)),
+        fn_constructor_kwargs={
+            "uri": uri, "weights": head.read_bytes(), "description": head.with_suffix(".json").read_bytes(), "model": model,
+            "batch_rows": batch_rows,
+        },
+    )  # fmt: skip
+    for block in labelled.iter_batches(batch_size=None, batch_format="numpy"):
+        if len(block["cluster"]):
+            yield {k: np.asarray(v) for k, v in block.items()}
+
+
+def assign_store(
+    features: str,
+    *,
+    out: PathLike,
+    head: PathLike | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
+    num_cpus: int | None = None,
+    n_clusters: int | str = DEFAULT_CLUSTERS,
+    objective: str = DEFAULT_OBJECTIVE,
+    k_min: int = 2,
+    k_max: int = 20,
+    epochs: int | None = None,
+    batch_size: int = TrainConfig.batch_size,
+    lr: float = TrainConfig.lr,
+    knn: int = DEFAULT_KNN,
+    seed: int = 0,
+    balance: float | None = None,
+    self_label: bool = False,
+    uco: bool = False,
+    objective_options: dict[str, Any] | None = None,
+    train_sample: int = DEFAULT_TRAIN_SAMPLE,
+    knn_threshold: int = RAY_KNN_THRESHOLD,
+    min_confidence: float = 0.0,
+    names: bool = True,
+    explain: bool = False,
+    device: str = "auto",
+    raw_csv: bool = False,
+    batch_rows: int = BATCH_ROWS,
+    progress: ProgressFn | None = None,
+) -> StoreAssignment:
+    """Label every row of the feature store at ``features``: what ``imgcluster assign --features`` does.
+
+    Trains a head on the store's sample (the parameters of :func:`imgcluster.scale.train_from_store`;
+    saved like it) or uses the checkpoint ``head``; writes the CSV to ``out`` (``"-"``: standard
+    output) and, beside a regular file, ``<stem>.parquet`` with the same columns and the sidecar
+    ``.json``. Columns: path (as the store records it), cluster, confidence, cluster_name
+    (``names``, Lite0 stores only), outlier, outlier_reason, and the objective's explanations with
+    ``explain`` (see :mod:`imgcluster.scale.labels` for how they are estimated at this scale).
+    ``engine`` is ``local`` or ``ray`` (``ray_address``: a cluster, None: a local instance of
+    ``num_cpus`` cores). Rows come in the store's order, bucket by bucket.
+    """
+    from imgcluster.atomic import check_writable
+    from imgcluster.checkpoint import check_backbone, load_checkpoint
+    from imgcluster.folder import check_out
+    from imgcluster.outliers import DEFAULT_MIN_CONFIDENCE
+    from imgcluster.pipeline import resolve_device
+    from imgcluster.scale.training import head_for_store, make_estimator, read_sample
+
+    start = time.perf_counter()
+    if engine not in ENGINES:
+        raise ParameterError(f"{{engine}} must be local or ray, not {engine!r}")
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ParameterError(f"{{min_confidence}} must lie in [0, 1], got {min_confidence}")
+    if engine == "ray":
+        from imgcluster.scale.engine import import_ray
+
+        import_ray()  # the missing extra is one line before any work
+    out_text = os.fspath(out)
+    out_path, beside = check_out(out_text, Path(os.fspath(features)) if "://" not in os.fspath(features) else Path("."))
+    if out_path is not None:
+        check_writable(out_path)  # fail before the training, not after it
+    progress, warnings = keeping_warnings(progress)
+    report = Reporter(progress, "assign")
+    dev = resolve_device(device)
+    estimator = None
+    meta_head: dict[str, Any] | None = None
+    if head is None:
+        estimator = make_estimator(
+            n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn,
+            balance=balance, self_label=self_label, uco=uco, device=device, objective_options=objective_options,
+        )  # fmt: skip
+    else:
+        trained, meta_head = load_checkpoint(Path(head))
+    sample = read_sample(features, train_sample, seed, progress)
+    if meta_head is not None:
+        assert head is not None
+        head_path = Path(head)
+        if int(meta_head["feature_dim"]) != sample.meta.dim:
+            raise ImgclusterError(
+                f"head {head} expects {meta_head['feature_dim']}-d features but {features} holds "
+                f"{sample.meta.dim}-d features of {sample.meta.model}"
+            )
+        check_backbone(meta_head, sample.meta.identity, head_path)
+        train = meta_head.get("train")
+    else:
+        assert estimator is not None
+        from imgcluster.scale.training import default_head_path
+
+        head_for_store(sample, estimator, knn_threshold=knn_threshold, progress=progress)
+        trained, train = estimator.objective_, dataclasses.asdict(estimator.train_config_)
+        head_path = default_head_path(sample, estimator.train_config_, beside)
+        estimator.save(head_path)
+        Reporter(progress, "train").info(f"head saved to {head_path}")
+    use_names = names and _names_apply(sample, report)
+    model, _ = fit_sample_model(trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain)
+    tally = Tally()
+    problems: list[str] = []
+    report.start(sample.rows, f"assigning {sample.rows} rows ({engine})")
+    try:
+        with Writers(out_text, raw_csv) as writers:
+            if engine == "ray":
+                from imgcluster.scale.engine import ray_session
+
+                with ray_session(ray_address, num_cpus):
+                    actors = num_cpus and max(1, num_cpus - 1)  # one CPU stays with the driver, which writes the CSV
+                    _drain(ray_pass(sample.uri, head_path, model, actors, batch_rows), writers, tally, report)
+            else:
+                _drain(local_pass(sample.uri, trained, model, dev, batch_rows, problems.append), writers, tally, report)
+    except KeyboardInterrupt as exc:
+        from imgcluster.signals import Interrupted
+
+        raise Interrupted.wrap(
+            exc, f"interrupted while assigning {tally.rows} of {sample.rows} rows: no CSV was written (it appears whole or not at all); "
+            f"the head is saved in {head_path}: give it as {{head}} to rerun without training"
+        ) from None  # fmt: skip
+    for problem in problems:
+        report.warning(f"feature file ignored: {problem}")
+    chance = 1.0 / trained.n_clusters
+    if tally.rows and tally.top < chance + 0.01:
+        report.warning(
+            f"the head is no surer of any image than chance (confidence at most {tally.top:.3f}, "
+            f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer {{n_clusters}}"
+        )
+    low = f"below {{min_confidence}} {min_confidence} or " if min_confidence > DEFAULT_MIN_CONFIDENCE else ""
+    report.info(f"{count(tally.outliers, 'outlier')} of {tally.rows} ({low}far from their cluster's centre, thresholds from the sample)")
+    written: dict[str, Path] = {}
+    if out_path is not None:
+        written["csv"] = out_path
+    if beside is not None:
+        from imgcluster.config import AssignConfig, sidecar_path, write_sidecar
+
+        written["parquet"] = parquet_path(beside)
+        source = sample.meta.source
+        assign = AssignConfig(source, out_text, str(head_path), explain, raw_csv)
+        written["sidecar"] = write_sidecar(
+            sidecar_path(beside), assign=assign, features=sample.describe(), train=train, backbone=sample.meta.identity,
+            compute=sample.meta.compute, head={"path": str(head_path), "objective": trained.name, "clusters": trained.n_clusters},
+            result={
+                "images": tally.rows, "engine": engine, "cluster_sizes": dict(sorted(tally.sizes.items())),
+                "parquet": str(written["parquet"]),
+                "outliers": {"min_confidence": min_confidence, "outliers": tally.outliers, "estimated_on_sample": len(sample.paths)},
+                **model.to_dict(),
+            },
+        )  # fmt: skip
+        clusters = count(len(tally.sizes), "cluster")
+        report.info(f"wrote {count(tally.rows, 'assignment')} to {out_path} and {written['parquet']} ({clusters})")
+    return StoreAssignment(
+        rows=tally.rows, cluster_sizes=dict(sorted(tally.sizes.items())), outliers=tally.outliers, head=head_path, written=written,
+        engine=engine, seconds=time.perf_counter() - start, sample=sample.describe(), warnings=warnings,
+    )  # fmt: skip
+
+
+def _drain(blocks: Iterator[dict[str, np.ndarray]], writers: Writers, tally: Tally, report: Reporter) -> None:
+    for columns in blocks:
+        writers.write(columns)
+        tally.add(columns)
+        report.advance(len(columns["cluster"]))
+
+
+def _names_apply(sample: StoreSample, report: Reporter) -> bool:
+    """Names come from the bundled Lite0's classifier, which reads only that backbone's features."""
+    from imgcluster.naming import NAMING_MODEL, is_naming_backbone
+
+    if is_naming_backbone(sample.meta.identity):
+        return True
+    report.info(f"no cluster names: they need {NAMING_MODEL} features, and this store holds {sample.meta.model}'s")
+    return False

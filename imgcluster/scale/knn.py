@@ -1,0 +1,219 @@
+"""Nearest neighbours beyond one machine's search: IVF-partitioned exact kNN, as Ray tasks.
+
+Up to ``threshold`` rows (default 20M) :func:`imgcluster.neighbours.knn_search` answers: on one
+GPU it does 1M x 384 exactly in 34 s (benchmarks/results_speed_gpu.md), and its own IVF index
+keeps the CPU near-linear. Above, the search is split the way FAISS's ``big_batch_search``
+splits it (``faiss.contrib.big_batch_search``): spherical k-means on a seeded sample
+(:func:`imgcluster.kmeans.spherical_kmeans`, the project's one k-means) gives ``P`` centroids;
+every row goes to its nearest centroid's partition; every query is searched *exactly*
+(``faiss.IndexFlatIP``) within the partitions of its ``nprobe`` nearest centroids; one task per
+partition, so a task holds one partition and the queries that probe it, never all N rows; the
+driver merges each query's top-k as the tasks finish. With ``nprobe = P`` every partition is
+searched and the answer is the brute-force one (tested); with fewer, a neighbour across a
+partition boundary can be missed (recall measured in the tests and by ``make bench-ray``).
+
+Limits: the driver holds the features (N x d float32) and the running top-k (N x (k+1)); the
+partitions travel through Ray's object store once each, the queries once per probe.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from imgcluster.neighbours import _exact_rows, knn_search, l2_normalise, load_faiss
+from imgcluster.progress import ProgressFn, Reporter
+
+RAY_KNN_THRESHOLD = 20_000_000  # rows; below this one machine's search (neighbours.py) answers
+PARTITION_ROWS = 20_000  # rows per partition on average: P = ceil(N / PARTITION_ROWS)
+DEFAULT_NPROBE = 16  # partitions searched per query (as neighbours.IVF_NPROBE)
+TRAIN_PER_PARTITION = 40  # sample rows per centroid for the partitioning k-means (as neighbours.IVF_TRAIN_PER_LIST)
+KMEANS_ITERATIONS = 10  # a rough fit is enough: the search inside the probed partitions is exact
+IN_FLIGHT = 8  # partition tasks submitted ahead of the merge: bounds the driver's pending results
+
+
+@dataclass
+class Partitions:
+    """Unit centroids ``[P, d]`` and every row's partition ``[N]``."""
+
+    centroids: np.ndarray
+    labels: np.ndarray
+
+    def members(self) -> list[np.ndarray]:
+        """Row indices of each partition (ascending)."""
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.searchsorted(self.labels[order], np.arange(len(self.centroids) + 1))
+        return [order[bounds[p] : bounds[p + 1]] for p in range(len(self.centroids))]
+
+
+def partition(x: np.ndarray, n_partitions: int, seed: int = 0) -> Partitions:
+    """Split unit rows ``x`` by spherical k-means fitted on ``TRAIN_PER_PARTITION`` seeded sample rows per partition."""
+    import torch
+
+    from imgcluster.kmeans import assign, spherical_kmeans
+
+    n = x.shape[0]
+    n_partitions = max(1, min(n_partitions, n))
+    generator = torch.Generator().manual_seed(seed)
+    z = torch.from_numpy(x)
+    fit = spherical_kmeans(
+        z, n_partitions, generator, iters=KMEANS_ITERATIONS, max_points=n_partitions * TRAIN_PER_PARTITION, centre=False
+    )  # the search is by inner product on unit rows: uncentred centroids live in that space
+    centroids = fit.best.centroids
+    labels, _ = assign(z, centroids)
+    return Partitions(centroids.numpy().astype(np.float32), labels.numpy().astype(np.int64))
+
+
+def probes(x: np.ndarray, centroids: np.ndarray, nprobe: int, block: int = 65_536) -> np.ndarray:
+    """Each row's ``nprobe`` most similar centroids ``[N, nprobe]``, computed in blocks of rows."""
+    nprobe = min(nprobe, len(centroids))
+    out = np.empty((x.shape[0], nprobe), dtype=np.int64)
+    for start in range(0, x.shape[0], block):
+        s = x[start : start + block] @ centroids.T
+        out[start : start + block] = np.argpartition(-s, nprobe - 1, axis=1)[:, :nprobe] if nprobe < s.shape[1] else np.arange(s.shape[1])
+    return out
+
+
+def search_partition(
+    vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, query_ids: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exact top-``k`` of ``queries`` among one partition's ``vectors`` (global ``ids``): (query_ids, sims, global ids), -1 padded."""
+    faiss = load_faiss()
+    index = faiss.IndexFlatIP(vectors.shape[1])
+    index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+    sims, local = index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+    found = np.where(local >= 0, ids[np.maximum(local, 0)], -1)
+    return query_ids, sims, found
+
+
+class TopK:
+    """The running best ``k`` (similarity, id) of every query, merged as partition results arrive."""
+
+    def __init__(self, n: int, k: int) -> None:
+        self.sims = np.full((n, k), -np.inf, dtype=np.float32)
+        self.ids = np.full((n, k), -1, dtype=np.int64)
+
+    def merge(self, query_ids: np.ndarray, sims: np.ndarray, ids: np.ndarray) -> None:
+        k = self.sims.shape[1]
+        sims = np.where(ids >= 0, sims, -np.inf).astype(np.float32)
+        all_sims = np.concatenate([self.sims[query_ids], sims], axis=1)
+        all_ids = np.concatenate([self.ids[query_ids], ids], axis=1)
+        # Best first; equal similarities by the smaller id, so the result does not depend on arrival order.
+        order = _best_first(all_sims, all_ids)[:, :k]
+        self.sims[query_ids] = np.take_along_axis(all_sims, order, 1)
+        self.ids[query_ids] = np.take_along_axis(all_ids, order, 1)
+
+
+def _best_first(sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Per row, column order by similarity descending, then id ascending (-1 padding last)."""
+    key_ids = np.where(ids >= 0, ids, np.iinfo(np.int64).max)
+    by_id = np.argsort(key_ids, axis=1, kind="stable")
+    by_sim = np.argsort(-np.take_along_axis(sims, by_id, 1), axis=1, kind="stable")
+    return np.take_along_axis(by_id, by_sim, 1)
+
+
+# (vectors, ids, queries, query ids, k) -> (query ids, sims, ids); the partition tasks' signature.
+SearchFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
+# Runs the partition searches given as argument tuples, yielding results in any order.
+Runner = Callable[[Iterator[tuple[Any, ...]]], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+
+
+def local_runner(jobs: Iterator[tuple[Any, ...]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The partition searches one after another in this process (the reference for the Ray runner)."""
+    for job in jobs:
+        yield search_partition(*job)
+
+
+def ray_runner(jobs: Iterator[tuple[Any, ...]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """One Ray task per partition (at most ``IN_FLIGHT`` ahead of the merge); Ray must be initialised."""
+    import ray
+
+    task = ray.remote(num_cpus=1, max_retries=3)(search_partition)
+    pending: list[Any] = []
+    for job in jobs:
+        pending.append(task.remote(*job))
+        while len(pending) >= IN_FLIGHT:
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        yield ray.get(done[0])
+
+
+def partitioned_knn(
+    features: np.ndarray,
+    k: int,
+    *,
+    n_partitions: int | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+    seed: int = 0,
+    runner: Runner = local_runner,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``k`` neighbours of every row, self excluded: (indices [N,k], similarities [N,k]), as
+    :func:`imgcluster.neighbours.knn_search` returns them; see the module docstring."""
+    x = l2_normalise(features)
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError("need at least two images to find neighbours")
+    k = min(k, n - 1)
+    p = n_partitions or math.ceil(n / PARTITION_ROWS)
+    report = Reporter(progress, "knn")
+    report.info(f"partitioning {n} images into {p} partitions (k-means on a sample), then searching each in its {min(nprobe, p)} nearest")
+    parts = partition(x, p, seed)
+    members = parts.members()
+    probe = probes(x, parts.centroids, nprobe)
+    # Query rows of each partition: those that list it among their probes.
+    flat = probe.ravel()
+    queries_of = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[queries_of], np.arange(len(members) + 1))
+    width = probe.shape[1]
+
+    def jobs() -> Iterator[tuple[Any, ...]]:
+        for q, ids in enumerate(members):
+            query_ids = queries_of[bounds[q] : bounds[q + 1]] // width
+            if ids.size and query_ids.size:
+                yield x[ids], ids, x[query_ids], query_ids, min(k + 1, ids.size)
+
+    top = TopK(n, k + 1)
+    busy = [m for m in members if m.size]
+    report.start(len(busy), "searching partitions")
+    for query_ids, sims, ids in runner(jobs()):
+        top.merge(query_ids, sims, ids)
+        report.advance(1)
+    return _without_self(x, top.ids, top.sims, k)
+
+
+def _without_self(x: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Drop each row itself (by index, as neighbours.py does); rows left short are searched exactly."""
+    n = ids.shape[0]
+    keep = ids != np.arange(n)[:, None]
+    keep[keep.sum(1) > k, k] = False
+    indices = ids[keep].reshape(n, k)
+    similarities = sims[keep].reshape(n, k)
+    short = np.flatnonzero((indices < 0).any(axis=1))  # probed partitions held fewer than k other rows
+    if short.size:
+        indices[short], similarities[short] = _exact_rows(x, short, k)
+    return indices, similarities
+
+
+def scale_knn(
+    features: np.ndarray,
+    k: int,
+    *,
+    threshold: int = RAY_KNN_THRESHOLD,
+    use_gpu: bool = False,
+    seed: int = 0,
+    n_partitions: int | None = None,
+    nprobe: int = DEFAULT_NPROBE,
+    progress: ProgressFn | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """kNN for any N: one machine's search up to ``threshold`` rows, the partitioned search as Ray
+    tasks above it (Ray must be initialised: :func:`imgcluster.scale.engine.ray_session`)."""
+    if features.shape[0] <= threshold:
+        return knn_search(features, k, use_gpu=use_gpu, seed=seed)
+    return partitioned_knn(features, k, n_partitions=n_partitions, nprobe=nprobe, seed=seed, runner=ray_runner, progress=progress)

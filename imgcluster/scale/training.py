@@ -1,0 +1,163 @@
+"""``imgcluster.scale.train_from_store``: a clustering head trained on a feature store's rows.
+
+The head trains on every row up to ``train_sample`` rows (default 2,000,000,
+:data:`imgcluster.scale.sample.DEFAULT_TRAIN_SAMPLE`), above that on a seeded uniform sample of
+that many (:mod:`imgcluster.scale.sample`); the kNN pairs come from one machine's search up to
+``knn_threshold`` rows and from the partitioned Ray search above it (:mod:`imgcluster.scale.knn`).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
+from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.scale.knn import RAY_KNN_THRESHOLD
+from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
+
+if TYPE_CHECKING:
+    from imgcluster.estimator import ClusterHead
+    from imgcluster.featurestore import FeatureStoreMeta
+
+__all__ = ["StoreSample", "train_from_store"]
+
+PathLike = str | os.PathLike[str]
+HEADS = "_heads"  # a local store's trained heads: <store>/_heads/<objective>-k<K>-seed<S>-<hash>.safetensors
+
+
+@dataclass
+class StoreSample:
+    """The rows a head is trained on (all of the store's, or a seeded sample), sorted by path."""
+
+    uri: str
+    meta: FeatureStoreMeta
+    paths: list[str]
+    features: np.ndarray  # [n, dim] float32
+    rows: int  # rows in the store
+    seed: int
+    size: int  # the sample size asked for
+
+    @property
+    def whole(self) -> bool:
+        return len(self.paths) == self.rows
+
+    def describe(self) -> dict[str, Any]:
+        """What a head's or a CSV's description records about the rows it came from."""
+        return {"uri": self.uri, "key": self.meta.key, "rows": self.rows, "sample": len(self.paths), "sample_seed": self.seed}
+
+
+def read_sample(uri: str, size: int = DEFAULT_TRAIN_SAMPLE, seed: int = 0, progress: ProgressFn | None = None) -> StoreSample:
+    """The store's rows, or a seeded uniform sample of ``size`` of them, in one streaming pass."""
+    from imgcluster.featurestore import iter_batches, read_meta
+    from imgcluster.scale.sample import sample_rows
+
+    if isinstance(size, bool) or not isinstance(size, int) or size < 2:
+        raise ParameterError(f"{{train_sample}} must be a whole number of at least 2, got {size!r}")
+    meta = read_meta(uri)
+    report = Reporter(progress, "sample")
+    problems: list[str] = []
+    paths, features, rows = sample_rows(iter_batches(uri, on_problem=problems.append), size, seed)
+    for problem in problems:
+        report.warning(f"feature file ignored: {problem}")
+    if rows == 0:
+        raise ImgclusterError(f"the feature store {uri} holds no rows yet; embed into it first")
+    if len(paths) < rows:
+        report.info(f"training on a seeded sample of {len(paths)} of the store's {rows} rows ({{train_sample}} {size}, {{seed}} {seed})")
+    return StoreSample(uri, meta, paths, features.reshape(len(paths), meta.dim), rows, seed, size)
+
+
+def head_for_store(
+    sample: StoreSample, estimator: ClusterHead, *, knn_threshold: int = RAY_KNN_THRESHOLD, progress: ProgressFn | None = None
+) -> ClusterHead:
+    """Fit ``estimator`` on the sample, recording the backbone and the store it came from."""
+    from imgcluster.scale.knn import scale_knn
+
+    if len(sample.paths) < 2:
+        raise ImgclusterError("need at least two images to cluster")
+    neighbours = None
+    if len(sample.paths) > knn_threshold:
+        config = estimator.train_config()
+        neighbours, _ = scale_knn(sample.features, config.knn, threshold=knn_threshold, seed=config.seed, progress=progress)
+    estimator.fit(sample.features, progress=progress, neighbours=neighbours)
+    estimator.description_ = {"backbone": sample.meta.identity, "features": sample.describe(), **estimator.description_}
+    return estimator
+
+
+def default_head_path(sample: StoreSample, config: TrainConfig, beside: Path | None = None) -> Path:
+    """Where a head trained on the store goes when no ``out`` is given: inside a local store
+    (``_heads/``), else beside the CSV ``beside`` (``<stem>-head.safetensors``)."""
+    from imgcluster.featurestore import resolve
+    from imgcluster.pipeline import head_path_for
+
+    fs, root = resolve(sample.uri)
+    if type(fs).__name__ == "LocalFileSystem":
+        return Path(root) / HEADS / head_path_for(Path(root), config, sample.paths, sample.features).name
+    if beside is not None:
+        return beside.with_name(f"{beside.stem}-head.safetensors")
+    raise ParameterError(f"a head trained on {sample.uri} needs {{out}}: a local file to save it in")
+
+
+def make_estimator(
+    n_clusters: int | str, objective: str, seed: int, *, k_min: int, k_max: int, epochs: int | None, batch_size: int, lr: float,
+    knn: int, balance: float | None, self_label: bool, uco: bool, device: str, objective_options: dict[str, Any] | None,
+) -> ClusterHead:  # fmt: skip
+    """The head to train, its parameters checked before any row is read."""
+    from imgcluster.estimator import ClusterHead
+
+    estimator = ClusterHead(
+        objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
+        balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
+    )  # fmt: skip
+    estimator.train_config()
+    return estimator
+
+
+def train_from_store(
+    features: str,
+    *,
+    out: PathLike | None = None,
+    n_clusters: int | str = DEFAULT_CLUSTERS,
+    objective: str = DEFAULT_OBJECTIVE,
+    k_min: int = 2,
+    k_max: int = 20,
+    epochs: int | None = None,
+    batch_size: int = TrainConfig.batch_size,
+    lr: float = TrainConfig.lr,
+    knn: int = DEFAULT_KNN,
+    seed: int = 0,
+    balance: float | None = None,
+    self_label: bool = False,
+    uco: bool = False,
+    objective_options: dict[str, Any] | None = None,
+    train_sample: int = DEFAULT_TRAIN_SAMPLE,
+    knn_threshold: int = RAY_KNN_THRESHOLD,
+    device: str = "auto",
+    progress: ProgressFn | None = None,
+) -> tuple[ClusterHead, Path]:
+    """Train a head on the feature store at ``features`` (a path or URI): what ``imgcluster train
+    --features`` does. Saved to ``out``, or inside a local store (``_heads/``); returns the head and that path.
+
+    The training parameters are those of :class:`imgcluster.ClusterHead`; ``train_sample`` and
+    ``knn_threshold`` are described in the module docstring. ``progress`` receives the events of
+    stages ``sample``, ``knn``, ``choose_k`` and ``train``.
+    """
+    from imgcluster.atomic import check_writable
+
+    estimator = make_estimator(
+        n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,
+        self_label=self_label, uco=uco, device=device, objective_options=objective_options,
+    )  # fmt: skip
+    if out is not None:
+        check_writable(Path(out))
+    sample = read_sample(features, train_sample, seed, progress)
+    head_for_store(sample, estimator, knn_threshold=knn_threshold, progress=progress)
+    path = Path(out) if out is not None else default_head_path(sample, estimator.train_config_)
+    estimator.save(path)
+    Reporter(progress, "train").info(f"head saved to {path} (trained on {count(len(sample.paths), 'row')} of {sample.rows})")
+    return estimator, path

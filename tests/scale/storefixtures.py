@@ -1,0 +1,31 @@
+"""A feature store written from the single-machine cache, so the two paths see the same features."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from imgcluster.cache import cache_key
+from imgcluster.featurestore import FeatureStoreMeta, open_store
+
+MODEL = "efficientnet-lite0"
+
+
+def store_from_cache(embeddings, uri: str, split: int = 3) -> str:
+    """Write ``embeddings`` (features from the cache) into a store at ``uri`` in ``split`` writes, in reverse order.
+
+    Reverse order and several writes: the store's files do not list the rows as the folder does,
+    so a same-answer test also shows that the order of the files does not matter.
+    """
+    meta = FeatureStoreMeta(
+        model=embeddings.model, key=cache_key(embeddings.identity, "float16", embeddings.compute), identity=embeddings.identity,
+        dim=int(embeddings.features.shape[1]), compute=embeddings.compute, source=str(embeddings.folder),
+    )  # fmt: skip
+    store = open_store(uri, meta)
+    rows = np.arange(len(embeddings.paths))[::-1]
+    for part in np.array_split(rows, split):
+        paths = [embeddings.paths[i] for i in part]
+        stats = [(Path(embeddings.folder) / p).stat() for p in paths]
+        store.write(paths, [s.st_size for s in stats], [s.st_mtime_ns for s in stats], [None] * len(paths), embeddings.features[part])
+    return uri

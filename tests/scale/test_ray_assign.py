@@ -1,0 +1,35 @@
+"""The Ray engine of assign and of the partitioned kNN against their in-process references, on one local Ray."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagefolders import SAMPLE
+from storefixtures import MODEL, store_from_cache
+
+import imgcluster
+from imgcluster.scale import knn
+from imgcluster.scale.assign_job import assign_store
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # one local Ray for the module (conftest.py)
+
+
+def test_the_ray_pass_writes_the_local_pass_csv(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+    embeddings = imgcluster.embed(SAMPLE, MODEL, cache_dir=tmp_path_factory.mktemp("cache"), device="cpu")
+    uri = store_from_cache(embeddings, str(tmp_path / "features"))
+    local, distributed = tmp_path / "local.csv", tmp_path / "ray.csv"
+    first = assign_store(uri, out=local, n_clusters=5, seed=0, epochs=3, device="cpu")
+    second = assign_store(uri, out=distributed, head=first.head, engine="ray", device="cpu")
+    assert second.rows == 125 and second.engine == "ray"
+    assert distributed.read_bytes() == local.read_bytes()  # byte for byte, in the same order
+    assert distributed.with_suffix(".parquet").read_bytes() != b"" and second.cluster_sizes == first.cluster_sizes
+
+
+def test_partition_tasks_on_ray_give_the_in_process_answer() -> None:
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(3000, 16)).astype(np.float32)
+    here = knn.partitioned_knn(x, 10, n_partitions=12, nprobe=3)
+    there = knn.partitioned_knn(x, 10, n_partitions=12, nprobe=3, runner=knn.ray_runner)
+    assert np.array_equal(here[0], there[0]) and np.array_equal(here[1], there[1])

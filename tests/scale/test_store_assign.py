@@ -1,0 +1,103 @@
+"""train and assign from a feature store, in process: the same answer as the single-machine path, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from imagefolders import SAMPLE
+from storefixtures import MODEL, store_from_cache
+from typer.testing import CliRunner
+
+import imgcluster
+from imgcluster.cli import app
+from imgcluster.scale.assign_job import assign_store
+from imgcluster.scale.training import train_from_store
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """sample_data's features from the single-machine cache, written into a store; and that cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    embeddings = imgcluster.embed(SAMPLE, MODEL, cache_dir=cache, device="cpu")
+    return store_from_cache(embeddings, str(tmp_path_factory.mktemp("store") / "features")), cache
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.slow
+def test_assign_from_a_store_gives_the_single_machine_csv(store: tuple[str, Path], tmp_path: Path) -> None:
+    uri, cache = store
+    single = tmp_path / "single.csv"
+    imgcluster.cluster_folder(SAMPLE, out=single, n_clusters=5, seed=0, model=MODEL, cache_dir=cache, device="cpu")
+    scaled = tmp_path / "scaled.csv"
+    result = assign_store(uri, out=scaled, n_clusters=5, seed=0, device="cpu")
+    expected, found = _rows(single), _rows(scaled)
+    assert list(found[0]) == list(expected[0])  # the same columns, in the same order
+    # The store lists rows bucket by bucket; row for row the content is the single-machine CSV's,
+    # but for the confidence's last digit: the head's float32 products round differently with the
+    # number of rows given at once (125 there, one bucket's few here), by up to 1e-6.
+    ordered = sorted(found, key=lambda r: r["path"])
+    assert [{**r, "confidence": ""} for r in ordered] == [{**r, "confidence": ""} for r in expected]
+    gap = max(abs(float(a["confidence"]) - float(b["confidence"])) for a, b in zip(ordered, expected))
+    assert gap <= 1.01e-6
+    assert result.rows == 125 and result.sample["sample"] == 125 and sum(result.cluster_sizes.values()) == 125
+    table = pq.read_table(result.written["parquet"])
+    assert table.column_names == list(expected[0])
+    assert table.column("path").to_pylist() == [r["path"] for r in found]
+    assert table.column("cluster").to_pylist() == [int(r["cluster"]) for r in found]
+    sidecar = json.loads(result.written["sidecar"].read_text())
+    assert sidecar["features"]["rows"] == 125 and sidecar["assign"]["folder"] == str(SAMPLE)
+    score = imgcluster.evaluate(scaled, SAMPLE)  # evaluate reads it like any assignment
+    assert score.matched == 125 and score.acc > 0.9
+
+
+@pytest.mark.slow
+def test_a_head_trained_on_a_sample_labels_every_row(store: tuple[str, Path], tmp_path: Path) -> None:
+    uri, _ = store
+    events: list[str] = []
+    head, path = train_from_store(
+        uri, out=tmp_path / "head.safetensors", n_clusters=5, train_sample=60, seed=1, epochs=5, progress=lambda e: events.append(str(e))
+    )
+    description = json.loads(path.with_suffix(".json").read_text())
+    assert description["features"]["sample"] == 60 and description["features"]["rows"] == 125
+    assert description["backbone"]["model"] == MODEL and head.n_clusters_ == 5
+    assert any("seeded sample of 60 of the store's 125 rows" in e for e in events)
+    out = tmp_path / "labels.csv"
+    result = assign_store(uri, out=out, head=path, train_sample=60, seed=1, names=False, min_confidence=0.5, device="cpu")
+    rows = _rows(out)
+    assert len(rows) == 125 == len({r["path"] for r in rows}) and "cluster_name" not in rows[0]
+    assert {r["outlier_reason"] for r in rows if float(r["confidence"]) < 0.5} <= {"low-confidence", "low-confidence+far-from-centre"}
+    assert result.head == path
+
+
+def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[str, Path], tmp_path: Path) -> None:
+    uri, _ = store
+    out = tmp_path / "c.csv"
+    done = runner.invoke(app, ["assign", "--features", uri, "--out", str(out), "-k", "5", "--epochs", "2", "--no-names", "--quiet"])
+    assert done.exit_code == 0, done.stderr
+    assert len(_rows(out)) == 125 and out.with_suffix(".parquet").is_file()
+    for args, message in [
+        (["assign", str(SAMPLE), "--features", uri], "give FOLDER or --features, not both"),
+        (["assign", "--features", uri, "--model", "efficientnet-lite0"], "--model applies to embedding a FOLDER"),
+        (["assign", "--features", uri, "--near-duplicates", "0.9"], "--near-duplicates applies with --features"),
+        (["assign", str(SAMPLE), "--engine", "ray"], "--engine applies only with --features"),
+        (["train", str(SAMPLE), "--train-sample", "100"], "--train-sample applies only with --features"),
+        (["assign", "--features", uri, "--engine", "spark"], "--engine must be local or ray"),
+        (["train"], "Missing argument 'FOLDER'"),
+    ]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert message in result.stderr and result.stderr.count("error:") == 1, (args, result.stderr)
+    missing = runner.invoke(app, ["assign", "--features", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.csv")])
+    assert missing.exit_code == 1 and "no imgcluster features at" in missing.stderr
+    assert not np.any([p.name == "x.csv" for p in tmp_path.iterdir()])
