@@ -397,9 +397,10 @@ def _given(ctx: typer.Context, name: str) -> bool:
 def _write_report(show: Printer, assignments: Path, **options: Any) -> None:
     """Thumbnails under a progress bar, then one line saying where the report went."""
     made = imgcluster.write_report(assignments, progress=show, **options)
+    outliers = f"{made.outliers_shown} of {count(made.outliers, 'outlier')} shown, " if made.outliers_shown < made.outliers else ""
     show.ui.info(
         f"report written to {made.html} ({count(made.clusters, 'cluster')}, {made.shown} of {count(made.rows, 'image')} shown, "
-        f"{made.bytes / 1e6:.1f} MB, {made.seconds:.1f}s)"
+        f"{outliers}{made.bytes / 1e6:.1f} MB, {made.seconds:.1f}s)"
     )
     if made.montages:
         show.ui.info(f"{count(len(made.montages), 'montage')} in {made.montages[0].parent}")
