@@ -283,7 +283,7 @@ class Printer:
     """Shows the library's progress events: lines on stderr, one bar per stage on a terminal."""
 
     STAGES: ClassVar[dict[str, tuple[str, str]]] = {
-        "embed": ("embedding", "images"), "train": ("training", "epochs"), "report": ("thumbnails", "images"),
+        "embed": ("embedding", "images"), "train": ("training", "steps"), "report": ("thumbnails", "images"),
     }  # fmt: skip
 
     def __init__(self, ui: UI) -> None:
@@ -291,6 +291,7 @@ class Printer:
         self.flags = FlagNames()
         self._bar: contextlib.ExitStack | None = None
         self._task: ProgressTask | None = None
+        self._next_line = 0  # tenths of a training run: the next loss line shown without a bar
 
     def __enter__(self) -> Printer:
         return self
@@ -315,18 +316,21 @@ class Printer:
             self._bar = contextlib.ExitStack()
             self._task = self._bar.enter_context(self.ui.progress(text or description, unit=unit))
             self._task.start(event.total)
+            self._next_line = 0
         elif event.kind == "advance":
             if self._task is not None:
                 self._task.update(event.done, status=event.status)
-            if event.stage == "train" and not self.ui.interactive and self._epoch_line(event.done, event.total):
-                self.ui.info(text)  # without a bar: about ten loss lines, however long the run
+            if event.stage == "train" and event.message and not self.ui.interactive and self._loss_line(event.done, event.total):
+                self.ui.info(text)  # without a bar: about ten loss lines (epoch ends), however long the run
             if event.done >= event.total:
                 self._close()
 
-    @staticmethod
-    def _epoch_line(epoch: int, total: int) -> bool:
-        every = -(-total // LOG_EPOCH_LINES)
-        return epoch == 1 or epoch % every == 0 or epoch == total
+    def _loss_line(self, done: int, total: int) -> bool:
+        """The first epoch's line, then one each time training passes another tenth of its steps, and the last."""
+        show = self._next_line == 0 or done >= total or done * LOG_EPOCH_LINES >= self._next_line * total
+        if show:
+            self._next_line = done * LOG_EPOCH_LINES // max(total, 1) + 1
+        return show
 
 
 LOG_EPOCH_LINES = 10
