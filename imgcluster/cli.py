@@ -303,7 +303,7 @@ class Printer:
     """Shows the library's progress events: lines on stderr, one bar per stage on a terminal."""
 
     STAGES: ClassVar[dict[str, tuple[str, str]]] = {
-        "embed": ("embedding", "images"), "train": ("training", "epochs"), "report": ("thumbnails", "images"),
+        "embed": ("embedding", "images"), "train": ("training", "steps"), "report": ("thumbnails", "images"),
     }  # fmt: skip
 
     def __init__(self, ui: UI) -> None:
@@ -311,6 +311,7 @@ class Printer:
         self.flags = FlagNames()
         self._bar: contextlib.ExitStack | None = None
         self._task: ProgressTask | None = None
+        self._next_line = 0  # tenths of a training run: the next loss line shown without a bar
 
     def __enter__(self) -> Printer:
         return self
@@ -335,18 +336,21 @@ class Printer:
             self._bar = contextlib.ExitStack()
             self._task = self._bar.enter_context(self.ui.progress(text or description, unit=unit))
             self._task.start(event.total)
+            self._next_line = 0
         elif event.kind == "advance":
             if self._task is not None:
                 self._task.update(event.done, status=event.status)
-            if event.stage == "train" and not self.ui.interactive and self._epoch_line(event.done, event.total):
-                self.ui.info(text)  # without a bar: about ten loss lines, however long the run
+            if event.stage == "train" and event.message and not self.ui.interactive and self._loss_line(event.done, event.total):
+                self.ui.info(text)  # without a bar: about ten loss lines (epoch ends), however long the run
             if event.done >= event.total:
                 self._close()
 
-    @staticmethod
-    def _epoch_line(epoch: int, total: int) -> bool:
-        every = -(-total // LOG_EPOCH_LINES)
-        return epoch == 1 or epoch % every == 0 or epoch == total
+    def _loss_line(self, done: int, total: int) -> bool:
+        """The first epoch's line, then one each time training passes another tenth of its steps, and the last."""
+        show = self._next_line == 0 or done >= total or done * LOG_EPOCH_LINES >= self._next_line * total
+        if show:
+            self._next_line = done * LOG_EPOCH_LINES // max(total, 1) + 1
+        return show
 
 
 LOG_EPOCH_LINES = 10
@@ -452,9 +456,10 @@ def _given(ctx: typer.Context, name: str) -> bool:
 def _write_report(show: Printer, assignments: Path, **options: Any) -> None:
     """Thumbnails under a progress bar, then one line saying where the report went."""
     made = imgcluster.write_report(assignments, progress=show, **options)
+    outliers = f"{made.outliers_shown} of {count(made.outliers, 'outlier')} shown, " if made.outliers_shown < made.outliers else ""
     show.ui.info(
         f"report written to {made.html} ({count(made.clusters, 'cluster')}, {made.shown} of {count(made.rows, 'image')} shown, "
-        f"{made.bytes / 1e6:.1f} MB, {made.seconds:.1f}s)"
+        f"{outliers}{made.bytes / 1e6:.1f} MB, {made.seconds:.1f}s)"
     )
     if made.montages:
         show.ui.info(f"{count(len(made.montages), 'montage')} in {made.montages[0].parent}")

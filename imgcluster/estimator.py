@@ -129,7 +129,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         from imgcluster.neighbours import knn_search
         from imgcluster.objectives import objective_class
         from imgcluster.pipeline import resolve_device
-        from imgcluster.train import effective_schedule, train_objective
+        from imgcluster.train import EpochLog, effective_schedule, train_objective
 
         embeddings = X if isinstance(X, Embeddings) else None
         # Two rows and two columns at least: one image has no neighbour, 1-d unit vectors are +-1.
@@ -146,7 +146,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
             report.at("choose_k").info(found.explanation)
             config, choice = dataclasses.replace(config, clusters=found.k), found.to_dict()
         n = len(features)
-        report.info(f"finding the {min(config.knn, n - 1)} nearest neighbours of each of {n} images, then training {config.objective} ...")
+        report.info(f"finding the {min(config.knn, n - 1)} nearest neighbours of each of {n} images ...")
         if neighbours is None:
             neighbours, _ = knn_search(features, config.knn, use_gpu=device.type == "cuda")
         elif neighbours.shape[0] != n or neighbours.shape[1] < min(config.knn, n - 1):
@@ -154,14 +154,23 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         batch, epochs = effective_schedule(n, config)
         if epochs > config.epochs and objective_class(config.objective).trainable:  # why a run takes longer than asked
             report.info(f"{n} images: {epochs} epochs of batch {batch} instead of {config.epochs}, to reach {config.min_steps} steps")
+        report.info(f"training {config.objective} (K={config.clusters}) ...")
+        steps_per_epoch = max(1, n // batch)
 
-        def on_epoch(log: Any, total: int) -> None:
-            if log.epoch == 1:
+        def on_progress(done: int, total: int, log: EpochLog | None) -> None:
+            """Optimiser steps as the stage's steps, from before the first one; each epoch's end adds its loss line."""
+            if done == 0:
                 report.start(total, f"training {config.objective}")
-            line = f"epoch {log.epoch}/{total} [{log.stage}] loss {log.loss:.4f} ({log.seconds:.1f}s)"
-            report.advance(1, line, status=f"loss {log.loss:.4f}")
+                return
+            moved = done - report.done
+            if log is None:
+                report.advance(moved)
+                return
+            epochs_total = total // steps_per_epoch
+            line = f"epoch {log.epoch}/{epochs_total} [{log.stage}] loss {log.loss:.4f} ({log.seconds:.1f}s)"
+            report.advance(moved, line, status=f"loss {log.loss:.4f}")
 
-        trained = train_objective(features, neighbours, config, device, on_epoch)
+        trained = train_objective(features, neighbours, config, device, on_progress)
         report.info(f"trained {config.objective} (K={config.clusters}) in {trained.seconds:.1f}s")
         if trained.empty_clusters:
             report.warning(

@@ -30,7 +30,7 @@ MARKS = (MODEL_READY, BATCH_DECODED, SAVING, SAVED)
 @dataclass(frozen=True)
 class Event:
     """One thing that happened: ``stage`` is ``model``, ``embed``, ``choose_k``, ``train``, ``assign``,
-    ``write``, ``report`` or ``export``; ``done``/``total`` count the stage's steps (images, epochs, thumbnails)."""
+    ``write``, ``report`` or ``export``; ``done``/``total`` count the stage's steps (images, optimiser steps, thumbnails)."""
 
     stage: str
     kind: Kind
@@ -97,6 +97,11 @@ class Reporter:
         """A stage of ``total`` steps begins; ``message`` names it for a progress bar."""
         self._done, self._total = 0, total
         self._emit(Event(self.stage, "start", message, total=total))
+
+    @property
+    def done(self) -> int:
+        """Steps reported so far in the current stage."""
+        return self._done
 
     def advance(self, n: int = 1, message: str = "", status: str = "") -> None:
         self._done += n

@@ -34,7 +34,11 @@ class TrainResult:
     schedule: dict[str, int] = field(default_factory=dict)  # batch, epochs and k actually used
 
 
-ProgressFn = Callable[[EpochLog, int], None]  # (log, total epochs)
+# (optimiser steps done, total steps, the log of the epoch that just ended or None): called with 0
+# steps before training starts, after the first step, then at most every ``STEP_EVERY`` seconds
+# and at the end of every epoch, so a display can move (and estimate a rate) from the first step.
+ProgressFn = Callable[[int, int, "EpochLog | None"], None]
+STEP_EVERY = 0.5  # seconds between progress calls inside an epoch
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -48,7 +52,7 @@ def train_objective(
     neighbours: np.ndarray,
     config: TrainConfig,
     device: torch.device,
-    on_epoch: ProgressFn | None = None,
+    progress: ProgressFn | None = None,
 ) -> TrainResult:
     """Fit ``config.objective`` on L2-normalised ``features`` [N, d] with kNN table [N, k]."""
     n, dim = features.shape
@@ -66,7 +70,7 @@ def train_objective(
     if not objective.trainable:
         objective.fit(features, config.seed)
     else:
-        history = _gradient_training(objective, features, neighbours[:, :knn], batch_size, epochs, config, device, generator, on_epoch)
+        history = _gradient_training(objective, features, neighbours[:, :knn], batch_size, epochs, config, device, generator, progress)
     seconds = time.perf_counter() - start
     objective.eval()
     z = torch.from_numpy(features).to(device)
@@ -112,17 +116,22 @@ def _gradient_training(
     config: TrainConfig,
     device: torch.device,
     generator: torch.Generator,
-    on_epoch: ProgressFn | None,
+    progress: ProgressFn | None,
 ) -> list[EpochLog]:
     n = features.shape[0]
-    z = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
-    knn = torch.from_numpy(np.ascontiguousarray(neighbours, dtype=np.int64)).to(device)
-    objective.setup(z, knn, generator)
     steps_per_epoch = max(1, n // batch_size)  # drop the ragged tail: BatchNorm and entropy need a full batch
     stages = objective.stages()
     total_epochs = sum(s.epochs if s.epochs is not None else epochs_main for s in stages)
+    total_steps = total_epochs * steps_per_epoch
+    if progress is not None:  # before the setup, which may take a while (k-means starts)
+        progress(0, total_steps, None)
+    z = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(device)
+    knn = torch.from_numpy(np.ascontiguousarray(neighbours, dtype=np.int64)).to(device)
+    objective.setup(z, knn, generator)
     history: list[EpochLog] = []
     epoch_counter = 0
+    steps_done = 0
+    last_call = -math.inf
     for stage in stages:
         objective.begin_stage(stage)
         optimiser = torch.optim.AdamW(objective.param_groups(config.lr, config.weight_decay))
@@ -152,6 +161,10 @@ def _gradient_training(
                 loss_sum += out.loss.detach()
                 for key, value in out.logs.items():
                     extras[key] = extras.get(key, 0.0) + value / steps_per_epoch
+                steps_done += 1
+                if progress is not None and s + 1 < steps_per_epoch and time.perf_counter() - last_call >= STEP_EVERY:
+                    progress(steps_done, total_steps, None)
+                    last_call = time.perf_counter()
             mean_loss = float(loss_sum) / steps_per_epoch
             if not math.isfinite(mean_loss):
                 raise ImgclusterError(f"training diverged (loss {mean_loss}) in epoch {epoch + 1}; try a smaller {{lr}}")
@@ -159,8 +172,9 @@ def _gradient_training(
             logged = {key: float(value) for key, value in extras.items()}
             log = EpochLog(stage.name, epoch_counter, mean_loss, time.perf_counter() - t0, logged)
             history.append(log)
-            if on_epoch is not None:
-                on_epoch(log, total_epochs)
+            if progress is not None:
+                progress(steps_done, total_steps, log)
+                last_call = time.perf_counter()
         if stage.select_head and objective.n_heads > 1:
             objective.best_head.fill_(int(head_loss_sum.argmin()))
     return history

@@ -100,6 +100,9 @@ def test_step_by_step_and_reuse_of_a_head(small_folder: Path, tmp_path: Path) ->
     epoch_lines = [line for line in trained.stderr.splitlines() if line.startswith("epoch ")]
     assert total > 11 and 2 <= len(epoch_lines) <= 11  # without a terminal, about ten loss lines, not one per epoch
     assert epoch_lines[0].startswith(f"epoch 1/{total} ") and epoch_lines[-1].startswith(f"epoch {total}/{total} ")
+    lines = trained.stderr.splitlines()  # each phase says what it does as it starts
+    knn, training = lines.index("finding the 20 nearest neighbours of each of 24 images ..."), lines.index("training scan (K=3) ...")
+    assert knn < training < lines.index(epoch_lines[0])
     out = tmp_path / "reuse.csv"
     # --model auto picks the head's backbone from its JSON, so no download is attempted
     assigned = invoke("assign", small_folder, "--cache-dir", cache, "--head", head, "--out", out)
@@ -342,3 +345,36 @@ def test_report_out_that_is_its_input_is_refused_and_the_input_kept(tmp_path: Pa
     assert result.exit_code == 2 and result.stderr.startswith(f"error: --out {tmp_path / target} is the ")
     assert "which this run reads; writing there would replace it" in result.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+class FakeBar:
+    def __init__(self, shown: list[tuple], description: str, unit: str) -> None:
+        self.shown, self.description, self.unit = shown, description, unit
+
+    def start(self, total: int) -> None:
+        self.shown.append(("start", self.description, self.unit, total))
+
+    def update(self, done: int, status: str = "") -> None:
+        self.shown.append(("update", done, status))
+
+
+def test_the_training_bar_starts_with_training_and_moves_per_step() -> None:
+    """On a terminal the bar appears before the first step (it used to appear after the first epoch) and counts steps."""
+    import contextlib
+
+    from imgcluster import ClusterHead
+    from imgcluster.cli import Printer
+    from imgcluster.ui import UI
+
+    shown: list[tuple] = []
+    ui = UI()
+    ui.interactive = True
+    ui.progress = lambda description, unit="images": contextlib.nullcontext(FakeBar(shown, description, unit))  # type: ignore[method-assign]
+    rng = __import__("numpy").random.default_rng(0)
+    x = rng.normal(size=(160, 8)).astype("float32")  # batches of 40: 4 steps an epoch
+    with Printer(ui) as show:
+        ClusterHead(n_clusters=3, epochs=2, device="cpu").fit(x, progress=show)
+    assert shown[0] == ("start", "training secu", "steps", 8)
+    assert shown[1] == ("update", 1, "")  # within the first epoch
+    ends = [s for s in shown[1:] if s[2]]  # epoch ends show the loss
+    assert [s[1] for s in ends] == [4, 8] and all(s[2].startswith("loss ") for s in ends) and shown[-1] == ends[-1]

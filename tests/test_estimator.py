@@ -51,11 +51,28 @@ def test_auto_chooses_k_and_records_why() -> None:
     assert head.n_clusters_ == 4 and head.choose_k_ is not None and head.choose_k_["k"] == 4
     assert any(e.stage == "choose_k" and str(e).startswith("n_clusters auto chose K=4") for e in events)
     said = [str(e) for e in events if e.kind == "info"]  # each slow phase says what it does as it starts
-    assert said.index("choosing K between 2 and 8 ...") < said.index(
-        "finding the 20 nearest neighbours of each of 160 images, then training secu ..."
-    )
+    assert said.index("choosing K between 2 and 8 ...") < said.index("finding the 20 nearest neighbours of each of 160 images ...")
+    assert said.index("finding the 20 nearest neighbours of each of 160 images ...") < said.index("training secu (K=4) ...")
     assert {e.kind for e in events if e.stage == "train"} >= {"start", "advance", "info"}
     assert head.predict_proba(x).shape == (160, 4)
+
+
+def test_training_reports_progress_from_its_start() -> None:
+    """The bar starts before the first step and moves within the first epoch; epoch ends carry the loss line."""
+    x, _ = blobs(n_per=40, k=4)  # 160 images: batches of 40, 4 steps an epoch
+    events: list[Event] = []
+    ClusterHead(n_clusters=4, epochs=2, device="cpu").fit(x, progress=events.append)
+    said = [str(e) for e in events if e.kind == "info"]
+    assert said[:2] == ["finding the 20 nearest neighbours of each of 160 images ...", "training secu (K=4) ..."]
+    train = [e for e in events if e.stage == "train" and e.kind in ("start", "advance")]
+    start, first = train[0], train[1]
+    assert start.kind == "start" and str(start) == "training secu" and start.total == 4 * 2
+    assert first.kind == "advance" and first.done == 1 and not first.message  # one step, before the first epoch ends
+    ends = [e for e in train if e.kind == "advance" and e.message]
+    assert [e.done for e in ends] == [4, 8] and str(ends[0]).startswith("epoch 1/2 [train] loss ")
+    assert ends[0].status.startswith("loss ") and train[-1].done == train[-1].total == 8
+    dones = [e.done for e in train[1:]]
+    assert dones == sorted(dones) and all(e.total == 8 for e in train)
 
 
 def test_save_and_load_give_the_same_predictions(tmp_path: Path) -> None:

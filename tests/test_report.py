@@ -233,6 +233,25 @@ def test_outlier_column(clustered: Clustered, tmp_path: Path) -> None:
     assert {html.escape(clustered.rows[i]["path"]) for i in flags} <= set(re.findall(r'alt="([^"]*)"', outliers))
 
 
+def test_the_report_says_how_many_outliers_it_shows(clustered: Clustered, tmp_path: Path) -> None:
+    """Outliers are capped like a cluster's images: the page and the CLI say "N of M shown" (74 flagged, 48 shown on real photos)."""
+    rows = [{**r, "outlier": "1" if i < 7 else "0"} for i, r in enumerate(clustered.rows)]
+    target = copy_csv(clustered, tmp_path, rows)
+    result = invoke("report", target, "--per-cluster", "4")
+    assert result.exit_code == 0, result.stderr
+    assert "4 of 7 outliers shown" in result.stderr
+    page = target.with_suffix(".html").read_text(encoding="utf-8")
+    outliers = page.split('id="outliers"', 1)[1]
+    assert "7 flagged · 4 of 7 shown, least confident first" in outliers and outliers.count("<figure>") == 4
+    assert "7 outliers</a> flagged in the CSV (4 of them shown)." in page
+    made = write_report(target, out=tmp_path / "all.html")  # room for all: no "of" anywhere
+    page = made.html.read_text(encoding="utf-8")
+    assert (made.outliers, made.outliers_shown) == (7, 7) and "7 flagged · least confident first" in page and " of 7" not in page
+    none = write_report(target, out=tmp_path / "none.html", max_images=1)  # the cap is spent before the outliers
+    assert (none.outliers, none.outliers_shown) == (7, 0)
+    assert "7 outliers flagged in the CSV; none shown, to keep the page small." in none.html.read_text(encoding="utf-8")
+
+
 def test_evaluation_json_adds_majority_labels(clustered: Clustered, tmp_path: Path) -> None:
     target = copy_csv(clustered, tmp_path)
     scores = invoke("evaluate", target, clustered.folder, "--json", "--quiet")

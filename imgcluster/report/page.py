@@ -74,6 +74,7 @@ class _Page:
         self.images: list[tuple[int, str, str]] = []  # (index in parts, the <figure> with its image, row path)
         self.problems: list[int] = []  # indices in parts of placeholders for files gone or unreadable
         self.shown = self.placeholders = self.omitted = 0  # distinct images: an outlier is also in its cluster
+        self.outliers_shown = self.outliers_flagged = 0  # the outliers section's figures, and the rows the CSV flags
 
     def add(self, text: str) -> None:
         self.parts.append(text)
@@ -207,12 +208,13 @@ def render_html(
         bars.append(row_html)
         bars_size += row_size
 
+    flagged = sum(r.outlier for r in rows)
     if outliers:
         mark = page.mark()
-        flagged = sum(r.outlier for r in rows)
+        shown = f"{len(outliers)} of {flagged} shown, " if len(outliers) < flagged else ""
         page.add(
             f'<section class="card outliers" id="outliers"><div class="head"><h2>Outliers</h2>'
-            f'<span class="stats">{flagged} flagged · least confident first</span></div><div class="grid" style="margin-top:10px">'
+            f'<span class="stats">{flagged} flagged · {shown}least confident first</span></div><div class="grid" style="margin-top:10px">'
         )
         for i in outliers:
             page.figure(rows[i], folder / rows[i].path, show_cluster=True)
@@ -220,6 +222,7 @@ def render_html(
         if page.size + bars_size > budget:
             page.rollback(mark)
             outliers = []
+    page.outliers_shown, page.outliers_flagged = len(outliers), flagged
     page.add(tail)
 
     head = f'<section class="card overview" id="overview"><h2>Cluster sizes</h2><div class="bars{" many" if len(bars) > 12 else ""}">'
@@ -232,7 +235,10 @@ def render_html(
         )
     parts.append(legend)
     if outliers:
-        parts.append(f'<p class="note"><a href="#outliers">{sum(r.outlier for r in rows)} outliers</a> flagged in the CSV.</p>')
+        shown = f" ({len(outliers)} of them shown)" if len(outliers) < flagged else ""
+        parts.append(f'<p class="note"><a href="#outliers">{flagged} outliers</a> flagged in the CSV{shown}.</p>')
+    elif flagged:
+        parts.append(f'<p class="note">{flagged} outliers flagged in the CSV; none shown, to keep the page small.</p>')
     parts.append("</section>")
     page.parts[overview] = "".join(parts)
     page.size += len(page.parts[overview].encode("utf-8"))

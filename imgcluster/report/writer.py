@@ -49,6 +49,8 @@ class ReportResult:
     montages: list[Path] = field(default_factory=list)
     seconds: float = 0.0
     refused: int = 0  # rows naming a file outside the image folder: never opened
+    outliers: int = 0  # rows the CSV flags as outliers
+    outliers_shown: int = 0  # of them, in the page's outliers section (it is capped like a cluster)
 
 
 def default_report_path(csv_path: Path) -> Path:
@@ -192,6 +194,8 @@ def _write_report(
         placeholders=page.placeholders,
         omitted=page.omitted,
         refused=len(refused),
+        outliers=page.outliers_flagged,
+        outliers_shown=page.outliers_shown,
         typical_by="features" if feats is not None else "confidence",
         bytes=len(text.encode("utf-8")),
         montages=montages,
