@@ -341,3 +341,19 @@ def test_report_out_that_is_its_input_is_refused_and_the_input_kept(tmp_path: Pa
     assert result.exit_code == 2 and result.stderr.startswith(f"error: --out {tmp_path / target} is the ")
     assert "which this run reads; writing there would replace it" in result.stderr
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+def test_a_cached_rerun_of_assign_builds_no_model(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    cache, first, second = tmp_path / "cache", tmp_path / "first.csv", tmp_path / "second.csv"
+    assert invoke("assign", small_folder, "--out", first, "--cache-dir", cache, *FAST).exit_code == 0
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached rerun built the model")
+
+    monkeypatch.setattr(timm, "create_model", no_model)
+    result = invoke("assign", small_folder, "--out", second, "--cache-dir", cache, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "24 cached, 0 to embed" in result.stderr
+    assert second.read_bytes() == first.read_bytes()
