@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from imgcluster.backbones import Backbone, create_backbone, resolve_model_name
-from imgcluster.cache import EmbeddingCache, default_cache_root, embeddings_dir
+from imgcluster.cache import EmbeddingCache, Failure, default_cache_root, embeddings_dir, read_failures, write_failures
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embedding import (
     compute_precision,
@@ -191,7 +191,8 @@ def embed_folder(
         with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait, read_only_ok=True) as writable:
             description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "note": FORMAT_NOTE, SOURCE_FIELD: source}
             cache = EmbeddingCache.open(directory, config.dtype, description, writable=writable)
-            todo, skipped = _plan(files, cache, config)
+            failed = read_failures(directory)
+            todo, skipped, known = _plan(files, cache, config, failed)
             if todo and backbone is None:
                 backbone = create_backbone(model_name, config.weights, device)
                 if normalised(backbone.identity()) != identity:
@@ -199,7 +200,11 @@ def embed_folder(
                         forget_record(directory, description)
                     identity = normalised(backbone.identity())
                     continue
-            rows, reused = _embed_and_keep(config, device, hooks, cache, writable, backbone, files, todo, skipped, compact=only is None)
+            rows, reused = _embed_and_keep(
+                config, device, hooks, cache, writable, backbone, files, todo, skipped, len(known), compact=only is None
+            )  # fmt: skip
+            if writable:
+                _remember_failures(directory, failed, files, todo, skipped, known, whole_folder=only is None)
         skipped.update(unreachable)  # after the counts above, which are of the files found
         paths = [rel for rel, v in rows if v is not None]
         features = np.zeros((0, int(identity["feature_dim"])), np.float32)
@@ -222,16 +227,53 @@ def embed_folder(
         )
 
 
-def _plan(files: list[ImageFile], cache: EmbeddingCache, config: EmbedConfig) -> tuple[list[ImageFile], dict[str, str]]:
-    """The files to embed, and those skipped without trying (names that are not UTF-8)."""
+def _plan(
+    files: list[ImageFile], cache: EmbeddingCache, config: EmbedConfig, failed: dict[str, Failure]
+) -> tuple[list[ImageFile], dict[str, str], set[str]]:
+    """The files to embed; those skipped without trying (names that are not UTF-8, and files that
+    failed before and have not changed since: ``reembed`` and ``rehash`` try those again); and
+    which of the skipped are the latter."""
     skipped: dict[str, str] = {f.rel: "file name is not valid UTF-8; rename the file" for f in files if not _utf8_name(f.rel)}
+    known: set[str] = set()
     if config.reembed:
         todo = [f for f in files if f.rel not in skipped]
     elif config.rehash:
         todo = _verify_by_content(cache, [f for f in files if f.rel not in skipped])
     else:
         todo = [f for f in files if f.rel not in skipped and cache.lookup(f) is None]
-    return todo, skipped
+        for file in todo:
+            before = failed.get(file.rel)
+            if before is not None and before.matches(file):
+                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(before.at))
+                skipped[file.rel] = f"{before.reason} (unchanged since it failed on {when})"
+                known.add(file.rel)
+        todo = [f for f in todo if f.rel not in known]
+    return todo, skipped, known
+
+
+def _lasting(reason: str) -> bool:
+    """Whether a failure is the file's own (it cannot be decoded) rather than this run's: a decode
+    timeout (the machine may be busy) or a file changing or vanishing meanwhile is tried again."""
+    return not any(s in reason for s in ("decoding took longer", "changed while it was read", "disappeared"))
+
+
+def _remember_failures(
+    directory: Path,
+    failed: dict[str, Failure],
+    files: list[ImageFile],
+    todo: list[ImageFile],
+    skipped: dict[str, str],
+    known: set[str],
+    whole_folder: bool,
+) -> None:
+    """Record the files this run could not embed, keep the records it relied on (and, when only
+    some files were embedded, those of the others); every other record goes."""
+    names = {f.rel for f in files}
+    kept = {rel: f for rel, f in failed.items() if rel in known or (not whole_folder and rel not in names)}
+    now = time.time()
+    kept.update({f.rel: Failure.of(f, skipped[f.rel], now) for f in todo if f.rel in skipped and _lasting(skipped[f.rel])})
+    if kept != failed:
+        write_failures(directory, kept)
 
 
 def _embed_and_keep(
@@ -244,17 +286,21 @@ def _embed_and_keep(
     files: list[ImageFile],
     todo: list[ImageFile],
     skipped: dict[str, str],
+    known: int,
     compact: bool,
 ) -> tuple[list[tuple[str, np.ndarray | None]], int]:
     """Embed ``todo`` into the open, locked cache (``backbone`` is None only when ``todo`` is empty)
-    and, when ``compact``, keep only these files' rows. Returns each file's (path, features or
-    None), skipped ones left out, and how many features were reused."""
+    and, when ``compact``, keep only these files' rows; ``known`` of the ``skipped`` failed before.
+    Returns each file's (path, features or None), skipped ones left out, and how many features
+    were reused."""
     directory = cache.directory
     for problem in cache.problems:
         hooks.on_warning(f"cache shard damaged and ignored (will re-embed): {problem}")
     reused = len(files) - len(skipped) - len(todo)
-    if skipped:  # counted here, so the totals below add up to the files found
-        hooks.on_warning(f"{len(skipped)} file name(s) are not valid UTF-8 and will be skipped; rename them")
+    if len(skipped) > known:  # counted here, so the totals below add up to the files found
+        hooks.on_warning(f"{len(skipped) - known} file name(s) are not valid UTF-8 and will be skipped; rename them")
+    if known:
+        hooks.on_warning(f"{known} file(s) that could not be embedded before are unchanged and were not tried again ({{reembed}} does)")
     hooks.on_start(len(todo), reused)
     changed: dict[str, ImageFile] = {}
 
