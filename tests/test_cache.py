@@ -1,13 +1,15 @@
 import hashlib
 import json
 import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from imgcluster.cache import KEY_FORMAT, cache_key, read_shard
+from imgcluster.cache import FAILURES_FILE, KEY_FORMAT, cache_key, read_failures, read_shard
 from imgcluster.config import EmbedConfig
 from imgcluster.pipeline import EmbedHooks, embed_folder
 
@@ -136,3 +138,49 @@ def test_a_shared_cache_keeps_one_cache_per_folder(small_folder: Path, tmp_path:
     assert (again.embedded, again.reused) == (0, 24)
     assert again.cache_dir == first.cache_dir and again.cache_dir.is_relative_to(tmp_path / "shared" / "folders")
     assert again.cache_dir.parent.parent.name.startswith(small_folder.name + "-")
+
+
+def test_a_file_that_failed_is_not_tried_again_while_unchanged(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgcluster.embedding as embedding
+
+    cache = tmp_path / "cache"
+    (small_folder / "broken.png").write_bytes(b"not a png at all")
+    first = run(small_folder, cache)
+    reason = dict(first.skipped)["broken.png"]
+    assert reason == "not an image (unrecognised format)" and first.embedded == 24
+    assert json.loads((first.cache_dir / FAILURES_FILE).read_text())["files"].keys() == {"broken.png"}
+    decoded: list[Path] = []
+    load = embedding.load_rgb
+    monkeypatch.setattr(embedding, "load_rgb", lambda path, *a: decoded.append(path) or load(path, *a))
+    warnings: list[str] = []
+    second = run(small_folder, cache, EmbedHooks(on_warning=warnings.append))
+    assert decoded == [] and (second.embedded, second.reused) == (0, 24)
+    when = r" \(unchanged since it failed on \d{4}-\d\d-\d\d \d\d:\d\d UTC\)"
+    assert re.fullmatch(re.escape(reason) + when, dict(second.skipped)["broken.png"])
+    assert "1 file(s) that could not be embedded before are unchanged and were not tried again ({reembed} does)" in warnings
+    (small_folder / "broken.png").write_bytes(b"still not a png, but changed")
+    third = run(small_folder, cache)
+    assert [p.name for p in decoded] == ["broken.png"] and dict(third.skipped)["broken.png"] == reason
+    shutil.copy(sorted(small_folder.rglob("*.png"))[0], small_folder / "broken.png")  # mended
+    fourth = run(small_folder, cache)
+    assert (fourth.embedded, fourth.skipped) == (1, []) and not (fourth.cache_dir / FAILURES_FILE).exists()
+
+
+def test_reembed_tries_known_failures_again(small_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (small_folder / "broken.png").write_bytes(b"not a png at all")
+    run(small_folder, cache)
+    config = EmbedConfig(str(small_folder), model="efficientnet-lite0", cache_dir=str(cache), workers=0, batch_size=4, reembed=True)
+    again = embed_folder(config, CPU)
+    assert again.embedded == 24 and dict(again.skipped)["broken.png"] == "not an image (unrecognised format)"
+
+
+def test_a_damaged_failure_record_means_trying_again(small_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    (small_folder / "broken.png").write_bytes(b"not a png at all")
+    first = run(small_folder, cache)
+    (first.cache_dir / FAILURES_FILE).write_text('{"format": "1", "files": {"broken.png": [1, 2, "x"]}')
+    assert read_failures(first.cache_dir) == {}
+    again = run(small_folder, cache)
+    assert dict(again.skipped)["broken.png"] == "not an image (unrecognised format)"
+    assert read_failures(first.cache_dir).keys() == {"broken.png"}  # rewritten whole

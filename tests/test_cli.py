@@ -378,3 +378,35 @@ def test_the_training_bar_starts_with_training_and_moves_per_step() -> None:
     assert shown[1] == ("update", 1, "")  # within the first epoch
     ends = [s for s in shown[1:] if s[2]]  # epoch ends show the loss
     assert [s[1] for s in ends] == [4, 8] and all(s[2].startswith("loss ") for s in ends) and shown[-1] == ends[-1]
+
+
+def test_a_cached_rerun_of_assign_builds_no_model(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    cache, first, second = tmp_path / "cache", tmp_path / "first.csv", tmp_path / "second.csv"
+    assert invoke("assign", small_folder, "--out", first, "--cache-dir", cache, *FAST).exit_code == 0
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a cached rerun built the model")
+
+    monkeypatch.setattr(timm, "create_model", no_model)
+    result = invoke("assign", small_folder, "--out", second, "--cache-dir", cache, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "24 cached, 0 to embed" in result.stderr
+    assert second.read_bytes() == first.read_bytes()
+
+
+def test_a_file_that_failed_is_reported_but_not_tried_again(small_folder: Path, tmp_path: Path) -> None:
+    (small_folder / "broken.png").write_bytes(b"not a png at all")
+    cache, out = tmp_path / "cache", tmp_path / "clusters.csv"
+    first = invoke("embed", small_folder, "--cache-dir", cache, *FAST[:2])
+    assert first.exit_code == 0 and "not tried again" not in first.stderr
+    second = invoke("assign", small_folder, "--out", out, "--cache-dir", cache, *FAST)
+    assert second.exit_code == 0, second.stderr
+    assert "1 file(s) that could not be embedded before are unchanged and were not tried again (--reembed does)" in second.stderr
+    assert "24 cached, 0 to embed" in second.stderr
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "clusters-skipped.csv").read_text())))
+    assert [r["path"] for r in rows] == ["broken.png"]
+    assert rows[0]["reason"].startswith("not an image (unrecognised format) (unchanged since it failed on ")
+    again = invoke("assign", small_folder, "--out", out, "--cache-dir", cache, "--reembed", *FAST)
+    assert again.exit_code == 0 and "not tried again" not in again.stderr and "0 cached, 25 to embed" in again.stderr

@@ -101,3 +101,15 @@ def test_csv_name_column_is_read_back(tmp_path: Path, column: bool) -> None:
     path = tmp_path / "a.csv"
     path.write_text('"path","cluster","cluster_name"\n"a.png",0,"\'=sandal"\n' if column else '"path","cluster"\n"a.png",0\n')
     assert read_assignments(path)[0].name == ("=sandal" if column else "")
+
+
+def test_class_names_are_timms_without_importing_timm() -> None:
+    import subprocess
+    import sys
+
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    assert _lemmas() == [info.index_to_description(i).split(",")[0].strip() for i in range(info.num_classes())]
+    code = "import sys; from imgcluster.naming import _lemmas; _lemmas(); print('timm' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
