@@ -159,10 +159,14 @@ def hub_reachable(timeout: float = 2.0) -> bool:
 
 def _hub_cached(timm_name: str) -> bool:
     try:
-        from huggingface_hub import try_to_load_from_cache
+        from huggingface_hub import constants
     except ImportError:
         return False
     repo = f"timm/{timm_name}"
+    if not (Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}").is_dir():
+        return False  # the hub's own layout: without the folder nothing is cached (and the client's import is skipped)
+    from huggingface_hub import try_to_load_from_cache
+
     return any(isinstance(try_to_load_from_cache(repo, f), str) for f in ("model.safetensors", "pytorch_model.bin"))
 
 

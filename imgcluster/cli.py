@@ -843,6 +843,8 @@ def _with_examples(n: int, examples: list[str]) -> str:
 
 
 def main() -> None:
+    import gc
+
     from imgcluster.signals import exit_by_signal, sigterm_as_interrupt
 
     try:
@@ -850,4 +852,7 @@ def main() -> None:
             app(prog_name="imgcluster")
     except SystemExit:
         exit_by_signal()  # after Ctrl-C or SIGTERM: end by that signal, so a calling script stops too
+        # The process ends now: Python's collections while it tears down torch's millions of objects
+        # took 2 s of a cached run's 8 (benchmarks/results_startup.md); frozen, they are left alone.
+        gc.freeze()
         raise

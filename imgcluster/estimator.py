@@ -7,8 +7,6 @@ pairs, exactly as ``imgcluster train`` does, and saves and loads the same checkp
 from __future__ import annotations
 
 import dataclasses
-import math
-import numbers
 import os
 from pathlib import Path
 from typing import Any
@@ -96,27 +94,10 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         """The training settings these parameters give, checked (unknown options, values out of
         range), so that mistakes surface before any slow work. With ``n_clusters="auto"`` its K
         is a stand-in: :meth:`fit` chooses the real one."""
-        from imgcluster.errors import ParameterError
-        from imgcluster.objectives import objective_flags
-        from imgcluster.preflight import parse_clusters
+        from imgcluster.head_config import train_config
 
-        requested = parse_clusters(self.n_clusters)
-        if requested is None and self.k_max < self.k_min:
-            raise ParameterError(f"{{k_max}} ({self.k_max}) must not be below {{k_min}} ({self.k_min})")
-        for name, least in (("batch_size", 2), ("knn", 1), ("epochs", 1)):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
-                raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
-        if not (isinstance(self.lr, numbers.Real) and math.isfinite(self.lr) and self.lr > 0):
-            raise ParameterError(f"{{lr}} must be above 0, got {self.lr!r}")
-        shortcuts = {"balance": self.balance, "self_label": self.self_label, "uco": self.uco}
-        options = objective_flags(self.objective, self._objective_options(), **shortcuts)
-        return TrainConfig(
-            objective=self.objective, clusters=requested or DEFAULT_CLUSTERS,
-            epochs=TrainConfig.epochs if self.epochs is None else int(self.epochs), batch_size=int(self.batch_size),
-            lr=float(self.lr), knn=int(self.knn), seed=int(self.seed), objective_options=options,
-            min_steps=TrainConfig.min_steps if self.epochs is None else 0,
-        )  # fmt: skip
+        own = {name: getattr(self, name) for name in _OWN if name != "device"}
+        return train_config(**own, options=self._objective_options())
 
     # ---- fitting and predicting ----------------------------------------------------------
     def fit(self, X: Any, y: None = None, *, progress: ProgressFn | None = None, neighbours: np.ndarray | None = None) -> ClusterHead:

@@ -6,6 +6,7 @@ the result is an :class:`Assignment` in memory, and files only when ``out`` is g
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +19,7 @@ from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, 
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.features import embed, embed_checked
 from imgcluster.outputs import refuse_inputs
-from imgcluster.preflight import check_inputs
+from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
 if TYPE_CHECKING:  # torch comes with these: imported once the arguments have been checked
@@ -235,19 +236,19 @@ def cluster_folder(
         folder, model, n_clusters=n_clusters if head is None else None, follow_symlinks=follow_symlinks, cache_dir=cache_dir
     )
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
-    from imgcluster.estimator import ClusterHead
+    from imgcluster.head_config import train_config
     from imgcluster.naming import NAMING_MODEL, is_naming_backbone
     from imgcluster.pipeline import resolve_device
 
     progress, warnings = keeping_warnings(progress)
     dev = resolve_device(device)
-    estimator = None
+    training: dict[str, Any] = {}
     if head is None:  # the training parameters are checked now, not after the embedding
-        estimator = ClusterHead(
-            objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
-            balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
+        training = dict(
+            objective=objective, n_clusters=n_clusters, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn,
+            k_min=k_min, k_max=k_max, balance=balance, self_label=self_label, uco=uco,
         )  # fmt: skip
-        estimator.train_config()
+        settings = train_config(**training, options=dict(objective_options or {}))
     head_meta: dict[str, Any] | None = None
     if head is not None:
         trained_objective, head_meta = load_checkpoint(Path(head))
@@ -273,8 +274,13 @@ def cluster_folder(
             )
         check_backbone(head_meta, embeddings.identity, head_path)
         choice, train = head_meta.get("choose_k"), head_meta.get("train")
+    elif (before := _trained_before(embeddings, settings, parse_clusters(n_clusters) is None, progress)) is not None:
+        head_path, trained_objective = before
+        choice, train = None, asdict(settings)
     else:
-        assert estimator is not None
+        from imgcluster.estimator import ClusterHead  # scikit-learn: only when training
+
+        estimator = ClusterHead(**training, device=device, **(objective_options or {}))
         head_path = _train(estimator, embeddings, None, progress)
         trained_objective, choice, train = estimator.objective_, estimator.choose_k_, asdict(estimator.train_config_)
     if not embeddings.paths:
@@ -343,6 +349,29 @@ def _names(paths: list[str], clusters: np.ndarray, naming: Embeddings) -> np.nda
     have = [i for i, p in enumerate(paths) if p in row]
     features = naming.features[[row[paths[i]] for i in have]]
     return name_column(cluster_names(features, clusters[have]), clusters)
+
+
+def _trained_before(embeddings: Embeddings, settings: TrainConfig, auto: bool, progress: ProgressFn | None) -> tuple[Path, Any] | None:
+    """(path, objective) of the head an earlier run trained with ``settings`` on exactly these
+    images and features (its name covers all of them), so that a rerun need not train again:
+    trained again, it would be the same head (training is deterministic on the CPU). None when
+    K is ``auto`` (chosen while training), or when no such head is saved or it cannot be read."""
+    from imgcluster.checkpoint import load_checkpoint
+    from imgcluster.pipeline import head_path_for
+
+    if auto or len(embeddings.paths) < 2:
+        return None
+    path = head_path_for(embeddings.cache_dir, settings, embeddings.paths, embeddings.features)
+    if not path.is_file():
+        return None
+    try:
+        objective, meta = load_checkpoint(path)
+    except ImgclusterError:
+        return None  # damaged or half-written: trained again, and replaced
+    if meta.get("train") != json.loads(json.dumps(asdict(settings), default=str)) or meta.get("images") != len(embeddings.paths):
+        return None
+    Reporter(progress, "train").info(f"reusing the head trained before on these features and settings: {path}")
+    return path, objective
 
 
 def _train(estimator: ClusterHead, embeddings: Embeddings, out: Path | None, progress: ProgressFn | None) -> Path:

@@ -1,3 +1,4 @@
+import os
 import pickle
 from pathlib import Path
 
@@ -130,3 +131,25 @@ def test_vit_weights_at_another_resolution_are_resampled(tmp_path: Path) -> None
     assert torch.equal(backbone.model.blocks[0].attn.qkv.weight, published.blocks[0].attn.qkv.weight)
     with torch.inference_mode():
         assert backbone.model(torch.randn(1, 3, 224, 224)).shape == (1, 384)
+
+
+def test_hub_cache_is_looked_up_without_the_hub_client_when_empty(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from imgcluster.backbones import _hub_cached; "
+        "print(_hub_cached('vit_small_patch14_dinov2.lvd142m'), 'huggingface_hub.file_download' in sys.modules)"
+    )
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path)}
+
+    def look() -> str:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.strip()
+
+    assert look() == "False False"
+    repo = tmp_path / "models--timm--vit_small_patch14_dinov2.lvd142m"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    (repo / "snapshots" / "0123abcd").mkdir(parents=True)
+    (repo / "snapshots" / "0123abcd" / "model.safetensors").write_bytes(b"weights")
+    assert look() == "True True"  # there, the hub's client answers

@@ -390,10 +390,38 @@ def test_a_cached_rerun_of_assign_builds_no_model(small_folder: Path, tmp_path: 
         raise AssertionError("a cached rerun built the model")
 
     monkeypatch.setattr(timm, "create_model", no_model)
+    monkeypatch.setattr("imgcluster.train.train_objective", no_model)  # nor trains: the head of the first run is reused
     result = invoke("assign", small_folder, "--out", second, "--cache-dir", cache, *FAST)
     assert result.exit_code == 0, result.stderr
-    assert "24 cached, 0 to embed" in result.stderr
+    assert "24 cached, 0 to embed" in result.stderr and "reusing the head trained before" in result.stderr
     assert second.read_bytes() == first.read_bytes()
+    sidecars = [json.loads(Path(f"{csv_file}.json").read_text()) for csv_file in (first, second)]
+    assert sidecars[1]["head"] == sidecars[0]["head"] and sidecars[1]["train"] == sidecars[0]["train"]
+
+
+def test_a_damaged_head_is_trained_again(small_folder: Path, tmp_path: Path) -> None:
+    cache, first, second = tmp_path / "cache", tmp_path / "first.csv", tmp_path / "second.csv"
+    assert invoke("assign", small_folder, "--out", first, "--cache-dir", cache, *FAST).exit_code == 0
+    head = next(cache.rglob("heads/*.safetensors"))
+    head.write_bytes(head.read_bytes()[:-8] + b"\0" * 8)
+    result = invoke("assign", small_folder, "--out", second, "--cache-dir", cache, *FAST)
+    assert result.exit_code == 0, result.stderr
+    assert "reusing" not in result.stderr and "head saved to" in result.stderr
+    assert second.read_bytes() == first.read_bytes()
+
+
+def test_a_cached_rerun_imports_neither_timm_nor_scikit_learn_nor_torch_compiler(small_folder: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    assert invoke("assign", small_folder, "--out", tmp_path / "first.csv", "--cache-dir", cache, *FAST).exit_code == 0
+    code = (
+        "import sys, atexit; atexit.register(lambda: print(sorted(set(sys.modules) & "
+        "{'timm', 'sklearn', 'scipy', 'pandas', 'torchvision', 'sympy', 'torch._dynamo'}), file=sys.stderr)); "
+        "from imgcluster.cli import main; sys.argv = ['imgcluster', *sys.argv[1:]]; main()"
+    )
+    argv = ["assign", small_folder, "--out", tmp_path / "second.csv", "--cache-dir", cache, *FAST]
+    done = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == "[]"
 
 
 def test_a_file_that_failed_is_reported_but_not_tried_again(small_folder: Path, tmp_path: Path) -> None:

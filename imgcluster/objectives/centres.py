@@ -15,6 +15,18 @@ from imgcluster.objectives.base import Objective
 SEED_POINTS = 20_000  # rows the seeds are drawn from (a random sample on larger folders)
 
 
+def unit_centres(n_heads: int, dim: int, n_clusters: int) -> torch.Tensor:
+    """Random unit columns ``[n_heads, dim, n_clusters]``, the centres' start before seeding.
+
+    On the ``meta`` device (a checkpoint's shapes are checked on it) only the shape is made:
+    torch's meta ``randn`` and ``normalize`` import its compiler stack, seconds of a run that
+    only loads a head.
+    """
+    if torch.empty(0).is_meta:
+        return torch.empty(n_heads, dim, n_clusters)
+    return F.normalize(torch.randn(n_heads, dim, n_clusters), dim=1)
+
+
 @torch.no_grad()
 def encode_with_batch_statistics(encoder: nn.Module, x: torch.Tensor, chunk: int = 8192) -> torch.Tensor:
     """Unit-norm ``encoder(x)`` as training sees it (BatchNorm on batch statistics), state untouched.
@@ -48,7 +60,7 @@ class CentreObjective(Objective):
             nn.ReLU(),
             nn.Linear(params.hidden, params.dim),
         )
-        self.centres = nn.Parameter(F.normalize(torch.randn(params.n_heads, params.dim, n_clusters), dim=1))
+        self.centres = nn.Parameter(unit_centres(params.n_heads, params.dim, n_clusters))
 
     @property
     def n_heads(self) -> int:

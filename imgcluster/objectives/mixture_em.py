@@ -28,6 +28,7 @@ from imgcluster.objectives.base import (
     Range,
     StepOutput,
 )
+from imgcluster.objectives.centres import unit_centres
 
 EPS = 1e-8
 
@@ -184,7 +185,7 @@ class MixtureEM(Objective):
         self.net = MultiHead(in_dim, params.dim, params.n_heads, params.hidden)
         # Whitens the embedding; its running statistics are saved and used at inference.
         self.whiten = Whitening(params.n_heads, params.dim)
-        self.centres = nn.Parameter(F.normalize(torch.randn(params.n_heads, params.dim, n_clusters), dim=1))
+        self.centres = nn.Parameter(unit_centres(params.n_heads, params.dim, n_clusters))
         self.mixing_logits = nn.Parameter(torch.zeros(params.n_heads, n_clusters))  # pi = softmax(theta), uniform start
 
     @property

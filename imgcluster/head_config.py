@@ -1,0 +1,53 @@
+"""A head's training settings from the parameters of :class:`imgcluster.ClusterHead`, checked.
+
+Apart from the estimator so that a run can check them before any slow work without importing
+scikit-learn (seconds), which only training needs.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from imgcluster.config import DEFAULT_CLUSTERS, TrainConfig
+
+
+def train_config(
+    objective: str,
+    n_clusters: int | str,
+    seed: int,
+    *,
+    epochs: int | None,
+    batch_size: int,
+    lr: float,
+    knn: int,
+    k_min: int,
+    k_max: int,
+    balance: float | None,
+    self_label: bool,
+    uco: bool,
+    options: dict[str, Any],
+) -> TrainConfig:
+    """The training settings these parameters give, checked (unknown options, values out of
+    range), so that mistakes surface before any slow work. With ``n_clusters="auto"`` its K
+    is a stand-in: fitting chooses the real one. ``options`` are the objective's own."""
+    from imgcluster.errors import ParameterError
+    from imgcluster.objectives import objective_flags
+    from imgcluster.preflight import parse_clusters
+
+    requested = parse_clusters(n_clusters)
+    if requested is None and k_max < k_min:
+        raise ParameterError(f"{{k_max}} ({k_max}) must not be below {{k_min}} ({k_min})")
+    for name, value, least in (("batch_size", batch_size, 2), ("knn", knn, 1), ("epochs", epochs, 1)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
+            raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
+        raise ParameterError(f"{{lr}} must be above 0, got {lr!r}")
+    flags = objective_flags(objective, options, balance=balance, self_label=self_label, uco=uco)
+    return TrainConfig(
+        objective=objective, clusters=requested or DEFAULT_CLUSTERS,
+        epochs=TrainConfig.epochs if epochs is None else int(epochs), batch_size=int(batch_size),
+        lr=float(lr), knn=int(knn), seed=int(seed), objective_options=flags,
+        min_steps=TrainConfig.min_steps if epochs is None else 0,
+    )  # fmt: skip
