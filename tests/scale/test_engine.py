@@ -32,4 +32,3 @@ def test_a_local_instance_is_started_and_ended_a_callers_is_left_running(ray_env
             assert ray.get(ray.put(7)) == 7
         assert ray.is_initialized()
     assert not ray.is_initialized()
-

@@ -1,0 +1,105 @@
+"""embed_to_store on one local Ray (started once for the module): same answer, resume, bad files, faults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagefolders import CLASSES, copy_sample, sample_image
+from PIL import Image
+
+from imgcluster import featurestore as fst
+from imgcluster.scale import embed_job
+from imgcluster.scale.embed_actor import CRASH_VARIABLE
+
+pytest.importorskip("ray", reason="the Ray engine's tests need the 'ray' extra: pip install 'imgcluster[ray]'")
+pq = pytest.importorskip("pyarrow.parquet")
+
+pytestmark = pytest.mark.slow
+MODEL = "efficientnet-lite0"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_sample(tmp_path_factory.mktemp("ray") / "photos", CLASSES[:2], per_class=3)
+
+
+def physical_rows(uri: Path) -> list[str]:
+    return [p for f in sorted(uri.glob("part-*/*.parquet")) for p in pq.read_table(f).column("path").to_pylist()]
+
+
+def test_same_features_as_one_machine_and_a_complete_store_needs_no_ray(
+    local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imgcluster
+
+    out = tmp_path / "features"
+    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL)
+    assert (summary.embedded, summary.reused, summary.skipped) == (6, 0, [])
+    local = imgcluster.embed(photos, MODEL, cache_dir=tmp_path / "cache", device="cpu", workers=0)
+    paths, features = fst.read_features(str(out))
+    order = [local.paths.index(p) for p in paths]
+    assert sorted(paths) == sorted(local.paths)
+    np.testing.assert_allclose(features, local.features[order].astype(np.float32), rtol=2e-3, atol=2e-3)
+    meta = fst.read_meta(str(out))
+    assert meta.model == MODEL and meta.compute == "float32" and meta.config["source"] == str(photos)
+
+    def no_ray(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray was started with nothing to do")
+
+    monkeypatch.setattr(embed_job, "_run", no_ray)
+    again = embed_job.embed_to_store(str(photos), str(out), model=MODEL)
+    assert (again.embedded, again.reused) == (0, 6)
+
+
+def test_a_killed_actor_loses_and_duplicates_nothing(
+    local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CRASH_VARIABLE, "2")  # the actor's process dies at its second batch; Ray restarts it
+    out = tmp_path / "features"
+    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL, batch_size=2)
+    assert (summary.embedded, summary.skipped) == (6, [])
+    rows = physical_rows(out)
+    assert len(rows) == len(set(rows)) == 6
+
+
+def test_a_failing_batch_is_retried_then_its_files_skipped(
+    local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CRASH_VARIABLE, "1:raise")
+    out = tmp_path / "features"
+    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL, batch_size=2)
+    assert summary.embedded == 4 and len(summary.skipped) == 2
+    assert all("embedding failed: RuntimeError: injected error" in reason for _, reason in summary.skipped)
+    assert set(fst.skipped_rows(str(out))) == {p for p, _ in summary.skipped}
+    assert fst.count_rows(str(out)) == 4
+
+
+def test_bad_files_are_skipped_with_reasons_and_not_retried_unless_asked(local_ray: object, tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path / "messy", CLASSES[:1], per_class=2)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is not an image\n")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sample_image(CLASSES[1]).resize((64, 48)).save(folder / "rotated.jpg", exif=exif)
+    out = tmp_path / "features"
+    summary = embed_job.embed_to_store(str(folder), str(out), model=MODEL)
+    reasons = dict(summary.skipped)
+    assert summary.embedded == 3 and set(reasons) == {"empty.png", "notes.jpg"}
+    assert "not an image" in reasons["notes.jpg"]
+    again = embed_job.embed_to_store(str(folder), str(out), model=MODEL)
+    assert (again.embedded, again.reused, dict(again.skipped)) == (0, 3, reasons)
+
+
+def test_a_stopped_job_rerun_embeds_only_what_is_missing(local_ray: object, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "features"
+    embed_job.embed_to_store(str(photos), str(out), model=MODEL)
+    parts = sorted(out.glob("part-*/*.parquet"))
+    parts[0].unlink()  # never written: the job stopped before this batch
+    parts[1].write_bytes(parts[1].read_bytes()[:40])  # torn by the stop
+    before = fst.count_rows(str(out), on_problem=lambda _: None)
+    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL)
+    assert summary.embedded == 6 - before and summary.reused == before
+    assert any(parts[1].name in p for p in summary.problems)
+    assert fst.count_rows(str(out), on_problem=lambda _: None) == 6
