@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-peers bench-startup clean
+.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-peers bench-startup bench-ray clean
 
 install: $(BIN)/imgcluster
 
@@ -66,6 +66,10 @@ bench-peers: install
 
 bench-startup: install
 	$(BIN)/python benchmarks/bench_startup.py
+
+# the Ray engine against the single-process path; writes benchmarks/results_ray.md
+bench-ray: install-ray
+	$(BIN)/python benchmarks/bench_ray.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -715,7 +715,7 @@ def assign(
             from imgcluster.scale import assign_store
 
             assign_store(
-                features, out=out or f"{_store_name(features)}-clusters.csv", head=head, engine=engine, ray_address=ray_address,
+                features, out=out or f"{_store_name(features)}-clusters.csv", head=head, engine=engine, address=ray_address,
                 train_sample=train_sample, min_confidence=min_confidence, names=names, explain=explain, device=device, raw_csv=raw_csv,
                 progress=show, **(_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label,
                                              uco, option) if head is None else {}),

@@ -20,10 +20,10 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 PARAMETERS = frozenset(
     {
         "actors", "address", "assignments", "balance", "batch_size", "cache_dir", "compile_model", "device", "dtype",
-        "embed_batch_size", "engine", "epochs", "explain", "features", "features_out", "folder", "folder_or_paths", "follow_symlinks",
+        "embed_batch_size", "engine", "epochs", "explain", "features_out", "folder", "folder_or_paths", "follow_symlinks",
         "head", "k_max", "k_min", "knn", "labelled_folder", "labels", "lock_timeout", "lr", "mad_factor", "manifest", "min_confidence",
         "mode", "model", "montage", "n_clusters", "names", "near_duplicates", "num_gpus", "objective", "objective_options", "out",
-        "per_cluster", "ray_address", "raw_csv", "reembed", "rehash", "retry_skipped", "seed", "self_label", "source", "threshold", "to",
+        "per_cluster", "raw_csv", "reembed", "rehash", "retry_skipped", "seed", "self_label", "source", "threshold", "to",
         "train_sample", "uco", "weights", "workers",
     }
 )  # fmt: skip

@@ -226,7 +226,7 @@ def assign_store(
     out: PathLike,
     head: PathLike | None = None,
     engine: str = "local",
-    ray_address: str | None = None,
+    address: str | None = None,
     num_cpus: int | None = None,
     n_clusters: int | str = DEFAULT_CLUSTERS,
     objective: str = DEFAULT_OBJECTIVE,
@@ -259,7 +259,7 @@ def assign_store(
     ``.json``. Columns: path (as the store records it), cluster, confidence, cluster_name
     (``names``, Lite0 stores only), outlier, outlier_reason, and the objective's explanations with
     ``explain`` (see :mod:`imgcluster.scale.labels` for how they are estimated at this scale).
-    ``engine`` is ``local`` or ``ray`` (``ray_address``: a cluster, None: a local instance of
+    ``engine`` is ``local`` or ``ray`` (``address``: a cluster, None: a local instance of
     ``num_cpus`` cores). Rows come in the store's order, bucket by bucket.
     """
     from imgcluster.atomic import check_writable
@@ -324,7 +324,7 @@ def assign_store(
             if engine == "ray":
                 from imgcluster.scale.engine import ray_session
 
-                with ray_session(ray_address, num_cpus):
+                with ray_session(address, num_cpus):
                     actors = num_cpus and max(1, num_cpus - 1)  # one CPU stays with the driver, which writes the CSV
                     _drain(ray_pass(sample.uri, head_path, model, actors, batch_rows), writers, tally, report)
             else:
