@@ -76,8 +76,11 @@ class Writers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._parquet is not None and exc[0] is None:
-            self._parquet.close()  # the footer, before the file is renamed into place
+        if self._parquet is not None:
+            # The footer, before the file is renamed into place (or, after a failure, before the
+            # temporary file is removed: a writer left open would write to a closed file later).
+            with contextlib.suppress(Exception) if exc[0] is not None else contextlib.nullcontext():
+                self._parquet.close()
         self._stack.__exit__(*exc)  # type: ignore[arg-type]
 
     def write(self, columns: dict[str, np.ndarray]) -> None:
@@ -334,7 +337,7 @@ def assign_store(
 
         raise Interrupted.wrap(
             exc, f"interrupted while assigning {tally.rows} of {sample.rows} rows: no CSV was written (it appears whole or not at all); "
-            f"the head is saved in {head_path}: give it as {{head}} to rerun without training"
+            f"the head is saved in {head_path}: give it as the head to rerun without training"
         ) from None  # fmt: skip
     for problem in problems:
         report.warning(f"feature file ignored: {problem}")

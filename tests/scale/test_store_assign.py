@@ -101,3 +101,20 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
     missing = runner.invoke(app, ["assign", "--features", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.csv")])
     assert missing.exit_code == 1 and "no imgcluster features at" in missing.stderr
     assert not np.any([p.name == "x.csv" for p in tmp_path.iterdir()])
+
+
+def test_a_stopped_pass_writes_no_csv_and_says_where_the_head_is(store: tuple[str, Path], tmp_path: Path) -> None:
+    from imgcluster.signals import Interrupted
+
+    uri, _ = store
+
+    def stop(event: imgcluster.Event) -> None:
+        if event.stage == "assign" and event.kind == "advance":
+            raise KeyboardInterrupt
+
+    out = tmp_path / "c.csv"
+    with pytest.raises(Interrupted) as stopped:
+        assign_store(uri, out=out, n_clusters=5, epochs=2, names=False, batch_rows=16, device="cpu", progress=stop)
+    assert "no CSV was written" in str(stopped.value) and "give it as the head to rerun without training" in str(stopped.value)
+    assert not out.exists() and not out.with_suffix(".parquet").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left either
