@@ -351,8 +351,9 @@ def report(results: dict[str, dict[str, Any]], seconds: float) -> str:
         "read the ratios, measured in one run, and expect them to move too. "
         f"{N_IMAGES} Fashion-MNIST test PNGs (28 px), {MODEL}, CPU; each part a fresh process; memory is the peak resident "
         "size of that process and all its descendants (Ray's GCS, raylet and workers), sampled every 0.2 s: pages of "
-        "Ray's shared-memory object store count once in every process that maps them, so Ray's figures are upper bounds. A part can be rerun alone (`--only NAME`, the others read from the last run's "
-        "results_ray.json): its load column shows when it ran (here the decode part, rerun to add the file sizes).",
+        "Ray's shared-memory object store count once in every process that maps them, so Ray's figures are upper bounds. "
+        "A part can be rerun alone (`--only NAME`, the others read from the last run's results_ray.json): its load "
+        "column shows when it ran (here the decode part, rerun to add the file sizes).",
         "",
         "## Embedding: single process against Ray",
         "",
