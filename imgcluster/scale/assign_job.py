@@ -282,7 +282,16 @@ def assign_store(
 
         import_ray()  # the missing extra is one line before any work
     out_text = os.fspath(out)
-    out_path, beside = check_out(out_text, Path(os.fspath(features)) if "://" not in os.fspath(features) else Path("."))
+    if head is not None:
+        from imgcluster.checkpoint import checkpoint_json
+
+        inputs = {Path(head): "the head checkpoint", checkpoint_json(Path(head)): "the head's description"}
+    else:
+        inputs = {}
+    out_path, beside = check_out(out_text, Path("."), inputs=inputs)
+    if beside is not None and parquet_path(beside) == beside:
+        raise ParameterError(f"{{out}} {out_text} is where the CSV goes, and its parquet copy goes beside it as <stem>.parquet: "
+                             "give the CSV a name ending in .csv")  # fmt: skip
     if out_path is not None:
         check_writable(out_path)  # fail before the training, not after it
     progress, warnings = keeping_warnings(progress)

@@ -94,6 +94,9 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
         (["train", str(SAMPLE), "--train-sample", "100"], "--train-sample applies only with --features"),
         (["assign", "--features", uri, "--engine", "spark"], "--engine must be local or ray"),
         (["train"], "Missing argument 'FOLDER'"),
+        (["assign", "--features", uri, "--out", str(tmp_path / "c.parquet")], f"--out {tmp_path / 'c.parquet'} is where the CSV goes"),
+        (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--out", str(tmp_path / "h.safetensors")],
+         "is the head checkpoint, which this run reads"),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.stderr)
