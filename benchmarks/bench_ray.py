@@ -208,7 +208,7 @@ def part_ray() -> dict[str, Any]:
     import ray
 
     start = time.perf_counter()
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
     init = time.perf_counter() - start
     job, rows = _embed_ray(png_folder(), store_path())
     ray.shutdown()
@@ -249,7 +249,7 @@ def _embedding_workers() -> list[int]:
 def part_kill() -> dict[str, Any]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
     store = WORK / "store-kill"
     killed: list[tuple[float, int]] = []
     start = time.perf_counter()
@@ -287,7 +287,7 @@ def part_knn() -> dict[str, Any]:
     rng = np.random.default_rng(0)
     centres = rng.normal(size=(200, 64))
     synthetic = (centres[rng.integers(0, 200, 100_000)] + rng.normal(size=(100_000, 64))).astype(np.float32)
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
     out: dict[str, Any] = {}
     for label, x, parts in (("fashion-2000", real, 20), ("synthetic-100k", synthetic, 100)):
         start = time.perf_counter()
@@ -317,7 +317,7 @@ def part_assign() -> dict[str, Any]:
         local = assign_store(str(store_path()), out=Path(tmp) / "local.csv", head=head, device="cpu")
         local_s = time.perf_counter() - start
         start = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
+        ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
         init = time.perf_counter() - start
         start = time.perf_counter()
         distributed = assign_store(str(store_path()), out=Path(tmp) / "ray.csv", head=head, engine="ray", device="cpu")

@@ -198,17 +198,27 @@ class _Labeller:
 
 def ray_pass(uri: str, head: Path, model: SampleModel, actors: int | None, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
     """The pass as Ray Data ``map_batches`` over the store's buckets; Ray must be initialised."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
     from imgcluster.featurestore import bucket_folders
+    from imgcluster.scale.embed_job import _quiet_data_context  # no progress bars, errors in a batch retried
 
     folders = bucket_folders(uri)
     if not folders:
         return
-    context = DataContext.get_current()
-    context.execution_options.preserve_order = True  # the local pass's order: the CSV does not depend on the engine
-    context.actor_task_retry_on_errors = True  # an error in one batch retries it instead of ending the job
+    with _quiet_data_context() as context:
+        previous = context.execution_options.preserve_order
+        context.execution_options.preserve_order = True  # the local pass's order: the CSV does not depend on the engine
+        try:
+            yield from _map_buckets(uri, folders, head, model, actors, batch_rows)
+        finally:
+            context.execution_options.preserve_order = previous
+
+
+def _map_buckets(
+    uri: str, folders: list[str], head: Path, model: SampleModel, actors: int | None, batch_rows: int
+) -> Iterator[dict[str, np.ndarray]]:
+    import ray
+    from ray.data import ActorPoolStrategy
+
     size = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     dataset = ray.data.from_items([{"bucket": f} for f in folders], override_num_blocks=len(folders))
     labelled = dataset.map_batches(
