@@ -297,8 +297,8 @@ def _run(
         batch_size = config.batch_size or default_batch_size(device, n_listed)
         spec = dataclasses.replace(spec, batch_size=batch_size, use_gpu=use_gpu, threads=actor_cpus)
         table = _ray_table(todo)
-        block_rows = batch_size * 4
-        blocks = [table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)]
+        # One block per batch: each decode task is a batch's worth of work, the unit a stop or a retry repeats.
+        blocks = [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)]
         ds = ray.data.from_arrow(blocks)
         # Retries are bounded (Ray Data's default for actors is forever: a file that crashes the
         # model every time would loop); Ray 2.60 takes them only through the keyword arguments it

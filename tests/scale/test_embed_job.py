@@ -10,6 +10,7 @@ from imagefolders import CLASSES, copy_sample, sample_image
 from PIL import Image
 
 from imgcluster import featurestore as fst
+from imgcluster.progress import Event
 from imgcluster.scale import embed_job
 from imgcluster.scale.embed_actor import CRASH_VARIABLE
 
@@ -94,12 +95,35 @@ def test_bad_files_are_skipped_with_reasons_and_not_retried_unless_asked(local_r
 
 def test_a_stopped_job_rerun_embeds_only_what_is_missing(local_ray: object, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "features"
-    embed_job.embed_to_store(str(photos), str(out), model=MODEL)
+
+    def stop_after_the_first_batch(event: Event) -> None:
+        if event.kind == "advance":
+            raise KeyboardInterrupt
+
+    with pytest.raises(embed_job.EmbedInterrupted) as info:
+        embed_job.embed_to_store(str(photos), str(out), model=MODEL, batch_size=2, progress=stop_after_the_first_batch)
+    assert 0 < info.value.summary.embedded < 6 and "are kept, and the next run embeds only what is missing" in str(info.value)
     parts = sorted(out.glob("part-*/*.parquet"))
-    parts[0].unlink()  # never written: the job stopped before this batch
-    parts[1].write_bytes(parts[1].read_bytes()[:40])  # torn by the stop
-    before = fst.count_rows(str(out), on_problem=lambda _: None)
-    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL)
-    assert summary.embedded == 6 - before and summary.reused == before
-    assert any(parts[1].name in p for p in summary.problems)
+    torn = pq.read_table(parts[0]).column("path").to_pylist()
+    parts[0].write_bytes(parts[0].read_bytes()[:40])  # torn by the stop
+    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL, batch_size=2)
+    assert summary.embedded + summary.reused == 6 and len(torn) <= summary.embedded < 6
+    assert any(parts[0].name in p for p in summary.problems)
     assert fst.count_rows(str(out), on_problem=lambda _: None) == 6
+
+
+def test_the_command_line_runs_the_job_and_says_what_it_did(local_ray: object, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgcluster.cli import app
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    (folder / "notes.jpg").write_text("this is not an image\n")
+    out = tmp_path / "features"
+    result = CliRunner().invoke(app, ["embed", str(folder), "--engine", "ray", "--features-out", str(out), "--model", MODEL])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert "3 images: 0 in the store, 0 recorded as unreadable, 3 to embed" in lines
+    assert any(line.startswith("embedded 2, reused 0, skipped 1 in ") for line in lines)
+    assert lines[-1] == f"warning: skipped 1 unreadable file; reasons in {out}/_skipped/"
+    assert result.stdout == ""
