@@ -1,4 +1,5 @@
-"""embed_to_store on one local Ray (started once for the module): same answer, resume, bad files, faults."""
+"""embed_to_store: what a rerun embeds (no Ray needed), and jobs on one local Ray started once for the module (the
+``local_ray`` fixture skips them without the extra): same answer, resume, bad files, faults, the command line."""
 
 from __future__ import annotations
 
@@ -14,10 +15,8 @@ from imgcluster.progress import Event
 from imgcluster.scale import embed_job
 from imgcluster.scale.embed_actor import CRASH_VARIABLE
 
-pytest.importorskip("ray", reason="the Ray engine's tests need the 'ray' extra: pip install 'imgcluster[ray]'")
+pa = pytest.importorskip("pyarrow", reason="the Ray engine needs the 'ray' extra (with pyarrow)")
 pq = pytest.importorskip("pyarrow.parquet")
-
-pytestmark = pytest.mark.slow
 MODEL = "efficientnet-lite0"
 
 
@@ -30,6 +29,33 @@ def physical_rows(uri: Path) -> list[str]:
     return [p for f in sorted(uri.glob("part-*/*.parquet")) for p in pq.read_table(f).column("path").to_pylist()]
 
 
+def test_a_rerun_plans_only_new_or_changed_files_and_leaves_recorded_bad_ones(tmp_path: Path) -> None:
+    uri = str(tmp_path / "features")
+    store = fst.open_store(uri, fst.FeatureStoreMeta(model="m", key="k", identity={}, dim=2))
+    store.write(
+        ["same.png", "grown.png", "touched.png", "s3://b/obj.jpg"],
+        [10, 10, 10, 7],
+        [1, 1, 1, None],
+        [None, None, None, "e1"],
+        np.ones((4, 2)),
+    )
+    store.write_skipped(["bad.png", "fixed.png"], [3, 3], [1, 1], [None, None], ["not an image", "not an image"])
+    listing = pa.table(
+        {
+            "path": ["same.png", "grown.png", "touched.png", "s3://b/obj.jpg", "bad.png", "fixed.png", "new.png"],
+            "size": [10, 11, 10, 7, 3, 4, 5],
+            "mtime_ns": [1, 1, 2, 99, 1, 1, 1],  # an object's listed mtime differs, its etag decides
+            "etag": [None, None, None, "e1", None, None, None],
+        }
+    )
+    todo, reused, old_skips = embed_job._plan(listing, uri, retry_skipped=False, on_problem=print)
+    assert todo.column("path").to_pylist() == ["grown.png", "touched.png", "fixed.png", "new.png"]
+    assert reused == 2 and old_skips == [("bad.png", "not an image")]
+    todo, _, old_skips = embed_job._plan(listing, uri, retry_skipped=True, on_problem=print)
+    assert "bad.png" in todo.column("path").to_pylist() and old_skips == []
+
+
+@pytest.mark.slow
 def test_same_features_as_one_machine_and_a_complete_store_needs_no_ray(
     local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -54,6 +80,7 @@ def test_same_features_as_one_machine_and_a_complete_store_needs_no_ray(
     assert (again.embedded, again.reused) == (0, 6)
 
 
+@pytest.mark.slow
 def test_a_killed_actor_loses_and_duplicates_nothing(
     local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -65,6 +92,7 @@ def test_a_killed_actor_loses_and_duplicates_nothing(
     assert len(rows) == len(set(rows)) == 6
 
 
+@pytest.mark.slow
 def test_a_failing_batch_is_retried_then_its_files_skipped(
     local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -77,6 +105,7 @@ def test_a_failing_batch_is_retried_then_its_files_skipped(
     assert fst.count_rows(str(out)) == 4
 
 
+@pytest.mark.slow
 def test_bad_files_are_skipped_with_reasons_and_not_retried_unless_asked(local_ray: object, tmp_path: Path) -> None:
     folder = copy_sample(tmp_path / "messy", CLASSES[:1], per_class=2)
     (folder / "empty.png").write_bytes(b"")
@@ -93,6 +122,7 @@ def test_bad_files_are_skipped_with_reasons_and_not_retried_unless_asked(local_r
     assert (again.embedded, again.reused, dict(again.skipped)) == (0, 3, reasons)
 
 
+@pytest.mark.slow
 def test_a_stopped_job_rerun_embeds_only_what_is_missing(local_ray: object, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "features"
 
@@ -112,6 +142,7 @@ def test_a_stopped_job_rerun_embeds_only_what_is_missing(local_ray: object, phot
     assert fst.count_rows(str(out), on_problem=lambda _: None) == 6
 
 
+@pytest.mark.slow
 def test_the_command_line_runs_the_job_and_says_what_it_did(local_ray: object, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
