@@ -106,23 +106,6 @@ def test_a_failing_batch_is_retried_then_its_files_skipped(
 
 
 @pytest.mark.slow
-def test_bad_files_are_skipped_with_reasons_and_not_retried_unless_asked(local_ray: object, tmp_path: Path) -> None:
-    folder = copy_sample(tmp_path / "messy", CLASSES[:1], per_class=2)
-    (folder / "empty.png").write_bytes(b"")
-    (folder / "notes.jpg").write_text("this is not an image\n")
-    exif = Image.Exif()
-    exif[0x0112] = 6
-    sample_image(CLASSES[1]).resize((64, 48)).save(folder / "rotated.jpg", exif=exif)
-    out = tmp_path / "features"
-    summary = embed_job.embed_to_store(str(folder), str(out), model=MODEL)
-    reasons = dict(summary.skipped)
-    assert summary.embedded == 3 and set(reasons) == {"empty.png", "notes.jpg"}
-    assert "not an image" in reasons["notes.jpg"]
-    again = embed_job.embed_to_store(str(folder), str(out), model=MODEL)
-    assert (again.embedded, again.reused, dict(again.skipped)) == (0, 3, reasons)
-
-
-@pytest.mark.slow
 def test_a_stopped_job_rerun_embeds_only_what_is_missing(local_ray: object, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "features"
 
@@ -143,18 +126,26 @@ def test_a_stopped_job_rerun_embeds_only_what_is_missing(local_ray: object, phot
 
 
 @pytest.mark.slow
-def test_the_command_line_runs_the_job_and_says_what_it_did(local_ray: object, tmp_path: Path) -> None:
+def test_the_command_line_runs_the_job_bad_files_skipped_with_reasons_and_not_retried(local_ray: object, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
     from imgcluster.cli import app
 
     folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    (folder / "empty.png").write_bytes(b"")
     (folder / "notes.jpg").write_text("this is not an image\n")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sample_image(CLASSES[1]).resize((64, 48)).save(folder / "rotated.jpg", exif=exif)
     out = tmp_path / "features"
     result = CliRunner().invoke(app, ["embed", str(folder), "--engine", "ray", "--features-out", str(out), "--model", MODEL])
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
-    assert "3 images: 0 in the store, 0 recorded as unreadable, 3 to embed" in lines
-    assert any(line.startswith("embedded 2, reused 0, skipped 1 in ") for line in lines)
-    assert lines[-1] == f"warning: skipped 1 unreadable file; reasons in {out}/_skipped/"
+    assert "5 images: 0 in the store, 0 recorded as unreadable, 5 to embed" in lines
+    assert any(line.startswith("embedded 3, reused 0, skipped 2 in ") for line in lines)
+    assert lines[-1] == f"warning: skipped 2 unreadable files; reasons in {out}/_skipped/"
     assert result.stdout == ""
+    reasons = {path: reason for path, (*_, reason) in fst.skipped_rows(str(out)).items()}
+    assert set(reasons) == {"empty.png", "notes.jpg"} and reasons["notes.jpg"] == "not an image (unrecognised format)"
+    again = embed_job.embed_to_store(str(folder), str(out), model=MODEL)  # no Ray: nothing new, bad files not retried
+    assert (again.embedded, again.reused, dict(again.skipped)) == (0, 3, reasons)
