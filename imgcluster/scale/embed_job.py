@@ -102,7 +102,8 @@ def embed_to_store(
     ``manifest``: a parquet list of files (path, size, mtime_ns or etag) to embed instead of
     listing ``source``; its relative paths are relative to ``source``. ``address``: a Ray cluster
     (``"auto"``, ``"host:port"``, ``"ray://host:port"``); None starts a local instance.
-    ``num_gpus``: GPUs per embedding actor (default 1 when the cluster has GPUs, else the CPU);
+    ``num_gpus``: GPUs per embedding actor (default: 1 when this machine has a GPU and Ray runs
+    locally, else none; give it to use a remote cluster's GPUs);
     ``actors``: embedding actors (default one per GPU, or one). ``retry_skipped`` tries again
     the files recorded as not embeddable. ``progress`` receives :class:`imgcluster.progress.Event`
     objects; nothing is printed. A stop (Ctrl-C, SIGTERM) raises :class:`EmbedInterrupted`.
