@@ -149,3 +149,12 @@ def test_the_command_line_runs_the_job_bad_files_skipped_with_reasons_and_not_re
     assert set(reasons) == {"empty.png", "notes.jpg"} and reasons["notes.jpg"] == "not an image (unrecognised format)"
     again = embed_job.embed_to_store(str(folder), str(out), model=MODEL)  # no Ray: nothing new, bad files not retried
     assert (again.embedded, again.reused, dict(again.skipped)) == (0, 3, reasons)
+
+
+@pytest.mark.slow
+def test_the_per_file_time_limit_holds_in_the_decode_tasks(local_ray: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLUSTER_DECODE_TIMEOUT", "0.000001")  # read on the driver, handed to the tasks
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    summary = embed_job.embed_to_store(str(folder), str(tmp_path / "features"), model=MODEL)
+    assert summary.embedded == 0 and len(summary.skipped) == 2
+    assert all("the per-file limit, $IMGCLUSTER_DECODE_TIMEOUT" in reason for _, reason in summary.skipped)
