@@ -517,6 +517,12 @@ def embed(
             raise ParameterError(f"{{engine}} must be local or ray, not {engine!r}")
         ray_only = {"features_out": features_out, "address": ray_address, "manifest": manifest, "num_gpus": num_gpus, "actors": actors}
         if engine == "ray":
+            local_only = {
+                "cache_dir": cache_dir is not None, "workers": workers is not None, "device": device != "auto", "dtype": dtype != "float16",
+                "compile_model": compile_model, "lock_timeout": lock_timeout != 0, "rehash": rehash, "reembed": reembed, "raw_csv": raw_csv,
+            }  # fmt: skip
+            if unused := [name for name, given in local_only.items() if given]:
+                raise ParameterError(f"{{{unused[0]}}} is an option of {{engine}} local")
             _embed_on_ray(ui, show, source, features_out, ray_address, manifest, num_gpus, actors, retry_skipped, model, weights,
                           embed_batch_size, follow_symlinks)  # fmt: skip
             return

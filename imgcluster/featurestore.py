@@ -277,8 +277,11 @@ def open_store(uri: str, meta: FeatureStoreMeta, create: bool = True) -> Feature
     if text is not None:
         found = FeatureStoreMeta.from_json(text, f"{uri}/{META_NAME}")
         if found.key != meta.key:
+            why = ""
+            if found.model == meta.model and found.compute != meta.compute:
+                why = f" (computed in {found.compute}; this run computes in {meta.compute})"
             raise ImgclusterError(
-                f"{uri} holds features of {found.model} (key {found.key}), not of {meta.model} (key {meta.key}); "
+                f"{uri} holds features of {found.model} (key {found.key}), not of {meta.model} (key {meta.key}){why}; "
                 "write to another location, or delete it first"
             )
         return FeatureStore(uri, found)

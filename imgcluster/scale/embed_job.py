@@ -102,7 +102,8 @@ def embed_to_store(
     ``manifest``: a parquet list of files (path, size, mtime_ns or etag) to embed instead of
     listing ``source``; its relative paths are relative to ``source``. ``address``: a Ray cluster
     (``"auto"``, ``"host:port"``, ``"ray://host:port"``); None starts a local instance.
-    ``num_gpus``: GPUs per embedding actor (default 1 when the cluster has GPUs, else the CPU);
+    ``num_gpus``: GPUs per embedding actor (default: 1 when this machine has a GPU and Ray runs
+    locally, else none; give it to use a remote cluster's GPUs);
     ``actors``: embedding actors (default one per GPU, or one). ``retry_skipped`` tries again
     the files recorded as not embeddable. ``progress`` receives :class:`imgcluster.progress.Event`
     objects; nothing is printed. A stop (Ctrl-C, SIGTERM) raises :class:`EmbedInterrupted`.
@@ -297,8 +298,8 @@ def _run(
         batch_size = config.batch_size or default_batch_size(device, n_listed)
         spec = dataclasses.replace(spec, batch_size=batch_size, use_gpu=use_gpu, threads=actor_cpus)
         table = _ray_table(todo)
-        block_rows = batch_size * 4
-        blocks = [table.slice(i, block_rows) for i in range(0, table.num_rows, block_rows)]
+        # One block per batch: each decode task is a batch's worth of work, the unit a stop or a retry repeats.
+        blocks = [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)]
         ds = ray.data.from_arrow(blocks)
         # Retries are bounded (Ray Data's default for actors is forever: a file that crashes the
         # model every time would loop); Ray 2.60 takes them only through the keyword arguments it

@@ -10,6 +10,7 @@ come from the environment, as ``pyarrow.fs`` reads them (AWS_*, GOOGLE_APPLICATI
 
 from __future__ import annotations
 
+import functools
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -41,11 +42,21 @@ class Source:
     relative: bool  # True for a local folder: paths in the manifest are relative to ``root``
 
     def locate(self, path: str) -> tuple[pafs.FileSystem, str]:
-        """The filesystem and path to open a manifest row's file with."""
-        if "://" in path:
-            return resolve(path)
-        fs, root = resolve(self.uri)
-        return fs, posixpath.join(root, path)
+        """The filesystem and path to open a manifest row's file with: the source's own for its
+        files (with the options its URI carries), another one for a manifest's full URIs elsewhere."""
+        fs, root = _filesystem(self.uri)
+        if "://" not in path:
+            return fs, posixpath.join(root, path)
+        scheme, _, rest = path.partition("://")
+        if self.uri.startswith(f"{scheme}://") and rest.startswith(root.rstrip("/") + "/"):
+            return fs, rest
+        return _filesystem(f"{scheme}://{rest.split('/', 1)[0]}")[0], rest
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """One filesystem client per location and process: an S3 client costs a connection and a credentials lookup."""
+    return resolve(uri)
 
 
 def open_source(source: str) -> Source:

@@ -28,9 +28,12 @@ def test_without_the_extra_one_error_line_names_it(tmp_path: Path, monkeypatch: 
         (["--ray-address", "auto"], "error: --ray-address is an option of --engine ray"),
         (["--engine", "ray"], "error: --engine ray needs --features-out, the location of the features"),
         (["--engine", "spark"], "error: --engine must be local or ray, not 'spark'"),
+        (["--engine", "ray", "--features-out", "x", "--workers", "2"], "error: --workers is an option of --engine local"),
+        (["--engine", "ray", "--features-out", "x", "--compile"], "error: --compile is an option of --engine local"),
     ],
 )
-def test_ray_options_are_checked_in_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+def test_ray_options_are_checked_in_one_line(tmp_path: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative --features-out lands here, should a check let it through
     result = runner.invoke(app, ["embed", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines()[-1] == message
