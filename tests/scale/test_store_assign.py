@@ -86,6 +86,14 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
     done = runner.invoke(app, ["assign", "--features", uri, "--out", str(out), "-k", "5", "--epochs", "2", "--no-names", "--quiet"])
     assert done.exit_code == 0, done.stderr
     assert len(_rows(out)) == 125 and out.with_suffix(".parquet").is_file()
+    head = tmp_path / "h.safetensors"
+    trained = runner.invoke(app, ["train", "--features", uri, "--out", str(head), "-k", "5", "--epochs", "2", "--objective", "dsc2i"])
+    assert trained.exit_code == 0, trained.stderr
+    assert f"imgcluster assign --features {uri} --head {head}" in trained.stderr and head.is_file()
+    explained = runner.invoke(app, ["assign", "--features", uri, "--head", str(head), "--explain", "--out", str(tmp_path / "e.csv")])
+    assert explained.exit_code == 0, explained.stderr
+    explained_rows = _rows(tmp_path / "e.csv")
+    assert len(explained_rows) == 125 and {"distance", "runner_up", "runner_up_distance"} <= set(explained_rows[0])  # dsc2i's columns
     for args, message in [
         (["assign", str(SAMPLE), "--features", uri], "give FOLDER or --features, not both"),
         (["assign", "--features", uri, "--model", "efficientnet-lite0"], "--model applies to embedding a FOLDER"),
