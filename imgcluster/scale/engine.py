@@ -72,8 +72,8 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
         yield
         return
     kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-    if address is None:
-        kwargs.update(num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+    if address is None:  # "local": a new instance even where `ray start` runs one that ray.init() would join
+        kwargs.update(address="local", num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     else:
         kwargs["address"] = address
     try:

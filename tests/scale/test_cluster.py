@@ -40,3 +40,13 @@ def test_two_nodes_embed_every_file_once_and_the_session_is_left_to_its_owner(tw
     assert fst.count_rows(str(out)) == 4
     assert not ray.is_initialized()  # connected for the job, disconnected after it; the cluster runs on
     assert len(two_nodes.list_all_nodes()) == 2
+
+
+def test_without_an_address_a_new_local_instance_starts_beside_a_running_cluster(two_nodes: Any) -> None:
+    import ray
+
+    from imgcluster.scale.engine import ray_session
+
+    with ray_session(None, num_cpus=1):  # ray.init() alone would join the cluster `ray start` registered on this machine
+        assert ray.cluster_resources()["CPU"] == 1 and len(ray.nodes()) == 1
+    assert not ray.is_initialized() and len(two_nodes.list_all_nodes()) == 2
