@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-peers bench-startup clean
+.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-peers bench-startup bench-ray clean
 
 install: $(BIN)/imgcluster
 
@@ -21,6 +21,13 @@ install-gpu: install
 	$(BIN)/pip install -q -e '.[gpu]'
 	$(BIN)/pip uninstall -y -q faiss-cpu
 	$(BIN)/pip install -q --force-reinstall --no-deps 'faiss-gpu-cu12>=1.8'
+
+# The Ray engine's extra (ray[data], pyarrow); without it the tests under tests/scale/ skip, saying why.
+install-ray: $(BIN)/.ray-installed
+
+$(BIN)/.ray-installed: $(BIN)/imgcluster
+	$(BIN)/pip install -q -e '.[ray]' 'moto[server]>=5'  # moto: the local S3 server of the s3:// tests
+	touch $@
 
 test: install
 	$(BIN)/pytest -q $(PYTEST_ARGS)
@@ -59,6 +66,10 @@ bench-peers: install
 
 bench-startup: install
 	$(BIN)/python benchmarks/bench_startup.py
+
+# the Ray engine against the single-process path; writes benchmarks/results_ray.md
+bench-ray: install-ray
+	$(BIN)/python benchmarks/bench_ray.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

@@ -240,7 +240,9 @@ def handled(ui: UI) -> Iterator[None]:
 
 
 # Library parameters whose command-line parameter has another name.
-CLI_NAMES = {"n_clusters": "clusters", "objective_options": "option", "folder_or_paths": "folder"}
+CLI_NAMES = {
+    "address": "ray_address", "n_clusters": "clusters", "objective_options": "option", "folder_or_paths": "folder",
+}  # fmt: skip
 # Library parameters whose flag is not simply ``--`` + the name with dashes, when the command has no such parameter.
 FLAG_OVERRIDES = {
     "n_clusters": "--clusters",
@@ -471,7 +473,33 @@ def _write_report(show: Printer, assignments: Path, **options: Any) -> None:
     epilog="Examples:\n\n  imgcluster embed ./photos\n\n  imgcluster embed ./photos --model efficientnet-lite0 --cache-dir /tmp/cache",
 )
 def embed(
-    folder: Folder,
+    source: Annotated[
+        str,
+        typer.Argument(
+            metavar="SOURCE",
+            help="Folder of images (searched recursively); with --engine ray also an s3:// or gs:// prefix.",
+            show_default=False,
+        ),
+    ],
+    engine: Annotated[str, typer.Option("--engine", help="local (this machine, cached in the folder) or ray (a Ray cluster).")] = "local",
+    ray_address: Annotated[
+        Optional[str], typer.Option("--ray-address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT. Default: a local Ray instance.")
+    ] = None,
+    features_out: Annotated[
+        Optional[str], typer.Option("--features-out", help="Where the Ray engine writes features: a folder, file://, s3:// or gs:// URI.")
+    ] = None,
+    manifest: Annotated[
+        Optional[str], typer.Option("--manifest", help="Ray engine: a parquet list of files (path, size, mtime_ns or etag) to embed.")
+    ] = None,
+    num_gpus: Annotated[
+        Optional[float], typer.Option("--num-gpus", min=0, help="Ray engine: GPUs per embedding actor (default: 1 with local GPUs).")
+    ] = None,
+    actors: Annotated[
+        Optional[int], typer.Option("--actors", min=1, help="Ray engine: embedding actors. Default: one per GPU, or one.")
+    ] = None,
+    retry_skipped: Annotated[
+        bool, typer.Option("--retry-skipped", help="Ray engine: try again the files a previous run recorded as unreadable.")
+    ] = False,
     model: ModelOpt = "auto",
     weights: WeightsOpt = None,
     cache_dir: CacheOpt = None,
@@ -490,8 +518,24 @@ def embed(
     """Compute and cache backbone features; a second run embeds only new or changed images."""
     ui = UI(quiet)
     with handled(ui), Printer(ui) as show:
+        if engine not in ("local", "ray"):
+            raise ParameterError(f"{{engine}} must be local or ray, not {engine!r}")
+        ray_only = {"features_out": features_out, "address": ray_address, "manifest": manifest, "num_gpus": num_gpus, "actors": actors}
+        if engine == "ray":
+            local_only = {
+                "cache_dir": cache_dir is not None, "workers": workers is not None, "device": device != "auto", "dtype": dtype != "float16",
+                "compile_model": compile_model, "lock_timeout": lock_timeout != 0, "rehash": rehash, "reembed": reembed, "raw_csv": raw_csv,
+            }  # fmt: skip
+            if unused := [name for name, given in local_only.items() if given]:
+                raise ParameterError(f"{{{unused[0]}}} is an option of {{engine}} local")
+            _embed_on_ray(ui, show, source, features_out, ray_address, manifest, num_gpus, actors, retry_skipped, model, weights,
+                          embed_batch_size, follow_symlinks)  # fmt: skip
+            return
+        given = [name for name, value in ray_only.items() if value is not None] + (["retry_skipped"] if retry_skipped else [])
+        if given:
+            raise ParameterError(f"{{{given[0]}}} is an option of {{engine}} ray")
         result = imgcluster.embed(
-            folder, progress=show,
+            Path(source), progress=show,
             **_embedding(
                 model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout, rehash,
                 reembed,
@@ -500,6 +544,26 @@ def embed(
         skipped = result.write_skipped(raw_csv=raw_csv)
         if skipped is not None:
             ui.warn(f"skipped {count(len(result.skipped), 'unreadable file')}; details in {skipped}")
+
+
+def _embed_on_ray(
+    ui: UI, show: Printer, source: str, features_out: str | None, address: str | None, manifest: str | None, num_gpus: float | None,
+    actors: int | None, retry_skipped: bool, model: str, weights: Path | None, batch_size: int | None, follow_symlinks: bool,
+) -> None:  # fmt: skip
+    """``embed --engine ray``: one call of :func:`imgcluster.scale.embed_to_store`."""
+    if features_out is None:
+        raise ParameterError("{engine} ray needs {features_out}, the location of the features")
+    from imgcluster.scale import embed_to_store
+
+    summary = embed_to_store(
+        source, features_out, model=model, weights=None if weights is None else str(weights), manifest=manifest, address=address,
+        batch_size=batch_size, num_gpus=num_gpus, actors=actors, retry_skipped=retry_skipped, follow_symlinks=follow_symlinks,
+        progress=show,
+    )  # fmt: skip
+    if summary.manifest:
+        ui.info(f"the listing is kept in {summary.manifest}; pass it as --manifest to skip listing next time")
+    if summary.skipped:
+        ui.warn(f"skipped {count(len(summary.skipped), 'unreadable file')}; reasons in {features_out.rstrip('/')}/_skipped/")
 
 
 @app.command(
@@ -662,7 +726,7 @@ def assign(
             from imgcluster.scale import assign_store
 
             assign_store(
-                features, out=out or f"{_store_name(features)}-clusters.csv", head=head, engine=engine, ray_address=ray_address,
+                features, out=out or f"{_store_name(features)}-clusters.csv", head=head, engine=engine, address=ray_address,
                 train_sample=train_sample, min_confidence=min_confidence, names=names, explain=explain, device=device, raw_csv=raw_csv,
                 progress=show, **(_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label,
                                              uco, option) if head is None else {}),

@@ -299,20 +299,34 @@ def embed_files(
             if tensor is None:
                 yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, seen)
                 continue
-            n = tensor.shape[0]
-            tensor = tensor.to(device, non_blocking=True)
-            if to_floats is not None:
-                tensor = to_floats(tensor)
-            # Always one shape: the CPU kernels for a batch of 1 round differently from larger ones
-            # (measured with EfficientNet-Lite0), and a resumed or incremental run groups images
-            # differently, so without padding its features could differ in the last bits; a
-            # ragged last batch would also recompile a compiled model.
-            if n < batch_size:
-                tensor = torch.cat([tensor, tensor.new_zeros((batch_size - n, *tensor.shape[1:]))])
-            x = tensor.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = model(x)
-            yield EmbeddedBatch(indices, out[:n].float().cpu().numpy(), failures, seen)
+            yield EmbeddedBatch(indices, forward(model, tensor, to_floats, batch_size, device, bf16), failures, seen)
+
+
+def forward(
+    model: torch.nn.Module,
+    pixels: torch.Tensor,
+    to_floats: Callable[[torch.Tensor], torch.Tensor] | None,
+    batch_size: int,
+    device: torch.device,
+    bf16: bool,
+) -> np.ndarray:
+    """One forward pass over a decoded batch (uint8 pixels when ``to_floats`` is given), as float32
+    features; shared by the single-machine loop and the Ray engine's actors. Call it inside
+    ``torch.inference_mode()``."""
+    n = pixels.shape[0]
+    tensor = pixels.to(device, non_blocking=True)
+    if to_floats is not None:
+        tensor = to_floats(tensor)
+    # Always one shape: the CPU kernels for a batch of 1 round differently from larger ones
+    # (measured with EfficientNet-Lite0), and a resumed or incremental run groups images
+    # differently, so without padding its features could differ in the last bits; a
+    # ragged last batch would also recompile a compiled model.
+    if n < batch_size:
+        tensor = torch.cat([tensor, tensor.new_zeros((batch_size - n, *tensor.shape[1:]))])
+    x = tensor.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        out = model(x)
+    return cast(np.ndarray, out[:n].float().cpu().numpy())
 
 
 def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:

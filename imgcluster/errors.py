@@ -19,12 +19,12 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 # tests/test_errors.py checks that every placeholder the package writes is listed here.
 PARAMETERS = frozenset(
     {
-        "assignments", "balance", "batch_size", "cache_dir", "compile_model", "device", "dtype", "embed_batch_size", "epochs",
-        "explain", "folder", "folder_or_paths", "follow_symlinks", "head", "k_max", "k_min", "knn", "labelled_folder", "labels",
-        "lock_timeout", "lr", "mad_factor", "min_confidence", "mode", "model", "montage", "n_clusters", "names",
-        "near_duplicates", "objective", "objective_options", "out", "per_cluster", "raw_csv", "reembed", "rehash", "seed",
-        "self_label", "threshold", "to", "uco", "weights", "workers",
-        "engine", "features", "ray_address", "train_sample",  # imgcluster.scale's train and assign from a feature store
+        "actors", "address", "assignments", "balance", "batch_size", "cache_dir", "compile_model", "device", "dtype",
+        "embed_batch_size", "engine", "epochs", "explain", "features_out", "folder", "folder_or_paths", "follow_symlinks",
+        "head", "k_max", "k_min", "knn", "labelled_folder", "labels", "lock_timeout", "lr", "mad_factor", "manifest", "min_confidence",
+        "mode", "model", "montage", "n_clusters", "names", "near_duplicates", "num_gpus", "objective", "objective_options", "out",
+        "per_cluster", "raw_csv", "reembed", "rehash", "retry_skipped", "seed", "self_label", "source", "threshold", "to",
+        "train_sample", "uco", "weights", "workers",
     }
 )  # fmt: skip
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 FORMAT = "imgcluster-features/1"
 META_NAME = "_imgcluster.json"
 SKIPPED_DIR = "_skipped"
+MANIFEST_NAME = "_manifest.parquet"  # a listed prefix, kept for the next run (imgcluster.scale.sources)
 PART_PREFIX = "part-"
 N_BUCKETS = 256
 
@@ -101,7 +102,7 @@ def _is_local(fs: pafs.FileSystem) -> bool:
     return isinstance(fs, pafs.LocalFileSystem)
 
 
-def _write_table(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+def write_parquet_file(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
     """Write one parquet file so that it appears complete or not at all where the filesystem allows.
 
     Local files are written under a hidden temporary name and renamed; object stores make an
@@ -219,7 +220,7 @@ class FeatureStore:
         for bucket in np.unique(buckets):
             rows = table.take(pa.array(np.flatnonzero(buckets == bucket)))
             target = posixpath.join(root, f"{PART_PREFIX}{int(bucket):03d}", f"{uuid.uuid4().hex}.parquet")
-            _write_table(fs, target, rows)
+            write_parquet_file(fs, target, rows)
             written.append(target)
         return written
 
@@ -249,7 +250,7 @@ class FeatureStore:
             schema=skipped_schema(),
         )
         target = posixpath.join(root, SKIPPED_DIR, f"{uuid.uuid4().hex}.parquet")
-        _write_table(fs, target, table)
+        write_parquet_file(fs, target, table)
         return target
 
 
@@ -276,8 +277,11 @@ def open_store(uri: str, meta: FeatureStoreMeta, create: bool = True) -> Feature
     if text is not None:
         found = FeatureStoreMeta.from_json(text, f"{uri}/{META_NAME}")
         if found.key != meta.key:
+            why = ""
+            if found.model == meta.model and found.compute != meta.compute:
+                why = f" (computed in {found.compute}; this run computes in {meta.compute})"
             raise ImgclusterError(
-                f"{uri} holds features of {found.model} (key {found.key}), not of {meta.model} (key {meta.key}); "
+                f"{uri} holds features of {found.model} (key {found.key}), not of {meta.model} (key {meta.key}){why}; "
                 "write to another location, or delete it first"
             )
         return FeatureStore(uri, found)
@@ -295,7 +299,7 @@ def open_store(uri: str, meta: FeatureStoreMeta, create: bool = True) -> Feature
 
 
 def _ours(name: str) -> bool:
-    return name in (META_NAME, SKIPPED_DIR) or name.startswith(PART_PREFIX) or name.startswith(".")
+    return name in (META_NAME, SKIPPED_DIR, MANIFEST_NAME) or name.startswith(PART_PREFIX) or name.startswith(".")
 
 
 @dataclass(frozen=True)

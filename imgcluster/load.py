@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps
@@ -72,7 +73,7 @@ def decode_timeout() -> float:
         return DECODE_TIMEOUT
 
 
-def load_rgb(path: Path, draft_size: int | None = None) -> Image.Image:
+def load_rgb(path: Path | IO[bytes], draft_size: int | None = None) -> Image.Image:
     """Open ``path`` as 8-bit RGB with EXIF orientation applied.
 
     ``draft_size`` lets JPEG decoding downscale at the source (Pillow's draft mode) when the model

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -131,6 +132,9 @@ def test_another_model_is_refused_never_mixed(tmp_path: Path) -> None:
     fst.open_store(uri, meta("k1", "efficientnet-lite0"))
     with pytest.raises(ImgclusterError, match=r"holds features of efficientnet-lite0 \(key k1\), not of dinov2-small \(key k2\)"):
         fst.open_store(uri, meta("k2", "dinov2-small"))
+    on_gpus = dataclasses.replace(meta("k3"), compute="bfloat16")
+    with pytest.raises(ImgclusterError, match=r"\(computed in float32; this run computes in bfloat16\)"):
+        fst.open_store(uri, on_gpus)
     again = fst.open_store(uri, meta("k1"), create=False)
     assert again.meta.key == "k1"
 

@@ -76,8 +76,11 @@ class Writers:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._parquet is not None and exc[0] is None:
-            self._parquet.close()  # the footer, before the file is renamed into place
+        if self._parquet is not None:
+            # The footer, before the file is renamed into place (or, after a failure, before the
+            # temporary file is removed: a writer left open would write to a closed file later).
+            with contextlib.suppress(Exception) if exc[0] is not None else contextlib.nullcontext():
+                self._parquet.close()
         self._stack.__exit__(*exc)  # type: ignore[arg-type]
 
     def write(self, columns: dict[str, np.ndarray]) -> None:
@@ -195,17 +198,27 @@ class _Labeller:
 
 def ray_pass(uri: str, head: Path, model: SampleModel, actors: int | None, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
     """The pass as Ray Data ``map_batches`` over the store's buckets; Ray must be initialised."""
-    import ray
-    from ray.data import ActorPoolStrategy, DataContext
-
     from imgcluster.featurestore import bucket_folders
+    from imgcluster.scale.embed_job import _quiet_data_context  # no progress bars, errors in a batch retried
 
     folders = bucket_folders(uri)
     if not folders:
         return
-    context = DataContext.get_current()
-    context.execution_options.preserve_order = True  # the local pass's order: the CSV does not depend on the engine
-    context.actor_task_retry_on_errors = True  # an error in one batch retries it instead of ending the job
+    with _quiet_data_context() as context:
+        previous = context.execution_options.preserve_order
+        context.execution_options.preserve_order = True  # the local pass's order: the CSV does not depend on the engine
+        try:
+            yield from _map_buckets(uri, folders, head, model, actors, batch_rows)
+        finally:
+            context.execution_options.preserve_order = previous
+
+
+def _map_buckets(
+    uri: str, folders: list[str], head: Path, model: SampleModel, actors: int | None, batch_rows: int
+) -> Iterator[dict[str, np.ndarray]]:
+    import ray
+    from ray.data import ActorPoolStrategy
+
     size = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     dataset = ray.data.from_items([{"bucket": f} for f in folders], override_num_blocks=len(folders))
     labelled = dataset.map_batches(
@@ -226,7 +239,7 @@ def assign_store(
     out: PathLike,
     head: PathLike | None = None,
     engine: str = "local",
-    ray_address: str | None = None,
+    address: str | None = None,
     num_cpus: int | None = None,
     n_clusters: int | str = DEFAULT_CLUSTERS,
     objective: str = DEFAULT_OBJECTIVE,
@@ -259,7 +272,7 @@ def assign_store(
     ``.json``. Columns: path (as the store records it), cluster, confidence, cluster_name
     (``names``, Lite0 stores only), outlier, outlier_reason, and the objective's explanations with
     ``explain`` (see :mod:`imgcluster.scale.labels` for how they are estimated at this scale).
-    ``engine`` is ``local`` or ``ray`` (``ray_address``: a cluster, None: a local instance of
+    ``engine`` is ``local`` or ``ray`` (``address``: a cluster, None: a local instance of
     ``num_cpus`` cores). Rows come in the store's order, bucket by bucket.
     """
     from imgcluster.atomic import check_writable
@@ -279,7 +292,16 @@ def assign_store(
 
         import_ray()  # the missing extra is one line before any work
     out_text = os.fspath(out)
-    out_path, beside = check_out(out_text, Path(os.fspath(features)) if "://" not in os.fspath(features) else Path("."))
+    if head is not None:
+        from imgcluster.checkpoint import checkpoint_json
+
+        inputs = {Path(head): "the head checkpoint", checkpoint_json(Path(head)): "the head's description"}
+    else:
+        inputs = {}
+    out_path, beside = check_out(out_text, Path("."), inputs=inputs)
+    if beside is not None and parquet_path(beside) == beside:
+        raise ParameterError(f"{{out}} {out_text} is where the CSV goes, and its parquet copy goes beside it as <stem>.parquet: "
+                             "give the CSV a name ending in .csv")  # fmt: skip
     if out_path is not None:
         check_writable(out_path)  # fail before the training, not after it
     progress, warnings = keeping_warnings(progress)
@@ -324,7 +346,7 @@ def assign_store(
             if engine == "ray":
                 from imgcluster.scale.engine import ray_session
 
-                with ray_session(ray_address, num_cpus):
+                with ray_session(address, num_cpus):
                     actors = num_cpus and max(1, num_cpus - 1)  # one CPU stays with the driver, which writes the CSV
                     _drain(ray_pass(sample.uri, head_path, model, actors, batch_rows), writers, tally, report)
             else:
@@ -334,7 +356,7 @@ def assign_store(
 
         raise Interrupted.wrap(
             exc, f"interrupted while assigning {tally.rows} of {sample.rows} rows: no CSV was written (it appears whole or not at all); "
-            f"the head is saved in {head_path}: give it as {{head}} to rerun without training"
+            f"the head is saved in {head_path}: give it as the head to rerun without training"
         ) from None  # fmt: skip
     for problem in problems:
         report.warning(f"feature file ignored: {problem}")

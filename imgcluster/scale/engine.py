@@ -32,10 +32,27 @@ def import_ray() -> ModuleType:
     return ray
 
 
+def require_ray() -> None:
+    """Fail early, without importing it, when the extra is missing: before a model is built for nothing."""
+    import importlib.util
+    import sys
+
+    for name in ("ray", "pyarrow"):
+        try:
+            found = sys.modules.get(name, True) is not None and importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # ValueError: a module set to None in sys.modules (blocked)
+            found = False
+        if not found:
+            raise ImgclusterError(RAY_MISSING)
+
+
 def _quiet_ray_loggers() -> None:
-    """The library never prints: Ray's drivers log their start, autoscaler and progress to stderr."""
-    for name in ("ray", "ray.data", "ray._private", "ray.util"):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    """The library never prints: Ray's loggers write their start, progress and notes to the
+    console; only errors stay on it (Ray's own log files keep everything)."""
+    for name in ("ray", "ray.data"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
+                handler.setLevel(logging.ERROR)
 
 
 @contextlib.contextmanager
@@ -50,13 +67,13 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
     ``~/.ray/auth_token``); connecting to a cluster needs that cluster's token in the environment.
     """
     ray = import_ray()
+    _quiet_ray_loggers()
     if ray.is_initialized():
         yield
         return
-    _quiet_ray_loggers()
     kwargs: dict[str, object] = {"include_dashboard": False, "log_to_driver": False, "logging_level": logging.ERROR}
-    if address is None:
-        kwargs.update(num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
+    if address is None:  # "local": a new instance even where `ray start` runs one that ray.init() would join
+        kwargs.update(address="local", num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     else:
         kwargs["address"] = address
     try:

@@ -32,7 +32,8 @@ def ray_env() -> Iterator[None]:
 def local_ray(ray_env: None) -> Iterator[Any]:
     """A local two-CPU Ray for the whole module; ``ray_session`` finds it and leaves it running."""
     ray = pytest.importorskip("ray", reason="the Ray engine's tests need the 'ray' extra: pip install 'imgcluster[ray]'")
-    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False)
+    # address "local": a new instance, never a cluster another test (or user) started on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, log_to_driver=False)
     try:
         yield ray
     finally:

@@ -29,3 +29,15 @@ def store_from_cache(embeddings, uri: str, split: int = 3) -> str:
         stats = [(Path(embeddings.folder) / p).stat() for p in paths]
         store.write(paths, [s.st_size for s in stats], [s.st_mtime_ns for s in stats], [None] * len(paths), embeddings.features[part])
     return uri
+
+
+def synthetic_store(uri: str, n: int = 2000, dim: int = 256, centres: int = 10, seed: int = 0) -> str:
+    """A store of ``n`` clustered random features (no images): for passes that need rows, not pictures."""
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(centres, dim))[rng.integers(0, centres, n)] + 0.8 * rng.normal(size=(n, dim))
+    identity = {"model": "synthetic", "weights": "none", "dim": dim}
+    meta = FeatureStoreMeta(model="synthetic", key=cache_key(identity, "float16"), identity=identity, dim=dim, source="/nowhere")
+    store = open_store(uri, meta)
+    for part in np.array_split(np.arange(n), 4):
+        store.write([f"img/{i:06d}.jpg" for i in part], [1000] * len(part), [0] * len(part), [None] * len(part), x[part])
+    return uri

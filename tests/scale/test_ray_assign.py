@@ -2,29 +2,52 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from imagefolders import SAMPLE
-from storefixtures import MODEL, store_from_cache
+from storefixtures import MODEL, store_from_cache, synthetic_store
+from typer.testing import CliRunner
 
 import imgcluster
+from imgcluster.cli import app
 from imgcluster.scale import knn
 from imgcluster.scale.assign_job import assign_store
+from imgcluster.scale.training import train_from_store
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # one local Ray for the module (conftest.py)
 
 
-def test_the_ray_pass_writes_the_local_pass_csv(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> str:
     embeddings = imgcluster.embed(SAMPLE, MODEL, cache_dir=tmp_path_factory.mktemp("cache"), device="cpu")
-    uri = store_from_cache(embeddings, str(tmp_path / "features"))
+    return store_from_cache(embeddings, str(tmp_path_factory.mktemp("store") / "features"))
+
+
+def test_the_ray_pass_writes_the_local_pass_csv(store: str, tmp_path: Path) -> None:
+    uri = store
     local, distributed = tmp_path / "local.csv", tmp_path / "ray.csv"
     first = assign_store(uri, out=local, n_clusters=5, seed=0, epochs=3, device="cpu")
-    second = assign_store(uri, out=distributed, head=first.head, engine="ray", device="cpu")
-    assert second.rows == 125 and second.engine == "ray"
+    done = CliRunner().invoke(app, ["assign", "--features", uri, "--head", str(first.head), "--engine", "ray", "--out", str(distributed)])
+    assert done.exit_code == 0, done.stderr
+    assert "wrote 125 assignments" in done.stderr
     assert distributed.read_bytes() == local.read_bytes()  # byte for byte, in the same order
-    assert distributed.with_suffix(".parquet").read_bytes() != b"" and second.cluster_sizes == first.cluster_sizes
+    # The same table (its row groups follow the blocks each engine hands over).
+    assert pq.read_table(distributed.with_suffix(".parquet")).equals(pq.read_table(local.with_suffix(".parquet")))
+    assert json.loads(distributed.with_name("ray.csv.json").read_text())["result"]["engine"] == "ray"
+
+
+def test_the_ray_pass_writes_the_local_pass_csv_on_more_rows_than_threads_round_alike(tmp_path: Path) -> None:
+    """2,000 rows of 256-d: with torch on two threads in the driver and one in the actor, some
+    confidences differed in the sixth decimal; both engines now label on one thread."""
+    uri = synthetic_store(str(tmp_path / "synthetic"))
+    local, distributed = tmp_path / "local.csv", tmp_path / "ray.csv"
+    first = assign_store(uri, out=local, n_clusters=10, seed=0, epochs=2, names=False, device="cpu")
+    assign_store(uri, out=distributed, head=first.head, engine="ray", names=False, device="cpu")
+    assert distributed.read_bytes() == local.read_bytes()
 
 
 def test_partition_tasks_on_ray_give_the_in_process_answer() -> None:
@@ -33,3 +56,12 @@ def test_partition_tasks_on_ray_give_the_in_process_answer() -> None:
     here = knn.partitioned_knn(x, 10, n_partitions=12, nprobe=3)
     there = knn.partitioned_knn(x, 10, n_partitions=12, nprobe=3, runner=knn.ray_runner)
     assert np.array_equal(here[0], there[0]) and np.array_equal(here[1], there[1])
+
+
+def test_above_the_threshold_the_head_trains_on_neighbours_from_partition_tasks(store: str, tmp_path: Path) -> None:
+    events: list[str] = []
+    head, path = train_from_store(
+        store, out=tmp_path / "h.safetensors", n_clusters=5, epochs=2, knn_threshold=100, progress=lambda e: events.append(str(e))
+    )
+    assert any(e.startswith("partitioning 125 images into 1 partitions") for e in events), events
+    assert head.labels_.shape == (125,) and path.is_file()

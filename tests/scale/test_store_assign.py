@@ -86,6 +86,14 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
     done = runner.invoke(app, ["assign", "--features", uri, "--out", str(out), "-k", "5", "--epochs", "2", "--no-names", "--quiet"])
     assert done.exit_code == 0, done.stderr
     assert len(_rows(out)) == 125 and out.with_suffix(".parquet").is_file()
+    head = tmp_path / "h.safetensors"
+    trained = runner.invoke(app, ["train", "--features", uri, "--out", str(head), "-k", "5", "--epochs", "2", "--objective", "dsc2i"])
+    assert trained.exit_code == 0, trained.stderr
+    assert f"imgcluster assign --features {uri} --head {head}" in trained.stderr and head.is_file()
+    explained = runner.invoke(app, ["assign", "--features", uri, "--head", str(head), "--explain", "--out", str(tmp_path / "e.csv")])
+    assert explained.exit_code == 0, explained.stderr
+    explained_rows = _rows(tmp_path / "e.csv")
+    assert len(explained_rows) == 125 and {"distance", "runner_up", "runner_up_distance"} <= set(explained_rows[0])  # dsc2i's columns
     for args, message in [
         (["assign", str(SAMPLE), "--features", uri], "give FOLDER or --features, not both"),
         (["assign", "--features", uri, "--model", "efficientnet-lite0"], "--model applies to embedding a FOLDER"),
@@ -94,6 +102,9 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
         (["train", str(SAMPLE), "--train-sample", "100"], "--train-sample applies only with --features"),
         (["assign", "--features", uri, "--engine", "spark"], "--engine must be local or ray"),
         (["train"], "Missing argument 'FOLDER'"),
+        (["assign", "--features", uri, "--out", str(tmp_path / "c.parquet")], f"--out {tmp_path / 'c.parquet'} is where the CSV goes"),
+        (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--out", str(tmp_path / "h.safetensors")],
+         "is the head checkpoint, which this run reads"),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.stderr)
@@ -101,3 +112,20 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
     missing = runner.invoke(app, ["assign", "--features", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.csv")])
     assert missing.exit_code == 1 and "no imgcluster features at" in missing.stderr
     assert not np.any([p.name == "x.csv" for p in tmp_path.iterdir()])
+
+
+def test_a_stopped_pass_writes_no_csv_and_says_where_the_head_is(store: tuple[str, Path], tmp_path: Path) -> None:
+    from imgcluster.signals import Interrupted
+
+    uri, _ = store
+
+    def stop(event: imgcluster.Event) -> None:
+        if event.stage == "assign" and event.kind == "advance":
+            raise KeyboardInterrupt
+
+    out = tmp_path / "c.csv"
+    with pytest.raises(Interrupted) as stopped:
+        assign_store(uri, out=out, n_clusters=5, epochs=2, names=False, batch_rows=16, device="cpu", progress=stop)
+    assert "no CSV was written" in str(stopped.value) and "give it as the head to rerun without training" in str(stopped.value)
+    assert not out.exists() and not out.with_suffix(".parquet").exists()
+    assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left either

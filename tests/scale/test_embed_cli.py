@@ -1,0 +1,39 @@
+"""``imgcluster embed --engine ray``: the options it takes and the one line it prints without Ray."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from imgcluster.cli import app
+
+runner = CliRunner()
+
+
+def test_without_the_extra_one_error_line_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if ray were not installed
+    result = runner.invoke(app, ["embed", str(tmp_path), "--engine", "ray", "--features-out", str(tmp_path / "f")])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip().splitlines() == ["error: the Ray engine needs the 'ray' extra: pip install 'imgcluster[ray]'"]
+    assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--features-out", "x"], "error: --features-out is an option of --engine ray"),
+        (["--ray-address", "auto"], "error: --ray-address is an option of --engine ray"),
+        (["--engine", "ray"], "error: --engine ray needs --features-out, the location of the features"),
+        (["--engine", "spark"], "error: --engine must be local or ray, not 'spark'"),
+        (["--engine", "ray", "--features-out", "x", "--workers", "2"], "error: --workers is an option of --engine local"),
+        (["--engine", "ray", "--features-out", "x", "--compile"], "error: --compile is an option of --engine local"),
+    ],
+)
+def test_ray_options_are_checked_in_one_line(tmp_path: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # a relative --features-out lands here, should a check let it through
+    result = runner.invoke(app, ["embed", str(tmp_path), *args])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines()[-1] == message

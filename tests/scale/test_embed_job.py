@@ -1,0 +1,160 @@
+"""embed_to_store: what a rerun embeds (no Ray needed), and jobs on one local Ray started once for the module (the
+``local_ray`` fixture skips them without the extra): same answer, resume, bad files, faults, the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from imagefolders import CLASSES, copy_sample, sample_image
+from PIL import Image
+
+from imgcluster import featurestore as fst
+from imgcluster.progress import Event
+from imgcluster.scale import embed_job
+from imgcluster.scale.embed_actor import CRASH_VARIABLE
+
+pa = pytest.importorskip("pyarrow", reason="the Ray engine needs the 'ray' extra (with pyarrow)")
+pq = pytest.importorskip("pyarrow.parquet")
+MODEL = "efficientnet-lite0"
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return copy_sample(tmp_path_factory.mktemp("ray") / "photos", CLASSES[:2], per_class=3)
+
+
+def physical_rows(uri: Path) -> list[str]:
+    return [p for f in sorted(uri.glob("part-*/*.parquet")) for p in pq.read_table(f).column("path").to_pylist()]
+
+
+def test_a_rerun_plans_only_new_or_changed_files_and_leaves_recorded_bad_ones(tmp_path: Path) -> None:
+    uri = str(tmp_path / "features")
+    store = fst.open_store(uri, fst.FeatureStoreMeta(model="m", key="k", identity={}, dim=2))
+    store.write(
+        ["same.png", "grown.png", "touched.png", "s3://b/obj.jpg"],
+        [10, 10, 10, 7],
+        [1, 1, 1, None],
+        [None, None, None, "e1"],
+        np.ones((4, 2)),
+    )
+    store.write_skipped(["bad.png", "fixed.png"], [3, 3], [1, 1], [None, None], ["not an image", "not an image"])
+    listing = pa.table(
+        {
+            "path": ["same.png", "grown.png", "touched.png", "s3://b/obj.jpg", "bad.png", "fixed.png", "new.png"],
+            "size": [10, 11, 10, 7, 3, 4, 5],
+            "mtime_ns": [1, 1, 2, 99, 1, 1, 1],  # an object's listed mtime differs, its etag decides
+            "etag": [None, None, None, "e1", None, None, None],
+        }
+    )
+    todo, reused, old_skips = embed_job._plan(listing, uri, retry_skipped=False, on_problem=print)
+    assert todo.column("path").to_pylist() == ["grown.png", "touched.png", "fixed.png", "new.png"]
+    assert reused == 2 and old_skips == [("bad.png", "not an image")]
+    todo, _, old_skips = embed_job._plan(listing, uri, retry_skipped=True, on_problem=print)
+    assert "bad.png" in todo.column("path").to_pylist() and old_skips == []
+
+
+@pytest.mark.slow
+def test_same_features_as_one_machine_and_a_complete_store_needs_no_ray(
+    local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import imgcluster
+
+    out = tmp_path / "features"
+    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL)
+    assert (summary.embedded, summary.reused, summary.skipped) == (6, 0, [])
+    local = imgcluster.embed(photos, MODEL, cache_dir=tmp_path / "cache", device="cpu", workers=0)
+    paths, features = fst.read_features(str(out))
+    order = [local.paths.index(p) for p in paths]
+    assert sorted(paths) == sorted(local.paths)
+    np.testing.assert_allclose(features, local.features[order].astype(np.float32), rtol=2e-3, atol=2e-3)
+    meta = fst.read_meta(str(out))
+    assert meta.model == MODEL and meta.compute == "float32" and meta.config["source"] == str(photos)
+
+    def no_ray(*args: object, **kwargs: object) -> None:
+        raise AssertionError("Ray was started with nothing to do")
+
+    monkeypatch.setattr(embed_job, "_run", no_ray)
+    again = embed_job.embed_to_store(str(photos), str(out), model=MODEL)
+    assert (again.embedded, again.reused) == (0, 6)
+
+
+@pytest.mark.slow
+def test_a_killed_actor_loses_and_duplicates_nothing(
+    local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CRASH_VARIABLE, "2")  # the actor's process dies at its second batch; Ray restarts it
+    out = tmp_path / "features"
+    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL, batch_size=2)
+    assert (summary.embedded, summary.skipped) == (6, [])
+    rows = physical_rows(out)
+    assert len(rows) == len(set(rows)) == 6
+
+
+@pytest.mark.slow
+def test_a_failing_batch_is_retried_then_its_files_skipped(
+    local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(CRASH_VARIABLE, "1:raise")
+    out = tmp_path / "features"
+    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL, batch_size=2)
+    assert summary.embedded == 4 and len(summary.skipped) == 2
+    assert all("embedding failed: RuntimeError: injected error" in reason for _, reason in summary.skipped)
+    assert set(fst.skipped_rows(str(out))) == {p for p, _ in summary.skipped}
+    assert fst.count_rows(str(out)) == 4
+
+
+@pytest.mark.slow
+def test_a_stopped_job_rerun_embeds_only_what_is_missing(local_ray: object, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "features"
+
+    def stop_after_the_first_batch(event: Event) -> None:
+        if event.kind == "advance":
+            raise KeyboardInterrupt
+
+    with pytest.raises(embed_job.EmbedInterrupted) as info:
+        embed_job.embed_to_store(str(photos), str(out), model=MODEL, batch_size=2, progress=stop_after_the_first_batch)
+    assert 0 < info.value.summary.embedded < 6 and "are kept, and the next run embeds only what is missing" in str(info.value)
+    parts = sorted(out.glob("part-*/*.parquet"))
+    torn = pq.read_table(parts[0]).column("path").to_pylist()
+    parts[0].write_bytes(parts[0].read_bytes()[:40])  # torn by the stop
+    summary = embed_job.embed_to_store(str(photos), str(out), model=MODEL, batch_size=2)
+    assert summary.embedded + summary.reused == 6 and len(torn) <= summary.embedded < 6
+    assert any(parts[0].name in p for p in summary.problems)
+    assert fst.count_rows(str(out), on_problem=lambda _: None) == 6
+
+
+@pytest.mark.slow
+def test_the_command_line_runs_the_job_bad_files_skipped_with_reasons_and_not_retried(local_ray: object, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgcluster.cli import app
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is not an image\n")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    sample_image(CLASSES[1]).resize((64, 48)).save(folder / "rotated.jpg", exif=exif)
+    out = tmp_path / "features"
+    result = CliRunner().invoke(app, ["embed", str(folder), "--engine", "ray", "--features-out", str(out), "--model", MODEL])
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert "5 images: 0 in the store, 0 recorded as unreadable, 5 to embed" in lines
+    assert any(line.startswith("embedded 3, reused 0, skipped 2 in ") for line in lines)
+    assert lines[-1] == f"warning: skipped 2 unreadable files; reasons in {out}/_skipped/"
+    assert result.stdout == ""
+    reasons = {path: reason for path, (*_, reason) in fst.skipped_rows(str(out)).items()}
+    assert set(reasons) == {"empty.png", "notes.jpg"} and reasons["notes.jpg"] == "not an image (unrecognised format)"
+    again = embed_job.embed_to_store(str(folder), str(out), model=MODEL)  # no Ray: nothing new, bad files not retried
+    assert (again.embedded, again.reused, dict(again.skipped)) == (0, 3, reasons)
+
+
+@pytest.mark.slow
+def test_the_per_file_time_limit_holds_in_the_decode_tasks(local_ray: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMGCLUSTER_DECODE_TIMEOUT", "0.000001")  # read on the driver, handed to the tasks
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    summary = embed_job.embed_to_store(str(folder), str(tmp_path / "features"), model=MODEL)
+    assert summary.embedded == 0 and len(summary.skipped) == 2
+    assert all("the per-file limit, $IMGCLUSTER_DECODE_TIMEOUT" in reason for _, reason in summary.skipped)
