@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import signal
+import threading
 from collections.abc import Iterator
 from types import ModuleType
+from typing import Any
 
 from imgcluster.errors import ImgclusterError
 
@@ -46,6 +49,16 @@ def require_ray() -> None:
             raise ImgclusterError(RAY_MISSING)
 
 
+def _python_signal_handlers() -> dict[int, Any]:
+    """The Python handlers of SIGINT and SIGTERM (the CLI turns SIGTERM into an interrupt), to put
+    back after ``ray.init``: its C++ core worker installs a handler that aborts on SIGTERM, so a
+    stopped job would die with signal 6 instead of saying what it kept."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    found = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    return {signum: handler for signum, handler in found.items() if handler is not None}
+
+
 def _quiet_ray_loggers() -> None:
     """The library never prints: Ray's loggers write their start, progress and notes to the
     console; only errors stay on it (Ray's own log files keep everything)."""
@@ -76,12 +89,15 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
         kwargs.update(address="local", num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     else:
         kwargs["address"] = address
+    handlers = _python_signal_handlers()
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ImgclusterError(f"cannot connect to {where}: {detail}") from None
+    for signum, handler in handlers.items():  # Ray's core worker took SIGTERM over (it aborts the process): give it back
+        signal.signal(signum, handler)
     try:
         yield
     finally:

@@ -37,3 +37,28 @@ def test_ray_options_are_checked_in_one_line(tmp_path: Path, args: list[str], me
     result = runner.invoke(app, ["embed", str(tmp_path), *args])
     assert result.exit_code == 2, result.output
     assert result.stderr.strip().splitlines()[-1] == message
+
+
+@pytest.mark.slow
+def test_sigterm_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Path) -> None:
+    """Ray's core worker aborts on SIGTERM (signal 6) unless the session gives the handler back."""
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    import os
+    import signal
+    import subprocess
+    import time
+
+    from imagefolders import CLASSES, copy_sample
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=12)
+    out = tmp_path / "features"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0"}
+    args = ["embed", str(folder), "--engine", "ray", "--features-out", str(out), "--model", "efficientnet-lite0", "--embed-batch-size", "2"]
+    process = subprocess.Popen([sys.executable, "-m", "imgcluster", *args], env=env, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list(out.glob("part-*/*.parquet")) and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == -signal.SIGTERM, stderr
+    assert "error: interrupted; " in stderr and "are kept, and the next run embeds only what is missing" in stderr
