@@ -70,8 +70,17 @@ def name_of(mean_probabilities: np.ndarray) -> str:
 
 def cluster_names(features: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
     """Cluster id -> name, from the Lite0 features of each cluster's members (rows of ``features``)."""
-    probabilities = class_probabilities(features)
-    return {int(k): name_of(probabilities[clusters == k].mean(axis=0)) for k in np.unique(clusters)}
+    return names_from_probabilities(class_probabilities(features), clusters)
+
+
+def names_from_probabilities(probabilities: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
+    """Cluster id -> name, from each member's class probabilities (rows of zeros: images not seen, left out)."""
+    seen = probabilities.sum(axis=1) > 0
+    names = {}
+    for k in np.unique(clusters):
+        members = probabilities[(clusters == k) & seen]
+        names[int(k)] = name_of(members.mean(axis=0)) if len(members) else ""
+    return names
 
 
 def name_column(names: dict[int, str], clusters: np.ndarray) -> np.ndarray:
