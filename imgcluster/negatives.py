@@ -29,6 +29,8 @@ PROBE = 16  # images whose look decides whether the folder is drawn light on bla
 BORDER_MAX = 0.1  # median brightness (0-1) of the outer sixteenth of a negative: black
 LIFT = 0.1  # its middle is at least this much brighter than its border: a light object
 GREY = 0.04  # no pixel's channels differ from their mean by more: no colour
+LARGE_PIXELS = 4_000_000
+GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 CACHE_NAME = "names-negatives-1.npz"  # the number changes with the view (what is inverted, and how), so no stale rows are read
 
 
@@ -69,11 +71,23 @@ def mostly_negative(files: list[Path], probe: int = PROBE) -> bool:
     chosen = [files[i] for i in np.unique(np.linspace(0, len(files) - 1, min(probe, len(files))).round().astype(int))]
     negatives = 0
     for path in chosen:
+        if _large_colour_photo(path):
+            continue
         try:
             negatives += is_negative(load_rgb(path, draft_size=64))
         except ImageDecodeError:
             pass
     return 2 * negatives >= len(chosen)
+
+
+def _large_colour_photo(path: Path) -> bool:
+    """A file that is not worth decoding to look at: over ``LARGE_PIXELS``, stored in colour and not a JPEG (which
+    decodes at 1/8 size cheaply). A 5640 px PNG wallpaper takes about a second to decode and is no negative."""
+    try:
+        with Image.open(path) as image:
+            return image.format != "JPEG" and image.mode not in GREY_MODES and image.width * image.height > LARGE_PIXELS
+    except Exception:  # noqa: BLE001 - unreadable: load_rgb says so, and it counts as no negative
+        return False
 
 
 def _key(path: Path) -> str:

@@ -79,3 +79,17 @@ def test_view_probabilities_are_cached_by_file(tmp_path: Path, monkeypatch: pyte
     assert calls == [1] and np.array_equal(again[[0, 2]], first[[0, 2]]) and not np.allclose(again[1], first[1])
     (cache / negatives.CACHE_NAME).write_bytes(b"torn")  # a damaged cache is made again, not an error
     assert view_probabilities(files[:1], cache).shape == (1, 1000) and calls == [1, 1]
+
+
+def test_large_colour_pictures_are_not_decoded_to_judge_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import imgcluster.load
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (2100, 2000), (0, 0, 0)).save(big)  # over 4 MP, colour mode, not a JPEG
+    small = tmp_path / "small.png"
+    drawing().save(small)
+    decoded: list[str] = []
+    real = imgcluster.load.load_rgb
+    monkeypatch.setattr(imgcluster.load, "load_rgb", lambda path, draft_size=None: decoded.append(path.name) or real(path, draft_size))
+    assert mostly_negative([big, small]) and decoded == ["small.png"]  # one of two: half is enough
+    assert not mostly_negative([big, big, small])
