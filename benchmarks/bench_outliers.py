@@ -58,6 +58,7 @@ def rules(x: np.ndarray, cluster: np.ndarray, confidence: np.ndarray) -> dict[st
         "far from centre or isolated": new.flags | isolated(x),
         "candidate: far from the geometric median": geometric_median_rule(x, cluster),
         "candidate: far from centre at 2.5 sigma": find_outliers(x, cluster, confidence, mad_factor=2.5).flags,
+        "candidate: far from centre, re-estimated without the flagged": iterated_rule(x, cluster),
     }
 
 
@@ -76,6 +77,28 @@ def geometric_median_rule(x: np.ndarray, cluster: np.ndarray, mad_factor: float 
         d = 1.0 - z[members] @ (centre / np.linalg.norm(centre))
         median = np.median(d)
         flags[members] = d > median + mad_factor * MAD_TO_SD * max(float(np.median(np.abs(d - median))), MAD_FLOOR)
+    return flags
+
+
+def iterated_rule(x: np.ndarray, cluster: np.ndarray, mad_factor: float = 3.0, rounds: int = 10) -> np.ndarray:
+    """The rejected candidate: each cluster's centre and spread estimated again without the images flagged so far,
+    until the flags stop changing (finds more of a group of strays that pulls the centre, and flags more ordinary images)."""
+    z = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    flags = np.zeros(len(z), dtype=bool)
+    for k in np.unique(cluster):
+        members = np.flatnonzero(cluster == k)
+        if len(members) < 10:
+            continue
+        keep = np.ones(len(members), dtype=bool)
+        for _ in range(rounds):
+            centre = z[members][keep].mean(0)
+            d = 1.0 - z[members] @ (centre / np.linalg.norm(centre))
+            median = np.median(d[keep])
+            inliers = d <= median + mad_factor * MAD_TO_SD * max(float(np.median(np.abs(d[keep] - median))), MAD_FLOOR)
+            if np.array_equal(inliers, keep):
+                break
+            keep = inliers
+        flags[members] = ~keep
     return flags
 
 
