@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-peers bench-startup bench-ray clean
+.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-names bench-peers bench-startup bench-ray clean
 
 install: $(BIN)/imgcluster
 
@@ -59,6 +59,9 @@ bench-duplicates: install
 
 bench-outliers: install
 	$(BIN)/python benchmarks/bench_outliers.py
+
+bench-names: install
+	$(BIN)/python benchmarks/bench_names.py
 
 # fastdup side by side; it installs fastdup into its own virtualenv under benchmarks/data/ on first use
 bench-peers: install

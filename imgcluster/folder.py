@@ -287,15 +287,18 @@ def cluster_folder(
         raise ImgclusterError(f"none of the images in {folder} could be read")
     result = _assign(embeddings, trained_objective, dev, explain, min_confidence, near_duplicates, progress)
     if names:
-        naming = embeddings
-        if not is_naming_backbone(embeddings.identity):
-            Reporter(progress, "assign").info(f"naming the clusters takes one extra pass with {NAMING_MODEL} (cached)")
-            naming = embed(
-                embeddings.folder, NAMING_MODEL, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-                workers=workers, follow_symlinks=follow_symlinks, lock_timeout=lock_timeout, progress=progress,
-            )  # fmt: skip
         columns = result["columns"]
-        name = {"cluster_name": _names(embeddings.paths, columns["cluster"], naming)}
+        named = _names_of_negatives(embeddings, columns["cluster"], progress)
+        if named is None:
+            naming = embeddings
+            if not is_naming_backbone(embeddings.identity):
+                Reporter(progress, "assign").info(f"naming the clusters takes one extra pass with {NAMING_MODEL} (cached)")
+                naming = embed(
+                    embeddings.folder, NAMING_MODEL, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
+                    workers=workers, follow_symlinks=follow_symlinks, lock_timeout=lock_timeout, progress=progress,
+                )  # fmt: skip
+            named = _names(embeddings.paths, columns["cluster"], naming)
+        name = {"cluster_name": named}
         result["columns"] = {**{k: columns[k] for k in ("cluster", "confidence")}, **name, **columns}  # in the CSV's order
     assignment = Assignment(
         paths=embeddings.paths, min_confidence=min_confidence, near_duplicates=near_duplicates, embeddings=embeddings,
@@ -338,6 +341,24 @@ def _assign(
         duplicates = find_near_duplicates(embeddings.features, near_duplicates, use_gpu=device.type == "cuda", files=files)
     columns = {"cluster": prediction.cluster, "confidence": prediction.confidence, **dict(sorted(prediction.extra.items()))}
     return {"columns": columns, "outliers": found, "duplicates": duplicates}
+
+
+def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: ProgressFn | None) -> np.ndarray | None:
+    """The names from the classifier's view of a sample shown inverted, when the folder is drawn light
+    on black (:mod:`imgcluster.negatives`); None for any other folder."""
+    from imgcluster.naming import name_column, names_from_probabilities
+    from imgcluster.negatives import mostly_negative, sample_rows, view_probabilities
+
+    rows = sample_rows(clusters)
+    files = [embeddings.folder / embeddings.paths[i] for i in rows]
+    if not mostly_negative(files):
+        return None
+    Reporter(progress, "assign").info(
+        f"the images are drawn light on black: the clusters are named from {count(len(rows), 'image')} shown inverted, "
+        "as photos show such things"
+    )
+    probabilities = view_probabilities(files, embeddings.cache_dir)
+    return name_column(names_from_probabilities(probabilities, clusters[rows]), clusters)
 
 
 def _names(paths: list[str], clusters: np.ndarray, naming: Embeddings) -> np.ndarray:

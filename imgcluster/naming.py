@@ -5,8 +5,11 @@ The cached Lite0 features are the pooled features right before its 1000-class cl
 images. A cluster's name is the first lemma of its top class by mean softmax over the members
 (robust to a few odd members, unlike a vote of arg-maxes), and of the runner-up when its mass is
 at least half the top one's: ``"sandal, running shoe"``. The names are as good as ImageNet's
-1000 classes fit the images: on photos they are apt; on 28 px Fashion-MNIST drawings only the
-T-shirts come out right ("jersey"), the rest is what the classifier guesses.
+1000 classes fit the images, and as the classifier sees them: a folder drawn light on black is
+named from its images shown inverted instead (:mod:`imgcluster.negatives`). Scoring each class by
+how distinctive it is of the cluster (``m log(m / f)`` against the folder's mean ``f``) was
+measured too (``make bench-names``): no better on 200 Fashion-MNIST images per class, and it names
+noise when a cluster is most of its folder.
 """
 
 from __future__ import annotations
@@ -78,8 +81,17 @@ def name_of(mean_probabilities: np.ndarray) -> str:
 
 def cluster_names(features: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
     """Cluster id -> name, from the Lite0 features of each cluster's members (rows of ``features``)."""
-    probabilities = class_probabilities(features)
-    return {int(k): name_of(probabilities[clusters == k].mean(axis=0)) for k in np.unique(clusters)}
+    return names_from_probabilities(class_probabilities(features), clusters)
+
+
+def names_from_probabilities(probabilities: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
+    """Cluster id -> name, from each member's class probabilities (rows of zeros: images not seen, left out)."""
+    seen = probabilities.sum(axis=1) > 0
+    names = {}
+    for k in np.unique(clusters):
+        members = probabilities[(clusters == k) & seen]
+        names[int(k)] = name_of(members.mean(axis=0)) if len(members) else ""
+    return names
 
 
 def name_column(names: dict[int, str], clusters: np.ndarray) -> np.ndarray:
