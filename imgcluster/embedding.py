@@ -255,10 +255,13 @@ def embed_files(
     compile_model: bool = False,
     prefetch: int | None = None,
     on_mark: Callable[[str, str], None] = lambda stage, message: None,
+    onnx_model: Path | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Yield features batch by batch; decoding runs in ``workers`` processes beside the model,
     each with ``prefetch`` batches in flight (default: as ``plan_loader`` says with ample memory).
     ``on_mark(stage, message)`` hears the moments that split the time: the model ready, each batch decoded.
+    ``onnx_model`` (an exported backbone, CPU only) runs the forward passes in ONNX Runtime instead of torch,
+    on as many threads as torch would get.
 
     ``compile_model`` applies ``torch.compile`` on CUDA only (on the CPU compiling costs minutes
     and needs a C++ compiler, for little gain on one folder).
@@ -283,16 +286,14 @@ def embed_files(
         prefetch_factor=(prefetch or default_prefetch(cuda)) if workers > 0 else None,
         worker_init_fn=worker_threads_init if workers > 0 else None,
     )
-    model = prepare_model(backbone, device)
-    compiled = compile_model and cuda
-    if compiled:
-        model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
-    on_mark("model", MODEL_READY)
     bf16 = compute_precision(device) == "bfloat16"
     with contextlib.ExitStack() as stack:
+        threads = 0
         if not cuda:
-            stack.enter_context(cpu_threads(workers))
+            threads = stack.enter_context(cpu_threads(workers))
             stack.enter_context(reuse_freed_memory())
+        forward = _forward(backbone, device, compile_model, onnx_model, threads, bf16)
+        on_mark("model", MODEL_READY)
         stack.enter_context(torch.inference_mode())
         for indices, tensor, failures, seen in loader:
             on_mark("embed", BATCH_DECODED)
@@ -309,10 +310,28 @@ def embed_files(
             # ragged last batch would also recompile a compiled model.
             if n < batch_size:
                 tensor = torch.cat([tensor, tensor.new_zeros((batch_size - n, *tensor.shape[1:]))])
-            x = tensor.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                out = model(x)
-            yield EmbeddedBatch(indices, out[:n].float().cpu().numpy(), failures, seen)
+            yield EmbeddedBatch(indices, forward(tensor)[:n], failures, seen)
+
+
+def _forward(
+    backbone: Backbone, device: torch.device, compile_model: bool, onnx_model: Path | None, threads: int, bf16: bool
+) -> Callable[[torch.Tensor], np.ndarray]:
+    """The model as a function from a preprocessed batch to float32 features, in torch or ONNX Runtime."""
+    if onnx_model is not None:
+        from imgcluster.onnxruntime_backend import run, session
+
+        ort_session = session(onnx_model, threads)
+        return lambda batch: run(ort_session, batch.numpy())
+    model = prepare_model(backbone, device)
+    if compile_model and device.type == "cuda":
+        model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
+
+    def forward(batch: torch.Tensor) -> np.ndarray:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            out = model(batch.contiguous(memory_format=torch.channels_last))
+        return cast(np.ndarray, out.float().cpu().numpy())
+
+    return forward
 
 
 def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:

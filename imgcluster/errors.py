@@ -22,7 +22,7 @@ PARAMETERS = frozenset(
         "assignments", "balance", "batch_size", "cache_dir", "compile_model", "device", "dtype", "embed_batch_size", "epochs",
         "explain", "folder", "folder_or_paths", "follow_symlinks", "head", "k_max", "k_min", "knn", "labelled_folder", "labels",
         "lock_timeout", "lr", "mad_factor", "min_confidence", "mode", "model", "montage", "n_clusters", "names",
-        "near_duplicates", "objective", "objective_options", "out", "per_cluster", "raw_csv", "reembed", "rehash", "seed",
+        "near_duplicates", "objective", "objective_options", "out", "per_cluster", "raw_csv", "reembed", "rehash", "runtime", "seed",
         "self_label", "threshold", "to", "uco", "weights", "workers",
     }
 )  # fmt: skip

@@ -36,6 +36,7 @@ def embed(
     lock_timeout: float = 0.0,
     rehash: bool = False,
     reembed: bool = False,
+    runtime: str = "auto",
     progress: ProgressFn | None = None,
 ) -> Embeddings:
     """Embed every image in a folder (recursively), reusing the cached features of unchanged files.
@@ -46,7 +47,9 @@ def embed(
     and listed in ``Embeddings.skipped`` with the reason; ``Embeddings.warnings`` keeps every warning.
     A cached feature is reused while the file's size, mtime, ctime and inode are unchanged;
     ``rehash`` reuses it only when the file's content hash matches, ``reembed`` embeds every image
-    again. ``progress`` receives
+    again. ``runtime`` runs the model in ``torch`` or ``onnx`` (ONNX Runtime, CPU only, exported once per
+    backbone and kept in the user's cache folder); ``auto`` is ONNX Runtime on the CPU when the
+    package is installed and torch on CUDA. Each runtime's features are cached apart. ``progress`` receives
     :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``; ``mark`` events time
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
@@ -59,7 +62,7 @@ def embed(
     return embed_checked(
         folder, only, model, listing=listing, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype,
         embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model,
-        lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, progress=progress,
+        lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, runtime=runtime, progress=progress,
     )  # fmt: skip
 
 
@@ -80,6 +83,7 @@ def embed_checked(
     lock_timeout: float,
     rehash: bool = False,
     reembed: bool = False,
+    runtime: str = "auto",
     progress: ProgressFn | None,
 ) -> Embeddings:
     """:func:`embed` once :mod:`imgcluster.preflight` has passed ``folder`` (``only``: some of its files;
@@ -92,7 +96,7 @@ def embed_checked(
     dev = resolve_device(device)
     config = EmbedConfig(
         str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model,
-        rehash=rehash, reembed=reembed,
+        rehash=rehash, reembed=reembed, runtime=runtime,
     )  # fmt: skip
 
     def on_start(todo: int, reused: int) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from imgcluster.backbones import create_backbone, resolve_model_name
+from imgcluster.backbones import Backbone, create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, default_cache_root, embeddings_dir
 from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
 from imgcluster.embedding import (
@@ -33,6 +33,7 @@ from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
+from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime, recorded_failure
 from imgcluster.preflight import FolderListing, check_folder, list_folder
 from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
@@ -82,6 +83,7 @@ class Embeddings:
     folder: Path
     config: EmbedConfig
     compute: str = "float32"  # precision the features were computed in (bfloat16 under CUDA autocast)
+    runtime: str = "torch"  # what ran the backbone: torch or onnx (ONNX Runtime)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -172,16 +174,21 @@ def embed_folder(
     if not files:
         looked_for = " ".join(sorted(IMAGE_EXTENSIONS))
         raise ImgclusterError(f"no images found in {folder} (looked for {looked_for})")
+    runtime = plan_runtime(config.runtime, device.type)
     model_name, warning = resolve_model_name(config.model, config.weights)
     if warning:
         hooks.on_warning(warning)
     backbone = create_backbone(model_name, config.weights, device)
     identity = backbone.identity()
+    onnx_model, runtime_warning = _onnx_model(backbone) if runtime == "onnx" else (None, None)
+    if runtime_warning:
+        hooks.on_warning(runtime_warning)
+        runtime = "torch"
     compute = compute_precision(device)
-    directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute)
+    directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute, runtime)
     hooks.on_ready(model_name, directory)
     with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait, read_only_ok=True) as writable:
-        description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "note": FORMAT_NOTE}
+        description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "runtime": runtime, "note": FORMAT_NOTE}
         cache = EmbeddingCache.open(directory, config.dtype, description, writable=writable)
         for problem in cache.problems:
             hooks.on_warning(f"cache shard damaged and ignored (will re-embed): {problem}")
@@ -206,7 +213,7 @@ def embed_folder(
         batch_size = config.batch_size or default_batch_size(device, len(files))
         with _sigterm_as_interrupt():
             try:
-                _embed_into_cache(todo, cache, backbone, device, config, batch_size, skipped, hooks, changed)
+                _embed_into_cache(todo, cache, backbone, device, config, batch_size, skipped, hooks, changed, onnx_model)
             except KeyboardInterrupt as exc:
                 raise Interrupted.wrap(
                     exc, f"interrupted while embedding: {saved(f' {directory}')}; run the same command again to resume from there"
@@ -253,9 +260,21 @@ def embed_folder(
         folder=folder,
         config=config,
         compute=compute,
-        warnings=[warning] if warning else [],
+        runtime=runtime,
+        warnings=[w for w in (warning, runtime_warning) if w],
         seconds=time.perf_counter() - start,
     )
+
+
+def _onnx_model(backbone: Backbone) -> tuple[Path | None, str | None]:
+    """The backbone exported for ONNX Runtime, or (None, why not) to run it in torch instead."""
+    failure = recorded_failure(backbone.identity())
+    if failure is None:
+        try:
+            return ensure_exported(backbone), None
+        except ExportError as exc:
+            failure = str(exc)
+    return None, f"cannot run {backbone.name} in ONNX Runtime ({failure}); running it in torch"
 
 
 def _named_files(folder: Path, names: Collection[str], unsupported: list[str]) -> list[ImageFile]:
@@ -314,6 +333,7 @@ def _embed_into_cache(
     skipped: dict[str, str],
     hooks: EmbedHooks,
     changed: dict[str, ImageFile],
+    onnx_model: Path | None = None,
 ) -> None:
     """Embed ``todo`` and save every ``flush_every()`` images or ``flush_seconds()``, whichever
     comes first, so that a killed run loses at most that much; ``changed`` gets files re-stat'ed
@@ -339,7 +359,10 @@ def _embed_into_cache(
         plan = plan_loader(workers, batch_size, tuple(backbone.data_config["input_size"]), device.type == "cuda", shared_memory_free())
         if plan.note:
             hooks.on_warning(plan.note)
-        for batch in embed_files(todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch, hooks.on_mark):
+        batches = embed_files(
+            todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch, hooks.on_mark, onnx_model
+        )
+        for batch in batches:
             for i, reason in batch.failures:
                 skipped[todo[i].rel] = reason
             for i in batch.indices:
