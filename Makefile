@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-peers bench-startup clean
+.PHONY: install install-gpu test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-peers bench-runtime bench-startup clean
 
 install: $(BIN)/imgcluster
 
@@ -56,6 +56,9 @@ bench-outliers: install
 # fastdup side by side; it installs fastdup into its own virtualenv under benchmarks/data/ on first use
 bench-peers: install
 	$(BIN)/python benchmarks/bench_peers.py
+
+bench-runtime: install
+	$(BIN)/python benchmarks/bench_runtime.py
 
 bench-startup: install
 	$(BIN)/python benchmarks/bench_startup.py
