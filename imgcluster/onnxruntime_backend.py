@@ -132,7 +132,7 @@ def session(path: Path, threads: int) -> Any:
     """An ONNX Runtime CPU session on ``threads`` cores (the same count torch would get).
 
     Its threads do not spin while they wait: spinning took 2.1-2.3 CPU seconds for six batches of 16
-    EfficientNet-Lite0 images against 1.5-1.6 without, on 2 busy cores that a decode worker shares.
+    EfficientNet-Lite0 images against 1.5-1.6 without (twice each, on the 2 busy cores).
     Without the memory pattern (one block planned for all of a
     pass's activations) EfficientNet-Lite0's peak at batch 16 was 350 MB instead of 520, at the
     same CPU time (measured twice each on the 2-core machine under load).
