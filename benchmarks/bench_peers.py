@@ -21,7 +21,7 @@ CPU, default threads), each image taken to the closest of the centroids it lists
 ``kmeans_assignments.csv``. fastdup lives in its own virtualenv under ``benchmarks/data/``,
 created on first use (pip from PyPI). imgcluster's exported ONNX model lives in
 ``benchmarks/data/model-cache`` (``$IMGCLUSTER_MODEL_CACHE``) and is made before the timed runs,
-as fastdup's model comes with its package: its one-time cost is reported in the note.
+as fastdup's model comes with its package (the seconds that took are printed on stderr).
 
 Writes its table into the ``peers`` section of ``benchmarks/results_peers.md``.
 """
