@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError
 from imgcluster.models import check_model_name
+from imgcluster.onnxruntime_backend import check_runtime
 from imgcluster.preflight import FolderListing, check_inputs
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
@@ -88,6 +89,7 @@ def embed_checked(
 ) -> Embeddings:
     """:func:`embed` once :mod:`imgcluster.preflight` has passed ``folder`` (``only``: some of its files;
     ``listing``: the scan the checks made)."""
+    check_runtime(runtime)
     progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "embed")
     report.at("model").info(f"loading the model ({model}) ...")  # importing torch and building it take seconds

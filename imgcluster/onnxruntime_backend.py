@@ -20,12 +20,12 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from imgcluster.atomic import atomic_open, atomic_write_text
 from imgcluster.errors import ImgclusterError, ParameterError
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from imgcluster.backbones import Backbone
 
 RUNTIMES = ("auto", "torch", "onnx")
@@ -47,6 +47,13 @@ def onnxruntime_installed() -> bool:
     return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
 
 
+def check_runtime(requested: str) -> str:
+    """``requested`` when it names a runtime; checked before torch is imported, so a typo costs nothing."""
+    if requested not in RUNTIMES:
+        raise ParameterError(f"{{runtime}} must be auto, torch or onnx, not {requested!r}")
+    return requested
+
+
 def plan_runtime(requested: str, device_type: str) -> str:
     """``torch`` or ``onnx`` for a run on ``device_type``, from the request alone.
 
@@ -54,8 +61,7 @@ def plan_runtime(requested: str, device_type: str) -> str:
     with bfloat16 autocast and large batches). A model whose export failed before still falls
     back to torch: see :func:`recorded_failure`.
     """
-    if requested not in RUNTIMES:
-        raise ParameterError(f"{{runtime}} must be auto, torch or onnx, not {requested!r}")
+    check_runtime(requested)
     if requested == "onnx":
         if device_type != "cpu":
             raise ParameterError("{runtime} onnx runs on the CPU only; use {device} cpu with it, or {runtime} torch")
@@ -151,6 +157,8 @@ def session(path: Path, threads: int) -> Any:
 
 def run(model: Any, pixels: np.ndarray) -> np.ndarray:
     """Features of a float32 NCHW batch."""
+    import numpy as np
+
     return np.asarray(model.run([OUTPUT], {INPUT: np.ascontiguousarray(pixels, dtype=np.float32)})[0])
 
 
@@ -173,6 +181,7 @@ def _export_bytes(backbone: Backbone) -> bytes:
 
 def _check(backbone: Backbone, path: Path) -> None:
     """Refuse an export that computes other features than torch on a random probe of two images."""
+    import numpy as np
     import torch
 
     generator = torch.Generator().manual_seed(0)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +52,19 @@ def test_plan_runtime_needs_no_model() -> None:
         plan_runtime("tensorrt", "cpu")
     with pytest.raises(ParameterError, match="runtime onnx runs on the CPU only"):
         plan_runtime("onnx", "cuda")
+
+
+def test_a_mistyped_runtime_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    script = (
+        "import sys, imgcluster\n"
+        "try:\n"
+        f"    imgcluster.embed({str(folder)!r}, 'efficientnet-lite0', runtime='tensorrt')\n"
+        "except imgcluster.ParameterError as exc:\n"
+        "    print(exc, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "runtime must be auto, torch or onnx, not 'tensorrt' False"
 
 
 def test_without_onnxruntime_auto_is_torch_and_onnx_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
