@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as imgcluster sets it for the CLI: OpenMP threads wait without spinning
+
 import numpy as np
 import torch
 
