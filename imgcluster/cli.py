@@ -139,8 +139,8 @@ RuntimeOpt = Annotated[
     str,
     typer.Option(
         "--runtime",
-        help="What runs the backbone: auto (ONNX Runtime on the CPU when installed, torch on CUDA), torch, or onnx "
-        "(ONNX Runtime, CPU only; the model is exported once into ~/.cache/imgcluster). Each caches its features apart.",
+        help="What runs the backbone: auto (torch), torch, or onnx (ONNX Runtime, CPU only, the extra imgcluster[onnx]; "
+        "the model is exported once into ~/.cache/imgcluster). Each caches its features apart.",
     ),
 ]
 RehashOpt = Annotated[

@@ -1,7 +1,9 @@
 """Run a backbone with ONNX Runtime on the CPU: the same timm model and weights, exported once.
 
-On the project's 2-core CPU, ONNX Runtime ran EfficientNet-Lite0 about three times faster than
-torch at the same features (``benchmarks/results_runtime.md``). The model is exported from the
+Opt-in (``runtime="onnx"``): on the project's 2-core CPU it computed EfficientNet-Lite0's features
+as torch does (within 3e-5) but embedded only ~1.2x faster, and a whole cold ``assign`` took the
+same CPU time as torch's with 150 MB more memory (``benchmarks/results_runtime.md``,
+``results_peers.md``), so ``auto`` stays torch until a measurement says otherwise. The model is exported from the
 torch backbone the first time a backbone identity is run, checked against torch on a probe
 input, and kept in ``<model cache>/onnx/`` (see :func:`model_cache_dir`) for every later run.
 Nothing here decides *whether* to use it: :func:`plan_runtime` does, from the request and the
@@ -57,18 +59,17 @@ def check_runtime(requested: str) -> str:
 def plan_runtime(requested: str, device_type: str) -> str:
     """``torch`` or ``onnx`` for a run on ``device_type``, from the request alone.
 
-    ``auto`` is ONNX Runtime on the CPU when it is installed and torch otherwise (CUDA keeps torch,
-    with bfloat16 autocast and large batches). A model whose export failed before still falls
-    back to torch: see :func:`recorded_failure`.
+    ``auto`` is torch on every device: ONNX Runtime was no cheaper than torch for a whole run on the
+    CPU (module docstring), and re-embedding every existing cache into a cache of its own would
+    cost users more than it saves. A model whose export failed before falls back to torch: see
+    :func:`recorded_failure`.
     """
     check_runtime(requested)
     if requested == "onnx":
         if device_type != "cpu":
             raise ParameterError("{runtime} onnx runs on the CPU only; use {device} cpu with it, or {runtime} torch")
         if not onnxruntime_installed():
-            raise ImgclusterError("{runtime} onnx needs the packages onnxruntime and onnx: pip install onnxruntime onnx")
-        return "onnx"
-    if requested == "auto" and device_type == "cpu" and onnxruntime_installed():
+            raise ImgclusterError("{runtime} onnx needs the packages onnxruntime and onnx: pip install 'imgcluster[onnx]'")
         return "onnx"
     return "torch"
 
