@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-names bench-peers bench-startup bench-ray clean
+.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-names bench-peers bench-runtime bench-startup bench-ray clean
 
 install: $(BIN)/imgcluster
 
@@ -66,6 +66,9 @@ bench-names: install
 # fastdup side by side; it installs fastdup into its own virtualenv under benchmarks/data/ on first use
 bench-peers: install
 	$(BIN)/python benchmarks/bench_peers.py
+
+bench-runtime: install
+	$(BIN)/python benchmarks/bench_runtime.py
 
 bench-startup: install
 	$(BIN)/python benchmarks/bench_startup.py

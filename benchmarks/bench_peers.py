@@ -14,11 +14,14 @@ alike. Measured for the whole process tree:
   ``imgcluster.scoring.score``.
 
 What runs: ``python -m imgcluster assign FOLDER --model efficientnet-lite0 --clusters K`` with a
-fresh ``--cache-dir`` and otherwise default options, and fastdup's own k-means entry point,
+fresh ``--cache-dir`` and otherwise default options (the model in torch; tool ``imgcluster-onnx``
+adds ``--runtime onnx``: the model in ONNX Runtime), and fastdup's own k-means entry point,
 ``fastdup.run_kmeans(input_dir=FOLDER, work_dir=FRESH, num_clusters=K)`` (its ONNX model on the
 CPU, default threads), each image taken to the closest of the centroids it lists in
 ``kmeans_assignments.csv``. fastdup lives in its own virtualenv under ``benchmarks/data/``,
-created on first use (pip from PyPI).
+created on first use (pip from PyPI). imgcluster-onnx's exported model lives in
+``benchmarks/data/model-cache`` (``$IMGCLUSTER_MODEL_CACHE``) and is made before the timed runs,
+as fastdup's model comes with its package (the seconds that took are printed on stderr).
 
 Writes its table into the ``peers`` section of ``benchmarks/results_peers.md``.
 """
@@ -53,6 +56,8 @@ RESULTS = HERE / "results_peers.md"
 FASTDUP_VERSION = "2.54"
 FASTDUP_VENV = DATA / "fastdup-venv"
 RUNS = DATA / "peers-runs"
+MODEL_CACHE = DATA / "model-cache"
+IMGCLUSTER_TOOLS = ("imgcluster", "imgcluster-onnx", "baseline")
 FASTDUP_SCRIPT = (
     "import sys, fastdup\n"
     "sys.exit(fastdup.run_kmeans(input_dir=sys.argv[1], work_dir=sys.argv[2], num_clusters=int(sys.argv[3])) or 0)\n"
@@ -157,6 +162,19 @@ def run_measured(command: list[str], env: dict[str, str], log: Path, cwd: Path) 
     return wall, usage, peak
 
 
+def export_model() -> float:
+    """Export the benchmark's model into ``MODEL_CACHE`` (a no-op once there); returns the seconds."""
+    with tempfile.TemporaryDirectory(dir=DATA) as tmp:
+        folder = Path(tmp, "one")
+        folder.mkdir()
+        shutil.copy(next(iter(sorted((HERE.parent / "sample_data").rglob("*.png")))), folder)
+        env = dict(os.environ, IMGCLUSTER_MODEL_CACHE=str(MODEL_CACHE), PYTHONPATH=str(HERE.parent))
+        command = [sys.executable, "-m", "imgcluster", "embed", str(folder), "--model", MODEL, "--runtime", "onnx", "--quiet"]
+        start = time.perf_counter()
+        subprocess.run(command, env=env, cwd=tmp, check=True)
+        return time.perf_counter() - start
+
+
 def labels_of(rels: list[str]) -> np.ndarray:
     return np.array([rel.split("/", 1)[0] for rel in rels])
 
@@ -184,16 +202,18 @@ def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | N
     """One cold run; tool ``baseline`` is imgcluster imported from the checkout ``baseline``."""
     RUNS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=RUNS))
-    env = dict(os.environ, SENTRY_OPT_OUT="1", PYTHONUNBUFFERED="1")
+    env = dict(os.environ, SENTRY_OPT_OUT="1", PYTHONUNBUFFERED="1", IMGCLUSTER_MODEL_CACHE=str(MODEL_CACHE))
     # `python -m` puts the current folder first on sys.path, so each run starts in its empty work
     # folder and imports imgcluster from PYTHONPATH: this checkout, or the baseline's
     env["PYTHONPATH"] = str(baseline if tool == "baseline" and baseline else HERE.parent)
-    if tool in ("imgcluster", "baseline"):
+    if tool in IMGCLUSTER_TOOLS:
         out = work / "clusters.csv"
         command = [
             sys.executable, "-m", "imgcluster", "assign", str(folder.path), "--model", MODEL,
             "--clusters", str(folder.classes), "--cache-dir", str(work / "cache"), "--out", str(out), "--quiet",
         ]  # fmt: skip
+        if tool == "imgcluster-onnx":
+            command += ["--runtime", "onnx"]
     else:
         assert fastdup is not None
         command = [str(fastdup), "-c", FASTDUP_SCRIPT, str(folder.path), str(work / "fastdup"), str(folder.classes)]
@@ -238,7 +258,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,10000", help="Fashion-MNIST test images per folder, comma-separated ('' for none)")
     parser.add_argument("--no-sample-data", action="store_true", help="leave out sample_data (125 images)")
-    parser.add_argument("--tools", default="imgcluster,fastdup", help="comma-separated: imgcluster, fastdup, baseline")
+    parser.add_argument("--tools", default="imgcluster,fastdup", help="comma-separated: imgcluster, imgcluster-onnx, fastdup, baseline")
     parser.add_argument("--baseline", type=Path, help="an imgcluster checkout to run as tool 'baseline' (before/after)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and folder, alternating A B B A ...")
     parser.add_argument("--section", default="peers", help="section of results_peers.md to write")
@@ -246,12 +266,15 @@ def main() -> None:
     args = parser.parse_args()
 
     tools = [t for t in args.tools.split(",") if t]
-    unknown = set(tools) - {"imgcluster", "fastdup", "baseline"}
+    unknown = set(tools) - {*IMGCLUSTER_TOOLS, "fastdup"}
     if unknown:
         parser.error(f"unknown tools: {', '.join(sorted(unknown))}")
     if "baseline" in tools and (args.baseline is None or not (args.baseline / "imgcluster").is_dir()):
         parser.error("tool 'baseline' needs --baseline DIR, a checkout with an imgcluster/ folder")
     fastdup = fastdup_python() if "fastdup" in tools else None
+    if "imgcluster-onnx" in tools:
+        seconds = export_model()
+        print(f"imgcluster's ONNX model ready in {seconds:.1f} s", file=sys.stderr, flush=True)
     folders = ([] if args.no_sample_data else [sample_folder()]) + [fashion_folder(int(n)) for n in args.sizes.split(",") if n]
     results: list[Measured] = []
     for folder in folders:
@@ -279,7 +302,9 @@ def report(results: list[Measured], order: list[str], note: str) -> str:
         "## imgcluster and fastdup side by side (`make bench-peers`)\n\n"
         + (f"{note}\n\n" if note else "")
         + f"Run as `python benchmarks/bench_peers.py {command_line()}`. Each row is one cold run (fresh cache or work "
-        f"folder). imgcluster: `assign FOLDER --model {MODEL} --clusters K`, other options default. fastdup {FASTDUP_VERSION}: "
+        f"folder). imgcluster: `assign FOLDER --model {MODEL} --clusters K`, other options default (the model in torch; "
+        "`imgcluster-onnx`: the same with `--runtime onnx`, the model exported before the timed runs). fastdup "
+        f"{FASTDUP_VERSION}: "
         "`fastdup.run_kmeans(input_dir=FOLDER, work_dir=FRESH, num_clusters=K)`, each image in its closest centroid's cluster. "
         "CPU, user and system seconds cover the whole process tree (`os.wait4`); tree peak PSS is the largest sum of "
         "proportional set sizes over the tree (sampled every 50 ms); ACC/NMI/ARI by `imgcluster.scoring.score` for both.\n\n"

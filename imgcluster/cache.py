@@ -60,23 +60,28 @@ def default_cache_root(folder: Path, cache_dir: str | None) -> Path:
     return shared / "folders" / f"{name}-{digest}"
 
 
-def cache_key(identity: dict[str, Any], dtype: str, compute: str = "float32") -> str:
-    """Names the cache of one backbone, storage dtype and compute precision.
+def cache_key(identity: dict[str, Any], dtype: str, compute: str = "float32", runtime: str = "torch") -> str:
+    """Names the cache of one backbone, storage dtype, compute precision and runtime.
 
-    Features computed in bfloat16 (CUDA autocast) differ from float32 ones (cosine ~0.998), so they
-    get a cache of their own and a run never mixes the two. float32 leaves the key as it was before
-    the field existed, so caches written then stay valid.
+    Features computed in bfloat16 (CUDA autocast) differ from float32 ones (cosine ~0.998), and
+    ONNX Runtime's float32 features from torch's in the last bits, so each gets a cache of its own
+    and a run never mixes them. float32 in torch leaves the key as it was before these fields
+    existed, so caches written then stay valid.
     """
     fields = {"backbone": identity, "dtype": dtype, "format": KEY_FORMAT}
     if compute != "float32":
         fields["compute"] = compute
+    if runtime != "torch":
+        fields["runtime"] = runtime
     blob = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def embeddings_dir(cache_root: Path, model_name: str, identity: dict[str, Any], dtype: str, compute: str = "float32") -> Path:
+def embeddings_dir(
+    cache_root: Path, model_name: str, identity: dict[str, Any], dtype: str, compute: str = "float32", runtime: str = "torch"
+) -> Path:
     """The one place that names a backbone's cache folder, for the run that writes it and for readers."""
-    return Path(cache_root) / "embeddings" / f"{model_name}-{cache_key(identity, dtype, compute)}"
+    return Path(cache_root) / "embeddings" / f"{model_name}-{cache_key(identity, dtype, compute, runtime)}"
 
 
 @dataclass

@@ -136,6 +136,14 @@ LockTimeoutOpt = Annotated[
     typer.Option("--lock-timeout", min=0, help="Seconds to wait while another run uses the same cache. Default 0: fail at once."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
+RuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        help="What runs the backbone: auto (torch), torch, or onnx (ONNX Runtime, CPU only, the extra imgcluster[onnx]; "
+        "the model is exported once into ~/.cache/imgcluster). Each caches its features apart.",
+    ),
+]
 RehashOpt = Annotated[
     bool,
     typer.Option("--rehash", help="Reuse a cached feature only if the file's content hash matches (slower: reads every file)."),
@@ -373,13 +381,13 @@ def _parse_options(options: list[str] | None) -> dict[str, Any]:
 
 def _embedding(
     model: str, weights: Path | None, cache_dir: Path | None, embed_batch_size: int | None, workers: int | None, device: str,
-    dtype: str, follow_symlinks: bool, compile_model: bool, lock_timeout: float, rehash: bool, reembed: bool,
+    dtype: str, follow_symlinks: bool, compile_model: bool, lock_timeout: float, rehash: bool, reembed: bool, runtime: str,
 ) -> dict[str, Any]:  # fmt: skip
     """The embedding options, as the library's keyword arguments."""
     return {
         "model": model, "weights": weights, "cache_dir": cache_dir, "embed_batch_size": embed_batch_size, "workers": workers,
         "device": device, "dtype": dtype, "follow_symlinks": follow_symlinks, "compile_model": compile_model,
-        "lock_timeout": lock_timeout, "rehash": rehash, "reembed": reembed,
+        "lock_timeout": lock_timeout, "rehash": rehash, "reembed": reembed, "runtime": runtime,
     }  # fmt: skip
 
 
@@ -512,6 +520,7 @@ def embed(
     lock_timeout: LockTimeoutOpt = 0.0,
     rehash: RehashOpt = False,
     reembed: ReembedOpt = False,
+    runtime: RuntimeOpt = "auto",
     raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -538,7 +547,7 @@ def embed(
             Path(source), progress=show,
             **_embedding(
                 model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout, rehash,
-                reembed,
+                reembed, runtime,
             ),
         )  # fmt: skip
         skipped = result.write_skipped(raw_csv=raw_csv)
@@ -602,6 +611,7 @@ def train(
     lock_timeout: LockTimeoutOpt = 0.0,
     rehash: RehashOpt = False,
     reembed: ReembedOpt = False,
+    runtime: RuntimeOpt = "auto",
     raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -626,7 +636,7 @@ def train(
             **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
             **_embedding(
                 model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout, rehash,
-                reembed,
+                reembed, runtime,
             ),
         )  # fmt: skip
         ui.info(f"to label new images with this head: imgcluster assign NEW_FOLDER --head {shlex.quote(str(saved))}")
@@ -709,6 +719,7 @@ def assign(
     lock_timeout: LockTimeoutOpt = 0.0,
     rehash: RehashOpt = False,
     reembed: ReembedOpt = False,
+    runtime: RuntimeOpt = "auto",
     raw_csv: RawCsvOpt = False,
     quiet: QuietOpt = False,
 ) -> None:
@@ -746,7 +757,7 @@ def assign(
             raw_csv=raw_csv, progress=show, **(training if head is None else {}),
             **_embedding(
                 model, weights, cache_dir, embed_batch_size, workers, device, dtype, follow_symlinks, compile_model, lock_timeout, rehash,
-                reembed,
+                reembed, runtime,
             ),
         )  # fmt: skip
         if report:

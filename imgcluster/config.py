@@ -34,6 +34,9 @@ class EmbedConfig:
     # embedded (for file systems whose ctime or inode cannot be trusted, or to be sure).
     rehash: bool = False
     reembed: bool = False  # embed every file again, replacing what the cache holds
+    # Who runs the backbone: torch, onnx (ONNX Runtime, CPU only) or auto (torch for now: ONNX Runtime
+    # measured no cheaper for a whole run); see imgcluster.onnxruntime_backend.
+    runtime: str = "auto"
 
 
 @dataclass

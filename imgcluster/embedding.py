@@ -255,10 +255,13 @@ def embed_files(
     compile_model: bool = False,
     prefetch: int | None = None,
     on_mark: Callable[[str, str], None] = lambda stage, message: None,
+    onnx_model: Path | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Yield features batch by batch; decoding runs in ``workers`` processes beside the model,
     each with ``prefetch`` batches in flight (default: as ``plan_loader`` says with ample memory).
     ``on_mark(stage, message)`` hears the moments that split the time: the model ready, each batch decoded.
+    ``onnx_model`` (an exported backbone, CPU only) runs the forward passes in ONNX Runtime instead of torch,
+    on as many threads as torch would get.
 
     ``compile_model`` applies ``torch.compile`` on CUDA only (on the CPU compiling costs minutes
     and needs a C++ compiler, for little gain on one folder).
@@ -283,23 +286,40 @@ def embed_files(
         prefetch_factor=(prefetch or default_prefetch(cuda)) if workers > 0 else None,
         worker_init_fn=worker_threads_init if workers > 0 else None,
     )
-    model = prepare_model(backbone, device)
-    compiled = compile_model and cuda
-    if compiled:
-        model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
-    on_mark("model", MODEL_READY)
     bf16 = compute_precision(device) == "bfloat16"
     with contextlib.ExitStack() as stack:
+        threads = 0
         if not cuda:
-            stack.enter_context(cpu_threads(workers))
+            threads = stack.enter_context(cpu_threads(workers))
             stack.enter_context(reuse_freed_memory())
+        run_model = _forward(backbone, device, compile_model, onnx_model, threads, bf16, to_floats, batch_size)
+        on_mark("model", MODEL_READY)
         stack.enter_context(torch.inference_mode())
         for indices, tensor, failures, seen in loader:
             on_mark("embed", BATCH_DECODED)
             if tensor is None:
                 yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, seen)
                 continue
-            yield EmbeddedBatch(indices, forward(model, tensor, to_floats, batch_size, device, bf16), failures, seen)
+            yield EmbeddedBatch(indices, run_model(tensor), failures, seen)
+
+
+def _padded(
+    pixels: torch.Tensor, to_floats: Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int, device: torch.device
+) -> torch.Tensor:
+    """A decoded batch (uint8 pixels when ``to_floats`` is given) as the model's input, always of one shape.
+
+    The CPU kernels for a batch of 1 round differently from larger ones (measured with
+    EfficientNet-Lite0), and a resumed or incremental run groups images differently, so without
+    padding its features could differ in the last bits; a ragged last batch would also recompile a
+    compiled model.
+    """
+    n = pixels.shape[0]
+    tensor = pixels.to(device, non_blocking=True)
+    if to_floats is not None:
+        tensor = to_floats(tensor)
+    if n < batch_size:
+        tensor = torch.cat([tensor, tensor.new_zeros((batch_size - n, *tensor.shape[1:]))])
+    return tensor
 
 
 def forward(
@@ -310,23 +330,34 @@ def forward(
     device: torch.device,
     bf16: bool,
 ) -> np.ndarray:
-    """One forward pass over a decoded batch (uint8 pixels when ``to_floats`` is given), as float32
-    features; shared by the single-machine loop and the Ray engine's actors. Call it inside
-    ``torch.inference_mode()``."""
-    n = pixels.shape[0]
-    tensor = pixels.to(device, non_blocking=True)
-    if to_floats is not None:
-        tensor = to_floats(tensor)
-    # Always one shape: the CPU kernels for a batch of 1 round differently from larger ones
-    # (measured with EfficientNet-Lite0), and a resumed or incremental run groups images
-    # differently, so without padding its features could differ in the last bits; a
-    # ragged last batch would also recompile a compiled model.
-    if n < batch_size:
-        tensor = torch.cat([tensor, tensor.new_zeros((batch_size - n, *tensor.shape[1:]))])
-    x = tensor.contiguous(memory_format=torch.channels_last)
+    """One torch forward pass over a decoded batch, as float32 features; shared by the
+    single-machine loop and the Ray engine's actors. Call it inside ``torch.inference_mode()``."""
+    x = _padded(pixels, to_floats, batch_size, device).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
-    return cast(np.ndarray, out[:n].float().cpu().numpy())
+    return cast(np.ndarray, out[: pixels.shape[0]].float().cpu().numpy())
+
+
+def _forward(
+    backbone: Backbone,
+    device: torch.device,
+    compile_model: bool,
+    onnx_model: Path | None,
+    threads: int,
+    bf16: bool,
+    to_floats: Callable[[torch.Tensor], torch.Tensor] | None,
+    batch_size: int,
+) -> Callable[[torch.Tensor], np.ndarray]:
+    """The model as a function from a decoded batch to float32 features, in torch or ONNX Runtime."""
+    if onnx_model is not None:
+        from imgcluster.onnxruntime_backend import run, session
+
+        ort_session = session(onnx_model, threads)
+        return lambda pixels: run(ort_session, _padded(pixels, to_floats, batch_size, device).numpy())[: pixels.shape[0]]
+    model = prepare_model(backbone, device)
+    if compile_model and device.type == "cuda":
+        model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
+    return lambda pixels: forward(model, pixels, to_floats, batch_size, device, bf16)
 
 
 def prepare_model(backbone: Backbone, device: torch.device) -> torch.nn.Module:

@@ -110,6 +110,7 @@ class Assignment:
             "train": self.train,
             "backbone": self.embeddings.identity,
             "compute": self.embeddings.compute,  # names the cache the features are in, with the backbone and dtype
+            "runtime": self.embeddings.runtime,  # torch or onnx: also names the cache
             "head": {"path": str(self.head), "objective": self.objective, "clusters": self.n_clusters},
             **({"choose_k": self.choose_k} if self.choose_k is not None else {}),
             "result": {
@@ -213,6 +214,7 @@ def cluster_folder(
     lock_timeout: float = 0.0,
     rehash: bool = False,
     reembed: bool = False,
+    runtime: str = "auto",
     raw_csv: bool = False,
     progress: ProgressFn | None = None,
 ) -> Assignment:
@@ -262,7 +264,7 @@ def cluster_folder(
     embeddings = embed_checked(
         Path(folder), None, model, listing=listing, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype,
         embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model,
-        lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, progress=progress,
+        lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, runtime=runtime, progress=progress,
     )  # fmt: skip
     if head_meta is not None:
         assert head is not None  # head_meta comes from it
@@ -295,7 +297,8 @@ def cluster_folder(
                 Reporter(progress, "assign").info(f"naming the clusters takes one extra pass with {NAMING_MODEL} (cached)")
                 naming = embed(
                     embeddings.folder, NAMING_MODEL, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-                    workers=workers, follow_symlinks=follow_symlinks, lock_timeout=lock_timeout, progress=progress,
+                    workers=workers, follow_symlinks=follow_symlinks, lock_timeout=lock_timeout, runtime=runtime,
+                    progress=progress,
                 )  # fmt: skip
             named = _names(embeddings.paths, columns["cluster"], naming)
         name = {"cluster_name": named}
@@ -445,6 +448,7 @@ def train_folder(
     lock_timeout: float = 0.0,
     rehash: bool = False,
     reembed: bool = False,
+    runtime: str = "auto",
     raw_csv: bool = False,
     progress: ProgressFn | None = None,
 ) -> tuple[ClusterHead, Path]:
@@ -467,7 +471,7 @@ def train_folder(
     embeddings = embed_checked(
         Path(folder), None, model, listing=listing, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype,
         embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model,
-        lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, progress=progress,
+        lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, runtime=runtime, progress=progress,
     )  # fmt: skip
     skipped = embeddings.write_skipped(raw_csv=raw_csv)
     if skipped is not None:

@@ -34,6 +34,7 @@ from imgcluster.identity import SOURCE_FIELD, forget_record, identity_source, no
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
+from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime, recorded_failure
 from imgcluster.preflight import FolderListing, check_folder, list_folder
 from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
@@ -83,6 +84,7 @@ class Embeddings:
     folder: Path
     config: EmbedConfig
     compute: str = "float32"  # precision the features were computed in (bfloat16 under CUDA autocast)
+    runtime: str = "torch"  # what ran the backbone: torch or onnx (ONNX Runtime)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -109,6 +111,7 @@ class EmbedHooks:
     on_warning: Callable[[str], None] = lambda message: None
     on_wait: Callable[[str], None] = lambda message: None  # waiting for another run's cache lock
     on_mark: Callable[[str, str], None] = lambda stage, message: None  # (stage, one of progress.MARKS)
+    on_build: Callable[[str], None] = lambda model: None  # building the model (seconds); a fully cached run never does
 
 
 def resolve_device(requested: str) -> torch.device:
@@ -173,6 +176,7 @@ def embed_folder(
     if not files:
         looked_for = " ".join(sorted(IMAGE_EXTENSIONS))
         raise ImgclusterError(f"no images found in {folder} (looked for {looked_for})")
+    runtime = plan_runtime(config.runtime, device.type)
     model_name, warning = resolve_model_name(config.model, config.weights)
     if warning:
         hooks.on_warning(warning)
@@ -182,26 +186,44 @@ def embed_folder(
     backbone: Backbone | None = None
     identity = recorded_identity(cache_root, source)
     if identity is None:
+        hooks.on_build(model_name)
         backbone = create_backbone(model_name, config.weights, device)
         identity = normalised(backbone.identity())
     compute = compute_precision(device)
+    runtime_warning: str | None = None
+    if runtime == "onnx" and (failure := recorded_failure(identity)) is not None:  # an export that failed before is not tried again
+        runtime, runtime_warning = "torch", _onnx_refusal(model_name, failure)
+        hooks.on_warning(runtime_warning)
+    onnx_model: Path | None = None
     while True:
-        directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute)
+        directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute, runtime)
         hooks.on_ready(model_name, directory)
         with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait, read_only_ok=True) as writable:
-            description = {"embed": to_dict(config), "backbone": identity, "compute": compute, "note": FORMAT_NOTE, SOURCE_FIELD: source}
+            description = {
+                "embed": to_dict(config), "backbone": identity, "compute": compute, "runtime": runtime, "note": FORMAT_NOTE,
+                SOURCE_FIELD: source,
+            }  # fmt: skip
             cache = EmbeddingCache.open(directory, config.dtype, description, writable=writable)
             failed = read_failures(directory)
             todo, skipped, known = _plan(files, cache, config, failed)
             if todo and backbone is None:
+                hooks.on_build(model_name)
                 backbone = create_backbone(model_name, config.weights, device)
                 if normalised(backbone.identity()) != identity:
                     if writable:  # the record named another model's cache: add nothing to it, and never trust it again
                         forget_record(directory, description)
                     identity = normalised(backbone.identity())
                     continue
+            if todo and runtime == "onnx" and onnx_model is None:
+                assert backbone is not None
+                onnx_model, runtime_warning = _onnx_model(backbone)
+                if runtime_warning:  # features of torch go to torch's cache: start again there
+                    hooks.on_warning(runtime_warning)
+                    runtime = "torch"
+                    continue
             rows, reused = _embed_and_keep(
-                config, device, hooks, cache, writable, backbone, files, todo, skipped, len(known), compact=only is None
+                config, device, hooks, cache, writable, backbone, files, todo, skipped, len(known), compact=only is None,
+                onnx_model=onnx_model,
             )  # fmt: skip
             if writable:
                 _remember_failures(directory, failed, files, todo, skipped, known, whole_folder=only is None)
@@ -222,7 +244,8 @@ def embed_folder(
             folder=folder,
             config=config,
             compute=compute,
-            warnings=[warning] if warning else [],
+            runtime=runtime,
+            warnings=[w for w in (warning, runtime_warning) if w],
             seconds=time.perf_counter() - start,
         )
 
@@ -288,6 +311,7 @@ def _embed_and_keep(
     skipped: dict[str, str],
     known: int,
     compact: bool,
+    onnx_model: Path | None = None,
 ) -> tuple[list[tuple[str, np.ndarray | None]], int]:
     """Embed ``todo`` into the open, locked cache (``backbone`` is None only when ``todo`` is empty)
     and, when ``compact``, keep only these files' rows; ``known`` of the ``skipped`` failed before.
@@ -314,7 +338,7 @@ def _embed_and_keep(
         try:
             if todo:
                 assert backbone is not None  # built by embed_folder whenever there is something to embed
-                _embed_into_cache(todo, cache, backbone, device, config, batch_size, skipped, hooks, changed)
+                _embed_into_cache(todo, cache, backbone, device, config, batch_size, skipped, hooks, changed, onnx_model)
         except KeyboardInterrupt as exc:
             raise Interrupted.wrap(
                 exc, f"interrupted while embedding: {saved(f' {directory}')}; run the same command again to resume from there"
@@ -344,6 +368,21 @@ def _embed_and_keep(
         if not_compacted:
             hooks.on_warning(not_compacted)
     return [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped], reused
+
+
+def _onnx_model(backbone: Backbone) -> tuple[Path | None, str | None]:
+    """The backbone exported for ONNX Runtime, or (None, why not) to run it in torch instead."""
+    failure = recorded_failure(backbone.identity())
+    if failure is None:
+        try:
+            return ensure_exported(backbone), None
+        except ExportError as exc:
+            failure = str(exc)
+    return None, _onnx_refusal(backbone.name, failure)
+
+
+def _onnx_refusal(model: str, failure: str) -> str:
+    return f"cannot run {model} in ONNX Runtime ({failure}); running it in torch"
 
 
 def _named_files(folder: Path, names: Collection[str], unsupported: list[str]) -> list[ImageFile]:
@@ -402,6 +441,7 @@ def _embed_into_cache(
     skipped: dict[str, str],
     hooks: EmbedHooks,
     changed: dict[str, ImageFile],
+    onnx_model: Path | None = None,
 ) -> None:
     """Embed ``todo`` and save every ``flush_every()`` images or ``flush_seconds()``, whichever
     comes first, so that a killed run loses at most that much; ``changed`` gets files re-stat'ed
@@ -427,7 +467,10 @@ def _embed_into_cache(
         plan = plan_loader(workers, batch_size, tuple(backbone.data_config["input_size"]), device.type == "cuda", shared_memory_free())
         if plan.note:
             hooks.on_warning(plan.note)
-        for batch in embed_files(todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch, hooks.on_mark):
+        batches = embed_files(
+            todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch, hooks.on_mark, onnx_model
+        )
+        for batch in batches:
             for i, reason in batch.failures:
                 skipped[todo[i].rel] = reason
             for i in batch.indices:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,20 @@ from imagefolders import CLASSES, copy_sample, sample_image
 from PIL import Image
 
 import imgcluster  # noqa: F401 - before any torch import: sets OpenMP waiting
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Models exported for ONNX Runtime go to a folder of the session (shared by its tests and
+    their subprocesses), never to the user's ~/.cache."""
+    path = tmp_path_factory.mktemp("models")
+    previous = os.environ.get("IMGCLUSTER_MODEL_CACHE")
+    os.environ["IMGCLUSTER_MODEL_CACHE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("IMGCLUSTER_MODEL_CACHE", None)
+    else:
+        os.environ["IMGCLUSTER_MODEL_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")

@@ -46,7 +46,18 @@ def test_embed_a_folder_reports_progress_and_prints_nothing(
     assert {e.stage for e in events} >= {"model", "embed"}
     assert any(e.kind == "info" and str(e).startswith("embedded ") for e in events)
     first = events[0]  # before the seconds of importing torch and building the model, it says what it does
-    assert (first.stage, first.kind, str(first)) == ("model", "info", "loading the model (efficientnet-lite0) ...")
+    assert (first.stage, first.kind, str(first)) == ("model", "info", "starting (efficientnet-lite0) ...")
+
+
+def test_only_a_run_that_builds_the_model_says_it_loads_it(small_folder: Path, tmp_path: Path) -> None:
+    """A fully cached run builds no model, so it must not say it loads one."""
+    said: list[list[str]] = []
+    for _ in range(2):
+        events: list[Event] = []
+        imgcluster.embed(small_folder, cache_dir=tmp_path / "cache", progress=events.append, **MODEL)
+        said.append([str(e) for e in events if e.kind == "info"])
+    assert "loading the model (efficientnet-lite0) ..." in said[0]
+    assert not any(line.startswith("loading the model") for line in said[1])
 
 
 def test_embed_marks_the_moments_that_time_its_stages(

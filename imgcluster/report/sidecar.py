@@ -78,7 +78,9 @@ def cached_features(folder: Path, sidecar: dict[str, Any] | None) -> tuple[dict[
     recorded = (sidecar or {}).get("compute")
     # A sidecar written before the precision was recorded: features made on the CPU, else on a GPU.
     precisions = [recorded] if isinstance(recorded, str) else ["float32", "bfloat16"]
-    directories = [embeddings_dir(root, backbone["model"], backbone, dtype, compute) for compute in precisions]
+    runtime = (sidecar or {}).get("runtime")
+    runtime = runtime if isinstance(runtime, str) else "torch"  # sidecars from before the runtime was recorded: torch's
+    directories = [embeddings_dir(root, backbone["model"], backbone, dtype, compute, runtime) for compute in precisions]
     directory = next((d for d in directories if any((d / "shards").glob("*.safetensors"))), directories[0])
     shards = sorted((directory / "shards").glob("*.safetensors"))
     if not shards:

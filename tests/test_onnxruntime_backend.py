@@ -1,0 +1,181 @@
+"""ONNX Runtime as the CPU runtime: same features as torch, its own cache, a safe fallback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from imagefolders import CLASSES, copy_sample
+from torch import nn
+from typer.testing import CliRunner
+
+import imgcluster
+import imgcluster.onnxruntime_backend as ort_backend
+from imgcluster.backbones import Backbone, create_backbone
+from imgcluster.cache import cache_key, embeddings_dir
+from imgcluster.cli import app
+from imgcluster.embedding import embed_files
+from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.listing import ImageFile
+from imgcluster.models import BACKBONES
+from imgcluster.onnxruntime_backend import ExportError, ensure_exported, exported_path, plan_runtime, recorded_failure
+
+TINY_CONFIG = {"input_size": (3, 16, 16), "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "crop_pct": 1.0, "interpolation": "bilinear"}
+
+
+def tiny_backbone(seed: int = 0) -> Backbone:
+    """A conv net small enough to export in a fraction of a second."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    return Backbone("efficientnet-lite0", BACKBONES["efficientnet-lite0"], model, dict(TINY_CONFIG), f"test:{seed}", 8)
+
+
+def image_files(folder: Path) -> list[ImageFile]:
+    files = []
+    for path in sorted(folder.rglob("*.png")):
+        st = path.stat()
+        files.append(ImageFile(path.relative_to(folder).as_posix(), path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return files
+
+
+def test_plan_runtime_needs_no_model() -> None:
+    assert plan_runtime("auto", "cpu") == "torch"  # measured no cheaper for a whole run: opt-in
+    assert plan_runtime("auto", "cuda") == "torch"
+    assert plan_runtime("torch", "cpu") == "torch"
+    assert plan_runtime("onnx", "cpu") == "onnx"
+    with pytest.raises(ParameterError, match="runtime must be auto, torch or onnx, not 'tensorrt'"):
+        plan_runtime("tensorrt", "cpu")
+    with pytest.raises(ParameterError, match="runtime onnx runs on the CPU only"):
+        plan_runtime("onnx", "cuda")
+
+
+def test_a_mistyped_runtime_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    script = (
+        "import sys, imgcluster\n"
+        "try:\n"
+        f"    imgcluster.embed({str(folder)!r}, 'efficientnet-lite0', runtime='tensorrt')\n"
+        "except imgcluster.ParameterError as exc:\n"
+        "    print(exc, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "runtime must be auto, torch or onnx, not 'tensorrt' False"
+
+
+def test_without_onnxruntime_onnx_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(ort_backend, "onnxruntime_installed", lambda: False)
+    assert plan_runtime("auto", "cpu") == "torch"
+    with pytest.raises(ImgclusterError, match=r"needs the packages onnxruntime and onnx: pip install 'imgcluster\[onnx\]'"):
+        plan_runtime("onnx", "cpu")
+
+
+def test_each_runtime_has_its_own_cache_key() -> None:
+    """ONNX Runtime's features differ from torch's in the last bits: never one cache for both,
+    while torch's key stays what it was before the runtime existed (old caches stay valid)."""
+    identity = {"model": "m", "weights": "w", "feature_dim": 4}
+    assert cache_key(identity, "float16", "float32", "torch") == cache_key(identity, "float16")
+    assert cache_key(identity, "float16", "float32", "onnx") != cache_key(identity, "float16")
+    root = Path("/c")
+    assert embeddings_dir(root, "m", identity, "float16", runtime="onnx") != embeddings_dir(root, "m", identity, "float16")
+
+
+def test_export_is_checked_cached_and_rebuilt_when_damaged(monkeypatch: pytest.MonkeyPatch) -> None:
+    backbone = tiny_backbone()
+    path = ensure_exported(backbone)
+    assert path == exported_path(backbone.identity()) and path.is_file()
+    record = json.loads(path.with_suffix(".json").read_text())
+    assert record["backbone"]["weights"] == "test:0" and len(record["sha256"]) == 64
+    exports = []
+    real = ort_backend._export_bytes
+    monkeypatch.setattr(ort_backend, "_export_bytes", lambda b: exports.append(1) or real(b))
+    assert ensure_exported(backbone) == path and exports == []  # intact: used as it is
+    path.write_bytes(path.read_bytes()[:100])  # torn
+    ensure_exported(backbone)
+    assert exports == [1]
+    x = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    got = ort_backend.run(ort_backend.session(path, 1), x)
+    with torch.no_grad():
+        np.testing.assert_allclose(got, backbone.model(torch.from_numpy(x)).numpy(), atol=1e-5)
+    assert exported_path(tiny_backbone(1).identity()) != path  # other weights, another file
+
+
+def test_an_export_that_computes_other_features_is_refused_and_remembered(monkeypatch: pytest.MonkeyPatch) -> None:
+    backbone = tiny_backbone(2)
+    real = ort_backend._export_bytes
+
+    def wrong_weights(b: Backbone) -> bytes:
+        other = tiny_backbone(3)
+        return real(Backbone(b.name, b.spec, other.model, b.data_config, b.weights_id, b.feature_dim))
+
+    monkeypatch.setattr(ort_backend, "_export_bytes", wrong_weights)
+    with pytest.raises(ExportError, match="differ from torch's"):
+        ensure_exported(backbone)
+    assert not exported_path(backbone.identity()).exists()
+    assert "differ from torch's" in (recorded_failure(backbone.identity()) or "")
+
+
+def test_export_failure_falls_back_to_torch_with_one_warning(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A backbone the exporter cannot handle still embeds, in torch and torch's cache; the failure
+    is recorded, so the next run neither tries again nor warns twice in one run."""
+    monkeypatch.setenv("IMGCLUSTER_MODEL_CACHE", str(tmp_path / "models"))
+    attempts = []
+
+    def unsupported(b: Backbone) -> bytes:
+        attempts.append(1)
+        raise RuntimeError("Exporting the operator 'aten::odd' to ONNX opset version 18 is not supported")
+
+    monkeypatch.setattr(ort_backend, "_export_bytes", unsupported)
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=3)
+    for run in (1, 2):
+        events: list[imgcluster.Event] = []
+        result = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache", runtime="onnx", progress=events.append)
+        warnings = [e.message for e in events if e.kind == "warning"]
+        assert len(warnings) == 1 and "cannot run efficientnet-lite0 in ONNX Runtime" in warnings[0], warnings
+        assert "aten::odd" in warnings[0] and "running it in torch" in warnings[0]
+        assert result.runtime == "torch" and result.warnings == warnings
+        assert result.cache_dir.name.endswith(cache_key(result.identity, "float16"))
+        assert json.loads((result.cache_dir / "config.json").read_text())["runtime"] == "torch"
+        assert len(attempts) == 1, run
+        assert result.reused == (3 if run == 2 else 0)
+
+
+@pytest.mark.slow
+def test_onnxruntime_features_equal_torchs(tmp_path: Path) -> None:
+    """EfficientNet-Lite0 on real images, through the embedding loop: ONNX Runtime against torch.
+    Measured: at most 1e-5 apart on features up to ~6 (benchmarks/results_runtime.md)."""
+    folder = copy_sample(tmp_path / "photos", CLASSES, per_class=2)
+    files = image_files(folder)
+    backbone = create_backbone("efficientnet-lite0")
+    path = ensure_exported(backbone)
+    cpu = torch.device("cpu")
+    in_torch = np.concatenate([b.features for b in embed_files(files, backbone, cpu, batch_size=8, workers=0)])
+    in_ort = np.concatenate([b.features for b in embed_files(files, backbone, cpu, batch_size=8, workers=0, onnx_model=path)])
+    assert in_ort.shape == in_torch.shape == (10, 1280)
+    assert np.abs(in_ort - in_torch).max() < 1e-4 * np.abs(in_torch).max()
+    cosine = (in_ort * in_torch).sum(1) / np.linalg.norm(in_ort, axis=1) / np.linalg.norm(in_torch, axis=1)
+    assert cosine.min() > 0.99999
+
+
+@pytest.mark.slow
+def test_runtime_option_picks_the_cache(tmp_path: Path) -> None:
+    """--runtime torch and onnx write caches of their own, each recorded in its config.json; a bad
+    value is a usage error naming the flag."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=3)
+    runner = CliRunner()
+    made = {}
+    for runtime in ("torch", "onnx"):
+        args = ["embed", str(folder), "--model", "efficientnet-lite0", "--cache-dir", str(tmp_path / "cache"), "--runtime", runtime]
+        result = runner.invoke(app, args)
+        assert result.exit_code == 0, result.stderr
+        (config,) = [p for p in (tmp_path / "cache").rglob("config.json") if p.parent not in made.values()]
+        assert json.loads(config.read_text())["runtime"] == runtime
+        made[runtime] = config.parent
+    assert made["torch"] != made["onnx"]
+    result = runner.invoke(app, ["embed", str(folder), "--runtime", "tensorrt"])
+    assert result.exit_code == 2
+    assert "--runtime must be auto, torch or onnx, not 'tensorrt'" in result.stderr
