@@ -30,6 +30,10 @@ from imgcluster.objectives.base import (
 
 KMEANS_SAMPLE = 4096  # images embedded to seed the prototypes: plenty for K centres, cheap for any N
 KMEANS_ITERS = 10  # Lloyd iterations for the prototypes: a start for training, not a final clustering
+# Best of 3 k-means runs per head: one greedy k-means++ run still puts two prototypes in one of 4
+# separated blobs for 2 of 60 heads (none of 60 with 3), for milliseconds on 4,096 x 256
+# (benchmarks/results_temi_start.md).
+KMEANS_RESTARTS = 3
 
 
 @dataclass
@@ -115,6 +119,15 @@ def temi_loss(
         + temi_pair_loss(log_s_n, log_t_a, weight, prior, beta, prior_weight)
     )
     return loss, weight.mean(-1)
+
+
+def kmeans_prototypes(embedded: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Each head's last-layer directions ``[H, bottleneck, k]``: spherical k-means centres of its embeddings ``[H, S, bottleneck]``.
+
+    Uncentred: the logits compare the raw bottleneck embedding with the directions.
+    """
+    fits = [spherical_kmeans(z, k, generator, restarts=KMEANS_RESTARTS, iters=KMEANS_ITERS, centre=False) for z in embedded]
+    return torch.stack([fit.best.centroids.T for fit in fits])
 
 
 def _init_batched_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
@@ -213,14 +226,14 @@ class TEMI(Objective):
         if self.params.standardise:
             self.feature_mean.copy_(features.mean(0))
             self.feature_std.copy_(features.std(0).clamp_min(1e-6))
+        # The start draws from its own generator, seeded by one draw: the batch order that follows is
+        # then the same whatever the start takes (another k-means reshuffled every batch before).
+        start = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         if self.params.prototype_init == "kmeans":
-            sample = torch.randperm(features.shape[0], generator=generator)[:KMEANS_SAMPLE].to(features.device)
+            sample = torch.randperm(features.shape[0], generator=start)[:KMEANS_SAMPLE].to(features.device)
             with torch.no_grad():
                 embedded = self.student.embed(self._standardised(features[sample]))  # [H, S, bottleneck]
-                for head, z in enumerate(embedded):
-                    # Uncentred: the logits compare the raw bottleneck embedding with the directions.
-                    fit = spherical_kmeans(z, self.n_clusters, generator, iters=KMEANS_ITERS, centre=False)
-                    self.student.direction[head].copy_(fit.best.centroids.T)
+                self.student.direction.copy_(kmeans_prototypes(embedded, self.n_clusters, start))
         self.prior.fill_(1.0 / self.n_clusters)
         self.teacher.load_state_dict(self.student.state_dict())
 
