@@ -79,8 +79,8 @@ def test_unknown_prototype_init_is_a_clear_error() -> None:
 
 @pytest.mark.parametrize("seed", range(5))
 def test_kmeans_prototypes_start_at_the_data_clusters(seed: int) -> None:
-    """Every head of every seed: one k-means++ draw per prototype (TEMI's start before c507f6f) left
-    14 of 60 heads below 0.9 here, one greedy k-means++ run 2 of 60, the best of three 0 of 60."""
+    """Every head of every seed. One plain k-means++ draw per prototype (TEMI's start before c507f6f)
+    leaves 10 of 60 heads below 0.9 on these blobs (benchmarks/results_temi_start.md) and fails here."""
     x, y = blobs(k=4, n=50, d=32)
     torch.manual_seed(seed)
     objective = create_objective("temi", 32, 4, {"n_heads": 2})
