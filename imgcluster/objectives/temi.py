@@ -32,7 +32,8 @@ KMEANS_SAMPLE = 4096  # images embedded to seed the prototypes: plenty for K cen
 KMEANS_ITERS = 10  # Lloyd iterations for the prototypes: a start for training, not a final clustering
 # Best of 3 k-means runs per head: on Fashion-MNIST the untrained heads' assignments then match
 # the classes better (ACC 0.670 ± 0.014 against 0.626 ± 0.009 for one run, 0.609 ± 0.035 for the
-# start before c507f6f; benchmarks/results_temi_start.md), for milliseconds on 4,096 x 256.
+# start before c507f6f; benchmarks/results_temi_start.md); three k-means on 4,096 x 256 per head
+# are little next to training.
 KMEANS_RESTARTS = 3
 
 
