@@ -131,7 +131,7 @@ VARIANTS: dict[str, Start] = {
     "greedy + old Lloyd": greedy_seeds_plain_lloyd,
     "greedy seeds, no Lloyd": shared_start(seeds_only=True),
     "greedy, Lloyd to convergence (50)": shared_start(iters=50),
-    "shared greedy, best of 3 (the fix)": shared_start(restarts=3),
+    "shared greedy, best of 3": shared_start(restarts=3),
     "greedy on centred embeddings": shared_start(centre=True),
     "centred clusters, raw member means": centred_member_means,
 }
