@@ -122,9 +122,9 @@ def kmeans_prototypes(embedded: torch.Tensor, k: int, generator: torch.Generator
 
     Uncentred: the logits compare the raw bottleneck embedding with the directions.
     """
-    # One greedy k-means++ run per head. Plain k-means++ draws (the start before c507f6f), the best of
-    # 3 runs and converged runs all trained to ACC within the spread that the start's random draws
-    # alone cause (benchmarks/results_temi_start.md); this one splits the test's blobs for every head.
+    # One greedy k-means++ run per head. Plain k-means++ draws (the start before c507f6f) and the best
+    # of 3 runs trained to ACC within the spread that the start's random draws alone cause
+    # (benchmarks/results_temi_start.md); this one splits the test's blobs for every head.
     fits = [spherical_kmeans(z, k, generator, iters=KMEANS_ITERS, centre=False) for z in embedded]
     return torch.stack([fit.best.centroids.T for fit in fits])
 
