@@ -117,6 +117,18 @@ def temi_loss(
     return loss, weight.mean(-1)
 
 
+def kmeans_prototypes(embedded: torch.Tensor, k: int, generator: torch.Generator) -> torch.Tensor:
+    """Each head's last-layer directions ``[H, bottleneck, k]``: spherical k-means centres of its embeddings ``[H, S, bottleneck]``.
+
+    Uncentred: the logits compare the raw bottleneck embedding with the directions.
+    """
+    # One greedy k-means++ run per head. Plain k-means++ draws (the start before c507f6f) and the best
+    # of 3 runs trained to ACC within the spread that the start's random draws alone cause
+    # (benchmarks/results_temi_start.md); this one splits the test's blobs for every head.
+    fits = [spherical_kmeans(z, k, generator, iters=KMEANS_ITERS, centre=False) for z in embedded]
+    return torch.stack([fit.best.centroids.T for fit in fits])
+
+
 def _init_batched_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> None:
     """DINO's and TEMI's head initialisation: truncated normal weights (std 0.02), zero biases."""
     nn.init.trunc_normal_(weight.data, std=0.02, a=-0.04, b=0.04)
@@ -213,14 +225,14 @@ class TEMI(Objective):
         if self.params.standardise:
             self.feature_mean.copy_(features.mean(0))
             self.feature_std.copy_(features.std(0).clamp_min(1e-6))
+        # The start draws from its own generator, seeded by one draw: the batch order that follows is
+        # then the same whatever the start takes (another k-means reshuffled every batch before).
+        start = torch.Generator().manual_seed(int(torch.randint(2**62, (1,), generator=generator)))
         if self.params.prototype_init == "kmeans":
-            sample = torch.randperm(features.shape[0], generator=generator)[:KMEANS_SAMPLE].to(features.device)
+            sample = torch.randperm(features.shape[0], generator=start)[:KMEANS_SAMPLE].to(features.device)
             with torch.no_grad():
                 embedded = self.student.embed(self._standardised(features[sample]))  # [H, S, bottleneck]
-                for head, z in enumerate(embedded):
-                    # Uncentred: the logits compare the raw bottleneck embedding with the directions.
-                    fit = spherical_kmeans(z, self.n_clusters, generator, iters=KMEANS_ITERS, centre=False)
-                    self.student.direction[head].copy_(fit.best.centroids.T)
+                self.student.direction.copy_(kmeans_prototypes(embedded, self.n_clusters, start))
         self.prior.fill_(1.0 / self.n_clusters)
         self.teacher.load_state_dict(self.student.state_dict())
 

@@ -77,15 +77,32 @@ def test_unknown_prototype_init_is_a_clear_error() -> None:
         create_objective("temi", 16, 5, {"prototype_init": "data"})
 
 
-def test_kmeans_prototypes_start_at_the_data_clusters() -> None:
+@pytest.mark.parametrize("seed", range(5))
+def test_kmeans_prototypes_start_at_the_data_clusters(seed: int) -> None:
+    """Every head of every seed. One plain k-means++ draw per prototype (TEMI's start before c507f6f)
+    leaves 10 of 60 heads below 0.9 on these blobs (benchmarks/results_temi_start.md) and fails here."""
     x, y = blobs(k=4, n=50, d=32)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     objective = create_objective("temi", 32, 4, {"n_heads": 2})
-    objective.setup(torch.from_numpy(x), torch.zeros(200, 1, dtype=torch.long), torch.Generator().manual_seed(0))
+    objective.setup(torch.from_numpy(x), torch.zeros(200, 1, dtype=torch.long), torch.Generator().manual_seed(seed))
     # Teacher and student start equal, and the untrained heads already split the blobs apart.
     assert all(torch.equal(t, s) for t, s in zip(objective.teacher.parameters(), objective.student.parameters()))
     predicted = objective.eval().head_probs(torch.from_numpy(x)).argmax(-1)
-    assert all(hungarian_accuracy(y, p.numpy()) >= 0.9 for p in predicted)
+    accuracies = [hungarian_accuracy(y, p.numpy()) for p in predicted]
+    assert min(accuracies) >= 0.9, accuracies
+
+
+def test_the_start_takes_one_draw_so_the_batch_order_does_not_depend_on_it() -> None:
+    x, _ = blobs(k=4, n=50, d=32)
+    knn = torch.zeros(200, 1, dtype=torch.long)
+    states = []
+    for init in ("kmeans", "random"):
+        generator = torch.Generator().manual_seed(0)
+        create_objective("temi", 32, 4, {"prototype_init": init}).setup(torch.from_numpy(x), knn, generator)
+        states.append(generator.get_state())
+    one_draw = torch.Generator().manual_seed(0)
+    torch.randint(2**62, (1,), generator=one_draw)
+    assert torch.equal(states[0], states[1]) and torch.equal(states[0], one_draw.get_state())
 
 
 def test_finite_loss_and_gradients_only_for_the_student() -> None:
