@@ -171,10 +171,11 @@ def _read(path: Path) -> dict[str, np.ndarray]:
 
 def _write(path: Path, rows: dict[str, np.ndarray]) -> None:
     from imgcluster.atomic import atomic_write_bytes
+    from imgcluster.errors import ImgclusterError
 
     buffer = io.BytesIO()
     np.savez(buffer, keys=np.array(list(rows), dtype=str), probabilities=np.stack(list(rows.values())).astype(np.float16))
     try:
         atomic_write_bytes(path, buffer.getvalue())
-    except OSError:
-        pass  # a read-only cache: the names are made again next time
+    except (OSError, ImgclusterError):  # the atomic writer reports a full or read-only disk as ImgclusterError
+        pass  # a read-only or full cache: the names are made again next time
