@@ -232,3 +232,17 @@ class ClusterHead(ClusterMixin, BaseEstimator):
 
 def parse_auto(n_clusters: int | str) -> bool:
     return isinstance(n_clusters, str) and n_clusters.strip().lower() == "auto"
+
+
+def checked_head(
+    n_clusters: int | str, objective: str, seed: int, *, k_min: int, k_max: int, epochs: int | None, batch_size: int, lr: float,
+    knn: int, balance: float | None, self_label: bool, uco: bool, device: str, objective_options: dict[str, Any] | None,
+) -> ClusterHead:  # fmt: skip
+    """The head to train, its parameters checked before any image is embedded or any row read
+    (``imgcluster.train_folder`` and the feature-store commands build their heads here)."""
+    estimator = ClusterHead(
+        objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
+        balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
+    )  # fmt: skip
+    estimator.train_config()
+    return estimator

@@ -458,13 +458,12 @@ def train_folder(
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
     listing = check_inputs(folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir)
-    from imgcluster.estimator import ClusterHead
+    from imgcluster.estimator import checked_head
 
-    estimator = ClusterHead(
-        objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
-        balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
+    estimator = checked_head(
+        n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,
+        self_label=self_label, uco=uco, device=device, objective_options=objective_options,
     )  # fmt: skip
-    estimator.train_config()
     if out is not None:
         refuse_inputs(Path(out), folder=Path(folder))
         check_writable(Path(out))

@@ -127,6 +127,12 @@ def robust_thresholds(distance: np.ndarray, clusters: np.ndarray, mad_factor: fl
     return thresholds
 
 
+def check_min_confidence(min_confidence: float) -> None:
+    """Refuse a confidence floor outside [0, 1]; also called before the work of a run that ends in :func:`find_outliers`."""
+    if not 0.0 <= min_confidence <= 1.0:
+        raise ParameterError(f"{{min_confidence}} must lie in [0, 1], got {min_confidence}")
+
+
 def find_outliers(
     features: np.ndarray,
     clusters: np.ndarray,
@@ -135,8 +141,7 @@ def find_outliers(
     mad_factor: float = DEFAULT_MAD_FACTOR,
 ) -> Outliers:
     """Flag images far from their cluster's centre, and those below ``min_confidence`` (see the module docstring)."""
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ParameterError(f"{{min_confidence}} must lie in [0, 1], got {min_confidence}")
+    check_min_confidence(min_confidence)
     if mad_factor <= 0:
         raise ParameterError(f"{{mad_factor}} must be positive, got {mad_factor}")
     clusters = np.asarray(clusters)

@@ -199,12 +199,12 @@ class _Labeller:
 def ray_pass(uri: str, head: Path, model: SampleModel, actors: int | None, batch_rows: int) -> Iterator[dict[str, np.ndarray]]:
     """The pass as Ray Data ``map_batches`` over the store's buckets; Ray must be initialised."""
     from imgcluster.featurestore import bucket_folders
-    from imgcluster.scale.embed_job import _quiet_data_context  # no progress bars, errors in a batch retried
+    from imgcluster.scale.engine import quiet_data_context  # no progress bars, errors in a batch retried
 
     folders = bucket_folders(uri)
     if not folders:
         return
-    with _quiet_data_context() as context:
+    with quiet_data_context() as context:
         previous = context.execution_options.preserve_order
         context.execution_options.preserve_order = True  # the local pass's order: the CSV does not depend on the engine
         try:
@@ -277,16 +277,16 @@ def assign_store(
     """
     from imgcluster.atomic import check_writable
     from imgcluster.checkpoint import check_backbone, load_checkpoint
+    from imgcluster.estimator import checked_head
     from imgcluster.folder import check_out
-    from imgcluster.outliers import DEFAULT_MIN_CONFIDENCE
+    from imgcluster.outliers import DEFAULT_MIN_CONFIDENCE, check_min_confidence
     from imgcluster.pipeline import resolve_device
-    from imgcluster.scale.training import head_for_store, make_estimator, read_sample
+    from imgcluster.scale.training import head_for_store, read_sample
 
     start = time.perf_counter()
     if engine not in ENGINES:
         raise ParameterError(f"{{engine}} must be local or ray, not {engine!r}")
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ParameterError(f"{{min_confidence}} must lie in [0, 1], got {min_confidence}")
+    check_min_confidence(min_confidence)
     if engine == "ray":
         from imgcluster.scale.engine import import_ray
 
@@ -310,7 +310,7 @@ def assign_store(
     estimator = None
     meta_head: dict[str, Any] | None = None
     if head is None:
-        estimator = make_estimator(
+        estimator = checked_head(
             n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn,
             balance=balance, self_label=self_label, uco=uco, device=device, objective_options=objective_options,
         )  # fmt: skip

@@ -15,8 +15,6 @@ import dataclasses
 import math
 import time
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +25,7 @@ from imgcluster.errors import ParameterError
 from imgcluster.progress import ProgressFn, Reporter, count
 from imgcluster.scale.decode import NO_MTIME, decode_batch
 from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_environment
-from imgcluster.scale.engine import import_ray, ray_session, require_ray
+from imgcluster.scale.engine import import_ray, quiet_data_context, ray_session, require_ray
 from imgcluster.scale.sources import Source, list_source, open_source, read_manifest, write_manifest
 from imgcluster.signals import Interrupted
 
@@ -245,25 +243,6 @@ def write_batch(batch: dict[str, np.ndarray], store: featurestore.FeatureStore) 
     return {"path": np.array(paths, dtype=object), "reason": reasons}
 
 
-@contextmanager
-def _quiet_data_context() -> Iterator[Any]:
-    """Ray Data's context for this job: no progress bars (the library never prints), Python errors
-    in actor tasks retried. Put back as it was afterwards."""
-    from ray.data import DataContext
-
-    ctx = DataContext.get_current()
-    changes = {"enable_progress_bars": False, "actor_task_retry_on_errors": True, "print_on_execution_start": False}
-    saved = {k: getattr(ctx, k) for k in changes if hasattr(ctx, k)}
-    for k, v in changes.items():
-        if hasattr(ctx, k):
-            setattr(ctx, k, v)
-    try:
-        yield ctx
-    finally:
-        for k, v in saved.items():
-            setattr(ctx, k, v)
-
-
 def _run(
     store: featurestore.FeatureStore,
     src: Source,
@@ -282,7 +261,7 @@ def _run(
 
     ray = import_ray()
     report.at("model").info("starting Ray" + (f" at {config.address}" if config.address else " (a local instance)") + " ...")
-    with ray_session(config.address), _quiet_data_context():
+    with ray_session(config.address), quiet_data_context():
         from ray.data import ActorPoolStrategy
 
         resources = ray.cluster_resources()

@@ -102,3 +102,23 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
         yield
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def quiet_data_context() -> Iterator[Any]:
+    """Ray Data's context for this package's jobs (the embed job, the store's assign pass): no
+    progress bars (the library never prints), Python errors in actor tasks retried. Put back as it
+    was afterwards."""
+    from ray.data import DataContext
+
+    ctx = DataContext.get_current()
+    changes = {"enable_progress_bars": False, "actor_task_retry_on_errors": True, "print_on_execution_start": False}
+    saved = {k: getattr(ctx, k) for k in changes if hasattr(ctx, k)}
+    for k, v in changes.items():
+        if hasattr(ctx, k):
+            setattr(ctx, k, v)
+    try:
+        yield ctx
+    finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)

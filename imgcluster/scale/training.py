@@ -103,21 +103,6 @@ def default_head_path(sample: StoreSample, config: TrainConfig, beside: Path | N
     raise ParameterError(f"a head trained on {sample.uri} needs {{out}}: a local file to save it in")
 
 
-def make_estimator(
-    n_clusters: int | str, objective: str, seed: int, *, k_min: int, k_max: int, epochs: int | None, batch_size: int, lr: float,
-    knn: int, balance: float | None, self_label: bool, uco: bool, device: str, objective_options: dict[str, Any] | None,
-) -> ClusterHead:  # fmt: skip
-    """The head to train, its parameters checked before any row is read."""
-    from imgcluster.estimator import ClusterHead
-
-    estimator = ClusterHead(
-        objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
-        balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
-    )  # fmt: skip
-    estimator.train_config()
-    return estimator
-
-
 def train_from_store(
     features: str,
     *,
@@ -148,8 +133,9 @@ def train_from_store(
     stages ``sample``, ``knn``, ``choose_k`` and ``train``.
     """
     from imgcluster.atomic import check_writable
+    from imgcluster.estimator import checked_head
 
-    estimator = make_estimator(
+    estimator = checked_head(
         n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,
         self_label=self_label, uco=uco, device=device, objective_options=objective_options,
     )  # fmt: skip
