@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from imagefolders import SAMPLE
 from storefixtures import MODEL, store_from_cache, synthetic_store
@@ -17,6 +16,8 @@ from imgcluster.cli import app
 from imgcluster.scale import knn
 from imgcluster.scale.assign_job import assign_store
 from imgcluster.scale.training import train_from_store
+
+pq = pytest.importorskip("pyarrow.parquet", reason="the feature store needs pyarrow (the 'ray' extra)")
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("local_ray")]  # one local Ray for the module (conftest.py)
 

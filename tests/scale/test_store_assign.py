@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 from imagefolders import SAMPLE
 from storefixtures import MODEL, store_from_cache
@@ -17,6 +16,8 @@ import imgcluster
 from imgcluster.cli import app
 from imgcluster.scale.assign_job import assign_store
 from imgcluster.scale.training import train_from_store
+
+pq = pytest.importorskip("pyarrow.parquet", reason="the feature store needs pyarrow (the 'ray' extra)")
 
 runner = CliRunner()
 
