@@ -12,28 +12,37 @@ driver merges each query's top-k as the tasks finish. With ``nprobe = P`` every 
 searched and the answer is the brute-force one (tested); with fewer, a neighbour across a
 partition boundary can be missed (recall measured in the tests and by ``make bench-ray``).
 
-Limits: the driver holds the features (N x d float32) and the running top-k (N x (k+1)); the
-partitions travel through Ray's object store once each, the queries once per probe.
+Limits: the driver holds the unit features (N x d float32) and the running top-k (N x (k+1)).
+On Ray the unit features go into the object store once (``ray.put``), the driver keeps only the
+store's zero-copy view of them, and each task gets its partition's row ids and its queries' row
+ids and gathers the rows itself from that one shared object (:class:`imgcluster.scale.tasks.RayTasks`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from imgcluster.errors import ParameterError
 from imgcluster.neighbours import _exact_rows, knn_search, l2_normalise, load_faiss
 from imgcluster.progress import ProgressFn, Reporter
+from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
+from imgcluster.scale.tasks import RayTasks, Tasks, local_tasks
 
-RAY_KNN_THRESHOLD = 20_000_000  # rows; below this one machine's search (neighbours.py) answers
 PARTITION_ROWS = 20_000  # rows per partition on average: P = ceil(N / PARTITION_ROWS)
-DEFAULT_NPROBE = 16  # partitions searched per query (as neighbours.IVF_NPROBE)
 TRAIN_PER_PARTITION = 40  # sample rows per centroid for the partitioning k-means (as neighbours.IVF_TRAIN_PER_LIST)
 KMEANS_ITERATIONS = 10  # a rough fit is enough: the search inside the probed partitions is exact
-IN_FLIGHT = 8  # partition tasks submitted ahead of the merge: bounds the driver's pending results
+
+
+def check_knn_options(knn_threshold: object, nprobe: object) -> None:
+    """Both whole numbers of at least 1: before a store is read or a head trained."""
+    for name, value in (("knn_threshold", knn_threshold), ("nprobe", nprobe)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ParameterError(f"{{{name}}} must be a whole number of at least 1, got {value!r}")
 
 
 @dataclass
@@ -116,32 +125,9 @@ def _best_first(sims: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.take_along_axis(by_id, by_sim, 1)
 
 
-# (vectors, ids, queries, query ids, k) -> (query ids, sims, ids); the partition tasks' signature.
-SearchFn = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
-# Runs the partition searches given as argument tuples, yielding results in any order.
-Runner = Callable[[Iterator[tuple[Any, ...]]], Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]]
-
-
-def local_runner(jobs: Iterator[tuple[Any, ...]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The partition searches one after another in this process (the reference for the Ray runner)."""
-    for job in jobs:
-        yield search_partition(*job)
-
-
-def ray_runner(jobs: Iterator[tuple[Any, ...]]) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """One Ray task per partition (at most ``IN_FLIGHT`` ahead of the merge); Ray must be initialised."""
-    import ray
-
-    task = ray.remote(num_cpus=1, max_retries=3)(search_partition)
-    pending: list[Any] = []
-    for job in jobs:
-        pending.append(task.remote(*job))
-        while len(pending) >= IN_FLIGHT:
-            done, pending = ray.wait(pending, num_returns=1)
-            yield ray.get(done[0])
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        yield ray.get(done[0])
+def search_shared(x: np.ndarray, ids: np.ndarray, query_ids: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One partition's job: its rows ``ids`` and its queries ``query_ids`` gathered from the shared unit features ``x``."""
+    return search_partition(x[ids], ids, x[query_ids], query_ids, k)
 
 
 def partitioned_knn(
@@ -151,11 +137,12 @@ def partitioned_knn(
     n_partitions: int | None = None,
     nprobe: int = DEFAULT_NPROBE,
     seed: int = 0,
-    runner: Runner = local_runner,
+    tasks: Tasks = local_tasks,
     progress: ProgressFn | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``k`` neighbours of every row, self excluded: (indices [N,k], similarities [N,k]), as
-    :func:`imgcluster.neighbours.knn_search` returns them; see the module docstring."""
+    :func:`imgcluster.neighbours.knn_search` returns them; see the module docstring. ``tasks``
+    runs the partitions' searches (here by default; :class:`imgcluster.scale.tasks.RayTasks`)."""
     x = l2_normalise(features)
     n = x.shape[0]
     if n < 2:
@@ -172,17 +159,19 @@ def partitioned_knn(
     queries_of = np.argsort(flat, kind="stable")
     bounds = np.searchsorted(flat[queries_of], np.arange(len(members) + 1))
     width = probe.shape[1]
+    # From here the driver reads x only through the shared copy (on Ray: the object store's, its own freed).
+    shared, x = tasks.share(x)
 
     def jobs() -> Iterator[tuple[Any, ...]]:
         for q, ids in enumerate(members):
             query_ids = queries_of[bounds[q] : bounds[q + 1]] // width
             if ids.size and query_ids.size:
-                yield x[ids], ids, x[query_ids], query_ids, min(k + 1, ids.size)
+                yield shared, ids, query_ids, min(k + 1, ids.size)
 
     top = TopK(n, k + 1)
     busy = [m for m in members if m.size]
     report.start(len(busy), "searching partitions")
-    for query_ids, sims, ids in runner(jobs()):
+    for query_ids, sims, ids in tasks.map(search_shared, jobs()):
         top.merge(query_ids, sims, ids)
         report.advance(1)
     return _without_self(x, top.ids, top.sims, k)
@@ -216,4 +205,4 @@ def scale_knn(
     tasks above it (Ray must be initialised: :func:`imgcluster.scale.engine.ray_session`)."""
     if features.shape[0] <= threshold:
         return knn_search(features, k, use_gpu=use_gpu, seed=seed)
-    return partitioned_knn(features, k, n_partitions=n_partitions, nprobe=nprobe, seed=seed, runner=ray_runner, progress=progress)
+    return partitioned_knn(features, k, n_partitions=n_partitions, nprobe=nprobe, seed=seed, tasks=RayTasks(), progress=progress)

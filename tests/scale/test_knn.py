@@ -6,6 +6,7 @@ import numpy as np
 
 from imgcluster.neighbours import knn_search
 from imgcluster.scale import knn
+from imgcluster.scale.tasks import LocalTasks
 
 
 def _clustered(n: int, d: int, centres: int, seed: int, spread: float = 0.35) -> np.ndarray:
@@ -50,3 +51,29 @@ def test_below_the_threshold_the_one_machine_search_answers() -> None:
     ids, sims = knn.scale_knn(x, 5, threshold=300)
     exact_ids, exact_sims = knn_search(x, 5)
     assert np.array_equal(ids, exact_ids) and np.array_equal(sims, exact_sims)
+
+
+class _Recording(LocalTasks):
+    """In process, keeping what each partition's job was given."""
+
+    def __init__(self) -> None:
+        self.jobs: list[tuple] = []
+
+    def map(self, fn, jobs):  # type: ignore[no-untyped-def]
+        def kept():
+            for job in jobs:
+                self.jobs.append(job)
+                yield job
+
+        return super().map(fn, kept())
+
+
+def test_the_jobs_get_row_ids_and_the_one_shared_copy_of_the_rows() -> None:
+    x = _clustered(600, 8, centres=6, seed=4)
+    tasks = _Recording()
+    ids, _ = knn.partitioned_knn(x, 5, n_partitions=6, nprobe=2, tasks=tasks)
+    assert len(tasks.jobs) == 6 and len({id(job[0]) for job in tasks.jobs}) == 1  # one shared array, not a slice per job
+    shared = tasks.jobs[0][0]
+    assert shared.shape == x.shape and all(job[1].dtype.kind == job[2].dtype.kind == "i" for job in tasks.jobs)
+    assert sum(len(job[1]) for job in tasks.jobs) == 600 and sum(len(job[2]) for job in tasks.jobs) == 1200  # rows once, queries x nprobe
+    assert np.array_equal(ids, knn.partitioned_knn(x, 5, n_partitions=6, nprobe=2)[0])
