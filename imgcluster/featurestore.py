@@ -470,3 +470,79 @@ def iter_bucket(uri: str, folder: str, on_problem: ProblemFn | None = None) -> I
     meta = read_meta(uri)
     fs, _ = resolve(uri)
     yield from _bucket_rows(fs, folder, meta.dim, on_problem)
+
+
+# ---- reading a part of the store: the sample's passes (imgcluster.scale.sample) ---------------
+def footer_rows(uri: str, folder: str, on_problem: ProblemFn | None = None) -> int:
+    """Rows the complete files of one bucket folder hold by their parquet footers: no data read
+    (a path written twice counts twice, so this is at least the bucket's distinct rows)."""
+    import pyarrow.parquet as pq
+
+    fs, _ = resolve(uri)
+    total = 0
+    for part in _parts(fs, folder):
+        try:
+            with fs.open_input_file(part.path) as handle:
+                total += pq.read_metadata(handle).num_rows
+        except (OSError, ValueError) as exc:
+            if on_problem is not None:
+                on_problem(f"{part.path}: unreadable, ignored ({type(exc).__name__}: {exc})")
+    return total
+
+
+def select_bucket_rows(
+    uri: str, folder: str, dim: int, keep: Callable[[list[str]], np.ndarray], on_problem: ProblemFn | None = None
+) -> tuple[int, list[str], np.ndarray]:
+    """(distinct rows of the bucket, paths and float16 features of those ``keep`` selects).
+
+    ``keep(paths)`` gets the bucket's distinct paths and returns a boolean mask. Only the path
+    column is read whole; features are read from the files that hold a kept row (newest copy of
+    each path, as :func:`iter_batches`), and in them only the row groups that do.
+    """
+    schema = row_schema(dim)
+    fs, _ = resolve(uri)
+    parts = _parts(fs, folder)
+    tables = [(i, t) for i, part in enumerate(parts) if (t := _read_part(fs, part, ["path"], schema, on_problem)) is not None]
+    latest = _latest_rows(tables)
+    wanted: dict[int, list[int]] = {}
+    names = list(latest)
+    for name, kept in zip(names, np.asarray(keep(names), dtype=bool) if names else []):
+        if kept:
+            t, row = latest[name]
+            wanted.setdefault(t, []).append(row)
+    paths: list[str] = []
+    blocks: list[np.ndarray] = []
+    for t in sorted(wanted):
+        found = _read_rows(fs, parts[t], sorted(wanted[t]), dim, schema, on_problem)
+        if found is not None:  # became unreadable between the two reads
+            paths.extend(found[0])
+            blocks.append(found[1])
+    features = np.concatenate(blocks) if blocks else np.zeros((0, dim), np.float16)
+    return len(latest), paths, features
+
+
+def _read_rows(
+    fs: pafs.FileSystem, part: _Part, rows: list[int], dim: int, schema: pa.Schema, on_problem: ProblemFn | None
+) -> tuple[list[str], np.ndarray] | None:
+    """Paths and features of ``rows`` (ascending) of one file, reading only the row groups that hold them."""
+    import pyarrow.parquet as pq
+
+    try:
+        with fs.open_input_file(part.path) as handle:
+            file = pq.ParquetFile(handle)
+            sizes = [file.metadata.row_group(g).num_rows for g in range(file.metadata.num_row_groups)]
+            ends = np.cumsum(sizes)
+            groups = np.unique(np.searchsorted(ends, rows, side="right"))
+            table = file.read_row_groups([int(g) for g in groups], columns=["path", "feature"])
+        if not table.schema.field("feature").type.equals(schema.field("feature").type):
+            raise ValueError(f"column feature is {table.schema.field('feature').type}, expected {schema.field('feature').type}")
+    except (OSError, ValueError, KeyError, IndexError) as exc:
+        if on_problem is not None:
+            on_problem(f"{part.path}: unreadable, ignored ({type(exc).__name__}: {exc})")
+        return None
+    starts = ends - np.asarray(sizes)
+    offset = np.cumsum([0] + [sizes[g] for g in groups[:-1]])  # where each read group begins in ``table``
+    local = [int(offset[np.searchsorted(groups, g)] + r - starts[g]) for r, g in zip(rows, np.searchsorted(ends, rows, side="right"))]
+    taken = table.take(local)
+    flat = taken.column("feature").combine_chunks().values.to_numpy(zero_copy_only=False)
+    return taken.column("path").to_pylist(), np.asarray(flat, dtype=np.float16).reshape(len(local), dim)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -40,4 +41,20 @@ def synthetic_store(uri: str, n: int = 2000, dim: int = 256, centres: int = 10, 
     store = open_store(uri, meta)
     for part in np.array_split(np.arange(n), 4):
         store.write([f"img/{i:06d}.jpg" for i in part], [1000] * len(part), [0] * len(part), [None] * len(part), x[part])
+    return uri
+
+
+def numbered_store(uri: str, n: int = 3000, dim: int = 8, copies: int = 1) -> str:
+    """A store of ``n`` rows whose features are their row numbers (exact in float16 up to 2,048), in
+    three writes; with ``copies`` > 1 every path is written again, with 2048 x copy added to its
+    features (the newest copy is the row), so the files' footers count each path ``copies`` times."""
+    identity = {"model": "synthetic", "weights": "none", "dim": dim}
+    meta = FeatureStoreMeta(model="synthetic", key=cache_key(identity, "float16"), identity=identity, dim=dim, source="/nowhere")
+    store = open_store(uri, meta)
+    paths = [f"class-{i % 7}/{i:06d}.png" for i in range(n)]
+    for copy in range(copies):
+        for part in np.array_split(np.arange(n), 3):
+            features = (np.arange(n, dtype=np.float32)[part, None] % 2048 + 2048 * copy).repeat(dim, 1)
+            store.write([paths[i] for i in part], [1] * len(part), [copy] * len(part), [None] * len(part), features)
+            time.sleep(0.01)  # a distinct modification time per file: the newest copy is well defined
     return uri
