@@ -28,6 +28,7 @@ from imgcluster.atomic import is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.progress import Event, count
+from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 from imgcluster.ui import UI, ProgressTask
 
@@ -208,6 +209,21 @@ TrainSampleOpt = Annotated[
     typer.Option(
         "--train-sample", min=2,
         help="With --features: train on all rows up to this many, above it on a seeded uniform sample of this many.",
+    ),
+]  # fmt: skip
+KnnThresholdOpt = Annotated[
+    int,
+    typer.Option(
+        "--knn-threshold", metavar="N",
+        help="With --features: up to N training rows, one machine's exact kNN search; above, a partitioned search as Ray tasks. "
+        "Raise it when one machine (a GPU) still handles the sample.",
+    ),
+]  # fmt: skip
+NprobeOpt = Annotated[
+    int,
+    typer.Option(
+        "--nprobe", metavar="N",
+        help="With --features, above --knn-threshold: partitions each row's neighbours are searched in (more: better recall, slower).",
     ),
 ]  # fmt: skip
 
@@ -407,6 +423,7 @@ def _training(
 # assign's options that shape a head's training: meaningless with --head, whose training is done.
 TRAINING_PARAMETERS = (
     "objective", "clusters", "k_min", "k_max", "epochs", "batch_size", "lr", "knn", "seed", "balance", "self_label", "uco", "option",
+    "knn_threshold", "nprobe",
 )  # fmt: skip
 
 
@@ -585,6 +602,8 @@ def train(
     folder: MaybeFolder = None,
     features: FeaturesOpt = None,
     train_sample: TrainSampleOpt = DEFAULT_TRAIN_SAMPLE,
+    knn_threshold: KnnThresholdOpt = RAY_KNN_THRESHOLD,
+    nprobe: NprobeOpt = DEFAULT_NPROBE,
     objective: ObjectiveOpt = DEFAULT_OBJECTIVE,
     clusters: ClustersOpt = str(DEFAULT_CLUSTERS),
     k_min: KMinOpt = 2,
@@ -623,13 +642,13 @@ def train(
             from imgcluster.scale import train_from_store
 
             _, saved = train_from_store(
-                features, out=out, train_sample=train_sample, device=device, progress=show,
+                features, out=out, train_sample=train_sample, knn_threshold=knn_threshold, nprobe=nprobe, device=device, progress=show,
                 **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
             )  # fmt: skip
             command = f"imgcluster assign --features {shlex.quote(features)} --head {shlex.quote(str(saved))}"
             ui.info(f"to label the store with this head: {command}")
             return
-        _refuse_given(ctx, ("train_sample",), "only with --features")
+        _refuse_given(ctx, ("train_sample", "knn_threshold", "nprobe"), "only with --features")
         assert folder is not None  # _folder_or_features
         _, saved = imgcluster.train_folder(
             folder, out=out, raw_csv=raw_csv, progress=show,
@@ -661,6 +680,8 @@ def assign(
         typer.Option("--ray-address", help="With --engine ray: the cluster (auto, host:port or ray://host:port). Default: a local Ray."),
     ] = None,
     train_sample: TrainSampleOpt = DEFAULT_TRAIN_SAMPLE,
+    knn_threshold: KnnThresholdOpt = RAY_KNN_THRESHOLD,
+    nprobe: NprobeOpt = DEFAULT_NPROBE,
     out: Annotated[
         Optional[str], typer.Option("--out", help="CSV path, or - for stdout. Default: ./<folder name>-clusters.csv.")
     ] = None,
@@ -738,12 +759,13 @@ def assign(
 
             assign_store(
                 features, out=out or f"{_store_name(features)}-clusters.csv", head=head, engine=engine, address=ray_address,
-                train_sample=train_sample, min_confidence=min_confidence, names=names, explain=explain, device=device, raw_csv=raw_csv,
+                train_sample=train_sample, knn_threshold=knn_threshold, nprobe=nprobe, min_confidence=min_confidence, names=names,
+                explain=explain, device=device, raw_csv=raw_csv,
                 progress=show, **(_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label,
                                              uco, option) if head is None else {}),
             )  # fmt: skip
             return
-        _refuse_given(ctx, ("engine", "ray_address", "train_sample"), "only with --features")
+        _refuse_given(ctx, ("engine", "ray_address", "train_sample", "knn_threshold", "nprobe"), "only with --features")
         assert folder is not None  # _folder_or_features
         out = out or f"{Path(folder).resolve().name}-clusters.csv"
         if report and (out == "-" or is_stream(Path(out))):

@@ -25,6 +25,7 @@ PARAMETERS = frozenset(
         "mode", "model", "montage", "n_clusters", "names", "near_duplicates", "num_gpus", "objective", "objective_options", "out",
         "per_cluster", "raw_csv", "reembed", "rehash", "retry_skipped", "runtime", "seed", "self_label", "source", "threshold", "to",
         "train_sample", "uco", "weights", "workers",
+        "knn_threshold", "nprobe",  # the Ray path's kNN search (imgcluster.scale.knn)
     }
 )  # fmt: skip
 

@@ -27,11 +27,12 @@ import numpy as np
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
-from imgcluster.scale.knn import RAY_KNN_THRESHOLD
+from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD, check_knn_options
 from imgcluster.scale.labels import SampleModel, fit_sample_model, label_batch
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 
 if TYPE_CHECKING:
+    from imgcluster.scale.tasks import Tasks
     from imgcluster.scale.training import StoreSample
 
 __all__ = ["StoreAssignment", "assign_store"]
@@ -256,6 +257,7 @@ def assign_store(
     objective_options: dict[str, Any] | None = None,
     train_sample: int = DEFAULT_TRAIN_SAMPLE,
     knn_threshold: int = RAY_KNN_THRESHOLD,
+    nprobe: int = DEFAULT_NPROBE,
     min_confidence: float = 0.0,
     names: bool = True,
     explain: bool = False,
@@ -273,7 +275,8 @@ def assign_store(
     (``names``, Lite0 stores only), outlier, outlier_reason, and the objective's explanations with
     ``explain`` (see :mod:`imgcluster.scale.labels` for how they are estimated at this scale).
     ``engine`` is ``local`` or ``ray`` (``address``: a cluster, None: a local instance of
-    ``num_cpus`` cores). Rows come in the store's order, bucket by bucket.
+    ``num_cpus`` cores); with ``ray`` the sample's buckets are read by Ray tasks too. Rows come in
+    the store's order, bucket by bucket.
     """
     from imgcluster.atomic import check_writable
     from imgcluster.checkpoint import check_backbone, load_checkpoint
@@ -287,6 +290,7 @@ def assign_store(
     if engine not in ENGINES:
         raise ParameterError(f"{{engine}} must be local or ray, not {engine!r}")
     check_min_confidence(min_confidence)
+    check_knn_options(knn_threshold, nprobe)
     if engine == "ray":
         from imgcluster.scale.engine import import_ray
 
@@ -316,83 +320,96 @@ def assign_store(
         )  # fmt: skip
     else:
         trained, meta_head = load_checkpoint(Path(head))
-    sample = read_sample(features, train_sample, seed, progress)
-    if meta_head is not None:
-        assert head is not None
-        head_path = Path(head)
-        if int(meta_head["feature_dim"]) != sample.meta.dim:
-            raise ImgclusterError(
-                f"head {head} expects {meta_head['feature_dim']}-d features but {features} holds "
-                f"{sample.meta.dim}-d features of {sample.meta.model}"
-            )
-        check_backbone(meta_head, sample.meta.identity, head_path)
-        train = meta_head.get("train")
-    else:
-        assert estimator is not None
-        from imgcluster.scale.training import default_head_path
+    with _session(engine, address, num_cpus) as tasks:
+        sample = read_sample(features, train_sample, seed, progress, tasks)
+        if meta_head is not None:
+            assert head is not None
+            head_path = Path(head)
+            if int(meta_head["feature_dim"]) != sample.meta.dim:
+                raise ImgclusterError(
+                    f"head {head} expects {meta_head['feature_dim']}-d features but {features} holds "
+                    f"{sample.meta.dim}-d features of {sample.meta.model}"
+                )
+            check_backbone(meta_head, sample.meta.identity, head_path)
+            train = meta_head.get("train")
+        else:
+            assert estimator is not None
+            from imgcluster.scale.training import default_head_path
 
-        head_for_store(sample, estimator, knn_threshold=knn_threshold, progress=progress)
-        trained, train = estimator.objective_, dataclasses.asdict(estimator.train_config_)
-        head_path = default_head_path(sample, estimator.train_config_, beside)
-        estimator.save(head_path)
-        Reporter(progress, "train").info(f"head saved to {head_path}")
-    use_names = names and _names_apply(sample, report)
-    model, _ = fit_sample_model(trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain)
-    tally = Tally()
-    problems: list[str] = []
-    report.start(sample.rows, f"assigning {sample.rows} rows ({engine})")
-    try:
-        with Writers(out_text, raw_csv) as writers:
-            if engine == "ray":
-                from imgcluster.scale.engine import ray_session
-
-                with ray_session(address, num_cpus):
+            head_for_store(sample, estimator, knn_threshold=knn_threshold, nprobe=nprobe, progress=progress)
+            trained, train = estimator.objective_, dataclasses.asdict(estimator.train_config_)
+            head_path = default_head_path(sample, estimator.train_config_, beside)
+            estimator.save(head_path)
+            Reporter(progress, "train").info(f"head saved to {head_path}")
+        use_names = names and _names_apply(sample, report)
+        model, _ = fit_sample_model(trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain)
+        tally = Tally()
+        problems: list[str] = []
+        report.start(sample.rows, f"assigning {sample.rows} rows ({engine})")
+        try:
+            with Writers(out_text, raw_csv) as writers:
+                if engine == "ray":
                     actors = num_cpus and max(1, num_cpus - 1)  # one CPU stays with the driver, which writes the CSV
                     _drain(ray_pass(sample.uri, head_path, model, actors, batch_rows), writers, tally, report)
-            else:
-                _drain(local_pass(sample.uri, trained, model, dev, batch_rows, problems.append), writers, tally, report)
-    except KeyboardInterrupt as exc:
-        from imgcluster.signals import Interrupted
+                else:
+                    _drain(local_pass(sample.uri, trained, model, dev, batch_rows, problems.append), writers, tally, report)
+        except KeyboardInterrupt as exc:
+            from imgcluster.signals import Interrupted
 
-        raise Interrupted.wrap(
-            exc, f"interrupted while assigning {tally.rows} of {sample.rows} rows: no CSV was written (it appears whole or not at all); "
-            f"the head is saved in {head_path}: give it as the head to rerun without training"
-        ) from None  # fmt: skip
-    for problem in problems:
-        report.warning(f"feature file ignored: {problem}")
-    chance = 1.0 / trained.n_clusters
-    if tally.rows and tally.top < chance + 0.01:
-        report.warning(
-            f"the head is no surer of any image than chance (confidence at most {tally.top:.3f}, "
-            f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer {{n_clusters}}"
-        )
-    low = f"below {{min_confidence}} {min_confidence} or " if min_confidence > DEFAULT_MIN_CONFIDENCE else ""
-    report.info(f"{count(tally.outliers, 'outlier')} of {tally.rows} ({low}far from their cluster's centre, thresholds from the sample)")
-    written: dict[str, Path] = {}
-    if out_path is not None:
-        written["csv"] = out_path
-    if beside is not None:
-        from imgcluster.config import AssignConfig, sidecar_path, write_sidecar
+            raise Interrupted.wrap(
+                exc, f"interrupted while assigning {tally.rows} of {sample.rows} rows: no CSV was written "
+                f"(it appears whole or not at all); the head is saved in {head_path}: give it as the head to rerun without training"
+            ) from None  # fmt: skip
+        for problem in problems:
+            report.warning(f"feature file ignored: {problem}")
+        chance = 1.0 / trained.n_clusters
+        if tally.rows and tally.top < chance + 0.01:
+            report.warning(
+                f"the head is no surer of any image than chance (confidence at most {tally.top:.3f}, "
+                f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer {{n_clusters}}"
+            )
+        low = f"below {{min_confidence}} {min_confidence} or " if min_confidence > DEFAULT_MIN_CONFIDENCE else ""
+        far = "far from their cluster's centre, thresholds from the sample"
+        report.info(f"{count(tally.outliers, 'outlier')} of {tally.rows} ({low}{far})")
+        written: dict[str, Path] = {}
+        if out_path is not None:
+            written["csv"] = out_path
+        if beside is not None:
+            from imgcluster.config import AssignConfig, sidecar_path, write_sidecar
 
-        written["parquet"] = parquet_path(beside)
-        source = sample.meta.source
-        assign = AssignConfig(source, out_text, str(head_path), explain, raw_csv)
-        written["sidecar"] = write_sidecar(
-            sidecar_path(beside), assign=assign, features=sample.describe(), train=train, backbone=sample.meta.identity,
-            compute=sample.meta.compute, head={"path": str(head_path), "objective": trained.name, "clusters": trained.n_clusters},
-            result={
-                "images": tally.rows, "engine": engine, "cluster_sizes": dict(sorted(tally.sizes.items())),
-                "parquet": str(written["parquet"]),
-                "outliers": {"min_confidence": min_confidence, "outliers": tally.outliers, "estimated_on_sample": len(sample.paths)},
-                **model.to_dict(),
-            },
+            written["parquet"] = parquet_path(beside)
+            source = sample.meta.source
+            assign = AssignConfig(source, out_text, str(head_path), explain, raw_csv)
+            written["sidecar"] = write_sidecar(
+                sidecar_path(beside), assign=assign, features=sample.describe(), train=train, backbone=sample.meta.identity,
+                compute=sample.meta.compute, head={"path": str(head_path), "objective": trained.name, "clusters": trained.n_clusters},
+                result={
+                    "images": tally.rows, "engine": engine, "cluster_sizes": dict(sorted(tally.sizes.items())),
+                    "parquet": str(written["parquet"]),
+                    "outliers": {"min_confidence": min_confidence, "outliers": tally.outliers, "estimated_on_sample": len(sample.paths)},
+                    **model.to_dict(),
+                },
+            )  # fmt: skip
+            clusters = count(len(tally.sizes), "cluster")
+            report.info(f"wrote {count(tally.rows, 'assignment')} to {out_path} and {written['parquet']} ({clusters})")
+        return StoreAssignment(
+            rows=tally.rows, cluster_sizes=dict(sorted(tally.sizes.items())), outliers=tally.outliers, head=head_path, written=written,
+            engine=engine, seconds=time.perf_counter() - start, sample=sample.describe(), warnings=warnings,
         )  # fmt: skip
-        clusters = count(len(tally.sizes), "cluster")
-        report.info(f"wrote {count(tally.rows, 'assignment')} to {out_path} and {written['parquet']} ({clusters})")
-    return StoreAssignment(
-        rows=tally.rows, cluster_sizes=dict(sorted(tally.sizes.items())), outliers=tally.outliers, head=head_path, written=written,
-        engine=engine, seconds=time.perf_counter() - start, sample=sample.describe(), warnings=warnings,
-    )  # fmt: skip
+
+
+@contextlib.contextmanager
+def _session(engine: str, address: str | None, num_cpus: int | None) -> Iterator[Tasks | None]:
+    """With the Ray engine, one Ray session for the whole command (the sample's tasks, the
+    partitioned kNN, the pass) and the runner of the sample's tasks; else nothing."""
+    if engine != "ray":
+        yield None
+        return
+    from imgcluster.scale.engine import ray_session
+    from imgcluster.scale.tasks import RayTasks
+
+    with ray_session(address, num_cpus):
+        yield RayTasks()
 
 
 def _drain(blocks: Iterator[dict[str, np.ndarray]], writers: Writers, tally: Tally, report: Reporter) -> None:

@@ -3,7 +3,10 @@
 The head trains on every row up to ``train_sample`` rows (default 2,000,000,
 :data:`imgcluster.scale.sample.DEFAULT_TRAIN_SAMPLE`), above that on a seeded uniform sample of
 that many (:mod:`imgcluster.scale.sample`); the kNN pairs come from one machine's search up to
-``knn_threshold`` rows and from the partitioned Ray search above it (:mod:`imgcluster.scale.knn`).
+``knn_threshold`` rows and from the partitioned Ray search above it (:mod:`imgcluster.scale.knn`),
+which searches each row in its ``nprobe`` nearest partitions. Raise ``knn_threshold`` when one
+machine (a GPU's exact search) still handles the sample; raise ``nprobe`` for recall, at a cost
+growing with it (docs/scale.md, "Neighbours at scale").
 """
 
 from __future__ import annotations
@@ -18,12 +21,13 @@ import numpy as np
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.progress import ProgressFn, Reporter, count
-from imgcluster.scale.knn import RAY_KNN_THRESHOLD
+from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 
 if TYPE_CHECKING:
     from imgcluster.estimator import ClusterHead
     from imgcluster.featurestore import FeatureStoreMeta
+    from imgcluster.scale.tasks import Tasks
 
 __all__ = ["StoreSample", "train_from_store"]
 
@@ -52,40 +56,54 @@ class StoreSample:
         return {"uri": self.uri, "key": self.meta.key, "rows": self.rows, "sample": len(self.paths), "sample_seed": self.seed}
 
 
-def read_sample(uri: str, size: int = DEFAULT_TRAIN_SAMPLE, seed: int = 0, progress: ProgressFn | None = None) -> StoreSample:
-    """The store's rows, or a seeded uniform sample of ``size`` of them, in one streaming pass."""
-    from imgcluster.featurestore import iter_batches, read_meta
-    from imgcluster.scale.sample import sample_rows
+def read_sample(
+    uri: str, size: int = DEFAULT_TRAIN_SAMPLE, seed: int = 0, progress: ProgressFn | None = None, tasks: Tasks | None = None
+) -> StoreSample:
+    """The store's rows, or a seeded uniform sample of ``size`` of them, reading the features of
+    the sample's rows only (:func:`imgcluster.scale.sample.store_sample`; ``tasks``: in this
+    process by default, Ray tasks with :class:`imgcluster.scale.tasks.RayTasks`)."""
+    from imgcluster.featurestore import read_meta
+    from imgcluster.scale.sample import store_sample
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
         raise ParameterError(f"{{train_sample}} must be a whole number of at least 2, got {size!r}")
     meta = read_meta(uri)
-    report = Reporter(progress, "sample")
-    problems: list[str] = []
-    paths, features, rows = sample_rows(iter_batches(uri, on_problem=problems.append), size, seed)
-    for problem in problems:
-        report.warning(f"feature file ignored: {problem}")
+    paths, features, rows = store_sample(uri, size, seed, tasks, progress=progress)
     if rows == 0:
         raise ImgclusterError(f"the feature store {uri} holds no rows yet; embed into it first")
     if len(paths) < rows:
-        report.info(f"training on a seeded sample of {len(paths)} of the store's {rows} rows ({{train_sample}} {size}, {{seed}} {seed})")
+        Reporter(progress, "sample").info(
+            f"training on a seeded sample of {len(paths)} of the store's {rows} rows ({{train_sample}} {size}, {{seed}} {seed})"
+        )
     return StoreSample(uri, meta, paths, features.reshape(len(paths), meta.dim), rows, seed, size)
 
 
 def head_for_store(
-    sample: StoreSample, estimator: ClusterHead, *, knn_threshold: int = RAY_KNN_THRESHOLD, progress: ProgressFn | None = None
+    sample: StoreSample,
+    estimator: ClusterHead,
+    *,
+    knn_threshold: int = RAY_KNN_THRESHOLD,
+    nprobe: int = DEFAULT_NPROBE,
+    progress: ProgressFn | None = None,
 ) -> ClusterHead:
-    """Fit ``estimator`` on the sample, recording the backbone and the store it came from."""
+    """Fit ``estimator`` on the sample, recording the backbone, the store and the kNN search it came from."""
     from imgcluster.scale.knn import scale_knn
 
     if len(sample.paths) < 2:
         raise ImgclusterError("need at least two images to cluster")
     neighbours = None
-    if len(sample.paths) > knn_threshold:
+    partitioned = len(sample.paths) > knn_threshold
+    if partitioned:
         config = estimator.train_config()
-        neighbours, _ = scale_knn(sample.features, config.knn, threshold=knn_threshold, seed=config.seed, progress=progress)
+        neighbours, _ = scale_knn(sample.features, config.knn, threshold=knn_threshold, nprobe=nprobe, seed=config.seed, progress=progress)
     estimator.fit(sample.features, progress=progress, neighbours=neighbours)
-    estimator.description_ = {"backbone": sample.meta.identity, "features": sample.describe(), **estimator.description_}
+    search = {"knn_threshold": knn_threshold, "nprobe": nprobe, "search": "partitioned" if partitioned else "one machine"}
+    estimator.description_ = {
+        "backbone": sample.meta.identity,
+        "features": sample.describe(),
+        "knn_search": search,
+        **estimator.description_,
+    }
     return estimator
 
 
@@ -122,18 +140,23 @@ def train_from_store(
     objective_options: dict[str, Any] | None = None,
     train_sample: int = DEFAULT_TRAIN_SAMPLE,
     knn_threshold: int = RAY_KNN_THRESHOLD,
+    nprobe: int = DEFAULT_NPROBE,
     device: str = "auto",
     progress: ProgressFn | None = None,
 ) -> tuple[ClusterHead, Path]:
     """Train a head on the feature store at ``features`` (a path or URI): what ``imgcluster train
     --features`` does. Saved to ``out``, or inside a local store (``_heads/``); returns the head and that path.
 
-    The training parameters are those of :class:`imgcluster.ClusterHead`; ``train_sample`` and
-    ``knn_threshold`` are described in the module docstring. ``progress`` receives the events of
+    The training parameters are those of :class:`imgcluster.ClusterHead`; ``train_sample``,
+    ``knn_threshold`` and ``nprobe`` (partitions searched per row above it) are described in the
+    module docstring and recorded in the head's description. ``progress`` receives the events of
     stages ``sample``, ``knn``, ``choose_k`` and ``train``.
     """
     from imgcluster.atomic import check_writable
     from imgcluster.estimator import checked_head
+    from imgcluster.scale.knn import check_knn_options
+
+    check_knn_options(knn_threshold, nprobe)
 
     estimator = checked_head(
         n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,
@@ -142,7 +165,7 @@ def train_from_store(
     if out is not None:
         check_writable(Path(out))
     sample = read_sample(features, train_sample, seed, progress)
-    head_for_store(sample, estimator, knn_threshold=knn_threshold, progress=progress)
+    head_for_store(sample, estimator, knn_threshold=knn_threshold, nprobe=nprobe, progress=progress)
     path = Path(out) if out is not None else default_head_path(sample, estimator.train_config_)
     estimator.save(path)
     Reporter(progress, "train").info(f"head saved to {path} (trained on {count(len(sample.paths), 'row')} of {sample.rows})")

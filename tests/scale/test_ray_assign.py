@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from imagefolders import SAMPLE
-from storefixtures import MODEL, store_from_cache, synthetic_store
+from storefixtures import MODEL, numbered_store, store_from_cache, synthetic_store
 from typer.testing import CliRunner
 
 import imgcluster
 from imgcluster.cli import app
+from imgcluster.featurestore import iter_batches
 from imgcluster.scale import knn
 from imgcluster.scale.assign_job import assign_store
+from imgcluster.scale.sample import sample_rows, store_sample
+from imgcluster.scale.tasks import RayTasks
 from imgcluster.scale.training import train_from_store
 
 pq = pytest.importorskip("pyarrow.parquet", reason="the feature store needs pyarrow (the 'ray' extra)")
@@ -55,7 +64,7 @@ def test_partition_tasks_on_ray_give_the_in_process_answer() -> None:
     rng = np.random.default_rng(5)
     x = rng.normal(size=(3000, 16)).astype(np.float32)
     here = knn.partitioned_knn(x, 10, n_partitions=12, nprobe=3)
-    there = knn.partitioned_knn(x, 10, n_partitions=12, nprobe=3, runner=knn.ray_runner)
+    there = knn.partitioned_knn(x, 10, n_partitions=12, nprobe=3, tasks=RayTasks())
     assert np.array_equal(here[0], there[0]) and np.array_equal(here[1], there[1])
 
 
@@ -66,3 +75,40 @@ def test_above_the_threshold_the_head_trains_on_neighbours_from_partition_tasks(
     )
     assert any(e.startswith("partitioning 125 images into 1 partitions") for e in events), events
     assert head.labels_.shape == (125,) and path.is_file()
+
+
+def test_the_sample_drawn_by_ray_tasks_is_the_bottom_k_sample(tmp_path: Path) -> None:
+    uri = numbered_store(str(tmp_path / "store"), n=1500, copies=2)  # several files per bucket, every path written twice
+    expected = sample_rows(iter_batches(uri), 250, seed=2)
+    events: list[str] = []
+    paths, features, rows = store_sample(uri, 250, seed=2, tasks=RayTasks(), progress=lambda e: events.append(str(e)))
+    assert paths == expected[0] and np.array_equal(features, expected[1]) and rows == expected[2] == 1500
+    assert any("reading the paths again" in e for e in events)  # the footers count 3,000 rows: a second pass, on Ray too
+
+
+def test_ctrl_c_on_the_ray_pass_leaves_no_csv_and_ends_by_the_signal(local_ray: Any, tmp_path: Path) -> None:
+    uri = synthetic_store(str(tmp_path / "store"))
+    _, head = train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=5, epochs=1, device="cpu")
+    out = tmp_path / "c.csv"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the module's Ray environment (conftest.py) included
+    command = [sys.executable, "-m", "imgcluster", "assign", "--features", uri, "--head", str(head), "--engine", "ray",
+               "--ray-address", local_ray.get_runtime_context().gcs_address, "--no-names", "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not _labellers(local_ray) and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)  # the pass has begun once its actors exist: they take seconds to start, no row is labelled yet
+        process.send_signal(signal.SIGINT)
+        _, said = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == -signal.SIGINT, said  # ends by the signal, as imgcluster's other commands do
+    assert "interrupted while assigning" in said and "no CSV was written" in said and f"the head is saved in {head}" in said, said
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.safetensors", "store"]  # no CSV, parquet copy or temporary file
+
+
+def _labellers(ray: Any) -> list[str]:
+    """The store pass's actors on the module's Ray, in any state (from the GCS: no dashboard needed)."""
+    from ray._private import state
+
+    return [a["ActorClassName"] for a in state.actors().values() if "_Labeller" in a.get("ActorClassName", "")]

@@ -136,3 +136,23 @@ def test_a_stopped_pass_writes_no_csv_and_says_where_the_head_is(store: tuple[st
     assert "no CSV was written" in str(stopped.value) and "give it as the head to rerun without training" in str(stopped.value)
     assert not out.exists() and not out.with_suffix(".parquet").exists()
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left either
+
+
+def test_the_knn_options_are_checked_first_and_recorded_in_the_head(store: tuple[str, Path], tmp_path: Path) -> None:
+    uri, _ = store
+    nowhere = str(tmp_path / "nothing")  # checked before the store is opened: a bad value, not a missing store
+    for args, message in [
+        (["train", "--features", nowhere, "--nprobe", "0"], "--nprobe must be a whole number of at least 1, got 0"),
+        (["assign", "--features", nowhere, "--knn-threshold", "0"], "--knn-threshold must be a whole number of at least 1, got 0"),
+        (["assign", str(SAMPLE), "--nprobe", "4"], "--nprobe applies only with --features"),
+        (["train", str(SAMPLE), "--knn-threshold", "9"], "--knn-threshold applies only with --features"),
+        (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--nprobe", "4"], "--nprobe applies only to training"),
+    ]:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.stderr)
+        assert message in result.stderr and result.stderr.count("error:") == 1, (args, result.stderr)
+    with pytest.raises(imgcluster.ParameterError, match=r"^nprobe must be a whole number of at least 1, got 2\.5"):
+        train_from_store(nowhere, out=tmp_path / "x.safetensors", nprobe=2.5)  # type: ignore[arg-type]
+    _, path = train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=5, epochs=1, knn_threshold=10**6, nprobe=7, device="cpu")
+    saved = json.loads(path.with_suffix(".json").read_text())
+    assert saved["knn_search"] == {"knn_threshold": 10**6, "nprobe": 7, "search": "one machine"}
