@@ -93,10 +93,11 @@ def test_ctrl_c_on_the_ray_pass_leaves_no_csv_and_ends_by_the_signal(local_ray: 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}  # the module's Ray environment (conftest.py) included
     command = [sys.executable, "-m", "imgcluster", "assign", "--features", uri, "--head", str(head), "--engine", "ray",
                "--ray-address", local_ray.get_runtime_context().gcs_address, "--no-names", "--out", str(out)]  # fmt: skip
+    earlier = _labellers()  # the other tests' actors stay listed, dead
     process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
     try:
         deadline = time.monotonic() + 120
-        while not _labellers(local_ray) and process.poll() is None and time.monotonic() < deadline:
+        while not _labellers() - earlier and process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.1)  # the pass has begun once its actors exist: they take seconds to start, no row is labelled yet
         process.send_signal(signal.SIGINT)
         _, said = process.communicate(timeout=120)
@@ -107,8 +108,8 @@ def test_ctrl_c_on_the_ray_pass_leaves_no_csv_and_ends_by_the_signal(local_ray: 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["h.json", "h.safetensors", "store"]  # no CSV, parquet copy or temporary file
 
 
-def _labellers(ray: Any) -> list[str]:
-    """The store pass's actors on the module's Ray, in any state (from the GCS: no dashboard needed)."""
+def _labellers() -> set[str]:
+    """The ids of the store pass's actors on the module's Ray, in any state (from the GCS: no dashboard needed)."""
     from ray._private import state
 
-    return [a["ActorClassName"] for a in state.actors().values() if "_Labeller" in a.get("ActorClassName", "")]
+    return {actor_id for actor_id, a in state.actors().items() if "_Labeller" in a.get("ActorClassName", "")}
