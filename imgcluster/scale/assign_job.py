@@ -284,7 +284,7 @@ def assign_store(
     from imgcluster.folder import check_out
     from imgcluster.outliers import DEFAULT_MIN_CONFIDENCE, check_min_confidence
     from imgcluster.pipeline import resolve_device
-    from imgcluster.scale.training import head_for_store, read_sample
+    from imgcluster.scale.training import head_for_store, read_sample, said_when_stopped
 
     start = time.perf_counter()
     if engine not in ENGINES:
@@ -321,7 +321,8 @@ def assign_store(
     else:
         trained, meta_head = load_checkpoint(Path(head))
     with _session(engine, address, num_cpus) as tasks:
-        sample = read_sample(features, train_sample, seed, progress, tasks)
+        with said_when_stopped("reading the training sample"):
+            sample = read_sample(features, train_sample, seed, progress, tasks)
         if meta_head is not None:
             assert head is not None
             head_path = Path(head)
@@ -336,7 +337,8 @@ def assign_store(
             assert estimator is not None
             from imgcluster.scale.training import default_head_path
 
-            head_for_store(sample, estimator, knn_threshold=knn_threshold, nprobe=nprobe, progress=progress)
+            with said_when_stopped("training the head"):
+                head_for_store(sample, estimator, knn_threshold=knn_threshold, nprobe=nprobe, progress=progress)
             trained, train = estimator.objective_, dataclasses.asdict(estimator.train_config_)
             head_path = default_head_path(sample, estimator.train_config_, beside)
             estimator.save(head_path)

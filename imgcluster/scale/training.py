@@ -11,7 +11,9 @@ growing with it (docs/scale.md, "Neighbours at scale").
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -54,6 +56,21 @@ class StoreSample:
     def describe(self) -> dict[str, Any]:
         """What a head's or a CSV's description records about the rows it came from."""
         return {"uri": self.uri, "key": self.meta.key, "rows": self.rows, "sample": len(self.paths), "sample_seed": self.seed}
+
+
+NOTHING_WRITTEN = "nothing was written; the next run starts again from the store"
+
+
+@contextlib.contextmanager
+def said_when_stopped(doing: str, kept: str = NOTHING_WRITTEN) -> Iterator[None]:
+    """Ctrl-C or SIGTERM inside (as :class:`imgcluster.signals.Interrupted`, same signal) says what
+    was being done and what is kept, instead of the CLI's generic line about the embedding cache."""
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        from imgcluster.signals import Interrupted
+
+        raise Interrupted.wrap(exc, f"interrupted while {doing}: {kept}") from None
 
 
 def read_sample(
@@ -164,8 +181,10 @@ def train_from_store(
     )  # fmt: skip
     if out is not None:
         check_writable(Path(out))
-    sample = read_sample(features, train_sample, seed, progress)
-    head_for_store(sample, estimator, knn_threshold=knn_threshold, nprobe=nprobe, progress=progress)
+    with said_when_stopped("reading the training sample", "no head was written; the next run starts again from the store"):
+        sample = read_sample(features, train_sample, seed, progress)
+    with said_when_stopped("training the head", "no head was written (it is written only when trained); the next run trains again"):
+        head_for_store(sample, estimator, knn_threshold=knn_threshold, nprobe=nprobe, progress=progress)
     path = Path(out) if out is not None else default_head_path(sample, estimator.train_config_)
     estimator.save(path)
     Reporter(progress, "train").info(f"head saved to {path} (trained on {count(len(sample.paths), 'row')} of {sample.rows})")

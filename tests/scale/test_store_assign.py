@@ -156,3 +156,22 @@ def test_the_knn_options_are_checked_first_and_recorded_in_the_head(store: tuple
     _, path = train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=5, epochs=1, knn_threshold=10**6, nprobe=7, device="cpu")
     saved = json.loads(path.with_suffix(".json").read_text())
     assert saved["knn_search"] == {"knn_threshold": 10**6, "nprobe": 7, "search": "one machine"}
+
+
+def test_a_stop_before_the_pass_says_that_nothing_was_written(store: tuple[str, Path], tmp_path: Path) -> None:
+    from imgcluster.signals import Interrupted
+
+    uri, _ = store
+
+    def stop_at(stage: str) -> imgcluster.progress.ProgressFn:
+        def progress(event: imgcluster.Event) -> None:
+            if event.stage == stage and event.kind == "advance":
+                raise KeyboardInterrupt
+
+        return progress
+
+    with pytest.raises(Interrupted, match=r"^interrupted while reading the training sample: nothing was written"):
+        assign_store(uri, out=tmp_path / "c.csv", n_clusters=5, epochs=1, names=False, device="cpu", progress=stop_at("sample"))
+    with pytest.raises(Interrupted, match=r"^interrupted while training the head: no head was written"):
+        train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=5, epochs=1, device="cpu", progress=stop_at("train"))
+    assert list(tmp_path.iterdir()) == []
