@@ -211,6 +211,18 @@ TrainSampleOpt = Annotated[
         help="With --features: train on all rows up to this many, above it on a seeded uniform sample of this many.",
     ),
 ]  # fmt: skip
+EngineOpt = Annotated[
+    str,
+    typer.Option(
+        "--engine",
+        help="With --features: local (this process) or ray (Ray tasks read the training sample's buckets, and assign "
+        "labels the rows as a Ray Data job; see docs/scale.md).",
+    ),
+]
+RayAddressOpt = Annotated[
+    Optional[str],
+    typer.Option("--ray-address", help="With --engine ray: the cluster (auto, host:port or ray://host:port). Default: a local Ray."),
+]
 KnnThresholdOpt = Annotated[
     int,
     typer.Option(
@@ -601,6 +613,8 @@ def train(
     ctx: typer.Context,
     folder: MaybeFolder = None,
     features: FeaturesOpt = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
     train_sample: TrainSampleOpt = DEFAULT_TRAIN_SAMPLE,
     knn_threshold: KnnThresholdOpt = RAY_KNN_THRESHOLD,
     nprobe: NprobeOpt = DEFAULT_NPROBE,
@@ -642,13 +656,14 @@ def train(
             from imgcluster.scale import train_from_store
 
             _, saved = train_from_store(
-                features, out=out, train_sample=train_sample, knn_threshold=knn_threshold, nprobe=nprobe, device=device, progress=show,
+                features, out=out, train_sample=train_sample, knn_threshold=knn_threshold, nprobe=nprobe, engine=engine,
+                address=ray_address, device=device, progress=show,
                 **_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option),
             )  # fmt: skip
             command = f"imgcluster assign --features {shlex.quote(features)} --head {shlex.quote(str(saved))}"
             ui.info(f"to label the store with this head: {command}")
             return
-        _refuse_given(ctx, ("train_sample", "knn_threshold", "nprobe"), "only with --features")
+        _refuse_given(ctx, ("engine", "ray_address", "train_sample", "knn_threshold", "nprobe"), "only with --features")
         assert folder is not None  # _folder_or_features
         _, saved = imgcluster.train_folder(
             folder, out=out, raw_csv=raw_csv, progress=show,
@@ -672,13 +687,8 @@ def assign(
     ctx: typer.Context,
     folder: MaybeFolder = None,
     features: FeaturesOpt = None,
-    engine: Annotated[
-        str, typer.Option("--engine", help="With --features: local (this process) or ray (a Ray Data job; see docs/scale.md).")
-    ] = "local",
-    ray_address: Annotated[
-        Optional[str],
-        typer.Option("--ray-address", help="With --engine ray: the cluster (auto, host:port or ray://host:port). Default: a local Ray."),
-    ] = None,
+    engine: EngineOpt = "local",
+    ray_address: RayAddressOpt = None,
     train_sample: TrainSampleOpt = DEFAULT_TRAIN_SAMPLE,
     knn_threshold: KnnThresholdOpt = RAY_KNN_THRESHOLD,
     nprobe: NprobeOpt = DEFAULT_NPROBE,

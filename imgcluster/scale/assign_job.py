@@ -32,13 +32,11 @@ from imgcluster.scale.labels import SampleModel, fit_sample_model, label_batch
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 
 if TYPE_CHECKING:
-    from imgcluster.scale.tasks import Tasks
     from imgcluster.scale.training import StoreSample
 
 __all__ = ["StoreAssignment", "assign_store"]
 
 PathLike = str | os.PathLike[str]
-ENGINES = ("local", "ray")
 BATCH_ROWS = 65_536  # rows per block of the local pass: 65,536 x 1280 float32 is 320 MB
 
 
@@ -284,17 +282,12 @@ def assign_store(
     from imgcluster.folder import check_out
     from imgcluster.outliers import DEFAULT_MIN_CONFIDENCE, check_min_confidence
     from imgcluster.pipeline import resolve_device
-    from imgcluster.scale.training import head_for_store, read_sample, said_when_stopped
+    from imgcluster.scale.training import check_engine, engine_session, head_for_store, read_sample, said_when_stopped
 
     start = time.perf_counter()
-    if engine not in ENGINES:
-        raise ParameterError(f"{{engine}} must be local or ray, not {engine!r}")
+    check_engine(engine)
     check_min_confidence(min_confidence)
     check_knn_options(knn_threshold, nprobe)
-    if engine == "ray":
-        from imgcluster.scale.engine import import_ray
-
-        import_ray()  # the missing extra is one line before any work
     out_text = os.fspath(out)
     if head is not None:
         from imgcluster.checkpoint import checkpoint_json
@@ -320,7 +313,7 @@ def assign_store(
         )  # fmt: skip
     else:
         trained, meta_head = load_checkpoint(Path(head))
-    with _session(engine, address, num_cpus) as tasks:
+    with engine_session(engine, address, num_cpus) as tasks:
         with said_when_stopped("reading the training sample"):
             sample = read_sample(features, train_sample, seed, progress, tasks)
         if meta_head is not None:
@@ -398,20 +391,6 @@ def assign_store(
             rows=tally.rows, cluster_sizes=dict(sorted(tally.sizes.items())), outliers=tally.outliers, head=head_path, written=written,
             engine=engine, seconds=time.perf_counter() - start, sample=sample.describe(), warnings=warnings,
         )  # fmt: skip
-
-
-@contextlib.contextmanager
-def _session(engine: str, address: str | None, num_cpus: int | None) -> Iterator[Tasks | None]:
-    """With the Ray engine, one Ray session for the whole command (the sample's tasks, the
-    partitioned kNN, the pass) and the runner of the sample's tasks; else nothing."""
-    if engine != "ray":
-        yield None
-        return
-    from imgcluster.scale.engine import ray_session
-    from imgcluster.scale.tasks import RayTasks
-
-    with ray_session(address, num_cpus):
-        yield RayTasks()
 
 
 def _drain(blocks: Iterator[dict[str, np.ndarray]], writers: Writers, tally: Tally, report: Reporter) -> None:

@@ -153,7 +153,7 @@ def store_sample(
     cutoff = key_cutoff(sum(n for n, _ in footers), size, margin)
     while True:
         share = "every row" if cutoff is None else f"rows whose key is below {cutoff / KEY_SPACE:.3g} of the key range"
-        report.start(len(folders), f"reading the paths of {len(folders)} buckets, keeping {share}")
+        report.start(len(folders), f"reading the paths of {len(folders)} buckets ({runner.where}), keeping {share}")
         found: list[Candidates] = []
         for candidates in runner.map(bucket_candidates, [(uri, f, dim, seed, cutoff) for f in folders]):
             found.append(candidates)

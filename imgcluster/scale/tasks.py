@@ -20,6 +20,8 @@ IN_FLIGHT = 8  # tasks submitted ahead of the consumer: bounds the results pendi
 
 
 class Tasks(Protocol):
+    where: str  # for progress messages: where the jobs run
+
     def share(self, array: np.ndarray) -> tuple[Any, np.ndarray]:
         """(what to pass to the jobs, the array to go on using here) for a read-only ``array``."""
         ...
@@ -32,6 +34,8 @@ class Tasks(Protocol):
 class LocalTasks:
     """The jobs one after another in this process: the reference the Ray runner is tested against."""
 
+    where = "in this process"
+
     def share(self, array: np.ndarray) -> tuple[Any, np.ndarray]:
         return array, array
 
@@ -43,6 +47,8 @@ class LocalTasks:
 class RayTasks:
     """One Ray task per job (``num_cpus`` each, retried ``max_retries`` times, at most ``in_flight``
     ahead of the consumer); Ray must be initialised (:func:`imgcluster.scale.engine.ray_session`)."""
+
+    where = "as Ray tasks"
 
     def __init__(self, in_flight: int = IN_FLIGHT, num_cpus: float = 1, max_retries: int = 3) -> None:
         self.in_flight = in_flight

@@ -58,6 +58,33 @@ class StoreSample:
         return {"uri": self.uri, "key": self.meta.key, "rows": self.rows, "sample": len(self.paths), "sample_seed": self.seed}
 
 
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str) -> None:
+    """``local`` or ``ray``, and for ``ray`` the extra installed: one line before any work."""
+    if engine not in ENGINES:
+        raise ParameterError(f"{{engine}} must be local or ray, not {engine!r}")
+    if engine == "ray":
+        from imgcluster.scale.engine import import_ray
+
+        import_ray()
+
+
+@contextlib.contextmanager
+def engine_session(engine: str, address: str | None, num_cpus: int | None) -> Iterator[Tasks | None]:
+    """With the Ray engine, one Ray session for the whole command (the sample's tasks, the
+    partitioned kNN, the assign pass) and the runner of the sample's tasks; else nothing."""
+    if engine != "ray":
+        yield None
+        return
+    from imgcluster.scale.engine import ray_session
+    from imgcluster.scale.tasks import RayTasks
+
+    with ray_session(address, num_cpus):
+        yield RayTasks()
+
+
 NOTHING_WRITTEN = "nothing was written; the next run starts again from the store"
 
 
@@ -158,6 +185,9 @@ def train_from_store(
     train_sample: int = DEFAULT_TRAIN_SAMPLE,
     knn_threshold: int = RAY_KNN_THRESHOLD,
     nprobe: int = DEFAULT_NPROBE,
+    engine: str = "local",
+    address: str | None = None,
+    num_cpus: int | None = None,
     device: str = "auto",
     progress: ProgressFn | None = None,
 ) -> tuple[ClusterHead, Path]:
@@ -166,25 +196,28 @@ def train_from_store(
 
     The training parameters are those of :class:`imgcluster.ClusterHead`; ``train_sample``,
     ``knn_threshold`` and ``nprobe`` (partitions searched per row above it) are described in the
-    module docstring and recorded in the head's description. ``progress`` receives the events of
-    stages ``sample``, ``knn``, ``choose_k`` and ``train``.
+    module docstring and recorded in the head's description. ``engine="ray"`` reads the sample's
+    buckets as Ray tasks (``address``: a cluster, None: a local instance of ``num_cpus`` cores);
+    training itself runs here. ``progress`` receives the events of stages ``sample``, ``knn``,
+    ``choose_k`` and ``train``.
     """
     from imgcluster.atomic import check_writable
     from imgcluster.estimator import checked_head
     from imgcluster.scale.knn import check_knn_options
 
+    check_engine(engine)
     check_knn_options(knn_threshold, nprobe)
-
     estimator = checked_head(
         n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,
         self_label=self_label, uco=uco, device=device, objective_options=objective_options,
     )  # fmt: skip
     if out is not None:
         check_writable(Path(out))
-    with said_when_stopped("reading the training sample", "no head was written; the next run starts again from the store"):
-        sample = read_sample(features, train_sample, seed, progress)
-    with said_when_stopped("training the head", "no head was written (it is written only when trained); the next run trains again"):
-        head_for_store(sample, estimator, knn_threshold=knn_threshold, nprobe=nprobe, progress=progress)
+    with engine_session(engine, address, num_cpus) as tasks:
+        with said_when_stopped("reading the training sample", "no head was written; the next run starts again from the store"):
+            sample = read_sample(features, train_sample, seed, progress, tasks)
+        with said_when_stopped("training the head", "no head was written (it is written only when trained); the next run trains again"):
+            head_for_store(sample, estimator, knn_threshold=knn_threshold, nprobe=nprobe, progress=progress)
     path = Path(out) if out is not None else default_head_path(sample, estimator.train_config_)
     estimator.save(path)
     Reporter(progress, "train").info(f"head saved to {path} (trained on {count(len(sample.paths), 'row')} of {sample.rows})")

@@ -86,6 +86,23 @@ def test_the_sample_drawn_by_ray_tasks_is_the_bottom_k_sample(tmp_path: Path) ->
     assert any("reading the paths again" in e for e in events)  # the footers count 3,000 rows: a second pass, on Ray too
 
 
+def test_train_with_ray_tasks_reading_the_sample_trains_the_local_head(tmp_path: Path) -> None:
+    uri = numbered_store(str(tmp_path / "store"), n=600, dim=16)
+    done = CliRunner().invoke(app, ["train", "--features", uri, "-k", "3", "--epochs", "1", "--train-sample", "200", "--seed", "4",
+                                    "--out", str(tmp_path / "local.safetensors")])  # fmt: skip
+    assert done.exit_code == 0, done.stderr
+    events: list[str] = []
+    train_from_store(uri, out=tmp_path / "ray.safetensors", n_clusters=3, epochs=1, train_sample=200, seed=4, engine="ray",
+                     progress=lambda e: events.append(str(e)))  # fmt: skip
+    assert any(e.startswith("reading the paths of") and "(as Ray tasks)" in e for e in events), events
+    from safetensors.numpy import load_file
+
+    local, distributed = (load_file(tmp_path / f"{name}.safetensors") for name in ("local", "ray"))
+    assert local.keys() == distributed.keys() and all(np.array_equal(local[k], distributed[k]) for k in local)  # same sample, same head
+    descriptions = [json.loads((tmp_path / f"{name}.json").read_text())["features"] for name in ("local", "ray")]
+    assert descriptions[0] == descriptions[1]
+
+
 def test_ctrl_c_on_the_ray_pass_leaves_no_csv_and_ends_by_the_signal(local_ray: Any, tmp_path: Path) -> None:
     uri = synthetic_store(str(tmp_path / "store"))
     _, head = train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=5, epochs=1, device="cpu")

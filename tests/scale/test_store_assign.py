@@ -138,7 +138,7 @@ def test_a_stopped_pass_writes_no_csv_and_says_where_the_head_is(store: tuple[st
     assert [p.name for p in tmp_path.iterdir()] == []  # no temporary file left either
 
 
-def test_the_knn_options_are_checked_first_and_recorded_in_the_head(store: tuple[str, Path], tmp_path: Path) -> None:
+def test_the_knn_and_engine_options_are_checked_first_and_recorded_in_the_head(store: tuple[str, Path], tmp_path: Path) -> None:
     uri, _ = store
     nowhere = str(tmp_path / "nothing")  # checked before the store is opened: a bad value, not a missing store
     for args, message in [
@@ -147,6 +147,8 @@ def test_the_knn_options_are_checked_first_and_recorded_in_the_head(store: tuple
         (["assign", str(SAMPLE), "--nprobe", "4"], "--nprobe applies only with --features"),
         (["train", str(SAMPLE), "--knn-threshold", "9"], "--knn-threshold applies only with --features"),
         (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--nprobe", "4"], "--nprobe applies only to training"),
+        (["train", str(SAMPLE), "--engine", "ray"], "--engine applies only with --features"),
+        (["train", "--features", nowhere, "--engine", "spark"], "--engine must be local or ray, not 'spark'"),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.stderr)
