@@ -519,9 +519,10 @@ def driver_section(results: dict[str, dict[str, Any]]) -> list[str]:
         f"{SAMPLE_SIZE:,} x 1.05 rows here, 2.1M rows (5.4 GB of float16 at 1,280-d) for the default sample.",
         f"- kNN: the arrays sent to the tasks fall from {kb['sent_mb']:.0f} MB (each partition's rows, and each query once per probe) "
         f"to {ka['sent_mb']:.0f} MB (the unit features once, plus row ids); the driver's private memory while the partitions are "
-        f"searched from {kb['search_rssanon_mb']:.0f} to {ka['search_rssanon_mb']:.0f} MB (its own unit copy freed after the put). "
-        f"Its peak moves little ({kb['rssanon_peak_mb']:.0f} to {ka['rssanon_peak_mb']:.0f} MB): it now comes earlier, while "
-        "partitioning (k-means and every row's nearest centroids), which needs the features and their unit copy before the put.",
+        f"searched from {kb['search_rssanon_mb']:.0f} to {ka['search_rssanon_mb']:.0f} MB, and its peak from "
+        f"{kb['rssanon_peak_mb']:.0f} to {ka['rssanon_peak_mb']:.0f} MB: the unit copy goes to the object store before the "
+        "partitioning and the driver's own is freed. Both rows partition alike (the k-means copies only its sample of "
+        "rows, then labels every row in blocks), so they differ only by how the tasks get their rows.",
         f"- Run alone with `--only {' '.join(DRIVER_PARTS)}` on the same 2-core machine (no GPU), shared with the other "
         f"engineers (load column), written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the sections above are "
         "from the full run.",

@@ -21,6 +21,7 @@ ids and gathers the rows itself from that one shared object (:class:`imgcluster.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +61,11 @@ class Partitions:
 
 
 def partition(x: np.ndarray, n_partitions: int, seed: int = 0) -> Partitions:
-    """Split unit rows ``x`` by spherical k-means fitted on ``TRAIN_PER_PARTITION`` seeded sample rows per partition."""
+    """Split unit rows ``x`` by spherical k-means fitted on ``TRAIN_PER_PARTITION`` seeded sample rows per partition.
+
+    ``x`` is only read (on Ray it is the object store's read-only copy): the k-means gets its own
+    copy of the sample rows only, and every row is then labelled block by block.
+    """
     import torch
 
     from imgcluster.kmeans import assign, spherical_kmeans
@@ -68,11 +73,14 @@ def partition(x: np.ndarray, n_partitions: int, seed: int = 0) -> Partitions:
     n = x.shape[0]
     n_partitions = max(1, min(n_partitions, n))
     generator = torch.Generator().manual_seed(seed)
-    z = torch.from_numpy(x)
-    fit = spherical_kmeans(
-        z, n_partitions, generator, iters=KMEANS_ITERATIONS, max_points=n_partitions * TRAIN_PER_PARTITION, centre=False
-    )  # the search is by inner product on unit rows: uncentred centroids live in that space
-    centroids = fit.best.centroids
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")  # it is never written
+        z = torch.from_numpy(x)
+    train_rows = n_partitions * TRAIN_PER_PARTITION
+    # The sample spherical_kmeans(max_points=train_rows) would draw, drawn here so that it does not copy all of z first.
+    sample = z[torch.randperm(n, generator=generator)[:train_rows]] if n > train_rows else z
+    fit = spherical_kmeans(sample, n_partitions, generator, iters=KMEANS_ITERATIONS, centre=False)
+    centroids = fit.best.centroids  # uncentred: the search is by inner product on unit rows, and these live in that space
     labels, _ = assign(z, centroids)
     return Partitions(centroids.numpy().astype(np.float32), labels.numpy().astype(np.int64))
 
@@ -143,7 +151,9 @@ def partitioned_knn(
     """Top-``k`` neighbours of every row, self excluded: (indices [N,k], similarities [N,k]), as
     :func:`imgcluster.neighbours.knn_search` returns them; see the module docstring. ``tasks``
     runs the partitions' searches (here by default; :class:`imgcluster.scale.tasks.RayTasks`)."""
-    x = l2_normalise(features)
+    # The unit rows go to the runner's shared copy at once (on Ray: the object store's; the driver's own is freed),
+    # before the partitioning, which would otherwise hold them beside the caller's features at its peak.
+    shared, x = tasks.share(l2_normalise(features))
     n = x.shape[0]
     if n < 2:
         raise ValueError("need at least two images to find neighbours")
@@ -159,8 +169,6 @@ def partitioned_knn(
     queries_of = np.argsort(flat, kind="stable")
     bounds = np.searchsorted(flat[queries_of], np.arange(len(members) + 1))
     width = probe.shape[1]
-    # From here the driver reads x only through the shared copy (on Ray: the object store's, its own freed).
-    shared, x = tasks.share(x)
 
     def jobs() -> Iterator[tuple[Any, ...]]:
         for q, ids in enumerate(members):
