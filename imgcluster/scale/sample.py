@@ -96,6 +96,13 @@ class Candidates:
     features: np.ndarray  # float16 [n, dim]
     problems: list[str]
 
+    def owned(self) -> Candidates:
+        """With arrays of its own: a Ray result's arrays are views that pin its object in the object
+        store (1 GiB on a local instance), which would then have to hold every bucket's candidates."""
+        import numpy as np
+
+        return Candidates(self.rows, np.array(self.keys), self.paths, np.array(self.features), self.problems)
+
 
 def key_cutoff(rows: int, size: int, margin: float = MARGIN) -> int | None:
     """The key below which about ``size (1 + margin)`` of ``rows`` fall; None: every row is needed."""
@@ -156,7 +163,7 @@ def store_sample(
         report.start(len(folders), f"reading the paths of {len(folders)} buckets ({runner.where}), keeping {share}")
         found: list[Candidates] = []
         for candidates in runner.map(bucket_candidates, [(uri, f, dim, seed, cutoff) for f in folders]):
-            found.append(candidates)
+            found.append(candidates.owned())
             report.advance(1)
         kept = sum(len(c.paths) for c in found)
         if kept >= size or cutoff is None:
