@@ -323,6 +323,10 @@ class _Session(contextlib.ExitStack):
         self.report.at("model").info("starting Ray" + (f" at {self.address}" if self.address else " (a local instance)") + " ...")
         self.enter_context(ray_session(self.address))
         self.enter_context(quiet_data_context())
+        # Retries are bounded (Ray Data's default for actors is forever: a file that crashes the
+        # model every time would loop); Ray 2.60 takes them only through the keyword arguments it
+        # deprecates for 2.64, so its warning is silenced here, where the version is pinned.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         self.started = True
 
 
@@ -393,10 +397,6 @@ def _run(
     else:
         table = _ray_table(plan.todo)
         ds = ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)])
-    # Retries are bounded (Ray Data's default for actors is forever: a file that crashes the
-    # model every time would loop); Ray 2.60 takes them only through the keyword arguments it
-    # deprecates for 2.64, so its warning is silenced here, where the version is pinned.
-    warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
     ds = ds.map_batches(
         decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1,
         fn_kwargs={"source": src, "data_config": _data_config(meta), "timeout": decode_timeout()},
