@@ -234,9 +234,9 @@ def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows)
     return _Plan(listing.num_rows, todo, todo.num_rows, others, kept)
 
 
-def _plan_on_ray(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan:
-    """List (or read the manifest) and plan in Ray tasks: the driver holds the units of the listing,
-    object references and counts, and the few rows that are not embedded."""
+def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | None]:
+    """The source's listing (or the manifest) as a materialised Ray Dataset, its row count, and
+    where a prefix's listing was kept: listed in one task per unit of :func:`sources.split_listing`."""
     ray = import_ray()
     kept = None
     if config.manifest is not None:
@@ -261,6 +261,13 @@ def _plan_on_ray(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRow
         _check_found(listed, src)
         if kept is not None:
             sources.finish_manifest(kept)
+    return listing, listed, kept
+
+
+def _plan_on_ray(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan:
+    """List (or read the manifest) and plan in Ray tasks: the driver holds the units of the listing,
+    object references and counts, and the few rows that are not embedded."""
+    listing, listed, kept = list_on_ray(src, config)
     grouped = listing.map_batches(resume.with_buckets, batch_format="pyarrow").groupby(resume.BUCKET)
     planned = _unwrapped(
         grouped.map_groups(
