@@ -131,22 +131,23 @@ def _level(source: Source, prefix: str, follow_symlinks: bool) -> tuple[int, lis
         folder = Path(source.root, prefix)
         files, folders = 0, []
         try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            entries = os.scandir(folder)  # streamed, never sorted whole: a flat folder may hold millions
         except OSError:
             return 0, []  # the unit's own listing (list_images) says nothing either: as the single-machine listing
-        for entry in entries:
-            rel = posixpath.join(prefix, entry.name)
-            try:
-                if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
+        with entries:
+            for entry in entries:
+                rel = posixpath.join(prefix, entry.name)
+                try:
+                    if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
+                        continue
+                    if entry.is_dir(follow_symlinks=True):
+                        if not entry.name.startswith(".") and not Path(entry.path, OUTPUT_MARKER).exists():
+                            folders.append((rel, entry.is_symlink()))
+                    elif entry.is_file(follow_symlinks=True) and _is_image(rel):
+                        files += 1
+                except (OSError, RuntimeError):
                     continue
-                if entry.is_dir(follow_symlinks=True):
-                    if not entry.name.startswith(".") and not Path(entry.path, OUTPUT_MARKER).exists():
-                        folders.append((rel, entry.is_symlink()))
-                elif entry.is_file(follow_symlinks=True) and _is_image(rel):
-                    files += 1
-            except (OSError, RuntimeError):
-                continue
-        return files, folders
+        return files, sorted(folders)
     import pyarrow.fs as pafs
 
     fs, root = _filesystem(source.uri)
@@ -197,19 +198,20 @@ def _folder_rows(source: Source, unit: Unit, follow_symlinks: bool) -> Iterator[
             yield base + f.rel, f.size, f.mtime_ns
         return
     try:
-        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        entries = os.scandir(folder)  # streamed into blocks, never sorted whole
     except OSError:
         return
-    for entry in entries:
-        rel = posixpath.join(unit.prefix, entry.name)
-        try:
-            if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
+    with entries:
+        for entry in entries:
+            rel = posixpath.join(unit.prefix, entry.name)
+            try:
+                if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
+                    continue
+                if entry.is_file(follow_symlinks=True) and _is_image(rel):
+                    st = entry.stat(follow_symlinks=True)
+                    yield rel, st.st_size, st.st_mtime_ns
+            except (OSError, RuntimeError):
                 continue
-            if entry.is_file(follow_symlinks=True) and _is_image(rel):
-                st = entry.stat(follow_symlinks=True)
-                yield rel, st.st_size, st.st_mtime_ns
-        except (OSError, RuntimeError):
-            continue
 
 
 def _blocks(rows: Iterator[tuple[str, int, int | None]]) -> Iterator[pa.Table]:

@@ -68,11 +68,16 @@ def test_a_split_listing_yields_exactly_the_whole_listing(tmp_path: Path) -> Non
     assert deep.files_seen == 9
 
 
-def test_a_unit_is_listed_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_unit_and_a_flat_folder_are_listed_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sources, "LIST_BLOCK_ROWS", 2)
     source = sources.open_source(str(nested(tmp_path / "photos")))
     blocks = list(sources.list_unit(source, sources.Unit("", recursive=True)))
     assert [b.num_rows for b in blocks] == [2, 2, 2, 2, 1]
+    flat = copy_sample(tmp_path / "flat", CLASSES[:1], per_class=5) / CLASSES[0]  # every file in one folder
+    source = sources.open_source(str(flat))
+    split = sources.split_listing(source, target=8)
+    assert split.units == [sources.Unit("", recursive=False)] and split.complete and split.files_seen == 5
+    assert [b.num_rows for b in sources.list_unit(source, split.units[0])] == [2, 2, 1]
 
 
 def test_a_missing_source_or_bad_manifest_is_a_parameter_error(tmp_path: Path) -> None:
