@@ -39,6 +39,28 @@ def test_ray_options_are_checked_in_one_line(tmp_path: Path, args: list[str], me
     assert result.stderr.strip().splitlines()[-1] == message
 
 
+def test_a_manifest_without_the_needed_columns_is_one_line_before_any_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pa = pytest.importorskip("pyarrow", reason="needs the 'ray' extra")
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    import pyarrow.parquet as pq
+
+    import imgcluster.backbones
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was built for a manifest that cannot be used")
+
+    monkeypatch.setattr(imgcluster.backbones, "create_backbone", no_model)
+    parts = tmp_path / "manifest"
+    parts.mkdir()
+    pq.write_table(pa.table({"path": ["a.png"], "bytes": [3]}), parts / "part-0.parquet")
+    args = ["embed", str(tmp_path), "--engine", "ray", "--features-out", str(tmp_path / "f"), "--manifest", str(parts)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: the --manifest {parts} needs the columns path, size and mtime_ns or etag; it has bytes, path"
+    ]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("signame", "stall"), [("SIGTERM", ""), ("SIGINT", "4:hang")])
 def test_a_signal_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Path, signame: str, stall: str) -> None:
