@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagefolders import CLASSES, copy_sample
+from imagefolders import CLASSES, SAMPLE, copy_sample
 
 from imgcluster import featurestore as fst
 from imgcluster.errors import ParameterError
@@ -261,3 +261,17 @@ def test_embed_from_and_into_s3_then_resume_from_the_kept_manifest(local_ray: ob
     assert len(paths) == 4 and np.isfinite(features).all() and features.shape[1] == fst.read_meta(out).dim
     again = embed_job.embed_to_store(bucket, out, model="efficientnet-lite0", manifest=summary.manifest)
     assert (again.embedded, again.reused, len(again.skipped)) == (0, 4, 1)
+    fs, _ = fst.resolve("s3://photos")  # one object replaced by another of a different size, one removed, one added
+    changed, removed = sorted(paths)[:2]
+    old_size = fs.get_file_info(changed.removeprefix("s3://")).size
+    other = next(p for p in sorted(SAMPLE.rglob("*.png")) if p.stat().st_size != old_size)
+    with fs.open_output_stream(changed.removeprefix("s3://")) as stream:
+        stream.write(other.read_bytes())
+    fs.delete_file(removed.removeprefix("s3://"))
+    with fs.open_output_stream("photos/in/new/added.png") as stream:
+        stream.write(other.read_bytes())
+    third = embed_job.embed_to_store(bucket, out, model="efficientnet-lite0")
+    assert (third.embedded, third.reused, len(third.skipped)) == (2, 2, 1)
+    monkeypatch.undo()
+    stamps = fst.done_rows(out)
+    assert stamps[changed][0] == other.stat().st_size and "s3://photos/in/new/added.png" in stamps and removed in stamps
