@@ -22,6 +22,10 @@ before and after. Parts:
   per bucket. ``knn-before``: the partitioned kNN with the driver slicing each partition's rows and
   queries into every task's arguments (the previous version, as a runner); ``knn-after``: the
   unit features put into the object store once and the tasks given row ids.
+- ``listing-driver`` / ``listing-ray`` (``--listing``, written to results_ray_listing.md): trees
+  of LISTING_SIZES empty ``.jpg`` files listed whole in the process
+  (``sources.list_source``) against listed in Ray tasks (``embed_job.list_on_ray``): files/s and
+  the driver's own peak memory while it lists (VmHWM, reset before the listing).
 
 The machine is shared (2 cores, five other engineers): compare the ratios of one run, not seconds.
 """
@@ -51,6 +55,9 @@ MODEL = "efficientnet-lite0"
 WORK = HERE / "data" / "ray"
 RESULTS = HERE / "results_ray.md"
 PHOTOS = Path("/usr/share/backgrounds")  # real JPEG photos of 1.3-17.9 MP (Debian's mate-backgrounds, as bench-duplicates uses)
+LISTING_SIZES = [(100, 1000), (200, 5000)]  # (folders, files per folder): 100,000 and 1,000,000 files
+LISTING_VARIABLE = "BENCH_LISTING_TREE"  # "FOLDERSxFILES", for the listing parts' processes
+RESULTS_LISTING = HERE / "results_ray_listing.md"
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0", "RAY_DEDUP_LOGS": "0"}
 
 
@@ -476,7 +483,8 @@ PARTS = {"decode": part_decode, "single": part_single, "ray": part_ray, "two-nod
          "knn": part_knn, "assign": part_assign,
          "sample-before": lambda: _sample_part("before"), "sample-after": lambda: _sample_part("after"),
          "sample-ray": lambda: _sample_part("ray"), "knn-before": lambda: _knn_part("before"),
-         "knn-after": lambda: _knn_part("after")}  # fmt: skip
+         "knn-after": lambda: _knn_part("after"),
+         "listing-driver": part_listing_driver, "listing-ray": part_listing_ray}  # fmt: skip
 DRIVER_PARTS = ("sample-before", "sample-after", "sample-ray", "knn-before", "knn-after")
 DRIVER_TITLE = "## The driver's memory: the training sample and the partitioned kNN"
 
@@ -540,6 +548,102 @@ def splice_section(text: str, lines: list[str]) -> str:
     ends = [i for i, line in enumerate(old) if i > after and line.startswith(stops)]
     end = min(ends, default=len(old))
     return "\n".join(old[: start if start is not None else end] + lines + old[end:]) + "\n"
+def listing_tree() -> Path:
+    """Folders of empty .jpg files, as many as $BENCH_LISTING_TREE says: listing reads names and sizes, never contents."""
+    folders, files = (int(n) for n in os.environ[LISTING_VARIABLE].split("x"))
+    tree = WORK / f"listing-{folders}x{files}"
+    done = tree / ".complete"
+    if not done.exists():
+        shutil.rmtree(tree, ignore_errors=True)
+        for i in range(folders):
+            folder = tree / f"f{i:04d}"
+            folder.mkdir(parents=True)
+            for j in range(files):
+                (folder / f"{j:06d}.jpg").touch()
+        done.touch()
+    return tree
+
+
+def _driver_peak_after(run: Any) -> tuple[Any, float, int, int]:
+    """(run's result, seconds, this process's resident bytes before, its peak resident bytes during run)."""
+
+    def status(field: str) -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(field)
+
+    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
+    before = status("VmRSS")
+    start = time.perf_counter()
+    result = run()
+    return result, time.perf_counter() - start, before, status("VmHWM")
+
+
+def part_listing_driver() -> dict[str, Any]:
+    from imgcluster.scale import sources
+
+    source = sources.open_source(str(listing_tree()))
+    table, seconds, before, peak = _driver_peak_after(lambda: sources.list_source(source))
+    return {"tree": os.environ[LISTING_VARIABLE], "files": table.num_rows, "list_s": seconds, "driver_before_mb": before / 2**20,
+            "driver_peak_mb": peak / 2**20}  # fmt: skip
+
+
+def part_listing_ray() -> dict[str, Any]:
+    import ray
+
+    from imgcluster.scale import embed_job, sources
+    from imgcluster.scale.engine import quiet_data_context
+
+    tree = listing_tree()
+    start = time.perf_counter()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, log_to_driver=False)
+    init = time.perf_counter() - start
+    source = sources.open_source(str(tree))
+    config = embed_job.RayEmbedConfig(str(tree), str(WORK / "listing-store"))
+    with quiet_data_context():
+        (_, files, _), seconds, before, peak = _driver_peak_after(lambda: embed_job.list_on_ray(source, config))
+    units = len(sources.split_listing(source, embed_job.SPLIT_PER_CPU * 2).units)
+    ray.shutdown()
+    return {"tree": os.environ[LISTING_VARIABLE], "files": files, "units": units, "init_s": init, "list_s": seconds,
+            "driver_before_mb": before / 2**20, "driver_peak_mb": peak / 2**20}  # fmt: skip
+
+
+def listing_report(results: dict[str, dict[str, Any]]) -> str:
+    lines = [
+        "# Listing a source: in the driver against Ray tasks (`python benchmarks/bench_ray.py --listing`)", "",
+        f"Machine: {platform.processor() or platform.machine()}, 2-core CPU, no GPU ({os.cpu_count()} logical CPUs), shared "
+        "with five other engineers' builds and tests: the load average (1 min) is given before / after each part; compare "
+        "the ratios, not the seconds. Each part ran in its own process.", "",
+        "Trees of empty `.jpg` files on the local disk (listing reads names, sizes and mtimes, never contents). *Driver* = "
+        "`sources.list_source`, the whole listing as one table in the process; *Ray* = `embed_job.list_on_ray` on a local "
+        "Ray of 2 CPUs: the driver lists the top folder and hands each sub-folder to a Ray task, which returns blocks the "
+        "driver only holds references to. Driver memory is the listing process's own peak resident memory while it lists "
+        "(VmHWM, reset just before) over its resident memory just before; Ray's worker processes, which hold the blocks, "
+        "are not counted there. ray.init is not counted in the seconds.", "",
+        "| tree (folders x files) | run | files | seconds | files/s | driver before MB | driver peak MB | growth MB | bytes/file | load |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for tree, runs in results.items():
+        for label, r in (("driver", runs["listing-driver"]), (f"Ray ({runs['listing-ray']['units']} tasks)", runs["listing-ray"])):
+            growth = r["driver_peak_mb"] - r["driver_before_mb"]
+            per_file = growth * 2**20 / r["files"]
+            lines.append(
+                f"| {tree} | {label} | {r['files']:,} | {r['list_s']:.2f} | {r['files'] / r['list_s']:,.0f} | "
+                f"{r['driver_before_mb']:.0f} | {r['driver_peak_mb']:.0f} | {growth:.0f} | {per_file:,.0f} | {_load(r)} |"
+            )
+    lines += [
+        "",
+        "Reading: the whole-table listing grows the driver in proportion to the files (the single-machine listing's file "
+        "objects, then the table); the Ray listing's driver growth is the bookkeeping of its tasks and block references, "
+        "not rows, and stays flat from 100,000 to 1,000,000 files. Speed on 2 cores and a local disk: the Ray tasks' "
+        "overhead costs more than it saves at 100,000 files and less at 1,000,000; on object storage, where each request "
+        "waits on the network, the tasks overlap those waits (not measured: no network here).",
+        "", f"_Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._", "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -647,9 +751,21 @@ def main() -> None:
     parser.add_argument("--part", choices=sorted(PARTS))
     parser.add_argument("--only", nargs="*", help="run these parts (default: all) and reuse the others from results_ray.json")
     parser.add_argument("--report", action="store_true", help="only rewrite results_ray.md from results_ray.json")
+    parser.add_argument("--listing", action="store_true", help="only the listing parts, into results_ray_listing.md")
     args = parser.parse_args()
     if args.part:
         print(json.dumps(PARTS[args.part]()))
+        return
+    if args.listing:
+        WORK.mkdir(parents=True, exist_ok=True)
+        listed: dict[str, Any] = {}
+        for folders, files in LISTING_SIZES:
+            os.environ[LISTING_VARIABLE] = f"{folders}x{files}"
+            listing_tree()
+            listed[f"{folders}x{files:,}"] = {name: run_part(name) for name in ("listing-driver", "listing-ray")}
+        (WORK / "results_ray_listing.json").write_text(json.dumps(listed, indent=1))
+        RESULTS_LISTING.write_text(listing_report(listed))
+        print(f"wrote {RESULTS_LISTING}", file=sys.stderr)
         return
     if args.report:
         saved = json.loads((WORK / "results_ray.json").read_text())

@@ -526,7 +526,8 @@ def embed(
         Optional[str], typer.Option("--features-out", help="Where the Ray engine writes features: a folder, file://, s3:// or gs:// URI.")
     ] = None,
     manifest: Annotated[
-        Optional[str], typer.Option("--manifest", help="Ray engine: a parquet list of files (path, size, mtime_ns or etag) to embed.")
+        Optional[str],
+        typer.Option("--manifest", help="Ray engine: a parquet list of files (path, size, mtime_ns or etag), a file or a folder of parts."),
     ] = None,
     num_gpus: Annotated[
         Optional[float], typer.Option("--num-gpus", min=0, help="Ray engine: GPUs per embedding actor (default: 1 with local GPUs).")

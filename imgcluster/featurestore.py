@@ -375,6 +375,17 @@ def done_rows(uri: str, on_problem: ProblemFn | None = None) -> dict[str, Stamp]
     return _stamps(uri, _bucket_dirs, row_schema(meta.dim), [], on_problem)
 
 
+def bucket_stamps(uri: str, bucket: int, on_problem: ProblemFn | None = None) -> dict[str, Stamp]:
+    """:func:`done_rows` of one bucket: what a resume compares one bucket of a listing with,
+    reading only the identity columns of that bucket's files (never the features)."""
+    meta = read_meta(uri)
+
+    def one_bucket(fs: pafs.FileSystem, root: str) -> list[str]:
+        return [posixpath.join(root, f"{PART_PREFIX}{bucket:03d}")]
+
+    return _stamps(uri, one_bucket, row_schema(meta.dim), [], on_problem)
+
+
 def skipped_rows(uri: str, on_problem: ProblemFn | None = None) -> dict[str, tuple[int, int | None, str | None, str]]:
     """path -> (size, mtime_ns, etag, reason) of every file recorded as not embeddable (newest record)."""
     read_meta(uri)

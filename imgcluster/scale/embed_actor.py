@@ -9,6 +9,7 @@ The forward pass is :func:`imgcluster.embedding.forward`, the single-machine pat
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,14 +19,15 @@ from imgcluster.errors import ImgclusterError
 
 # Test-only fault injection (docs/scale.md): ``n`` kills the embedding actor's process at its n-th
 # batch (once: not again after Ray restarts it); ``n:raise`` raises a Python error at that batch on
-# every attempt. Read here alone, on the driver, and handed to the actors.
+# every attempt; ``n:hang`` stalls the actor there (an hour's sleep: a job that makes no progress).
+# Read here alone, on the driver, and handed to the actors.
 CRASH_VARIABLE = "IMGCLUSTER_TEST_CRASH_BATCH"
 
 
 @dataclass(frozen=True)
 class Crash:
     batch: int
-    mode: str  # "exit" or "raise"
+    mode: str  # "exit", "raise" or "hang"
 
 
 def crash_from_environment() -> Crash | None:
@@ -94,6 +96,9 @@ class EmbedActor:
             return
         if crash.mode == "raise":
             raise RuntimeError(f"injected error in batch {crash.batch} ({CRASH_VARIABLE})")
+        if crash.mode == "hang":
+            time.sleep(3600)
+            return
         import ray
 
         if not ray.get_runtime_context().was_current_actor_reconstructed:

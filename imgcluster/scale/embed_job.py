@@ -1,32 +1,39 @@
 """``embed_to_store``: embed a folder, a prefix or a manifest on Ray into a feature store.
 
-The driver lists the source (or reads the manifest), builds the model once to learn its cache key
-and width, and subtracts what the store already holds (same path, size and mtime or etag) and
-what it recorded as not embeddable; with nothing left it returns without starting Ray. The rest
-streams through Ray Data: CPU tasks decode (:mod:`imgcluster.scale.decode`), an actor pool
-embeds (:mod:`imgcluster.scale.embed_actor`), tasks write parquet shards
-(:mod:`imgcluster.featurestore`). Files are only ever added, never overwritten, so whatever was
-written before a crash or a stop stays and counts on the next run.
+The driver builds the model once to learn its cache key and width. A small source (or manifest)
+is listed and planned in this process: the rows the store already holds (same path, size and
+mtime or etag) and the unchanged files it recorded as not embeddable are subtracted bucket by
+bucket (:mod:`imgcluster.scale.resume`), and with nothing left the job returns without starting
+Ray. A large one is listed in Ray tasks, one per sub-prefix (:mod:`imgcluster.scale.sources`), or
+read as a Ray Dataset, and planned in one Ray task per bucket: the driver holds counts and object
+references, never the listing or the store's rows. The rest streams through Ray Data: CPU tasks
+decode (:mod:`imgcluster.scale.decode`), an actor pool embeds
+(:mod:`imgcluster.scale.embed_actor`), tasks write parquet shards (:mod:`imgcluster.featurestore`).
+Files are only ever added, never overwritten, so whatever was written before a crash or a stop stays and counts on the next run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+import signal
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgcluster import featurestore
-from imgcluster.errors import ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.scale import resume, sources
 from imgcluster.scale.decode import NO_MTIME, decode_batch
 from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_environment
 from imgcluster.scale.engine import import_ray, quiet_data_context, ray_session, require_ray
-from imgcluster.scale.sources import Source, list_source, open_source, read_manifest, write_manifest
+from imgcluster.scale.sources import Source, open_source
 from imgcluster.signals import Interrupted
 
 if TYPE_CHECKING:
@@ -36,6 +43,11 @@ __all__ = ["EmbedInterrupted", "RayEmbedConfig", "StoreSummary", "embed_to_store
 
 WRITE_ROWS = 4096  # rows per write task: about 16 rows per bucket file; fewer, larger files than one per embedded batch
 RETRIES = 3  # task retries and actor restarts
+# A source or manifest of up to this many files is listed and planned in this process (about 200
+# bytes a file: 200 MB), so a complete store needs no Ray; a larger one is listed and planned in Ray tasks.
+LOCAL_PLAN_ROWS = 1_000_000
+LOCAL_SPLIT_FOLDERS = 256  # folders this process lists one by one before handing a source to Ray tasks
+SPLIT_PER_CPU = 4  # a Ray listing splits a source into at least this many sub-prefixes per cluster CPU, where the tree allows
 
 
 @dataclass
@@ -119,28 +131,26 @@ def embed_to_store(
     )
     report = Reporter(progress, "embed")
     src = open_source(source)
+    if manifest is not None:
+        sources.manifest_rows(manifest)  # its footers checked before a model is built for nothing
     report.at("model").info(f"loading the model ({model}) ...")
     backbone_name, meta = _describe_model(model, weights, num_gpus, config, report)
     store = featurestore.open_store(features_out, meta)
-    if manifest is not None:
-        listing = read_manifest(manifest)
-        kept = None
-    else:
-        listing = list_source(src, follow_symlinks)
-        if not listing.num_rows:
-            raise ParameterError(f"{{source}} {source} holds no images")
-        kept = write_manifest(listing, features_out) if not src.relative else None
-    problems: list[str] = []
-    todo, reused, old_skips = _plan(listing, features_out, retry_skipped, problems.append)
-    for problem in problems:
-        report.warning(problem)
-    report.info(
-        f"{count(listing.num_rows, 'image')}: {reused} in the store, {len(old_skips)} recorded as unreadable, {todo.num_rows} to embed"
-    )
-    summary = StoreSummary(features_out, 0, reused, list(old_skips), 0.0, kept, problems)
-    if todo.num_rows:
-        spec = ActorSpec(backbone_name, weights, meta.key, meta.dtype, 0, False, 1, crash_from_environment())
-        _run(store, src, todo, spec, meta, config, listing.num_rows, summary, report)
+    summary = StoreSummary(features_out, 0, 0)
+    skipped = {} if retry_skipped else featurestore.skipped_rows(features_out, summary.problems.append)
+    spec = ActorSpec(backbone_name, weights, meta.key, meta.dtype, 0, False, 1, crash_from_environment())
+    with _Session(config.address, report) as session:
+        try:
+            plan = _plan_here(src, config, skipped)
+            if plan is None:  # too large for this process: list and plan in Ray tasks
+                session.start()
+                plan = _plan_on_ray(src, config, skipped)
+            _account(plan, summary, report)
+            if plan.n_todo:
+                session.start()
+                _run(store, src, plan, spec, meta, config, summary, report)
+        except KeyboardInterrupt as exc:
+            raise EmbedInterrupted(summary, getattr(exc, "signum", signal.SIGINT)) from None
     summary.seconds = time.monotonic() - start
     report.info(f"embedded {summary.embedded}, reused {summary.reused}, skipped {len(summary.skipped)} in {summary.seconds:.1f}s")
     return summary
@@ -185,33 +195,148 @@ def _cluster_has_gpus(address: str | None, num_gpus: float | None) -> bool:
         return False
 
 
-def _matches(listed: tuple[int, int | None, str | None], stored: tuple[Any, ...]) -> bool:
-    size, mtime, etag = listed
-    if size != stored[0]:
-        return False
-    if etag is not None and stored[2] is not None:
-        return bool(etag == stored[2])
-    return mtime is not None and mtime == stored[1]
+@dataclass
+class _Plan:
+    """What a job has to do, as counts and a few rows: the rows to embed stay a table (a small
+    source, planned here) or a Ray Dataset (planned in Ray tasks), never a list on the driver."""
+
+    listed: int
+    todo: pa.Table | Any  # a pyarrow Table or a ray.data Dataset of the manifest's columns
+    n_todo: int
+    others: list[dict[str, Any]]  # planned rows that are not embedded: recorded unreadable files, torn store files
+    kept: str | None  # where the listing of a prefix was kept
 
 
-def _plan(
-    listing: pa.Table, uri: str, retry_skipped: bool, on_problem: featurestore.ProblemFn
-) -> tuple[pa.Table, int, list[tuple[str, str]]]:
-    """(rows to embed, rows the store already has, (path, reason) of unchanged files recorded as unreadable)."""
-    done = featurestore.done_rows(uri, on_problem)
-    skipped = {} if retry_skipped else featurestore.skipped_rows(uri, on_problem)
-    keep, reused, old_skips = [], 0, []
-    for i, row in enumerate(zip(*(listing.column(c).to_pylist() for c in ("path", "size", "mtime_ns", "etag")))):
-        path, stamp = row[0], row[1:]
-        if path in done and _matches(stamp, done[path]):
-            reused += 1
-        elif path in skipped and _matches(stamp, skipped[path]):
-            old_skips.append((path, skipped[path][3]))
-        else:
-            keep.append(i)
+def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan | None:
+    """Plan a small job in this process, so a complete store needs no Ray: a manifest of at most
+    LOCAL_PLAN_ROWS rows (counted from its parquet footers), or a source whose top levels,
+    listed one folder at a time, end within that many images. None when it is larger."""
     import pyarrow as pa
 
-    return listing.take(pa.array(keep, pa.int64())), reused, old_skips
+    kept = None
+    if config.manifest is not None:
+        if sources.manifest_rows(config.manifest) > LOCAL_PLAN_ROWS:
+            return None
+        listing = sources.read_manifest(config.manifest)
+    else:
+        split = sources.split_listing(src, LOCAL_SPLIT_FOLDERS, config.follow_symlinks, max_files=LOCAL_PLAN_ROWS)
+        if not split.complete or split.files_seen > LOCAL_PLAN_ROWS:
+            return None
+        blocks = [block for unit in split.units for block in sources.list_unit(src, unit, config.follow_symlinks)]
+        listing = pa.concat_tables([sources.manifest_schema().empty_table(), *blocks])
+        _check_found(listing.num_rows, src)
+        if not src.relative:
+            kept = sources.start_manifest(config.features_out)
+            for n, block in enumerate(blocks):
+                sources.write_manifest_part(kept, f"{0:06d}-{n:06d}", block)
+            sources.finish_manifest(kept)
+    planned = resume.plan_table(listing, config.features_out, skipped)
+    todo = resume.of_kind(planned, (resume.EMBED,))
+    others = resume.of_kind(planned, (resume.SKIPPED, resume.PROBLEM)).to_pylist()
+    return _Plan(listing.num_rows, todo, todo.num_rows, others, kept)
+
+
+def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | None]:
+    """The source's listing (or the manifest) as a materialised Ray Dataset, its row count, and
+    where a prefix's listing was kept: listed in one task per unit of :func:`sources.split_listing`."""
+    ray = import_ray()
+    kept = None
+    if config.manifest is not None:
+        sources.manifest_rows(config.manifest)  # its footers checked here: one line for a missing column, not a task's traceback
+        files = [{"file": path} for path in sources.manifest_files(config.manifest)]
+        listing = ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
+            sources.read_manifest_blocks, batch_size=1, batch_format="numpy", fn_kwargs={"uri": config.manifest},
+            max_retries=RETRIES, retry_exceptions=[OSError],
+        )  # fmt: skip
+    else:
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        split = sources.split_listing(src, SPLIT_PER_CPU * cpus, config.follow_symlinks)
+        kept = None if src.relative else sources.start_manifest(config.features_out)
+        units = [{"index": i, "prefix": u.prefix, "recursive": u.recursive} for i, u in enumerate(split.units)]
+        listing = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
+            sources.list_blocks, batch_size=1, batch_format="numpy", max_retries=RETRIES, retry_exceptions=True,
+            fn_kwargs={"source": src, "follow_symlinks": config.follow_symlinks, "manifest_uri": kept},
+        )  # fmt: skip
+    listing = _unwrapped(listing.materialize)
+    listed = listing.count()
+    if config.manifest is None:
+        _check_found(listed, src)
+        if kept is not None:
+            sources.finish_manifest(kept)
+    return listing, listed, kept
+
+
+def _plan_on_ray(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan:
+    """List (or read the manifest) and plan in Ray tasks: the driver holds the units of the listing,
+    object references and counts, and the few rows that are not embedded."""
+    listing, listed, kept = list_on_ray(src, config)
+    grouped = listing.map_batches(resume.with_buckets, batch_format="pyarrow").groupby(resume.BUCKET)
+    planned = _unwrapped(
+        grouped.map_groups(
+            resume.plan_group, batch_format="pyarrow", fn_kwargs={"uri": config.features_out, "skipped": skipped}
+        ).materialize
+    )
+    others = planned.map_batches(resume.of_kind, batch_format="pyarrow", fn_kwargs={"kinds": (resume.SKIPPED, resume.PROBLEM)}).take_all()
+    todo = planned.map_batches(resume.of_kind, batch_format="pyarrow", fn_kwargs={"kinds": (resume.EMBED,)})
+    n_todo = planned.count() - len(others)
+    return _Plan(listed, todo, n_todo, others, kept)
+
+
+def _unwrapped(run: Callable[[], Any]) -> Any:
+    """Run a Ray step; an ImgclusterError raised in a task (a manifest's bad column) surfaces as
+    itself, in its one line, not as Ray's wrapper with the task's traceback."""
+    try:
+        return run()
+    except Exception as exc:
+        cause: BaseException | None = exc
+        while cause is not None:
+            if isinstance(cause, ImgclusterError) and type(cause).__module__.startswith("imgcluster"):
+                fresh = type(cause)(cause.template)  # Ray Data appends its retry advice to the message it carries
+                fresh.parameters = cause.parameters
+                raise fresh from None
+            cause = getattr(cause, "cause", None) or cause.__cause__
+        raise
+
+
+def _check_found(listed: int, src: Source) -> None:
+    if not listed:
+        raise ParameterError(f"{{source}} {src.uri} holds no images")
+
+
+def _account(plan: _Plan, summary: StoreSummary, report: Reporter) -> None:
+    """Fill the summary from the plan and say what the job will do."""
+    old_skips = [(str(r["path"]), str(r["note"])) for r in plan.others if r["kind"] == resume.SKIPPED]
+    summary.problems.extend(str(r["note"]) for r in plan.others if r["kind"] == resume.PROBLEM)
+    summary.skipped.extend(old_skips)
+    summary.reused = plan.listed - plan.n_todo - len(old_skips)
+    summary.manifest = plan.kept
+    for problem in summary.problems:
+        report.warning(problem)
+    report.info(
+        f"{count(plan.listed, 'image')}: {summary.reused} in the store, {len(old_skips)} recorded as unreadable, {plan.n_todo} to embed"
+    )
+
+
+class _Session(contextlib.ExitStack):
+    """Ray for one job, started on first need (a job with nothing to do never starts it)."""
+
+    def __init__(self, address: str | None, report: Reporter) -> None:
+        super().__init__()
+        self.address = address
+        self.report = report
+        self.started = False
+
+    def start(self) -> None:
+        if self.started:
+            return
+        self.report.at("model").info("starting Ray" + (f" at {self.address}" if self.address else " (a local instance)") + " ...")
+        self.enter_context(ray_session(self.address))
+        self.enter_context(quiet_data_context())
+        # Retries are bounded (Ray Data's default for actors is forever: a file that crashes the
+        # model every time would loop); Ray 2.60 takes them only through the keyword arguments it
+        # deprecates for 2.64, so its warning is silenced here, where the version is pinned.
+        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+        self.started = True
 
 
 def _ray_table(todo: pa.Table) -> pa.Table:
@@ -219,6 +344,7 @@ def _ray_table(todo: pa.Table) -> pa.Table:
     import pyarrow as pa
     import pyarrow.compute as pc
 
+    todo = todo.select(sources.manifest_schema().names)
     return todo.set_column(2, "mtime_ns", pc.fill_null(todo.column("mtime_ns"), pa.scalar(NO_MTIME, pa.int64()))).set_column(
         3, "etag", pc.fill_null(todo.column("etag"), "")
     )
@@ -246,68 +372,61 @@ def write_batch(batch: dict[str, np.ndarray], store: featurestore.FeatureStore) 
 def _run(
     store: featurestore.FeatureStore,
     src: Source,
-    todo: pa.Table,
+    plan: _Plan,
     spec: ActorSpec,
     meta: featurestore.FeatureStoreMeta,
     config: RayEmbedConfig,
-    n_listed: int,
     summary: StoreSummary,
     report: Reporter,
 ) -> None:
+    """Decode, embed and write the plan's rows in a Ray session already started."""
     import torch
 
     from imgcluster.embedding import default_batch_size
     from imgcluster.load import decode_timeout
 
     ray = import_ray()
-    report.at("model").info("starting Ray" + (f" at {config.address}" if config.address else " (a local instance)") + " ...")
-    with ray_session(config.address), quiet_data_context():
-        from ray.data import ActorPoolStrategy
+    from ray.data import ActorPoolStrategy
 
-        resources = ray.cluster_resources()
-        gpus = float(resources.get("GPU", 0))
-        use_gpu = meta.compute == "bfloat16"  # decided with the key, before Ray started (see _cluster_has_gpus)
-        per_actor_gpus = (config.num_gpus or 1.0) if use_gpu else 0.0
-        if use_gpu and gpus < per_actor_gpus:
-            raise ParameterError(f"{{num_gpus}} {per_actor_gpus:g} per actor, but the Ray cluster has {gpus:g} GPUs")
-        cpus = max(1, int(resources.get("CPU", 1)))
-        n_actors = config.actors or (max(1, int(gpus // per_actor_gpus)) if use_gpu else 1)
-        actor_cpus = 1 if use_gpu else max(1, cpus // (2 * n_actors))
-        device = torch.device("cuda" if use_gpu else "cpu")
-        batch_size = config.batch_size or default_batch_size(device, n_listed)
-        spec = dataclasses.replace(spec, batch_size=batch_size, use_gpu=use_gpu, threads=actor_cpus)
-        table = _ray_table(todo)
-        # One block per batch: each decode task is a batch's worth of work, the unit a stop or a retry repeats.
-        blocks = [table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)]
-        ds = ray.data.from_arrow(blocks)
-        # Retries are bounded (Ray Data's default for actors is forever: a file that crashes the
-        # model every time would loop); Ray 2.60 takes them only through the keyword arguments it
-        # deprecates for 2.64, so its warning is silenced here, where the version is pinned.
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
-        ds = ds.map_batches(
-            decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1,
-            fn_kwargs={"source": src, "data_config": _data_config(meta), "timeout": decode_timeout()},
-            max_retries=RETRIES, retry_exceptions=True,
-        )  # fmt: skip
-        ds = ds.map_batches(
-            EmbedActor, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size, batch_format="numpy",
-            compute=ActorPoolStrategy(size=n_actors), num_cpus=actor_cpus, num_gpus=per_actor_gpus if use_gpu else 0,
-            max_restarts=RETRIES, max_task_retries=RETRIES,
-        )  # fmt: skip
-        ds = ds.map_batches(
-            write_batch, batch_size=min(WRITE_ROWS, max(batch_size, math.ceil(table.num_rows / 4))), batch_format="numpy",
-            num_cpus=0.25, fn_kwargs={"store": store}, max_retries=RETRIES, retry_exceptions=True,
-        )  # fmt: skip
-        report.start(todo.num_rows)
-        try:
-            for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
-                reasons = batch["reason"]
-                bad = [(str(p), str(r)) for p, r in zip(batch["path"], reasons) if r != ""]
-                summary.skipped.extend(bad)
-                summary.embedded += len(reasons) - len(bad)
-                report.advance(len(reasons))
-        except KeyboardInterrupt as exc:
-            raise EmbedInterrupted(summary, getattr(exc, "signum", 2)) from None
+    resources = ray.cluster_resources()
+    gpus = float(resources.get("GPU", 0))
+    use_gpu = meta.compute == "bfloat16"  # decided with the key, before Ray started (see _cluster_has_gpus)
+    per_actor_gpus = (config.num_gpus or 1.0) if use_gpu else 0.0
+    if use_gpu and gpus < per_actor_gpus:
+        raise ParameterError(f"{{num_gpus}} {per_actor_gpus:g} per actor, but the Ray cluster has {gpus:g} GPUs")
+    cpus = max(1, int(resources.get("CPU", 1)))
+    n_actors = config.actors or (max(1, int(gpus // per_actor_gpus)) if use_gpu else 1)
+    actor_cpus = 1 if use_gpu else max(1, cpus // (2 * n_actors))
+    device = torch.device("cuda" if use_gpu else "cpu")
+    batch_size = config.batch_size or default_batch_size(device, plan.listed)
+    spec = dataclasses.replace(spec, batch_size=batch_size, use_gpu=use_gpu, threads=actor_cpus)
+    # One block per batch: each decode task is a batch's worth of work, the unit a stop or a retry repeats.
+    if isinstance(plan.todo, ray.data.Dataset):
+        ds = plan.todo.map_batches(_ray_table, batch_format="pyarrow").repartition(target_num_rows_per_block=batch_size)
+    else:
+        table = _ray_table(plan.todo)
+        ds = ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)])
+    ds = ds.map_batches(
+        decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1,
+        fn_kwargs={"source": src, "data_config": _data_config(meta), "timeout": decode_timeout()},
+        max_retries=RETRIES, retry_exceptions=True,
+    )  # fmt: skip
+    ds = ds.map_batches(
+        EmbedActor, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size, batch_format="numpy",
+        compute=ActorPoolStrategy(size=n_actors), num_cpus=actor_cpus, num_gpus=per_actor_gpus if use_gpu else 0,
+        max_restarts=RETRIES, max_task_retries=RETRIES,
+    )  # fmt: skip
+    ds = ds.map_batches(
+        write_batch, batch_size=min(WRITE_ROWS, max(batch_size, math.ceil(plan.n_todo / 4))), batch_format="numpy",
+        num_cpus=0.25, fn_kwargs={"store": store}, max_retries=RETRIES, retry_exceptions=True,
+    )  # fmt: skip
+    report.start(plan.n_todo)
+    for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
+        reasons = batch["reason"]
+        bad = [(str(p), str(r)) for p, r in zip(batch["path"], reasons) if r != ""]
+        summary.skipped.extend(bad)
+        summary.embedded += len(reasons) - len(bad)
+        report.advance(len(reasons))
 
 
 def _data_config(meta: featurestore.FeatureStoreMeta) -> dict[str, Any]:

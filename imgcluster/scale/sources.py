@@ -1,30 +1,40 @@
 """What a Ray job embeds: a local folder, an ``s3://``/``gs://`` prefix, or a manifest of files.
 
-Every source becomes one table of rows ``path, size, mtime_ns, etag`` (a *manifest*). A folder's
-paths are relative to it (as in the single-machine cache); an object's path is its full URI.
-A prefix is listed with one recursive ``pyarrow.fs`` listing (S3 and GCS page through it on the
-store's side, 1,000 keys a request); the listing is written into the features location as
-``_manifest.parquet``, so a later run can take it as ``manifest`` and list nothing. Credentials
-come from the environment, as ``pyarrow.fs`` reads them (AWS_*, GOOGLE_APPLICATION_CREDENTIALS).
+Every source becomes rows ``path, size, mtime_ns, etag`` (a *manifest*). A folder's paths are
+relative to it (as in the single-machine cache); an object's path is its full URI.
+
+A large prefix is never listed row by row in one process: :func:`split_listing` lists only the
+top levels (one non-recursive ``pyarrow.fs`` selector per folder, descending breadth first until
+there are enough sub-prefixes or the tree ends) and returns *units*: a folder's own files, or a
+sub-prefix listed recursively. :func:`list_unit` lists one unit in blocks of at most
+:data:`LIST_BLOCK_ROWS` rows, in a Ray task or in this process; the job keeps each block as a part
+of ``_manifest.parquet/`` in the features location, so a later run can take it as ``manifest``
+and list nothing. A flat prefix (every file in one folder) cannot be split by a selector: one
+unit lists it. Credentials come from the environment, as ``pyarrow.fs`` reads them (AWS_*,
+GOOGLE_APPLICATION_CREDENTIALS).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 import posixpath
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from imgcluster.errors import ParameterError
 from imgcluster.featurestore import MANIFEST_NAME, resolve, write_parquet_file
-from imgcluster.listing import IMAGE_EXTENSIONS, list_images
+from imgcluster.listing import IMAGE_EXTENSIONS, OUTPUT_MARKER, list_images
 
 if TYPE_CHECKING:
     import pyarrow as pa
     import pyarrow.fs as pafs
 
 OBJECT_SCHEMES = ("s3://", "gs://", "gcs://")
+LIST_BLOCK_ROWS = 65536  # rows per listing block (and per kept manifest part): about 13 MB of paths
+INCOMPLETE_MARK = "_incomplete"  # in a kept manifest folder while its listing runs; readers refuse it
 
 
 def manifest_schema() -> pa.Schema:
@@ -73,32 +83,165 @@ def open_source(source: str) -> Source:
     return Source(source, root, relative=not is_object_store)
 
 
-def list_source(source: Source, follow_symlinks: bool = False) -> pa.Table:
-    """The manifest of every image under ``source`` (images as the single-machine listing finds them)."""
-    import pyarrow as pa
+@dataclass(frozen=True)
+class Unit:
+    """A piece of a listing: the files directly in ``prefix`` (relative to the source's root, "" for
+    the root), or with ``recursive`` everything under it."""
+
+    prefix: str
+    recursive: bool
+
+
+@dataclass
+class Split:
+    """The top of a source's tree: its units, the image files seen in the levels listed, and
+    whether the tree ended there (every unit is one folder's own files)."""
+
+    units: list[Unit]
+    files_seen: int
+    complete: bool
+
+
+def split_listing(source: Source, target: int, follow_symlinks: bool = False, max_files: int | None = None) -> Split:
+    """List the top levels of ``source`` breadth first, one folder at a time, until at least
+    ``target`` sub-prefixes wait, more than ``max_files`` images were seen, or the tree ends; each
+    listed folder with images is a unit, each waiting sub-prefix a recursive one. Holds one
+    folder's entries and the waiting names."""
+    units: list[Unit] = []
+    waiting = [""]
+    seen = 0
+    while waiting and len(waiting) < target and (max_files is None or seen <= max_files):
+        prefix = waiting.pop(0)
+        files, folders = _level(source, prefix, follow_symlinks)
+        seen += files
+        if files:
+            units.append(Unit(prefix, recursive=False))
+        for name, linked in folders:
+            if linked:  # a linked folder is listed whole (list_images follows what it holds), never split
+                units.append(Unit(name, recursive=True))
+            else:
+                waiting.append(name)
+    units.extend(Unit(prefix, recursive=True) for prefix in waiting)
+    return Split(units, seen, complete=not any(u.recursive for u in units))
+
+
+def _level(source: Source, prefix: str, follow_symlinks: bool) -> tuple[int, list[tuple[str, bool]]]:
+    """(image files directly in ``prefix``, its sub-folders as (prefix, reached through a link))."""
+    if source.relative:
+        folder = Path(source.root, prefix)
+        files, folders = 0, []
+        try:
+            entries = os.scandir(folder)  # streamed, never sorted whole: a flat folder may hold millions
+        except OSError:
+            return 0, []  # the unit's own listing (list_images) says nothing either: as the single-machine listing
+        with entries:
+            for entry in entries:
+                rel = posixpath.join(prefix, entry.name)
+                try:
+                    if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
+                        continue
+                    if entry.is_dir(follow_symlinks=True):
+                        if not entry.name.startswith(".") and not Path(entry.path, OUTPUT_MARKER).exists():
+                            folders.append((rel, entry.is_symlink()))
+                    elif entry.is_file(follow_symlinks=True) and _is_image(rel):
+                        files += 1
+                except (OSError, RuntimeError):
+                    continue
+        return files, sorted(folders)
+    import pyarrow.fs as pafs
+
+    fs, root = _filesystem(source.uri)
+    where = posixpath.join(root, prefix) if prefix else root
+    files, folders = 0, []
+    for info in fs.get_file_info(pafs.FileSelector(where, recursive=False, allow_not_found=True)):
+        rel = posixpath.relpath(info.path, root)
+        if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
+            folders.append((rel, False))
+        elif info.type == pafs.FileType.File and _is_image(rel):
+            files += 1
+    return files, sorted(folders)
+
+
+def _link_followed(source: Source, path: Path, follow_symlinks: bool) -> bool:
+    """As list_images decides: a link is followed when it stays inside the folder, or when asked."""
+    if follow_symlinks:
+        return True
+    real_root = Path(source.root).resolve()
+    target = path.resolve()
+    return target == real_root or real_root in target.parents
+
+
+def list_unit(source: Source, unit: Unit, follow_symlinks: bool = False) -> Iterator[pa.Table]:
+    """One unit's images (as the single-machine listing finds them) in blocks of at most
+    :data:`LIST_BLOCK_ROWS` rows, in no order across blocks."""
     import pyarrow.fs as pafs
 
     if source.relative:
-        files = list_images(Path(source.root), follow_symlinks=follow_symlinks)
-        columns = {
-            "path": [f.rel for f in files],
-            "size": [f.size for f in files],
-            "mtime_ns": [f.mtime_ns for f in files],
-            "etag": [None] * len(files),
-        }
-        return pa.table(columns, schema=manifest_schema())
-    fs, root = resolve(source.uri)
+        yield from _blocks(_folder_rows(source, unit, follow_symlinks))
+        return
+    fs, root = _filesystem(source.uri)
     scheme = source.uri.split("://", 1)[0]
-    paths, sizes, mtimes = [], [], []
-    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True, allow_not_found=True)):
-        if info.type != pafs.FileType.File or not _is_image(posixpath.relpath(info.path, root)):
-            continue
-        paths.append(f"{scheme}://{info.path}")
-        sizes.append(info.size)
-        mtimes.append(info.mtime_ns)
-    order = sorted(range(len(paths)), key=paths.__getitem__)
-    columns = {"path": [paths[i] for i in order], "size": [sizes[i] for i in order], "mtime_ns": [mtimes[i] for i in order]}
-    return pa.table({**columns, "etag": [None] * len(order)}, schema=manifest_schema())
+    where = posixpath.join(root, unit.prefix) if unit.prefix else root
+    infos = fs.get_file_info(pafs.FileSelector(where, recursive=unit.recursive, allow_not_found=True))
+    yield from _blocks(
+        (f"{scheme}://{info.path}", info.size, info.mtime_ns)
+        for info in infos
+        if info.type == pafs.FileType.File and _is_image(posixpath.relpath(info.path, root))
+    )
+
+
+def _folder_rows(source: Source, unit: Unit, follow_symlinks: bool) -> Iterator[tuple[str, int, int | None]]:
+    folder = Path(source.root, unit.prefix)
+    if unit.recursive:
+        base = f"{unit.prefix}/" if unit.prefix else ""
+        for f in list_images(folder, follow_symlinks=follow_symlinks):
+            yield base + f.rel, f.size, f.mtime_ns
+        return
+    try:
+        entries = os.scandir(folder)  # streamed into blocks, never sorted whole
+    except OSError:
+        return
+    with entries:
+        for entry in entries:
+            rel = posixpath.join(unit.prefix, entry.name)
+            try:
+                if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
+                    continue
+                if entry.is_file(follow_symlinks=True) and _is_image(rel):
+                    st = entry.stat(follow_symlinks=True)
+                    yield rel, st.st_size, st.st_mtime_ns
+            except (OSError, RuntimeError):
+                continue
+
+
+def _blocks(rows: Iterator[tuple[str, int, int | None]]) -> Iterator[pa.Table]:
+    import pyarrow as pa
+
+    paths: list[str] = []
+    sizes: list[int] = []
+    mtimes: list[int | None] = []
+
+    def block() -> pa.Table:
+        return pa.table({"path": paths, "size": sizes, "mtime_ns": mtimes, "etag": [None] * len(paths)}, schema=manifest_schema())
+
+    for path, size, mtime in rows:
+        paths.append(path)
+        sizes.append(size)
+        mtimes.append(mtime)
+        if len(paths) == LIST_BLOCK_ROWS:
+            yield block()
+            paths, sizes, mtimes = [], [], []
+    if paths:
+        yield block()
+
+
+def list_source(source: Source, follow_symlinks: bool = False) -> pa.Table:
+    """The whole manifest of ``source`` in one table, sorted by path: for small sources and tests
+    (a Ray job lists by :func:`split_listing` and :func:`list_unit` instead)."""
+    import pyarrow as pa
+
+    table = pa.concat_tables([*list_unit(source, Unit("", recursive=True), follow_symlinks), manifest_schema().empty_table()])
+    return table.sort_by("path")
 
 
 def _is_image(rel: str) -> bool:
@@ -107,20 +250,99 @@ def _is_image(rel: str) -> bool:
     return bool(parts) and not any(p.startswith(".") for p in parts) and PurePosixPath(rel).suffix.lower() in IMAGE_EXTENSIONS
 
 
+def manifest_files(uri: str) -> list[str]:
+    """The parquet files of a manifest: the file itself, or a folder's parts (names starting with
+    "." or "_" left out, as pyarrow's datasets do). A folder a listing is still writing is refused."""
+    import pyarrow.fs as pafs
+
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        return [path]
+    if info.type == pafs.FileType.NotFound:
+        raise ParameterError(f"cannot read the {{manifest}} {uri}: it does not exist")
+    infos = [i for i in fs.get_file_info(pafs.FileSelector(path, recursive=False)) if i.type == pafs.FileType.File]
+    if any(i.base_name == INCOMPLETE_MARK for i in infos):
+        raise ParameterError(f"the {{manifest}} {uri} is incomplete: the listing that wrote it was stopped; run without it to list again")
+    parts = sorted(
+        i.path for i in infos if i.type == pafs.FileType.File and i.base_name.endswith(".parquet") and i.base_name[0] not in "._"
+    )
+    if not parts:
+        raise ParameterError(f"the {{manifest}} {uri} holds no parquet files")
+    return parts
+
+
+def manifest_rows(uri: str) -> int:
+    """A manifest's row count, from the parquet footers only, which are checked on the way: the
+    columns a manifest needs, and one schema for all its parts (a Ray Dataset of parts that
+    disagree fails in Ray's own words)."""
+    import pyarrow.parquet as pq
+
+    fs, _ = resolve(uri)
+    total = 0
+    first: tuple[str, pa.Schema] | None = None
+    for path in manifest_files(uri):
+        try:
+            with fs.open_input_file(path) as handle:
+                footer = pq.ParquetFile(handle).metadata
+        except (OSError, ValueError) as exc:
+            raise ParameterError(f"cannot read the {{manifest}} {uri}: {exc}") from None
+        schema = footer.schema.to_arrow_schema()
+        _check_columns(set(schema.names), uri)
+        if first is None:
+            first = (path, schema)
+        elif not schema.equals(first[1]):
+            raise ParameterError(
+                f"the {{manifest}} {uri}: its parts have different columns or types ({posixpath.basename(first[0])}: "
+                f"{_describe(first[1])}; {posixpath.basename(path)}: {_describe(schema)})"
+            )
+        total += footer.num_rows
+    return total
+
+
+def _describe(schema: pa.Schema) -> str:
+    return ", ".join(f"{f.name} {f.type}" for f in schema)
+
+
+def _check_columns(names: set[str], uri: str) -> None:
+    if not {"path", "size"} <= names or not names & {"mtime_ns", "etag"}:
+        raise ParameterError(f"the {{manifest}} {uri} needs the columns path, size and mtime_ns or etag; it has {', '.join(sorted(names))}")
+
+
 def read_manifest(uri: str) -> pa.Table:
-    """A manifest parquet: ``path`` and ``size``, with ``mtime_ns`` or ``etag`` (or both) to tell versions apart."""
+    """A whole manifest in this process (small ones: a Ray job reads a large one in tasks, :func:`manifest_blocks`)."""
+    import pyarrow as pa
+
+    return pa.concat_tables([manifest_schema().empty_table(), *(b for path in manifest_files(uri) for b in manifest_blocks(uri, path))])
+
+
+def manifest_blocks(uri: str, path: str) -> Iterator[pa.Table]:
+    """One parquet file of the manifest at ``uri``, in checked blocks of at most :data:`LIST_BLOCK_ROWS` rows."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    fs, path = resolve(uri)
+    fs, _ = resolve(uri)
     try:
         with fs.open_input_file(path) as handle:
-            table = pq.read_table(handle)
-    except (OSError, ValueError) as exc:
+            for batch in pq.ParquetFile(handle).iter_batches(batch_size=LIST_BLOCK_ROWS):
+                yield check_manifest(pa.Table.from_batches([batch]), uri)
+    except (OSError, pa.ArrowInvalid) as exc:
         raise ParameterError(f"cannot read the {{manifest}} {uri}: {exc}") from None
+
+
+def read_manifest_blocks(batch: dict[str, Any], uri: str) -> Iterator[pa.Table]:
+    """Ray Data's manifest step: each parquet file named in ``batch["file"]``, in checked blocks."""
+    for path in batch["file"]:
+        yield from manifest_blocks(uri, str(path))
+
+
+def check_manifest(table: pa.Table, uri: str) -> pa.Table:
+    """A block of a manifest in the manifest schema: ``path`` and ``size``, with ``mtime_ns`` or
+    ``etag`` (or both) to tell versions apart; a ParameterError naming what is wrong otherwise."""
+    import pyarrow as pa
+
     names = set(table.schema.names)
-    if not {"path", "size"} <= names or not names & {"mtime_ns", "etag"}:
-        raise ParameterError(f"the {{manifest}} {uri} needs the columns path, size and mtime_ns or etag; it has {', '.join(sorted(names))}")
+    _check_columns(names, uri)
     n = table.num_rows
     columns = {}
     for field in manifest_schema():
@@ -134,8 +356,48 @@ def read_manifest(uri: str) -> pa.Table:
     return pa.table(columns, schema=manifest_schema())
 
 
-def write_manifest(table: pa.Table, features_uri: str) -> str:
-    """Keep a prefix's listing beside its features; returns where."""
-    fs, root = resolve(features_uri)
-    write_parquet_file(fs, posixpath.join(root, MANIFEST_NAME), table)
+def manifest_folder(features_uri: str) -> str:
+    """Where a listing of a prefix is kept: ``_manifest.parquet/`` in the features location."""
     return features_uri.rstrip("/") + "/" + MANIFEST_NAME
+
+
+def start_manifest(features_uri: str) -> str:
+    """Empty the kept manifest (an older listing, as a folder or a single file) and mark the
+    folder incomplete until :func:`finish_manifest`; returns its URI."""
+    import pyarrow.fs as pafs
+
+    uri = manifest_folder(features_uri)
+    fs, path = resolve(uri)
+    info = fs.get_file_info(path)
+    try:
+        if info.type == pafs.FileType.File:
+            fs.delete_file(path)
+        elif info.type == pafs.FileType.Directory:
+            fs.delete_dir_contents(path)
+        fs.create_dir(path, recursive=True)
+        with fs.open_output_stream(posixpath.join(path, INCOMPLETE_MARK)) as out:
+            out.write(b"a listing is writing this manifest\n")
+    except OSError as exc:
+        raise ParameterError(f"cannot write the listing into {{features_out}} {features_uri}: {exc}") from None
+    return uri
+
+
+def write_manifest_part(manifest_uri: str, name: str, table: pa.Table) -> None:
+    """One block of the kept listing; the same name for the same unit and block, so a retried task replaces its own part."""
+    fs, path = resolve(manifest_uri)
+    write_parquet_file(fs, posixpath.join(path, f"part-{name}.parquet"), table)
+
+
+def finish_manifest(manifest_uri: str) -> None:
+    fs, path = resolve(manifest_uri)
+    fs.delete_file(posixpath.join(path, INCOMPLETE_MARK))
+
+
+def list_blocks(batch: dict[str, Any], source: Source, follow_symlinks: bool, manifest_uri: str | None) -> Iterator[pa.Table]:
+    """Ray Data's listing step: each unit of ``batch`` (columns ``index``, ``prefix``,
+    ``recursive``) listed in blocks, each kept as a manifest part when ``manifest_uri`` is given."""
+    for index, prefix, recursive in zip(batch["index"], batch["prefix"], batch["recursive"]):
+        for n, block in enumerate(list_unit(source, Unit(str(prefix), bool(recursive)), follow_symlinks)):
+            if manifest_uri is not None:
+                write_manifest_part(manifest_uri, f"{int(index):06d}-{n:06d}", block)
+            yield block

@@ -39,9 +39,34 @@ def test_ray_options_are_checked_in_one_line(tmp_path: Path, args: list[str], me
     assert result.stderr.strip().splitlines()[-1] == message
 
 
+def test_a_manifest_without_the_needed_columns_is_one_line_before_any_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pa = pytest.importorskip("pyarrow", reason="needs the 'ray' extra")
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    import pyarrow.parquet as pq
+
+    import imgcluster.backbones
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was built for a manifest that cannot be used")
+
+    monkeypatch.setattr(imgcluster.backbones, "create_backbone", no_model)
+    parts = tmp_path / "manifest"
+    parts.mkdir()
+    pq.write_table(pa.table({"path": ["a.png"], "bytes": [3]}), parts / "part-0.parquet")
+    args = ["embed", str(tmp_path), "--engine", "ray", "--features-out", str(tmp_path / "f"), "--manifest", str(parts)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [
+        f"error: the --manifest {parts} needs the columns path, size and mtime_ns or etag; it has bytes, path"
+    ]
+
+
 @pytest.mark.slow
-def test_sigterm_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Path) -> None:
-    """Ray's core worker aborts on SIGTERM (signal 6) unless the session gives the handler back."""
+@pytest.mark.parametrize(("signame", "stall"), [("SIGTERM", ""), ("SIGINT", "4:hang")])
+def test_a_signal_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Path, signame: str, stall: str) -> None:
+    """Ray's core worker aborts on SIGTERM (signal 6) unless the session gives the handler back. Ctrl-C
+    reaches the whole foreground process group (the driver and the Ray processes it started), as sent
+    here, to a job stalled after its first write (the actor hangs at its 4th batch: 3 x 2 rows = one write)."""
     pytest.importorskip("ray", reason="needs the 'ray' extra")
     import os
     import signal
@@ -50,15 +75,33 @@ def test_sigterm_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Pat
 
     from imagefolders import CLASSES, copy_sample
 
+    from imgcluster.scale.embed_actor import CRASH_VARIABLE
+
+    signum = getattr(signal, signame)
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=12)
     out = tmp_path / "features"
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0"}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0", CRASH_VARIABLE: stall}
     args = ["embed", str(folder), "--engine", "ray", "--features-out", str(out), "--model", "efficientnet-lite0", "--embed-batch-size", "2"]
-    process = subprocess.Popen([sys.executable, "-m", "imgcluster", *args], env=env, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "imgcluster", *args], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
     deadline = time.monotonic() + 300
     while not list(out.glob("part-*/*.parquet")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == -signal.SIGTERM, stderr
+    if stall:
+        time.sleep(5)  # well into the stall: the hanging batch follows the written ones at once
+    if signum == signal.SIGINT:
+        os.killpg(process.pid, signum)  # Ctrl-C in a terminal: every process of the foreground group
+    else:
+        process.send_signal(signum)
+    try:
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == -signum, stderr
     assert "error: interrupted; " in stderr and "are kept, and the next run embeds only what is missing" in stderr
+    if stall:  # stopped while stalled, not after finishing
+        import pyarrow.parquet as pq
+
+        assert 0 < sum(pq.read_metadata(p).num_rows for p in out.glob("part-*/*.parquet")) < 24

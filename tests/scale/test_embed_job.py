@@ -12,7 +12,7 @@ from PIL import Image
 
 from imgcluster import featurestore as fst
 from imgcluster.progress import Event
-from imgcluster.scale import embed_job
+from imgcluster.scale import embed_job, resume
 from imgcluster.scale.embed_actor import CRASH_VARIABLE
 
 pa = pytest.importorskip("pyarrow", reason="the Ray engine needs the 'ray' extra (with pyarrow)")
@@ -48,11 +48,30 @@ def test_a_rerun_plans_only_new_or_changed_files_and_leaves_recorded_bad_ones(tm
             "etag": [None, None, None, "e1", None, None, None],
         }
     )
-    todo, reused, old_skips = embed_job._plan(listing, uri, retry_skipped=False, on_problem=print)
-    assert todo.column("path").to_pylist() == ["grown.png", "touched.png", "fixed.png", "new.png"]
-    assert reused == 2 and old_skips == [("bad.png", "not an image")]
-    todo, _, old_skips = embed_job._plan(listing, uri, retry_skipped=True, on_problem=print)
-    assert "bad.png" in todo.column("path").to_pylist() and old_skips == []
+    skipped = fst.skipped_rows(uri)
+    planned = resume.plan_table(listing, uri, skipped)
+    todo = resume.of_kind(planned, (resume.EMBED,))
+    assert sorted(todo.column("path").to_pylist()) == ["fixed.png", "grown.png", "new.png", "touched.png"]
+    assert resume.of_kind(planned, (resume.SKIPPED,)).select(["path", "note"]).to_pylist() == [{"path": "bad.png", "note": "not an image"}]
+    assert planned.num_rows == 5  # the 2 reused rows are not in the plan
+    planned = resume.plan_table(listing, uri, {})  # retry_skipped: nothing recorded is passed
+    assert "bad.png" in resume.of_kind(planned, (resume.EMBED,)).column("path").to_pylist()
+
+
+def test_the_plan_reads_one_bucket_of_the_store_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each bucket's listing is compared with that bucket's identities only; done_rows (the whole store) is never read."""
+    uri = str(tmp_path / "features")
+    store = fst.open_store(uri, fst.FeatureStoreMeta(model="m", key="k", identity={}, dim=2))
+    paths = [f"img/{i:03d}.png" for i in range(40)]
+    store.write(paths, [10] * 40, [1] * 40, [None] * 40, np.ones((40, 2)))
+    monkeypatch.setattr(fst, "done_rows", None)
+    read: list[int] = []
+    real = fst.bucket_stamps
+    monkeypatch.setattr(fst, "bucket_stamps", lambda u, b, p=None: read.append(b) or real(u, b, p))
+    listing = pa.table({"path": [*paths, "img/new.png"], "size": [10] * 41, "mtime_ns": [1] * 40 + [5], "etag": [None] * 41})
+    planned = resume.plan_table(listing, uri, {})
+    assert planned.column("path").to_pylist() == ["img/new.png"]
+    assert sorted(read) == sorted({fst.bucket_of(p) for p in listing.column("path").to_pylist()}) and len(read) == len(set(read))
 
 
 @pytest.mark.slow

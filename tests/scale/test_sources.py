@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagefolders import CLASSES, copy_sample
+from imagefolders import CLASSES, SAMPLE, copy_sample
 
 from imgcluster import featurestore as fst
 from imgcluster.errors import ParameterError
@@ -32,12 +32,71 @@ def test_a_folder_is_listed_as_the_single_machine_listing_finds_it(tmp_path: Pat
     assert table.column("size")[0].as_py() == first.stat().st_size and table.column("mtime_ns")[0].as_py() == first.stat().st_mtime_ns
 
 
+def nested(folder: Path) -> Path:
+    """Images directly at the top, in class folders, one level deeper, and in a hidden folder (never listed)."""
+    copy_sample(folder, CLASSES[:3], per_class=2)
+    deeper = folder / CLASSES[0] / "deeper"
+    deeper.mkdir()
+    for i, src in enumerate(sorted((folder / CLASSES[2]).glob("*.png"))):
+        (deeper / f"copy{i}.png").write_bytes(src.read_bytes())
+    (folder / "top.png").write_bytes(next((folder / CLASSES[0]).glob("*.png")).read_bytes())
+    (folder / ".hidden").mkdir()
+    (folder / ".hidden" / "x.png").write_bytes(b"x")
+    (folder / "notes.txt").write_text("not an image")
+    return folder
+
+
+def split_rows(source: sources.Source, split: sources.Split) -> list[tuple]:
+    blocks = [b for unit in split.units for b in sources.list_unit(source, unit)]
+    return sorted(zip(*(pa.concat_tables(blocks).column(c).to_pylist() for c in ("path", "size", "mtime_ns", "etag"))))
+
+
+def table_rows(table: pa.Table) -> list[tuple]:
+    return sorted(zip(*(table.column(c).to_pylist() for c in ("path", "size", "mtime_ns", "etag"))))
+
+
+def test_a_split_listing_yields_exactly_the_whole_listing(tmp_path: Path) -> None:
+    source = sources.open_source(str(nested(tmp_path / "photos")))
+    split = sources.split_listing(source, target=2)
+    top = sources.Unit("", recursive=False)
+    assert split.units == [top, *(sources.Unit(c, recursive=True) for c in CLASSES[:3])] and not split.complete
+    assert split.files_seen == 1
+    whole = sources.list_source(source)
+    assert split_rows(source, split) == table_rows(whole) and whole.num_rows == 9
+    deep = sources.split_listing(source, target=100)  # the tree ends first: every unit one folder's own files
+    assert deep.complete and len(deep.units) == 5 and split_rows(source, deep) == table_rows(whole)
+    assert deep.files_seen == 9
+
+
+def test_a_unit_and_a_flat_folder_are_listed_in_blocks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "LIST_BLOCK_ROWS", 2)
+    source = sources.open_source(str(nested(tmp_path / "photos")))
+    blocks = list(sources.list_unit(source, sources.Unit("", recursive=True)))
+    assert [b.num_rows for b in blocks] == [2, 2, 2, 2, 1]
+    flat = copy_sample(tmp_path / "flat", CLASSES[:1], per_class=5) / CLASSES[0]  # every file in one folder
+    source = sources.open_source(str(flat))
+    split = sources.split_listing(source, target=8)
+    assert split.units == [sources.Unit("", recursive=False)] and split.complete and split.files_seen == 5
+    assert [b.num_rows for b in sources.list_unit(source, split.units[0])] == [2, 2, 1]
+
+
 def test_a_missing_source_or_bad_manifest_is_a_parameter_error(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="does not exist"):
         sources.open_source(str(tmp_path / "nowhere"))
     pq.write_table(pa.table({"path": ["a.png"], "bytes": [3]}), tmp_path / "m.parquet")
     with pytest.raises(ParameterError, match="needs the columns path, size and mtime_ns or etag"):
         sources.read_manifest(str(tmp_path / "m.parquet"))
+    with pytest.raises(ParameterError, match="needs the columns path, size and mtime_ns or etag; it has bytes, path"):
+        sources.manifest_rows(str(tmp_path / "m.parquet"))  # from the footer: what a large manifest gets before Ray reads it
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    pq.write_table(pa.table({"path": ["a.png"], "size": [3], "etag": ["e"]}), parts / "part-0.parquet")
+    pq.write_table(pa.table({"path": ["b.png"], "size": ["3"], "etag": ["e"]}), parts / "part-1.parquet")
+    with pytest.raises(ParameterError, match="its parts have different columns or types"):
+        sources.manifest_rows(str(parts))
+    (parts / sources.INCOMPLETE_MARK).write_text("")
+    with pytest.raises(ParameterError, match="is incomplete: the listing that wrote it was stopped"):
+        sources.read_manifest(str(parts))
     pq.write_table(pa.table({"path": ["a.png", "b.png"], "size": [3, 4], "etag": ["e1", None]}), tmp_path / "ok.parquet")
     manifest = sources.read_manifest(str(tmp_path / "ok.parquet"))
     assert manifest.schema == sources.manifest_schema() and manifest.column("mtime_ns").null_count == 2
@@ -102,10 +161,98 @@ def test_a_prefix_is_listed_with_full_uris(bucket: str) -> None:
     assert table.column("mtime_ns").null_count == 0
 
 
+@pytest.fixture(scope="module")
+def nested_prefix(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """``nested`` uploaded under s3://photos/nested/ (the hidden folder too, which no listing keeps)."""
+    import pyarrow.fs as pafs
+
+    fs, _ = fst.resolve("s3://photos")
+    folder = nested(tmp_path_factory.mktemp("s3nested") / "photos")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        pafs.copy_files(str(path), f"photos/nested/{path.relative_to(folder).as_posix()}", destination_filesystem=fs)
+    return "s3://photos/nested", folder
+
+
+def test_a_split_prefix_yields_exactly_the_whole_listing(nested_prefix: tuple[str, Path]) -> None:
+    uri, folder = nested_prefix
+    source = sources.open_source(uri)
+    split = sources.split_listing(source, target=2)
+    assert split.units == [sources.Unit("", recursive=False), *(sources.Unit(c, recursive=True) for c in CLASSES[:3])]
+    whole = sources.list_source(source)
+    assert split_rows(source, split) == table_rows(whole)
+    local = sources.list_source(sources.open_source(str(folder)))
+    assert whole.column("path").to_pylist() == [f"{uri}/{p}" for p in local.column("path").to_pylist()]
+
+
+def no_driver_listing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make every whole-listing or whole-store read fail in this process (the driver); Ray's workers import their own."""
+    from imgcluster.scale import resume
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the driver read a whole listing, manifest or store")
+
+    for module, name in [(sources, "list_source"), (sources, "list_unit"), (sources, "read_manifest"), (fst, "done_rows"),
+                         (fst, "bucket_stamps"), (resume, "plan_table")]:  # fmt: skip
+        monkeypatch.setattr(module, name, refuse)
+
+
 @pytest.mark.slow
-def test_embed_from_and_into_s3_then_resume_from_the_kept_manifest(local_ray: object, bucket: str) -> None:
+def test_a_ray_listing_and_resume_run_in_tasks_and_plan_only_missing_or_changed_rows(
+    local_ray: object, nested_prefix: tuple[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgcluster.scale import embed_job
+    from imgcluster.scale.engine import quiet_data_context
+
+    uri, _ = nested_prefix
+    source = sources.open_source(uri)
+    whole = sources.list_source(source)
+    out = "s3://photos/nested-features"
+    store = fst.open_store(out, fst.FeatureStoreMeta(model="m", key="k", identity={}, dim=2))
+    rows = whole.to_pylist()
+    new, grown = rows[0]["path"], rows[1]["path"]
+    kept = [r for r in rows if r["path"] != new]
+    store.write(
+        [r["path"] for r in kept] + [f"{uri}/gone.png"], [r["size"] + (r["path"] == grown) for r in kept] + [5],
+        [r["mtime_ns"] for r in kept] + [1], [None] * (len(kept) + 1), np.ones((len(kept) + 1, 2)),
+    )  # fmt: skip
+    no_driver_listing(monkeypatch)
+    monkeypatch.setattr(embed_job, "SPLIT_PER_CPU", 1)  # 2 CPUs: split into at least 2 sub-prefixes
+    with quiet_data_context():
+        plan = embed_job._plan_on_ray(source, embed_job.RayEmbedConfig(uri, out), {})
+    assert plan.listed == 9 and plan.n_todo == 2 and plan.others == []
+    assert sorted(r["path"] for r in plan.todo.take_all()) == sorted([new, grown])
+    manifest = sources.manifest_folder(out)
+    fs, root = fst.resolve(manifest)
+    import pyarrow.fs as pafs
+
+    names = sorted(i.base_name for i in fs.get_file_info(pafs.FileSelector(root)))
+    assert len({n.split("-")[1] for n in names}) == 4 and sources.INCOMPLETE_MARK not in names  # 4 units, 4 listing tasks
+    monkeypatch.undo()
+    assert table_rows(sources.read_manifest(manifest)) == table_rows(whole)
+
+
+@pytest.mark.slow
+def test_a_manifest_with_a_bad_column_read_on_ray_is_one_error_line(local_ray: object, tmp_path: Path) -> None:
+    from imgcluster.scale import embed_job
+    from imgcluster.scale.engine import quiet_data_context
+
+    folder = tmp_path / "manifest.parquet"
+    folder.mkdir()
+    pq.write_table(pa.table({"path": ["a.png"], "size": ["3"], "mtime_ns": [1]}), folder / "part-0.parquet")
+    pq.write_table(pa.table({"path": ["b.png"], "size": ["three"], "mtime_ns": [1]}), folder / "part-1.parquet")
+    config = embed_job.RayEmbedConfig(str(tmp_path), str(tmp_path / "features"), manifest=str(folder))
+    with quiet_data_context(), pytest.raises(ParameterError) as info:  # "3" casts, "three" does not: found in a task, per block
+        embed_job._plan_on_ray(sources.open_source(str(tmp_path)), config, {})
+    assert str(info.value) == f"the manifest {folder}: column size is string, expected int64"
+
+
+@pytest.mark.slow
+def test_embed_from_and_into_s3_then_resume_from_the_kept_manifest(local_ray: object, bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listed, planned and resumed in Ray tasks (the in-process plan is turned off), end to end."""
     from imgcluster.scale import embed_job
 
+    monkeypatch.setattr(embed_job, "LOCAL_PLAN_ROWS", 0)
+    no_driver_listing(monkeypatch)
     out = "s3://photos/features"
     summary = embed_job.embed_to_store(bucket, out, model="efficientnet-lite0")
     assert summary.embedded == 4 and [p for p, _ in summary.skipped] == ["s3://photos/in/broken.jpg"]
@@ -114,3 +261,17 @@ def test_embed_from_and_into_s3_then_resume_from_the_kept_manifest(local_ray: ob
     assert len(paths) == 4 and np.isfinite(features).all() and features.shape[1] == fst.read_meta(out).dim
     again = embed_job.embed_to_store(bucket, out, model="efficientnet-lite0", manifest=summary.manifest)
     assert (again.embedded, again.reused, len(again.skipped)) == (0, 4, 1)
+    fs, _ = fst.resolve("s3://photos")  # one object replaced by another of a different size, one removed, one added
+    changed, removed = sorted(paths)[:2]
+    old_size = fs.get_file_info(changed.removeprefix("s3://")).size
+    other = next(p for p in sorted(SAMPLE.rglob("*.png")) if p.stat().st_size != old_size)
+    with fs.open_output_stream(changed.removeprefix("s3://")) as stream:
+        stream.write(other.read_bytes())
+    fs.delete_file(removed.removeprefix("s3://"))
+    with fs.open_output_stream("photos/in/new/added.png") as stream:
+        stream.write(other.read_bytes())
+    third = embed_job.embed_to_store(bucket, out, model="efficientnet-lite0")
+    assert (third.embedded, third.reused, len(third.skipped)) == (2, 2, 1)
+    monkeypatch.undo()
+    stamps = fst.done_rows(out)
+    assert stamps[changed][0] == other.stat().st_size and "s3://photos/in/new/added.png" in stamps and removed in stamps

@@ -51,9 +51,7 @@ def test_assign_from_a_store_gives_the_single_machine_csv(store: tuple[str, Path
     # clusters from the images shown inverted (imgcluster.negatives), which a store's pass never sees;
     # the store names them from its features, as the single machine does for any other folder.
     ordered = sorted(found, key=lambda r: r["path"])
-    assert [{**r, "confidence": "", "cluster_name": ""} for r in ordered] == [
-        {**r, "confidence": "", "cluster_name": ""} for r in expected
-    ]
+    assert [{**r, "confidence": "", "cluster_name": ""} for r in ordered] == [{**r, "confidence": "", "cluster_name": ""} for r in expected]
     assert len({r["cluster_name"] for r in found}) == 5 and all(r["cluster_name"] for r in found)
     gap = max(abs(float(a["confidence"]) - float(b["confidence"])) for a, b in zip(ordered, expected))
     assert gap <= 1.01e-6
@@ -110,8 +108,10 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
         (["assign", "--features", uri, "--engine", "spark"], "--engine must be local or ray"),
         (["train"], "Missing argument 'FOLDER'"),
         (["assign", "--features", uri, "--out", str(tmp_path / "c.parquet")], f"--out {tmp_path / 'c.parquet'} is where the CSV goes"),
-        (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--out", str(tmp_path / "h.safetensors")],
-         "is the head checkpoint, which this run reads"),
+        (
+            ["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--out", str(tmp_path / "h.safetensors")],
+            "is the head checkpoint, which this run reads",
+        ),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.stderr)
