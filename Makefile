@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-names bench-peers bench-runtime bench-startup bench-ray clean
+.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-names bench-peers bench-runtime bench-startup bench-memory bench-ray clean
 
 install: $(BIN)/imgcluster
 
@@ -72,6 +72,10 @@ bench-runtime: install
 
 bench-startup: install
 	$(BIN)/python benchmarks/bench_startup.py
+
+# a cold assign of sample_data: memory timeline and peaks, against BENCH_BASELINE=<checkout> when set
+bench-memory: install
+	$(BIN)/python benchmarks/bench_startup.py --memory
 
 # the Ray engine against the single-process path; writes benchmarks/results_ray.md
 bench-ray: install-ray

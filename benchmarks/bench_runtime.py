@@ -47,7 +47,7 @@ from imgcluster.onnxruntime_backend import INPUT, ensure_exported  # noqa: E402
 
 RESULTS = HERE / "results_runtime.md"
 VARIANTS = ("torch", "onnx", "onnx-int8-static", "onnx-int8-dynamic")
-BATCH = 16  # the CPU default (embedding.default_batch_size)
+BATCH = 16  # the CPU default when results_runtime.md was measured (embedding.default_batch_size, 8 since 2026-11-30)
 
 
 def folder_files(n: int) -> tuple[list[ImageFile], np.ndarray]:

@@ -11,6 +11,11 @@ sum of PSS, sampled every 50 ms, as ``make bench-peers`` measures it) and of its
 (RSS). Targets: the cached rerun within 1.5x of ``import torch`` (issue 14), peak memory under
 1 GB on sample_data (issue 15). Writes benchmarks/results_startup.md, with the machine's load
 average, which changes every number here.
+
+``--memory`` (``make bench-memory``) measures only a cold ``assign`` of sample_data, the imgcluster
+of ``BENCH_BASELINE`` and this checkout's in turn: whole CLI runs (``make bench-peers``'s
+measurement: CPU seconds, tree peak PSS, largest RSS, ACC) and a timeline of each, memory at every
+progress event (``memory_timeline.py``). Writes benchmarks/results_memory.md.
 """
 
 from __future__ import annotations
@@ -128,7 +133,119 @@ def rerun_rows(root: Path) -> list[str]:
     return rows
 
 
+MEMORY_OUT = HERE / "results_memory.md"
+MEMORY_ROUNDS = int(os.environ.get("BENCH_MEMORY_ROUNDS", "3"))
+
+
+# What the tables above do not show, measured by hand; the numbers are those of the run committed.
+MEMORY_NOTES = """## What the memory was, and what was changed (measured by hand, 2026-11-30 02:10-02:52 UTC, same machine, load 0.6-18)
+
+Before (438eff8) a cold `assign sample_data` peaked at 2,124 MB largest RSS and 1,778 MB tree PSS, far above the
+969 / 1,282 MB that `results_peers.md` gives: the pass that names a light-on-black folder's clusters
+(`imgcluster/negatives.py`, merged after that measurement) built a second Lite0 and ran it unfolded on batches of
+64 with glibc's default allocator settings, so every batch's ~100 MB activations were mapped afresh from the kernel:
++1,250 MB RSS and 10 of the run's 19 CPU seconds (7.5 s of them system time) for 125 images. The timeline above
+splits the rest of the main process's RSS as follows (API run, `/proc/self/status` at each event):
+
+| step | RSS MB after it | what it is |
+|---|---|---|
+| `import torch` (with numpy, PIL, imgcluster) | 512 | torch's libraries: 520 MB RSS, 332 MB PSS (shared pages: RSS only) |
+| building the model | 735 | importing timm: torch._dynamo 120, sympy 33, torchvision 14, timm 32; weights ~20 |
+| model ready | 780 | batch norm folded into a copy (+20), channels-last |
+| embedding, batches of 8 | 931 (peak) | activations: +17 MB per image in the batch (16: +280 MB, 8: +135 MB, 4: +68 MB) |
+| after the embedding | 763 | glibc's freed memory handed back (`malloc_trim` as `speed.reuse_freed_memory` exits) |
+| kNN + training | 781-811 | faiss 13 MB; scikit-learn is no longer imported (it was +135 MB: scipy.stats 45, pandas 66) |
+| names of the clusters (light-on-black folders only) | 975-989 (peak) | a second Lite0 (folded) and its batches of 8 |
+
+Changes, each kept only where it costs no CPU time:
+
+- **The names' classifier pass** runs as the embedding does: folded, channels-last, in `embedding.default_batch_size`'s
+  batches, with freed memory reused (`negatives._lite0_features`). Same CSV, names included, as before (compared
+  byte for byte on sample_data).
+- **CPU batch 8 instead of 16** (`embedding.default_batch_size`, scaled to the same pixels per pass for inputs other
+  than 224 px). Why 8 helped: a batch's activations are the main process's largest allocation and grow linearly
+  with the batch (17 MB per 224 px image for Lite0), while the CPU time per image does not improve past 8 on this
+  CPU (forward passes of a random batch, two interleaved pairs each, load 11-18: 16.5 and 16.7 ms per image with
+  16, 15.5 and 16.5 with 8, 17.8 and 18.9 with 4). With `OMP_WAIT_POLICY` unset (torch imported before
+  imgcluster) smaller batches cost much more CPU (spinning threads at every layer): imgcluster sets it passive.
+- **No scikit-learn on `assign`'s path**: `ClusterHead.fit`'s body is `imgcluster.fitting.fit_head`, which
+  `cluster_folder` calls directly; scipy (`choose_k`) is imported only for `--clusters auto`.
+- **The backbone is released before training** (checked by a test: weak references to the model and its folded
+  copy are dead when training starts); it already was, nothing to change.
+
+Measured and not adopted:
+
+- **Decode workers**: sample_data gets one worker, forked after torch is imported, so it shares the parent's pages:
+  with `--workers 0` the tree's PSS peaked at 675 MB against 698 MB with the worker, the main process's RSS at 951
+  against 983 MB (decoding in the main process grows its heap instead), 11.94 against 11.88 CPU seconds (one pair,
+  load 16). A spawned worker would import torch again (~330 MB PSS of its own); the default stays forked.
+- **glibc arenas**: `MALLOC_ARENA_MAX=1` gave 957 MB largest RSS against 975 MB (one pair, load 10-12), 10.35 + 1.40
+  against 9.99 + 1.26 CPU seconds: within the spread of single runs, and setting it from the library would change
+  its caller's process, so not adopted; the CLI could set it (`mallopt(M_ARENA_MAX)` before torch starts threads).
+- **torch's CPU allocator** does not cache (it is glibc's malloc); the embedding already reuses freed memory
+  (`speed.reuse_freed_memory`) and trims on exit.
+- **torch._dynamo** (120 MB RSS) is imported by any torchvision import and, in training, by the optimiser's first
+  step, so avoiding it while embedding would not lower the peak, which is after training.
+
+What is left: the target holds with little room (974-989 MB against 1,000 in every run); the names pass is now the
+peak (+165-200 MB over training's 811). Batches of 4 there would take ~70 MB off for ~10 % more CPU time in that pass
+(~0.2 s here); the unavoidable floor is torch + timm's imports, ~735 MB RSS (~480 MB PSS).
+"""
+
+
+def memory_main() -> None:
+    """Cold ``assign sample_data``: before (``BENCH_BASELINE``) and after, side by side."""
+    from bench_peers import run_tool, sample_folder, table
+    from memory_timeline import table as timeline_table
+    from memory_timeline import timeline
+
+    folder = sample_folder()
+    load_before = os.getloadavg()
+    runs = []
+    for _ in range(MEMORY_ROUNDS):  # A B A B ...: load from other jobs hits both alike
+        if BASELINE is not None:
+            runs.append(run_tool("baseline", folder, None, BASELINE))
+        runs.append(run_tool("imgcluster", folder, None))
+        print(table(runs[-2:]), flush=True)
+    timelines = []
+    for label, code in ([(f"before (`{BASELINE.name}`)", BASELINE)] if BASELINE is not None else []) + [("after (this checkout)", ROOT)]:
+        with tempfile.TemporaryDirectory() as tmp:
+            points, peak = timeline(folder.path, Path(tmp), code)
+        heading = f"### {label}: peak tree PSS {peak:.0f} MB, peak RSS {max(p.hwm_mb for p in points)} MB"
+        timelines += [heading, "", *timeline_table(points), ""]
+        print(heading, flush=True)
+    load_after = os.getloadavg()
+    lines = [
+        "# Memory of a cold `assign` on sample_data (`make bench-memory`)",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; 2-core x86_64 CPU, no GPU ({platform.platform()}); "
+        f"Python {platform.python_version()}; load average {load_before[0]:.1f} before, {load_after[0]:.1f} after, shared with "
+        "five other engineers' jobs: compare the rows as ratios measured in turn, not with other files' numbers.",
+        "",
+        f"## Whole CLI runs ({MEMORY_ROUNDS} rounds, before and after in turn)",
+        "",
+        "`imgcluster assign sample_data --model efficientnet-lite0 --clusters 5` on a fresh cache, as `make bench-peers` runs it:",
+        "CPU seconds of the process tree (`os.wait4`), the largest sum of PSS over the tree (sampled every 50 ms) and the largest",
+        "single process's RSS (`ru_maxrss`).",
+        "",
+        table(runs),
+        "",
+        "## Timelines (one run each, the library's `cluster_folder` without the CLI)",
+        "",
+        "RSS and peak RSS so far (`VmRSS`, `VmHWM`) of the main process and its CPU seconds at each progress event (every",
+        "fourth batch of the embedding); the tree's PSS (decode worker included) is the largest sampled since the previous event.",
+        "",
+        *timelines,
+        MEMORY_NOTES,
+    ]
+    MEMORY_OUT.write_text("\n".join(lines))
+    print(f"wrote {MEMORY_OUT}")
+
+
 def main() -> None:
+    if "--memory" in sys.argv[1:]:
+        memory_main()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         (root / "empty").mkdir()

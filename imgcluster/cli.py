@@ -123,7 +123,11 @@ CacheOpt = Annotated[
 ]
 EmbedBatchOpt = Annotated[
     Optional[int],
-    typer.Option("--embed-batch-size", min=1, help="Images per forward pass. Default: 16 on the CPU, 256 on CUDA; less for small folders."),
+    typer.Option(
+        "--embed-batch-size",
+        min=1,
+        help="Images per forward pass. Default: 8 on the CPU (fewer for larger inputs), 256 on CUDA; less for small folders.",
+    ),
 ]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes. Default: from the CPU count.")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]

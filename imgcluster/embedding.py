@@ -135,17 +135,28 @@ def compute_precision(device: torch.device) -> str:
     return "bfloat16" if device.type == "cuda" else "float32"
 
 
-def default_batch_size(device: torch.device, n_files: int | None = None) -> int:
-    """Images per forward pass: a GPU needs large batches to stay busy; the CPU is as busy with 16.
+CPU_BATCH = 8  # images of 224x224 per CPU forward pass; see default_batch_size
+CPU_BATCH_PIXELS = CPU_BATCH * 224 * 224
 
-    On the CPU a batch's activations are the process's largest allocation: EfficientNet-Lite0's
-    peak RSS was 2.2 GB with 64 images per pass and 1.3 GB with 16, at the same CPU time per image
-    (``benchmarks/results_peers.md``). Every forward pass is padded to this size (see
+
+def default_batch_size(device: torch.device, n_files: int | None = None, input_size: tuple[int, ...] | None = None) -> int:
+    """Images per forward pass: a GPU needs large batches to stay busy; the CPU is as busy with 8.
+
+    On the CPU a batch's activations are the process's largest allocation, and they grow with the
+    batch: EfficientNet-Lite0 at 224 px held about 17 MB more RSS per image in the batch (135 MB
+    with 8, 280 MB with 16) at the same CPU time per image (15.5-16.7 ms with 8 or 16; 4 cost 10 %
+    more), so 8 keeps a cold run of sample_data under 1 GB (``benchmarks/results_memory.md``).
+    ``input_size`` (C, H, W) scales that to the same pixels per pass for larger inputs (fewer
+    images) and smaller ones (more, at most 16). Every forward pass is padded to this size (see
     ``embed_files``), so a folder smaller than it gets its own size rounded up to a multiple of 8
     instead. ``n_files`` is the whole folder, not what is left to embed, so a resumed run pads the
     same.
     """
-    full = 256 if device.type == "cuda" else 16
+    if device.type == "cuda":
+        full = 256
+    else:
+        pixels = math.prod(input_size[-2:]) if input_size else 224 * 224
+        full = max(1, min(16, CPU_BATCH_PIXELS // pixels))
     if n_files is None:
         return full
     return min(full, 8 * -(-max(n_files, 1) // 8))
@@ -271,7 +282,7 @@ def embed_files(
     per_image, to_floats = split_transform(create_transform(**backbone.data_config, is_training=False))
     dataset = ImageDataset(files, per_image, draft_size_for(backbone.data_config))
     workers = default_workers(len(files), device) if workers is None else workers
-    batch_size = batch_size or default_batch_size(device)
+    batch_size = batch_size or default_batch_size(device, input_size=tuple(backbone.data_config["input_size"]))
     if not files:
         return
     cuda = device.type == "cuda"

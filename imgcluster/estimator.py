@@ -17,7 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.pipeline import Embeddings
-from imgcluster.progress import ProgressFn, Reporter
+from imgcluster.progress import ProgressFn
 
 __all__ = ["ClusterHead"]
 
@@ -106,74 +106,26 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         the events of stages ``choose_k`` and ``train``. ``neighbours`` ([n_samples, >= knn] row
         indices, nearest first) replaces the kNN search, for inputs whose search runs elsewhere
         (:mod:`imgcluster.scale.knn`)."""
-        from imgcluster.choose_k import choose_k
-        from imgcluster.neighbours import knn_search
-        from imgcluster.objectives import objective_class
+        from imgcluster.fitting import fit_head
         from imgcluster.pipeline import resolve_device
-        from imgcluster.train import EpochLog, effective_schedule, train_objective
 
         embeddings = X if isinstance(X, Embeddings) else None
         # Two rows and two columns at least: one image has no neighbour, 1-d unit vectors are +-1.
         features = validate_data(
             self, embeddings.features if embeddings else X, dtype=np.float32, ensure_min_samples=2, ensure_min_features=2
         )
-        config = self.train_config()
         device = resolve_device(self.device)
-        report = Reporter(progress, "train")
-        choice = None
-        if parse_auto(self.n_clusters):
-            report.at("choose_k").info(f"choosing K between {self.k_min} and {self.k_max} ...")
-            found = choose_k(features, self.k_min, self.k_max, seed=self.seed)
-            report.at("choose_k").info(found.explanation)
-            config, choice = dataclasses.replace(config, clusters=found.k), found.to_dict()
-        n = len(features)
-        report.info(f"finding the {min(config.knn, n - 1)} nearest neighbours of each of {n} images ...")
-        if neighbours is None:
-            neighbours, _ = knn_search(features, config.knn, use_gpu=device.type == "cuda")
-        elif neighbours.shape[0] != n or neighbours.shape[1] < min(config.knn, n - 1):
-            raise ValueError(f"neighbours must be [{n}, >= {min(config.knn, n - 1)}], got {list(neighbours.shape)}")
-        batch, epochs = effective_schedule(n, config)
-        if epochs > config.epochs and objective_class(config.objective).trainable:  # why a run takes longer than asked
-            report.info(f"{n} images: {epochs} epochs of batch {batch} instead of {config.epochs}, to reach {config.min_steps} steps")
-        report.info(f"training {config.objective} (K={config.clusters}) ...")
-        steps_per_epoch = max(1, n // batch)
-
-        def on_progress(done: int, total: int, log: EpochLog | None) -> None:
-            """Optimiser steps as the stage's steps, from before the first one; each epoch's end adds its loss line."""
-            if done == 0:
-                report.start(total, f"training {config.objective}")
-                return
-            moved = done - report.done
-            if log is None:
-                report.advance(moved)
-                return
-            epochs_total = total // steps_per_epoch
-            line = f"epoch {log.epoch}/{epochs_total} [{log.stage}] loss {log.loss:.4f} ({log.seconds:.1f}s)"
-            report.advance(moved, line, status=f"loss {log.loss:.4f}")
-
-        trained = train_objective(features, neighbours, config, device, on_progress)
-        report.info(f"trained {config.objective} (K={config.clusters}) in {trained.seconds:.1f}s")
-        if trained.empty_clusters:
-            report.warning(
-                f"{trained.empty_clusters} of {config.clusters} clusters are empty; "
-                "try fewer {n_clusters}, or {balance} 2 for a stronger pull towards equal cluster sizes"
-            )
-        self.objective_ = trained.objective
+        fitted = fit_head(
+            features, self.train_config(), device, auto=parse_auto(self.n_clusters), k_min=self.k_min, k_max=self.k_max,
+            seed=self.seed, embeddings=embeddings, progress=progress, neighbours=neighbours,
+        )  # fmt: skip
+        self.objective_ = fitted.objective
         self.device_ = device
-        self.n_clusters_ = config.clusters
-        self.train_config_ = config
-        self.history_ = trained.history
-        self.choose_k_ = choice
-        self.description_ = {
-            **({"backbone": embeddings.identity, "embed": dataclasses.asdict(embeddings.config)} if embeddings else {}),
-            "train": dataclasses.asdict(config),
-            "images": n,
-            "empty_clusters": trained.empty_clusters,
-            "train_seconds": trained.seconds,
-            "schedule": trained.schedule,
-            "history": [dataclasses.asdict(log) for log in trained.history],
-            **({"choose_k": choice} if choice is not None else {}),
-        }
+        self.n_clusters_ = fitted.config.clusters
+        self.train_config_ = fitted.config
+        self.history_ = fitted.history
+        self.choose_k_ = fitted.choose_k
+        self.description_ = fitted.description
         self.labels_ = self._predict_proba(features).argmax(1)
         return self
 

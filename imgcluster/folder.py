@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ if TYPE_CHECKING:  # torch comes with these: imported once the arguments have be
 
     from imgcluster.duplicates import DuplicateGroup
     from imgcluster.estimator import ClusterHead
+    from imgcluster.fitting import FittedHead
     from imgcluster.outliers import Outliers
     from imgcluster.pipeline import Embeddings
 
@@ -279,12 +281,17 @@ def cluster_folder(
     elif (before := _trained_before(embeddings, settings, parse_clusters(n_clusters) is None, progress)) is not None:
         head_path, trained_objective = before
         choice, train = None, asdict(settings)
-    else:
-        from imgcluster.estimator import ClusterHead  # scikit-learn: only when training
+    else:  # trained here, without scikit-learn's estimator (imgcluster.fitting says why)
+        from imgcluster.fitting import fit_head
 
-        estimator = ClusterHead(**training, device=device, **(objective_options or {}))
-        head_path = _train(estimator, embeddings, None, progress)
-        trained_objective, choice, train = estimator.objective_, estimator.choose_k_, asdict(estimator.train_config_)
+        def fit() -> FittedHead:
+            return fit_head(
+                _finite(embeddings.features), settings, dev, auto=parse_clusters(n_clusters) is None, k_min=k_min, k_max=k_max,
+                seed=seed, embeddings=embeddings, progress=progress,
+            )  # fmt: skip
+
+        head_path, fitted = _train(fit, embeddings, None, progress)
+        trained_objective, choice, train = fitted.objective, fitted.choose_k, asdict(fitted.config)
     if not embeddings.paths:
         raise ImgclusterError(f"none of the images in {folder} could be read")
     result = _assign(embeddings, trained_objective, dev, explain, min_confidence, near_duplicates, progress)
@@ -398,25 +405,33 @@ def _trained_before(embeddings: Embeddings, settings: TrainConfig, auto: bool, p
     return path, objective
 
 
-def _train(estimator: ClusterHead, embeddings: Embeddings, out: Path | None, progress: ProgressFn | None) -> Path:
-    """Fit the head on the cached features and save it (in the cache unless ``out``); returns its path."""
+def _train(fit: Callable[[], FittedHead], embeddings: Embeddings, out: Path | None, progress: ProgressFn | None) -> tuple[Path, FittedHead]:
+    """Fit a head on the cached features with ``fit`` and save it (in the cache unless ``out``); returns its path and the head."""
+    from imgcluster.checkpoint import save_checkpoint
     from imgcluster.pipeline import head_path_for
     from imgcluster.signals import Interrupted
 
     if len(embeddings.paths) < 2:
         raise ImgclusterError("need at least two images to cluster")
     try:
-        estimator.fit(embeddings, progress=progress)
+        fitted = fit()
     except KeyboardInterrupt as exc:
         raise Interrupted.wrap(
             exc,
             f"interrupted while training: the features of all {len(embeddings.paths)} images stay cached in {embeddings.cache_dir}; "
             "no head or CSV was written by this run, the next run trains again from the cached features",
         ) from None
-    path = out or head_path_for(embeddings.cache_dir, estimator.train_config_, embeddings.paths, embeddings.features)
-    estimator.save(path)
+    path = out or head_path_for(embeddings.cache_dir, fitted.config, embeddings.paths, embeddings.features)
+    save_checkpoint(path, fitted.objective, fitted.description)
     Reporter(progress, "train").info(f"head saved to {path}")
-    return path
+    return path, fitted
+
+
+def _finite(features: np.ndarray) -> np.ndarray:
+    """``features`` when every value is finite (what scikit-learn's checks refused before training)."""
+    if not np.isfinite(features).all():
+        raise ImgclusterError("the features contain NaN or infinite values; embed the folder again with {reembed}")
+    return features
 
 
 def train_folder(
@@ -475,9 +490,14 @@ def train_folder(
     skipped = embeddings.write_skipped(raw_csv=raw_csv)
     if skipped is not None:
         Reporter(progress, "embed").warning(f"skipped {count(len(embeddings.skipped), 'unreadable file')}; details in {skipped}")
-    return estimator, _train(estimator, embeddings, Path(out) if out is not None else None, progress)
+    from imgcluster.fitting import FittedHead
+
+    def fit() -> FittedHead:
+        estimator.fit(embeddings, progress=progress)
+        return FittedHead(estimator.objective_, estimator.train_config_, estimator.history_, estimator.choose_k_, estimator.description_)
+
+    return estimator, _train(fit, embeddings, Path(out) if out is not None else None, progress)[0]
 
 
 def _str(value: Path | None) -> str | None:
     return None if value is None else str(value)
-

@@ -124,36 +124,50 @@ def view_probabilities(files: list[Path], cache_dir: Path | None) -> np.ndarray:
 
 
 @lru_cache(maxsize=1)
-def _lite0() -> tuple[Any, Any, int]:
-    """The bundled Lite0 (features only; :mod:`imgcluster.naming` holds its classifier) and its eval transform, built once."""
+def _lite0() -> tuple[Any, Any, int, tuple[int, ...]]:
+    """The bundled Lite0 (features only; :mod:`imgcluster.naming` holds its classifier) as the embedding
+    runs it (batch norm folded, channels-last) and its eval transform, built once."""
+    import torch
     from timm.data import create_transform
 
     from imgcluster.backbones import create_backbone
+    from imgcluster.embedding import prepare_model
     from imgcluster.naming import NAMING_MODEL
 
     backbone = create_backbone(NAMING_MODEL)
-    return backbone.model, create_transform(**backbone.data_config, is_training=False), backbone.feature_dim
+    model = prepare_model(backbone, torch.device("cpu"))
+    transform = create_transform(**backbone.data_config, is_training=False)
+    return model, transform, backbone.feature_dim, tuple(backbone.data_config["input_size"])
 
 
-def _lite0_features(files: list[Path], batch: int = 64) -> np.ndarray:
-    """Pooled Lite0 features of each file's classifier view (zeros for a file that cannot be read)."""
+def _lite0_features(files: list[Path], batch: int | None = None) -> np.ndarray:
+    """Pooled Lite0 features of each file's classifier view (zeros for a file that cannot be read).
+
+    In the embedding's batches (``embedding.default_batch_size``) and with its memory settings: this
+    pass runs after training, when the process holds the most, and batches of 64 with glibc's
+    defaults made it the run's peak (2.1 GB RSS on sample_data, ``benchmarks/results_memory.md``).
+    """
     import torch
 
+    from imgcluster.embedding import default_batch_size
     from imgcluster.load import ImageDecodeError, load_rgb
+    from imgcluster.speed import reuse_freed_memory
 
-    model, transform, width = _lite0()
+    model, transform, width, input_size = _lite0()
+    batch = batch or default_batch_size(torch.device("cpu"), input_size=input_size)
     out = np.zeros((len(files), width), np.float32)
-    for start in range(0, len(files), batch):
-        tensors, rows = [], []
-        for i in range(start, min(start + batch, len(files))):
-            try:
-                tensors.append(transform(classifier_view(load_rgb(files[i]))))
-                rows.append(i)
-            except ImageDecodeError:
-                continue
-        if tensors:
-            with torch.inference_mode():
-                out[rows] = model(torch.stack(tensors)).float().numpy()
+    with reuse_freed_memory(), torch.inference_mode():
+        for start in range(0, len(files), batch):
+            tensors, rows = [], []
+            for i in range(start, min(start + batch, len(files))):
+                try:
+                    tensors.append(transform(classifier_view(load_rgb(files[i]))))
+                    rows.append(i)
+                except ImageDecodeError:
+                    continue
+            if tensors:
+                pixels = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
+                out[rows] = model(pixels).float().numpy()
     return out
 
 

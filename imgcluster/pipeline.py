@@ -333,7 +333,8 @@ def _embed_and_keep(
         kept = sum(cache.lookup(changed.get(f.rel, f)) is not None for f in files) if writable else reused
         return f"{kept} of {len(files)} files are saved in the cache{where} ({kept - reused} by this run)"
 
-    batch_size = config.batch_size or default_batch_size(device, len(files))
+    input_size = tuple(backbone.data_config["input_size"]) if backbone is not None else None
+    batch_size = config.batch_size or default_batch_size(device, len(files), input_size)
     with _sigterm_as_interrupt():
         try:
             if todo:

@@ -186,3 +186,50 @@ def test_results_carry_their_warnings(messy_folder: Path, shared_cache: Path, tm
     assert any(w.startswith("skipped 3 unreadable files; details in ") for w in result.warnings)
     assert result.warnings == [str(e) for e in heard if e.kind == "warning"] and len(result.warnings) >= 2
     assert result.written["skipped"] == tmp_path / "out-skipped.csv"
+
+
+def test_the_backbone_is_released_before_training(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The model and its folded copy are freed when the embedding ends, not held through training and naming."""
+    import weakref
+
+    import imgcluster.embedding as embedding
+    import imgcluster.pipeline as pipeline
+    import imgcluster.train as train
+
+    models: list[weakref.ref] = []
+    create, prepare, fit = pipeline.create_backbone, embedding.prepare_model, train.train_objective
+
+    def created(*args: object, **kwargs: object) -> object:
+        backbone = create(*args, **kwargs)  # type: ignore[arg-type]
+        models.extend([weakref.ref(backbone), weakref.ref(backbone.model)])
+        return backbone
+
+    def prepared(*args: object, **kwargs: object) -> object:
+        model = prepare(*args, **kwargs)  # type: ignore[arg-type]
+        models.append(weakref.ref(model))
+        return model
+
+    alive: list[list[bool]] = []
+
+    def training(*args: object, **kwargs: object) -> object:
+        alive.append([ref() is not None for ref in models])
+        return fit(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pipeline, "create_backbone", created)
+    monkeypatch.setattr(embedding, "prepare_model", prepared)
+    monkeypatch.setattr(train, "train_objective", training)
+    imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=tmp_path / "cache", names=False, **MODEL)
+    assert alive == [[False, False, False]]
+
+
+def test_features_that_are_not_finite_are_refused_before_training() -> None:
+    """What scikit-learn's input checks refused when assign trained through ClusterHead."""
+    import numpy as np
+
+    from imgcluster.folder import _finite
+
+    with pytest.raises(imgcluster.ImgclusterError, match="NaN or infinite") as info:
+        _finite(np.array([[0.5, np.inf], [0.1, 0.2]], np.float32))
+    assert info.value.parameters == ("reembed",)
+    features = np.ones((2, 2), np.float32)
+    assert _finite(features) is features

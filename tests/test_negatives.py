@@ -93,3 +93,35 @@ def test_large_colour_pictures_are_not_decoded_to_judge_the_folder(tmp_path: Pat
     monkeypatch.setattr(imgcluster.load, "load_rgb", lambda path, draft_size=None: decoded.append(path.name) or real(path, draft_size))
     assert mostly_negative([big, small]) and decoded == ["small.png"]  # one of two: half is enough
     assert not mostly_negative([big, big, small])
+
+
+def test_the_names_pass_runs_the_embeddings_batches_with_freed_memory_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 64 with glibc's defaults made this pass a cold run's peak (2.1 GB RSS on sample_data)."""
+    import torch
+
+    from imgcluster import speed
+    from imgcluster.embedding import default_batch_size
+
+    files = []
+    for i in range(20):
+        drawing().save(tmp_path / f"{i}.png")
+        files.append(tmp_path / f"{i}.png")
+    seen: list[tuple[int, bool]] = []
+    mallopt = []
+    real_reuse = speed.reuse_freed_memory
+
+    def reuse():
+        mallopt.append(True)
+        return real_reuse()
+
+    def model(pixels: torch.Tensor) -> torch.Tensor:
+        seen.append((pixels.shape[0], pixels.is_contiguous(memory_format=torch.channels_last)))
+        return torch.ones((pixels.shape[0], 4))
+
+    monkeypatch.setattr(negatives, "_lite0", lambda: (model, lambda image: torch.zeros((3, 224, 224)), 4, (3, 224, 224)))
+    monkeypatch.setattr(speed, "reuse_freed_memory", reuse)
+    out = negatives._lite0_features(files)
+    batch = default_batch_size(torch.device("cpu"), input_size=(3, 224, 224))
+    assert out.shape == (20, 4) and out.all()
+    assert [n for n, _ in seen] == [batch, batch, 20 - 2 * batch] and all(last for _, last in seen)
+    assert mallopt == [True]

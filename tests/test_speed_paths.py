@@ -298,10 +298,21 @@ def test_embedding_from_uint8_batches_gives_the_float_path_s_features(
 
 @pytest.mark.parametrize(
     ("device", "n_files", "expected"),
-    [("cpu", None, 16), ("cpu", 1, 8), ("cpu", 5, 8), ("cpu", 12, 16), ("cpu", 40, 16), ("cuda", 100, 104), ("cuda", 10**6, 256)],
+    [("cpu", None, 8), ("cpu", 1, 8), ("cpu", 5, 8), ("cpu", 12, 8), ("cpu", 40, 8), ("cuda", 100, 104), ("cuda", 10**6, 256)],
 )
 def test_default_batch_shrinks_to_small_folders(device: str, n_files: int | None, expected: int) -> None:
     assert default_batch_size(torch.device(device), n_files) == expected
+
+
+@pytest.mark.parametrize(
+    ("input_size", "n_files", "expected"),
+    [((3, 224, 224), None, 8), ((3, 448, 448), None, 2), ((3, 896, 896), 40, 1), ((3, 112, 112), None, 16), ((3, 112, 112), 12, 16),
+     ((3, 112, 112), 5, 8), ((3, 64, 64), None, 16)],
+)  # fmt: skip
+def test_cpu_batches_hold_the_same_pixels_whatever_the_input_size(input_size: tuple[int, ...], n_files: int | None, expected: int) -> None:
+    """A batch's activations grow with its pixels: larger inputs get fewer images per pass, on the CPU only."""
+    assert default_batch_size(torch.device("cpu"), n_files, input_size) == expected
+    assert default_batch_size(torch.device("cuda"), n_files, input_size) == default_batch_size(torch.device("cuda"), n_files)
 
 
 @pytest.mark.parametrize(
