@@ -479,12 +479,6 @@ def _knn_part(variant: str) -> dict[str, Any]:
     return out
 
 
-PARTS = {"decode": part_decode, "single": part_single, "ray": part_ray, "two-node": part_two_node, "kill": part_kill,
-         "knn": part_knn, "assign": part_assign,
-         "sample-before": lambda: _sample_part("before"), "sample-after": lambda: _sample_part("after"),
-         "sample-ray": lambda: _sample_part("ray"), "knn-before": lambda: _knn_part("before"),
-         "knn-after": lambda: _knn_part("after"),
-         "listing-driver": part_listing_driver, "listing-ray": part_listing_ray}  # fmt: skip
 DRIVER_PARTS = ("sample-before", "sample-after", "sample-ray", "knn-before", "knn-after")
 DRIVER_TITLE = "## The driver's memory: the training sample and the partitioned kNN"
 
@@ -644,6 +638,12 @@ def listing_report(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+PARTS = {"decode": part_decode, "single": part_single, "ray": part_ray, "two-node": part_two_node, "kill": part_kill,
+         "knn": part_knn, "assign": part_assign,
+         "sample-before": lambda: _sample_part("before"), "sample-after": lambda: _sample_part("after"),
+         "sample-ray": lambda: _sample_part("ray"), "knn-before": lambda: _knn_part("before"),
+         "knn-after": lambda: _knn_part("after"),
+         "listing-driver": part_listing_driver, "listing-ray": part_listing_ray}  # fmt: skip
 
 
 # ---- the report ------------------------------------------------------------------------------
