@@ -332,9 +332,10 @@ def _assign(
     found = mark_outliers(prediction, embeddings.features, min_confidence)
     n = len(embeddings.paths)
     low = f"{int(found.low_confidence.sum())} below {{min_confidence}} {min_confidence}, " if min_confidence > 0 else ""
+    isolated = f", {int(found.isolated.sum())} isolated from the rest" if np.isfinite(found.isolation_threshold) else ""
     report.info(
         f"{count(found.count, 'outlier')} of {n} ({100 * found.count / max(1, n):.0f}%): "
-        f"{low}{int(found.far_from_centre.sum())} far from their cluster's centre"
+        f"{low}{int(found.far_from_centre.sum())} far from their cluster's centre{isolated}"
     )
     duplicates = None
     if near_duplicates is not None:
