@@ -166,12 +166,12 @@ def isolation_k(n: int) -> int:
     return min(max(ISOLATION_K_MIN, round(ISOLATION_K_SHARE * n)), ISOLATION_K_MAX)
 
 
-def local_outlier_factor(features: np.ndarray, k: int) -> np.ndarray:
+def local_outlier_factor(features: np.ndarray, k: int, use_gpu: bool = False) -> np.ndarray:
     """Each image's LOF over cosine distances: its k neighbours' mean local density over its own.
 
     Distances are floored at ``MAD_FLOOR`` so that exact duplicates do not make a density infinite.
     """
-    indices, sims = knn_search(features, k)
+    indices, sims = knn_search(features, k, use_gpu=use_gpu)
     distance = np.clip(1.0 - sims.astype(np.float64), MAD_FLOOR, 2.0)
     reach = np.maximum(distance, distance[indices, -1])  # reachability: at least the neighbour's own k-distance
     density = 1.0 / reach.mean(1)
@@ -200,8 +200,10 @@ def find_outliers(
     confidence: np.ndarray,
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     mad_factor: float = DEFAULT_MAD_FACTOR,
+    use_gpu: bool = False,
 ) -> Outliers:
-    """Flag images far from their cluster's centre, isolated from the folder, or below ``min_confidence`` (module docstring)."""
+    """Flag images far from their cluster's centre, isolated from the folder, or below ``min_confidence`` (module docstring);
+    ``use_gpu`` runs the neighbour search of the isolation test on the GPU."""
     check_min_confidence(min_confidence)
     if mad_factor <= 0:
         raise ParameterError(f"{{mad_factor}} must be positive, got {mad_factor}")
@@ -217,7 +219,7 @@ def find_outliers(
     limit = np.array([thresholds[int(k)] for k in clusters])
     far = distance > limit
     k = isolation_k(n)
-    lof = local_outlier_factor(features, k) if k else np.full(n, np.nan, np.float32)
+    lof = local_outlier_factor(features, k, use_gpu) if k else np.full(n, np.nan, np.float32)
     cut = isolation_threshold(lof) if k else float("inf")
     isolated = lof > cut if k else np.zeros(n, dtype=bool)
     low = np.asarray(confidence, dtype=np.float64) < min_confidence
