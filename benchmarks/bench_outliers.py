@@ -9,7 +9,11 @@ mixed folder with K = the number of classes (the wallpapers: K chosen by ``choos
 ``assign`` would, and every rule is applied to its clusters and confidences.
 
 Reported per folder and rule: the share of ordinary images flagged (want well under 10 %) and
-the share of planted images flagged (recall). Writes ``benchmarks/results_outliers.md``.
+the share of planted images flagged (recall); where the planted images went (their distance to
+their cluster's centre and their local outlier factor against the ordinary images'); and the
+isolation test on Gaussian clusters with nothing odd in them. Writes
+``benchmarks/results_outliers.md``; ``python benchmarks/bench_outliers.py SEED`` draws other
+planted images and trains with that seed, into ``results_outliers_seed<SEED>.md``.
 """
 
 from __future__ import annotations
