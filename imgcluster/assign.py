@@ -56,11 +56,11 @@ def predict(objective: Objective, features: np.ndarray, device: torch.device, ex
     )
 
 
-def mark_outliers(assignment: Assignment, features: np.ndarray, min_confidence: float) -> Outliers:
+def mark_outliers(assignment: Assignment, features: np.ndarray, min_confidence: float, use_gpu: bool = False) -> Outliers:
     """Add the ``outlier`` (0/1) and ``outlier_reason`` columns; the rule is in :mod:`imgcluster.outliers`."""
     from imgcluster.outliers import find_outliers
 
-    found = find_outliers(features, assignment.cluster, assignment.confidence, min_confidence=min_confidence)
+    found = find_outliers(features, assignment.cluster, assignment.confidence, min_confidence=min_confidence, use_gpu=use_gpu)
     assignment.extra["outlier"] = found.flags.astype(np.int64)
     assignment.extra["outlier_reason"] = found.reasons()
     return found

@@ -718,7 +718,8 @@ def assign(
             min=0.0,
             max=1.0,
             help="Also mark images whose confidence is below this as outliers (outlier column; default 0: off); images far "
-            "from their cluster's centre (cosine distance above median + 3 robust SD in that cluster) are always marked.",
+            "from their cluster's centre (cosine distance above median + 3 robust SD in that cluster) and, from a folder, "
+            "images isolated from the rest (local outlier factor; README Outliers) are always marked.",
         ),
     ] = 0.0,
     near_duplicates: Annotated[

@@ -336,12 +336,13 @@ def _assign(
             f"the head is no surer of any image than chance (confidence at most {top:.3f}, "
             f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer {{n_clusters}}"
         )
-    found = mark_outliers(prediction, embeddings.features, min_confidence)
+    found = mark_outliers(prediction, embeddings.features, min_confidence, use_gpu=device.type == "cuda")
     n = len(embeddings.paths)
     low = f"{int(found.low_confidence.sum())} below {{min_confidence}} {min_confidence}, " if min_confidence > 0 else ""
+    isolated = f", {int(found.isolated.sum())} isolated from the rest" if np.isfinite(found.isolation_threshold) else ""
     report.info(
         f"{count(found.count, 'outlier')} of {n} ({100 * found.count / max(1, n):.0f}%): "
-        f"{low}{int(found.far_from_centre.sum())} far from their cluster's centre"
+        f"{low}{int(found.far_from_centre.sum())} far from their cluster's centre{isolated}"
     )
     duplicates = None
     if near_duplicates is not None:

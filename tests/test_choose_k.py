@@ -138,6 +138,8 @@ def test_assign_auto_outliers_and_near_duplicates(folder_with_copy: Path, shared
     assert all((r["outlier"] == "1") == (r["outlier_reason"] != "") for r in rows)
     assert not any("low-confidence" in r["outlier_reason"] for r in rows)  # the confidence test is off by default
     assert sidecar["result"]["outliers"]["outliers"] == sum(r["outlier"] == "1" for r in rows)
+    isolated = sum("isolated" in r["outlier_reason"] for r in rows)  # 25 images: enough for the isolation test
+    assert sidecar["result"]["outliers"]["isolated"] == isolated and f"centre, {isolated} isolated from the rest" in result.stderr
 
     dup_rows = list(csv.DictReader((out.parent / "photos-duplicates.csv").open(encoding="utf-8")))
     assert list(dup_rows[0]) == ["group", "path", "similarity", "kind"]
