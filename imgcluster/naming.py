@@ -20,8 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from imgcluster.errors import ImgclusterError
+from imgcluster.families import imagenet_families
 from imgcluster.models import OFFLINE_MODEL
 
+SURE = 0.5  # a family leads the name when its top class holds less than this share of its mass
 RUNNER_UP = 0.5  # the second class joins the name when its mean probability is at least this share of the first's
 NAMING_MODEL = OFFLINE_MODEL
 
@@ -68,15 +70,30 @@ def class_probabilities(features: np.ndarray, chunk: int = 8192) -> np.ndarray:
     return out
 
 
-def name_of(mean_probabilities: np.ndarray) -> str:
-    """The name for one cluster from its members' mean class probabilities."""
+def name_of(mean_probabilities: np.ndarray, grouped: bool = True) -> str:
+    """The name for one cluster from its members' mean class probabilities.
+
+    ``grouped``: the classes are first summed by family (:mod:`imgcluster.families`) and the name
+    comes from the family with the most mass; when its top class holds less than ``SURE`` of that
+    mass, the family leads the name (``"footwear: sandal"``). Without it, the top class leads.
+    """
     lemmas = _lemmas()
-    top = np.argsort(mean_probabilities)[::-1][:2]
-    names = [lemmas[int(top[0])]]
-    second = lemmas[int(top[1])]
-    if mean_probabilities[top[1]] >= RUNNER_UP * mean_probabilities[top[0]] and second.lower() != names[0].lower():
-        names.append(second)
-    return ", ".join(names)
+    order = np.argsort(mean_probabilities)[::-1]
+    top, prefix = int(order[0]), ""
+    if grouped:
+        families = imagenet_families()
+        mass = families.mass(mean_probabilities)
+        group = int(np.argmax(mass))
+        members = np.flatnonzero(families.group == group)
+        top = int(members[np.argmax(mean_probabilities[members])])
+        if families.names[group] and mean_probabilities[top] < SURE * mass[group]:
+            prefix = f"{families.names[group]}: "
+    names = [lemmas[top]]
+    rivals = [int(c) for c in order if c != top and (not prefix or families.group[c] == group)]  # under a family: its own kinds
+    second = rivals[0]
+    if mean_probabilities[second] >= RUNNER_UP * mean_probabilities[top] and lemmas[second].lower() != names[0].lower():
+        names.append(lemmas[second])
+    return prefix + ", ".join(names)
 
 
 def cluster_names(features: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
