@@ -4,12 +4,15 @@ The cached Lite0 features are the pooled features right before its 1000-class cl
 ``logits = features @ W.T + b`` gives the classifier's answer with no second pass over the
 images. A cluster's name is the first lemma of its top class by mean softmax over the members
 (robust to a few odd members, unlike a vote of arg-maxes), and of the runner-up when its mass is
-at least half the top one's: ``"sandal, running shoe"``. The names are as good as ImageNet's
-1000 classes fit the images, and as the classifier sees them: a folder drawn light on black is
-named from its images shown inverted instead (:mod:`imgcluster.negatives`). Scoring each class by
-how distinctive it is of the cluster (``m log(m / f)`` against the folder's mean ``f``) was
-measured too (``make bench-names``): no better on 200 Fashion-MNIST images per class, and it names
-noise when a cluster is most of its folder.
+at least half the top one's: ``"sandal, running shoe"``. The classes are first summed by WordNet
+family (:mod:`imgcluster.families`), so that five kinds of bag together outweigh one cassette
+player; when the winning family's top class is unsure, the family leads: ``"footwear: sandal, clog"``.
+The names are as good as ImageNet's 1000 classes fit the images, and as the classifier sees them:
+a folder drawn light on black is named from its images shown inverted and mirrored instead
+(:mod:`imgcluster.negatives`). Scoring each class by how distinctive it is of the cluster
+(``m log(m / f)`` against the folder's mean ``f``) was measured too (``make bench-names``): no
+better on 200 Fashion-MNIST images per class, and it names noise when a cluster is most of its
+folder.
 """
 
 from __future__ import annotations

@@ -8,9 +8,10 @@ EfficientNet-Lite0 classifier misreads it: on the 125 ``sample_data`` images it 
 mailbag``, and on 200 Fashion-MNIST images per class 4 of 9 nameable classes agree with their
 labels instead of 2 (``make bench-names``, ``benchmarks/results_names.md``). So when most of a folder looks like
 that, the names come from the classifier's view of those images inverted, a sample of up to
-``PER_CLUSTER`` members per cluster (a mean over 32 is stable). That takes one Lite0 pass over
-the sample; its class probabilities are cached by path, size and mtime beside the Lite0
-features, so a rerun builds no model. Colour images, photos on dark grounds (a night sky has a
+``PER_CLUSTER`` members per cluster (a mean over 32 is stable), each shown as is and mirrored
+(``VIEWS``, probabilities averaged). That takes two Lite0 passes over the sample; its class
+probabilities are cached by path, size and mtime beside the Lite0 features, so a rerun builds no
+model. Colour images, photos on dark grounds (a night sky has a
 lit border or colour) and light-ground drawings are never inverted.
 """
 

@@ -162,3 +162,9 @@ def test_names_agree_with_the_labels_on_sample_data(shared_cache: Path) -> None:
     assert first["bag"] == "mailbag"
     families = imagenet_families()
     assert families.names[int(families.group[_lemmas().index(first["ankle-boot"])])] == "footwear"
+
+
+def test_a_family_led_name_makes_a_plain_export_folder() -> None:
+    from imgcluster.exporting import folder_name
+
+    assert folder_name(3, "footwear: sandal, clog", 2) == "03-footwear-sandal-clog"
