@@ -10,9 +10,9 @@ player; when the winning family's top class is unsure, the family leads: ``"foot
 The names are as good as ImageNet's 1000 classes fit the images, and as the classifier sees them:
 a folder drawn light on black is named from its images shown inverted and mirrored instead
 (:mod:`imgcluster.negatives`). Scoring each class by how distinctive it is of the cluster
-(``m log(m / f)`` against the folder's mean ``f``) was measured too (``make bench-names``): no
-better on 200 Fashion-MNIST images per class, and it names noise when a cluster is most of its
-folder.
+(``m log(m / f)`` against the folder's mean ``f``) was measured too (``make bench-names`` before
+the families, in the git history of its results): no better on 200 Fashion-MNIST images per class,
+and it names noise when a cluster is most of its folder.
 """
 
 from __future__ import annotations
