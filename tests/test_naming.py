@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import imgcluster
 from imgcluster.backbones import _bundled_weights_path
 from imgcluster.cli import app
-from imgcluster.naming import _lemmas, cluster_names, name_of, names_from_probabilities
+from imgcluster.naming import LEAN, _lemmas, cluster_names, name_of, names_from_probabilities
 from imgcluster.negatives import CACHE_NAME, sample_rows, view_probabilities
 
 MODEL = {"model": "efficientnet-lite0", "workers": 0}
@@ -168,3 +168,18 @@ def test_a_family_led_name_makes_a_plain_export_folder() -> None:
     from imgcluster.exporting import folder_name
 
     assert folder_name(3, "footwear: sandal, clog", 2) == "03-footwear-sandal-clog"
+
+
+def test_a_family_the_whole_folder_has_yields_to_the_one_this_cluster_has_most() -> None:
+    """Every drawn shoe looks a little like a hatchet: the boots' cluster is named by the family it has beyond that."""
+    lemmas = _lemmas()
+    boots, folder = np.zeros(1000), np.zeros(1000)
+    boots[lemmas.index("hatchet")], boots[lemmas.index("cowboy boot")], boots[lemmas.index("clog")] = 0.2, 0.09, 0.08
+    folder[lemmas.index("hatchet")], folder[lemmas.index("cowboy boot")], folder[lemmas.index("clog")] = 0.2, 0.05, 0.04
+    assert name_of(boots) == "hatchet"  # by mass: 0.2 against footwear's 0.17
+    assert name_of(boots, folder_mean=folder) == "cowboy boot, hatchet"  # 0.17 * (0.17 / 0.09) ** LEAN = 0.23 against 0.2
+    assert name_of(boots, folder_mean=boots) == "hatchet"  # the whole folder: by mass alone
+    assert LEAN == 0.5
+    clusters = np.array([0, 0, 1, 1])
+    probabilities = np.stack([boots, boots, 2 * folder - boots, 2 * folder - boots])  # the rows' mean is ``folder``
+    assert names_from_probabilities(probabilities, clusters)[0] == "cowboy boot, hatchet"
