@@ -160,7 +160,7 @@ splits the rest of the main process's RSS as follows (API run, `/proc/self/statu
 Changes, each kept only where it costs no CPU time:
 
 - **The names' classifier pass** runs as the embedding does: folded, channels-last, in `embedding.default_batch_size`'s
-  batches, with freed memory reused (`negatives._lite0_features`). Same CSV, names included, as before (compared
+  batches, with freed memory reused (`negatives._lite0_probabilities`). Same CSV, names included, as before (compared
   byte for byte on sample_data).
 - **CPU batch 8 instead of 16** (`embedding.default_batch_size`, scaled to the same pixels per pass for inputs other
   than 224 px). Why 8 helped: a batch's activations are the main process's largest allocation and grow linearly

@@ -4,12 +4,16 @@ The cached Lite0 features are the pooled features right before its 1000-class cl
 ``logits = features @ W.T + b`` gives the classifier's answer with no second pass over the
 images. A cluster's name is the first lemma of its top class by mean softmax over the members
 (robust to a few odd members, unlike a vote of arg-maxes), and of the runner-up when its mass is
-at least half the top one's: ``"sandal, running shoe"``. The names are as good as ImageNet's
-1000 classes fit the images, and as the classifier sees them: a folder drawn light on black is
-named from its images shown inverted instead (:mod:`imgcluster.negatives`). Scoring each class by
-how distinctive it is of the cluster (``m log(m / f)`` against the folder's mean ``f``) was
-measured too (``make bench-names``): no better on 200 Fashion-MNIST images per class, and it names
-noise when a cluster is most of its folder.
+at least half the top one's: ``"sandal, running shoe"``. The classes are first summed by WordNet
+family (:mod:`imgcluster.families`), so that five kinds of bag together outweigh one cassette
+player, each family weighed up by how much more of it the cluster has than the folder; when the
+winning family's top class is unsure, the family leads: ``"footwear: sandal, clog"``.
+The names are as good as ImageNet's 1000 classes fit the images, and as the classifier sees them:
+a folder drawn light on black is named from its images shown inverted and mirrored instead
+(:mod:`imgcluster.negatives`). Scoring each class by how distinctive it is of the cluster
+(``m log(m / f)`` against the folder's mean ``f``) was measured too (``make bench-names`` before
+the families, in the git history of its results): no better on 200 Fashion-MNIST images per class,
+and it names noise when a cluster is most of its folder.
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from imgcluster.errors import ImgclusterError
+from imgcluster.families import imagenet_families
 from imgcluster.models import OFFLINE_MODEL
 
+SURE = 0.5  # a family leads the name when its top class holds less than this share of its mass
+LEAN = 0.5  # how far a family's excess over the folder's share weighs (0: by mass alone)
 RUNNER_UP = 0.5  # the second class joins the name when its mean probability is at least this share of the first's
 NAMING_MODEL = OFFLINE_MODEL
 
@@ -68,15 +75,37 @@ def class_probabilities(features: np.ndarray, chunk: int = 8192) -> np.ndarray:
     return out
 
 
-def name_of(mean_probabilities: np.ndarray) -> str:
-    """The name for one cluster from its members' mean class probabilities."""
+def name_of(mean_probabilities: np.ndarray, grouped: bool = True, folder_mean: np.ndarray | None = None) -> str:
+    """The name for one cluster from its members' mean class probabilities.
+
+    ``grouped``: the classes are first summed by family (:mod:`imgcluster.families`) and the name
+    comes from the family with the most mass; when its top class holds less than ``SURE`` of that
+    mass, the family leads the name (``"footwear: sandal"``). Without it, the top class leads.
+    ``folder_mean`` (the same over the whole folder): a family's mass is weighed up by how much
+    more of it the cluster has than the folder, ``m * max(m / f, 1) ** LEAN``, so that a family
+    common to every cluster (the hatchets every drawn shoe resembles) yields to one this cluster
+    has most; a cluster that is the whole folder (m = f) is named by mass alone.
+    """
     lemmas = _lemmas()
-    top = np.argsort(mean_probabilities)[::-1][:2]
-    names = [lemmas[int(top[0])]]
-    second = lemmas[int(top[1])]
-    if mean_probabilities[top[1]] >= RUNNER_UP * mean_probabilities[top[0]] and second.lower() != names[0].lower():
-        names.append(second)
-    return ", ".join(names)
+    order = np.argsort(mean_probabilities)[::-1]
+    top, prefix = int(order[0]), ""
+    if grouped:
+        families = imagenet_families()
+        mass = families.mass(mean_probabilities)
+        score = mass
+        if folder_mean is not None:
+            score = mass * np.maximum(mass / np.maximum(families.mass(folder_mean), 1e-12), 1.0) ** LEAN
+        group = int(np.argmax(score))
+        members = np.flatnonzero(families.group == group)
+        top = int(members[np.argmax(mean_probabilities[members])])
+        if families.names[group] and mean_probabilities[top] < SURE * mass[group]:
+            prefix = f"{families.names[group]}: "
+    names = [lemmas[top]]
+    rivals = [int(c) for c in order if c != top and (not prefix or families.group[c] == group)]  # under a family: its own kinds
+    second = rivals[0]
+    if mean_probabilities[second] >= RUNNER_UP * mean_probabilities[top] and lemmas[second].lower() != names[0].lower():
+        names.append(lemmas[second])
+    return prefix + ", ".join(names)
 
 
 def cluster_names(features: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
@@ -85,12 +114,14 @@ def cluster_names(features: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
 
 
 def names_from_probabilities(probabilities: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
-    """Cluster id -> name, from each member's class probabilities (rows of zeros: images not seen, left out)."""
+    """Cluster id -> name, from each member's class probabilities (rows of zeros: images not seen, left out).
+    Each cluster is named against the mean of all the rows seen (see :func:`name_of`)."""
     seen = probabilities.sum(axis=1) > 0
+    folder_mean = probabilities[seen].mean(axis=0) if seen.any() else None
     names = {}
     for k in np.unique(clusters):
         members = probabilities[(clusters == k) & seen]
-        names[int(k)] = name_of(members.mean(axis=0)) if len(members) else ""
+        names[int(k)] = name_of(members.mean(axis=0), folder_mean=folder_mean) if len(members) else ""
     return names
 
 

@@ -8,15 +8,17 @@ EfficientNet-Lite0 classifier misreads it: on the 125 ``sample_data`` images it 
 mailbag``, and on 200 Fashion-MNIST images per class 4 of 9 nameable classes agree with their
 labels instead of 2 (``make bench-names``, ``benchmarks/results_names.md``). So when most of a folder looks like
 that, the names come from the classifier's view of those images inverted, a sample of up to
-``PER_CLUSTER`` members per cluster (a mean over 32 is stable). That takes one Lite0 pass over
-the sample; its class probabilities are cached by path, size and mtime beside the Lite0
-features, so a rerun builds no model. Colour images, photos on dark grounds (a night sky has a
+``PER_CLUSTER`` members per cluster (a mean over 32 is stable), each shown as is and mirrored
+(``VIEWS``, probabilities averaged). That takes two Lite0 passes over the sample; its class
+probabilities are cached by path, size and mtime beside the Lite0 features, so a rerun builds no
+model. Colour images, photos on dark grounds (a night sky has a
 lit border or colour) and light-ground drawings are never inverted.
 """
 
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,16 @@ LIFT = 0.1  # its middle is at least this much brighter than its border: a light
 GREY = 0.04  # no pixel's channels differ from their mean by more: no colour
 LARGE_PIXELS = 4_000_000
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-CACHE_NAME = "names-negatives-1.npz"  # the number changes with the view (what is inverted, and how), so no stale rows are read
+VIEWS: tuple[str, ...] = ("plain", "mirrored")  # of VIEW_MAKERS: what assign shows the classifier
+CACHE_VERSION = 2  # changes with what a view is, so that no stale rows are read
+
+
+def cache_name(views: tuple[str, ...] = VIEWS) -> str:
+    """The cache file of the class probabilities averaged over ``views``."""
+    return f"names-negatives-{CACHE_VERSION}-{'-'.join(views)}.npz"
+
+
+CACHE_NAME = cache_name()
 
 
 def is_negative(image: Image.Image) -> bool:
@@ -49,6 +60,22 @@ def is_negative(image: Image.Image) -> bool:
 def classifier_view(image: Image.Image) -> Image.Image:
     """``image`` as ImageNet photos show such things: inverted when it is a negative."""
     return ImageOps.invert(image.convert("RGB")) if is_negative(image) else image
+
+
+# Test-time views of the classifier view, whose class probabilities are averaged. Measured in `make bench-names`:
+# a mirrored copy keeps every first class and drops wrong runners-up (T-shirt "jersey, abaya" -> "jersey"); a blurred
+# copy (smoothing the blocks of an enlarged 28 px drawing) and the object centred on a white canvas as in a product
+# photo named more boots and bags after hatchets and locks, and are not used.
+VIEW_MAKERS: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "plain": lambda image: image,
+    "mirrored": ImageOps.mirror,  # a shoe's toe points either way; ImageNet's photos are not all one way round
+}
+
+
+def classifier_views(image: Image.Image, views: tuple[str, ...] = VIEWS) -> list[Image.Image]:
+    """The images the classifier is shown for ``image``: each of ``views`` of its :func:`classifier_view`."""
+    seen = classifier_view(image)
+    return [VIEW_MAKERS[view](seen) for view in views]
 
 
 def sample_rows(clusters: np.ndarray, per_cluster: int = PER_CLUSTER) -> np.ndarray:
@@ -95,30 +122,26 @@ def _key(path: Path) -> str:
     return f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
 
 
-def view_probabilities(files: list[Path], cache_dir: Path | None) -> np.ndarray:
-    """The Lite0 classifier's class probabilities for each file's :func:`classifier_view`, [n, 1000].
+def view_probabilities(files: list[Path], cache_dir: Path | None, views: tuple[str, ...] = VIEWS) -> np.ndarray:
+    """The Lite0 classifier's class probabilities for each file, averaged over its :func:`classifier_views`, [n, 1000].
 
     Cached in ``cache_dir`` by path, size and mtime (a file that cannot be written is no error:
     the names are made again next time). A file that cannot be read gets the row of zeros.
     """
-    from imgcluster.naming import class_probabilities
-
     keys = []
     for path in files:
         try:
             keys.append(_key(path))
         except OSError:
             keys.append("")
-    cached = _read(cache_dir / CACHE_NAME) if cache_dir is not None else {}
+    cached = _read(cache_dir / cache_name(views)) if cache_dir is not None else {}
     missing = [i for i, key in enumerate(keys) if key and key not in cached]
     if missing:
-        features = _lite0_features([files[i] for i in missing])
-        fresh = class_probabilities(features).astype(np.float16).astype(np.float32)  # as cached: a rerun gives the same names
-        fresh[~features.any(axis=1)] = 0.0  # a file that could not be read: no row
+        fresh = _lite0_probabilities([files[i] for i in missing], views).astype(np.float16).astype(np.float32)  # as cached
         for row, i in enumerate(missing):
             cached[keys[i]] = fresh[row]
         if cache_dir is not None:
-            _write(cache_dir / CACHE_NAME, {key: cached[key] for key in keys if key})
+            _write(cache_dir / cache_name(views), {key: cached[key] for key in keys if key})
     width = next(iter(cached.values())).shape[0] if cached else 1000
     return np.stack([cached.get(key, np.zeros(width, np.float32)) for key in keys]).astype(np.float32)
 
@@ -140,34 +163,38 @@ def _lite0() -> tuple[Any, Any, int, tuple[int, ...]]:
     return model, transform, backbone.feature_dim, tuple(backbone.data_config["input_size"])
 
 
-def _lite0_features(files: list[Path], batch: int | None = None) -> np.ndarray:
-    """Pooled Lite0 features of each file's classifier view (zeros for a file that cannot be read).
+def _lite0_probabilities(files: list[Path], views: tuple[str, ...], batch: int | None = None) -> np.ndarray:
+    """Each file's class probabilities averaged over its views (zeros for a file that cannot be read).
 
-    In the embedding's batches (``embedding.default_batch_size``) and with its memory settings: this
-    pass runs after training, when the process holds the most, and batches of 64 with glibc's
-    defaults made it the run's peak (2.1 GB RSS on sample_data, ``benchmarks/results_memory.md``).
+    In the embedding's batches (``embedding.default_batch_size`` tensors, so ``batch // len(views)``
+    files a pass) and with its memory settings: this pass runs after training, when the process
+    holds the most, and batches of 64 with glibc's defaults made it the run's peak (2.1 GB RSS on
+    sample_data, ``benchmarks/results_memory.md``).
     """
     import torch
 
     from imgcluster.embedding import default_batch_size
     from imgcluster.load import ImageDecodeError, load_rgb
+    from imgcluster.naming import class_probabilities
     from imgcluster.speed import reuse_freed_memory
 
-    model, transform, width, input_size = _lite0()
+    model, transform, _, input_size = _lite0()
     batch = batch or default_batch_size(torch.device("cpu"), input_size=input_size)
-    out = np.zeros((len(files), width), np.float32)
+    out = np.zeros((len(files), 1000), np.float32)
+    step = max(1, batch // len(views))
     with reuse_freed_memory(), torch.inference_mode():
-        for start in range(0, len(files), batch):
+        for start in range(0, len(files), step):
             tensors, rows = [], []
-            for i in range(start, min(start + batch, len(files))):
+            for i in range(start, min(start + step, len(files))):
                 try:
-                    tensors.append(transform(classifier_view(load_rgb(files[i]))))
+                    tensors += [transform(view) for view in classifier_views(load_rgb(files[i]), views)]
                     rows.append(i)
                 except ImageDecodeError:
                     continue
             if tensors:
                 pixels = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-                out[rows] = model(pixels).float().numpy()
+                features = model(pixels).float().numpy()
+                out[rows] = class_probabilities(features).reshape(len(rows), len(views), -1).mean(axis=1)
     return out
 
 

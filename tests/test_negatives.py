@@ -9,7 +9,16 @@ import pytest
 from PIL import Image
 
 from imgcluster import negatives
-from imgcluster.negatives import classifier_view, is_negative, mostly_negative, sample_rows, view_probabilities
+from imgcluster.negatives import (
+    VIEWS,
+    cache_name,
+    classifier_view,
+    classifier_views,
+    is_negative,
+    mostly_negative,
+    sample_rows,
+    view_probabilities,
+)
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
 
@@ -62,15 +71,15 @@ def test_view_probabilities_are_cached_by_file(tmp_path: Path, monkeypatch: pyte
     first = view_probabilities(files, cache)
     assert first.shape == (4, 1000) and np.allclose(first[:3].sum(1), 1, atol=1e-2) and not first[3].any()
     calls: list[int] = []
-    real = negatives._lite0_features
+    real = negatives._lite0_probabilities
 
-    def counted(paths: list[Path]) -> np.ndarray:
+    def counted(paths: list[Path], views: tuple[str, ...]) -> np.ndarray:
         calls.append(len(paths))
-        return real(paths)
+        return real(paths, views)
 
-    monkeypatch.setattr(negatives, "_lite0_features", counted)
+    monkeypatch.setattr(negatives, "_lite0_probabilities", counted)
     assert np.array_equal(view_probabilities(files[:3], cache), first[:3]) and calls == []  # no model built
-    drawing(light_on_black=False).save(files[1])  # changed: seen again
+    lopsided().save(files[1])  # changed: seen again (another shape; the reverse polarity would look the same inverted)
     stat = files[1].stat()
     import os
 
@@ -99,7 +108,7 @@ def test_the_names_pass_runs_the_embeddings_batches_with_freed_memory_reused(tmp
     """Batches of 64 with glibc's defaults made this pass a cold run's peak (2.1 GB RSS on sample_data)."""
     import torch
 
-    from imgcluster import speed
+    from imgcluster import naming, speed
     from imgcluster.embedding import default_batch_size
 
     files = []
@@ -120,8 +129,38 @@ def test_the_names_pass_runs_the_embeddings_batches_with_freed_memory_reused(tmp
 
     monkeypatch.setattr(negatives, "_lite0", lambda: (model, lambda image: torch.zeros((3, 224, 224)), 4, (3, 224, 224)))
     monkeypatch.setattr(speed, "reuse_freed_memory", reuse)
-    out = negatives._lite0_features(files)
+    monkeypatch.setattr(naming, "class_probabilities", lambda features: np.ones((len(features), 1000), np.float32))
+    out = negatives._lite0_probabilities(files, ("plain",))
     batch = default_batch_size(torch.device("cpu"), input_size=(3, 224, 224))
-    assert out.shape == (20, 4) and out.all()
+    assert out.shape == (20, 1000) and out.all()
     assert [n for n, _ in seen] == [batch, batch, 20 - 2 * batch] and all(last for _, last in seen)
-    assert mallopt == [True]
+    seen.clear()
+    negatives._lite0_probabilities(files[:batch], VIEWS)  # each file's views share a pass: batch tensors, batch // 2 files
+    assert [n for n, _ in seen] == [batch, batch]
+    assert mallopt == [True, True]  # once a pass
+
+
+def lopsided() -> Image.Image:
+    """A drawing whose mirror image differs from it (a boot's toe points one way)."""
+    pixels = np.zeros((28, 28, 3), np.uint8)
+    pixels[4:24, 6:12] = 200
+    pixels[18:24, 6:24] = 200
+    return Image.fromarray(pixels)
+
+
+def test_the_classifier_sees_each_drawing_inverted_and_mirrored() -> None:
+    assert VIEWS == ("plain", "mirrored")
+    plain, mirrored = classifier_views(lopsided())
+    assert plain.tobytes() == classifier_view(lopsided()).tobytes()
+    assert np.array_equal(np.asarray(mirrored), np.asarray(plain)[:, ::-1]) and mirrored.tobytes() != plain.tobytes()
+    assert [v.size for v in classifier_views(lopsided(), ("mirrored",))] == [(28, 28)]
+
+
+def test_view_probabilities_average_the_views(tmp_path: Path) -> None:
+    lopsided().save(tmp_path / "boot.png")
+    files = [tmp_path / "boot.png"]
+    each = [view_probabilities(files, tmp_path, (view,)) for view in VIEWS]
+    both = view_probabilities(files, tmp_path)
+    assert not np.allclose(each[0], each[1], atol=1e-3)  # the mirror image is seen differently
+    assert np.allclose(both, np.mean(each, axis=0), atol=2e-3)  # float16 in the cache
+    assert sorted(p.name for p in tmp_path.glob("names-negatives-*")) == sorted(cache_name(v) for v in [("plain",), ("mirrored",), VIEWS])
