@@ -125,35 +125,48 @@ def view_probabilities(files: list[Path], cache_dir: Path | None) -> np.ndarray:
 
 @lru_cache(maxsize=1)
 def _lite0() -> tuple[Any, Any, int]:
-    """The bundled Lite0 (features only; :mod:`imgcluster.naming` holds its classifier) and its eval transform, built once."""
+    """The bundled Lite0 (features only; :mod:`imgcluster.naming` holds its classifier) and its eval
+    transform, built once and prepared as the embed loop runs it (batch norm folded, channels-last)."""
+    import torch
     from timm.data import create_transform
 
     from imgcluster.backbones import create_backbone
+    from imgcluster.embedding import prepare_model
     from imgcluster.naming import NAMING_MODEL
 
     backbone = create_backbone(NAMING_MODEL)
-    return backbone.model, create_transform(**backbone.data_config, is_training=False), backbone.feature_dim
+    model = prepare_model(backbone, torch.device("cpu"))
+    return model, create_transform(**backbone.data_config, is_training=False), backbone.feature_dim
 
 
-def _lite0_features(files: list[Path], batch: int = 64) -> np.ndarray:
-    """Pooled Lite0 features of each file's classifier view (zeros for a file that cannot be read)."""
+def _lite0_features(files: list[Path], batch: int | None = None) -> np.ndarray:
+    """Pooled Lite0 features of each file's classifier view (zeros for a file that cannot be read).
+
+    Run as the embed loop runs the model on the CPU (``embedding.forward``: its batch size, freed
+    memory reused): batches of 64 in fresh memory page-faulted 7.8 million times for 320
+    Fashion-MNIST images, 17 of 24 CPU seconds in the kernel (``benchmarks/results_peers.md``).
+    """
     import torch
 
+    from imgcluster.embedding import default_batch_size, forward
     from imgcluster.load import ImageDecodeError, load_rgb
+    from imgcluster.speed import reuse_freed_memory
 
+    cpu = torch.device("cpu")
+    batch = batch or default_batch_size(cpu)
     model, transform, width = _lite0()
     out = np.zeros((len(files), width), np.float32)
-    for start in range(0, len(files), batch):
-        tensors, rows = [], []
-        for i in range(start, min(start + batch, len(files))):
-            try:
-                tensors.append(transform(classifier_view(load_rgb(files[i]))))
-                rows.append(i)
-            except ImageDecodeError:
-                continue
-        if tensors:
-            with torch.inference_mode():
-                out[rows] = model(torch.stack(tensors)).float().numpy()
+    with reuse_freed_memory(), torch.inference_mode():
+        for start in range(0, len(files), batch):
+            tensors, rows = [], []
+            for i in range(start, min(start + batch, len(files))):
+                try:
+                    tensors.append(transform(classifier_view(load_rgb(files[i]))))
+                    rows.append(i)
+                except ImageDecodeError:
+                    continue
+            if tensors:
+                out[rows] = forward(model, torch.stack(tensors), None, batch, cpu, bf16=False)
     return out
 
 

@@ -93,3 +93,41 @@ def test_large_colour_pictures_are_not_decoded_to_judge_the_folder(tmp_path: Pat
     monkeypatch.setattr(imgcluster.load, "load_rgb", lambda path, draft_size=None: decoded.append(path.name) or real(path, draft_size))
     assert mostly_negative([big, small]) and decoded == ["small.png"]  # one of two: half is enough
     assert not mostly_negative([big, big, small])
+
+
+def test_the_classifier_view_runs_as_the_embed_loop_runs_the_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batches of 64 in fresh memory made the naming pass of 320 images 70 % kernel time: it must use the
+    embed loop's batch size, folded model and reused memory."""
+    import contextlib
+
+    import torch
+
+    import imgcluster.embedding
+    import imgcluster.speed
+    from imgcluster.speed import has_batchnorm
+
+    files = []
+    for i in range(20):
+        drawing().save(tmp_path / f"{i}.png")
+        files.append(tmp_path / f"{i}.png")
+    reusing: list[bool] = []
+    seen: list[tuple[int, int, bool]] = []
+    real_reuse, real_forward = imgcluster.speed.reuse_freed_memory, imgcluster.embedding.forward
+
+    @contextlib.contextmanager
+    def watched_reuse():  # type: ignore[no-untyped-def]
+        with real_reuse() as took:
+            reusing.append(True)
+            yield took
+            reusing.pop()
+
+    def watched_forward(model, pixels, to_floats, batch_size, device, bf16):  # type: ignore[no-untyped-def]
+        seen.append((pixels.shape[0], batch_size, bool(reusing)))
+        return real_forward(model, pixels, to_floats, batch_size, device, bf16)
+
+    monkeypatch.setattr(imgcluster.speed, "reuse_freed_memory", watched_reuse)
+    monkeypatch.setattr(imgcluster.embedding, "forward", watched_forward)
+    features = negatives._lite0_features(files)
+    cpu_batch = imgcluster.embedding.default_batch_size(torch.device("cpu"))
+    assert seen == [(16, cpu_batch, True), (4, cpu_batch, True)] and features.shape[0] == 20 and features.any(axis=1).all()
+    assert not has_batchnorm(negatives._lite0()[0])  # folded, as embedding.prepare_model leaves it
