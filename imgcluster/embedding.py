@@ -331,7 +331,8 @@ def forward(
     bf16: bool,
 ) -> np.ndarray:
     """One torch forward pass over a decoded batch, as float32 features; shared by the
-    single-machine loop and the Ray engine's actors. Call it inside ``torch.inference_mode()``."""
+    single-machine loop, the Ray engine's actors and the naming pass (``negatives``). Call it
+    inside ``torch.inference_mode()``."""
     x = _padded(pixels, to_floats, batch_size, device).contiguous(memory_format=torch.channels_last)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         out = model(x)
