@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-names bench-peers bench-runtime bench-startup bench-memory bench-ray clean
+.PHONY: install install-gpu install-ray test test-fast lint bench bench-objectives bench-speed bench-k bench-report bench-duplicates bench-outliers bench-names bench-peers bench-peers-10000 bench-runtime bench-startup bench-memory bench-ray clean
 
 install: $(BIN)/imgcluster
 
@@ -66,6 +66,11 @@ bench-names: install
 # fastdup side by side; it installs fastdup into its own virtualenv under benchmarks/data/ on first use
 bench-peers: install
 	$(BIN)/python benchmarks/bench_peers.py
+
+# issue 15's target run alone: all 10,000 Fashion-MNIST test images, imgcluster then fastdup, with
+# imgcluster's phase-by-phase breakdown (about 7 minutes on a quiet 2-core machine)
+bench-peers-10000: install
+	$(BIN)/python benchmarks/bench_peers.py --sizes 10000 --no-sample-data --tools imgcluster,fastdup --section peers-10000-target
 
 bench-runtime: install
 	$(BIN)/python benchmarks/bench_runtime.py

@@ -47,6 +47,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+import timeline  # noqa: E402
 from common import DATA, MODEL, write_section  # noqa: E402
 from datasets import FASHION_CLASSES, fashion_mnist_test, write_folder  # noqa: E402
 
@@ -59,8 +60,7 @@ RUNS = DATA / "peers-runs"
 MODEL_CACHE = DATA / "model-cache"
 IMGCLUSTER_TOOLS = ("imgcluster", "imgcluster-onnx", "baseline")
 FASTDUP_SCRIPT = (
-    "import sys, fastdup\n"
-    "sys.exit(fastdup.run_kmeans(input_dir=sys.argv[1], work_dir=sys.argv[2], num_clusters=int(sys.argv[3])) or 0)\n"
+    "import sys, fastdup\nsys.exit(fastdup.run_kmeans(input_dir=sys.argv[1], work_dir=sys.argv[2], num_clusters=int(sys.argv[3])) or 0)\n"
 )
 
 
@@ -85,6 +85,7 @@ class Measured:
     max_rss_mb: float
     load: tuple[float, float]
     scores: dict[str, float]
+    phases: list[timeline.Phase] | None = None  # imgcluster's run phase by phase (``--timeline``)
 
 
 def fastdup_python() -> Path:
@@ -198,8 +199,9 @@ def fastdup_clusters(work: Path, folder: Path) -> tuple[list[str], np.ndarray]:
     return rels, np.array([best[r][1] for r in rels])
 
 
-def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | None = None) -> Measured:
-    """One cold run; tool ``baseline`` is imgcluster imported from the checkout ``baseline``."""
+def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | None = None, timed: bool = True) -> Measured:
+    """One cold run; tool ``baseline`` is imgcluster imported from the checkout ``baseline``; ``timed``:
+    imgcluster runs under ``timeline.py``, which stamps each of its progress events with the clocks."""
     RUNS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=RUNS))
     env = dict(os.environ, SENTRY_OPT_OUT="1", PYTHONUNBUFFERED="1", IMGCLUSTER_MODEL_CACHE=str(MODEL_CACHE))
@@ -208,8 +210,9 @@ def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | N
     env["PYTHONPATH"] = str(baseline if tool == "baseline" and baseline else HERE.parent)
     if tool in IMGCLUSTER_TOOLS:
         out = work / "clusters.csv"
+        runner = [str(HERE / "timeline.py"), str(work / "timeline.json"), "--"] if timed else ["-m", "imgcluster"]
         command = [
-            sys.executable, "-m", "imgcluster", "assign", str(folder.path), "--model", MODEL,
+            sys.executable, *runner, "assign", str(folder.path), "--model", MODEL,
             "--clusters", str(folder.classes), "--cache-dir", str(work / "cache"), "--out", str(out), "--quiet",
         ]  # fmt: skip
         if tool == "imgcluster-onnx":
@@ -221,6 +224,8 @@ def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | N
     wall, usage, peak = run_measured(command, env, work.with_suffix(".log"), work)
     load_after = os.getloadavg()[0]
     rels, clusters = fastdup_clusters(work / "fastdup", folder.path) if tool == "fastdup" else imgcluster_clusters(out)
+    stamps = work / "timeline.json"
+    phases = timeline.phases(timeline.load(stamps)) if stamps.exists() else None
     shutil.rmtree(work)
     return Measured(
         tool=f"imgcluster {baseline.name}" if tool == "baseline" and baseline else tool,
@@ -234,6 +239,7 @@ def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | N
         max_rss_mb=usage.ru_maxrss / 1024,
         load=(load_before, load_after),
         scores=score(labels_of(rels), clusters),
+        phases=phases,
     )
 
 
@@ -263,6 +269,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and folder, alternating A B B A ...")
     parser.add_argument("--section", default="peers", help="section of results_peers.md to write")
     parser.add_argument("--note", default="", help="a line written above the table (what else ran on the machine)")
+    parser.add_argument("--no-timeline", action="store_true", help="run imgcluster as `python -m imgcluster`, without the phase breakdown")
     args = parser.parse_args()
 
     tools = [t for t in args.tools.split(",") if t]
@@ -281,7 +288,7 @@ def main() -> None:
         for repeat in range(args.repeats):
             for tool in tools if repeat % 2 == 0 else tools[::-1]:
                 print(f"{tool} on {folder.name} (run {repeat + 1})", file=sys.stderr, flush=True)
-                results.append(run_tool(tool, folder, fastdup, args.baseline))
+                results.append(run_tool(tool, folder, fastdup, args.baseline, timed=not args.no_timeline))
                 print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
                 # written after every run, so what ran is kept if a later run is stopped
                 write_section(args.section, report(results, [f.name for f in folders], args.note), RESULTS)
@@ -309,7 +316,22 @@ def report(results: list[Measured], order: list[str], note: str) -> str:
         "CPU, user and system seconds cover the whole process tree (`os.wait4`); tree peak PSS is the largest sum of "
         "proportional set sizes over the tree (sampled every 50 ms); ACC/NMI/ARI by `imgcluster.scoring.score` for both.\n\n"
         + table(ordered)
+        + breakdown(ordered)
     )
+
+
+def breakdown(results: list[Measured]) -> str:
+    """Each timed imgcluster run phase by phase: where its wall and CPU seconds went."""
+    parts = []
+    for r in results:
+        if r.phases:
+            parts.append(
+                f"\n**{r.tool} on {r.folder}**, phase by phase (`benchmarks/timeline.py`: the CLI's own progress events, "
+                "stamped with the wall clock and the CPU seconds of the main process and, apart, of its decode workers; "
+                "busy cores = CPU s / wall s; the whole tree's load is shared with everything else on the machine):\n\n"
+                + timeline.table(r.phases)
+            )
+    return "".join(parts)
 
 
 if __name__ == "__main__":
