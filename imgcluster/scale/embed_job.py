@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import signal
 import time
@@ -250,13 +251,15 @@ def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | No
         )  # fmt: skip
     else:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        split = sources.split_listing(src, SPLIT_PER_CPU * cpus, config.follow_symlinks)
         kept = None if src.relative else sources.start_manifest(config.features_out)
-        units = [{"index": i, "prefix": u.prefix, "recursive": u.recursive} for i, u in enumerate(split.units)]
+        prefixes, level_blocks = _discover_on_ray(src, SPLIT_PER_CPU * cpus, config.follow_symlinks, kept)
+        units = [{"index": i, "prefix": prefix, "recursive": True} for i, prefix in enumerate(prefixes)]
         listing = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
             sources.list_blocks, batch_size=1, batch_format="numpy", max_retries=RETRIES, retry_exceptions=True,
             fn_kwargs={"source": src, "follow_symlinks": config.follow_symlinks, "manifest_uri": kept},
         )  # fmt: skip
+        if level_blocks:
+            listing = listing.union(ray.data.from_arrow_refs(level_blocks))
     listing = _unwrapped(listing.materialize)
     listed = listing.count()
     if config.manifest is None:
@@ -264,6 +267,31 @@ def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | No
         if kept is not None:
             sources.finish_manifest(kept)
     return listing, listed, kept
+
+
+def _discover_on_ray(src: Source, target: int, follow_symlinks: bool, kept: str | None) -> tuple[list[str], list[Any]]:
+    """:func:`sources.split_listing` with each level listed in a Ray task (:func:`sources.list_level`),
+    a whole level of the tree at a time: the prefixes left to list recursively, and references to
+    the blocks of files the levels held. This process holds folder names and references, never a
+    file's row, also for a flat prefix."""
+    ray = import_ray()
+    task = ray.remote(num_returns="streaming", max_retries=RETRIES, retry_exceptions=True)(sources.list_level)
+    recursive: list[str] = []
+    blocks: list[Any] = []
+    waiting = [""]
+    listed = 0
+    while waiting and len(waiting) < target:
+        level = [task.remote(src, prefix, follow_symlinks, kept, f"level{listed + i:06d}") for i, prefix in enumerate(waiting)]
+        listed += len(waiting)
+        waiting = []
+        for generator in level:
+            refs = list(generator)
+            folders: list[sources.Folder] = _unwrapped(functools.partial(ray.get, refs.pop()))  # the last item: the sub-folders
+            blocks.extend(refs)
+            for folder in folders:
+                # a linked folder is listed whole (list_images follows what it holds), never split
+                (recursive if folder.linked else waiting).append(folder.prefix)
+    return recursive + waiting, blocks
 
 
 def _plan_on_ray(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan:

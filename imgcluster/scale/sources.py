@@ -127,13 +127,36 @@ def split_listing(source: Source, target: int, follow_symlinks: bool = False, ma
 
 def _level(source: Source, prefix: str, follow_symlinks: bool) -> tuple[int, list[tuple[str, bool]]]:
     """(image files directly in ``prefix``, its sub-folders as (prefix, reached through a link))."""
+    files, folders = 0, []
+    for entry in _level_entries(source, prefix, follow_symlinks, stat=False):
+        if isinstance(entry, Folder):
+            folders.append((entry.prefix, entry.linked))
+        else:
+            files += 1
+    return files, sorted(folders)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A sub-folder met in a level's listing: its prefix, and whether a link leads to it."""
+
+    prefix: str
+    linked: bool
+
+
+FileRow = tuple[str, int, int | None]  # a manifest row: path, size, mtime_ns
+
+
+def _level_entries(source: Source, prefix: str, follow_symlinks: bool, stat: bool = True) -> Iterator[Folder | FileRow]:
+    """The sub-folders and image files directly in ``prefix`` (sizes and mtimes only with ``stat``).
+    A local folder is streamed, never sorted whole; an object store's level comes whole from
+    pyarrow (one FileInfo per object), so whoever calls this holds a flat prefix once."""
     if source.relative:
         folder = Path(source.root, prefix)
-        files, folders = 0, []
         try:
-            entries = os.scandir(folder)  # streamed, never sorted whole: a flat folder may hold millions
+            entries = os.scandir(folder)
         except OSError:
-            return 0, []  # the unit's own listing (list_images) says nothing either: as the single-machine listing
+            return  # the unit's own listing (list_images) says nothing either: as the single-machine listing
         with entries:
             for entry in entries:
                 rel = posixpath.join(prefix, entry.name)
@@ -142,24 +165,46 @@ def _level(source: Source, prefix: str, follow_symlinks: bool) -> tuple[int, lis
                         continue
                     if entry.is_dir(follow_symlinks=True):
                         if not entry.name.startswith(".") and not Path(entry.path, OUTPUT_MARKER).exists():
-                            folders.append((rel, entry.is_symlink()))
+                            yield Folder(rel, entry.is_symlink())
                     elif entry.is_file(follow_symlinks=True) and _is_image(rel):
-                        files += 1
+                        st = entry.stat(follow_symlinks=True) if stat else None
+                        yield (rel, st.st_size, st.st_mtime_ns) if st is not None else (rel, 0, None)
                 except (OSError, RuntimeError):
                     continue
-        return files, sorted(folders)
+        return
     import pyarrow.fs as pafs
 
     fs, root = _filesystem(source.uri)
+    scheme = source.uri.split("://", 1)[0]
     where = posixpath.join(root, prefix) if prefix else root
-    files, folders = 0, []
     for info in fs.get_file_info(pafs.FileSelector(where, recursive=False, allow_not_found=True)):
         rel = posixpath.relpath(info.path, root)
         if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
-            folders.append((rel, False))
+            yield Folder(rel, False)
         elif info.type == pafs.FileType.File and _is_image(rel):
-            files += 1
-    return files, sorted(folders)
+            yield f"{scheme}://{info.path}", info.size, info.mtime_ns
+
+
+def list_level(
+    source: Source, prefix: str, follow_symlinks: bool, manifest_uri: str | None, name: str
+) -> Iterator[pa.Table | list[Folder]]:
+    """A Ray task's share of :func:`split_listing`: the files directly in ``prefix`` in blocks
+    (each kept as manifest part ``{name}-{n}`` when ``manifest_uri`` is given), then, last, its
+    sub-folders. The caller keeps the blocks as references and reads only the folder names."""
+    folders: list[Folder] = []
+
+    def files() -> Iterator[FileRow]:
+        for entry in _level_entries(source, prefix, follow_symlinks):
+            if isinstance(entry, Folder):
+                folders.append(entry)
+            else:
+                yield entry
+
+    for n, block in enumerate(_blocks(files())):
+        if manifest_uri is not None:
+            write_manifest_part(manifest_uri, f"{name}-{n:06d}", block)
+        yield block
+    yield sorted(folders, key=lambda f: f.prefix)
 
 
 def _link_followed(source: Source, path: Path, follow_symlinks: bool) -> bool:
@@ -197,21 +242,9 @@ def _folder_rows(source: Source, unit: Unit, follow_symlinks: bool) -> Iterator[
         for f in list_images(folder, follow_symlinks=follow_symlinks):
             yield base + f.rel, f.size, f.mtime_ns
         return
-    try:
-        entries = os.scandir(folder)  # streamed into blocks, never sorted whole
-    except OSError:
-        return
-    with entries:
-        for entry in entries:
-            rel = posixpath.join(unit.prefix, entry.name)
-            try:
-                if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
-                    continue
-                if entry.is_file(follow_symlinks=True) and _is_image(rel):
-                    st = entry.stat(follow_symlinks=True)
-                    yield rel, st.st_size, st.st_mtime_ns
-            except (OSError, RuntimeError):
-                continue
+    for entry in _level_entries(source, unit.prefix, follow_symlinks):
+        if not isinstance(entry, Folder):
+            yield entry
 
 
 def _blocks(rows: Iterator[tuple[str, int, int | None]]) -> Iterator[pa.Table]:

@@ -275,3 +275,37 @@ def test_embed_from_and_into_s3_then_resume_from_the_kept_manifest(local_ray: ob
     monkeypatch.undo()
     stamps = fst.done_rows(out)
     assert stamps[changed][0] == other.stat().st_size and "s3://photos/in/new/added.png" in stamps and removed in stamps
+
+
+
+@pytest.mark.slow
+def test_a_flat_prefix_is_listed_in_ray_tasks_and_the_driver_holds_no_file_row(
+    local_ray: object, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file in one level, on s3 and in a local folder: the level is listed in a task (the
+    driver's level listing refuses), and the rows are the single-machine listing's."""
+    from imgcluster.scale import embed_job
+    from imgcluster.scale.engine import quiet_data_context
+
+    fs, _ = fst.resolve("s3://photos")
+    flat = copy_sample(tmp_path / "flat", CLASSES[:1], per_class=5) / CLASSES[0]
+    for path in sorted(flat.iterdir()):
+        with fs.open_output_stream(f"photos/flat/{path.name}") as out:
+            out.write(path.read_bytes())
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the driver listed a level")
+
+    for uri, out in [("s3://photos/flat", "s3://photos/flat-features"), (str(flat), str(tmp_path / "features"))]:
+        source = sources.open_source(uri)
+        whole = sources.list_source(source)
+        assert whole.num_rows == 5
+        no_driver_listing(monkeypatch)
+        monkeypatch.setattr(sources, "_level_entries", refuse)
+        with quiet_data_context():
+            listing, listed, kept = embed_job.list_on_ray(source, embed_job.RayEmbedConfig(uri, out))
+        monkeypatch.undo()
+        assert listed == 5 and table_rows(pa.Table.from_pylist(listing.take_all(), schema=sources.manifest_schema())) == table_rows(whole)
+        assert kept == (None if source.relative else sources.manifest_folder(out))
+        if kept is not None:
+            assert table_rows(sources.read_manifest(kept)) == table_rows(whole)
