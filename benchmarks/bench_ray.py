@@ -26,6 +26,9 @@ before and after. Parts:
   of LISTING_SIZES empty ``.jpg`` files listed whole in the process
   (``sources.list_source``) against listed in Ray tasks (``embed_job.list_on_ray``): files/s and
   the driver's own peak memory while it lists (VmHWM, reset before the listing).
+- ``listing-level`` / ``listing-ray`` (``--flat``, written to results_ray_flat_listing.md): one
+  folder of 100,000 files: what pyarrow's whole-level listing holds per file (as a Ray task
+  listing a flat object prefix does), and the driver of the Ray listing.
 
 The machine is shared (2 cores, five other engineers): compare the ratios of one run, not seconds.
 """
@@ -58,6 +61,14 @@ PHOTOS = Path("/usr/share/backgrounds")  # real JPEG photos of 1.3-17.9 MP (Debi
 LISTING_SIZES = [(100, 1000), (200, 5000)]  # (folders, files per folder): 100,000 and 1,000,000 files
 LISTING_VARIABLE = "BENCH_LISTING_TREE"  # "FOLDERSxFILES", for the listing parts' processes
 RESULTS_LISTING = HERE / "results_ray_listing.md"
+FLAT_TREE = "1x100000"  # the --flat parts: one folder of 100,000 files
+RESULTS_FLAT = HERE / "results_ray_flat_listing.md"
+FLAT_READING = (
+    "Reading: pyarrow's whole-level listing costs about 325 bytes a file at this path length (the FileInfo objects; a "
+    "task listing a flat object prefix holds that once, the driver does not). The Ray listing's driver growth is Ray "
+    "Data's bookkeeping, as in results_ray_listing.md (19-21 MB there), not rows: a bytes/file figure does not apply "
+    "to it. Measured at one size only (100,000 files in one folder)."
+)
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0", "RAY_DEDUP_LOGS": "0"}
 
 
@@ -603,6 +614,44 @@ def part_listing_ray() -> dict[str, Any]:
             "driver_before_mb": before / 2**20, "driver_peak_mb": peak / 2**20}  # fmt: skip
 
 
+def part_listing_level() -> dict[str, Any]:
+    """What one task listing a flat level of an object store holds: pyarrow returns the level whole
+    (one FileInfo per file, the same class for S3, GCS and local disks), here on the local disk."""
+    import pyarrow.fs as pafs
+
+    (folder,) = sorted(p for p in listing_tree().iterdir() if p.is_dir())
+    selector = pafs.FileSelector(str(folder), recursive=False)
+    infos, seconds, before, peak = _driver_peak_after(lambda: pafs.LocalFileSystem().get_file_info(selector))
+    return {"tree": os.environ[LISTING_VARIABLE], "files": len(infos), "path_chars": len(infos[0].path), "list_s": seconds,
+            "driver_before_mb": before / 2**20, "driver_peak_mb": peak / 2**20}  # fmt: skip
+
+
+def flat_report(runs: dict[str, dict[str, Any]]) -> str:
+    level, ray = runs["listing-level"], runs["listing-ray"]
+    lines = [
+        "# Listing a flat folder: what pyarrow holds for one level, and the Ray listing's driver "
+        "(`python benchmarks/bench_ray.py --flat`)", "",
+        f"Machine: {platform.processor() or platform.machine()}, 2-core CPU, no GPU ({os.cpu_count()} logical CPUs), shared "
+        "with five other engineers: the load average (1 min) is given before / after each part; compare the ratios, not "
+        "the seconds. Each part ran in its own process.", "",
+        f"One folder of {level['files']:,} empty `.jpg` files ({FLAT_TREE}). *pyarrow level* = one non-recursive "
+        "`FileSelector` listing of it (what a Ray task listing one level of an object prefix holds: pyarrow returns a "
+        f"level whole; paths of {level['path_chars']} characters); *Ray* = `embed_job.list_on_ray`: every level listed in a "
+        "Ray task, the driver holding folder names and block references. Memory: the listing process's peak resident "
+        "memory while it lists (VmHWM, reset just before) over its resident memory just before.", "",
+        "| run | files | seconds | driver before MB | driver peak MB | growth MB | bytes/file | load |",
+        "|---|---|---|---|---|---|---|---|",
+    ]  # fmt: skip
+    for label, r in (("pyarrow level, in process", level), ("Ray (levels listed in tasks)", ray)):
+        growth = r["driver_peak_mb"] - r["driver_before_mb"]
+        lines.append(
+            f"| {label} | {r['files']:,} | {r['list_s']:.2f} | {r['driver_before_mb']:.0f} | {r['driver_peak_mb']:.0f} | "
+            f"{growth:.0f} | {growth * 2**20 / r['files']:,.0f} | {_load(r)} |"
+        )
+    lines += ["", FLAT_READING, "", f"_Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}._", ""]
+    return "\n".join(lines)
+
+
 def listing_report(results: dict[str, dict[str, Any]]) -> str:
     lines = [
         "# Listing a source: in the driver against Ray tasks (`python benchmarks/bench_ray.py --listing`)", "",
@@ -643,7 +692,7 @@ PARTS = {"decode": part_decode, "single": part_single, "ray": part_ray, "two-nod
          "sample-before": lambda: _sample_part("before"), "sample-after": lambda: _sample_part("after"),
          "sample-ray": lambda: _sample_part("ray"), "knn-before": lambda: _knn_part("before"),
          "knn-after": lambda: _knn_part("after"),
-         "listing-driver": part_listing_driver, "listing-ray": part_listing_ray}  # fmt: skip
+         "listing-driver": part_listing_driver, "listing-ray": part_listing_ray, "listing-level": part_listing_level}  # fmt: skip
 
 
 # ---- the report ------------------------------------------------------------------------------
@@ -752,6 +801,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run these parts (default: all) and reuse the others from results_ray.json")
     parser.add_argument("--report", action="store_true", help="only rewrite results_ray.md from results_ray.json")
     parser.add_argument("--listing", action="store_true", help="only the listing parts, into results_ray_listing.md")
+    parser.add_argument("--flat", action="store_true", help="only the flat-folder listing parts, into results_ray_flat_listing.md")
     args = parser.parse_args()
     if args.part:
         print(json.dumps(PARTS[args.part]()))
@@ -766,6 +816,15 @@ def main() -> None:
         (WORK / "results_ray_listing.json").write_text(json.dumps(listed, indent=1))
         RESULTS_LISTING.write_text(listing_report(listed))
         print(f"wrote {RESULTS_LISTING}", file=sys.stderr)
+        return
+    if args.flat:
+        WORK.mkdir(parents=True, exist_ok=True)
+        os.environ[LISTING_VARIABLE] = FLAT_TREE
+        listing_tree()
+        flat = {name: run_part(name) for name in ("listing-level", "listing-ray")}
+        (WORK / "results_ray_flat_listing.json").write_text(json.dumps(flat, indent=1))
+        RESULTS_FLAT.write_text(flat_report(flat))
+        print(f"wrote {RESULTS_FLAT}", file=sys.stderr)
         return
     if args.report:
         saved = json.loads((WORK / "results_ray.json").read_text())

@@ -164,8 +164,11 @@ def _level_entries(source: Source, prefix: str, follow_symlinks: bool, stat: boo
                     if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
                         continue
                     if entry.is_dir(follow_symlinks=True):
+                        linked = entry.is_symlink()
+                        if linked and _reached_directly(source, Path(entry.path)):
+                            continue  # listed under its real path, as the single-machine listing keeps it
                         if not entry.name.startswith(".") and not Path(entry.path, OUTPUT_MARKER).exists():
-                            yield Folder(rel, entry.is_symlink())
+                            yield Folder(rel, linked)
                     elif entry.is_file(follow_symlinks=True) and _is_image(rel):
                         st = entry.stat(follow_symlinks=True) if stat else None
                         yield (rel, st.st_size, st.st_mtime_ns) if st is not None else (rel, 0, None)
@@ -214,6 +217,24 @@ def _link_followed(source: Source, path: Path, follow_symlinks: bool) -> bool:
     real_root = Path(source.root).resolve()
     target = path.resolve()
     return target == real_root or real_root in target.parents
+
+
+def _reached_directly(source: Source, link: Path) -> bool:
+    """Whether the folder a link leads to is also listed under its real path: inside the root,
+    through no hidden folder and no folder imgcluster wrote (list_images walks real folders first
+    and lists each folder once, so the link then adds nothing)."""
+    real_root = Path(source.root).resolve()
+    try:
+        target = link.resolve(strict=True)
+        parts = target.relative_to(real_root).parts
+    except (OSError, RuntimeError, ValueError):
+        return False  # outside the root (followed only when asked) or broken: the link's own unit decides
+    folder = real_root
+    for part in parts:
+        folder = folder / part
+        if part.startswith(".") or (folder / OUTPUT_MARKER).exists():
+            return False
+    return True
 
 
 def list_unit(source: Source, unit: Unit, follow_symlinks: bool = False) -> Iterator[pa.Table]:

@@ -80,6 +80,22 @@ def test_a_unit_and_a_flat_folder_are_listed_in_blocks(tmp_path: Path, monkeypat
     assert [b.num_rows for b in sources.list_unit(source, split.units[0])] == [2, 2, 1]
 
 
+
+def test_a_folder_reached_through_a_link_and_directly_is_listed_once(tmp_path: Path) -> None:
+    """As the single-machine listing: a link to a folder listed under its real path adds nothing;
+    a link to a hidden folder (not listed directly) is listed under the link's name."""
+    folder = nested(tmp_path / "photos")
+    (folder / "alias").symlink_to(folder / CLASSES[1], target_is_directory=True)
+    (folder / CLASSES[0] / "up").symlink_to(folder, target_is_directory=True)  # a loop back to the root
+    (folder / "shown").symlink_to(folder / ".hidden", target_is_directory=True)
+    source = sources.open_source(str(folder))
+    whole = sources.list_source(source)
+    assert whole.num_rows == 10 and "shown/x.png" in whole.column("path").to_pylist()
+    for target in (2, 100):
+        split = sources.split_listing(source, target=target)
+        assert split_rows(source, split) == table_rows(whole)
+        assert sources.Unit("alias", recursive=True) not in split.units and sources.Unit("shown", recursive=True) in split.units
+
 def test_a_missing_source_or_bad_manifest_is_a_parameter_error(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="does not exist"):
         sources.open_source(str(tmp_path / "nowhere"))
