@@ -4,7 +4,8 @@ The driver builds the model once to learn its cache key and width. A small sourc
 is listed and planned in this process: the rows the store already holds (same path, size and
 mtime or etag) and the unchanged files it recorded as not embeddable are subtracted bucket by
 bucket (:mod:`imgcluster.scale.resume`), and with nothing left the job returns without starting
-Ray. A large one is listed in Ray tasks, one per sub-prefix (:mod:`imgcluster.scale.sources`), or
+Ray. A large one is listed in Ray tasks, its top levels one task per folder and then one per
+sub-prefix (:mod:`imgcluster.scale.sources`), or
 read as a Ray Dataset, and planned in one Ray task per bucket: the driver holds counts and object
 references, never the listing or the store's rows. The rest streams through Ray Data: CPU tasks
 decode (:mod:`imgcluster.scale.decode`), an actor pool embeds
@@ -239,7 +240,8 @@ def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows)
 
 def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | None]:
     """The source's listing (or the manifest) as a materialised Ray Dataset, its row count, and
-    where a prefix's listing was kept: listed in one task per unit of :func:`sources.split_listing`."""
+    where a prefix's listing was kept: its top levels listed by :func:`_discover_on_ray`, then one
+    task per sub-prefix left."""
     ray = import_ray()
     kept = None
     if config.manifest is not None:

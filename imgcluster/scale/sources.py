@@ -3,14 +3,16 @@
 Every source becomes rows ``path, size, mtime_ns, etag`` (a *manifest*). A folder's paths are
 relative to it (as in the single-machine cache); an object's path is its full URI.
 
-A large prefix is never listed row by row in one process: :func:`split_listing` lists only the
-top levels (one non-recursive ``pyarrow.fs`` selector per folder, descending breadth first until
-there are enough sub-prefixes or the tree ends) and returns *units*: a folder's own files, or a
-sub-prefix listed recursively. :func:`list_unit` lists one unit in blocks of at most
-:data:`LIST_BLOCK_ROWS` rows, in a Ray task or in this process; the job keeps each block as a part
-of ``_manifest.parquet/`` in the features location, so a later run can take it as ``manifest``
-and list nothing. A flat prefix (every file in one folder) cannot be split by a selector: one
-unit lists it. Credentials come from the environment, as ``pyarrow.fs`` reads them (AWS_*,
+A large prefix is never listed row by row in one process. Its top levels are listed one folder
+at a time (one non-recursive ``pyarrow.fs`` selector per folder, breadth first until there are
+enough sub-prefixes or the tree ends): in this process by :func:`split_listing` for a small
+source, which returns *units* (a folder's own files, or a sub-prefix listed recursively), and in
+Ray tasks by :func:`list_level` for a large one, which returns a level's files as blocks and its
+sub-folders' names. :func:`list_unit` lists one unit in blocks of at most :data:`LIST_BLOCK_ROWS`
+rows; the job keeps each block as a part of ``_manifest.parquet/`` in the features location, so a
+later run can take it as ``manifest`` and list nothing. A flat prefix (every file in one folder)
+cannot be split by a selector: one task lists it, and on object storage holds it once (pyarrow
+returns a level whole). Credentials come from the environment, as ``pyarrow.fs`` reads them (AWS_*,
 GOOGLE_APPLICATION_CREDENTIALS).
 """
 
