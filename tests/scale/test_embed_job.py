@@ -74,7 +74,6 @@ def test_the_plan_reads_one_bucket_of_the_store_at_a_time(tmp_path: Path, monkey
     assert sorted(read) == sorted({fst.bucket_of(p) for p in listing.column("path").to_pylist()}) and len(read) == len(set(read))
 
 
-
 def test_a_small_folder_with_a_link_to_one_of_its_folders_is_planned_without_ray(tmp_path: Path) -> None:
     """The link adds nothing the folder's own listing lacks, so the source stays small: planned in this process."""
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
@@ -84,6 +83,7 @@ def test_a_small_folder_with_a_link_to_one_of_its_folders_is_planned_without_ray
     plan = embed_job._plan_here(embed_job.open_source(str(folder)), embed_job.RayEmbedConfig(str(folder), uri), {})
     assert plan is not None and plan.listed == plan.n_todo == 4
     assert sorted(plan.todo.column("path").to_pylist()) == sorted(f"{c}/{p.name}" for c in CLASSES[:2] for p in (folder / c).iterdir())
+
 
 @pytest.mark.slow
 def test_same_features_as_one_machine_and_a_complete_store_needs_no_ray(

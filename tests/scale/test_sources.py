@@ -80,7 +80,6 @@ def test_a_unit_and_a_flat_folder_are_listed_in_blocks(tmp_path: Path, monkeypat
     assert [b.num_rows for b in sources.list_unit(source, split.units[0])] == [2, 2, 1]
 
 
-
 def test_a_folder_reached_through_a_link_and_directly_is_listed_once(tmp_path: Path) -> None:
     """As the single-machine listing: a link to a folder listed under its real path adds nothing;
     a link to a hidden folder (not listed directly) is listed under the link's name."""
@@ -95,6 +94,7 @@ def test_a_folder_reached_through_a_link_and_directly_is_listed_once(tmp_path: P
         split = sources.split_listing(source, target=target)
         assert split_rows(source, split) == table_rows(whole)
         assert sources.Unit("alias", recursive=True) not in split.units and sources.Unit("shown", recursive=True) in split.units
+
 
 def test_a_missing_source_or_bad_manifest_is_a_parameter_error(tmp_path: Path) -> None:
     with pytest.raises(ParameterError, match="does not exist"):
@@ -291,7 +291,6 @@ def test_embed_from_and_into_s3_then_resume_from_the_kept_manifest(local_ray: ob
     monkeypatch.undo()
     stamps = fst.done_rows(out)
     assert stamps[changed][0] == other.stat().st_size and "s3://photos/in/new/added.png" in stamps and removed in stamps
-
 
 
 @pytest.mark.slow
