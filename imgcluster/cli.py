@@ -145,7 +145,7 @@ RuntimeOpt = Annotated[
     str,
     typer.Option(
         "--runtime",
-        help="What runs the backbone: auto (torch), torch, or onnx (ONNX Runtime, CPU only, the extra imgcluster[onnx]; "
+        help="What runs the backbone: auto (torch), torch, or onnx (ONNX Runtime, CPU only, the extra imgcluster\\[onnx]; "
         "the model is exported once into ~/.cache/imgcluster). Each caches its features apart.",
     ),
 ]
