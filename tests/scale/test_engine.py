@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import sys
+import time
 
 import pytest
 
@@ -32,3 +34,19 @@ def test_a_local_instance_is_started_and_ended_a_callers_is_left_running(ray_env
             assert ray.get(ray.put(7)) == 7
         assert ray.is_initialized()
     assert not ray.is_initialized()
+
+
+@pytest.mark.timeout(120)
+def test_an_address_where_nothing_listens_fails_in_seconds() -> None:
+    """``ray.init`` at a dead host:port retried for minutes (over 5 were seen) with Ray's own log lines."""
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    with socket.socket() as s:  # a port nobody listens on once closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for address in (f"127.0.0.1:{port}", f"ray://127.0.0.1:{port}"):
+        started = time.monotonic()
+        with pytest.raises(ImgclusterError) as info, engine.ray_session(address):
+            pass
+        why = f"nothing answers at 127.0.0.1:{port} (Connection refused)"
+        assert str(info.value) == f"cannot connect to the Ray cluster at {address}: {why}"
+        assert time.monotonic() - started < 30
