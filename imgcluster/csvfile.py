@@ -72,6 +72,7 @@ class Row:
     confidence: float  # NaN when the CSV has no confidence column
     outlier: bool
     name: str = ""  # the cluster's name (cluster_name column), "" when the CSV has none
+    reason: str = ""  # why it is an outlier (outlier_reason column: far-from-centre, isolated, ...)
 
 
 @contextmanager
@@ -160,7 +161,9 @@ def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
         confidence = float(raw) if raw not in (None, "") else math.nan
     except ValueError:
         raise ImgclusterError(f"{where}: confidence {raw!r} is not a number") from None
-    return Row(name, cluster, confidence, _truthy(record.get("outlier")), record.get("cluster_name") or "")
+    outlier = _truthy(record.get("outlier"))
+    reason = (record.get("outlier_reason") or "") if outlier else ""
+    return Row(name, cluster, confidence, outlier, record.get("cluster_name") or "", reason)
 
 
 def _cluster(text: str | None) -> int | None:
