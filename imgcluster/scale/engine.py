@@ -24,6 +24,8 @@ RAY_MISSING = "the Ray engine needs the 'ray' extra: pip install 'imgcluster[ray
 # which crowds out the embedding processes on a small machine; decoded batches are uint8 and
 # consumed as they come (a batch of 256 images of 224x224 is 38 MB), so a fixed gigabyte is ample.
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
+# The start of ray.init's error for "auto" when no cluster runs here.
+NO_CLUSTER = "Could not find any running Ray instance"
 # How long to wait for a TCP answer from a cluster's address before ``ray.init`` is let near it.
 PROBE_SECONDS = 10.0
 
@@ -115,6 +117,8 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if address == "auto" and detail.startswith(NO_CLUSTER):  # Ray's advice names its own `--address` flag
+            detail = "no Ray cluster runs on this machine (`ray start --head` starts one; without {address} a local Ray is started)"
         raise ImgclusterError(f"cannot connect to {where}: {detail}") from None
     for signum, handler in handlers.items():  # Ray's core worker took SIGTERM over (it aborts the process): give it back
         signal.signal(signum, handler)

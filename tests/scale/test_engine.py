@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -50,3 +51,18 @@ def test_an_address_where_nothing_listens_fails_in_seconds() -> None:
         why = f"nothing answers at 127.0.0.1:{port} (Connection refused)"
         assert str(info.value) == f"cannot connect to the Ray cluster at {address}: {why}"
         assert time.monotonic() - started < 30
+
+
+def test_auto_without_a_cluster_names_the_option_not_rays_flag(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's own message for it ends "by setting `--address` flag or `RAY_ADDRESS`", a flag imgcluster does not have."""
+
+    def init(**kwargs: object) -> None:
+        raise ConnectionError(f"{engine.NO_CLUSTER}. Please specify the one to connect to by setting `--address` flag or `RAY_ADDRESS` ...")
+
+    monkeypatch.setattr(engine, "import_ray", lambda: SimpleNamespace(is_initialized=lambda: False, init=init))
+    with pytest.raises(ImgclusterError) as info, engine.ray_session("auto"):
+        pass
+    assert info.value.render({"address": "--ray-address"}) == (
+        "cannot connect to the Ray cluster at auto: no Ray cluster runs on this machine "
+        "(`ray start --head` starts one; without --ray-address a local Ray is started)"
+    )
