@@ -118,7 +118,7 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if address == "auto" and detail.startswith(NO_CLUSTER):  # Ray's advice names its own `--address` flag
-            detail = "no Ray cluster runs on this machine (`ray start --head` starts one; without {address} a local Ray is started)"
+            detail = "no Ray cluster runs on this machine (`ray start` starts one; without {address} a local Ray is started)"
         raise ImgclusterError(f"cannot connect to {where}: {detail}") from None
     for signum, handler in handlers.items():  # Ray's core worker took SIGTERM over (it aborts the process): give it back
         signal.signal(signum, handler)

@@ -64,5 +64,5 @@ def test_auto_without_a_cluster_names_the_option_not_rays_flag(monkeypatch: pyte
         pass
     assert info.value.render({"address": "--ray-address"}) == (
         "cannot connect to the Ray cluster at auto: no Ray cluster runs on this machine "
-        "(`ray start --head` starts one; without --ray-address a local Ray is started)"
+        "(`ray start` starts one; without --ray-address a local Ray is started)"
     )
