@@ -75,6 +75,18 @@ class Row:
     reason: str = ""  # why it is an outlier (outlier_reason column: far-from-centre, isolated, ...)
 
 
+def names_of_clusters(rows: list[Row]) -> dict[int, str]:
+    """Each cluster's one name: the most common non-empty ``cluster_name`` of its rows (the first
+    seen on a tie). An edited or concatenated CSV can name one cluster differently on some rows;
+    export, report and evaluate must still show it once, under one name."""
+    tally: dict[int, dict[str, int]] = {}
+    for row in rows:
+        if row.name:
+            seen = tally.setdefault(row.cluster, {})
+            seen[row.name] = seen.get(row.name, 0) + 1
+    return {k: max(seen, key=lambda name: seen[name]) for k, seen in tally.items()}
+
+
 @contextmanager
 def _output(out: str) -> Iterator[IO[str]]:
     if out == "-":

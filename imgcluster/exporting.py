@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcluster.csvfile import read_assignments
+from imgcluster.csvfile import names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.progress import ProgressFn, Reporter, count
 from imgcluster.report.paths import refusal
@@ -92,6 +92,7 @@ def export(
     result = ExportResult(target)
     place = _placer(mode, result, target)
     width = max(2, len(str(max(r.cluster for r in rows))))
+    names = names_of_clusters(rows)  # one folder per cluster, even where rows disagree on its name
     report = Reporter(progress, "export")
     plan: list[tuple[str, Path]] = []  # (path in the image folder, the folder in the export it goes to)
     for row in rows:
@@ -99,7 +100,7 @@ def export(
         if why:
             result.refused.append((row.path, why))
             continue
-        plan.append((row.path, Path(OUTLIERS if row.outlier else folder_name(row.cluster, row.name, width))))
+        plan.append((row.path, Path(OUTLIERS if row.outlier else folder_name(row.cluster, names.get(row.cluster, ""), width))))
     plan += _duplicates(csv_path, {rel for rel, _ in plan})
     report.start(len(plan), "export")
     for rel, where in plan:

@@ -233,6 +233,11 @@ def test_outlier_column(clustered: Clustered, tmp_path: Path) -> None:
     assert {html.escape(clustered.rows[i]["path"]) for i in flags} <= set(re.findall(r'alt="([^"]*)"', outliers))
 
 
+def test_a_cluster_named_differently_on_some_rows_is_headed_by_its_most_common_name() -> None:
+    rows = [Row(f"{i}.png", 0, 0.5, False, name) for i, name in enumerate(["", "boot", "boot", "shoe"])]
+    assert [v.name for v in plan_clusters(rows, None, 8, 100).views] == ["boot"]  # was the first row's: none
+
+
 def test_the_outliers_section_says_why_each_image_is_one(clustered: Clustered, tmp_path: Path) -> None:
     """The CSV's outlier_reason (far-from-centre, isolated, both) is in each outlier's caption and tooltip."""
     reasons = {0: "isolated", 1: "far-from-centre+isolated", 2: "<b>x"}  # a hostile CSV's reason is escaped
