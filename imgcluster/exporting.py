@@ -16,6 +16,7 @@ import filecmp
 import os
 import re
 import shutil
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -51,7 +52,8 @@ class ExportResult:
 def folder_name(cluster: int, name: str, width: int) -> str:
     """``03-sandal-running-shoe``: the cluster id (zero-padded, so folders sort) and its name, made
     safe for any file system (ASCII letters, digits and ``-``; a name may come from anyone's CSV)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:NAME_LIMIT].strip("-")
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")  # "Crème" -> "Creme", not "Cr-me"
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:NAME_LIMIT].strip("-")
     number = f"{cluster:0{width}d}"
     return f"{number}-{slug}" if slug else number
 

@@ -123,7 +123,9 @@ def test_a_cluster_named_differently_on_some_rows_gets_one_folder(assigned: tupl
 
 def test_folder_names_are_safe_for_any_file_system() -> None:
     assert folder_name(3, "sandal, running shoe", 2) == "03-sandal-running-shoe"
-    assert folder_name(3, "../../Évil/na:me*?\n", 3) == "003-vil-na-me"
+    assert folder_name(3, "../../Évil/na:me*?\n", 3) == "003-evil-na-me"  # accents dropped, not the letters under them
+    assert folder_name(4, "footwear: sandal, clog", 2) == "04-footwear-sandal-clog" and folder_name(5, "café crème", 2) == "05-cafe-creme"
+    assert folder_name(6, "日本語", 2) == "06"
     assert folder_name(12, "", 2) == "12" and folder_name(1, "///", 2) == "01"
     assert len(folder_name(0, "x" * 500, 2)) == 63
 
