@@ -145,7 +145,7 @@ RuntimeOpt = Annotated[
     str,
     typer.Option(
         "--runtime",
-        help="What runs the backbone: auto (torch), torch, or onnx (ONNX Runtime, CPU only, the extra imgcluster[onnx]; "
+        help="What runs the backbone: auto (torch), torch, or onnx (ONNX Runtime, CPU only, the extra imgcluster\\[onnx]; "
         "the model is exported once into ~/.cache/imgcluster). Each caches its features apart.",
     ),
 ]
@@ -768,7 +768,8 @@ def assign(
     ui = UI(quiet)
     with handled(ui), Printer(ui) as show:
         if features is not None:
-            _refuse_given(ctx, ("report", "near_duplicates"), "with --features: they need the images themselves, not their features")
+            needs_images = "only to a FOLDER, not with --features: the images themselves are needed, not their features"
+            _refuse_given(ctx, ("report", "near_duplicates"), needs_images)
             if head is not None:
                 _refuse_training_options(ctx)
             from imgcluster.scale import assign_store

@@ -72,6 +72,19 @@ class Row:
     confidence: float  # NaN when the CSV has no confidence column
     outlier: bool
     name: str = ""  # the cluster's name (cluster_name column), "" when the CSV has none
+    reason: str = ""  # why it is an outlier (outlier_reason column: far-from-centre, isolated, ...)
+
+
+def names_of_clusters(rows: list[Row]) -> dict[int, str]:
+    """Each cluster's one name: the most common non-empty ``cluster_name`` of its rows (the first
+    seen on a tie). An edited or concatenated CSV can name one cluster differently on some rows;
+    export, report and evaluate must still show it once, under one name."""
+    tally: dict[int, dict[str, int]] = {}
+    for row in rows:
+        if row.name:
+            seen = tally.setdefault(row.cluster, {})
+            seen[row.name] = seen.get(row.name, 0) + 1
+    return {k: max(seen, key=lambda name: seen[name]) for k, seen in tally.items()}
 
 
 @contextmanager
@@ -160,7 +173,9 @@ def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
         confidence = float(raw) if raw not in (None, "") else math.nan
     except ValueError:
         raise ImgclusterError(f"{where}: confidence {raw!r} is not a number") from None
-    return Row(name, cluster, confidence, _truthy(record.get("outlier")), record.get("cluster_name") or "")
+    outlier = _truthy(record.get("outlier"))
+    reason = (record.get("outlier_reason") or "") if outlier else ""
+    return Row(name, cluster, confidence, outlier, record.get("cluster_name") or "", reason)
 
 
 def _cluster(text: str | None) -> int | None:

@@ -16,12 +16,13 @@ import filecmp
 import os
 import re
 import shutil
+import unicodedata
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcluster.csvfile import read_assignments
+from imgcluster.csvfile import names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.progress import ProgressFn, Reporter, count
 from imgcluster.report.paths import refusal
@@ -51,7 +52,8 @@ class ExportResult:
 def folder_name(cluster: int, name: str, width: int) -> str:
     """``03-sandal-running-shoe``: the cluster id (zero-padded, so folders sort) and its name, made
     safe for any file system (ASCII letters, digits and ``-``; a name may come from anyone's CSV)."""
-    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:NAME_LIMIT].strip("-")
+    ascii_name = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")  # "Crème" -> "Creme", not "Cr-me"
+    slug = re.sub(r"[^a-z0-9]+", "-", ascii_name.lower()).strip("-")[:NAME_LIMIT].strip("-")
     number = f"{cluster:0{width}d}"
     return f"{number}-{slug}" if slug else number
 
@@ -92,6 +94,7 @@ def export(
     result = ExportResult(target)
     place = _placer(mode, result, target)
     width = max(2, len(str(max(r.cluster for r in rows))))
+    names = names_of_clusters(rows)  # one folder per cluster, even where rows disagree on its name
     report = Reporter(progress, "export")
     plan: list[tuple[str, Path]] = []  # (path in the image folder, the folder in the export it goes to)
     for row in rows:
@@ -99,7 +102,7 @@ def export(
         if why:
             result.refused.append((row.path, why))
             continue
-        plan.append((row.path, Path(OUTLIERS if row.outlier else folder_name(row.cluster, row.name, width))))
+        plan.append((row.path, Path(OUTLIERS if row.outlier else folder_name(row.cluster, names.get(row.cluster, ""), width))))
     plan += _duplicates(csv_path, {rel for rel, _ in plan})
     report.start(len(plan), "export")
     for rel, where in plan:

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcluster.csvfile import read_assignments
+from imgcluster.csvfile import names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.listing import list_images
 from imgcluster.matching import best_matching
@@ -98,7 +98,7 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
     y = np.array([truth[p] for p in matched_paths])
     c = clusters[keep]
     metrics = score(y, c)
-    names = {r.cluster: r.name for r in rows if r.name}
+    names = names_of_clusters(rows)
     per_cluster = []
     for k in np.unique(c):
         members = y[c == k]

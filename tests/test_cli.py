@@ -45,6 +45,25 @@ def test_help_shows_no_type_after_flags_and_plain_arguments(command: str) -> Non
     assert command != "evaluate" or usage.rstrip().endswith("CSV LABELLED_FOLDER")
 
 
+@pytest.mark.parametrize("command", ["embed", "train", "assign"])
+def test_help_keeps_square_brackets_that_are_not_markup(command: str) -> None:
+    """Rich reads ``[onnx]`` as a style tag and drops it, so an unescaped ``imgcluster[onnx]`` showed as
+    "the extra imgcluster"."""
+    result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert "imgcluster[onnx]" in result.stdout
+
+
+def test_options_that_need_the_images_are_refused_with_features_in_words_that_say_so(tmp_path: Path) -> None:
+    """The line read "--near-duplicates applies with --features", the opposite of what it meant."""
+    result = invoke("assign", "--features", tmp_path / "store", "--near-duplicates", "0.9", "--report")
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        "error: --report, --near-duplicates apply only to a FOLDER, not with --features: the images themselves are needed, "
+        "not their features"
+    ]
+
+
 def test_root_help_and_version() -> None:
     assert "assign" in invoke("--help").stdout
     assert invoke("--version").stdout.startswith("imgcluster ")

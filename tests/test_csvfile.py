@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from imgcluster.assign import Assignment
 from imgcluster.cli import app
-from imgcluster.csvfile import escape_cell, read_assignments, unescape_cell, write_assignments
+from imgcluster.csvfile import Row, escape_cell, names_of_clusters, read_assignments, unescape_cell, write_assignments
 from imgcluster.duplicates import DuplicateGroup, write_duplicates
 from imgcluster.errors import ImgclusterError
 from imgcluster.pipeline import write_skipped
@@ -183,3 +183,9 @@ def test_a_csv_write_that_is_not_killed_is_complete(tmp_path: Path) -> None:
     write_in_child(target, 5).wait(timeout=120)
     assert write_in_child(target, 200_000).wait(timeout=300) == 0
     assert len(read_assignments(target)) == 200_000 and list(tmp_path.iterdir()) == [target]
+
+
+def test_each_cluster_has_one_name_its_rows_most_common() -> None:
+    named = [("a", 0, ""), ("b", 0, "shoe"), ("c", 0, "boot"), ("d", 0, "boot"), ("e", 1, "x"), ("f", 1, "y"), ("g", 2, "")]
+    rows = [Row(path, cluster, 0.5, False, name) for path, cluster, name in named]
+    assert names_of_clusters(rows) == {0: "boot", 1: "x"}  # a tie goes to the first seen; a cluster without names has none

@@ -109,9 +109,23 @@ def test_rows_outside_the_image_folder_are_refused(assigned: tuple[Path, Path, l
         imgcluster.export(csv_path, folder / "sorted", folder=folder)
 
 
+def test_a_cluster_named_differently_on_some_rows_gets_one_folder(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    """An edited or concatenated CSV: cluster 0's rows say "boot", "boot" and "shoe". Export made a folder per row's name
+    (00-boot and 00-shoe); it is one cluster, so one folder, under its most common name (as the report and evaluate show it)."""
+    folder, _, paths = assigned
+    rows = [(p, i // 3, ["boot", "shoe", "boot", "", "mailbag", "mailbag"][i], 0) for i, p in enumerate(paths)]
+    csv_path = write_csv(tmp_path / "mixed.csv", rows)
+    to = tmp_path / "sorted"
+    assert imgcluster.export(csv_path, to, folder=folder).placed == 6
+    assert sorted(p.name for p in to.iterdir()) == ["00-boot", "01-mailbag"]
+    assert sorted(p.relative_to(to / "00-boot").as_posix() for p in (to / "00-boot").rglob("*.png")) == paths[:3]
+
+
 def test_folder_names_are_safe_for_any_file_system() -> None:
     assert folder_name(3, "sandal, running shoe", 2) == "03-sandal-running-shoe"
-    assert folder_name(3, "../../Évil/na:me*?\n", 3) == "003-vil-na-me"
+    assert folder_name(3, "../../Évil/na:me*?\n", 3) == "003-evil-na-me"  # accents dropped, not the letters under them
+    assert folder_name(4, "footwear: sandal, clog", 2) == "04-footwear-sandal-clog" and folder_name(5, "café crème", 2) == "05-cafe-creme"
+    assert folder_name(6, "日本語", 2) == "06"
     assert folder_name(12, "", 2) == "12" and folder_name(1, "///", 2) == "01"
     assert len(folder_name(0, "x" * 500, 2)) == 63
 

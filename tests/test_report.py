@@ -233,6 +233,30 @@ def test_outlier_column(clustered: Clustered, tmp_path: Path) -> None:
     assert {html.escape(clustered.rows[i]["path"]) for i in flags} <= set(re.findall(r'alt="([^"]*)"', outliers))
 
 
+def test_a_cluster_named_differently_on_some_rows_is_headed_by_its_most_common_name() -> None:
+    rows = [Row(f"{i}.png", 0, 0.5, False, name) for i, name in enumerate(["", "boot", "boot", "shoe"])]
+    assert [v.name for v in plan_clusters(rows, None, 8, 100).views] == ["boot"]  # was the first row's: none
+
+
+def test_the_outliers_section_says_why_each_image_is_one(clustered: Clustered, tmp_path: Path) -> None:
+    """The CSV's outlier_reason (far-from-centre, isolated, both) is in each outlier's caption and tooltip."""
+    reasons = {0: "isolated", 1: "far-from-centre+isolated", 2: "<b>x"}  # a hostile CSV's reason is escaped
+    rows = [{**r, "outlier": "1" if i in reasons else "0", "outlier_reason": reasons.get(i, "")} for i, r in enumerate(clustered.rows)]
+    target = copy_csv(clustered, tmp_path, rows)
+    result = invoke("report", target)
+    assert result.exit_code == 0, result.stderr
+    page = target.with_suffix(".html").read_text(encoding="utf-8")
+    outliers = page.split('id="outliers"', 1)[1]
+    for i, reason in reasons.items():
+        row = clustered.rows[i]
+        assert f"<b>cluster {row['cluster']} · {html.escape(reason)} · " in outliers
+        assert html.escape(f"{row['path']}\ncluster {row['cluster']}, confidence") in outliers
+        assert html.escape(f"\noutlier: {reason}") in outliers
+    assert "<b>x" not in page.replace("<b>cluster", "")
+    clusters = page.split('id="outliers"', 1)[0]
+    assert "isolated" not in clusters  # a cluster's own section shows no reasons
+
+
 def test_the_report_says_how_many_outliers_it_shows(clustered: Clustered, tmp_path: Path) -> None:
     """Outliers are capped like a cluster's images: the page and the CLI say "N of M shown" (74 flagged, 48 shown on real photos)."""
     rows = [{**r, "outlier": "1" if i < 7 else "0"} for i, r in enumerate(clustered.rows)]

@@ -134,6 +134,16 @@ def test_evaluate_shows_cluster_names_when_the_csv_has_them(tmp_path: Path) -> N
     assert header and "name" not in header[0]  # no empty name column without names
 
 
+def test_a_cluster_named_differently_on_some_rows_shows_its_most_common_name(tmp_path: Path) -> None:
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "cat/2.png", "cat/3.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text('"path","cluster","cluster_name"\n"cat/1.png",0,"tabby"\n"cat/2.png",0,"tabby"\n"cat/3.png",0,"lynx"\n')
+    assert [(p.cluster, p.name) for p in evaluate(mixed, folder).per_cluster] == [(0, "tabby")]  # was the last row's "lynx"
+
+
 def test_evaluate_names_the_first_missing_files(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

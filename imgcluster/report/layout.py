@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcluster.csvfile import Row
+from imgcluster.csvfile import Row, names_of_clusters
 from imgcluster.errors import ImgclusterError, ParameterError
 
 DEFAULT_PER_CLUSTER = 48  # most typical images per cluster; a third as many least confident ones join them
@@ -77,6 +77,7 @@ def plan_clusters(rows: list[Row], feats: dict[str, np.ndarray] | None, per_clus
     outliers = sorted((i for i, r in enumerate(rows) if r.outlier), key=lambda i: _conf(rows[i]))
     typical_n, least_n = _allocate([len(members[k]) for k in order], len(outliers), per_cluster, max_images)
     budget = max_images
+    names = names_of_clusters(rows)
     views = []
     for k in order:
         idx = members[k]
@@ -90,7 +91,7 @@ def plan_clusters(rows: list[Row], feats: dict[str, np.ndarray] | None, per_clus
             budget -= len(typical) + len(least)
         confidences = [rows[i].confidence for i in idx if not math.isnan(rows[i].confidence)]
         mean = float(np.mean(confidences)) if confidences else math.nan
-        views.append(ClusterView(k, len(idx), mean, typical, least, name=rows[idx[0]].name))
+        views.append(ClusterView(k, len(idx), mean, typical, least, name=names.get(k, "")))
     return Plan(views, outliers[: min(typical_n, max(budget, 0))], typical_n, least_n)
 
 

@@ -93,8 +93,9 @@ class _Page:
     def figure(self, row: Row, path: Path, show_cluster: bool = False) -> None:
         name = html.escape(row.path)
         conf = "–" if math.isnan(row.confidence) else f"{row.confidence:.2f}"
-        label = f"cluster {row.cluster} · " if show_cluster else ""
-        tip = html.escape(f"{row.path}\ncluster {row.cluster}, confidence {conf}")
+        why = f" · {row.reason}" if show_cluster and row.reason else ""  # the outliers section says why each is one
+        label = f"cluster {row.cluster}{why} · " if show_cluster else ""
+        tip = html.escape(f"{row.path}\ncluster {row.cluster}, confidence {conf}" + (f"\noutlier: {row.reason}" if why else ""))
         short = html.escape(row.path.rsplit("/", 1)[-1])  # the full path is in the tooltip
         caption = f'<figcaption title="{tip}"><b>{html.escape(label)}{conf}</b> {short}</figcaption>'
         thumb = self.thumbs.get(path, Thumb(None, problem="missing"))

@@ -133,8 +133,8 @@ def embed_to_store(
     )
     report = Reporter(progress, "embed")
     src = open_source(source)
-    if manifest is not None:
-        sources.manifest_rows(manifest)  # its footers checked before a model is built for nothing
+    if manifest is not None and not sources.manifest_rows(manifest):  # its footers checked before a model is built for nothing
+        raise ParameterError(f"the {{manifest}} {manifest} lists no files")  # as a SOURCE that holds no images
     report.at("model").info(f"loading the model ({model}) ...")
     backbone_name, meta = _describe_model(model, weights, num_gpus, config, report)
     store = featurestore.open_store(features_out, meta)

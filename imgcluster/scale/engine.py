@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+import socket
 import threading
 from collections.abc import Iterator
 from types import ModuleType
@@ -23,6 +24,10 @@ RAY_MISSING = "the Ray engine needs the 'ray' extra: pip install 'imgcluster[ray
 # which crowds out the embedding processes on a small machine; decoded batches are uint8 and
 # consumed as they come (a batch of 256 images of 224x224 is 38 MB), so a fixed gigabyte is ample.
 LOCAL_OBJECT_STORE_BYTES = 1 << 30
+# The start of ray.init's error for "auto" when no cluster runs here.
+NO_CLUSTER = "Could not find any running Ray instance"
+# How long to wait for a TCP answer from a cluster's address before ``ray.init`` is let near it.
+PROBE_SECONDS = 10.0
 
 
 def import_ray() -> ModuleType:
@@ -47,6 +52,20 @@ def require_ray() -> None:
             found = False
         if not found:
             raise ImgclusterError(RAY_MISSING)
+
+
+def _unreachable(address: str) -> str | None:
+    """Why nothing answers at ``[ray://]host:port`` (None when something does, or the address is no
+    host:port): ``ray.init`` retries a dead address for minutes, printing its own log lines, where
+    one connection attempt says in seconds that nobody listens there."""
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None  # "auto", or something Ray itself will refuse with its own reason
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_SECONDS):
+            return None
+    except OSError as exc:
+        return f"nothing answers at {host}:{port} ({exc.strerror or str(exc) or type(exc).__name__})"
 
 
 def _python_signal_handlers() -> dict[int, Any]:
@@ -88,6 +107,9 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
     if address is None:  # "local": a new instance even where `ray start` runs one that ray.init() would join
         kwargs.update(address="local", num_cpus=num_cpus, object_store_memory=LOCAL_OBJECT_STORE_BYTES)
     else:
+        why = _unreachable(address)
+        if why is not None:
+            raise ImgclusterError(f"cannot connect to the Ray cluster at {address}: {why}")
         kwargs["address"] = address
     handlers = _python_signal_handlers()
     try:
@@ -95,6 +117,8 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray instance"
         detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if address == "auto" and detail.startswith(NO_CLUSTER):  # Ray's advice names its own `--address` flag
+            detail = "no Ray cluster runs on this machine (`ray start` starts one; without {address} a local Ray is started)"
         raise ImgclusterError(f"cannot connect to {where}: {detail}") from None
     for signum, handler in handlers.items():  # Ray's core worker took SIGTERM over (it aborts the process): give it back
         signal.signal(signum, handler)

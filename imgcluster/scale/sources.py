@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
-from imgcluster.errors import ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.featurestore import MANIFEST_NAME, resolve, write_parquet_file
 from imgcluster.listing import IMAGE_EXTENSIONS, OUTPUT_MARKER, list_images
 
@@ -76,7 +76,10 @@ def open_source(source: str) -> Source:
     import pyarrow.fs as pafs
 
     fs, root = resolve(source)
-    info = fs.get_file_info(root)
+    try:
+        info = fs.get_file_info(root)
+    except OSError as exc:  # an unreachable or unnamed bucket ("s3://"): one line, as resolve says it, not an unexpected error
+        raise ImgclusterError(f"cannot open {source}: {exc}") from None
     is_object_store = source.startswith(OBJECT_SCHEMES)
     if info.type == pafs.FileType.NotFound and not is_object_store:  # an object prefix is no object of its own
         raise ParameterError(f"{{source}} {source} does not exist")
@@ -182,7 +185,11 @@ def _level_entries(source: Source, prefix: str, follow_symlinks: bool, stat: boo
     fs, root = _filesystem(source.uri)
     scheme = source.uri.split("://", 1)[0]
     where = posixpath.join(root, prefix) if prefix else root
-    for info in fs.get_file_info(pafs.FileSelector(where, recursive=False, allow_not_found=True)):
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(where, recursive=False, allow_not_found=True))
+    except OSError as exc:  # an unreachable store, or no bucket named ("s3://" lists the account's buckets)
+        raise ImgclusterError(f"cannot list {source.uri}: {exc}") from None
+    for info in infos:
         rel = posixpath.relpath(info.path, root)
         if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
             yield Folder(rel, False)

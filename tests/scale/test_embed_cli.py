@@ -61,6 +61,28 @@ def test_a_manifest_without_the_needed_columns_is_one_line_before_any_model(tmp_
     ]
 
 
+def test_an_empty_manifest_is_one_line_before_any_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """It ran the whole job and reported "embedded 0" with exit 0, where a SOURCE holding no images is exit 2."""
+    pa = pytest.importorskip("pyarrow", reason="needs the 'ray' extra")
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    import pyarrow.parquet as pq
+
+    import imgcluster.backbones
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was built for an empty manifest")
+
+    monkeypatch.setattr(imgcluster.backbones, "create_backbone", no_model)
+    manifest = tmp_path / "manifest.parquet"
+    empty = {"path": pa.array([], pa.string()), "size": pa.array([], pa.int64()), "mtime_ns": pa.array([], pa.int64())}
+    pq.write_table(pa.table(empty), manifest)
+    args = ["embed", str(tmp_path), "--engine", "ray", "--features-out", str(tmp_path / "f"), "--manifest", str(manifest)]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert result.stderr.strip().splitlines() == [f"error: the --manifest {manifest} lists no files"]
+    assert not (tmp_path / "f").exists()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("signame", "stall"), [("SIGTERM", ""), ("SIGINT", "4:hang")])
 def test_a_signal_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Path, signame: str, stall: str) -> None:

@@ -12,7 +12,7 @@ import pytest
 from imagefolders import CLASSES, SAMPLE, copy_sample
 
 from imgcluster import featurestore as fst
-from imgcluster.errors import ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.scale import sources
 
 pa = pytest.importorskip("pyarrow", reason="the Ray engine's sources need pyarrow (the 'ray' extra)")
@@ -168,6 +168,25 @@ def bucket(s3_server: str, tmp_path_factory: pytest.TempPathFactory) -> str:
     with fs.open_output_stream("photos/in/.cache/x.png") as out:
         out.write(b"hidden")
     return "s3://photos/in"
+
+
+def test_a_bucket_that_cannot_be_reached_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`embed s3:// --engine ray` (no bucket, offline) ended in "unexpected OSError: When listing buckets: ..."."""
+
+    class Unreachable:
+        def get_file_info(self, path: str) -> None:
+            raise OSError("When listing buckets: AWS Error NETWORK_CONNECTION during ListBuckets operation")
+
+    why = "When listing buckets: AWS Error NETWORK_CONNECTION during ListBuckets operation"
+    monkeypatch.setattr(sources, "resolve", lambda uri: (Unreachable(), "/"))
+    with pytest.raises(ImgclusterError) as info:
+        sources.open_source("s3://")
+    assert type(info.value) is ImgclusterError  # exit 1: the machine cannot reach it, not a mistake in what was typed
+    assert str(info.value) == f"cannot open s3://: {why}"
+    monkeypatch.setattr(sources, "_filesystem", lambda uri: (Unreachable(), "/"))  # the root's info needs no network; its listing does
+    with pytest.raises(ImgclusterError) as info:
+        sources.split_listing(sources.Source("s3://", "/", relative=False), 8)
+    assert type(info.value) is ImgclusterError and str(info.value) == f"cannot list s3://: {why}"
 
 
 def test_a_prefix_is_listed_with_full_uris(bucket: str) -> None:

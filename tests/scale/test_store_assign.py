@@ -113,7 +113,7 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
     for args, message in [
         (["assign", str(SAMPLE), "--features", uri], "give FOLDER or --features, not both"),
         (["assign", "--features", uri, "--model", "efficientnet-lite0"], "--model applies to embedding a FOLDER"),
-        (["assign", "--features", uri, "--near-duplicates", "0.9"], "--near-duplicates applies with --features"),
+        (["assign", "--features", uri, "--near-duplicates", "0.9"], "--near-duplicates applies only to a FOLDER, not with --features"),
         (["assign", str(SAMPLE), "--engine", "ray"], "--engine applies only with --features"),
         (["train", str(SAMPLE), "--train-sample", "100"], "--train-sample applies only with --features"),
         (["assign", "--features", uri, "--engine", "spark"], "--engine must be local or ray"),
