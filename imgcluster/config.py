@@ -61,6 +61,7 @@ class AssignConfig:
     head: str | None = None
     explain: bool = False
     raw_csv: bool = False  # CSV cells written without the formula escape (see imgcluster.csvfile)
+    names: bool = True  # a cluster_name column was written (False: asked for none)
 
 
 @dataclass

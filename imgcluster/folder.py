@@ -105,7 +105,8 @@ class Assignment:
                 "threshold": self.near_duplicates, "groups": len(self.duplicates), "images": images, "kinds": self.duplicate_kinds(),
                 "csv": _str(where),
             }  # fmt: skip
-        assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", str(self.head), self.explain, raw_csv)
+        names = "cluster_name" in self.columns
+        assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", str(self.head), self.explain, raw_csv, names)
         return {
             "assign": assign,
             "embed": self.embeddings.config,

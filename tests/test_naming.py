@@ -77,6 +77,7 @@ def test_cluster_folder_names_each_cluster(shared_cache: Path, tmp_path: Path) -
     sidecar = json.loads((tmp_path / "out.csv.json").read_text())
     assert result.cluster_names == expected
     assert sidecar["result"]["cluster_names"] == {str(k): v for k, v in expected.items()}
+    assert sidecar["assign"]["names"] is True
     plain = imgcluster.cluster_folder(folder, n_clusters=3, cache_dir=shared_cache, names=False, **MODEL)
     assert "cluster_name" not in plain.columns and plain.cluster_names == {}
 
@@ -87,7 +88,8 @@ def test_cli_no_names(small_folder: Path, shared_cache: Path, tmp_path: Path) ->
     result = CliRunner().invoke(app, [str(a) for a in args])
     assert result.exit_code == 0, result.stderr
     assert out.read_text().splitlines()[0] == '"path","cluster","confidence","outlier","outlier_reason"'
-    assert "cluster_names" not in json.loads((tmp_path / "plain.csv.json").read_text())["result"]
+    sidecar = json.loads((tmp_path / "plain.csv.json").read_text())
+    assert "cluster_names" not in sidecar["result"] and sidecar["assign"]["names"] is False  # the sidecar says it was asked for
 
 
 def test_another_backbone_is_named_by_one_extra_lite0_pass(tmp_path: Path) -> None:

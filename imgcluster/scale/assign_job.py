@@ -374,7 +374,7 @@ def assign_store(
 
             written["parquet"] = parquet_path(beside)
             source = sample.meta.source
-            assign = AssignConfig(source, out_text, str(head_path), explain, raw_csv)
+            assign = AssignConfig(source, out_text, str(head_path), explain, raw_csv, use_names)
             written["sidecar"] = write_sidecar(
                 sidecar_path(beside), assign=assign, features=sample.describe(), train=train, backbone=sample.meta.identity,
                 compute=sample.meta.compute, head={"path": str(head_path), "objective": trained.name, "clusters": trained.n_clusters},

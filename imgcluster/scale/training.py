@@ -135,6 +135,8 @@ def head_for_store(
 
     if len(sample.paths) < 2:
         raise ImgclusterError("need at least two images to cluster")
+    if isinstance(estimator.n_clusters, int) and estimator.n_clusters > len(sample.paths):  # before the kNN and "training ..."
+        raise ParameterError(f"{{n_clusters}} {estimator.n_clusters} is larger than the number of images ({len(sample.paths)})")
     neighbours = None
     partitioned = len(sample.paths) > knn_threshold
     if partitioned:

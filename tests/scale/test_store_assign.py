@@ -78,6 +78,15 @@ def _without_isolation(reason: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
+def test_more_clusters_than_rows_is_refused_before_any_training(store: tuple[str, Path], tmp_path: Path) -> None:
+    uri, _ = store
+    events: list[imgcluster.Event] = []
+    with pytest.raises(imgcluster.ParameterError, match=r"n_clusters 200 is larger than the number of images \(125\)"):
+        train_from_store(uri, n_clusters=200, out=tmp_path / "h.safetensors", progress=events.append)
+    assert not [e for e in events if e.stage in ("knn", "train")], events  # said before any training line
+    assert not (tmp_path / "h.safetensors").exists()
+
+
 def test_a_head_trained_on_a_sample_labels_every_row(store: tuple[str, Path], tmp_path: Path) -> None:
     uri, _ = store
     events: list[str] = []
