@@ -339,12 +339,7 @@ def _assign(
         )
     found = mark_outliers(prediction, embeddings.features, min_confidence, use_gpu=device.type == "cuda")
     n = len(embeddings.paths)
-    low = f"{int(found.low_confidence.sum())} below {{min_confidence}} {min_confidence}, " if min_confidence > 0 else ""
-    isolated = f", {int(found.isolated.sum())} isolated from the rest" if np.isfinite(found.isolation_threshold) else ""
-    report.info(
-        f"{count(found.count, 'outlier')} of {n} ({100 * found.count / max(1, n):.0f}%): "
-        f"{low}{int(found.far_from_centre.sum())} far from their cluster's centre{isolated}"
-    )
+    report.info(f"{count(found.count, 'outlier')} of {n} ({100 * found.count / max(1, n):.0f}%): {_outlier_tally(found, min_confidence)}")
     duplicates = None
     if near_duplicates is not None:
         from imgcluster.duplicates import find_near_duplicates
@@ -353,6 +348,23 @@ def _assign(
         duplicates = find_near_duplicates(embeddings.features, near_duplicates, use_gpu=device.type == "cuda", files=files)
     columns = {"cluster": prediction.cluster, "confidence": prediction.confidence, **dict(sorted(prediction.extra.items()))}
     return {"columns": columns, "outliers": found, "duplicates": duplicates}
+
+
+def _outlier_tally(found: Outliers, min_confidence: float) -> str:
+    """What each outlier test found, naming only the tests that ran (a small folder's clusters get none)."""
+    from imgcluster.outliers import ISOLATION_K_MIN, MIN_CLUSTER_SIZE
+
+    parts = [f"{int(found.low_confidence.sum())} below {{min_confidence}} {min_confidence}"] if min_confidence > 0 else []
+    if any(np.isfinite(t) for t in found.thresholds.values()):
+        parts.append(f"{int(found.far_from_centre.sum())} far from their cluster's centre")
+    if np.isfinite(found.isolation_threshold):
+        parts.append(f"{int(found.isolated.sum())} isolated from the rest")
+    if not parts:
+        parts.append(
+            f"too few images for the outlier tests (a cluster needs {MIN_CLUSTER_SIZE} for the distance test, "
+            f"the folder {2 * ISOLATION_K_MIN} for the isolation test)"
+        )
+    return ", ".join(parts)
 
 
 def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: ProgressFn | None) -> np.ndarray | None:

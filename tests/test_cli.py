@@ -80,7 +80,12 @@ def test_assign_pipeline_writes_csv_sidecar_and_skipped(messy_folder: Path, shar
     assert result.exit_code == 0, result.stderr
     assert result.stdout == ""  # data went to the file, logs to stderr
     assert "skipped 3 unreadable files" in result.stderr and f"wrote 18 assignments to {out}" in result.stderr
-    assert "far from their cluster's centre" in result.stderr and "isolated" not in result.stderr  # too few images to test
+    # 18 images in 3 clusters: no cluster of 10 for the distance test, no 20 images for the isolation test, and the line says so
+    assert (
+        "0 outliers of 18 (0%): too few images for the outlier tests (a cluster needs 10 for the distance test, "
+        "the folder 20 for the isolation test)"
+    ) in result.stderr
+    assert "far from their cluster's centre" not in result.stderr and "isolated" not in result.stderr
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
     assert list(rows[0])[:3] == ["path", "cluster", "confidence"] and "outlier" in rows[0]
     assert len(rows) == 18 and "ünïcødé 名前.webp" in {r["path"] for r in rows}
