@@ -38,11 +38,11 @@ from imgcluster.neighbours import knn_search
 from imgcluster.outliers import (
     DEFAULT_MIN_CONFIDENCE,
     MAD_FLOOR,
-    MAD_TO_SD,
     find_outliers,
     isolation_k,
     isolation_threshold,
     local_outlier_factor,
+    robust_limit,
 )
 from imgcluster.train import train_objective
 
@@ -56,8 +56,7 @@ def isolated(x: np.ndarray, k: int = 10, mad_factor: float = 3.0) -> np.ndarray:
     indices, sims = knn_search(x, k)
     spread = np.clip(1.0 - sims.mean(1), MAD_FLOOR, 2.0)
     ratio = spread / np.median(spread[indices], axis=1)
-    median = np.median(ratio)
-    return ratio > median + mad_factor * MAD_TO_SD * max(float(np.median(np.abs(ratio - median))), 0.02)
+    return ratio > robust_limit(ratio, mad_factor, 0.02)
 
 
 def rules(x: np.ndarray, cluster: np.ndarray, confidence: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,8 +110,7 @@ def kth_neighbour_rule(x: np.ndarray, mad_factor: float = 3.0) -> np.ndarray:
     k = max(5, round(0.02 * len(x)))
     _, sims = knn_search(x, k)
     d = 1.0 - sims[:, -1]
-    median = np.median(d)
-    return d > median + mad_factor * MAD_TO_SD * max(float(np.median(np.abs(d - median))), MAD_FLOOR)
+    return d > robust_limit(d, mad_factor, MAD_FLOOR)
 
 
 def trimmed_centre_rule(x: np.ndarray, cluster: np.ndarray, mad_factor: float = 3.0) -> np.ndarray:
@@ -128,8 +126,7 @@ def trimmed_centre_rule(x: np.ndarray, cluster: np.ndarray, mad_factor: float = 
         d = 1.0 - z[members] @ (centre / np.linalg.norm(centre))
         centre = z[members][d <= np.median(d)].mean(0)
         d = 1.0 - z[members] @ (centre / np.linalg.norm(centre))
-        median = np.median(d)
-        flags[members] = d > median + mad_factor * MAD_TO_SD * max(float(np.median(np.abs(d - median))), MAD_FLOOR)
+        flags[members] = d > robust_limit(d, mad_factor, MAD_FLOOR)
     return flags
 
 
@@ -161,8 +158,7 @@ def geometric_median_rule(x: np.ndarray, cluster: np.ndarray, mad_factor: float 
             weight = 1.0 / np.maximum(np.linalg.norm(z[members] - centre, axis=1), 1e-9)
             centre = (z[members] * weight[:, None]).sum(0) / weight.sum()
         d = 1.0 - z[members] @ (centre / np.linalg.norm(centre))
-        median = np.median(d)
-        flags[members] = d > median + mad_factor * MAD_TO_SD * max(float(np.median(np.abs(d - median))), MAD_FLOOR)
+        flags[members] = d > robust_limit(d, mad_factor, MAD_FLOOR)
     return flags
 
 
@@ -179,8 +175,7 @@ def iterated_rule(x: np.ndarray, cluster: np.ndarray, mad_factor: float = 3.0, r
         for _ in range(rounds):
             centre = z[members][keep].mean(0)
             d = 1.0 - z[members] @ (centre / np.linalg.norm(centre))
-            median = np.median(d[keep])
-            inliers = d <= median + mad_factor * MAD_TO_SD * max(float(np.median(np.abs(d[keep] - median))), MAD_FLOOR)
+            inliers = d <= robust_limit(d[keep], mad_factor, MAD_FLOOR)
             if np.array_equal(inliers, keep):
                 break
             keep = inliers

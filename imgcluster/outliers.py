@@ -147,17 +147,18 @@ def centre_distances(features: np.ndarray, clusters: np.ndarray) -> tuple[np.nda
     return np.clip(distance, 0.0, 2.0), centres
 
 
+def robust_limit(values: np.ndarray, factor: float, mad_floor: float) -> float:
+    """``median + factor · 1.4826 · max(MAD, mad_floor)`` of ``values``: a three-sigma rule that a few strays cannot widen."""
+    median = np.median(values)
+    return float(median + factor * MAD_TO_SD * max(float(np.median(np.abs(values - median))), mad_floor))
+
+
 def robust_thresholds(distance: np.ndarray, clusters: np.ndarray, mad_factor: float = DEFAULT_MAD_FACTOR) -> dict[int, float]:
-    """Per cluster ``median + mad_factor · 1.4826 · max(MAD, MAD_FLOOR)``; ``inf`` for tiny clusters."""
+    """Per cluster :func:`robust_limit` of the distances (floor ``MAD_FLOOR``); ``inf`` for tiny clusters."""
     thresholds: dict[int, float] = {}
     for k in np.unique(clusters):
         d = distance[clusters == k].astype(np.float64)
-        if d.size < MIN_CLUSTER_SIZE:
-            thresholds[int(k)] = float("inf")
-            continue
-        median = float(np.median(d))
-        mad = max(float(np.median(np.abs(d - median))), MAD_FLOOR)
-        thresholds[int(k)] = median + mad_factor * MAD_TO_SD * mad
+        thresholds[int(k)] = float("inf") if d.size < MIN_CLUSTER_SIZE else robust_limit(d, mad_factor, MAD_FLOOR)
     return thresholds
 
 
@@ -183,11 +184,8 @@ def local_outlier_factor(features: np.ndarray, k: int, use_gpu: bool = False) ->
 def isolation_threshold(
     lof: np.ndarray, factor: float = ISOLATION_FACTOR, mad_floor: float = ISOLATION_MAD_FLOOR, min_lof: float = ISOLATION_MIN_LOF
 ) -> float:
-    """``exp(median + factor · 1.4826 · max(MAD, mad_floor))`` of the log LOF, at least ``min_lof``."""
-    s = np.log(lof.astype(np.float64))
-    median = float(np.median(s))
-    mad = max(float(np.median(np.abs(s - median))), mad_floor)
-    return max(float(np.exp(median + factor * MAD_TO_SD * mad)), min_lof)
+    """``exp`` of the log LOF's :func:`robust_limit`, at least ``min_lof``."""
+    return max(float(np.exp(robust_limit(np.log(lof.astype(np.float64)), factor, mad_floor))), min_lof)
 
 
 def check_min_confidence(min_confidence: float) -> None:
