@@ -64,6 +64,12 @@ def parse_clusters(value: str | int) -> int | None:
     return k
 
 
+def check_clusters_fit(k: int, images: int) -> None:
+    """K clusters need at least K images: said before any work (folder, store sample) and again by training itself."""
+    if k > images:
+        raise ParameterError(f"{{n_clusters}} {k} is larger than the number of images ({images})")
+
+
 def check_inputs(
     folder: str | os.PathLike[str],
     model: str,
@@ -93,6 +99,6 @@ def check_inputs(
         raise ImgclusterError(f"no images found in {where} (looked for {looked_for}){others}")
     if n_clusters is not None and found < 2:
         raise ImgclusterError(f"need at least two images to cluster, and {where} holds one")
-    if k is not None and k > found:
-        raise ParameterError(f"{{n_clusters}} {k} is larger than the number of images ({found})")
+    if k is not None:
+        check_clusters_fit(k, found)
     return listing

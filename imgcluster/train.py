@@ -14,6 +14,7 @@ from imgcluster.config import TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import Batch, Objective, create_objective
+from imgcluster.preflight import check_clusters_fit
 
 
 @dataclass
@@ -58,8 +59,7 @@ def train_objective(
     n, dim = features.shape
     if config.clusters < 2:
         raise ParameterError(f"{{n_clusters}} must be at least 2, got {config.clusters}")
-    if config.clusters > n:
-        raise ParameterError(f"{{n_clusters}} {config.clusters} is larger than the number of images ({n})")
+    check_clusters_fit(config.clusters, n)
     features = l2_normalise(features)  # every objective works on unit vectors
     generator = seed_everything(config.seed)
     objective = create_objective(config.objective, dim, config.clusters, config.objective_options).to(device)

@@ -22,6 +22,7 @@ import numpy as np
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.preflight import check_clusters_fit
 from imgcluster.progress import ProgressFn, Reporter, count
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
@@ -135,8 +136,8 @@ def head_for_store(
 
     if len(sample.paths) < 2:
         raise ImgclusterError("need at least two images to cluster")
-    if isinstance(estimator.n_clusters, int) and estimator.n_clusters > len(sample.paths):  # before the kNN and "training ..."
-        raise ParameterError(f"{{n_clusters}} {estimator.n_clusters} is larger than the number of images ({len(sample.paths)})")
+    if isinstance(estimator.n_clusters, int):  # before the kNN and "training ..."
+        check_clusters_fit(estimator.n_clusters, len(sample.paths))
     neighbours = None
     partitioned = len(sample.paths) > knn_threshold
     if partitioned:
