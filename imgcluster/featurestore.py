@@ -338,10 +338,21 @@ def _read_part(fs: pafs.FileSystem, part: _Part, columns: list[str], schema: pa.
             if not table.schema.field(name).type.equals(schema.field(name).type):
                 raise ValueError(f"column {name} is {table.schema.field(name).type}, expected {schema.field(name).type}")
     except (OSError, ValueError, KeyError) as exc:
-        if on_problem is not None:
-            on_problem(f"{part.path}: unreadable, ignored ({type(exc).__name__}: {exc})")
+        _ignored(part, exc, on_problem)
         return None
     return table
+
+
+def _ignored(part: _Part, exc: Exception, on_problem: ProblemFn | None) -> None:
+    """Report a torn or foreign file that a read skips."""
+    if on_problem is not None:
+        on_problem(f"{part.path}: unreadable, ignored ({type(exc).__name__}: {exc})")
+
+
+def _paths_and_features(table: pa.Table, dim: int) -> tuple[list[str], np.ndarray]:
+    """A table of rows' ``path`` list and float16 ``feature`` matrix [n, dim]."""
+    flat = table.column("feature").combine_chunks().values.to_numpy(zero_copy_only=False)
+    return table.column("path").to_pylist(), np.asarray(flat, dtype=np.float16).reshape(table.num_rows, dim)
 
 
 def _latest_rows(tables: list[tuple[int, pa.Table]]) -> dict[str, tuple[int, int]]:
@@ -409,9 +420,7 @@ def _bucket_rows(fs: pafs.FileSystem, folder: str, dim: int, on_problem: Problem
         if table is None:  # became unreadable between the two reads
             continue
         rows = sorted(keep[t])
-        taken = table.take(rows)
-        flat = taken.column("feature").combine_chunks().values.to_numpy(zero_copy_only=False)
-        yield taken.column("path").to_pylist(), np.asarray(flat, dtype=np.float16).reshape(len(rows), dim)
+        yield _paths_and_features(table.take(rows), dim)
 
 
 def iter_batches(uri: str, batch_rows: int = 65536, on_problem: ProblemFn | None = None) -> Iterator[tuple[list[str], np.ndarray]]:
@@ -496,8 +505,7 @@ def footer_rows(uri: str, folder: str, on_problem: ProblemFn | None = None) -> i
             with fs.open_input_file(part.path) as handle:
                 total += pq.read_metadata(handle).num_rows
         except (OSError, ValueError) as exc:
-            if on_problem is not None:
-                on_problem(f"{part.path}: unreadable, ignored ({type(exc).__name__}: {exc})")
+            _ignored(part, exc, on_problem)
     return total
 
 
@@ -548,12 +556,9 @@ def _read_rows(
         if not table.schema.field("feature").type.equals(schema.field("feature").type):
             raise ValueError(f"column feature is {table.schema.field('feature').type}, expected {schema.field('feature').type}")
     except (OSError, ValueError, KeyError, IndexError) as exc:
-        if on_problem is not None:
-            on_problem(f"{part.path}: unreadable, ignored ({type(exc).__name__}: {exc})")
+        _ignored(part, exc, on_problem)
         return None
     starts = ends - np.asarray(sizes)
     offset = np.cumsum([0] + [sizes[g] for g in groups[:-1]])  # where each read group begins in ``table``
     local = [int(offset[np.searchsorted(groups, g)] + r - starts[g]) for r, g in zip(rows, np.searchsorted(ends, rows, side="right"))]
-    taken = table.take(local)
-    flat = taken.column("feature").combine_chunks().values.to_numpy(zero_copy_only=False)
-    return taken.column("path").to_pylist(), np.asarray(flat, dtype=np.float16).reshape(len(local), dim)
+    return _paths_and_features(table.take(local), dim)
