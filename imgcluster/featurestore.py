@@ -14,6 +14,7 @@ pyarrow is imported inside the functions, so importing this module costs nothing
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -88,7 +89,26 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
         fs, path = pafs.FileSystem.from_uri(uri)
     except (ValueError, OSError) as exc:
         raise ImgclusterError(f"cannot open {uri}: {exc}") from None
-    return fs, path.rstrip("/") or "/"
+    return _bounded(fs, uri), path.rstrip("/") or "/"
+
+
+# An unreachable object store fails each call within bounded time, rather than in pyarrow's
+# defaults: a gs:// call retried for 15 minutes (a SIGTERM waits for it: the signal's handler runs
+# when the call returns), an s3:// call made by URI retried up to 10 times (about 100 s against an
+# endpoint that accepts and never answers). A gs:// URI's own ``retry_limit_seconds`` wins.
+GCS_RETRY_SECONDS = 60
+S3_ATTEMPTS = 3
+
+
+def _bounded(fs: pafs.FileSystem, uri: str) -> pafs.FileSystem:
+    import pyarrow.fs as pafs
+
+    if isinstance(fs, pafs.GcsFileSystem) and "retry_limit_seconds=" not in uri.partition("?")[2]:
+        options = fs.__reduce__()[1][0]  # the options from_uri resolved, as pickling passes them on
+        return pafs.GcsFileSystem(**{**options, "retry_time_limit": datetime.timedelta(seconds=GCS_RETRY_SECONDS)})
+    if isinstance(fs, pafs.S3FileSystem):
+        return pafs.S3FileSystem(**fs.__reduce__()[1][0], retry_strategy=pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS))
+    return fs
 
 
 def bucket_of(path: str) -> int:

@@ -79,13 +79,18 @@ def open_source(source: str) -> Source:
     try:
         info = fs.get_file_info(root)
     except OSError as exc:  # an unreachable or unnamed bucket ("s3://"): one line, as resolve says it, not an unexpected error
-        raise ImgclusterError(f"cannot open {source}: {exc}") from None
+        raise ImgclusterError(f"cannot open {source}: {_reason(exc)}") from None
     is_object_store = source.startswith(OBJECT_SCHEMES)
     if info.type == pafs.FileType.NotFound and not is_object_store:  # an object prefix is no object of its own
         raise ParameterError(f"{{source}} {source} does not exist")
     if info.type == pafs.FileType.File:
         raise ParameterError(f"{{source}} {source} is a file; give a folder, a prefix, or a list of files as {{manifest}}")
     return Source(source, root, relative=not is_object_store)
+
+
+def _reason(exc: OSError) -> str:
+    """A storage client's message without the GCS client's trailing metadata (it repeats the message)."""
+    return str(exc).split(" error_info={", 1)[0]
 
 
 @dataclass(frozen=True)
@@ -188,7 +193,7 @@ def _level_entries(source: Source, prefix: str, follow_symlinks: bool, stat: boo
     try:
         infos = fs.get_file_info(pafs.FileSelector(where, recursive=False, allow_not_found=True))
     except OSError as exc:  # an unreachable store, or no bucket named ("s3://" lists the account's buckets)
-        raise ImgclusterError(f"cannot list {source.uri}: {exc}") from None
+        raise ImgclusterError(f"cannot list {source.uri}: {_reason(exc)}") from None
     for info in infos:
         rel = posixpath.relpath(info.path, root)
         if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -343,3 +346,60 @@ def test_a_flat_prefix_is_listed_in_ray_tasks_and_the_driver_holds_no_file_row(
         assert kept == (None if source.relative else sources.manifest_folder(out))
         if kept is not None:
             assert table_rows(sources.read_manifest(kept)) == table_rows(whole)
+
+
+@pytest.fixture()
+def silent_endpoint() -> Iterator[str]:
+    """host:port of a server that accepts connections and never answers (a hung or firewalled endpoint)."""
+    import threading
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    accepted: list[socket.socket] = []
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                accepted.append(server.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
+        for conn in accepted:
+            conn.close()
+
+
+def first_look(uri: str, setting: str = "") -> subprocess.CompletedProcess[str]:
+    """Open and list ``uri`` in a child process (what `embed URI --engine ray` does first), killed after 90 s."""
+    code = (
+        f"import imgcluster.featurestore as f; {setting}\n"
+        "from imgcluster.errors import ImgclusterError\nfrom imgcluster.scale import sources\n"
+        f"try:\n    sources.split_listing(sources.open_source({uri!r}), 8)\n"
+        "except ImgclusterError as exc:\n    print(exc)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GOOGLE_"))}
+    env.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=90, env=env)
+
+
+@pytest.mark.parametrize("endpoint", ["closed", "silent"])
+def test_an_unreachable_gcs_is_one_line_in_bounded_time(endpoint: str, silent_endpoint: str) -> None:
+    """pyarrow's GCS client retried for 15 minutes (an offline `embed gs://...` hung, SIGTERM waited)."""
+    host = f"127.0.0.1:{_free_port()}" if endpoint == "closed" else silent_endpoint
+    uri = f"gs://photos/in?endpoint_override={host}&scheme=http"
+    result = first_look(uri, "f.GCS_RETRY_SECONDS = 2")  # the default (60 s) lowered, as a test can afford
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.startswith(f"cannot open {uri}: ") and "error_info" not in line
+
+
+def test_a_hung_s3_endpoint_is_one_line_in_bounded_time(silent_endpoint: str) -> None:
+    """By URI, pyarrow's S3 client retried a call up to 10 times (about 100 s a call here); 3 attempts now."""
+    uri = f"s3://photos/in?endpoint_override={silent_endpoint}&scheme=http"
+    result = first_look(uri)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.startswith(f"cannot open {uri}: ") and "Timeout was reached" in line
