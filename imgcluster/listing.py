@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +46,9 @@ def list_images(
     exclude: tuple[Path, ...] = (),
     unsupported: list[str] | None = None,
     unreachable: list[tuple[str, str]] | None = None,
+    *,
+    within: Path | None = None,
+    links: list[tuple[str, Path]] | None = None,
 ) -> list[ImageFile]:
     """Images under ``root``, sorted by relative path.
 
@@ -58,40 +62,97 @@ def list_images(
     ``follow_symlinks`` is set; each real directory is visited once, so link loops end. Linked
     folders are walked after every real one, so a folder reachable both ways keeps its real path
     (its images keep their names and ``evaluate`` labels whichever link sorts first).
+
+    A listing split into pieces (the Ray engine's) lists each piece with ``within``, the whole
+    listing's root that links are judged against, and ``links``: folders reached through a link
+    are then not walked but appended there as (relative path, path), in the order this walk meets
+    them; :func:`list_linked` walks them all afterwards, as this function would have.
     """
     root = Path(root)
     if not root.is_dir():
         raise NotADirectoryError(str(root))
-    real_root = root.resolve()
-    excluded: set[tuple[int, int]] = set()  # by device and inode: resolving each folder's path costs a stat per level
-    for p in exclude:
-        with contextlib.suppress(OSError):
-            st = p.stat()
-            excluded.add((st.st_dev, st.st_ino))
-    seen_dirs: set[tuple[int, int]] = set()
-    found: list[ImageFile] = []
-    linked: list[tuple[Path, tuple[str, ...]]] = []  # folders reached through a link: walked last
+    walk = _Walk(Path(within or root).resolve(), follow_symlinks, exclude, unsupported, unreachable)
+    walk.walk(root, ())
+    if links is not None:
+        links.extend(("/".join(parts), path) for path, parts in walk.linked)
+    else:
+        walk.walk_linked()
+    walk.found.sort(key=lambda f: f.rel)
+    return walk.found
 
-    def inside_root(p: Path) -> bool:
-        return p == real_root or real_root in p.parents
 
-    def missed(rel_parts: tuple[str, ...], what: str, exc: OSError) -> None:
-        if unreachable is not None:
-            unreachable.append(("/".join(rel_parts) + ("/" if what == "folder" else ""), f"{what} cannot be read: {exc.strerror or exc}"))
+def list_linked(
+    root: Path, links: list[tuple[str, Path]], follow_symlinks: bool, walked: Callable[[Path], bool], limit: int | None = None
+) -> list[ImageFile]:
+    """The images :func:`list_images` finds through links, for a listing whose real folders were
+    listed in pieces: ``links`` in the order the walk met them (see :func:`list_images`), and
+    ``walked``, whether the pieces visited a folder (given its path), in place of the set of
+    visited folders a single walk keeps. Sorted by relative path. With ``limit``, the walk stops
+    soon after finding more than that many (a caller that cannot hold more then lists elsewhere)."""
+    walk = _Walk(Path(root).resolve(), follow_symlinks, (), None, None, walked)
+    walk.linked = [(path, tuple(rel.split("/"))) for rel, path in links]
+    walk.limit = limit
+    walk.walk_linked()
+    walk.found.sort(key=lambda f: f.rel)
+    return walk.found
 
-    def walk(start: Path, start_parts: tuple[str, ...]) -> None:
+
+class _Walk:
+    """One listing's walk: what it found, the folders it visited, the linked folders left for last."""
+
+    def __init__(
+        self,
+        real_root: Path,
+        follow_symlinks: bool,
+        exclude: tuple[Path, ...],
+        unsupported: list[str] | None,
+        unreachable: list[tuple[str, str]] | None,
+        walked: Callable[[Path], bool] | None = None,
+    ) -> None:
+        self.real_root = real_root
+        self.follow_symlinks = follow_symlinks
+        self.unsupported = unsupported
+        self.unreachable = unreachable
+        self.walked = walked
+        self.excluded: set[tuple[int, int]] = set()  # by device and inode: resolving each folder's path costs a stat per level
+        for p in exclude:
+            with contextlib.suppress(OSError):
+                st = p.stat()
+                self.excluded.add((st.st_dev, st.st_ino))
+        self.seen_dirs: set[tuple[int, int]] = set()
+        self.found: list[ImageFile] = []
+        self.linked: list[tuple[Path, tuple[str, ...]]] = []  # folders reached through a link: walked last
+        self.limit: int | None = None
+
+    def inside_root(self, p: Path) -> bool:
+        return p == self.real_root or self.real_root in p.parents
+
+    def missed(self, rel_parts: tuple[str, ...], what: str, exc: OSError) -> None:
+        if self.unreachable is not None:
+            self.unreachable.append(
+                ("/".join(rel_parts) + ("/" if what == "folder" else ""), f"{what} cannot be read: {exc.strerror or exc}")
+            )
+
+    def walk_linked(self) -> None:
+        while self.linked and not self.full():
+            self.walk(*self.linked.pop(0))
+
+    def full(self) -> bool:
+        return self.limit is not None and len(self.found) > self.limit
+
+    def walk(self, start: Path, start_parts: tuple[str, ...]) -> None:
         stack = [(start, start_parts)]
-        while stack:
+        while stack and not self.full():
             directory, rel_parts = stack.pop()
             try:
                 st = directory.stat()
                 key = (st.st_dev, st.st_ino)
-                if key in seen_dirs:
+                if key in self.seen_dirs or (self.walked is not None and self.walked(directory)):
                     continue
-                seen_dirs.add(key)
+                self.seen_dirs.add(key)
                 entries = sorted(os.scandir(directory), key=lambda e: e.name)
             except OSError as exc:
-                missed(rel_parts, "folder", exc)
+                self.missed(rel_parts, "folder", exc)
                 continue
             subfolders: list[tuple[Path, tuple[str, ...]]] = []
             for entry in entries:
@@ -104,33 +165,27 @@ def list_images(
                     is_link = entry.is_symlink()
                     if is_link:
                         target = path.resolve()
-                        if not follow_symlinks and not inside_root(target):
+                        if not self.follow_symlinks and not self.inside_root(target):
                             continue
                     if entry.is_dir(follow_symlinks=True):
                         st = entry.stat(follow_symlinks=True)
-                        if (st.st_dev, st.st_ino) in excluded or (path / OUTPUT_MARKER).exists():
+                        if (st.st_dev, st.st_ino) in self.excluded or (path / OUTPUT_MARKER).exists():
                             continue
                         if is_link:
-                            linked.append((path, parts))
+                            self.linked.append((path, parts))
                         else:
                             subfolders.append((path, parts))
                     elif entry.is_file(follow_symlinks=True):
                         if suffix in IMAGE_EXTENSIONS:
                             st = entry.stat(follow_symlinks=True)
-                            found.append(ImageFile("/".join(parts), path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
-                        elif unsupported is not None and suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
-                            unsupported.append("/".join(parts))
+                            self.found.append(ImageFile("/".join(parts), path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+                        elif self.unsupported is not None and suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
+                            self.unsupported.append("/".join(parts))
                     elif is_link and suffix in IMAGE_EXTENSIONS:
-                        missed(parts, "file", FileNotFoundError(errno.ENOENT, "broken symbolic link"))
+                        self.missed(parts, "file", FileNotFoundError(errno.ENOENT, "broken symbolic link"))
                 except OSError as exc:  # permission, a dangling link, a name too long for the system
                     if suffix in IMAGE_EXTENSIONS:
-                        missed(parts, "file", exc)
+                        self.missed(parts, "file", exc)
                 except RuntimeError:  # resolve() meeting a loop of links: names no file at all
                     continue
             stack.extend(reversed(subfolders))
-
-    walk(root, ())
-    while linked:
-        walk(*linked.pop(0))
-    found.sort(key=lambda f: f.rel)
-    return found

@@ -49,6 +49,9 @@ RETRIES = 3  # task retries and actor restarts
 # bytes a file: 200 MB), so a complete store needs no Ray; a larger one is listed and planned in Ray tasks.
 LOCAL_PLAN_ROWS = 1_000_000
 LOCAL_SPLIT_FOLDERS = 256  # folders this process lists one by one before handing a source to Ray tasks
+# An object prefix's level of more entries than this (a flat prefix) is handed to Ray tasks: this
+# process stops after about this many keys (100 requests of 1,000), holding one page at a time.
+LOCAL_LEVEL_ENTRIES = 100_000
 SPLIT_PER_CPU = 4  # a Ray listing splits a source into at least this many sub-prefixes per cluster CPU, where the tree allows
 
 
@@ -212,7 +215,9 @@ class _Plan:
 def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan | None:
     """Plan a small job in this process, so a complete store needs no Ray: a manifest of at most
     LOCAL_PLAN_ROWS rows (counted from its parquet footers), or a source whose top levels,
-    listed one folder at a time, end within that many images. None when it is larger."""
+    listed one folder at a time, end within that many images (and, on object storage, within
+    LOCAL_LEVEL_ENTRIES entries a level). None when it is larger, or when it is a prefix that
+    cannot be listed a page at a time (gs://: pyarrow would hold a flat prefix whole here)."""
     import pyarrow as pa
 
     kept = None
@@ -221,11 +226,18 @@ def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows)
             return None
         listing = sources.read_manifest(config.manifest)
     else:
-        split = sources.split_listing(src, LOCAL_SPLIT_FOLDERS, config.follow_symlinks, max_files=LOCAL_PLAN_ROWS)
+        if not src.relative and not sources.pages_listing(src):
+            return None
+        max_level = None if src.relative else LOCAL_LEVEL_ENTRIES  # a folder's entries are a stream, counted, not requested
+        split = sources.split_listing(src, LOCAL_SPLIT_FOLDERS, config.follow_symlinks, max_files=LOCAL_PLAN_ROWS, max_level=max_level)
         if not split.complete or split.files_seen > LOCAL_PLAN_ROWS:
             return None
         blocks = [block for unit in split.units for block in sources.list_unit(src, unit, config.follow_symlinks)]
+        room = LOCAL_PLAN_ROWS - split.files_seen
+        blocks += sources.list_links(src, split.links, config.follow_symlinks, limit=room)
         listing = pa.concat_tables([sources.manifest_schema().empty_table(), *blocks])
+        if listing.num_rows > LOCAL_PLAN_ROWS:  # linked folders too large to list here (a link out, with follow_symlinks)
+            return None
         _check_found(listing.num_rows, src)
         if not src.relative:
             kept = sources.start_manifest(config.features_out)
@@ -241,7 +253,8 @@ def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows)
 def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | None]:
     """The source's listing (or the manifest) as a materialised Ray Dataset, its row count, and
     where a prefix's listing was kept: its top levels listed by :func:`_discover_on_ray`, then one
-    task per sub-prefix left."""
+    task per sub-prefix left, then one for the linked folders they met (listed last, as the
+    single-machine listing does, so that each folder is listed once)."""
     ray = import_ray()
     kept = None
     if config.manifest is not None:
@@ -254,14 +267,14 @@ def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | No
     else:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         kept = None if src.relative else sources.start_manifest(config.features_out)
-        prefixes, level_blocks = _discover_on_ray(src, SPLIT_PER_CPU * cpus, config.follow_symlinks, kept)
-        units = [{"index": i, "prefix": prefix, "recursive": True} for i, prefix in enumerate(prefixes)]
-        listing = ray.data.from_items(units, override_num_blocks=max(1, len(units))).map_batches(
-            sources.list_blocks, batch_size=1, batch_format="numpy", max_retries=RETRIES, retry_exceptions=True,
-            fn_kwargs={"source": src, "follow_symlinks": config.follow_symlinks, "manifest_uri": kept},
-        )  # fmt: skip
-        if level_blocks:
-            listing = listing.union(ray.data.from_arrow_refs(level_blocks))
+        prefixes, blocks, links = _discover_on_ray(src, SPLIT_PER_CPU * cpus, config.follow_symlinks, kept)
+        task = ray.remote(num_returns="streaming", max_retries=RETRIES, retry_exceptions=True)(sources.list_piece)
+        pieces = [task.remote(src, config.follow_symlinks, kept, f"{i:06d}", unit=sources.Unit(p, True)) for i, p in enumerate(prefixes)]
+        for piece in pieces:
+            links.extend(_piece_refs(piece, blocks))
+        if links:
+            _piece_refs(task.remote(src, config.follow_symlinks, kept, "links", links=links), blocks)
+        listing = ray.data.from_arrow_refs(blocks) if blocks else ray.data.from_arrow(sources.manifest_schema().empty_table())
     listing = _unwrapped(listing.materialize)
     listed = listing.count()
     if config.manifest is None:
@@ -271,15 +284,25 @@ def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | No
     return listing, listed, kept
 
 
-def _discover_on_ray(src: Source, target: int, follow_symlinks: bool, kept: str | None) -> tuple[list[str], list[Any]]:
+def _piece_refs(generator: Any, blocks: list[Any]) -> Any:
+    """A listing task's block references (added to ``blocks``) and its last item, read here: the folders it names."""
+    import ray
+
+    refs = list(generator)
+    last = _unwrapped(functools.partial(ray.get, refs.pop()))
+    blocks.extend(refs)
+    return last
+
+
+def _discover_on_ray(src: Source, target: int, follow_symlinks: bool, kept: str | None) -> tuple[list[str], list[Any], list[str]]:
     """:func:`sources.split_listing` with each level listed in a Ray task (:func:`sources.list_level`),
-    a whole level of the tree at a time: the prefixes left to list recursively, and references to
-    the blocks of files the levels held. This process holds folder names and references, never a
-    file's row, also for a flat prefix."""
+    a whole level of the tree at a time: the prefixes left to list recursively, references to
+    the blocks of files the levels held, and the linked folders met. This process holds folder
+    names and references, never a file's row, also for a flat prefix."""
     ray = import_ray()
     task = ray.remote(num_returns="streaming", max_retries=RETRIES, retry_exceptions=True)(sources.list_level)
-    recursive: list[str] = []
     blocks: list[Any] = []
+    links: list[str] = []
     waiting = [""]
     listed = 0
     while waiting and len(waiting) < target:
@@ -287,13 +310,10 @@ def _discover_on_ray(src: Source, target: int, follow_symlinks: bool, kept: str 
         listed += len(waiting)
         waiting = []
         for generator in level:
-            refs = list(generator)
-            folders: list[sources.Folder] = _unwrapped(functools.partial(ray.get, refs.pop()))  # the last item: the sub-folders
-            blocks.extend(refs)
+            folders: list[sources.Folder] = _piece_refs(generator, blocks)
             for folder in folders:
-                # a linked folder is listed whole (list_images follows what it holds), never split
-                (recursive if folder.linked else waiting).append(folder.prefix)
-    return recursive + waiting, blocks
+                (links if folder.linked else waiting).append(folder.prefix)  # a linked folder is listed last, as list_images does
+    return waiting, blocks, links
 
 
 def _plan_on_ray(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan:

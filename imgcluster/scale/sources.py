@@ -18,6 +18,7 @@ GOOGLE_APPLICATION_CREDENTIALS).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import posixpath
@@ -28,7 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.featurestore import MANIFEST_NAME, resolve, write_parquet_file
-from imgcluster.listing import IMAGE_EXTENSIONS, OUTPUT_MARKER, list_images
+from imgcluster.listing import IMAGE_EXTENSIONS, OUTPUT_MARKER, list_images, list_linked
+from imgcluster.scale import s3_pages
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -104,46 +106,47 @@ class Unit:
 
 @dataclass
 class Split:
-    """The top of a source's tree: its units, the image files seen in the levels listed, and
-    whether the tree ended there (every unit is one folder's own files)."""
+    """The top of a source's tree: its units, the image files seen in the levels listed, whether
+    the tree ended there (every unit is one folder's own files), and the linked folders met."""
 
     units: list[Unit]
     files_seen: int
     complete: bool
+    links: list[str] = dataclasses.field(default_factory=list)  # linked folders met in the levels listed: see list_links
 
 
-def split_listing(source: Source, target: int, follow_symlinks: bool = False, max_files: int | None = None) -> Split:
+def split_listing(
+    source: Source, target: int, follow_symlinks: bool = False, max_files: int | None = None, max_level: int | None = None
+) -> Split:
     """List the top levels of ``source`` breadth first, one folder at a time, until at least
-    ``target`` sub-prefixes wait, more than ``max_files`` images were seen, or the tree ends; each
-    listed folder with images is a unit, each waiting sub-prefix a recursive one. Holds one
-    folder's entries and the waiting names."""
+    ``target`` sub-prefixes wait or the tree ends; each listed folder with images is a unit, each
+    waiting sub-prefix a recursive one. Holds one folder's sub-folder names and the waiting ones,
+    never its files. The look stops partway, as soon as more than ``max_files`` images were seen
+    or one level holds more than ``max_level`` entries (a flat prefix): that level then becomes a
+    recursive unit of its own and the split is not complete."""
     units: list[Unit] = []
+    links: list[str] = []
     waiting = [""]
     seen = 0
-    while waiting and len(waiting) < target and (max_files is None or seen <= max_files):
+    while waiting and len(waiting) < target:
         prefix = waiting.pop(0)
-        files, folders = _level(source, prefix, follow_symlinks)
+        files, entries, folders = 0, 0, []
+        for entry in _level_entries(source, prefix, follow_symlinks, stat=False):
+            entries += 1
+            if isinstance(entry, Folder):
+                folders.append(entry)
+            else:
+                files += 1
+            if (max_files is not None and seen + files > max_files) or (max_level is not None and entries > max_level):
+                units.append(Unit(prefix, recursive=True))  # given up: the level and all below it, listed elsewhere
+                return Split([*units, *(Unit(p, recursive=True) for p in waiting)], seen + files, False, links)
         seen += files
         if files:
             units.append(Unit(prefix, recursive=False))
-        for name, linked in folders:
-            if linked:  # a linked folder is listed whole (list_images follows what it holds), never split
-                units.append(Unit(name, recursive=True))
-            else:
-                waiting.append(name)
+        for folder in sorted(folders, key=lambda f: f.prefix):
+            (links if folder.linked else waiting).append(folder.prefix)  # a linked folder is listed last, as list_images does
     units.extend(Unit(prefix, recursive=True) for prefix in waiting)
-    return Split(units, seen, complete=not any(u.recursive for u in units))
-
-
-def _level(source: Source, prefix: str, follow_symlinks: bool) -> tuple[int, list[tuple[str, bool]]]:
-    """(image files directly in ``prefix``, its sub-folders as (prefix, reached through a link))."""
-    files, folders = 0, []
-    for entry in _level_entries(source, prefix, follow_symlinks, stat=False):
-        if isinstance(entry, Folder):
-            folders.append((entry.prefix, entry.linked))
-        else:
-            files += 1
-    return files, sorted(folders)
+    return Split(units, seen, not any(u.recursive for u in units), links)
 
 
 @dataclass(frozen=True)
@@ -174,32 +177,15 @@ def _level_entries(source: Source, prefix: str, follow_symlinks: bool, stat: boo
                     if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
                         continue
                     if entry.is_dir(follow_symlinks=True):
-                        linked = entry.is_symlink()
-                        if linked and _reached_directly(source, Path(entry.path)):
-                            continue  # listed under its real path, as the single-machine listing keeps it
                         if not entry.name.startswith(".") and not Path(entry.path, OUTPUT_MARKER).exists():
-                            yield Folder(rel, linked)
+                            yield Folder(rel, entry.is_symlink())
                     elif entry.is_file(follow_symlinks=True) and _is_image(rel):
                         st = entry.stat(follow_symlinks=True) if stat else None
                         yield (rel, st.st_size, st.st_mtime_ns) if st is not None else (rel, 0, None)
                 except (OSError, RuntimeError):
                     continue
         return
-    import pyarrow.fs as pafs
-
-    fs, root = _filesystem(source.uri)
-    scheme = source.uri.split("://", 1)[0]
-    where = posixpath.join(root, prefix) if prefix else root
-    try:
-        infos = fs.get_file_info(pafs.FileSelector(where, recursive=False, allow_not_found=True))
-    except OSError as exc:  # an unreachable store, or no bucket named ("s3://" lists the account's buckets)
-        raise ImgclusterError(f"cannot list {source.uri}: {_reason(exc)}") from None
-    for info in infos:
-        rel = posixpath.relpath(info.path, root)
-        if info.type == pafs.FileType.Directory and not info.base_name.startswith("."):
-            yield Folder(rel, False)
-        elif info.type == pafs.FileType.File and _is_image(rel):
-            yield f"{scheme}://{info.path}", info.size, info.mtime_ns
+    yield from _object_entries(source, prefix, recursive=False)
 
 
 def list_level(
@@ -234,9 +220,9 @@ def _link_followed(source: Source, path: Path, follow_symlinks: bool) -> bool:
 
 
 def _reached_directly(source: Source, link: Path) -> bool:
-    """Whether the folder a link leads to is also listed under its real path: inside the root,
-    through no hidden folder and no folder imgcluster wrote (list_images walks real folders first
-    and lists each folder once, so the link then adds nothing)."""
+    """Whether list_images's walk of real folders visits the folder a path leads to: inside the
+    root, through no hidden folder and no folder imgcluster wrote. A listing in pieces asks this
+    in place of the set of folders one walk keeps (see :func:`imgcluster.listing.list_linked`)."""
     real_root = Path(source.root).resolve()
     try:
         target = link.resolve(strict=True)
@@ -251,31 +237,86 @@ def _reached_directly(source: Source, link: Path) -> bool:
     return True
 
 
-def list_unit(source: Source, unit: Unit, follow_symlinks: bool = False) -> Iterator[pa.Table]:
+def list_unit(source: Source, unit: Unit, follow_symlinks: bool = False, links: list[str] | None = None) -> Iterator[pa.Table]:
     """One unit's images (as the single-machine listing finds them) in blocks of at most
-    :data:`LIST_BLOCK_ROWS` rows, in no order across blocks."""
+    :data:`LIST_BLOCK_ROWS` rows, in no order across blocks. In a local folder, ``links`` takes
+    the linked folders a recursive unit meets, left for :func:`list_links`; without it they are
+    walked here (right for the whole source, unit "", only)."""
+    if source.relative:
+        yield from _blocks(_folder_rows(source, unit, follow_symlinks, links))
+        return
+    yield from _blocks(e for e in _object_entries(source, unit.prefix, unit.recursive) if not isinstance(e, Folder))
+
+
+def list_links(source: Source, links: list[str], follow_symlinks: bool = False, limit: int | None = None) -> Iterator[pa.Table]:
+    """The images reached through the linked folders ``links`` (relative to the source's root)
+    that the pieces of a listing met, as the single-machine listing finds them after every real
+    folder: in the order its walk meets the links, each folder once, none that the real folders'
+    walk visits (links in the linked folders are followed in turn). With ``limit``, the walk stops
+    soon after finding more than that many."""
+    if not links:
+        return
+    order = sorted(links, key=lambda rel: (tuple(rel.split("/")[:-1]), rel.rsplit("/", 1)[-1]))  # the walk's: depth first, by name
+    root = Path(source.root)
+    found = list_linked(root, [(rel, root / rel) for rel in order], follow_symlinks, functools.partial(_reached_directly, source), limit)
+    yield from _blocks((f.rel, f.size, f.mtime_ns) for f in found)
+
+
+def pages_listing(source: Source) -> bool:
+    """Whether an object prefix is listed a page at a time (s3://, through boto3's paginator): a
+    listing can then stop partway, and no process holds more than a page of a flat prefix. pyarrow
+    returns a level whole (``gs://``)."""
+    return source.uri.startswith("s3://")
+
+
+def _object_entries(source: Source, prefix: str, recursive: bool) -> Iterator[Folder | FileRow]:
+    """The image objects under ``prefix`` (all of them, or with their sub-folders, those directly in it)."""
+    fs, root = _filesystem(source.uri)
+    where = posixpath.join(root, prefix) if prefix else root
+    if pages_listing(source):
+        entries = s3_pages.entries(_s3_client(source.uri), where, recursive, f"cannot list {source.uri}")
+    else:
+        entries = _pyarrow_entries(fs, where, recursive, source.uri)
+    scheme = source.uri.split("://", 1)[0]
+    for key, size, mtime_ns in entries:
+        rel = posixpath.relpath(key.rstrip("/"), root)
+        if key.endswith("/"):
+            if not posixpath.basename(rel).startswith("."):
+                yield Folder(rel, False)
+        elif _is_image(rel):
+            yield f"{scheme}://{key}", size, mtime_ns
+
+
+def _pyarrow_entries(fs: pafs.FileSystem, where: str, recursive: bool, uri: str) -> Iterator[tuple[str, int, int | None]]:
+    """pyarrow's listing of ``where`` (held whole): files as (path, size, mtime_ns), folders as ("path/", 0, None)."""
     import pyarrow.fs as pafs
 
-    if source.relative:
-        yield from _blocks(_folder_rows(source, unit, follow_symlinks))
-        return
-    fs, root = _filesystem(source.uri)
-    scheme = source.uri.split("://", 1)[0]
-    where = posixpath.join(root, unit.prefix) if unit.prefix else root
-    infos = fs.get_file_info(pafs.FileSelector(where, recursive=unit.recursive, allow_not_found=True))
-    yield from _blocks(
-        (f"{scheme}://{info.path}", info.size, info.mtime_ns)
-        for info in infos
-        if info.type == pafs.FileType.File and _is_image(posixpath.relpath(info.path, root))
-    )
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(where, recursive=recursive, allow_not_found=True))
+    except OSError as exc:  # an unreachable store, or no bucket named ("s3://" lists the account's buckets)
+        raise ImgclusterError(f"cannot list {uri}: {_reason(exc)}") from None
+    for info in infos:
+        if info.type == pafs.FileType.Directory and not recursive:
+            yield info.path + "/", 0, None
+        elif info.type == pafs.FileType.File:
+            yield info.path, info.size, info.mtime_ns
 
 
-def _folder_rows(source: Source, unit: Unit, follow_symlinks: bool) -> Iterator[tuple[str, int, int | None]]:
+@functools.lru_cache(maxsize=16)
+def _s3_client(uri: str) -> Any:
+    """One boto3 client per location and process, set up as pyarrow's filesystem for ``uri`` is."""
+    return s3_pages.client(_filesystem(uri)[0])
+
+
+def _folder_rows(source: Source, unit: Unit, follow_symlinks: bool, links: list[str] | None) -> Iterator[tuple[str, int, int | None]]:
     folder = Path(source.root, unit.prefix)
     if unit.recursive:
         base = f"{unit.prefix}/" if unit.prefix else ""
-        for f in list_images(folder, follow_symlinks=follow_symlinks):
+        met: list[tuple[str, Path]] | None = [] if links is not None else None
+        for f in list_images(folder, follow_symlinks=follow_symlinks, within=Path(source.root), links=met):
             yield base + f.rel, f.size, f.mtime_ns
+        if links is not None and met is not None:
+            links.extend(base + rel for rel, _ in met)
         return
     for entry in _level_entries(source, unit.prefix, follow_symlinks):
         if not isinstance(entry, Folder):
@@ -461,11 +502,16 @@ def finish_manifest(manifest_uri: str) -> None:
     fs.delete_file(posixpath.join(path, INCOMPLETE_MARK))
 
 
-def list_blocks(batch: dict[str, Any], source: Source, follow_symlinks: bool, manifest_uri: str | None) -> Iterator[pa.Table]:
-    """Ray Data's listing step: each unit of ``batch`` (columns ``index``, ``prefix``,
-    ``recursive``) listed in blocks, each kept as a manifest part when ``manifest_uri`` is given."""
-    for index, prefix, recursive in zip(batch["index"], batch["prefix"], batch["recursive"]):
-        for n, block in enumerate(list_unit(source, Unit(str(prefix), bool(recursive)), follow_symlinks)):
-            if manifest_uri is not None:
-                write_manifest_part(manifest_uri, f"{int(index):06d}-{n:06d}", block)
-            yield block
+def list_piece(
+    source: Source, follow_symlinks: bool, manifest_uri: str | None, name: str, unit: Unit | None = None, links: list[str] | None = None
+) -> Iterator[pa.Table | list[str]]:
+    """A Ray task's piece of a listing: a recursive unit, or (without one) the linked folders
+    ``links`` (:func:`list_links`), in blocks, each kept as manifest part ``{name}-{n}`` when
+    ``manifest_uri`` is given; then, last, the linked folders the unit met, left for the end."""
+    met: list[str] = []
+    blocks = list_unit(source, unit, follow_symlinks, met) if unit is not None else list_links(source, links or [], follow_symlinks)
+    for n, block in enumerate(blocks):
+        if manifest_uri is not None:
+            write_manifest_part(manifest_uri, f"{name}-{n:06d}", block)
+        yield block
+    yield met

@@ -49,8 +49,11 @@ def nested(folder: Path) -> Path:
     return folder
 
 
-def split_rows(source: sources.Source, split: sources.Split) -> list[tuple]:
-    blocks = [b for unit in split.units for b in sources.list_unit(source, unit)]
+def split_rows(source: sources.Source, split: sources.Split, follow_symlinks: bool = False) -> list[tuple]:
+    """The rows of a split's units, then of the linked folders they and the levels met, as a job lists them."""
+    links = list(split.links)
+    blocks = [b for unit in split.units for b in sources.list_unit(source, unit, follow_symlinks, links)]
+    blocks += sources.list_links(source, links, follow_symlinks)
     return sorted(zip(*(pa.concat_tables(blocks).column(c).to_pylist() for c in ("path", "size", "mtime_ns", "etag"))))
 
 
@@ -96,7 +99,66 @@ def test_a_folder_reached_through_a_link_and_directly_is_listed_once(tmp_path: P
     for target in (2, 100):
         split = sources.split_listing(source, target=target)
         assert split_rows(source, split) == table_rows(whole)
-        assert sources.Unit("alias", recursive=True) not in split.units and sources.Unit("shown", recursive=True) in split.units
+        assert {"alias", "shown"} <= set(split.links) and not {"alias", "shown"} & {u.prefix for u in split.units}
+
+
+def linked_tree(tmp_path: Path) -> Path:
+    """``nested`` with links at every depth: to a sibling folder (also listed directly), a loop
+    back to the root, a hidden folder elsewhere in the source, a folder outside it (three times;
+    it links back in), and files outside and inside."""
+    folder = nested(tmp_path / "photos")
+    outside = copy_sample(tmp_path / "outside", CLASSES[3:4], per_class=2)
+    (outside / "back").symlink_to(folder / CLASSES[1], target_is_directory=True)  # from outside, back in
+    hidden = folder / CLASSES[2] / ".stash"
+    hidden.mkdir()
+    (hidden / "h.png").write_bytes(next((folder / CLASSES[2]).glob("*.png")).read_bytes())
+    deeper = folder / CLASSES[0] / "deeper"
+    (deeper / "sibling").symlink_to(folder / CLASSES[1], target_is_directory=True)
+    (deeper / "loop").symlink_to(folder, target_is_directory=True)
+    (deeper / "stash").symlink_to(hidden, target_is_directory=True)
+    (deeper / "out").symlink_to(outside, target_is_directory=True)
+    (folder / CLASSES[2] / "out-again").symlink_to(outside, target_is_directory=True)
+    (folder / "zz-out").symlink_to(outside, target_is_directory=True)  # met first: the walk lists a folder's links before its sub-folders'
+    (folder / CLASSES[1] / "far.png").symlink_to(next((outside / CLASSES[3]).glob("*.png")))
+    (folder / CLASSES[1] / "near.png").symlink_to(next((folder / CLASSES[2]).glob("*.png")))
+    return folder
+
+
+@pytest.mark.parametrize("follow_symlinks", [False, True])
+def test_links_below_the_top_levels_are_listed_as_the_single_machine_listing_lists_them(tmp_path: Path, follow_symlinks: bool) -> None:
+    """Each piece used to judge its links with itself as the root: a link to a sibling folder was
+    listed twice (followed) or missed, a link to a hidden folder elsewhere was missed, and two links
+    to one folder outside were both listed."""
+    from imgcluster.listing import list_images
+
+    folder = linked_tree(tmp_path)
+    source = sources.open_source(str(folder))
+    expected = sorted((f.rel, f.size, f.mtime_ns, None) for f in list_images(folder, follow_symlinks=follow_symlinks))
+    assert table_rows(sources.list_source(source, follow_symlinks)) == expected
+    paths = [p for p, *_ in expected]
+    assert f"{CLASSES[0]}/deeper/stash/h.png" in paths and not any("/loop/" in p or "/sibling/" in p for p in paths)
+    assert any(p.startswith("zz-out/") for p in paths) == follow_symlinks  # the same folder, met later: once
+    assert not any(p.startswith((f"{CLASSES[0]}/deeper/out/", f"{CLASSES[2]}/out-again/")) for p in paths)
+    for target in (1, 2, 3, 100):  # the deep links met in recursive units, or in the levels listed
+        split = sources.split_listing(source, target, follow_symlinks)
+        assert split_rows(source, split, follow_symlinks) == expected, target
+
+
+def test_a_small_folder_with_links_out_or_to_a_hidden_folder_is_planned_without_ray(tmp_path: Path) -> None:
+    """Such links used to be units of their own, listed recursively: the first look was never
+    complete, and a rerun on a complete store started Ray."""
+    from imgcluster.listing import list_images
+    from imgcluster.scale import embed_job
+
+    folder = linked_tree(tmp_path)
+    out = str(tmp_path / "features")
+    fst.open_store(out, fst.FeatureStoreMeta(model="m", key="k", identity={}, dim=2))
+    for follow in (False, True):
+        plan = embed_job._plan_here(
+            sources.open_source(str(folder)), embed_job.RayEmbedConfig(str(folder), out, follow_symlinks=follow), {}
+        )
+        assert plan is not None and plan.listed == plan.n_todo
+        assert table_rows(plan.todo) == sorted((f.rel, f.size, f.mtime_ns, None) for f in list_images(folder, follow_symlinks=follow))
 
 
 def test_a_missing_source_or_bad_manifest_is_a_parameter_error(tmp_path: Path) -> None:
@@ -188,8 +250,15 @@ def test_a_bucket_that_cannot_be_reached_is_one_line(monkeypatch: pytest.MonkeyP
     assert str(info.value) == f"cannot open s3://: {why}"
     monkeypatch.setattr(sources, "_filesystem", lambda uri: (Unreachable(), "/"))  # the root's info needs no network; its listing does
     with pytest.raises(ImgclusterError) as info:
-        sources.split_listing(sources.Source("s3://", "/", relative=False), 8)
-    assert type(info.value) is ImgclusterError and str(info.value) == f"cannot list s3://: {why}"
+        sources.split_listing(sources.Source("gs://", "/", relative=False), 8)  # pyarrow's listing
+    assert type(info.value) is ImgclusterError and str(info.value) == f"cannot list gs://: {why}"
+    monkeypatch.undo()
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    uri = f"s3://photos/in?endpoint_override=127.0.0.1:{_free_port()}&scheme=http"  # nothing listens there
+    with pytest.raises(ImgclusterError) as info:
+        sources.split_listing(sources.Source(uri, "photos/in", relative=False), 8)  # boto3's paged listing
+    assert type(info.value) is ImgclusterError and str(info.value).startswith(f"cannot list {uri}: Could not connect to the endpoint URL")
 
 
 def test_a_prefix_is_listed_with_full_uris(bucket: str) -> None:
@@ -220,6 +289,105 @@ def test_a_split_prefix_yields_exactly_the_whole_listing(nested_prefix: tuple[st
     assert split_rows(source, split) == table_rows(whole)
     local = sources.list_source(sources.open_source(str(folder)))
     assert whole.column("path").to_pylist() == [f"{uri}/{p}" for p in local.column("path").to_pylist()]
+
+
+def pyarrow_rows(uri: str, recursive: bool) -> list[tuple]:
+    """pyarrow's own listing of a prefix (what listed s3:// before its pages): files and folders, as sources reports them."""
+    import pyarrow.fs as pafs
+
+    fs, root = fst.resolve(uri)
+    infos = fs.get_file_info(pafs.FileSelector(root, recursive=recursive))
+    return sorted((i.path, i.size if i.type == pafs.FileType.File else 0, i.mtime_ns) for i in infos if recursive <= i.is_file)
+
+
+def test_a_prefix_listed_a_page_at_a_time_has_pyarrows_rows(nested_prefix: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """Same paths, sizes and mtimes to the nanosecond as pyarrow's listing, so stores written before resume unchanged."""
+    from imgcluster.scale import s3_pages
+
+    monkeypatch.setattr(s3_pages, "PAGE_KEYS", 2)  # 9 images and a hidden one: 5 pages
+    uri, _ = nested_prefix
+    source = sources.open_source(uri)
+    client = sources._s3_client(uri)
+    whole = sorted((path.removeprefix("s3://"), size, mtime) for path, size, mtime, _ in table_rows(sources.list_source(source)))
+    assert whole == [r for r in pyarrow_rows(uri, recursive=True) if "/.hidden/" not in r[0] and r[0].endswith(".png")]
+    level = sorted(s3_pages.entries(client, source.root, False, "x"))
+    assert [(p.rstrip("/"), *r) for p, *r in level] == pyarrow_rows(uri, recursive=False)
+    assert len(level) == 6 and sum(p.endswith("/") for p, *_ in level) == 4  # 3 classes and the hidden folder (left out later)
+
+
+@pytest.fixture(scope="module")
+def flat_prefix(bucket: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    """Five images in one level, s3://photos/flat/, and the folder they came from."""
+    fs, _ = fst.resolve("s3://photos")
+    flat = copy_sample(tmp_path_factory.mktemp("flat") / "flat", CLASSES[:1], per_class=5) / CLASSES[0]
+    for path in sorted(flat.iterdir()):
+        with fs.open_output_stream(f"photos/flat/{path.name}") as out:
+            out.write(path.read_bytes())
+    return "s3://photos/flat", flat
+
+
+def refuse_whole_levels(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Make pyarrow's whole listing fail in this process, and count the keys read from S3's pages."""
+    from imgcluster.scale import s3_pages
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a level was listed whole")
+
+    monkeypatch.setattr(sources, "_pyarrow_entries", refuse)
+    read: list[str] = []
+    real = s3_pages.entries
+
+    def counted(*args: object) -> Iterator[s3_pages.Entry]:
+        for entry in real(*args):  # type: ignore[arg-type]
+            read.append(entry[0])
+            yield entry
+
+    monkeypatch.setattr(s3_pages, "entries", counted)
+    return read
+
+
+def test_a_flat_prefix_over_the_bound_is_handed_to_ray_after_a_few_pages(
+    flat_prefix: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The in-process first look stops after LOCAL_LEVEL_ENTRIES keys of a level (lowered to 2
+    here, pages of 1), so a flat prefix of millions is never held, nor read to its end, here."""
+    from imgcluster.scale import embed_job, s3_pages
+
+    uri, folder = flat_prefix
+    source = sources.open_source(uri)
+    monkeypatch.setattr(s3_pages, "PAGE_KEYS", 1)
+    monkeypatch.setattr(embed_job, "LOCAL_LEVEL_ENTRIES", 2)
+    read = refuse_whole_levels(monkeypatch)
+    assert embed_job._plan_here(source, embed_job.RayEmbedConfig(uri, str(tmp_path / "features")), {}) is None
+    assert len(read) == 3  # the bound, and the one key past it
+    split = sources.split_listing(source, 8, max_level=2)
+    assert split.units == [sources.Unit("", recursive=True)] and not split.complete  # the level listed again, elsewhere
+    local = sources.list_source(sources.open_source(str(folder)))
+    rows = split_rows(source, split)  # as the single-machine listing of the same files (an object's mtime is its upload's)
+    paths, sizes = local.column("path").to_pylist(), local.column("size").to_pylist()
+    assert [r[:2] for r in rows] == [(f"{uri}/{p}", size) for p, size in zip(paths, sizes)]
+
+
+def test_a_complete_store_of_a_prefix_under_the_bound_needs_no_ray(flat_prefix: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    from imgcluster.scale import embed_job, s3_pages
+
+    uri, _ = flat_prefix
+    source = sources.open_source(uri)
+    whole = sources.list_source(source)
+    out = "s3://photos/flat-complete"
+    store = fst.open_store(out, fst.FeatureStoreMeta(model="m", key="k", identity={}, dim=2))
+    rows = whole.to_pylist()
+    store.write([r["path"] for r in rows], [r["size"] for r in rows], [r["mtime_ns"] for r in rows], [None] * len(rows), np.ones((5, 2)))
+    monkeypatch.setattr(s3_pages, "PAGE_KEYS", 2)
+    monkeypatch.setattr(embed_job, "LOCAL_LEVEL_ENTRIES", 5)
+    read = refuse_whole_levels(monkeypatch)
+    plan = embed_job._plan_here(source, embed_job.RayEmbedConfig(uri, out), {})
+    assert plan is not None and (plan.listed, plan.n_todo, plan.others) == (5, 0, [])
+    assert len(read) == 10  # counted once, then read for its rows
+    monkeypatch.undo()
+    assert table_rows(sources.read_manifest(sources.manifest_folder(out))) == table_rows(whole)
+    gs = sources.Source("gs://photos/flat", "photos/flat", relative=False)  # pyarrow's whole levels only: listed in Ray tasks
+    assert embed_job._plan_here(gs, embed_job.RayEmbedConfig(gs.uri, out), {}) is None
 
 
 def no_driver_listing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -317,30 +485,34 @@ def test_embed_from_and_into_s3_then_resume_from_the_kept_manifest(local_ray: ob
 
 @pytest.mark.slow
 def test_a_flat_prefix_is_listed_in_ray_tasks_and_the_driver_holds_no_file_row(
-    local_ray: object, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    local_ray: object, flat_prefix: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Every file in one level, on s3 and in a local folder: the level is listed in a task (the
-    driver's level listing refuses), and the rows are the single-machine listing's."""
-    from imgcluster.scale import embed_job
+    """Every file in one level, on s3 and in a local folder: over the (lowered) bound the driver's
+    first look gives up, the level is listed in a task (the driver's level listing refuses), and
+    the rows are the single-machine listing's."""
+    from imgcluster.scale import embed_job, s3_pages
     from imgcluster.scale.engine import quiet_data_context
 
-    fs, _ = fst.resolve("s3://photos")
-    flat = copy_sample(tmp_path / "flat", CLASSES[:1], per_class=5) / CLASSES[0]
-    for path in sorted(flat.iterdir()):
-        with fs.open_output_stream(f"photos/flat/{path.name}") as out:
-            out.write(path.read_bytes())
+    prefix, flat = flat_prefix
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("the driver listed a level")
 
-    for uri, out in [("s3://photos/flat", "s3://photos/flat-features"), (str(flat), str(tmp_path / "features"))]:
+    for uri, out in [(prefix, "s3://photos/flat-features"), (str(flat), str(tmp_path / "features"))]:
         source = sources.open_source(uri)
         whole = sources.list_source(source)
         assert whole.num_rows == 5
+        config = embed_job.RayEmbedConfig(uri, out)
+        if not source.relative:
+            monkeypatch.setattr(s3_pages, "PAGE_KEYS", 1)
+            monkeypatch.setattr(embed_job, "LOCAL_LEVEL_ENTRIES", 2)
+            read = refuse_whole_levels(monkeypatch)
+            assert embed_job._plan_here(source, config, {}) is None and len(read) == 3
         no_driver_listing(monkeypatch)
         monkeypatch.setattr(sources, "_level_entries", refuse)
+        monkeypatch.setattr(sources, "_object_entries", refuse)
         with quiet_data_context():
-            listing, listed, kept = embed_job.list_on_ray(source, embed_job.RayEmbedConfig(uri, out))
+            listing, listed, kept = embed_job.list_on_ray(source, config)
         monkeypatch.undo()
         assert listed == 5 and table_rows(pa.Table.from_pylist(listing.take_all(), schema=sources.manifest_schema())) == table_rows(whole)
         assert kept == (None if source.relative else sources.manifest_folder(out))
@@ -403,3 +575,24 @@ def test_a_hung_s3_endpoint_is_one_line_in_bounded_time(silent_endpoint: str) ->
     assert result.returncode == 0, result.stderr
     (line,) = result.stdout.splitlines()
     assert line.startswith(f"cannot open {uri}: ") and "Timeout was reached" in line
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("per_cpu", [1, 4])
+def test_links_are_listed_on_ray_as_the_single_machine_listing_lists_them(
+    local_ray: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, per_cpu: int
+) -> None:
+    """Split into three recursive pieces (1 a CPU) or listed level by level (4): the same rows, links included."""
+    from imgcluster.listing import list_images
+    from imgcluster.scale import embed_job
+    from imgcluster.scale.engine import quiet_data_context
+
+    folder = linked_tree(tmp_path)
+    monkeypatch.setattr(embed_job, "SPLIT_PER_CPU", per_cpu)
+    for follow in (False, True):
+        config = embed_job.RayEmbedConfig(str(folder), str(tmp_path / "features"), follow_symlinks=follow)
+        with quiet_data_context():
+            listing, listed, _ = embed_job.list_on_ray(sources.open_source(str(folder)), config)
+        rows = table_rows(pa.Table.from_pylist(listing.take_all(), schema=sources.manifest_schema()))
+        assert listed == len(rows)
+        assert rows == sorted((f.rel, f.size, f.mtime_ns, None) for f in list_images(folder, follow_symlinks=follow))
