@@ -4,8 +4,9 @@ The driver builds the model once to learn its cache key and width. A small sourc
 is listed and planned in this process: the rows the store already holds (same path, size and
 mtime or etag) and the unchanged files it recorded as not embeddable are subtracted bucket by
 bucket (:mod:`imgcluster.scale.resume`), and with nothing left the job returns without starting
-Ray. A large one is listed in Ray tasks, its top levels one task per folder and then one per
-sub-prefix (:mod:`imgcluster.scale.sources`), or
+Ray. A large one (and any gs:// prefix, which cannot be listed a page at a time) is listed in
+Ray tasks, its top levels one task per folder, then one per sub-prefix and one for the linked
+folders met (:mod:`imgcluster.scale.sources`), or
 read as a Ray Dataset, and planned in one Ray task per bucket: the driver holds counts and object
 references, never the listing or the store's rows. The rest streams through Ray Data: CPU tasks
 decode (:mod:`imgcluster.scale.decode`), an actor pool embeds

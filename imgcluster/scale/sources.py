@@ -4,16 +4,19 @@ Every source becomes rows ``path, size, mtime_ns, etag`` (a *manifest*). A folde
 relative to it (as in the single-machine cache); an object's path is its full URI.
 
 A large prefix is never listed row by row in one process. Its top levels are listed one folder
-at a time (one non-recursive ``pyarrow.fs`` selector per folder, breadth first until there are
-enough sub-prefixes or the tree ends): in this process by :func:`split_listing` for a small
-source, which returns *units* (a folder's own files, or a sub-prefix listed recursively), and in
-Ray tasks by :func:`list_level` for a large one, which returns a level's files as blocks and its
-sub-folders' names. :func:`list_unit` lists one unit in blocks of at most :data:`LIST_BLOCK_ROWS`
-rows; the job keeps each block as a part of ``_manifest.parquet/`` in the features location, so a
-later run can take it as ``manifest`` and list nothing. A flat prefix (every file in one folder)
-cannot be split by a selector: one task lists it, and on object storage holds it once (pyarrow
-returns a level whole). Credentials come from the environment, as ``pyarrow.fs`` reads them (AWS_*,
-GOOGLE_APPLICATION_CREDENTIALS).
+at a time (breadth first until there are enough sub-prefixes or the tree ends): in this process
+by :func:`split_listing` for a small source, which returns *units* (a folder's own files, or a
+sub-prefix listed recursively), and in Ray tasks by :func:`list_level` for a large one, which
+returns a level's files as blocks and its sub-folders' names. :func:`list_unit` lists one unit
+in blocks of at most :data:`LIST_BLOCK_ROWS` rows; the job keeps each block as a part of
+``_manifest.parquet/`` in the features location, so a later run can take it as ``manifest`` and
+list nothing. A folder is read as a stream of directory entries; an ``s3://`` prefix a page of
+1,000 keys at a time (:mod:`imgcluster.scale.s3_pages`), so a flat prefix is never held whole and
+a first look can stop partway; a ``gs://`` prefix through ``pyarrow.fs``, which returns a level
+whole (so it is listed in Ray tasks only). Linked folders in a local source are left by every
+piece to one last walk (:func:`list_links`), as the single-machine listing walks them after every
+real folder. Credentials come from the environment, as ``pyarrow.fs`` and boto3 read them
+(AWS_*, GOOGLE_APPLICATION_CREDENTIALS).
 """
 
 from __future__ import annotations
@@ -162,8 +165,8 @@ FileRow = tuple[str, int, int | None]  # a manifest row: path, size, mtime_ns
 
 def _level_entries(source: Source, prefix: str, follow_symlinks: bool, stat: bool = True) -> Iterator[Folder | FileRow]:
     """The sub-folders and image files directly in ``prefix`` (sizes and mtimes only with ``stat``).
-    A local folder is streamed, never sorted whole; an object store's level comes whole from
-    pyarrow (one FileInfo per object), so whoever calls this holds a flat prefix once."""
+    A local folder is streamed, never sorted whole, and so is an s3:// level (a page at a time);
+    a gs:// level comes whole from pyarrow (one FileInfo per object)."""
     if source.relative:
         folder = Path(source.root, prefix)
         try:
