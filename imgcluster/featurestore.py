@@ -96,7 +96,7 @@ def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
 # defaults: a gs:// call retried for 15 minutes (a SIGTERM waits for it: the signal's handler runs
 # when the call returns), an s3:// call made by URI retried up to 10 times (about 100 s against an
 # endpoint that accepts and never answers). A gs:// URI's own ``retry_limit_seconds`` wins.
-GCS_RETRY_SECONDS = 60
+GCS_RETRY_SECONDS = 30
 S3_ATTEMPTS = 3
 
 
