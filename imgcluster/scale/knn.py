@@ -95,6 +95,14 @@ def probes(x: np.ndarray, centroids: np.ndarray, nprobe: int, block: int = 65_53
     return out
 
 
+def queries_by_partition(probe: np.ndarray, n_partitions: int) -> list[np.ndarray]:
+    """Per partition, the rows (ascending) that list it among their ``probe`` [N, nprobe]."""
+    flat = probe.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(n_partitions + 1))
+    return [order[bounds[p] : bounds[p + 1]] // probe.shape[1] for p in range(n_partitions)]
+
+
 def search_partition(
     vectors: np.ndarray, ids: np.ndarray, queries: np.ndarray, query_ids: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -163,16 +171,10 @@ def partitioned_knn(
     report.info(f"partitioning {n} images into {p} partitions (k-means on a sample), then searching each in its {min(nprobe, p)} nearest")
     parts = partition(x, p, seed)
     members = parts.members()
-    probe = probes(x, parts.centroids, nprobe)
-    # Query rows of each partition: those that list it among their probes.
-    flat = probe.ravel()
-    queries_of = np.argsort(flat, kind="stable")
-    bounds = np.searchsorted(flat[queries_of], np.arange(len(members) + 1))
-    width = probe.shape[1]
+    queries = queries_by_partition(probes(x, parts.centroids, nprobe), len(members))
 
     def jobs() -> Iterator[tuple[Any, ...]]:
-        for q, ids in enumerate(members):
-            query_ids = queries_of[bounds[q] : bounds[q + 1]] // width
+        for ids, query_ids in zip(members, queries):
             if ids.size and query_ids.size:
                 yield shared, ids, query_ids, min(k + 1, ids.size)
 
@@ -183,6 +185,38 @@ def partitioned_knn(
         top.merge(query_ids, sims, ids)
         report.advance(1)
     return _without_self(x, top.ids, top.sims, k)
+
+
+@dataclass
+class Reference:
+    """Rows that other rows are searched against: unit features ``[n, d]`` split into partitions
+    (:func:`partition`; one partition, an exact search, up to ``PARTITION_ROWS`` rows)."""
+
+    x: np.ndarray
+    centroids: np.ndarray
+    members: list[np.ndarray]
+    nprobe: int
+
+    @classmethod
+    def build(cls, x: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0) -> Reference:
+        parts = partition(x, math.ceil(x.shape[0] / PARTITION_ROWS), seed)
+        return cls(x, parts.centroids, parts.members(), nprobe)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` reference rows of each unit query row (not itself a reference row): (indices, similarities),
+        exact within the query's ``nprobe`` nearest partitions, as :func:`partitioned_knn` searches; a row
+        whose probed partitions hold fewer than ``k`` rows is searched exactly."""
+        k = min(k, self.x.shape[0])
+        top = TopK(queries.shape[0], k)
+        by_partition = queries_by_partition(probes(queries, self.centroids, self.nprobe), len(self.members))
+        for ids, query_ids in zip(self.members, by_partition):
+            if ids.size and query_ids.size:
+                top.merge(*search_partition(self.x[ids], ids, queries[query_ids], query_ids, min(k, ids.size)))
+        short = np.flatnonzero((top.ids < 0).any(axis=1))
+        if short.size:
+            top.ids[short], top.sims[short] = -1, -np.inf  # searched again from nothing: no row counted twice
+            top.merge(*search_partition(self.x, np.arange(self.x.shape[0]), queries[short], short, k))
+        return top.ids, top.sims
 
 
 def _without_self(x: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
