@@ -63,6 +63,7 @@ class Isolation:
     k_distance: np.ndarray  # [n] float64
     density: np.ndarray  # [n] float64
     reference: Reference
+    search: dict[str, Any]  # how the sample's neighbours were searched (the sidecar's record)
 
     def scores(self, paths: list[str], z: np.ndarray) -> np.ndarray:
         """The LOF of rows ``paths`` with unit features ``z``: the sample's for its own rows, else against the sample."""
@@ -113,7 +114,8 @@ def fit_isolation(
     keys = path_keys(paths, seed)
     order = np.argsort(keys, kind="stable")
     reference = Reference.build(l2_normalise(features), nprobe, seed=0)
-    return Isolation(k, isolation_threshold(lof), seed, keys[order], order, lof, k_distance, density, reference)
+    search = {"knn_threshold": knn_threshold, "nprobe": nprobe, "search": "partitioned" if len(paths) > knn_threshold else "one machine"}
+    return Isolation(k, isolation_threshold(lof), seed, keys[order], order, lof, k_distance, density, reference, search)
 
 
 @dataclass
@@ -133,7 +135,9 @@ class SampleModel:
         isolation = self.isolation
         return {
             "distance_thresholds": {str(k): (None if not np.isfinite(t) else round(float(t), 6)) for k, t in enumerate(self.thresholds)},
-            "isolation": None if isolation is None else {"k": isolation.k, "threshold": round(isolation.threshold, 6)},
+            "isolation": None
+            if isolation is None
+            else {"k": isolation.k, "threshold": round(isolation.threshold, 6), "search": isolation.search},
             **({"cluster_names": dict(enumerate(self.names)), "names_from": self.names_from} if self.names is not None else {}),
         }
 

@@ -17,6 +17,7 @@ from imgcluster.cli import app
 from imgcluster.featurestore import iter_batches
 from imgcluster.naming import cluster_names
 from imgcluster.scale.assign_job import assign_store
+from imgcluster.scale.knn import RAY_KNN_THRESHOLD
 from imgcluster.scale.training import train_from_store
 
 pq = pytest.importorskip("pyarrow.parquet", reason="the feature store needs pyarrow (the 'ray' extra)")
@@ -110,8 +111,12 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
     trained = runner.invoke(app, ["train", "--features", uri, "--out", str(head), "-k", "5", "--epochs", "2", "--objective", "dsc2i"])
     assert trained.exit_code == 0, trained.stderr
     assert f"imgcluster assign --features {uri} --head {head}" in trained.stderr and head.is_file()
-    explained = runner.invoke(app, ["assign", "--features", uri, "--head", str(head), "--explain", "--out", str(tmp_path / "e.csv")])
+    explained = runner.invoke(
+        app, ["assign", "--features", uri, "--head", str(head), "--explain", "--nprobe", "4", "--out", str(tmp_path / "e.csv")]
+    )  # with --head, --nprobe and --knn-threshold still shape the isolation test's search
     assert explained.exit_code == 0, explained.stderr
+    isolation = json.loads((tmp_path / "e.csv.json").read_text())["result"]["isolation"]
+    assert isolation["search"] == {"knn_threshold": RAY_KNN_THRESHOLD, "nprobe": 4, "search": "one machine"}
     explained_rows = _rows(tmp_path / "e.csv")
     assert len(explained_rows) == 125 and {"distance", "runner_up", "runner_up_distance"} <= set(explained_rows[0])  # dsc2i's columns
     for args, message in [
@@ -161,7 +166,7 @@ def test_the_knn_and_engine_options_are_checked_first_and_recorded_in_the_head(s
         (["assign", "--features", nowhere, "--knn-threshold", "0"], "--knn-threshold must be a whole number of at least 1, got 0"),
         (["assign", str(SAMPLE), "--nprobe", "4"], "--nprobe applies only with --features"),
         (["train", str(SAMPLE), "--knn-threshold", "9"], "--knn-threshold applies only with --features"),
-        (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--nprobe", "4"], "--nprobe applies only to training"),
+        (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--seed", "4"], "--seed applies only to training"),
         (["train", str(SAMPLE), "--engine", "ray"], "--engine applies only with --features"),
         (["train", "--features", nowhere, "--engine", "spark"], "--engine must be local or ray, not 'spark'"),
     ]:
