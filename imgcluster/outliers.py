@@ -26,9 +26,9 @@ ordinary Fashion-MNIST and digits images, at 3.5 2.5 % and 3.1 %, with the same 
 density, where the log-LOF's MAD is tiny, from flagging its tail: on Gaussian clusters of 50-1,000
 points in 64-d the test flags 0-0.9 % on average; without the floors 3.7-6.0 % (3 clusters of
 50-300 points), with a floor of 1.2 instead of 1.3 up to 3.1 %. Folders of fewer than
-``2 · ISOLATION_K_MIN`` images get no isolation test. The feature store's streaming ``assign``
-sees each row once and keeps the centre test only. Cost: one k-nearest-neighbour search over the
-folder's features, as ``--near-duplicates`` does.
+``2 · ISOLATION_K_MIN`` images get no isolation test. The feature store's ``assign`` applies
+both tests with thresholds and neighbours from its training sample (:mod:`imgcluster.scale.labels`).
+Cost: one k-nearest-neighbour search over the folder's features, as ``--near-duplicates`` does.
 
 What it still misses: on the 68 wallpapers the 4 planted images made up 4 of one cluster's 20.
 From the centre of its 16 wallpapers the two digits lie at 0.46-0.47, inside the wallpapers' own
