@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -269,3 +270,26 @@ def test_names_come_from_the_features_when_the_source_cannot_be_reopened(
     assert why == f"the features (its {because}, so images drawn light on black are named from their plain view)"
     assert any(e.startswith("the clusters are named from the features: its source") for e in events), events
     assert not any("drawn light on black: the clusters are named" in e for e in events)
+
+
+def test_a_stop_in_the_isolation_search_says_where_the_head_is(
+    store: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgcluster.scale import knn
+    from imgcluster.signals import Interrupted
+
+    uri, _ = store
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(knn, "scale_knn", stopped)
+    with pytest.raises(Interrupted) as stop:
+        assign_store(uri, out=tmp_path / "c.csv", n_clusters=5, epochs=1, names=False, device="cpu")
+    said = re.fullmatch(
+        r"interrupted while searching the sample's neighbours for the isolation test: nothing was written; "
+        r"the head is saved in (.+): give it as the head to rerun without training",
+        str(stop.value),
+    )
+    assert said and Path(said[1]).is_file(), str(stop.value)
+    assert list(tmp_path.iterdir()) == []
