@@ -189,33 +189,48 @@ def partitioned_knn(
 
 @dataclass
 class Reference:
-    """Rows that other rows are searched against: unit features ``[n, d]`` split into partitions
-    (:func:`partition`; one partition, an exact search, up to ``PARTITION_ROWS`` rows)."""
+    """Rows that other rows are searched against: unit features split into partitions
+    (:func:`partition`; one partition, an exact search, up to ``PARTITION_ROWS`` rows), stored
+    partition by partition so that a search reads each probed partition in place, whatever the
+    number of queries (a streaming pass asks for a few rows at a time)."""
 
-    x: np.ndarray
-    centroids: np.ndarray
-    members: list[np.ndarray]
+    x: np.ndarray  # [n, d] unit rows, partition after partition
+    ids: np.ndarray  # [n] the row each of them was
+    bounds: np.ndarray  # [P + 1]: partition p is x[bounds[p]:bounds[p + 1]]
+    centroids: np.ndarray  # [P, d]
     nprobe: int
 
     @classmethod
-    def build(cls, x: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0) -> Reference:
-        parts = partition(x, math.ceil(x.shape[0] / PARTITION_ROWS), seed)
-        return cls(x, parts.centroids, parts.members(), nprobe)
+    def build(cls, x: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0, n_partitions: int | None = None) -> Reference:
+        """From unit rows ``x`` (copied, reordered: the caller's copy can go)."""
+        parts = partition(x, n_partitions or math.ceil(x.shape[0] / PARTITION_ROWS), seed)
+        order = np.argsort(parts.labels, kind="stable")
+        bounds = np.searchsorted(parts.labels[order], np.arange(len(parts.centroids) + 1))
+        return cls(np.ascontiguousarray(x[order], dtype=np.float32), order, bounds, parts.centroids, nprobe)
+
+    def partition_rows(self, p: int) -> np.ndarray:
+        """The rows (as given to :meth:`build`) of partition ``p``."""
+        return self.ids[self.bounds[p] : self.bounds[p + 1]]
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Top-``k`` reference rows of each unit query row (not itself a reference row): (indices, similarities),
+        """Top-``k`` reference rows of each unit query row (not itself a reference row): (rows, similarities),
         exact within the query's ``nprobe`` nearest partitions, as :func:`partitioned_knn` searches; a row
         whose probed partitions hold fewer than ``k`` rows is searched exactly."""
+        faiss = load_faiss()
         k = min(k, self.x.shape[0])
-        top = TopK(queries.shape[0], k)
-        by_partition = queries_by_partition(probes(queries, self.centroids, self.nprobe), len(self.members))
-        for ids, query_ids in zip(self.members, by_partition):
-            if ids.size and query_ids.size:
-                top.merge(*search_partition(self.x[ids], ids, queries[query_ids], query_ids, min(k, ids.size)))
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        top = TopK(q.shape[0], k)
+        by_partition = queries_by_partition(probes(q, self.centroids, self.nprobe), len(self.centroids))
+        for p, query_ids in enumerate(by_partition):
+            lo, hi = int(self.bounds[p]), int(self.bounds[p + 1])
+            if hi > lo and query_ids.size:
+                sims, local = faiss.knn(q[query_ids], self.x[lo:hi], min(k, hi - lo), metric=faiss.METRIC_INNER_PRODUCT)
+                top.merge(query_ids, sims, np.where(local >= 0, self.ids[lo + np.maximum(local, 0)], -1))
         short = np.flatnonzero((top.ids < 0).any(axis=1))
         if short.size:
             top.ids[short], top.sims[short] = -1, -np.inf  # searched again from nothing: no row counted twice
-            top.merge(*search_partition(self.x, np.arange(self.x.shape[0]), queries[short], short, k))
+            sims, local = faiss.knn(q[short], self.x, k, metric=faiss.METRIC_INNER_PRODUCT)
+            top.merge(short, sims, self.ids[local])
         return top.ids, top.sims
 
 

@@ -88,24 +88,23 @@ def _brute(reference: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarr
 def test_a_reference_searched_in_every_partition_gives_the_brute_force_answer() -> None:
     """What assign from a store searches a row outside its sample in (the isolation test's neighbours)."""
     x = _clustered(1500, 24, centres=10, seed=5)
-    parts = knn.partition(x[:1000], 12)
-    every = knn.Reference(x[:1000], parts.centroids, parts.members(), nprobe=12)
+    every = knn.Reference.build(x[:1000], nprobe=12, n_partitions=12)
     ids, sims = every.search(x[1000:], 10)
     exact_ids, exact_sims = _brute(x[:1000], x[1000:], 10)
-    assert np.array_equal(ids, exact_ids)
+    assert len(every.centroids) == 12 and np.array_equal(ids, exact_ids)
     np.testing.assert_allclose(sims, exact_sims, atol=1e-5)
+    assert np.array_equal(every.search(x[1000:1003], 10)[0], exact_ids[:3])  # a few rows at a time, as a pass asks
     one = knn.Reference.build(x[:1000])  # under PARTITION_ROWS rows: one partition, an exact search
-    assert len(one.members) == 1 and np.array_equal(one.search(x[1000:], 10)[0], exact_ids)
+    assert len(one.centroids) == 1 and np.array_equal(one.search(x[1000:], 10)[0], exact_ids)
 
 
 def test_reference_rows_left_short_by_their_partitions_are_searched_exactly() -> None:
     x = _clustered(500, 16, centres=40, seed=2, spread=0.05)  # tight blobs of about 10 rows: one probe finds fewer than 15
-    parts = knn.partition(x[:400], 40)
-    reference = knn.Reference(x[:400], parts.centroids, parts.members(), nprobe=1)
+    reference = knn.Reference.build(x[:400], nprobe=1, n_partitions=40)
     ids, sims = reference.search(x[400:], 15)
     assert (ids >= 0).all() and np.isfinite(sims).all()
     assert all(len(set(row)) == 15 for row in ids)  # no row counted twice by the repair
     exact_ids, _ = _brute(x[:400], x[400:], 15)
-    probed = knn.probes(x[400:], parts.centroids, 1)[:, 0]
-    short = [i for i in range(100) if reference.members[probed[i]].size < 15]  # its one probed partition is too small
+    probed = knn.probes(x[400:], reference.centroids, 1)[:, 0]
+    short = [i for i in range(100) if reference.partition_rows(probed[i]).size < 15]  # its one probed partition is too small
     assert short and all(np.array_equal(np.sort(ids[i]), np.sort(exact_ids[i])) for i in short)
