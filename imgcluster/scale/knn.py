@@ -37,6 +37,7 @@ from imgcluster.scale.tasks import RayTasks, Tasks, local_tasks
 PARTITION_ROWS = 20_000  # rows per partition on average: P = ceil(N / PARTITION_ROWS)
 TRAIN_PER_PARTITION = 40  # sample rows per centroid for the partitioning k-means (as neighbours.IVF_TRAIN_PER_LIST)
 KMEANS_ITERATIONS = 10  # a rough fit is enough: the search inside the probed partitions is exact
+NORMALISE_ROWS = 65_536  # rows a reference normalises at once, in place of a second whole copy
 
 
 def check_knn_options(knn_threshold: object, nprobe: object) -> None:
@@ -201,12 +202,18 @@ class Reference:
     nprobe: int
 
     @classmethod
-    def build(cls, x: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0, n_partitions: int | None = None) -> Reference:
-        """From unit rows ``x`` (copied, reordered: the caller's copy can go)."""
-        parts = partition(x, n_partitions or math.ceil(x.shape[0] / PARTITION_ROWS), seed)
+    def build(cls, features: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0, n_partitions: int | None = None) -> Reference:
+        """From ``features`` (normalised here): besides them, one unit copy at a time (the partitioning's,
+        then the reordered one it keeps) and blocks of NORMALISE_ROWS."""
+        unit = l2_normalise(features)
+        parts = partition(unit, n_partitions or math.ceil(unit.shape[0] / PARTITION_ROWS), seed)
+        del unit
         order = np.argsort(parts.labels, kind="stable")
         bounds = np.searchsorted(parts.labels[order], np.arange(len(parts.centroids) + 1))
-        return cls(np.ascontiguousarray(x[order], dtype=np.float32), order, bounds, parts.centroids, nprobe)
+        x = np.asarray(features, dtype=np.float32)[order]
+        for start in range(0, x.shape[0], NORMALISE_ROWS):
+            x[start : start + NORMALISE_ROWS] = l2_normalise(x[start : start + NORMALISE_ROWS])
+        return cls(x, order, bounds, parts.centroids, nprobe)
 
     def partition_rows(self, p: int) -> np.ndarray:
         """The rows (as given to :meth:`build`) of partition ``p``."""

@@ -50,8 +50,8 @@ class Isolation:
     """The isolation test's estimates: the sample's LOF per row, its densities and a search over it.
 
     Memory: 5 numbers per sample row (key, row, LOF, k-distance, density: 36 bytes, 72 MB at
-    2M rows) besides the reference's unit features (the sample's size again in float32) and its
-    partitions' row lists; no neighbour table.
+    2M rows) besides the reference's unit features (the sample's size again in float32) and the
+    row each of them was; no neighbour table.
     """
 
     k: int
@@ -113,7 +113,7 @@ def fit_isolation(
     del indices, sims
     keys = path_keys(paths, seed)
     order = np.argsort(keys, kind="stable")
-    reference = Reference.build(l2_normalise(features), nprobe, seed=0)
+    reference = Reference.build(features, nprobe, seed=0)
     search = {"knn_threshold": knn_threshold, "nprobe": nprobe, "search": "partitioned" if len(paths) > knn_threshold else "one machine"}
     return Isolation(k, isolation_threshold(lof), seed, keys[order], order, lof, k_distance, density, reference, search)
 
@@ -186,8 +186,10 @@ def sample_names(
     from imgcluster.naming import cluster_names
     from imgcluster.negatives import drawing_names
 
+    if paths is None:
+        return cluster_names(features, clusters), "the features"
     root, why = readable_source(source)
-    if root is not None and paths is not None:
+    if root is not None:
 
         def say(shown: int) -> None:
             Reporter(progress, "assign").info(
