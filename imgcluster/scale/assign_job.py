@@ -387,6 +387,7 @@ def assign_store(
             written["csv"] = out_path
         if beside is not None:
             from imgcluster.config import AssignConfig, sidecar_path, write_sidecar
+            from imgcluster.outliers import RULE
 
             written["parquet"] = parquet_path(beside)
             source = sample.meta.source
@@ -397,9 +398,9 @@ def assign_store(
                 result={
                     "images": tally.rows, "engine": engine, "cluster_sizes": dict(sorted(tally.sizes.items())),
                     "parquet": str(written["parquet"]),
-                    "outliers": {
-                        "min_confidence": min_confidence, "outliers": tally.outliers, "far_from_centre": tally.far,
-                        "isolated": tally.isolated, "estimated_on_sample": len(sample.paths),
+                    "outliers": {  # as a folder's sidecar counts them (outliers.Outliers.summary)
+                        "min_confidence": min_confidence, "rule": RULE, "outliers": tally.outliers, "low_confidence": tally.low,
+                        "far_from_centre": tally.far, "isolated": tally.isolated, "estimated_on_sample": len(sample.paths),
                     },
                     **model.to_dict(),
                 },

@@ -70,6 +70,9 @@ def test_assign_from_a_store_gives_the_single_machine_csv(store: tuple[str, Path
     assert sidecar["features"]["rows"] == 125 and sidecar["assign"]["folder"] == str(SAMPLE)
     assert sidecar["result"]["names_from"].startswith("the images shown inverted and mirrored")
     assert sidecar["result"]["isolation"]["k"] == 10 and sidecar["result"]["outliers"]["isolated"] >= 1
+    folder_sidecar = json.loads(single.with_name("single.csv.json").read_text())["result"]["outliers"]
+    for count in ("outliers", "low_confidence", "far_from_centre", "isolated", "rule"):  # the folder's counts, in its words
+        assert sidecar["result"]["outliers"][count] == folder_sidecar[count], count
     score = imgcluster.evaluate(scaled, SAMPLE)  # evaluate reads it like any assignment
     assert score.matched == 125 and score.acc > 0.9
 
