@@ -231,8 +231,8 @@ KnnThresholdOpt = Annotated[
     int,
     typer.Option(
         "--knn-threshold", metavar="N",
-        help="With --features: up to N training rows, one machine's exact kNN search; above, a partitioned search as Ray tasks. "
-        "Raise it when one machine (a GPU) still handles the sample.",
+        help="With --features: up to N sample rows, one machine's kNN search (training, the isolation test); above, a partitioned "
+        "search as Ray tasks. Raise it when one machine (a GPU) still handles the sample.",
     ),
 ]  # fmt: skip
 NprobeOpt = Annotated[
@@ -436,10 +436,10 @@ def _training(
     }  # fmt: skip
 
 
-# assign's options that shape a head's training: meaningless with --head, whose training is done.
+# assign's options that shape a head's training: meaningless with --head, whose training is done (--knn-threshold and
+# --nprobe also shape the isolation test's neighbour search of assign --features, so they stay allowed).
 TRAINING_PARAMETERS = (
     "objective", "clusters", "k_min", "k_max", "epochs", "batch_size", "lr", "knn", "seed", "balance", "self_label", "uco", "option",
-    "knn_threshold", "nprobe",
 )  # fmt: skip
 
 

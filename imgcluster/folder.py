@@ -370,19 +370,17 @@ def _outlier_tally(found: Outliers, min_confidence: float) -> str:
 def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: ProgressFn | None) -> np.ndarray | None:
     """The names from the classifier's view of a sample shown inverted, when the folder is drawn light
     on black (:mod:`imgcluster.negatives`); None for any other folder."""
-    from imgcluster.naming import name_column, names_from_probabilities
-    from imgcluster.negatives import mostly_negative, sample_rows, view_probabilities
+    from imgcluster.naming import name_column
+    from imgcluster.negatives import drawing_names
 
-    rows = sample_rows(clusters)
-    files = [embeddings.folder / embeddings.paths[i] for i in rows]
-    if not mostly_negative(files):
-        return None
-    Reporter(progress, "assign").info(
-        f"the images are drawn light on black: the clusters are named from {count(len(rows), 'image')} shown inverted, "
-        "as photos show such things"
-    )
-    probabilities = view_probabilities(files, embeddings.cache_dir)
-    return name_column(names_from_probabilities(probabilities, clusters[rows]), clusters)
+    def say(shown: int) -> None:
+        Reporter(progress, "assign").info(
+            f"the images are drawn light on black: the clusters are named from {count(shown, 'image')} shown inverted, "
+            "as photos show such things"
+        )
+
+    names = drawing_names(embeddings.folder, embeddings.paths, clusters, embeddings.cache_dir, say)
+    return None if names is None else name_column(names, clusters)
 
 
 def _names(paths: list[str], clusters: np.ndarray, naming: Embeddings) -> np.ndarray:

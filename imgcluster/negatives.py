@@ -18,7 +18,7 @@ lit border or colour) and light-ground drawings are never inverted.
 from __future__ import annotations
 
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,23 @@ def sample_rows(clusters: np.ndarray, per_cluster: int = PER_CLUSTER) -> np.ndar
             members = members[np.linspace(0, len(members) - 1, per_cluster).round().astype(int)]
         picked.append(members)
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=int)
+
+
+def drawing_names(
+    root: Path, paths: Sequence[str], clusters: np.ndarray, cache_dir: Path | None, before: Callable[[int], None] | None = None
+) -> dict[int, str] | None:
+    """Cluster id -> name from the classifier's views of the chosen members (files ``root / paths[row]``)
+    when the folder is drawn light on black; None for any other folder. ``before`` hears how many
+    images are about to be shown. The one naming pass of a folder's and a feature store's ``assign``."""
+    from imgcluster.naming import names_from_probabilities
+
+    rows = sample_rows(clusters)
+    files = [root / paths[i] for i in rows]
+    if not mostly_negative(files):
+        return None
+    if before is not None:
+        before(len(rows))
+    return names_from_probabilities(view_probabilities(files, cache_dir), clusters[rows])
 
 
 def mostly_negative(files: list[Path], probe: int = PROBE) -> bool:

@@ -26,9 +26,9 @@ ordinary Fashion-MNIST and digits images, at 3.5 2.5 % and 3.1 %, with the same 
 density, where the log-LOF's MAD is tiny, from flagging its tail: on Gaussian clusters of 50-1,000
 points in 64-d the test flags 0-0.9 % on average; without the floors 3.7-6.0 % (3 clusters of
 50-300 points), with a floor of 1.2 instead of 1.3 up to 3.1 %. Folders of fewer than
-``2 · ISOLATION_K_MIN`` images get no isolation test. The feature store's streaming ``assign``
-sees each row once and keeps the centre test only. Cost: one k-nearest-neighbour search over the
-folder's features, as ``--near-duplicates`` does.
+``2 · ISOLATION_K_MIN`` images get no isolation test. The feature store's ``assign`` applies
+both tests with thresholds and neighbours from its training sample (:mod:`imgcluster.scale.labels`).
+Cost: one k-nearest-neighbour search over the folder's features, as ``--near-duplicates`` does.
 
 What it still misses: on the 68 wallpapers the 4 planted images made up 4 of one cluster's 20.
 From the centre of its 16 wallpapers the two digits lie at 0.46-0.47, inside the wallpapers' own
@@ -175,10 +175,29 @@ def local_outlier_factor(features: np.ndarray, k: int, use_gpu: bool = False) ->
     Distances are floored at ``MAD_FLOOR`` so that exact duplicates do not make a density infinite.
     """
     indices, sims = knn_search(features, k, use_gpu=use_gpu)
+    k_distance, density = local_densities(indices, sims)
+    return lof_against(indices, sims, k_distance, density)
+
+
+def local_densities(indices: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(k-distance, local reachability density) of every row from its own ``k`` neighbours (self excluded):
+    what the LOF of a row, of this set or a new one, is measured against (:func:`lof_against`)."""
     distance = np.clip(1.0 - sims.astype(np.float64), MAD_FLOOR, 2.0)
-    reach = np.maximum(distance, distance[indices, -1])  # reachability: at least the neighbour's own k-distance
-    density = 1.0 / reach.mean(1)
-    return (density[indices].mean(1) / density).astype(np.float32)
+    k_distance = distance[:, -1]
+    return k_distance, lof_density(distance, k_distance[indices])
+
+
+def lof_density(distance: np.ndarray, neighbour_k_distance: np.ndarray) -> np.ndarray:
+    """Local reachability density: reachability is at least the neighbour's own k-distance."""
+    return 1.0 / np.maximum(distance, neighbour_k_distance).mean(1)
+
+
+def lof_against(indices: np.ndarray, sims: np.ndarray, k_distance: np.ndarray, density: np.ndarray) -> np.ndarray:
+    """The LOF of rows whose ``k`` neighbours among a reference set are ``indices`` at similarities ``sims``,
+    given the reference's :func:`local_densities`: the rows of that set itself, or rows it does not hold."""
+    distance = np.clip(1.0 - sims.astype(np.float64), MAD_FLOOR, 2.0)
+    own = lof_density(distance, k_distance[indices])
+    return (density[indices].mean(1) / own).astype(np.float32)
 
 
 def isolation_threshold(

@@ -28,7 +28,7 @@ from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, 
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD, check_knn_options
-from imgcluster.scale.labels import SampleModel, fit_sample_model, label_batch
+from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 
 if TYPE_CHECKING:
@@ -131,13 +131,22 @@ class Tally:
         self.rows = 0
         self.sizes: dict[int, int] = {}
         self.outliers = 0
+        self.isolated = 0
+        self.far = 0
+        self.low = 0
         self.top = 0.0
 
     def add(self, columns: dict[str, np.ndarray]) -> None:
+        from imgcluster.outliers import REASON_CONFIDENCE, REASON_DISTANCE, REASON_ISOLATED
+
         self.rows += len(columns["cluster"])
         for k, n in zip(*np.unique(columns["cluster"], return_counts=True)):
             self.sizes[int(k)] = self.sizes.get(int(k), 0) + int(n)
         self.outliers += int(np.asarray(columns["outlier"]).sum())
+        reasons = np.char.split(np.asarray(columns["outlier_reason"], dtype=str), "+")
+        self.isolated += sum(REASON_ISOLATED in r for r in reasons)
+        self.far += sum(REASON_DISTANCE in r for r in reasons)
+        self.low += sum(REASON_CONFIDENCE in r for r in reasons)
         if len(columns["confidence"]):
             self.top = max(self.top, float(np.max(columns["confidence"])))
 
@@ -280,7 +289,7 @@ def assign_store(
     from imgcluster.checkpoint import check_backbone, load_checkpoint
     from imgcluster.estimator import checked_head
     from imgcluster.folder import check_out
-    from imgcluster.outliers import DEFAULT_MIN_CONFIDENCE, check_min_confidence
+    from imgcluster.outliers import check_min_confidence
     from imgcluster.pipeline import resolve_device
     from imgcluster.scale.training import check_engine, engine_session, head_for_store, read_sample, said_when_stopped
 
@@ -337,7 +346,16 @@ def assign_store(
             estimator.save(head_path)
             Reporter(progress, "train").info(f"head saved to {head_path}")
         use_names = names and _names_apply(sample, report)
-        model, _ = fit_sample_model(trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain)
+        kept = f"nothing was written; the head is saved in {head_path}: give it as the head to rerun without training"
+        with said_when_stopped("searching the sample's neighbours for the isolation test", kept):
+            isolation = fit_isolation(
+                sample.features, sample.paths, sample.seed, knn_threshold=knn_threshold, nprobe=nprobe, use_gpu=dev.type == "cuda",
+                progress=progress,
+            )  # fmt: skip
+        model, _ = fit_sample_model(
+            trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain, isolation=isolation,
+            paths=sample.paths, source=sample.meta.source, progress=progress,
+        )  # fmt: skip
         tally = Tally()
         problems: list[str] = []
         report.start(sample.rows, f"assigning {sample.rows} rows ({engine})")
@@ -363,14 +381,13 @@ def assign_store(
                 f"the head is no surer of any image than chance (confidence at most {tally.top:.3f}, "
                 f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer {{n_clusters}}"
             )
-        low = f"below {{min_confidence}} {min_confidence} or " if min_confidence > DEFAULT_MIN_CONFIDENCE else ""
-        far = "far from their cluster's centre, thresholds from the sample"
-        report.info(f"{count(tally.outliers, 'outlier')} of {tally.rows} ({low}{far})")
+        report.info(f"{count(tally.outliers, 'outlier')} of {tally.rows}: {_outlier_tally(tally, model, min_confidence)}")
         written: dict[str, Path] = {}
         if out_path is not None:
             written["csv"] = out_path
         if beside is not None:
             from imgcluster.config import AssignConfig, sidecar_path, write_sidecar
+            from imgcluster.outliers import RULE
 
             written["parquet"] = parquet_path(beside)
             source = sample.meta.source
@@ -381,7 +398,10 @@ def assign_store(
                 result={
                     "images": tally.rows, "engine": engine, "cluster_sizes": dict(sorted(tally.sizes.items())),
                     "parquet": str(written["parquet"]),
-                    "outliers": {"min_confidence": min_confidence, "outliers": tally.outliers, "estimated_on_sample": len(sample.paths)},
+                    "outliers": {  # as a folder's sidecar counts them (outliers.Outliers.summary)
+                        "min_confidence": min_confidence, "rule": RULE, "outliers": tally.outliers, "low_confidence": tally.low,
+                        "far_from_centre": tally.far, "isolated": tally.isolated, "estimated_on_sample": len(sample.paths),
+                    },
                     **model.to_dict(),
                 },
             )  # fmt: skip
@@ -398,6 +418,23 @@ def _drain(blocks: Iterator[dict[str, np.ndarray]], writers: Writers, tally: Tal
         writers.write(columns)
         tally.add(columns)
         report.advance(len(columns["cluster"]))
+
+
+def _outlier_tally(tally: Tally, model: SampleModel, min_confidence: float) -> str:
+    """What each outlier test found, naming only the tests that ran, as a folder's ``assign`` says it."""
+    from imgcluster.outliers import ISOLATION_K_MIN, MIN_CLUSTER_SIZE
+
+    parts = [f"{tally.low} below {{min_confidence}} {min_confidence}"] if min_confidence > 0 else []
+    if np.isfinite(model.thresholds).any():
+        parts.append(f"{tally.far} far from their cluster's centre")
+    if model.isolation is not None:
+        parts.append(f"{tally.isolated} isolated from the rest")
+    if not parts:
+        parts.append(
+            f"too few rows in the sample for the outlier tests (a cluster needs {MIN_CLUSTER_SIZE} for the distance test, "
+            f"the sample {2 * ISOLATION_K_MIN} for the isolation test)"
+        )
+    return ", ".join(parts) + " (thresholds from the sample)"
 
 
 def _names_apply(sample: StoreSample, report: Reporter) -> bool:

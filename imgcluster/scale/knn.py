@@ -37,6 +37,7 @@ from imgcluster.scale.tasks import RayTasks, Tasks, local_tasks
 PARTITION_ROWS = 20_000  # rows per partition on average: P = ceil(N / PARTITION_ROWS)
 TRAIN_PER_PARTITION = 40  # sample rows per centroid for the partitioning k-means (as neighbours.IVF_TRAIN_PER_LIST)
 KMEANS_ITERATIONS = 10  # a rough fit is enough: the search inside the probed partitions is exact
+NORMALISE_ROWS = 65_536  # rows a reference normalises at once, in place of a second whole copy
 
 
 def check_knn_options(knn_threshold: object, nprobe: object) -> None:
@@ -93,6 +94,14 @@ def probes(x: np.ndarray, centroids: np.ndarray, nprobe: int, block: int = 65_53
         s = x[start : start + block] @ centroids.T
         out[start : start + block] = np.argpartition(-s, nprobe - 1, axis=1)[:, :nprobe] if nprobe < s.shape[1] else np.arange(s.shape[1])
     return out
+
+
+def queries_by_partition(probe: np.ndarray, n_partitions: int) -> list[np.ndarray]:
+    """Per partition, the rows (ascending) that list it among their ``probe`` [N, nprobe]."""
+    flat = probe.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.searchsorted(flat[order], np.arange(n_partitions + 1))
+    return [order[bounds[p] : bounds[p + 1]] // probe.shape[1] for p in range(n_partitions)]
 
 
 def search_partition(
@@ -163,16 +172,10 @@ def partitioned_knn(
     report.info(f"partitioning {n} images into {p} partitions (k-means on a sample), then searching each in its {min(nprobe, p)} nearest")
     parts = partition(x, p, seed)
     members = parts.members()
-    probe = probes(x, parts.centroids, nprobe)
-    # Query rows of each partition: those that list it among their probes.
-    flat = probe.ravel()
-    queries_of = np.argsort(flat, kind="stable")
-    bounds = np.searchsorted(flat[queries_of], np.arange(len(members) + 1))
-    width = probe.shape[1]
+    queries = queries_by_partition(probes(x, parts.centroids, nprobe), len(members))
 
     def jobs() -> Iterator[tuple[Any, ...]]:
-        for q, ids in enumerate(members):
-            query_ids = queries_of[bounds[q] : bounds[q + 1]] // width
+        for ids, query_ids in zip(members, queries):
             if ids.size and query_ids.size:
                 yield shared, ids, query_ids, min(k + 1, ids.size)
 
@@ -183,6 +186,59 @@ def partitioned_knn(
         top.merge(query_ids, sims, ids)
         report.advance(1)
     return _without_self(x, top.ids, top.sims, k)
+
+
+@dataclass
+class Reference:
+    """Rows that other rows are searched against: unit features split into partitions
+    (:func:`partition`; one partition, an exact search, up to ``PARTITION_ROWS`` rows), stored
+    partition by partition so that a search reads each probed partition in place, whatever the
+    number of queries (a streaming pass asks for a few rows at a time)."""
+
+    x: np.ndarray  # [n, d] unit rows, partition after partition
+    ids: np.ndarray  # [n] the row each of them was
+    bounds: np.ndarray  # [P + 1]: partition p is x[bounds[p]:bounds[p + 1]]
+    centroids: np.ndarray  # [P, d]
+    nprobe: int
+
+    @classmethod
+    def build(cls, features: np.ndarray, nprobe: int = DEFAULT_NPROBE, seed: int = 0, n_partitions: int | None = None) -> Reference:
+        """From ``features`` (normalised here): besides them, one unit copy at a time (the partitioning's,
+        then the reordered one it keeps) and blocks of NORMALISE_ROWS."""
+        unit = l2_normalise(features)
+        parts = partition(unit, n_partitions or math.ceil(unit.shape[0] / PARTITION_ROWS), seed)
+        del unit
+        order = np.argsort(parts.labels, kind="stable")
+        bounds = np.searchsorted(parts.labels[order], np.arange(len(parts.centroids) + 1))
+        x = np.asarray(features, dtype=np.float32)[order]
+        for start in range(0, x.shape[0], NORMALISE_ROWS):
+            x[start : start + NORMALISE_ROWS] = l2_normalise(x[start : start + NORMALISE_ROWS])
+        return cls(x, order, bounds, parts.centroids, nprobe)
+
+    def partition_rows(self, p: int) -> np.ndarray:
+        """The rows (as given to :meth:`build`) of partition ``p``."""
+        return self.ids[self.bounds[p] : self.bounds[p + 1]]
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` reference rows of each unit query row (not itself a reference row): (rows, similarities),
+        exact within the query's ``nprobe`` nearest partitions, as :func:`partitioned_knn` searches; a row
+        whose probed partitions hold fewer than ``k`` rows is searched exactly."""
+        faiss = load_faiss()
+        k = min(k, self.x.shape[0])
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        top = TopK(q.shape[0], k)
+        by_partition = queries_by_partition(probes(q, self.centroids, self.nprobe), len(self.centroids))
+        for p, query_ids in enumerate(by_partition):
+            lo, hi = int(self.bounds[p]), int(self.bounds[p + 1])
+            if hi > lo and query_ids.size:
+                sims, local = faiss.knn(q[query_ids], self.x[lo:hi], min(k, hi - lo), metric=faiss.METRIC_INNER_PRODUCT)
+                top.merge(query_ids, sims, np.where(local >= 0, self.ids[lo + np.maximum(local, 0)], -1))
+        short = np.flatnonzero((top.ids < 0).any(axis=1))
+        if short.size:
+            top.ids[short], top.sims[short] = -1, -np.inf  # searched again from nothing: no row counted twice
+            sims, local = faiss.knn(q[short], self.x, k, metric=faiss.METRIC_INNER_PRODUCT)
+            top.merge(short, sims, self.ids[local])
+        return top.ids, top.sims
 
 
 def _without_self(x: np.ndarray, ids: np.ndarray, sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

@@ -4,13 +4,25 @@ A streaming pass sees each row once and never all of them, so what ``assign`` co
 whole folder is estimated on the training sample (a seeded uniform sample of the store, all of it
 when the store is no larger) and then applied row by row:
 
-- ``outlier`` / ``outlier_reason``: each cluster's centre and distance threshold (median + 3 x
-  1.4826 x MAD, :mod:`imgcluster.outliers`) come from the sample's members of that cluster; a row
-  is far from its centre when its distance passes that threshold. A cluster with fewer than 10
-  members in the sample gets no distance test, as in a folder. ``min_confidence`` is per row.
+- ``outlier`` / ``outlier_reason``, with the folder's rules (:mod:`imgcluster.outliers`):
+  - far from the centre: each cluster's centre and distance threshold (median + 3 x 1.4826 x
+    MAD) come from the sample's members of that cluster; a cluster with fewer than 10 members in
+    the sample gets no distance test, as in a folder.
+  - isolated: the local outlier factor at the folder's ``k`` (2 % of the sample's rows, 10 to 50)
+    from the sample's kNN (one machine's search, or the partitioned search as Ray tasks above
+    ``knn_threshold``: :func:`imgcluster.scale.knn.scale_knn`), and its threshold from the
+    sample's LOFs. A row of the sample keeps its LOF among the sample (so a store no larger than
+    the sample gets the folder's column exactly); any other row's ``k`` neighbours are searched
+    among the sample (:class:`imgcluster.scale.knn.Reference`) and its LOF is measured against
+    the sample's densities, as a new image's would be.
+  - ``min_confidence`` is per row.
 - ``cluster_name``: from the sample's members (:mod:`imgcluster.naming`), only for stores of the
   bundled EfficientNet-Lite0's features: for any other backbone it would take an extra Lite0
-  pass over every image, which at this scale costs as much as the embedding itself.
+  pass over every image, which at this scale costs as much as the embedding itself. When the
+  store's source is a local folder that can be read and is drawn light on black, the chosen
+  members' files are shown to the classifier inverted and mirrored as a folder's ``assign`` does
+  (:func:`imgcluster.negatives.drawing_names`); a source on object storage, or one that is gone,
+  is named from the features and the sidecar says why.
 
 Near-duplicates are not offered at this scale: they need every row's neighbours and a decode of
 each candidate pair's pixels (docs/scale.md).
@@ -21,11 +33,89 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from imgcluster.neighbours import l2_normalise
+from imgcluster.progress import ProgressFn, Reporter, count
+
+if TYPE_CHECKING:
+    from imgcluster.scale.knn import Reference
+
+
+@dataclass
+class Isolation:
+    """The isolation test's estimates: the sample's LOF per row, its densities and a search over it.
+
+    Memory: 5 numbers per sample row (key, row, LOF, k-distance, density: 36 bytes, 72 MB at
+    2M rows) besides the reference's unit features (the sample's size again in float32) and the
+    row each of them was; no neighbour table.
+    """
+
+    k: int
+    threshold: float  # LOF above which a row is isolated
+    seed: int  # of the sample's path keys (:func:`imgcluster.scale.sample.path_keys`)
+    keys: np.ndarray  # [n] uint64, the sample rows' path keys, ascending
+    rows: np.ndarray  # [n] the sample row of each key
+    lof: np.ndarray  # [n] float32, each sample row's LOF among the sample (itself excluded), in sample order
+    k_distance: np.ndarray  # [n] float64
+    density: np.ndarray  # [n] float64
+    reference: Reference
+    search: dict[str, Any]  # how the sample's neighbours were searched (the sidecar's record)
+
+    def scores(self, paths: list[str], z: np.ndarray) -> np.ndarray:
+        """The LOF of rows ``paths`` with unit features ``z``: the sample's for its own rows, else against the sample."""
+        from imgcluster.outliers import lof_against
+        from imgcluster.scale.sample import path_keys
+
+        keys = path_keys(paths, self.seed)
+        at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
+        known = self.keys[at] == keys
+        lof = np.empty(len(paths), np.float32)
+        lof[known] = self.lof[self.rows[at[known]]]
+        new = np.flatnonzero(~known)
+        if new.size:
+            indices, sims = self.reference.search(z[new], self.k)
+            lof[new] = lof_against(indices, sims, self.k_distance, self.density)
+        return lof
+
+
+def fit_isolation(
+    features: np.ndarray,
+    paths: list[str],
+    seed: int,
+    *,
+    knn_threshold: int,
+    nprobe: int,
+    use_gpu: bool = False,
+    progress: ProgressFn | None = None,
+) -> Isolation | None:
+    """The isolation test fitted on the sample (``features`` float32, ``paths`` its rows, ``seed`` its
+    path keys'); None when the sample is too small for it (the folder's rule, :func:`imgcluster.outliers.isolation_k`).
+
+    The kNN table (N x k ids and similarities, as the training's kNN holds at its own k) lives only
+    inside this function: each row keeps its k-distance, density and LOF.
+    """
+    from imgcluster.outliers import isolation_k, isolation_threshold, local_densities, lof_against
+    from imgcluster.scale.knn import Reference, scale_knn
+    from imgcluster.scale.sample import path_keys
+
+    k = isolation_k(len(paths))
+    if not k:
+        return None
+    Reporter(progress, "assign").info(f"isolation test: the sample's {k} nearest neighbours of each of {count(len(paths), 'row')}")
+    # seed 0 as a folder's isolation search (outliers.local_outlier_factor): the same neighbours above the IVF threshold too
+    indices, sims = scale_knn(features, k, threshold=knn_threshold, use_gpu=use_gpu, seed=0, nprobe=nprobe, progress=progress)
+    k_distance, density = local_densities(indices, sims)
+    lof = lof_against(indices, sims, k_distance, density)
+    del indices, sims
+    keys = path_keys(paths, seed)
+    order = np.argsort(keys, kind="stable")
+    reference = Reference.build(features, nprobe, seed=0)
+    search = {"knn_threshold": knn_threshold, "nprobe": nprobe, "search": "partitioned" if len(paths) > knn_threshold else "one machine"}
+    return Isolation(k, isolation_threshold(lof), seed, keys[order], order, lof, k_distance, density, reference, search)
 
 
 @dataclass
@@ -37,19 +127,38 @@ class SampleModel:
     names: list[str] | None  # [K] cluster names, None without the cluster_name column
     min_confidence: float
     explain: bool
+    isolation: Isolation | None = None  # None: the sample is too small for the isolation test
+    names_from: str = ""  # how the names were made (the sidecar's record)
 
     def to_dict(self) -> dict[str, Any]:
         """What the sidecar records about the estimates."""
+        isolation = self.isolation
         return {
             "distance_thresholds": {str(k): (None if not np.isfinite(t) else round(float(t), 6)) for k, t in enumerate(self.thresholds)},
-            **({"cluster_names": dict(enumerate(self.names))} if self.names is not None else {}),
+            "isolation": None
+            if isolation is None
+            else {"k": isolation.k, "threshold": round(isolation.threshold, 6), "search": isolation.search},
+            **({"cluster_names": dict(enumerate(self.names)), "names_from": self.names_from} if self.names is not None else {}),
         }
 
 
 def fit_sample_model(
-    objective: Any, features: np.ndarray, device: Any, *, min_confidence: float, names: bool, explain: bool
+    objective: Any,
+    features: np.ndarray,
+    device: Any,
+    *,
+    min_confidence: float,
+    names: bool,
+    explain: bool,
+    isolation: Isolation | None = None,
+    paths: list[str] | None = None,
+    source: str | None = None,
+    progress: ProgressFn | None = None,
 ) -> tuple[SampleModel, np.ndarray]:
-    """The estimates from the sample's ``features`` (float32, the head's input) and the sample's clusters."""
+    """The estimates from the sample's ``features`` (float32, the head's input) and the sample's clusters.
+
+    ``paths`` and ``source`` (the sample's rows and the store's source) let the names of a folder
+    drawn light on black come from its images (:func:`sample_names`)."""
     from imgcluster.assign import predict
     from imgcluster.outliers import centre_distances, robust_thresholds
 
@@ -61,19 +170,57 @@ def fit_sample_model(
     thresholds = np.full(k, np.inf)
     for c, centre in found.items():
         centres[c], thresholds[c] = centre, limits[c]
-    cluster_names = None
+    cluster_names, how = None, ""
     if names:
-        from imgcluster.naming import cluster_names as name_clusters
-
-        named = name_clusters(features, clusters)
+        named, how = sample_names(features, clusters, paths, source, progress)
         cluster_names = [named.get(c, "") for c in range(k)]
-    return SampleModel(centres, thresholds, cluster_names, min_confidence, explain), clusters
+    return SampleModel(centres, thresholds, cluster_names, min_confidence, explain, isolation, how), clusters
+
+
+def sample_names(
+    features: np.ndarray, clusters: np.ndarray, paths: list[str] | None, source: str | None, progress: ProgressFn | None = None
+) -> tuple[dict[int, str], str]:
+    """(cluster id -> name, how they were made): from the chosen members' images shown inverted and
+    mirrored when the store's local source is drawn light on black, as a folder's ``assign`` names
+    it (:func:`imgcluster.negatives.drawing_names`); otherwise from the features."""
+    from imgcluster.naming import cluster_names
+    from imgcluster.negatives import drawing_names
+
+    if paths is None:
+        return cluster_names(features, clusters), "the features"
+    root, why = readable_source(source)
+    if root is not None:
+
+        def say(shown: int) -> None:
+            Reporter(progress, "assign").info(
+                f"the images are drawn light on black: the clusters are named from {count(shown, 'image')} of {root} shown inverted, "
+                "as photos show such things"
+            )
+
+        drawn = drawing_names(root, paths, clusters, None, say)
+        if drawn is not None:
+            return drawn, "the images shown inverted and mirrored (the source is drawn light on black)"
+        return cluster_names(features, clusters), "the features"
+    Reporter(progress, "assign").info(f"the clusters are named from the features: {why}")
+    return cluster_names(features, clusters), f"the features ({why})"
+
+
+def readable_source(source: str | None) -> tuple[Path | None, str]:
+    """(the local folder a store's paths are relative to, "") or (None, why its images cannot be reopened)."""
+    if not source:
+        return None, "the store records no source, so images drawn light on black are named from their plain view"
+    local = source.removeprefix("file://")
+    if "://" in local:
+        return None, f"its source {source} is not a local folder, so images drawn light on black are named from their plain view"
+    if not Path(local).is_dir():
+        return None, f"its source folder {source} is not there, so images drawn light on black are named from their plain view"
+    return Path(local), ""
 
 
 def label_batch(objective: Any, model: SampleModel, paths: list[str], features: np.ndarray, device: Any) -> dict[str, np.ndarray]:
     """The CSV's columns for these rows: path, cluster, confidence and the extra columns."""
     from imgcluster.assign import predict
-    from imgcluster.outliers import REASON_CONFIDENCE, REASON_DISTANCE
+    from imgcluster.outliers import REASON_CONFIDENCE, REASON_DISTANCE, REASON_ISOLATED
 
     x = np.asarray(features, dtype=np.float32)
     with _one_thread():
@@ -83,10 +230,11 @@ def label_batch(objective: Any, model: SampleModel, paths: list[str], features: 
     distance = np.clip(1.0 - np.einsum("ij,ij->i", z, model.centres[cluster]), 0.0, 2.0)
     far = distance > model.thresholds[cluster]
     low = confidence.astype(np.float64) < model.min_confidence
-    reasons = np.array(
-        ["+".join(r for r, on in ((REASON_CONFIDENCE, a), (REASON_DISTANCE, b)) if on) for a, b in zip(low, far)], dtype=object
-    ).astype(str)
-    extra: dict[str, np.ndarray] = {**prediction.extra, "outlier": (low | far).astype(np.int64), "outlier_reason": reasons}
+    isolation = model.isolation
+    lonely = isolation.scores(paths, z) > isolation.threshold if isolation is not None else np.zeros(len(paths), bool)
+    tests = (REASON_CONFIDENCE, REASON_DISTANCE, REASON_ISOLATED)  # in the folder's order (outliers.Outliers.reasons)
+    reasons = np.array(["+".join(r for r, on in zip(tests, flags) if on) for flags in zip(low, far, lonely)], dtype=object).astype(str)
+    extra: dict[str, np.ndarray] = {**prediction.extra, "outlier": (low | far | lonely).astype(np.int64), "outlier_reason": reasons}
     if model.names is not None:
         extra["cluster_name"] = np.array([model.names[int(c)] for c in cluster], dtype=object).astype(str)
     return {"path": np.array(paths, dtype=object), "cluster": cluster, "confidence": confidence, **dict(sorted(extra.items()))}

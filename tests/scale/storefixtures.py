@@ -58,3 +58,15 @@ def numbered_store(uri: str, n: int = 3000, dim: int = 8, copies: int = 1) -> st
             store.write([paths[i] for i in part], [1] * len(part), [copy] * len(part), [None] * len(part), features)
             time.sleep(0.01)  # a distinct modification time per file: the newest copy is well defined
     return uri
+
+
+def planted_store(uri: str, n: int = 2000, planted: int = 8, dim: int = 64) -> tuple[str, list[str]]:
+    """``n`` rows around 10 centres and ``planted`` rows of a small group far from all of them (no images)."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(10, dim))[rng.integers(0, 10, n)] + 0.8 * rng.normal(size=(n, dim))
+    odd = 4 * rng.normal(size=(1, dim)) + 0.8 * rng.normal(size=(planted, dim))
+    identity = {"model": "synthetic", "weights": "none", "dim": dim}
+    meta = FeatureStoreMeta(model="synthetic", key=cache_key(identity, "float16"), identity=identity, dim=dim, source="/nowhere")
+    paths = [f"img/{i:06d}.jpg" for i in range(n)] + [f"odd/{i:02d}.jpg" for i in range(planted)]
+    open_store(uri, meta).write(paths, [1] * len(paths), [0] * len(paths), [None] * len(paths), np.concatenate([x, odd]))
+    return uri, paths[n:]

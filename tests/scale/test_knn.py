@@ -77,3 +77,34 @@ def test_the_jobs_get_row_ids_and_the_one_shared_copy_of_the_rows() -> None:
     assert shared.shape == x.shape and all(job[1].dtype.kind == job[2].dtype.kind == "i" for job in tasks.jobs)
     assert sum(len(job[1]) for job in tasks.jobs) == 600 and sum(len(job[2]) for job in tasks.jobs) == 1200  # rows once, queries x nprobe
     assert np.array_equal(ids, knn.partitioned_knn(x, 5, n_partitions=6, nprobe=2)[0])
+
+
+def _brute(reference: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = queries @ reference.T
+    top = np.argsort(-s, axis=1, kind="stable")[:, :k]
+    return top, np.take_along_axis(s, top, 1)
+
+
+def test_a_reference_searched_in_every_partition_gives_the_brute_force_answer() -> None:
+    """What assign from a store searches a row outside its sample in (the isolation test's neighbours)."""
+    x = _clustered(1500, 24, centres=10, seed=5)
+    every = knn.Reference.build(x[:1000], nprobe=12, n_partitions=12)
+    ids, sims = every.search(x[1000:], 10)
+    exact_ids, exact_sims = _brute(x[:1000], x[1000:], 10)
+    assert len(every.centroids) == 12 and np.array_equal(ids, exact_ids)
+    np.testing.assert_allclose(sims, exact_sims, atol=1e-5)
+    assert np.array_equal(every.search(x[1000:1003], 10)[0], exact_ids[:3])  # a few rows at a time, as a pass asks
+    one = knn.Reference.build(x[:1000])  # under PARTITION_ROWS rows: one partition, an exact search
+    assert len(one.centroids) == 1 and np.array_equal(one.search(x[1000:], 10)[0], exact_ids)
+
+
+def test_reference_rows_left_short_by_their_partitions_are_searched_exactly() -> None:
+    x = _clustered(500, 16, centres=40, seed=2, spread=0.05)  # tight blobs of about 10 rows: one probe finds fewer than 15
+    reference = knn.Reference.build(x[:400], nprobe=1, n_partitions=40)
+    ids, sims = reference.search(x[400:], 15)
+    assert (ids >= 0).all() and np.isfinite(sims).all()
+    assert all(len(set(row)) == 15 for row in ids)  # no row counted twice by the repair
+    exact_ids, _ = _brute(x[:400], x[400:], 15)
+    probed = knn.probes(x[400:], reference.centroids, 1)[:, 0]
+    short = [i for i in range(100) if reference.partition_rows(probed[i]).size < 15]  # its one probed partition is too small
+    assert short and all(np.array_equal(np.sort(ids[i]), np.sort(exact_ids[i])) for i in short)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 from imagefolders import SAMPLE
-from storefixtures import MODEL, numbered_store, store_from_cache, synthetic_store
+from storefixtures import MODEL, numbered_store, planted_store, store_from_cache, synthetic_store
 from typer.testing import CliRunner
 
 import imgcluster
@@ -52,12 +53,26 @@ def test_the_ray_pass_writes_the_local_pass_csv(store: str, tmp_path: Path) -> N
 
 def test_the_ray_pass_writes_the_local_pass_csv_on_more_rows_than_threads_round_alike(tmp_path: Path) -> None:
     """2,000 rows of 256-d: with torch on two threads in the driver and one in the actor, some
-    confidences differed in the sixth decimal; both engines now label on one thread."""
+    confidences differed in the sixth decimal; both engines now label on one thread. The sample is
+    a quarter of the store, so the actors also search the rows outside it among the sample (the
+    isolation test)."""
     uri = synthetic_store(str(tmp_path / "synthetic"))
     local, distributed = tmp_path / "local.csv", tmp_path / "ray.csv"
     first = assign_store(uri, out=local, n_clusters=10, seed=0, epochs=2, names=False, device="cpu")
     assign_store(uri, out=distributed, head=first.head, engine="ray", names=False, device="cpu")
     assert distributed.read_bytes() == local.read_bytes()
+
+
+def test_the_ray_pass_flags_rows_outside_the_sample_as_the_local_pass_does(tmp_path: Path) -> None:
+    """A sample a quarter of the store: the actors search the rows outside it among the sample (the isolation test)."""
+    uri, odd = planted_store(str(tmp_path / "planted"))
+    local, distributed = tmp_path / "local.csv", tmp_path / "ray.csv"
+    first = assign_store(uri, out=local, n_clusters=10, seed=0, epochs=2, names=False, train_sample=500, device="cpu")
+    assign_store(uri, out=distributed, head=first.head, engine="ray", names=False, train_sample=500, device="cpu")
+    assert distributed.read_bytes() == local.read_bytes()
+    with open(local, newline="", encoding="utf-8") as handle:
+        reasons = {r["path"]: r["outlier_reason"] for r in csv.DictReader(handle)}
+    assert all("isolated" in reasons[p] for p in odd)
 
 
 def test_partition_tasks_on_ray_give_the_in_process_answer() -> None:

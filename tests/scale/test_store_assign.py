@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import numpy as np
 import pytest
 from imagefolders import SAMPLE
-from storefixtures import MODEL, store_from_cache
+from storefixtures import MODEL, planted_store, store_from_cache
 from typer.testing import CliRunner
 
 import imgcluster
 from imgcluster.cli import app
+from imgcluster.featurestore import iter_batches
+from imgcluster.naming import cluster_names
 from imgcluster.scale.assign_job import assign_store
+from imgcluster.scale.knn import RAY_KNN_THRESHOLD
 from imgcluster.scale.training import train_from_store
 
 pq = pytest.importorskip("pyarrow.parquet", reason="the feature store needs pyarrow (the 'ray' extra)")
@@ -44,20 +48,17 @@ def test_assign_from_a_store_gives_the_single_machine_csv(store: tuple[str, Path
     result = assign_store(uri, out=scaled, n_clusters=5, seed=0, device="cpu")
     expected, found = _rows(single), _rows(scaled)
     assert list(found[0]) == list(expected[0])  # the same columns, in the same order
-    # The store lists rows bucket by bucket; row for row the content is the single-machine CSV's,
+    # The store lists rows bucket by bucket; row for row the content is the single-machine CSV's (the names from the
+    # images shown inverted, as sample_data is drawn light on black; both outlier tests, `isolated` included),
     # but for the confidence's last digit: the head's float32 products round differently with the
     # number of rows given at once (125 there, one bucket's few here), by up to 1e-6.
-    # And but for the names: sample_data is drawn light on black, so the single-machine run names its
-    # clusters from the images shown inverted (imgcluster.negatives), which a store's pass never sees;
-    # the store names them from its features, as the single machine does for any other folder.
-    # And but for the folder's isolation test (outlier reason `isolated`): it needs every row's neighbours, which a
-    # streaming pass does not have, so a store keeps the distance test only (imgcluster.outliers).
     ordered = sorted(found, key=lambda r: r["path"])
-    assert [{**r, "confidence": "", "cluster_name": ""} for r in ordered] == [
-        {**r, "confidence": "", "cluster_name": "", **_without_isolation(r["outlier_reason"])} for r in expected
-    ]
-    assert any("isolated" in r["outlier_reason"] for r in expected)  # the difference is there to strip
+    assert [{**r, "confidence": ""} for r in ordered] == [{**r, "confidence": ""} for r in expected]
+    assert any("isolated" in r["outlier_reason"] for r in expected)  # the isolation test flagged rows, and the store agrees
     assert len({r["cluster_name"] for r in found}) == 5 and all(r["cluster_name"] for r in found)
+    features = imgcluster.embed(SAMPLE, MODEL, cache_dir=cache, device="cpu").features  # the cache's, in path order
+    plain = cluster_names(features, np.array([int(r["cluster"]) for r in ordered]))
+    assert {r["cluster_name"] for r in found} != set(plain.values())  # named from the images, not from the features alone
     gap = max(abs(float(a["confidence"]) - float(b["confidence"])) for a, b in zip(ordered, expected))
     assert gap <= 1.01e-6
     assert result.rows == 125 and result.sample["sample"] == 125 and sum(result.cluster_sizes.values()) == 125
@@ -67,14 +68,13 @@ def test_assign_from_a_store_gives_the_single_machine_csv(store: tuple[str, Path
     assert table.column("cluster").to_pylist() == [int(r["cluster"]) for r in found]
     sidecar = json.loads(result.written["sidecar"].read_text())
     assert sidecar["features"]["rows"] == 125 and sidecar["assign"]["folder"] == str(SAMPLE)
+    assert sidecar["result"]["names_from"].startswith("the images shown inverted and mirrored")
+    assert sidecar["result"]["isolation"]["k"] == 10 and sidecar["result"]["outliers"]["isolated"] >= 1
+    folder_sidecar = json.loads(single.with_name("single.csv.json").read_text())["result"]["outliers"]
+    for count in ("outliers", "low_confidence", "far_from_centre", "isolated", "rule"):  # the folder's counts, in its words
+        assert sidecar["result"]["outliers"][count] == folder_sidecar[count], count
     score = imgcluster.evaluate(scaled, SAMPLE)  # evaluate reads it like any assignment
     assert score.matched == 125 and score.acc > 0.9
-
-
-def _without_isolation(reason: str) -> dict[str, str]:
-    """A single-machine row's outlier columns as the distance and confidence tests alone set them."""
-    kept = "+".join(part for part in reason.split("+") if part and part != "isolated")
-    return {"outlier": "1" if kept else "0", "outlier_reason": kept}
 
 
 @pytest.mark.slow
@@ -101,7 +101,7 @@ def test_a_head_trained_on_a_sample_labels_every_row(store: tuple[str, Path], tm
     result = assign_store(uri, out=out, head=path, train_sample=60, seed=1, names=False, min_confidence=0.5, device="cpu")
     rows = _rows(out)
     assert len(rows) == 125 == len({r["path"] for r in rows}) and "cluster_name" not in rows[0]
-    assert {r["outlier_reason"] for r in rows if float(r["confidence"]) < 0.5} <= {"low-confidence", "low-confidence+far-from-centre"}
+    assert all(r["outlier_reason"].startswith("low-confidence") for r in rows if float(r["confidence"]) < 0.5)
     assert result.head == path
 
 
@@ -115,8 +115,12 @@ def test_the_cli_runs_from_a_store_and_refuses_what_does_not_apply(store: tuple[
     trained = runner.invoke(app, ["train", "--features", uri, "--out", str(head), "-k", "5", "--epochs", "2", "--objective", "dsc2i"])
     assert trained.exit_code == 0, trained.stderr
     assert f"imgcluster assign --features {uri} --head {head}" in trained.stderr and head.is_file()
-    explained = runner.invoke(app, ["assign", "--features", uri, "--head", str(head), "--explain", "--out", str(tmp_path / "e.csv")])
+    explained = runner.invoke(
+        app, ["assign", "--features", uri, "--head", str(head), "--explain", "--nprobe", "4", "--out", str(tmp_path / "e.csv")]
+    )  # with --head, --nprobe and --knn-threshold still shape the isolation test's search
     assert explained.exit_code == 0, explained.stderr
+    isolation = json.loads((tmp_path / "e.csv.json").read_text())["result"]["isolation"]
+    assert isolation["search"] == {"knn_threshold": RAY_KNN_THRESHOLD, "nprobe": 4, "search": "one machine"}
     explained_rows = _rows(tmp_path / "e.csv")
     assert len(explained_rows) == 125 and {"distance", "runner_up", "runner_up_distance"} <= set(explained_rows[0])  # dsc2i's columns
     for args, message in [
@@ -166,7 +170,7 @@ def test_the_knn_and_engine_options_are_checked_first_and_recorded_in_the_head(s
         (["assign", "--features", nowhere, "--knn-threshold", "0"], "--knn-threshold must be a whole number of at least 1, got 0"),
         (["assign", str(SAMPLE), "--nprobe", "4"], "--nprobe applies only with --features"),
         (["train", str(SAMPLE), "--knn-threshold", "9"], "--knn-threshold applies only with --features"),
-        (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--nprobe", "4"], "--nprobe applies only to training"),
+        (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--seed", "4"], "--seed applies only to training"),
         (["train", str(SAMPLE), "--engine", "ray"], "--engine applies only with --features"),
         (["train", "--features", nowhere, "--engine", "spark"], "--engine must be local or ray, not 'spark'"),
     ]:
@@ -196,4 +200,99 @@ def test_a_stop_before_the_pass_says_that_nothing_was_written(store: tuple[str, 
         assign_store(uri, out=tmp_path / "c.csv", n_clusters=5, epochs=1, names=False, device="cpu", progress=stop_at("sample"))
     with pytest.raises(Interrupted, match=r"^interrupted while training the head: no head was written"):
         train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=5, epochs=1, device="cpu", progress=stop_at("train"))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_rows_outside_the_sample_get_the_lof_of_a_new_image_against_the_sample(store: tuple[str, Path]) -> None:
+    """A store larger than the sample: the sample's rows keep their LOF among the sample, the others are measured
+    against it as scikit-learn's LocalOutlierFactor(novelty=True) measures a new point (an independent reference)."""
+    from sklearn.neighbors import LocalOutlierFactor
+
+    from imgcluster.neighbours import l2_normalise
+    from imgcluster.scale.labels import fit_isolation
+    from imgcluster.scale.training import read_sample
+
+    uri, _ = store
+    sample = read_sample(uri, 60, seed=1)
+    isolation = fit_isolation(sample.features, sample.paths, 1, knn_threshold=10**6, nprobe=16)
+    assert isolation is not None and isolation.k == 10  # the folder's rule on the sample's 60 rows
+    batches = list(iter_batches(uri))
+    paths = [p for batch_paths, _ in batches for p in batch_paths]
+    features = np.concatenate([f for _, f in batches]).astype(np.float32)
+    lof = isolation.scores(paths, l2_normalise(features))
+    reference = LocalOutlierFactor(n_neighbors=10, metric="cosine", algorithm="brute", novelty=True).fit(sample.features)
+    row = {p: i for i, p in enumerate(sample.paths)}
+    inside = np.array([p in row for p in paths])
+    assert inside.sum() == 60
+    np.testing.assert_allclose(lof[inside], -reference.negative_outlier_factor_[[row[p] for p in np.array(paths)[inside]]], rtol=1e-4)
+    np.testing.assert_allclose(lof[~inside], -reference.score_samples(features[~inside]), rtol=1e-4)
+
+
+def test_a_planted_odd_group_is_isolated_also_outside_the_sample(tmp_path: Path) -> None:
+    """A store four times the sample: the planted group's rows, most of them outside the sample, are flagged `isolated`."""
+    uri, odd = planted_store(str(tmp_path / "store"))
+    out = tmp_path / "c.csv"
+    events: list[str] = []
+    result = assign_store(uri, out=out, n_clusters=10, epochs=2, train_sample=500, names=False, device="cpu",
+                          progress=lambda e: events.append(str(e)))  # fmt: skip
+    rows = {r["path"]: r for r in _rows(out)}
+    assert len(rows) == 2008 and all("isolated" in rows[p]["outlier_reason"] for p in odd), [rows[p] for p in odd]
+    ordinary = sum("isolated" in r["outlier_reason"] for p, r in rows.items() if p not in odd)
+    assert ordinary < 0.05 * 2000
+    line = next(e for e in events if "outliers of 2008" in e)
+    assert f"{result.outliers} outliers of 2008" in line and f"{ordinary + len(odd)} isolated from the rest" in line, line
+    sidecar = json.loads(out.with_name("c.csv.json").read_text())["result"]
+    assert sidecar["isolation"]["k"] == 10 and sidecar["outliers"]["isolated"] == ordinary + len(odd)
+
+
+@pytest.mark.parametrize(
+    ("source", "because"),
+    [("s3://photos/sample_data", "source s3://photos/sample_data is not a local folder"), ("/gone", "source folder /gone is not there")],
+)
+def test_names_come_from_the_features_when_the_source_cannot_be_reopened(
+    store: tuple[str, Path], tmp_path: Path, source: str, because: str
+) -> None:
+    """A store whose images are on object storage, or gone: sample_data's drawings are named from their plain view, and
+    the sidecar and the progress line say why."""
+    import shutil
+
+    from imgcluster.featurestore import META_NAME
+
+    uri, _ = store
+    copy = tmp_path / "features"
+    shutil.copytree(uri, copy)
+    meta = json.loads((copy / META_NAME).read_text())
+    (copy / META_NAME).write_text(json.dumps({**meta, "source": source}))
+    events: list[str] = []
+    result = assign_store(str(copy), out=tmp_path / "c.csv", n_clusters=5, epochs=2, device="cpu", progress=lambda e: events.append(str(e)))
+    rows = sorted(_rows(tmp_path / "c.csv"), key=lambda r: r["path"])
+    features = np.concatenate([f for _, f in sorted(iter_batches(str(copy), batch_rows=1), key=lambda b: b[0][0])]).astype(np.float32)
+    plain = cluster_names(features, np.array([int(r["cluster"]) for r in rows]))
+    assert [r["cluster_name"] for r in rows] == [plain[int(r["cluster"])] for r in rows]
+    why = json.loads(result.written["sidecar"].read_text())["result"]["names_from"]
+    assert why == f"the features (its {because}, so images drawn light on black are named from their plain view)"
+    assert any(e.startswith("the clusters are named from the features: its source") for e in events), events
+    assert not any("drawn light on black: the clusters are named" in e for e in events)
+
+
+def test_a_stop_in_the_isolation_search_says_where_the_head_is(
+    store: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imgcluster.scale import knn
+    from imgcluster.signals import Interrupted
+
+    uri, _ = store
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(knn, "scale_knn", stopped)
+    with pytest.raises(Interrupted) as stop:
+        assign_store(uri, out=tmp_path / "c.csv", n_clusters=5, epochs=1, names=False, device="cpu")
+    said = re.fullmatch(
+        r"interrupted while searching the sample's neighbours for the isolation test: nothing was written; "
+        r"the head is saved in (.+): give it as the head to rerun without training",
+        str(stop.value),
+    )
+    assert said and Path(said[1]).is_file(), str(stop.value)
     assert list(tmp_path.iterdir()) == []
