@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -146,21 +145,19 @@ def view_probabilities(files: list[Path], cache_dir: Path | None, views: tuple[s
     return np.stack([cached.get(key, np.zeros(width, np.float32)) for key in keys]).astype(np.float32)
 
 
-@lru_cache(maxsize=1)
 def _lite0() -> tuple[Any, Any, int, tuple[int, ...]]:
     """The bundled Lite0 (features only; :mod:`imgcluster.naming` holds its classifier) as the embedding
-    runs it (batch norm folded, channels-last) and its eval transform, built once."""
+    runs it (batch norm folded, channels-last) and its eval transform: the embedding's own model when
+    it ran Lite0 in the same call (:mod:`imgcluster.kept`), else built."""
     import torch
     from timm.data import create_transform
 
-    from imgcluster.backbones import create_backbone
-    from imgcluster.embedding import prepare_model
+    from imgcluster.kept import by_name
     from imgcluster.naming import NAMING_MODEL
 
-    backbone = create_backbone(NAMING_MODEL)
-    model = prepare_model(backbone, torch.device("cpu"))
-    transform = create_transform(**backbone.data_config, is_training=False)
-    return model, transform, backbone.feature_dim, tuple(backbone.data_config["input_size"])
+    lite0 = by_name(NAMING_MODEL, torch.device("cpu"))
+    transform = create_transform(**lite0.data_config, is_training=False)
+    return lite0.model, transform, lite0.feature_dim, tuple(lite0.data_config["input_size"])
 
 
 def _lite0_probabilities(files: list[Path], views: tuple[str, ...], batch: int | None = None) -> np.ndarray:

@@ -185,3 +185,24 @@ def test_a_family_the_whole_folder_has_yields_to_the_one_this_cluster_has_most()
     clusters = np.array([0, 0, 1, 1])
     probabilities = np.stack([boots, boots, 2 * folder - boots, 2 * folder - boots])  # the rows' mean is ``folder``
     assert names_from_probabilities(probabilities, clusters)[0] == "cowboy boot, hatchet"
+
+
+def test_a_lite0_folder_drawn_light_on_black_builds_lite0_once(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The naming pass shows the classifier inverted drawings with the model the embedding built and folded."""
+    import timm
+
+    from imgcluster import embedding
+
+    built: list[str] = []
+    folded: list[str] = []
+    real_create, real_prepare = timm.create_model, embedding.prepare_model
+    monkeypatch.setattr(timm, "create_model", lambda name, *a, **k: built.append(name) or real_create(name, *a, **k))
+    monkeypatch.setattr(embedding, "prepare_model", lambda backbone, device: folded.append(backbone.name) or real_prepare(backbone, device))
+    events: list[str] = []
+    result = imgcluster.cluster_folder(
+        small_folder, n_clusters=3, cache_dir=tmp_path / "cache", progress=lambda e: events.append(str(e)), **MODEL
+    )
+    assert any("drawn light on black" in e for e in events) and all(result.cluster_names.values())
+    assert built == ["tf_efficientnet_lite0"] and folded == ["efficientnet-lite0"]
+    rebuilt = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=tmp_path / "other", **MODEL)  # a call of its own
+    assert built == ["tf_efficientnet_lite0"] * 2 and rebuilt.cluster_names == result.cluster_names
