@@ -19,7 +19,7 @@ from imgcluster.atomic import check_writable, is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.features import embed, embed_checked
-from imgcluster.kept import keeping
+from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outputs import refuse_inputs
 from imgcluster.preflight import check_inputs, parse_clusters
@@ -185,7 +185,7 @@ def check_out(
     return out_path, beside
 
 
-@keeping(OFFLINE_MODEL)  # the naming pass reuses the embedding's Lite0 (imgcluster.naming.NAMING_MODEL)
+@keeping_when(OFFLINE_MODEL, "names")  # the naming pass reuses the embedding's Lite0 (imgcluster.naming.NAMING_MODEL)
 def cluster_folder(
     folder: PathLike,
     *,

@@ -4,23 +4,29 @@ A cold ``assign`` on a folder drawn light on black with the bundled EfficientNet
 model twice: the embedding built and folded it, and the naming pass (:mod:`imgcluster.negatives`)
 built and folded it again, 1.0-1.3 CPU s each (``benchmarks/results_names.md``). Inside
 :func:`keeping` the first prepared model is kept, by model, weights and device, and handed to the
-second pass; outside it nothing is kept, so no model outlives the call that needed it (the folded
-Lite0 is about 19 MB).
+second pass; outside it nothing is kept, so no model outlives the call that needed it. The folded
+Lite0 (about 19 MB) then stays through training, which peaks lower than the naming pass did with a
+Lite0 of its own; a call that names nothing frees the model before training, as it did
+(:func:`keeping_when`).
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     import torch
 
     from imgcluster.backbones import Backbone
 
+P = ParamSpec("P")
+R = TypeVar("R")
 _kept: ContextVar[tuple[str, dict[tuple[str, str, str], Prepared]] | None] = ContextVar("kept_models", default=None)
 
 
@@ -45,6 +51,24 @@ def keeping(model: str) -> Iterator[None]:
         yield
     finally:
         _kept.reset(token)
+
+
+def keeping_when(model: str, parameter: str) -> Callable[[Callable[P, R]], Callable[P, R]]:
+    """Decorate a function so that each call keeps ``model`` (:func:`keeping`) when its keyword-only ``parameter``
+    is true, as given or by default: ``cluster_folder`` keeps Lite0 only when it names the clusters, and otherwise
+    frees the model before training as before."""
+
+    def decorate(function: Callable[P, R]) -> Callable[P, R]:
+        default = inspect.signature(function).parameters[parameter].default
+
+        @functools.wraps(function)
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
+            with keeping(model) if kwargs.get(parameter, default) else nullcontext():
+                return function(*args, **kwargs)
+
+        return call
+
+    return decorate
 
 
 def prepared(key: tuple[str, str, str], build: Callable[[], Prepared]) -> Prepared:

@@ -23,3 +23,15 @@ def test_a_model_is_kept_only_inside_keeping_and_only_the_one_named() -> None:
         prepared(vit, lambda: build("g"))  # not the model kept: built each time
     assert prepared(lite0, lambda: build("h")) is not first  # gone once the call is over
     assert built == ["a", "b", "c", "e", "f", "g", "h"]
+
+
+def test_a_decorated_call_keeps_the_model_only_when_its_flag_is_true() -> None:
+    from imgcluster.kept import keeping_when
+
+    @keeping_when("efficientnet-lite0", "names")
+    def run(*, names: bool = True) -> bool:
+        key = ("efficientnet-lite0", "w", "cpu")
+        return prepared(key, lambda: Prepared(object(), {}, 4)) is prepared(key, lambda: Prepared(object(), {}, 4))
+
+    assert run() and run(names=True) and not run(names=False)
+    assert run.__name__ == "run"
