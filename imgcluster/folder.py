@@ -376,7 +376,7 @@ def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: 
     from imgcluster.naming import name_column, names_from_probabilities
     from imgcluster.negatives import mostly_negative, sample_rows, view_probabilities
 
-    rows = sample_rows(clusters)
+    rows = sample_rows(clusters, features=embeddings.features)  # the typical members: see negatives.PER_CLUSTER
     files = [embeddings.folder / embeddings.paths[i] for i in rows]
     if not mostly_negative(files):
         return None

@@ -57,6 +57,14 @@ def test_the_sample_is_spread_over_each_cluster() -> None:
     assert np.array_equal(sample_rows(clusters, per_cluster=32), rows)  # the same every time
 
 
+def test_with_features_the_sample_is_each_clusters_most_typical_members() -> None:
+    clusters = np.array([0, 0, 0, 0, 1, 1, 1])
+    features = np.array([[1, 0], [0, 1], [2, 0.1], [1, -0.1], [0, 1], [0.1, 1], [-1, 0.1]], dtype=np.float32)  # rows 1, 6: odd ones
+    assert sample_rows(clusters, 2, features).tolist() == [0, 2, 4, 5]  # nearest each mean by angle, not by length
+    assert sample_rows(clusters, 3, features).tolist() == [0, 2, 3, 4, 5, 6]  # a cluster of 3 keeps all
+    assert sample_rows(clusters, 2).tolist() == [0, 3, 4, 6]  # without features: spread in row order
+
+
 def test_view_probabilities_are_cached_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "drawings"
     folder.mkdir()
