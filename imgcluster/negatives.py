@@ -84,20 +84,21 @@ def classifier_views(image: Image.Image, views: tuple[str, ...] = VIEWS) -> list
 
 def sample_rows(clusters: np.ndarray, per_cluster: int = PER_CLUSTER, features: np.ndarray | None = None) -> np.ndarray:
     """Up to ``per_cluster`` rows of each cluster (deterministic): with ``features``, the members nearest
-    the cluster's centre (cosine to the mean of its unit-length features: its typical members, not the
-    odd ones), else evenly spread over its members in row order."""
+    the cluster's centre (:func:`imgcluster.outliers.centre_distances`: its typical members, not the odd
+    ones), else evenly spread over its members in row order."""
     picked: list[np.ndarray] = []
-    unit = None
+    distance = None
     if features is not None:
-        unit = features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+        from imgcluster.outliers import centre_distances
+
+        distance = centre_distances(features, clusters)[0]
     for k in np.unique(clusters):
         members = np.flatnonzero(clusters == k)
         if len(members) > per_cluster:
-            if unit is None:
+            if distance is None:
                 members = members[np.linspace(0, len(members) - 1, per_cluster).round().astype(int)]
             else:
-                likeness = unit[members] @ unit[members].mean(axis=0)
-                members = members[np.argsort(-likeness, kind="stable")[:per_cluster]]
+                members = members[np.argsort(distance[members], kind="stable")[:per_cluster]]
         picked.append(members)
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=int)
 
