@@ -8,11 +8,12 @@ EfficientNet-Lite0 classifier misreads it: on the 125 ``sample_data`` images it 
 mailbag``, and on 200 Fashion-MNIST images per class 4 of 9 nameable classes agree with their
 labels instead of 2 (``make bench-names``, ``benchmarks/results_names.md``). So when most of a folder looks like
 that, the names come from the classifier's view of those images inverted: the ``PER_CLUSTER``
-members nearest each cluster's centre, each shown as is and mirrored (``VIEWS``, probabilities
-averaged). 16 typical members named as well as 32 spread over the cluster did on both benchmark
-folders, and better on Fashion-MNIST (a dress ``abaya``, was ``pedestal``), at half the forward
-passes; 8 lost ``sample_data``'s bags. The two Lite0 passes over that sample use the model the
-embedding built when it ran Lite0 in the same call (:mod:`imgcluster.kept`); their class
+members nearest each cluster's centre, each shown once (``VIEWS``). 16 typical members named as
+well as 32 spread over the cluster did on both benchmark folders, and better on Fashion-MNIST (a
+dress ``abaya``, was ``pedestal``); 8 lost ``sample_data``'s bags; and with typical members a
+mirrored second view (which dropped wrong runners-up from 32 spread ones) changes no name, so it is
+not shown: a quarter of the forward passes of before. That Lite0 pass uses the model the
+embedding built when it ran Lite0 in the same call (:mod:`imgcluster.kept`); its class
 probabilities are cached by path, size and mtime beside the Lite0 features, so a rerun builds no
 model. Colour images, photos on dark grounds (a night sky has a
 lit border or colour) and light-ground drawings are never inverted.
@@ -35,7 +36,7 @@ LIFT = 0.1  # its middle is at least this much brighter than its border: a light
 GREY = 0.04  # no pixel's channels differ from their mean by more: no colour
 LARGE_PIXELS = 4_000_000
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
-VIEWS: tuple[str, ...] = ("plain", "mirrored")  # of VIEW_MAKERS: what assign shows the classifier
+VIEWS: tuple[str, ...] = ("plain",)  # of VIEW_MAKERS: what assign shows the classifier
 CACHE_VERSION = 2  # changes with what a view is, so that no stale rows are read
 
 
@@ -65,7 +66,8 @@ def classifier_view(image: Image.Image) -> Image.Image:
 
 
 # Test-time views of the classifier view, whose class probabilities are averaged. Measured in `make bench-names`:
-# a mirrored copy keeps every first class and drops wrong runners-up (T-shirt "jersey, abaya" -> "jersey"); a blurred
+# on 32 members spread over a cluster a mirrored copy kept every first class and dropped wrong runners-up (T-shirt
+# "jersey, abaya" -> "jersey"); on the 16 nearest the centre it changes no name, and is not used since; a blurred
 # copy (smoothing the blocks of an enlarged 28 px drawing) and the object centred on a white canvas as in a product
 # photo named more boots and bags after hatchets and locks, and are not used; nor (measured later) the drawing padded
 # so that the eval crop keeps all of it (sample_data's ankle boots "hatchet"), a second, smaller scale of it (the boots
