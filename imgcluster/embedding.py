@@ -365,7 +365,9 @@ def _forward(
 
         ort_session = session(onnx_model, threads)
         return lambda pixels: run(ort_session, _padded(pixels, to_floats, batch_size, device).numpy())[: pixels.shape[0]]
-    model = prepare_model(backbone, device)
+    from imgcluster.kept import of_backbone
+
+    model = of_backbone(backbone, device).model  # kept for the naming pass of the same call
     if compile_model and device.type == "cuda":
         model = cast(torch.nn.Module, torch.compile(model, dynamic=False))
     return lambda pixels: forward(model, pixels, to_floats, batch_size, device, bf16)

@@ -19,6 +19,8 @@ from imgcluster.atomic import check_writable, is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.features import embed, embed_checked
+from imgcluster.kept import keeping_when
+from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outputs import refuse_inputs
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
@@ -183,6 +185,7 @@ def check_out(
     return out_path, beside
 
 
+@keeping_when(OFFLINE_MODEL, "names")  # the naming pass reuses the embedding's Lite0 (imgcluster.naming.NAMING_MODEL)
 def cluster_folder(
     folder: PathLike,
     *,
@@ -379,7 +382,7 @@ def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: 
             "as photos show such things"
         )
 
-    names = drawing_names(embeddings.folder, embeddings.paths, clusters, embeddings.cache_dir, say)
+    names = drawing_names(embeddings.folder, embeddings.paths, clusters, embeddings.cache_dir, say, features=embeddings.features)
     return None if names is None else name_column(names, clusters)
 
 

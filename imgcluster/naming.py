@@ -9,7 +9,7 @@ family (:mod:`imgcluster.families`), so that five kinds of bag together outweigh
 player, each family weighed up by how much more of it the cluster has than the folder; when the
 winning family's top class is unsure, the family leads: ``"footwear: sandal, clog"``.
 The names are as good as ImageNet's 1000 classes fit the images, and as the classifier sees them:
-a folder drawn light on black is named from its images shown inverted and mirrored instead
+a folder drawn light on black is named from its typical images shown inverted instead
 (:mod:`imgcluster.negatives`). Scoring each class by how distinctive it is of the cluster
 (``m log(m / f)`` against the folder's mean ``f``) was measured too (``make bench-names`` before
 the families, in the git history of its results): no better on 200 Fashion-MNIST images per class,

@@ -20,7 +20,7 @@ when the store is no larger) and then applied row by row:
   bundled EfficientNet-Lite0's features: for any other backbone it would take an extra Lite0
   pass over every image, which at this scale costs as much as the embedding itself. When the
   store's source is a local folder that can be read and is drawn light on black, the chosen
-  members' files are shown to the classifier inverted and mirrored as a folder's ``assign`` does
+  members' files are shown to the classifier inverted as a folder's ``assign`` does
   (:func:`imgcluster.negatives.drawing_names`); a source on object storage, or one that is gone,
   is named from the features and the sidecar says why.
 
@@ -180,9 +180,9 @@ def fit_sample_model(
 def sample_names(
     features: np.ndarray, clusters: np.ndarray, paths: list[str] | None, source: str | None, progress: ProgressFn | None = None
 ) -> tuple[dict[int, str], str]:
-    """(cluster id -> name, how they were made): from the chosen members' images shown inverted and
-    mirrored when the store's local source is drawn light on black, as a folder's ``assign`` names
-    it (:func:`imgcluster.negatives.drawing_names`); otherwise from the features."""
+    """(cluster id -> name, how they were made): from the chosen members' images shown inverted when the
+    store's local source is drawn light on black, as a folder's ``assign`` names it
+    (:func:`imgcluster.negatives.drawing_names`); otherwise from the features."""
     from imgcluster.naming import cluster_names
     from imgcluster.negatives import drawing_names
 
@@ -197,9 +197,9 @@ def sample_names(
                 "as photos show such things"
             )
 
-        drawn = drawing_names(root, paths, clusters, None, say)
+        drawn = drawing_names(root, paths, clusters, None, say, features=features)
         if drawn is not None:
-            return drawn, "the images shown inverted and mirrored (the source is drawn light on black)"
+            return drawn, "the images shown inverted (the source is drawn light on black)"
         return cluster_names(features, clusters), "the features"
     Reporter(progress, "assign").info(f"the clusters are named from the features: {why}")
     return cluster_names(features, clusters), f"the features ({why})"

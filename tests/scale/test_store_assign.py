@@ -68,7 +68,7 @@ def test_assign_from_a_store_gives_the_single_machine_csv(store: tuple[str, Path
     assert table.column("cluster").to_pylist() == [int(r["cluster"]) for r in found]
     sidecar = json.loads(result.written["sidecar"].read_text())
     assert sidecar["features"]["rows"] == 125 and sidecar["assign"]["folder"] == str(SAMPLE)
-    assert sidecar["result"]["names_from"].startswith("the images shown inverted and mirrored")
+    assert sidecar["result"]["names_from"].startswith("the images shown inverted")
     assert sidecar["result"]["isolation"]["k"] == 10 and sidecar["result"]["outliers"]["isolated"] >= 1
     folder_sidecar = json.loads(single.with_name("single.csv.json").read_text())["result"]["outliers"]
     for count in ("outliers", "low_confidence", "far_from_centre", "isolated", "rule"):  # the folder's counts, in its words
