@@ -169,12 +169,17 @@ def isolation_k(n: int) -> int:
     return min(max(ISOLATION_K_MIN, round(ISOLATION_K_SHARE * n)), ISOLATION_K_MAX)
 
 
-def local_outlier_factor(features: np.ndarray, k: int, use_gpu: bool = False) -> np.ndarray:
+def local_outlier_factor(
+    features: np.ndarray, k: int, use_gpu: bool = False, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+) -> np.ndarray:
     """Each image's LOF over cosine distances: its k neighbours' mean local density over its own.
 
+    ``neighbours`` is a search already run on ``features`` ((indices, similarities), self excluded, best first, at
+    least ``k`` columns, as :func:`knn_search` returns): its first ``k`` columns are used instead of a new search.
     Distances are floored at ``MAD_FLOOR`` so that exact duplicates do not make a density infinite.
     """
-    indices, sims = knn_search(features, k, use_gpu=use_gpu)
+    indices, sims = neighbours if neighbours is not None and neighbours[0].shape[1] >= k else knn_search(features, k, use_gpu=use_gpu)
+    indices, sims = indices[:, :k], sims[:, :k]
     distance = np.clip(1.0 - sims.astype(np.float64), MAD_FLOOR, 2.0)
     reach = np.maximum(distance, distance[indices, -1])  # reachability: at least the neighbour's own k-distance
     density = 1.0 / reach.mean(1)
@@ -201,9 +206,11 @@ def find_outliers(
     min_confidence: float = DEFAULT_MIN_CONFIDENCE,
     mad_factor: float = DEFAULT_MAD_FACTOR,
     use_gpu: bool = False,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Outliers:
     """Flag images far from their cluster's centre, isolated from the folder, or below ``min_confidence`` (module docstring);
-    ``use_gpu`` runs the neighbour search of the isolation test on the GPU."""
+    ``use_gpu`` runs the neighbour search of the isolation test on the GPU; ``neighbours``, a search training already
+    ran on ``features`` with at least :func:`isolation_k` columns, replaces it."""
     check_min_confidence(min_confidence)
     if mad_factor <= 0:
         raise ParameterError(f"{{mad_factor}} must be positive, got {mad_factor}")
@@ -219,7 +226,7 @@ def find_outliers(
     limit = np.array([thresholds[int(k)] for k in clusters])
     far = distance > limit
     k = isolation_k(n)
-    lof = local_outlier_factor(features, k, use_gpu) if k else np.full(n, np.nan, np.float32)
+    lof = local_outlier_factor(features, k, use_gpu, neighbours) if k else np.full(n, np.nan, np.float32)
     cut = isolation_threshold(lof) if k else float("inf")
     isolated = lof > cut if k else np.zeros(n, dtype=bool)
     low = np.asarray(confidence, dtype=np.float64) < min_confidence

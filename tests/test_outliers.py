@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from imagefolders import CLASSES, copy_sample
 
 from imgcluster.errors import ParameterError
+from imgcluster.neighbours import knn_search
 from imgcluster.outliers import (
     ISOLATION_K_MIN,
     MIN_CLUSTER_SIZE,
@@ -166,3 +170,39 @@ def test_isolation_needs_enough_images_and_survives_duplicates() -> None:
     copies = np.repeat(rng.normal(size=(3, 16)), 12, axis=0).astype(np.float32)  # three images, twelve copies each
     lof = local_outlier_factor(copies, 10)
     assert np.isfinite(lof).all() and np.allclose(lof, 1.0)
+
+
+def test_a_given_neighbour_search_replaces_the_isolation_tests_own() -> None:
+    """Training's kNN search, run at more neighbours than the isolation test needs, gives the same LOF and flags."""
+    rng = np.random.default_rng(7)
+    x, labels = _clusters(rng, per=40)
+    k = isolation_k(len(x))
+    searched = knn_search(x, k + 15)
+    np.testing.assert_allclose(local_outlier_factor(x, k, neighbours=searched), local_outlier_factor(x, k), rtol=1e-6)
+    own, shared = find_outliers(x, labels, np.ones(len(x))), find_outliers(x, labels, np.ones(len(x)), neighbours=searched)
+    assert np.array_equal(own.flags, shared.flags) and own.isolation_threshold == pytest.approx(shared.isolation_threshold)
+
+
+def test_a_cold_assign_runs_one_neighbour_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training mines its kNN at max(knn, the isolation test's k) and the outlier test reuses it: one search, the
+    same flags as a search of its own. ``knn=5`` is below the isolation test's 10, so the shared search must be deeper."""
+    import imgcluster
+    import imgcluster.neighbours as neighbours
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:3], per_class=8)
+    searches: list[int] = []
+    search = neighbours._faiss_search
+
+    def counted(features: np.ndarray, k: int, use_gpu: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        searches.append(k)
+        return search(features, k, use_gpu, seed)
+
+    monkeypatch.setattr(neighbours, "_faiss_search", counted)
+    result = imgcluster.cluster_folder(
+        folder, n_clusters=3, knn=5, names=False, cache_dir=tmp_path / "cache", model="efficientnet-lite0", workers=0, device="cpu"
+    )
+    assert searches == [isolation_k(24)]
+    features = result.embeddings.features
+    alone = find_outliers(features, result.cluster, result.confidence)
+    assert np.array_equal(result.outliers.flags, alone.flags)
+    np.testing.assert_allclose(result.outliers.isolation, alone.isolation, rtol=1e-5)
