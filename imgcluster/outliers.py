@@ -80,6 +80,9 @@ DEFAULT_MAD_FACTOR = 3.0  # thresholds at median + 3 robust standard deviations
 MAD_TO_SD = 1.4826  # MAD -> standard deviation for normally distributed data
 MIN_CLUSTER_SIZE = 10
 MAD_FLOOR = 1e-3  # cosine distance; float16 features of identical images differ by ~1e-4
+# Cosine distance within which two images are one picture to the model: a JPEG re-save of a picture lies at 0.015-0.033
+# from it, a 2x upscale at 0.001 (efficientnet-lite0, tests/test_outliers.py); duplicates are linked at 0.02.
+NEAR_COPY_DISTANCE = 0.05
 ISOLATION_K_MIN = 10  # neighbours for the LOF: more than a plausible group of odd images ...
 ISOLATION_K_SHARE = 0.02  # ... or 2 % of the folder ...
 ISOLATION_K_MAX = 50  # ... but no more, so that the neighbour lists stay small on large folders
@@ -153,12 +156,18 @@ def robust_limit(values: np.ndarray, factor: float, mad_floor: float) -> float:
     return float(median + factor * MAD_TO_SD * max(float(np.median(np.abs(values - median))), mad_floor))
 
 
-def robust_thresholds(distance: np.ndarray, clusters: np.ndarray, mad_factor: float = DEFAULT_MAD_FACTOR) -> dict[int, float]:
-    """Per cluster :func:`robust_limit` of the distances (floor ``MAD_FLOOR``); ``inf`` for tiny clusters."""
+def robust_thresholds(
+    distance: np.ndarray, clusters: np.ndarray, mad_factor: float = DEFAULT_MAD_FACTOR, near_copy: float = NEAR_COPY_DISTANCE
+) -> dict[int, float]:
+    """Per cluster :func:`robust_limit` of the distances (floor ``MAD_FLOOR``), at least ``near_copy`` past their median
+    (a cluster of copies has no spread, and a re-save of them is no stray); ``inf`` for tiny clusters."""
     thresholds: dict[int, float] = {}
     for k in np.unique(clusters):
         d = distance[clusters == k].astype(np.float64)
-        thresholds[int(k)] = float("inf") if d.size < MIN_CLUSTER_SIZE else robust_limit(d, mad_factor, MAD_FLOOR)
+        if d.size < MIN_CLUSTER_SIZE:
+            thresholds[int(k)] = float("inf")
+        else:
+            thresholds[int(k)] = max(robust_limit(d, mad_factor, MAD_FLOOR), float(np.median(d)) + near_copy)
     return thresholds
 
 
@@ -170,17 +179,22 @@ def isolation_k(n: int) -> int:
 
 
 def local_outlier_factor(
-    features: np.ndarray, k: int, use_gpu: bool = False, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+    features: np.ndarray,
+    k: int,
+    use_gpu: bool = False,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+    near_copy: float = NEAR_COPY_DISTANCE,
 ) -> np.ndarray:
     """Each image's LOF over cosine distances: its k neighbours' mean local density over its own.
 
     ``neighbours`` is a search already run on ``features`` ((indices, similarities), self excluded, best first, at
     least ``k`` columns, as :func:`knn_search` returns): its first ``k`` columns are used instead of a new search.
-    Distances are floored at ``MAD_FLOOR`` so that exact duplicates do not make a density infinite.
+    Distances are floored at ``near_copy``: closer images are one picture, so copies do not make a density infinite
+    and a re-save among copies of its picture is not isolated (measured: ``make bench-outliers``).
     """
     indices, sims = neighbours if neighbours is not None and neighbours[0].shape[1] >= k else knn_search(features, k, use_gpu=use_gpu)
     indices, sims = indices[:, :k], sims[:, :k]
-    distance = np.clip(1.0 - sims.astype(np.float64), MAD_FLOOR, 2.0)
+    distance = np.clip(1.0 - sims.astype(np.float64), near_copy, 2.0)
     reach = np.maximum(distance, distance[indices, -1])  # reachability: at least the neighbour's own k-distance
     density = 1.0 / reach.mean(1)
     return (density[indices].mean(1) / density).astype(np.float32)
