@@ -178,23 +178,26 @@ def isolation_k(n: int) -> int:
     return min(max(ISOLATION_K_MIN, round(ISOLATION_K_SHARE * n)), ISOLATION_K_MAX)
 
 
+def nearest(
+    features: np.ndarray, k: int, use_gpu: bool = False, neighbours: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``k`` columns of ``neighbours`` (a search already run on ``features``: (indices, similarities), self
+    excluded, best first, as :func:`knn_search` returns) when it has that many, else a search of its own."""
+    if neighbours is None or neighbours[0].shape[1] < k:
+        neighbours = knn_search(features, k, use_gpu=use_gpu)
+    return neighbours[0][:, :k], neighbours[1][:, :k]
+
+
 def local_outlier_factor(
-    features: np.ndarray,
-    k: int,
-    use_gpu: bool = False,
-    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
-    near_copy: float = NEAR_COPY_DISTANCE,
+    features: np.ndarray, k: int, use_gpu: bool = False, neighbours: tuple[np.ndarray, np.ndarray] | None = None
 ) -> np.ndarray:
     """Each image's LOF over cosine distances: its k neighbours' mean local density over its own.
 
-    ``neighbours`` is a search already run on ``features`` ((indices, similarities), self excluded, best first, at
-    least ``k`` columns, as :func:`knn_search` returns): its first ``k`` columns are used instead of a new search.
-    Distances are floored at ``near_copy``: closer images are one picture, so copies do not make a density infinite
-    and a re-save among copies of its picture is not isolated (measured: ``make bench-outliers``).
+    ``neighbours``: a search already run (:func:`nearest`). Distances are floored at ``MAD_FLOOR`` so that exact
+    duplicates do not make a density infinite.
     """
-    indices, sims = neighbours if neighbours is not None and neighbours[0].shape[1] >= k else knn_search(features, k, use_gpu=use_gpu)
-    indices, sims = indices[:, :k], sims[:, :k]
-    distance = np.clip(1.0 - sims.astype(np.float64), near_copy, 2.0)
+    indices, sims = nearest(features, k, use_gpu, neighbours)
+    distance = np.clip(1.0 - sims.astype(np.float64), MAD_FLOOR, 2.0)
     reach = np.maximum(distance, distance[indices, -1])  # reachability: at least the neighbour's own k-distance
     density = 1.0 / reach.mean(1)
     return (density[indices].mean(1) / density).astype(np.float32)
@@ -240,9 +243,13 @@ def find_outliers(
     limit = np.array([thresholds[int(k)] for k in clusters])
     far = distance > limit
     k = isolation_k(n)
-    lof = local_outlier_factor(features, k, use_gpu, neighbours) if k else np.full(n, np.nan, np.float32)
-    cut = isolation_threshold(lof) if k else float("inf")
-    isolated = lof > cut if k else np.zeros(n, dtype=bool)
+    lof, cut, isolated = np.full(n, np.nan, np.float32), float("inf"), np.zeros(n, dtype=bool)
+    if k:
+        searched = nearest(features, k, use_gpu, neighbours)
+        lof = local_outlier_factor(features, k, neighbours=searched)
+        cut = isolation_threshold(lof)
+        # Among copies of one picture, which have no spread, a re-save's LOF is huge; its k-th neighbour is still a copy.
+        isolated = (lof > cut) & (1.0 - searched[1][:, -1] > NEAR_COPY_DISTANCE)
     low = np.asarray(confidence, dtype=np.float64) < min_confidence
     return Outliers(
         flags=low | far | isolated, low_confidence=low, far_from_centre=far, distance=distance, thresholds=thresholds,
