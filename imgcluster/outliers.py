@@ -4,11 +4,12 @@ An image is an outlier when
 
 * it is **far from its cluster's centre**: the cosine distance ``1 - z·c`` between its
   L2-normalised feature ``z`` and the normalised mean ``c`` of its cluster's normalised features is
-  above ``median + 3 · 1.4826 · MAD`` of the same distances within that cluster, or
+  above ``median + 3 · 1.4826 · MAD`` of the same distances within that cluster and above that median
+  + ``NEAR_COPY_DISTANCE`` (0.05), or
 * it is **isolated** from the rest of the folder: its local outlier factor (LOF, Breunig et al.,
-  SIGMOD 2000) at ``k = max(10, 2 % of the images)`` neighbours (at most 50) is above 1.3 and
+  SIGMOD 2000) at ``k = max(10, 2 % of the images)`` neighbours (at most 50) is above 1.3,
   its logarithm is above ``median + 3.5 · 1.4826 · MAD`` of the folder's (MAD floored at 0.03),
-  or, when asked,
+  and its k-th neighbour lies beyond ``NEAR_COPY_DISTANCE``, or, when asked,
 * its **confidence** (the head's probability of the chosen cluster) is below ``min_confidence``
   (default 0: off).
 
@@ -27,8 +28,19 @@ density, where the log-LOF's MAD is tiny, from flagging its tail: on Gaussian cl
 points in 64-d the test flags 0-0.9 % on average; without the floors 3.7-6.0 % (3 clusters of
 50-300 points), with a floor of 1.2 instead of 1.3 up to 3.1 %. Folders of fewer than
 ``2 · ISOLATION_K_MIN`` images get no isolation test. The feature store's streaming ``assign``
-sees each row once and keeps the centre test only. Cost: one k-nearest-neighbour search over the
-folder's features, as ``--near-duplicates`` does.
+sees each row once and keeps the centre test only. Cost: no search of its own after training in
+the same run: ``assign`` trains on a kNN search at ``max(knn, k)`` neighbours and hands it to
+:func:`find_outliers` (``neighbours``); with a given or cached head the test runs one search.
+
+Why the near-copy floor: a folder of exact copies of one picture has no spread, so every scale taken
+from it (the MAD of the distances, the copies' density) is zero, and a JPEG re-save of the picture
+(0.015-0.033 from it with efficientnet-lite0) or a 2x upscale (0.001) was flagged both far
+(distance cut 0.0045) and isolated (LOF 15-32). Within ``NEAR_COPY_DISTANCE`` two images are one
+picture to the model, so a cluster's cut lies at least that far past its median distance, and an
+image whose k-th neighbour is that close sits in a crowd of near copies, not alone. It is a
+condition, not a floor on the LOF's distances: flooring them at 0.05 flattened the density of
+scikit-learn's digits (upscaled 8x8 drawings, nearest neighbours at 0.02-0.05) and flagged more
+of them.
 
 What it still misses: on the 68 wallpapers the 4 planted images made up 4 of one cluster's 20.
 From the centre of its 16 wallpapers the two digits lie at 0.46-0.47, inside the wallpapers' own
@@ -94,9 +106,10 @@ REASON_CONFIDENCE = "low-confidence"
 REASON_DISTANCE = "far-from-centre"
 REASON_ISOLATED = "isolated"
 RULE = (
-    "cosine distance to the cluster's mean feature > median + 3 * 1.4826 * MAD of that cluster (clusters of 10 or more), "
-    "or local outlier factor at k = max(10, 2% of the images, at most 50) > 1.3 with log LOF > median + 3.5 * 1.4826 * "
-    "max(MAD, 0.03) of the folder (folders of 20 or more), or confidence < min_confidence"
+    "cosine distance to the cluster's mean feature > median + max(3 * 1.4826 * MAD, 0.05) of that cluster (clusters of 10 "
+    "or more), or local outlier factor at k = max(10, 2% of the images, at most 50) > 1.3 with log LOF > median + 3.5 * "
+    "1.4826 * max(MAD, 0.03) of the folder and the k-th neighbour farther than cosine distance 0.05 (folders of 20 or "
+    "more), or confidence < min_confidence"
 )
 
 
