@@ -21,7 +21,7 @@ over the image's own, from reachability distances) is high for the group and nea
 whatever the folder's spread. Measured (``make bench-outliers``): planted other-domain images
 found on Fashion-MNIST 65 % -> 100 %, digits 100 % -> 100 %, wallpapers 0 -> 1 of 4, at 2.7 % ->
 3.8 %, 2.8 % -> 4.2 % and 1.5 % -> 1.5 % of ordinary images flagged (with the near-copy floor
-below, digits 1.9 % -> 3.7 %). The log makes the ratio's
+below, digits 1.9 % by distance alone -> 3.7 %). The log makes the ratio's
 spread symmetric. 3.5 deviations instead of 3: at 3 the test alone flagged 4.7 % and 4.5 % of the
 ordinary Fashion-MNIST and digits images, at 3.5 2.5 % and 3.1 %, with the same recall. The floors
 (MAD 0.03, LOF 1.3: neighbours up to 30 % denser are no sign) keep a folder of nearly uniform
@@ -111,7 +111,7 @@ MAD_TO_SD = 1.4826  # MAD -> standard deviation for normally distributed data
 MIN_CLUSTER_SIZE = 10
 MAD_FLOOR = 1e-3  # cosine distance; float16 features of identical images differ by ~1e-4
 # Cosine distance within which two images are one picture to the model: a JPEG re-save of a picture lies at 0.015-0.033
-# from it, a 2x upscale at 0.001 (efficientnet-lite0, tests/test_outliers.py); duplicates are linked at 0.02.
+# from it, a 2x upscale at 0.001 (efficientnet-lite0 on three pictures; tests/test_outliers.py builds such a folder).
 NEAR_COPY_DISTANCE = 0.05
 ISOLATION_K_MIN = 10  # neighbours for the LOF: more than a plausible group of odd images ...
 ISOLATION_K_SHARE = 0.02  # ... or 2 % of the folder ...
