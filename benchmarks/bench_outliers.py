@@ -13,7 +13,9 @@ the share of planted images flagged (recall); where the planted images went (the
 their cluster's centre and their local outlier factor against the ordinary images'); and the
 isolation test on Gaussian clusters with nothing odd in them. Writes
 ``benchmarks/results_outliers.md``; ``python benchmarks/bench_outliers.py SEED`` draws other
-planted images and trains with that seed, into ``results_outliers_seed<SEED>.md``.
+planted images and trains with that seed, into ``results_outliers_seed<SEED>.md``; ``python
+benchmarks/bench_outliers.py groups`` runs the isolation test against the size of a planted group on the
+wallpapers (:func:`groups`).
 """
 
 from __future__ import annotations
@@ -33,16 +35,23 @@ from PIL import Image
 from imgcluster.assign import predict
 from imgcluster.choose_k import choose_k
 from imgcluster.config import TrainConfig
+from imgcluster.kmeans import spherical_kmeans
 from imgcluster.naming import class_probabilities
 from imgcluster.neighbours import knn_search
 from imgcluster.outliers import (
     DEFAULT_MIN_CONFIDENCE,
+    ISOLATION_K_MAX,
+    ISOLATION_K_MIN,
+    ISOLATION_K_SHARE,
     MAD_FLOOR,
+    NEAR_COPY_DISTANCE,
+    centre_distances,
     find_outliers,
     isolation_k,
     isolation_threshold,
     local_outlier_factor,
     robust_limit,
+    robust_thresholds,
 )
 from imgcluster.train import train_objective
 
@@ -59,6 +68,72 @@ def isolated(x: np.ndarray, k: int = 10, mad_factor: float = 3.0) -> np.ndarray:
     return ratio > robust_limit(ratio, mad_factor, 0.02)
 
 
+def without_near_copy_floor(x: np.ndarray, cluster: np.ndarray) -> np.ndarray:
+    """The default as it was before the near-copy floor: an isolated image's k-th neighbour may be a near copy, and
+    no least margin past a cluster's median distance."""
+    distance, _ = centre_distances(x, cluster)
+    thresholds = robust_thresholds(distance, cluster, near_copy=0.0)
+    far = distance > np.array([thresholds[int(k)] for k in cluster])
+    k = isolation_k(len(x))
+    if not k:
+        return far
+    lof = local_outlier_factor(x, k)
+    return far | (lof > isolation_threshold(lof))
+
+
+def isolated_default(x: np.ndarray, k: int, near_copy: float = NEAR_COPY_DISTANCE, **options: float) -> np.ndarray:
+    """The isolation test as :func:`find_outliers` runs it, at ``k`` neighbours, with the threshold's ``options``."""
+    if not k:
+        return np.zeros(len(x), dtype=bool)
+    searched = knn_search(x, k)
+    lof = local_outlier_factor(x, k, neighbours=searched)
+    return (lof > isolation_threshold(lof, **options)) & (1.0 - searched[1][:, -1] > near_copy)
+
+
+def small_folder_k(n: int, k_min: int) -> int:
+    """The isolation test's k with a lower least k (``k_min`` instead of 10) for folders of 20 images or more."""
+    return 0 if n < 20 else min(max(k_min, round(ISOLATION_K_SHARE * n)), ISOLATION_K_MAX)
+
+
+def isolated_max_over_k(x: np.ndarray, k_low: int = 5) -> np.ndarray:
+    """The candidate Breunig et al. suggest for groups of unknown size: each image's largest LOF over k in
+    [k_low, the default k], against the robust limit of that largest LOF over the folder."""
+    k_high = isolation_k(len(x))
+    if not k_high:
+        return np.zeros(len(x), dtype=bool)
+    lof = np.max([local_outlier_factor(x, k) for k in range(k_low, k_high + 1)], axis=0)
+    return lof > isolation_threshold(lof)
+
+
+def unlike_the_rest(z: np.ndarray, groups: np.ndarray, small: float = 0.5, mad_factor: float = 3.0) -> np.ndarray:
+    """Whole groups flagged: a group under ``small`` x the median group size whose centre's cosine distance to the
+    nearest other group's centre is past the robust limit (median + 3 robust deviations) of that distance over groups."""
+    labels, sizes = np.unique(groups, return_counts=True)
+    if len(labels) < 3:
+        return np.zeros(len(z), dtype=bool)
+    centres = np.stack([z[groups == k].mean(0) for k in labels])
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    between = 1.0 - centres @ centres.T
+    np.fill_diagonal(between, np.inf)
+    nearest = between.min(1)
+    odd = (sizes < small * np.median(sizes)) & (nearest > robust_limit(nearest, mad_factor, MAD_FLOOR))
+    return np.isin(groups, labels[odd])
+
+
+def small_cluster_rule(x: np.ndarray, cluster: np.ndarray) -> np.ndarray:
+    """The candidate "cluster 3 looks unlike the rest", on the head's own clusters."""
+    return unlike_the_rest(x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12), cluster)
+
+
+def small_group_rule(x: np.ndarray, per_group: int = 10, seed: int = 0) -> np.ndarray:
+    """The same on a finer partition: spherical k-means into groups of about ``per_group`` images, so that a few odd
+    images that share a head's cluster with ordinary ones can still form a group of their own."""
+    z = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    k = max(3, round(len(x) / per_group))
+    fit = spherical_kmeans(torch.from_numpy(z), k, torch.Generator().manual_seed(seed), restarts=3)
+    return unlike_the_rest(z, fit.best.labels.numpy())
+
+
 def rules(x: np.ndarray, cluster: np.ndarray, confidence: np.ndarray) -> dict[str, np.ndarray]:
     """Each rule's flags for one folder."""
     old = find_outliers(x, cluster, confidence, min_confidence=0.5)
@@ -68,7 +143,13 @@ def rules(x: np.ndarray, cluster: np.ndarray, confidence: np.ndarray) -> dict[st
         "confidence < 0.5 alone": old.low_confidence,
         "previous default: far from centre": new.far_from_centre,
         f"new default: far from centre or isolated (LOF){'' if DEFAULT_MIN_CONFIDENCE == 0 else ' or low confidence'}": new.flags,
+        "the default without the near-copy floor (before this round)": without_near_copy_floor(x, cluster),
         "isolated (LOF) alone": new.isolated,
+        "candidate: a small cluster unlike the rest (head's clusters)": small_cluster_rule(x, cluster),
+        "candidate: a small group unlike the rest (k-means groups of ~10)": small_group_rule(x),
+        "candidate: isolated (LOF) at k = max(5, 2 %)": isolated_default(x, small_folder_k(len(x), 5)),
+        "candidate: isolated (LOF) at k = max(6, 2 %)": isolated_default(x, small_folder_k(len(x), 6)),
+        "candidate: isolated (largest LOF over k = 5 .. default k)": isolated_max_over_k(x),
         "candidate: isolated (LOF) at 3 sigma": new.isolation > isolation_threshold(new.isolation, factor=3.0),
         "candidate: isolated (LOF), no floors": new.isolation > isolation_threshold(new.isolation, mad_floor=0.0, min_lof=0.0),
         "candidate: isolated (kNN ratio, k = 10)": isolated(x),
@@ -81,26 +162,33 @@ def rules(x: np.ndarray, cluster: np.ndarray, confidence: np.ndarray) -> dict[st
     }
 
 
-GAUSSIAN_VARIANTS = {"default": {}, "min LOF 1.2": {"min_lof": 1.2}, "no floors": {"mad_floor": 0.0, "min_lof": 0.0}}
+GAUSSIAN_VARIANTS: dict[str, tuple[int, dict[str, float]]] = {  # least k, then the threshold's and floor's options
+    "default": (ISOLATION_K_MIN, {}),
+    "no near-copy floor": (ISOLATION_K_MIN, {"near_copy": 0.0}),
+    "min LOF 1.2": (ISOLATION_K_MIN, {"min_lof": 1.2}),
+    "no floors": (ISOLATION_K_MIN, {"mad_floor": 0.0, "min_lof": 0.0, "near_copy": 0.0}),
+    "k = max(5, 2 %)": (5, {}),
+}
 
 
 def gaussian_isolation(draws: int = 10, dim: int = 64) -> list[str]:
-    """The isolation test on folders with nothing odd in them: 1 or 3 Gaussian clusters around unit centres in 64-d
-    (noise 0.15 in norm), the share of points flagged (mean and largest over draws) by the default and its variants."""
+    """The isolation test on folders with nothing odd in them: 1 or 3 Gaussian clusters around unit centres in 64-d,
+    noise 0.15 in norm (nearest neighbours at cosine distance ~0.015, under the near-copy floor) or 0.6 (~0.17, as
+    Fashion-MNIST's efficientnet-lite0 features), the share of points flagged (mean and largest over draws)."""
     rng = np.random.default_rng(0)
-    lines = ["| points | clusters | " + " | ".join(GAUSSIAN_VARIANTS) + " |", "|---" * (len(GAUSSIAN_VARIANTS) + 2) + "|"]
-    for n in (50, 100, 300, 1000):
-        for k in (1, 3):
-            shares: dict[str, list[float]] = {name: [] for name in GAUSSIAN_VARIANTS}
-            for _ in range(draws):
-                centres = rng.normal(size=(k, dim))
-                centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-                x = centres[rng.integers(0, k, n)] + 0.15 * rng.normal(size=(n, dim)) / np.sqrt(dim)
-                lof = local_outlier_factor(x.astype(np.float32), isolation_k(n))
-                for name, options in GAUSSIAN_VARIANTS.items():
-                    shares[name].append(float((lof > isolation_threshold(lof, **options)).mean()))
-            cells = [f"{np.mean(v):.1%} (max {np.max(v):.1%})" for v in shares.values()]
-            lines.append(f"| {n} | {k} | " + " | ".join(cells) + " |")
+    lines = ["| noise | points | clusters | " + " | ".join(GAUSSIAN_VARIANTS) + " |", "|---" * (len(GAUSSIAN_VARIANTS) + 3) + "|"]
+    for noise in (0.15, 0.6):
+        for n in (50, 100, 300, 1000):
+            for k in (1, 3):
+                shares: dict[str, list[float]] = {name: [] for name in GAUSSIAN_VARIANTS}
+                for _ in range(draws):
+                    centres = rng.normal(size=(k, dim))
+                    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+                    x = (centres[rng.integers(0, k, n)] + noise * rng.normal(size=(n, dim)) / np.sqrt(dim)).astype(np.float32)
+                    for name, (k_min, options) in GAUSSIAN_VARIANTS.items():
+                        shares[name].append(float(isolated_default(x, small_folder_k(n, k_min), **options).mean()))
+                cells = [f"{np.mean(v):.1%} (max {np.max(v):.1%})" for v in shares.values()]
+                lines.append(f"| {noise} | {n} | {k} | " + " | ".join(cells) + " |")
     return lines
 
 
@@ -272,7 +360,8 @@ def main(seed: int = 0) -> None:
     ]
     lines += [
         "",
-        "The isolation test on ordinary Gaussian clusters (64-d, 10 draws each): share of points flagged, mean (largest):",
+        "The isolation test on ordinary Gaussian clusters (64-d, 10 draws each): share of points flagged, mean (largest);",
+        f"the near-copy floor is the condition that an isolated image's k-th neighbour lie beyond cosine distance {NEAR_COPY_DISTANCE}:",
         "",
         *gaussian_isolation(),
     ]
@@ -292,5 +381,66 @@ def main(seed: int = 0) -> None:
     (OUT if seed == 0 else OUT.with_name(f"results_outliers_seed{seed}.md")).write_text(body)
 
 
+def pairs_then_gap(x: np.ndarray, near: float = 0.14, gap: float = 3.5) -> np.ndarray:
+    """Images whose nearest neighbour is within ``near`` and whose second is at least ``gap`` times farther: what the
+    planted pairs of digits (0.09 apart, then 0.49) and of Fashion-MNIST images (0.13, then 0.62) look like."""
+    _, sims = knn_search(x, 2)
+    d = 1.0 - sims
+    return (d[:, 0] < near) & (d[:, 1] > gap * d[:, 0])
+
+
+def groups(draws: int = 10) -> None:
+    """``python benchmarks/bench_outliers.py groups``: the isolation test (label-free: no head to train) on the
+    wallpapers with groups of 2-10 planted images (half digits, half Fashion-MNIST), ``draws`` draws each, at the
+    default k and at the small-folder candidate k = max(5, 2 %); and how many ordinary wallpapers look like the planted
+    pairs. Writes ``results_outliers_groups.md``."""
+    started, load = time.perf_counter(), os.getloadavg()
+    cpu = torch.device("cpu")
+    feats = {name: np.asarray(features(folder, cpu)[0], dtype=np.float32) for name, folder in folders().items()}
+    base = feats["wallpapers"]
+    ways = {"default (k = 10 here)": ISOLATION_K_MIN, "candidate k = max(5, 2 %) (5 here)": 5}
+    lines = [
+        "# The isolation test against the size of a planted group (`python benchmarks/bench_outliers.py groups`)",
+        "",
+        f"{len(base)} wallpapers with m planted images (half digits, half Fashion-MNIST), {draws} draws each; share of",
+        "ordinary wallpapers flagged isolated / share of planted ones flagged (the test needs no head, so no training):",
+        "",
+        "| planted | " + " | ".join(ways) + " |",
+        "|---" * (len(ways) + 1) + "|",
+    ]
+    for m in (2, 4, 6, 8, 10):
+        shares: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
+        for draw in range(draws):
+            rng = np.random.default_rng(100 + draw)
+            planted = [
+                feats[src][rng.choice(len(feats[src]), size, replace=False)]
+                for src, size in (("digits", m // 2), ("fashion-mnist", m - m // 2))
+            ]
+            x = np.concatenate([base, *planted])
+            is_planted = np.arange(len(x)) >= len(base)
+            for name, k_min in ways.items():
+                flags = isolated_default(x, small_folder_k(len(x), k_min))
+                shares[name].append((float(flags[~is_planted].mean()), float(flags[is_planted].mean())))
+        cells = [f"{np.mean([a for a, _ in v]):.1%} / {np.mean([b for _, b in v]):.0%}" for v in shares.values()]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    pairs = pairs_then_gap(base)
+    lines += [
+        "",
+        "Ordinary wallpapers whose nearest neighbour is within cosine distance 0.14 and whose second is 3.5 times farther",
+        f"or more, as each planted digit and Fashion-MNIST image of a pair is: {int(pairs.sum())} of {len(base)}",
+        "(a theme's light and dark variants, its 16:9 and 4:3 crops); a rule that flags the planted pairs for being a tight pair",
+        "apart from the rest flags these too.",
+        "",
+        f"Took {time.perf_counter() - started:.0f} s on {machine()}, shared with five other engineers' work "
+        f"(load average {load[0]:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; shares do not depend on the load).",
+    ]
+    body = "\n".join(lines) + "\n"
+    print(body)
+    OUT.with_name("results_outliers_groups.md").write_text(body)
+
+
 if __name__ == "__main__":
-    main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    if sys.argv[1:] == ["groups"]:
+        groups()
+    else:
+        main(int(sys.argv[1]) if len(sys.argv) > 1 else 0)

@@ -56,11 +56,22 @@ def predict(objective: Objective, features: np.ndarray, device: torch.device, ex
     )
 
 
-def mark_outliers(assignment: Assignment, features: np.ndarray, min_confidence: float, use_gpu: bool = False) -> Outliers:
-    """Add the ``outlier`` (0/1) and ``outlier_reason`` columns; the rule is in :mod:`imgcluster.outliers`."""
+def mark_outliers(
+    assignment: Assignment,
+    features: np.ndarray,
+    min_confidence: float,
+    use_gpu: bool = False,
+    neighbours: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Outliers:
+    """Add the ``outlier`` (0/1) and ``outlier_reason`` columns; the rule is in :mod:`imgcluster.outliers`.
+
+    ``neighbours``: the kNN search training just ran on ``features`` (:attr:`FittedHead.knn`), reused when it is deep enough.
+    """
     from imgcluster.outliers import find_outliers
 
-    found = find_outliers(features, assignment.cluster, assignment.confidence, min_confidence=min_confidence, use_gpu=use_gpu)
+    found = find_outliers(
+        features, assignment.cluster, assignment.confidence, min_confidence=min_confidence, use_gpu=use_gpu, neighbours=neighbours
+    )
     assignment.extra["outlier"] = found.flags.astype(np.int64)
     assignment.extra["outlier_reason"] = found.reasons()
     return found

@@ -33,6 +33,9 @@ class FittedHead:
     history: list[EpochLog]
     choose_k: dict[str, Any] | None  # the evidence for an ``auto`` K, else None
     description: dict[str, Any]  # the checkpoint's JSON
+    # The kNN search training ran, (indices, similarities) at ``max(knn, search_k)`` neighbours, for the caller's
+    # outlier test; None when the caller gave ``neighbours``.
+    knn: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def fit_head(
@@ -47,10 +50,13 @@ def fit_head(
     embeddings: Embeddings | None = None,
     progress: ProgressFn | None = None,
     neighbours: np.ndarray | None = None,
+    search_k: int = 0,
 ) -> FittedHead:
     """Train ``config`` on ``features`` [n, d] (float32, checked by the caller), choosing K in
     ``[k_min, k_max]`` first when ``auto``; ``embeddings``, when the features are theirs, puts the
-    backbone into the description. ``neighbours`` replaces the kNN search (see :meth:`ClusterHead.fit`)."""
+    backbone into the description. ``neighbours`` replaces the kNN search (see :meth:`ClusterHead.fit`);
+    without it the search finds ``max(knn, search_k)`` neighbours and :attr:`FittedHead.knn` keeps them, so that
+    ``assign``'s isolation test reuses this one search instead of running its own."""
     from imgcluster.neighbours import knn_search
     from imgcluster.objectives import objective_class
     from imgcluster.train import effective_schedule, train_objective
@@ -65,9 +71,11 @@ def fit_head(
         report.at("choose_k").info(found.explanation)
         config, choice = dataclasses.replace(config, clusters=found.k), found.to_dict()
     n = len(features)
-    report.info(f"finding the {min(config.knn, n - 1)} nearest neighbours of each of {n} images ...")
+    searched = None
+    report.info(f"finding the {min(max(config.knn, search_k), n - 1)} nearest neighbours of each of {n} images ...")
     if neighbours is None:
-        neighbours, _ = knn_search(features, config.knn, use_gpu=device.type == "cuda")
+        searched = knn_search(features, max(config.knn, search_k), use_gpu=device.type == "cuda")
+        neighbours = searched[0]
     elif neighbours.shape[0] != n or neighbours.shape[1] < min(config.knn, n - 1):
         raise ValueError(f"neighbours must be [{n}, >= {min(config.knn, n - 1)}], got {list(neighbours.shape)}")
     batch, epochs = effective_schedule(n, config)
@@ -106,4 +114,4 @@ def fit_head(
         "history": [dataclasses.asdict(log) for log in trained.history],
         **({"choose_k": choice} if choice is not None else {}),
     }
-    return FittedHead(trained.objective, config, trained.history, choice, description)
+    return FittedHead(trained.objective, config, trained.history, choice, description, searched)

@@ -258,6 +258,7 @@ def cluster_folder(
         )  # fmt: skip
         settings = train_config(**training, options=dict(objective_options or {}))
     head_meta: dict[str, Any] | None = None
+    searched: tuple[np.ndarray, np.ndarray] | None = None  # the neighbour search of a head trained in this run
     if head is not None:
         trained_objective, head_meta = load_checkpoint(Path(head))
         if model == "auto" and weights is None:
@@ -287,18 +288,20 @@ def cluster_folder(
         choice, train = None, asdict(settings)
     else:  # trained here, without scikit-learn's estimator (imgcluster.fitting says why)
         from imgcluster.fitting import fit_head
+        from imgcluster.outliers import isolation_k
 
         def fit() -> FittedHead:
             return fit_head(
                 _finite(embeddings.features), settings, dev, auto=parse_clusters(n_clusters) is None, k_min=k_min, k_max=k_max,
-                seed=seed, embeddings=embeddings, progress=progress,
+                seed=seed, embeddings=embeddings, progress=progress, search_k=isolation_k(len(embeddings.features)),
             )  # fmt: skip
 
         head_path, fitted = _train(fit, embeddings, None, progress)
         trained_objective, choice, train = fitted.objective, fitted.choose_k, asdict(fitted.config)
+        searched = fitted.knn  # one neighbour search for training and the isolation test
     if not embeddings.paths:
         raise ImgclusterError(f"none of the images in {folder} could be read")
-    result = _assign(embeddings, trained_objective, dev, explain, min_confidence, near_duplicates, progress)
+    result = _assign(embeddings, trained_objective, dev, explain, min_confidence, near_duplicates, progress, searched)
     if names:
         columns = result["columns"]
         named = _names_of_negatives(embeddings, columns["cluster"], progress)
@@ -326,9 +329,10 @@ def cluster_folder(
 
 def _assign(
     embeddings: Embeddings, objective: Any, device: Any, explain: bool, min_confidence: float, near_duplicates: float | None,
-    progress: ProgressFn | None,
+    progress: ProgressFn | None, knn: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    """Clusters, confidence, outliers and near-duplicates, with a warning when the head knows nothing."""
+    """Clusters, confidence, outliers and near-duplicates, with a warning when the head knows nothing; ``knn`` is the
+    neighbour search training ran (the isolation test reuses it)."""
     from imgcluster.assign import mark_outliers, predict
 
     report = Reporter(progress, "assign")
@@ -340,7 +344,7 @@ def _assign(
             f"the head is no surer of any image than chance (confidence at most {top:.3f}, "
             f"chance {chance:.3f}): these clusters mean nothing; try more images or fewer {{n_clusters}}"
         )
-    found = mark_outliers(prediction, embeddings.features, min_confidence, use_gpu=device.type == "cuda")
+    found = mark_outliers(prediction, embeddings.features, min_confidence, use_gpu=device.type == "cuda", neighbours=knn)
     n = len(embeddings.paths)
     report.info(f"{count(found.count, 'outlier')} of {n} ({100 * found.count / max(1, n):.0f}%): {_outlier_tally(found, min_confidence)}")
     duplicates = None

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from imagefolders import CLASSES, copy_sample, picture
 
+import imgcluster
 from imgcluster.errors import ParameterError
+from imgcluster.neighbours import knn_search
 from imgcluster.outliers import (
     ISOLATION_K_MIN,
     MIN_CLUSTER_SIZE,
@@ -166,3 +171,79 @@ def test_isolation_needs_enough_images_and_survives_duplicates() -> None:
     copies = np.repeat(rng.normal(size=(3, 16)), 12, axis=0).astype(np.float32)  # three images, twelve copies each
     lof = local_outlier_factor(copies, 10)
     assert np.isfinite(lof).all() and np.allclose(lof, 1.0)
+
+
+def test_a_given_neighbour_search_replaces_the_isolation_tests_own() -> None:
+    """Training's kNN search, run at more neighbours than the isolation test needs, gives the same LOF and flags."""
+    rng = np.random.default_rng(7)
+    x, labels = _clusters(rng, per=40)
+    k = isolation_k(len(x))
+    searched = knn_search(x, k + 15)
+    np.testing.assert_allclose(local_outlier_factor(x, k, neighbours=searched), local_outlier_factor(x, k), rtol=1e-6)
+    own, shared = find_outliers(x, labels, np.ones(len(x))), find_outliers(x, labels, np.ones(len(x)), neighbours=searched)
+    assert np.array_equal(own.flags, shared.flags) and own.isolation_threshold == pytest.approx(shared.isolation_threshold)
+
+
+def test_a_cold_assign_runs_one_neighbour_search(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training mines its kNN at max(knn, the isolation test's k) and the outlier test reuses it: one search, the
+    same flags as a search of its own. ``knn=5`` is below the isolation test's 10, so the shared search must be deeper."""
+    import imgcluster.neighbours as neighbours
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:3], per_class=8)
+    searches: list[int] = []
+    search = neighbours._faiss_search
+
+    def counted(features: np.ndarray, k: int, use_gpu: bool, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        searches.append(k)
+        return search(features, k, use_gpu, seed)
+
+    monkeypatch.setattr(neighbours, "_faiss_search", counted)
+    result = imgcluster.cluster_folder(
+        folder, n_clusters=3, knn=5, names=False, cache_dir=tmp_path / "cache", model="efficientnet-lite0", workers=0, device="cpu"
+    )
+    assert searches == [isolation_k(24)]
+    features = result.embeddings.features
+    alone = find_outliers(features, result.cluster, result.confidence)
+    assert np.array_equal(result.outliers.flags, alone.flags)
+    np.testing.assert_allclose(result.outliers.isolation, alone.isolation, rtol=1e-5)
+
+
+def _copies_with_a_resave(rng: np.random.Generator, dim: int = 64) -> np.ndarray:
+    """24 copies of one picture (float16 rounding apart), a re-save at cosine distance 0.03 and an upscale at 0.0015 (as
+    efficientnet-lite0 puts them: 0.015-0.033 and 0.0006-0.0015), then a different picture at 0.3."""
+    base = np.abs(rng.normal(size=dim))  # non-negative, as pooled activations are
+    base /= np.linalg.norm(base)
+
+    def at(distance: float) -> np.ndarray:
+        v = rng.normal(size=dim)
+        v -= (v @ base) * base
+        return (1.0 - distance) * base + np.sqrt(1.0 - (1.0 - distance) ** 2) * v / np.linalg.norm(v)
+
+    rows = [base] * 24 + [at(0.03), at(0.0015), at(0.3)]
+    return np.asarray(rows).astype(np.float16).astype(np.float32)
+
+
+def test_a_resave_among_copies_is_neither_far_nor_isolated() -> None:
+    """Copies have no spread, so any scale taken from them calls a re-save of the same picture a stray (it was: LOF 15-32
+    and past the 0.0045 distance cut); distances under NEAR_COPY_DISTANCE are one picture. A different picture still is."""
+    x = _copies_with_a_resave(np.random.default_rng(8))
+    found = find_outliers(x, np.zeros(len(x), int), np.ones(len(x)))
+    assert np.flatnonzero(found.flags).tolist() == [26]
+    assert found.reasons()[26] == "far-from-centre+isolated"
+    assert found.isolation[24] > found.isolation_threshold  # the LOF alone would call the re-save isolated
+
+
+def test_a_folder_of_copies_flags_no_resave(tmp_path: Path) -> None:
+    """The new-user pass: 24 copies of one picture, a re-saved JPEG and a 2x upscale of it; nothing is an outlier."""
+    folder = tmp_path / "copies"
+    folder.mkdir()
+    original = picture(3)
+    for i in range(24):
+        original.save(folder / f"copy{i:02d}.png")
+    original.save(folder / "resave.jpg", quality=85)
+    original.resize((2 * original.width, 2 * original.height)).save(folder / "upscale.png")
+    result = imgcluster.cluster_folder(
+        folder, n_clusters=2, names=False, cache_dir=tmp_path / "cache", model="efficientnet-lite0", workers=0, device="cpu"
+    )
+    assert result.outliers.count == 0, dict(zip(result.paths, result.outliers.reasons()))
+    assert np.isfinite(result.outliers.isolation_threshold)  # the isolation test ran (26 images)

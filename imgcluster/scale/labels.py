@@ -65,8 +65,9 @@ class Isolation:
     reference: Reference
     search: dict[str, Any]  # how the sample's neighbours were searched (the sidecar's record)
 
-    def scores(self, paths: list[str], z: np.ndarray) -> np.ndarray:
-        """The LOF of rows ``paths`` with unit features ``z``: the sample's for its own rows, else against the sample."""
+    def scores(self, paths: list[str], z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(LOF, distance to the k-th neighbour) of rows ``paths`` with unit features ``z``: the sample's for its
+        own rows, else against the sample."""
         from imgcluster.outliers import lof_against
         from imgcluster.scale.sample import path_keys
 
@@ -74,12 +75,23 @@ class Isolation:
         at = np.minimum(np.searchsorted(self.keys, keys), len(self.keys) - 1)
         known = self.keys[at] == keys
         lof = np.empty(len(paths), np.float32)
+        kth = np.empty(len(paths), np.float64)
         lof[known] = self.lof[self.rows[at[known]]]
+        kth[known] = self.k_distance[self.rows[at[known]]]
         new = np.flatnonzero(~known)
         if new.size:
             indices, sims = self.reference.search(z[new], self.k)
             lof[new] = lof_against(indices, sims, self.k_distance, self.density)
-        return lof
+            kth[new] = 1.0 - sims[:, -1].astype(np.float64)
+        return lof, kth
+
+    def isolated(self, paths: list[str], z: np.ndarray) -> np.ndarray:
+        """Whether each row is isolated, as :func:`imgcluster.outliers.find_outliers` judges a folder's: its LOF
+        above the threshold and its k-th neighbour farther than a near copy."""
+        from imgcluster.outliers import NEAR_COPY_DISTANCE
+
+        lof, kth = self.scores(paths, z)
+        return (lof > self.threshold) & (kth > NEAR_COPY_DISTANCE)
 
 
 def fit_isolation(
@@ -231,7 +243,7 @@ def label_batch(objective: Any, model: SampleModel, paths: list[str], features: 
     far = distance > model.thresholds[cluster]
     low = confidence.astype(np.float64) < model.min_confidence
     isolation = model.isolation
-    lonely = isolation.scores(paths, z) > isolation.threshold if isolation is not None else np.zeros(len(paths), bool)
+    lonely = isolation.isolated(paths, z) if isolation is not None else np.zeros(len(paths), bool)
     tests = (REASON_CONFIDENCE, REASON_DISTANCE, REASON_ISOLATED)  # in the folder's order (outliers.Outliers.reasons)
     reasons = np.array(["+".join(r for r, on in zip(tests, flags) if on) for flags in zip(low, far, lonely)], dtype=object).astype(str)
     extra: dict[str, np.ndarray] = {**prediction.extra, "outlier": (low | far | lonely).astype(np.int64), "outlier_reason": reasons}

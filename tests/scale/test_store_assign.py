@@ -219,7 +219,7 @@ def test_rows_outside_the_sample_get_the_lof_of_a_new_image_against_the_sample(s
     batches = list(iter_batches(uri))
     paths = [p for batch_paths, _ in batches for p in batch_paths]
     features = np.concatenate([f for _, f in batches]).astype(np.float32)
-    lof = isolation.scores(paths, l2_normalise(features))
+    lof, _ = isolation.scores(paths, l2_normalise(features))
     reference = LocalOutlierFactor(n_neighbors=10, metric="cosine", algorithm="brute", novelty=True).fit(sample.features)
     row = {p: i for i, p in enumerate(sample.paths)}
     inside = np.array([p in row for p in paths])
