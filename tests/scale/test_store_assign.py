@@ -296,3 +296,23 @@ def test_a_stop_in_the_isolation_search_says_where_the_head_is(
     )
     assert said and Path(said[1]).is_file(), str(stop.value)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_store_isolation_test_calls_no_resave_among_copies_isolated() -> None:
+    """Copies of one picture with a re-save and one other picture, the sample being every row: the store's
+    isolation test flags what a folder's does (find_outliers), not the re-save, whose LOF alone is huge."""
+    from test_outliers import _copies_with_a_resave
+
+    from imgcluster.neighbours import l2_normalise
+    from imgcluster.outliers import find_outliers
+    from imgcluster.scale.labels import fit_isolation
+
+    x = _copies_with_a_resave(np.random.default_rng(8))
+    paths = [f"{i:03d}.png" for i in range(len(x))]
+    isolation = fit_isolation(x, paths, 0, knn_threshold=10**6, nprobe=16)
+    assert isolation is not None
+    folder = find_outliers(x, np.zeros(len(x), int), np.ones(len(x)))
+    lof, _ = isolation.scores(paths, l2_normalise(x))
+    assert lof[24] > isolation.threshold  # the LOF alone would call the re-save isolated
+    assert isolation.isolated(paths, l2_normalise(x)).tolist() == folder.isolated.tolist()
+    assert np.flatnonzero(folder.isolated).tolist() == [26]
