@@ -108,7 +108,9 @@ def list_images(
                             continue
                     if entry.is_dir(follow_symlinks=True):
                         st = entry.stat(follow_symlinks=True)
-                        if (st.st_dev, st.st_ino) in excluded or (path / OUTPUT_MARKER).exists():
+                        # os.path.exists, not Path.exists: on Python 3.11 that raised PermissionError in
+                        # a folder that cannot be searched, and the folder was dropped without a word.
+                        if (st.st_dev, st.st_ino) in excluded or os.path.exists(path / OUTPUT_MARKER):
                             continue
                         if is_link:
                             linked.append((path, parts))
@@ -120,13 +122,17 @@ def list_images(
                             found.append(ImageFile("/".join(parts), path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
                         elif unsupported is not None and suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
                             unsupported.append("/".join(parts))
-                    elif is_link and suffix in IMAGE_EXTENSIONS:
-                        missed(parts, "file", FileNotFoundError(errno.ENOENT, "broken symbolic link"))
+                    elif suffix in IMAGE_EXTENSIONS:  # a named pipe, a device, or a link to nothing
+                        if is_link and not os.path.exists(path):
+                            missed(parts, "file", FileNotFoundError(errno.ENOENT, "broken symbolic link"))
+                        else:
+                            missed(parts, "file", OSError(errno.EINVAL, "not a regular file"))
                 except OSError as exc:  # permission, a dangling link, a name too long for the system
                     if suffix in IMAGE_EXTENSIONS:
                         missed(parts, "file", exc)
                 except RuntimeError:  # resolve() meeting a loop of links: names no file at all
-                    continue
+                    if suffix in IMAGE_EXTENSIONS:
+                        missed(parts, "file", OSError(errno.ELOOP, "loop of symbolic links"))
             stack.extend(reversed(subfolders))
 
     walk(root, ())
