@@ -477,3 +477,12 @@ def test_a_file_that_failed_is_reported_but_not_tried_again(small_folder: Path, 
     assert rows[0]["reason"].startswith("not an image (unrecognised format) (unchanged since it failed on ")
     again = invoke("assign", small_folder, "--out", out, "--cache-dir", cache, "--reembed", *FAST)
     assert again.exit_code == 0 and "not tried again" not in again.stderr and "0 cached, 25 to embed" in again.stderr
+
+
+def test_a_name_with_a_newline_or_an_escape_sequence_stays_one_line_and_drives_no_terminal(tmp_path: Path) -> None:
+    """A folder name with a newline made one error two lines, and ESC sequences in a name reached the terminal."""
+    folder = tmp_path / "photos\nerror: fake\x1b]0;title\x07\x1b[2J"
+    result = invoke("assign", folder)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert result.stderr.startswith("error: folder not found: ") and "photos\\nerror: fake\\x1b]0;title\\x07\\x1b[2J" in result.stderr
