@@ -64,6 +64,17 @@ class OneLineErrors(TyperGroup):
         _plain_flags(params)  # --version, and the --install-completion typer adds
         return params
 
+    # Help and --version are written while the arguments are parsed (make_context, for a
+    # command inside invoke), where Click turns a closed stdout into exit code 1; the commands
+    # themselves exit 141 then (see handled).
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _pipe_closed_exits():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _pipe_closed_exits():
+            return super().invoke(ctx)
+
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:  # fmt: skip
         if not standalone_mode:
@@ -316,6 +327,27 @@ class FlagNames(dict[str, str]):
 
 
 PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whose pipe closed
+
+
+@contextmanager
+def _pipe_closed_exits() -> Iterator[None]:
+    """The reader of stdout went away (`imgcluster --help | head`): exit quietly with :data:`PIPE_CLOSED`."""
+    try:
+        yield
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(PIPE_CLOSED) from None
+    except SystemExit as exc:  # rich, drawing the help, points stdout at /dev/null and exits 1
+        if exc.code == 1 and _stdout_is_null():
+            raise typer.Exit(PIPE_CLOSED) from None
+        raise
+
+
+def _stdout_is_null() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError):
+        return False
 
 
 def _silence_stdout() -> None:

@@ -304,6 +304,18 @@ def test_closed_stdout_pipe_ends_quietly() -> None:
     assert done.returncode == 141 and done.stderr == "" and done.stdout == ""
 
 
+@pytest.mark.parametrize("args", [["--help"], ["assign", "--help"], ["--version"]])
+def test_help_and_version_into_a_closed_pipe_end_as_the_commands_do(args: list[str]) -> None:
+    """`imgcluster --help | head`: Click and rich ended the help with exit 1; 141 and silent, as `objectives | head`."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "imgcluster", *args], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == ""
+
+
 def test_out_to_a_named_pipe_streams_the_csv_and_writes_nothing_beside(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
     """A pipe (like /dev/null or /dev/stdout) is written in place: no sidecar, no skipped list."""
     (tmp_path / "out").mkdir()
