@@ -65,14 +65,13 @@ class OneLineErrors(TyperGroup):
         return params
 
     # Help and --version are written while the arguments are parsed (make_context, for a
-    # command inside invoke), where Click turns a closed stdout into exit code 1; the commands
-    # themselves exit 141 then (see handled).
+    # command inside invoke), outside any command's handled().
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
-        with _pipe_closed_exits():
+        with _outside_commands():
             return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: Any) -> Any:
-        with _pipe_closed_exits():
+        with _outside_commands():
             return super().invoke(ctx)
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
@@ -330,10 +329,19 @@ PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whos
 
 
 @contextmanager
-def _pipe_closed_exits() -> Iterator[None]:
-    """The reader of stdout went away (`imgcluster --help | head`): exit quietly with :data:`PIPE_CLOSED`."""
+def _outside_commands() -> Iterator[None]:
+    """What :func:`handled` does for a command, while the arguments are parsed and the help drawn.
+
+    Click turned a closed stdout (`imgcluster --help | head`) into exit code 1 and a Ctrl-C into a
+    silent exit 130; they end as in a command: 141 and silent, or one line and the signal.
+    """
+    from imgcluster.signals import STOPPED_STARTING, note_stop
+
     try:
         yield
+    except KeyboardInterrupt as exc:
+        typer.echo(f"error: {STOPPED_STARTING}", err=True)
+        raise typer.Exit(128 + note_stop(exc)) from None
     except BrokenPipeError:
         _silence_stdout()
         raise typer.Exit(PIPE_CLOSED) from None

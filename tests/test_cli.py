@@ -498,3 +498,44 @@ def test_a_name_with_a_newline_or_an_escape_sequence_stays_one_line_and_drives_n
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr and "\x07" not in result.stderr
     assert result.stderr.startswith("error: folder not found: ") and "photos\\nerror: fake\\x1b]0;title\\x07\\x1b[2J" in result.stderr
+
+
+@pytest.mark.parametrize("entry", ["python -m imgcluster", "the imgcluster command"])
+def test_ctrl_c_while_the_cli_is_imported_is_one_line_and_ends_by_sigint(entry: str) -> None:
+    """Ctrl-C in the first second, while the CLI's modules load, printed a traceback of importlib's frames."""
+    code = (
+        "import sys\n"
+        "class Stop:\n"  # Ctrl-C arriving while imgcluster.cli is imported
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'imgcluster.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Stop())\n"
+        "sys.argv = ['imgcluster', 'objectives']\n"
+    )
+    if entry == "python -m imgcluster":
+        code += "import runpy; runpy.run_module('imgcluster', run_name='__main__', alter_sys=True)\n"
+    else:  # the function the installed script calls, as pyproject.toml names it
+        scripts = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text().split("[project.scripts]")[1]
+        module, function = scripts.split('imgcluster = "')[1].split('"')[0].split(":")
+        code += f"from {module} import {function}; {function}()\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == -2 and done.stdout == ""
+    assert done.stderr == "error: interrupted while starting; nothing was done\n"
+
+
+def test_ctrl_c_before_a_command_starts_its_work_is_one_line_and_the_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the arguments were parsed or a command set up ended silently with exit 130 (Click's
+    default), not with the one line and the signal that a stop in a command gives."""
+    import imgcluster.cli
+    import imgcluster.signals
+
+    def stopped(quiet: bool = False) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imgcluster.cli, "UI", stopped)  # the command's first step, before handled()
+    monkeypatch.setattr(imgcluster.signals, "_stopped_by", None)
+    result = invoke("objectives")
+    assert result.exit_code == 130 and result.stdout == ""
+    assert result.stderr == "error: interrupted while starting; nothing was done\n"
+    assert imgcluster.signals._stopped_by == 2  # main() then ends the process by SIGINT
