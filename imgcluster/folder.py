@@ -53,7 +53,7 @@ class Assignment:
     duplicates: list[DuplicateGroup] | None  # None unless near_duplicates was given
     near_duplicates: float | None
     embeddings: Embeddings
-    head: Path  # the checkpoint used (trained by this run, or given)
+    head: Path | None  # the checkpoint used (trained by this run, or given); None: trained here and not kept
     objective: str
     n_clusters: int
     train: dict[str, Any] | None  # how the head was trained
@@ -106,7 +106,7 @@ class Assignment:
                 "csv": _str(where),
             }  # fmt: skip
         names = "cluster_name" in self.columns
-        assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", str(self.head), self.explain, raw_csv, names)
+        assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", _str(self.head), self.explain, raw_csv, names)
         return {
             "assign": assign,
             "embed": self.embeddings.config,
@@ -114,7 +114,7 @@ class Assignment:
             "backbone": self.embeddings.identity,
             "compute": self.embeddings.compute,  # names the cache the features are in, with the backbone and dtype
             "runtime": self.embeddings.runtime,  # torch or onnx: also names the cache
-            "head": {"path": str(self.head), "objective": self.objective, "clusters": self.n_clusters},
+            "head": {"path": _str(self.head), "objective": self.objective, "clusters": self.n_clusters},
             **({"choose_k": self.choose_k} if self.choose_k is not None else {}),
             "result": {
                 "images": len(self.paths),
@@ -269,6 +269,7 @@ def cluster_folder(
         embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model,
         lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, runtime=runtime, progress=progress,
     )  # fmt: skip
+    head_path: Path | None  # None: trained by this run and not kept
     if head_meta is not None:
         assert head is not None  # head_meta comes from it
         head_path = Path(head)
@@ -291,7 +292,7 @@ def cluster_folder(
                 seed=seed, embeddings=embeddings, progress=progress,
             )  # fmt: skip
 
-        head_path, fitted = _train(fit, embeddings, None, progress)
+        head_path, fitted = _train(fit, embeddings, None, progress, keep_optional=True)
         trained_objective, choice, train = fitted.objective, fitted.choose_k, asdict(fitted.config)
     if not embeddings.paths:
         raise ImgclusterError(f"none of the images in {folder} could be read")
@@ -419,8 +420,15 @@ def _trained_before(embeddings: Embeddings, settings: TrainConfig, auto: bool, p
     return path, objective
 
 
-def _train(fit: Callable[[], FittedHead], embeddings: Embeddings, out: Path | None, progress: ProgressFn | None) -> tuple[Path, FittedHead]:
-    """Fit a head on the cached features with ``fit`` and save it (in the cache unless ``out``); returns its path and the head."""
+def _train(
+    fit: Callable[[], FittedHead], embeddings: Embeddings, out: Path | None, progress: ProgressFn | None, keep_optional: bool = False
+) -> tuple[Path | None, FittedHead]:
+    """Fit a head on the cached features with ``fit`` and save it (in the cache unless ``out``); returns its path and the head.
+
+    With ``keep_optional`` (``assign``, whose product is the CSV) a head that cannot be saved, as
+    in a read-only shared cache, is a warning and the path None: the whole run used to fail there,
+    after the training, though that cache's features are read and its missing ones embedded.
+    """
     from imgcluster.checkpoint import save_checkpoint
     from imgcluster.pipeline import head_path_for
     from imgcluster.signals import Interrupted
@@ -436,7 +444,13 @@ def _train(fit: Callable[[], FittedHead], embeddings: Embeddings, out: Path | No
             "no head or CSV was written by this run, the next run trains again from the cached features",
         ) from None
     path = out or head_path_for(embeddings.cache_dir, fitted.config, embeddings.paths, embeddings.features)
-    save_checkpoint(path, fitted.objective, fitted.description)
+    try:
+        save_checkpoint(path, fitted.objective, fitted.description)
+    except ImgclusterError as exc:
+        if not keep_optional:
+            raise
+        Reporter(progress, "train").warning(f"the head is not kept ({exc}); the next run trains it again")
+        return None, fitted
     Reporter(progress, "train").info(f"head saved to {path}")
     return path, fitted
 
@@ -510,7 +524,9 @@ def train_folder(
         estimator.fit(embeddings, progress=progress)
         return FittedHead(estimator.objective_, estimator.train_config_, estimator.history_, estimator.choose_k_, estimator.description_)
 
-    return estimator, _train(fit, embeddings, Path(out) if out is not None else None, progress)[0]
+    saved, _ = _train(fit, embeddings, Path(out) if out is not None else None, progress)
+    assert saved is not None  # saving is what train_folder is for: a failure raised
+    return estimator, saved
 
 
 def _str(value: Path | None) -> str | None:
