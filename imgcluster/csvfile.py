@@ -26,7 +26,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from imgcluster.atomic import atomic_open
-from imgcluster.errors import ImgclusterError
+from imgcluster.errors import ImgclusterError, ParameterError
 
 if TYPE_CHECKING:
     from imgcluster.assign import Assignment
@@ -122,6 +122,15 @@ def assignment_rows(paths: list[str], assignment: Assignment) -> Iterator[list[o
             else:
                 row.append(round(float(v), 6) if np.issubdtype(values.dtype, np.floating) else int(v))
         yield row
+
+
+def check_assignments_file(path: Path) -> None:
+    """Refuse, naming the parameter, an assignments CSV that is missing or is a folder (evaluate,
+    report and export; a folder was said to be "not found")."""
+    if path.is_dir():
+        raise ParameterError(f"{{assignments}} {path} is a folder; give the CSV that assign wrote")
+    if not path.is_file():
+        raise ParameterError(f"assignments file not found: {path}", "assignments")
 
 
 def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:

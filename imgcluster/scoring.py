@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcluster.csvfile import names_of_clusters, read_assignments
+from imgcluster.csvfile import check_assignments_file, names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.listing import list_images
 from imgcluster.matching import best_matching
@@ -76,8 +76,9 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
     """Score an assignment CSV against a folder whose top-level sub-folder names are the labels:
     ACC (Hungarian matching), NMI, ARI, AMI, purity overall and per cluster."""
     assignments, labelled_folder = Path(assignments), Path(labelled_folder)
-    if not assignments.is_file():
-        raise ParameterError(f"assignments file not found: {assignments}", "assignments")
+    check_assignments_file(assignments)
+    if labelled_folder.exists() and not labelled_folder.is_dir():
+        raise ParameterError(f"{{labelled_folder}} {labelled_folder} is not a folder: give the folder whose sub-folders are the labels")
     if not labelled_folder.is_dir():
         raise ParameterError(f"labelled folder not found: {labelled_folder}", "labelled_folder")
     rows = read_assignments(assignments)

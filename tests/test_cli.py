@@ -539,3 +539,21 @@ def test_ctrl_c_before_a_command_starts_its_work_is_one_line_and_the_signal(monk
     assert result.exit_code == 130 and result.stdout == ""
     assert result.stderr == "error: interrupted while starting; nothing was done\n"
     assert imgcluster.signals._stopped_by == 2  # main() then ends the process by SIGINT
+
+
+@pytest.mark.parametrize("command", [["evaluate", "{folder}", "{folder}"], ["report", "{folder}"], ["export", "{folder}", "--to", "{out}"]])
+def test_a_folder_given_as_the_csv_is_called_a_folder_not_missing(command: list[str], tmp_path: Path) -> None:
+    """`evaluate photos photos` said "assignments file not found: photos" of a folder that is there."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    result = invoke(*(a.format(folder=folder, out=tmp_path / "sorted") for a in command))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: CSV {folder} is a folder; give the CSV that assign wrote\n"
+
+
+def test_a_file_given_as_the_labelled_folder_is_called_a_file_not_missing(tmp_path: Path) -> None:
+    csv_file = tmp_path / "clusters.csv"
+    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n')
+    result = invoke("evaluate", csv_file, csv_file)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: LABELLED_FOLDER {csv_file} is not a folder: give the folder whose sub-folders are the labels\n"
