@@ -143,7 +143,7 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
     raw = written_raw(path) if raw_csv is None else raw_csv
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(handle, strict=True)  # a file cut short inside a quoted cell is an error, not a short cell
             columns = reader.fieldnames or []
             missing = [c for c in ("path", "cluster") if c not in columns]
             if missing:

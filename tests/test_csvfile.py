@@ -89,6 +89,20 @@ def cells(path: Path) -> list[str]:
     return [row[0] for row in csv.reader(path.open(encoding="utf-8", newline=""))][1:]
 
 
+def test_a_csv_cut_short_inside_a_quoted_cell_is_refused(tmp_path: Path) -> None:
+    """A copy cut short in a cluster name read back without a word: the name short, the rows after it gone."""
+    whole = tmp_path / "whole.csv"
+    named = Assignment(np.array([0, 1]), np.array([0.5, 0.5]), {"cluster_name": np.array(["sandal", "bag"])})
+    write_assignments(str(whole), ["a.png", "b.png"], named)
+    text = whole.read_text()
+    cut = tmp_path / "cut.csv"
+    cut.write_text(text[: text.index('"sandal"') + 4])
+    with pytest.raises(ImgclusterError) as caught:
+        read_assignments(cut)
+    assert str(caught.value) == f"cannot read assignments {cut}: unexpected end of data"
+    assert [r.name for r in read_assignments(whole)] == ["sandal", "bag"]
+
+
 def test_escaping_is_unambiguous() -> None:
     for name in FORMULAS + APOSTROPHES + PLAIN:
         escaped = escape_cell(name)
