@@ -54,6 +54,11 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder of the path should be
+        blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise _cannot_write(path, exc) from None
+        raise ImgclusterError(f"cannot write {path}: {blocker} is a file, not a folder") from None
     except OSError as exc:
         raise _cannot_write(path, exc) from None
     try:

@@ -557,3 +557,13 @@ def test_a_file_given_as_the_labelled_folder_is_called_a_file_not_missing(tmp_pa
     result = invoke("evaluate", csv_file, csv_file)
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: LABELLED_FOLDER {csv_file} is not a folder: give the folder whose sub-folders are the labels\n"
+
+
+def test_out_below_a_file_says_which_file_is_in_the_way(small_folder: Path, tmp_path: Path) -> None:
+    """`--out clusters.csv/x.csv` failed with "cannot write clusters.csv/x.csv: File exists"."""
+    (tmp_path / "clusters.csv").write_text("mine")
+    out = tmp_path / "clusters.csv" / "sub" / "x.csv"
+    result = invoke("assign", small_folder, *FAST, "--out", out)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == f"error: cannot write {out}: {tmp_path / 'clusters.csv'} is a file, not a folder"
+    assert "embedded" not in result.stderr and (tmp_path / "clusters.csv").read_text() == "mine"
