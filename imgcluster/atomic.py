@@ -16,6 +16,7 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -133,6 +134,20 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", new
         if isinstance(exc, OSError) and (not in_body or exc.errno in _DISK_ERRORS):
             raise _cannot_write(path, exc) from None
         raise
+
+
+@contextlib.contextmanager
+def writing_stdout() -> Iterator[None]:
+    """Output written to standard output, then flushed: a full disk or a failing device behind it
+    is one :class:`ImgclusterError` (it was an unexpected OSError, or a traceback from the help);
+    a reader that went away stays a BrokenPipeError, which the CLI ends quietly."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise ImgclusterError(f"cannot write to standard output: {exc.strerror or exc}") from None
 
 
 def check_writable(path: Path) -> None:

@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - older typer raises click's own
 
 import imgcluster
 from imgcluster import __version__
-from imgcluster.atomic import is_stream
+from imgcluster.atomic import is_stream, writing_stdout
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.progress import Event, count
@@ -332,19 +332,24 @@ PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whos
 def _outside_commands() -> Iterator[None]:
     """What :func:`handled` does for a command, while the arguments are parsed and the help drawn.
 
-    Click turned a closed stdout (`imgcluster --help | head`) into exit code 1 and a Ctrl-C into a
-    silent exit 130; they end as in a command: 141 and silent, or one line and the signal.
+    Click turned a closed stdout (`imgcluster --help | head`) into exit code 1, a Ctrl-C into a
+    silent exit 130 and a full disk behind stdout into a traceback; they end as in a command:
+    141 and silent, one line and the signal, one line and exit code 1.
     """
     from imgcluster.signals import STOPPED_STARTING, note_stop
 
     try:
-        yield
+        with writing_stdout():
+            yield
     except KeyboardInterrupt as exc:
         typer.echo(f"error: {STOPPED_STARTING}", err=True)
         raise typer.Exit(128 + note_stop(exc)) from None
     except BrokenPipeError:
         _silence_stdout()
         raise typer.Exit(PIPE_CLOSED) from None
+    except ImgclusterError as exc:  # the help or --version meeting a full disk behind stdout
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
     except SystemExit as exc:  # rich, drawing the help, points stdout at /dev/null and exits 1
         if exc.code == 1 and _stdout_is_null():
             raise typer.Exit(PIPE_CLOSED) from None
@@ -870,15 +875,16 @@ def evaluate(
         if as_json:
             if not quiet:
                 _print_evaluation(ui.console, evaluation)
-            sys.stdout.write(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+            with writing_stdout():
+                sys.stdout.write(json.dumps(evaluation.to_dict(), indent=2) + "\n")
         else:
             # Rendered first, then written: rich ends a broken pipe with exit 1, the write below
             # reaches handled(), which ends it as `| head` expects (141, silently).
             buffer = io.StringIO()
             width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
             _print_evaluation(Console(file=buffer, width=width, highlight=False, soft_wrap=True), evaluation)
-            sys.stdout.write(buffer.getvalue())
-            sys.stdout.flush()
+            with writing_stdout():
+                sys.stdout.write(buffer.getvalue())
 
 
 @app.command(
@@ -947,7 +953,7 @@ def objectives() -> None:
 
     from imgcluster.objectives import DEFAULT_OBJECTIVE, list_objectives, objective_class
 
-    with handled(UI()):
+    with handled(UI()), writing_stdout():
         for name in list_objectives():
             cls = objective_class(name)
             doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""

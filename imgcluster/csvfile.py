@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from imgcluster.atomic import atomic_open
+from imgcluster.atomic import atomic_open, writing_stdout
 from imgcluster.errors import ImgclusterError, ParameterError
 
 if TYPE_CHECKING:
@@ -90,8 +90,8 @@ def names_of_clusters(rows: list[Row]) -> dict[int, str]:
 @contextmanager
 def _output(out: str) -> Iterator[IO[str]]:
     if out == "-":
-        yield sys.stdout
-        sys.stdout.flush()
+        with writing_stdout():
+            yield sys.stdout
     else:
         with atomic_open(Path(out), "w", newline="") as handle:
             yield handle

@@ -567,3 +567,24 @@ def test_out_below_a_file_says_which_file_is_in_the_way(small_folder: Path, tmp_
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == f"error: cannot write {out}: {tmp_path / 'clusters.csv'} is a file, not a folder"
     assert "embedded" not in result.stderr and (tmp_path / "clusters.csv").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["objectives"], ["evaluate", "{csv}", "{folder}"], ["evaluate", "{csv}", "{folder}", "--json"]]
+)
+def test_output_onto_a_full_disk_is_one_line_and_exit_1(args: list[str], tmp_path: Path) -> None:
+    """stdout on a full disk (`> /dev/full`) gave `unexpected OSError: [Errno 28] ...`, or a traceback from the help."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "dog/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n"dog/2.png",1\n')
+    command = [sys.executable, "-m", "imgcluster", *(a.format(csv=csv_file, folder=folder) for a in args)]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == "error: cannot write to standard output: No space left on device"
+    assert "Traceback" not in done.stderr

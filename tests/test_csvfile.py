@@ -103,6 +103,28 @@ def test_a_csv_cut_short_inside_a_quoted_cell_is_refused(tmp_path: Path) -> None
     assert [r.name for r in read_assignments(whole)] == ["sandal", "bag"]
 
 
+def test_the_csv_to_a_full_standard_output_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`assign --out - > /dev/full` ended with `unexpected OSError`; a closed pipe stays a BrokenPipeError (exit 141)."""
+    import errno
+    import io
+
+    class Refusing(io.StringIO):
+        def __init__(self, error: OSError) -> None:
+            super().__init__()
+            self.error = error
+
+        def flush(self) -> None:
+            raise self.error
+
+    monkeypatch.setattr(sys, "stdout", Refusing(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(ImgclusterError) as caught:
+        write_assignments("-", ["a.png"], assignment(1))
+    assert str(caught.value) == "cannot write to standard output: No space left on device"
+    monkeypatch.setattr(sys, "stdout", Refusing(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    with pytest.raises(BrokenPipeError):
+        write_assignments("-", ["a.png"], assignment(1))
+
+
 def test_escaping_is_unambiguous() -> None:
     for name in FORMULAS + APOSTROPHES + PLAIN:
         escaped = escape_cell(name)
