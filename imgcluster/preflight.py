@@ -50,6 +50,16 @@ def check_folder(folder: Path) -> Path:
     return folder
 
 
+def check_cache_root(cache_dir: str | os.PathLike[str] | None) -> None:
+    """A cache root that is a file is refused now; it failed after the model had loaded, with
+    advice to pass the very option that was given."""
+    given = os.fspath(cache_dir) if cache_dir else None
+    root = given or os.environ.get("IMGCLUSTER_CACHE")
+    if root and os.path.exists(root) and not os.path.isdir(root):
+        what = "{cache_dir}" if given else "$IMGCLUSTER_CACHE"
+        raise ParameterError(f"{what} {root} is a file, not a folder")
+
+
 def parse_clusters(value: str | int) -> int | None:
     """``"auto"`` -> None, ``"12"`` -> 12; anything else raises :class:`ParameterError` naming ``n_clusters``."""
     text = str(value).strip().lower()
@@ -86,6 +96,7 @@ def check_inputs(
     """
     where = check_folder(Path(folder))
     check_model_name(model)
+    check_cache_root(cache_dir)
     k = parse_clusters(n_clusters) if n_clusters is not None else None
     listing = list_folder(where, cache_dir, follow_symlinks)
     unsupported = listing.unsupported
