@@ -588,3 +588,13 @@ def test_output_onto_a_full_disk_is_one_line_and_exit_1(args: list[str], tmp_pat
     assert done.returncode == 1
     assert done.stderr.splitlines()[-1] == "error: cannot write to standard output: No space left on device"
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_a_seed_the_generators_cannot_take_is_a_usage_error_before_any_work(seed: str, small_folder: Path) -> None:
+    """--seed -1 failed once K was being chosen ("unexpected ValueError: expected non-negative integer"),
+    and --seed 2**64 when training started ("Overflow when unpacking long long")."""
+    result = invoke("assign", small_folder, *FAST, "--seed", seed)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: --seed must be a whole number from 0 to 2**64 - 1, got {seed}\n"
+    assert not (small_folder / ".imgcluster").exists()
