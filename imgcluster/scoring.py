@@ -72,15 +72,21 @@ def folder_labels(folder: Path) -> dict[str, str]:
     return {f.rel: f.rel.split("/", 1)[0] for f in list_images(folder) if "/" in f.rel}
 
 
+def check_labelled_folder(folder: Path, parameter: str) -> None:
+    """Refuse, naming ``parameter``, a labelled folder that is missing or is a file (evaluate and
+    the report's labels; a file was said to be "not found")."""
+    if folder.exists() and not folder.is_dir():
+        raise ParameterError(f"{{{parameter}}} {folder} is not a folder: give the folder whose sub-folders are the labels")
+    if not folder.is_dir():
+        raise ParameterError(f"labelled folder not found: {folder}", parameter)
+
+
 def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.PathLike[str]) -> Evaluation:
     """Score an assignment CSV against a folder whose top-level sub-folder names are the labels:
     ACC (Hungarian matching), NMI, ARI, AMI, purity overall and per cluster."""
     assignments, labelled_folder = Path(assignments), Path(labelled_folder)
     check_assignments_file(assignments)
-    if labelled_folder.exists() and not labelled_folder.is_dir():
-        raise ParameterError(f"{{labelled_folder}} {labelled_folder} is not a folder: give the folder whose sub-folders are the labels")
-    if not labelled_folder.is_dir():
-        raise ParameterError(f"labelled folder not found: {labelled_folder}", "labelled_folder")
+    check_labelled_folder(labelled_folder, "labelled_folder")
     rows = read_assignments(assignments)
     paths = [r.path for r in rows]
     clusters = np.array([r.cluster for r in rows], dtype=np.int64)

@@ -551,12 +551,16 @@ def test_a_folder_given_as_the_csv_is_called_a_folder_not_missing(command: list[
     assert result.stderr == f"error: CSV {folder} is a folder; give the CSV that assign wrote\n"
 
 
-def test_a_file_given_as_the_labelled_folder_is_called_a_file_not_missing(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("command", "named"),
+    [(["evaluate", "{csv}", "{csv}"], "LABELLED_FOLDER"), (["report", "{csv}", "--labels", "{csv}", "--folder", "{folder}"], "--labels")],
+)
+def test_a_file_given_as_the_labelled_folder_is_called_a_file_not_missing(command: list[str], named: str, tmp_path: Path) -> None:
     csv_file = tmp_path / "clusters.csv"
     csv_file.write_text('"path","cluster"\n"cat/1.png",0\n')
-    result = invoke("evaluate", csv_file, csv_file)
+    result = invoke(*(a.format(csv=csv_file, folder=tmp_path) for a in command))
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr == f"error: LABELLED_FOLDER {csv_file} is not a folder: give the folder whose sub-folders are the labels\n"
+    assert result.stderr.splitlines()[-1] == f"error: {named} {csv_file} is not a folder: give the folder whose sub-folders are the labels"
 
 
 def test_out_below_a_file_says_which_file_is_in_the_way(small_folder: Path, tmp_path: Path) -> None:
