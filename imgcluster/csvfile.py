@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -153,6 +154,13 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
         raise ImgclusterError(f"cannot read assignments {path}: {exc}") from None
     if not rows:
         raise ImgclusterError(f"{path} has no rows")
+    # An image listed twice would count twice in every score, sit in two export folders and show
+    # twice in the report: evaluate refused it, export and report took it as it came.
+    repeated = sorted(p for p, n in Counter(r.path for r in rows).items() if n > 1)
+    if repeated:
+        raise ImgclusterError(
+            f"{path} lists {len(repeated)} path(s) more than once (e.g. {repeated[0]!r}); an assignment has one row per image"
+        )
     return rows
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -90,11 +89,6 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
     rows = read_assignments(assignments)
     paths = [r.path for r in rows]
     clusters = np.array([r.cluster for r in rows], dtype=np.int64)
-    repeated = sorted(p for p, n in Counter(paths).items() if n > 1)
-    if repeated:  # each image would count more than once in every score
-        raise ImgclusterError(
-            f"{assignments} lists {len(repeated)} path(s) more than once (e.g. {repeated[0]!r}); an assignment has one row per image"
-        )
     truth = folder_labels(labelled_folder)
     if not truth:
         raise ImgclusterError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")

@@ -602,3 +602,20 @@ def test_a_seed_the_generators_cannot_take_is_a_usage_error_before_any_work(seed
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: --seed must be a whole number from 0 to 2**64 - 1, got {seed}\n"
     assert not (small_folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["report", "{csv}", "--folder", "{folder}"], ["export", "{csv}", "--to", "{out}", "--folder", "{folder}"]]
+)
+def test_a_csv_listing_an_image_twice_is_refused_by_report_and_export_as_by_evaluate(command: list[str], tmp_path: Path) -> None:
+    """evaluate refused it; export put the image in two cluster folders and the report showed it twice."""
+    folder = tmp_path / "photos"
+    (folder / "cat").mkdir(parents=True)
+    (folder / "cat" / "1.png").write_bytes(b"x")
+    csv_file = tmp_path / "clusters.csv"
+    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n"cat/1.png",1\n')
+    result = invoke(*(a.format(csv=csv_file, folder=folder, out=tmp_path / "sorted") for a in command))
+    assert result.exit_code == 1 and result.stdout == ""
+    message = f"error: {csv_file} lists 1 path(s) more than once (e.g. 'cat/1.png'); an assignment has one row per image"
+    assert result.stderr.splitlines()[-1] == message
+    assert not (tmp_path / "sorted").exists() and not (tmp_path / "clusters.html").exists()

@@ -151,6 +151,10 @@ def test_raw_csv_writes_cells_as_they_are_and_reads_back_exactly(tmp_path: Path)
     (tmp_path / "raw.csv.json").write_text(json.dumps({"assign": {"raw_csv": True}}))  # what assign records
     assert [r.path for r in read_assignments(out)] == names
     (tmp_path / "raw.csv.json").unlink()  # without a sidecar only a leading ' before = + - @ ' is ambiguous
+    with pytest.raises(ImgclusterError, match=r"lists 1 path\(s\) more than once \(e.g. \"'\"\)"):
+        read_assignments(out)  # '' read as ' is then the name ' twice
+    names.remove("'")
+    write_assignments(str(out), names, assignment(len(names)), raw_csv=True)
     assert [r.path for r in read_assignments(out)] == [n[1:] if n in ("''", "'=x.png", "''=x.png", "'-1.png") else n for n in names]
 
 
