@@ -215,7 +215,9 @@ def _is_ours(source: Path, dest: Path, mode: str) -> bool:
             return os.path.realpath(dest) == os.path.realpath(source)
         if os.path.samefile(source, dest):
             return True
-        return mode == "copy" and dest.is_file() and filecmp.cmp(source, dest, shallow=False)
+        # An identical copy is this image in any mode: a link export after a copy export onto
+        # the same folder warned of every image as a file of the user's.
+        return dest.is_file() and filecmp.cmp(source, dest, shallow=False)
     except OSError:
         return False
 

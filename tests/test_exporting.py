@@ -67,6 +67,20 @@ def test_symlink_and_copy_modes(assigned: tuple[Path, Path, list[str]], tmp_path
         imgcluster.export(csv_path, tmp_path / "x", "move", folder=folder)
 
 
+@pytest.mark.parametrize("mode", ["link", "symlink"])
+def test_an_export_onto_an_earlier_copy_export_keeps_the_copies(assigned: tuple[Path, Path, list[str]], tmp_path: Path, mode: str) -> None:
+    """A link export after a copy export onto the same folder warned that each identical copy was a file of the user's."""
+    folder, csv_path, paths = assigned
+    to = tmp_path / "sorted"
+    imgcluster.export(csv_path, to, "copy", folder=folder)
+    events: list[imgcluster.Event] = []
+    again = imgcluster.export(csv_path, to, mode, folder=folder, progress=events.append)
+    assert (again.placed, again.kept, again.conflicts) == (0, 6, [])
+    assert not [e for e in events if e.kind == "warning"]
+    (to / "01-mailbag" / paths[3]).write_bytes(b"edited since")  # a copy that is no longer the image is not
+    assert len(imgcluster.export(csv_path, to, mode, folder=folder).conflicts) == 1
+
+
 @pytest.mark.parametrize("mode", ["link", "symlink", "copy"])
 def test_a_foreign_file_is_never_overwritten(assigned: tuple[Path, Path, list[str]], tmp_path: Path, mode: str) -> None:
     folder, csv_path, paths = assigned
