@@ -254,9 +254,22 @@ NprobeOpt = Annotated[
 ]  # fmt: skip
 
 
+# What a stop that no stage has described keeps, by command (embed, train and assign: the default).
+STOPPED = {
+    "embed": "interrupted; every finished batch is kept in the cache and the next run resumes from there",
+    "export": "interrupted: no image was moved or changed; what was exported stays, and the same command exports the rest",
+    "report": "interrupted: no report was written",
+    "nothing": "interrupted; nothing was written",
+}
+
+
 @contextmanager
-def handled(ui: UI) -> Iterator[None]:
-    """One-line errors with exit codes; tracebacks only for bugs, and only with IMGCLUSTER_DEBUG=1."""
+def handled(ui: UI, stopped: str = STOPPED["embed"]) -> Iterator[None]:
+    """One-line errors with exit codes; tracebacks only for bugs, and only with IMGCLUSTER_DEBUG=1.
+
+    ``stopped`` is the line for a Ctrl-C or SIGTERM that carries no message of its own: export and
+    report said that finished batches were kept in the cache, which they do not have.
+    """
     from imgcluster.signals import note_stop, sigterm_as_interrupt
 
     try:
@@ -269,7 +282,7 @@ def handled(ui: UI) -> Iterator[None]:
         ui.error(exc.render(FlagNames()))
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the message says what was kept, when known
-        ui.error(str(exc) or "interrupted; every finished batch is kept in the cache and the next run resumes from there")
+        ui.error(str(exc) or stopped)
         raise typer.Exit(128 + note_stop(exc)) from None  # what a shell reports for a process that signal stopped
     except typer.Exit:
         raise
@@ -870,7 +883,7 @@ def evaluate(
     from rich.console import Console
 
     ui = UI(quiet)
-    with handled(ui):
+    with handled(ui, STOPPED["nothing"]):
         evaluation = imgcluster.evaluate(assignments, labelled_folder)
         if as_json:
             if not quiet:
@@ -911,7 +924,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML page of thumbnails per cluster; open it from disk in any browser."""
     ui = UI(quiet)
-    with handled(ui), Printer(ui) as show:
+    with handled(ui, STOPPED["report"]), Printer(ui) as show:
         options = {"out": out, "labels": labels, "folder": folder, "montage": montage, "per_cluster": per_cluster}
         _write_report(show, assignments, follow_symlinks=follow_symlinks, **options)
 
@@ -938,7 +951,7 @@ def export(
     Never moves, changes or deletes an image; a file already in the folder is never overwritten, so a rerun is safe.
     """
     ui = UI(quiet)
-    with handled(ui), Printer(ui) as show:
+    with handled(ui, STOPPED["export"]), Printer(ui) as show:
         imgcluster.export(assignments, to, mode, folder=folder, follow_symlinks=follow_symlinks, progress=show)
 
 
@@ -953,7 +966,7 @@ def objectives() -> None:
 
     from imgcluster.objectives import DEFAULT_OBJECTIVE, list_objectives, objective_class
 
-    with handled(UI()), writing_stdout():
+    with handled(UI(), STOPPED["nothing"]), writing_stdout():
         for name in list_objectives():
             cls = objective_class(name)
             doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""

@@ -619,3 +619,30 @@ def test_a_csv_listing_an_image_twice_is_refused_by_report_and_export_as_by_eval
     message = f"error: {csv_file} lists 1 path(s) more than once (e.g. 'cat/1.png'); an assignment has one row per image"
     assert result.stderr.splitlines()[-1] == message
     assert not (tmp_path / "sorted").exists() and not (tmp_path / "clusters.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "patched", "line"),
+    [
+        (
+            ["export", "a.csv", "--to", "x"],
+            "export",
+            "interrupted: no image was moved or changed; what was exported stays, and the same command exports the rest",
+        ),
+        (["report", "a.csv"], "_write_report", "interrupted: no report was written"),
+        (["evaluate", "a.csv", "x"], "evaluate", "interrupted; nothing was written"),
+    ],
+)
+def test_a_stop_in_export_report_or_evaluate_says_what_that_command_keeps(
+    command: list[str], patched: str, line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C in export or report said "every finished batch is kept in the cache", which they do not have."""
+    import imgcluster.cli
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imgcluster.cli if patched.startswith("_") else imgcluster, patched, stopped)
+    result = invoke(*command)
+    assert result.exit_code == 130 and result.stdout == ""
+    assert result.stderr == f"error: {line}\n"
