@@ -24,6 +24,7 @@ from pathlib import Path
 
 from imgcluster.csvfile import check_assignments_file, names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.outputs import refuse_stdout
 from imgcluster.progress import ProgressFn, Reporter, count
 from imgcluster.report.paths import refusal
 from imgcluster.report.sidecar import read_sidecar, resolve_folder
@@ -84,6 +85,7 @@ def export(
     image_folder = resolve_folder(csv_path, read_sidecar(csv_path), Path(folder) if folder is not None else None)
     if not image_folder.is_dir():
         raise ImgclusterError(f"image folder {image_folder} not found; give it with {{folder}}")
+    refuse_stdout(to, "to", "an export (a folder of images)")
     target = Path(to)
     real_target, real_images = os.path.realpath(target), os.path.realpath(image_folder)
     if os.path.commonpath([real_target, real_images]) == real_images:

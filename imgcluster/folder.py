@@ -19,7 +19,7 @@ from imgcluster.atomic import check_writable, is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.features import embed, embed_checked
-from imgcluster.outputs import refuse_inputs
+from imgcluster.outputs import refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
@@ -508,6 +508,7 @@ def train_folder(
         self_label=self_label, uco=uco, device=device, objective_options=objective_options,
     )  # fmt: skip
     if out is not None:
+        refuse_stdout(out, "out", "a head checkpoint (two files)")
         refuse_inputs(Path(out), folder=Path(folder))
         check_writable(Path(out))
     embeddings = embed_checked(

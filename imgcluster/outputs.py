@@ -40,3 +40,10 @@ def refuse_inputs(out: Path, inputs: Mapping[Path, str] = {}, folder: Path | Non
             raise ParameterError(
                 f"{{{parameter}}} {out} is an image in {folder}, which this run reads; writing there would replace it: give another file"
             )
+
+
+def refuse_stdout(out: str | os.PathLike[str], parameter: str, what: str) -> None:
+    """``-`` is standard output to ``assign``; an output that cannot go there (``what``) refuses it,
+    rather than writing a file or folder named ``-`` (``train`` and ``export`` did)."""
+    if os.fspath(out) == "-":
+        raise ParameterError(f"{{{parameter}}} -: {what} cannot go to standard output; give a name")

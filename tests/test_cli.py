@@ -646,3 +646,23 @@ def test_a_stop_in_export_report_or_evaluate_says_what_that_command_keeps(
     result = invoke(*command)
     assert result.exit_code == 130 and result.stdout == ""
     assert result.stderr == f"error: {line}\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "line"),
+    [
+        (["train", "{folder}", "--clusters", "2", "--out", "-"], "--out -: a head checkpoint (two files) cannot go to standard output"),
+        (["export", "{csv}", "--to", "-", "--folder", "{folder}"], "--to -: an export (a folder of images) cannot go to standard output"),
+    ],
+)
+def test_dash_for_an_output_that_cannot_go_to_stdout_is_refused(
+    command: list[str], line: str, small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --out -` wrote a head named `-` (and suggested `--head -`); `export --to -` filled a folder named `-`."""
+    csv_file = tmp_path / "clusters.csv"
+    csv_file.write_text('"path","cluster"\n"a.png",0\n')
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*(a.format(folder=small_folder, csv=csv_file) for a in command))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: {line}; give a name\n"
+    assert not (tmp_path / "-").exists() and not (small_folder / ".imgcluster").exists()
