@@ -1017,6 +1017,7 @@ def _with_examples(n: int, examples: list[str]) -> str:
 
 def main() -> None:
     import gc
+    import signal
 
     from imgcluster.signals import exit_by_signal, sigterm_as_interrupt
 
@@ -1025,6 +1026,10 @@ def main() -> None:
             app(prog_name="imgcluster")
     except SystemExit:
         exit_by_signal()  # after Ctrl-C or SIGTERM: end by that signal, so a calling script stops too
+        # The run is over and has said so: a Ctrl-C while the interpreter tears down (torch's exit
+        # hooks, a second on a busy machine) ends the process by SIGINT at once. It printed a
+        # traceback from an atexit callback after the run's last line.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         # The process ends now: Python's collections while it tears down torch's millions of objects
         # took 2 s of a cached run's 8 (benchmarks/results_startup.md); frozen, they are left alone.
         gc.freeze()

@@ -666,3 +666,17 @@ def test_dash_for_an_output_that_cannot_go_to_stdout_is_refused(
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: {line}; give a name\n"
     assert not (tmp_path / "-").exists() and not (small_folder / ".imgcluster").exists()
+
+
+def test_ctrl_c_while_the_interpreter_tears_down_ends_by_sigint_without_a_traceback() -> None:
+    """A Ctrl-C after the run's last line, during torch's exit hooks, printed "Exception ignored in atexit callback"."""
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "from imgcluster.cli import main\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(2)))\n"  # runs first: the last registered
+        "sys.argv = ['imgcluster', '--version']\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == -2 and done.stdout.startswith("imgcluster ") and done.stderr == ""
