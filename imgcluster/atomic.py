@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from imgcluster.errors import ImgclusterError
+from imgcluster.errors import ImgclusterError, literal
 
 # Errors from the caller's writes that are about the disk, not the caller's data.
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
@@ -37,7 +37,7 @@ def _temp_prefix(path: Path) -> str:
 
 
 def _cannot_write(path: Path, exc: OSError) -> ImgclusterError:
-    return ImgclusterError(f"cannot write {path}: {exc.strerror or exc}")
+    return ImgclusterError(f"cannot write {literal(path)}: {literal(exc.strerror or exc)}")
 
 
 def _umask() -> int:
@@ -59,7 +59,7 @@ def _temp_beside(path: Path) -> tuple[int, str]:
         blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
         if blocker is None:
             raise _cannot_write(path, exc) from None
-        raise ImgclusterError(f"cannot write {path}: {blocker} is a file, not a folder") from None
+        raise ImgclusterError(f"cannot write {literal(path)}: {literal(blocker)} is a file, not a folder") from None
     except OSError as exc:
         raise _cannot_write(path, exc) from None
     try:

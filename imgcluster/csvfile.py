@@ -27,7 +27,7 @@ from typing import IO, TYPE_CHECKING
 import numpy as np
 
 from imgcluster.atomic import atomic_open, writing_stdout
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 
 if TYPE_CHECKING:
     from imgcluster.assign import Assignment
@@ -129,9 +129,9 @@ def check_assignments_file(path: Path) -> None:
     """Refuse, naming the parameter, an assignments CSV that is missing or is a folder (evaluate,
     report and export; a folder was said to be "not found")."""
     if path.is_dir():
-        raise ParameterError(f"{{assignments}} {path} is a folder; give the CSV that assign wrote")
+        raise ParameterError(f"{{assignments}} {literal(path)} is a folder; give the CSV that assign wrote")
     if not path.is_file():
-        raise ParameterError(f"assignments file not found: {path}", "assignments")
+        raise ParameterError(f"assignments file not found: {literal(path)}", "assignments")
 
 
 def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:

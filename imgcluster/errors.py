@@ -30,6 +30,18 @@ PARAMETERS = frozenset(
 )  # fmt: skip
 
 
+_BRACE = "\ue000"  # stands for a "{" of quoted text until the message is rendered
+
+
+def literal(text: object) -> str:
+    """``text`` (a file name, a value the user typed) to quote in a template: its braces stay braces.
+
+    A folder named ``{seed}`` was reported as ``folder not found: --seed``, and ``{out}.csv`` as
+    ``--out.csv``, because the name's braces read as placeholders.
+    """
+    return str(text).replace("{", _BRACE)
+
+
 def render(template: str, names: Mapping[str, str]) -> str:
     """``template`` with each ``{parameter}`` replaced by ``names[parameter]`` (default: the name itself)."""
 
@@ -37,7 +49,7 @@ def render(template: str, names: Mapping[str, str]) -> str:
         word = match.group(1)
         return names.get(word, word) if word in PARAMETERS else match.group(0)
 
-    return _PLACEHOLDER.sub(name, template)
+    return _PLACEHOLDER.sub(name, template).replace(_BRACE, "{")
 
 
 def placeholders(template: str) -> tuple[str, ...]:

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from imgcluster.csvfile import check_assignments_file, names_of_clusters, read_assignments
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.listing import list_images
 from imgcluster.matching import best_matching
 
@@ -75,9 +75,9 @@ def check_labelled_folder(folder: Path, parameter: str) -> None:
     """Refuse, naming ``parameter``, a labelled folder that is missing or is a file (evaluate and
     the report's labels; a file was said to be "not found")."""
     if folder.exists() and not folder.is_dir():
-        raise ParameterError(f"{{{parameter}}} {folder} is not a folder: give the folder whose sub-folders are the labels")
+        raise ParameterError(f"{{{parameter}}} {literal(folder)} is not a folder: give the folder whose sub-folders are the labels")
     if not folder.is_dir():
-        raise ParameterError(f"labelled folder not found: {folder}", parameter)
+        raise ParameterError(f"labelled folder not found: {literal(folder)}", parameter)
 
 
 def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.PathLike[str]) -> Evaluation:
