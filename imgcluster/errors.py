@@ -15,8 +15,9 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 # The parameter names a message may mention as ``{name}``. Only these are placeholders, so a file
-# name quoted in a message (``/data/{2024}/a.png``, ``{draft}.png``) is shown as it is;
-# tests/test_errors.py checks that every placeholder the package writes is listed here.
+# name quoted in a message (``/data/{2024}/a.png``, ``{draft}.png``) is shown as it is (one that
+# spells a parameter, ``{seed}``, needs :func:`literal`); tests/test_errors.py checks that every
+# placeholder the package writes is listed here.
 PARAMETERS = frozenset(
     {
         "actors", "address", "assignments", "balance", "batch_size", "cache_dir", "compile_model", "device", "dtype",
