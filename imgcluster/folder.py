@@ -169,6 +169,8 @@ def check_out(
     nowhere, as for standard output, /dev/null or a pipe); refused, before any work, when it is
     a folder or an input of the run."""
     text = os.fspath(out)
+    if not text:  # `--out "$OUT"` with OUT unset wrote the default file without a word
+        raise ParameterError("{out} is empty: give a file name, or - for standard output")
     out_path = None if text == "-" else Path(text)
     if out_path is not None and out_path.is_dir():
         raise ParameterError(f"{{out}} {text} is a folder; give a file name")

@@ -680,3 +680,12 @@ def test_ctrl_c_while_the_interpreter_tears_down_ends_by_sigint_without_a_traceb
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert done.returncode == -2 and done.stdout.startswith("imgcluster ") and done.stderr == ""
+
+
+def test_an_empty_out_is_a_usage_error_not_the_default_file(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out "$OUT"` with OUT unset wrote ./<folder>-clusters.csv without a word."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("assign", small_folder, *FAST, "--out", "")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == "error: --out is empty: give a file name, or - for standard output\n"
+    assert list(tmp_path.iterdir()) == [small_folder] and not (small_folder / ".imgcluster").exists()
