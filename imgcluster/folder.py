@@ -17,7 +17,7 @@ import numpy as np
 
 from imgcluster.atomic import check_writable, is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import embed, embed_checked
 from imgcluster.outputs import refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
@@ -511,6 +511,8 @@ def train_folder(
     )  # fmt: skip
     if out is not None:
         refuse_stdout(out, "out", "a head checkpoint (two files)")
+        if not os.fspath(out) or Path(out).is_dir():  # it failed after the training: "cannot write ."
+            raise ParameterError(f"{{out}} {literal(os.fspath(out) or repr(''))} is a folder; give a file name")
         refuse_inputs(Path(out), folder=Path(folder))
         check_writable(Path(out))
     embeddings = embed_checked(

@@ -689,3 +689,15 @@ def test_an_empty_out_is_a_usage_error_not_the_default_file(small_folder: Path, 
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == "error: --out is empty: give a file name, or - for standard output\n"
     assert list(tmp_path.iterdir()) == [small_folder] and not (small_folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize("out", ["", "{folder}"])
+def test_train_out_that_is_a_folder_is_refused_before_training(
+    out: str, small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --out ""` (the current folder) and `train --out FOLDER` failed after the training ("cannot write .")."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", small_folder, *FAST, "--out", out.format(folder=tmp_path))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: --out {out.format(folder=tmp_path) or '.'} is a folder; give a file name\n"
+    assert not (small_folder / ".imgcluster").exists()
