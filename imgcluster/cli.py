@@ -30,7 +30,7 @@ from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.progress import Event, count
 from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
-from imgcluster.ui import UI, ProgressTask
+from imgcluster.ui import UI, ProgressTask, one_line
 
 
 def _plain_flags(params: Sequence[Any]) -> None:
@@ -994,15 +994,15 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
         "clusters": str(e.clusters), "classes": str(e.classes),
     }  # fmt: skip
     for name, value in rows.items():
-        table.add_row(name, escape(value))  # file names are not markup
+        table.add_row(name, escape(one_line(value)))  # file names are not markup, nor terminal controls
     console.print(table)
     per = Table(title="per-cluster purity", title_justify="left")
     named = any(p.name for p in e.per_cluster)  # the name column only when the CSV has one
     for column in ("cluster", "size", *(("name",) if named else ()), "majority label", "purity"):
         per.add_column(column, justify="right")
     for p in e.per_cluster:
-        cells = (escape(p.name),) if named else ()  # names and folder names are text, not markup
-        per.add_row(str(p.cluster), str(p.size), *cells, escape(p.majority_label), f"{p.purity:.3f}")
+        cells = (escape(one_line(p.name)),) if named else ()  # names and folder names are text, not markup
+        per.add_row(str(p.cluster), str(p.size), *cells, escape(one_line(p.majority_label)), f"{p.purity:.3f}")
     console.print(per)
 
 
