@@ -141,13 +141,20 @@ def writing_stdout() -> Iterator[None]:
     """Output written to standard output, then flushed: a full disk or a failing device behind it
     is one :class:`ImgclusterError` (it was an unexpected OSError, or a traceback from the help);
     a reader that went away stays a BrokenPipeError, which the CLI ends quietly."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`): the output would vanish without a word
+        raise ImgclusterError("cannot write to standard output: it is closed")
     try:
         yield
         sys.stdout.flush()
     except BrokenPipeError:
         raise
     except OSError as exc:
-        raise ImgclusterError(f"cannot write to standard output: {exc.strerror or exc}") from None
+        raise stdout_failed(exc) from None
+
+
+def stdout_failed(exc: OSError) -> ImgclusterError:
+    """The one line for a write to standard output that failed (a full disk, a failing device)."""
+    return ImgclusterError(f"cannot write to standard output: {exc.strerror or exc}")
 
 
 def check_writable(path: Path) -> None:

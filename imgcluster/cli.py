@@ -24,7 +24,7 @@ except ImportError:  # pragma: no cover - older typer raises click's own
 
 import imgcluster
 from imgcluster import __version__
-from imgcluster.atomic import is_stream, writing_stdout
+from imgcluster.atomic import is_stream, stdout_failed, writing_stdout
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.progress import Event, count
@@ -352,16 +352,15 @@ def _outside_commands() -> Iterator[None]:
     from imgcluster.signals import STOPPED_STARTING, note_stop
 
     try:
-        with writing_stdout():
-            yield
+        yield
     except KeyboardInterrupt as exc:
         typer.echo(f"error: {STOPPED_STARTING}", err=True)
         raise typer.Exit(128 + note_stop(exc)) from None
     except BrokenPipeError:
         _silence_stdout()
         raise typer.Exit(PIPE_CLOSED) from None
-    except ImgclusterError as exc:  # the help or --version meeting a full disk behind stdout
-        typer.echo(f"error: {exc}", err=True)
+    except OSError as exc:  # the help or --version meeting a full disk behind stdout
+        typer.echo(f"error: {stdout_failed(exc)}", err=True)
         raise typer.Exit(1) from None
     except SystemExit as exc:  # rich, drawing the help, points stdout at /dev/null and exits 1
         if exc.code == 1 and _stdout_is_null():
@@ -885,18 +884,17 @@ def evaluate(
     ui = UI(quiet)
     with handled(ui, STOPPED["nothing"]):
         evaluation = imgcluster.evaluate(assignments, labelled_folder)
-        if as_json:
-            if not quiet:
-                _print_evaluation(ui.console, evaluation)
-            with writing_stdout():
+        with writing_stdout():
+            if as_json:
+                if not quiet:
+                    _print_evaluation(ui.console, evaluation)
                 sys.stdout.write(json.dumps(evaluation.to_dict(), indent=2) + "\n")
-        else:
-            # Rendered first, then written: rich ends a broken pipe with exit 1, the write below
-            # reaches handled(), which ends it as `| head` expects (141, silently).
-            buffer = io.StringIO()
-            width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
-            _print_evaluation(Console(file=buffer, width=width, highlight=False, soft_wrap=True), evaluation)
-            with writing_stdout():
+            else:
+                # Rendered first, then written: rich ends a broken pipe with exit 1, the write below
+                # reaches handled(), which ends it as `| head` expects (141, silently).
+                buffer = io.StringIO()
+                width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
+                _print_evaluation(Console(file=buffer, width=width, highlight=False, soft_wrap=True), evaluation)
                 sys.stdout.write(buffer.getvalue())
 
 

@@ -701,3 +701,29 @@ def test_train_out_that_is_a_folder_is_refused_before_training(
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: --out {out.format(folder=tmp_path) or '.'} is a folder; give a file name\n"
     assert not (small_folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["objectives"], 1),
+        (["evaluate", "{csv}", "{folder}"], 1),
+        (["evaluate", "{csv}", "{folder}", "--json"], 1),
+        (["export", "{csv}", "--to", "{out}", "--folder", "{folder}"], 0),  # writes nothing on stdout: unaffected
+        (["--help"], 0),
+    ],
+)
+def test_a_closed_stdout_is_one_line_for_output_and_harmless_otherwise(args: list[str], code: int, tmp_path: Path) -> None:
+    """`imgcluster objectives >&-` printed nothing and exited 0; evaluate gave `unexpected AttributeError`."""
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "dog/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n"dog/2.png",1\n')
+    command = [sys.executable, "-m", "imgcluster", *(a.format(csv=csv_file, folder=folder, out=tmp_path / "sorted") for a in args)]
+    done = subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=60, preexec_fn=lambda: os.close(1))
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr and "unexpected" not in done.stderr
+    if code:
+        assert done.stderr.splitlines()[-1] == "error: cannot write to standard output: it is closed"
