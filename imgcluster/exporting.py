@@ -141,7 +141,7 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
     out = []
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            records = list(csv.DictReader(handle))
+            records = list(csv.DictReader(handle, strict=True))  # cut short inside a cell: refused, as the assignments are
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ImgclusterError(f"cannot read near-duplicate groups {path}: {exc}") from None
     groups = [str(r.get("group") or "") for r in records]
