@@ -16,12 +16,13 @@ import contextlib
 import errno
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from imgcluster.errors import ImgclusterError
+from imgcluster.errors import ImgclusterError, literal
 
 # Errors from the caller's writes that are about the disk, not the caller's data.
 _DISK_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
@@ -36,7 +37,7 @@ def _temp_prefix(path: Path) -> str:
 
 
 def _cannot_write(path: Path, exc: OSError) -> ImgclusterError:
-    return ImgclusterError(f"cannot write {path}: {exc.strerror or exc}")
+    return ImgclusterError(f"cannot write {literal(path)}: {literal(exc.strerror or exc)}")
 
 
 def _umask() -> int:
@@ -54,6 +55,11 @@ def _temp_beside(path: Path) -> tuple[int, str]:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
+    except (FileExistsError, NotADirectoryError) as exc:  # a file where a folder of the path should be
+        blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+        if blocker is None:
+            raise _cannot_write(path, exc) from None
+        raise ImgclusterError(f"cannot write {literal(path)}: {literal(blocker)} is a file, not a folder") from None
     except OSError as exc:
         raise _cannot_write(path, exc) from None
     try:
@@ -128,6 +134,27 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", new
         if isinstance(exc, OSError) and (not in_body or exc.errno in _DISK_ERRORS):
             raise _cannot_write(path, exc) from None
         raise
+
+
+@contextlib.contextmanager
+def writing_stdout() -> Iterator[None]:
+    """Output written to standard output, then flushed: a full disk or a failing device behind it
+    is one :class:`ImgclusterError` (it was an unexpected OSError, or a traceback from the help);
+    a reader that went away stays a BrokenPipeError, which the CLI ends quietly."""
+    if sys.stdout is None:  # started with stdout closed (`>&-`): the output would vanish without a word
+        raise ImgclusterError("cannot write to standard output: it is closed")
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise stdout_failed(exc) from None
+
+
+def stdout_failed(exc: OSError) -> ImgclusterError:
+    """The one line for a write to standard output that failed (a full disk, a failing device)."""
+    return ImgclusterError(f"cannot write to standard output: {exc.strerror or exc}")
 
 
 def check_writable(path: Path) -> None:

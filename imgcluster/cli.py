@@ -24,13 +24,13 @@ except ImportError:  # pragma: no cover - older typer raises click's own
 
 import imgcluster
 from imgcluster import __version__
-from imgcluster.atomic import is_stream
+from imgcluster.atomic import is_stream, stdout_failed, writing_stdout
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.progress import Event, count
 from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
-from imgcluster.ui import UI, ProgressTask
+from imgcluster.ui import UI, ProgressTask, one_line
 
 
 def _plain_flags(params: Sequence[Any]) -> None:
@@ -63,6 +63,16 @@ class OneLineErrors(TyperGroup):
         params = super().get_params(ctx)
         _plain_flags(params)  # --version, and the --install-completion typer adds
         return params
+
+    # Help and --version are written while the arguments are parsed (make_context, for a
+    # command inside invoke), outside any command's handled().
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with _outside_commands():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with _outside_commands():
+            return super().invoke(ctx)
 
     def main(self, args: Sequence[str] | None = None, prog_name: str | None = None, complete_var: str | None = None,
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:  # fmt: skip
@@ -244,9 +254,22 @@ NprobeOpt = Annotated[
 ]  # fmt: skip
 
 
+# What a stop that no stage has described keeps, by command (embed, train and assign: the default).
+STOPPED = {
+    "embed": "interrupted; every finished batch is kept in the cache and the next run resumes from there",
+    "export": "interrupted: no image was moved or changed; what was exported stays, and the same command exports the rest",
+    "report": "interrupted: no report was written",
+    "nothing": "interrupted; nothing was written",
+}
+
+
 @contextmanager
-def handled(ui: UI) -> Iterator[None]:
-    """One-line errors with exit codes; tracebacks only for bugs, and only with IMGCLUSTER_DEBUG=1."""
+def handled(ui: UI, stopped: str = STOPPED["embed"]) -> Iterator[None]:
+    """One-line errors with exit codes; tracebacks only for bugs, and only with IMGCLUSTER_DEBUG=1.
+
+    ``stopped`` is the line for a Ctrl-C or SIGTERM that carries no message of its own: export and
+    report said that finished batches were kept in the cache, which they do not have.
+    """
     from imgcluster.signals import note_stop, sigterm_as_interrupt
 
     try:
@@ -259,7 +282,7 @@ def handled(ui: UI) -> Iterator[None]:
         ui.error(exc.render(FlagNames()))
         raise typer.Exit(1) from None
     except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the message says what was kept, when known
-        ui.error(str(exc) or "interrupted; every finished batch is kept in the cache and the next run resumes from there")
+        ui.error(str(exc) or stopped)
         raise typer.Exit(128 + note_stop(exc)) from None  # what a shell reports for a process that signal stopped
     except typer.Exit:
         raise
@@ -316,6 +339,40 @@ class FlagNames(dict[str, str]):
 
 
 PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whose pipe closed
+
+
+@contextmanager
+def _outside_commands() -> Iterator[None]:
+    """What :func:`handled` does for a command, while the arguments are parsed and the help drawn.
+
+    Click turned a closed stdout (`imgcluster --help | head`) into exit code 1, a Ctrl-C into a
+    silent exit 130 and a full disk behind stdout into a traceback; they end as in a command:
+    141 and silent, one line and the signal, one line and exit code 1.
+    """
+    from imgcluster.signals import STOPPED_STARTING, note_stop
+
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        typer.echo(f"error: {STOPPED_STARTING}", err=True)
+        raise typer.Exit(128 + note_stop(exc)) from None
+    except BrokenPipeError:
+        _silence_stdout()
+        raise typer.Exit(PIPE_CLOSED) from None
+    except OSError as exc:  # the help or --version meeting a full disk behind stdout
+        typer.echo(f"error: {stdout_failed(exc)}", err=True)
+        raise typer.Exit(1) from None
+    except SystemExit as exc:  # rich, drawing the help, points stdout at /dev/null and exits 1
+        if exc.code == 1 and _stdout_is_null():
+            raise typer.Exit(PIPE_CLOSED) from None
+        raise
+
+
+def _stdout_is_null() -> bool:
+    try:
+        return os.path.samestat(os.fstat(sys.stdout.fileno()), os.stat(os.devnull))
+    except (OSError, ValueError):
+        return False
 
 
 def _silence_stdout() -> None:
@@ -784,7 +841,7 @@ def assign(
             return
         _refuse_given(ctx, ("engine", "ray_address", "train_sample", "knn_threshold", "nprobe"), "only with --features")
         assert folder is not None  # _folder_or_features
-        out = out or f"{Path(folder).resolve().name}-clusters.csv"
+        out = f"{Path(folder).resolve().name}-clusters.csv" if out is None else out  # --out "" is refused, not the default
         if report and (out == "-" or is_stream(Path(out))):
             where = "stdout" if out == "-" else f"{out}, which is not a regular file"
             raise ParameterError(f"--report needs --out FILE: the report is written beside the CSV, not beside {where}")
@@ -825,20 +882,20 @@ def evaluate(
     from rich.console import Console
 
     ui = UI(quiet)
-    with handled(ui):
+    with handled(ui, STOPPED["nothing"]):
         evaluation = imgcluster.evaluate(assignments, labelled_folder)
-        if as_json:
-            if not quiet:
-                _print_evaluation(ui.console, evaluation)
-            sys.stdout.write(json.dumps(evaluation.to_dict(), indent=2) + "\n")
-        else:
-            # Rendered first, then written: rich ends a broken pipe with exit 1, the write below
-            # reaches handled(), which ends it as `| head` expects (141, silently).
-            buffer = io.StringIO()
-            width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
-            _print_evaluation(Console(file=buffer, width=width, highlight=False, soft_wrap=True), evaluation)
-            sys.stdout.write(buffer.getvalue())
-            sys.stdout.flush()
+        with writing_stdout():
+            if as_json:
+                if not quiet:
+                    _print_evaluation(ui.console, evaluation)
+                sys.stdout.write(json.dumps(evaluation.to_dict(), indent=2) + "\n")
+            else:
+                # Rendered first, then written: rich ends a broken pipe with exit 1, the write below
+                # reaches handled(), which ends it as `| head` expects (141, silently).
+                buffer = io.StringIO()
+                width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
+                _print_evaluation(Console(file=buffer, width=width, highlight=False, soft_wrap=True), evaluation)
+                sys.stdout.write(buffer.getvalue())
 
 
 @app.command(
@@ -865,7 +922,7 @@ def report(
 ) -> None:
     """Write one self-contained HTML page of thumbnails per cluster; open it from disk in any browser."""
     ui = UI(quiet)
-    with handled(ui), Printer(ui) as show:
+    with handled(ui, STOPPED["report"]), Printer(ui) as show:
         options = {"out": out, "labels": labels, "folder": folder, "montage": montage, "per_cluster": per_cluster}
         _write_report(show, assignments, follow_symlinks=follow_symlinks, **options)
 
@@ -892,7 +949,7 @@ def export(
     Never moves, changes or deletes an image; a file already in the folder is never overwritten, so a rerun is safe.
     """
     ui = UI(quiet)
-    with handled(ui), Printer(ui) as show:
+    with handled(ui, STOPPED["export"]), Printer(ui) as show:
         imgcluster.export(assignments, to, mode, folder=folder, follow_symlinks=follow_symlinks, progress=show)
 
 
@@ -907,7 +964,7 @@ def objectives() -> None:
 
     from imgcluster.objectives import DEFAULT_OBJECTIVE, list_objectives, objective_class
 
-    with handled(UI()):
+    with handled(UI(), STOPPED["nothing"]), writing_stdout():
         for name in list_objectives():
             cls = objective_class(name)
             doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
@@ -935,15 +992,15 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
         "clusters": str(e.clusters), "classes": str(e.classes),
     }  # fmt: skip
     for name, value in rows.items():
-        table.add_row(name, escape(value))  # file names are not markup
+        table.add_row(name, escape(one_line(value)))  # file names are not markup, nor terminal controls
     console.print(table)
     per = Table(title="per-cluster purity", title_justify="left")
     named = any(p.name for p in e.per_cluster)  # the name column only when the CSV has one
     for column in ("cluster", "size", *(("name",) if named else ()), "majority label", "purity"):
         per.add_column(column, justify="right")
     for p in e.per_cluster:
-        cells = (escape(p.name),) if named else ()  # names and folder names are text, not markup
-        per.add_row(str(p.cluster), str(p.size), *cells, escape(p.majority_label), f"{p.purity:.3f}")
+        cells = (escape(one_line(p.name)),) if named else ()  # names and folder names are text, not markup
+        per.add_row(str(p.cluster), str(p.size), *cells, escape(one_line(p.majority_label)), f"{p.purity:.3f}")
     console.print(per)
 
 
@@ -958,6 +1015,7 @@ def _with_examples(n: int, examples: list[str]) -> str:
 
 def main() -> None:
     import gc
+    import signal
 
     from imgcluster.signals import exit_by_signal, sigterm_as_interrupt
 
@@ -966,6 +1024,10 @@ def main() -> None:
             app(prog_name="imgcluster")
     except SystemExit:
         exit_by_signal()  # after Ctrl-C or SIGTERM: end by that signal, so a calling script stops too
+        # The run is over and has said so: a Ctrl-C while the interpreter tears down (torch's exit
+        # hooks, a second on a busy machine) ends the process by SIGINT at once. It printed a
+        # traceback from an atexit callback after the run's last line.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
         # The process ends now: Python's collections while it tears down torch's millions of objects
         # took 2 s of a cached run's 8 (benchmarks/results_startup.md); frozen, they are left alone.
         gc.freeze()

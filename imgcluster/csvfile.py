@@ -17,6 +17,7 @@ import csv
 import json
 import math
 import sys
+from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from typing import IO, TYPE_CHECKING
 
 import numpy as np
 
-from imgcluster.atomic import atomic_open
-from imgcluster.errors import ImgclusterError
+from imgcluster.atomic import atomic_open, writing_stdout
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 
 if TYPE_CHECKING:
     from imgcluster.assign import Assignment
@@ -90,8 +91,8 @@ def names_of_clusters(rows: list[Row]) -> dict[int, str]:
 @contextmanager
 def _output(out: str) -> Iterator[IO[str]]:
     if out == "-":
-        yield sys.stdout
-        sys.stdout.flush()
+        with writing_stdout():
+            yield sys.stdout
     else:
         with atomic_open(Path(out), "w", newline="") as handle:
             yield handle
@@ -124,6 +125,15 @@ def assignment_rows(paths: list[str], assignment: Assignment) -> Iterator[list[o
         yield row
 
 
+def check_assignments_file(path: Path) -> None:
+    """Refuse, naming the parameter, an assignments CSV that is missing or is a folder (evaluate,
+    report and export; a folder was said to be "not found")."""
+    if path.is_dir():
+        raise ParameterError(f"{{assignments}} {literal(path)} is a folder; give the CSV that assign wrote")
+    if not path.is_file():
+        raise ParameterError(f"assignments file not found: {literal(path)}", "assignments")
+
+
 def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
     """Every row of the CSV at ``path``, file names exactly as written; any fault is one clear error.
 
@@ -134,7 +144,7 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
     raw = written_raw(path) if raw_csv is None else raw_csv
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
+            reader = csv.DictReader(handle, strict=True)  # a file cut short inside a quoted cell is an error, not a short cell
             columns = reader.fieldnames or []
             missing = [c for c in ("path", "cluster") if c not in columns]
             if missing:
@@ -144,6 +154,13 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
         raise ImgclusterError(f"cannot read assignments {path}: {exc}") from None
     if not rows:
         raise ImgclusterError(f"{path} has no rows")
+    # An image listed twice would count twice in every score, sit in two export folders and show
+    # twice in the report: evaluate refused it, export and report took it as it came.
+    repeated = sorted(p for p, n in Counter(r.path for r in rows).items() if n > 1)
+    if repeated:
+        raise ImgclusterError(
+            f"{path} lists {len(repeated)} path(s) more than once (e.g. {repeated[0]!r}); an assignment has one row per image"
+        )
     return rows
 
 

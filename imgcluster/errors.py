@@ -15,8 +15,9 @@ _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
 # The parameter names a message may mention as ``{name}``. Only these are placeholders, so a file
-# name quoted in a message (``/data/{2024}/a.png``, ``{draft}.png``) is shown as it is;
-# tests/test_errors.py checks that every placeholder the package writes is listed here.
+# name quoted in a message (``/data/{2024}/a.png``, ``{draft}.png``) is shown as it is (one that
+# spells a parameter, ``{seed}``, needs :func:`literal`); tests/test_errors.py checks that every
+# placeholder the package writes is listed here.
 PARAMETERS = frozenset(
     {
         "actors", "address", "assignments", "balance", "batch_size", "cache_dir", "compile_model", "device", "dtype",
@@ -30,6 +31,18 @@ PARAMETERS = frozenset(
 )  # fmt: skip
 
 
+_BRACE = "\ue000"  # stands for a "{" of quoted text until the message is rendered
+
+
+def literal(text: object) -> str:
+    """``text`` (a file name, a value the user typed) to quote in a template: its braces stay braces.
+
+    A folder named ``{seed}`` was reported as ``folder not found: --seed``, and ``{out}.csv`` as
+    ``--out.csv``, because the name's braces read as placeholders.
+    """
+    return str(text).replace("{", _BRACE)
+
+
 def render(template: str, names: Mapping[str, str]) -> str:
     """``template`` with each ``{parameter}`` replaced by ``names[parameter]`` (default: the name itself)."""
 
@@ -37,7 +50,7 @@ def render(template: str, names: Mapping[str, str]) -> str:
         word = match.group(1)
         return names.get(word, word) if word in PARAMETERS else match.group(0)
 
-    return _PLACEHOLDER.sub(name, template)
+    return _PLACEHOLDER.sub(name, template).replace(_BRACE, "{")
 
 
 def placeholders(template: str) -> tuple[str, ...]:

@@ -22,8 +22,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcluster.csvfile import names_of_clusters, read_assignments
+from imgcluster.csvfile import check_assignments_file, names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.outputs import refuse_stdout
 from imgcluster.progress import ProgressFn, Reporter, count
 from imgcluster.report.paths import refusal
 from imgcluster.report.sidecar import read_sidecar, resolve_folder
@@ -79,12 +80,12 @@ def export(
     if mode not in MODES:
         raise ParameterError(f"{{mode}} must be one of {', '.join(MODES)}, got {mode!r}")
     csv_path = Path(assignments)
-    if not csv_path.is_file():
-        raise ParameterError(f"assignments file not found: {csv_path}", "assignments")
+    check_assignments_file(csv_path)
     rows = read_assignments(csv_path)
     image_folder = resolve_folder(csv_path, read_sidecar(csv_path), Path(folder) if folder is not None else None)
     if not image_folder.is_dir():
         raise ImgclusterError(f"image folder {image_folder} not found; give it with {{folder}}")
+    refuse_stdout(to, "to", "an export (a folder of images)")
     target = Path(to)
     real_target, real_images = os.path.realpath(target), os.path.realpath(image_folder)
     if os.path.commonpath([real_target, real_images]) == real_images:
@@ -140,7 +141,7 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
     out = []
     try:
         with open(path, encoding="utf-8", newline="") as handle:
-            records = list(csv.DictReader(handle))
+            records = list(csv.DictReader(handle, strict=True))  # cut short inside a cell: refused, as the assignments are
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ImgclusterError(f"cannot read near-duplicate groups {path}: {exc}") from None
     groups = [str(r.get("group") or "") for r in records]
@@ -216,7 +217,9 @@ def _is_ours(source: Path, dest: Path, mode: str) -> bool:
             return os.path.realpath(dest) == os.path.realpath(source)
         if os.path.samefile(source, dest):
             return True
-        return mode == "copy" and dest.is_file() and filecmp.cmp(source, dest, shallow=False)
+        # An identical copy is this image in any mode: a link export after a copy export onto
+        # the same folder warned of every image as a file of the user's.
+        return dest.is_file() and filecmp.cmp(source, dest, shallow=False)
     except OSError:
         return False
 

@@ -17,11 +17,11 @@ import numpy as np
 
 from imgcluster.atomic import check_writable, is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
-from imgcluster.outputs import refuse_inputs
+from imgcluster.outputs import refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
@@ -55,7 +55,7 @@ class Assignment:
     duplicates: list[DuplicateGroup] | None  # None unless near_duplicates was given
     near_duplicates: float | None
     embeddings: Embeddings
-    head: Path  # the checkpoint used (trained by this run, or given)
+    head: Path | None  # the checkpoint used (trained by this run, or given); None: trained here and not kept
     objective: str
     n_clusters: int
     train: dict[str, Any] | None  # how the head was trained
@@ -108,7 +108,7 @@ class Assignment:
                 "csv": _str(where),
             }  # fmt: skip
         names = "cluster_name" in self.columns
-        assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", str(self.head), self.explain, raw_csv, names)
+        assign = AssignConfig(str(self.embeddings.folder.resolve()), out or "", _str(self.head), self.explain, raw_csv, names)
         return {
             "assign": assign,
             "embed": self.embeddings.config,
@@ -116,7 +116,7 @@ class Assignment:
             "backbone": self.embeddings.identity,
             "compute": self.embeddings.compute,  # names the cache the features are in, with the backbone and dtype
             "runtime": self.embeddings.runtime,  # torch or onnx: also names the cache
-            "head": {"path": str(self.head), "objective": self.objective, "clusters": self.n_clusters},
+            "head": {"path": _str(self.head), "objective": self.objective, "clusters": self.n_clusters},
             **({"choose_k": self.choose_k} if self.choose_k is not None else {}),
             "result": {
                 "images": len(self.paths),
@@ -171,6 +171,8 @@ def check_out(
     nowhere, as for standard output, /dev/null or a pipe); refused, before any work, when it is
     a folder or an input of the run."""
     text = os.fspath(out)
+    if not text:  # `--out "$OUT"` with OUT unset wrote the default file without a word
+        raise ParameterError("{out} is empty: give a file name, or - for standard output")
     out_path = None if text == "-" else Path(text)
     if out_path is not None and out_path.is_dir():
         raise ParameterError(f"{{out}} {text} is a folder; give a file name")
@@ -273,6 +275,7 @@ def cluster_folder(
         embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model,
         lock_timeout=lock_timeout, rehash=rehash, reembed=reembed, runtime=runtime, progress=progress,
     )  # fmt: skip
+    head_path: Path | None  # None: trained by this run and not kept
     if head_meta is not None:
         assert head is not None  # head_meta comes from it
         head_path = Path(head)
@@ -296,7 +299,7 @@ def cluster_folder(
                 seed=seed, embeddings=embeddings, progress=progress, search_k=isolation_k(len(embeddings.features)),
             )  # fmt: skip
 
-        head_path, fitted = _train(fit, embeddings, None, progress)
+        head_path, fitted = _train(fit, embeddings, None, progress, keep_optional=True)
         trained_objective, choice, train = fitted.objective, fitted.choose_k, asdict(fitted.config)
         searched = fitted.knn  # one neighbour search for training and the isolation test
     if not embeddings.paths:
@@ -424,8 +427,15 @@ def _trained_before(embeddings: Embeddings, settings: TrainConfig, auto: bool, p
     return path, objective
 
 
-def _train(fit: Callable[[], FittedHead], embeddings: Embeddings, out: Path | None, progress: ProgressFn | None) -> tuple[Path, FittedHead]:
-    """Fit a head on the cached features with ``fit`` and save it (in the cache unless ``out``); returns its path and the head."""
+def _train(
+    fit: Callable[[], FittedHead], embeddings: Embeddings, out: Path | None, progress: ProgressFn | None, keep_optional: bool = False
+) -> tuple[Path | None, FittedHead]:
+    """Fit a head on the cached features with ``fit`` and save it (in the cache unless ``out``); returns its path and the head.
+
+    With ``keep_optional`` (``assign``, whose product is the CSV) a head that cannot be saved, as
+    in a read-only shared cache, is a warning and the path None: the whole run used to fail there,
+    after the training, though that cache's features are read and its missing ones embedded.
+    """
     from imgcluster.checkpoint import save_checkpoint
     from imgcluster.pipeline import head_path_for
     from imgcluster.signals import Interrupted
@@ -441,7 +451,13 @@ def _train(fit: Callable[[], FittedHead], embeddings: Embeddings, out: Path | No
             "no head or CSV was written by this run, the next run trains again from the cached features",
         ) from None
     path = out or head_path_for(embeddings.cache_dir, fitted.config, embeddings.paths, embeddings.features)
-    save_checkpoint(path, fitted.objective, fitted.description)
+    try:
+        save_checkpoint(path, fitted.objective, fitted.description)
+    except ImgclusterError as exc:
+        if not keep_optional:
+            raise
+        Reporter(progress, "train").warning(f"the head is not kept ({exc}); the next run trains it again")
+        return None, fitted
     Reporter(progress, "train").info(f"head saved to {path}")
     return path, fitted
 
@@ -499,6 +515,9 @@ def train_folder(
         self_label=self_label, uco=uco, device=device, objective_options=objective_options,
     )  # fmt: skip
     if out is not None:
+        refuse_stdout(out, "out", "a head checkpoint (two files)")
+        if not os.fspath(out) or Path(out).is_dir():  # it failed after the training: "cannot write ."
+            raise ParameterError(f"{{out}} {literal(os.fspath(out) or repr(''))} is a folder; give a file name")
         refuse_inputs(Path(out), folder=Path(folder))
         check_writable(Path(out))
     embeddings = embed_checked(
@@ -515,7 +534,9 @@ def train_folder(
         estimator.fit(embeddings, progress=progress)
         return FittedHead(estimator.objective_, estimator.train_config_, estimator.history_, estimator.choose_k_, estimator.description_)
 
-    return estimator, _train(fit, embeddings, Path(out) if out is not None else None, progress)[0]
+    saved, _ = _train(fit, embeddings, Path(out) if out is not None else None, progress)
+    assert saved is not None  # saving is what train_folder is for: a failure raised
+    return estimator, saved
 
 
 def _str(value: Path | None) -> str | None:

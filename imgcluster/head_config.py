@@ -42,6 +42,10 @@ def train_config(
     for name, value, least in (("batch_size", batch_size, 2), ("knn", knn, 1), ("epochs", epochs, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
             raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
+    # What both numpy's and torch's generators take: a negative seed failed in choosing K
+    # ("expected non-negative integer"), one of 2**64 or more in torch ("Overflow when unpacking").
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
+        raise ParameterError(f"{{seed}} must be a whole number from 0 to 2**64 - 1, got {seed!r}")
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr > 0):
         raise ParameterError(f"{{lr}} must be above 0, got {lr!r}")
     flags = objective_flags(objective, options, balance=balance, self_label=self_label, uco=uco)

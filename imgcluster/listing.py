@@ -169,7 +169,9 @@ class _Walk:
                             continue
                     if entry.is_dir(follow_symlinks=True):
                         st = entry.stat(follow_symlinks=True)
-                        if (st.st_dev, st.st_ino) in self.excluded or (path / OUTPUT_MARKER).exists():
+                        # os.path.exists, not Path.exists: on Python 3.11 that raised PermissionError in
+                        # a folder that cannot be searched, and the folder was dropped without a word.
+                        if (st.st_dev, st.st_ino) in self.excluded or os.path.exists(path / OUTPUT_MARKER):
                             continue
                         if is_link:
                             self.linked.append((path, parts))
@@ -181,11 +183,15 @@ class _Walk:
                             self.found.append(ImageFile("/".join(parts), path, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
                         elif self.unsupported is not None and suffix in UNSUPPORTED_IMAGE_EXTENSIONS:
                             self.unsupported.append("/".join(parts))
-                    elif is_link and suffix in IMAGE_EXTENSIONS:
-                        self.missed(parts, "file", FileNotFoundError(errno.ENOENT, "broken symbolic link"))
+                    elif suffix in IMAGE_EXTENSIONS:  # a named pipe, a device, or a link to nothing
+                        if is_link and not os.path.exists(path):
+                            self.missed(parts, "file", FileNotFoundError(errno.ENOENT, "broken symbolic link"))
+                        else:
+                            self.missed(parts, "file", OSError(errno.EINVAL, "not a regular file"))
                 except OSError as exc:  # permission, a dangling link, a name too long for the system
                     if suffix in IMAGE_EXTENSIONS:
                         self.missed(parts, "file", exc)
                 except RuntimeError:  # resolve() meeting a loop of links: names no file at all
-                    continue
+                    if suffix in IMAGE_EXTENSIONS:
+                        self.missed(parts, "file", OSError(errno.ELOOP, "loop of symbolic links"))
             stack.extend(reversed(subfolders))

@@ -6,7 +6,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from imgcluster.errors import ParameterError
+from imgcluster.errors import ParameterError, literal
 from imgcluster.listing import IMAGE_EXTENSIONS
 
 
@@ -29,7 +29,7 @@ def refuse_inputs(out: Path, inputs: Mapping[Path, str] = {}, folder: Path | Non
     for path, what in inputs.items():
         if _same(out, path):
             raise ParameterError(
-                f"{{{parameter}}} {out} is {what}, which this run reads; writing there would replace it: give another file"
+                f"{{{parameter}}} {literal(out)} is {what}, which this run reads; writing there would replace it: give another file"
             )
     if folder is not None and out.suffix.lower() in IMAGE_EXTENSIONS:
         try:
@@ -38,5 +38,13 @@ def refuse_inputs(out: Path, inputs: Mapping[Path, str] = {}, folder: Path | Non
             return
         if not any(part.startswith(".") for part in inside.parts):  # hidden files are never scanned
             raise ParameterError(
-                f"{{{parameter}}} {out} is an image in {folder}, which this run reads; writing there would replace it: give another file"
+                f"{{{parameter}}} {literal(out)} is an image in {literal(folder)}, which this run reads; "
+                "writing there would replace it: give another file"
             )
+
+
+def refuse_stdout(out: str | os.PathLike[str], parameter: str, what: str) -> None:
+    """``-`` is standard output to ``assign``; an output that cannot go there (``what``) refuses it,
+    rather than writing a file or folder named ``-`` (``train`` and ``export`` did)."""
+    if os.fspath(out) == "-":
+        raise ParameterError(f"{{{parameter}}} -: {what} cannot go to standard output; give a name")

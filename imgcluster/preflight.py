@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.listing import IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.models import check_model_name
 
@@ -44,10 +44,20 @@ def list_folder(folder: Path, cache_dir: str | os.PathLike[str] | None = None, f
 
 def check_folder(folder: Path) -> Path:
     if not folder.exists():
-        raise ParameterError(f"folder not found: {folder}", "folder")
+        raise ParameterError(f"folder not found: {literal(folder)}", "folder")
     if not folder.is_dir():
-        raise ParameterError(f"not a folder: {folder}", "folder")
+        raise ParameterError(f"not a folder: {literal(folder)}", "folder")
     return folder
+
+
+def check_cache_root(cache_dir: str | os.PathLike[str] | None) -> None:
+    """A cache root that is a file is refused now; it failed after the model had loaded, with
+    advice to pass the very option that was given."""
+    given = os.fspath(cache_dir) if cache_dir else None
+    root = given or os.environ.get("IMGCLUSTER_CACHE")
+    if root and os.path.exists(root) and not os.path.isdir(root):
+        what = "{cache_dir}" if given else "$IMGCLUSTER_CACHE"
+        raise ParameterError(f"{what} {literal(root)} is a file, not a folder")
 
 
 def parse_clusters(value: str | int) -> int | None:
@@ -58,7 +68,7 @@ def parse_clusters(value: str | int) -> int | None:
     try:
         k = int(text)
     except ValueError:
-        raise ParameterError(f"{{n_clusters}} takes a whole number or 'auto', not {value!r}") from None
+        raise ParameterError(f"{{n_clusters}} takes a whole number or 'auto', not {literal(repr(value))}") from None
     if k < 2:
         raise ParameterError(f"{{n_clusters}} must be at least 2, got {k}")
     return k
@@ -86,6 +96,7 @@ def check_inputs(
     """
     where = check_folder(Path(folder))
     check_model_name(model)
+    check_cache_root(cache_dir)
     k = parse_clusters(n_clusters) if n_clusters is not None else None
     listing = list_folder(where, cache_dir, follow_symlinks)
     unsupported = listing.unsupported
@@ -96,9 +107,9 @@ def check_inputs(
         if unsupported:
             kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
             others = f"; {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}): convert them to JPEG or PNG"
-        raise ImgclusterError(f"no images found in {where} (looked for {looked_for}){others}")
+        raise ImgclusterError(f"no images found in {literal(where)} (looked for {looked_for}){others}")
     if n_clusters is not None and found < 2:
-        raise ImgclusterError(f"need at least two images to cluster, and {where} holds one")
+        raise ImgclusterError(f"need at least two images to cluster, and {literal(where)} holds one")
     if k is not None:
         check_clusters_fit(k, found)
     return listing

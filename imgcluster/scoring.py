@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from imgcluster.csvfile import names_of_clusters, read_assignments
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.csvfile import check_assignments_file, names_of_clusters, read_assignments
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.listing import list_images
 from imgcluster.matching import best_matching
 
@@ -72,22 +71,24 @@ def folder_labels(folder: Path) -> dict[str, str]:
     return {f.rel: f.rel.split("/", 1)[0] for f in list_images(folder) if "/" in f.rel}
 
 
+def check_labelled_folder(folder: Path, parameter: str) -> None:
+    """Refuse, naming ``parameter``, a labelled folder that is missing or is a file (evaluate and
+    the report's labels; a file was said to be "not found")."""
+    if folder.exists() and not folder.is_dir():
+        raise ParameterError(f"{{{parameter}}} {literal(folder)} is not a folder: give the folder whose sub-folders are the labels")
+    if not folder.is_dir():
+        raise ParameterError(f"labelled folder not found: {literal(folder)}", parameter)
+
+
 def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.PathLike[str]) -> Evaluation:
     """Score an assignment CSV against a folder whose top-level sub-folder names are the labels:
     ACC (Hungarian matching), NMI, ARI, AMI, purity overall and per cluster."""
     assignments, labelled_folder = Path(assignments), Path(labelled_folder)
-    if not assignments.is_file():
-        raise ParameterError(f"assignments file not found: {assignments}", "assignments")
-    if not labelled_folder.is_dir():
-        raise ParameterError(f"labelled folder not found: {labelled_folder}", "labelled_folder")
+    check_assignments_file(assignments)
+    check_labelled_folder(labelled_folder, "labelled_folder")
     rows = read_assignments(assignments)
     paths = [r.path for r in rows]
     clusters = np.array([r.cluster for r in rows], dtype=np.int64)
-    repeated = sorted(p for p, n in Counter(paths).items() if n > 1)
-    if repeated:  # each image would count more than once in every score
-        raise ImgclusterError(
-            f"{assignments} lists {len(repeated)} path(s) more than once (e.g. {repeated[0]!r}); an assignment has one row per image"
-        )
     truth = folder_labels(labelled_folder)
     if not truth:
         raise ImgclusterError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")

@@ -48,6 +48,8 @@ def sigterm_as_interrupt() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+STOPPED_STARTING = "interrupted while starting; nothing was done"  # a stop before any command's work began
+
 _stopped_by: int | None = None  # the signal a handled interrupt came from, for exit_by_signal
 
 

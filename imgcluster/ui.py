@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +20,19 @@ from rich.progress import (
 )
 from rich.text import Text
 
+# Characters that would break a message's one line or drive the terminal: C0 and C1 controls
+# (newline, ESC, ...), the Unicode line and paragraph separators and the bidirectional overrides.
+_UNSAFE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def one_line(message: str) -> str:
+    """``message`` with each control character shown as its escape (``\\n``, ``\\x1b``).
+
+    Messages quote file names, and a name may hold a newline or an escape sequence: printed as
+    it is, one error became two lines, and a name could recolour the terminal or set its title.
+    """
+    return _UNSAFE.sub(lambda m: repr(m.group())[1:-1], message)
+
 
 class UI:
     """Progress bars only on an interactive terminal; ``quiet`` keeps warnings and errors alone."""
@@ -30,13 +44,13 @@ class UI:
 
     def info(self, message: str) -> None:
         if not self.quiet:
-            self.console.print(message, markup=False)
+            self.console.print(one_line(message), markup=False)
 
     def warn(self, message: str) -> None:
-        self.console.print(f"warning: {message}", markup=False, style="yellow")
+        self.console.print(f"warning: {one_line(message)}", markup=False, style="yellow")
 
     def error(self, message: str) -> None:
-        self.console.print(f"error: {message}", markup=False, style="bold red")
+        self.console.print(f"error: {one_line(message)}", markup=False, style="bold red")
 
     @contextmanager
     def progress(self, description: str, unit: str = "images") -> Iterator[ProgressTask]:

@@ -304,6 +304,18 @@ def test_closed_stdout_pipe_ends_quietly() -> None:
     assert done.returncode == 141 and done.stderr == "" and done.stdout == ""
 
 
+@pytest.mark.parametrize("args", [["--help"], ["assign", "--help"], ["--version"]])
+def test_help_and_version_into_a_closed_pipe_end_as_the_commands_do(args: list[str]) -> None:
+    """`imgcluster --help | head`: Click and rich ended the help with exit 1; 141 and silent, as `objectives | head`."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "imgcluster", *args], stdout=write, stderr=subprocess.PIPE, text=True, timeout=60)
+    finally:
+        os.close(write)
+    assert done.returncode == 141 and done.stderr == ""
+
+
 def test_out_to_a_named_pipe_streams_the_csv_and_writes_nothing_beside(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
     """A pipe (like /dev/null or /dev/stdout) is written in place: no sidecar, no skipped list."""
     (tmp_path / "out").mkdir()
@@ -477,3 +489,241 @@ def test_a_file_that_failed_is_reported_but_not_tried_again(small_folder: Path, 
     assert rows[0]["reason"].startswith("not an image (unrecognised format) (unchanged since it failed on ")
     again = invoke("assign", small_folder, "--out", out, "--cache-dir", cache, "--reembed", *FAST)
     assert again.exit_code == 0 and "not tried again" not in again.stderr and "0 cached, 25 to embed" in again.stderr
+
+
+def test_a_name_with_a_newline_or_an_escape_sequence_stays_one_line_and_drives_no_terminal(tmp_path: Path) -> None:
+    """A folder name with a newline made one error two lines, and ESC sequences in a name reached the terminal."""
+    folder = tmp_path / "photos\nerror: fake\x1b]0;title\x07\x1b[2J"
+    result = invoke("assign", folder)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "\x1b" not in result.stderr and "\x07" not in result.stderr
+    assert result.stderr.startswith("error: folder not found: ") and "photos\\nerror: fake\\x1b]0;title\\x07\\x1b[2J" in result.stderr
+
+
+@pytest.mark.parametrize("entry", ["python -m imgcluster", "the imgcluster command"])
+def test_ctrl_c_while_the_cli_is_imported_is_one_line_and_ends_by_sigint(entry: str) -> None:
+    """Ctrl-C in the first second, while the CLI's modules load, printed a traceback of importlib's frames."""
+    code = (
+        "import sys\n"
+        "class Stop:\n"  # Ctrl-C arriving while imgcluster.cli is imported
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name == 'imgcluster.cli':\n"
+        "            raise KeyboardInterrupt\n"
+        "sys.meta_path.insert(0, Stop())\n"
+        "sys.argv = ['imgcluster', 'objectives']\n"
+    )
+    if entry == "python -m imgcluster":
+        code += "import runpy; runpy.run_module('imgcluster', run_name='__main__', alter_sys=True)\n"
+    else:  # the function the installed script calls, as pyproject.toml names it
+        scripts = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text().split("[project.scripts]")[1]
+        module, function = scripts.split('imgcluster = "')[1].split('"')[0].split(":")
+        code += f"from {module} import {function}; {function}()\n"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == -2 and done.stdout == ""
+    assert done.stderr == "error: interrupted while starting; nothing was done\n"
+
+
+def test_ctrl_c_before_a_command_starts_its_work_is_one_line_and_the_signal(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while the arguments were parsed or a command set up ended silently with exit 130 (Click's
+    default), not with the one line and the signal that a stop in a command gives."""
+    import imgcluster.cli
+    import imgcluster.signals
+
+    def stopped(quiet: bool = False) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imgcluster.cli, "UI", stopped)  # the command's first step, before handled()
+    monkeypatch.setattr(imgcluster.signals, "_stopped_by", None)
+    result = invoke("objectives")
+    assert result.exit_code == 130 and result.stdout == ""
+    assert result.stderr == "error: interrupted while starting; nothing was done\n"
+    assert imgcluster.signals._stopped_by == 2  # main() then ends the process by SIGINT
+
+
+@pytest.mark.parametrize("command", [["evaluate", "{folder}", "{folder}"], ["report", "{folder}"], ["export", "{folder}", "--to", "{out}"]])
+def test_a_folder_given_as_the_csv_is_called_a_folder_not_missing(command: list[str], tmp_path: Path) -> None:
+    """`evaluate photos photos` said "assignments file not found: photos" of a folder that is there."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    result = invoke(*(a.format(folder=folder, out=tmp_path / "sorted") for a in command))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: CSV {folder} is a folder; give the CSV that assign wrote\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "named"),
+    [(["evaluate", "{csv}", "{csv}"], "LABELLED_FOLDER"), (["report", "{csv}", "--labels", "{csv}", "--folder", "{folder}"], "--labels")],
+)
+def test_a_file_given_as_the_labelled_folder_is_called_a_file_not_missing(command: list[str], named: str, tmp_path: Path) -> None:
+    csv_file = tmp_path / "clusters.csv"
+    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n')
+    result = invoke(*(a.format(csv=csv_file, folder=tmp_path) for a in command))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == f"error: {named} {csv_file} is not a folder: give the folder whose sub-folders are the labels"
+
+
+def test_out_below_a_file_says_which_file_is_in_the_way(small_folder: Path, tmp_path: Path) -> None:
+    """`--out clusters.csv/x.csv` failed with "cannot write clusters.csv/x.csv: File exists"."""
+    (tmp_path / "clusters.csv").write_text("mine")
+    out = tmp_path / "clusters.csv" / "sub" / "x.csv"
+    result = invoke("assign", small_folder, *FAST, "--out", out)
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == f"error: cannot write {out}: {tmp_path / 'clusters.csv'} is a file, not a folder"
+    assert "embedded" not in result.stderr and (tmp_path / "clusters.csv").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "args", [["--help"], ["--version"], ["objectives"], ["evaluate", "{csv}", "{folder}"], ["evaluate", "{csv}", "{folder}", "--json"]]
+)
+def test_output_onto_a_full_disk_is_one_line_and_exit_1(args: list[str], tmp_path: Path) -> None:
+    """stdout on a full disk (`> /dev/full`) gave `unexpected OSError: [Errno 28] ...`, or a traceback from the help."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "dog/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n"dog/2.png",1\n')
+    command = [sys.executable, "-m", "imgcluster", *(a.format(csv=csv_file, folder=folder) for a in args)]
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == "error: cannot write to standard output: No space left on device"
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2**64)])
+def test_a_seed_the_generators_cannot_take_is_a_usage_error_before_any_work(seed: str, small_folder: Path) -> None:
+    """--seed -1 failed once K was being chosen ("unexpected ValueError: expected non-negative integer"),
+    and --seed 2**64 when training started ("Overflow when unpacking long long")."""
+    result = invoke("assign", small_folder, *FAST, "--seed", seed)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: --seed must be a whole number from 0 to 2**64 - 1, got {seed}\n"
+    assert not (small_folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize(
+    "command", [["report", "{csv}", "--folder", "{folder}"], ["export", "{csv}", "--to", "{out}", "--folder", "{folder}"]]
+)
+def test_a_csv_listing_an_image_twice_is_refused_by_report_and_export_as_by_evaluate(command: list[str], tmp_path: Path) -> None:
+    """evaluate refused it; export put the image in two cluster folders and the report showed it twice."""
+    folder = tmp_path / "photos"
+    (folder / "cat").mkdir(parents=True)
+    (folder / "cat" / "1.png").write_bytes(b"x")
+    csv_file = tmp_path / "clusters.csv"
+    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n"cat/1.png",1\n')
+    result = invoke(*(a.format(csv=csv_file, folder=folder, out=tmp_path / "sorted") for a in command))
+    assert result.exit_code == 1 and result.stdout == ""
+    message = f"error: {csv_file} lists 1 path(s) more than once (e.g. 'cat/1.png'); an assignment has one row per image"
+    assert result.stderr.splitlines()[-1] == message
+    assert not (tmp_path / "sorted").exists() and not (tmp_path / "clusters.html").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "patched", "line"),
+    [
+        (
+            ["export", "a.csv", "--to", "x"],
+            "export",
+            "interrupted: no image was moved or changed; what was exported stays, and the same command exports the rest",
+        ),
+        (["report", "a.csv"], "_write_report", "interrupted: no report was written"),
+        (["evaluate", "a.csv", "x"], "evaluate", "interrupted; nothing was written"),
+    ],
+)
+def test_a_stop_in_export_report_or_evaluate_says_what_that_command_keeps(
+    command: list[str], patched: str, line: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C in export or report said "every finished batch is kept in the cache", which they do not have."""
+    import imgcluster.cli
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imgcluster.cli if patched.startswith("_") else imgcluster, patched, stopped)
+    result = invoke(*command)
+    assert result.exit_code == 130 and result.stdout == ""
+    assert result.stderr == f"error: {line}\n"
+
+
+@pytest.mark.parametrize(
+    ("command", "line"),
+    [
+        (["train", "{folder}", "--clusters", "2", "--out", "-"], "--out -: a head checkpoint (two files) cannot go to standard output"),
+        (["export", "{csv}", "--to", "-", "--folder", "{folder}"], "--to -: an export (a folder of images) cannot go to standard output"),
+    ],
+)
+def test_dash_for_an_output_that_cannot_go_to_stdout_is_refused(
+    command: list[str], line: str, small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --out -` wrote a head named `-` (and suggested `--head -`); `export --to -` filled a folder named `-`."""
+    csv_file = tmp_path / "clusters.csv"
+    csv_file.write_text('"path","cluster"\n"a.png",0\n')
+    monkeypatch.chdir(tmp_path)
+    result = invoke(*(a.format(folder=small_folder, csv=csv_file) for a in command))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: {line}; give a name\n"
+    assert not (tmp_path / "-").exists() and not (small_folder / ".imgcluster").exists()
+
+
+def test_ctrl_c_while_the_interpreter_tears_down_ends_by_sigint_without_a_traceback() -> None:
+    """A Ctrl-C after the run's last line, during torch's exit hooks, printed "Exception ignored in atexit callback"."""
+    code = (
+        "import atexit, os, signal, sys, time\n"
+        "from imgcluster.cli import main\n"
+        "atexit.register(lambda: (os.kill(os.getpid(), signal.SIGINT), time.sleep(2)))\n"  # runs first: the last registered
+        "sys.argv = ['imgcluster', '--version']\n"
+        "main()\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert done.returncode == -2 and done.stdout.startswith("imgcluster ") and done.stderr == ""
+
+
+def test_an_empty_out_is_a_usage_error_not_the_default_file(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out "$OUT"` with OUT unset wrote ./<folder>-clusters.csv without a word."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("assign", small_folder, *FAST, "--out", "")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == "error: --out is empty: give a file name, or - for standard output\n"
+    assert list(tmp_path.iterdir()) == [small_folder] and not (small_folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize("out", ["", "{folder}"])
+def test_train_out_that_is_a_folder_is_refused_before_training(
+    out: str, small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`train --out ""` (the current folder) and `train --out FOLDER` failed after the training ("cannot write .")."""
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", small_folder, *FAST, "--out", out.format(folder=tmp_path))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: --out {out.format(folder=tmp_path) or '.'} is a folder; give a file name\n"
+    assert not (small_folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["objectives"], 1),
+        (["evaluate", "{csv}", "{folder}"], 1),
+        (["evaluate", "{csv}", "{folder}", "--json"], 1),
+        (["export", "{csv}", "--to", "{out}", "--folder", "{folder}"], 0),  # writes nothing on stdout: unaffected
+        (["--help"], 0),
+    ],
+)
+def test_a_closed_stdout_is_one_line_for_output_and_harmless_otherwise(args: list[str], code: int, tmp_path: Path) -> None:
+    """`imgcluster objectives >&-` printed nothing and exited 0; evaluate gave `unexpected AttributeError`."""
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "dog/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n"dog/2.png",1\n')
+    command = [sys.executable, "-m", "imgcluster", *(a.format(csv=csv_file, folder=folder, out=tmp_path / "sorted") for a in args)]
+    done = subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=60, preexec_fn=lambda: os.close(1))
+    assert done.returncode == code, done.stderr
+    assert "Traceback" not in done.stderr and "unexpected" not in done.stderr
+    if code:
+        assert done.stderr.splitlines()[-1] == "error: cannot write to standard output: it is closed"

@@ -89,6 +89,42 @@ def cells(path: Path) -> list[str]:
     return [row[0] for row in csv.reader(path.open(encoding="utf-8", newline=""))][1:]
 
 
+def test_a_csv_cut_short_inside_a_quoted_cell_is_refused(tmp_path: Path) -> None:
+    """A copy cut short in a cluster name read back without a word: the name short, the rows after it gone."""
+    whole = tmp_path / "whole.csv"
+    named = Assignment(np.array([0, 1]), np.array([0.5, 0.5]), {"cluster_name": np.array(["sandal", "bag"])})
+    write_assignments(str(whole), ["a.png", "b.png"], named)
+    text = whole.read_text()
+    cut = tmp_path / "cut.csv"
+    cut.write_text(text[: text.index('"sandal"') + 4])
+    with pytest.raises(ImgclusterError) as caught:
+        read_assignments(cut)
+    assert str(caught.value) == f"cannot read assignments {cut}: unexpected end of data"
+    assert [r.name for r in read_assignments(whole)] == ["sandal", "bag"]
+
+
+def test_the_csv_to_a_full_standard_output_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`assign --out - > /dev/full` ended with `unexpected OSError`; a closed pipe stays a BrokenPipeError (exit 141)."""
+    import errno
+    import io
+
+    class Refusing(io.StringIO):
+        def __init__(self, error: OSError) -> None:
+            super().__init__()
+            self.error = error
+
+        def flush(self) -> None:
+            raise self.error
+
+    monkeypatch.setattr(sys, "stdout", Refusing(OSError(errno.ENOSPC, "No space left on device")))
+    with pytest.raises(ImgclusterError) as caught:
+        write_assignments("-", ["a.png"], assignment(1))
+    assert str(caught.value) == "cannot write to standard output: No space left on device"
+    monkeypatch.setattr(sys, "stdout", Refusing(BrokenPipeError(errno.EPIPE, "Broken pipe")))
+    with pytest.raises(BrokenPipeError):
+        write_assignments("-", ["a.png"], assignment(1))
+
+
 def test_escaping_is_unambiguous() -> None:
     for name in FORMULAS + APOSTROPHES + PLAIN:
         escaped = escape_cell(name)
@@ -115,6 +151,10 @@ def test_raw_csv_writes_cells_as_they_are_and_reads_back_exactly(tmp_path: Path)
     (tmp_path / "raw.csv.json").write_text(json.dumps({"assign": {"raw_csv": True}}))  # what assign records
     assert [r.path for r in read_assignments(out)] == names
     (tmp_path / "raw.csv.json").unlink()  # without a sidecar only a leading ' before = + - @ ' is ambiguous
+    with pytest.raises(ImgclusterError, match=r"lists 1 path\(s\) more than once \(e.g. \"'\"\)"):
+        read_assignments(out)  # '' read as ' is then the name ' twice
+    names.remove("'")
+    write_assignments(str(out), names, assignment(len(names)), raw_csv=True)
     assert [r.path for r in read_assignments(out)] == [n[1:] if n in ("''", "'=x.png", "''=x.png", "'-1.png") else n for n in names]
 
 

@@ -43,6 +43,32 @@ def test_a_file_name_in_a_message_is_shown_as_it_is() -> None:
     assert error.parameters == ("out",)
 
 
+def test_a_file_name_that_spells_a_parameter_is_shown_as_it_is_when_quoted_as_literal() -> None:
+    """A folder named ``{seed}`` was reported as ``folder not found: --seed`` and blamed on ``seed``."""
+    from imgcluster.errors import literal
+
+    error = ParameterError(f"{{out}} {literal('/photos/{seed}/{out}.csv')} is a folder", "out")
+    assert error.render({"out": "--out", "seed": "--seed"}) == "--out /photos/{seed}/{out}.csv is a folder"
+    assert str(error) == "out /photos/{seed}/{out}.csv is a folder" and error.parameters == ("out",)
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["assign", "{tmp}/{{seed}}"], "error: folder not found: {tmp}/{{seed}}"),
+        (["evaluate", "{tmp}/{{out}}.csv", "{tmp}"], "error: assignments file not found: {tmp}/{{out}}.csv"),
+        (["assign", "{tmp}", "--clusters", "{{seed}}"], "error: --clusters takes a whole number or 'auto', not '{{seed}}'"),
+    ],
+)
+def test_a_name_that_spells_a_parameter_reaches_the_command_line_as_typed(args: list[str], line: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from imgcluster.cli import app
+
+    result = CliRunner().invoke(app, [a.format(tmp=tmp_path) for a in args])
+    assert result.exit_code == 2 and result.stderr == line.format(tmp=tmp_path) + "\n"
+
+
 def test_every_placeholder_the_package_writes_is_a_known_parameter() -> None:
     """A placeholder missing from PARAMETERS would reach the user as ``{name}``."""
     from imgcluster.errors import PARAMETERS

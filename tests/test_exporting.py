@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 import imgcluster
 from imgcluster.cli import app
-from imgcluster.errors import ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.exporting import folder_name
 
 
@@ -65,6 +65,20 @@ def test_symlink_and_copy_modes(assigned: tuple[Path, Path, list[str]], tmp_path
     assert (again.placed, again.kept) == (0, 6)
     with pytest.raises(ParameterError, match="mode"):
         imgcluster.export(csv_path, tmp_path / "x", "move", folder=folder)
+
+
+@pytest.mark.parametrize("mode", ["link", "symlink"])
+def test_an_export_onto_an_earlier_copy_export_keeps_the_copies(assigned: tuple[Path, Path, list[str]], tmp_path: Path, mode: str) -> None:
+    """A link export after a copy export onto the same folder warned that each identical copy was a file of the user's."""
+    folder, csv_path, paths = assigned
+    to = tmp_path / "sorted"
+    imgcluster.export(csv_path, to, "copy", folder=folder)
+    events: list[imgcluster.Event] = []
+    again = imgcluster.export(csv_path, to, mode, folder=folder, progress=events.append)
+    assert (again.placed, again.kept, again.conflicts) == (0, 6, [])
+    assert not [e for e in events if e.kind == "warning"]
+    (to / "01-mailbag" / paths[3]).write_bytes(b"edited since")  # a copy that is no longer the image is not
+    assert len(imgcluster.export(csv_path, to, mode, folder=folder).conflicts) == 1
 
 
 @pytest.mark.parametrize("mode", ["link", "symlink", "copy"])
@@ -139,6 +153,16 @@ def test_near_duplicates_get_their_own_folders(assigned: tuple[Path, Path, list[
     group = tmp_path / "sorted" / "duplicates" / "000"
     assert sorted(p.relative_to(group).as_posix() for p in group.rglob("*.png")) == paths[:2]
     assert (tmp_path / "sorted" / "00-sandal-running-shoe" / paths[0]).is_file()  # still in its cluster too
+
+
+def test_a_duplicates_csv_cut_short_is_refused(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    """Cut short inside a quoted path, the last group's last image was read as a shorter path, without a word."""
+    folder, csv_path, paths = assigned
+    duplicates = tmp_path / "out-duplicates.csv"
+    duplicates.write_text(f'"group","path","similarity"\n0,"{paths[0]}",1.0\n0,"{paths[1][:-4]}', encoding="utf-8")
+    with pytest.raises(ImgclusterError) as caught:
+        imgcluster.export(csv_path, tmp_path / "sorted", folder=folder)
+    assert str(caught.value) == f"cannot read near-duplicate groups {duplicates}: unexpected end of data"
 
 
 def test_cli_export(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:

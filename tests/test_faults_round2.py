@@ -406,3 +406,39 @@ def test_a_cache_without_write_permission_is_used_without_writing(
     assert result.exit_code == 0, result.stderr
     assert "24 images: 24 cached, 0 to embed" in result.stderr and warnings_of(result) == []
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
+
+
+def test_assign_that_trains_on_a_read_only_cache_writes_its_csv_without_keeping_the_head(
+    small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cache is read, but the head trained on it could not be saved there: the whole run failed
+    after the training (`cannot write .../heads/...`), with no CSV. Root ignores modes, so the
+    permission answers are injected, as the kernel gives them to another user."""
+    import tempfile
+
+    import imgcluster.cache
+    import imgcluster.lock
+
+    cache = tmp_path / "cache"
+    assert invoke("embed", small_folder, "--cache-dir", cache, *EMBED).exit_code == 0
+    real_access, real_mkstemp = os.access, tempfile.mkstemp
+
+    def access(path: Any, mode: int) -> bool:
+        return False if Path(path).is_relative_to(cache) and mode & os.W_OK else real_access(path, mode)
+
+    def mkstemp(*args: Any, dir: Any = None, **kwargs: Any) -> Any:
+        if dir is not None and Path(dir).is_relative_to(cache):
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(imgcluster.lock.os, "access", access)
+    monkeypatch.setattr(imgcluster.cache.os, "access", access)
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    out = tmp_path / "clusters.csv"
+    result = invoke("assign", small_folder, "--cache-dir", cache, *EMBED, "--clusters", "3", "--epochs", "2", "--no-names", "--out", out)
+    assert result.exit_code == 0, result.stderr
+    (line,) = [w for w in warnings_of(result) if "head" in w]
+    assert line.startswith("warning: the head is not kept (cannot write ") and "Permission denied); the next run trains it again" in line
+    assert len(list(csv.DictReader(out.open()))) == 24
+    assert json.loads(Path(f"{out}.json").read_text())["head"]["path"] is None
+    assert not any(cache.rglob("*.safetensors.json"))

@@ -130,7 +130,9 @@ def test_unreachable_folders_and_files_are_reported(tmp_path: Path, monkeypatch:
 
 
 def test_a_really_unreadable_folder_is_reported(tmp_path: Path) -> None:
-    """Real permissions: as root, the scan runs as ``nobody`` in a world-readable folder."""
+    """Real permissions: as root, the scan runs without the capabilities that bypass them (or as
+    ``nobody``), in a world-readable folder. Python 3.11's ``Path.exists`` raised there, and the
+    folder was dropped without a word."""
     import subprocess
     import sys
     import tempfile
@@ -148,10 +150,14 @@ def test_a_really_unreadable_folder_is_reported(tmp_path: Path) -> None:
             "import json, sys; from pathlib import Path; from imgcluster.listing import list_images; u = []; "
             "found = [f.rel for f in list_images(Path(sys.argv[1]), unreachable=u)]; print(json.dumps([found, u]))"
         )
+        command = [sys.executable, "-c", code, str(base)]
         user = {"user": 65534, "group": 65534} if os.geteuid() == 0 else {}
+        if user and shutil.which("setpriv"):  # root without CAP_DAC_*: permissions apply, Python stays reachable
+            command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search", *command]
+            user = {}
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
         try:
-            done = subprocess.run([sys.executable, "-c", code, str(base)], capture_output=True, text=True, env=env, check=False, **user)
+            done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, **user)
         except PermissionError as exc:  # this Python lives where nobody may not go
             pytest.skip(f"cannot run Python as nobody here: {exc}")
         if done.returncode != 0 and os.geteuid() == 0:
@@ -163,3 +169,25 @@ def test_a_really_unreadable_folder_is_reported(tmp_path: Path) -> None:
     finally:
         (base / "closed").chmod(0o755)
         shutil.rmtree(base)
+
+
+def test_links_in_a_loop_pipes_and_devices_named_as_images_are_reported(tmp_path: Path) -> None:
+    """Each is listed with its own reason, not passed over (loops were) or called a broken link (a device was)."""
+    touch(tmp_path / "ok" / "1.png")
+    os.symlink("self.png", tmp_path / "self.png")
+    os.symlink("b.png", tmp_path / "a.png")
+    os.symlink("a.png", tmp_path / "b.png")
+    os.mkfifo(tmp_path / "pipe.png")
+    os.symlink(os.devnull, tmp_path / "null.png")
+    os.symlink(tmp_path / "gone.png", tmp_path / "dangling.png")
+    unreachable: list[tuple[str, str]] = []
+    assert [f.rel for f in list_images(tmp_path, follow_symlinks=True, unreachable=unreachable)] == ["ok/1.png"]
+    loop = "file cannot be read: loop of symbolic links"
+    assert unreachable == [
+        ("a.png", loop),
+        ("b.png", loop),
+        ("dangling.png", "file cannot be read: broken symbolic link"),
+        ("null.png", "file cannot be read: not a regular file"),
+        ("pipe.png", "file cannot be read: not a regular file"),
+        ("self.png", loop),
+    ]

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgcluster.load import ImageDecodeError, load_rgb
+from imgcluster.errors import ParameterError
+from imgcluster.load import ImageDecodeError, decode_timeout, load_rgb, time_limit
 
 
 def test_transparent_pixels_become_white(tmp_path: Path) -> None:
@@ -95,3 +96,22 @@ def test_alpha_only_pattern_in_grey_alpha_and_draft(tmp_path: Path) -> None:
     la.save(tmp_path / "la.png")
     grey = np.asarray(load_rgb(tmp_path / "la.png", draft_size=16).convert("L"), dtype=np.float32)
     assert grey.std() > 40
+
+
+@pytest.mark.parametrize(("raw", "limit"), [("", 60.0), ("0", 0.0), ("2.5", 2.5), ("inf", 0.0), ("1e300", 0.0)])
+def test_decode_timeout_from_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, raw: str, limit: float) -> None:
+    """``inf`` reached the timer as an OverflowError in every file, and each image was recorded as undecodable."""
+    monkeypatch.setenv("IMGCLUSTER_DECODE_TIMEOUT", raw)
+    assert decode_timeout() == limit
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    with time_limit(decode_timeout()):
+        assert load_rgb(tmp_path / "a.png").size == (8, 8)
+
+
+@pytest.mark.parametrize("raw", ["abc", "-1", "nan"])
+def test_a_decode_timeout_that_is_not_a_number_of_seconds_is_refused(monkeypatch: pytest.MonkeyPatch, raw: str) -> None:
+    """It was ignored without a word (``abc``), or turned the limit off (``-1``, ``nan``)."""
+    monkeypatch.setenv("IMGCLUSTER_DECODE_TIMEOUT", raw)
+    with pytest.raises(ParameterError) as caught:
+        decode_timeout()
+    assert str(caught.value) == f"IMGCLUSTER_DECODE_TIMEOUT must be a number of seconds (0 for no limit), not {raw!r}"

@@ -81,8 +81,8 @@ print(json.dumps({"code": code, "stderr": err.getvalue(), "torch": "torch" in sy
 """
 
 
-def _cli(*args: str | Path) -> dict:
-    env = {**os.environ, "COLUMNS": "200"}
+def _cli(*args: str | Path, **environ: str) -> dict:
+    env = {**os.environ, "COLUMNS": "200", **environ}
     done = subprocess.run([sys.executable, "-c", PROBE, *map(str, args)], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
@@ -98,6 +98,12 @@ def _cli(*args: str | Path) -> dict:
         (lambda p: _images(p / "two", 2), ("train", "{tmp}/two", "-k", "3"), 2, "error: --clusters 3 is larger than the number"),
         (lambda p: _images(p / "one", 1), ("assign", "{tmp}/one", "-k", "2"), 1, "error: need at least two images to cluster"),
         (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two", "--model", "dinov2"), 2, "error: unknown --model 'dinov2'"),
+        (  # it failed after the model had loaded, advising to pass --cache-dir
+            lambda p: [_images(p / "two", 2), p.joinpath("file").write_text("x")],
+            ("embed", "{tmp}/two", "--cache-dir", "{tmp}/file"),
+            2,
+            "error: --cache-dir {tmp}/file is a file, not a folder",
+        ),
     ],
 )
 def test_cli_mistakes_fail_before_torch(tmp_path: Path, make, args: tuple, code: int, message: str) -> None:  # type: ignore[no-untyped-def]
@@ -106,6 +112,7 @@ def test_cli_mistakes_fail_before_torch(tmp_path: Path, make, args: tuple, code:
     (tmp_path / "two" / "phone.heic").write_bytes(b"x")  # would be warned about by a scan that ran first
     result = _cli(*(a.format(tmp=tmp_path) for a in args))
     assert result["code"] == code, result
+    message = message.format(tmp=tmp_path)
     assert result["stderr"].strip().splitlines() == [message] or result["stderr"].startswith(message), result
     assert result["stderr"].count("\n") == 1, result  # one line: no format warning, no progress before it
     assert not result["torch"]
@@ -126,3 +133,11 @@ def test_a_run_walks_the_folder_once(tmp_path: Path, monkeypatch: pytest.MonkeyP
     folder = _images(tmp_path / "f", 3)
     result = imgcluster.embed(folder, model="efficientnet-lite0", cache_dir=tmp_path / "cache", workers=0)
     assert len(walks) == 1 and sorted(result.paths) == ["00.png", "01.png", "02.png"]
+
+
+def test_a_cache_variable_naming_a_file_fails_before_torch(tmp_path: Path) -> None:
+    _images(tmp_path / "two", 2)
+    (tmp_path / "file").write_text("x")
+    result = _cli("assign", tmp_path / "two", "-k", "2", IMGCLUSTER_CACHE=str(tmp_path / "file"))
+    assert result["code"] == 2 and not result["torch"]
+    assert result["stderr"] == f"error: $IMGCLUSTER_CACHE {tmp_path / 'file'} is a file, not a folder\n"

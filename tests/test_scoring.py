@@ -118,6 +118,20 @@ def test_label_names_are_printed_as_they_are(tmp_path: Path) -> None:
     assert "[bold red]RED" in result.stdout and "[italic]blue" in result.stdout
 
 
+def test_names_with_control_characters_cannot_drive_the_terminal_from_the_tables(tmp_path: Path) -> None:
+    """A cluster name, a label folder or an image name with ESC sequences reached the terminal through stdout's tables."""
+    folder = tmp_path / "labelled"
+    for rel in ["cat\x1b[31m/1.png", "cat\x1b[31m/2\x1b]0;t\x07.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    named = tmp_path / "named.csv"
+    named.write_text('"path","cluster","cluster_name"\n"cat\x1b[31m/1.png",0,"tab\x1b[2Jby"\n', encoding="utf-8")
+    shown = CliRunner().invoke(app, ["evaluate", str(named), str(folder)])
+    assert shown.exit_code == 0, shown.stderr
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    assert "cat\\x1b[31m" in shown.stdout and "tab\\x1b[2Jby" in shown.stdout and "2\\x1b]0;t\\x07.png" in shown.stdout
+
+
 def test_evaluate_shows_cluster_names_when_the_csv_has_them(tmp_path: Path) -> None:
     folder = tmp_path / "labelled"
     for rel in ["cat/1.png", "cat/2.png", "dog/3.png"]:

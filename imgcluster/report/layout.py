@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from imgcluster.csvfile import Row, names_of_clusters
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ImgclusterError
 
 DEFAULT_PER_CLUSTER = 48  # most typical images per cluster; a third as many least confident ones join them
 MAX_IMAGES = 2400  # thumbnails in one page, over all clusters
@@ -38,10 +38,9 @@ class Plan:
 
 def label_mix(rows: list[Row], labelled_folder: Path) -> dict[int, Counter[str]]:
     """Per cluster, how many images carry each label (the top sub-folder name in ``labelled_folder``)."""
-    from imgcluster.scoring import folder_labels
+    from imgcluster.scoring import check_labelled_folder, folder_labels
 
-    if not labelled_folder.is_dir():
-        raise ParameterError(f"labelled folder not found: {labelled_folder}", "labels")
+    check_labelled_folder(labelled_folder, "labels")
     truth = folder_labels(labelled_folder)
     if not truth:
         raise ImgclusterError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")

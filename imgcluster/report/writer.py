@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from imgcluster.atomic import atomic_write_text
-from imgcluster.csvfile import read_assignments
+from imgcluster.csvfile import check_assignments_file, read_assignments
 from imgcluster.errors import ParameterError
 from imgcluster.report.layout import DEFAULT_PER_CLUSTER, MAX_IMAGES, ClusterView, Plan, label_mix, plan_clusters
 from imgcluster.report.montage import write_montages
@@ -92,8 +92,7 @@ def write_report(
     """
     if per_cluster < 1:
         raise ParameterError("{per_cluster} must be at least 1")
-    if not assignments.is_file():
-        raise ParameterError(f"assignments file not found: {assignments}", "assignments")
+    check_assignments_file(assignments)
     out = out or default_report_path(assignments)
     if out.is_dir():
         raise ParameterError(f"{{out}} {out} is a folder; give a file name")
