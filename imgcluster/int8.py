@@ -132,7 +132,7 @@ def quantise(prepared: Path, out: Path, ranges: dict[str, list[float]], recipe: 
 
 
 # The recipe the shipped tables are made with (benchmarks/results_runtime.md: every recipe tried).
-RECIPE = Recipe()
+RECIPE = Recipe(activations="int8", keep_float=("/conv_stem/", "/blocks/blocks.0/", "/blocks/blocks.1/"))
 
 
 def table_path(model_name: str) -> Path:

@@ -31,11 +31,11 @@ from imgcluster.embedding import (
 )
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.identity import SOURCE_FIELD, forget_record, identity_source, normalised, recorded_identity
+from imgcluster.int8 import ensure_quantised
+from imgcluster.int8 import runtime_name as int8_runtime_name
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
-from imgcluster.int8 import ensure_quantised
-from imgcluster.int8 import runtime_name as int8_runtime_name
 from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime, recorded_failure
 from imgcluster.preflight import FolderListing, check_folder, list_folder
 from imgcluster.progress import SAVED, SAVING
