@@ -43,12 +43,14 @@ class Recipe:
     reduce_range: bool = False  # 7-bit weights, for CPUs without VNNI
     keep_float: tuple[str, ...] = field(default_factory=tuple)  # node-name prefixes left in float32
     keep_clip: bool = False  # keep ReLU6 (Clip) nodes that uint8 quantisation would fold into the ranges
+    float_shapes: bool = False  # leave the arithmetic on tensor shapes (TF "same" padding) unquantised
 
     def name(self) -> str:
         kept = "+".join(p.strip("/").replace("/", ".") for p in self.keep_float) or "none"
         return (
             f"{self.format},{'pc' if self.per_channel else 'pt'},{'u8' if self.activations == 'uint8' else 's8'},"
-            f"{self.calibration}{',rr' if self.reduce_range else ''}{',clip' if self.keep_clip else ''},float={kept}"
+            f"{self.calibration}{',rr' if self.reduce_range else ''}{',clip' if self.keep_clip else ''}"
+            f"{',float-shapes' if self.float_shapes else ''},float={kept}"
         )
 
 
@@ -107,6 +109,22 @@ def collect_ranges(prepared: Path, batches: Iterable[np.ndarray], recipe: Recipe
     return {name: [float(np.min(t.range_value[0])), float(np.max(t.range_value[1]))] for name, t in data.data.items()}
 
 
+def shape_arithmetic(graph: Any) -> list[str]:
+    """The nodes that compute on tensor shapes (from a Shape node on): timm's TF-style "same" padding
+    computes its pad widths at run time in float, and quantising that arithmetic rounds the widths."""
+    static = {t.name for t in graph.initializer}
+    derived: set[str] = set()
+    names = []
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        inputs = [i for i in node.input if i]
+        if node.op_type == "Constant":
+            static.update(node.output)
+        elif node.op_type == "Shape" or (any(i in derived for i in inputs) and all(i in derived or i in static for i in inputs)):
+            derived.update(node.output)
+            names.append(node.name)
+    return names
+
+
 def quantise(prepared: Path, out: Path, ranges: dict[str, list[float]], recipe: Recipe) -> Path:
     """``prepared`` quantised by ``recipe`` with the given activation ranges, written to ``out``."""
     import numpy as np
@@ -114,8 +132,10 @@ def quantise(prepared: Path, out: Path, ranges: dict[str, list[float]], recipe: 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.calibrate import TensorData, TensorsData, save_tensors_data
 
-    nodes = [n.name for n in onnx.load(str(prepared), load_external_data=False).graph.node]
-    excluded = [n for n in nodes if any(n.startswith(p) for p in recipe.keep_float)]
+    graph = onnx.load(str(prepared), load_external_data=False).graph
+    excluded = [n.name for n in graph.node if any(n.name.startswith(p) for p in recipe.keep_float)]
+    if recipe.float_shapes:
+        excluded += shape_arithmetic(graph)
     table = {k: TensorData(lowest=np.float32(lo), highest=np.float32(hi)) for k, (lo, hi) in ranges.items()}
     symmetric = recipe.activations == "int8"
     with tempfile.TemporaryDirectory(prefix="imgcluster-quantise-") as tmp:
@@ -132,7 +152,7 @@ def quantise(prepared: Path, out: Path, ranges: dict[str, list[float]], recipe: 
 
 
 # The recipe the shipped tables are made with (benchmarks/results_runtime.md: every recipe tried).
-RECIPE = Recipe(activations="int8", keep_float=("/conv_stem/", "/blocks/blocks.0/", "/blocks/blocks.1/"))
+RECIPE = Recipe(float_shapes=True, keep_float=("/conv_stem/", "/blocks/blocks.0/", "/blocks/blocks.1/"))
 
 
 def table_path(model_name: str) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -130,3 +131,32 @@ def test_the_shipped_table_builds_efficientnet_lite0(tmp_path: Path, monkeypatch
         (in_int8.features * in_float.features).sum(1) / np.linalg.norm(in_int8.features, axis=1) / np.linalg.norm(in_float.features, axis=1)
     )
     assert cosine.min() > 0.9, cosine
+
+
+def test_the_shape_arithmetic_of_same_padding_stays_float(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """timm's TF-style "same" padding computes its pad widths from the input's shape in float at run
+    time; quantising that arithmetic rounded the widths and moved uint8 features (mean cosine 0.87
+    against 0.97 with it left in float, results_runtime.md). No quantised tensor may feed it."""
+    import onnx
+    from timm.layers import create_conv2d
+    from torch import nn
+
+    monkeypatch.setenv("IMGCLUSTER_MODEL_CACHE", str(tmp_path / "models"))
+    torch.manual_seed(0)
+    model = nn.Sequential(create_conv2d(3, 8, 3, stride=2, padding="same"), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    base = tiny_backbone(6)
+    backbone = Backbone(base.name, base.spec, model, base.data_config, "test:same", 8)
+    prepared = int8.prepare(int8.ensure_exported(backbone), tmp_path / "prepared.onnx")
+    shapes = set(int8.shape_arithmetic(onnx.load(str(prepared)).graph))
+    assert any(name.endswith("Shape") for name in shapes) and len(shapes) > 5
+    rng = np.random.default_rng(0)
+    ranges = int8.collect_ranges(prepared, [rng.standard_normal((4, 3, 16, 16)).astype(np.float32)], int8.RECIPE)
+
+    def quantised_feeds(recipe: int8.Recipe) -> list[str]:
+        graph = onnx.load(str(int8.quantise(prepared, tmp_path / "int8.onnx", ranges, recipe))).graph
+        quantised = {o for n in graph.node if n.op_type == "QuantizeLinear" for o in n.output}  # at run time, not constants
+        dequantised = {o for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in quantised for o in n.output}
+        return [n.name for n in graph.node if n.name in shapes and n.op_type != "Shape" and any(i in dequantised for i in n.input)]
+
+    assert int8.RECIPE.float_shapes and quantised_feeds(int8.RECIPE) == []
+    assert quantised_feeds(dataclasses.replace(int8.RECIPE, float_shapes=False))  # what the flag prevents
