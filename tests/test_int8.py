@@ -160,3 +160,19 @@ def test_the_shape_arithmetic_of_same_padding_stays_float(tmp_path: Path, monkey
 
     assert int8.RECIPE.float_shapes and quantised_feeds(int8.RECIPE) == []
     assert quantised_feeds(dataclasses.replace(int8.RECIPE, float_shapes=False))  # what the flag prevents
+
+
+def test_the_csv_sidecar_names_the_int8_runtime(tmp_path: Path, tiny_int8: Backbone) -> None:
+    """The CSV's sidecar records which recipe and ranges made the features (they name the cache a report reads)."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4)
+    result = imgcluster.cluster_folder(
+        folder,
+        out=tmp_path / "clusters.csv",
+        model="efficientnet-lite0",
+        n_clusters=2,
+        epochs=2,
+        cache_dir=tmp_path / "cache",
+        runtime="onnx-int8",
+    )
+    sidecar = json.loads(result.written["sidecar"].read_text())
+    assert sidecar["runtime"] == int8.runtime_name("efficientnet-lite0", sidecar["backbone"])
