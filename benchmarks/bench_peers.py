@@ -15,7 +15,7 @@ alike. Measured for the whole process tree:
 
 What runs: ``python -m imgcluster assign FOLDER --model efficientnet-lite0 --clusters K`` with a
 fresh ``--cache-dir`` and otherwise default options (the model in torch; tool ``imgcluster-onnx``
-adds ``--runtime onnx``: the model in ONNX Runtime), and fastdup's own k-means entry point,
+adds ``--runtime onnx``: the model in ONNX Runtime; ``imgcluster-int8``: ``--runtime onnx-int8``), and fastdup's own k-means entry point,
 ``fastdup.run_kmeans(input_dir=FOLDER, work_dir=FRESH, num_clusters=K)`` (its ONNX model on the
 CPU, default threads), each image taken to the closest of the centroids it lists in
 ``kmeans_assignments.csv``. fastdup lives in its own virtualenv under ``benchmarks/data/``,
@@ -58,7 +58,8 @@ FASTDUP_VERSION = "2.54"
 FASTDUP_VENV = DATA / "fastdup-venv"
 RUNS = DATA / "peers-runs"
 MODEL_CACHE = DATA / "model-cache"
-IMGCLUSTER_TOOLS = ("imgcluster", "imgcluster-onnx", "baseline")
+IMGCLUSTER_TOOLS = ("imgcluster", "imgcluster-onnx", "imgcluster-int8", "baseline")
+RUNTIME_OF = {"imgcluster-onnx": "onnx", "imgcluster-int8": "onnx-int8"}  # the tools that add --runtime
 FASTDUP_SCRIPT = (
     "import sys, fastdup\nsys.exit(fastdup.run_kmeans(input_dir=sys.argv[1], work_dir=sys.argv[2], num_clusters=int(sys.argv[3])) or 0)\n"
 )
@@ -163,14 +164,14 @@ def run_measured(command: list[str], env: dict[str, str], log: Path, cwd: Path) 
     return wall, usage, peak
 
 
-def export_model() -> float:
-    """Export the benchmark's model into ``MODEL_CACHE`` (a no-op once there); returns the seconds."""
+def export_model(runtime: str = "onnx") -> float:
+    """Export (and for onnx-int8 quantise) the benchmark's model into ``MODEL_CACHE`` (a no-op once there); returns the seconds."""
     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         folder = Path(tmp, "one")
         folder.mkdir()
         shutil.copy(next(iter(sorted((HERE.parent / "sample_data").rglob("*.png")))), folder)
         env = dict(os.environ, IMGCLUSTER_MODEL_CACHE=str(MODEL_CACHE), PYTHONPATH=str(HERE.parent))
-        command = [sys.executable, "-m", "imgcluster", "embed", str(folder), "--model", MODEL, "--runtime", "onnx", "--quiet"]
+        command = [sys.executable, "-m", "imgcluster", "embed", str(folder), "--model", MODEL, "--runtime", runtime, "--quiet"]
         start = time.perf_counter()
         subprocess.run(command, env=env, cwd=tmp, check=True)
         return time.perf_counter() - start
@@ -215,8 +216,8 @@ def run_tool(tool: str, folder: Folder, fastdup: Path | None, baseline: Path | N
             sys.executable, *runner, "assign", str(folder.path), "--model", MODEL,
             "--clusters", str(folder.classes), "--cache-dir", str(work / "cache"), "--out", str(out), "--quiet",
         ]  # fmt: skip
-        if tool == "imgcluster-onnx":
-            command += ["--runtime", "onnx"]
+        if tool in RUNTIME_OF:
+            command += ["--runtime", RUNTIME_OF[tool]]
     else:
         assert fastdup is not None
         command = [str(fastdup), "-c", FASTDUP_SCRIPT, str(folder.path), str(work / "fastdup"), str(folder.classes)]
@@ -264,7 +265,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="2000,10000", help="Fashion-MNIST test images per folder, comma-separated ('' for none)")
     parser.add_argument("--no-sample-data", action="store_true", help="leave out sample_data (125 images)")
-    parser.add_argument("--tools", default="imgcluster,fastdup", help="comma-separated: imgcluster, imgcluster-onnx, fastdup, baseline")
+    parser.add_argument("--tools", default="imgcluster,fastdup", help=f"comma-separated: {', '.join(IMGCLUSTER_TOOLS)}, fastdup")
     parser.add_argument("--baseline", type=Path, help="an imgcluster checkout to run as tool 'baseline' (before/after)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and folder, alternating A B B A ...")
     parser.add_argument("--section", default="peers", help="section of results_peers.md to write")
@@ -279,9 +280,10 @@ def main() -> None:
     if "baseline" in tools and (args.baseline is None or not (args.baseline / "imgcluster").is_dir()):
         parser.error("tool 'baseline' needs --baseline DIR, a checkout with an imgcluster/ folder")
     fastdup = fastdup_python() if "fastdup" in tools else None
-    if "imgcluster-onnx" in tools:
-        seconds = export_model()
-        print(f"imgcluster's ONNX model ready in {seconds:.1f} s", file=sys.stderr, flush=True)
+    for tool in tools:
+        if tool in RUNTIME_OF:
+            seconds = export_model(RUNTIME_OF[tool])
+            print(f"imgcluster's {RUNTIME_OF[tool]} model ready in {seconds:.1f} s", file=sys.stderr, flush=True)
     folders = ([] if args.no_sample_data else [sample_folder()]) + [fashion_folder(int(n)) for n in args.sizes.split(",") if n]
     results: list[Measured] = []
     for folder in folders:
@@ -310,7 +312,8 @@ def report(results: list[Measured], order: list[str], note: str) -> str:
         + (f"{note}\n\n" if note else "")
         + f"Run as `python benchmarks/bench_peers.py {command_line()}`. Each row is one cold run (fresh cache or work "
         f"folder). imgcluster: `assign FOLDER --model {MODEL} --clusters K`, other options default (the model in torch; "
-        "`imgcluster-onnx`: the same with `--runtime onnx`, the model exported before the timed runs). fastdup "
+        "`imgcluster-onnx`, `imgcluster-int8`: the same with `--runtime onnx` / `onnx-int8`, the model exported (and "
+        "quantised) before the timed runs). fastdup "
         f"{FASTDUP_VERSION}: "
         "`fastdup.run_kmeans(input_dir=FOLDER, work_dir=FRESH, num_clusters=K)`, each image in its closest centroid's cluster. "
         "CPU, user and system seconds cover the whole process tree (`os.wait4`); tree peak PSS is the largest sum of "

@@ -155,8 +155,9 @@ RuntimeOpt = Annotated[
     str,
     typer.Option(
         "--runtime",
-        help="What runs the backbone: auto (torch), torch, or onnx (ONNX Runtime, CPU only, the extra imgcluster\\[onnx]; "
-        "the model is exported once into ~/.cache/imgcluster). Each caches its features apart.",
+        help="What runs the backbone: auto (torch), torch, onnx (ONNX Runtime, CPU only, the extra imgcluster\\[onnx]; "
+        "the model is exported once into ~/.cache/imgcluster) or onnx-int8 (the same, quantised to int8 with shipped "
+        "activation ranges; EfficientNet-Lite0 only). Each caches its features apart.",
     ),
 ]
 RehashOpt = Annotated[

@@ -34,7 +34,8 @@ class EmbedConfig:
     # embedded (for file systems whose ctime or inode cannot be trusted, or to be sure).
     rehash: bool = False
     reembed: bool = False  # embed every file again, replacing what the cache holds
-    # Who runs the backbone: torch, onnx (ONNX Runtime, CPU only) or auto (torch for now: ONNX Runtime
+    # Who runs the backbone: torch, onnx (ONNX Runtime, CPU only), onnx-int8 (the same quantised, imgcluster.int8)
+    # or auto (torch for now: ONNX Runtime
     # measured no cheaper for a whole run); see imgcluster.onnxruntime_backend.
     runtime: str = "auto"
 

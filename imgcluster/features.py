@@ -49,7 +49,8 @@ def embed(
     A cached feature is reused while the file's size, mtime, ctime and inode are unchanged;
     ``rehash`` reuses it only when the file's content hash matches, ``reembed`` embeds every image
     again. ``runtime`` runs the model in ``torch`` or ``onnx`` (ONNX Runtime, CPU only, exported once per
-    backbone and kept in the user's cache folder); ``auto`` is torch (ONNX Runtime measured no
+    backbone and kept in the user's cache folder), or ``onnx-int8`` (that export quantised to int8
+    with activation ranges shipped in the package, :mod:`imgcluster.int8`); ``auto`` is torch (ONNX Runtime measured no
     cheaper for a whole run). Each runtime's features are cached apart. ``progress`` receives
     :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``; ``mark`` events time
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from imgcluster.backbones import Backbone
 
-RUNTIMES = ("auto", "torch", "onnx")
+RUNTIMES = ("auto", "torch", "onnx", "onnx-int8")  # onnx-int8: imgcluster.int8
 # Part of the exported file's name: bump it when the export changes what the file computes.
 EXPORT_FORMAT = "1"
 # max |onnx - torch| / max |torch| on the probe batch for an export to be kept. Measured on
@@ -52,12 +52,12 @@ def onnxruntime_installed() -> bool:
 def check_runtime(requested: str) -> str:
     """``requested`` when it names a runtime; checked before torch is imported, so a typo costs nothing."""
     if requested not in RUNTIMES:
-        raise ParameterError(f"{{runtime}} must be auto, torch or onnx, not {requested!r}")
+        raise ParameterError(f"{{runtime}} must be auto, torch, onnx or onnx-int8, not {requested!r}")
     return requested
 
 
 def plan_runtime(requested: str, device_type: str) -> str:
-    """``torch`` or ``onnx`` for a run on ``device_type``, from the request alone.
+    """``torch``, ``onnx`` or ``onnx-int8`` for a run on ``device_type``, from the request alone.
 
     ``auto`` is torch on every device: ONNX Runtime was no cheaper than torch for a whole run on the
     CPU (module docstring), and re-embedding every existing cache into a cache of its own would
@@ -65,12 +65,12 @@ def plan_runtime(requested: str, device_type: str) -> str:
     :func:`recorded_failure`.
     """
     check_runtime(requested)
-    if requested == "onnx":
+    if requested in ("onnx", "onnx-int8"):
         if device_type != "cpu":
-            raise ParameterError("{runtime} onnx runs on the CPU only; use {device} cpu with it, or {runtime} torch")
+            raise ParameterError(f"{{runtime}} {requested} runs on the CPU only; use {{device}} cpu with it, or {{runtime}} torch")
         if not onnxruntime_installed():
-            raise ImgclusterError("{runtime} onnx needs the packages onnxruntime and onnx: pip install 'imgcluster[onnx]'")
-        return "onnx"
+            raise ImgclusterError(f"{{runtime}} {requested} needs the packages onnxruntime and onnx: pip install 'imgcluster[onnx]'")
+        return requested
     return "torch"
 
 

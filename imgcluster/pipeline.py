@@ -31,6 +31,8 @@ from imgcluster.embedding import (
 )
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.identity import SOURCE_FIELD, forget_record, identity_source, normalised, recorded_identity
+from imgcluster.int8 import ensure_quantised
+from imgcluster.int8 import runtime_name as int8_runtime_name
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
@@ -84,7 +86,7 @@ class Embeddings:
     folder: Path
     config: EmbedConfig
     compute: str = "float32"  # precision the features were computed in (bfloat16 under CUDA autocast)
-    runtime: str = "torch"  # what ran the backbone: torch or onnx (ONNX Runtime)
+    runtime: str = "torch"  # what ran the backbone: torch, onnx (ONNX Runtime) or onnx-int8/<recipe and ranges' digest>
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -191,7 +193,9 @@ def embed_folder(
         identity = normalised(backbone.identity())
     compute = compute_precision(device)
     runtime_warning: str | None = None
-    if runtime == "onnx" and (failure := recorded_failure(identity)) is not None:  # an export that failed before is not tried again
+    if runtime == "onnx-int8":  # named by its recipe and activation ranges: int8 features never share a cache
+        runtime = int8_runtime_name(model_name, identity)
+    if runtime != "torch" and (failure := recorded_failure(identity)) is not None:  # an export that failed before is not tried again
         runtime, runtime_warning = "torch", _onnx_refusal(model_name, failure)
         hooks.on_warning(runtime_warning)
     onnx_model: Path | None = None
@@ -214,9 +218,9 @@ def embed_folder(
                         forget_record(directory, description)
                     identity = normalised(backbone.identity())
                     continue
-            if todo and runtime == "onnx" and onnx_model is None:
+            if todo and runtime != "torch" and onnx_model is None:
                 assert backbone is not None
-                onnx_model, runtime_warning = _onnx_model(backbone)
+                onnx_model, runtime_warning = _onnx_model(backbone, int8=runtime != "onnx")
                 if runtime_warning:  # features of torch go to torch's cache: start again there
                     hooks.on_warning(runtime_warning)
                     runtime = "torch"
@@ -371,12 +375,12 @@ def _embed_and_keep(
     return [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped], reused
 
 
-def _onnx_model(backbone: Backbone) -> tuple[Path | None, str | None]:
-    """The backbone exported for ONNX Runtime, or (None, why not) to run it in torch instead."""
+def _onnx_model(backbone: Backbone, int8: bool = False) -> tuple[Path | None, str | None]:
+    """The backbone exported for ONNX Runtime (quantised when ``int8``), or (None, why not) to run it in torch instead."""
     failure = recorded_failure(backbone.identity())
     if failure is None:
         try:
-            return ensure_exported(backbone), None
+            return (ensure_quantised(backbone) if int8 else ensure_exported(backbone)), None
         except ExportError as exc:
             failure = str(exc)
     return None, _onnx_refusal(backbone.name, failure)

@@ -48,7 +48,7 @@ def test_plan_runtime_needs_no_model() -> None:
     assert plan_runtime("auto", "cuda") == "torch"
     assert plan_runtime("torch", "cpu") == "torch"
     assert plan_runtime("onnx", "cpu") == "onnx"
-    with pytest.raises(ParameterError, match="runtime must be auto, torch or onnx, not 'tensorrt'"):
+    with pytest.raises(ParameterError, match="runtime must be auto, torch, onnx or onnx-int8, not 'tensorrt'"):
         plan_runtime("tensorrt", "cpu")
     with pytest.raises(ParameterError, match="runtime onnx runs on the CPU only"):
         plan_runtime("onnx", "cuda")
@@ -64,7 +64,7 @@ def test_a_mistyped_runtime_is_refused_before_torch_is_imported(tmp_path: Path) 
         "    print(exc, 'torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "runtime must be auto, torch or onnx, not 'tensorrt' False"
+    assert out.strip() == "runtime must be auto, torch, onnx or onnx-int8, not 'tensorrt' False"
 
 
 def test_without_onnxruntime_onnx_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -178,4 +178,4 @@ def test_runtime_option_picks_the_cache(tmp_path: Path) -> None:
     assert made["torch"] != made["onnx"]
     result = runner.invoke(app, ["embed", str(folder), "--runtime", "tensorrt"])
     assert result.exit_code == 2
-    assert "--runtime must be auto, torch or onnx, not 'tensorrt'" in result.stderr
+    assert "--runtime must be auto, torch, onnx or onnx-int8, not 'tensorrt'" in result.stderr
