@@ -7,7 +7,9 @@ import hashlib
 import math
 import os
 import shutil
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import cast
@@ -303,6 +305,12 @@ def embed_files(
         if not cuda:
             threads = stack.enter_context(cpu_threads(workers))
             stack.enter_context(reuse_freed_memory())
+        if onnx_model is not None and threads > 1:
+            streams = stack.enter_context(_onnx_streams(onnx_model, threads, to_floats, batch_size))
+            on_mark("model", MODEL_READY)
+            stack.enter_context(torch.inference_mode())
+            yield from _in_order(loader, streams, threads, backbone.feature_dim, on_mark)
+            return
         run_model = _forward(backbone, device, compile_model, onnx_model, threads, bf16, to_floats, batch_size)
         on_mark("model", MODEL_READY)
         stack.enter_context(torch.inference_mode())
@@ -312,6 +320,68 @@ def embed_files(
                 yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, seen)
                 continue
             yield EmbeddedBatch(indices, run_model(tensor), failures, seen)
+
+
+@contextlib.contextmanager
+def _onnx_streams(
+    onnx_model: Path, streams: int, to_floats: Callable[[torch.Tensor], torch.Tensor] | None, batch_size: int
+) -> Iterator[Callable[[torch.Tensor], Future[np.ndarray]]]:
+    """``streams`` one-thread ONNX Runtime sessions, each running whole batches side by side.
+
+    One session on two threads kept 1.1-1.5 of the 2 cores busy (its threads meet after each of
+    EfficientNet-Lite0's ~100 small operators); two one-thread sessions on alternate batches kept
+    1.9-2.0 busy: int8 4.2 against 6.9 ms of wall time an image, 8.0 against 10.6 CPU ms
+    (``benchmarks/results_runtime.md``). Leaving, it waits for the batches still running (never
+    more than ``streams``) and drops those not started.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    from queue import SimpleQueue
+
+    from imgcluster.onnxruntime_backend import run, session
+
+    idle: SimpleQueue[object] = SimpleQueue()
+    for _ in range(streams):
+        idle.put(session(onnx_model, 1))
+    cpu = torch.device("cpu")
+
+    def one(pixels: torch.Tensor) -> np.ndarray:
+        model = idle.get()
+        try:
+            with torch.inference_mode():
+                return run(model, _padded(pixels, to_floats, batch_size, cpu).numpy())[: pixels.shape[0]]
+        finally:
+            idle.put(model)
+
+    pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="imgcluster-onnx")
+    try:
+        yield lambda pixels: pool.submit(one, pixels)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _in_order(
+    loader: Iterable[tuple[list[int], torch.Tensor | None, list[tuple[int, str]], dict[int, Seen]]],
+    submit: Callable[[torch.Tensor], Future[np.ndarray]],
+    depth: int,
+    feature_dim: int,
+    on_mark: Callable[[str, str], None],
+) -> Iterator[EmbeddedBatch]:
+    """The loader's batches through ``submit``, ``depth`` of them in flight, yielded in the loader's order:
+    a batch is handed on (and can be saved) only once every batch before it is."""
+    pending: deque[tuple[list[int], Future[np.ndarray] | None, list[tuple[int, str]], dict[int, Seen]]] = deque()
+
+    def done() -> EmbeddedBatch:
+        indices, future, failures, seen = pending.popleft()
+        features = np.zeros((0, feature_dim), np.float32) if future is None else future.result()
+        return EmbeddedBatch(indices, features, failures, seen)
+
+    for indices, tensor, failures, seen in loader:
+        on_mark("embed", BATCH_DECODED)
+        pending.append((indices if tensor is not None else [], None if tensor is None else submit(tensor), failures, seen))
+        while len(pending) > depth or (pending and pending[0][1] is None):
+            yield done()
+    while pending:
+        yield done()
 
 
 def _padded(

@@ -179,3 +179,65 @@ def test_runtime_option_picks_the_cache(tmp_path: Path) -> None:
     result = runner.invoke(app, ["embed", str(folder), "--runtime", "tensorrt"])
     assert result.exit_code == 2
     assert "--runtime must be auto, torch, onnx or onnx-int8, not 'tensorrt'" in result.stderr
+
+
+def test_batches_come_out_in_the_loaders_order_when_later_ones_finish_first() -> None:
+    """Two ONNX Runtime streams: a batch is handed on only after every batch before it, empty ones included,
+    whichever finishes first (here the last submitted, then the first)."""
+    import threading
+    import time
+    from concurrent.futures import Future
+
+    from imgcluster.embedding import _in_order
+
+    futures: list[Future[np.ndarray]] = []
+    values = {0: 0.0, 1: 2.0, 2: 3.0}  # submission -> the value its rows hold
+
+    def finish(i: int) -> None:
+        while len(futures) <= i:
+            time.sleep(0.01)
+        futures[i].set_result(np.full((2 if i == 0 else 1, 4), values[i], np.float32))
+        time.sleep(0.05)
+
+    def finish_in_reverse() -> None:  # two in flight: the second finishes before the first
+        for i in (1, 0, 2):
+            finish(i)
+
+    def submit(pixels: torch.Tensor) -> Future[np.ndarray]:
+        futures.append(Future())
+        return futures[-1]
+
+    batches = [([0, 1], torch.zeros(2)), ([], None), ([2], torch.zeros(1)), ([3], torch.zeros(1))]
+    loader = [(indices, tensor, [(9, "broken")] if tensor is None else [], {}) for indices, tensor in batches]
+    threading.Thread(target=finish_in_reverse, daemon=True).start()
+    got = [(b.indices, b.features[:, 0].tolist(), b.failures) for b in _in_order(iter(loader), submit, 2, 4, lambda s, m: None)]
+    assert got == [([0, 1], [0.0, 0.0], []), ([], [], [(9, "broken")]), ([2], [2.0], []), ([3], [3.0], [])]
+
+
+def test_two_cores_run_two_one_thread_sessions_with_the_same_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On two cores ONNX Runtime runs two one-thread sessions side by side (one session on two threads kept about one
+    core busy); the features are those of one session, row for row."""
+    import contextlib
+
+    import imgcluster.embedding as embedding
+
+    folder = copy_sample(tmp_path / "photos", CLASSES, per_class=4)
+    files = image_files(folder)
+    backbone = tiny_backbone()
+    path = ensure_exported(backbone)
+    threads: list[int] = []
+    real_session = ort_backend.session
+    monkeypatch.setattr(ort_backend, "session", lambda model, n: threads.append(n) or real_session(model, n))
+    cpu = torch.device("cpu")
+
+    def embedded(cores: int) -> tuple[np.ndarray, list[int]]:
+        monkeypatch.setattr(embedding, "cpu_threads", lambda workers: contextlib.nullcontext(cores))
+        batches = list(embed_files(files, backbone, cpu, batch_size=3, workers=0, onnx_model=path))
+        return np.concatenate([b.features for b in batches]), [i for b in batches for i in b.indices]
+
+    one, one_order = embedded(1)
+    assert threads == [1]
+    two, two_order = embedded(2)
+    assert threads == [1, 1, 1]  # two more sessions, of one thread each
+    assert one_order == two_order == list(range(len(files)))
+    np.testing.assert_array_equal(two, one)
