@@ -328,10 +328,11 @@ def _onnx_streams(
 ) -> Iterator[Callable[[torch.Tensor], Future[np.ndarray]]]:
     """``streams`` one-thread ONNX Runtime sessions, each running whole batches side by side.
 
-    One session on two threads kept 1.1-1.5 of the 2 cores busy (its threads meet after each of
-    EfficientNet-Lite0's ~100 small operators); two one-thread sessions on alternate batches kept
-    1.9-2.0 busy: int8 4.2 against 6.9 ms of wall time an image, 8.0 against 10.6 CPU ms
-    (``benchmarks/results_runtime.md``). Leaving, it waits for the batches still running (never
+    One session's threads meet after each of EfficientNet-Lite0's ~100 small operators, so while a
+    decode worker holds one core the other thread waits. Two one-thread sessions on alternate
+    batches each go at their own pace: a cold int8 ``assign`` of 10,000 images took 68.6 and 69.1 s
+    of wall time against 84.2 and 75.1 s with one session (two rounds, in turn, load 0.9-2.0;
+    ``benchmarks/results_runtime.md``). Leaving, it waits for the batches still running (never
     more than ``streams``) and drops those not started.
     """
     from concurrent.futures import ThreadPoolExecutor
