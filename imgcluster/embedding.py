@@ -378,7 +378,7 @@ def _in_order(
 
     for indices, tensor, failures, seen in loader:
         on_mark("embed", BATCH_DECODED)
-        pending.append((indices if tensor is not None else [], None if tensor is None else submit(tensor), failures, seen))
+        pending.append((indices, None if tensor is None else submit(tensor), failures, seen))  # no tensor, no indices
         while len(pending) > depth or (pending and pending[0][1] is None):
             yield done()
     while pending:

@@ -573,6 +573,17 @@ def test_out_below_a_file_says_which_file_is_in_the_way(small_folder: Path, tmp_
     assert "embedded" not in result.stderr and (tmp_path / "clusters.csv").read_text() == "mine"
 
 
+def _labelled_folder_and_csv(tmp_path: Path) -> tuple[Path, Path]:
+    """A labelled folder of two (undecodable) files and an assignments CSV of them: enough for evaluate and export."""
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "dog/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv_file = tmp_path / "a.csv"
+    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n"dog/2.png",1\n')
+    return folder, csv_file
+
+
 @pytest.mark.parametrize(
     "args", [["--help"], ["--version"], ["objectives"], ["evaluate", "{csv}", "{folder}"], ["evaluate", "{csv}", "{folder}", "--json"]]
 )
@@ -580,12 +591,7 @@ def test_output_onto_a_full_disk_is_one_line_and_exit_1(args: list[str], tmp_pat
     """stdout on a full disk (`> /dev/full`) gave `unexpected OSError: [Errno 28] ...`, or a traceback from the help."""
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full here")
-    folder = tmp_path / "labelled"
-    for rel in ["cat/1.png", "dog/2.png"]:
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(b"x")
-    csv_file = tmp_path / "a.csv"
-    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n"dog/2.png",1\n')
+    folder, csv_file = _labelled_folder_and_csv(tmp_path)
     command = [sys.executable, "-m", "imgcluster", *(a.format(csv=csv_file, folder=folder) for a in args)]
     with open("/dev/full", "w") as full:
         done = subprocess.run(command, stdout=full, stderr=subprocess.PIPE, text=True, timeout=60)
@@ -715,12 +721,7 @@ def test_train_out_that_is_a_folder_is_refused_before_training(
 )
 def test_a_closed_stdout_is_one_line_for_output_and_harmless_otherwise(args: list[str], code: int, tmp_path: Path) -> None:
     """`imgcluster objectives >&-` printed nothing and exited 0; evaluate gave `unexpected AttributeError`."""
-    folder = tmp_path / "labelled"
-    for rel in ["cat/1.png", "dog/2.png"]:
-        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
-        (folder / rel).write_bytes(b"x")
-    csv_file = tmp_path / "a.csv"
-    csv_file.write_text('"path","cluster"\n"cat/1.png",0\n"dog/2.png",1\n')
+    folder, csv_file = _labelled_folder_and_csv(tmp_path)
     command = [sys.executable, "-m", "imgcluster", *(a.format(csv=csv_file, folder=folder, out=tmp_path / "sorted") for a in args)]
     done = subprocess.run(command, stderr=subprocess.PIPE, text=True, timeout=60, preexec_fn=lambda: os.close(1))
     assert done.returncode == code, done.stderr
