@@ -307,17 +307,23 @@ def cluster_folder(
     result = _assign(embeddings, trained_objective, dev, explain, min_confidence, near_duplicates, progress, searched)
     if names:
         columns = result["columns"]
-        named = _names_of_negatives(embeddings, columns["cluster"], progress)
-        if named is None:
-            naming = embeddings
-            if not is_naming_backbone(embeddings.identity):
-                Reporter(progress, "assign").info(f"naming the clusters takes one extra pass with {NAMING_MODEL} (cached)")
-                naming = embed(
-                    embeddings.folder, NAMING_MODEL, cache_dir=cache_dir, device=device, dtype=dtype, embed_batch_size=embed_batch_size,
-                    workers=workers, follow_symlinks=follow_symlinks, lock_timeout=lock_timeout, runtime=runtime,
-                    progress=progress,
-                )  # fmt: skip
-            named = _names(embeddings.paths, columns["cluster"], naming)
+        extra_pass = False  # the naming pass embeds with NAMING_MODEL, for another backbone's folder
+        try:
+            named = _names_of_negatives(embeddings, columns["cluster"], progress)
+            if named is None:
+                naming = embeddings
+                if not is_naming_backbone(embeddings.identity):
+                    Reporter(progress, "assign").info(f"naming the clusters takes one extra pass with {NAMING_MODEL} (cached)")
+                    extra_pass = True
+                    naming = embed(
+                        embeddings.folder, NAMING_MODEL, cache_dir=cache_dir, device=device, dtype=dtype,
+                        embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks,
+                        lock_timeout=lock_timeout, runtime=runtime, progress=progress,
+                    )  # fmt: skip
+                named = _names(embeddings.paths, columns["cluster"], naming)
+        except KeyboardInterrupt as exc:
+            reused = head_path if head is not None or parse_clusters(n_clusters) is not None else None  # K auto: chosen again
+            raise _stopped_naming(exc, embeddings, reused, extra_pass) from None
         name = {"cluster_name": named}
         result["columns"] = {**{k: columns[k] for k in ("cluster", "confidence")}, **name, **columns}  # in the CSV's order
     assignment = Assignment(
@@ -375,6 +381,22 @@ def _outlier_tally(found: Outliers, min_confidence: float) -> str:
             f"the folder {2 * ISOLATION_K_MIN} for the isolation test)"
         )
     return ", ".join(parts)
+
+
+def _stopped_naming(exc: KeyboardInterrupt, embeddings: Embeddings, head: Path | None, extra_pass: bool) -> KeyboardInterrupt:
+    """What a stop while the clusters are named keeps (its line said "N of M files are saved in the
+    cache", as if the embedding had been stopped). ``head``: the checkpoint the next run reuses, if any."""
+    from imgcluster.naming import NAMING_MODEL
+    from imgcluster.signals import Interrupted
+
+    kept = f"the features of all {count(len(embeddings.paths), 'image')} stay cached in {embeddings.cache_dir}"
+    again = "from the naming" if head is not None else "from the training"
+    if head is not None:
+        kept += f" and the head in {head}"
+    if extra_pass:
+        again += f" ({NAMING_MODEL}'s pass for the names resumes where it stopped)"
+    message = f"interrupted while naming the clusters: no CSV was written by this run; {kept}, so the same command starts again {again}"
+    return Interrupted.wrap(exc, message)
 
 
 def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: ProgressFn | None) -> np.ndarray | None:

