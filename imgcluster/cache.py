@@ -137,7 +137,7 @@ class EmbeddingCache:
             cache.shard_dir.mkdir(parents=True, exist_ok=True)
             for stale in [*directory.glob(".*.tmp"), *cache.shard_dir.glob(".*.tmp")]:  # left by a killed writer (we hold the lock)
                 stale.unlink(missing_ok=True)
-            atomic_write_text(directory / "config.json", json.dumps(description, indent=2, sort_keys=True, default=str) + "\n")
+            _describe(directory / "config.json", description)
         dim = (description.get("backbone") or {}).get("feature_dim")
         for path in sorted(cache.shard_dir.glob("*.safetensors")):
             try:
@@ -277,6 +277,34 @@ def write_failures(directory: Path, failures: dict[str, Failure]) -> None:
         return
     files = {rel: [f.size, f.mtime_ns, f.ctime_ns, f.inode, f.reason, f.at] for rel, f in sorted(failures.items())}
     atomic_write_text(path, json.dumps({"format": "1", "files": files}, indent=1) + "\n")
+
+
+def _describe(path: Path, description: dict[str, Any]) -> None:
+    """Write the cache's ``config.json`` when its text changes, and only then: a cached rerun on a
+    full disk failed here, before reading the features it had. A rerun with other run options
+    (``embed``: workers, batch size) that cannot rewrite it keeps the old one: the backbone it
+    records, which later runs read (:mod:`imgcluster.identity`), is still this cache's."""
+    text = json.dumps(description, indent=2, sort_keys=True, default=str) + "\n"
+    try:
+        before = path.read_text(encoding="utf-8")
+    except (OSError, ValueError):  # missing or unreadable: written below
+        before = None
+    if before == text:
+        return
+    try:
+        atomic_write_text(path, text)
+    except ImgclusterError:
+        if before is None or not _same_but_options(before, text):
+            raise
+
+
+def _same_but_options(before: str, after: str) -> bool:
+    """Whether two ``config.json`` texts differ at most in the run's options (``embed``)."""
+    try:
+        old, new = json.loads(before), json.loads(after)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(old, dict) and {k: v for k, v in old.items() if k != "embed"} == {k: v for k, v in new.items() if k != "embed"}
 
 
 def _shards_read_only(directory: Path) -> bool:

@@ -184,3 +184,26 @@ def test_a_damaged_failure_record_means_trying_again(small_folder: Path, tmp_pat
     again = run(small_folder, cache)
     assert dict(again.skipped)["broken.png"] == "not an image (unrecognised format)"
     assert read_failures(first.cache_dir).keys() == {"broken.png"}  # rewritten whole
+
+
+def test_an_unchanged_description_is_not_written_again_so_a_full_disk_does_not_stop_a_cached_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fully cached rerun on a full disk failed writing config.json, before reading the features it had."""
+    from faults import fill_disk_for
+
+    from imgcluster.cache import EmbeddingCache
+    from imgcluster.errors import ImgclusterError
+
+    description = {"backbone": {"model": "m", "feature_dim": 4}, "embed": {"workers": None, "dtype": "float16"}, "runtime": "torch"}
+    EmbeddingCache.open(tmp_path, "float16", description)
+    written, inode = (tmp_path / "config.json").read_text(), (tmp_path / "config.json").stat().st_ino
+    EmbeddingCache.open(tmp_path, "float16", description)  # nothing changed: nothing written (a write replaces the file)
+    assert (tmp_path / "config.json").stat().st_ino == inode
+    fill_disk_for(monkeypatch, "config.json", budget=0)
+    other_options = {**description, "embed": {"workers": 0, "dtype": "float16"}}
+    EmbeddingCache.open(tmp_path, "float16", other_options)  # only the run's options: the old record still describes the cache
+    assert (tmp_path / "config.json").read_text() == written
+    another_backbone = {**description, "backbone": {"model": "m", "feature_dim": 8}}
+    with pytest.raises(ImgclusterError, match=r"cannot write .*config\.json: No space left on device"):
+        EmbeddingCache.open(tmp_path, "float16", another_backbone)
