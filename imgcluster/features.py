@@ -11,7 +11,7 @@ from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError
 from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
-from imgcluster.preflight import FolderListing, check_inputs
+from imgcluster.preflight import FolderListing, check_environment, check_inputs
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
 if TYPE_CHECKING:
@@ -61,6 +61,7 @@ def embed(
         listing = check_inputs(folder, model, follow_symlinks=follow_symlinks, cache_dir=cache_dir)
     else:
         check_model_name(model)
+        check_environment()
     return embed_checked(
         folder, only, model, listing=listing, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype,
         embed_batch_size=embed_batch_size, workers=workers, follow_symlinks=follow_symlinks, compile_model=compile_model,

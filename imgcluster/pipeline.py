@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import os
 import stat
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -37,7 +36,7 @@ from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, I
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
 from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime, recorded_failure
-from imgcluster.preflight import FolderListing, check_folder, list_folder
+from imgcluster.preflight import FolderListing, check_folder, list_folder, positive_from_env
 from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
@@ -46,7 +45,7 @@ FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at mo
 
 def flush_every() -> int:
     """Images per cache shard; ``$IMGCLUSTER_FLUSH_EVERY`` overrides it (small values for tests)."""
-    return int(_positive_from_env("IMGCLUSTER_FLUSH_EVERY", FLUSH_EVERY, int, "number of images"))
+    return int(positive_from_env("IMGCLUSTER_FLUSH_EVERY", FLUSH_EVERY))
 
 
 FLUSH_SECONDS = 30.0  # also save at least this often: slow folders (large photos on a CPU) keep their work too
@@ -54,21 +53,7 @@ FLUSH_SECONDS = 30.0  # also save at least this often: slow folders (large photo
 
 def flush_seconds() -> float:
     """Seconds of embedding between saves at most; ``$IMGCLUSTER_FLUSH_SECONDS`` overrides it (tests)."""
-    return _positive_from_env("IMGCLUSTER_FLUSH_SECONDS", FLUSH_SECONDS, float, "number of seconds")
-
-
-def _positive_from_env(name: str, default: float, kind: type[int] | type[float], what: str) -> float:
-    """``$name`` read as ``kind``, else ``default``; anything not above 0 is refused, naming the variable."""
-    raw = os.environ.get(name)
-    if not raw:
-        return default
-    try:
-        value = kind(raw)
-    except ValueError:
-        value = 0
-    if not value > 0:
-        raise ParameterError(f"{name} must be a positive {what}, not {raw!r}")
-    return value
+    return positive_from_env("IMGCLUSTER_FLUSH_SECONDS", FLUSH_SECONDS)
 
 
 @dataclass

@@ -60,6 +60,39 @@ def check_cache_root(cache_dir: str | os.PathLike[str] | None) -> None:
         raise ParameterError(f"{what} {literal(root)} is a file, not a folder")
 
 
+# Variables read only once the embedding starts (after torch and the model), so checked with the
+# arguments: a typo in one failed after the model had loaded. Name -> (type, what its value counts).
+POSITIVE_VARIABLES: dict[str, tuple[type[int] | type[float], str]] = {
+    "IMGCLUSTER_FLUSH_EVERY": (int, "number of images"),
+    "IMGCLUSTER_FLUSH_SECONDS": (float, "number of seconds"),
+}
+
+
+def positive_from_env(name: str, default: float) -> float:
+    """``$name`` read as its type (:data:`POSITIVE_VARIABLES`), else ``default``; anything not above 0
+    is refused, naming the variable."""
+    kind, what = POSITIVE_VARIABLES[name]
+    raw = os.environ.get(name)
+    if not raw:
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        value = 0
+    if not value > 0:
+        raise ParameterError(f"{name} must be a positive {what}, not {raw!r}")
+    return value
+
+
+def check_environment() -> None:
+    """Refuse a bad ``IMGCLUSTER_FLUSH_*`` or ``IMGCLUSTER_DECODE_TIMEOUT`` before any work."""
+    from imgcluster.load import decode_timeout
+
+    for name in POSITIVE_VARIABLES:
+        positive_from_env(name, 1)
+    decode_timeout()
+
+
 def parse_clusters(value: str | int) -> int | None:
     """``"auto"`` -> None, ``"12"`` -> 12; anything else raises :class:`ParameterError` naming ``n_clusters``."""
     text = str(value).strip().lower()
@@ -97,6 +130,7 @@ def check_inputs(
     where = check_folder(Path(folder))
     check_model_name(model)
     check_cache_root(cache_dir)
+    check_environment()
     k = parse_clusters(n_clusters) if n_clusters is not None else None
     listing = list_folder(where, cache_dir, follow_symlinks)
     unsupported = listing.unsupported

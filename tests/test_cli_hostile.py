@@ -8,7 +8,9 @@ pass after them found.
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +64,26 @@ def test_a_cached_rerun_on_a_full_disk_writes_its_csv_elsewhere(tmp_path: Path) 
             assert again.exit_code == 0, again.stderr
             assert "6 cached, 0 to embed" in again.stderr
             assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "first.csv").read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "line"),
+    [
+        ("assign", "IMGCLUSTER_FLUSH_EVERY", "abc", "IMGCLUSTER_FLUSH_EVERY must be a positive number of images, not 'abc'"),
+        ("embed", "IMGCLUSTER_FLUSH_SECONDS", "-1", "IMGCLUSTER_FLUSH_SECONDS must be a positive number of seconds, not '-1'"),
+        ("train", "IMGCLUSTER_DECODE_TIMEOUT", "x", "IMGCLUSTER_DECODE_TIMEOUT must be a number of seconds (0 for no limit), not 'x'"),
+    ],
+)
+def test_a_bad_variable_is_refused_before_torch_is_imported(command: str, variable: str, value: str, line: str, tmp_path: Path) -> None:
+    """They were refused once the embedding started: after importing torch and loading the model."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    code = (
+        "import sys, atexit; atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr)); "
+        "from imgcluster.cli import main; sys.argv = ['imgcluster', *sys.argv[1:]]; main()"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), variable: value}
+    argv = [command, str(folder), "--model", "efficientnet-lite0", *(["--clusters", "2"] if command != "embed" else [])]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == [f"error: {line}", "False"]
+    assert not (folder / ".imgcluster").exists()
