@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import stat
 import sys
@@ -141,8 +142,7 @@ def writing_stdout() -> Iterator[None]:
     """Output written to standard output, then flushed: a full disk or a failing device behind it
     is one :class:`ImgclusterError` (it was an unexpected OSError, or a traceback from the help);
     a reader that went away stays a BrokenPipeError, which the CLI ends quietly."""
-    if sys.stdout is None:  # started with stdout closed (`>&-`): the output would vanish without a word
-        raise ImgclusterError("cannot write to standard output: it is closed")
+    check_stdout()
     try:
         yield
         sys.stdout.flush()
@@ -150,6 +150,21 @@ def writing_stdout() -> Iterator[None]:
         raise
     except OSError as exc:
         raise stdout_failed(exc) from None
+
+
+def check_stdout() -> None:
+    """Refuse a closed standard output (`>&-`) before the work whose output would vanish there
+    (``assign --out -`` said so only after the whole run)."""
+    closed = sys.stdout is None  # Python started with descriptor 1 closed
+    if not closed:
+        try:
+            os.fstat(sys.stdout.fileno())
+        except io.UnsupportedOperation:  # not a file descriptor (a test's capture): nothing to check
+            pass
+        except (OSError, ValueError):  # closed since
+            closed = True
+    if closed:
+        raise ImgclusterError("cannot write to standard output: it is closed")
 
 
 def stdout_failed(exc: OSError) -> ImgclusterError:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgcluster.atomic import check_writable, is_stream
+from imgcluster.atomic import check_stdout, check_writable, is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import embed, embed_checked
@@ -174,6 +174,8 @@ def check_out(
     if not text:  # `--out "$OUT"` with OUT unset wrote the default file without a word
         raise ParameterError("{out} is empty: give a file name, or - for standard output")
     out_path = None if text == "-" else Path(text)
+    if out_path is None:
+        check_stdout()
     if out_path is not None and out_path.is_dir():
         raise ParameterError(f"{{out}} {text} is a folder; give a file name")
     # Files that describe the CSV (its .json, the skipped list, the report) go beside it: only

@@ -87,3 +87,14 @@ def test_a_bad_variable_is_refused_before_torch_is_imported(command: str, variab
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.splitlines() == [f"error: {line}", "False"]
     assert not (folder / ".imgcluster").exists()
+
+
+def test_assign_to_a_closed_stdout_is_refused_before_the_work(tmp_path: Path) -> None:
+    """`assign --out - >&-` said "cannot write to standard output: it is closed" only after embedding and training."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "imgcluster", "assign", str(folder), "--model", "efficientnet-lite0", "--clusters", "2", "--out", "-"]
+    done = subprocess.run(command, stderr=subprocess.PIPE, text=True, env=env, timeout=120, preexec_fn=lambda: os.close(1), check=False)
+    assert done.returncode == 1
+    assert done.stderr == "error: cannot write to standard output: it is closed\n"
+    assert not (folder / ".imgcluster").exists()
