@@ -885,6 +885,12 @@ def evaluate(
     ui = UI(quiet)
     with handled(ui, STOPPED["nothing"]):
         evaluation = imgcluster.evaluate(assignments, labelled_folder)
+        if evaluation.unassigned_images:  # ACC 1.0 of 1 image in 18 read as perfect
+            e = evaluation
+            ui.warn(
+                f"the CSV covers {e.matched} of the {e.labelled} labelled images ({100 * e.coverage:.1f}%): the scores are of "
+                f"those {count(e.matched, 'image')} only; ACC of all {e.labelled}, the {e.unassigned_images} missing counted wrong, is {e.acc_of_labelled:.4f}"
+            )
         with writing_stdout():
             if as_json:
                 if not quiet:
@@ -990,6 +996,8 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
         "purity": f"{e.purity:.4f}", "images matched": str(e.matched),
         "rows not in the folder": _with_examples(e.unmatched_assignments, e.unmatched_examples),
         "images not in the CSV": _with_examples(e.unassigned_images, e.unassigned_examples),
+        **({"coverage": f"{e.matched} of {e.labelled} labelled images ({100 * e.coverage:.1f}%)",
+            "ACC, missing = wrong": f"{e.acc_of_labelled:.4f}"} if e.unassigned_images else {}),
         "clusters": str(e.clusters), "classes": str(e.classes),
     }  # fmt: skip
     for name, value in rows.items():

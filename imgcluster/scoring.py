@@ -36,6 +36,12 @@ class Evaluation:
     matched: int
     unmatched_assignments: int  # rows in the CSV with no labelled image
     unassigned_images: int  # labelled images missing from the CSV
+    # The scores above are of the ``matched`` images only: a CSV of 1 of 18 images scored ACC 1.0,
+    # which reads as perfect. These say how much of the labelled folder that is, and the ACC of all
+    # of it with each image missing from the CSV counted wrong (equal to ``acc`` when none is missing).
+    labelled: int  # labelled images in the folder
+    coverage: float  # matched / labelled
+    acc_of_labelled: float  # acc * matched / labelled
     clusters: int
     classes: int
     per_cluster: list[ClusterPurity]
@@ -82,7 +88,8 @@ def check_labelled_folder(folder: Path, parameter: str) -> None:
 
 def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.PathLike[str]) -> Evaluation:
     """Score an assignment CSV against a folder whose top-level sub-folder names are the labels:
-    ACC (Hungarian matching), NMI, ARI, AMI, purity overall and per cluster."""
+    ACC (Hungarian matching), NMI, ARI, AMI, purity overall and per cluster, of the images that are
+    in both; ``coverage`` and ``acc_of_labelled`` say what that is worth when the CSV leaves some out."""
     assignments, labelled_folder = Path(assignments), Path(labelled_folder)
     check_assignments_file(assignments)
     check_labelled_folder(labelled_folder, "labelled_folder")
@@ -116,6 +123,9 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
         matched=len(keep),
         unmatched_assignments=len(unmatched),
         unassigned_images=len(unassigned),
+        labelled=len(truth),
+        coverage=len(keep) / len(truth),
+        acc_of_labelled=metrics["acc"] * len(keep) / len(truth),
         clusters=int(np.unique(c).size),
         classes=int(np.unique(y).size),
         per_cluster=per_cluster,

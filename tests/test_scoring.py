@@ -178,3 +178,40 @@ def test_evaluate_names_the_first_missing_files(tmp_path: Path) -> None:
     result = CliRunner().invoke(app, ["evaluate", str(csv), str(folder)], env={"COLUMNS": "200"})
     table = " ".join(result.stdout.split())
     assert "rows not in the folder │ 1 (dog/[y].png)" in table and "images not in the CSV │ 1 (dog/[x].png)" in table
+
+
+def test_a_csv_of_a_few_of_the_labelled_images_says_how_few_and_what_acc_of_all_of_them_is(tmp_path: Path) -> None:
+    """A CSV covering 1 of 18 images scored ACC 1.0, with only a table row saying 17 were missing."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from imgcluster.cli import app
+
+    folder = tmp_path / "labelled"
+    names = [f"cat/{i}.png" for i in range(9)] + [f"dog/{i}.png" for i in range(9)]
+    for rel in names:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    few = write_csv(tmp_path / "few.csv", [("cat/0.png", 0)])
+    e = evaluate(few, folder)
+    assert (e.acc, e.matched, e.labelled, e.unassigned_images) == (1.0, 1, 18, 17)
+    assert e.coverage == pytest.approx(1 / 18) and e.acc_of_labelled == pytest.approx(1 / 18)
+    runner = CliRunner()
+    result = runner.invoke(app, ["evaluate", str(few), str(folder)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    assert result.stderr == (
+        "warning: the CSV covers 1 of the 18 labelled images (5.6%): the scores are of those 1 image only; "
+        "ACC of all 18, the 17 missing counted wrong, is 0.0556\n"
+    )
+    table = " ".join(result.stdout.split())
+    assert "coverage │ 1 of 18 labelled images (5.6%)" in table and "ACC, missing = wrong │ 0.0556" in table
+    as_json = runner.invoke(app, ["evaluate", str(few), str(folder), "--json", "--quiet"])
+    scores = json.loads(as_json.stdout)
+    assert (scores["labelled"], scores["coverage"], scores["acc_of_labelled"]) == (18, pytest.approx(1 / 18), pytest.approx(1 / 18))
+    assert as_json.stderr.startswith("warning: the CSV covers 1 of the 18 labelled images")  # a warning stays under --quiet
+    whole = write_csv(tmp_path / "whole.csv", [(rel, int(rel.startswith("dog"))) for rel in names])
+    e = evaluate(whole, folder)
+    assert (e.coverage, e.acc_of_labelled, e.acc) == (1.0, 1.0, 1.0)
+    result = runner.invoke(app, ["evaluate", str(whole), str(folder)])
+    assert result.exit_code == 0 and result.stderr == "" and "coverage" not in result.stdout
