@@ -888,8 +888,9 @@ def evaluate(
         if evaluation.unassigned_images:  # ACC 1.0 of 1 image in 18 read as perfect
             e = evaluation
             ui.warn(
-                f"the CSV covers {e.matched} of the {e.labelled} labelled images ({100 * e.coverage:.1f}%): the scores are of "
-                f"those {count(e.matched, 'image')} only; ACC of all {e.labelled}, the {e.unassigned_images} missing counted wrong, is {e.acc_of_labelled:.4f}"
+                f"the CSV covers {e.matched} of the {e.labelled} labelled images ({100 * e.coverage:.1f}%): the scores are of those "
+                f"{count(e.matched, 'image')} only; ACC of all {e.labelled}, the {e.unassigned_images} missing counted wrong, "
+                f"is {e.acc_of_labelled:.4f}"
             )
         with writing_stdout():
             if as_json:
