@@ -185,6 +185,8 @@ def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
     cluster = _cluster(record["cluster"])
     if cluster is None:
         raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is not a whole number")
+    if cluster < 0:  # export named its folder "-1-...", which commands take for an option
+        raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is negative; cluster ids are whole numbers from 0")
     raw = record.get("confidence")
     try:
         confidence = float(raw) if raw not in (None, "") else math.nan

@@ -56,8 +56,26 @@ def test_cluster_ids_that_are_not_whole_numbers_are_refused(tmp_path: Path, valu
 
 
 def test_whole_cluster_ids_in_any_spelling_are_kept(tmp_path: Path) -> None:
-    csv = write_clusters(tmp_path / "ok.csv", ["3", "3.0", " 4 ", "-2", "9007199254740993", "9223372036854775807"])
-    assert [r.cluster for r in read_assignments(csv)] == [3, 3, 4, -2, 2**53 + 1, 2**63 - 1]
+    csv = write_clusters(tmp_path / "ok.csv", ["3", "3.0", " 4 ", "-0", "9007199254740993", "9223372036854775807"])
+    assert [r.cluster for r in read_assignments(csv)] == [3, 3, 4, 0, 2**53 + 1, 2**63 - 1]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report", "export"])
+@pytest.mark.parametrize("value", ["-1", "-2.0"])
+def test_negative_cluster_ids_are_refused_naming_the_row(tmp_path: Path, command: str, value: str) -> None:
+    """A hand-edited -1 made export write a folder named "-1", which commands take for an option."""
+    folder = tmp_path / "photos" / "cat"
+    folder.mkdir(parents=True)
+    for i in range(2):
+        (folder / f"img{i}.png").write_bytes(b"x")
+    csv = tmp_path / "odd.csv"
+    csv.write_text(f'"path","cluster"\n"cat/img0.png",0\n"cat/img1.png",{value}\n')
+    where = ["--folder", str(tmp_path / "photos")]
+    args = {"evaluate": [str(tmp_path / "photos")], "report": where, "export": ["--to", str(tmp_path / "sorted"), *where]}[command]
+    result = runner.invoke(app, [command, str(csv), *args])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.stderr == f"error: {csv}, line 3 ('cat/img1.png'): cluster {value!r} is negative; cluster ids are whole numbers from 0\n"
+    assert not (tmp_path / "sorted").exists() and not (tmp_path / "odd.html").exists()
 
 
 def test_missing_confidence_is_nan_and_a_bad_one_is_refused(tmp_path: Path) -> None:
