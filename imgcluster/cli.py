@@ -111,6 +111,19 @@ def _positive(value: float) -> float:
     return value
 
 
+def _within(low: float, high: float | None = None) -> Any:
+    """Option callback for a number in [low, high] (``high`` None: no upper bound). Click's own range
+    check let NaN through its comparisons and called it too large ("less than or equal to 1")."""
+
+    def check(value: float | None) -> float | None:
+        if value is not None and not (low <= value and (high is None or value <= high)):
+            bounds = f"in [{low:g}, {high:g}]" if high is not None else f"of {low:g} or more"
+            raise typer.BadParameter(f"must be a number {bounds}, got {value:g}")
+        return value
+
+    return check
+
+
 # ---- options shared by several commands --------------------------------------------------------
 Folder = Annotated[Path, typer.Argument(metavar="FOLDER", help="Folder of images (searched recursively).", show_default=False)]
 ModelOpt = Annotated[
@@ -148,7 +161,9 @@ CompileOpt = Annotated[
 ]
 LockTimeoutOpt = Annotated[
     float,
-    typer.Option("--lock-timeout", min=0, help="Seconds to wait while another run uses the same cache. Default 0: fail at once."),
+    typer.Option(
+        "--lock-timeout", callback=_within(0), help="Seconds to wait while another run uses the same cache. Default 0: fail at once."
+    ),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors on stderr.")]
 RuntimeOpt = Annotated[
@@ -195,7 +210,7 @@ BalanceOpt = Annotated[
     Optional[float],
     typer.Option(
         "--balance",
-        min=0.0,
+        callback=_within(0),
         help="Weight of the objective's pull towards equal cluster sizes, times its paper default: below 1 for "
         "imbalanced folders, above 1 when clusters come out empty (scan, temi, secu, dsc2i, mixture-em).",
     ),
@@ -592,7 +607,8 @@ def embed(
         typer.Option("--manifest", help="Ray engine: a parquet list of files (path, size, mtime_ns or etag), a file or a folder of parts."),
     ] = None,
     num_gpus: Annotated[
-        Optional[float], typer.Option("--num-gpus", min=0, help="Ray engine: GPUs per embedding actor (default: 1 with local GPUs).")
+        Optional[float],
+        typer.Option("--num-gpus", callback=_within(0), help="Ray engine: GPUs per embedding actor (default: 1 with local GPUs)."),
     ] = None,
     actors: Annotated[
         Optional[int], typer.Option("--actors", min=1, help="Ray engine: embedding actors. Default: one per GPU, or one.")
@@ -773,9 +789,8 @@ def assign(
         float,
         typer.Option(
             "--min-confidence",
-            min=0.0,
-            max=1.0,
-            help="Also mark images whose confidence is below this as outliers (outlier column; default 0: off); images far "
+            callback=_within(0, 1),
+            help="Also mark images whose confidence (0 to 1) is below this as outliers (outlier column; default 0: off); images far "
             "from their cluster's centre (cosine distance above median + 3 robust SD in that cluster) and, from a folder, "
             "images isolated from the rest (local outlier factor; README Outliers) are always marked.",
         ),

@@ -21,6 +21,7 @@ from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
+from imgcluster.outliers import check_min_confidence
 from imgcluster.outputs import refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
@@ -242,6 +243,7 @@ def cluster_folder(
     """
     if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
+    check_min_confidence(min_confidence)  # refused before the work, not once the outliers are marked
     if out is not None:  # the arguments first, then what the folder holds
         check_out(out, Path(folder), near_duplicates)
     listing = check_inputs(

@@ -98,3 +98,32 @@ def test_assign_to_a_closed_stdout_is_refused_before_the_work(tmp_path: Path) ->
     assert done.returncode == 1
     assert done.stderr == "error: cannot write to standard output: it is closed\n"
     assert not (folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "bounds"),
+    [
+        ("--min-confidence", "nan", "in [0, 1]"),
+        ("--min-confidence", "inf", "in [0, 1]"),
+        ("--min-confidence", "-0.1", "in [0, 1]"),
+        ("--min-confidence", "1.5", "in [0, 1]"),
+        ("--balance", "nan", "of 0 or more"),
+        ("--lock-timeout", "nan", "of 0 or more"),
+    ],
+)
+def test_a_number_out_of_range_or_nan_says_which_numbers_the_option_takes(option: str, value: str, bounds: str, tmp_path: Path) -> None:
+    """`--min-confidence nan` said "Input should be less than or equal to 1", as --balance nan said "greater than or equal to 0"."""
+    result = invoke("assign", tmp_path, option, value)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: Invalid value for '{option}': must be a number {bounds}, got {value} (see imgcluster assign --help)\n"
+
+
+def test_cluster_folder_refuses_a_bad_min_confidence_before_any_work(tmp_path: Path) -> None:
+    """The library took it to the end of the run: embedded and trained, then refused it while marking outliers."""
+    import imgcluster
+    from imgcluster.errors import ParameterError
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    with pytest.raises(ParameterError, match=r"^min_confidence must lie in \[0, 1\], got nan$"):
+        imgcluster.cluster_folder(folder, n_clusters=2, model="efficientnet-lite0", min_confidence=float("nan"))
+    assert not (folder / ".imgcluster").exists()
