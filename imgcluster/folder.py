@@ -308,11 +308,12 @@ def cluster_folder(
         searched = fitted.knn  # one neighbour search for training and the isolation test
     if not embeddings.paths:
         raise ImgclusterError(f"none of the images in {folder} could be read")
-    result = _assign(embeddings, trained_objective, dev, explain, min_confidence, near_duplicates, progress, searched)
-    if names:
-        columns = result["columns"]
-        extra_pass = False  # the naming pass embeds with NAMING_MODEL, for another backbone's folder
-        try:
+    stage, extra_pass = "assign", False  # extra_pass: the naming pass embeds with NAMING_MODEL, for another backbone's folder
+    try:
+        result = _assign(embeddings, trained_objective, dev, explain, min_confidence, near_duplicates, progress, searched)
+        if names:
+            stage = "name"
+            columns = result["columns"]
             named = _names_of_negatives(embeddings, columns["cluster"], progress)
             if named is None:
                 naming = embeddings
@@ -325,11 +326,11 @@ def cluster_folder(
                         lock_timeout=lock_timeout, runtime=runtime, progress=progress,
                     )  # fmt: skip
                 named = _names(embeddings.paths, columns["cluster"], naming)
-        except KeyboardInterrupt as exc:
-            reused = head_path if head is not None or parse_clusters(n_clusters) is not None else None  # K auto: chosen again
-            raise _stopped_naming(exc, embeddings, reused, extra_pass) from None
-        name = {"cluster_name": named}
-        result["columns"] = {**{k: columns[k] for k in ("cluster", "confidence")}, **name, **columns}  # in the CSV's order
+            name = {"cluster_name": named}
+            result["columns"] = {**{k: columns[k] for k in ("cluster", "confidence")}, **name, **columns}  # in the CSV's order
+    except KeyboardInterrupt as exc:
+        reused = head_path if head is not None or parse_clusters(n_clusters) is not None else None  # K auto: chosen again
+        raise _stopped_after_training(exc, stage, embeddings, reused, extra_pass) from None
     assignment = Assignment(
         paths=embeddings.paths, min_confidence=min_confidence, near_duplicates=near_duplicates, embeddings=embeddings,
         head=head_path, objective=trained_objective.name, n_clusters=trained_objective.n_clusters, train=train,
@@ -387,19 +388,29 @@ def _outlier_tally(found: Outliers, min_confidence: float) -> str:
     return ", ".join(parts)
 
 
-def _stopped_naming(exc: KeyboardInterrupt, embeddings: Embeddings, head: Path | None, extra_pass: bool) -> KeyboardInterrupt:
-    """What a stop while the clusters are named keeps (its line said "N of M files are saved in the
-    cache", as if the embedding had been stopped). ``head``: the checkpoint the next run reuses, if any."""
+STOPPED_AFTER_TRAINING = {  # stage -> (what it was doing, where the next run starts)
+    "assign": ("assigning the clusters (confidence, outliers, near-duplicates)", "the assignment"),
+    "name": ("naming the clusters", "the naming"),
+}
+
+
+def _stopped_after_training(
+    exc: KeyboardInterrupt, stage: str, embeddings: Embeddings, head: Path | None, extra_pass: bool
+) -> KeyboardInterrupt:
+    """What a stop after the training keeps (its line said "every finished batch is kept", or "N of
+    M files are saved in the cache", as if the embedding had been stopped). ``head``: the checkpoint
+    the next run reuses, if any."""
     from imgcluster.naming import NAMING_MODEL
     from imgcluster.signals import Interrupted
 
+    doing, resumes = STOPPED_AFTER_TRAINING[stage]
     kept = f"the features of all {count(len(embeddings.paths), 'image')} stay cached in {embeddings.cache_dir}"
-    again = "from the naming" if head is not None else "from the training"
+    again = f"from {resumes}" if head is not None else "from the training"
     if head is not None:
         kept += f" and the head in {head}"
     if extra_pass:
         again += f" ({NAMING_MODEL}'s pass for the names resumes where it stopped)"
-    message = f"interrupted while naming the clusters: no CSV was written by this run; {kept}, so the same command starts again {again}"
+    message = f"interrupted while {doing}: no CSV was written by this run; {kept}, so the same command starts again {again}"
     return Interrupted.wrap(exc, message)
 
 

@@ -28,23 +28,30 @@ def invoke(*args: object):  # type: ignore[no-untyped-def]
     return runner.invoke(app, [str(a) for a in args])
 
 
-def test_ctrl_c_while_the_clusters_are_named_says_that_the_features_and_head_are_kept(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("module", "function", "doing", "resumes"),
+    [
+        ("imgcluster.negatives", "drawing_names", "naming the clusters", "the naming"),
+        ("imgcluster.assign", "mark_outliers", "assigning the clusters (confidence, outliers, near-duplicates)", "the assignment"),
+    ],
+)
+def test_ctrl_c_after_the_training_says_that_the_features_and_head_are_kept(
+    module: str, function: str, doing: str, resumes: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """It said "every finished batch is kept in the cache and the next run resumes from there", as for the embedding."""
-    import imgcluster.negatives
+    import importlib
 
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=3)
 
     def stopped(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(imgcluster.negatives, "drawing_names", stopped)
+    monkeypatch.setattr(importlib.import_module(module), function, stopped)
     result = invoke("assign", folder, *FAST, "--out", tmp_path / "clusters.csv", "--cache-dir", tmp_path / "cache")
     assert result.exit_code == 130 and result.stdout == ""
     last = result.stderr.splitlines()[-1]
-    assert last.startswith("error: interrupted while naming the clusters: no CSV was written by this run; the features of all 6 images ")
-    assert " and the head in " in last and last.endswith(", so the same command starts again from the naming")
+    assert last.startswith(f"error: interrupted while {doing}: no CSV was written by this run; the features of all 6 images ")
+    assert " and the head in " in last and last.endswith(f", so the same command starts again from {resumes}")
     assert not (tmp_path / "clusters.csv").exists()
     monkeypatch.undo()
     again = invoke("assign", folder, *FAST, "--out", tmp_path / "clusters.csv", "--cache-dir", tmp_path / "cache")
