@@ -13,6 +13,7 @@ from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
 from imgcluster.preflight import FolderListing, check_environment, check_inputs
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
+from imgcluster.signals import Interrupted
 
 if TYPE_CHECKING:
     from imgcluster.pipeline import Embeddings
@@ -95,31 +96,45 @@ def embed_checked(
     progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "embed")
     report.at("model").info(f"starting ({model}) ...")  # importing torch takes seconds
-    from imgcluster.pipeline import EmbedHooks, embed_folder, resolve_device
+    started = [False]  # the embedding began: from then on a stop's line says what was kept
+    try:
+        from imgcluster.pipeline import EmbedHooks, embed_folder, resolve_device
 
-    dev = resolve_device(device)
-    config = EmbedConfig(
-        str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model,
-        rehash=rehash, reembed=reembed, runtime=runtime,
-    )  # fmt: skip
+        dev = resolve_device(device)
+        config = EmbedConfig(
+            str(folder), model, _str(weights), _str(cache_dir), embed_batch_size, workers, dtype, follow_symlinks, compile_model,
+            rehash=rehash, reembed=reembed, runtime=runtime,
+        )  # fmt: skip
 
-    def on_start(todo: int, reused: int) -> None:
-        report.info(f"{count(todo + reused, 'image')}: {reused} cached, {todo} to embed")
-        report.start(todo)
+        def on_start(todo: int, reused: int) -> None:
+            started[0] = True
+            report.info(f"{count(todo + reused, 'image')}: {reused} cached, {todo} to embed")
+            report.start(todo)
 
-    hooks = EmbedHooks(
-        on_ready=lambda name, cache: report.at("model").info(f"model {name} on {dev}; cache {cache}"),
-        on_start=on_start,
-        on_advance=report.advance,
-        on_warning=report.warning,
-        on_wait=report.info,
-        on_mark=lambda stage, message: report.at(stage).mark(message),
-        on_build=lambda name: report.at("model").info(f"loading the model ({name}) ..."),
-    )
-    result = embed_folder(config, dev, hooks, lock_timeout, only, listing)
+        hooks = EmbedHooks(
+            on_ready=lambda name, cache: report.at("model").info(f"model {name} on {dev}; cache {cache}"),
+            on_start=on_start,
+            on_advance=report.advance,
+            on_warning=report.warning,
+            on_wait=report.info,
+            on_mark=lambda stage, message: report.at(stage).mark(message),
+            on_build=lambda name: report.at("model").info(f"loading the model ({name}) ..."),
+        )
+        result = embed_folder(config, dev, hooks, lock_timeout, only, listing)
+    except KeyboardInterrupt as exc:
+        if str(exc):  # the embedding said what it kept
+            raise
+        raise Interrupted.wrap(exc, STOPPED_AFTER if started[0] else STOPPED_BEFORE) from None
     result.warnings = warnings
     report.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
     return result
+
+
+# What a stop that the embedding loop did not describe keeps: before it (importing torch, loading
+# the model, reading the cache), nothing; after it (compacting the cache), every feature, whose
+# shards stay valid. Their line said "every finished batch is kept in the cache" either way.
+STOPPED_BEFORE = "interrupted while starting (loading torch, the model and the cache): nothing was embedded by this run"
+STOPPED_AFTER = "interrupted while saving the cache: every image embedded is saved in it, and the next run finds it there"
 
 
 def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list[str] | None]:

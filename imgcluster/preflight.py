@@ -132,7 +132,12 @@ def check_inputs(
     check_cache_root(cache_dir)
     check_environment()
     k = parse_clusters(n_clusters) if n_clusters is not None else None
-    listing = list_folder(where, cache_dir, follow_symlinks)
+    try:
+        listing = list_folder(where, cache_dir, follow_symlinks)
+    except KeyboardInterrupt as exc:  # a large folder takes a while: its line said finished batches were kept
+        from imgcluster.signals import Interrupted
+
+        raise Interrupted.wrap(exc, f"interrupted while scanning {literal(where)}: nothing was embedded by this run") from None
     unsupported = listing.unsupported
     found = len(listing.files)
     if found == 0:

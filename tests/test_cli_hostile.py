@@ -134,3 +134,32 @@ def test_cluster_folder_refuses_a_bad_min_confidence_before_any_work(tmp_path: P
     with pytest.raises(ParameterError, match=r"^min_confidence must lie in \[0, 1\], got nan$"):
         imgcluster.cluster_folder(folder, n_clusters=2, model="efficientnet-lite0", min_confidence=float("nan"))
     assert not (folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "line"),
+    [
+        ("imgcluster.preflight.list_folder", "interrupted while scanning {folder}: nothing was embedded by this run"),
+        (
+            "imgcluster.pipeline.create_backbone",
+            "interrupted while starting (loading torch, the model and the cache): nothing was embedded by this run",
+        ),
+        (
+            "imgcluster.cache.EmbeddingCache.compact",
+            "interrupted while saving the cache: every image embedded is saved in it, and the next run finds it there",
+        ),
+    ],
+)
+def test_ctrl_c_before_or_after_the_embedding_says_what_was_kept(
+    target: str, line: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stop while scanning a large folder or importing torch said that "every finished batch is kept in the cache"."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(target, stopped)
+    result = invoke("embed", folder, "--model", "efficientnet-lite0", "--workers", "0")
+    assert result.exit_code == 130 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == "error: " + line.format(folder=folder)
