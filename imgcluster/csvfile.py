@@ -127,10 +127,10 @@ def assignment_rows(paths: list[str], assignment: Assignment) -> Iterator[list[o
 
 def check_assignments_file(path: Path) -> None:
     """Refuse, naming the parameter, an assignments CSV that is missing or is a folder (evaluate,
-    report and export; a folder was said to be "not found")."""
+    report and export; a folder was said to be "not found"); a pipe or a device is read once."""
     if path.is_dir():
         raise ParameterError(f"{{assignments}} {literal(path)} is a folder; give the CSV that assign wrote")
-    if not path.is_file():
+    if not path.exists():  # a pipe is read as it comes (`assign --out - | imgcluster evaluate /dev/stdin ...` was "not found")
         raise ParameterError(f"assignments file not found: {literal(path)}", "assignments")
 
 

@@ -10,7 +10,7 @@ import numpy as np
 
 from imgcluster.atomic import is_stream
 from imgcluster.config import sidecar_path
-from imgcluster.errors import ParameterError
+from imgcluster.errors import ParameterError, literal
 from imgcluster.outputs import refuse_inputs
 from imgcluster.progress import ProgressFn, Reporter
 from imgcluster.report import ReportHooks, ReportResult
@@ -47,6 +47,10 @@ def write_report(
     target = Path(out) if out is not None else csv_path.with_suffix(".html")
     if out is not None and (os.fspath(out) == "-" or is_stream(target)):
         raise ParameterError("the report is a file with pictures beside it: give {out} FILE.html")
+    if out is None and is_stream(csv_path):  # a piped CSV has no folder to put the report beside (it chose /dev/stdin.html)
+        raise ParameterError(
+            f"{{assignments}} {literal(csv_path)} is not a regular file, so the report has no place beside it: give {{out}} FILE.html"
+        )
     eval_json = csv_path.with_name(csv_path.name + ".eval.json")
     inputs = {csv_path: "the assignments CSV", sidecar_path(csv_path): "the CSV's sidecar", eval_json: "the CSV's scores"}
     refuse_inputs(target, inputs, Path(folder) if folder is not None else _image_folder(csv_path))

@@ -8,6 +8,7 @@ pass after them found.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -163,3 +164,25 @@ def test_ctrl_c_before_or_after_the_embedding_says_what_was_kept(
     result = invoke("embed", folder, "--model", "efficientnet-lite0", "--workers", "0")
     assert result.exit_code == 130 and result.stdout == ""
     assert result.stderr.splitlines()[-1] == "error: " + line.format(folder=folder)
+
+
+def test_a_csv_piped_in_is_read_and_a_report_of_it_needs_out(tmp_path: Path) -> None:
+    """`... | imgcluster evaluate /dev/stdin FOLDER` said "assignments file not found: /dev/stdin"; the report of a
+    piped CSV chose /dev/stdin.html."""
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "dog/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    text = '"path","cluster"\n"cat/1.png",0\n"dog/2.png",1\n'
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def piped(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "imgcluster", *args]
+        return subprocess.run(command, input=text, capture_output=True, text=True, env=env, timeout=120, check=False)
+
+    scores = piped("evaluate", "/dev/stdin", str(folder), "--json", "--quiet")
+    assert scores.returncode == 0, scores.stderr
+    assert json.loads(scores.stdout)["acc"] == 1.0
+    report = piped("report", "/dev/stdin", "--folder", str(folder))
+    assert report.returncode == 2 and report.stdout == ""
+    assert report.stderr == "error: CSV /dev/stdin is not a regular file, so the report has no place beside it: give --out FILE.html\n"
