@@ -135,10 +135,34 @@ class Assignment:
         sidecar ``.json``, the near-duplicate groups and the list of skipped files. Returns what
         was written; ``progress`` hears one line per file (stage ``write``). Text cells that a
         spreadsheet would run as a formula get a leading ``'`` unless ``raw_csv`` (see :mod:`imgcluster.csvfile`)."""
+        out_path, beside = check_out(out, self.embeddings.folder, near_duplicates=self.near_duplicates)
+        self.written = {}
+        try:
+            return self._write(out, out_path, beside, progress, raw_csv)
+        except KeyboardInterrupt as exc:
+            raise self._stopped_writing(exc, out, beside) from None
+
+    def _stopped_writing(self, exc: KeyboardInterrupt, out: PathLike, beside: Path | None) -> KeyboardInterrupt:
+        """What a stop while the files are written leaves (its line said "every finished batch is kept in
+        the cache"). Each file is written whole or not at all; a CSV replaced without its sidecar loses the
+        old sidecar, which described the CSV that was there before."""
+        from imgcluster.signals import Interrupted
+
+        if os.fspath(out) == "-":
+            return Interrupted.wrap(exc, "interrupted while writing the CSV to standard output: what reached it is incomplete")
+        if "csv" not in self.written:
+            return Interrupted.wrap(exc, f"interrupted while writing {os.fspath(out)}: it was not written (a file there before stays)")
+        if beside is not None and "sidecar" not in self.written:
+            sidecar_path(beside).unlink(missing_ok=True)
+        done = ", ".join(str(p) for p in self.written.values())
+        return Interrupted.wrap(exc, f"interrupted while writing the files beside the CSV: {done} written, the others not (rerun for all)")
+
+    def _write(
+        self, out: PathLike, out_path: Path | None, beside: Path | None, progress: ProgressFn | None, raw_csv: bool
+    ) -> dict[str, Path]:
         from imgcluster.assign import Assignment as Prediction
         from imgcluster.csvfile import write_assignments
 
-        out_path, beside = check_out(out, self.embeddings.folder, near_duplicates=self.near_duplicates)
         report = Reporter(progress, "write")
         extra = {k: v for k, v in self.columns.items() if k not in ("cluster", "confidence")}
         write_assignments(os.fspath(out), self.paths, Prediction(self.cluster, self.confidence, extra), raw_csv)

@@ -186,3 +186,34 @@ def test_a_csv_piped_in_is_read_and_a_report_of_it_needs_out(tmp_path: Path) -> 
     report = piped("report", "/dev/stdin", "--folder", str(folder))
     assert report.returncode == 2 and report.stdout == ""
     assert report.stderr == "error: CSV /dev/stdin is not a regular file, so the report has no place beside it: give --out FILE.html\n"
+
+
+def test_ctrl_c_while_the_files_are_written_says_which_are_and_drops_a_sidecar_of_the_old_csv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said "every finished batch is kept in the cache", and a CSV replaced just before the stop kept the
+    sidecar of the CSV it replaced."""
+    import imgcluster.csvfile
+    import imgcluster.folder
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=3)
+    out, args = tmp_path / "clusters.csv", ["--cache-dir", tmp_path / "cache", *FAST]
+    assert invoke("assign", folder, "--out", out, *args, "--seed", "1").exit_code == 0
+    before = out.read_bytes()
+    with monkeypatch.context() as patch:
+        patch.setattr(imgcluster.csvfile, "write_assignments", stopped)
+        result = invoke("assign", folder, "--out", out, *args)
+    assert result.exit_code == 130 and result.stdout == ""
+    assert result.stderr.splitlines()[-1] == f"error: interrupted while writing {out}: it was not written (a file there before stays)"
+    assert out.read_bytes() == before and Path(f"{out}.json").is_file()
+    with monkeypatch.context() as patch:
+        patch.setattr(imgcluster.folder, "write_sidecar", stopped)
+        result = invoke("assign", folder, "--out", out, *args)
+    assert result.exit_code == 130
+    assert result.stderr.splitlines()[-1] == (
+        f"error: interrupted while writing the files beside the CSV: {out} written, the others not (rerun for all)"
+    )
+    assert not Path(f"{out}.json").exists()  # it described the seed-1 CSV
