@@ -161,7 +161,12 @@ def default_batch_size(device: torch.device, n_files: int | None = None, input_s
         full = max(1, min(16, CPU_BATCH_PIXELS // pixels))
     if n_files is None:
         return full
-    return min(full, 8 * -(-max(n_files, 1) // 8))
+    return min(full, folder_batch(n_files))
+
+
+def folder_batch(n_files: int) -> int:
+    """The largest batch worth padding to for a folder of ``n_files``: its size rounded up to 8."""
+    return 8 * -(-max(n_files, 1) // 8)
 
 
 def default_workers(n_files: int, device: torch.device | None = None) -> int:

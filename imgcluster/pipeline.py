@@ -25,6 +25,7 @@ from imgcluster.embedding import (
     default_batch_size,
     default_workers,
     embed_files,
+    folder_batch,
     plan_loader,
     shared_memory_free,
 )
@@ -323,7 +324,10 @@ def _embed_and_keep(
         return f"{kept} of {len(files)} files are saved in the cache{where} ({kept - reused} by this run)"
 
     input_size = tuple(backbone.data_config["input_size"]) if backbone is not None else None
-    batch_size = config.batch_size or default_batch_size(device, len(files), input_size)
+    # A size given above the folder's is cut to it, as the default is: every pass is padded to the batch size, so
+    # 128 on 6 images took 2.7 GB and 2.4x the time of 8 (more on larger inputs).
+    given = config.batch_size
+    batch_size = min(given, folder_batch(len(files))) if given else default_batch_size(device, len(files), input_size)
     with _sigterm_as_interrupt():
         try:
             if todo:
