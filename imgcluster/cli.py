@@ -149,7 +149,8 @@ EmbedBatchOpt = Annotated[
     typer.Option(
         "--embed-batch-size",
         min=1,
-        help="Images per forward pass. Default: 8 on the CPU (fewer for larger inputs), 256 on CUDA. A folder smaller than the batch uses its own size (rounded up to 8).",
+        help="Images per forward pass. Default: 8 on the CPU (fewer for larger inputs), 256 on CUDA. "
+        "A folder smaller than the batch uses its own size (rounded up to 8).",
     ),
 ]
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes. Default: from the CPU count.")]
