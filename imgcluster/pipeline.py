@@ -6,8 +6,10 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import os
 import stat
 import time
+import warnings
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -457,12 +459,12 @@ def _embed_into_cache(
         saved_at[0] = time.monotonic()
 
     try:
-        workers = default_workers(len(todo), device) if config.workers is None else config.workers
+        workers = _workers(config.workers, len(todo), batch_size, device, hooks)
         plan = plan_loader(workers, batch_size, tuple(backbone.data_config["input_size"]), device.type == "cuda", shared_memory_free())
         if plan.note:
             hooks.on_warning(plan.note)
-        batches = embed_files(
-            todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch, hooks.on_mark, onnx_model
+        batches = _without_worker_advice(
+            embed_files(todo, backbone, device, batch_size, plan.workers, config.compile_model, plan.prefetch, hooks.on_mark, onnx_model)
         )
         for batch in batches:
             for i, reason in batch.failures:
@@ -482,6 +484,25 @@ def _embed_into_cache(
                 flush()
     finally:
         flush()  # on Ctrl-C too: every finished batch is kept
+
+
+def _workers(given: int | None, todo: int, batch_size: int, device: torch.device, hooks: EmbedHooks) -> int:
+    """Decode workers for ``todo`` images: never more than batches (a worker beyond that is a process
+    that starts and waits), and one line when more were asked for than this process has cores."""
+    workers = default_workers(todo, device) if given is None else given
+    workers = min(workers, -(-todo // batch_size))
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if given is not None and workers > cores:
+        hooks.on_warning(f"{{workers}} {given} is more than the {cores} CPU cores this run may use: decoding can get slower, not faster")
+    return workers
+
+
+def _without_worker_advice(batches: Iterator[Any]) -> Iterator[Any]:
+    """``batches`` without torch's advice on the worker count, which it printed twice over several
+    lines (its own ``UserWarning``, with the code that raised it); :func:`_workers` says it in one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="This DataLoader will create", category=UserWarning)
+        yield from batches
 
 
 def write_skipped(path: Path, skipped: list[tuple[str, str]], raw_csv: bool = False) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from imagefolders import CLASSES
 
 from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError
@@ -55,3 +56,35 @@ def test_a_batch_size_above_the_folder_is_cut_to_it(given: int | None, used: int
     config = EmbedConfig(str(folder), model="efficientnet-lite0", cache_dir=str(tmp_path / "cache"), workers=0, batch_size=given)
     result = embed_folder(config, torch.device("cpu"))
     assert sizes == [used] and result.embedded == 6
+
+
+def test_decode_workers_are_no_more_than_batches_and_too_many_is_one_line(
+    small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--workers 8 on 6 images started 8 processes for one batch; more workers than cores printed torch's
+    UserWarning twice, over several lines."""
+    import os
+    import warnings
+
+    import imgcluster.pipeline
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)  # torch asks it too
+    said: list[str] = []
+    config = EmbedConfig(str(small_folder), model="efficientnet-lite0", cache_dir=str(tmp_path / "cache"), workers=2, batch_size=4)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = embed_folder(config, torch.device("cpu"), EmbedHooks(on_warning=said.append))
+    assert result.embedded == 24
+    assert said == ["{workers} 2 is more than the 1 CPU cores this run may use: decoding can get slower, not faster"]
+    assert not [w for w in caught if "DataLoader will create" in str(w.message)]
+    real, workers = imgcluster.pipeline.embed_files, []
+
+    def recording(files, backbone, device, batch_size, n_workers, *args, **kwargs):  # type: ignore[no-untyped-def]
+        workers.append(n_workers)
+        return real(files, backbone, device, batch_size, 0, *args, **kwargs)
+
+    monkeypatch.setattr(imgcluster.pipeline, "embed_files", recording)
+    one_class = str(small_folder / CLASSES[0])
+    config = EmbedConfig(one_class, model="efficientnet-lite0", cache_dir=str(tmp_path / "other"), workers=8, batch_size=4)
+    embed_folder(config, torch.device("cpu"))
+    assert workers == [2]  # 8 images: two batches of 4
