@@ -11,7 +11,7 @@ from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError
 from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
-from imgcluster.preflight import FolderListing, check_environment, check_inputs
+from imgcluster.preflight import FolderListing, check_environment, check_exists, check_inputs
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 from imgcluster.signals import Interrupted
 
@@ -59,9 +59,10 @@ def embed(
     folder, only = _folder_and_files(folder_or_paths)
     listing = None
     if only is None:  # before torch is imported: a mistake costs a fraction of a second
-        listing = check_inputs(folder, model, follow_symlinks=follow_symlinks, cache_dir=cache_dir)
+        listing = check_inputs(folder, model, follow_symlinks=follow_symlinks, cache_dir=cache_dir, weights=weights)
     else:
         check_model_name(model)
+        check_exists(weights, "weights", "weights file")
         check_environment()
     return embed_checked(
         folder, only, model, listing=listing, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype,

@@ -271,8 +271,9 @@ def cluster_folder(
     if out is not None:  # the arguments first, then what the folder holds
         check_out(out, Path(folder), near_duplicates)
     listing = check_inputs(
-        folder, model, n_clusters=n_clusters if head is None else None, follow_symlinks=follow_symlinks, cache_dir=cache_dir
-    )
+        folder, model, n_clusters=n_clusters if head is None else None, follow_symlinks=follow_symlinks, cache_dir=cache_dir,
+        weights=weights, head=head,
+    )  # fmt: skip
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
     from imgcluster.head_config import train_config
     from imgcluster.naming import NAMING_MODEL, is_naming_backbone
@@ -568,7 +569,7 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
-    listing = check_inputs(folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir)
+    listing = check_inputs(folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir, weights=weights)
     from imgcluster.estimator import checked_head
 
     estimator = checked_head(

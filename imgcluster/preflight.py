@@ -50,6 +50,13 @@ def check_folder(folder: Path) -> Path:
     return folder
 
 
+def check_exists(path: str | os.PathLike[str] | None, parameter: str, what: str) -> None:
+    """A file the run reads (weights, a head) that does not exist is refused now, in the words the
+    loader uses; it was found missing only after torch had been imported (4.7 s here)."""
+    if path is not None and not os.path.exists(path):
+        raise ParameterError(f"{what} not found: {literal(path)}", parameter)
+
+
 def check_cache_root(cache_dir: str | os.PathLike[str] | None) -> None:
     """A cache root that is a file is refused now; it failed after the model had loaded, with
     advice to pass the very option that was given."""
@@ -120,6 +127,8 @@ def check_inputs(
     n_clusters: int | str | None = None,
     follow_symlinks: bool = False,
     cache_dir: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    head: str | os.PathLike[str] | None = None,
 ) -> FolderListing:
     """Refuse what can be refused without features; returns the folder's listing, for the embedding.
 
@@ -129,6 +138,8 @@ def check_inputs(
     """
     where = check_folder(Path(folder))
     check_model_name(model)
+    check_exists(weights, "weights", "weights file")
+    check_exists(head, "head", "head checkpoint")
     check_cache_root(cache_dir)
     check_environment()
     k = parse_clusters(n_clusters) if n_clusters is not None else None

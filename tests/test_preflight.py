@@ -104,6 +104,9 @@ def _cli(*args: str | Path, **environ: str) -> dict:
             2,
             "error: --cache-dir {tmp}/file is a file, not a folder",
         ),
+        # these two were found missing after torch had been imported (4.7 s), the weights with exit code 1
+        (lambda p: _images(p / "two", 2), ("embed", "{tmp}/two", "--weights", "{tmp}/w"), 2, "error: weights file not found: {tmp}/w"),
+        (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two", "--head", "{tmp}/h"), 2, "error: head checkpoint not found: {tmp}/h"),
     ],
 )
 def test_cli_mistakes_fail_before_torch(tmp_path: Path, make, args: tuple, code: int, message: str) -> None:  # type: ignore[no-untyped-def]
