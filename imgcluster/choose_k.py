@@ -68,6 +68,7 @@ import torch
 from imgcluster.errors import ParameterError, render
 from imgcluster.kmeans import spherical_kmeans
 from imgcluster.neighbours import knn_search, l2_normalise
+from imgcluster.preflight import check_auto_k_fits, check_k_range
 
 CRITERION = "knn-modularity"
 DEFAULT_K_MIN = 2
@@ -191,14 +192,12 @@ def choose_k(
     n_all = features.shape[0]
     if k_min < 2:
         raise ParameterError(f"{{k_min}} must be at least 2, got {k_min}")
-    if k_max < k_min:
-        raise ParameterError(f"{{k_max}} ({k_max}) must not be below {{k_min}} ({k_min})")
+    check_k_range(k_min, k_max)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(n_all, max_points, replace=False)) if n_all > max_points else np.arange(n_all)
     n = rows.size
+    check_auto_k_fits(n_all, k_min, k_max, sampled=n)
     upper = min(k_max, n // 2)
-    if upper < k_min:
-        raise ParameterError(f"{n_all} images are too few to choose K between {k_min} and {k_max}; give {{n_clusters}} a number")
     z = reduce(features[rows], pca_dims, seed)
     graph = knn_graph(z, graph_k)
     candidates = list(range(k_min, upper + 1))

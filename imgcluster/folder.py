@@ -272,7 +272,7 @@ def cluster_folder(
         check_out(out, Path(folder), near_duplicates)
     listing = check_inputs(
         folder, model, n_clusters=n_clusters if head is None else None, follow_symlinks=follow_symlinks, cache_dir=cache_dir,
-        weights=weights, head=head,
+        weights=weights, head=head, k_range=(k_min, k_max),
     )  # fmt: skip
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
     from imgcluster.head_config import train_config
@@ -569,7 +569,9 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
-    listing = check_inputs(folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir, weights=weights)
+    listing = check_inputs(
+        folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir, weights=weights, k_range=(k_min, k_max)
+    )
     from imgcluster.estimator import checked_head
 
     estimator = checked_head(

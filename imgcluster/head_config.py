@@ -34,11 +34,11 @@ def train_config(
     is a stand-in: fitting chooses the real one. ``options`` are the objective's own."""
     from imgcluster.errors import ParameterError
     from imgcluster.objectives import objective_flags
-    from imgcluster.preflight import parse_clusters
+    from imgcluster.preflight import check_k_range, parse_clusters
 
     requested = parse_clusters(n_clusters)
-    if requested is None and k_max < k_min:
-        raise ParameterError(f"{{k_max}} ({k_max}) must not be below {{k_min}} ({k_min})")
+    if requested is None:
+        check_k_range(k_min, k_max)
     for name, value, least in (("batch_size", batch_size, 2), ("knn", knn, 1), ("epochs", epochs, 1)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
             raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")

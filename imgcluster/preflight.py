@@ -120,6 +120,19 @@ def check_clusters_fit(k: int, images: int) -> None:
         raise ParameterError(f"{{n_clusters}} {k} is larger than the number of images ({images})")
 
 
+def check_k_range(k_min: int, k_max: int) -> None:
+    if k_max < k_min:
+        raise ParameterError(f"{{k_max}} ({k_max}) must not be below {{k_min}} ({k_min})")
+
+
+def check_auto_k_fits(images: int, k_min: int, k_max: int, sampled: int | None = None) -> None:
+    """``auto`` chooses K up to half the images (``sampled`` of them, when K is chosen on a sample):
+    refused before any work from the scan's count, and again by :func:`imgcluster.choose_k.choose_k`."""
+    check_k_range(k_min, k_max)
+    if min(k_max, (images if sampled is None else sampled) // 2) < k_min:
+        raise ParameterError(f"{images} images are too few to choose K between {k_min} and {k_max}; give {{n_clusters}} a number")
+
+
 def check_inputs(
     folder: str | os.PathLike[str],
     model: str,
@@ -129,12 +142,13 @@ def check_inputs(
     cache_dir: str | os.PathLike[str] | None = None,
     weights: str | os.PathLike[str] | None = None,
     head: str | os.PathLike[str] | None = None,
+    k_range: tuple[int, int] | None = None,
 ) -> FolderListing:
     """Refuse what can be refused without features; returns the folder's listing, for the embedding.
 
     ``n_clusters`` (a number or ``auto``) is given when a head is to be trained on the folder:
     then one image is too few, and more clusters than images cannot work. Without it (embedding
-    only, or labelling with a trained head) one image is enough.
+    only, or labelling with a trained head) one image is enough. ``k_range`` is (k_min, k_max) for ``auto``.
     """
     where = check_folder(Path(folder))
     check_model_name(model)
@@ -162,4 +176,6 @@ def check_inputs(
         raise ImgclusterError(f"need at least two images to cluster, and {literal(where)} holds one")
     if k is not None:
         check_clusters_fit(k, found)
+    elif n_clusters is not None and k_range is not None:  # auto, between k_range's bounds (it embedded, then said so)
+        check_auto_k_fits(found, *k_range)
     return listing

@@ -107,6 +107,9 @@ def _cli(*args: str | Path, **environ: str) -> dict:
         # these two were found missing after torch had been imported (4.7 s), the weights with exit code 1
         (lambda p: _images(p / "two", 2), ("embed", "{tmp}/two", "--weights", "{tmp}/w"), 2, "error: weights file not found: {tmp}/w"),
         (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two", "--head", "{tmp}/h"), 2, "error: head checkpoint not found: {tmp}/h"),
+        # --clusters auto with a --k-min above half the images, or above --k-max: refused once embedded, or once torch was imported
+        (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two", "-k", "auto", "--k-min", "3"), 2, "error: 2 images are too few"),
+        (lambda p: _images(p / "two", 2), ("train", "{tmp}/two", "-k", "auto", "--k-min", "5", "--k-max", "3"), 2, "error: --k-max (3)"),
     ],
 )
 def test_cli_mistakes_fail_before_torch(tmp_path: Path, make, args: tuple, code: int, message: str) -> None:  # type: ignore[no-untyped-def]
