@@ -143,12 +143,15 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
     """
     raw = written_raw(path) if raw_csv is None else raw_csv
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
+        # utf-8-sig: a spreadsheet's "CSV UTF-8" starts with a byte-order mark, which made the header "\ufeffpath"
+        with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle, strict=True)  # a file cut short inside a quoted cell is an error, not a short cell
             columns = reader.fieldnames or []
             missing = [c for c in ("path", "cluster") if c not in columns]
             if missing:
-                raise ImgclusterError(f"{path} is not an assignment CSV: missing column(s) {', '.join(missing)}")
+                other = next((sep for sep in (";", "\t") if any(sep in c for c in columns)), None)  # a spreadsheet's other CSV
+                hint = f" (its columns are separated by {other!r}: save it with commas)" if other else ""
+                raise ImgclusterError(f"{path} is not an assignment CSV: missing column(s) {', '.join(missing)}{hint}")
             rows = [_row(path, number, record if raw else _unescaped(record)) for number, record in enumerate(reader, start=2)]
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise ImgclusterError(f"cannot read assignments {path}: {exc}") from None

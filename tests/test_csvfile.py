@@ -247,3 +247,15 @@ def test_each_cluster_has_one_name_its_rows_most_common() -> None:
     named = [("a", 0, ""), ("b", 0, "shoe"), ("c", 0, "boot"), ("d", 0, "boot"), ("e", 1, "x"), ("f", 1, "y"), ("g", 2, "")]
     rows = [Row(path, cluster, 0.5, False, name) for path, cluster, name in named]
     assert names_of_clusters(rows) == {0: "boot", 1: "x"}  # a tie goes to the first seen; a cluster without names has none
+
+
+def test_a_csv_saved_by_a_spreadsheet_reads_back_or_says_what_is_wrong(tmp_path: Path) -> None:
+    """A spreadsheet's "CSV UTF-8" starts with a byte-order mark: 'missing column(s) path'. One saved with ';' said the same."""
+    text = '"path","cluster"\r\n"a.png",1\r\n"=b.png",0\r\n'
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbf" + text.encode())
+    assert [(r.path, r.cluster) for r in read_assignments(tmp_path / "bom.csv")] == [("a.png", 1), ("=b.png", 0)]
+    (tmp_path / "semicolons.csv").write_text("path;cluster\na.png;1\n")
+    with pytest.raises(ImgclusterError) as caught:
+        read_assignments(tmp_path / "semicolons.csv")
+    expected = "is not an assignment CSV: missing column(s) path, cluster (its columns are separated by ';': save it with commas)"
+    assert str(caught.value) == f"{tmp_path / 'semicolons.csv'} {expected}"
