@@ -81,8 +81,8 @@ class OneLineErrors(TyperGroup):
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except CommandLineError as exc:
-            ctx = getattr(exc, "ctx", None)  # usage errors carry the command they came from
-            where = f"{ctx.command_path} --help" if ctx is not None else "imgcluster --help"
+            ctx = getattr(exc, "ctx", None)  # usage errors carry the command they came from, most of them
+            where = f"{ctx.command_path} --help" if ctx is not None else self._help_for(args)
             message = exc.format_message().strip()
             if message:  # empty when the help was shown instead (no arguments at all)
                 typer.echo(f"error: {message} (see {where})", err=True)
@@ -91,6 +91,12 @@ class OneLineErrors(TyperGroup):
             typer.echo("error: aborted", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _help_for(self, args: Sequence[str] | None) -> str:
+        """The help of the command typed, for an error that names no command (an option missing its
+        value, ``assign x -k``, pointed at ``imgcluster --help``)."""
+        typed = next((a for a in (sys.argv[1:] if args is None else args) if not a.startswith("-")), None)
+        return f"imgcluster {typed} --help" if typed in self.commands else "imgcluster --help"
 
 
 app = typer.Typer(

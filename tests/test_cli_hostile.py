@@ -217,3 +217,11 @@ def test_ctrl_c_while_the_files_are_written_says_which_are_and_drops_a_sidecar_o
         f"error: interrupted while writing the files beside the CSV: {out} written, the others not (rerun for all)"
     )
     assert not Path(f"{out}.json").exists()  # it described the seed-1 CSV
+
+
+@pytest.mark.parametrize(("args", "where"), [(["assign", "x", "-k"], "assign"), (["report", "a.csv", "--per-cluster"], "report")])
+def test_an_option_without_its_value_points_at_the_commands_help(args: list[str], where: str) -> None:
+    """`imgcluster assign x -k` said "(see imgcluster --help)", whose help lists commands, not -k."""
+    result = invoke(*args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: Option '{args[-1]}' requires an argument. (see imgcluster {where} --help)\n"
