@@ -40,7 +40,9 @@ class UI:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
         self.console = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.interactive = sys.stderr.isatty() and not quiet
+        # No stderr at all (`2>&-`, some daemons): rich writes nowhere, and the run goes on; asking
+        # whether it was a terminal ended every command with exit code 1 before its work.
+        self.interactive = sys.stderr is not None and sys.stderr.isatty() and not quiet
 
     def info(self, message: str) -> None:
         if not self.quiet:

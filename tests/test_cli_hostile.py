@@ -225,3 +225,21 @@ def test_an_option_without_its_value_points_at_the_commands_help(args: list[str]
     result = invoke(*args)
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: Option '{args[-1]}' requires an argument. (see imgcluster {where} --help)\n"
+
+
+def test_commands_run_with_stderr_closed(tmp_path: Path) -> None:
+    """With stderr closed (`2>&-`, some daemons) every command ended with exit code 1 before its work, writing nothing."""
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "dog/2.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    (tmp_path / "a.csv").write_text('"path","cluster"\n"cat/1.png",0\n"dog/2.png",1\n')
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+    def closed_stderr(*args: str) -> subprocess.CompletedProcess[str]:
+        command = [sys.executable, "-m", "imgcluster", *args]
+        return subprocess.run(command, stdout=subprocess.PIPE, text=True, env=env, timeout=120, preexec_fn=lambda: os.close(2), check=False)
+
+    scores = closed_stderr("evaluate", str(tmp_path / "a.csv"), str(folder), "--json")
+    assert scores.returncode == 0 and json.loads(scores.stdout)["acc"] == 1.0
+    assert closed_stderr("assign", str(tmp_path / "nowhere")).returncode == 2  # a usage mistake keeps its exit code
