@@ -47,10 +47,9 @@ def write_report(
     target = Path(out) if out is not None else csv_path.with_suffix(".html")
     if out is not None and (os.fspath(out) == "-" or is_stream(target)):
         raise ParameterError("the report is a file with pictures beside it: give {out} FILE.html")
-    if out is None and is_stream(csv_path):  # a piped CSV has no folder to put the report beside (it chose /dev/stdin.html)
-        raise ParameterError(
-            f"{{assignments}} {literal(csv_path)} is not a regular file, so the report has no place beside it: give {{out}} FILE.html"
-        )
+    if is_stream(csv_path):  # a piped CSV: the report went beside it (/dev/stdin.html), and --labels read it twice
+        message = f"{{assignments}} {literal(csv_path)} is not a regular file: the report reads it more than once; save it first"
+        raise ParameterError(message)
     eval_json = csv_path.with_name(csv_path.name + ".eval.json")
     inputs = {csv_path: "the assignments CSV", sidecar_path(csv_path): "the CSV's sidecar", eval_json: "the CSV's scores"}
     refuse_inputs(target, inputs, Path(folder) if folder is not None else _image_folder(csv_path))

@@ -166,9 +166,9 @@ def test_ctrl_c_before_or_after_the_embedding_says_what_was_kept(
     assert result.stderr.splitlines()[-1] == "error: " + line.format(folder=folder)
 
 
-def test_a_csv_piped_in_is_read_and_a_report_of_it_needs_out(tmp_path: Path) -> None:
+def test_a_csv_piped_in_is_read_and_the_report_asks_for_a_file(tmp_path: Path) -> None:
     """`... | imgcluster evaluate /dev/stdin FOLDER` said "assignments file not found: /dev/stdin"; the report of a
-    piped CSV chose /dev/stdin.html."""
+    piped CSV chose /dev/stdin.html, and with --labels it would read the pipe twice."""
     folder = tmp_path / "labelled"
     for rel in ["cat/1.png", "dog/2.png"]:
         (folder / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -183,9 +183,9 @@ def test_a_csv_piped_in_is_read_and_a_report_of_it_needs_out(tmp_path: Path) -> 
     scores = piped("evaluate", "/dev/stdin", str(folder), "--json", "--quiet")
     assert scores.returncode == 0, scores.stderr
     assert json.loads(scores.stdout)["acc"] == 1.0
-    report = piped("report", "/dev/stdin", "--folder", str(folder))
+    report = piped("report", "/dev/stdin", "--folder", str(folder), "--labels", str(folder), "--out", str(tmp_path / "r.html"))
     assert report.returncode == 2 and report.stdout == ""
-    assert report.stderr == "error: CSV /dev/stdin is not a regular file, so the report has no place beside it: give --out FILE.html\n"
+    assert report.stderr == "error: CSV /dev/stdin is not a regular file: the report reads it more than once; save it first\n"
 
 
 def test_ctrl_c_while_the_files_are_written_says_which_are_and_drops_a_sidecar_of_the_old_csv(

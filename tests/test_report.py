@@ -452,3 +452,19 @@ def test_cluster_names_are_in_the_headings(tmp_path: Path) -> None:
     csv_path.write_text('"path","cluster","cluster_name"\n' + "".join(lines))
     page = write_report(csv_path, folder=folder).html.read_text(encoding="utf-8")
     assert "<h2>Cluster 0: sandal, running shoe</h2>" in page and "<h2>Cluster 1: &lt;i&gt;bag&lt;/i&gt;</h2>" in page
+
+
+def test_the_scores_of_a_csv_that_leaves_labelled_images_out_say_so(tmp_path: Path) -> None:
+    """The report showed ACC 1.000 for a CSV of 1 of 4 labelled images, from --labels or from the saved JSON."""
+    from imgcluster import write_report
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    first = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))[0]
+    csv_path = tmp_path / "few.csv"
+    csv_path.write_text(f'"path","cluster"\n"{first}",0\n')
+    page = write_report(csv_path, tmp_path / "a.html", labels=folder, folder=folder).html.read_text()
+    assert "ACC <b>1.000</b>" in page and "coverage <b>0.250</b>" in page and "ACC, missing = wrong <b>0.250</b>" in page
+    scores = invoke("evaluate", csv_path, folder, "--json", "--quiet").stdout
+    csv_path.with_name("few.csv.eval.json").write_text(scores)
+    page = write_report(csv_path, tmp_path / "b.html", folder=folder).html.read_text()
+    assert "coverage <b>0.250</b>" in page and "ACC, missing = wrong <b>0.250</b>" in page

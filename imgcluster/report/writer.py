@@ -151,8 +151,7 @@ def _write_report(
             v.mix = mix[v.cluster].most_common()
         from imgcluster.scoring import evaluate
 
-        e = evaluate(assignments, labels)
-        info["scores"] = [("ACC", e.acc), ("NMI", e.nmi), ("ARI", e.ari), ("purity", e.purity)]
+        info["scores"] = score_items(evaluate(assignments, labels).to_dict())
     else:
         _apply_eval_json(assignments, views, info, hooks)
 
@@ -225,6 +224,16 @@ def _page_info(
     }
 
 
+def score_items(scores: dict[str, Any]) -> list[tuple[str, float]]:
+    """The scores the page shows, from ``imgcluster evaluate``'s JSON: with the coverage and the ACC
+    of every labelled image when the CSV leaves some out (ACC 1.0 of 1 image in 18 read as perfect)."""
+    names = [name for name in ("acc", "nmi", "ari", "purity") if name in scores]
+    items = [(name.upper() if name != "purity" else name, float(scores[name])) for name in names]
+    if float(scores.get("coverage", 1.0)) < 1.0:
+        items += [("coverage", float(scores["coverage"])), ("ACC, missing = wrong", float(scores["acc_of_labelled"]))]
+    return items
+
+
 def _apply_eval_json(csv_path: Path, views: list[ClusterView], info: dict[str, Any], hooks: ReportHooks) -> None:
     """Majority labels and scores from ``<csv>.eval.json`` (the JSON ``imgcluster evaluate`` writes), if present."""
     path = csv_path.with_name(csv_path.name + ".eval.json")
@@ -233,9 +242,7 @@ def _apply_eval_json(csv_path: Path, views: list[ClusterView], info: dict[str, A
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         per = {int(p["cluster"]): (str(p["majority_label"]), float(p["purity"])) for p in data.get("per_cluster", [])}
-        info["scores"] = [
-            (name.upper() if name != "purity" else name, float(data[name])) for name in ("acc", "nmi", "ari", "purity") if name in data
-        ]
+        info["scores"] = score_items(data)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         hooks.on_warning(f"ignored {path}: {exc}")
         return
