@@ -582,6 +582,8 @@ def train_folder(
         refuse_stdout(out, "out", "a head checkpoint (two files)")
         if not os.fspath(out) or Path(out).is_dir():  # it failed after the training: "cannot write ."
             raise ParameterError(f"{{out}} {literal(os.fspath(out) or repr(''))} is a folder; give a file name")
+        if Path(out).suffix != ".safetensors":  # saved, then refused by {head}, which the run's last line suggested
+            raise ParameterError(f"{{out}} {literal(os.fspath(out))} does not end in .safetensors, the only name {{head}} reads")
         refuse_inputs(Path(out), folder=Path(folder))
         check_writable(Path(out))
     embeddings = embed_checked(

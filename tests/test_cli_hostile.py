@@ -243,3 +243,12 @@ def test_commands_run_with_stderr_closed(tmp_path: Path) -> None:
     scores = closed_stderr("evaluate", str(tmp_path / "a.csv"), str(folder), "--json")
     assert scores.returncode == 0 and json.loads(scores.stdout)["acc"] == 1.0
     assert closed_stderr("assign", str(tmp_path / "nowhere")).returncode == 2  # a usage mistake keeps its exit code
+
+
+def test_train_out_that_assign_head_could_not_read_is_refused_before_the_work(tmp_path: Path) -> None:
+    """`train --out head` saved head and head.json, then `assign --head head`, as its last line said, refused it."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    result = invoke("train", folder, *FAST, "--out", tmp_path / "head")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: --out {tmp_path / 'head'} does not end in .safetensors, the only name --head reads\n"
+    assert not (folder / ".imgcluster").exists() and not (tmp_path / "head").exists()
