@@ -18,6 +18,7 @@ from imgcluster.atomic import atomic_write_bytes, atomic_write_text
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.lock import pair_lock
 from imgcluster.objectives import Objective, create_objective
+from imgcluster.outputs import check_head_name
 
 CHECKPOINT_FORMAT = "imgcluster-head/2"  # 2: weights checksum in the JSON, head fields in the weights
 
@@ -28,6 +29,7 @@ def checkpoint_json(path: Path) -> Path:
 
 def save_checkpoint(path: Path, objective: Objective, description: dict[str, Any]) -> Path:
     """Write ``path`` (weights) and ``path`` with ``.json`` (how they were made); returns the JSON path."""
+    check_head_name(path)  # ClusterHead.save("head") wrote a head that load_checkpoint refused
     from safetensors.torch import save
 
     state = {k: v.detach().cpu().contiguous() for k, v in objective.state_dict().items()}

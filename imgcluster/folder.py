@@ -22,7 +22,7 @@ from imgcluster.features import embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
-from imgcluster.outputs import refuse_inputs, refuse_stdout
+from imgcluster.outputs import check_head_name, refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
@@ -582,8 +582,7 @@ def train_folder(
         refuse_stdout(out, "out", "a head checkpoint (two files)")
         if not os.fspath(out) or Path(out).is_dir():  # it failed after the training: "cannot write ."
             raise ParameterError(f"{{out}} {literal(os.fspath(out) or repr(''))} is a folder; give a file name")
-        if Path(out).suffix != ".safetensors":  # saved, then refused by {head}, which the run's last line suggested
-            raise ParameterError(f"{{out}} {literal(os.fspath(out))} does not end in .safetensors, the only name {{head}} reads")
+        check_head_name(out, "out")  # it was saved, then refused by the assign --head that the run's last line suggested
         refuse_inputs(Path(out), folder=Path(folder))
         check_writable(Path(out))
     embeddings = embed_checked(

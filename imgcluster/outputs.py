@@ -48,3 +48,11 @@ def refuse_stdout(out: str | os.PathLike[str], parameter: str, what: str) -> Non
     rather than writing a file or folder named ``-`` (``train`` and ``export`` did)."""
     if os.fspath(out) == "-":
         raise ParameterError(f"{{{parameter}}} -: {what} cannot go to standard output; give a name")
+
+
+def check_head_name(path: str | os.PathLike[str], parameter: str | None = None) -> None:
+    """A head checkpoint is read back only from a ``.safetensors`` name (its ``.json`` goes beside
+    it): one saved under another was refused by ``load_checkpoint`` after it had been trained."""
+    if Path(path).suffix != ".safetensors":
+        named = f"{{{parameter}}} " if parameter else ""
+        raise ParameterError(f"{named}{literal(os.fspath(path))} does not end in .safetensors, the only name a head is read back from")

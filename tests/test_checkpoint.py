@@ -156,3 +156,17 @@ def test_a_nan_head_through_the_cli_is_one_line_and_no_csv(small_folder: Path, s
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "not finite numbers" in errors[0] and "Traceback" not in result.stderr
     assert not out.exists()
+
+
+def test_a_head_is_saved_only_under_the_name_it_is_read_back_from(tmp_path: Path) -> None:
+    """ClusterHead.save("head") wrote head and head.json, which ClusterHead.load and assign --head then refused."""
+    from imgcluster import ClusterHead
+    from imgcluster.errors import ParameterError
+
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype("float32")
+    head = ClusterHead(n_clusters=2, epochs=1, device="cpu").fit(x)
+    with pytest.raises(ParameterError, match=r"head does not end in \.safetensors, the only name a head is read back from$"):
+        head.save(tmp_path / "head")
+    assert list(tmp_path.iterdir()) == []
+    head.save(tmp_path / "head.safetensors")
+    assert (ClusterHead.load(tmp_path / "head.safetensors").predict(x) == head.predict(x)).all()

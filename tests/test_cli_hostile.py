@@ -250,5 +250,5 @@ def test_train_out_that_assign_head_could_not_read_is_refused_before_the_work(tm
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
     result = invoke("train", folder, *FAST, "--out", tmp_path / "head")
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr == f"error: --out {tmp_path / 'head'} does not end in .safetensors, the only name --head reads\n"
+    assert result.stderr == f"error: --out {tmp_path / 'head'} does not end in .safetensors, the only name a head is read back from\n"
     assert not (folder / ".imgcluster").exists() and not (tmp_path / "head").exists()
