@@ -52,6 +52,14 @@ class Command(TyperCommand):
         return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in super().collect_usage_pieces(ctx)]
 
 
+def _home(arg: str) -> str:
+    """``~`` at the start of a value expanded, as the shell does for a separate word: it leaves
+    ``--out=~/x.csv`` as it is, and the run wrote into a new folder named ``~`` (which ``rm -rf ~``
+    would then remove the user's home for)."""
+    name, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
+    return f"{name}{sep}{os.path.expanduser(value)}" if value.startswith("~") else arg
+
+
 class OneLineErrors(TyperGroup):
     """Usage mistakes (a bad option value, a missing argument) as one ``error:`` line and exit code 2.
 
@@ -78,6 +86,7 @@ class OneLineErrors(TyperGroup):
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:  # fmt: skip
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
+        args = [_home(arg) for arg in (sys.argv[1:] if args is None else args)]
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except CommandLineError as exc:

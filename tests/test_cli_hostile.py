@@ -252,3 +252,16 @@ def test_train_out_that_assign_head_could_not_read_is_refused_before_the_work(tm
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: --out {tmp_path / 'head'} does not end in .safetensors, the only name a head is read back from\n"
     assert not (folder / ".imgcluster").exists() and not (tmp_path / "head").exists()
+
+
+def test_a_home_tilde_the_shell_left_after_an_equals_sign_means_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bash leaves `--to=~/sorted` as it is: the export went into a new folder named "~" in the current folder."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "home" / "photos" / "cat").mkdir(parents=True)
+    (tmp_path / "home" / "photos" / "cat" / "1.png").write_bytes(b"x")
+    (tmp_path / "home" / "a.csv").write_text('"path","cluster"\n"cat/1.png",0\n')
+    result = invoke("export", "~/a.csv", "--to=~/sorted", "--folder=~/photos", "--mode=copy")
+    assert result.exit_code == 0, result.stderr
+    assert (tmp_path / "home" / "sorted" / "00" / "cat" / "1.png").read_bytes() == b"x"
+    assert not (tmp_path / "~").exists()
