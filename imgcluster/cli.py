@@ -873,7 +873,8 @@ def assign(
             return
         _refuse_given(ctx, ("engine", "ray_address", "train_sample", "knn_threshold", "nprobe"), "only with --features")
         assert folder is not None  # _folder_or_features
-        out = f"{Path(folder).resolve().name}-clusters.csv" if out is None else out  # --out "" is refused, not the default
+        # --out "" is refused, not the default; `assign /` wrote "-clusters.csv", a name commands take for an option
+        out = f"{Path(folder).resolve().name or 'root'}-clusters.csv" if out is None else out
         if report and (out == "-" or is_stream(Path(out))):
             where = "stdout" if out == "-" else f"{out}, which is not a regular file"
             raise ParameterError(f"--report needs --out FILE: the report is written beside the CSV, not beside {where}")

@@ -265,3 +265,14 @@ def test_a_home_tilde_the_shell_left_after_an_equals_sign_means_home(tmp_path: P
     assert result.exit_code == 0, result.stderr
     assert (tmp_path / "home" / "sorted" / "00" / "cat" / "1.png").read_bytes() == b"x"
     assert not (tmp_path / "~").exists()
+
+
+def test_the_default_csv_of_the_root_folder_does_not_start_with_a_dash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`imgcluster assign /` wrote "-clusters.csv", which the next command (`evaluate -clusters.csv`) took for an option."""
+    import imgcluster
+
+    seen: list[str] = []
+    monkeypatch.setattr(imgcluster, "cluster_folder", lambda folder, out, **kwargs: seen.append(out))
+    monkeypatch.chdir(tmp_path)
+    assert invoke("assign", "/").exit_code == 0
+    assert seen == ["root-clusters.csv"]
