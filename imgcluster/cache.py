@@ -39,8 +39,8 @@ def shared_cache_root(cache_dir: str | None) -> Path | None:
     """The root many folders may share: ``--cache-dir``, else ``$IMGCLUSTER_CACHE``; None for the default."""
     if cache_dir:
         return Path(cache_dir)
-    if os.environ.get("IMGCLUSTER_CACHE"):
-        return Path(os.environ["IMGCLUSTER_CACHE"])
+    if os.environ.get("IMGCLUSTER_CACHE"):  # ~ too: an env file or a unit's Environment= leaves it to the program
+        return Path(os.path.expanduser(os.environ["IMGCLUSTER_CACHE"]))
     return None
 
 

@@ -61,7 +61,7 @@ def check_cache_root(cache_dir: str | os.PathLike[str] | None) -> None:
     """A cache root that is a file is refused now; it failed after the model had loaded, with
     advice to pass the very option that was given."""
     given = os.fspath(cache_dir) if cache_dir else None
-    root = given or os.environ.get("IMGCLUSTER_CACHE")
+    root = given or os.path.expanduser(os.environ.get("IMGCLUSTER_CACHE", ""))
     if root and os.path.exists(root) and not os.path.isdir(root):
         what = "{cache_dir}" if given else "$IMGCLUSTER_CACHE"
         raise ParameterError(f"{what} {literal(root)} is a file, not a folder")

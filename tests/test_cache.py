@@ -207,3 +207,13 @@ def test_an_unchanged_description_is_not_written_again_so_a_full_disk_does_not_s
     another_backbone = {**description, "backbone": {"model": "m", "feature_dim": 8}}
     with pytest.raises(ImgclusterError, match=r"cannot write .*config\.json: No space left on device"):
         EmbeddingCache.open(tmp_path, "float16", another_backbone)
+
+
+def test_a_cache_root_from_the_environment_may_start_with_a_tilde(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """IMGCLUSTER_CACHE=~/cache from an env file (which no shell expands) made a folder named "~" in the current folder."""
+    from imgcluster.cache import default_cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("IMGCLUSTER_CACHE", "~/cache")
+    root = default_cache_root(tmp_path / "photos", None)
+    assert root.is_relative_to(tmp_path / "home" / "cache")
