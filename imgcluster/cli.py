@@ -26,7 +26,7 @@ import imgcluster
 from imgcluster import __version__
 from imgcluster.atomic import is_stream, stdout_failed, writing_stdout
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
-from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
+from imgcluster.errors import ImgclusterError, ParameterError, first_sentences, literal
 from imgcluster.progress import Event, count
 from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
@@ -878,6 +878,11 @@ def assign(
         if report and (out == "-" or is_stream(Path(out))):
             where = "stdout" if out == "-" else f"{out}, which is not a regular file"
             raise ParameterError(f"--report needs --out FILE: the report is written beside the CSV, not beside {where}")
+        if report:
+            from imgcluster.report import default_report_path
+
+            if (page := default_report_path(Path(out))).is_dir():  # said after the whole run, naming --out
+                raise ParameterError(f"--report writes {literal(page)} beside the CSV, and that is a folder")
         if head is not None:
             _refuse_training_options(ctx)
         training = _training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label, uco, option)

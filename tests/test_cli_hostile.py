@@ -276,3 +276,13 @@ def test_the_default_csv_of_the_root_folder_does_not_start_with_a_dash(tmp_path:
     monkeypatch.chdir(tmp_path)
     assert invoke("assign", "/").exit_code == 0
     assert seen == ["root-clusters.csv"]
+
+
+def test_assign_report_onto_a_folder_is_refused_before_the_work(tmp_path: Path) -> None:
+    """`assign --out x.csv --report` with a folder x.html wrote the CSV, then said "--out x.html is a folder" (exit 2)."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    (tmp_path / "x.html").mkdir()
+    result = invoke("assign", folder, *FAST, "--out", tmp_path / "x.csv", "--report")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: --report writes {tmp_path / 'x.html'} beside the CSV, and that is a folder\n"
+    assert not (tmp_path / "x.csv").exists() and not (folder / ".imgcluster").exists()
