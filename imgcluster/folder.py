@@ -211,6 +211,15 @@ def check_out(
         raise ParameterError(f"{{near_duplicates}} needs {{out}} FILE: its CSV is written beside the CSV, not beside {where}")
     if out_path is not None:
         refuse_inputs(out_path, inputs or {}, folder)
+    if beside is not None:  # a folder where a file beside the CSV goes failed after the whole run, the CSV written
+        companions = [sidecar_path(beside)]
+        if near_duplicates is not None:
+            from imgcluster.duplicates import duplicates_path
+
+            companions.append(duplicates_path(beside))
+        for companion in companions:
+            if companion.is_dir():
+                raise ParameterError(f"{{out}} {literal(text)}: {literal(companion)}, which goes beside it, is a folder")
     return out_path, beside
 
 
