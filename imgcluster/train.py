@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from imgcluster.adamw import AdamW
 from imgcluster.config import TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.neighbours import l2_normalise
@@ -134,7 +135,7 @@ def _gradient_training(
     last_call = -math.inf
     for stage in stages:
         objective.begin_stage(stage)
-        optimiser = torch.optim.AdamW(objective.param_groups(config.lr, config.weight_decay))
+        optimiser = AdamW(objective.param_groups(config.lr, config.weight_decay))
         epochs = stage.epochs if stage.epochs is not None else epochs_main
         head_loss_sum = torch.zeros(objective.n_heads, device=device)
         for epoch in range(epochs):
@@ -149,9 +150,10 @@ def _gradient_training(
             for s in range(steps_per_epoch):
                 idx = order[s * batch_size : (s + 1) * batch_size]
                 nidx = knn[idx, pick[s * batch_size : (s + 1) * batch_size]]
-                batch = Batch(anchors=z[idx], neighbours=z[nidx], index=idx, neighbour_index=nidx)
+                pair = z[torch.cat([idx, nidx])]  # one gather of both views, rows equal to z[idx] and z[nidx]
+                batch = Batch(anchors=pair[:batch_size], neighbours=pair[batch_size:], index=idx, neighbour_index=nidx, pair=pair)
                 out = objective.step(batch)
-                optimiser.zero_grad(set_to_none=True)
+                optimiser.zero_grad()
                 out.loss.backward()
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)

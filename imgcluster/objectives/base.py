@@ -109,6 +109,13 @@ class Batch:
     neighbours: torch.Tensor  # [B, d] L2-normalised features of a random kNN partner
     index: torch.Tensor  # [B] rows of the anchors in the full feature matrix
     neighbour_index: torch.Tensor  # [B] rows of the neighbours
+    # anchors then neighbours, [2B, d], when the loop gathered them as one block (anchors and
+    # neighbours are then its halves): most objectives encode both views in one pass
+    pair: torch.Tensor | None = None
+
+    def stacked(self) -> torch.Tensor:
+        """Anchors then neighbours, ``[2B, d]``: the gathered block without a copy when there is one."""
+        return self.pair if self.pair is not None else torch.cat([self.anchors, self.neighbours])
 
 
 @dataclass(frozen=True)

@@ -209,7 +209,7 @@ class DDC(Objective):
         use_neighbours = p.neighbour_weight > 0
         # With the kNN term the neighbours share the forward pass (and so the BatchNorm statistics);
         # the DDC terms use the anchors only.
-        z = torch.cat([batch.anchors, batch.neighbours]) if use_neighbours else batch.anchors
+        z = batch.stacked() if use_neighbours else batch.anchors
         logits, hidden, relu = self.heads(z)
         probs = logits.softmax(-1)
         a = probs[:, :n]

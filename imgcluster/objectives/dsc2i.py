@@ -173,7 +173,7 @@ class DSC2I(CentreObjective):
     def step(self, batch: Batch) -> StepOutput:
         p = self.params
         b = batch.anchors.shape[0]
-        z = self.encode(torch.cat([batch.anchors, batch.neighbours]))
+        z = self.encode(batch.stacked())
         centres = self.unit_centres()
         if p.alternate:
             if self._step_count % 2 == 0:

@@ -209,7 +209,7 @@ class MixtureEM(Objective):
 
     def step(self, batch: Batch) -> StepOutput:
         b = batch.anchors.shape[0]
-        log_f = self.log_densities(torch.cat([batch.anchors, batch.neighbours]))
+        log_f = self.log_densities(batch.stacked())
         log_pi = self.mixing_logits.log_softmax(-1)
         per_head, parts = mixture_em_loss(
             log_pi, log_f[:, :b], log_f[:, b:], self.params.consistency_weight, self.params.balance

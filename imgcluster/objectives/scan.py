@@ -101,7 +101,7 @@ class SCAN(Objective):
     def step(self, batch: Batch) -> StepOutput:
         if self.self_labelling:
             return self._self_label_step(batch)
-        both = torch.cat([batch.anchors, batch.neighbours])
+        both = batch.stacked()
         logits = self.heads(both)
         p = logits.softmax(-1)
         b = batch.anchors.shape[0]

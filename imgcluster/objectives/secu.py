@@ -231,7 +231,7 @@ class SeCu(CentreObjective):
     def step(self, batch: Batch) -> StepOutput:
         p = self.params
         b = batch.anchors.shape[0]
-        z = self.encode(torch.cat([batch.anchors, batch.neighbours]))  # [2B, d']
+        z = self.encode(batch.stacked())  # [2B, d']
         centres = self.unit_centres()
         sims = torch.einsum("nd,hdk->hnk", z.detach(), centres)  # [H, 2B, K], gradient to centres only
         with torch.no_grad():
