@@ -52,6 +52,11 @@ class TrainConfig:
     seed: int = 0
     grad_clip: float = 0.0
     min_steps: int = 300  # small folders train for more epochs to reach this many steps
+    # Stop a stage early once its clusters have settled: when at most this fraction of the images
+    # changed cluster (in the head that would be kept) from one epoch to the next, ``stable_epochs``
+    # epochs in a row. None trains every epoch. Objectives that report no assignments train every epoch.
+    stable_fraction: float | None = None
+    stable_epochs: int = 2
     objective_options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -136,6 +136,10 @@ class StepOutput:
     # Diagnostics averaged per epoch; 0-d tensors are fine and cheaper: train.py reads them once an
     # epoch, so a step never waits for the GPU to report a number.
     logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    # [H, B]: the cluster each head gives each anchor now (the argmax its prediction would take),
+    # without gradient; the loop counts how many change between epochs to stop once they settle.
+    # None: the objective offers none, and its training runs every epoch.
+    assignments: torch.Tensor | None = None
 
 
 class Objective(nn.Module):

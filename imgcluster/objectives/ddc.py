@@ -234,7 +234,7 @@ class DDC(Objective):
             consistency = -torch.log(agreement).mean(-1)
             per_head = per_head + p.neighbour_weight * consistency
             logs["consistency"] = consistency.detach().mean()
-        return StepOutput(loss=per_head.sum(), head_losses=per_head.detach(), logs=logs)
+        return StepOutput(loss=per_head.sum(), head_losses=per_head.detach(), logs=logs, assignments=a.detach().argmax(-1))
 
     def head_probs(self, z: torch.Tensor) -> torch.Tensor:
         return self.heads(z)[0].softmax(-1)

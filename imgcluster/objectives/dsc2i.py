@@ -188,6 +188,7 @@ class DSC2I(CentreObjective):
             loss=per_head.mean(),
             head_losses=per_head.detach(),
             logs={name: v.detach().mean() for name, v in terms.items()},
+            assignments=probs[:, :b].detach().argmax(-1),
         )
 
     # --- inference ------------------------------------------------------------------------

@@ -110,6 +110,7 @@ class SCAN(Objective):
             loss=per_head.sum(),
             head_losses=per_head.detach(),
             logs={"consistency": consistency.detach().mean(), "entropy": entropy.detach().mean()},
+            assignments=p[:, :b].detach().argmax(-1),
         )
 
     def _self_label_step(self, batch: Batch) -> StepOutput:

@@ -259,6 +259,7 @@ class SeCu(CentreObjective):
                 "min_size": sizes.min(-1).values.float().mean() * self.n_clusters / b,  # 1.0 = perfectly balanced
                 "changed": changed,
             },
+            assignments=sims[:, :b].detach().argmax(-1),  # what predict's softmax(z^T C / tau) picks
         )
 
     @torch.no_grad()

@@ -257,6 +257,7 @@ class TEMI(Objective):
             loss=per_head.sum(),
             head_losses=per_head.detach(),
             logs={"pair_weight": weight.mean(), "clusters_used": used.float()},
+            assignments=log_t[:, :b].argmax(-1),  # the teacher predicts
         )
 
     @torch.no_grad()
