@@ -224,7 +224,7 @@ def _gradient_training(
                 head = int(head_loss_sum.argmin()) if stage.select_head and objective.n_heads > 1 else int(objective.best_head)
                 logged["changed_clusters"] = settling.fraction(head)
                 calm = calm + 1 if config.stable_fraction is not None and logged["changed_clusters"] <= config.stable_fraction else 0
-                stop = calm >= config.stable_epochs and epoch + 1 < epochs
+                stop = calm >= config.stable_epochs and (epoch + 1) * steps_per_epoch >= config.min_steps and epoch + 1 < epochs
             if stop:  # the steps this stage will not take leave the total, so a display ends full
                 total_steps -= (epochs - epoch - 1) * steps_per_epoch
             log = EpochLog(stage.name, epoch_counter, mean_loss, time.perf_counter() - t0, logged)

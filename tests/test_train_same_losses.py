@@ -66,7 +66,9 @@ def test_losses_and_predictions_equal_the_plain_loop(name: str) -> None:
     x = (centres[np.repeat(np.arange(3), 40)] + rng.normal(size=(120, 16))).astype(np.float32)
     neighbours = knn_search(x, 8)[0]
     options = {"self_label_epochs": 2} if name == "scan" else {}
-    config = TrainConfig(objective=name, clusters=3, epochs=3, batch_size=32, knn=8, seed=4, min_steps=0, objective_options=options)
+    config = TrainConfig(
+        objective=name, clusters=3, epochs=3, batch_size=32, knn=8, seed=4, min_steps=0, stable_fraction=None, objective_options=options
+    )
     losses, probs = reference_training(x, neighbours, config)
     result = train_objective(x, neighbours, config, torch.device("cpu"))
     assert [log.loss for log in result.history] == losses

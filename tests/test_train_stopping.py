@@ -47,16 +47,19 @@ def epochs_run(settle_at: int, config: TrainConfig, report: bool = True) -> int:
 
 def test_stops_once_nothing_changes_for_the_given_epochs_and_not_before() -> None:
     # Epoch 0 sees every image for the first time; epochs 1..3 move every image; from epoch 4 on nothing moves.
-    config = TrainConfig(stable_fraction=0.0, stable_epochs=2)
+    config = TrainConfig(stable_fraction=0.0, stable_epochs=2, min_steps=0)
     assert epochs_run(3, config) == 6  # epochs 4 and 5 unchanged
     assert epochs_run(3, dataclasses.replace(config, stable_epochs=3)) == 7
     assert epochs_run(10, config) == 13
+    # 5 steps an epoch: with 45 steps before the rule may act (min_steps), the settled run goes on to epoch 9
+    assert epochs_run(3, dataclasses.replace(config, min_steps=45)) == 9
+    assert epochs_run(3, dataclasses.replace(config, min_steps=30)) == 6
 
 
 def test_trains_every_epoch_without_a_rule_or_without_assignments() -> None:
     assert epochs_run(3, TrainConfig(stable_fraction=None)) == 20
-    assert epochs_run(3, TrainConfig(stable_fraction=0.0), report=False) == 20
-    assert epochs_run(30, TrainConfig(stable_fraction=0.0)) == 20  # never settles within the 20 epochs
+    assert epochs_run(3, TrainConfig(stable_fraction=0.0, min_steps=0), report=False) == 20
+    assert epochs_run(30, TrainConfig(stable_fraction=0.0, min_steps=0)) == 20  # never settles within the 20 epochs
 
 
 def test_a_stop_gives_the_model_of_a_run_asked_for_that_many_epochs() -> None:
@@ -102,7 +105,17 @@ def test_progress_ends_full_when_training_stops_early() -> None:
     calls: list[tuple[int, int]] = []
     x = np.eye(4, dtype=np.float32)[np.arange(40) % 4]
     history = _gradient_training(
-        Scripted(3), x, np.zeros((40, 1), dtype=np.int64), 8, 20, TrainConfig(stable_fraction=0.0), torch.device("cpu"),
+        Scripted(3), x, np.zeros((40, 1), dtype=np.int64), 8, 20, TrainConfig(stable_fraction=0.0, min_steps=0), torch.device("cpu"),
         torch.Generator().manual_seed(0), lambda done, total, log: calls.append((done, total)),
     )  # fmt: skip
     assert len(history) == 6 and calls[0] == (0, 100) and calls[-1] == (30, 30)
+
+
+def test_epochs_given_are_trained_in_full() -> None:
+    from imgcluster.head_config import train_config
+
+    common = dict(batch_size=512, lr=1e-3, knn=20, k_min=2, k_max=10, balance=None, self_label=False, uco=False, options={})
+    given = train_config("secu", 3, 0, epochs=7, **common)  # type: ignore[arg-type]
+    default = train_config("secu", 3, 0, epochs=None, **common)  # type: ignore[arg-type]
+    assert given.stable_fraction is None and given.min_steps == 0
+    assert default.stable_fraction == TrainConfig.stable_fraction and default.min_steps == TrainConfig.min_steps
