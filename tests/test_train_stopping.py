@@ -119,3 +119,19 @@ def test_epochs_given_are_trained_in_full() -> None:
     default = train_config("secu", 3, 0, epochs=None, **common)  # type: ignore[arg-type]
     assert given.stable_fraction is None and given.min_steps == 0
     assert default.stable_fraction == TrainConfig.stable_fraction and default.min_steps == TrainConfig.min_steps
+
+
+def test_a_stopped_run_says_so_and_its_progress_ends_full() -> None:
+    from imgcluster.fitting import fit_head
+
+    events = []
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(3, 16)) * 3
+    x = (centres[np.repeat(np.arange(3), 60)] + rng.normal(size=(180, 16))).astype(np.float32)
+    config = TrainConfig(clusters=3, epochs=40, batch_size=32, knn=8, seed=2, min_steps=0, stable_fraction=0.02)
+    fitted = fit_head(x, config, torch.device("cpu"), auto=False, k_min=2, k_max=3, seed=2, progress=events.append)
+    trained = len(fitted.history)
+    assert trained < 40
+    assert any(e.kind == "info" and e.message.startswith(f"stopped after epoch {trained}: at most 2.0% ") for e in events)
+    last = [e for e in events if e.stage == "train" and e.kind == "advance"][-1]
+    assert last.done == last.total == trained * (180 // 32)
