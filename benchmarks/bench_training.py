@@ -102,6 +102,7 @@ def main() -> None:
         help="DATASET=FILE.npy: features this pipeline saved earlier, rows in the folder's sorted path order",
     )
     parser.add_argument("--section", default=None)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="the Markdown file whose section is written")
     parser.add_argument("--note", default="")
     args = parser.parse_args()
     variants = [parse_variant(v) for v in args.variants]
@@ -163,7 +164,7 @@ def main() -> None:
             cells = [f"{runs[v.name][i]['acc']:.4f} / {runs[v.name][i]['seconds']:.2f}" for v in variants]
             lines.append(f"| {seed} | " + " | ".join(cells) + " |")
         lines.append("")
-        write_section(section, "\n".join(lines), RESULTS)  # each finished dataset is kept
+        write_section(section, "\n".join(lines), args.results)  # each finished dataset is kept
     print("\n".join(lines))
 
 

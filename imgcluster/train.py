@@ -223,7 +223,8 @@ def _gradient_training(
                 # The head that would be kept if training ended now: this epoch's lowest loss, as below.
                 head = int(head_loss_sum.argmin()) if stage.select_head and objective.n_heads > 1 else int(objective.best_head)
                 logged["changed_clusters"] = settling.fraction(head)
-                calm = calm + 1 if config.stable_fraction is not None and logged["changed_clusters"] <= config.stable_fraction else 0
+                fraction = config.stable_fraction if objective.stops_when_settled else None
+                calm = calm + 1 if fraction is not None and logged["changed_clusters"] <= fraction else 0
                 stop = calm >= config.stable_epochs and (epoch + 1) * steps_per_epoch >= config.min_steps and epoch + 1 < epochs
             if stop:  # the steps this stage will not take leave the total, so a display ends full
                 total_steps -= (epochs - epoch - 1) * steps_per_epoch

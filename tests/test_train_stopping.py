@@ -20,6 +20,7 @@ class Scripted(Objective):
     """Assigns image i to cluster (i + epoch) % 2 until ``settle_at``, then (i + settle_at) % 2 for good."""
 
     name = "scripted"
+    stops_when_settled = True
 
     def __init__(self, settle_at: int, report: bool = True) -> None:
         super().__init__(4, 2, None)
@@ -58,6 +59,11 @@ def test_stops_once_nothing_changes_for_the_given_epochs_and_not_before() -> Non
 
 def test_trains_every_epoch_without_a_rule_or_without_assignments() -> None:
     assert epochs_run(3, TrainConfig(stable_fraction=None)) == 20
+    Scripted.stops_when_settled = False  # an objective the rule was not measured on
+    try:
+        assert epochs_run(3, TrainConfig(stable_fraction=0.0, min_steps=0)) == 20
+    finally:
+        Scripted.stops_when_settled = True
     assert epochs_run(3, TrainConfig(stable_fraction=0.0, min_steps=0), report=False) == 20
     assert epochs_run(30, TrainConfig(stable_fraction=0.0, min_steps=0)) == 20  # never settles within the 20 epochs
 

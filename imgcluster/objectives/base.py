@@ -153,6 +153,10 @@ class Objective(nn.Module):
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
+    # Whether training may stop once the clusters settle (TrainConfig.stable_fraction): only for the
+    # objectives whose ACC the early stop was measured to keep (benchmarks/results_training.md).
+    # The others report their assignments too, for the log, and train every epoch.
+    stops_when_settled: ClassVar[bool] = False
     Params: ClassVar[type]
     # Hyper-parameters that weight the objective's pull towards equal cluster sizes (its uniform
     # prior). ``--balance W`` multiplies their defaults by W; empty when the method has no such term.

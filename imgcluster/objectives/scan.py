@@ -78,6 +78,7 @@ def consistency_entropy_loss(
 class SCAN(Objective):
     name = "scan"
     Params = SCANParams
+    stops_when_settled = True  # same ACC at 16 of 30 epochs on 10,000 images (results_training.md)
     balance_options = ("entropy_weight",)
 
     def __init__(self, in_dim: int, n_clusters: int, params: SCANParams) -> None:
