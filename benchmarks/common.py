@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+# isort: off
+import imgcluster  # noqa: F401 - before torch: OpenMP threads wait passively (spinning ones cost 30x on shared cores)
+
+# isort: on
 import os
 import platform
 import re
@@ -38,10 +42,12 @@ class Dataset:
     classes: int
 
 
-def datasets() -> list[Dataset]:
+def datasets(data: Path | None = None) -> list[Dataset]:
+    """The labelled folders, written under ``data`` (default benchmarks/data) when missing."""
+    data = data or DATA
     return [
-        Dataset("fashion-mnist-test", fashion_mnist_folder(DATA / "fashion-mnist-test"), 10),
-        Dataset("digits", digits_folder(DATA / "digits"), 10),
+        Dataset("fashion-mnist-test", fashion_mnist_folder(data / "fashion-mnist-test"), 10),
+        Dataset("digits", digits_folder(data / "digits"), 10),
         Dataset("sample_data", HERE.parent / "sample_data", 5),
     ]
 

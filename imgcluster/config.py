@@ -51,7 +51,14 @@ class TrainConfig:
     knn: int = DEFAULT_KNN
     seed: int = 0
     grad_clip: float = 0.0
-    min_steps: int = 300  # small folders train for more epochs to reach this many steps
+    # Small folders train for more epochs to reach this many steps, and no stage stops early before it.
+    min_steps: int = 300
+    # Stop a stage early once its clusters have settled: when at most this fraction of the images
+    # changed cluster (in the head that would be kept) from one epoch to the next, ``stable_epochs``
+    # epochs in a row, and not before ``min_steps`` steps. None trains every epoch. Objectives that
+    # report no assignments train every epoch.
+    stable_fraction: float | None = 0.05
+    stable_epochs: int = 2
     objective_options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -33,7 +33,8 @@ class ClusterHead(ClusterMixin, BaseEstimator):
 
     ``n_clusters="auto"`` chooses K between ``k_min`` and ``k_max`` from the features
     (:mod:`imgcluster.choose_k`). ``epochs=None`` trains 30 epochs, or more on small inputs to
-    reach 300 optimiser steps; a number is trained as given. ``balance``, ``self_label`` and
+    reach 300 optimiser steps, and stops earlier once the clusters settle (see
+    ``TrainConfig.stable_fraction``); a number is trained as given. ``balance``, ``self_label`` and
     ``uco`` are the shortcuts of ``imgcluster assign``; any other keyword is an option of the
     objective (``imgcluster objectives`` lists them), e.g. ``ClusterHead("scan", hidden=64)``.
     ``device`` is ``auto``, ``cpu`` or ``cuda``.

@@ -95,9 +95,14 @@ def fit_head(
             return
         epochs_total = total // steps_per_epoch
         line = f"epoch {log.epoch}/{epochs_total} [{log.stage}] loss {log.loss:.4f} ({log.seconds:.1f}s)"
-        report.advance(moved, line, status=f"loss {log.loss:.4f}")
+        report.advance(moved, line, status=f"loss {log.loss:.4f}", total=total)
 
     trained = train_objective(features, neighbours, config, device, on_progress)
+    if trained.stopped_early and config.stable_fraction is not None:
+        report.info(
+            f"stopped after epoch {len(trained.history)}: at most {config.stable_fraction:.1%} of the images changed cluster "
+            f"in {config.stable_epochs} epochs in a row"
+        )
     report.info(f"trained {config.objective} (K={config.clusters}) in {trained.seconds:.1f}s")
     if trained.empty_clusters:
         report.warning(

@@ -53,5 +53,7 @@ def train_config(
         objective=objective, clusters=requested or DEFAULT_CLUSTERS,
         epochs=TrainConfig.epochs if epochs is None else int(epochs), batch_size=int(batch_size),
         lr=float(lr), knn=int(knn), seed=int(seed), objective_options=flags,
+        # Epochs given are trained as given: no floor of steps, no early stop.
         min_steps=TrainConfig.min_steps if epochs is None else 0,
+        stable_fraction=TrainConfig.stable_fraction if epochs is None else None,
     )  # fmt: skip

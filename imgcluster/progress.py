@@ -103,6 +103,8 @@ class Reporter:
         """Steps reported so far in the current stage."""
         return self._done
 
-    def advance(self, n: int = 1, message: str = "", status: str = "") -> None:
+    def advance(self, n: int = 1, message: str = "", status: str = "", total: int | None = None) -> None:
+        """``n`` more steps done; ``total`` replaces the stage's total (a stage that ends early)."""
         self._done += n
+        self._total = self._total if total is None else total
         self._emit(Event(self.stage, "advance", message, self._done, self._total, status))

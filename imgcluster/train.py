@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from imgcluster.adamw import AdamW
 from imgcluster.config import TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.neighbours import l2_normalise
@@ -33,6 +34,7 @@ class TrainResult:
     seconds: float
     empty_clusters: int
     schedule: dict[str, int] = field(default_factory=dict)  # batch, epochs and k actually used
+    stopped_early: bool = False  # a stage ended before its epochs: its clusters had settled (TrainConfig.stable_fraction)
 
 
 # (optimiser steps done, total steps, the log of the epoch that just ended or None): called with 0
@@ -60,6 +62,7 @@ def train_objective(
     if config.clusters < 2:
         raise ParameterError(f"{{n_clusters}} must be at least 2, got {config.clusters}")
     check_clusters_fit(config.clusters, n)
+    check_stopping(config)
     features = l2_normalise(features)  # every objective works on unit vectors
     generator = seed_everything(config.seed)
     objective = create_objective(config.objective, dim, config.clusters, config.objective_options).to(device)
@@ -76,8 +79,21 @@ def train_objective(
     z = torch.from_numpy(features).to(device)
     labels = predict_labels(objective, z)
     empty = int(config.clusters - np.unique(labels).size)
-    schedule = {"batch_size": batch_size, "epochs": epochs, "knn": knn} if objective.trainable else {}
-    return TrainResult(objective=objective, history=history, seconds=seconds, empty_clusters=empty, schedule=schedule)
+    planned = sum(s.epochs if s.epochs is not None else epochs for s in objective.stages()) if objective.trainable else 0
+    schedule = {"batch_size": batch_size, "epochs": epochs, "knn": knn, "epochs_trained": len(history)} if objective.trainable else {}
+    return TrainResult(
+        objective=objective, history=history, seconds=seconds, empty_clusters=empty, schedule=schedule,
+        stopped_early=len(history) < planned,
+    )  # fmt: skip
+
+
+def check_stopping(config: TrainConfig) -> None:
+    """The stopping rule's settings: a fraction of the images (or None) and a whole number of epochs."""
+    fraction, epochs = config.stable_fraction, config.stable_epochs
+    if fraction is not None and (isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 <= fraction <= 1):
+        raise ParameterError(f"stable_fraction must be a fraction from 0 to 1, or None to train every epoch; got {fraction!r}")
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ParameterError(f"stable_epochs must be a whole number of at least 1, got {epochs!r}")
 
 
 @torch.no_grad()
@@ -107,6 +123,28 @@ def effective_knn(n: int, config: TrainConfig) -> int:
     return max(1, min(config.knn, n // (2 * config.clusters)))
 
 
+class Settling:
+    """How many images each head moved to another cluster since it last saw them: the evidence
+    for stopping once the clusters have settled (``TrainConfig.stable_fraction``)."""
+
+    def __init__(self, n_heads: int, n: int, device: torch.device) -> None:
+        self.last = torch.full((n_heads, n), -1, dtype=torch.int32, device=device)  # -1: not seen yet
+        self.changed = torch.zeros(n_heads, dtype=torch.long, device=device)
+        self.seen = 0
+
+    def update(self, index: torch.Tensor, assignments: torch.Tensor) -> None:
+        self.changed += (self.last[:, index] != assignments).sum(-1)
+        self.last[:, index] = assignments.to(self.last.dtype)
+        self.seen += index.shape[0]
+
+    def fraction(self, head: int) -> float:
+        """Share of the images seen since the last call that ``head`` put in another cluster; starts afresh."""
+        value = float(self.changed[head]) / max(1, self.seen)
+        self.changed.zero_()
+        self.seen = 0
+        return value
+
+
 def _gradient_training(
     objective: Objective,
     features: np.ndarray,
@@ -134,9 +172,11 @@ def _gradient_training(
     last_call = -math.inf
     for stage in stages:
         objective.begin_stage(stage)
-        optimiser = torch.optim.AdamW(objective.param_groups(config.lr, config.weight_decay))
+        optimiser = AdamW(objective.param_groups(config.lr, config.weight_decay))
         epochs = stage.epochs if stage.epochs is not None else epochs_main
         head_loss_sum = torch.zeros(objective.n_heads, device=device)
+        settling = Settling(objective.n_heads, n, device)
+        calm = 0  # epochs in a row in which at most stable_fraction of the images changed cluster
         for epoch in range(epochs):
             objective.train()
             objective.on_epoch_start(epoch_counter)
@@ -146,12 +186,16 @@ def _gradient_training(
             head_loss_sum.zero_()
             loss_sum = torch.zeros((), device=device)  # summed on the device: no host sync per step
             extras: dict[str, float | torch.Tensor] = {}
+            reported = True  # every step reported its anchors' clusters
             for s in range(steps_per_epoch):
                 idx = order[s * batch_size : (s + 1) * batch_size]
                 nidx = knn[idx, pick[s * batch_size : (s + 1) * batch_size]]
-                batch = Batch(anchors=z[idx], neighbours=z[nidx], index=idx, neighbour_index=nidx)
+                # One gather of both views, the rows of z[idx] and z[nidx] (index_select: 4.6x faster than
+                # advanced indexing alone, though memory traffic bounds it inside training).
+                pair = z.index_select(0, torch.cat([idx, nidx]))
+                batch = Batch(anchors=pair[:batch_size], neighbours=pair[batch_size:], index=idx, neighbour_index=nidx, pair=pair)
                 out = objective.step(batch)
-                optimiser.zero_grad(set_to_none=True)
+                optimiser.zero_grad()
                 out.loss.backward()
                 if config.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(objective.parameters(), config.grad_clip)
@@ -159,6 +203,10 @@ def _gradient_training(
                 objective.after_step(batch, out)
                 head_loss_sum += out.head_losses
                 loss_sum += out.loss.detach()
+                if out.assignments is None:
+                    reported = False
+                else:
+                    settling.update(idx, out.assignments)
                 for key, value in out.logs.items():
                     extras[key] = extras.get(key, 0.0) + value / steps_per_epoch
                 steps_done += 1
@@ -170,11 +218,23 @@ def _gradient_training(
                 raise ImgclusterError(f"training diverged (loss {mean_loss}) in epoch {epoch + 1}; try a smaller {{lr}}")
             epoch_counter += 1
             logged = {key: float(value) for key, value in extras.items()}
+            stop = False
+            if reported:
+                # The head that would be kept if training ended now: this epoch's lowest loss, as below.
+                head = int(head_loss_sum.argmin()) if stage.select_head and objective.n_heads > 1 else int(objective.best_head)
+                logged["changed_clusters"] = settling.fraction(head)
+                fraction = config.stable_fraction if objective.stops_when_settled else None
+                calm = calm + 1 if fraction is not None and logged["changed_clusters"] <= fraction else 0
+                stop = calm >= config.stable_epochs and (epoch + 1) * steps_per_epoch >= config.min_steps and epoch + 1 < epochs
+            if stop:  # the steps this stage will not take leave the total, so a display ends full
+                total_steps -= (epochs - epoch - 1) * steps_per_epoch
             log = EpochLog(stage.name, epoch_counter, mean_loss, time.perf_counter() - t0, logged)
             history.append(log)
             if progress is not None:
                 progress(steps_done, total_steps, log)
                 last_call = time.perf_counter()
+            if stop:
+                break
         if stage.select_head and objective.n_heads > 1:
             objective.best_head.fill_(int(head_loss_sum.argmin()))
     return history

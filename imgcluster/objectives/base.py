@@ -109,6 +109,13 @@ class Batch:
     neighbours: torch.Tensor  # [B, d] L2-normalised features of a random kNN partner
     index: torch.Tensor  # [B] rows of the anchors in the full feature matrix
     neighbour_index: torch.Tensor  # [B] rows of the neighbours
+    # anchors then neighbours, [2B, d], when the loop gathered them as one block (anchors and
+    # neighbours are then its halves): most objectives encode both views in one pass
+    pair: torch.Tensor | None = None
+
+    def stacked(self) -> torch.Tensor:
+        """Anchors then neighbours, ``[2B, d]``: the gathered block without a copy when there is one."""
+        return self.pair if self.pair is not None else torch.cat([self.anchors, self.neighbours])
 
 
 @dataclass(frozen=True)
@@ -129,6 +136,10 @@ class StepOutput:
     # Diagnostics averaged per epoch; 0-d tensors are fine and cheaper: train.py reads them once an
     # epoch, so a step never waits for the GPU to report a number.
     logs: dict[str, float | torch.Tensor] = field(default_factory=dict)
+    # [H, B]: the cluster each head gives each anchor now (the argmax its prediction would take),
+    # without gradient; the loop counts how many change between epochs to stop once they settle.
+    # None: the objective offers none, and its training runs every epoch.
+    assignments: torch.Tensor | None = None
 
 
 class Objective(nn.Module):
@@ -142,6 +153,10 @@ class Objective(nn.Module):
 
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
+    # Whether training may stop once the clusters settle (TrainConfig.stable_fraction): only for the
+    # objectives whose ACC the early stop was measured to keep (benchmarks/results_training.md).
+    # The others report their assignments too, for the log, and train every epoch.
+    stops_when_settled: ClassVar[bool] = False
     Params: ClassVar[type]
     # Hyper-parameters that weight the objective's pull towards equal cluster sizes (its uniform
     # prior). ``--balance W`` multiplies their defaults by W; empty when the method has no such term.

@@ -209,7 +209,7 @@ class DDC(Objective):
         use_neighbours = p.neighbour_weight > 0
         # With the kNN term the neighbours share the forward pass (and so the BatchNorm statistics);
         # the DDC terms use the anchors only.
-        z = torch.cat([batch.anchors, batch.neighbours]) if use_neighbours else batch.anchors
+        z = batch.stacked() if use_neighbours else batch.anchors
         logits, hidden, relu = self.heads(z)
         probs = logits.softmax(-1)
         a = probs[:, :n]
@@ -234,7 +234,7 @@ class DDC(Objective):
             consistency = -torch.log(agreement).mean(-1)
             per_head = per_head + p.neighbour_weight * consistency
             logs["consistency"] = consistency.detach().mean()
-        return StepOutput(loss=per_head.sum(), head_losses=per_head.detach(), logs=logs)
+        return StepOutput(loss=per_head.sum(), head_losses=per_head.detach(), logs=logs, assignments=a.detach().argmax(-1))
 
     def head_probs(self, z: torch.Tensor) -> torch.Tensor:
         return self.heads(z)[0].softmax(-1)

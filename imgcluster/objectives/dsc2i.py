@@ -173,7 +173,7 @@ class DSC2I(CentreObjective):
     def step(self, batch: Batch) -> StepOutput:
         p = self.params
         b = batch.anchors.shape[0]
-        z = self.encode(torch.cat([batch.anchors, batch.neighbours]))
+        z = self.encode(batch.stacked())
         centres = self.unit_centres()
         if p.alternate:
             if self._step_count % 2 == 0:
@@ -188,6 +188,7 @@ class DSC2I(CentreObjective):
             loss=per_head.mean(),
             head_losses=per_head.detach(),
             logs={name: v.detach().mean() for name, v in terms.items()},
+            assignments=probs[:, :b].detach().argmax(-1),
         )
 
     # --- inference ------------------------------------------------------------------------

@@ -209,14 +209,15 @@ class MixtureEM(Objective):
 
     def step(self, batch: Batch) -> StepOutput:
         b = batch.anchors.shape[0]
-        log_f = self.log_densities(torch.cat([batch.anchors, batch.neighbours]))
+        log_f = self.log_densities(batch.stacked())
         log_pi = self.mixing_logits.log_softmax(-1)
         per_head, parts = mixture_em_loss(
             log_pi, log_f[:, :b], log_f[:, b:], self.params.consistency_weight, self.params.balance
         )
         logs: dict[str, float | torch.Tensor] = {key: value.detach().mean() for key, value in parts.items()}
         logs["pi_max"] = log_pi.detach().exp().max()
-        return StepOutput(loss=per_head.sum(), head_losses=per_head.detach(), logs=logs)
+        assignments = (log_pi.detach().unsqueeze(-2) + log_f[:, :b].detach()).argmax(-1)  # the posterior's argmax, as predict
+        return StepOutput(loss=per_head.sum(), head_losses=per_head.detach(), logs=logs, assignments=assignments)
 
     def head_probs(self, z: torch.Tensor) -> torch.Tensor:
         return (self.mixing_logits.log_softmax(-1).unsqueeze(-2) + self.log_densities(z)).softmax(-1)

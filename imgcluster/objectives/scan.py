@@ -78,6 +78,7 @@ def consistency_entropy_loss(
 class SCAN(Objective):
     name = "scan"
     Params = SCANParams
+    stops_when_settled = True  # same ACC at 16 of 30 epochs on 10,000 images (results_training.md)
     balance_options = ("entropy_weight",)
 
     def __init__(self, in_dim: int, n_clusters: int, params: SCANParams) -> None:
@@ -101,7 +102,7 @@ class SCAN(Objective):
     def step(self, batch: Batch) -> StepOutput:
         if self.self_labelling:
             return self._self_label_step(batch)
-        both = torch.cat([batch.anchors, batch.neighbours])
+        both = batch.stacked()
         logits = self.heads(both)
         p = logits.softmax(-1)
         b = batch.anchors.shape[0]
@@ -110,6 +111,7 @@ class SCAN(Objective):
             loss=per_head.sum(),
             head_losses=per_head.detach(),
             logs={"consistency": consistency.detach().mean(), "entropy": entropy.detach().mean()},
+            assignments=p[:, :b].detach().argmax(-1),
         )
 
     def _self_label_step(self, batch: Batch) -> StepOutput:

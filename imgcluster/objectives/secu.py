@@ -171,6 +171,7 @@ class SeCu(CentreObjective):
 
     name = "secu"
     Params = SeCuParams
+    stops_when_settled = True  # same ACC at 16 of 30 epochs on 10,000 images (results_training.md)
     labels: torch.Tensor
     rho: torch.Tensor
     counts: torch.Tensor
@@ -231,7 +232,7 @@ class SeCu(CentreObjective):
     def step(self, batch: Batch) -> StepOutput:
         p = self.params
         b = batch.anchors.shape[0]
-        z = self.encode(torch.cat([batch.anchors, batch.neighbours]))  # [2B, d']
+        z = self.encode(batch.stacked())  # [2B, d']
         centres = self.unit_centres()
         sims = torch.einsum("nd,hdk->hnk", z.detach(), centres)  # [H, 2B, K], gradient to centres only
         with torch.no_grad():
@@ -259,6 +260,7 @@ class SeCu(CentreObjective):
                 "min_size": sizes.min(-1).values.float().mean() * self.n_clusters / b,  # 1.0 = perfectly balanced
                 "changed": changed,
             },
+            assignments=sims[:, :b].detach().argmax(-1),  # what predict's softmax(z^T C / tau) picks
         )
 
     @torch.no_grad()

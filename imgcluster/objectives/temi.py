@@ -243,7 +243,7 @@ class TEMI(Objective):
 
     def step(self, batch: Batch) -> StepOutput:
         b = batch.anchors.shape[0]
-        both = self._standardised(torch.cat([batch.anchors, batch.neighbours]))
+        both = self._standardised(batch.stacked())
         log_s = (self.student(both) / self.params.student_temp).log_softmax(-1)  # [H, 2B, K]
         p = self.params
         with torch.no_grad():
@@ -257,6 +257,7 @@ class TEMI(Objective):
             loss=per_head.sum(),
             head_losses=per_head.detach(),
             logs={"pair_weight": weight.mean(), "clusters_used": used.float()},
+            assignments=log_t[:, :b].argmax(-1),  # the teacher predicts
         )
 
     @torch.no_grad()
