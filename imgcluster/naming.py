@@ -37,7 +37,7 @@ from imgcluster.models import OFFLINE_MODEL
 SURE = 0.5  # a family leads the name when its top class holds less than this share of its mass
 LEAN = 0.5  # how far a family's excess over the folder's share weighs (0: by mass alone)
 RUNNER_UP = 0.5  # the second class joins the name when its mean probability is at least this share of the first's
-LIKENESS = 0.16  # a name is shown when its images' features point at its class this much (mean cosine); chosen on training images
+LIKENESS = 0.164  # a name is shown when its images point at its class this much (mean cosine), chosen on training images
 NAMING_MODEL = OFFLINE_MODEL
 
 

@@ -15,8 +15,9 @@ mirrored second view (which dropped wrong runners-up from 32 spread ones) change
 not shown: a quarter of the forward passes of before. That Lite0 pass uses the model the
 embedding built when it ran Lite0 in the same call (:mod:`imgcluster.kept`); the features it gives
 (what the classifier reads: its probabilities, and how alike an image is to a class) are cached by
-path, size and mtime beside the folder's own Lite0 features, so a rerun builds no model. Colour images, photos on dark grounds (a night sky has a
-lit border or colour) and light-ground drawings are never inverted.
+path, size and mtime beside the folder's own Lite0 features, so a rerun builds no model. Colour
+images, photos on dark grounds (a night sky has a lit border or colour) and light-ground drawings
+are never inverted.
 """
 
 from __future__ import annotations
