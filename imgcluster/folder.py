@@ -236,7 +236,8 @@ def cluster_folder(
     embedding parameters are those of :class:`ClusterHead` and :func:`imgcluster.embed`;
     ``raw_csv`` writes CSV cells without the formula escape; ``names`` adds a ``cluster_name``
     column from the bundled EfficientNet-Lite0's ImageNet classes (:mod:`imgcluster.naming`: from
-    the cached features with that model, by one extra cached Lite0 pass with any other);
+    the cached features with that model, by one extra cached Lite0 pass with any other; empty for a
+    cluster whose images look too little like the class it would name, :data:`imgcluster.naming.LIKENESS`);
     ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
     """
     if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
