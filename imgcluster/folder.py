@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # torch comes with these: imported once the arguments have be
     from imgcluster.duplicates import DuplicateGroup
     from imgcluster.estimator import ClusterHead
     from imgcluster.fitting import FittedHead
+    from imgcluster.naming import Naming
     from imgcluster.outliers import Outliers
     from imgcluster.pipeline import Embeddings
 
@@ -271,7 +272,8 @@ def cluster_folder(
     embedding parameters are those of :class:`ClusterHead` and :func:`imgcluster.embed`;
     ``raw_csv`` writes CSV cells without the formula escape; ``names`` adds a ``cluster_name``
     column from the bundled EfficientNet-Lite0's ImageNet classes (:mod:`imgcluster.naming`: from
-    the cached features with that model, by one extra cached Lite0 pass with any other);
+    the cached features with that model, by one extra cached Lite0 pass with any other; empty for a
+    cluster whose images look too little like the class it would name, :data:`imgcluster.naming.LIKENESS`);
     ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
     """
     if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
@@ -360,7 +362,7 @@ def cluster_folder(
                         lock_timeout=lock_timeout, runtime=runtime, progress=progress,
                     )  # fmt: skip
                 named = _names(embeddings.paths, columns["cluster"], naming)
-            name = {"cluster_name": named}
+            name = {"cluster_name": _shown(named, columns["cluster"], progress)}
             result["columns"] = {**{k: columns[k] for k in ("cluster", "confidence")}, **name, **columns}  # in the CSV's order
     except KeyboardInterrupt as exc:
         reused = head_path if head is not None or parse_clusters(n_clusters) is not None else None  # K auto: chosen again
@@ -448,10 +450,22 @@ def _stopped_after_training(
     return Interrupted.wrap(exc, message)
 
 
-def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: ProgressFn | None) -> np.ndarray | None:
+def _shown(naming: Naming, clusters: np.ndarray, progress: ProgressFn | None) -> np.ndarray:
+    """The ``cluster_name`` column, saying which clusters got no name and what the classifier would have called them."""
+    from imgcluster.naming import LIKENESS, name_column
+
+    if naming.withheld:
+        guesses = ", ".join(f"{k} ({guess})" for k, guess in sorted(naming.withheld.items()))
+        Reporter(progress, "assign").info(
+            f"{count(len(naming.withheld), 'cluster')} of {len(naming.names)} left unnamed: their images look too little like "
+            f"the ImageNet class the classifier picks (likeness under {LIKENESS}): {guesses}"
+        )
+    return name_column(naming.names, clusters)
+
+
+def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: ProgressFn | None) -> Naming | None:
     """The names from the classifier's view of a sample shown inverted, when the folder is drawn light
     on black (:mod:`imgcluster.negatives`); None for any other folder."""
-    from imgcluster.naming import name_column
     from imgcluster.negatives import drawing_names
 
     def say(shown: int) -> None:
@@ -460,19 +474,18 @@ def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: 
             "as photos show such things"
         )
 
-    names = drawing_names(embeddings.folder, embeddings.paths, clusters, embeddings.cache_dir, say, features=embeddings.features)
-    return None if names is None else name_column(names, clusters)
+    return drawing_names(embeddings.folder, embeddings.paths, clusters, embeddings.cache_dir, say, features=embeddings.features)
 
 
-def _names(paths: list[str], clusters: np.ndarray, naming: Embeddings) -> np.ndarray:
-    """Each row's cluster name, from the Lite0 features of the rows ``naming`` has (all of them
+def _names(paths: list[str], clusters: np.ndarray, naming: Embeddings) -> Naming:
+    """Each cluster's name, from the Lite0 features of the rows ``naming`` has (all of them
     unless a file changed between the two passes)."""
-    from imgcluster.naming import cluster_names, name_column
+    from imgcluster.naming import name_clusters
 
     row = {p: i for i, p in enumerate(naming.paths)}
     have = [i for i, p in enumerate(paths) if p in row]
     features = naming.features[[row[paths[i]] for i in have]]
-    return name_column(cluster_names(features, clusters[have]), clusters)
+    return name_clusters(features, clusters[have])
 
 
 def _trained_before(embeddings: Embeddings, settings: TrainConfig, auto: bool, progress: ProgressFn | None) -> tuple[Path, Any] | None:

@@ -8,6 +8,12 @@ at least half the top one's: ``"sandal, running shoe"``. The classes are first s
 family (:mod:`imgcluster.families`), so that five kinds of bag together outweigh one cassette
 player, each family weighed up by how much more of it the cluster has than the folder; when the
 winning family's top class is unsure, the family leads: ``"footwear: sandal, clog"``.
+A name is withheld (``""``) when the cluster's images look too little like the class it names
+(:func:`likeness`, the mean cosine between their features and the classifier's weights for that
+class, under ``LIKENESS``): the softmax picks a winner whether or not anything resembles it, and
+drawn trousers' ``can opener`` or sneakers' ``plane`` win as surely as T-shirts' ``jersey``, but point
+less towards their class. ``LIKENESS`` was chosen on Fashion-MNIST training images and holds back
+every digit's name (``make bench-names``).
 The names are as good as ImageNet's 1000 classes fit the images, and as the classifier sees them:
 a folder drawn light on black is named from its typical images shown inverted instead
 (:mod:`imgcluster.negatives`). Scoring each class by how distinctive it is of the cluster
@@ -18,6 +24,7 @@ and it names noise when a cluster is most of its folder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -30,6 +37,7 @@ from imgcluster.models import OFFLINE_MODEL
 SURE = 0.5  # a family leads the name when its top class holds less than this share of its mass
 LEAN = 0.5  # how far a family's excess over the folder's share weighs (0: by mass alone)
 RUNNER_UP = 0.5  # the second class joins the name when its mean probability is at least this share of the first's
+LIKENESS = 0.164  # a name is shown when its images point at its class this much (mean cosine), chosen on training images
 NAMING_MODEL = OFFLINE_MODEL
 
 
@@ -86,6 +94,11 @@ def name_of(mean_probabilities: np.ndarray, grouped: bool = True, folder_mean: n
     common to every cluster (the hatchets every drawn shoe resembles) yields to one this cluster
     has most; a cluster that is the whole folder (m = f) is named by mass alone.
     """
+    return _chosen(mean_probabilities, grouped, folder_mean)[0]
+
+
+def _chosen(mean_probabilities: np.ndarray, grouped: bool = True, folder_mean: np.ndarray | None = None) -> tuple[str, int]:
+    """:func:`name_of`'s name and the class it names first."""
     lemmas = _lemmas()
     order = np.argsort(mean_probabilities)[::-1]
     top, prefix = int(order[0]), ""
@@ -105,24 +118,58 @@ def name_of(mean_probabilities: np.ndarray, grouped: bool = True, folder_mean: n
     second = rivals[0]
     if mean_probabilities[second] >= RUNNER_UP * mean_probabilities[top] and lemmas[second].lower() != names[0].lower():
         names.append(lemmas[second])
-    return prefix + ", ".join(names)
+    return prefix + ", ".join(names), top
+
+
+def likeness(features: np.ndarray, chosen: int) -> float:
+    """How much ``features`` (rows of Lite0 features) look like class ``chosen``: the mean cosine between each row and the
+    classifier's weights for it. The softmax says which class wins; this says whether the images look like it at all:
+    a drawn trouser's ``can opener`` wins its softmax as a photographed jersey's ``jersey`` does, but points far less
+    towards it (``benchmarks/results_names.md``)."""
+    weight, _ = _classifier()
+    rows = features.astype(np.float32)
+    norms = np.linalg.norm(rows, axis=1) * float(np.linalg.norm(weight[chosen]))
+    return float(np.mean(rows @ weight[chosen] / np.maximum(norms, 1e-12)))
+
+
+@dataclass(frozen=True)
+class Naming:
+    """Each cluster's name, shown only when its images look like the class it names (:func:`likeness` at least
+    ``LIKENESS``); ``guesses`` keeps every cluster's name, sure or not, and ``likeness`` the measure."""
+
+    names: dict[int, str]  # cluster id -> its name, "" when withheld
+    guesses: dict[int, str]
+    likeness: dict[int, float]
+
+    @property
+    def withheld(self) -> dict[int, str]:
+        """Cluster id -> the name it was not given."""
+        return {k: guess for k, guess in self.guesses.items() if guess and not self.names[k]}
 
 
 def cluster_names(features: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
-    """Cluster id -> name, from the Lite0 features of each cluster's members (rows of ``features``)."""
-    return names_from_probabilities(class_probabilities(features), clusters)
+    """Cluster id -> name (``""`` when withheld), from the Lite0 features of each cluster's members (rows of ``features``)."""
+    return name_clusters(features, clusters).names
 
 
-def names_from_probabilities(probabilities: np.ndarray, clusters: np.ndarray) -> dict[int, str]:
-    """Cluster id -> name, from each member's class probabilities (rows of zeros: images not seen, left out).
+def name_clusters(features: np.ndarray, clusters: np.ndarray) -> Naming:
+    """Each cluster's :class:`Naming`, from its members' Lite0 features (rows of zeros: images not seen, left out).
     Each cluster is named against the mean of all the rows seen (see :func:`name_of`)."""
-    seen = probabilities.sum(axis=1) > 0
-    folder_mean = probabilities[seen].mean(axis=0) if seen.any() else None
-    names = {}
+    seen = np.abs(features).sum(axis=1) > 0
+    probabilities = class_probabilities(features[seen])
+    kept = clusters[seen]
+    folder_mean = probabilities.mean(axis=0) if len(probabilities) else None
+    names, guesses, alike = {}, {}, {}
     for k in np.unique(clusters):
-        members = probabilities[(clusters == k) & seen]
-        names[int(k)] = name_of(members.mean(axis=0), folder_mean=folder_mean) if len(members) else ""
-    return names
+        members = kept == k
+        if not members.any():
+            names[int(k)] = guesses[int(k)] = ""
+            continue
+        guess, chosen = _chosen(probabilities[members].mean(axis=0), folder_mean=folder_mean)
+        alike[int(k)] = likeness(features[seen][members], chosen)
+        guesses[int(k)] = guess
+        names[int(k)] = guess if alike[int(k)] >= LIKENESS else ""
+    return Naming(names, guesses, alike)
 
 
 def name_column(names: dict[int, str], clusters: np.ndarray) -> np.ndarray:

@@ -13,10 +13,11 @@ well as 32 spread over the cluster did on both benchmark folders, and better on 
 dress ``abaya``, was ``pedestal``); 8 lost ``sample_data``'s bags; and with typical members a
 mirrored second view (which dropped wrong runners-up from 32 spread ones) changes no name, so it is
 not shown: a quarter of the forward passes of before. That Lite0 pass uses the model the
-embedding built when it ran Lite0 in the same call (:mod:`imgcluster.kept`); its class
-probabilities are cached by path, size and mtime beside the Lite0 features, so a rerun builds no
-model. Colour images, photos on dark grounds (a night sky has a
-lit border or colour) and light-ground drawings are never inverted.
+embedding built when it ran Lite0 in the same call (:mod:`imgcluster.kept`); the features it gives
+(what the classifier reads: its probabilities, and how alike an image is to a class) are cached by
+path, size and mtime beside the folder's own Lite0 features, so a rerun builds no model. Colour
+images, photos on dark grounds (a night sky has a lit border or colour) and light-ground drawings
+are never inverted.
 """
 
 from __future__ import annotations
@@ -24,10 +25,13 @@ from __future__ import annotations
 import io
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    from imgcluster.naming import Naming
 
 PER_CLUSTER = 16  # members per cluster the classifier sees when it must see inverted pixels: those nearest its centre
 PROBE = 16  # images whose look decides whether the folder is drawn light on black
@@ -37,15 +41,16 @@ GREY = 0.04  # no pixel's channels differ from their mean by more: no colour
 LARGE_PIXELS = 4_000_000
 GREY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 VIEWS: tuple[str, ...] = ("plain",)  # of VIEW_MAKERS: what assign shows the classifier
-CACHE_VERSION = 2  # changes with what a view is, so that no stale rows are read
+CACHE_VERSION = 3  # changes with what a view is or what is cached, so that no stale rows are read (3: features)
 
 
 def cache_name(views: tuple[str, ...] = VIEWS) -> str:
-    """The cache file of the class probabilities averaged over ``views``."""
+    """The cache file of the Lite0 features averaged over ``views``."""
     return f"names-negatives-{CACHE_VERSION}-{'-'.join(views)}.npz"
 
 
 CACHE_NAME = cache_name()
+FEATURES = 1280  # Lite0's pooled features
 
 
 def is_negative(image: Image.Image) -> bool:
@@ -112,12 +117,12 @@ def drawing_names(
     cache_dir: Path | None,
     before: Callable[[int], None] | None = None,
     features: np.ndarray | None = None,
-) -> dict[int, str] | None:
-    """Cluster id -> name from the classifier's views of the chosen members (files ``root / paths[row]``)
+) -> Naming | None:
+    """Each cluster's :class:`imgcluster.naming.Naming` from the classifier's views of the chosen members (files ``root / paths[row]``)
     when the folder is drawn light on black; None for any other folder. ``before`` hears how many
     images are about to be shown; ``features`` (one row per path) choose each cluster's typical members
     (:func:`sample_rows`). The one naming pass of a folder's and a feature store's ``assign``."""
-    from imgcluster.naming import names_from_probabilities
+    from imgcluster.naming import name_clusters
 
     rows = sample_rows(clusters, features=features)
     files = [root / paths[i] for i in rows]
@@ -125,7 +130,7 @@ def drawing_names(
         return None
     if before is not None:
         before(len(rows))
-    return names_from_probabilities(view_probabilities(files, cache_dir), clusters[rows])
+    return name_clusters(view_features(files, cache_dir), clusters[rows])
 
 
 def mostly_negative(files: list[Path], probe: int = PROBE) -> bool:
@@ -161,8 +166,9 @@ def _key(path: Path) -> str:
     return f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
 
 
-def view_probabilities(files: list[Path], cache_dir: Path | None, views: tuple[str, ...] = VIEWS) -> np.ndarray:
-    """The Lite0 classifier's class probabilities for each file, averaged over its :func:`classifier_views`, [n, 1000].
+def view_features(files: list[Path], cache_dir: Path | None, views: tuple[str, ...] = VIEWS) -> np.ndarray:
+    """Lite0's pooled features of each file, averaged over its :func:`classifier_views`, [n, 1280]: what the naming
+    classifier reads (:mod:`imgcluster.naming`), both its class probabilities and how alike the images are to a class.
 
     Cached in ``cache_dir`` by path, size and mtime (a file that cannot be written is no error:
     the names are made again next time). A file that cannot be read gets the row of zeros.
@@ -176,12 +182,12 @@ def view_probabilities(files: list[Path], cache_dir: Path | None, views: tuple[s
     cached = _read(cache_dir / cache_name(views)) if cache_dir is not None else {}
     missing = [i for i, key in enumerate(keys) if key and key not in cached]
     if missing:
-        fresh = _lite0_probabilities([files[i] for i in missing], views).astype(np.float16).astype(np.float32)  # as cached
+        fresh = _lite0_features([files[i] for i in missing], views).astype(np.float16).astype(np.float32)  # as cached
         for row, i in enumerate(missing):
             cached[keys[i]] = fresh[row]
         if cache_dir is not None:
             _write(cache_dir / cache_name(views), {key: cached[key] for key in keys if key})
-    width = next(iter(cached.values())).shape[0] if cached else 1000
+    width = next(iter(cached.values())).shape[0] if cached else FEATURES
     return np.stack([cached.get(key, np.zeros(width, np.float32)) for key in keys]).astype(np.float32)
 
 
@@ -200,8 +206,8 @@ def _lite0() -> tuple[Any, Any, int, tuple[int, ...]]:
     return lite0.model, transform, lite0.feature_dim, tuple(lite0.data_config["input_size"])
 
 
-def _lite0_probabilities(files: list[Path], views: tuple[str, ...], batch: int | None = None) -> np.ndarray:
-    """Each file's class probabilities averaged over its views (zeros for a file that cannot be read).
+def _lite0_features(files: list[Path], views: tuple[str, ...], batch: int | None = None) -> np.ndarray:
+    """Each file's features averaged over its views (zeros for a file that cannot be read).
 
     In the embedding's batches (``embedding.default_batch_size`` tensors, so ``batch // len(views)``
     files a pass) and with its memory settings: this pass runs after training, when the process
@@ -212,12 +218,11 @@ def _lite0_probabilities(files: list[Path], views: tuple[str, ...], batch: int |
 
     from imgcluster.embedding import default_batch_size
     from imgcluster.load import ImageDecodeError, load_rgb
-    from imgcluster.naming import class_probabilities
     from imgcluster.speed import reuse_freed_memory
 
-    model, transform, _, input_size = _lite0()
+    model, transform, width, input_size = _lite0()
     batch = batch or default_batch_size(torch.device("cpu"), input_size=input_size)
-    out = np.zeros((len(files), 1000), np.float32)
+    out = np.zeros((len(files), width), np.float32)
     step = max(1, batch // len(views))
     with reuse_freed_memory(), torch.inference_mode():
         for start in range(0, len(files), step):
@@ -231,18 +236,18 @@ def _lite0_probabilities(files: list[Path], views: tuple[str, ...], batch: int |
             if tensors:
                 pixels = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
                 features = model(pixels).float().numpy()
-                out[rows] = class_probabilities(features).reshape(len(rows), len(views), -1).mean(axis=1)
+                out[rows] = features.reshape(len(rows), len(views), -1).mean(axis=1)
     return out
 
 
 def _read(path: Path) -> dict[str, np.ndarray]:
-    """The cached probabilities; anything unreadable or malformed is treated as no cache."""
+    """The cached features; anything unreadable or malformed is treated as no cache."""
     try:
         with np.load(path, allow_pickle=False) as data:
-            keys, probabilities = data["keys"], data["probabilities"]
-        if keys.ndim != 1 or probabilities.ndim != 2 or len(keys) != len(probabilities) or not np.isfinite(probabilities).all():
+            keys, features = data["keys"], data["features"]
+        if keys.ndim != 1 or features.ndim != 2 or len(keys) != len(features) or not np.isfinite(features).all():
             return {}
-        return {str(key): row.astype(np.float32) for key, row in zip(keys, probabilities)}
+        return {str(key): row.astype(np.float32) for key, row in zip(keys, features)}
     except (OSError, ValueError, KeyError, EOFError):
         return {}
 
@@ -252,7 +257,7 @@ def _write(path: Path, rows: dict[str, np.ndarray]) -> None:
     from imgcluster.errors import ImgclusterError
 
     buffer = io.BytesIO()
-    np.savez(buffer, keys=np.array(list(rows), dtype=str), probabilities=np.stack(list(rows.values())).astype(np.float16))
+    np.savez(buffer, keys=np.array(list(rows), dtype=str), features=np.stack(list(rows.values())).astype(np.float16))
     try:
         atomic_write_bytes(path, buffer.getvalue())
     except (OSError, ImgclusterError):  # the atomic writer reports a full or read-only disk as ImgclusterError

@@ -17,7 +17,7 @@ from imgcluster.negatives import (
     is_negative,
     mostly_negative,
     sample_rows,
-    view_probabilities,
+    view_features,
 )
 
 SAMPLE = Path(__file__).resolve().parent.parent / "sample_data"
@@ -65,7 +65,7 @@ def test_with_features_the_sample_is_each_clusters_most_typical_members() -> Non
     assert sample_rows(clusters, 2).tolist() == [0, 3, 4, 6]  # without features: spread in row order
 
 
-def test_view_probabilities_are_cached_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_view_features_are_cached_by_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = tmp_path / "drawings"
     folder.mkdir()
     files = []
@@ -76,26 +76,26 @@ def test_view_probabilities_are_cached_by_file(tmp_path: Path, monkeypatch: pyte
     files.append(folder / "broken.png")
     cache = tmp_path / "cache"
     cache.mkdir()
-    first = view_probabilities(files, cache)
-    assert first.shape == (4, 1000) and np.allclose(first[:3].sum(1), 1, atol=1e-2) and not first[3].any()
+    first = view_features(files, cache)
+    assert first.shape == (4, negatives.FEATURES) and first[:3].any(axis=1).all() and not first[3].any()
     calls: list[int] = []
-    real = negatives._lite0_probabilities
+    real = negatives._lite0_features
 
     def counted(paths: list[Path], views: tuple[str, ...]) -> np.ndarray:
         calls.append(len(paths))
         return real(paths, views)
 
-    monkeypatch.setattr(negatives, "_lite0_probabilities", counted)
-    assert np.array_equal(view_probabilities(files[:3], cache), first[:3]) and calls == []  # no model built
+    monkeypatch.setattr(negatives, "_lite0_features", counted)
+    assert np.array_equal(view_features(files[:3], cache), first[:3]) and calls == []  # no model built
     lopsided().save(files[1])  # changed: seen again (another shape; the reverse polarity would look the same inverted)
     stat = files[1].stat()
     import os
 
     os.utime(files[1], ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
-    again = view_probabilities(files[:3], cache)
+    again = view_features(files[:3], cache)
     assert calls == [1] and np.array_equal(again[[0, 2]], first[[0, 2]]) and not np.allclose(again[1], first[1])
     (cache / negatives.CACHE_NAME).write_bytes(b"torn")  # a damaged cache is made again, not an error
-    assert view_probabilities(files[:1], cache).shape == (1, 1000) and calls == [1, 1]
+    assert view_features(files[:1], cache).shape == (1, negatives.FEATURES) and calls == [1, 1]
 
 
 def test_large_colour_pictures_are_not_decoded_to_judge_the_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,7 +116,7 @@ def test_the_names_pass_runs_the_embeddings_batches_with_freed_memory_reused(tmp
     """Batches of 64 with glibc's defaults made this pass a cold run's peak (2.1 GB RSS on sample_data)."""
     import torch
 
-    from imgcluster import naming, speed
+    from imgcluster import speed
     from imgcluster.embedding import default_batch_size
 
     files = []
@@ -137,13 +137,12 @@ def test_the_names_pass_runs_the_embeddings_batches_with_freed_memory_reused(tmp
 
     monkeypatch.setattr(negatives, "_lite0", lambda: (model, lambda image: torch.zeros((3, 224, 224)), 4, (3, 224, 224)))
     monkeypatch.setattr(speed, "reuse_freed_memory", reuse)
-    monkeypatch.setattr(naming, "class_probabilities", lambda features: np.ones((len(features), 1000), np.float32))
-    out = negatives._lite0_probabilities(files, ("plain",))
+    out = negatives._lite0_features(files, ("plain",))
     batch = default_batch_size(torch.device("cpu"), input_size=(3, 224, 224))
-    assert out.shape == (20, 1000) and out.all()
+    assert out.shape == (20, 4) and out.all()
     assert [n for n, _ in seen] == [batch, batch, 20 - 2 * batch] and all(last for _, last in seen)
     seen.clear()
-    negatives._lite0_probabilities(files[:batch], ("plain", "mirrored"))  # a file's views share a pass: batch // 2 files
+    negatives._lite0_features(files[:batch], ("plain", "mirrored"))  # a file's views share a pass: batch // 2 files
     assert [n for n, _ in seen] == [batch, batch]
     assert mallopt == [True, True]  # once a pass
 
@@ -165,12 +164,12 @@ def test_the_classifier_sees_each_drawing_inverted_once_and_can_see_it_mirrored(
     assert [v.size for v in classifier_views(lopsided(), ("mirrored",))] == [(28, 28)]
 
 
-def test_view_probabilities_average_the_views(tmp_path: Path) -> None:
+def test_view_features_average_the_views(tmp_path: Path) -> None:
     lopsided().save(tmp_path / "boot.png")
     files = [tmp_path / "boot.png"]
     views = ("plain", "mirrored")
-    each = [view_probabilities(files, tmp_path, (view,)) for view in views]
-    both = view_probabilities(files, tmp_path, views)
-    assert not np.allclose(each[0], each[1], atol=1e-3)  # the mirror image is seen differently
-    assert np.allclose(both, np.mean(each, axis=0), atol=2e-3)  # float16 in the cache
+    each = [view_features(files, tmp_path, (view,)) for view in views]
+    both = view_features(files, tmp_path, views)
+    assert not np.allclose(each[0], each[1], atol=1e-2)  # the mirror image is seen differently
+    assert np.allclose(both, np.mean(each, axis=0), atol=1e-2)  # float16 in the cache
     assert sorted(p.name for p in tmp_path.glob("names-negatives-*")) == sorted(cache_name(v) for v in [("plain",), ("mirrored",), views])

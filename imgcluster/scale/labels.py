@@ -211,7 +211,7 @@ def sample_names(
 
         drawn = drawing_names(root, paths, clusters, None, say, features=features)
         if drawn is not None:
-            return drawn, "the images shown inverted (the source is drawn light on black)"
+            return drawn.names, "the images shown inverted (the source is drawn light on black)"
         return cluster_names(features, clusters), "the features"
     Reporter(progress, "assign").info(f"the clusters are named from the features: {why}")
     return cluster_names(features, clusters), f"the features ({why})"

@@ -55,7 +55,8 @@ def test_assign_from_a_store_gives_the_single_machine_csv(store: tuple[str, Path
     ordered = sorted(found, key=lambda r: r["path"])
     assert [{**r, "confidence": ""} for r in ordered] == [{**r, "confidence": ""} for r in expected]
     assert any("isolated" in r["outlier_reason"] for r in expected)  # the isolation test flagged rows, and the store agrees
-    assert len({r["cluster_name"] for r in found}) == 5 and all(r["cluster_name"] for r in found)
+    shown = {r["cluster_name"] for r in found} - {""}  # the sandals', trousers' and bags' names are withheld (too unlike)
+    assert len(shown) == 2 and len({r["cluster"] for r in found if not r["cluster_name"]}) == 3
     features = imgcluster.embed(SAMPLE, MODEL, cache_dir=cache, device="cpu").features  # the cache's, in path order
     plain = cluster_names(features, np.array([int(r["cluster"]) for r in ordered]))
     assert {r["cluster_name"] for r in found} != set(plain.values())  # named from the images, not from the features alone
