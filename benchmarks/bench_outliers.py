@@ -488,6 +488,14 @@ def head_free_scores(x: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+FEATURE_VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "as embedded": lambda x: x,
+    "centred": lambda x: x - x.mean(0),
+    "standardised": lambda x: (x - x.mean(0)) / (x.std(0) + 1e-3),
+    "square root": lambda x: np.sqrt(np.maximum(x, 0.0)),
+}
+
+
 def groups(draws: int = 10) -> None:
     """``python benchmarks/bench_outliers.py groups``: the label-free tests (no head to train) on the wallpapers with
     groups of 2-10 planted images (half digits, half Fashion-MNIST), ``draws`` draws each: the isolation test at the
@@ -514,7 +522,7 @@ def groups(draws: int = 10) -> None:
         "| planted | " + " | ".join(ways) + " |",
         "|---" * (len(ways) + 1) + "|",
     ]
-    ranks: dict[int, dict[str, list[tuple[int, int]]]] = {}
+    ranks: dict[tuple[str, int], dict[str, list[tuple[int, int]]]] = {}
     for m in (2, 4, 6, 8, 10):
         shares: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
         for draw in range(draws):
@@ -528,25 +536,30 @@ def groups(draws: int = 10) -> None:
             for name, rule in ways.items():
                 flags = rule(x)
                 shares[name].append((float(flags[~is_planted].mean()), float(flags[is_planted].mean())))
-            for name, value in head_free_scores(x).items():
-                ordinary, odd = value[~is_planted], value[is_planted]
-                above = (int((ordinary >= odd.max()).sum()), int((ordinary >= odd.min()).sum()))
-                ranks.setdefault(m, {}).setdefault(name, []).append(above)
+            for view, change in FEATURE_VIEWS.items():
+                for name, value in head_free_scores(change(x)).items():
+                    ordinary, odd = value[~is_planted], value[is_planted]
+                    above = (int((ordinary >= odd.max()).sum()), int((ordinary >= odd.min()).sum()))
+                    ranks.setdefault((view, m), {}).setdefault(name, []).append(above)
         cells = [f"{np.mean([a for a, _ in v]):.1%} / {np.mean([b for _, b in v]):.0%}" for v in shares.values()]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    score_names = list(ranks[2])
+    score_names = list(next(iter(ranks.values())))
     lines += [
         "",
         "What a threshold on each test's quantity would have to flag: ordinary wallpapers at or above the *most* odd",
         "planted image (flagged before any planted one is found) / at or above the *least* odd (flagged before all are),",
         f"mean over the {draws} draws (of {len(base)}); the group's distance to the rest is each image's distance to the",
-        "nearest image outside its tight group (linked within the folder's median nearest-neighbour distance):",
+        "nearest image outside its tight group (linked within the folder's median nearest-neighbour distance); the",
+        "features as embedded, and changed before the tests (centred on the folder's mean, standardised per dimension,",
+        "square-rooted):",
         "",
-        "| planted | " + " | ".join(score_names) + " |",
-        "|---" * (len(score_names) + 1) + "|",
+        "| features | planted | " + " | ".join(score_names) + " |",
+        "|---" * (len(score_names) + 2) + "|",
         *(
-            f"| {m} | " + " | ".join(f"{np.mean([a for a, _ in v]):.1f} / {np.mean([b for _, b in v]):.1f}" for v in per.values()) + " |"
-            for m, per in ranks.items()
+            f"| {view} | {m} | "
+            + " | ".join(f"{np.mean([a for a, _ in v]):.1f} / {np.mean([b for _, b in v]):.1f}" for v in per.values())
+            + " |"
+            for (view, m), per in sorted(ranks.items(), key=lambda item: (list(FEATURE_VIEWS).index(item[0][0]), item[0][1]))
         ),
     ]
     pairs = pairs_then_gap(base)
