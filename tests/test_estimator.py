@@ -116,3 +116,23 @@ def test_numpy_integers_are_whole_numbers() -> None:
     x, _ = blobs()
     head = ClusterHead(n_clusters=np.int64(3), batch_size=np.int64(16), epochs=np.int64(2), knn=np.int32(5), device="cpu").fit(x)
     assert head.n_clusters_ == 3 and head.train_config_.batch_size == 16 and type(head.train_config_.batch_size) is int
+
+
+@pytest.mark.parametrize("failure", ["interrupted", "refused"])
+def test_a_refit_that_fails_keeps_the_fitted_head(failure: str) -> None:
+    """Ctrl-C inside fit (or a refused refit) on new, wider features leaves the head that was fitted, usable as it was."""
+    x, _ = blobs()
+    head = ClusterHead(n_clusters=3, **FAST).fit(x)
+    labels, wider = head.predict(x), np.hstack([x, x])
+
+    def interrupt(event: Event) -> None:
+        if event.stage == "train":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt if failure == "interrupted" else ParameterError):
+        if failure == "interrupted":
+            head.fit(wider, progress=interrupt)
+        else:
+            head.set_params(n_clusters=len(x) + 1).fit(wider)
+    assert head.n_features_in_ == x.shape[1] and head.n_clusters_ == 3
+    assert np.array_equal(head.predict(x), labels)
