@@ -106,15 +106,15 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         the events of stages ``choose_k`` and ``train``. ``neighbours`` ([n_samples, >= knn] row
         indices, nearest first) replaces the kNN search, for inputs whose search runs elsewhere
         (:mod:`imgcluster.scale.knn`)."""
-        before = dict(vars(self))
+        before = dict(self.__dict__)
         try:
             return self._fit(X, progress, neighbours)
         except BaseException:
             # A refused or interrupted refit (Ctrl-C in a notebook) leaves the head it had, not a
             # mix: scikit-learn's checks reset n_features_in_ before training, so the old head
             # refused the features it was trained on and crashed in torch on the new ones.
-            vars(self).clear()
-            vars(self).update(before)
+            self.__dict__.clear()
+            self.__dict__.update(before)
             raise
 
     def _fit(self, X: Any, progress: ProgressFn | None, neighbours: np.ndarray | None) -> ClusterHead:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numbers
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -9,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError
+from imgcluster.head_config import check_whole
 from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
 from imgcluster.preflight import FolderListing, check_inputs
@@ -55,6 +57,7 @@ def embed(
     :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``; ``mark`` events time
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
+    check_embedding_options(embed_batch_size, workers, lock_timeout)
     folder, only = _folder_and_files(folder_or_paths)
     listing = None
     if only is None:  # before torch is imported: a mistake costs a fraction of a second
@@ -119,6 +122,15 @@ def embed_checked(
     result.warnings = warnings
     report.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
     return result
+
+
+def check_embedding_options(embed_batch_size: int | None, workers: int | None, lock_timeout: float) -> None:
+    """What the command line's option types refuse, refused from Python too, by name and before
+    any work (a batch size of 0 was taken as the default without a word)."""
+    check_whole("embed_batch_size", embed_batch_size, 1)
+    check_whole("workers", workers, 0)
+    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, numbers.Real) or not lock_timeout >= 0:
+        raise ParameterError(f"{{lock_timeout}} is a number of seconds, 0 or more; got {lock_timeout!r}")
 
 
 def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list[str] | None]:

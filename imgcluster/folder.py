@@ -18,7 +18,7 @@ import numpy as np
 from imgcluster.atomic import check_writable, is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
 from imgcluster.errors import ImgclusterError, ParameterError, literal
-from imgcluster.features import embed, embed_checked
+from imgcluster.features import check_embedding_options, embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outputs import refuse_inputs, refuse_stdout
@@ -240,6 +240,7 @@ def cluster_folder(
     """
     if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
+    check_embedding_options(embed_batch_size, workers, lock_timeout)
     if out is not None:  # the arguments first, then what the folder holds
         check_out(out, Path(folder), near_duplicates)
     listing = check_inputs(
@@ -507,6 +508,7 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
+    check_embedding_options(embed_batch_size, workers, lock_timeout)
     listing = check_inputs(folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir)
     from imgcluster.estimator import checked_head
 

@@ -40,8 +40,7 @@ def train_config(
     if requested is None and k_max < k_min:
         raise ParameterError(f"{{k_max}} ({k_max}) must not be below {{k_min}} ({k_min})")
     for name, value, least in (("batch_size", batch_size, 2), ("knn", knn, 1), ("epochs", epochs, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
-            raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
+        check_whole(name, value, least)
     # What both numpy's and torch's generators take: a negative seed failed in choosing K
     # ("expected non-negative integer"), one of 2**64 or more in torch ("Overflow when unpacking").
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
@@ -55,3 +54,11 @@ def train_config(
         lr=float(lr), knn=int(knn), seed=int(seed), objective_options=flags,
         min_steps=TrainConfig.min_steps if epochs is None else 0,
     )  # fmt: skip
+
+
+def check_whole(name: str, value: object, least: int) -> None:
+    """Refuse ``value`` for parameter ``name`` unless it is None or a whole number of at least ``least``."""
+    from imgcluster.errors import ParameterError
+
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
+        raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")

@@ -233,3 +233,24 @@ def test_features_that_are_not_finite_are_refused_before_training() -> None:
     assert info.value.parameters == ("reembed",)
     features = np.ones((2, 2), np.float32)
     assert _finite(features) is features
+
+
+@pytest.mark.usefixtures("no_embedding")
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("embed_batch_size", 0, "embed_batch_size must be a whole number of at least 1, got 0"),
+        ("workers", -1, "workers must be a whole number of at least 0, got -1"),
+        ("workers", 1.5, "workers must be a whole number of at least 0, got 1.5"),
+        ("lock_timeout", -1, "lock_timeout is a number of seconds, 0 or more; got -1"),
+        ("lock_timeout", float("nan"), "lock_timeout is a number of seconds, 0 or more; got nan"),
+    ],
+)
+def test_embedding_options_the_command_line_refuses_are_refused_by_name(
+    small_folder: Path, option: str, value: object, message: str
+) -> None:
+    """The options' types refuse these on the command line; from Python they ran (a batch size of 0 as the default)."""
+    for call in (imgcluster.embed, imgcluster.cluster_folder, imgcluster.train_folder):
+        with pytest.raises(ParameterError) as info:
+            call(small_folder, model="efficientnet-lite0", **{option: value})  # type: ignore[operator]
+        assert str(info.value) == message and info.value.parameters == (option,)
