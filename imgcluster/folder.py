@@ -532,6 +532,8 @@ def train_folder(
         Reporter(progress, "embed").warning(f"skipped {count(len(embeddings.skipped), 'unreadable file')}; details in {skipped}")
     from imgcluster.fitting import FittedHead
 
+    _finite(embeddings.features)  # scikit-learn's own refusal named neither the features nor the cure
+
     def fit() -> FittedHead:
         estimator.fit(embeddings, progress=progress)
         return FittedHead(estimator.objective_, estimator.train_config_, estimator.history_, estimator.choose_k_, estimator.description_)

@@ -254,3 +254,23 @@ def test_embedding_options_the_command_line_refuses_are_refused_by_name(
         with pytest.raises(ParameterError) as info:
             call(small_folder, model="efficientnet-lite0", **{option: value})  # type: ignore[operator]
         assert str(info.value) == message and info.value.parameters == (option,)
+
+
+def test_train_folder_refuses_features_that_are_not_finite(small_folder: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As cluster_folder does: a damaged cache's NaN reached scikit-learn's check, a bare ValueError (a crash from the command line)."""
+    import numpy as np
+
+    import imgcluster.folder as folder
+
+    embedded = folder.embed_checked
+
+    def damaged(*args: object, **kwargs: object) -> object:
+        embeddings = embedded(*args, **kwargs)  # type: ignore[arg-type]
+        embeddings.features = embeddings.features.copy()
+        embeddings.features[3, 5] = np.nan
+        return embeddings
+
+    monkeypatch.setattr(folder, "embed_checked", damaged)
+    with pytest.raises(imgcluster.ImgclusterError, match="NaN or infinite") as info:
+        imgcluster.train_folder(small_folder, n_clusters=3, epochs=1, cache_dir=shared_cache, **MODEL)
+    assert info.value.parameters == ("reembed",)
