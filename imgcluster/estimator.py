@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.pipeline import Embeddings
 from imgcluster.progress import ProgressFn
 
@@ -123,9 +124,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
 
         embeddings = X if isinstance(X, Embeddings) else None
         # Two rows and two columns at least: one image has no neighbour, 1-d unit vectors are +-1.
-        features = validate_data(
-            self, embeddings.features if embeddings else X, dtype=np.float32, ensure_min_samples=2, ensure_min_features=2
-        )
+        features = self._rows(embeddings.features if embeddings else X, ensure_min_samples=2, ensure_min_features=2)
         device = resolve_device(self.device)
         fitted = fit_head(
             features, self.train_config(), device, auto=parse_auto(self.n_clusters), k_min=self.k_min, k_max=self.k_max,
@@ -148,8 +147,19 @@ class ClusterHead(ClusterMixin, BaseEstimator):
     def predict_proba(self, X: Any) -> np.ndarray:
         """Each row's probability of each cluster, [n_samples, n_clusters_] (rows sum to 1)."""
         check_is_fitted(self, "objective_")
-        features = validate_data(self, X.features if isinstance(X, Embeddings) else X, dtype=np.float32, reset=False)
-        return self._predict_proba(features)
+        return self._predict_proba(self._rows(X.features if isinstance(X, Embeddings) else X, reset=False))
+
+    def _rows(self, X: Any, **checks: Any) -> np.ndarray:
+        """``X`` as float32 rows, through scikit-learn's input checks; a value they refuse (NaN, a
+        wrong width, no rows) is a :class:`imgcluster.ParameterError` naming ``X``, in one line:
+        a bare ValueError escaped ``except ImgclusterError`` and advised HistGradientBoosting."""
+        try:
+            return np.asarray(validate_data(self, X, dtype=np.float32, **checks))
+        except ValueError as exc:
+            if isinstance(exc, ImgclusterError):
+                raise
+            line = str(exc).strip().split("\n", 1)[0].rstrip(":")
+            raise ParameterError(literal(line if " X " in f" {line} " else f"X: {line}"), parameter="X") from exc
 
     def _predict_proba(self, features: np.ndarray) -> np.ndarray:
         from imgcluster.assign import probabilities

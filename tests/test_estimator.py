@@ -136,3 +136,24 @@ def test_a_refit_that_fails_keeps_the_fitted_head(failure: str) -> None:
             head.set_params(n_clusters=len(x) + 1).fit(wider)
     assert head.n_features_in_ == x.shape[1] and head.n_clusters_ == 3
     assert np.array_equal(head.predict(x), labels)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (np.full((4, 16), np.nan, np.float32), "Input X contains NaN."),
+        (np.ones((4, 15), np.float32), "X has 15 features, but ClusterHead is expecting 16 features as input."),
+        (np.ones(16, np.float32), "X: Expected 2D array, got 1D array instead"),
+        (np.zeros((0, 16), np.float32), "X: Found array with 0 sample(s) (shape=(0, 16)) while a minimum of 1 is required by ClusterHead."),
+    ],
+)
+def test_features_scikit_learn_refuses_are_a_parameter_error_naming_x(rows: np.ndarray, message: str) -> None:
+    """One line naming X, caught by ``except ImgclusterError`` (a bare ValueError, with a paragraph on HistGradientBoosting, was not)."""
+    x, _ = blobs()
+    head = ClusterHead(n_clusters=3, **FAST).fit(x)
+    with pytest.raises(ParameterError) as info:
+        head.predict(rows)
+    assert str(info.value) == message and info.value.parameters == ("X",)
+    if rows.ndim == 1 or np.isnan(rows).any():  # fit sees the same check (a row count or width of its own is no mistake)
+        with pytest.raises(ParameterError, match=re.escape(message)):
+            ClusterHead(n_clusters=3, **FAST).fit(rows)
