@@ -187,9 +187,11 @@ class ClusterHead(ClusterMixin, BaseEstimator):
 
         objective, meta = load_checkpoint(Path(path))
         train = meta.get("train") or {}
+        # Epochs given when training (no minimum of steps) are kept, so that clone(head).fit trains as it did.
+        epochs = {"epochs": train["epochs"]} if train.get("min_steps") == 0 and "epochs" in train else {}
         head = cls(
             objective.name, objective.n_clusters, int(train.get("seed", 0)),
-            **{k: train[k] for k in ("batch_size", "lr", "knn") if k in train},
+            **{k: train[k] for k in ("batch_size", "lr", "knn") if k in train}, **epochs,
             device=device, **dict(train.get("objective_options") or {}),
         )  # fmt: skip
         head.objective_ = objective

@@ -83,6 +83,7 @@ def test_save_and_load_give_the_same_predictions(tmp_path: Path) -> None:
     assert loaded.get_params()["hidden"] == 32 and loaded.objective == "scan" and loaded.n_clusters_ == 3
     assert np.array_equal(loaded.predict(x), head.predict(x))
     assert np.allclose(loaded.predict_proba(x), head.predict_proba(x))
+    assert clone(loaded).train_config() == head.train_config_  # refitting a loaded head trains as it was trained (epochs=3)
 
 
 def test_objective_options_are_parameters() -> None:
