@@ -452,3 +452,13 @@ def test_cluster_names_are_in_the_headings(tmp_path: Path) -> None:
     csv_path.write_text('"path","cluster","cluster_name"\n' + "".join(lines))
     page = write_report(csv_path, folder=folder).html.read_text(encoding="utf-8")
     assert "<h2>Cluster 0: sandal, running shoe</h2>" in page and "<h2>Cluster 1: &lt;i&gt;bag&lt;/i&gt;</h2>" in page
+
+
+@pytest.mark.parametrize("per_cluster", [0, "8", 2.5, True])
+def test_per_cluster_that_is_not_a_whole_number_is_refused_by_name(tmp_path: Path, per_cluster: object) -> None:
+    """From Python, "8" failed in a comparison (TypeError) and 2.5 got as far as slicing the clusters."""
+    from imgcluster.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=re.escape(f"per_cluster must be a whole number of at least 1, got {per_cluster!r}")) as info:
+        write_report(tmp_path / "clusters.csv", per_cluster=per_cluster)  # type: ignore[arg-type]
+    assert info.value.parameters == ("per_cluster",)
