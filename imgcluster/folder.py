@@ -7,6 +7,7 @@ the result is an :class:`Assignment` in memory, and files only when ``out`` is g
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -21,6 +22,7 @@ from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import check_embedding_options, embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
+from imgcluster.outliers import check_min_confidence
 from imgcluster.outputs import refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
@@ -238,8 +240,11 @@ def cluster_folder(
     the cached features with that model, by one extra cached Lite0 pass with any other);
     ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
     """
-    if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
-        raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
+    if near_duplicates is not None and (
+        isinstance(near_duplicates, bool) or not isinstance(near_duplicates, numbers.Real) or not 0.0 < near_duplicates <= 1.0
+    ):
+        raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates!r}")
+    check_min_confidence(min_confidence)  # before the embedding, not after the training
     check_embedding_options(embed_batch_size, workers, lock_timeout)
     if out is not None:  # the arguments first, then what the folder holds
         check_out(out, Path(folder), near_duplicates)

@@ -37,6 +37,8 @@ def train_config(
     from imgcluster.preflight import parse_clusters
 
     requested = parse_clusters(n_clusters)
+    check_whole("k_min", k_min, 2)  # as the command line's option types: 1 (or 2.5) failed only after the embedding
+    check_whole("k_max", k_max, 2)
     if requested is None and k_max < k_min:
         raise ParameterError(f"{{k_max}} ({k_max}) must not be below {{k_min}} ({k_min})")
     for name, value, least in (("batch_size", batch_size, 2), ("knn", knn, 1), ("epochs", epochs, 1)):

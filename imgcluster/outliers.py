@@ -115,6 +115,7 @@ a member that differs only by float16 rounding.
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -279,8 +280,8 @@ def isolation_threshold(
 
 def check_min_confidence(min_confidence: float) -> None:
     """Refuse a confidence floor outside [0, 1]; also called before the work of a run that ends in :func:`find_outliers`."""
-    if not 0.0 <= min_confidence <= 1.0:
-        raise ParameterError(f"{{min_confidence}} must lie in [0, 1], got {min_confidence}")
+    if isinstance(min_confidence, bool) or not isinstance(min_confidence, numbers.Real) or not 0.0 <= min_confidence <= 1.0:
+        raise ParameterError(f"{{min_confidence}} must lie in [0, 1], got {min_confidence!r}")
 
 
 def find_outliers(

@@ -274,3 +274,22 @@ def test_train_folder_refuses_features_that_are_not_finite(small_folder: Path, s
     with pytest.raises(imgcluster.ImgclusterError, match="NaN or infinite") as info:
         imgcluster.train_folder(small_folder, n_clusters=3, epochs=1, cache_dir=shared_cache, **MODEL)
     assert info.value.parameters == ("reembed",)
+
+
+@pytest.mark.usefixtures("no_embedding")
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("min_confidence", "0.5", "min_confidence must lie in [0, 1], got '0.5'"),
+        ("min_confidence", float("nan"), "min_confidence must lie in [0, 1], got nan"),
+        ("near_duplicates", "0.9", "near_duplicates is a cosine similarity in (0, 1], got '0.9'"),
+        ("near_duplicates", True, "near_duplicates is a cosine similarity in (0, 1], got True"),
+        ("k_min", 1, "k_min must be a whole number of at least 2, got 1"),
+        ("k_max", 2.5, "k_max must be a whole number of at least 2, got 2.5"),
+    ],
+)
+def test_values_that_need_no_features_are_refused_before_any_work(small_folder: Path, option: str, value: object, message: str) -> None:
+    """As the README promises: these were refused after the embedding and training (NaN and True not at all, "0.9" as a TypeError)."""
+    with pytest.raises(ParameterError) as info:
+        imgcluster.cluster_folder(small_folder, n_clusters="auto", model="efficientnet-lite0", **{option: value})  # type: ignore[arg-type]
+    assert str(info.value) == message and info.value.parameters == (option,)
