@@ -145,8 +145,13 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         return np.asarray(self.predict_proba(X).argmax(1), dtype=np.int64)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Each row's probability of each cluster, [n_samples, n_clusters_] (rows sum to 1)."""
+        """Each row's probability of each cluster, [n_samples, n_clusters_] (rows sum to 1). Embeddings of
+        another backbone than the one the head was fitted on (when it was fitted on Embeddings) are refused."""
         check_is_fitted(self, "objective_")
+        if isinstance(X, Embeddings):  # as assign --head: another backbone's features of the same width mean nothing here
+            from imgcluster.checkpoint import check_backbone
+
+            check_backbone(self.description_, X.identity, type(self).__name__)
         return self._predict_proba(self._rows(X.features if isinstance(X, Embeddings) else X, reset=False))
 
     def _rows(self, X: Any, **checks: Any) -> np.ndarray:

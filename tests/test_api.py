@@ -293,3 +293,15 @@ def test_values_that_need_no_features_are_refused_before_any_work(small_folder: 
     with pytest.raises(ParameterError) as info:
         imgcluster.cluster_folder(small_folder, n_clusters="auto", model="efficientnet-lite0", **{option: value})  # type: ignore[arg-type]
     assert str(info.value) == message and info.value.parameters == (option,)
+
+
+def test_a_head_refuses_embeddings_of_another_backbone(small_folder: Path, shared_cache: Path) -> None:
+    """As assign --head does: other weights of the same model give features of the same width that mean something else."""
+    import dataclasses
+
+    embeddings = imgcluster.embed(small_folder, cache_dir=shared_cache, **MODEL)
+    head = imgcluster.ClusterHead(n_clusters=3, epochs=1, device="cpu").fit(embeddings)
+    other = dataclasses.replace(embeddings, identity={**embeddings.identity, "weights": "sha256:0000"})
+    with pytest.raises(imgcluster.ImgclusterError, match="differs in: weights"):
+        head.predict(other)
+    assert (head.predict(embeddings) == head.labels_).all() and (head.predict(other.features) == head.labels_).all()
