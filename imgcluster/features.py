@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgcluster.config import EmbedConfig
-from imgcluster.errors import ParameterError
+from imgcluster.errors import ParameterError, literal
 from imgcluster.head_config import check_whole
 from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
@@ -135,8 +135,12 @@ def check_embedding_options(embed_batch_size: int | None, workers: int | None, l
 
 def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list[str] | None]:
     """A folder as it is; a list of files as (their closest common folder, their paths relative to it)."""
+    if isinstance(source, bytes):  # a file-system name as bytes, not a list of numbers
+        source = os.fsdecode(source)
     if isinstance(source, (str, os.PathLike)):
         return Path(source), None
+    if not isinstance(source, Iterable):
+        raise ParameterError(f"{{folder_or_paths}} takes a folder or a list of image files, not {literal(repr(source))}")
     files = [Path(p).absolute() for p in source]
     if not files:
         raise ParameterError("{folder_or_paths} is an empty list; give a folder or some image files")

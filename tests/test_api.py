@@ -305,3 +305,14 @@ def test_a_head_refuses_embeddings_of_another_backbone(small_folder: Path, share
     with pytest.raises(imgcluster.ImgclusterError, match="differs in: weights"):
         head.predict(other)
     assert (head.predict(embeddings) == head.labels_).all() and (head.predict(other.features) == head.labels_).all()
+
+
+def test_embed_takes_a_folder_named_in_bytes_and_refuses_what_is_no_folder(tmp_path: Path) -> None:
+    """bytes were read as a list of numbers and None as a list ("expected str ... not int", "not iterable")."""
+    with pytest.raises(ParameterError, match=r"folder not found: .*missing") as info:
+        imgcluster.embed(bytes(tmp_path / "missing"), **MODEL)
+    assert info.value.parameters == ("folder",)
+    for value in (None, 123):
+        with pytest.raises(ParameterError, match=f"folder_or_paths takes a folder or a list of image files, not {value}") as info:
+            imgcluster.embed(value, **MODEL)  # type: ignore[arg-type]
+        assert info.value.parameters == ("folder_or_paths",)
