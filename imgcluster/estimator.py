@@ -177,8 +177,10 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         """Write the head as ``path`` (safetensors weights) and ``path`` with ``.json`` (how it was
         trained); ``imgcluster assign --head`` and :meth:`load` read it. Returns the JSON's path."""
         from imgcluster.checkpoint import save_checkpoint
+        from imgcluster.outputs import check_head_name
 
         check_is_fitted(self, "objective_")
+        check_head_name(Path(path), "path")
         return save_checkpoint(Path(path), self.objective_, self.description_)
 
     @classmethod

@@ -23,7 +23,7 @@ from imgcluster.features import check_embedding_options, embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
-from imgcluster.outputs import refuse_inputs, refuse_stdout
+from imgcluster.outputs import check_head_name, refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 
@@ -525,6 +525,7 @@ def train_folder(
         refuse_stdout(out, "out", "a head checkpoint (two files)")
         if not os.fspath(out) or Path(out).is_dir():  # it failed after the training: "cannot write ."
             raise ParameterError(f"{{out}} {literal(os.fspath(out) or repr(''))} is a folder; give a file name")
+        check_head_name(Path(out), "out")
         refuse_inputs(Path(out), folder=Path(folder))
         check_writable(Path(out))
     embeddings = embed_checked(

@@ -48,3 +48,14 @@ def refuse_stdout(out: str | os.PathLike[str], parameter: str, what: str) -> Non
     rather than writing a file or folder named ``-`` (``train`` and ``export`` did)."""
     if os.fspath(out) == "-":
         raise ParameterError(f"{{{parameter}}} -: {what} cannot go to standard output; give a name")
+
+
+def check_head_name(path: Path, parameter: str) -> None:
+    """Refuse, before anything is trained or written, a name the head cannot be loaded from: the
+    weights were saved as ``head.pt`` or ``head``, and loading then refused them; as ``head.json``
+    the description overwrote the weights."""
+    if path.suffix != ".safetensors":
+        raise ParameterError(
+            f"{{{parameter}}} {literal(path)} does not end in .safetensors: a head is saved as NAME.safetensors, "
+            "with its description beside it as NAME.json"
+        )

@@ -316,3 +316,11 @@ def test_embed_takes_a_folder_named_in_bytes_and_refuses_what_is_no_folder(tmp_p
         with pytest.raises(ParameterError, match=f"folder_or_paths takes a folder or a list of image files, not {value}") as info:
             imgcluster.embed(value, **MODEL)  # type: ignore[arg-type]
         assert info.value.parameters == ("folder_or_paths",)
+
+
+@pytest.mark.usefixtures("no_embedding")
+def test_train_folder_refuses_a_head_name_assign_cannot_read(small_folder: Path, tmp_path: Path) -> None:
+    """train --out head.pt trained and saved, then assign --head head.pt refused it."""
+    with pytest.raises(ParameterError, match=r"does not end in \.safetensors") as info:
+        imgcluster.train_folder(small_folder, n_clusters=3, out=tmp_path / "head.pt", **MODEL)
+    assert info.value.parameters == ("out",) and not (tmp_path / "head.pt").exists()

@@ -158,3 +158,12 @@ def test_features_scikit_learn_refuses_are_a_parameter_error_naming_x(rows: np.n
     if rows.ndim == 1 or np.isnan(rows).any():  # fit sees the same check (a row count or width of its own is no mistake)
         with pytest.raises(ParameterError, match=re.escape(message)):
             ClusterHead(n_clusters=3, **FAST).fit(rows)
+
+
+@pytest.mark.parametrize("name", ["head", "head.pt", "head.json"])
+def test_save_refuses_a_name_load_cannot_read(tmp_path: Path, name: str) -> None:
+    """Saved as head.pt or head, load refused it; as head.json, the description overwrote the weights."""
+    head = ClusterHead(n_clusters=3, **FAST).fit(blobs()[0])
+    with pytest.raises(ParameterError, match=re.escape(f"path {tmp_path / name} does not end in .safetensors")) as info:
+        head.save(tmp_path / name)
+    assert info.value.parameters == ("path",) and list(tmp_path.iterdir()) == []
