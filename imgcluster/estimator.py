@@ -223,9 +223,11 @@ def checked_head(
 ) -> ClusterHead:  # fmt: skip
     """The head to train, its parameters checked before any image is embedded or any row read
     (``imgcluster.train_folder`` and the feature-store commands build their heads here)."""
+    from imgcluster.head_config import option_dict
+
     estimator = ClusterHead(
         objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
-        balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
+        balance=balance, self_label=self_label, uco=uco, device=device, **option_dict(objective_options),
     )  # fmt: skip
     estimator.train_config()
     return estimator

@@ -252,7 +252,7 @@ def cluster_folder(
         folder, model, n_clusters=n_clusters if head is None else None, follow_symlinks=follow_symlinks, cache_dir=cache_dir
     )
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
-    from imgcluster.head_config import train_config
+    from imgcluster.head_config import option_dict, train_config
     from imgcluster.naming import NAMING_MODEL, is_naming_backbone
     from imgcluster.pipeline import resolve_device
 
@@ -264,7 +264,7 @@ def cluster_folder(
             objective=objective, n_clusters=n_clusters, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn,
             k_min=k_min, k_max=k_max, balance=balance, self_label=self_label, uco=uco,
         )  # fmt: skip
-        settings = train_config(**training, options=dict(objective_options or {}))
+        settings = train_config(**training, options=option_dict(objective_options))
     head_meta: dict[str, Any] | None = None
     searched: tuple[np.ndarray, np.ndarray] | None = None  # the neighbour search of a head trained in this run
     if head is not None:

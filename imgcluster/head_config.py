@@ -64,3 +64,18 @@ def check_whole(name: str, value: object, least: int) -> None:
 
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
         raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
+
+
+def option_dict(options: object) -> dict[str, Any]:
+    """``objective_options`` as a dict; anything else refused by name ("hidden=3" failed inside ``dict()``)."""
+    from collections.abc import Mapping
+
+    from imgcluster.errors import ParameterError, literal
+
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ParameterError(
+            f"{{objective_options}} takes a dict of the objective's options, such as dict(hidden=64), not {literal(repr(options))}"
+        )
+    return dict(options)
