@@ -329,7 +329,7 @@ def test_train_folder_refuses_a_head_name_assign_cannot_read(small_folder: Path,
 
 @pytest.mark.usefixtures("no_embedding")
 def test_objective_options_that_are_not_a_dict_are_refused_by_name(small_folder: Path) -> None:
-    """"hidden=3" failed inside dict() (cluster_folder) or as ** of a str (train_folder), a bare ValueError or TypeError."""
+    """A string such as "hidden=3" failed inside dict() (cluster_folder) or as ** of a str (train_folder): a bare ValueError, TypeError."""
     for call in (imgcluster.cluster_folder, imgcluster.train_folder):
         with pytest.raises(ParameterError, match=re.escape("objective_options takes a dict of the objective's options")) as info:
             call(small_folder, n_clusters=3, objective_options="hidden=3", **MODEL)  # type: ignore[operator]

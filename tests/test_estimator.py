@@ -38,7 +38,7 @@ def blobs(n_per: int = 30, k: int = 3, d: int = 16, seed: int = 0) -> tuple[np.n
 
 @parametrize_with_checks(
     [ClusterHead("secu", n_clusters=3, epochs=2, device="cpu"), ClusterHead("secu", n_clusters=3, **FAST)],
-    expected_failed_checks=lambda head: WITH_OPTIONS_SKIPPED if head.get_params().get('hidden') else SKIPPED,  # type: ignore[attr-defined]
+    expected_failed_checks=lambda head: WITH_OPTIONS_SKIPPED if head.get_params().get("hidden") else SKIPPED,  # type: ignore[attr-defined]
 )
 def test_scikit_learn_checks(estimator: ClusterHead, check: object) -> None:
     check(estimator)  # type: ignore[operator]
