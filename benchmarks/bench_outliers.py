@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -39,10 +40,13 @@ from imgcluster.kmeans import spherical_kmeans
 from imgcluster.naming import class_probabilities
 from imgcluster.neighbours import knn_search
 from imgcluster.outliers import (
+    DEFAULT_MAD_FACTOR,
     DEFAULT_MIN_CONFIDENCE,
+    ISOLATION_FACTOR,
     ISOLATION_K_MAX,
     ISOLATION_K_MIN,
     ISOLATION_K_SHARE,
+    ISOLATION_MAD_FLOOR,
     MAD_FLOOR,
     NEAR_COPY_DISTANCE,
     centre_distances,
@@ -134,6 +138,63 @@ def small_group_rule(x: np.ndarray, per_group: int = 10, seed: int = 0) -> np.nd
     return unlike_the_rest(z, fit.best.labels.numpy())
 
 
+def tight_groups(indices: np.ndarray, sims: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """Connected components of the graph that links each image to those of its neighbours within the folder's median
+    nearest-neighbour distance (the folder's own scale); (component per image, its size per image, that radius)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    distance = 1.0 - sims.astype(np.float64)
+    radius = float(np.median(distance[:, 0]))
+    rows, cols = np.nonzero(distance <= radius)
+    n = len(indices)
+    graph = coo_matrix((np.ones(len(rows)), (rows, indices[rows, cols])), shape=(n, n))
+    _, component = connected_components(graph, directed=False)
+    return component, np.bincount(component)[component], radius
+
+
+def group_apart(x: np.ndarray, mad_factor: float = ISOLATION_FACTOR, share: float = 0.05) -> np.ndarray:
+    """Candidate (a), "unlike the rest": a tight group (:func:`tight_groups`) of 2 to ``share`` of the folder (at most
+    the search's k) whose distance to its nearest image outside it is past the robust limit of the folder's
+    nearest-neighbour distances: a close pair of variants sits near other images, a group from elsewhere does not."""
+    k = isolation_k(len(x))
+    if not k:
+        return np.zeros(len(x), dtype=bool)
+    indices, sims = knn_search(x, k)
+    component, size, _ = tight_groups(indices, sims)
+    distance = 1.0 - sims.astype(np.float64)
+    outside = np.where(component[indices] != component[:, None], distance, np.inf).min(1)
+    small = (size >= 2) & (size <= min(max(2, round(share * len(x))), k))
+    apart = np.full(len(x), np.inf)
+    for c in np.unique(component[small]):
+        members = component == c
+        apart[members] = outside[members].min()
+    return small & (apart > robust_limit(distance[:, 0], mad_factor, MAD_FLOOR)) & (apart > NEAR_COPY_DISTANCE)
+
+
+def outside_group_kth(x: np.ndarray, j: int = 5, mad_factor: float = ISOLATION_FACTOR, share: float = 0.05) -> np.ndarray:
+    """Candidate (b): the distance to the ``j``-th neighbour outside the image's own tight group (groups larger than
+    ``share`` of the folder count as no group), against the robust limit of that distance over the folder (log scale)."""
+    k = isolation_k(len(x))
+    if not k:
+        return np.zeros(len(x), dtype=bool)
+    indices, sims = knn_search(x, k + j)
+    component, size, _ = tight_groups(indices, sims)
+    distance = 1.0 - sims.astype(np.float64)
+    inside = (component[indices] == component[:, None]) & (size <= max(2, round(share * len(x))))[:, None]
+    outside = np.sort(np.where(inside, np.inf, distance), axis=1)
+    kth = np.where(np.isfinite(outside[:, j - 1]), outside[:, j - 1], distance[:, -1])
+    return (np.log(kth) > robust_limit(np.log(np.maximum(kth, MAD_FLOOR)), mad_factor, ISOLATION_MAD_FLOOR)) & (kth > NEAR_COPY_DISTANCE)
+
+
+def far_from_folder_centre(x: np.ndarray, mad_factor: float = DEFAULT_MAD_FACTOR) -> np.ndarray:
+    """Candidate (c): the distance test against the whole folder's centre and spread instead of each cluster's (on a
+    small folder a cluster is a handful of images)."""
+    one = np.zeros(len(x), dtype=int)
+    distance, _ = centre_distances(x, one)
+    return distance > robust_thresholds(distance, one, mad_factor)[0]
+
+
 def rules(x: np.ndarray, cluster: np.ndarray, confidence: np.ndarray) -> dict[str, np.ndarray]:
     """Each rule's flags for one folder."""
     old = find_outliers(x, cluster, confidence, min_confidence=0.5)
@@ -159,6 +220,9 @@ def rules(x: np.ndarray, cluster: np.ndarray, confidence: np.ndarray) -> dict[st
         "candidate: far from centre, re-estimated without the flagged": iterated_rule(x, cluster),
         "candidate: k-th neighbour far (k = max(5, 2 %)), robust over the folder": kth_neighbour_rule(x),
         "candidate: ImageNet top class outside its cluster's": classifier_rule(x, cluster),
+        "candidate (a): a tight group apart from the rest (groups of 2 to 5 %)": group_apart(x),
+        "candidate (b): 5th neighbour outside the image's tight group far, robust over the folder": outside_group_kth(x),
+        "candidate (c): far from the folder's centre (not the cluster's)": far_from_folder_centre(x),
     }
 
 
@@ -169,24 +233,33 @@ GAUSSIAN_VARIANTS: dict[str, tuple[int, dict[str, float]]] = {  # least k, then 
     "no floors": (ISOLATION_K_MIN, {"mad_floor": 0.0, "min_lof": 0.0, "near_copy": 0.0}),
     "k = max(5, 2 %)": (5, {}),
 }
+GAUSSIAN_CANDIDATES: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "(a) tight group apart": group_apart,
+    "(b) 5th neighbour outside the group": outside_group_kth,
+    "(c) far from the folder's centre": far_from_folder_centre,
+}
 
 
 def gaussian_isolation(draws: int = 10, dim: int = 64) -> list[str]:
     """The isolation test on folders with nothing odd in them: 1 or 3 Gaussian clusters around unit centres in 64-d,
     noise 0.15 in norm (nearest neighbours at cosine distance ~0.015, under the near-copy floor) or 0.6 (~0.17, as
-    Fashion-MNIST's efficientnet-lite0 features), the share of points flagged (mean and largest over draws)."""
+    Fashion-MNIST's efficientnet-lite0 features), the share of points flagged (mean and largest over draws); and the
+    small-folder candidates (a)-(c), which need no head either."""
     rng = np.random.default_rng(0)
-    lines = ["| noise | points | clusters | " + " | ".join(GAUSSIAN_VARIANTS) + " |", "|---" * (len(GAUSSIAN_VARIANTS) + 3) + "|"]
+    names = [*GAUSSIAN_VARIANTS, *GAUSSIAN_CANDIDATES]
+    lines = ["| noise | points | clusters | " + " | ".join(names) + " |", "|---" * (len(names) + 3) + "|"]
     for noise in (0.15, 0.6):
         for n in (50, 100, 300, 1000):
             for k in (1, 3):
-                shares: dict[str, list[float]] = {name: [] for name in GAUSSIAN_VARIANTS}
+                shares: dict[str, list[float]] = {name: [] for name in names}
                 for _ in range(draws):
                     centres = rng.normal(size=(k, dim))
                     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
                     x = (centres[rng.integers(0, k, n)] + noise * rng.normal(size=(n, dim)) / np.sqrt(dim)).astype(np.float32)
                     for name, (k_min, options) in GAUSSIAN_VARIANTS.items():
                         shares[name].append(float(isolated_default(x, small_folder_k(n, k_min), **options).mean()))
+                    for name, rule in GAUSSIAN_CANDIDATES.items():
+                        shares[name].append(float(rule(x).mean()))
                 cells = [f"{np.mean(v):.1%} (max {np.max(v):.1%})" for v in shares.values()]
                 lines.append(f"| {noise} | {n} | {k} | " + " | ".join(cells) + " |")
     return lines
@@ -274,7 +347,8 @@ def iterated_rule(x: np.ndarray, cluster: np.ndarray, mad_factor: float = 3.0, r
 def why_missed(x: np.ndarray, cluster: np.ndarray, is_planted: np.ndarray) -> str:
     """Where the planted images went: per cluster holding any, planted/size, and their distance to the centre of
     that cluster's ordinary images against the largest such distance of an ordinary image; then every planted
-    image's LOF against the largest ordinary one and the isolation threshold."""
+    image's LOF against the largest ordinary one and the isolation threshold; then, for each label-free quantity
+    (:func:`head_free_scores`), how many ordinary images rank at or above the most and the least odd planted one."""
     z = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     parts = []
     for k in np.unique(cluster[is_planted]):
@@ -290,7 +364,14 @@ def why_missed(x: np.ndarray, cluster: np.ndarray, is_planted: np.ndarray) -> st
     lof = found.isolation
     planted_lof = ", ".join(f"{v:.2f}" for v in np.sort(lof[is_planted]))
     ordinary_lof = f"{lof[~is_planted].max():.2f} (threshold {found.isolation_threshold:.2f})"
-    return "; ".join(parts) + f". LOF of the planted: {planted_lof} vs {ordinary_lof}"
+    ranked = []
+    for name, value in head_free_scores(x).items():
+        ordinary, odd = value[~is_planted], value[is_planted]
+        ranked.append(f"{name} {int((ordinary >= odd.max()).sum())} / {int((ordinary >= odd.min()).sum())}")
+    return (
+        "; ".join(parts) + f". LOF of the planted: {planted_lof} vs {ordinary_lof}. Ordinary images at or above the most / "
+        f"the least odd planted one: {', '.join(ranked)}"
+    )
 
 
 def wallpaper_folder(out: Path) -> Path:
@@ -369,7 +450,8 @@ def main(seed: int = 0) -> None:
         "",
         "Where the planted images went (per cluster holding any: planted/cluster size: each planted image's cosine distance",
         "to the centre of the cluster's ordinary images, vs the largest distance of an ordinary image there; then each",
-        "planted image's local outlier factor vs the largest of an ordinary image, and the isolation threshold):",
+        "planted image's local outlier factor vs the largest of an ordinary image, and the isolation threshold; then how many",
+        "ordinary images a threshold on each label-free quantity must flag before it finds any / all planted ones):",
         "",
         *missed,
         "",
@@ -389,25 +471,58 @@ def pairs_then_gap(x: np.ndarray, near: float = 0.14, gap: float = 3.5) -> np.nd
     return (d[:, 0] < near) & (d[:, 1] > gap * d[:, 0])
 
 
+def head_free_scores(x: np.ndarray) -> dict[str, np.ndarray]:
+    """Per image, the quantity each label-free test thresholds: the LOF at the default k; the distance to the nearest
+    image outside the image's tight group (:func:`tight_groups`; the nearest neighbour for an image alone), which
+    candidates (a) and (b) build on; the distance to the folder's centre, candidate (c)'s."""
+    k = isolation_k(len(x))
+    indices, sims = knn_search(x, k)
+    component, _, _ = tight_groups(indices, sims)
+    distance = 1.0 - sims.astype(np.float64)
+    outside = np.where(component[indices] != component[:, None], distance, np.inf).min(1)
+    apart = np.array([outside[component == c].min() for c in component])
+    return {
+        "LOF (default k)": local_outlier_factor(x, k, neighbours=(indices, sims)),
+        "group's distance to the rest": apart,
+        "distance to the folder's centre": centre_distances(x, np.zeros(len(x), dtype=int))[0],
+    }
+
+
+FEATURE_VIEWS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+    "as embedded": lambda x: x,
+    "centred": lambda x: x - x.mean(0),
+    "standardised": lambda x: (x - x.mean(0)) / (x.std(0) + 1e-3),
+    "square root": lambda x: np.sqrt(np.maximum(x, 0.0)),
+}
+
+
 def groups(draws: int = 10) -> None:
-    """``python benchmarks/bench_outliers.py groups``: the isolation test (label-free: no head to train) on the
-    wallpapers with groups of 2-10 planted images (half digits, half Fashion-MNIST), ``draws`` draws each, at the
-    default k and at the small-folder candidate k = max(5, 2 %); and how many ordinary wallpapers look like the planted
-    pairs. Writes ``results_outliers_groups.md``."""
+    """``python benchmarks/bench_outliers.py groups``: the label-free tests (no head to train) on the wallpapers with
+    groups of 2-10 planted images (half digits, half Fashion-MNIST), ``draws`` draws each: the isolation test at the
+    default k and at the small-folder candidate k = max(5, 2 %), candidates (a)-(c); how many ordinary wallpapers each
+    test's quantity ranks at or above the planted images (what any threshold on it must flag first); and how many
+    ordinary wallpapers look like the planted pairs. Writes ``results_outliers_groups.md``."""
     started, load = time.perf_counter(), os.getloadavg()
     cpu = torch.device("cpu")
     feats = {name: np.asarray(features(folder, cpu)[0], dtype=np.float32) for name, folder in folders().items()}
     base = feats["wallpapers"]
-    ways = {"default (k = 10 here)": ISOLATION_K_MIN, "candidate k = max(5, 2 %) (5 here)": 5}
+    ways: dict[str, Callable[[np.ndarray], np.ndarray]] = {
+        "default (k = 10 here)": lambda x: isolated_default(x, isolation_k(len(x))),
+        "candidate k = max(5, 2 %) (5 here)": lambda x: isolated_default(x, small_folder_k(len(x), 5)),
+        "candidate (a) tight group apart": group_apart,
+        "candidate (b) 5th neighbour outside the group": outside_group_kth,
+        "candidate (c) far from the folder's centre": far_from_folder_centre,
+    }
     lines = [
-        "# The isolation test against the size of a planted group (`python benchmarks/bench_outliers.py groups`)",
+        "# Label-free outlier tests against the size of a planted group (`python benchmarks/bench_outliers.py groups`)",
         "",
         f"{len(base)} wallpapers with m planted images (half digits, half Fashion-MNIST), {draws} draws each; share of",
-        "ordinary wallpapers flagged isolated / share of planted ones flagged (the test needs no head, so no training):",
+        "ordinary wallpapers flagged / share of planted ones flagged (the tests need no head, so no training):",
         "",
         "| planted | " + " | ".join(ways) + " |",
         "|---" * (len(ways) + 1) + "|",
     ]
+    ranks: dict[tuple[str, int], dict[str, list[tuple[int, int]]]] = {}
     for m in (2, 4, 6, 8, 10):
         shares: dict[str, list[tuple[float, float]]] = {name: [] for name in ways}
         for draw in range(draws):
@@ -418,13 +533,43 @@ def groups(draws: int = 10) -> None:
             ]
             x = np.concatenate([base, *planted])
             is_planted = np.arange(len(x)) >= len(base)
-            for name, k_min in ways.items():
-                flags = isolated_default(x, small_folder_k(len(x), k_min))
+            for name, rule in ways.items():
+                flags = rule(x)
                 shares[name].append((float(flags[~is_planted].mean()), float(flags[is_planted].mean())))
+            for view, change in FEATURE_VIEWS.items():
+                for name, value in head_free_scores(change(x)).items():
+                    ordinary, odd = value[~is_planted], value[is_planted]
+                    above = (int((ordinary >= odd.max()).sum()), int((ordinary >= odd.min()).sum()))
+                    ranks.setdefault((view, m), {}).setdefault(name, []).append(above)
         cells = [f"{np.mean([a for a, _ in v]):.1%} / {np.mean([b for _, b in v]):.0%}" for v in shares.values()]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    pairs = pairs_then_gap(base)
+    score_names = list(next(iter(ranks.values())))
     lines += [
+        "",
+        "What a threshold on each test's quantity would have to flag: ordinary wallpapers at or above the *most* odd",
+        "planted image (flagged before any planted one is found) / at or above the *least* odd (flagged before all are),",
+        f"mean over the {draws} draws (of {len(base)}); the group's distance to the rest is each image's distance to the",
+        "nearest image outside its tight group (linked within the folder's median nearest-neighbour distance); the",
+        "features as embedded, and changed before the tests (centred on the folder's mean, standardised per dimension,",
+        "square-rooted):",
+        "",
+        "| features | planted | " + " | ".join(score_names) + " |",
+        "|---" * (len(score_names) + 2) + "|",
+        *(
+            f"| {view} | {m} | "
+            + " | ".join(f"{np.mean([a for a, _ in v]):.1f} / {np.mean([b for _, b in v]):.1f}" for v in per.values())
+            + " |"
+            for (view, m), per in sorted(ranks.items(), key=lambda item: (list(FEATURE_VIEWS).index(item[0][0]), item[0][1]))
+        ),
+    ]
+    pairs = pairs_then_gap(base)
+    nearest_distance = 1.0 - knn_search(base, 1)[1][:, 0]
+    quartiles = ", ".join(f"{q:.2f}" for q in np.quantile(nearest_distance, [0.25, 0.5, 0.75]))
+    lines += [
+        "",
+        f"The wallpapers alone: cosine distance to the nearest other wallpaper, quartiles {quartiles} (largest",
+        f"{nearest_distance.max():.2f}): apart from the close variants, each picture is far from all others, so there is no dense",
+        "rest for a few images to be unlike.",
         "",
         "Ordinary wallpapers whose nearest neighbour is within cosine distance 0.14 and whose second is 3.5 times farther",
         f"or more, as each planted digit and Fashion-MNIST image of a pair is: {int(pairs.sum())} of {len(base)}",

@@ -16,6 +16,7 @@ from sklearn.base import BaseEstimator, ClusterMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.pipeline import Embeddings
 from imgcluster.progress import ProgressFn
 
@@ -107,14 +108,24 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         the events of stages ``choose_k`` and ``train``. ``neighbours`` ([n_samples, >= knn] row
         indices, nearest first) replaces the kNN search, for inputs whose search runs elsewhere
         (:mod:`imgcluster.scale.knn`)."""
+        before = dict(self.__dict__)
+        try:
+            return self._fit(X, progress, neighbours)
+        except BaseException:
+            # A refused or interrupted refit (Ctrl-C in a notebook) leaves the head it had, not a
+            # mix: scikit-learn's checks reset n_features_in_ before training, so the old head
+            # refused the features it was trained on and crashed in torch on the new ones.
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+
+    def _fit(self, X: Any, progress: ProgressFn | None, neighbours: np.ndarray | None) -> ClusterHead:
         from imgcluster.fitting import fit_head
         from imgcluster.pipeline import resolve_device
 
         embeddings = X if isinstance(X, Embeddings) else None
         # Two rows and two columns at least: one image has no neighbour, 1-d unit vectors are +-1.
-        features = validate_data(
-            self, embeddings.features if embeddings else X, dtype=np.float32, ensure_min_samples=2, ensure_min_features=2
-        )
+        features = self._rows(embeddings.features if embeddings else X, ensure_min_samples=2, ensure_min_features=2)
         device = resolve_device(self.device)
         fitted = fit_head(
             features, self.train_config(), device, auto=parse_auto(self.n_clusters), k_min=self.k_min, k_max=self.k_max,
@@ -135,10 +146,26 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         return np.asarray(self.predict_proba(X).argmax(1), dtype=np.int64)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Each row's probability of each cluster, [n_samples, n_clusters_] (rows sum to 1)."""
+        """Each row's probability of each cluster, [n_samples, n_clusters_] (rows sum to 1). Embeddings of
+        another backbone than the one the head was fitted on (when it was fitted on Embeddings) are refused."""
         check_is_fitted(self, "objective_")
-        features = validate_data(self, X.features if isinstance(X, Embeddings) else X, dtype=np.float32, reset=False)
-        return self._predict_proba(features)
+        if isinstance(X, Embeddings):  # as assign --head: another backbone's features of the same width mean nothing here
+            from imgcluster.checkpoint import check_backbone
+
+            check_backbone(self.description_, X.identity, type(self).__name__)
+        return self._predict_proba(self._rows(X.features if isinstance(X, Embeddings) else X, reset=False))
+
+    def _rows(self, X: Any, **checks: Any) -> np.ndarray:
+        """``X`` as float32 rows, through scikit-learn's input checks; a value they refuse (NaN, a
+        wrong width, no rows) is a :class:`imgcluster.ParameterError` naming ``X``, in one line:
+        a bare ValueError escaped ``except ImgclusterError`` and advised HistGradientBoosting."""
+        try:
+            return np.asarray(validate_data(self, X, dtype=np.float32, **checks))
+        except ValueError as exc:
+            if isinstance(exc, ImgclusterError):
+                raise
+            line = str(exc).strip().split("\n", 1)[0].rstrip(":")
+            raise ParameterError(literal(line if " X " in f" {line} " else f"X: {line}"), parameter="X") from exc
 
     def _predict_proba(self, features: np.ndarray) -> np.ndarray:
         from imgcluster.assign import probabilities
@@ -151,8 +178,10 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         """Write the head as ``path`` (safetensors weights) and ``path`` with ``.json`` (how it was
         trained); ``imgcluster assign --head`` and :meth:`load` read it. Returns the JSON's path."""
         from imgcluster.checkpoint import save_checkpoint
+        from imgcluster.outputs import check_head_name
 
         check_is_fitted(self, "objective_")
+        check_head_name(Path(path), "path")
         return save_checkpoint(Path(path), self.objective_, self.description_)
 
     @classmethod
@@ -166,9 +195,11 @@ class ClusterHead(ClusterMixin, BaseEstimator):
 
         objective, meta = load_checkpoint(Path(path))
         train = meta.get("train") or {}
+        # Epochs given when training (no minimum of steps) are kept, so that clone(head).fit trains as it did.
+        epochs = {"epochs": train["epochs"]} if train.get("min_steps") == 0 and "epochs" in train else {}
         head = cls(
             objective.name, objective.n_clusters, int(train.get("seed", 0)),
-            **{k: train[k] for k in ("batch_size", "lr", "knn") if k in train},
+            **{k: train[k] for k in ("batch_size", "lr", "knn") if k in train}, **epochs,
             device=device, **dict(train.get("objective_options") or {}),
         )  # fmt: skip
         head.objective_ = objective
@@ -193,9 +224,11 @@ def checked_head(
 ) -> ClusterHead:  # fmt: skip
     """The head to train, its parameters checked before any image is embedded or any row read
     (``imgcluster.train_folder`` and the feature-store commands build their heads here)."""
+    from imgcluster.head_config import option_dict
+
     estimator = ClusterHead(
         objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
-        balance=balance, self_label=self_label, uco=uco, device=device, **(objective_options or {}),
+        balance=balance, self_label=self_label, uco=uco, device=device, **option_dict(objective_options),
     )  # fmt: skip
     estimator.train_config()
     return estimator

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import numbers
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgcluster.config import EmbedConfig
-from imgcluster.errors import ParameterError
+from imgcluster.errors import ParameterError, literal
+from imgcluster.head_config import check_whole
 from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
 from imgcluster.preflight import FolderListing, check_environment, check_exists, check_inputs
@@ -56,6 +58,7 @@ def embed(
     :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``; ``mark`` events time
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
+    check_embedding_options(embed_batch_size, workers, lock_timeout)
     folder, only = _folder_and_files(folder_or_paths)
     listing = None
     if only is None:  # before torch is imported: a mistake costs a fraction of a second
@@ -136,12 +139,23 @@ def embed_checked(
 # shards stay valid. Their line said "every finished batch is kept in the cache" either way.
 STOPPED_BEFORE = "interrupted while starting (loading torch, the model and the cache): nothing was embedded by this run"
 STOPPED_AFTER = "interrupted while saving the cache: every image embedded is saved in it, and the next run finds it there"
+def check_embedding_options(embed_batch_size: int | None, workers: int | None, lock_timeout: float) -> None:
+    """What the command line's option types refuse, refused from Python too, by name and before
+    any work (a batch size of 0 was taken as the default without a word)."""
+    check_whole("embed_batch_size", embed_batch_size, 1)
+    check_whole("workers", workers, 0)
+    if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, numbers.Real) or not lock_timeout >= 0:
+        raise ParameterError(f"{{lock_timeout}} is a number of seconds, 0 or more; got {lock_timeout!r}")
 
 
 def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list[str] | None]:
     """A folder as it is; a list of files as (their closest common folder, their paths relative to it)."""
+    if isinstance(source, bytes):  # a file-system name as bytes, not a list of numbers
+        source = os.fsdecode(source)
     if isinstance(source, (str, os.PathLike)):
         return Path(source), None
+    if not isinstance(source, Iterable):
+        raise ParameterError(f"{{folder_or_paths}} takes a folder or a list of image files, not {literal(repr(source))}")
     files = [Path(p).absolute() for p in source]
     if not files:
         raise ParameterError("{folder_or_paths} is an empty list; give a folder or some image files")

@@ -7,6 +7,7 @@ the result is an :class:`Assignment` in memory, and files only when ``out`` is g
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -18,7 +19,7 @@ import numpy as np
 from imgcluster.atomic import check_stdout, check_writable, is_stream
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
 from imgcluster.errors import ImgclusterError, ParameterError, literal
-from imgcluster.features import embed, embed_checked
+from imgcluster.features import check_embedding_options, embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
@@ -276,9 +277,12 @@ def cluster_folder(
     cluster whose images look too little like the class it would name, :data:`imgcluster.naming.LIKENESS`);
     ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
     """
-    if near_duplicates is not None and not 0.0 < near_duplicates <= 1.0:
-        raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates}")
-    check_min_confidence(min_confidence)  # refused before the work, not once the outliers are marked
+    if near_duplicates is not None and (
+        isinstance(near_duplicates, bool) or not isinstance(near_duplicates, numbers.Real) or not 0.0 < near_duplicates <= 1.0
+    ):
+        raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates!r}")
+    check_min_confidence(min_confidence)  # before the embedding, not after the training
+    check_embedding_options(embed_batch_size, workers, lock_timeout)
     if out is not None:  # the arguments first, then what the folder holds
         check_out(out, Path(folder), near_duplicates)
     listing = check_inputs(
@@ -286,7 +290,7 @@ def cluster_folder(
         weights=weights, head=head, k_range=(k_min, k_max),
     )  # fmt: skip
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
-    from imgcluster.head_config import train_config
+    from imgcluster.head_config import option_dict, train_config
     from imgcluster.naming import NAMING_MODEL, is_naming_backbone
     from imgcluster.pipeline import resolve_device
 
@@ -298,7 +302,7 @@ def cluster_folder(
             objective=objective, n_clusters=n_clusters, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn,
             k_min=k_min, k_max=k_max, balance=balance, self_label=self_label, uco=uco,
         )  # fmt: skip
-        settings = train_config(**training, options=dict(objective_options or {}))
+        settings = train_config(**training, options=option_dict(objective_options))
     head_meta: dict[str, Any] | None = None
     searched: tuple[np.ndarray, np.ndarray] | None = None  # the neighbour search of a head trained in this run
     if head is not None:
@@ -591,6 +595,7 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
+    check_embedding_options(embed_batch_size, workers, lock_timeout)
     listing = check_inputs(
         folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir, weights=weights, k_range=(k_min, k_max)
     )
@@ -616,6 +621,8 @@ def train_folder(
     if skipped is not None:
         Reporter(progress, "embed").warning(f"skipped {count(len(embeddings.skipped), 'unreadable file')}; details in {skipped}")
     from imgcluster.fitting import FittedHead
+
+    _finite(embeddings.features)  # scikit-learn's own refusal named neither the features nor the cure
 
     def fit() -> FittedHead:
         estimator.fit(embeddings, progress=progress)

@@ -37,11 +37,12 @@ def train_config(
     from imgcluster.preflight import check_k_range, parse_clusters
 
     requested = parse_clusters(n_clusters)
+    check_whole("k_min", k_min, 2)  # as the command line's option types: 1 (or 2.5) failed only after the embedding
+    check_whole("k_max", k_max, 2)
     if requested is None:
         check_k_range(k_min, k_max)
     for name, value, least in (("batch_size", batch_size, 2), ("knn", knn, 1), ("epochs", epochs, 1)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
-            raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
+        check_whole(name, value, least)
     # What both numpy's and torch's generators take: a negative seed failed in choosing K
     # ("expected non-negative integer"), one of 2**64 or more in torch ("Overflow when unpacking").
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < 2**64:
@@ -57,3 +58,26 @@ def train_config(
         min_steps=TrainConfig.min_steps if epochs is None else 0,
         stable_fraction=TrainConfig.stable_fraction if epochs is None else None,
     )  # fmt: skip
+
+
+def check_whole(name: str, value: object, least: int) -> None:
+    """Refuse ``value`` for parameter ``name`` unless it is None or a whole number of at least ``least``."""
+    from imgcluster.errors import ParameterError
+
+    if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
+        raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
+
+
+def option_dict(options: object) -> dict[str, Any]:
+    """``objective_options`` as a dict; anything else refused by name ("hidden=3" failed inside ``dict()``)."""
+    from collections.abc import Mapping
+
+    from imgcluster.errors import ParameterError, literal
+
+    if options is None:
+        return {}
+    if not isinstance(options, Mapping):
+        raise ParameterError(
+            f"{{objective_options}} takes a dict of the objective's options, such as dict(hidden=64), not {literal(repr(options))}"
+        )
+    return dict(options)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -233,3 +234,103 @@ def test_features_that_are_not_finite_are_refused_before_training() -> None:
     assert info.value.parameters == ("reembed",)
     features = np.ones((2, 2), np.float32)
     assert _finite(features) is features
+
+
+@pytest.mark.usefixtures("no_embedding")
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("embed_batch_size", 0, "embed_batch_size must be a whole number of at least 1, got 0"),
+        ("workers", -1, "workers must be a whole number of at least 0, got -1"),
+        ("workers", 1.5, "workers must be a whole number of at least 0, got 1.5"),
+        ("lock_timeout", -1, "lock_timeout is a number of seconds, 0 or more; got -1"),
+        ("lock_timeout", float("nan"), "lock_timeout is a number of seconds, 0 or more; got nan"),
+    ],
+)
+def test_embedding_options_the_command_line_refuses_are_refused_by_name(
+    small_folder: Path, option: str, value: object, message: str
+) -> None:
+    """The options' types refuse these on the command line; from Python they ran (a batch size of 0 as the default)."""
+    for call in (imgcluster.embed, imgcluster.cluster_folder, imgcluster.train_folder):
+        with pytest.raises(ParameterError) as info:
+            call(small_folder, model="efficientnet-lite0", **{option: value})  # type: ignore[operator]
+        assert str(info.value) == message and info.value.parameters == (option,)
+
+
+def test_train_folder_refuses_features_that_are_not_finite(small_folder: Path, shared_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As cluster_folder does: a damaged cache's NaN reached scikit-learn's check, a bare ValueError (a crash from the command line)."""
+    import numpy as np
+
+    import imgcluster.folder as folder
+
+    embedded = folder.embed_checked
+
+    def damaged(*args: object, **kwargs: object) -> object:
+        embeddings = embedded(*args, **kwargs)  # type: ignore[arg-type]
+        embeddings.features = embeddings.features.copy()
+        embeddings.features[3, 5] = np.nan
+        return embeddings
+
+    monkeypatch.setattr(folder, "embed_checked", damaged)
+    with pytest.raises(imgcluster.ImgclusterError, match="NaN or infinite") as info:
+        imgcluster.train_folder(small_folder, n_clusters=3, epochs=1, cache_dir=shared_cache, **MODEL)
+    assert info.value.parameters == ("reembed",)
+
+
+@pytest.mark.usefixtures("no_embedding")
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("min_confidence", "0.5", "min_confidence must lie in [0, 1], got '0.5'"),
+        ("min_confidence", float("nan"), "min_confidence must lie in [0, 1], got nan"),
+        ("near_duplicates", "0.9", "near_duplicates is a cosine similarity in (0, 1], got '0.9'"),
+        ("near_duplicates", True, "near_duplicates is a cosine similarity in (0, 1], got True"),
+        ("k_min", 1, "k_min must be a whole number of at least 2, got 1"),
+        ("k_max", 2.5, "k_max must be a whole number of at least 2, got 2.5"),
+    ],
+)
+def test_values_that_need_no_features_are_refused_before_any_work(small_folder: Path, option: str, value: object, message: str) -> None:
+    """As the README promises: these were refused after the embedding and training (NaN and True not at all, "0.9" as a TypeError)."""
+    with pytest.raises(ParameterError) as info:
+        imgcluster.cluster_folder(small_folder, n_clusters="auto", model="efficientnet-lite0", **{option: value})  # type: ignore[arg-type]
+    assert str(info.value) == message and info.value.parameters == (option,)
+
+
+def test_a_head_refuses_embeddings_of_another_backbone(small_folder: Path, shared_cache: Path) -> None:
+    """As assign --head does: other weights of the same model give features of the same width that mean something else."""
+    import dataclasses
+
+    embeddings = imgcluster.embed(small_folder, cache_dir=shared_cache, **MODEL)
+    head = imgcluster.ClusterHead(n_clusters=3, epochs=1, device="cpu").fit(embeddings)
+    other = dataclasses.replace(embeddings, identity={**embeddings.identity, "weights": "sha256:0000"})
+    with pytest.raises(imgcluster.ImgclusterError, match="differs in: weights"):
+        head.predict(other)
+    assert (head.predict(embeddings) == head.labels_).all() and (head.predict(other.features) == head.labels_).all()
+
+
+def test_embed_takes_a_folder_named_in_bytes_and_refuses_what_is_no_folder(tmp_path: Path) -> None:
+    """bytes were read as a list of numbers and None as a list ("expected str ... not int", "not iterable")."""
+    with pytest.raises(ParameterError, match=r"folder not found: .*missing") as info:
+        imgcluster.embed(bytes(tmp_path / "missing"), **MODEL)
+    assert info.value.parameters == ("folder",)
+    for value in (None, 123):
+        with pytest.raises(ParameterError, match=f"folder_or_paths takes a folder or a list of image files, not {value}") as info:
+            imgcluster.embed(value, **MODEL)  # type: ignore[arg-type]
+        assert info.value.parameters == ("folder_or_paths",)
+
+
+@pytest.mark.usefixtures("no_embedding")
+def test_train_folder_refuses_a_head_name_assign_cannot_read(small_folder: Path, tmp_path: Path) -> None:
+    """train --out head.pt trained and saved, then assign --head head.pt refused it."""
+    with pytest.raises(ParameterError, match=r"does not end in \.safetensors") as info:
+        imgcluster.train_folder(small_folder, n_clusters=3, out=tmp_path / "head.pt", **MODEL)
+    assert info.value.parameters == ("out",) and not (tmp_path / "head.pt").exists()
+
+
+@pytest.mark.usefixtures("no_embedding")
+def test_objective_options_that_are_not_a_dict_are_refused_by_name(small_folder: Path) -> None:
+    """A string such as "hidden=3" failed inside dict() (cluster_folder) or as ** of a str (train_folder): a bare ValueError, TypeError."""
+    for call in (imgcluster.cluster_folder, imgcluster.train_folder):
+        with pytest.raises(ParameterError, match=re.escape("objective_options takes a dict of the objective's options")) as info:
+            call(small_folder, n_clusters=3, objective_options="hidden=3", **MODEL)  # type: ignore[operator]
+        assert info.value.parameters == ("objective_options",)

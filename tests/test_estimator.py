@@ -38,7 +38,7 @@ def blobs(n_per: int = 30, k: int = 3, d: int = 16, seed: int = 0) -> tuple[np.n
 
 @parametrize_with_checks(
     [ClusterHead("secu", n_clusters=3, epochs=2, device="cpu"), ClusterHead("secu", n_clusters=3, **FAST)],
-    expected_failed_checks=lambda head: WITH_OPTIONS_SKIPPED if head.get_params().get('hidden') else SKIPPED,  # type: ignore[attr-defined]
+    expected_failed_checks=lambda head: WITH_OPTIONS_SKIPPED if head.get_params().get("hidden") else SKIPPED,  # type: ignore[attr-defined]
 )
 def test_scikit_learn_checks(estimator: ClusterHead, check: object) -> None:
     check(estimator)  # type: ignore[operator]
@@ -83,6 +83,7 @@ def test_save_and_load_give_the_same_predictions(tmp_path: Path) -> None:
     assert loaded.get_params()["hidden"] == 32 and loaded.objective == "scan" and loaded.n_clusters_ == 3
     assert np.array_equal(loaded.predict(x), head.predict(x))
     assert np.allclose(loaded.predict_proba(x), head.predict_proba(x))
+    assert clone(loaded).train_config() == head.train_config_  # refitting a loaded head trains as it was trained (epochs=3)
 
 
 def test_objective_options_are_parameters() -> None:
@@ -116,3 +117,53 @@ def test_numpy_integers_are_whole_numbers() -> None:
     x, _ = blobs()
     head = ClusterHead(n_clusters=np.int64(3), batch_size=np.int64(16), epochs=np.int64(2), knn=np.int32(5), device="cpu").fit(x)
     assert head.n_clusters_ == 3 and head.train_config_.batch_size == 16 and type(head.train_config_.batch_size) is int
+
+
+@pytest.mark.parametrize("failure", ["interrupted", "refused"])
+def test_a_refit_that_fails_keeps_the_fitted_head(failure: str) -> None:
+    """Ctrl-C inside fit (or a refused refit) on new, wider features leaves the head that was fitted, usable as it was."""
+    x, _ = blobs()
+    head = ClusterHead(n_clusters=3, **FAST).fit(x)
+    labels, wider = head.predict(x), np.hstack([x, x])
+
+    def interrupt(event: Event) -> None:
+        if event.stage == "train":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt if failure == "interrupted" else ParameterError):
+        if failure == "interrupted":
+            head.fit(wider, progress=interrupt)
+        else:
+            head.set_params(n_clusters=len(x) + 1).fit(wider)
+    assert head.n_features_in_ == x.shape[1] and head.n_clusters_ == 3
+    assert np.array_equal(head.predict(x), labels)
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        (np.full((4, 16), np.nan, np.float32), "Input X contains NaN."),
+        (np.ones((4, 15), np.float32), "X has 15 features, but ClusterHead is expecting 16 features as input."),
+        (np.ones(16, np.float32), "X: Expected 2D array, got 1D array instead"),
+        (np.zeros((0, 16), np.float32), "X: Found array with 0 sample(s) (shape=(0, 16)) while a minimum of 1 is required by ClusterHead."),
+    ],
+)
+def test_features_scikit_learn_refuses_are_a_parameter_error_naming_x(rows: np.ndarray, message: str) -> None:
+    """One line naming X, caught by ``except ImgclusterError`` (a bare ValueError, with a paragraph on HistGradientBoosting, was not)."""
+    x, _ = blobs()
+    head = ClusterHead(n_clusters=3, **FAST).fit(x)
+    with pytest.raises(ParameterError) as info:
+        head.predict(rows)
+    assert str(info.value) == message and info.value.parameters == ("X",)
+    if rows.ndim == 1 or np.isnan(rows).any():  # fit sees the same check (a row count or width of its own is no mistake)
+        with pytest.raises(ParameterError, match=re.escape(message)):
+            ClusterHead(n_clusters=3, **FAST).fit(rows)
+
+
+@pytest.mark.parametrize("name", ["head", "head.pt", "head.json"])
+def test_save_refuses_a_name_load_cannot_read(tmp_path: Path, name: str) -> None:
+    """Saved as head.pt or head, load refused it; as head.json, the description overwrote the weights."""
+    head = ClusterHead(n_clusters=3, **FAST).fit(blobs()[0])
+    with pytest.raises(ParameterError, match=re.escape(f"path {tmp_path / name} does not end in .safetensors")) as info:
+        head.save(tmp_path / name)
+    assert info.value.parameters == ("path",) and list(tmp_path.iterdir()) == []

@@ -468,3 +468,13 @@ def test_the_scores_of_a_csv_that_leaves_labelled_images_out_say_so(tmp_path: Pa
     csv_path.with_name("few.csv.eval.json").write_text(scores)
     page = write_report(csv_path, tmp_path / "b.html", folder=folder).html.read_text()
     assert "coverage <b>0.250</b>" in page and "ACC, missing = wrong <b>0.250</b>" in page
+
+
+@pytest.mark.parametrize("per_cluster", [0, "8", 2.5, True])
+def test_per_cluster_that_is_not_a_whole_number_is_refused_by_name(tmp_path: Path, per_cluster: object) -> None:
+    """From Python, "8" failed in a comparison (TypeError) and 2.5 got as far as slicing the clusters."""
+    from imgcluster.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=re.escape(f"per_cluster must be a whole number of at least 1, got {per_cluster!r}")) as info:
+        write_report(tmp_path / "clusters.csv", per_cluster=per_cluster)  # type: ignore[arg-type]
+    assert info.value.parameters == ("per_cluster",)

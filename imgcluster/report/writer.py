@@ -18,6 +18,7 @@ import numpy as np
 from imgcluster.atomic import atomic_write_text
 from imgcluster.csvfile import check_assignments_file, read_assignments
 from imgcluster.errors import ParameterError
+from imgcluster.head_config import check_whole
 from imgcluster.report.layout import DEFAULT_PER_CLUSTER, MAX_IMAGES, ClusterView, Plan, label_mix, plan_clusters
 from imgcluster.report.montage import write_montages
 from imgcluster.report.page import MAX_BYTES, render_html
@@ -90,8 +91,7 @@ def write_report(
     it a ``<csv>.eval.json`` (the JSON of ``imgcluster evaluate``) adds majority labels and scores.
     ``montage`` also writes ``<csv stem>-montage/cluster-<k>.png`` beside the page.
     """
-    if per_cluster < 1:
-        raise ParameterError("{per_cluster} must be at least 1")
+    check_whole("per_cluster", per_cluster, 1)  # "8" or 2.5 from Python failed in a comparison or a slice
     check_assignments_file(assignments)
     out = out or default_report_path(assignments)
     if out.is_dir():

@@ -22,6 +22,7 @@ import numpy as np
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.outputs import check_head_name
 from imgcluster.preflight import check_clusters_fit
 from imgcluster.progress import ProgressFn, Reporter, count
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
@@ -215,6 +216,7 @@ def train_from_store(
         self_label=self_label, uco=uco, device=device, objective_options=objective_options,
     )  # fmt: skip
     if out is not None:
+        check_head_name(Path(out), "out")  # before the training, not when saving after it
         check_writable(Path(out))
     with engine_session(engine, address, num_cpus) as tasks:
         with said_when_stopped("reading the training sample", "no head was written; the next run starts again from the store"):

@@ -317,3 +317,12 @@ def test_the_store_isolation_test_calls_no_resave_among_copies_isolated() -> Non
     assert lof[24] > isolation.threshold  # the LOF alone would call the re-save isolated
     assert isolation.isolated(paths, l2_normalise(x)).tolist() == folder.isolated.tolist()
     assert np.flatnonzero(folder.isolated).tolist() == [26]
+
+
+def test_train_from_a_store_refuses_a_head_name_assign_cannot_read(tmp_path: Path) -> None:
+    """Before reading the store or training: --out head.pt was refused only when the trained head was saved."""
+    from imgcluster.errors import ParameterError
+
+    with pytest.raises(ParameterError, match=r"does not end in \.safetensors") as info:
+        train_from_store(str(tmp_path / "no-store"), out=tmp_path / "head.pt", n_clusters=3)
+    assert info.value.parameters == ("out",)
