@@ -370,7 +370,7 @@ def embed_files(
             streams = stack.enter_context(_onnx_streams(onnx_model, threads, to_floats, batch_size))
             on_mark("model", MODEL_READY)
             stack.enter_context(torch.inference_mode())
-            yield from _in_order(loader, streams, threads, backbone.feature_dim, on_mark)
+            yield from _in_order(loader, streams, IN_FLIGHT_PER_STREAM * threads, backbone.feature_dim, on_mark)
             return
         run_model = _forward(backbone, device, compile_model, onnx_model, threads, bf16, to_floats, batch_size)
         on_mark("model", MODEL_READY)
@@ -381,6 +381,14 @@ def embed_files(
                 yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, seen)
                 continue
             yield EmbeddedBatch(indices, run_model(tensor), failures, seen)
+
+
+# Batches handed to the ONNX sessions and not yet handed on, per session. With one per session, a
+# session that finished its batch while the main thread waited for the oldest one, or for the
+# decode worker's next batch (a few handshakes between the two processes, each waiting for a
+# core while the sessions and the worker keep both busy), had nothing to do until both were back.
+# Two per session keeps one queued for each; the pixels of a queued batch are 1.2 MB of uint8.
+IN_FLIGHT_PER_STREAM = 2
 
 
 @contextlib.contextmanager
