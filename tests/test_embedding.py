@@ -8,12 +8,26 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from imagefolders import CLASSES, copy_sample
 from PIL import Image
+from torch import nn
 from torchvision import transforms as tv  # type: ignore[import-untyped]
 
-from imgcluster.embedding import ImageDataset, PixelSteps, PixelTable, draft_size_for, limit_aspect, split_transform
+import imgcluster.embedding as embedding
+from imgcluster.backbones import Backbone
+from imgcluster.embedding import (
+    EmbeddedBatch,
+    ImageDataset,
+    PixelSteps,
+    PixelTable,
+    draft_size_for,
+    embed_files,
+    limit_aspect,
+    split_transform,
+)
 from imgcluster.listing import list_images
 from imgcluster.load import load_image, load_rgb
+from imgcluster.models import BACKBONES
 
 LITE0 = {"input_size": (3, 224, 224), "interpolation": "bicubic", "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 0.875}
 IMAGENET = {"input_size": (3, 192, 160), "interpolation": "bilinear", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -104,3 +118,37 @@ def test_load_image_keeps_grey_only_when_asked(tmp_path: Path) -> None:
     rgba = tmp_path / "alpha.png"
     Image.new("LA", (8, 8), (100, 128)).save(rgba)
     assert load_image(rgba, grey=True).mode == "RGB"  # composited on a background: RGB as before
+
+
+def tiny_backbone() -> Backbone:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()).eval()
+    config = {"input_size": (3, 16, 16), "mean": (0.5,) * 3, "std": (0.5,) * 3, "crop_pct": 1.0, "interpolation": "bilinear"}
+    return Backbone("efficientnet-lite0", BACKBONES["efficientnet-lite0"], model, config, "test:tiny", 8)
+
+
+def test_decode_workers_hand_over_four_forward_passes_at_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fewer, larger handovers from the decode worker; the model still sees its own batch size, in the
+    files' order, with the same features, and a file that fails is reported once."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:3], per_class=7)
+    (folder / CLASSES[0] / "broken.png").write_bytes(b"not a png")
+    files = list_images(folder)
+    backbone = tiny_backbone()
+    sizes: list[int] = []
+    real_loader = embedding.DataLoader
+    monkeypatch.setattr(embedding, "DataLoader", lambda *args, **kwargs: sizes.append(kwargs["batch_size"]) or real_loader(*args, **kwargs))
+
+    def run(workers: int) -> tuple[list[EmbeddedBatch], np.ndarray]:
+        batches = list(embed_files(files, backbone, torch.device("cpu"), batch_size=2, workers=workers))
+        return batches, np.concatenate([b.features for b in batches])
+
+    grouped, features = run(1)
+    assert sizes == [2 * embedding.HANDOVER_GROUP]
+    assert all(len(b.indices) <= 2 for b in grouped)  # forward passes of the model's batch size
+    assert [i for b in grouped for i in b.indices] == [i for i, f in enumerate(files) if f.rel != f"{CLASSES[0]}/broken.png"]
+    assert [reason for b in grouped for _, reason in b.failures] == ["not an image (unrecognised format)"]
+    assert all(set(b.seen) == set(b.indices) for b in grouped)
+    in_process, expected = run(0)  # no workers: one forward pass per loader batch, as before
+    assert sizes[-1] == 2
+    assert [b.indices for b in in_process] == [b.indices for b in grouped if b.indices]
+    assert np.array_equal(features, expected)
