@@ -235,10 +235,11 @@ class PixelTable:
 
     The table is made by the very operations it replaces (``/ 255``, ``- mean``, ``/ std``: each
     element on its own), so a looked-up float is bit for bit the computed one. A lookup is one
-    pass over the batch in numpy and starts no torch threads: 8 images of 224 px took 1.6 ms of
-    CPU against 4.0 ms on one torch thread, and 35 ms on two under load, their OpenMP threads
-    spinning (the ONNX sessions call it from threads of their own, each with its own team). Tensors
-    on another device (CUDA) are computed there, as before.
+    pass over the batch in numpy and starts no torch threads. The ONNX sessions convert their
+    batches in threads of their own, where torch ran the operations on an OpenMP team of two
+    threads per session: 8 images of 224 px took 8.5-13 ms of CPU that way under load, against
+    1.6-1.9 ms by table (0.7-1.1 ms for torch on one thread, which a session's thread cannot be
+    given alone; ``benchmarks/results_runtime.md``, section ``embed-steps``). Tensors on another device (CUDA) are computed there, as before.
     """
 
     def __init__(self, normalise: Callable[[torch.Tensor], torch.Tensor], channels: int) -> None:
