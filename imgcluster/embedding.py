@@ -239,7 +239,8 @@ class PixelTable:
     batches in threads of their own, where torch ran the operations on an OpenMP team of two
     threads per session: 8 images of 224 px took 8.5-13 ms of CPU that way under load, against
     1.6-1.9 ms by table (0.7-1.1 ms for torch on one thread, which a session's thread cannot be
-    given alone; ``benchmarks/results_runtime.md``, section ``embed-steps``). Tensors on another device (CUDA) are computed there, as before.
+    given alone; ``benchmarks/results_runtime.md``, section ``embed-steps``). Tensors on another
+    device (CUDA) are computed there, as before.
     """
 
     def __init__(self, normalise: Callable[[torch.Tensor], torch.Tensor], channels: int) -> None:
