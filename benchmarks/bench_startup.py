@@ -90,7 +90,7 @@ def measured(argv: list[str], cwd: Path, code: Path = ROOT) -> tuple[float, floa
     from bench_peers import run_measured
 
     env = {**os.environ, "PYTHONPATH": str(code)}
-    wall, usage, peak_kb = run_measured(argv, env, cwd / "run.log", cwd)
+    wall, usage, peak_kb, _ = run_measured(argv, env, cwd / "run.log", cwd)
     return wall, peak_kb / 1024, usage.ru_maxrss / 1024
 
 

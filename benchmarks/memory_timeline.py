@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_peers import tree_pss_kb
+from bench_peers import pss_kb, tree_pids
 
 # Runs in the child: argv is (folder, cache_dir). Marks are logged only at their first and
 # every fourth batch, to keep the table short; every other event is logged.
@@ -80,7 +80,7 @@ def timeline(folder: Path, work: Path, code: Path) -> tuple[list[Point], float]:
 
     def sample() -> None:
         while not done.wait(0.02):
-            samples.append((time.monotonic() - start, tree_pss_kb(process.pid)))
+            samples.append((time.monotonic() - start, pss_kb(tree_pids(process.pid))))
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()

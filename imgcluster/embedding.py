@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from imgcluster.backbones import Backbone
 from imgcluster.listing import ImageFile, stat_key
-from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_rgb, time_limit
+from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_image, time_limit
 from imgcluster.progress import BATCH_DECODED, MODEL_READY
 from imgcluster.speed import cpu_threads, fold_batchnorm, has_batchnorm, reuse_freed_memory, worker_threads_init
 
@@ -91,6 +91,7 @@ class ImageDataset(Dataset):
         self.files = files
         self.transform = transform
         self.draft_size = draft_size
+        self.grey = isinstance(transform, PixelSteps) and transform.takes_grey  # grey pictures may stay grey until the transform's end
         self.timeout = decode_timeout() if timeout is None else timeout
 
     def __len__(self) -> int:
@@ -102,7 +103,7 @@ class ImageDataset(Dataset):
             with time_limit(self.timeout):
                 before = _stat(file.path, "before it could be read")
                 digest = content_hash(file.path)
-                image = load_rgb(file.path, self.draft_size)
+                image = load_image(file.path, self.draft_size, grey=self.grey)
                 after = _stat(file.path, "while it was read")
                 if after != before:
                     return i, None, "changed while it was read; run again to embed it", None
@@ -234,28 +235,90 @@ def plan_loader(workers: int, batch_size: int, input_size: tuple[int, ...], cuda
     return LoaderPlan(fitted, max(1, min(prefetch, slots // fitted)), note)
 
 
+class PixelTable:
+    """uint8 pixels to the model's normalised floats, looked up in a table of each channel's 256 values.
+
+    The table is made by the very operations it replaces (``/ 255``, ``- mean``, ``/ std``: each
+    element on its own), so a looked-up float is bit for bit the computed one. A lookup is one
+    pass over the batch in numpy and starts no torch threads. The ONNX sessions convert their
+    batches in threads of their own, where torch ran the operations on an OpenMP team of two
+    threads per session: 8 images of 224 px took 8.5-13 ms of CPU that way under load, against
+    1.6-1.9 ms by table (0.7-1.1 ms for torch on one thread, which a session's thread cannot be
+    given alone; ``benchmarks/results_runtime.md``, section ``embed-steps``). Tensors on another
+    device (CUDA) are computed there, as before.
+    """
+
+    def __init__(self, normalise: Callable[[torch.Tensor], torch.Tensor], channels: int) -> None:
+        self.normalise = normalise
+        values = torch.arange(256, dtype=torch.uint8).reshape(1, 1, 256, 1).expand(1, channels, 256, 1)
+        self.table = self.compute(values)[0, :, :, 0].numpy().copy()  # [channels, 256]
+
+    def compute(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The operations the table holds, run on ``pixels``."""
+        return cast(torch.Tensor, self.normalise(pixels.to(torch.float32).div(255)))
+
+    def array(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 [N, C, H, W] as contiguous float32."""
+        out = np.empty(pixels.shape, np.float32)
+        for c in range(pixels.shape[1]):
+            np.take(self.table[c], pixels[:, c], out=out[:, c])
+        return out
+
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        if pixels.device.type != "cpu" or pixels.dim() != 4 or pixels.shape[1] != self.table.shape[0] or pixels.dtype != torch.uint8:
+            return self.compute(pixels)
+        return torch.from_numpy(self.array(pixels.numpy()))
+
+
+class PixelSteps:
+    """The per-image steps of a split transform, ending in uint8 pixels [3, H, W]; an 8-bit grey
+    picture goes through them as it is and its one channel is repeated at the end, when every
+    step is a resize or a centre crop.
+
+    Pillow resizes each channel alike, with the same fixed-point weights, a crop moves pixels as
+    they are, and grey to RGB repeats the grey, so repeating it afterwards gives the same pixels
+    (checked on 1,800 random sizes and six filters) for a third of the resizing and no conversion:
+    a 28 px image resized to 256 px took 0.25 ms grey against 0.60 as RGB, and converting and
+    copying the 224 px crop to a tensor 0.36 ms against 0.08. Other pictures, and other steps, go
+    through as RGB.
+    """
+
+    def __init__(self, steps: list[Callable]) -> None:
+        from timm.data.transforms import MaybePILToTensor, ResizeKeepRatio
+        from torchvision import transforms as tv  # type: ignore[import-untyped]
+
+        self.steps = steps
+        self.to_tensor = MaybePILToTensor()
+        self.takes_grey = all(isinstance(step, tv.Resize | tv.CenterCrop | ResizeKeepRatio) for step in steps)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        if image.mode != "RGB" and not (self.takes_grey and image.mode == "L"):
+            image = image.convert("RGB")
+        for step in self.steps:
+            image = step(image)
+        if image.mode == "L":
+            return cast(torch.Tensor, self.to_tensor(image)).expand(3, -1, -1)  # [1, H, W] seen as [3, H, W]
+        return cast(torch.Tensor, self.to_tensor(image.convert("RGB") if image.mode != "RGB" else image))
+
+
 def split_transform(transform: Callable) -> tuple[Callable, Callable[[torch.Tensor], torch.Tensor] | None]:
     """Split a timm eval transform into a per-image part that ends in uint8 pixels and a batch part
     that turns them into the model's normalised floats; ``(transform, None)`` when it does not end
     in to-tensor + normalise.
 
     Decode workers hand their batches to the main process through shared memory, so uint8 moves a
-    quarter of float32's bytes (and page faults). The batch part runs the same element-wise
-    operations as the per-image steps it replaces (``/ 255``, ``- mean``, ``/ std``), so the floats
-    are bit for bit the ones the whole transform gives.
+    quarter of float32's bytes (and page faults). The batch part gives the floats of the same
+    element-wise operations as the per-image steps it replaces (``/ 255``, ``- mean``, ``/ std``;
+    :class:`PixelTable`), so they are bit for bit the ones the whole transform gives.
     """
-    from timm.data.transforms import MaybePILToTensor, MaybeToTensor
-    from torchvision import transforms as tv  # type: ignore[import-untyped]
+    from timm.data.transforms import MaybeToTensor
+    from torchvision import transforms as tv
 
     steps = list(getattr(transform, "transforms", []))
     if len(steps) < 2 or not isinstance(steps[-2], MaybeToTensor | tv.ToTensor) or not isinstance(steps[-1], tv.Normalize):
         return transform, None
     normalise = steps[-1]
-
-    def to_floats(pixels: torch.Tensor) -> torch.Tensor:
-        return cast(torch.Tensor, normalise(pixels.to(torch.float32).div(255)))
-
-    return tv.Compose([*steps[:-2], MaybePILToTensor()]), to_floats
+    return PixelSteps(steps[:-2]), PixelTable(normalise, len(normalise.mean))
 
 
 def draft_size_for(data_config: dict) -> int:
@@ -293,9 +356,10 @@ def embed_files(
     if not files:
         return
     cuda = device.type == "cuda"
+    group = handover_group(workers, cuda, to_floats is not None)
     loader = DataLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=batch_size * group,
         shuffle=False,
         num_workers=workers,
         collate_fn=_collate,
@@ -304,6 +368,7 @@ def embed_files(
         prefetch_factor=(prefetch or default_prefetch(cuda)) if workers > 0 else None,
         worker_init_fn=worker_threads_init if workers > 0 else None,
     )
+    batches = _model_batches(loader, batch_size) if group > 1 else loader
     bf16 = compute_precision(device) == "bfloat16"
     with contextlib.ExitStack() as stack:
         threads = 0
@@ -314,17 +379,55 @@ def embed_files(
             streams = stack.enter_context(_onnx_streams(onnx_model, threads, to_floats, batch_size))
             on_mark("model", MODEL_READY)
             stack.enter_context(torch.inference_mode())
-            yield from _in_order(loader, streams, threads, backbone.feature_dim, on_mark)
+            yield from _in_order(batches, streams, IN_FLIGHT_PER_STREAM * threads, backbone.feature_dim, on_mark)
             return
         run_model = _forward(backbone, device, compile_model, onnx_model, threads, bf16, to_floats, batch_size)
         on_mark("model", MODEL_READY)
         stack.enter_context(torch.inference_mode())
-        for indices, tensor, failures, seen in loader:
+        for indices, tensor, failures, seen in batches:
             on_mark("embed", BATCH_DECODED)
             if tensor is None:
                 yield EmbeddedBatch([], np.zeros((0, backbone.feature_dim), np.float32), failures, seen)
                 continue
             yield EmbeddedBatch(indices, run_model(tensor), failures, seen)
+
+
+HANDOVER_GROUP = 4  # forward passes' worth of images a decode worker hands over at once on the CPU; see handover_group
+
+
+def handover_group(workers: int, cuda: bool, uint8: bool) -> int:
+    """Forward passes' worth of images in one batch from a decode worker.
+
+    Each handover costs both processes a pickle, a new shared-memory block and a few handshakes
+    over a socket to pass its descriptor, each waiting for a core while the model and the worker
+    keep both busy; 8 images of 28 px decode in less time than that takes on the 2-core machine.
+    Four forward passes a handover do that a quarter as often. Only on the CPU, with workers, and
+    for uint8 pixels: a group of four uint8 batches takes the shared memory that ``plan_loader``
+    plans for one float32 batch, so the plan holds. The model still sees batches of its own size.
+    """
+    return HANDOVER_GROUP if workers > 0 and not cuda and uint8 else 1
+
+
+def _model_batches(
+    loader: Iterable[tuple[list[int], torch.Tensor | None, list[tuple[int, str]], dict[int, Seen]]], batch_size: int
+) -> Iterator[tuple[list[int], torch.Tensor | None, list[tuple[int, str]], dict[int, Seen]]]:
+    """The loader's batches cut into forward passes of ``batch_size`` decoded images, in order; a
+    batch's failures travel with its first pass."""
+    for indices, tensor, failures, seen in loader:
+        if tensor is None or len(indices) <= batch_size:
+            yield indices, tensor, failures, seen
+            continue
+        for start in range(0, len(indices), batch_size):
+            part = indices[start : start + batch_size]
+            yield part, tensor[start : start + batch_size], failures if start == 0 else [], {i: seen[i] for i in part if i in seen}
+
+
+# Batches handed to the ONNX sessions and not yet handed on, per session. With one per session, a
+# session that finished its batch while the main thread waited for the oldest one, or for the
+# decode worker's next batch (a few handshakes between the two processes, each waiting for a
+# core while the sessions and the worker keep both busy), had nothing to do until both were back.
+# Two per session keeps one queued for each; the pixels of a queued batch are 1.2 MB of uint8.
+IN_FLIGHT_PER_STREAM = 2
 
 
 @contextlib.contextmanager

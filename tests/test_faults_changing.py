@@ -32,7 +32,7 @@ def test_files_changing_between_scan_and_decode(
     rels = sorted(p.relative_to(small_folder).as_posix() for p in small_folder.rglob("*.png"))
     deleted_before, replaced, grown_during, deleted_during, touched = rels[1], rels[5], rels[9], rels[13], rels[17]
     replacement = sample_image(CLASSES[4], 3).resize((40, 40))
-    real_load = imgcluster.embedding.load_rgb
+    real_load = imgcluster.embedding.load_image
     real_getitem = imgcluster.embedding.ImageDataset.__getitem__
     calls: list[str] = []
 
@@ -50,8 +50,8 @@ def test_files_changing_between_scan_and_decode(
             os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
         return real_getitem(self, i)
 
-    def change_while_reading(path: Path, draft_size: int | None = None):  # between opening and the stat after
-        image = real_load(path, draft_size)
+    def change_while_reading(path: Path, draft_size: int | None = None, grey: bool = False):  # between opening and the stat after
+        image = real_load(path, draft_size, grey)
         rel = Path(path).relative_to(small_folder).as_posix()
         if rel == grown_during:
             with open(path, "ab") as handle:
@@ -61,7 +61,7 @@ def test_files_changing_between_scan_and_decode(
         return image
 
     monkeypatch.setattr(imgcluster.embedding.ImageDataset, "__getitem__", change_after_scan)
-    monkeypatch.setattr(imgcluster.embedding, "load_rgb", change_while_reading)
+    monkeypatch.setattr(imgcluster.embedding, "load_image", change_while_reading)
     warnings: list[str] = []
     cache = tmp_path / "cache"
     result = run(small_folder, cache, warnings)

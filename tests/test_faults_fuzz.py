@@ -28,7 +28,7 @@ from PIL import Image, ImageFile
 
 from imgcluster.embedding import ImageDataset, draft_size_for
 from imgcluster.listing import ImageFile as ScannedFile
-from imgcluster.load import ImageDecodeError, load_rgb
+from imgcluster.load import ImageDecodeError, load_image, load_rgb
 
 SEED = 20240601
 CASES = 3000
@@ -348,10 +348,10 @@ def test_fuzz_through_embed_folder(tmp_path: Path, request: pytest.FixtureReques
     )
 
 
-def _slow_load(path: Path, draft_size: int | None = None) -> Image.Image:
+def _slow_load(path: Path, draft_size: int | None = None, grey: bool = False) -> Image.Image:
     if "slow" in path.name:
         time.sleep(30)
-    return load_rgb(path, draft_size)
+    return load_image(path, draft_size, grey)
 
 
 def test_per_file_time_limit_skips_a_hanging_decode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -362,7 +362,7 @@ def test_per_file_time_limit_skips_a_hanging_decode(tmp_path: Path, monkeypatch:
     fast, slow = tmp_path / "fast.png", tmp_path / "slow.png"
     for path in (fast, slow):
         sample_image(CLASSES[0], 0).save(path)
-    monkeypatch.setattr(imgcluster.embedding, "load_rgb", _slow_load)
+    monkeypatch.setattr(imgcluster.embedding, "load_image", _slow_load)
     monkeypatch.setenv("IMGCLUSTER_DECODE_TIMEOUT", "0.5")
     dataset = ImageDataset([_scanned(fast), _scanned(slow)], _transform(), draft_size_for(DATA_CONFIG))
     assert dataset.timeout == 0.5

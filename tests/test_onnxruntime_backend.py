@@ -241,3 +241,35 @@ def test_two_cores_run_two_one_thread_sessions_with_the_same_features(tmp_path: 
     assert threads == [1, 1, 1]  # two more sessions, of one thread each
     assert one_order == two_order == list(range(len(files)))
     np.testing.assert_array_equal(two, one)
+
+
+def test_each_session_has_a_second_batch_queued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two sessions: the loader is read four batches ahead of the batch being handed on, so a session that
+    finishes while the main thread waits (for the oldest batch, or the decode worker) finds one queued."""
+    import contextlib
+    from collections.abc import Callable, Iterator
+    from concurrent.futures import Future
+
+    import imgcluster.embedding as embedding
+
+    files = image_files(copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4))
+    backbone = tiny_backbone()
+    submitted: list[int] = []
+
+    @contextlib.contextmanager
+    def streams(model: Path, n: int, to_floats: object, batch_size: int) -> Iterator[Callable[[torch.Tensor], Future[np.ndarray]]]:
+        def submit(pixels: torch.Tensor) -> Future[np.ndarray]:
+            submitted.append(pixels.shape[0])
+            done: Future[np.ndarray] = Future()
+            done.set_result(np.zeros((pixels.shape[0], backbone.feature_dim), np.float32))
+            return done
+
+        yield submit
+
+    monkeypatch.setattr(embedding, "_onnx_streams", streams)
+    monkeypatch.setattr(embedding, "cpu_threads", lambda workers: contextlib.nullcontext(2))
+    batches = embed_files(files, backbone, torch.device("cpu"), batch_size=1, workers=0, onnx_model=tmp_path / "unused.onnx")
+    first = next(batches)
+    assert first.indices == [0]
+    assert len(submitted) == 5  # two sessions, two batches each in flight, and the one read before the first was handed on
+    assert [i for b in [first, *batches] for i in b.indices] == list(range(len(files)))
