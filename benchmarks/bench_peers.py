@@ -52,6 +52,7 @@ sys.path.insert(0, str(HERE))
 import timeline  # noqa: E402
 from common import DATA, MODEL, write_section  # noqa: E402
 from datasets import FASHION_CLASSES, fashion_mnist_test, write_folder  # noqa: E402
+from timeline import tree_pids  # noqa: E402
 
 from imgcluster.scoring import score  # noqa: E402
 
@@ -112,28 +113,6 @@ def fashion_folder(n: int) -> Folder:
 def sample_folder() -> Folder:
     path = HERE.parent / "sample_data"
     return Folder("sample_data", path, 5, sum(1 for p in path.rglob("*.png")))
-
-
-def tree_pids(root: int) -> set[int]:
-    """``root`` and its descendants, from each thread's ``children`` file: only the tree's own
-    ``/proc`` entries are read, so the cost does not grow with what else runs on the machine."""
-    tree, frontier = {root}, [root]
-    while frontier:
-        pid = frontier.pop()
-        try:
-            tasks = os.listdir(f"/proc/{pid}/task")
-        except OSError:
-            continue
-        for task in tasks:
-            try:
-                children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
-            except OSError:
-                continue
-            for child in map(int, children):
-                if child not in tree:
-                    tree.add(child)
-                    frontier.append(child)
-    return tree
 
 
 def pss_kb(pids: set[int]) -> int:

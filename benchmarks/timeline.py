@@ -50,11 +50,10 @@ class Stamp:
     gc: float = 0.0  # of ``user + system``: Python's cyclic garbage collector
 
 
-def _live_children_ticks() -> tuple[int, int]:
-    """(utime, stime) clock ticks of this process's live children and their descendants."""
-    user = system = 0
-    frontier = [os.getpid()]
-    seen: set[int] = set()
+def tree_pids(root: int) -> set[int]:
+    """``root`` and its descendants, from each thread's ``children`` file: only the tree's own
+    ``/proc`` entries are read, so the cost does not grow with what else runs on the machine."""
+    tree, frontier = {root}, [root]
     while frontier:
         pid = frontier.pop()
         try:
@@ -67,16 +66,22 @@ def _live_children_ticks() -> tuple[int, int]:
             except OSError:
                 continue
             for child in map(int, children):
-                if child in seen:
-                    continue
-                seen.add(child)
-                frontier.append(child)
-                try:
-                    fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                user += int(fields[11])  # utime, field 14 of stat(5), counted after the name
-                system += int(fields[12])
+                if child not in tree:
+                    tree.add(child)
+                    frontier.append(child)
+    return tree
+
+
+def _live_children_ticks() -> tuple[int, int]:
+    """(utime, stime) clock ticks of this process's live children and their descendants."""
+    user = system = 0
+    for child in tree_pids(os.getpid()) - {os.getpid()}:
+        try:
+            fields = Path(f"/proc/{child}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        user += int(fields[11])  # utime, field 14 of stat(5), counted after the name
+        system += int(fields[12])
     return user, system
 
 
