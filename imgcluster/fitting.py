@@ -76,8 +76,8 @@ def fit_head(
     if neighbours is None:
         searched = knn_search(features, max(config.knn, search_k), use_gpu=device.type == "cuda")
         neighbours = searched[0]
-    elif neighbours.shape[0] != n or neighbours.shape[1] < min(config.knn, n - 1):
-        raise ValueError(f"neighbours must be [{n}, >= {min(config.knn, n - 1)}], got {list(neighbours.shape)}")
+    else:
+        neighbours = _checked_neighbours(neighbours, n, min(config.knn, n - 1))
     batch, epochs = effective_schedule(n, config)
     if epochs > config.epochs and objective_class(config.objective).trainable:  # why a run takes longer than asked
         report.info(f"{n} images: {epochs} epochs of batch {batch} instead of {config.epochs}, to reach {config.min_steps} steps")
@@ -120,3 +120,19 @@ def fit_head(
         **({"choose_k": choice} if choice is not None else {}),
     }
     return FittedHead(trained.objective, config, trained.history, choice, description, searched)
+
+
+def _checked_neighbours(neighbours: object, n: int, least: int) -> np.ndarray:
+    """A caller's kNN table as training indexes it: [n, >= least] row numbers of the features. Out
+    of range ones failed inside torch with an IndexError, negative ones were read from the end and
+    floats were truncated, all without a word."""
+    from imgcluster.errors import ParameterError
+
+    table = np.asarray(neighbours)
+    if table.ndim != 2 or table.shape[0] != n or table.shape[1] < least:
+        raise ParameterError(f"neighbours must be [{n}, >= {least}] row numbers, got shape {list(table.shape)}", "neighbours")
+    if not np.issubdtype(table.dtype, np.integer):
+        raise ParameterError(f"neighbours must be whole row numbers, got dtype {table.dtype}", "neighbours")
+    if table.size and (table.min() < 0 or table.max() >= n):
+        raise ParameterError(f"neighbours must be row numbers from 0 to {n - 1}, got {table.min()} to {table.max()}", "neighbours")
+    return table

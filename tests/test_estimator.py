@@ -167,3 +167,29 @@ def test_save_refuses_a_name_load_cannot_read(tmp_path: Path, name: str) -> None
     with pytest.raises(ParameterError, match=re.escape(f"path {tmp_path / name} does not end in .safetensors")) as info:
         head.save(tmp_path / name)
     assert info.value.parameters == ("path",) and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        (lambda n: np.zeros(n, dtype=np.int64), r"neighbours must be \[90, >= 5\] row numbers, got shape \[90\]"),
+        (lambda n: np.zeros((n, 2), dtype=np.int64), r"neighbours must be \[90, >= 5\] row numbers, got shape \[90, 2\]"),
+        (lambda n: np.full((n, 5), n, dtype=np.int64), "neighbours must be row numbers from 0 to 89, got 90 to 90"),
+        (lambda n: np.full((n, 5), -1, dtype=np.int64), "neighbours must be row numbers from 0 to 89, got -1 to -1"),
+        (lambda n: np.zeros((n, 5)) + 0.5, "neighbours must be whole row numbers, got dtype float64"),
+    ],
+)
+def test_a_neighbour_table_training_cannot_index_is_refused_by_name(table: object, message: str) -> None:
+    """Out of range rows failed inside torch (IndexError), negative ones were read from the end and
+    floats truncated, without a word."""
+    X, _ = blobs()
+    with pytest.raises(ParameterError, match=message) as info:
+        ClusterHead(n_clusters=3, knn=5, epochs=1, device="cpu").fit(X, neighbours=table(len(X)))  # type: ignore[operator]
+    assert info.value.parameters == ("neighbours",)
+
+
+def test_a_good_neighbour_table_is_used_as_given() -> None:
+    X, _ = blobs()
+    table = np.array([[(i + j) % len(X) for j in range(1, 6)] for i in range(len(X))])
+    head = ClusterHead(n_clusters=3, knn=5, epochs=1, device="cpu").fit(X, neighbours=table.tolist())
+    assert head.predict(X).shape == (len(X),)

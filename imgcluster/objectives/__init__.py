@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import math
+import numbers
 from typing import Any
 
 from imgcluster.config import DEFAULT_OBJECTIVE
@@ -96,8 +97,8 @@ def objective_flags(
         raise ParameterError(str(exc), "objective") from None
     merged: dict[str, Any] = {}
     if balance is not None:
-        if not (balance >= 0 and math.isfinite(balance)):  # NaN fails the comparison
-            raise ParameterError(f"{{balance}} is a weight, 0 or more; got {balance}")
+        if isinstance(balance, bool) or not isinstance(balance, numbers.Real) or not (balance >= 0 and math.isfinite(balance)):
+            raise ParameterError(f"{{balance}} is a weight, 0 or more; got {balance!r}")
         if not cls.balance_options:
             with_term = ", ".join(n for n in list_objectives() if objective_class(n).balance_options)
             raise ParameterError(f"{{balance}}: objective {name!r} has no uniform-prior term to weight; objectives with one: {with_term}")

@@ -124,10 +124,11 @@ def test_every_balance_weight_the_cli_accepts_builds(name: str, weight: float) -
     make_params(name, objective_flags(name, {}, balance=weight))
 
 
-@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
-def test_balance_must_be_a_finite_weight(bad: float) -> None:
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), "2", True])
+def test_balance_must_be_a_finite_weight(bad: object) -> None:
+    """From Python, balance="2" failed in a comparison (TypeError) and True was taken as 1."""
     with pytest.raises(ImgclusterError, match="balance is a weight, 0 or more") as info:
-        objective_flags("scan", {}, balance=bad)
+        objective_flags("scan", {}, balance=bad)  # type: ignore[arg-type]
     assert isinstance(info.value, ParameterError)
 
 
