@@ -150,8 +150,8 @@ def test_a_file_that_failed_is_not_tried_again_while_unchanged(small_folder: Pat
     assert reason == "not an image (unrecognised format)" and first.embedded == 24
     assert json.loads((first.cache_dir / FAILURES_FILE).read_text())["files"].keys() == {"broken.png"}
     decoded: list[Path] = []
-    load = embedding.load_rgb
-    monkeypatch.setattr(embedding, "load_rgb", lambda path, *a: decoded.append(path) or load(path, *a))
+    load = embedding.load_image
+    monkeypatch.setattr(embedding, "load_image", lambda path, *a, **kw: decoded.append(path) or load(path, *a, **kw))
     warnings: list[str] = []
     second = run(small_folder, cache, EmbedHooks(on_warning=warnings.append))
     assert decoded == [] and (second.embedded, second.reused) == (0, 24)

@@ -507,17 +507,17 @@ def test_sigterm_mid_embed_reports_what_was_kept(small_folder: Path, tmp_path: P
     from imgcluster.cli import app
 
     monkeypatch.setenv("IMGCLUSTER_FLUSH_EVERY", "4")
-    real_load = imgcluster.embedding.load_rgb
+    real_load = imgcluster.embedding.load_image
     calls = 0
 
-    def load(path: Path, draft_size: int | None = None):
+    def load(path: Path, draft_size: int | None = None, grey: bool = False):
         nonlocal calls
         calls += 1
         if calls == 10:
             os.kill(os.getpid(), signal.SIGTERM)
-        return real_load(path, draft_size)
+        return real_load(path, draft_size, grey)
 
-    monkeypatch.setattr(imgcluster.embedding, "load_rgb", load)
+    monkeypatch.setattr(imgcluster.embedding, "load_image", load)
     cache = tmp_path / "cache"
     result = CliRunner().invoke(app, ["embed", str(small_folder), "--cache-dir", str(cache), *NO_TRAINING, *BATCH])
     assert result.exit_code == 143, result.stderr
