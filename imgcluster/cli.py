@@ -215,7 +215,12 @@ KMinOpt = Annotated[int, typer.Option("--k-min", min=2, help="Smallest K that --
 KMaxOpt = Annotated[int, typer.Option("--k-max", min=2, help="Largest K that --clusters auto considers.")]
 EpochsOpt = Annotated[
     int,
-    typer.Option("--epochs", min=1, help="Training epochs. Unless given, small folders train longer, to reach 300 optimiser steps."),
+    typer.Option(
+        "--epochs",
+        min=1,
+        help="Training epochs, all trained when given. Unless given, small folders train longer, to reach 300 optimiser steps, "
+        "and secu and scan stop once the clusters settle.",
+    ),
 ]
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, help="Training batch size.")]
 LrOpt = Annotated[float, typer.Option("--lr", callback=_positive, help="Learning rate (AdamW).")]
