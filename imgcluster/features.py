@@ -139,6 +139,8 @@ def embed_checked(
 # shards stay valid. Their line said "every finished batch is kept in the cache" either way.
 STOPPED_BEFORE = "interrupted while starting (loading torch, the model and the cache): nothing was embedded by this run"
 STOPPED_AFTER = "interrupted while saving the cache: every image embedded is saved in it, and the next run finds it there"
+
+
 def check_embedding_options(embed_batch_size: int | None, workers: int | None, lock_timeout: float) -> None:
     """What the command line's option types refuse, refused from Python too, by name and before
     any work (a batch size of 0 was taken as the default without a word)."""
