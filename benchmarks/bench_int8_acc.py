@@ -8,7 +8,8 @@ the first 10,000 Fashion-MNIST test images (what ``assign`` trains on: the float
 float32), and reports each runtime's mean ± sd, and the difference of the means with a 95 %
 interval (Welch's t, the two sets of seeds taken as independent; also paired by seed). Training
 only: the features are embedded once into ``benchmarks/data/int8-acc-cache`` and reused, and each
-seed's scores are kept beside them, so an interrupted run resumes.
+seed's scores are kept beside them, keyed by the git tree of ``imgcluster/`` (so scores of older
+training code are never mixed in), so an interrupted run resumes.
 
     python benchmarks/bench_int8_acc.py --seeds 10
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,10 +56,19 @@ def label_agreement(x: np.ndarray, labels: np.ndarray, k: int = 10) -> float:
     return float((labels[neighbours_for(x, k)] == labels[:, None]).mean())
 
 
+def code_version() -> str:
+    """The git tree id of ``imgcluster/`` (with ``-dirty`` if it has uncommitted changes): what trained the heads."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=HERE.parent, capture_output=True, text=True, check=True).stdout.strip()
+
+    tree, dirty = git("rev-parse", "HEAD:imgcluster"), git("status", "--porcelain", "imgcluster")
+    return tree[:12] + ("-dirty" if dirty else "")
+
+
 def seed_scores(data: dict[str, tuple[np.ndarray, np.ndarray]], seeds: int) -> dict[str, list[dict[str, float]]]:
     """ACC/NMI/ARI of the default head for seeds 0..seeds-1 on each runtime's features, the runtimes
     in turn seed by seed (so a stopped run leaves both with as many seeds); each kept once trained."""
-    kept = CACHE / "scores.json"
+    kept = CACHE / f"scores-{code_version()}.json"
     done: dict[str, dict[str, float]] = json.loads(kept.read_text()) if kept.exists() else {}
     neighbours = {runtime: neighbours_for(x) for runtime, (x, _) in data.items()}
     for seed in range(seeds):
