@@ -66,6 +66,8 @@ class Assignment:
     explain: bool = False
     warnings: list[str] = field(default_factory=list)  # every warning the run gave, as its progress heard them
     written: dict[str, Path] = field(default_factory=dict)  # what write() wrote: csv, sidecar, duplicates, skipped
+    # cluster id -> the name the classifier would have given it, withheld as its images look too little like that class
+    withheld_names: dict[int, str] = field(default_factory=dict)
 
     @property
     def cluster(self) -> np.ndarray:
@@ -128,7 +130,7 @@ class Assignment:
                 "cluster_sizes": self.cluster_sizes,
                 "outliers": {"min_confidence": self.min_confidence, **self.outliers.summary()},
                 "near_duplicates": duplicates,
-                **({"cluster_names": self.cluster_names} if "cluster_name" in self.columns else {}),
+                **({"cluster_names": self.cluster_names, "withheld_names": self.withheld_names} if names else {}),
             },
         }
 
@@ -367,6 +369,7 @@ def cluster_folder(
                     )  # fmt: skip
                 named = _names(embeddings.paths, columns["cluster"], naming)
             name = {"cluster_name": _shown(named, columns["cluster"], progress)}
+            result["withheld_names"] = named.withheld
             result["columns"] = {**{k: columns[k] for k in ("cluster", "confidence")}, **name, **columns}  # in the CSV's order
     except KeyboardInterrupt as exc:
         reused = head_path if head is not None or parse_clusters(n_clusters) is not None else None  # K auto: chosen again
@@ -456,14 +459,9 @@ def _stopped_after_training(
 
 def _shown(naming: Naming, clusters: np.ndarray, progress: ProgressFn | None) -> np.ndarray:
     """The ``cluster_name`` column, saying which clusters got no name and what the classifier would have called them."""
-    from imgcluster.naming import LIKENESS, name_column
+    from imgcluster.naming import name_column, say_withheld
 
-    if naming.withheld:
-        guesses = ", ".join(f"{k} ({guess})" for k, guess in sorted(naming.withheld.items()))
-        Reporter(progress, "assign").info(
-            f"{count(len(naming.withheld), 'cluster')} of {len(naming.names)} left unnamed: their images look too little like "
-            f"the ImageNet class the classifier picks (likeness under {LIKENESS}): {guesses}"
-        )
+    say_withheld(naming, progress)
     return name_column(naming.names, clusters)
 
 

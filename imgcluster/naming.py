@@ -33,6 +33,7 @@ import numpy as np
 from imgcluster.errors import ImgclusterError
 from imgcluster.families import imagenet_families
 from imgcluster.models import OFFLINE_MODEL
+from imgcluster.progress import ProgressFn, Reporter, count
 
 SURE = 0.5  # a family leads the name when its top class holds less than this share of its mass
 LEAN = 0.5  # how far a family's excess over the folder's share weighs (0: by mass alone)
@@ -145,6 +146,18 @@ class Naming:
     def withheld(self) -> dict[int, str]:
         """Cluster id -> the name it was not given."""
         return {k: guess for k, guess in self.guesses.items() if guess and not self.names[k]}
+
+
+def say_withheld(naming: Naming, progress: ProgressFn | None) -> None:
+    """Tell ``progress`` which clusters got no name and what the classifier would have called them: a folder's
+    ``assign`` and a feature store's say it alike, so that an empty ``cluster_name`` is never a silent one."""
+    if not naming.withheld:
+        return
+    guesses = ", ".join(f"{k} ({guess})" for k, guess in sorted(naming.withheld.items()))
+    Reporter(progress, "assign").info(
+        f"{count(len(naming.withheld), 'cluster')} of {len(naming.names)} left unnamed: their images look too little like "
+        f"the ImageNet class the classifier picks (likeness under {LIKENESS}): {guesses}"
+    )
 
 
 def cluster_names(features: np.ndarray, clusters: np.ndarray) -> dict[int, str]:

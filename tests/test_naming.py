@@ -77,6 +77,7 @@ def test_cluster_folder_names_each_cluster(shared_cache: Path, tmp_path: Path) -
     sidecar = json.loads((tmp_path / "out.csv.json").read_text())
     assert result.cluster_names == expected
     assert sidecar["result"]["cluster_names"] == {str(k): v for k, v in expected.items()}
+    assert sidecar["result"]["withheld_names"] == {} and result.withheld_names == {}  # every name shown: no guess withheld
     assert sidecar["assign"]["names"] is True
     plain = imgcluster.cluster_folder(folder, n_clusters=2, cache_dir=shared_cache, names=False, **MODEL)
     assert "cluster_name" not in plain.columns and plain.cluster_names == {}
@@ -155,20 +156,23 @@ def test_a_folder_drawn_light_on_black_is_named_from_its_images_inverted(small_f
     assert (result.embeddings.cache_dir / CACHE_NAME).is_file()  # a rerun builds no model for the names
 
 
-def test_names_agree_with_the_labels_on_sample_data(shared_cache: Path) -> None:
+def test_names_agree_with_the_labels_on_sample_data(shared_cache: Path, tmp_path: Path) -> None:
     """The issue's check, on the classes of sample_data that ImageNet knows (``make bench-names``).
 
     Shown inverted, as product photos are, the T-shirts are ``jersey`` and the ankle boots footwear
     (``Loafer``). The classifier calls the sandals ``oboe`` and the trousers ``can opener`` (ImageNet has
     no trouser) as confidently by its softmax, but their images look far less like those classes
     (likeness 0.15 and 0.14 against 0.17 and 0.19): their names are withheld, as is the bags' weak
-    ``mailbag`` (0.12), and the run says what the classifier would have called them.
+    ``mailbag`` (0.12), and the run says what the classifier would have called them, as does the sidecar.
     """
     from imgcluster.families import imagenet_families
     from imgcluster.naming import LIKENESS
 
     events: list[str] = []
-    result = imgcluster.cluster_folder(SAMPLE, n_clusters=5, cache_dir=shared_cache, progress=lambda e: events.append(str(e)), **MODEL)
+    out = tmp_path / "c.csv"
+    result = imgcluster.cluster_folder(
+        SAMPLE, n_clusters=5, cache_dir=shared_cache, out=out, progress=lambda e: events.append(str(e)), **MODEL
+    )
     labels = np.array([p.split("/", 1)[0] for p in result.paths])
     named = {}
     for k, name in result.cluster_names.items():
@@ -186,6 +190,10 @@ def test_names_agree_with_the_labels_on_sample_data(shared_cache: Path) -> None:
     frame = result.to_frame()  # the CSV's rows: an empty cell on each row of the unnamed clusters
     unnamed_ids = {k for k, name in result.cluster_names.items() if not name}
     assert len(unnamed_ids) == 3 and set(frame.loc[frame["cluster_name"] == "", "cluster"]) == unnamed_ids
+    withheld = json.loads((tmp_path / "c.csv.json").read_text())["result"]["withheld_names"]  # the guesses, kept for a user to see
+    assert set(withheld) == {str(k) for k in unnamed_ids} and {int(k): g for k, g in withheld.items()} == result.withheld_names
+    assert all(f"{k} ({guess})" in unnamed[0] for k, guess in withheld.items())
+    assert {guess.split(",")[0] for guess in withheld.values()} >= {"can opener", "oboe"}
 
 
 def test_a_name_is_withheld_when_the_images_look_little_like_its_class() -> None:

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,6 +42,7 @@ from imgcluster.neighbours import l2_normalise
 from imgcluster.progress import ProgressFn, Reporter, count
 
 if TYPE_CHECKING:
+    from imgcluster.naming import Naming
     from imgcluster.scale.knn import Reference
 
 
@@ -141,6 +142,7 @@ class SampleModel:
     explain: bool
     isolation: Isolation | None = None  # None: the sample is too small for the isolation test
     names_from: str = ""  # how the names were made (the sidecar's record)
+    withheld_names: dict[int, str] = field(default_factory=dict)  # cluster id -> the classifier's guess, withheld as unlike its class
 
     def to_dict(self) -> dict[str, Any]:
         """What the sidecar records about the estimates."""
@@ -150,7 +152,11 @@ class SampleModel:
             "isolation": None
             if isolation is None
             else {"k": isolation.k, "threshold": round(isolation.threshold, 6), "search": isolation.search},
-            **({"cluster_names": dict(enumerate(self.names)), "names_from": self.names_from} if self.names is not None else {}),
+            **(
+                {"cluster_names": dict(enumerate(self.names)), "withheld_names": self.withheld_names, "names_from": self.names_from}
+                if self.names is not None
+                else {}
+            ),
         }
 
 
@@ -182,24 +188,27 @@ def fit_sample_model(
     thresholds = np.full(k, np.inf)
     for c, centre in found.items():
         centres[c], thresholds[c] = centre, limits[c]
-    cluster_names, how = None, ""
+    cluster_names, how, withheld = None, "", {}
     if names:
+        from imgcluster.naming import say_withheld
+
         named, how = sample_names(features, clusters, paths, source, progress)
-        cluster_names = [named.get(c, "") for c in range(k)]
-    return SampleModel(centres, thresholds, cluster_names, min_confidence, explain, isolation, how), clusters
+        say_withheld(named, progress)
+        cluster_names, withheld = [named.names.get(c, "") for c in range(k)], named.withheld
+    return SampleModel(centres, thresholds, cluster_names, min_confidence, explain, isolation, how, withheld), clusters
 
 
 def sample_names(
     features: np.ndarray, clusters: np.ndarray, paths: list[str] | None, source: str | None, progress: ProgressFn | None = None
-) -> tuple[dict[int, str], str]:
-    """(cluster id -> name, how they were made): from the chosen members' images shown inverted when the
-    store's local source is drawn light on black, as a folder's ``assign`` names it
-    (:func:`imgcluster.negatives.drawing_names`); otherwise from the features."""
-    from imgcluster.naming import cluster_names
+) -> tuple[Naming, str]:
+    """(each cluster's :class:`imgcluster.naming.Naming`, how the names were made): from the chosen members'
+    images shown inverted when the store's local source is drawn light on black, as a folder's ``assign``
+    names it (:func:`imgcluster.negatives.drawing_names`); otherwise from the features."""
+    from imgcluster.naming import name_clusters
     from imgcluster.negatives import drawing_names
 
     if paths is None:
-        return cluster_names(features, clusters), "the features"
+        return name_clusters(features, clusters), "the features"
     root, why = readable_source(source)
     if root is not None:
 
@@ -211,10 +220,10 @@ def sample_names(
 
         drawn = drawing_names(root, paths, clusters, None, say, features=features)
         if drawn is not None:
-            return drawn.names, "the images shown inverted (the source is drawn light on black)"
-        return cluster_names(features, clusters), "the features"
+            return drawn, "the images shown inverted (the source is drawn light on black)"
+        return name_clusters(features, clusters), "the features"
     Reporter(progress, "assign").info(f"the clusters are named from the features: {why}")
-    return cluster_names(features, clusters), f"the features ({why})"
+    return name_clusters(features, clusters), f"the features ({why})"
 
 
 def readable_source(source: str | None) -> tuple[Path | None, str]:

@@ -276,6 +276,24 @@ def test_names_come_from_the_features_when_the_source_cannot_be_reopened(
     assert not any("drawn light on black: the clusters are named" in e for e in events)
 
 
+def test_a_store_says_which_clusters_it_left_unnamed_and_keeps_the_guesses(store: tuple[str, Path], tmp_path: Path) -> None:
+    """As a folder's ``assign`` does: one line names each cluster whose name was withheld and the classifier's guess
+    for it (sample_data's sandals and trousers look little like ``oboe`` or ``can opener``), the CSV leaves their cells
+    empty and the sidecar keeps the guesses."""
+    from imgcluster.naming import LIKENESS
+
+    uri, _ = store
+    events: list[imgcluster.Event] = []
+    result = assign_store(uri, out=tmp_path / "c.csv", n_clusters=5, epochs=2, seed=0, device="cpu", progress=events.append)
+    unnamed = [e for e in events if "left unnamed" in str(e)]
+    assert len(unnamed) == 1 and unnamed[0].stage == "assign" and unnamed[0].kind == "info"
+    withheld = json.loads(result.written["sidecar"].read_text())["result"]["withheld_names"]
+    empty = {r["cluster"] for r in _rows(tmp_path / "c.csv") if not r["cluster_name"]}
+    assert withheld and set(withheld) == empty and all(withheld.values())
+    guesses = ", ".join(f"{k} ({guess})" for k, guess in sorted(withheld.items(), key=lambda item: int(item[0])))
+    assert str(unnamed[0]).startswith(f"{len(withheld)} cluster") and str(unnamed[0]).endswith(f"(likeness under {LIKENESS}): {guesses}")
+
+
 def test_a_stop_in_the_isolation_search_says_where_the_head_is(
     store: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
