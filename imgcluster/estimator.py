@@ -193,7 +193,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         from imgcluster.checkpoint import load_checkpoint
         from imgcluster.pipeline import resolve_device
 
-        objective, meta = load_checkpoint(Path(path))
+        objective, meta = load_checkpoint(Path(path), "path")
         train = meta.get("train") or {}
         # Epochs given when training (no minimum of steps) are kept, so that clone(head).fit trains as it did.
         epochs = {"epochs": train["epochs"]} if train.get("min_steps") == 0 and "epochs" in train else {}
