@@ -67,6 +67,13 @@ class Assignment:
     warnings: list[str] = field(default_factory=list)  # every warning the run gave, as its progress heard them
     written: dict[str, Path] = field(default_factory=dict)  # what write() wrote: csv, sidecar, duplicates, skipped
 
+    def __repr__(self) -> str:
+        # The generated repr printed every path, column and outlier score: 19,000 characters for 125 images.
+        return (
+            f"Assignment({len(self.paths)} images of {str(self.embeddings.folder)!r} in {self.n_clusters} clusters "
+            f"(sizes {self.cluster_sizes}), {self.objective}, {self.outliers.count} outliers)"
+        )
+
     @property
     def cluster(self) -> np.ndarray:
         return self.columns["cluster"]

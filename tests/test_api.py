@@ -334,3 +334,18 @@ def test_objective_options_that_are_not_a_dict_are_refused_by_name(small_folder:
         with pytest.raises(ParameterError, match=re.escape("objective_options takes a dict of the objective's options")) as info:
             call(small_folder, n_clusters=3, objective_options="hidden=3", **MODEL)  # type: ignore[operator]
         assert info.value.parameters == ("objective_options",)
+
+
+def test_results_print_as_a_summary_line(small_folder: Path, shared_cache: Path) -> None:
+    """In a notebook, `result` printed every path, column and outlier score (19,000 characters for
+    125 images) and `embeddings` every path and a feature matrix: each is now one line saying what it holds."""
+    result = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=shared_cache, **MODEL)
+    sizes = result.cluster_sizes
+    assert repr(result.embeddings) == (
+        f"Embeddings(24 images of {str(small_folder)!r}, efficientnet-lite0 features [24, 1280], "
+        f"{result.embeddings.embedded} embedded, {result.embeddings.reused} reused, 0 skipped)"
+    )
+    assert repr(result) == (
+        f"Assignment(24 images of {str(small_folder)!r} in 3 clusters (sizes {sizes}), secu, {result.outliers.count} outliers)"
+    )
+    assert re.fullmatch(r"Outliers\(\d+ of 24: \d+ far from their cluster's centre, 0 isolated, 0 of low confidence\)", repr(result.outliers))
