@@ -348,4 +348,5 @@ def test_results_print_as_a_summary_line(small_folder: Path, shared_cache: Path)
     assert repr(result) == (
         f"Assignment(24 images of {str(small_folder)!r} in 3 clusters (sizes {sizes}), secu, {result.outliers.count} outliers)"
     )
-    assert re.fullmatch(r"Outliers\(\d+ of 24: \d+ far from their cluster's centre, 0 isolated, 0 of low confidence\)", repr(result.outliers))
+    outliers = r"Outliers\(\d+ of 24: \d+ far from their cluster's centre, 0 isolated, 0 of low confidence\)"
+    assert re.fullmatch(outliers, repr(result.outliers))
