@@ -1,0 +1,120 @@
+"""The README's shell examples, run as written, print what the README says they print; its flags exist.
+
+(The "Python API" examples run in tests/test_api.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import typer
+from imagefolders import SAMPLE, copy_sample
+from typer.testing import CliRunner
+
+from imgcluster.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+PROMPT = ".venv/bin/imgcluster "
+# Flags the docs quote from other programs: pip (installing faiss-gpu), docker (/dev/shm), ray start.
+FOREIGN = {"--force-reinstall", "--no-deps", "--shm-size", "--address", "--runtime-env-json"}
+
+runner = CliRunner()
+
+
+def section(title: str) -> str:
+    return README.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def shell_lines(title: str) -> list[str]:
+    """The lines of a section's ```bash blocks."""
+    blocks = section(title).split("```")[1::2]
+    return [line for block in blocks if block.startswith("bash\n") for line in block.splitlines()[1:] if line.strip()]
+
+
+def cli_flags() -> set[str]:
+    found: set[str] = {"--help"}
+
+    def walk(command: object) -> None:
+        for param in command.params:  # type: ignore[attr-defined]
+            found.update(o for o in (*param.opts, *param.secondary_opts) if o.startswith("--"))
+        for sub in getattr(command, "commands", {}).values():
+            walk(sub)
+
+    walk(typer.main.get_command(app))
+    return found
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/scale.md", "docs/reliability.md"])
+def test_every_flag_the_docs_name_exists(doc: str) -> None:
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", (ROOT / doc).read_text()))
+    assert named - cli_flags() - FOREIGN == set()
+
+
+def run(line: str) -> tuple[str, str]:
+    """One README command in process; returns (stdout, stderr)."""
+    assert line.startswith(PROMPT), line
+    result = runner.invoke(app, shlex.split(line[len(PROMPT) :], comments=True))
+    assert result.exit_code == 0, f"{line}\n{result.stderr}"
+    return result.stdout, result.stderr
+
+
+def said(line: str) -> str:
+    """What a README comment says a command prints (``# ... text`` or ``# text``)."""
+    return line.strip().removeprefix("#").strip().removeprefix("...").strip()
+
+
+@pytest.fixture
+def readers_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A checkout's working directory as the README's reader has it: sample_data, and ./photos of their own."""
+    copy_sample(tmp_path / "sample_data", per_class=25)
+    assert sum(1 for _ in (tmp_path / "sample_data").rglob("*.png")) == sum(1 for _ in SAMPLE.rglob("*.png")) == 125
+    copy_sample(tmp_path / "photos", per_class=3)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("IMGCLUSTER_CACHE", raising=False)  # the default cache, FOLDER/.imgcluster
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # offline, as the quick start describes it
+    return tmp_path
+
+
+@pytest.mark.slow
+def test_the_readme_shell_examples_print_what_it_says(readers_folder: Path) -> None:
+    # Quick start: assign, then evaluate, each with the output the comment under it quotes.
+    assign, comment, evaluate, scores = shell_lines("Quick start")
+    _, err = run(assign)
+    lines = err.splitlines()
+    assert said(comment) in lines  # wrote 125 assignments to sample_data-clusters.csv (5 clusters)
+    warnings = [line for line in lines if line.startswith("warning:")]
+    assert "using the bundled offline model efficientnet-lite0" in warnings[0]  # "Offline, assign first says ..."
+    assert any(line.startswith("model efficientnet-lite0 on cpu; cache ") for line in lines)  # which model, where the cache is
+    out, _ = run(evaluate)
+    for name, value in re.findall(r"(ACC \(Hungarian\)|NMI|ARI) (\d\.\d+)", said(scores)):
+        assert re.search(rf"│ {re.escape(name)}\s+│\s+{value} │", out), (name, value)
+    assert "per-cluster purity" in out
+    csv_example = [line for line in section("Commands").split("```")[1].splitlines() if line]  # "### The CSV": header and first row
+    assert (readers_folder / "sample_data-clusters.csv").read_text().splitlines()[:2] == csv_example
+
+    # Choosing K: the line --clusters auto prints, but for the seconds it took.
+    command, comment = shell_lines("Choosing K, outliers, near-duplicates")
+    _, err = run(command)
+    expected = said(comment)
+    assert re.sub(r"[\d.]+s$", "", expected) in [re.sub(r"[\d.]+s$", "", line) for line in err.splitlines()], expected
+    assert (readers_folder / "sample_data-clusters-duplicates.csv").is_file()
+
+    # Reports: the files each command's comment names.
+    for line in shell_lines("Reports"):
+        run(line)
+    assert (readers_folder / "sample_data-clusters.html").is_file() and (readers_folder / "sample_data-clusters-montage").is_dir()
+    assert (readers_folder / "photos.csv").is_file() and (readers_folder / "photos.html").is_file()
+
+    # Export: hard links by default, copies with --mode copy (the USB stick is a folder here).
+    link, copy = shell_lines("Export")
+    run(link)
+    run(copy.replace("/mnt/usb/", f"{readers_folder}/usb/"))
+    linked = next((readers_folder / "sorted").rglob("*.png"))
+    assert os.stat(linked).st_nlink > 1
+    copied = next((readers_folder / "usb" / "sorted").rglob("*.png"))
+    assert os.stat(copied).st_nlink == 1
