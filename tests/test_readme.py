@@ -118,3 +118,25 @@ def test_the_readme_shell_examples_print_what_it_says(readers_folder: Path) -> N
     assert os.stat(linked).st_nlink > 1
     copied = next((readers_folder / "usb" / "sorted").rglob("*.png"))
     assert os.stat(copied).st_nlink == 1
+
+
+def test_progress_is_taken_where_the_readme_says() -> None:
+    """The README said "every function takes progress=", but evaluate has none."""
+    import inspect
+
+    import imgcluster
+
+    paragraph = section("Python API").split("\nProgress: ", 1)[1].split("\n\n", 1)[0]
+    functions = [name for name in imgcluster.__all__ if inspect.isfunction(getattr(imgcluster, name))]
+    without = {name for name in functions if "progress" not in inspect.signature(getattr(imgcluster, name)).parameters}
+    assert paragraph.startswith("every function but `evaluate` ") and without == {"evaluate"}
+    assert "progress" in inspect.signature(imgcluster.ClusterHead.fit).parameters and "`ClusterHead.fit`" in paragraph
+
+
+def test_every_progress_stage_is_documented() -> None:
+    """Events carry a stage name; the README lists them all (the feature store's sample and knn were missing)."""
+    paragraph = " ".join(section("Python API").split("\nProgress: ", 1)[1].split("\n\n", 1)[0].split())
+    listed = set(re.findall(r"`(\w+)`", paragraph.split("`stage` (", 1)[1].split("), `kind`", 1)[0]))
+    source = "\n".join(p.read_text() for p in (ROOT / "imgcluster").rglob("*.py"))
+    used = set(re.findall(r"Reporter\(\w+, \"(\w+)\"\)|\.at\(\"(\w+)\"\)", source))
+    assert {name for pair in used for name in pair if name} <= listed and len(listed) >= 8
