@@ -350,3 +350,10 @@ def test_results_print_as_a_summary_line(small_folder: Path, shared_cache: Path)
     )
     outliers = r"Outliers\(\d+ of 24: \d+ far from their cluster's centre, 0 isolated, 0 of low confidence\)"
     assert re.fullmatch(outliers, repr(result.outliers))
+
+
+def test_help_of_the_package_names_every_public_name() -> None:
+    """help(imgcluster) listed seven functions and no result type, event or error class."""
+    doc = imgcluster.__doc__ or ""
+    assert [name for name in imgcluster.__all__ if name != "__version__" and f"`{name}`" not in doc] == []
+    assert "cluster_folder(" in doc  # and shows a call
