@@ -140,3 +140,18 @@ def test_every_progress_stage_is_documented() -> None:
     source = "\n".join(p.read_text() for p in (ROOT / "imgcluster").rglob("*.py"))
     used = set(re.findall(r"Reporter\(\w+, \"(\w+)\"\)|\.at\(\"(\w+)\"\)", source))
     assert {name for pair in used for name in pair if name} <= listed and len(listed) >= 8
+
+
+def test_the_scikit_learn_checks_that_fail_are_the_ones_the_readme_names() -> None:
+    """The README said the head passes scikit-learn's checks; check_estimator fails three of them."""
+    from sklearn.utils.estimator_checks import check_estimator
+
+    from imgcluster import ClusterHead
+
+    paragraph = " ".join(section("Python API").split("It passes", 1)[1].split("So `clone`", 1)[0].split())
+    named = set(re.findall(r"`(check_\w+)`", paragraph.split("n_clusters=1", 1)[1]))
+    with pytest.warns(UserWarning):  # scikit-learn warns of each check that fails when it is told not to raise
+        results = check_estimator(ClusterHead(n_clusters=3, epochs=2, device="cpu"), on_fail=None)
+    failed = {r["check_name"]: str(r["exception"]) for r in results if r["status"] == "failed"}
+    assert set(failed) == named and len(named) == 3
+    assert all(message.startswith("n_clusters must be at least 2, got 1") for message in failed.values())
