@@ -15,6 +15,7 @@ import typer
 from imagefolders import SAMPLE, copy_sample
 from typer.testing import CliRunner
 
+import imgcluster
 from imgcluster.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -98,10 +99,14 @@ def test_the_readme_shell_examples_print_what_it_says(readers_folder: Path) -> N
     assert (readers_folder / "sample_data-clusters.csv").read_text().splitlines()[:2] == csv_example
 
     # Choosing K: the line --clusters auto prints, but for the seconds it took.
-    command, comment = shell_lines("Choosing K, outliers, near-duplicates")
+    command, *comments = shell_lines("Choosing K, outliers, near-duplicates")
     _, err = run(command)
-    expected = said(comment)
-    assert re.sub(r"[\d.]+s$", "", expected) in [re.sub(r"[\d.]+s$", "", line) for line in err.splitlines()], expected
+    for comment in comments:  # K's line, then the near-duplicates' counts
+        expected = said(comment)
+        assert re.sub(r"[\d.]+s$", "", expected) in [re.sub(r"[\d.]+s$", "", line) for line in err.splitlines()], expected
+    prose = " ".join(section("Choosing K, outliers, near-duplicates").split())
+    assert len(comments) == 2 and "(none of `sample_data`'s images at 0.95)" in prose
+    assert imgcluster.cluster_folder("sample_data", n_clusters=5, near_duplicates=0.95, names=False).duplicates == []
     assert (readers_folder / "sample_data-clusters-duplicates.csv").is_file()
 
     # Reports: the files each command's comment names.
