@@ -91,6 +91,8 @@ def test_the_readme_shell_examples_print_what_it_says(readers_folder: Path) -> N
     warnings = [line for line in lines if line.startswith("warning:")]
     assert "using the bundled offline model efficientnet-lite0" in warnings[0]  # "Offline, assign first says ..."
     assert any(line.startswith("model efficientnet-lite0 on cpu; cache ") for line in lines)  # which model, where the cache is
+    losses = [line for line in lines if re.match(r"epoch \d+/75 \[train\] loss \d", line)]
+    assert 8 <= len(losses) <= 12  # "without a terminal: about ten loss lines, at epoch ends" (it said one per epoch)
     out, _ = run(evaluate)
     for name, value in re.findall(r"(ACC \(Hungarian\)|NMI|ARI) (\d\.\d+)", said(scores)):
         assert re.search(rf"│ {re.escape(name)}\s+│\s+{value} │", out), (name, value)
@@ -160,3 +162,20 @@ def test_the_scikit_learn_checks_that_fail_are_the_ones_the_readme_names() -> No
     failed = {r["check_name"]: str(r["exception"]) for r in results if r["status"] == "failed"}
     assert set(failed) == named and len(named) == 3
     assert all(message.startswith("n_clusters must be at least 2, got 1") for message in failed.values())
+
+
+def anchor(heading: str) -> str:
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/scale.md", "docs/reliability.md", "docs/gpu-check.md"])
+def test_links_lead_somewhere(doc: str) -> None:
+    """The README linked to a "Training" section it did not have, and sent readers to
+    ../shared/methods.md, a file outside the repository."""
+    path = ROOT / doc
+    text = path.read_text()
+    anchors = {anchor(h) for h in re.findall(r"^#+ (.*)$", text, re.M)}
+    assert [a for a in re.findall(r"\]\(#([^)]+)\)", text) if a not in anchors] == []
+    files = [link.split("#")[0] for link in re.findall(r"\]\(([^)#][^)]*)\)", text) if not link.startswith("http")]
+    assert [f for f in files if not (path.parent / f).exists() or ROOT not in (path.parent / f).resolve().parents] == []
+    assert "../shared/" not in text
