@@ -357,3 +357,13 @@ def test_help_of_the_package_names_every_public_name() -> None:
     doc = imgcluster.__doc__ or ""
     assert [name for name in imgcluster.__all__ if name != "__version__" and f"`{name}`" not in doc] == []
     assert "cluster_folder(" in doc  # and shows a call
+
+
+def test_every_public_class_says_what_it_is() -> None:
+    """help(imgcluster.Evaluation) and help(imgcluster.ReportResult) showed only the dataclass's
+    generated signature."""
+    import inspect
+
+    classes = [getattr(imgcluster, name) for name in imgcluster.__all__ if inspect.isclass(getattr(imgcluster, name))]
+    generated = [c.__name__ for c in classes if not c.__doc__ or c.__doc__.startswith(f"{c.__name__}(")]
+    assert generated == [] and len(classes) >= 9
