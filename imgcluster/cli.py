@@ -267,7 +267,9 @@ UcoOpt = Annotated[bool, typer.Option("--uco", help="ddc: add the companion obje
 OptionOpt = Annotated[
     Optional[list[str]],
     typer.Option(
-        "--option", metavar="KEY=VALUE", help="Objective hyper-parameter KEY=VALUE (repeatable), e.g. entropy_weight=5."
+        "--option",
+        metavar="KEY=VALUE",
+        help="An objective's hyper-parameter (repeatable), e.g. hidden=64; `imgcluster objectives` lists each one's.",
     ),
 ]
 # train and assign from a feature store (imgcluster.scale) instead of a folder.

@@ -116,3 +116,26 @@ def test_every_help_example_runs_as_written(user_folders: Path) -> None:
     ):  # fmt: skip
         assert (root / made).exists(), made
     assert '<p>mostly ' in (root / "tmp/clusters.html").read_text()  # the report read the evaluation the example saved
+
+
+@pytest.mark.parametrize("command", ["train", "assign"])
+def test_the_option_example_works_with_the_default_objective(command: str) -> None:
+    """--option's help gave entropy_weight=5 as its example, which the default objective (secu) refuses."""
+    from imgcluster import ClusterHead
+    from imgcluster.cli import _parse_options
+
+    text = " ".join(option_row_text(help_text(command), "--option").split())
+    example = re.search(r"e\.g\. (\w+=\S+?)[;,.]", text).group(1)  # type: ignore[union-attr]
+    ClusterHead(**_parse_options([example])).train_config()  # refuses an option the objective does not have
+
+
+def option_row_text(help: str, option: str) -> str:
+    """The whole help text of ``option``, over its wrapped lines."""
+    lines = help.splitlines()
+    start = lines.index(option_row(help, option))
+    rows = [lines[start]]
+    for line in lines[start + 1 :]:
+        if re.match(r"[│|]\s+(\*\s+)?-", line) or not line.startswith(("│", "|")):
+            break
+        rows.append(line)
+    return " ".join(row.strip("│| ") for row in rows)
