@@ -182,7 +182,10 @@ DeviceOpt = Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", hel
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", metavar="float16|float32", help="Storage type of cached features: float16 or float32.")
 ]
-SymlinkOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Follow links that point outside FOLDER.")]
+SymlinkOpt = Annotated[
+    bool,
+    typer.Option("--follow-symlinks", help="Follow symbolic links that lead outside the image folder; by default they are left out."),
+]
 CompileOpt = Annotated[
     bool, typer.Option("--compile", help="torch.compile the backbone on CUDA (faster on large folders; ignored on the CPU).")
 ]

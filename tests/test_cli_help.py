@@ -139,3 +139,10 @@ def option_row_text(help: str, option: str) -> str:
             break
         rows.append(line)
     return " ".join(row.strip("│| ") for row in rows)
+
+
+@pytest.mark.parametrize("command", ["report", "export"])
+def test_follow_symlinks_names_a_folder_the_command_has(command: str) -> None:
+    """report and export take a CSV, not a FOLDER, yet --follow-symlinks spoke of "outside FOLDER"."""
+    text = option_row_text(help_text(command), "--follow-symlinks")
+    assert "FOLDER" not in text and "outside the image folder" in text
