@@ -40,8 +40,11 @@ class ClusterHead(ClusterMixin, BaseEstimator):
     objective (``imgcluster objectives`` lists them), e.g. ``ClusterHead("scan", hidden=64)``.
     ``device`` is ``auto``, ``cpu`` or ``cuda``.
 
-    After :meth:`fit`: ``labels_``, ``n_clusters_``, ``objective_`` (the trained torch module),
-    ``history_`` (loss per epoch), ``choose_k_`` (the evidence for an ``auto`` K, else None).
+    After :meth:`fit`: ``labels_``, ``n_clusters_``, ``n_features_in_`` (and ``feature_names_in_``
+    for a DataFrame), ``objective_`` (the trained torch module), ``history_`` (loss per epoch),
+    ``choose_k_`` (the evidence for an ``auto`` K, else None). A head from :meth:`load` has them
+    all but ``labels_`` (it saw no rows). A fitted head pickles; :meth:`save` writes the checkpoint
+    ``imgcluster assign --head`` reads, whose loading runs no code from the file.
     """
 
     def __init__(
