@@ -47,7 +47,7 @@ def test_embed_a_folder_reports_progress_and_prints_nothing(
     assert {e.stage for e in events} >= {"model", "embed"}
     assert any(e.kind == "info" and str(e).startswith("embedded ") for e in events)
     first = events[0]  # before the seconds of importing torch and building the model, it says what it does
-    assert (first.stage, first.kind, str(first)) == ("model", "info", "starting (efficientnet-lite0) ...")
+    assert (first.stage, first.kind, str(first)) == ("model", "info", "starting with model efficientnet-lite0 (importing torch) ...")
 
 
 def test_only_a_run_that_builds_the_model_says_it_loads_it(small_folder: Path, tmp_path: Path) -> None:
