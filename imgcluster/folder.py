@@ -277,7 +277,8 @@ def cluster_folder(
     (then the training parameters do not apply). ``out`` also writes the CSV and the files
     beside it (:meth:`Assignment.write`); it is checked before any work. ``near_duplicates``
     (a cosine similarity in (0, 1]) also finds groups of near-identical images. The training and
-    embedding parameters are those of :class:`ClusterHead` and :func:`imgcluster.embed`;
+    embedding parameters are those of :class:`ClusterHead` and :func:`imgcluster.embed`, but for the
+    objective's own options, which go in a dict (``objective_options={"hidden": 64}``);
     ``raw_csv`` writes CSV cells without the formula escape; ``names`` adds a ``cluster_name``
     column from the bundled EfficientNet-Lite0's ImageNet classes (:mod:`imgcluster.naming`: from
     the cached features with that model, by one extra cached Lite0 pass with any other; empty for a
