@@ -179,3 +179,15 @@ def test_links_lead_somewhere(doc: str) -> None:
     files = [link.split("#")[0] for link in re.findall(r"\]\(([^)#][^)]*)\)", text) if not link.startswith("http")]
     assert [f for f in files if not (path.parent / f).exists() or ROOT not in (path.parent / f).resolve().parents] == []
     assert "../shared/" not in text
+
+
+def test_the_objective_options_example_works_with_the_default_objective() -> None:
+    """The README's example was objective_options={"entropy_weight": 3}, an option the default objective (secu) refuses."""
+    import ast
+
+    from imgcluster import ClusterHead
+
+    examples = re.findall(r"objective_options=(\{[^}]*\})", section("Python API"))
+    assert examples
+    for example in examples:
+        ClusterHead(**ast.literal_eval(example)).train_config()  # raises for an option secu does not have
