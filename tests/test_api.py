@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -367,3 +368,23 @@ def test_every_public_class_says_what_it_is() -> None:
     classes = [getattr(imgcluster, name) for name in imgcluster.__all__ if inspect.isclass(getattr(imgcluster, name))]
     generated = [c.__name__ for c in classes if not c.__doc__ or c.__doc__.startswith(f"{c.__name__}(")]
     assert generated == [] and len(classes) >= 9
+
+
+def test_a_result_given_for_a_csv_path_is_refused_with_what_to_pass(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    """write_report(result), evaluate(result, ...) and export(result, ...) failed inside pathlib:
+    "expected str, bytes or os.PathLike object, not Assignment"."""
+    result = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=shared_cache, **MODEL)
+    calls = [
+        lambda: imgcluster.write_report(result),  # type: ignore[arg-type]
+        lambda: imgcluster.evaluate(result, small_folder),  # type: ignore[arg-type]
+        lambda: imgcluster.export(result, tmp_path / "sorted"),  # type: ignore[arg-type]
+    ]
+    refused = re.escape("assignments takes the path of a CSV that assign wrote, not Assignment: write it first")
+    for call in calls:
+        with pytest.raises(ParameterError, match=refused) as info:
+            call()
+        assert info.value.parameters == ("assignments",)
+    result.write(tmp_path / "clusters.csv")
+    with pytest.raises(ParameterError, match=re.escape(f"pass the CSV it wrote, {tmp_path / 'clusters.csv'}")):
+        imgcluster.write_report(result)  # type: ignore[arg-type]
+    assert imgcluster.evaluate(os.fsencode(tmp_path / "clusters.csv"), small_folder).matched == 24  # a path in bytes is a path
