@@ -1,8 +1,23 @@
 """imgcluster: sort a folder of images into groups without labels.
 
-The Python API (README, section "Python API"): :func:`embed`, :class:`ClusterHead`,
-:func:`cluster_folder`, :func:`train_folder`, :func:`evaluate`, :func:`write_report`,
-:func:`export`. Each name is imported when first used, so ``import imgcluster`` stays light (no torch, timm, faiss or
+The Python API (README, section "Python API"); each command of the ``imgcluster`` CLI is one call::
+
+    import imgcluster
+
+    result = imgcluster.cluster_folder("photos", n_clusters=5)   # imgcluster assign: an Assignment
+    result.to_frame()                                            # path, cluster, confidence, cluster_name, ...
+    result.write("clusters.csv")                                 # the CSV and its sidecar, as assign --out
+    imgcluster.write_report("clusters.csv")                      # imgcluster report: clusters.html
+
+Folders: :func:`embed` (features, cached: :class:`Embeddings`), :func:`cluster_folder`
+(:class:`Assignment`), :func:`train_folder` (a :class:`ClusterHead` and its checkpoint);
+CSVs: :func:`evaluate` (:class:`Evaluation`), :func:`write_report` (:class:`ReportResult`),
+:func:`export` (:class:`ExportResult`). :class:`ClusterHead` is a scikit-learn estimator on any
+feature array (``fit``, ``predict``, ``predict_proba``, ``save``/``load``). Functions never print:
+``progress=`` receives :class:`Event` objects. A bad argument raises :class:`ParameterError` (a
+``ValueError`` naming the parameter), any other problem a user can act on :class:`ImgclusterError`.
+
+Each name is imported when first used, so ``import imgcluster`` stays light (no torch, timm, faiss or
 scikit-learn) and ``imgcluster --version`` stays fast.
 """
 

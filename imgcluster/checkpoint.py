@@ -71,26 +71,27 @@ def _head_named_by(description: Path) -> str | None:
     return str(head.get("path")) if isinstance(head, dict) and head.get("path") else None
 
 
-def load_checkpoint(path: Path) -> tuple[Objective, dict[str, Any]]:
-    """Rebuild a trained objective; any mismatch is a one-line :class:`ImgclusterError`."""
+def load_checkpoint(path: Path, parameter: str = "head") -> tuple[Objective, dict[str, Any]]:
+    """Rebuild a trained objective; any mismatch is a one-line :class:`ImgclusterError`. ``parameter``
+    is the caller's name for ``path`` (``head``; ``path`` for ``ClusterHead.load``), which a wrong name is blamed on."""
     from safetensors.torch import load
 
     path = Path(path)
     if path.suffix == ".json":
         used = _head_named_by(path)
         if used is not None:  # an assignment's description: point at the head it names
-            raise ParameterError(f"{path} describes an assignment, not a head; the head it used is {used}: give that to {{head}}")
+            raise ParameterError(f"{path} describes an assignment, not a head; the head it used is {used}: give that to {{{parameter}}}")
         # A head's description, given for the head (head.json beside head.safetensors).
         path = path.with_name(path.name[: -len(".json")]) if path.name.endswith(".safetensors.json") else path.with_suffix(".safetensors")
     if path.suffix != ".safetensors":
         raise ParameterError(
-            f"{path} is not a head checkpoint: {{head}} takes the .safetensors file that train or assign saved "
+            f"{path} is not a head checkpoint: {{{parameter}}} takes the .safetensors file that train or assign saved "
             "(an assignment's .json names the one it used, under head.path)"
         )
     meta_path = checkpoint_json(path)
     with pair_lock(path.parent, exclusive=False):  # both files from one save, even while another save runs
         if not path.is_file():
-            raise ParameterError(f"head checkpoint not found: {path}", "head")
+            raise ParameterError(f"head checkpoint not found: {path}", parameter)
         if not meta_path.is_file():
             raise ImgclusterError(f"head checkpoint {path} has no description {meta_path.name} beside it")
         try:

@@ -146,6 +146,7 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
+        metavar="NAME",
         help="Backbone: auto, dinov2-vits14, dinov2-vitb14, dino-vits16, clip-vitb16, efficientnet-lite0. "
         "auto = dinov2-vits14 when its weights can be had, else the bundled offline efficientnet-lite0.",
     ),
@@ -168,10 +169,23 @@ EmbedBatchOpt = Annotated[
         "A folder smaller than the batch uses its own size (rounded up to 8).",
     ),
 ]
-WorkersOpt = Annotated[Optional[int], typer.Option("--workers", min=0, help="Image decoding processes. Default: from the CPU count.")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA when available), cpu or cuda.")]
-DtypeOpt = Annotated[str, typer.Option("--dtype", help="Storage type of cached features: float16 or float32.")]
-SymlinkOpt = Annotated[bool, typer.Option("--follow-symlinks", help="Follow links that point outside FOLDER.")]
+WorkersOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--workers",
+        min=0,
+        help="Image decoding processes. Default: one per CPU core but one, at most 8 (16 with CUDA); none for folders "
+        "under 64 images.",
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", metavar="auto|cpu|cuda", help="auto (CUDA when available), cpu or cuda.")]
+DtypeOpt = Annotated[
+    str, typer.Option("--dtype", metavar="float16|float32", help="Storage type of cached features: float16 or float32.")
+]
+SymlinkOpt = Annotated[
+    bool,
+    typer.Option("--follow-symlinks", help="Follow symbolic links that lead outside the image folder; by default they are left out."),
+]
 CompileOpt = Annotated[
     bool, typer.Option("--compile", help="torch.compile the backbone on CUDA (faster on large folders; ignored on the CPU).")
 ]
@@ -186,6 +200,7 @@ RuntimeOpt = Annotated[
     str,
     typer.Option(
         "--runtime",
+        metavar="NAME",
         help="What runs the backbone: auto (torch), torch, onnx (ONNX Runtime, CPU only, the extra imgcluster\\[onnx]; "
         "the model is exported once into ~/.cache/imgcluster) or onnx-int8 (the same, quantised to int8 with shipped "
         "activation ranges; EfficientNet-Lite0 only). Each caches its features apart.",
@@ -204,7 +219,9 @@ RawCsvOpt = Annotated[
         "leading ' so that spreadsheets do not run it as a formula (evaluate and report read both forms).",
     ),
 ]
-ObjectiveOpt = Annotated[str, typer.Option("--objective", "-o", help="Clustering objective (see `imgcluster objectives`).")]
+ObjectiveOpt = Annotated[
+    str, typer.Option("--objective", "-o", metavar="NAME", help="Clustering objective (see `imgcluster objectives`).")
+]
 ClustersOpt = Annotated[
     str,
     typer.Option(
@@ -222,11 +239,21 @@ EpochsOpt = Annotated[
         "and secu and scan stop once the clusters settle.",
     ),
 ]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=2, help="Training batch size.")]
+BatchOpt = Annotated[
+    int,
+    typer.Option(
+        "--batch-size",
+        min=2,
+        help="Training batch size (images per optimiser step); at most a quarter of the images, but 16 or a smaller "
+        "folder's all.",
+    ),
+]
 LrOpt = Annotated[float, typer.Option("--lr", callback=_positive, help="Learning rate (AdamW).")]
 # At most 1,000: the table is N x k (8 GB at 1M images and k = 1,000) and faiss-gpu stops at 2,048.
 KnnOpt = Annotated[int, typer.Option("--knn", min=1, max=1000, help="Neighbours mined per image for consistency pairs (1-1000).")]
-SeedOpt = Annotated[int, typer.Option("--seed", help="Random seed: same seed and input give the same result on the CPU.")]
+SeedOpt = Annotated[
+    int, typer.Option("--seed", help="Random seed, 0 to 2**64 - 1: same seed and input give the same result on the CPU.")
+]
 BalanceOpt = Annotated[
     Optional[float],
     typer.Option(
@@ -241,7 +268,12 @@ SelfLabelOpt = Annotated[
 ]
 UcoOpt = Annotated[bool, typer.Option("--uco", help="ddc: add the companion objectives on the input and hidden layers.")]
 OptionOpt = Annotated[
-    Optional[list[str]], typer.Option("--option", help="Objective hyper-parameter KEY=VALUE (repeatable), e.g. entropy_weight=5.")
+    Optional[list[str]],
+    typer.Option(
+        "--option",
+        metavar="KEY=VALUE",
+        help="An objective's hyper-parameter (repeatable), e.g. hidden=64; `imgcluster objectives` lists each one's.",
+    ),
 ]
 # train and assign from a feature store (imgcluster.scale) instead of a folder.
 MaybeFolder = Annotated[
@@ -266,6 +298,7 @@ EngineOpt = Annotated[
     str,
     typer.Option(
         "--engine",
+        metavar="local|ray",
         help="With --features: local (this process) or ray (Ray tasks read the training sample's buckets, and assign "
         "labels the rows as a Ray Data job; see docs/scale.md).",
     ),
@@ -616,7 +649,9 @@ def embed(
             show_default=False,
         ),
     ],
-    engine: Annotated[str, typer.Option("--engine", help="local (this machine, cached in the folder) or ray (a Ray cluster).")] = "local",
+    engine: Annotated[
+        str, typer.Option("--engine", metavar="local|ray", help="local (this machine, cached in the folder) or ray (a Ray cluster).")
+    ] = "local",
     ray_address: Annotated[
         Optional[str], typer.Option("--ray-address", help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT. Default: a local Ray instance.")
     ] = None,
@@ -731,7 +766,14 @@ def train(
     self_label: SelfLabelOpt = False,
     uco: UcoOpt = False,
     option: OptionOpt = None,
-    out: Annotated[Optional[Path], typer.Option("--out", help="Checkpoint path (.safetensors; a .json goes beside it).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--out",
+            metavar="FILE",
+            help="Checkpoint path (.safetensors; a .json goes beside it). Default: in the folder's cache (the run says where).",
+        ),
+    ] = None,
     model: ModelOpt = "auto",
     weights: WeightsOpt = None,
     cache_dir: CacheOpt = None,
@@ -781,7 +823,7 @@ def train(
     epilog="Examples:\n\n  imgcluster assign ./photos                       # whole pipeline, CSV in ./photos-clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters 5 --out - > clusters.csv\n\n"
     "  imgcluster assign ./photos --clusters auto --near-duplicates 0.85 --out clusters.csv\n\n"
-    "  imgcluster assign ./new-photos --head ./photos/.imgcluster/embeddings/*/heads/secu-k10-seed0-*.safetensors",
+    "  imgcluster assign ./new-photos --head head.safetensors   # a head from imgcluster train ... --out head.safetensors",
 )
 def assign(
     ctx: typer.Context,
@@ -793,9 +835,17 @@ def assign(
     knn_threshold: KnnThresholdOpt = RAY_KNN_THRESHOLD,
     nprobe: NprobeOpt = DEFAULT_NPROBE,
     out: Annotated[
-        Optional[str], typer.Option("--out", help="CSV path, or - for stdout. Default: ./<folder name>-clusters.csv.")
+        Optional[str],
+        typer.Option("--out", metavar="FILE|-", help="CSV path, or - for stdout. Default: ./<folder name>-clusters.csv."),
     ] = None,
-    head: Annotated[Optional[Path], typer.Option("--head", help="Use a trained head checkpoint instead of training one.")] = None,
+    head: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--head",
+            metavar="FILE",
+            help="Use a trained head (the .safetensors that train or an earlier assign saved) instead of training one.",
+        ),
+    ] = None,
     explain: Annotated[bool, typer.Option("--explain", help="Add the objective's explanation columns (dsc2i: distances).")] = False,
     report: Annotated[bool, typer.Option("--report", help="Also write an HTML report beside the CSV (see `imgcluster report`).")] = False,
     names: Annotated[
@@ -906,7 +956,7 @@ def assign(
 @app.command(
     cls=Command,
     epilog="Examples:\n\n  imgcluster evaluate photos-clusters.csv ./labelled-photos\n\n"
-    "  imgcluster evaluate clusters.csv sample_data --json > scores.json",
+    "  imgcluster evaluate clusters.csv sample_data --json > clusters.csv.eval.json   # report then adds majority labels",
 )
 def evaluate(
     assignments: Annotated[Path, typer.Argument(metavar="CSV", help="CSV written by `imgcluster assign`.", show_default=False)],
@@ -984,9 +1034,16 @@ def report(
 )
 def export(
     assignments: Annotated[Path, typer.Argument(metavar="CSV", help="CSV written by `imgcluster assign`.", show_default=False)],
-    to: Annotated[Path, typer.Option("--to", help="Folder to fill (created if needed); must not be inside the image folder.")],
+    to: Annotated[
+        Path, typer.Option("--to", metavar="DIR", help="Folder to fill (created if needed); must not be inside the image folder.")
+    ],
     mode: Annotated[
-        str, typer.Option("--mode", help="link: hard links (symbolic ones across file systems); symlink: symbolic links; copy: copies.")
+        str,
+        typer.Option(
+            "--mode",
+            metavar="link|symlink|copy",
+            help="link: hard links (symbolic ones across file systems); symlink: symbolic links; copy: copies.",
+        ),
     ] = "link",
     folder: Annotated[
         Optional[Path], typer.Option("--folder", help="Image folder, when the CSV has no sidecar JSON or the images moved.")

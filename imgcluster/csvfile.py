@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -123,6 +124,21 @@ def assignment_rows(paths: list[str], assignment: Assignment) -> Iterator[list[o
             else:
                 row.append(round(float(v), 6) if np.issubdtype(values.dtype, np.floating) else int(v))
         yield row
+
+
+def assignments_path(value: object) -> Path:
+    """``value``, the CSV's path, as a Path. An in-memory result is refused with what to pass:
+    ``write_report(result)`` failed inside ``pathlib`` ("expected str, bytes or os.PathLike")."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    if isinstance(value, bytes):
+        return Path(os.fsdecode(value))
+    written = getattr(value, "written", None)
+    if isinstance(written, dict) and "csv" in written:
+        hint = f"pass the CSV it wrote, {literal(written['csv'])}"
+    else:
+        hint = "write it first (its write('clusters.csv')) and pass that path"
+    raise ParameterError(f"{{assignments}} takes the path of a CSV that assign wrote, not {type(value).__name__}: {hint}")
 
 
 def check_assignments_file(path: Path) -> None:

@@ -40,8 +40,11 @@ class ClusterHead(ClusterMixin, BaseEstimator):
     objective (``imgcluster objectives`` lists them), e.g. ``ClusterHead("scan", hidden=64)``.
     ``device`` is ``auto``, ``cpu`` or ``cuda``.
 
-    After :meth:`fit`: ``labels_``, ``n_clusters_``, ``objective_`` (the trained torch module),
-    ``history_`` (loss per epoch), ``choose_k_`` (the evidence for an ``auto`` K, else None).
+    After :meth:`fit`: ``labels_``, ``n_clusters_``, ``n_features_in_`` (and ``feature_names_in_``
+    for a DataFrame), ``objective_`` (the trained torch module), ``history_`` (loss per epoch),
+    ``choose_k_`` (the evidence for an ``auto`` K, else None). A head from :meth:`load` has them
+    all but ``labels_`` (it saw no rows). A fitted head pickles; :meth:`save` writes the checkpoint
+    ``imgcluster assign --head`` reads, whose loading runs no code from the file.
     """
 
     def __init__(
@@ -193,7 +196,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         from imgcluster.checkpoint import load_checkpoint
         from imgcluster.pipeline import resolve_device
 
-        objective, meta = load_checkpoint(Path(path))
+        objective, meta = load_checkpoint(Path(path), "path")
         train = meta.get("train") or {}
         # Epochs given when training (no minimum of steps) are kept, so that clone(head).fit trains as it did.
         epochs = {"epochs": train["epochs"]} if train.get("min_steps") == 0 and "epochs" in train else {}

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcluster.csvfile import check_assignments_file, names_of_clusters, read_assignments
+from imgcluster.csvfile import assignments_path, check_assignments_file, names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.outputs import refuse_stdout
 from imgcluster.progress import ProgressFn, Reporter, count
@@ -79,7 +79,7 @@ def export(
     """
     if mode not in MODES:
         raise ParameterError(f"{{mode}} must be one of {', '.join(MODES)}, got {mode!r}")
-    csv_path = Path(assignments)
+    csv_path = assignments_path(assignments)
     check_assignments_file(csv_path)
     rows = read_assignments(csv_path)
     image_folder = resolve_folder(csv_path, read_sidecar(csv_path), Path(folder) if folder is not None else None)

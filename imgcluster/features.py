@@ -99,7 +99,7 @@ def embed_checked(
     check_runtime(runtime)
     progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "embed")
-    report.at("model").info(f"starting ({model}) ...")  # importing torch takes seconds
+    report.at("model").info(f"starting with model {model} (importing torch) ...")  # that takes seconds; "starting (auto)" said nothing
     started = [False]  # the embedding began: from then on a stop's line says what was kept
     try:
         from imgcluster.pipeline import EmbedHooks, embed_folder, resolve_device

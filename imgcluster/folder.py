@@ -69,6 +69,13 @@ class Assignment:
     # cluster id -> the name the classifier would have given it, withheld as its images look too little like that class
     withheld_names: dict[int, str] = field(default_factory=dict)
 
+    def __repr__(self) -> str:
+        # The generated repr printed every path, column and outlier score: 19,000 characters for 125 images.
+        return (
+            f"Assignment({len(self.paths)} images of {str(self.embeddings.folder)!r} in {self.n_clusters} clusters "
+            f"(sizes {self.cluster_sizes}), {self.objective}, {self.outliers.count} outliers)"
+        )
+
     @property
     def cluster(self) -> np.ndarray:
         return self.columns["cluster"]
@@ -272,7 +279,8 @@ def cluster_folder(
     (then the training parameters do not apply). ``out`` also writes the CSV and the files
     beside it (:meth:`Assignment.write`); it is checked before any work. ``near_duplicates``
     (a cosine similarity in (0, 1]) also finds groups of near-identical images. The training and
-    embedding parameters are those of :class:`ClusterHead` and :func:`imgcluster.embed`;
+    embedding parameters are those of :class:`ClusterHead` and :func:`imgcluster.embed`, but for the
+    objective's own options, which go in a dict (``objective_options={"hidden": 64}``);
     ``raw_csv`` writes CSV cells without the formula escape; ``names`` adds a ``cluster_name``
     column from the bundled EfficientNet-Lite0's ImageNet classes (:mod:`imgcluster.naming`: from
     the cached features with that model, by one extra cached Lite0 pass with any other; empty for a

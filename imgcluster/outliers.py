@@ -160,6 +160,13 @@ class Outliers:
     isolation: np.ndarray  # [N] float32, local outlier factor (nan when the folder is too small)
     isolation_threshold: float  # LOF above which an image is isolated (inf when the folder is too small)
 
+    def __repr__(self) -> str:
+        # The generated repr printed five arrays of every image (7,500 characters for 125 images).
+        return (
+            f"Outliers({self.count} of {len(self.flags)}: {int(self.far_from_centre.sum())} far from their cluster's centre, "
+            f"{int(self.isolated.sum())} isolated, {int(self.low_confidence.sum())} of low confidence)"
+        )
+
     @property
     def count(self) -> int:
         return int(self.flags.sum())

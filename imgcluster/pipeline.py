@@ -78,6 +78,13 @@ class Embeddings:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
 
+    def __repr__(self) -> str:
+        # The generated repr printed every path and a feature matrix: 4,000 characters for 125 images in a notebook.
+        return (
+            f"Embeddings({len(self.paths)} images of {str(self.folder)!r}, {self.model} features {list(self.features.shape)}, "
+            f"{self.embedded} embedded, {self.reused} reused, {len(self.skipped)} skipped)"
+        )
+
     def write_skipped(self, beside: Path | None = None, raw_csv: bool = False) -> Path | None:
         """Write the skipped files (``path``, ``reason``) to ``<beside stem>-skipped.csv``, or to
         ``skipped.csv`` in the cache; returns that path, or None when nothing was skipped. A list

@@ -30,7 +30,8 @@ MARKS = (MODEL_READY, BATCH_DECODED, SAVING, SAVED)
 @dataclass(frozen=True)
 class Event:
     """One thing that happened: ``stage`` is ``model``, ``embed``, ``choose_k``, ``train``, ``assign``,
-    ``write``, ``report`` or ``export``; ``done``/``total`` count the stage's steps (images, optimiser steps, thumbnails)."""
+    ``write``, ``report`` or ``export`` (from a feature store also ``sample`` and ``knn``);
+    ``done``/``total`` count the stage's steps (images, optimiser steps, thumbnails)."""
 
     stage: str
     kind: Kind

@@ -10,6 +10,7 @@ import numpy as np
 
 from imgcluster.atomic import is_stream
 from imgcluster.config import sidecar_path
+from imgcluster.csvfile import assignments_path
 from imgcluster.errors import ParameterError, literal
 from imgcluster.outputs import refuse_inputs
 from imgcluster.progress import ProgressFn, Reporter
@@ -43,7 +44,7 @@ def write_report(
     contact sheet per cluster; ``features`` (paths, matrix) spares reading the cache. ``out``
     may not be a file the report reads (the CSV, its sidecar, an image). ``progress`` hears the thumbnails (stage ``report``) and warnings.
     """
-    csv_path = Path(assignments)
+    csv_path = assignments_path(assignments)
     target = Path(out) if out is not None else csv_path.with_suffix(".html")
     if out is not None and (os.fspath(out) == "-" or is_stream(target)):
         raise ParameterError("the report is a file with pictures beside it: give {out} FILE.html")

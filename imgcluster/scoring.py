@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from imgcluster.csvfile import check_assignments_file, names_of_clusters, read_assignments
+from imgcluster.csvfile import assignments_path, check_assignments_file, names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.listing import list_images
 from imgcluster.matching import best_matching
@@ -19,6 +19,8 @@ EXAMPLES = 5  # missing files named per kind; the count says how many there are
 
 @dataclass
 class ClusterPurity:
+    """One cluster's size, most common label and the share of its images that carry it."""
+
     cluster: int
     size: int
     majority_label: str
@@ -28,6 +30,10 @@ class ClusterPurity:
 
 @dataclass
 class Evaluation:
+    """What :func:`imgcluster.evaluate` measured: ACC (Hungarian matching of clusters to labels),
+    NMI, ARI, AMI and purity of the images in both the CSV and the folder, how many that is
+    (``matched``, ``coverage``), and ``per_cluster`` purity; :meth:`to_dict` is ``evaluate --json``."""
+
     acc: float
     nmi: float
     ari: float
@@ -90,7 +96,7 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
     """Score an assignment CSV against a folder whose top-level sub-folder names are the labels:
     ACC (Hungarian matching), NMI, ARI, AMI, purity overall and per cluster, of the images that are
     in both; ``coverage`` and ``acc_of_labelled`` say what that is worth when the CSV leaves some out."""
-    assignments, labelled_folder = Path(assignments), Path(labelled_folder)
+    assignments, labelled_folder = assignments_path(assignments), Path(labelled_folder)
     check_assignments_file(assignments)
     check_labelled_folder(labelled_folder, "labelled_folder")
     rows = read_assignments(assignments)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -47,7 +48,7 @@ def test_embed_a_folder_reports_progress_and_prints_nothing(
     assert {e.stage for e in events} >= {"model", "embed"}
     assert any(e.kind == "info" and str(e).startswith("embedded ") for e in events)
     first = events[0]  # before the seconds of importing torch and building the model, it says what it does
-    assert (first.stage, first.kind, str(first)) == ("model", "info", "starting (efficientnet-lite0) ...")
+    assert (first.stage, first.kind, str(first)) == ("model", "info", "starting with model efficientnet-lite0 (importing torch) ...")
 
 
 def test_only_a_run_that_builds_the_model_says_it_loads_it(small_folder: Path, tmp_path: Path) -> None:
@@ -334,3 +335,56 @@ def test_objective_options_that_are_not_a_dict_are_refused_by_name(small_folder:
         with pytest.raises(ParameterError, match=re.escape("objective_options takes a dict of the objective's options")) as info:
             call(small_folder, n_clusters=3, objective_options="hidden=3", **MODEL)  # type: ignore[operator]
         assert info.value.parameters == ("objective_options",)
+
+
+def test_results_print_as_a_summary_line(small_folder: Path, shared_cache: Path) -> None:
+    """In a notebook, `result` printed every path, column and outlier score (19,000 characters for
+    125 images) and `embeddings` every path and a feature matrix: each is now one line saying what it holds."""
+    result = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=shared_cache, **MODEL)
+    sizes = result.cluster_sizes
+    assert repr(result.embeddings) == (
+        f"Embeddings(24 images of {str(small_folder)!r}, efficientnet-lite0 features [24, 1280], "
+        f"{result.embeddings.embedded} embedded, {result.embeddings.reused} reused, 0 skipped)"
+    )
+    assert repr(result) == (
+        f"Assignment(24 images of {str(small_folder)!r} in 3 clusters (sizes {sizes}), secu, {result.outliers.count} outliers)"
+    )
+    outliers = r"Outliers\(\d+ of 24: \d+ far from their cluster's centre, 0 isolated, 0 of low confidence\)"
+    assert re.fullmatch(outliers, repr(result.outliers))
+
+
+def test_help_of_the_package_names_every_public_name() -> None:
+    """help(imgcluster) listed seven functions and no result type, event or error class."""
+    doc = imgcluster.__doc__ or ""
+    assert [name for name in imgcluster.__all__ if name != "__version__" and f"`{name}`" not in doc] == []
+    assert "cluster_folder(" in doc  # and shows a call
+
+
+def test_every_public_class_says_what_it_is() -> None:
+    """help(imgcluster.Evaluation) and help(imgcluster.ReportResult) showed only the dataclass's
+    generated signature."""
+    import inspect
+
+    classes = [getattr(imgcluster, name) for name in imgcluster.__all__ if inspect.isclass(getattr(imgcluster, name))]
+    generated = [c.__name__ for c in classes if not c.__doc__ or c.__doc__.startswith(f"{c.__name__}(")]
+    assert generated == [] and len(classes) >= 9
+
+
+def test_a_result_given_for_a_csv_path_is_refused_with_what_to_pass(small_folder: Path, shared_cache: Path, tmp_path: Path) -> None:
+    """write_report(result), evaluate(result, ...) and export(result, ...) failed inside pathlib:
+    "expected str, bytes or os.PathLike object, not Assignment"."""
+    result = imgcluster.cluster_folder(small_folder, n_clusters=3, cache_dir=shared_cache, **MODEL)
+    calls = [
+        lambda: imgcluster.write_report(result),  # type: ignore[arg-type]
+        lambda: imgcluster.evaluate(result, small_folder),  # type: ignore[arg-type]
+        lambda: imgcluster.export(result, tmp_path / "sorted"),  # type: ignore[arg-type]
+    ]
+    refused = re.escape("assignments takes the path of a CSV that assign wrote, not Assignment: write it first")
+    for call in calls:
+        with pytest.raises(ParameterError, match=refused) as info:
+            call()
+        assert info.value.parameters == ("assignments",)
+    result.write(tmp_path / "clusters.csv")
+    with pytest.raises(ParameterError, match=re.escape(f"pass the CSV it wrote, {tmp_path / 'clusters.csv'}")):
+        imgcluster.write_report(result)  # type: ignore[arg-type]
+    assert imgcluster.evaluate(os.fsencode(tmp_path / "clusters.csv"), small_folder).matched == 24  # a path in bytes is a path

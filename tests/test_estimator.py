@@ -193,3 +193,45 @@ def test_a_good_neighbour_table_is_used_as_given() -> None:
     table = np.array([[(i + j) % len(X) for j in range(1, 6)] for i in range(len(X))])
     head = ClusterHead(n_clusters=3, knn=5, epochs=1, device="cpu").fit(X, neighbours=table.tolist())
     assert head.predict(X).shape == (len(X),)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing.safetensors", "head checkpoint not found: {path}"),
+        ("head.pt", "{path} is not a head checkpoint: path takes the .safetensors file"),
+    ],
+)
+def test_load_blames_its_own_parameter(tmp_path: Path, name: str, message: str) -> None:
+    """ClusterHead.load(path) said "head takes the .safetensors file" and named parameter ``head``,
+    the CLI's word for it: load has no parameter of that name."""
+    with pytest.raises(ParameterError, match=re.escape(message.format(path=tmp_path / name))) as info:
+        ClusterHead.load(tmp_path / name)
+    assert info.value.parameters == ("path",)
+
+
+def test_a_fitted_head_pickles_with_its_predictions() -> None:
+    """The README says a fitted head pickles like any scikit-learn estimator (save/load is the
+    format that runs no code when read)."""
+    import pickle
+
+    X, _ = blobs()
+    head = ClusterHead(n_clusters=3, **FAST).fit(X)
+    again = pickle.loads(pickle.dumps(head))
+    assert again.get_params() == head.get_params() and again.n_features_in_ == head.n_features_in_
+    np.testing.assert_array_equal(again.labels_, head.labels_)
+    np.testing.assert_array_equal(again.predict_proba(X), head.predict_proba(X))
+
+
+def test_the_fitted_attributes_the_docstring_names_exist(tmp_path: Path) -> None:
+    """The docstring listed five fitted attributes and not n_features_in_; a loaded head has all but labels_."""
+    doc = " ".join((ClusterHead.__doc__ or "").split())
+    named = re.findall(r"``(\w+_)``", doc.split("After :meth:`fit`:", 1)[1].split("A head from", 1)[0])
+    assert {"labels_", "n_clusters_", "n_features_in_", "objective_", "history_", "choose_k_"} <= set(named)
+    X, _ = blobs()
+    head = ClusterHead(n_clusters=3, **FAST).fit(X)
+    assert [name for name in named if name != "feature_names_in_" and not hasattr(head, name)] == []
+    head.save(tmp_path / "head.safetensors")
+    loaded = ClusterHead.load(tmp_path / "head.safetensors")
+    assert [name for name in named if name not in ("feature_names_in_", "labels_") and not hasattr(loaded, name)] == []
+    assert not hasattr(loaded, "labels_")

@@ -39,6 +39,9 @@ class ReportHooks:
 
 @dataclass
 class ReportResult:
+    """What :func:`imgcluster.write_report` wrote: the page (``html``), how many images it shows
+    and how many it could not (``placeholders``, ``omitted``, ``refused``), and any montages."""
+
     html: Path
     clusters: int
     rows: int  # images in the CSV
