@@ -221,7 +221,9 @@ def run(out: Path, argv: list[str]) -> None:
     finally:
         stamps.append(stamp("exit"))
         out.write_text(json.dumps([asdict(s) for s in stamps]))
-    sys.exit(code)
+    from imgcluster.__main__ import leave
+
+    leave(code)  # as the imgcluster command ends
 
 
 if __name__ == "__main__":
