@@ -11,6 +11,7 @@ import contextlib
 import copy
 import ctypes
 import ctypes.util
+import functools
 import itertools
 import os
 from collections.abc import Iterator
@@ -125,8 +126,13 @@ DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 NO_TRIM = -1  # mallopt(3): a trim threshold of -1 turns trimming off
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (the one with ``mallopt``), else None (musl, macOS, Windows)."""
+    """The C library when it is glibc (the one with ``mallopt``), else None (musl, macOS, Windows).
+
+    Looked up once: ``find_library`` runs ``ldconfig -p`` in a child process, and a cold ``assign``
+    forked its 0.9 GB process for it three times.
+    """
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None
