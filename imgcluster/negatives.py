@@ -73,8 +73,8 @@ def onnx_lite0(runtime: str, identity: dict[str, Any]) -> OnnxLite0 | None:
     """The ONNX file that computed features of ``identity`` with ``runtime``, when those are the bundled Lite0's and
     the file is on disk; else None (torch's Lite0 names the clusters, as before).
 
-    Under ``onnx-int8`` the naming pass built and folded a torch Lite0 of its own beside the int8 sessions: 2.9 CPU s
-    of the 10,000-image run and the largest part of sample_data's 1.08 GB (``benchmarks/results_peers.md``).
+    Under ``onnx-int8`` the naming pass built and folded a torch Lite0 of its own beside the int8 sessions, 2.9 CPU s
+    (under load) for 160 drawings, and its pass peaked at 1,028 MB RSS on sample_data (``benchmarks/results_memory.md``).
     """
     from imgcluster.int8 import runtime_file
     from imgcluster.naming import is_naming_backbone
