@@ -243,9 +243,11 @@ def fastdup_clusters(work: Path, folder: Path) -> tuple[list[str], np.ndarray]:
 
 
 def run_tool(
-    tool: str, folder: Folder, fastdup: Path | None, baseline: Path | None = None, timed: bool = True, every: float = SAMPLE_EVERY
-) -> Measured:
-    """One cold run; tool ``baseline`` is imgcluster imported from the checkout ``baseline``; ``timed``:
+    tool: str, folder: Folder, fastdup: Path | None, baseline: Path | None = None, timed: bool = True, every: float = SAMPLE_EVERY,
+    baseline_runtime: str | None = None,
+) -> Measured:  # fmt: skip
+    """One cold run; tool ``baseline`` is imgcluster imported from the checkout ``baseline`` (with ``--runtime
+    baseline_runtime`` when given); ``timed``:
     imgcluster runs under ``timeline.py``, which stamps each of its progress events with the clocks."""
     RUNS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=RUNS))
@@ -262,6 +264,8 @@ def run_tool(
         ]  # fmt: skip
         if tool in RUNTIME_OF:
             command += ["--runtime", RUNTIME_OF[tool]]
+        elif tool == "baseline" and baseline_runtime:
+            command += ["--runtime", baseline_runtime]
     else:
         assert fastdup is not None
         command = [str(fastdup), "-c", FASTDUP_SCRIPT, str(folder.path), str(work / "fastdup"), str(folder.classes)]
@@ -273,7 +277,7 @@ def run_tool(
     phases = timeline.phases(timeline.load(stamps)) if stamps.exists() else None
     shutil.rmtree(work)
     return Measured(
-        tool=f"imgcluster {baseline.name}" if tool == "baseline" and baseline else tool,
+        tool=f"imgcluster {baseline.name}{f' {baseline_runtime}' if baseline_runtime else ''}" if tool == "baseline" and baseline else tool,
         folder=folder.name,
         images=folder.images,
         assigned=len(rels),
@@ -312,6 +316,7 @@ def main() -> None:
     parser.add_argument("--no-sample-data", action="store_true", help="leave out sample_data (125 images)")
     parser.add_argument("--tools", default="imgcluster,fastdup", help=f"comma-separated: {', '.join(IMGCLUSTER_TOOLS)}, fastdup")
     parser.add_argument("--baseline", type=Path, help="an imgcluster checkout to run as tool 'baseline' (before/after)")
+    parser.add_argument("--baseline-runtime", choices=sorted(RUNTIME_OF.values()), help="the baseline's --runtime (default: its own)")
     parser.add_argument("--repeats", type=int, default=1, help="runs per tool and folder, alternating A B B A ...")
     parser.add_argument("--section", default="peers", help="section of results_peers.md to write")
     parser.add_argument("--note", default="", help="a line written above the table (what else ran on the machine)")
@@ -338,7 +343,8 @@ def main() -> None:
         for repeat in range(args.repeats):
             for tool in tools if repeat % 2 == 0 else tools[::-1]:
                 print(f"{tool} on {folder.name} (run {repeat + 1})", file=sys.stderr, flush=True)
-                results.append(run_tool(tool, folder, fastdup, args.baseline, timed=not args.no_timeline, every=args.sample_every))
+                timed, every = not args.no_timeline, args.sample_every
+                results.append(run_tool(tool, folder, fastdup, args.baseline, timed, every, args.baseline_runtime))
                 print(table(results[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
                 # written after every run, so what ran is kept if a later run is stopped
                 write_section(args.section, report(results, [f.name for f in folders], args.note), RESULTS)

@@ -188,7 +188,15 @@ def resolve_model_name(requested: str, weights: str | None) -> tuple[str, str | 
 
 
 def create_backbone(name: str, weights: str | None = None, device: torch.device | None = None) -> Backbone:
-    """Build ``name`` with pretrained weights; never silently falls back to another model."""
+    """Build ``name`` with pretrained weights; never silently falls back to another model. Python's
+    collector is paused meanwhile (:func:`imgcluster.speed.collections_paused`)."""
+    from imgcluster.speed import collections_paused
+
+    with collections_paused():
+        return _create_backbone(name, weights, device)
+
+
+def _create_backbone(name: str, weights: str | None, device: torch.device | None) -> Backbone:
     import timm
     from timm.data import resolve_model_data_config
 

@@ -375,8 +375,8 @@ def embed_files(
         if not cuda:
             threads = stack.enter_context(cpu_threads(workers))
             stack.enter_context(reuse_freed_memory())
-        if onnx_model is not None and threads > 1:
-            streams = stack.enter_context(_onnx_streams(onnx_model, threads, to_floats, batch_size))
+        if onnx_model is not None and (streams_count := onnx_streams(threads, len(files), batch_size)) > 1:
+            streams = stack.enter_context(_onnx_streams(onnx_model, streams_count, to_floats, batch_size))
             on_mark("model", MODEL_READY)
             stack.enter_context(torch.inference_mode())
             yield from _in_order(batches, streams, IN_FLIGHT_PER_STREAM * threads, backbone.feature_dim, on_mark)
@@ -428,6 +428,20 @@ def _model_batches(
 # core while the sessions and the worker keep both busy), had nothing to do until both were back.
 # Two per session keeps one queued for each; the pixels of a queued batch are 1.2 MB of uint8.
 IN_FLIGHT_PER_STREAM = 2
+
+
+ONE_SESSION_PASSES = 32  # forward passes (256 images in batches of 8) up to which one ONNX session runs them; see onnx_streams
+
+
+def onnx_streams(threads: int, images: int, batch_size: int) -> int:
+    """ONNX Runtime sessions for ``images``: one a thread (:func:`_onnx_streams`) over many forward passes, one
+    on all the threads over a few.
+
+    Each session keeps an arena for one pass's activations. On sample_data's 125 images (16 passes) under
+    ``onnx-int8`` the second session's arena made the forward passes the run's peak, 1,061 MB RSS, against 917 MB
+    with one session (``benchmarks/results_memory.md``); a few passes gain little from going at two paces.
+    """
+    return threads if -(-images // batch_size) > ONE_SESSION_PASSES else 1
 
 
 @contextlib.contextmanager

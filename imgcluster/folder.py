@@ -476,7 +476,7 @@ def _shown(naming: Naming, clusters: np.ndarray, progress: ProgressFn | None) ->
 def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: ProgressFn | None) -> Naming | None:
     """The names from the classifier's view of a sample shown inverted, when the folder is drawn light
     on black (:mod:`imgcluster.negatives`); None for any other folder."""
-    from imgcluster.negatives import drawing_names
+    from imgcluster.negatives import drawing_names, onnx_lite0
 
     def say(shown: int) -> None:
         Reporter(progress, "assign").info(
@@ -484,7 +484,10 @@ def _names_of_negatives(embeddings: Embeddings, clusters: np.ndarray, progress: 
             "as photos show such things"
         )
 
-    return drawing_names(embeddings.folder, embeddings.paths, clusters, embeddings.cache_dir, say, features=embeddings.features)
+    return drawing_names(
+        embeddings.folder, embeddings.paths, clusters, embeddings.cache_dir, say, features=embeddings.features,
+        onnx=onnx_lite0(embeddings.runtime, embeddings.identity),
+    )  # fmt: skip
 
 
 def _names(paths: list[str], clusters: np.ndarray, naming: Embeddings) -> Naming:

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgcluster.atomic import atomic_open, atomic_write_text
 from imgcluster.errors import ImgclusterError, ParameterError
-from imgcluster.onnxruntime_backend import INPUT, ExportError, ensure_exported
+from imgcluster.onnxruntime_backend import INPUT, ExportError, ensure_exported, exported_path
 
 if TYPE_CHECKING:
     import numpy as np
@@ -215,7 +215,7 @@ def ensure_quantised(backbone: Backbone) -> Path:
         raise ExportError(f"no int8 activation ranges are shipped for {backbone.name}")
     table, digest = found
     exported = ensure_exported(backbone)
-    path = exported.with_name(f"{exported.stem}-int8-{digest}.onnx")
+    path = quantised_path(exported, digest)
     if path.is_file() and _is_intact(path):
         return path
     with tempfile.TemporaryDirectory(prefix="imgcluster-int8-") as tmp:
@@ -234,3 +234,25 @@ def ensure_quantised(backbone: Backbone) -> Path:
     record = {"sha256": _file_digest(path), "table": digest, "recipe": table["recipe"], "build": BUILD_FORMAT}
     atomic_write_text(_record_path(path), json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
+
+
+def quantised_path(exported: Path, digest: str) -> Path:
+    """Where the int8 copy of the exported model ``exported`` made with the table ``digest`` is kept."""
+    return exported.with_name(f"{exported.stem}-int8-{digest}.onnx")
+
+
+def runtime_file(identity: dict[str, Any], runtime: str) -> Path | None:
+    """The ONNX file that ran ``runtime`` (``onnx`` or ``onnx-int8/<digest>``, as recorded with the features)
+    for the backbone ``identity``, when it is on disk intact; None for torch or a file that is gone.
+
+    A later pass over the same model (the naming pass) runs it without building the torch model.
+    """
+    from imgcluster.onnxruntime_backend import _is_intact
+
+    if runtime == "onnx":
+        path = exported_path(identity)
+    elif runtime.startswith("onnx-int8/"):
+        path = quantised_path(exported_path(identity), runtime.removeprefix("onnx-int8/"))
+    else:
+        return None
+    return path if path.is_file() and _is_intact(path) else None

@@ -13,9 +13,12 @@ well as 32 spread over the cluster did on both benchmark folders, and better on 
 dress ``abaya``, was ``pedestal``); 8 lost ``sample_data``'s bags; and with typical members a
 mirrored second view (which dropped wrong runners-up from 32 spread ones) changes no name, so it is
 not shown: a quarter of the forward passes of before. That Lite0 pass uses the model the
-embedding built when it ran Lite0 in the same call (:mod:`imgcluster.kept`); the features it gives
+embedding built when it ran Lite0 in the same call (:mod:`imgcluster.kept`), or, when the embedding
+ran Lite0 in ONNX Runtime (``onnx``, ``onnx-int8``), the same ONNX file: such a run never builds
+the torch model for its names (:func:`onnx_lite0`). The features it gives
 (what the classifier reads: its probabilities, and how alike an image is to a class) are cached by
-path, size and mtime beside the folder's own Lite0 features, so a rerun builds no model. Colour
+path, size and mtime beside the folder's own Lite0 features, in a file of each runtime (int8 views
+never mix with float ones), so a rerun builds no model. Colour
 images, photos on dark grounds (a night sky has a lit border or colour) and light-ground drawings
 are never inverted.
 """
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,13 +48,43 @@ VIEWS: tuple[str, ...] = ("plain",)  # of VIEW_MAKERS: what assign shows the cla
 CACHE_VERSION = 3  # changes with what a view is or what is cached, so that no stale rows are read (3: features)
 
 
-def cache_name(views: tuple[str, ...] = VIEWS) -> str:
-    """The cache file of the Lite0 features averaged over ``views``."""
-    return f"names-negatives-{CACHE_VERSION}-{'-'.join(views)}.npz"
+def cache_name(views: tuple[str, ...] = VIEWS, runtime: str = "torch") -> str:
+    """The cache file of the Lite0 features averaged over ``views``, as ``runtime`` computed them
+    (torch's keeps the name it had before there were others)."""
+    tag = "" if runtime == "torch" else "-" + runtime.replace("/", "-")
+    return f"names-negatives-{CACHE_VERSION}-{'-'.join(views)}{tag}.npz"
 
 
 CACHE_NAME = cache_name()
 FEATURES = 1280  # Lite0's pooled features
+
+
+@dataclass(frozen=True)
+class OnnxLite0:
+    """The ONNX file a Lite0 embedding ran (:func:`onnx_lite0`), and what its naming pass needs beside it."""
+
+    runtime: str  # onnx or onnx-int8/<digest>: names the views' cache
+    path: Path
+    data_config: dict[str, Any]  # the model's own preprocessing, as recorded in the features' identity
+    feature_dim: int
+
+
+def onnx_lite0(runtime: str, identity: dict[str, Any]) -> OnnxLite0 | None:
+    """The ONNX file that computed features of ``identity`` with ``runtime``, when those are the bundled Lite0's and
+    the file is on disk; else None (torch's Lite0 names the clusters, as before).
+
+    Under ``onnx-int8`` the naming pass built and folded a torch Lite0 of its own beside the int8 sessions, 2.9 CPU s
+    (under load) for 160 drawings, and its pass peaked at 1,028 MB RSS on sample_data (``benchmarks/results_memory.md``).
+    """
+    from imgcluster.int8 import runtime_file
+    from imgcluster.naming import is_naming_backbone
+
+    if runtime == "torch" or not is_naming_backbone(identity):
+        return None
+    path = runtime_file(identity, runtime)
+    if path is None:
+        return None
+    return OnnxLite0(runtime, path, dict(identity["data_config"]), int(identity["feature_dim"]))
 
 
 def is_negative(image: Image.Image) -> bool:
@@ -117,11 +151,13 @@ def drawing_names(
     cache_dir: Path | None,
     before: Callable[[int], None] | None = None,
     features: np.ndarray | None = None,
+    onnx: OnnxLite0 | None = None,
 ) -> Naming | None:
     """Each cluster's :class:`imgcluster.naming.Naming` from the classifier's views of the chosen members (files ``root / paths[row]``)
     when the folder is drawn light on black; None for any other folder. ``before`` hears how many
     images are about to be shown; ``features`` (one row per path) choose each cluster's typical members
-    (:func:`sample_rows`). The one naming pass of a folder's and a feature store's ``assign``."""
+    (:func:`sample_rows`); ``onnx`` runs the views in the ONNX file the embedding ran (:func:`onnx_lite0`).
+    The one naming pass of a folder's and a feature store's ``assign``."""
     from imgcluster.naming import name_clusters
 
     rows = sample_rows(clusters, features=features)
@@ -130,7 +166,7 @@ def drawing_names(
         return None
     if before is not None:
         before(len(rows))
-    return name_clusters(view_features(files, cache_dir), clusters[rows])
+    return name_clusters(view_features(files, cache_dir, onnx=onnx), clusters[rows])
 
 
 def mostly_negative(files: list[Path], probe: int = PROBE) -> bool:
@@ -166,12 +202,15 @@ def _key(path: Path) -> str:
     return f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}"
 
 
-def view_features(files: list[Path], cache_dir: Path | None, views: tuple[str, ...] = VIEWS) -> np.ndarray:
+def view_features(
+    files: list[Path], cache_dir: Path | None, views: tuple[str, ...] = VIEWS, onnx: OnnxLite0 | None = None
+) -> np.ndarray:
     """Lite0's pooled features of each file, averaged over its :func:`classifier_views`, [n, 1280]: what the naming
     classifier reads (:mod:`imgcluster.naming`), both its class probabilities and how alike the images are to a class.
+    Computed by ``onnx`` when given, else by torch's Lite0.
 
-    Cached in ``cache_dir`` by path, size and mtime (a file that cannot be written is no error:
-    the names are made again next time). A file that cannot be read gets the row of zeros.
+    Cached in ``cache_dir`` by path, size and mtime, in a file of each runtime (a file that cannot be written is no
+    error: the names are made again next time). A file that cannot be read gets the row of zeros.
     """
     keys = []
     for path in files:
@@ -179,14 +218,15 @@ def view_features(files: list[Path], cache_dir: Path | None, views: tuple[str, .
             keys.append(_key(path))
         except OSError:
             keys.append("")
-    cached = _read(cache_dir / cache_name(views)) if cache_dir is not None else {}
+    name = cache_name(views, onnx.runtime if onnx is not None else "torch")
+    cached = _read(cache_dir / name) if cache_dir is not None else {}
     missing = [i for i, key in enumerate(keys) if key and key not in cached]
     if missing:
-        fresh = _lite0_features([files[i] for i in missing], views).astype(np.float16).astype(np.float32)  # as cached
+        fresh = _lite0_features([files[i] for i in missing], views, onnx=onnx).astype(np.float16).astype(np.float32)  # as cached
         for row, i in enumerate(missing):
             cached[keys[i]] = fresh[row]
         if cache_dir is not None:
-            _write(cache_dir / cache_name(views), {key: cached[key] for key in keys if key})
+            _write(cache_dir / name, {key: cached[key] for key in keys if key})
     width = next(iter(cached.values())).shape[0] if cached else FEATURES
     return np.stack([cached.get(key, np.zeros(width, np.float32)) for key in keys]).astype(np.float32)
 
@@ -206,7 +246,20 @@ def _lite0() -> tuple[Any, Any, int, tuple[int, ...]]:
     return lite0.model, transform, lite0.feature_dim, tuple(lite0.data_config["input_size"])
 
 
-def _lite0_features(files: list[Path], views: tuple[str, ...], batch: int | None = None) -> np.ndarray:
+def _onnx_model(onnx: OnnxLite0) -> tuple[Callable[[Any], np.ndarray], Any]:
+    """``onnx``'s file in one ONNX Runtime session on torch's threads, and its eval transform (from the recorded
+    data config, so the pixels are the embedding's)."""
+    import torch
+    from timm.data import create_transform
+
+    from imgcluster.onnxruntime_backend import run, session
+
+    model = session(onnx.path, torch.get_num_threads())
+    config: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in onnx.data_config.items()}
+    return (lambda pixels: run(model, pixels.numpy())), create_transform(**config, is_training=False)
+
+
+def _lite0_features(files: list[Path], views: tuple[str, ...], batch: int | None = None, onnx: OnnxLite0 | None = None) -> np.ndarray:
     """Each file's features averaged over its views (zeros for a file that cannot be read).
 
     In the embedding's batches (``embedding.default_batch_size`` tensors, so ``batch // len(views)``
@@ -220,7 +273,17 @@ def _lite0_features(files: list[Path], views: tuple[str, ...], batch: int | None
     from imgcluster.load import ImageDecodeError, load_rgb
     from imgcluster.speed import reuse_freed_memory
 
-    model, transform, width, input_size = _lite0()
+    features_of: Callable[[torch.Tensor], np.ndarray]
+    if onnx is None:
+        model, transform, width, input_size = _lite0()
+
+        def in_torch(pixels: torch.Tensor) -> np.ndarray:
+            return np.asarray(model(pixels.contiguous(memory_format=torch.channels_last)).float().numpy())
+
+        features_of = in_torch
+    else:
+        features_of, transform = _onnx_model(onnx)
+        width, input_size = onnx.feature_dim, tuple(onnx.data_config["input_size"])
     batch = batch or default_batch_size(torch.device("cpu"), input_size=input_size)
     out = np.zeros((len(files), width), np.float32)
     step = max(1, batch // len(views))
@@ -234,8 +297,7 @@ def _lite0_features(files: list[Path], views: tuple[str, ...], batch: int | None
                 except ImageDecodeError:
                     continue
             if tensors:
-                pixels = torch.stack(tensors).contiguous(memory_format=torch.channels_last)
-                features = model(pixels).float().numpy()
+                features = features_of(torch.stack(tensors))
                 out[rows] = features.reshape(len(rows), len(views), -1).mean(axis=1)
     return out
 

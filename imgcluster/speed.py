@@ -11,6 +11,8 @@ import contextlib
 import copy
 import ctypes
 import ctypes.util
+import functools
+import gc
 import itertools
 import os
 from collections.abc import Iterator
@@ -119,14 +121,37 @@ def cpu_threads(workers: int) -> Iterator[int]:
         torch.set_num_threads(previous)
 
 
+@contextlib.contextmanager
+def collections_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while the block runs, and on again after if it was on.
+
+    Importing timm and building a model make a few hundred thousand objects that all live on, and
+    each of the collector's full passes while they are made walks every one of them (torch's
+    included): 0.55 of the 2.0 CPU seconds of building EfficientNet-Lite0 with timm's import
+    (``benchmarks/results_runtime.md``). No garbage with cycles worth collecting is made meanwhile.
+    """
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
+
+
 # glibc's mallopt parameters (malloc.h) and their defaults, which ``reuse_freed_memory`` restores.
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 NO_TRIM = -1  # mallopt(3): a trim threshold of -1 turns trimming off
 
 
+@functools.cache
 def _glibc() -> ctypes.CDLL | None:
-    """The C library when it is glibc (the one with ``mallopt``), else None (musl, macOS, Windows)."""
+    """The C library when it is glibc (the one with ``mallopt``), else None (musl, macOS, Windows).
+
+    Looked up once: ``find_library`` runs ``ldconfig -p`` in a child process, and a cold ``assign``
+    forked its 0.9 GB process for it three times.
+    """
     name = ctypes.util.find_library("c")
     try:
         libc = ctypes.CDLL(name) if name else None

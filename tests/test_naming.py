@@ -280,7 +280,7 @@ def test_the_names_pass_classifies_only_the_members_nearest_each_centre(
         return (lambda pixels: classified.append(pixels.shape[0]) or model(pixels)), transform, dim, size
 
     monkeypatch.setattr(negatives, "_lite0", counting_lite0)
-    monkeypatch.setattr(negatives, "_lite0_features", lambda files, views: shown.extend(files) or real_features(files, views))
+    monkeypatch.setattr(negatives, "_lite0_features", lambda files, views, **k: shown.extend(files) or real_features(files, views, **k))
     named = _names_of_negatives(replace(embeddings, cache_dir=tmp_path), clusters, None)  # a cold names cache
     assert named is not None and len(set(named.guesses.values())) == len(CLASSES)
     assert negatives.VIEWS == ("plain",) and negatives.PER_CLUSTER == 16

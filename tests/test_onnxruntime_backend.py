@@ -215,12 +215,14 @@ def test_batches_come_out_in_the_loaders_order_when_later_ones_finish_first() ->
 
 
 def test_two_cores_run_two_one_thread_sessions_with_the_same_features(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On two cores ONNX Runtime runs two one-thread sessions side by side (one session on two threads kept about one
-    core busy); the features are those of one session, row for row."""
+    """On two cores ONNX Runtime runs two one-thread sessions side by side over many forward passes (one session on
+    two threads kept about one core busy), and one session on both threads over a few (a second session's arena
+    costs more memory than the passes gain); the features are those of one session, row for row."""
     import contextlib
 
     import imgcluster.embedding as embedding
 
+    monkeypatch.setattr(embedding, "ONE_SESSION_PASSES", 6)
     folder = copy_sample(tmp_path / "photos", CLASSES, per_class=4)
     files = image_files(folder)
     backbone = tiny_backbone()
@@ -238,9 +240,22 @@ def test_two_cores_run_two_one_thread_sessions_with_the_same_features(tmp_path: 
     one, one_order = embedded(1)
     assert threads == [1]
     two, two_order = embedded(2)
-    assert threads == [1, 1, 1]  # two more sessions, of one thread each
-    assert one_order == two_order == list(range(len(files)))
+    assert threads == [1, 1, 1]  # 7 passes of 3 images: two more sessions, of one thread each
+    monkeypatch.setattr(embedding, "ONE_SESSION_PASSES", 7)
+    few, few_order = embedded(2)
+    assert threads == [1, 1, 1, 2]  # 7 passes are few: one session on both threads
+    assert one_order == two_order == few_order == list(range(len(files)))
     np.testing.assert_array_equal(two, one)
+    np.testing.assert_array_equal(few, one)
+
+
+def test_sessions_are_one_a_thread_only_over_many_passes() -> None:
+    from imgcluster.embedding import ONE_SESSION_PASSES, onnx_streams
+
+    assert ONE_SESSION_PASSES == 32
+    assert onnx_streams(2, 125, 8) == 1  # sample_data: 16 passes
+    assert onnx_streams(2, 256, 8) == 1 and onnx_streams(2, 257, 8) == 2
+    assert onnx_streams(2, 10_000, 8) == 2 and onnx_streams(1, 10_000, 8) == 1
 
 
 def test_each_session_has_a_second_batch_queued(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -268,6 +283,7 @@ def test_each_session_has_a_second_batch_queued(tmp_path: Path, monkeypatch: pyt
 
     monkeypatch.setattr(embedding, "_onnx_streams", streams)
     monkeypatch.setattr(embedding, "cpu_threads", lambda workers: contextlib.nullcontext(2))
+    monkeypatch.setattr(embedding, "ONE_SESSION_PASSES", 0)  # 8 passes: as many a folder of many
     batches = embed_files(files, backbone, torch.device("cpu"), batch_size=1, workers=0, onnx_model=tmp_path / "unused.onnx")
     first = next(batches)
     assert first.indices == [0]
