@@ -49,6 +49,7 @@ def list_images(
     *,
     within: Path | None = None,
     links: list[tuple[str, Path]] | None = None,
+    outside: list[str] | None = None,
 ) -> list[ImageFile]:
     """Images under ``root``, sorted by relative path.
 
@@ -59,7 +60,8 @@ def list_images(
     ``unreachable`` as (relative path, reason), a folder's path ending in ``/``: nothing is left
     out in silence. The walk keeps its own stack, so no depth of nesting can exhaust Python's.
     Symbolic links are followed only when they stay inside ``root`` or when
-    ``follow_symlinks`` is set; each real directory is visited once, so link loops end. Linked
+    ``follow_symlinks`` is set (the links left out are appended to ``outside``, if given, so a
+    folder of links is not found empty without a word); each real directory is visited once, so link loops end. Linked
     folders are walked after every real one, so a folder reachable both ways keeps its real path
     (its images keep their names and ``evaluate`` labels whichever link sorts first).
 
@@ -72,6 +74,7 @@ def list_images(
     if not root.is_dir():
         raise NotADirectoryError(str(root))
     walk = _Walk(Path(within or root).resolve(), follow_symlinks, exclude, unsupported, unreachable)
+    walk.outside = outside
     walk.walk(root, ())
     if links is not None:
         links.extend(("/".join(parts), path) for path, parts in walk.linked)
@@ -123,6 +126,7 @@ class _Walk:
         self.found: list[ImageFile] = []
         self.linked: list[tuple[Path, tuple[str, ...]]] = []  # folders reached through a link: walked last
         self.limit: int | None = None
+        self.outside: list[str] | None = None  # links left out because they lead outside the root
 
     def inside_root(self, p: Path) -> bool:
         return p == self.real_root or self.real_root in p.parents
@@ -166,6 +170,8 @@ class _Walk:
                     if is_link:
                         target = path.resolve()
                         if not self.follow_symlinks and not self.inside_root(target):
+                            if self.outside is not None:
+                                self.outside.append("/".join(parts))
                             continue
                     if entry.is_dir(follow_symlinks=True):
                         st = entry.stat(follow_symlinks=True)

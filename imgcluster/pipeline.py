@@ -39,7 +39,7 @@ from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, I
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
 from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime, recorded_failure
-from imgcluster.preflight import FolderListing, check_folder, list_folder, positive_from_env
+from imgcluster.preflight import FolderListing, check_folder, list_folder, outside_links, positive_from_env
 from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, sigterm_as_interrupt
 
@@ -164,6 +164,8 @@ def embed_folder(
     elif listing is None:
         listing = list_folder(folder, config.cache_dir, config.follow_symlinks)
     files, unsupported, unreachable = listing.files, listing.unsupported, listing.unreachable
+    if listing.outside and files:  # with no files, the error below (or the preflight's) says it
+        hooks.on_warning(outside_links(listing.outside))
     if unsupported:
         kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
         hooks.on_warning(f"left out {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}); convert them to JPEG or PNG")

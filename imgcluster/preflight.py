@@ -24,6 +24,7 @@ class FolderListing:
     files: list[ImageFile]
     unsupported: list[str] = field(default_factory=list)  # files in formats imgcluster cannot read
     unreachable: list[tuple[str, str]] = field(default_factory=list)  # (relative path, reason)
+    outside: list[str] = field(default_factory=list)  # symbolic links left out: they lead outside the folder
 
 
 def list_folder(folder: Path, cache_dir: str | os.PathLike[str] | None = None, follow_symlinks: bool = False) -> FolderListing:
@@ -37,9 +38,17 @@ def list_folder(folder: Path, cache_dir: str | os.PathLike[str] | None = None, f
     excluded = (default_cache_root(folder, cache), *([shared] if shared else []))
     listing = FolderListing([])
     listing.files = list_images(
-        folder, follow_symlinks=follow_symlinks, exclude=excluded, unsupported=listing.unsupported, unreachable=listing.unreachable
-    )
+        folder, follow_symlinks=follow_symlinks, exclude=excluded, unsupported=listing.unsupported, unreachable=listing.unreachable,
+        outside=listing.outside,
+    )  # fmt: skip
     return listing
+
+
+def outside_links(links: list[str]) -> str:
+    """What to say of symbolic links the scan left out: a folder of links into a dataset elsewhere
+    was found empty (or smaller) without a word of why."""
+    first = literal(links[0])
+    return f"left out {len(links)} symbolic link(s) that lead outside the folder (first: {first}); {{follow_symlinks}} follows them"
 
 
 def check_folder(folder: Path) -> Path:
@@ -171,6 +180,8 @@ def check_inputs(
         if unsupported:
             kinds = " ".join(sorted({Path(rel).suffix.lower() for rel in unsupported}))
             others = f"; {len(unsupported)} file(s) in formats imgcluster cannot read ({kinds}): convert them to JPEG or PNG"
+        if listing.outside:
+            others += f"; {outside_links(listing.outside)}"
         raise ImgclusterError(f"no images found in {literal(where)} (looked for {looked_for}){others}")
     if n_clusters is not None and found < 2:
         raise ImgclusterError(f"need at least two images to cluster, and {literal(where)} holds one")

@@ -251,6 +251,31 @@ def test_empty_folder(tmp_path: Path) -> None:
     assert result.exit_code == 1 and "no images found" in result.stderr
 
 
+def test_a_folder_of_links_to_elsewhere_says_why_it_is_empty(small_folder: Path, tmp_path: Path) -> None:
+    """A folder made only of links into a dataset elsewhere was "no images found" with no word of the links."""
+    links = tmp_path / "links"
+    links.mkdir()
+    for image in sorted(small_folder.rglob("*.png"))[:3]:
+        os.symlink(image, links / image.name)
+    result = invoke("assign", links, "--model", "efficientnet-lite0", "--quiet")
+    assert result.exit_code == 1 and "no images found" in result.stderr
+    assert "left out 3 symbolic link(s) that lead outside the folder" in result.stderr and "--follow-symlinks follows them" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_links_left_out_of_a_folder_are_a_warning(small_folder: Path, tmp_path: Path, shared_cache: Path) -> None:
+    """Some images in the folder, some linked from elsewhere: the run goes on, and says what it left out."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    images = sorted(small_folder.rglob("*.png"))
+    for image in images[:4]:
+        (mixed / image.name).write_bytes(image.read_bytes())
+    os.symlink(images[-1], mixed / "linked.png")
+    result = invoke("embed", mixed, "--model", "efficientnet-lite0", "--cache-dir", str(shared_cache), "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert "left out 1 symbolic link(s) that lead outside the folder (first: linked.png); --follow-symlinks follows them" in result.stderr
+
+
 def test_objectives_lists_registry() -> None:
     result = invoke("objectives")
     assert result.exit_code == 0 and "secu (default)" in result.stdout and "entropy_weight" in result.stdout

@@ -56,8 +56,12 @@ def test_links_outside_root_need_the_flag(tmp_path: Path) -> None:
     touch(root / "in.png")
     os.symlink(outside, root / "ext")
     os.symlink(outside / "o.png", root / "file-link.png")
-    assert [f.rel for f in list_images(root)] == ["in.png"]
-    assert [f.rel for f in list_images(root, follow_symlinks=True)] == ["ext/o.png", "file-link.png", "in.png"]
+    outside_links: list[str] = []
+    assert [f.rel for f in list_images(root, outside=outside_links)] == ["in.png"]
+    assert outside_links == ["ext", "file-link.png"]  # left out, and said so: a folder of links is not "empty" without a word
+    followed: list[str] = []
+    assert [f.rel for f in list_images(root, follow_symlinks=True, outside=followed)] == ["ext/o.png", "file-link.png", "in.png"]
+    assert followed == []
 
 
 def test_unicode_and_spaces(tmp_path: Path) -> None:
