@@ -307,10 +307,10 @@ def handled(ui: UI, stopped: str = STOPPED["embed"]) -> Iterator[None]:
     ``stopped`` is the line for a Ctrl-C or SIGTERM that carries no message of its own: export and
     report said that finished batches were kept in the cache, which they do not have.
     """
-    from imgcluster.signals import note_stop, sigterm_as_interrupt
+    from imgcluster.signals import note_stop, stops_as_interrupt
 
     try:
-        with sigterm_as_interrupt():
+        with stops_as_interrupt():
             yield
     except ParameterError as exc:  # a bad value: named by its flag, exit 2 as for Click's usage errors
         ui.error(exc.render(FlagNames()))
@@ -318,8 +318,9 @@ def handled(ui: UI, stopped: str = STOPPED["embed"]) -> Iterator[None]:
     except ImgclusterError as exc:
         ui.error(exc.render(FlagNames()))
         raise typer.Exit(1) from None
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the message says what was kept, when known
-        ui.error(str(exc) or stopped)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP: the message says what was kept, when known
+        with contextlib.suppress(OSError):  # a dropped ssh connection's stderr: the work is saved, the exit code still says why
+            ui.error(str(exc) or stopped)
         raise typer.Exit(128 + note_stop(exc)) from None  # what a shell reports for a process that signal stopped
     except typer.Exit:
         raise
@@ -1069,13 +1070,13 @@ def main() -> None:
     import gc
     import signal
 
-    from imgcluster.signals import exit_by_signal, sigterm_as_interrupt
+    from imgcluster.signals import exit_by_signal, stops_as_interrupt
 
     try:
-        with sigterm_as_interrupt():  # SIGTERM while still importing ends like Ctrl-C, not mid-way
+        with stops_as_interrupt():  # SIGTERM or SIGHUP while still importing ends like Ctrl-C, not mid-way
             app(prog_name="imgcluster")
     except SystemExit:
-        exit_by_signal()  # after Ctrl-C or SIGTERM: end by that signal, so a calling script stops too
+        exit_by_signal()  # after Ctrl-C, SIGTERM or SIGHUP: end by that signal, so a calling script stops too
         # The run is over and has said so: a Ctrl-C while the interpreter tears down (torch's exit
         # hooks, a second on a busy machine) ends the process by SIGINT at once. It printed a
         # traceback from an atexit callback after the run's last line.

@@ -41,7 +41,7 @@ from imgcluster.lock import folder_lock
 from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime, recorded_failure
 from imgcluster.preflight import FolderListing, check_folder, list_folder, positive_from_env
 from imgcluster.progress import SAVED, SAVING
-from imgcluster.signals import Interrupted, sigterm_as_interrupt
+from imgcluster.signals import Interrupted, stops_as_interrupt
 
 FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
 
@@ -115,9 +115,9 @@ def resolve_device(requested: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so finished batches are flushed either way."""
-    with sigterm_as_interrupt():
+def _stops_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so finished batches are flushed either way."""
+    with stops_as_interrupt():
         yield
 
 
@@ -330,7 +330,7 @@ def _embed_and_keep(
     # 128 on 6 images took 2.7 GB and 2.4x the time of 8 (more on larger inputs).
     given = config.batch_size
     batch_size = min(given, folder_batch(len(files))) if given else default_batch_size(device, len(files), input_size)
-    with _sigterm_as_interrupt():
+    with _stops_as_interrupt():
         try:
             if todo:
                 assert backbone is not None  # built by embed_folder whenever there is something to embed

@@ -1,0 +1,75 @@
+"""A stop by SIGHUP (terminal closed, ssh dropped) or SIGTERM keeps finished work as Ctrl-C does.
+
+The CLI runs in a child process: the signal must reach a real process, and a hung-up terminal
+needs real file descriptors.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from faults import NO_TRAINING, cli_env
+from test_faults_kill import cached_features
+
+# Runs the CLI with the 10th image's decode sending the signal; with "hangup", stderr is first a
+# terminal (a pty, progress bar drawn), and the terminal is closed just before the signal.
+CHILD = """
+import os, signal, sys
+import imgcluster.embedding
+terminal, signum = sys.argv[1] == "hangup", int(sys.argv[2])
+if terminal:
+    master, slave = os.openpty()
+    os.dup2(slave, 2)
+real, calls = imgcluster.embedding.load_image, 0
+def load(path, draft_size=None, grey=False):
+    global calls
+    calls += 1
+    if calls == 10:
+        if terminal:
+            os.close(master)  # the terminal goes away: every write to it now fails (EIO)
+        os.kill(os.getpid(), signum)
+    return real(path, draft_size, grey)
+imgcluster.embedding.load_image = load
+from imgcluster.cli import main
+sys.argv = ["imgcluster", *sys.argv[3:]]
+main()
+"""
+
+
+def _stop(folder: Path, cache: Path, how: str, signum: int) -> subprocess.CompletedProcess[str]:
+    args = ["embed", str(folder), "--cache-dir", str(cache), *NO_TRAINING, "--embed-batch-size", "4"]
+    env = cli_env(IMGCLUSTER_FLUSH_EVERY="1000", IMGCLUSTER_FLUSH_SECONDS="1000")  # nothing saved but by the stop
+    return subprocess.run(
+        [sys.executable, "-c", CHILD, how, str(int(signum)), *args], capture_output=True, text=True, env=env, timeout=300, check=False
+    )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
+def test_a_stop_saves_the_finished_batches_and_says_so(small_folder: Path, tmp_path: Path, signum: int) -> None:
+    done = _stop(small_folder, tmp_path / "cache", "log", signum)
+    assert done.returncode == -signum, done.stderr  # ended by that signal, as a shell expects
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: interrupted while embedding: 8 of 24 files are saved in the cache"), done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(cached_features(tmp_path / "cache", small_folder)) == 8
+
+
+def test_a_hung_up_terminal_still_saves_the_finished_batches(small_folder: Path, tmp_path: Path) -> None:
+    """The stop line and the progress bar's last frame cannot reach the closed terminal; the save must not depend on them."""
+    done = _stop(small_folder, tmp_path / "cache", "hangup", signal.SIGHUP)
+    assert done.returncode == -signal.SIGHUP, done.stderr
+    assert len(cached_features(tmp_path / "cache", small_folder)) == 8
+
+
+def test_decode_workers_leave_a_hangup_to_the_main_process() -> None:
+    """A closed terminal hangs up every process of the run; a worker dying of it first turned the stop into "a decode worker died"."""
+    code = (
+        "import signal; from imgcluster.speed import worker_threads_init; "
+        "worker_threads_init(0); print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120, check=False)
+    assert done.stdout.strip() == "True", done.stderr
