@@ -326,3 +326,14 @@ def test_train_from_a_store_refuses_a_head_name_assign_cannot_read(tmp_path: Pat
     with pytest.raises(ParameterError, match=r"does not end in \.safetensors") as info:
         train_from_store(str(tmp_path / "no-store"), out=tmp_path / "head.pt", n_clusters=3)
     assert info.value.parameters == ("out",)
+
+
+def test_train_features_out_without_safetensors_is_refused_before_training(tmp_path: Path) -> None:
+    """`train --features STORE --out head`: one line and exit 2 before the sample is read, not after the training."""
+    from storefixtures import synthetic_store
+
+    uri = synthetic_store(str(tmp_path / "store"), n=300, dim=16)
+    done = CliRunner().invoke(app, ["train", "--features", uri, "--out", str(tmp_path / "head"), "-k", "3", "--epochs", "1"])
+    assert done.exit_code == 2, done.stderr
+    assert done.stderr == f"error: --out {tmp_path / 'head'} does not end in .safetensors, the only name a head is read back from\n"
+    assert done.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["store"]
