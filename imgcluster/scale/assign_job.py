@@ -352,10 +352,12 @@ def assign_store(
                 sample.features, sample.paths, sample.seed, knn_threshold=knn_threshold, nprobe=nprobe, use_gpu=dev.type == "cuda",
                 progress=progress,
             )  # fmt: skip
-        model, _ = fit_sample_model(
-            trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain, isolation=isolation,
-            paths=sample.paths, source=sample.meta.source, progress=progress,
-        )  # fmt: skip
+        # The names take a pass over the sample (its images, for a store drawn light on black): a stop there said nothing.
+        with said_when_stopped("naming the clusters" if use_names else "measuring the outlier thresholds", kept):
+            model, _ = fit_sample_model(
+                trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain, isolation=isolation,
+                paths=sample.paths, source=sample.meta.source, progress=progress,
+            )  # fmt: skip
         tally = Tally()
         problems: list[str] = []
         report.start(sample.rows, f"assigning {sample.rows} rows ({engine})")

@@ -337,3 +337,28 @@ def test_train_features_out_without_safetensors_is_refused_before_training(tmp_p
     assert done.exit_code == 2, done.stderr
     assert done.stderr == f"error: --out {tmp_path / 'head'} does not end in .safetensors, the only name a head is read back from\n"
     assert done.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_a_stop_while_naming_the_clusters_says_what_is_kept(
+    store: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The naming pass had no stop line: the CLI's generic one spoke of a cache of finished batches."""
+    from imgcluster.scale import labels
+
+    uri, _ = store
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(labels, "sample_names", stopped)
+    out = tmp_path / "c.csv"
+    done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(out), "-k", "5", "--epochs", "1", "--device", "cpu"])
+    assert done.exit_code == 130, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    said = re.fullmatch(
+        r"error: interrupted while naming the clusters: nothing was written; "
+        r"the head is saved in (.+): give it as the head to rerun without training",
+        last,
+    )
+    assert said and Path(said[1]).is_file(), done.stderr
+    assert list(tmp_path.iterdir()) == []  # no CSV, no parquet, no temporary file
