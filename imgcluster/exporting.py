@@ -105,6 +105,7 @@ def export(
             continue
         plan.append((row.path, Path(OUTLIERS if row.outlier else folder_name(row.cluster, names.get(row.cluster, ""), width))))
     plan += _duplicates(csv_path, {rel for rel, _ in plan})
+    _refuse_image_folder_clash(target, {where for _, where in plan}, image_folder)
     report.start(len(plan), "export")
     for rel, where in plan:
         place(image_folder / rel, target / where / rel)
@@ -152,6 +153,24 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
         if rel in allowed and group.isdigit():  # only rows of the CSV that passed the checks above
             out.append((rel, Path(DUPLICATES) / group.zfill(width)))
     return out
+
+
+def _refuse_image_folder_clash(target: Path, folders: set[Path], image_folder: Path) -> None:
+    """An export folder that is, or holds, the image folder (``--to .`` beside a folder named
+    ``00-sandal`` or ``outliers``): its images were counted "already there", being themselves."""
+    real_images = os.path.realpath(image_folder)
+    for where in sorted(folders):
+        real = os.path.realpath(target / where)
+        if os.path.commonpath([real, real_images]) == real_images:
+            raise ParameterError(
+                f"{{to}} {target} would export onto the image folder {image_folder} itself (as its folder {where.as_posix()}); "
+                "give another folder"
+            )
+        if os.path.commonpath([real, real_images]) == real:
+            raise ParameterError(
+                f"{{to}} {target} would mix the export with the image folder {image_folder} (inside its folder {where.as_posix()}); "
+                "give another folder"
+            )
 
 
 def _placer(mode: str, result: ExportResult, target: Path) -> Callable[[Path, Path], None]:
