@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcluster.atomic import check_stdout, check_writable, is_stream
-from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
+from imgcluster.config import (
+    DEFAULT_CLUSTERS,
+    DEFAULT_KNN,
+    DEFAULT_OBJECTIVE,
+    AssignConfig,
+    TrainConfig,
+    sidecar_path,
+    skipped_path,
+    write_sidecar,
+)
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import check_embedding_options, embed, embed_checked
 from imgcluster.kept import keeping_when
@@ -214,7 +223,7 @@ def check_out(
     if out_path is not None:
         refuse_inputs(out_path, inputs or {}, folder)
     if beside is not None:  # a folder where a file beside the CSV goes failed after the whole run, the CSV written
-        companions = [sidecar_path(beside)]
+        companions = [sidecar_path(beside), skipped_path(beside)]
         if near_duplicates is not None:
             from imgcluster.duplicates import duplicates_path
 

@@ -20,7 +20,7 @@ import torch
 
 from imgcluster.backbones import Backbone, create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, Failure, default_cache_root, embeddings_dir, read_failures, write_failures
-from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
+from imgcluster.config import FORMAT_NOTE, EmbedConfig, skipped_path, to_dict
 from imgcluster.embedding import (
     compute_precision,
     content_hash,
@@ -82,7 +82,7 @@ class Embeddings:
         """Write the skipped files (``path``, ``reason``) to ``<beside stem>-skipped.csv``, or to
         ``skipped.csv`` in the cache; returns that path, or None when nothing was skipped. A list
         an earlier run left there is then removed, so it never describes another run."""
-        path = beside.with_name(f"{beside.stem}-skipped.csv") if beside is not None else self.cache_dir / "skipped.csv"
+        path = skipped_path(beside) if beside is not None else self.cache_dir / "skipped.csv"
         if not self.skipped:
             with contextlib.suppress(OSError):
                 path.unlink()

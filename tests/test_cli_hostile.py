@@ -288,10 +288,14 @@ def test_assign_report_onto_a_folder_is_refused_before_the_work(tmp_path: Path) 
     assert not (tmp_path / "x.csv").exists() and not (folder / ".imgcluster").exists()
 
 
-@pytest.mark.parametrize(("blocked", "options"), [("x.csv.json", []), ("x-duplicates.csv", ["--near-duplicates", "0.9"])])
+@pytest.mark.parametrize(
+    ("blocked", "options"), [("x.csv.json", []), ("x-duplicates.csv", ["--near-duplicates", "0.9"]), ("x-skipped.csv", [])]
+)
 def test_a_folder_where_a_file_beside_the_csv_goes_is_refused_before_the_work(blocked: str, options: list[str], tmp_path: Path) -> None:
-    """A folder named x.csv.json (or x-duplicates.csv) failed the run after the CSV was written: exit 1, 'Is a directory'."""
+    """A folder named x.csv.json (or x-duplicates.csv, or x-skipped.csv for the unreadable files) failed the run after
+    the CSV was written: exit 1, 'Is a directory'."""
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    (folder / "broken.jpg").write_bytes(b"not an image")  # a file the run skips, so x-skipped.csv is written
     (tmp_path / blocked).mkdir()
     result = invoke("assign", folder, *FAST, "--out", tmp_path / "x.csv", *options)
     assert result.exit_code == 2 and result.stdout == ""
