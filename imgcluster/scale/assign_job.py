@@ -25,7 +25,7 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD, check_knn_options
 from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch
@@ -308,6 +308,8 @@ def assign_store(
     if beside is not None and parquet_path(beside) == beside:
         raise ParameterError(f"{{out}} {out_text} is where the CSV goes, and its parquet copy goes beside it as <stem>.parquet: "
                              "give the CSV a name ending in .csv")  # fmt: skip
+    if beside is not None and parquet_path(beside).is_dir():  # it failed after the training: "cannot write x.parquet"
+        raise ParameterError(f"{{out}} {literal(out_text)}: {literal(parquet_path(beside))}, which goes beside it, is a folder")
     if out_path is not None:
         check_writable(out_path)  # fail before the training, not after it
     progress, warnings = keeping_warnings(progress)

@@ -362,3 +362,15 @@ def test_a_stop_while_naming_the_clusters_says_what_is_kept(
     )
     assert said and Path(said[1]).is_file(), done.stderr
     assert list(tmp_path.iterdir()) == []  # no CSV, no parquet, no temporary file
+
+
+def test_a_folder_where_the_parquet_copy_goes_is_refused_before_training(tmp_path: Path) -> None:
+    """`assign --features STORE --out x.csv` with a folder x.parquet trained, then said "cannot write x.parquet"."""
+    from storefixtures import synthetic_store
+
+    uri = synthetic_store(str(tmp_path / "store"), n=300, dim=16)
+    (tmp_path / "x.parquet").mkdir()
+    done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(tmp_path / "x.csv"), "-k", "3", "--epochs", "1"])
+    assert done.exit_code == 2, done.stderr
+    assert done.stderr == f"error: --out {tmp_path / 'x.csv'}: {tmp_path / 'x.parquet'}, which goes beside it, is a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "x.parquet"] and not (tmp_path / "store" / "_heads").exists()
