@@ -31,6 +31,7 @@ from imgcluster.progress import Event, count
 from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 from imgcluster.ui import UI, ProgressTask, one_line
+from imgcluster.userpath import expand_home
 
 
 def _plain_flags(params: Sequence[Any]) -> None:
@@ -57,7 +58,7 @@ def _home(arg: str) -> str:
     ``--out=~/x.csv`` as it is, and the run wrote into a new folder named ``~`` (which ``rm -rf ~``
     would then remove the user's home for)."""
     name, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
-    return f"{name}{sep}{os.path.expanduser(value)}" if value.startswith("~") else arg
+    return f"{name}{sep}{expand_home(value)}" if value.startswith("~") else arg
 
 
 class OneLineErrors(TyperGroup):

@@ -19,6 +19,7 @@ from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, 
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.pipeline import Embeddings
 from imgcluster.progress import ProgressFn
+from imgcluster.userpath import expand_home
 
 __all__ = ["ClusterHead"]
 
@@ -181,6 +182,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         from imgcluster.outputs import check_head_name
 
         check_is_fitted(self, "objective_")
+        path = expand_home(path)
         check_head_name(Path(path), "path")
         return save_checkpoint(Path(path), self.objective_, self.description_)
 
@@ -193,7 +195,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         from imgcluster.checkpoint import load_checkpoint
         from imgcluster.pipeline import resolve_device
 
-        objective, meta = load_checkpoint(Path(path))
+        objective, meta = load_checkpoint(Path(expand_home(path)))
         train = meta.get("train") or {}
         # Epochs given when training (no minimum of steps) are kept, so that clone(head).fit trains as it did.
         epochs = {"epochs": train["epochs"]} if train.get("min_steps") == 0 and "epochs" in train else {}

@@ -28,6 +28,7 @@ from imgcluster.outputs import refuse_stdout
 from imgcluster.progress import ProgressFn, Reporter, count
 from imgcluster.report.paths import refusal
 from imgcluster.report.sidecar import read_sidecar, resolve_folder
+from imgcluster.userpath import expand_home
 
 __all__ = ["ExportResult", "export"]
 
@@ -79,6 +80,7 @@ def export(
     """
     if mode not in MODES:
         raise ParameterError(f"{{mode}} must be one of {', '.join(MODES)}, got {mode!r}")
+    assignments, to, folder = expand_home(assignments), expand_home(to), expand_home(folder)
     csv_path = Path(assignments)
     check_assignments_file(csv_path)
     rows = read_assignments(csv_path)

@@ -16,6 +16,7 @@ from imgcluster.onnxruntime_backend import check_runtime
 from imgcluster.preflight import FolderListing, check_environment, check_exists, check_inputs
 from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 from imgcluster.signals import Interrupted
+from imgcluster.userpath import expand_home
 
 if TYPE_CHECKING:
     from imgcluster.pipeline import Embeddings
@@ -59,6 +60,7 @@ def embed(
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
     check_embedding_options(embed_batch_size, workers, lock_timeout)
+    weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     folder, only = _folder_and_files(folder_or_paths)
     listing = None
     if only is None:  # before torch is imported: a mistake costs a fraction of a second
@@ -155,10 +157,10 @@ def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list
     if isinstance(source, bytes):  # a file-system name as bytes, not a list of numbers
         source = os.fsdecode(source)
     if isinstance(source, (str, os.PathLike)):
-        return Path(source), None
+        return Path(expand_home(source)), None
     if not isinstance(source, Iterable):
         raise ParameterError(f"{{folder_or_paths}} takes a folder or a list of image files, not {literal(repr(source))}")
-    files = [Path(p).absolute() for p in source]
+    files = [Path(expand_home(p)).absolute() for p in source]
     if not files:
         raise ParameterError("{folder_or_paths} is an empty list; give a folder or some image files")
     folder = Path(os.path.commonpath([f.parent for f in files]))

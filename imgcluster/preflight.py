@@ -15,6 +15,7 @@ from pathlib import Path
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.listing import IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.models import check_model_name
+from imgcluster.userpath import expand_home
 
 
 @dataclass
@@ -61,7 +62,7 @@ def check_cache_root(cache_dir: str | os.PathLike[str] | None) -> None:
     """A cache root that is a file is refused now; it failed after the model had loaded, with
     advice to pass the very option that was given."""
     given = os.fspath(cache_dir) if cache_dir else None
-    root = given or os.path.expanduser(os.environ.get("IMGCLUSTER_CACHE", ""))
+    root = given or expand_home(os.environ.get("IMGCLUSTER_CACHE", ""))
     if root and os.path.exists(root) and not os.path.isdir(root):
         what = "{cache_dir}" if given else "$IMGCLUSTER_CACHE"
         raise ParameterError(f"{what} {literal(root)} is a file, not a folder")

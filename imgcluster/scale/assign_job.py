@@ -30,6 +30,7 @@ from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD, check_knn_options
 from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
+from imgcluster.userpath import expand_home
 
 if TYPE_CHECKING:
     from imgcluster.scale.training import StoreSample
@@ -294,6 +295,7 @@ def assign_store(
     from imgcluster.scale.training import check_engine, engine_session, head_for_store, read_sample, said_when_stopped
 
     start = time.perf_counter()
+    features, out, head = expand_home(features), expand_home(out), expand_home(head)
     check_engine(engine)
     check_min_confidence(min_confidence)
     check_knn_options(knn_threshold, nprobe)

@@ -38,6 +38,7 @@ from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_envir
 from imgcluster.scale.engine import import_ray, quiet_data_context, ray_session, require_ray
 from imgcluster.scale.sources import Source, open_source
 from imgcluster.signals import Interrupted
+from imgcluster.userpath import expand_home
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -125,6 +126,7 @@ def embed_to_store(
     objects; nothing is printed. A stop (Ctrl-C, SIGTERM) raises :class:`EmbedInterrupted`.
     """
     start = time.monotonic()
+    source, features_out, weights, manifest = expand_home(source), expand_home(features_out), expand_home(weights), expand_home(manifest)
     if batch_size is not None and batch_size < 1:
         raise ParameterError("{batch_size} must be at least 1")
     if num_gpus is not None and num_gpus < 0:

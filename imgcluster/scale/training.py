@@ -27,6 +27,7 @@ from imgcluster.preflight import check_clusters_fit
 from imgcluster.progress import ProgressFn, Reporter, count
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
+from imgcluster.userpath import expand_home
 
 if TYPE_CHECKING:
     from imgcluster.estimator import ClusterHead
@@ -209,6 +210,7 @@ def train_from_store(
     from imgcluster.estimator import checked_head
     from imgcluster.scale.knn import check_knn_options
 
+    features, out = expand_home(features), expand_home(out)
     check_engine(engine)
     check_knn_options(knn_threshold, nprobe)
     estimator = checked_head(
