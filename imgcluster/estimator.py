@@ -158,15 +158,27 @@ class ClusterHead(ClusterMixin, BaseEstimator):
 
     def _rows(self, X: Any, **checks: Any) -> np.ndarray:
         """``X`` as float32 rows, through scikit-learn's input checks; a value they refuse (NaN, a
-        wrong width, no rows) is a :class:`imgcluster.ParameterError` naming ``X``, in one line:
-        a bare ValueError escaped ``except ImgclusterError`` and advised HistGradientBoosting."""
+        wrong width, no rows), or a row too long to normalise, is a :class:`imgcluster.ParameterError`
+        naming ``X``, in one line: a bare ValueError escaped ``except ImgclusterError`` and advised
+        HistGradientBoosting."""
+        from imgcluster.neighbours import MAX_ROW_LENGTH, first_too_long
+
         try:
-            return np.asarray(validate_data(self, X, dtype=np.float32, **checks))
+            rows = np.asarray(validate_data(self, X, dtype=np.float32, **checks))
         except ValueError as exc:
             if isinstance(exc, ImgclusterError):
                 raise
             line = str(exc).strip().split("\n", 1)[0].rstrip(":")
             raise ParameterError(literal(line if " X " in f" {line} " else f"X: {line}"), parameter="X") from exc
+        too_long = first_too_long(rows)
+        if too_long is not None:
+            row, length = too_long
+            raise ParameterError(
+                f"X row {row} is too long to normalise (length {length:.3g}; float32 holds at most {MAX_ROW_LENGTH:.3g}): "
+                "scale the features down",
+                parameter="X",
+            )
+        return rows
 
     def _predict_proba(self, features: np.ndarray) -> np.ndarray:
         from imgcluster.assign import probabilities

@@ -193,3 +193,19 @@ def test_a_good_neighbour_table_is_used_as_given() -> None:
     table = np.array([[(i + j) % len(X) for j in range(1, 6)] for i in range(len(X))])
     head = ClusterHead(n_clusters=3, knn=5, epochs=1, device="cpu").fit(X, neighbours=table.tolist())
     assert head.predict(X).shape == (len(X),)
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e19])
+def test_features_too_long_to_normalise_are_refused_naming_x(scale: float) -> None:
+    """Rows near 1e30 overflowed the float32 normalisation to zeros: fit put every row in one cluster
+    of equal probabilities, without a word; predict did the same to such rows."""
+    x, _ = blobs()
+    huge = x * np.float32(scale)
+    message = r"^X row 0 is too long to normalise \(length [0-9.e+]+; float32 holds at most 1\.84e\+19\): scale the features down$"
+    with pytest.raises(ParameterError, match=message) as info:
+        ClusterHead(n_clusters=3, **FAST).fit(huge)
+    assert info.value.parameters == ("X",)
+    head = ClusterHead(n_clusters=3, **FAST).fit(x)
+    with pytest.raises(ParameterError, match=message):
+        head.predict_proba(huge)
+    assert np.array_equal(ClusterHead(n_clusters=3, **FAST).fit(x * np.float32(1e17)).labels_, head.labels_)  # large, still fine

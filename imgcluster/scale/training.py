@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.outputs import check_head_name
 from imgcluster.preflight import check_clusters_fit
 from imgcluster.progress import ProgressFn, Reporter, count
@@ -118,11 +118,18 @@ def read_sample(
     paths, features, rows = store_sample(uri, size, seed, tasks, progress=progress)
     if rows == 0:
         raise ImgclusterError(f"the feature store {uri} holds no rows yet; embed into it first")
+    features = features.reshape(len(paths), meta.dim)
+    broken = np.flatnonzero(~np.isfinite(features).all(axis=1))
+    if broken.size:  # float16 holds at most 65504: larger features were written as infinity
+        raise ImgclusterError(
+            f"the feature store {uri} holds {count(broken.size, 'row')} with NaN or infinite features in the sample "
+            f"(e.g. {literal(paths[int(broken[0])])}); embed those images into it again"
+        )
     if len(paths) < rows:
         Reporter(progress, "sample").info(
             f"training on a seeded sample of {len(paths)} of the store's {rows} rows ({{train_sample}} {size}, {{seed}} {seed})"
         )
-    return StoreSample(uri, meta, paths, features.reshape(len(paths), meta.dim), rows, seed, size)
+    return StoreSample(uri, meta, paths, features, rows, seed, size)
 
 
 def head_for_store(

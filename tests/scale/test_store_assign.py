@@ -374,3 +374,25 @@ def test_a_folder_where_the_parquet_copy_goes_is_refused_before_training(tmp_pat
     assert done.exit_code == 2, done.stderr
     assert done.stderr == f"error: --out {tmp_path / 'x.csv'}: {tmp_path / 'x.parquet'}, which goes beside it, is a folder\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "x.parquet"] and not (tmp_path / "store" / "_heads").exists()
+
+
+def test_a_store_with_infinite_features_is_refused_naming_a_row(tmp_path: Path) -> None:
+    """Features beyond float16's 65504 were stored as infinity; training on them said "X: Input X contains infinity"
+    (a parameter no store user gave) and assigning with a head labelled them silently."""
+    from imgcluster.cache import cache_key
+    from imgcluster.errors import ImgclusterError
+    from imgcluster.featurestore import FeatureStoreMeta, open_store
+
+    identity = {"model": "synthetic", "weights": "none", "dim": 8}
+    meta = FeatureStoreMeta(model="synthetic", key=cache_key(identity, "float16"), identity=identity, dim=8, source="/nowhere")
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    x[7] = 1e30
+    store = open_store(str(tmp_path / "store"), meta)
+    with np.errstate(over="ignore"):
+        store.write([f"img/{i:03d}.jpg" for i in range(40)], [1] * 40, [0] * 40, [None] * 40, x)
+    uri = str(tmp_path / "store")
+    message = r"^the feature store .+ holds 1 row with NaN or infinite features in the sample \(e\.g\. img/007\.jpg\); embed those"
+    with pytest.raises(ImgclusterError, match=message):
+        train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu")
+    done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(tmp_path / "c.csv"), "-k", "3", "--epochs", "1"])
+    assert done.exit_code == 1 and done.stderr.startswith("error: the feature store"), done.stderr
