@@ -18,7 +18,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.pipeline import Embeddings
-from imgcluster.progress import ProgressFn
+from imgcluster.progress import ProgressFn, check_progress
 from imgcluster.userpath import expand_home
 
 __all__ = ["ClusterHead"]
@@ -124,6 +124,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         from imgcluster.fitting import fit_head
         from imgcluster.pipeline import resolve_device
 
+        check_progress(progress)
         embeddings = X if isinstance(X, Embeddings) else None
         # Two rows and two columns at least: one image has no neighbour, 1-d unit vectors are +-1.
         features = self._rows(embeddings.features if embeddings else X, ensure_min_samples=2, ensure_min_features=2)

@@ -25,7 +25,7 @@ from pathlib import Path
 from imgcluster.csvfile import check_assignments_file, names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.outputs import refuse_stdout
-from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.report.paths import refusal
 from imgcluster.report.sidecar import read_sidecar, resolve_folder
 from imgcluster.userpath import expand_home
@@ -80,6 +80,7 @@ def export(
     """
     if mode not in MODES:
         raise ParameterError(f"{{mode}} must be one of {', '.join(MODES)}, got {mode!r}")
+    check_progress(progress)
     assignments, to, folder = expand_home(assignments), expand_home(to), expand_home(folder)
     csv_path = Path(assignments)
     check_assignments_file(csv_path)

@@ -14,7 +14,7 @@ from imgcluster.head_config import check_whole
 from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
 from imgcluster.preflight import FolderListing, check_environment, check_exists, check_inputs
-from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.signals import Interrupted
 from imgcluster.userpath import expand_home
 
@@ -60,6 +60,7 @@ def embed(
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
     check_embedding_options(embed_batch_size, workers, lock_timeout)
+    check_progress(progress)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     folder, only = _folder_and_files(folder_or_paths)
     listing = None

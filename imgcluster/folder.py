@@ -34,7 +34,7 @@ from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
 from imgcluster.outputs import check_head_name, refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
-from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.userpath import expand_home
 
 if TYPE_CHECKING:  # torch comes with these: imported once the arguments have been checked
@@ -293,6 +293,7 @@ def cluster_folder(
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates!r}")
     check_min_confidence(min_confidence)  # before the embedding, not after the training
     check_embedding_options(embed_batch_size, workers, lock_timeout)
+    check_progress(progress)
     folder, out, head = expand_home(folder), expand_home(out), expand_home(head)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     if out is not None:  # the arguments first, then what the folder holds
@@ -608,6 +609,7 @@ def train_folder(
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
     check_embedding_options(embed_batch_size, workers, lock_timeout)
+    check_progress(progress)
     folder, out, weights, cache_dir = expand_home(folder), expand_home(out), expand_home(weights), expand_home(cache_dir)
     listing = check_inputs(
         folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir, weights=weights, k_range=(k_min, k_max)

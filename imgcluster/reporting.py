@@ -12,7 +12,7 @@ from imgcluster.atomic import is_stream
 from imgcluster.config import sidecar_path
 from imgcluster.errors import ParameterError, literal
 from imgcluster.outputs import refuse_inputs
-from imgcluster.progress import ProgressFn, Reporter
+from imgcluster.progress import ProgressFn, Reporter, check_progress
 from imgcluster.report import ReportHooks, ReportResult
 from imgcluster.report import write_report as _write_report
 from imgcluster.userpath import expand_home
@@ -44,6 +44,7 @@ def write_report(
     contact sheet per cluster; ``features`` (paths, matrix) spares reading the cache. ``out``
     may not be a file the report reads (the CSV, its sidecar, an image). ``progress`` hears the thumbnails (stage ``report``) and warnings.
     """
+    check_progress(progress)
     assignments, out, labels, folder = expand_home(assignments), expand_home(out), expand_home(labels), expand_home(folder)
     csv_path = Path(assignments)
     target = Path(out) if out is not None else csv_path.with_suffix(".html")

@@ -334,3 +334,34 @@ def test_objective_options_that_are_not_a_dict_are_refused_by_name(small_folder:
         with pytest.raises(ParameterError, match=re.escape("objective_options takes a dict of the objective's options")) as info:
             call(small_folder, n_clusters=3, objective_options="hidden=3", **MODEL)  # type: ignore[operator]
         assert info.value.parameters == ("objective_options",)
+
+
+@pytest.mark.usefixtures("no_embedding")
+def test_a_progress_that_cannot_be_called_is_refused_before_any_work(
+    small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`progress="bar"` ran the scan (embed: the model's load) and failed at the first event with a TypeError."""
+    import numpy as np
+    from test_exporting import write_csv
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("embedded although progress was refused")
+
+    monkeypatch.setattr("imgcluster.features.embed_checked", fail)
+    images = sorted(small_folder.rglob("*.png"))
+    csv_path = write_csv(tmp_path / "c.csv", [(p.relative_to(small_folder).as_posix(), 0, "", 0) for p in images])
+    calls = [
+        lambda: imgcluster.embed(small_folder, progress="bar", **MODEL),  # type: ignore[arg-type]
+        lambda: imgcluster.cluster_folder(small_folder, progress="bar", **MODEL),  # type: ignore[arg-type]
+        lambda: imgcluster.train_folder(small_folder, progress="bar", **MODEL),  # type: ignore[arg-type]
+        lambda: imgcluster.export(csv_path, tmp_path / "sorted", folder=small_folder, progress="bar"),  # type: ignore[arg-type]
+        lambda: imgcluster.write_report(csv_path, folder=small_folder, progress="bar"),  # type: ignore[arg-type]
+        lambda: imgcluster.ClusterHead(n_clusters=2, epochs=1, device="cpu").fit(np.eye(8), progress="bar"),  # type: ignore[arg-type]
+    ]
+    before = sorted(tmp_path.rglob("*"))
+    for call in calls:
+        with pytest.raises(ParameterError) as info:
+            call()
+        assert str(info.value) == "progress takes a function that receives each Event (or None), not a str"
+        assert info.value.parameters == ("progress",)
+    assert sorted(tmp_path.rglob("*")) == before  # no cache, export or report begun

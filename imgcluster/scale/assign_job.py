@@ -26,7 +26,7 @@ import numpy as np
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, literal
-from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD, check_knn_options
 from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
@@ -296,6 +296,7 @@ def assign_store(
 
     start = time.perf_counter()
     features, out, head = expand_home(features), expand_home(out), expand_home(head)
+    check_progress(progress)
     check_engine(engine)
     check_min_confidence(min_confidence)
     check_knn_options(knn_threshold, nprobe)

@@ -31,7 +31,7 @@ import numpy as np
 
 from imgcluster import featurestore
 from imgcluster.errors import ImgclusterError, ParameterError
-from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale import resume, sources
 from imgcluster.scale.decode import NO_MTIME, decode_batch
 from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_environment
@@ -127,6 +127,7 @@ def embed_to_store(
     """
     start = time.monotonic()
     source, features_out, weights, manifest = expand_home(source), expand_home(features_out), expand_home(weights), expand_home(manifest)
+    check_progress(progress)
     if batch_size is not None and batch_size < 1:
         raise ParameterError("{batch_size} must be at least 1")
     if num_gpus is not None and num_gpus < 0:

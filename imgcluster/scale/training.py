@@ -24,7 +24,7 @@ from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, 
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.outputs import check_head_name
 from imgcluster.preflight import check_clusters_fit
-from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 from imgcluster.userpath import expand_home
@@ -218,6 +218,7 @@ def train_from_store(
     from imgcluster.scale.knn import check_knn_options
 
     features, out = expand_home(features), expand_home(out)
+    check_progress(progress)
     check_engine(engine)
     check_knn_options(knn_threshold, nprobe)
     estimator = checked_head(

@@ -396,3 +396,10 @@ def test_a_store_with_infinite_features_is_refused_naming_a_row(tmp_path: Path) 
         train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu")
     done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(tmp_path / "c.csv"), "-k", "3", "--epochs", "1"])
     assert done.exit_code == 1 and done.stderr.startswith("error: the feature store"), done.stderr
+
+
+def test_a_progress_that_cannot_be_called_is_refused_before_the_store_is_read(tmp_path: Path) -> None:
+    for call in (train_from_store, assign_store):
+        with pytest.raises(imgcluster.ParameterError, match=r"^progress takes a function") as info:
+            call(str(tmp_path / "no-store"), out=tmp_path / "x.csv", progress=3)  # type: ignore[operator]
+        assert info.value.parameters == ("progress",)
