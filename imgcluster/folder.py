@@ -292,7 +292,7 @@ def cluster_folder(
     ):
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates!r}")
     check_min_confidence(min_confidence)  # before the embedding, not after the training
-    check_embedding_options(embed_batch_size, workers, lock_timeout)
+    check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
     check_progress(progress)
     folder, out, head = expand_home(folder), expand_home(out), expand_home(head)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)
@@ -608,7 +608,7 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
-    check_embedding_options(embed_batch_size, workers, lock_timeout)
+    check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
     check_progress(progress)
     folder, out, weights, cache_dir = expand_home(folder), expand_home(out), expand_home(weights), expand_home(cache_dir)
     listing = check_inputs(

@@ -39,7 +39,7 @@ from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, I
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
 from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime, recorded_failure
-from imgcluster.preflight import FolderListing, check_folder, list_folder, positive_from_env
+from imgcluster.preflight import FolderListing, check_dtype, check_folder, list_folder, positive_from_env
 from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, stops_as_interrupt
 
@@ -148,8 +148,7 @@ def embed_folder(
     hooks = hooks or EmbedHooks()
     start = time.perf_counter()
     folder = check_folder(Path(config.folder))
-    if config.dtype not in ("float16", "float32"):
-        raise ParameterError(f"{{dtype}} must be float16 or float32, not {config.dtype!r}")
+    check_dtype(config.dtype)
     cache_root = default_cache_root(folder, config.cache_dir)
     if only is not None:
         listing = FolderListing([])

@@ -245,6 +245,8 @@ def test_features_that_are_not_finite_are_refused_before_training() -> None:
         ("workers", 1.5, "workers must be a whole number of at least 0, got 1.5"),
         ("lock_timeout", -1, "lock_timeout is a number of seconds, 0 or more; got -1"),
         ("lock_timeout", float("nan"), "lock_timeout is a number of seconds, 0 or more; got nan"),
+        ("dtype", "float8", "dtype must be float16 or float32, not 'float8'"),  # after the scan
+        ("dtype", None, "dtype must be float16 or float32, not None"),
     ],
 )
 def test_embedding_options_the_command_line_refuses_are_refused_by_name(
