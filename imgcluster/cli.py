@@ -88,6 +88,11 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
         args = [_home(arg) for arg in (sys.argv[1:] if args is None else args)]
+        empty = self._empty_path(args)
+        if empty is not None:
+            what, command = empty
+            typer.echo(f"error: {what} is empty (a variable that is not set?): give a path (see imgcluster {command} --help)", err=True)
+            sys.exit(2)
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except CommandLineError as exc:
@@ -101,6 +106,39 @@ class OneLineErrors(TyperGroup):
             typer.echo("error: aborted", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _empty_path(self, args: Sequence[str]) -> tuple[str, str] | None:
+        """(what was typed, the command) for a path given as "": the parsed value is Path("."), so
+        `export --to "$DIR"` with DIR unset exported into the current folder and `assign "$DIR"`
+        clustered it. Read from the raw arguments, as the command's parser splits them."""
+        name = next((a for a in args if not a.startswith("-")), "")
+        command = self.commands.get(name)
+        if command is None:
+            return None
+        options = {opt: p for p in command.params if p.param_type_name == "option" for opt in p.opts}
+        positionals = [p for p in command.params if p.param_type_name == "argument"]
+        rest = list(args[list(args).index(name) + 1 :])
+        only_positional, position, i = False, 0, 0
+        while i < len(rest):
+            arg = rest[i]
+            if not only_positional and arg == "--":
+                only_positional = True
+            elif not only_positional and arg.startswith("-") and arg != "-":
+                flag, equals, value = arg.partition("=")
+                param = options.get(flag)
+                if param is not None and not getattr(param, "is_flag", False):
+                    if not equals:
+                        i += 1
+                        value = rest[i] if i < len(rest) else "-"
+                    if value == "" and param.name in PATH_PARAMETERS:
+                        return flag, name
+            else:
+                if arg == "" and position < len(positionals) and positionals[position].name in PATH_PARAMETERS:
+                    param = positionals[position]
+                    return param.metavar or (param.name or "").upper(), name
+                position += 1
+            i += 1
+        return None
 
     def _help_for(self, args: Sequence[str] | None) -> str:
         """The help of the command typed, for an error that names no command (an option missing its
@@ -377,6 +415,9 @@ class FlagNames(dict[str, str]):
         return typed or FLAG_OVERRIDES.get(key, "--" + key.replace("_", "-"))
 
 
+# Parameters whose "" is refused before parsing (see OneLineErrors._empty_path); --cache-dir "" keeps
+# meaning the default, and --out "" is refused by the library.
+PATH_PARAMETERS = frozenset({"folder", "source", "assignments", "labelled_folder", "to", "labels", "head", "weights"})
 PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whose pipe closed
 
 

@@ -28,7 +28,7 @@ from imgcluster.outputs import refuse_stdout
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.report.paths import refusal
 from imgcluster.report.sidecar import read_sidecar, resolve_folder
-from imgcluster.userpath import expand_home
+from imgcluster.userpath import expand_home, path_argument
 
 __all__ = ["ExportResult", "export"]
 
@@ -81,7 +81,8 @@ def export(
     if mode not in MODES:
         raise ParameterError(f"{{mode}} must be one of {', '.join(MODES)}, got {mode!r}")
     check_progress(progress)
-    assignments, to, folder = expand_home(assignments), expand_home(to), expand_home(folder)
+    assignments, to = path_argument(assignments, "assignments", "the assignment CSV"), path_argument(to, "to", "a folder")
+    folder = expand_home(folder)
     csv_path = Path(assignments)
     check_assignments_file(csv_path)
     rows = read_assignments(csv_path)

@@ -16,7 +16,7 @@ from imgcluster.onnxruntime_backend import check_runtime
 from imgcluster.preflight import FolderListing, check_dtype, check_environment, check_inputs, check_weights_file
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.signals import Interrupted
-from imgcluster.userpath import expand_home
+from imgcluster.userpath import expand_home, path_argument
 
 if TYPE_CHECKING:
     from imgcluster.pipeline import Embeddings
@@ -159,7 +159,7 @@ def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list
     if isinstance(source, bytes):  # a file-system name as bytes, not a list of numbers
         source = os.fsdecode(source)
     if isinstance(source, (str, os.PathLike)):
-        return Path(expand_home(source)), None
+        return Path(path_argument(source, "folder_or_paths", "a folder or a list of image files")), None
     if not isinstance(source, Iterable):
         raise ParameterError(f"{{folder_or_paths}} takes a folder or a list of image files, not {literal(repr(source))}")
     files = [Path(expand_home(p)).absolute() for p in source]

@@ -35,7 +35,7 @@ from imgcluster.outliers import check_min_confidence
 from imgcluster.outputs import check_head_name, refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
-from imgcluster.userpath import expand_home
+from imgcluster.userpath import expand_home, path_argument
 
 if TYPE_CHECKING:  # torch comes with these: imported once the arguments have been checked
     import pandas as pd
@@ -294,7 +294,7 @@ def cluster_folder(
     check_min_confidence(min_confidence)  # before the embedding, not after the training
     check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
     check_progress(progress)
-    folder, out, head = expand_home(folder), expand_home(out), expand_home(head)
+    folder, out, head = path_argument(folder, "folder", "a folder"), expand_home(out), expand_home(head)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     if out is not None:  # the arguments first, then what the folder holds
         check_out(out, Path(folder), near_duplicates)
@@ -610,7 +610,8 @@ def train_folder(
     """
     check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
     check_progress(progress)
-    folder, out, weights, cache_dir = expand_home(folder), expand_home(out), expand_home(weights), expand_home(cache_dir)
+    folder, out = path_argument(folder, "folder", "a folder"), expand_home(out)
+    weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     listing = check_inputs(
         folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir, weights=weights, k_range=(k_min, k_max)
     )

@@ -15,7 +15,7 @@ from imgcluster.outputs import refuse_inputs
 from imgcluster.progress import ProgressFn, Reporter, check_progress
 from imgcluster.report import ReportHooks, ReportResult
 from imgcluster.report import write_report as _write_report
-from imgcluster.userpath import expand_home
+from imgcluster.userpath import expand_home, path_argument
 
 __all__ = ["ReportResult", "write_report"]
 
@@ -45,7 +45,8 @@ def write_report(
     may not be a file the report reads (the CSV, its sidecar, an image). ``progress`` hears the thumbnails (stage ``report``) and warnings.
     """
     check_progress(progress)
-    assignments, out, labels, folder = expand_home(assignments), expand_home(out), expand_home(labels), expand_home(folder)
+    assignments = path_argument(assignments, "assignments", "the assignment CSV")
+    out, labels, folder = expand_home(out), expand_home(labels), expand_home(folder)
     csv_path = Path(assignments)
     target = Path(out) if out is not None else csv_path.with_suffix(".html")
     if out is not None and (os.fspath(out) == "-" or is_stream(target)):

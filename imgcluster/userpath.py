@@ -11,6 +11,8 @@ import os
 from pathlib import Path
 from typing import overload
 
+from imgcluster.errors import ParameterError, literal
+
 
 @overload
 def expand_home(path: None) -> None: ...
@@ -30,3 +32,14 @@ def expand_home(path: str | os.PathLike[str] | None) -> str | os.PathLike[str] |
         return path
     expanded = os.path.expanduser(text)
     return type(path)(expanded) if isinstance(path, Path) else expanded
+
+
+def path_argument(value: object, parameter: str, what: str) -> str | os.PathLike[str]:
+    """``value``, a path the caller must give, with ``~`` expanded: refused by name when it is not a
+    path (None was a TypeError) or is empty. ``"$DIR"`` with DIR unset is ``""``, which meant the
+    current folder: ``export --to ""`` exported into it, ``assign ""`` clustered it."""
+    if not isinstance(value, (str, os.PathLike)) or isinstance(value, bytes):
+        raise ParameterError(f"{{{parameter}}} takes {what}, not {literal(repr(value)[:80])}")
+    if not os.fspath(value):
+        raise ParameterError(f"{{{parameter}}} is empty: give {what}")
+    return expand_home(value)

@@ -301,3 +301,36 @@ def test_a_folder_where_a_file_beside_the_csv_goes_is_refused_before_the_work(bl
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: --out {tmp_path / 'x.csv'}: {tmp_path / blocked}, which goes beside it, is a folder\n"
     assert not (tmp_path / "x.csv").exists() and not (folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "typed", "command"),
+    [
+        (["export", "{csv}", "--to", "", "--folder", "{folder}"], "--to", "export"),
+        (["export", "{csv}", "--to=", "--folder", "{folder}"], "--to", "export"),
+        (["assign", "", "-k", "2"], "FOLDER", "assign"),
+        (["train", "-k", "2", "--", ""], "FOLDER", "train"),
+        (["embed", ""], "SOURCE", "embed"),
+        (["evaluate", "{csv}", ""], "LABELLED_FOLDER", "evaluate"),
+        (["report", ""], "CSV", "report"),
+        (["assign", "{folder}", "--weights", ""], "--weights", "assign"),
+        (["assign", "{folder}", "--head", ""], "--head", "assign"),
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], typed: str, command: str
+) -> None:
+    """`"$DIR"` with DIR unset is "": `export --to ""` exported into the current folder, `assign ""` clustered it
+    (and left a cache there), `report ""` failed with an unexpected ValueError."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('"path","cluster"\n' + "".join(f'"{p}",{i % 2}\n' for i, p in enumerate(paths)))
+    here = tmp_path / "here"
+    copy_sample(here, CLASSES[:1], per_class=2)  # a current folder with images, as a user's would have
+    monkeypatch.chdir(here)
+    before = sorted(tmp_path.rglob("*"))
+    result = invoke(*(a.format(csv=csv_path, folder=folder) for a in args))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: {typed} is empty (a variable that is not set?): give a path (see imgcluster {command} --help)\n"
+    assert sorted(tmp_path.rglob("*")) == before

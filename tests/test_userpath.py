@@ -46,3 +46,32 @@ def test_export_and_evaluate_take_home_paths(home: Path, tmp_path: Path) -> None
     assert result.placed == 2 and (home / "sorted").is_dir()
     assert imgcluster.evaluate("~/out.csv", "~/photos").acc == 1.0
     assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_a_path_that_is_none_or_empty_is_refused_by_name(home: Path, tmp_path: Path) -> None:
+    """`export(csv, to="")` exported into the current folder; `to=None` and `evaluate(None, ...)` were TypeErrors."""
+    from imgcluster import ParameterError
+
+    folder = copy_sample(home / "photos", CLASSES[:2], per_class=1)
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    csv_path = write_csv(home / "out.csv", [(p, i, "", 0) for i, p in enumerate(paths)])
+    cases = [
+        (lambda: imgcluster.export(csv_path, "", folder=folder), "to is empty: give a folder", "to"),
+        (lambda: imgcluster.export(csv_path, None, folder=folder), "to takes a folder, not None", "to"),  # type: ignore[arg-type]
+        (lambda: imgcluster.evaluate(None, folder), "assignments takes the assignment CSV, not None", "assignments"),  # type: ignore[arg-type]
+        (
+            lambda: imgcluster.evaluate(csv_path, ""),
+            "labelled_folder is empty: give a folder whose sub-folders are the labels",
+            "labelled_folder",
+        ),
+        (lambda: imgcluster.write_report(""), "assignments is empty: give the assignment CSV", "assignments"),
+        (lambda: imgcluster.cluster_folder("", model="efficientnet-lite0"), "folder is empty: give a folder", "folder"),
+        (lambda: imgcluster.train_folder(3, model="efficientnet-lite0"), "folder takes a folder, not 3", "folder"),  # type: ignore[arg-type]
+        (lambda: imgcluster.embed("", "efficientnet-lite0"), "folder_or_paths is empty: give a folder or a list of image files",
+         "folder_or_paths"),
+    ]
+    for call, message, parameter in cases:
+        with pytest.raises(ParameterError) as info:
+            call()
+        assert str(info.value) == message and info.value.parameters == (parameter,)
+    assert list((tmp_path / "cwd").iterdir()) == []
