@@ -39,7 +39,11 @@ STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if 
 
 @contextlib.contextmanager
 def stops_as_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, like Ctrl-C does."""
+    """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, like Ctrl-C does.
+
+    A signal ignored when the run started stays ignored: ``nohup imgcluster ...`` ignores SIGHUP
+    so that the run outlives the terminal, and must go on after a logout.
+    """
 
     def handler(signum: int, frame: Any) -> None:
         if signum != signal.SIGTERM:  # SIGHUP: the terminal may be gone
@@ -49,7 +53,8 @@ def stops_as_interrupt() -> Iterator[None]:
     previous: dict[int, Any] = {}
     try:
         for signum in STOP_SIGNALS:
-            previous[signum] = signal.signal(signum, handler)
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread: leave signals to whoever owns it
         yield
         return

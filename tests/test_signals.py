@@ -40,12 +40,17 @@ main()
 """
 
 
-def _stop(folder: Path, cache: Path, how: str, signum: int) -> subprocess.CompletedProcess[str]:
+def _stop(folder: Path, cache: Path, how: str, signum: int, ignored: bool = False) -> subprocess.CompletedProcess[str]:
     args = ["embed", str(folder), "--cache-dir", str(cache), *NO_TRAINING, "--embed-batch-size", "4"]
     env = cli_env(IMGCLUSTER_FLUSH_EVERY="1000", IMGCLUSTER_FLUSH_SECONDS="1000")  # nothing saved but by the stop
+
+    def ignore() -> None:  # what nohup does before it starts the command
+        signal.signal(signum, signal.SIG_IGN)
+
     return subprocess.run(
-        [sys.executable, "-c", CHILD, how, str(int(signum)), *args], capture_output=True, text=True, env=env, timeout=300, check=False
-    )
+        [sys.executable, "-c", CHILD, how, str(int(signum)), *args], capture_output=True, text=True, env=env, timeout=300, check=False,
+        preexec_fn=ignore if ignored else None,
+    )  # fmt: skip
 
 
 @pytest.mark.parametrize("signum", [signal.SIGHUP, signal.SIGTERM], ids=["SIGHUP", "SIGTERM"])
@@ -73,3 +78,10 @@ def test_decode_workers_leave_a_hangup_to_the_main_process() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120, check=False)
     assert done.stdout.strip() == "True", done.stderr
+
+
+def test_a_run_under_nohup_goes_on_after_a_hangup(small_folder: Path, tmp_path: Path) -> None:
+    """nohup ignores SIGHUP so that a run outlives the terminal; turning every SIGHUP into a stop would end it."""
+    done = _stop(small_folder, tmp_path / "cache", "log", signal.SIGHUP, ignored=True)
+    assert done.returncode == 0, done.stderr
+    assert "embedded 24, reused 0" in done.stderr and "interrupted" not in done.stderr
