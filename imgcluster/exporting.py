@@ -28,7 +28,7 @@ from imgcluster.outputs import refuse_stdout
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.report.paths import refusal
 from imgcluster.report.sidecar import read_sidecar, resolve_folder
-from imgcluster.userpath import expand_home, path_argument
+from imgcluster.userpath import path_argument
 
 __all__ = ["ExportResult", "export"]
 
@@ -82,7 +82,7 @@ def export(
         raise ParameterError(f"{{mode}} must be one of {', '.join(MODES)}, got {mode!r}")
     check_progress(progress)
     assignments, to = path_argument(assignments, "assignments", "the assignment CSV"), path_argument(to, "to", "a folder")
-    folder = expand_home(folder)
+    folder = None if folder is None else path_argument(folder, "folder", "the image folder")
     csv_path = Path(assignments)
     check_assignments_file(csv_path)
     rows = read_assignments(csv_path)

@@ -46,7 +46,9 @@ def write_report(
     """
     check_progress(progress)
     assignments = path_argument(assignments, "assignments", "the assignment CSV")
-    out, labels, folder = expand_home(out), expand_home(labels), expand_home(folder)
+    out = expand_home(out)
+    labels = None if labels is None else path_argument(labels, "labels", "a folder whose sub-folders are the labels")
+    folder = None if folder is None else path_argument(folder, "folder", "the image folder")
     csv_path = Path(assignments)
     target = Path(out) if out is not None else csv_path.with_suffix(".html")
     if out is not None and (os.fspath(out) == "-" or is_stream(target)):

@@ -65,6 +65,9 @@ def test_a_path_that_is_none_or_empty_is_refused_by_name(home: Path, tmp_path: P
             "labelled_folder",
         ),
         (lambda: imgcluster.write_report(""), "assignments is empty: give the assignment CSV", "assignments"),
+        (lambda: imgcluster.export(csv_path, home / "sorted", folder=""), "folder is empty: give the image folder", "folder"),
+        (lambda: imgcluster.write_report(csv_path, folder=""), "folder is empty: give the image folder", "folder"),
+        (lambda: imgcluster.write_report(csv_path, labels=""), "labels is empty: give a folder whose sub-folders are the labels", "labels"),
         (lambda: imgcluster.cluster_folder("", model="efficientnet-lite0"), "folder is empty: give a folder", "folder"),
         (lambda: imgcluster.train_folder(3, model="efficientnet-lite0"), "folder takes a folder, not 3", "folder"),  # type: ignore[arg-type]
         (lambda: imgcluster.embed("", "efficientnet-lite0"), "folder_or_paths is empty: give a folder or a list of image files",
