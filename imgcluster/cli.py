@@ -434,7 +434,8 @@ def _outside_commands() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as exc:
-        typer.echo(f"error: {STOPPED_STARTING}", err=True)
+        with contextlib.suppress(OSError):  # stderr gone with the terminal (SIGHUP): the exit code still says why
+            typer.echo(f"error: {STOPPED_STARTING}", err=True)
         raise typer.Exit(128 + note_stop(exc)) from None
     except BrokenPipeError:
         _silence_stdout()

@@ -85,3 +85,24 @@ def test_a_run_under_nohup_goes_on_after_a_hangup(small_folder: Path, tmp_path: 
     done = _stop(small_folder, tmp_path / "cache", "log", signal.SIGHUP, ignored=True)
     assert done.returncode == 0, done.stderr
     assert "embedded 24, reused 0" in done.stderr and "interrupted" not in done.stderr
+
+
+def test_a_hangup_while_the_arguments_are_parsed_ends_by_it_without_a_stderr(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its line could not be written (the terminal gone): the OSError replaced the stop, exit 1 and a traceback."""
+    import typer
+    from typer.core import TyperGroup
+    from typer.testing import CliRunner
+
+    from imgcluster.cli import app
+    from imgcluster.signals import Interrupted
+
+    def hung_up(*args: object, **kwargs: object) -> None:
+        raise Interrupted("", signal.SIGHUP)
+
+    def no_terminal(*args: object, **kwargs: object) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(TyperGroup, "make_context", hung_up)
+    monkeypatch.setattr(typer, "echo", no_terminal)
+    result = CliRunner().invoke(app, ["embed", "photos"])
+    assert result.exit_code == 128 + signal.SIGHUP and not isinstance(result.exception, OSError), result.exception
