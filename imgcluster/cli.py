@@ -53,6 +53,10 @@ class Command(TyperCommand):
         return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in super().collect_usage_pieces(ctx)]
 
 
+def _empty(typed: str, command: str) -> str:
+    return f"{typed} is empty (a variable that is not set?): give a path (see imgcluster {command} --help)"
+
+
 def _home(arg: str) -> str:
     """``~`` at the start of a value expanded, as the shell does for a separate word: it leaves
     ``--out=~/x.csv`` as it is, and the run wrote into a new folder named ``~`` (which ``rm -rf ~``
@@ -88,10 +92,9 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
         args = [_home(arg) for arg in (sys.argv[1:] if args is None else args)]
-        empty = self._empty_path(args)
-        if empty is not None:
-            what, command = empty
-            typer.echo(f"error: {what} is empty (a variable that is not set?): give a path (see imgcluster {command} --help)", err=True)
+        problem = self._raw_path_problem(args)
+        if problem is not None:
+            typer.echo(f"error: {problem}", err=True)
             sys.exit(2)
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
@@ -107,10 +110,14 @@ class OneLineErrors(TyperGroup):
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
 
-    def _empty_path(self, args: Sequence[str]) -> tuple[str, str] | None:
-        """(what was typed, the command) for a path given as "": the parsed value is Path("."), so
-        `export --to "$DIR"` with DIR unset exported into the current folder and `assign "$DIR"`
-        clustered it. Read from the raw arguments, as the command's parser splits them."""
+    def _raw_path_problem(self, args: Sequence[str]) -> str | None:
+        """What is wrong with a path as typed, which its parsed value no longer shows; read from the
+        raw arguments, as the command's parser splits them.
+
+        A path given as "" parses as Path("."): `export --to "$DIR"` with DIR unset exported into
+        the current folder and `assign "$DIR"` clustered it. An ``--out`` ending in ``/`` names a
+        folder, and its slash is dropped: `--out results/` wrote a file named ``results``.
+        """
         name = next((a for a in args if not a.startswith("-")), "")
         command = self.commands.get(name)
         if command is None:
@@ -131,11 +138,14 @@ class OneLineErrors(TyperGroup):
                         i += 1
                         value = rest[i] if i < len(rest) else "-"
                     if value == "" and param.name in PATH_PARAMETERS:
-                        return flag, name
+                        return _empty(flag, name)
+                    if param.name == "out" and value.endswith(("/", os.sep)) and value.strip("/" + os.sep):
+                        folder_like = f"{flag} {value} ends in {value[-1]}, as a folder's name does"
+                        return f"{folder_like}: give a file name (see imgcluster {name} --help)"
             else:
                 if arg == "" and position < len(positionals) and positionals[position].name in PATH_PARAMETERS:
                     param = positionals[position]
-                    return param.metavar or (param.name or "").upper(), name
+                    return _empty(param.metavar or (param.name or "").upper(), name)
                 position += 1
             i += 1
         return None
@@ -415,7 +425,7 @@ class FlagNames(dict[str, str]):
         return typed or FLAG_OVERRIDES.get(key, "--" + key.replace("_", "-"))
 
 
-# Parameters whose "" is refused before parsing (see OneLineErrors._empty_path); --cache-dir "" keeps
+# Parameters whose "" is refused before parsing (see OneLineErrors._raw_path_problem); --cache-dir "" keeps
 # meaning the default, and --out "" is refused by the library.
 PATH_PARAMETERS = frozenset({"folder", "source", "assignments", "labelled_folder", "to", "labels", "head", "weights"})
 PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whose pipe closed

@@ -32,7 +32,7 @@ from imgcluster.features import check_embedding_options, embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
-from imgcluster.outputs import check_head_name, refuse_inputs, refuse_stdout
+from imgcluster.outputs import check_head_name, refuse_folder_name, refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.userpath import expand_home, path_argument
@@ -210,6 +210,7 @@ def check_out(
     text = os.fspath(out)
     if not text:  # `--out "$OUT"` with OUT unset wrote the default file without a word
         raise ParameterError("{out} is empty: give a file name, or - for standard output")
+    refuse_folder_name(text)
     out_path = None if text == "-" else Path(text)
     if out_path is None:
         check_stdout()
@@ -623,6 +624,7 @@ def train_folder(
     )  # fmt: skip
     if out is not None:
         refuse_stdout(out, "out", "a head checkpoint (two files)")
+        refuse_folder_name(out)
         if not os.fspath(out) or Path(out).is_dir():  # it failed after the training: "cannot write ."
             raise ParameterError(f"{{out}} {literal(os.fspath(out) or repr(''))} is a folder; give a file name")
         check_head_name(out, "out")  # it was saved, then refused by the assign --head that the run's last line suggested

@@ -11,7 +11,7 @@ import numpy as np
 from imgcluster.atomic import is_stream
 from imgcluster.config import sidecar_path
 from imgcluster.errors import ParameterError, literal
-from imgcluster.outputs import refuse_inputs
+from imgcluster.outputs import refuse_folder_name, refuse_inputs
 from imgcluster.progress import ProgressFn, Reporter, check_progress
 from imgcluster.report import ReportHooks, ReportResult
 from imgcluster.report import write_report as _write_report
@@ -47,6 +47,8 @@ def write_report(
     check_progress(progress)
     assignments = path_argument(assignments, "assignments", "the assignment CSV")
     out = expand_home(out)
+    if out is not None:
+        refuse_folder_name(out)
     labels = None if labels is None else path_argument(labels, "labels", "a folder whose sub-folders are the labels")
     folder = None if folder is None else path_argument(folder, "folder", "the image folder")
     csv_path = Path(assignments)

@@ -334,3 +334,43 @@ def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: {typed} is empty (a variable that is not set?): give a path (see imgcluster {command} --help)\n"
     assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["assign", "{folder}", "-k", "2", "--out", "results/"], "assign"),
+        (["train", "{folder}", "-k", "2", "--out=results/"], "train"),
+        (["report", "{csv}", "--out", "results/"], "report"),
+    ],
+)
+def test_an_output_named_like_a_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], command: str) -> None:
+    """`--out results/` (a folder to be) wrote a file named results, and results.json beside it."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('"path","cluster"\n' + "".join(f'"{p.relative_to(folder).as_posix()}",0\n' for p in folder.rglob("*.png")))
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    result = invoke(*(a.format(folder=folder, csv=csv_path) for a in args))
+    assert result.exit_code == 2 and result.stdout == ""
+    said = "error: --out results/ ends in /, as a folder's name does: give a file name"
+    assert result.stderr == f"{said} (see imgcluster {command} --help)\n"
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_output_named_like_a_folder_is_refused_from_python(tmp_path: Path) -> None:
+    import imgcluster
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('"path","cluster"\n' + "".join(f'"{p.relative_to(folder).as_posix()}",0\n' for p in folder.rglob("*.png")))
+    out = f"{tmp_path}/results/"
+    for call in (
+        lambda: imgcluster.cluster_folder(folder, out=out, n_clusters=2, model="efficientnet-lite0"),
+        lambda: imgcluster.train_folder(folder, out=out, n_clusters=2, model="efficientnet-lite0"),
+        lambda: imgcluster.write_report(csv_path, out),
+    ):
+        with pytest.raises(imgcluster.ParameterError) as info:
+            call()
+        assert str(info.value) == f"out {out} ends in /, as a folder's name does: give a file name" and info.value.parameters == ("out",)
+    assert not (tmp_path / "results").exists() and not (folder / ".imgcluster").exists()
