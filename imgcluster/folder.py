@@ -231,7 +231,7 @@ def check_out(
 
             companions.append(duplicates_path(beside))
         for companion in companions:
-            if companion.is_dir():
+            if os.path.isdir(companion):  # False for a name too long to exist: a file that may never be written
                 raise ParameterError(f"{{out}} {literal(text)}: {literal(companion)}, which goes beside it, is a folder")
     return out_path, beside
 
