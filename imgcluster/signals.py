@@ -76,11 +76,12 @@ def leave_hangup_to_parent() -> None:
 
 
 def _leave_hung_up_terminal() -> None:
-    """Point stdout and stderr at /dev/null where they are a terminal (a character device).
+    """Point stdout and stderr at /dev/null where they are a hung-up terminal.
 
-    A hung-up terminal fails every write with EIO, and ``isatty`` already answers False for it;
-    ``fstat`` still says what the descriptor is. /dev/null, a character device too, is unchanged.
-    A file or a pipe is left alone: the stop line still reaches a log.
+    A hung-up terminal fails every write with EIO, and ``isatty`` answers False for it while
+    ``fstat`` still says it is a character device (as /dev/null is, which is unchanged). A live
+    terminal (a ``kill -HUP`` from elsewhere), a file or a pipe is left alone: the stop line
+    still reaches it.
     """
     import stat
 
@@ -89,7 +90,7 @@ def _leave_hung_up_terminal() -> None:
         try:
             for fd in (1, 2):
                 with contextlib.suppress(OSError):
-                    if stat.S_ISCHR(os.fstat(fd).st_mode):
+                    if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
                         os.dup2(devnull, fd)
         finally:
             os.close(devnull)

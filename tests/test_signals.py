@@ -106,3 +106,36 @@ def test_a_hangup_while_the_arguments_are_parsed_ends_by_it_without_a_stderr(mon
     monkeypatch.setattr(typer, "echo", no_terminal)
     result = CliRunner().invoke(app, ["embed", "photos"])
     assert result.exit_code == 128 + signal.SIGHUP and not isinstance(result.exception, OSError), result.exception
+
+
+def test_a_hangup_sent_by_kill_keeps_the_stop_line_on_a_live_terminal(small_folder: Path, tmp_path: Path) -> None:
+    """`kill -HUP` from elsewhere while the terminal is still open: the stop line must still reach it."""
+    import os
+    import threading
+
+    master, slave = os.openpty()
+    args = ["embed", str(small_folder), "--cache-dir", str(tmp_path / "cache"), *NO_TRAINING, "--embed-batch-size", "4"]
+    env = cli_env(IMGCLUSTER_FLUSH_EVERY="1000", IMGCLUSTER_FLUSH_SECONDS="1000")
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, "live", str(int(signal.SIGHUP)), *args], stderr=slave, env=env)
+    os.close(slave)
+    shown: list[bytes] = []
+
+    def read() -> None:  # the terminal's screen; a pty's buffer is small, so it is read as it comes
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO once the child, the last holder of the other end, is gone
+                return
+            if not data:
+                return
+            shown.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        assert proc.wait(timeout=300) == -signal.SIGHUP
+    finally:
+        reader.join(timeout=10)
+        os.close(master)
+    screen = b"".join(shown).decode("utf-8", "replace")
+    assert "interrupted while embedding: 8 of 24 files are saved in the cache" in screen, screen[-2000:]
