@@ -24,6 +24,7 @@ import numpy as np
 from imgcluster.atomic import atomic_open, atomic_write_text
 from imgcluster.errors import ImgclusterError
 from imgcluster.listing import ImageFile
+from imgcluster.userpath import expand_home
 
 # One row of a shard: (path, size, mtime_ns, ctime_ns, inode, sha256 of the file's bytes).
 # ctime and inode are None, and the hash "", for rows migrated from format 2, which had neither.
@@ -40,7 +41,7 @@ def shared_cache_root(cache_dir: str | None) -> Path | None:
     if cache_dir:
         return Path(cache_dir)
     if os.environ.get("IMGCLUSTER_CACHE"):  # ~ too: an env file or a unit's Environment= leaves it to the program
-        return Path(os.path.expanduser(os.environ["IMGCLUSTER_CACHE"]))
+        return Path(expand_home(os.environ["IMGCLUSTER_CACHE"]))
     return None
 
 

@@ -31,6 +31,7 @@ from imgcluster.progress import Event, count
 from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 from imgcluster.ui import UI, ProgressTask, one_line
+from imgcluster.userpath import expand_home
 
 
 def _plain_flags(params: Sequence[Any]) -> None:
@@ -52,12 +53,16 @@ class Command(TyperCommand):
         return [piece[1:-1] if piece.startswith("{") and piece.endswith("}") else piece for piece in super().collect_usage_pieces(ctx)]
 
 
+def _empty(typed: str, command: str) -> str:
+    return f"{typed} is empty (a variable that is not set?): give a path (see imgcluster {command} --help)"
+
+
 def _home(arg: str) -> str:
     """``~`` at the start of a value expanded, as the shell does for a separate word: it leaves
     ``--out=~/x.csv`` as it is, and the run wrote into a new folder named ``~`` (which ``rm -rf ~``
     would then remove the user's home for)."""
     name, sep, value = arg.partition("=") if arg.startswith("--") else ("", "", arg)
-    return f"{name}{sep}{os.path.expanduser(value)}" if value.startswith("~") else arg
+    return f"{name}{sep}{expand_home(value)}" if value.startswith("~") else arg
 
 
 class OneLineErrors(TyperGroup):
@@ -87,6 +92,10 @@ class OneLineErrors(TyperGroup):
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
         args = [_home(arg) for arg in (sys.argv[1:] if args is None else args)]
+        problem = self._raw_path_problem(args)
+        if problem is not None:
+            typer.echo(f"error: {problem}", err=True)
+            sys.exit(2)
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
         except CommandLineError as exc:
@@ -100,6 +109,46 @@ class OneLineErrors(TyperGroup):
             typer.echo("error: aborted", err=True)
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
+
+    def _raw_path_problem(self, args: Sequence[str]) -> str | None:
+        """What is wrong with a path as typed, which its parsed value no longer shows; read from the
+        raw arguments, as the command's parser splits them.
+
+        A path given as "" parses as Path("."): `export --to "$DIR"` with DIR unset exported into
+        the current folder and `assign "$DIR"` clustered it. An ``--out`` ending in ``/`` names a
+        folder, and its slash is dropped: `--out results/` wrote a file named ``results``.
+        """
+        name = next((a for a in args if not a.startswith("-")), "")
+        command = self.commands.get(name)
+        if command is None:
+            return None
+        options = {opt: p for p in command.params if p.param_type_name == "option" for opt in p.opts}
+        positionals = [p for p in command.params if p.param_type_name == "argument"]
+        rest = list(args[list(args).index(name) + 1 :])
+        only_positional, position, i = False, 0, 0
+        while i < len(rest):
+            arg = rest[i]
+            if not only_positional and arg == "--":
+                only_positional = True
+            elif not only_positional and arg.startswith("-") and arg != "-":
+                flag, equals, value = arg.partition("=")
+                param = options.get(flag)
+                if param is not None and not getattr(param, "is_flag", False):
+                    if not equals:
+                        i += 1
+                        value = rest[i] if i < len(rest) else "-"
+                    if value == "" and param.name in PATH_PARAMETERS:
+                        return _empty(flag, name)
+                    if param.name == "out" and value.endswith(("/", os.sep)) and value.strip("/" + os.sep):
+                        folder_like = f"{flag} {value} ends in {value[-1]}, as a folder's name does"
+                        return f"{folder_like}: give a file name (see imgcluster {name} --help)"
+            else:
+                if arg == "" and position < len(positionals) and positionals[position].name in PATH_PARAMETERS:
+                    param = positionals[position]
+                    return _empty(param.metavar or (param.name or "").upper(), name)
+                position += 1
+            i += 1
+        return None
 
     def _help_for(self, args: Sequence[str] | None) -> str:
         """The help of the command typed, for an error that names no command (an option missing its
@@ -340,10 +389,10 @@ def handled(ui: UI, stopped: str = STOPPED["embed"]) -> Iterator[None]:
     ``stopped`` is the line for a Ctrl-C or SIGTERM that carries no message of its own: export and
     report said that finished batches were kept in the cache, which they do not have.
     """
-    from imgcluster.signals import note_stop, sigterm_as_interrupt
+    from imgcluster.signals import note_stop, stops_as_interrupt
 
     try:
-        with sigterm_as_interrupt():
+        with stops_as_interrupt():
             yield
     except ParameterError as exc:  # a bad value: named by its flag, exit 2 as for Click's usage errors
         ui.error(exc.render(FlagNames()))
@@ -351,8 +400,9 @@ def handled(ui: UI, stopped: str = STOPPED["embed"]) -> Iterator[None]:
     except ImgclusterError as exc:
         ui.error(exc.render(FlagNames()))
         raise typer.Exit(1) from None
-    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: the message says what was kept, when known
-        ui.error(str(exc) or stopped)
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM or SIGHUP: the message says what was kept, when known
+        with contextlib.suppress(OSError):  # a dropped ssh connection's stderr: the work is saved, the exit code still says why
+            ui.error(str(exc) or stopped)
         raise typer.Exit(128 + note_stop(exc)) from None  # what a shell reports for a process that signal stopped
     except typer.Exit:
         raise
@@ -408,6 +458,9 @@ class FlagNames(dict[str, str]):
         return typed or FLAG_OVERRIDES.get(key, "--" + key.replace("_", "-"))
 
 
+# Parameters whose "" is refused before parsing (see OneLineErrors._raw_path_problem); --cache-dir "" keeps
+# meaning the default, and --out "" is refused by the library.
+PATH_PARAMETERS = frozenset({"folder", "source", "assignments", "labelled_folder", "to", "labels", "head", "weights"})
 PIPE_CLOSED = 141  # 128 + SIGPIPE, the status a shell reports for a writer whose pipe closed
 
 
@@ -424,7 +477,8 @@ def _outside_commands() -> Iterator[None]:
     try:
         yield
     except KeyboardInterrupt as exc:
-        typer.echo(f"error: {STOPPED_STARTING}", err=True)
+        with contextlib.suppress(OSError):  # stderr gone with the terminal (SIGHUP): the exit code still says why
+            typer.echo(f"error: {STOPPED_STARTING}", err=True)
         raise typer.Exit(128 + note_stop(exc)) from None
     except BrokenPipeError:
         _silence_stdout()
@@ -1126,13 +1180,13 @@ def main() -> None:
     import gc
     import signal
 
-    from imgcluster.signals import exit_by_signal, sigterm_as_interrupt
+    from imgcluster.signals import exit_by_signal, stops_as_interrupt
 
     try:
-        with sigterm_as_interrupt():  # SIGTERM while still importing ends like Ctrl-C, not mid-way
+        with stops_as_interrupt():  # SIGTERM or SIGHUP while still importing ends like Ctrl-C, not mid-way
             app(prog_name="imgcluster")
     except SystemExit:
-        exit_by_signal()  # after Ctrl-C or SIGTERM: end by that signal, so a calling script stops too
+        exit_by_signal()  # after Ctrl-C, SIGTERM or SIGHUP: end by that signal, so a calling script stops too
         # The run is over and has said so: a Ctrl-C while the interpreter tears down (torch's exit
         # hooks, a second on a busy machine) ends the process by SIGINT at once. It printed a
         # traceback from an atexit callback after the run's last line.

@@ -106,4 +106,9 @@ def sidecar_path(artefact: Path) -> Path:
     """``clusters.csv`` -> ``clusters.csv.json``: the config travels with the file it describes."""
     return artefact.with_name(artefact.name + ".json")
 
+
+def skipped_path(csv_path: Path) -> Path:
+    """``clusters.csv`` -> ``clusters-skipped.csv``: the files a run could not read, beside its CSV."""
+    return csv_path.with_name(f"{csv_path.stem}-skipped.csv")
+
 FORMAT_NOTE = "written by imgcluster; see README.md, section 'Files imgcluster writes'"

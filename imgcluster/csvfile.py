@@ -127,12 +127,15 @@ def assignment_rows(paths: list[str], assignment: Assignment) -> Iterator[list[o
 
 
 def assignments_path(value: object) -> Path:
-    """``value``, the CSV's path, as a Path. An in-memory result is refused with what to pass:
-    ``write_report(result)`` failed inside ``pathlib`` ("expected str, bytes or os.PathLike")."""
-    if isinstance(value, (str, os.PathLike)):
-        return Path(value)
+    """``value``, the CSV's path, as a Path (``~`` expanded; bytes decoded). An in-memory result is
+    refused with what to pass: ``write_report(result)`` failed inside ``pathlib`` ("expected str,
+    bytes or os.PathLike"); None or an empty path by :func:`imgcluster.userpath.path_argument`."""
+    from imgcluster.userpath import path_argument
+
     if isinstance(value, bytes):
-        return Path(os.fsdecode(value))
+        value = os.fsdecode(value)
+    if value is None or isinstance(value, (str, os.PathLike)):
+        return Path(path_argument(value, "assignments", "the assignment CSV"))
     written = getattr(value, "written", None)
     if isinstance(written, dict) and "csv" in written:
         hint = f"pass the CSV it wrote, {literal(written['csv'])}"
@@ -146,6 +149,11 @@ def check_assignments_file(path: Path) -> None:
     report and export; a folder was said to be "not found"); a pipe or a device is read once."""
     if path.is_dir():
         raise ParameterError(f"{{assignments}} {literal(path)} is a folder; give the CSV that assign wrote")
+    if str(path) == "-" and not path.exists():  # `assign --out -` writes to stdout, so `-` looked like stdin here
+        raise ParameterError(
+            "{assignments} - is not standard input here: pipe into evaluate with /dev/stdin "
+            "(`imgcluster assign FOLDER --out - | imgcluster evaluate /dev/stdin FOLDER`); report and export read a saved CSV"
+        )
     if not path.exists():  # a pipe is read as it comes (`assign --out - | imgcluster evaluate /dev/stdin ...` was "not found")
         raise ParameterError(f"assignments file not found: {literal(path)}", "assignments")
 

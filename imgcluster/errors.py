@@ -24,8 +24,8 @@ PARAMETERS = frozenset(
         "embed_batch_size", "engine", "epochs", "explain", "features_out", "folder", "folder_or_paths", "follow_symlinks",
         "head", "k_max", "k_min", "knn", "labelled_folder", "labels", "lock_timeout", "lr", "mad_factor", "manifest", "min_confidence",
         "mode", "model", "montage", "n_clusters", "names", "near_duplicates", "num_gpus", "objective", "objective_options", "out",
-        "path", "per_cluster", "raw_csv", "reembed", "rehash", "retry_skipped", "runtime", "seed", "self_label", "source", "threshold",
-        "to", "train_sample", "uco", "weights", "workers",
+        "path", "per_cluster", "progress", "raw_csv", "reembed", "rehash", "retry_skipped", "runtime", "seed", "self_label", "source",
+        "threshold", "to", "train_sample", "uco", "weights", "workers",
         "knn_threshold", "nprobe",  # the Ray path's kNN search (imgcluster.scale.knn)
     }
 )  # fmt: skip

@@ -18,7 +18,8 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.pipeline import Embeddings
-from imgcluster.progress import ProgressFn
+from imgcluster.progress import ProgressFn, check_progress
+from imgcluster.userpath import expand_home
 
 __all__ = ["ClusterHead"]
 
@@ -126,6 +127,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         from imgcluster.fitting import fit_head
         from imgcluster.pipeline import resolve_device
 
+        check_progress(progress)
         embeddings = X if isinstance(X, Embeddings) else None
         # Two rows and two columns at least: one image has no neighbour, 1-d unit vectors are +-1.
         features = self._rows(embeddings.features if embeddings else X, ensure_min_samples=2, ensure_min_features=2)
@@ -160,15 +162,27 @@ class ClusterHead(ClusterMixin, BaseEstimator):
 
     def _rows(self, X: Any, **checks: Any) -> np.ndarray:
         """``X`` as float32 rows, through scikit-learn's input checks; a value they refuse (NaN, a
-        wrong width, no rows) is a :class:`imgcluster.ParameterError` naming ``X``, in one line:
-        a bare ValueError escaped ``except ImgclusterError`` and advised HistGradientBoosting."""
+        wrong width, no rows), or a row too long to normalise, is a :class:`imgcluster.ParameterError`
+        naming ``X``, in one line: a bare ValueError escaped ``except ImgclusterError`` and advised
+        HistGradientBoosting."""
+        from imgcluster.neighbours import MAX_ROW_LENGTH, first_too_long
+
         try:
-            return np.asarray(validate_data(self, X, dtype=np.float32, **checks))
+            rows = np.asarray(validate_data(self, X, dtype=np.float32, **checks))
         except ValueError as exc:
             if isinstance(exc, ImgclusterError):
                 raise
             line = str(exc).strip().split("\n", 1)[0].rstrip(":")
             raise ParameterError(literal(line if " X " in f" {line} " else f"X: {line}"), parameter="X") from exc
+        too_long = first_too_long(rows)
+        if too_long is not None:
+            row, length = too_long
+            raise ParameterError(
+                f"X row {row} is too long to normalise (length {length:.3g}; float32 holds at most {MAX_ROW_LENGTH:.3g}): "
+                "scale the features down",
+                parameter="X",
+            )
+        return rows
 
     def _predict_proba(self, features: np.ndarray) -> np.ndarray:
         from imgcluster.assign import probabilities
@@ -184,6 +198,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         from imgcluster.outputs import check_head_name
 
         check_is_fitted(self, "objective_")
+        path = expand_home(path)
         check_head_name(Path(path), "path")
         return save_checkpoint(Path(path), self.objective_, self.description_)
 
@@ -196,7 +211,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         from imgcluster.checkpoint import load_checkpoint
         from imgcluster.pipeline import resolve_device
 
-        objective, meta = load_checkpoint(Path(path), "path")
+        objective, meta = load_checkpoint(Path(expand_home(path)), "path")
         train = meta.get("train") or {}
         # Epochs given when training (no minimum of steps) are kept, so that clone(head).fit trains as it did.
         epochs = {"epochs": train["epochs"]} if train.get("min_steps") == 0 and "epochs" in train else {}

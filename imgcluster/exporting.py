@@ -25,9 +25,10 @@ from pathlib import Path
 from imgcluster.csvfile import assignments_path, check_assignments_file, names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.outputs import refuse_stdout
-from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.report.paths import refusal
 from imgcluster.report.sidecar import read_sidecar, resolve_folder
+from imgcluster.userpath import path_argument
 
 __all__ = ["ExportResult", "export"]
 
@@ -79,7 +80,10 @@ def export(
     """
     if mode not in MODES:
         raise ParameterError(f"{{mode}} must be one of {', '.join(MODES)}, got {mode!r}")
+    check_progress(progress)
     csv_path = assignments_path(assignments)
+    to = path_argument(to, "to", "a folder")
+    folder = None if folder is None else path_argument(folder, "folder", "the image folder")
     check_assignments_file(csv_path)
     rows = read_assignments(csv_path)
     image_folder = resolve_folder(csv_path, read_sidecar(csv_path), Path(folder) if folder is not None else None)
@@ -105,6 +109,7 @@ def export(
             continue
         plan.append((row.path, Path(OUTLIERS if row.outlier else folder_name(row.cluster, names.get(row.cluster, ""), width))))
     plan += _duplicates(csv_path, {rel for rel, _ in plan})
+    _refuse_image_folder_clash(target, {where for _, where in plan}, image_folder)
     report.start(len(plan), "export")
     for rel, where in plan:
         place(image_folder / rel, target / where / rel)
@@ -152,6 +157,24 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
         if rel in allowed and group.isdigit():  # only rows of the CSV that passed the checks above
             out.append((rel, Path(DUPLICATES) / group.zfill(width)))
     return out
+
+
+def _refuse_image_folder_clash(target: Path, folders: set[Path], image_folder: Path) -> None:
+    """An export folder that is, or holds, the image folder (``--to .`` beside a folder named
+    ``00-sandal`` or ``outliers``): its images were counted "already there", being themselves."""
+    real_images = os.path.realpath(image_folder)
+    for where in sorted(folders):
+        real = os.path.realpath(target / where)
+        if os.path.commonpath([real, real_images]) == real_images:
+            raise ParameterError(
+                f"{{to}} {target} would export onto the image folder {image_folder} itself (as its folder {where.as_posix()}); "
+                "give another folder"
+            )
+        if os.path.commonpath([real, real_images]) == real:
+            raise ParameterError(
+                f"{{to}} {target} would mix the export with the image folder {image_folder} (inside its folder {where.as_posix()}); "
+                "give another folder"
+            )
 
 
 def _placer(mode: str, result: ExportResult, target: Path) -> Callable[[Path, Path], None]:

@@ -13,9 +13,10 @@ from imgcluster.errors import ParameterError, literal
 from imgcluster.head_config import check_whole
 from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
-from imgcluster.preflight import FolderListing, check_environment, check_exists, check_inputs
-from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
+from imgcluster.preflight import FolderListing, check_dtype, check_environment, check_inputs, check_weights_file
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.signals import Interrupted
+from imgcluster.userpath import expand_home, path_argument
 
 if TYPE_CHECKING:
     from imgcluster.pipeline import Embeddings
@@ -58,14 +59,16 @@ def embed(
     :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``; ``mark`` events time
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
-    check_embedding_options(embed_batch_size, workers, lock_timeout)
+    check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
+    check_progress(progress)
+    weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     folder, only = _folder_and_files(folder_or_paths)
     listing = None
     if only is None:  # before torch is imported: a mistake costs a fraction of a second
         listing = check_inputs(folder, model, follow_symlinks=follow_symlinks, cache_dir=cache_dir, weights=weights)
     else:
         check_model_name(model)
-        check_exists(weights, "weights", "weights file")
+        check_weights_file(weights)
         check_environment()
     return embed_checked(
         folder, only, model, listing=listing, weights=weights, cache_dir=cache_dir, device=device, dtype=dtype,
@@ -141,9 +144,10 @@ STOPPED_BEFORE = "interrupted while starting (loading torch, the model and the c
 STOPPED_AFTER = "interrupted while saving the cache: every image embedded is saved in it, and the next run finds it there"
 
 
-def check_embedding_options(embed_batch_size: int | None, workers: int | None, lock_timeout: float) -> None:
+def check_embedding_options(embed_batch_size: int | None, workers: int | None, lock_timeout: float, dtype: str) -> None:
     """What the command line's option types refuse, refused from Python too, by name and before
     any work (a batch size of 0 was taken as the default without a word)."""
+    check_dtype(dtype)
     check_whole("embed_batch_size", embed_batch_size, 1)
     check_whole("workers", workers, 0)
     if isinstance(lock_timeout, bool) or not isinstance(lock_timeout, numbers.Real) or not lock_timeout >= 0:
@@ -155,10 +159,10 @@ def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list
     if isinstance(source, bytes):  # a file-system name as bytes, not a list of numbers
         source = os.fsdecode(source)
     if isinstance(source, (str, os.PathLike)):
-        return Path(source), None
+        return Path(path_argument(source, "folder_or_paths", "a folder or a list of image files")), None
     if not isinstance(source, Iterable):
         raise ParameterError(f"{{folder_or_paths}} takes a folder or a list of image files, not {literal(repr(source))}")
-    files = [Path(p).absolute() for p in source]
+    files = [Path(expand_home(p)).absolute() for p in source]
     if not files:
         raise ParameterError("{folder_or_paths} is an empty list; give a folder or some image files")
     folder = Path(os.path.commonpath([f.parent for f in files]))

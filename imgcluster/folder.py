@@ -17,15 +17,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcluster.atomic import check_stdout, check_writable, is_stream
-from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, AssignConfig, TrainConfig, sidecar_path, write_sidecar
+from imgcluster.config import (
+    DEFAULT_CLUSTERS,
+    DEFAULT_KNN,
+    DEFAULT_OBJECTIVE,
+    AssignConfig,
+    TrainConfig,
+    sidecar_path,
+    skipped_path,
+    write_sidecar,
+)
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import check_embedding_options, embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
-from imgcluster.outputs import check_head_name, refuse_inputs, refuse_stdout
+from imgcluster.outputs import check_head_name, refuse_folder_name, refuse_inputs, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
-from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
+from imgcluster.userpath import expand_home, path_argument
 
 if TYPE_CHECKING:  # torch comes with these: imported once the arguments have been checked
     import pandas as pd
@@ -209,6 +219,7 @@ def check_out(
     text = os.fspath(out)
     if not text:  # `--out "$OUT"` with OUT unset wrote the default file without a word
         raise ParameterError("{out} is empty: give a file name, or - for standard output")
+    refuse_folder_name(text)
     out_path = None if text == "-" else Path(text)
     if out_path is None:
         check_stdout()
@@ -223,13 +234,13 @@ def check_out(
     if out_path is not None:
         refuse_inputs(out_path, inputs or {}, folder)
     if beside is not None:  # a folder where a file beside the CSV goes failed after the whole run, the CSV written
-        companions = [sidecar_path(beside)]
+        companions = [sidecar_path(beside), skipped_path(beside)]
         if near_duplicates is not None:
             from imgcluster.duplicates import duplicates_path
 
             companions.append(duplicates_path(beside))
         for companion in companions:
-            if companion.is_dir():
+            if os.path.isdir(companion):  # False for a name too long to exist: a file that may never be written
                 raise ParameterError(f"{{out}} {literal(text)}: {literal(companion)}, which goes beside it, is a folder")
     return out_path, beside
 
@@ -292,7 +303,10 @@ def cluster_folder(
     ):
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates!r}")
     check_min_confidence(min_confidence)  # before the embedding, not after the training
-    check_embedding_options(embed_batch_size, workers, lock_timeout)
+    check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
+    check_progress(progress)
+    folder, out, head = path_argument(folder, "folder", "a folder"), expand_home(out), expand_home(head)
+    weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     if out is not None:  # the arguments first, then what the folder holds
         check_out(out, Path(folder), near_duplicates)
     listing = check_inputs(
@@ -604,7 +618,10 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
-    check_embedding_options(embed_batch_size, workers, lock_timeout)
+    check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
+    check_progress(progress)
+    folder, out = path_argument(folder, "folder", "a folder"), expand_home(out)
+    weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     listing = check_inputs(
         folder, model, n_clusters=n_clusters, follow_symlinks=follow_symlinks, cache_dir=cache_dir, weights=weights, k_range=(k_min, k_max)
     )
@@ -616,6 +633,7 @@ def train_folder(
     )  # fmt: skip
     if out is not None:
         refuse_stdout(out, "out", "a head checkpoint (two files)")
+        refuse_folder_name(out)
         if not os.fspath(out) or Path(out).is_dir():  # it failed after the training: "cannot write ."
             raise ParameterError(f"{{out}} {literal(os.fspath(out) or repr(''))} is a folder; give a file name")
         check_head_name(out, "out")  # it was saved, then refused by the assign --head that the run's last line suggested

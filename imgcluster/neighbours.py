@@ -26,6 +26,32 @@ TORCH_BLOCK = 4096
 EXACT_SIMILARITY_BUDGET = 1 << 26  # floats (256 MiB) for the CPU repair of rows IVF left short
 
 
+# The longest row float32 can normalise: its squared length must stay below float32's largest value.
+MAX_ROW_LENGTH = float(np.sqrt(np.finfo(np.float32).max))  # 1.8e19
+_CHECK_ROWS = 65_536  # rows measured at once in float64, when the quick bound fails
+
+
+def first_too_long(features: np.ndarray) -> tuple[int, float] | None:
+    """(index, length) of the first row too long to normalise in float32, or None.
+
+    Its squared length overflowed to infinity and the row became zeros, without a word: features
+    near 1e30 all fell into one cluster of equal probabilities. The largest value bounds every
+    row's length, so this costs one pass unless some value comes near that.
+    """
+    if features.size == 0:
+        return None
+    peak = max(float(np.max(features)), -float(np.min(features)))
+    if peak * np.sqrt(features.shape[1]) < MAX_ROW_LENGTH:
+        return None
+    for start in range(0, len(features), _CHECK_ROWS):
+        block = np.asarray(features[start : start + _CHECK_ROWS], dtype=np.float64)
+        lengths = np.sqrt(np.einsum("ij,ij->i", block, block))
+        bad = np.flatnonzero(lengths >= MAX_ROW_LENGTH)
+        if bad.size:
+            return start + int(bad[0]), float(lengths[bad[0]])
+    return None
+
+
 def l2_normalise(features: np.ndarray) -> np.ndarray:
     x = np.ascontiguousarray(features, dtype=np.float32)
     norms = np.linalg.norm(x, axis=1, keepdims=True)

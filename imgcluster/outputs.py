@@ -50,6 +50,14 @@ def refuse_stdout(out: str | os.PathLike[str], parameter: str, what: str) -> Non
         raise ParameterError(f"{{{parameter}}} -: {what} cannot go to standard output; give a name")
 
 
+def refuse_folder_name(out: str | os.PathLike[str], parameter: str = "out") -> None:
+    """An output named like a folder (``results/``): its slash was dropped and a file named
+    ``results`` written (with ``results.json`` beside it)."""
+    text = os.fspath(out)
+    if text.endswith(("/", os.sep)) and text.strip("/" + os.sep):
+        raise ParameterError(f"{{{parameter}}} {literal(text)} ends in {text[-1]}, as a folder's name does: give a file name")
+
+
 def check_head_name(path: str | os.PathLike[str], parameter: str | None = None) -> None:
     """A head checkpoint is read back only from a ``.safetensors`` name (its ``.json`` goes beside
     it): one saved under another was refused by ``load_checkpoint`` after it had been trained."""

@@ -20,7 +20,7 @@ import torch
 
 from imgcluster.backbones import Backbone, create_backbone, resolve_model_name
 from imgcluster.cache import EmbeddingCache, Failure, default_cache_root, embeddings_dir, read_failures, write_failures
-from imgcluster.config import FORMAT_NOTE, EmbedConfig, to_dict
+from imgcluster.config import FORMAT_NOTE, EmbedConfig, skipped_path, to_dict
 from imgcluster.embedding import (
     compute_precision,
     content_hash,
@@ -39,9 +39,9 @@ from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, I
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
 from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime, recorded_failure
-from imgcluster.preflight import FolderListing, check_folder, list_folder, outside_links, positive_from_env
+from imgcluster.preflight import FolderListing, check_dtype, check_folder, list_folder, outside_links, positive_from_env
 from imgcluster.progress import SAVED, SAVING
-from imgcluster.signals import Interrupted, sigterm_as_interrupt
+from imgcluster.signals import Interrupted, stops_as_interrupt
 
 FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
 
@@ -89,7 +89,7 @@ class Embeddings:
         """Write the skipped files (``path``, ``reason``) to ``<beside stem>-skipped.csv``, or to
         ``skipped.csv`` in the cache; returns that path, or None when nothing was skipped. A list
         an earlier run left there is then removed, so it never describes another run."""
-        path = beside.with_name(f"{beside.stem}-skipped.csv") if beside is not None else self.cache_dir / "skipped.csv"
+        path = skipped_path(beside) if beside is not None else self.cache_dir / "skipped.csv"
         if not self.skipped:
             with contextlib.suppress(OSError):
                 path.unlink()
@@ -122,9 +122,9 @@ def resolve_device(requested: str) -> torch.device:
 
 
 @contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM unwinds like Ctrl-C, so finished batches are flushed either way."""
-    with sigterm_as_interrupt():
+def _stops_as_interrupt() -> Iterator[None]:
+    """SIGTERM and SIGHUP unwind like Ctrl-C, so finished batches are flushed either way."""
+    with stops_as_interrupt():
         yield
 
 
@@ -155,8 +155,7 @@ def embed_folder(
     hooks = hooks or EmbedHooks()
     start = time.perf_counter()
     folder = check_folder(Path(config.folder))
-    if config.dtype not in ("float16", "float32"):
-        raise ParameterError(f"{{dtype}} must be float16 or float32, not {config.dtype!r}")
+    check_dtype(config.dtype)
     cache_root = default_cache_root(folder, config.cache_dir)
     if only is not None:
         listing = FolderListing([])
@@ -339,7 +338,7 @@ def _embed_and_keep(
     # 128 on 6 images took 2.7 GB and 2.4x the time of 8 (more on larger inputs).
     given = config.batch_size
     batch_size = min(given, folder_batch(len(files))) if given else default_batch_size(device, len(files), input_size)
-    with _sigterm_as_interrupt():
+    with _stops_as_interrupt():
         try:
             if todo:
                 assert backbone is not None  # built by embed_folder whenever there is something to embed

@@ -15,6 +15,7 @@ from pathlib import Path
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.listing import IMAGE_EXTENSIONS, ImageFile, list_images
 from imgcluster.models import check_model_name
+from imgcluster.userpath import expand_home
 
 
 @dataclass
@@ -66,11 +67,53 @@ def check_exists(path: str | os.PathLike[str] | None, parameter: str, what: str)
         raise ParameterError(f"{what} not found: {literal(path)}", parameter)
 
 
+DTYPES = ("float16", "float32")  # what the cache stores features as
+_TORCH_SAVE_STARTS = (b"PK\x03\x04", b"\x80")  # torch.save: a zip archive, or (before torch 1.6) a pickle
+
+
+def check_dtype(dtype: object) -> None:
+    """Refused with the other cheap checks: it was refused only after the folder's scan."""
+    if not isinstance(dtype, str) or dtype not in DTYPES:
+        raise ParameterError(f"{{dtype}} must be float16 or float32, not {literal(repr(dtype))}")
+
+
+def check_weights_file(weights: str | os.PathLike[str] | None) -> None:
+    """A weights path that is missing, a folder, or plainly not weights is refused before torch:
+    a folder was refused after the scan as "not found", a text file after the model's build.
+
+    Only the start is read: a safetensors file's header (a length, then that much JSON), or
+    torch.save's first bytes. A file that passes can still fail to load (damaged tensors, another
+    model's weights); the loader says so then.
+    """
+    if weights is None:
+        return
+    check_exists(weights, "weights", "weights file")
+    path = Path(weights)
+    if not path.is_file():
+        raise ParameterError(f"{{weights}} {literal(path)} is not a file", "weights")
+    not_weights = ImgclusterError(f"cannot read weights {literal(path)}: it is not a safetensors file or a PyTorch state dict")
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(8)
+            if path.suffix != ".safetensors":
+                if not start.startswith(_TORCH_SAVE_STARTS):
+                    raise not_weights
+                return
+            length = int.from_bytes(start, "little") if len(start) == 8 else -1
+            if not 2 <= length <= path.stat().st_size - 8:
+                raise not_weights
+            header = handle.read(min(length, 1 << 20))  # the opening brace and the first entry are enough
+    except OSError as exc:
+        raise ImgclusterError(f"cannot read weights {literal(path)}: {exc.strerror or exc}") from None
+    if not header.lstrip().startswith(b"{"):
+        raise not_weights
+
+
 def check_cache_root(cache_dir: str | os.PathLike[str] | None) -> None:
     """A cache root that is a file is refused now; it failed after the model had loaded, with
     advice to pass the very option that was given."""
     given = os.fspath(cache_dir) if cache_dir else None
-    root = given or os.path.expanduser(os.environ.get("IMGCLUSTER_CACHE", ""))
+    root = given or expand_home(os.environ.get("IMGCLUSTER_CACHE", ""))
     if root and os.path.exists(root) and not os.path.isdir(root):
         what = "{cache_dir}" if given else "$IMGCLUSTER_CACHE"
         raise ParameterError(f"{what} {literal(root)} is a file, not a folder")
@@ -161,7 +204,7 @@ def check_inputs(
     """
     where = check_folder(Path(folder))
     check_model_name(model)
-    check_exists(weights, "weights", "weights file")
+    check_weights_file(weights)
     check_exists(head, "head", "head checkpoint")
     check_cache_root(cache_dir)
     check_environment()

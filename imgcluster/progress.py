@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
-from imgcluster.errors import render
+from imgcluster.errors import ParameterError, literal, render
 
 Kind = Literal["start", "advance", "info", "warning", "mark"]
 
@@ -48,6 +48,13 @@ class Event:
 
 
 ProgressFn = Callable[[Event], None]
+
+
+def check_progress(progress: object) -> None:
+    """A ``progress`` that cannot be called failed only at the first event, after the scan or
+    the model's load; refused where the other cheap checks run."""
+    if progress is not None and not callable(progress):
+        raise ParameterError(f"{{progress}} takes a function that receives each Event (or None), not a {literal(type(progress).__name__)}")
 
 
 def keeping_warnings(progress: ProgressFn | None) -> tuple[ProgressFn, list[str]]:

@@ -12,10 +12,11 @@ from imgcluster.atomic import is_stream
 from imgcluster.config import sidecar_path
 from imgcluster.csvfile import assignments_path
 from imgcluster.errors import ParameterError, literal
-from imgcluster.outputs import refuse_inputs
-from imgcluster.progress import ProgressFn, Reporter
+from imgcluster.outputs import refuse_folder_name, refuse_inputs
+from imgcluster.progress import ProgressFn, Reporter, check_progress
 from imgcluster.report import ReportHooks, ReportResult
 from imgcluster.report import write_report as _write_report
+from imgcluster.userpath import expand_home, path_argument
 
 __all__ = ["ReportResult", "write_report"]
 
@@ -44,7 +45,13 @@ def write_report(
     contact sheet per cluster; ``features`` (paths, matrix) spares reading the cache. ``out``
     may not be a file the report reads (the CSV, its sidecar, an image). ``progress`` hears the thumbnails (stage ``report``) and warnings.
     """
+    check_progress(progress)
     csv_path = assignments_path(assignments)
+    out = expand_home(out)
+    if out is not None:
+        refuse_folder_name(out)
+    labels = None if labels is None else path_argument(labels, "labels", "a folder whose sub-folders are the labels")
+    folder = None if folder is None else path_argument(folder, "folder", "the image folder")
     target = Path(out) if out is not None else csv_path.with_suffix(".html")
     if out is not None and (os.fspath(out) == "-" or is_stream(target)):
         raise ParameterError("the report is a file with pictures beside it: give {out} FILE.html")

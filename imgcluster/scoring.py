@@ -13,6 +13,7 @@ from imgcluster.csvfile import assignments_path, check_assignments_file, names_o
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.listing import list_images
 from imgcluster.matching import best_matching
+from imgcluster.userpath import path_argument
 
 EXAMPLES = 5  # missing files named per kind; the count says how many there are
 
@@ -96,7 +97,8 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
     """Score an assignment CSV against a folder whose top-level sub-folder names are the labels:
     ACC (Hungarian matching), NMI, ARI, AMI, purity overall and per cluster, of the images that are
     in both; ``coverage`` and ``acc_of_labelled`` say what that is worth when the CSV leaves some out."""
-    assignments, labelled_folder = assignments_path(assignments), Path(labelled_folder)
+    assignments = assignments_path(assignments)
+    labelled_folder = Path(path_argument(labelled_folder, "labelled_folder", "a folder whose sub-folders are the labels"))
     check_assignments_file(assignments)
     check_labelled_folder(labelled_folder, "labelled_folder")
     rows = read_assignments(assignments)

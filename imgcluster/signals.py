@@ -1,10 +1,13 @@
-"""Ctrl-C and SIGTERM unwind the same way, so a stopped run always says what it kept.
+"""Ctrl-C, SIGTERM and SIGHUP unwind the same way, so a stopped run always keeps what it finished.
 
-SIGTERM (sent by ``kill``, schedulers and container runtimes) would otherwise end the process
-on the spot, skipping the ``finally`` blocks that flush finished work. Turning it into an
-:class:`Interrupted` (a :class:`KeyboardInterrupt`) makes both signals take the path Ctrl-C
-takes; the CLI then prints one line and ends by that same signal (the shell reports 130 or 143).
-SIGKILL cannot be caught: atomic writes make it lose at most the unflushed block.
+SIGTERM (sent by ``kill``, schedulers and container runtimes) and SIGHUP (the terminal closed,
+the ssh connection dropped) would otherwise end the process on the spot, skipping the
+``finally`` blocks that flush finished work. Turning them into an :class:`Interrupted` (a
+:class:`KeyboardInterrupt`) makes them take the path Ctrl-C takes; the CLI then prints one line
+and ends by that same signal (the shell reports 130, 143 or 129). After a hangup the terminal is
+gone: stdout and stderr on it are pointed at /dev/null, so the writes still ahead (the stop line,
+a progress bar's last frame) cannot fail and cut the save short. SIGKILL cannot be caught:
+atomic writes make it lose at most the unflushed block.
 """
 
 from __future__ import annotations
@@ -30,22 +33,67 @@ class Interrupted(KeyboardInterrupt):
         return cls(message, getattr(exc, "signum", signal.SIGINT))
 
 
+# The signals that stop a run the way Ctrl-C does (SIGHUP does not exist on Windows).
+STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
 @contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While inside, SIGTERM raises :class:`Interrupted` in the main thread, like Ctrl-C does."""
+def stops_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, like Ctrl-C does.
+
+    A signal ignored when the run started stays ignored: ``nohup imgcluster ...`` ignores SIGHUP
+    so that the run outlives the terminal, and must go on after a logout.
+    """
 
     def handler(signum: int, frame: Any) -> None:
+        if signum != signal.SIGTERM:  # SIGHUP: the terminal may be gone
+            _leave_hung_up_terminal()
         raise Interrupted("", signum)
 
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGTERM, handler)
+        for signum in STOP_SIGNALS:
+            if signal.getsignal(signum) != signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, handler)
     except ValueError:  # not the main thread: leave signals to whoever owns it
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, before in previous.items():
+            signal.signal(signum, before)
+
+
+def leave_hangup_to_parent() -> None:
+    """In a decode worker: ignore SIGHUP, which a closed terminal sends to every process of the run.
+
+    The main process turns it into a stop that saves finished batches and then ends the workers;
+    a worker dying of it first made the stop read as "a decode worker died".
+    """
+    if hasattr(signal, "SIGHUP"):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
+def _leave_hung_up_terminal() -> None:
+    """Point stdout and stderr at /dev/null where they are a hung-up terminal.
+
+    A hung-up terminal fails every write with EIO, and ``isatty`` answers False for it while
+    ``fstat`` still says it is a character device (as /dev/null is, which is unchanged). A live
+    terminal (a ``kill -HUP`` from elsewhere), a file or a pipe is left alone: the stop line
+    still reaches it.
+    """
+    import stat
+
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for fd in (1, 2):
+                with contextlib.suppress(OSError):
+                    if stat.S_ISCHR(os.fstat(fd).st_mode) and not os.isatty(fd):
+                        os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
 
 
 STOPPED_STARTING = "interrupted while starting; nothing was done"  # a stop before any command's work began
@@ -54,7 +102,7 @@ _stopped_by: int | None = None  # the signal a handled interrupt came from, for 
 
 
 def note_stop(exc: KeyboardInterrupt) -> int:
-    """Remember which signal stopped the run (SIGINT for Ctrl-C, SIGTERM) and return its number."""
+    """Remember which signal stopped the run (SIGINT for Ctrl-C, SIGTERM, SIGHUP) and return its number."""
     global _stopped_by
     _stopped_by = int(getattr(exc, "signum", signal.SIGINT))
     return _stopped_by

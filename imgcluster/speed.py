@@ -20,6 +20,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from imgcluster.signals import leave_hangup_to_parent
+
 FOLD_TOLERANCE = 1e-3  # max |folded - original| relative to max |original| on the probe input
 
 
@@ -99,8 +101,10 @@ def fold_batchnorm(model: nn.Module, probe: torch.Tensor) -> nn.Module:
 
 def worker_threads_init(worker_id: int) -> None:
     """Decode workers run one torch thread each: their tensor work is tiny, and N workers with
-    ``cpu_count`` threads each would fight the model's threads for the same cores."""
+    ``cpu_count`` threads each would fight the model's threads for the same cores. A hangup is
+    left to the main process, which saves what is finished before it ends them."""
     torch.set_num_threads(1)
+    leave_hangup_to_parent()
 
 
 @contextlib.contextmanager

@@ -246,6 +246,8 @@ def test_features_that_are_not_finite_are_refused_before_training() -> None:
         ("workers", 1.5, "workers must be a whole number of at least 0, got 1.5"),
         ("lock_timeout", -1, "lock_timeout is a number of seconds, 0 or more; got -1"),
         ("lock_timeout", float("nan"), "lock_timeout is a number of seconds, 0 or more; got nan"),
+        ("dtype", "float8", "dtype must be float16 or float32, not 'float8'"),  # after the scan
+        ("dtype", None, "dtype must be float16 or float32, not None"),
     ],
 )
 def test_embedding_options_the_command_line_refuses_are_refused_by_name(
@@ -388,3 +390,34 @@ def test_a_result_given_for_a_csv_path_is_refused_with_what_to_pass(small_folder
     with pytest.raises(ParameterError, match=re.escape(f"pass the CSV it wrote, {tmp_path / 'clusters.csv'}")):
         imgcluster.write_report(result)  # type: ignore[arg-type]
     assert imgcluster.evaluate(os.fsencode(tmp_path / "clusters.csv"), small_folder).matched == 24  # a path in bytes is a path
+
+
+@pytest.mark.usefixtures("no_embedding")
+def test_a_progress_that_cannot_be_called_is_refused_before_any_work(
+    small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`progress="bar"` ran the scan (embed: the model's load) and failed at the first event with a TypeError."""
+    import numpy as np
+    from test_exporting import write_csv
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("embedded although progress was refused")
+
+    monkeypatch.setattr("imgcluster.features.embed_checked", fail)
+    images = sorted(small_folder.rglob("*.png"))
+    csv_path = write_csv(tmp_path / "c.csv", [(p.relative_to(small_folder).as_posix(), 0, "", 0) for p in images])
+    calls = [
+        lambda: imgcluster.embed(small_folder, progress="bar", **MODEL),  # type: ignore[arg-type]
+        lambda: imgcluster.cluster_folder(small_folder, progress="bar", **MODEL),  # type: ignore[arg-type]
+        lambda: imgcluster.train_folder(small_folder, progress="bar", **MODEL),  # type: ignore[arg-type]
+        lambda: imgcluster.export(csv_path, tmp_path / "sorted", folder=small_folder, progress="bar"),  # type: ignore[arg-type]
+        lambda: imgcluster.write_report(csv_path, folder=small_folder, progress="bar"),  # type: ignore[arg-type]
+        lambda: imgcluster.ClusterHead(n_clusters=2, epochs=1, device="cpu").fit(np.eye(8), progress="bar"),  # type: ignore[arg-type]
+    ]
+    before = sorted(tmp_path.rglob("*"))
+    for call in calls:
+        with pytest.raises(ParameterError) as info:
+            call()
+        assert str(info.value) == "progress takes a function that receives each Event (or None), not a str"
+        assert info.value.parameters == ("progress",)
+    assert sorted(tmp_path.rglob("*")) == before  # no cache, export or report begun

@@ -288,12 +288,89 @@ def test_assign_report_onto_a_folder_is_refused_before_the_work(tmp_path: Path) 
     assert not (tmp_path / "x.csv").exists() and not (folder / ".imgcluster").exists()
 
 
-@pytest.mark.parametrize(("blocked", "options"), [("x.csv.json", []), ("x-duplicates.csv", ["--near-duplicates", "0.9"])])
+@pytest.mark.parametrize(
+    ("blocked", "options"), [("x.csv.json", []), ("x-duplicates.csv", ["--near-duplicates", "0.9"]), ("x-skipped.csv", [])]
+)
 def test_a_folder_where_a_file_beside_the_csv_goes_is_refused_before_the_work(blocked: str, options: list[str], tmp_path: Path) -> None:
-    """A folder named x.csv.json (or x-duplicates.csv) failed the run after the CSV was written: exit 1, 'Is a directory'."""
+    """A folder named x.csv.json (or x-duplicates.csv, or x-skipped.csv for the unreadable files) failed the run after
+    the CSV was written: exit 1, 'Is a directory'."""
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    (folder / "broken.jpg").write_bytes(b"not an image")  # a file the run skips, so x-skipped.csv is written
     (tmp_path / blocked).mkdir()
     result = invoke("assign", folder, *FAST, "--out", tmp_path / "x.csv", *options)
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: --out {tmp_path / 'x.csv'}: {tmp_path / blocked}, which goes beside it, is a folder\n"
     assert not (tmp_path / "x.csv").exists() and not (folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "typed", "command"),
+    [
+        (["export", "{csv}", "--to", "", "--folder", "{folder}"], "--to", "export"),
+        (["export", "{csv}", "--to=", "--folder", "{folder}"], "--to", "export"),
+        (["assign", "", "-k", "2"], "FOLDER", "assign"),
+        (["train", "-k", "2", "--", ""], "FOLDER", "train"),
+        (["embed", ""], "SOURCE", "embed"),
+        (["evaluate", "{csv}", ""], "LABELLED_FOLDER", "evaluate"),
+        (["report", ""], "CSV", "report"),
+        (["assign", "{folder}", "--weights", ""], "--weights", "assign"),
+        (["assign", "{folder}", "--head", ""], "--head", "assign"),
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], typed: str, command: str
+) -> None:
+    """`"$DIR"` with DIR unset is "": `export --to ""` exported into the current folder, `assign ""` clustered it
+    (and left a cache there), `report ""` failed with an unexpected ValueError."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('"path","cluster"\n' + "".join(f'"{p}",{i % 2}\n' for i, p in enumerate(paths)))
+    here = tmp_path / "here"
+    copy_sample(here, CLASSES[:1], per_class=2)  # a current folder with images, as a user's would have
+    monkeypatch.chdir(here)
+    before = sorted(tmp_path.rglob("*"))
+    result = invoke(*(a.format(csv=csv_path, folder=folder) for a in args))
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: {typed} is empty (a variable that is not set?): give a path (see imgcluster {command} --help)\n"
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [
+        (["assign", "{folder}", "-k", "2", "--out", "results/"], "assign"),
+        (["train", "{folder}", "-k", "2", "--out=results/"], "train"),
+        (["report", "{csv}", "--out", "results/"], "report"),
+    ],
+)
+def test_an_output_named_like_a_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], command: str) -> None:
+    """`--out results/` (a folder to be) wrote a file named results, and results.json beside it."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('"path","cluster"\n' + "".join(f'"{p.relative_to(folder).as_posix()}",0\n' for p in folder.rglob("*.png")))
+    monkeypatch.chdir(tmp_path)
+    before = sorted(tmp_path.rglob("*"))
+    result = invoke(*(a.format(folder=folder, csv=csv_path) for a in args))
+    assert result.exit_code == 2 and result.stdout == ""
+    said = "error: --out results/ ends in /, as a folder's name does: give a file name"
+    assert result.stderr == f"{said} (see imgcluster {command} --help)\n"
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_an_output_named_like_a_folder_is_refused_from_python(tmp_path: Path) -> None:
+    import imgcluster
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    csv_path = tmp_path / "c.csv"
+    csv_path.write_text('"path","cluster"\n' + "".join(f'"{p.relative_to(folder).as_posix()}",0\n' for p in folder.rglob("*.png")))
+    out = f"{tmp_path}/results/"
+    for call in (
+        lambda: imgcluster.cluster_folder(folder, out=out, n_clusters=2, model="efficientnet-lite0"),
+        lambda: imgcluster.train_folder(folder, out=out, n_clusters=2, model="efficientnet-lite0"),
+        lambda: imgcluster.write_report(csv_path, out),
+    ):
+        with pytest.raises(imgcluster.ParameterError) as info:
+            call()
+        assert str(info.value) == f"out {out} ends in /, as a folder's name does: give a file name" and info.value.parameters == ("out",)
+    assert not (tmp_path / "results").exists() and not (folder / ".imgcluster").exists()

@@ -259,3 +259,21 @@ def test_a_csv_saved_by_a_spreadsheet_reads_back_or_says_what_is_wrong(tmp_path:
         read_assignments(tmp_path / "semicolons.csv")
     expected = "is not an assignment CSV: missing column(s) path, cluster (its columns are separated by ';': save it with commas)"
     assert str(caught.value) == f"{tmp_path / 'semicolons.csv'} {expected}"
+
+
+@pytest.mark.parametrize("command", [["evaluate", "-", "{folder}"], ["report", "-"], ["export", "-", "--to", "{to}"]])
+def test_a_csv_named_dash_points_to_dev_stdin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    """`assign --out -` writes the CSV to stdout, so `... | imgcluster evaluate - FOLDER` was tried: "assignments file not found: -"."""
+    from typer.testing import CliRunner
+
+    from imgcluster.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    args = [a.format(folder=tmp_path / "photos", to=tmp_path / "sorted") for a in command]
+    result = CliRunner().invoke(app, args, input='"path","cluster"\n"a.png",0\n')
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr == (
+        "error: CSV - is not standard input here: pipe into evaluate with /dev/stdin "
+        "(`imgcluster assign FOLDER --out - | imgcluster evaluate /dev/stdin FOLDER`); report and export read a saved CSV\n"
+    )

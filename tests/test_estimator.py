@@ -235,3 +235,19 @@ def test_the_fitted_attributes_the_docstring_names_exist(tmp_path: Path) -> None
     loaded = ClusterHead.load(tmp_path / "head.safetensors")
     assert [name for name in named if name not in ("feature_names_in_", "labels_") and not hasattr(loaded, name)] == []
     assert not hasattr(loaded, "labels_")
+
+
+@pytest.mark.parametrize("scale", [1e30, 1e19])
+def test_features_too_long_to_normalise_are_refused_naming_x(scale: float) -> None:
+    """Rows near 1e30 overflowed the float32 normalisation to zeros: fit put every row in one cluster
+    of equal probabilities, without a word; predict did the same to such rows."""
+    x, _ = blobs()
+    huge = x * np.float32(scale)
+    message = r"^X row 0 is too long to normalise \(length [0-9.e+]+; float32 holds at most 1\.84e\+19\): scale the features down$"
+    with pytest.raises(ParameterError, match=message) as info:
+        ClusterHead(n_clusters=3, **FAST).fit(huge)
+    assert info.value.parameters == ("X",)
+    head = ClusterHead(n_clusters=3, **FAST).fit(x)
+    with pytest.raises(ParameterError, match=message):
+        head.predict_proba(huge)
+    assert np.array_equal(ClusterHead(n_clusters=3, **FAST).fit(x * np.float32(1e17)).labels_, head.labels_)  # large, still fine

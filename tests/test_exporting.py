@@ -184,3 +184,24 @@ def test_a_missing_image_is_left_out_and_the_rest_exported(assigned: tuple[Path,
     result = imgcluster.export(csv_path, tmp_path / "sorted", folder=folder, progress=events.append)
     assert result.placed == 5 and result.missing == [(folder / paths[1]).as_posix()]
     assert any(e.kind == "warning" and "1 image of out.csv not found or not a regular file" in str(e) for e in events)
+
+
+@pytest.mark.parametrize("image_folder", ["00-sandal-running-shoe", "outliers/photos"])
+def test_an_export_folder_that_is_or_holds_the_image_folder_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, image_folder: str
+) -> None:
+    """`export --to .` beside an image folder named like a cluster's folder said "3 already there": the images themselves."""
+    folder = copy_sample(tmp_path / image_folder, CLASSES[:2], per_class=3)
+    paths = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))
+    rows = [(p, i // 3, "sandal, running shoe" if i < 3 else "mailbag", int(i == 5)) for i, p in enumerate(paths)]
+    csv_path = write_csv(tmp_path / "out.csv", rows)
+    before = sorted(tmp_path.rglob("*"))
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["export", "out.csv", "--to", ".", "--folder", image_folder])
+    assert result.exit_code == 2 and result.stdout == ""
+    doing = "export onto the image folder" if image_folder.startswith("00") else "mix the export with the image folder"
+    where = image_folder.split("/")[0]
+    assert result.stderr.startswith(f"error: --to . would {doing} {image_folder} ") and f"its folder {where})" in result.stderr
+    assert result.stderr.count("\n") == 1 and sorted(tmp_path.rglob("*")) == before  # nothing exported, no folder made
+    with pytest.raises(ParameterError, match=r"^to \. would"):
+        imgcluster.export(csv_path, ".", folder=image_folder)

@@ -107,6 +107,17 @@ def _cli(*args: str | Path, **environ: str) -> dict:
         # these two were found missing after torch had been imported (4.7 s), the weights with exit code 1
         (lambda p: _images(p / "two", 2), ("embed", "{tmp}/two", "--weights", "{tmp}/w"), 2, "error: weights file not found: {tmp}/w"),
         (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two", "--head", "{tmp}/h"), 2, "error: head checkpoint not found: {tmp}/h"),
+        # --weights a folder ("not found" after the scan, exit 1) or no weights at all (after the model's build), --dtype (after the scan)
+        (lambda p: [_images(p / "two", 2), p.joinpath("w").mkdir()], ("embed", "{tmp}/two", "--weights", "{tmp}/w"), 2,
+         "error: --weights {tmp}/w is not a file"),
+        (lambda p: [_images(p / "two", 2), p.joinpath("w.safetensors").write_text("hello")],
+         ("embed", "{tmp}/two", "--weights", "{tmp}/w.safetensors"), 1,
+         "error: cannot read weights {tmp}/w.safetensors: it is not a safetensors file or a PyTorch state dict"),
+        (lambda p: [_images(p / "two", 2), p.joinpath("w.pth").write_text("hello")],
+         ("assign", "{tmp}/two", "-k", "2", "--weights", "{tmp}/w.pth"), 1,
+         "error: cannot read weights {tmp}/w.pth: it is not a safetensors file or a PyTorch state dict"),
+        (lambda p: _images(p / "two", 2), ("train", "{tmp}/two", "-k", "2", "--dtype", "float8"), 2,
+         "error: --dtype must be float16 or float32, not 'float8'"),
         # --clusters auto with a --k-min above half the images, or above --k-max: refused once embedded, or once torch was imported
         (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two", "-k", "auto", "--k-min", "3"), 2, "error: 2 images are too few"),
         (lambda p: _images(p / "two", 2), ("train", "{tmp}/two", "-k", "auto", "--k-min", "5", "--k-max", "3"), 2, "error: --k-max (3)"),

@@ -25,7 +25,7 @@ from imgcluster.report.page import MAX_BYTES, render_html
 from imgcluster.report.paths import lexical_refusal, refusal
 from imgcluster.report.sidecar import cache_dir_of, cached_features, read_sidecar, resolve_folder
 from imgcluster.report.thumbnails import THUMB_PX, Thumb, ThumbCache, make_thumbnails
-from imgcluster.signals import Interrupted, sigterm_as_interrupt
+from imgcluster.signals import Interrupted, stops_as_interrupt
 
 
 @dataclass
@@ -101,7 +101,7 @@ def write_report(
         raise ParameterError(f"{{out}} {out} is a folder; give a file name")
     written: list[Path] = []  # the page, once it is in place
     try:
-        with sigterm_as_interrupt():
+        with stops_as_interrupt():
             return _write_report(
                 assignments, out, labels, folder, montage, per_cluster, features, hooks or ReportHooks(), max_images, max_bytes,
                 follow_symlinks, written,

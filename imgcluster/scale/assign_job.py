@@ -25,11 +25,12 @@ from typing import IO, TYPE_CHECKING, Any
 import numpy as np
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
-from imgcluster.errors import ImgclusterError, ParameterError
-from imgcluster.progress import ProgressFn, Reporter, count, keeping_warnings
+from imgcluster.errors import ImgclusterError, ParameterError, literal
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD, check_knn_options
 from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
+from imgcluster.userpath import expand_home
 
 if TYPE_CHECKING:
     from imgcluster.scale.training import StoreSample
@@ -294,6 +295,8 @@ def assign_store(
     from imgcluster.scale.training import check_engine, engine_session, head_for_store, read_sample, said_when_stopped
 
     start = time.perf_counter()
+    features, out, head = expand_home(features), expand_home(out), expand_home(head)
+    check_progress(progress)
     check_engine(engine)
     check_min_confidence(min_confidence)
     check_knn_options(knn_threshold, nprobe)
@@ -308,6 +311,8 @@ def assign_store(
     if beside is not None and parquet_path(beside) == beside:
         raise ParameterError(f"{{out}} {out_text} is where the CSV goes, and its parquet copy goes beside it as <stem>.parquet: "
                              "give the CSV a name ending in .csv")  # fmt: skip
+    if beside is not None and parquet_path(beside).is_dir():  # it failed after the training: "cannot write x.parquet"
+        raise ParameterError(f"{{out}} {literal(out_text)}: {literal(parquet_path(beside))}, which goes beside it, is a folder")
     if out_path is not None:
         check_writable(out_path)  # fail before the training, not after it
     progress, warnings = keeping_warnings(progress)
@@ -352,10 +357,12 @@ def assign_store(
                 sample.features, sample.paths, sample.seed, knn_threshold=knn_threshold, nprobe=nprobe, use_gpu=dev.type == "cuda",
                 progress=progress,
             )  # fmt: skip
-        model, _ = fit_sample_model(
-            trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain, isolation=isolation,
-            paths=sample.paths, source=sample.meta.source, progress=progress,
-        )  # fmt: skip
+        # The names take a pass over the sample (its images, for a store drawn light on black): a stop there said nothing.
+        with said_when_stopped("naming the clusters" if use_names else "measuring the outlier thresholds", kept):
+            model, _ = fit_sample_model(
+                trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain, isolation=isolation,
+                paths=sample.paths, source=sample.meta.source, progress=progress,
+            )  # fmt: skip
         tally = Tally()
         problems: list[str] = []
         report.start(sample.rows, f"assigning {sample.rows} rows ({engine})")

@@ -31,13 +31,14 @@ import numpy as np
 
 from imgcluster import featurestore
 from imgcluster.errors import ImgclusterError, ParameterError
-from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale import resume, sources
 from imgcluster.scale.decode import NO_MTIME, decode_batch
 from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_environment
 from imgcluster.scale.engine import import_ray, quiet_data_context, ray_session, require_ray
 from imgcluster.scale.sources import Source, open_source
 from imgcluster.signals import Interrupted
+from imgcluster.userpath import expand_home
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -125,6 +126,8 @@ def embed_to_store(
     objects; nothing is printed. A stop (Ctrl-C, SIGTERM) raises :class:`EmbedInterrupted`.
     """
     start = time.monotonic()
+    source, features_out, weights, manifest = expand_home(source), expand_home(features_out), expand_home(weights), expand_home(manifest)
+    check_progress(progress)
     if batch_size is not None and batch_size < 1:
         raise ParameterError("{batch_size} must be at least 1")
     if num_gpus is not None and num_gpus < 0:
@@ -261,9 +264,9 @@ def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | No
     if config.manifest is not None:
         sources.manifest_rows(config.manifest)  # its footers checked here: one line for a missing column, not a task's traceback
         files = [{"file": path} for path in sources.manifest_files(config.manifest)]
-        listing = ray.data.from_items(files, override_num_blocks=len(files)).map_batches(
-            sources.read_manifest_blocks, batch_size=1, batch_format="numpy", fn_kwargs={"uri": config.manifest},
-            max_retries=RETRIES, retry_exceptions=[OSError],
+        listing = map_batches(
+            ray.data.from_items(files, override_num_blocks=len(files)), sources.read_manifest_blocks,
+            {"max_retries": RETRIES, "retry_exceptions": [OSError]}, batch_size=1, batch_format="numpy", fn_kwargs={"uri": config.manifest},
         )  # fmt: skip
     else:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -383,11 +386,30 @@ class _Session(contextlib.ExitStack):
         self.report.at("model").info("starting Ray" + (f" at {self.address}" if self.address else " (a local instance)") + " ...")
         self.enter_context(ray_session(self.address))
         self.enter_context(quiet_data_context())
-        # Retries are bounded (Ray Data's default for actors is forever: a file that crashes the
-        # model every time would loop); Ray 2.60 takes them only through the keyword arguments it
-        # deprecates for 2.64, so its warning is silenced here, where the version is pinned.
-        warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
         self.started = True
+
+
+DEPRECATED_REMOTE_ARGS = "`ray_remote_args` is deprecated"  # the start of Ray 2.60's warning (ray/data/dataset.py)
+
+
+def map_batches(ds: Any, fn: Any, retries: dict[str, Any], **kwargs: Any) -> Any:
+    """``ds.map_batches(fn, **kwargs)``, its retries bounded by the Ray ``remote`` options ``retries``.
+
+    Ray Data's defaults retry forever (``max_retries=-1`` for tasks, ``max_restarts=-1`` and
+    ``max_task_retries=-1`` for actors): a file that crashes a worker every time would loop.
+    Ray 2.60 takes these options only as loose keyword arguments (``**ray_remote_args``), which
+    it deprecates for 2.64 with no named replacement (docs/scale.md, "Retries"), so its warning
+    is silenced for this call alone; a Ray whose ``map_batches`` no longer takes them runs with
+    its own defaults.
+    """
+    import inspect
+
+    signature = inspect.signature(type(ds).map_batches)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in signature.parameters.values()):
+        return ds.map_batches(fn, **kwargs)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=DEPRECATED_REMOTE_ARGS, category=DeprecationWarning)
+        return ds.map_batches(fn, **kwargs, **retries)
 
 
 def _ray_table(todo: pa.Table) -> pa.Table:
@@ -457,19 +479,19 @@ def _run(
     else:
         table = _ray_table(plan.todo)
         ds = ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)])
-    ds = ds.map_batches(
-        decode_batch, batch_size=batch_size, batch_format="numpy", num_cpus=1,
+    ds = map_batches(
+        ds, decode_batch, {"max_retries": RETRIES, "retry_exceptions": True}, batch_size=batch_size, batch_format="numpy", num_cpus=1,
         fn_kwargs={"source": src, "data_config": _data_config(meta), "timeout": decode_timeout()},
-        max_retries=RETRIES, retry_exceptions=True,
     )  # fmt: skip
-    ds = ds.map_batches(
-        EmbedActor, fn_constructor_kwargs={"spec": spec}, batch_size=batch_size, batch_format="numpy",
-        compute=ActorPoolStrategy(size=n_actors), num_cpus=actor_cpus, num_gpus=per_actor_gpus if use_gpu else 0,
-        max_restarts=RETRIES, max_task_retries=RETRIES,
+    ds = map_batches(
+        ds, EmbedActor, {"max_restarts": RETRIES, "max_task_retries": RETRIES}, fn_constructor_kwargs={"spec": spec},
+        batch_size=batch_size, batch_format="numpy", compute=ActorPoolStrategy(size=n_actors), num_cpus=actor_cpus,
+        num_gpus=per_actor_gpus if use_gpu else 0,
     )  # fmt: skip
-    ds = ds.map_batches(
-        write_batch, batch_size=min(WRITE_ROWS, max(batch_size, math.ceil(plan.n_todo / 4))), batch_format="numpy",
-        num_cpus=0.25, fn_kwargs={"store": store}, max_retries=RETRIES, retry_exceptions=True,
+    ds = map_batches(
+        ds, write_batch, {"max_retries": RETRIES, "retry_exceptions": True},
+        batch_size=min(WRITE_ROWS, max(batch_size, math.ceil(plan.n_todo / 4))), batch_format="numpy", num_cpus=0.25,
+        fn_kwargs={"store": store},
     )  # fmt: skip
     report.start(plan.n_todo)
     for batch in ds.iter_batches(batch_format="numpy", batch_size=None):

@@ -17,6 +17,7 @@ from types import ModuleType
 from typing import Any
 
 from imgcluster.errors import ImgclusterError
+from imgcluster.signals import STOP_SIGNALS
 
 RAY_MISSING = "the Ray engine needs the 'ray' extra: pip install 'imgcluster[ray]'"
 
@@ -69,12 +70,12 @@ def _unreachable(address: str) -> str | None:
 
 
 def _python_signal_handlers() -> dict[int, Any]:
-    """The Python handlers of SIGINT and SIGTERM (the CLI turns SIGTERM into an interrupt), to put
+    """The Python handlers of SIGINT, SIGTERM and SIGHUP (the CLI turns the last two into interrupts), to put
     back after ``ray.init``: its C++ core worker installs a handler that aborts on SIGTERM, so a
     stopped job would die with signal 6 instead of saying what it kept."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    found = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    found = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, *STOP_SIGNALS)}
     return {signum: handler for signum, handler in found.items() if handler is not None}
 
 

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.outputs import check_head_name
 from imgcluster.preflight import check_clusters_fit
-from imgcluster.progress import ProgressFn, Reporter, count
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
+from imgcluster.userpath import expand_home
 
 if TYPE_CHECKING:
     from imgcluster.estimator import ClusterHead
@@ -117,11 +118,18 @@ def read_sample(
     paths, features, rows = store_sample(uri, size, seed, tasks, progress=progress)
     if rows == 0:
         raise ImgclusterError(f"the feature store {uri} holds no rows yet; embed into it first")
+    features = features.reshape(len(paths), meta.dim)
+    broken = np.flatnonzero(~np.isfinite(features).all(axis=1))
+    if broken.size:  # float16 holds at most 65504: larger features were written as infinity
+        raise ImgclusterError(
+            f"the feature store {uri} holds {count(broken.size, 'row')} with NaN or infinite features in the sample "
+            f"(e.g. {literal(paths[int(broken[0])])}); embed those images into it again"
+        )
     if len(paths) < rows:
         Reporter(progress, "sample").info(
             f"training on a seeded sample of {len(paths)} of the store's {rows} rows ({{train_sample}} {size}, {{seed}} {seed})"
         )
-    return StoreSample(uri, meta, paths, features.reshape(len(paths), meta.dim), rows, seed, size)
+    return StoreSample(uri, meta, paths, features, rows, seed, size)
 
 
 def head_for_store(
@@ -209,6 +217,8 @@ def train_from_store(
     from imgcluster.estimator import checked_head
     from imgcluster.scale.knn import check_knn_options
 
+    features, out = expand_home(features), expand_home(out)
+    check_progress(progress)
     check_engine(engine)
     check_knn_options(knn_threshold, nprobe)
     estimator = checked_head(

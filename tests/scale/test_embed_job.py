@@ -188,3 +188,69 @@ def test_the_per_file_time_limit_holds_in_the_decode_tasks(local_ray: object, tm
     summary = embed_job.embed_to_store(str(folder), str(tmp_path / "features"), model=MODEL)
     assert summary.embedded == 0 and len(summary.skipped) == 2
     assert all("the per-file limit, $IMGCLUSTER_DECODE_TIMEOUT" in reason for _, reason in summary.skipped)
+
+
+@pytest.mark.slow
+def test_the_job_passes_no_deprecated_remote_args_to_ray_data(
+    local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray 2.60 read map_batches(max_retries=..., retry_exceptions=..., max_restarts=...) as `ray_remote_args`, with a
+    RayDeprecationWarning (removal in Ray 2.64). Planned on Ray from a manifest, so every map_batches of the job is built."""
+    import warnings
+
+    monkeypatch.setattr(embed_job, "LOCAL_PLAN_ROWS", 0)
+    files = sorted(p for p in photos.rglob("*.png"))
+    manifest = tmp_path / "manifest.parquet"
+    pq.write_table(
+        pa.table(
+            {
+                "path": [p.relative_to(photos).as_posix() for p in files],
+                "size": [p.stat().st_size for p in files],
+                "mtime_ns": [p.stat().st_mtime_ns for p in files],
+            }
+        ),
+        manifest,
+    )
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = embed_job.embed_to_store(str(photos), str(tmp_path / "features"), model=MODEL, manifest=str(manifest), batch_size=2)
+        assert warnings.filters[0][0] == "always"  # the caller's filters stay as they were (a global "ignore" was added)
+    assert (summary.embedded, summary.skipped) == (6, [])
+    deprecated = [str(w.message) for w in caught if issubclass(w.category, DeprecationWarning) and "ray_remote_args" in str(w.message)]
+    assert deprecated == [] and warnings.filters == filters
+
+
+class _Dataset:
+    """Ray 2.60's map_batches as far as the helper sees it: loose keywords warn, and are recorded."""
+
+    def __init__(self) -> None:
+        self.options: dict[str, object] = {}
+
+    def map_batches(self, fn: object, *, batch_size: int | None = None, **ray_remote_args: object) -> _Dataset:
+        import warnings
+
+        if ray_remote_args:
+            warnings.warn("`ray_remote_args` is deprecated and will be removed in Ray 2.64.", DeprecationWarning, stacklevel=2)
+        self.options = {"batch_size": batch_size, **ray_remote_args}
+        return self
+
+
+class _DatasetWithoutRemoteArgs(_Dataset):
+    def map_batches(self, fn: object, *, batch_size: int | None = None) -> _Dataset:  # type: ignore[override]
+        self.options = {"batch_size": batch_size}
+        return self
+
+
+def test_retries_reach_ray_data_without_its_warning_or_a_global_filter() -> None:
+    import warnings
+
+    filters = list(warnings.filters)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ds = embed_job.map_batches(_Dataset(), len, {"max_retries": 3, "retry_exceptions": True}, batch_size=2)
+        later = _Dataset().map_batches(len, max_restarts=1)  # the caller's own call still warns
+    assert ds.options == {"batch_size": 2, "max_retries": 3, "retry_exceptions": True} and later.options["max_restarts"] == 1
+    assert [str(w.message)[:34] for w in caught] == ["`ray_remote_args` is deprecated an"] and warnings.filters == filters
+    newer = embed_job.map_batches(_DatasetWithoutRemoteArgs(), len, {"max_retries": 3}, batch_size=2)  # a Ray after 2.64
+    assert newer.options == {"batch_size": 2}

@@ -344,3 +344,80 @@ def test_train_from_a_store_refuses_a_head_name_assign_cannot_read(tmp_path: Pat
     with pytest.raises(ParameterError, match=r"does not end in \.safetensors") as info:
         train_from_store(str(tmp_path / "no-store"), out=tmp_path / "head.pt", n_clusters=3)
     assert info.value.parameters == ("out",)
+
+
+def test_train_features_out_without_safetensors_is_refused_before_training(tmp_path: Path) -> None:
+    """`train --features STORE --out head`: one line and exit 2 before the sample is read, not after the training."""
+    from storefixtures import synthetic_store
+
+    uri = synthetic_store(str(tmp_path / "store"), n=300, dim=16)
+    done = CliRunner().invoke(app, ["train", "--features", uri, "--out", str(tmp_path / "head"), "-k", "3", "--epochs", "1"])
+    assert done.exit_code == 2, done.stderr
+    assert done.stderr == f"error: --out {tmp_path / 'head'} does not end in .safetensors, the only name a head is read back from\n"
+    assert done.stdout == "" and sorted(p.name for p in tmp_path.iterdir()) == ["store"]
+
+
+def test_a_stop_while_naming_the_clusters_says_what_is_kept(
+    store: tuple[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The naming pass had no stop line: the CLI's generic one spoke of a cache of finished batches."""
+    from imgcluster.scale import labels
+
+    uri, _ = store
+
+    def stopped(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(labels, "sample_names", stopped)
+    out = tmp_path / "c.csv"
+    done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(out), "-k", "5", "--epochs", "1", "--device", "cpu"])
+    assert done.exit_code == 130, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    said = re.fullmatch(
+        r"error: interrupted while naming the clusters: nothing was written; "
+        r"the head is saved in (.+): give it as the head to rerun without training",
+        last,
+    )
+    assert said and Path(said[1]).is_file(), done.stderr
+    assert list(tmp_path.iterdir()) == []  # no CSV, no parquet, no temporary file
+
+
+def test_a_folder_where_the_parquet_copy_goes_is_refused_before_training(tmp_path: Path) -> None:
+    """`assign --features STORE --out x.csv` with a folder x.parquet trained, then said "cannot write x.parquet"."""
+    from storefixtures import synthetic_store
+
+    uri = synthetic_store(str(tmp_path / "store"), n=300, dim=16)
+    (tmp_path / "x.parquet").mkdir()
+    done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(tmp_path / "x.csv"), "-k", "3", "--epochs", "1"])
+    assert done.exit_code == 2, done.stderr
+    assert done.stderr == f"error: --out {tmp_path / 'x.csv'}: {tmp_path / 'x.parquet'}, which goes beside it, is a folder\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["store", "x.parquet"] and not (tmp_path / "store" / "_heads").exists()
+
+
+def test_a_store_with_infinite_features_is_refused_naming_a_row(tmp_path: Path) -> None:
+    """Features beyond float16's 65504 were stored as infinity; training on them said "X: Input X contains infinity"
+    (a parameter no store user gave) and assigning with a head labelled them silently."""
+    from imgcluster.cache import cache_key
+    from imgcluster.errors import ImgclusterError
+    from imgcluster.featurestore import FeatureStoreMeta, open_store
+
+    identity = {"model": "synthetic", "weights": "none", "dim": 8}
+    meta = FeatureStoreMeta(model="synthetic", key=cache_key(identity, "float16"), identity=identity, dim=8, source="/nowhere")
+    x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
+    x[7] = 1e30
+    store = open_store(str(tmp_path / "store"), meta)
+    with np.errstate(over="ignore"):
+        store.write([f"img/{i:03d}.jpg" for i in range(40)], [1] * 40, [0] * 40, [None] * 40, x)
+    uri = str(tmp_path / "store")
+    message = r"^the feature store .+ holds 1 row with NaN or infinite features in the sample \(e\.g\. img/007\.jpg\); embed those"
+    with pytest.raises(ImgclusterError, match=message):
+        train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu")
+    done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(tmp_path / "c.csv"), "-k", "3", "--epochs", "1"])
+    assert done.exit_code == 1 and done.stderr.startswith("error: the feature store"), done.stderr
+
+
+def test_a_progress_that_cannot_be_called_is_refused_before_the_store_is_read(tmp_path: Path) -> None:
+    for call in (train_from_store, assign_store):
+        with pytest.raises(imgcluster.ParameterError, match=r"^progress takes a function") as info:
+            call(str(tmp_path / "no-store"), out=tmp_path / "x.csv", progress=3)  # type: ignore[operator]
+        assert info.value.parameters == ("progress",)
