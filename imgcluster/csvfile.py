@@ -149,10 +149,10 @@ def check_assignments_file(path: Path) -> None:
     report and export; a folder was said to be "not found"); a pipe or a device is read once."""
     if path.is_dir():
         raise ParameterError(f"{{assignments}} {literal(path)} is a folder; give the CSV that assign wrote")
-    if str(path) == "-" and not path.exists():  # `assign --out -` writes to stdout, so `-` looked like stdin here
+    if str(path) == "-" and not path.exists():  # assign writes its CSV to stdout as `-`, so `-` looked like stdin here
         raise ParameterError(
-            "{assignments} - is not standard input here: pipe into evaluate with /dev/stdin "
-            "(`imgcluster assign FOLDER --out - | imgcluster evaluate /dev/stdin FOLDER`); report and export read a saved CSV"
+            "{assignments} - is not standard input here: evaluate reads a pipe given as /dev/stdin; "
+            "report and export read a saved CSV"
         )
     if not path.exists():  # a pipe is read as it comes (`assign --out - | imgcluster evaluate /dev/stdin ...` was "not found")
         raise ParameterError(f"assignments file not found: {literal(path)}", "assignments")

@@ -274,6 +274,5 @@ def test_a_csv_named_dash_points_to_dev_stdin(tmp_path: Path, monkeypatch: pytes
     result = CliRunner().invoke(app, args, input='"path","cluster"\n"a.png",0\n')
     assert result.exit_code == 2, result.stderr
     assert result.stderr == (
-        "error: CSV - is not standard input here: pipe into evaluate with /dev/stdin "
-        "(`imgcluster assign FOLDER --out - | imgcluster evaluate /dev/stdin FOLDER`); report and export read a saved CSV\n"
+        "error: CSV - is not standard input here: evaluate reads a pipe given as /dev/stdin; report and export read a saved CSV\n"
     )
