@@ -28,6 +28,16 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["IMGCLUSTER_MODEL_CACHE"] = previous
 
 
+@pytest.fixture(autouse=True)
+def no_stop_left_over(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A handled Ctrl-C in one CliRunner test leaves the signal it came from in imgcluster.signals, and
+    a later test that runs the real entry point (imgcluster.__main__.main) then ended pytest's own
+    process by that signal (exit_by_signal): each test starts with none, and leaves none behind."""
+    import imgcluster.signals
+
+    monkeypatch.setattr(imgcluster.signals, "_stopped_by", None)
+
+
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One embedding cache for the session: tests that do not test caching reuse features."""
