@@ -11,6 +11,7 @@ import contextlib
 import errno
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -57,8 +58,20 @@ def run_cli(*args: object, env: dict[str, str] | None = None, timeout: float = 3
     )
 
 
+STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def default_stops() -> None:
+    """Before a child that a test stops by a signal starts: the stops at their defaults. A test run
+    started in the background (``make test &``: SIGINT ignored) or under nohup (SIGHUP ignored)
+    passes the ignoring on to every child, and imgcluster rightly keeps a stop ignored at its start,
+    so the kill tests' signals never landed."""
+    for signum in STOPS:
+        signal.signal(signum, signal.SIG_DFL)
+
+
 def start_cli(*args: object, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """``python -m imgcluster ARGS`` in the background, stderr piped line by line."""
+    """``python -m imgcluster ARGS`` in the background, stderr piped line by line, stops at their defaults."""
     return subprocess.Popen(
         [sys.executable, "-m", "imgcluster", *map(str, args)],
         stdout=subprocess.PIPE,
@@ -66,6 +79,7 @@ def start_cli(*args: object, env: dict[str, str] | None = None) -> subprocess.Po
         text=True,
         env=env or cli_env(),
         cwd=ROOT,
+        preexec_fn=default_stops,
     )
 
 

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from faults import FAST, NO_TRAINING, cli_env, record, start_cli
+from faults import FAST, NO_TRAINING, cli_env, default_stops, record, start_cli
 from imagefolders import CLASSES, copy_sample
 
 from imgcluster.cache import read_shard
@@ -496,7 +496,6 @@ def test_kill_during_assign_then_rerun(reference: Reference, tmp_path: Path, req
     )
 
 
-
 def test_sigterm_mid_embed_reports_what_was_kept(small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fast and deterministic: SIGTERM arrives while the 10th image decodes; 2 blocks of 4 were saved."""
     import os
@@ -538,7 +537,9 @@ def test_ctrl_c_stops_a_calling_scripts_loop(small_folder: Path, tmp_path: Path)
     cache = tmp_path / "cache"
     command = f"{sys.executable} -m imgcluster embed {small_folder} --cache-dir {cache} {' '.join(NO_TRAINING + BATCH)}"
     script = f'for i in 1 2 3; do {command}; echo "after run $i" >&2; rm -rf {cache}; done'
-    proc = subprocess.Popen(["bash", "-c", script], stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path, start_new_session=True)
+    proc = subprocess.Popen(
+        ["bash", "-c", script], stderr=subprocess.PIPE, text=True, env=ENV, cwd=tmp_path, start_new_session=True, preexec_fn=default_stops
+    )
     assert proc.stderr is not None
     lines = []
     for line in proc.stderr:  # wait until the first run is embedding

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from faults import NO_TRAINING, cli_env
+from faults import NO_TRAINING, cli_env, default_stops
 from test_faults_kill import cached_features
 
 # Runs the CLI with the 10th image's decode sending the signal; with "hangup", stderr is first a
@@ -45,11 +45,12 @@ def _stop(folder: Path, cache: Path, how: str, signum: int, ignored: bool = Fals
     env = cli_env(IMGCLUSTER_FLUSH_EVERY="1000", IMGCLUSTER_FLUSH_SECONDS="1000")  # nothing saved but by the stop
 
     def ignore() -> None:  # what nohup does before it starts the command
+        default_stops()
         signal.signal(signum, signal.SIG_IGN)
 
     return subprocess.run(
         [sys.executable, "-c", CHILD, how, str(int(signum)), *args], capture_output=True, text=True, env=env, timeout=300, check=False,
-        preexec_fn=ignore if ignored else None,
+        preexec_fn=ignore if ignored else default_stops,
     )  # fmt: skip
 
 
@@ -76,7 +77,9 @@ def test_decode_workers_leave_a_hangup_to_the_main_process() -> None:
         "import signal; from imgcluster.speed import worker_threads_init; "
         "worker_threads_init(0); print(signal.getsignal(signal.SIGHUP) == signal.SIG_IGN)"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=cli_env(), timeout=120, check=False, preexec_fn=default_stops
+    )
     assert done.stdout.strip() == "True", done.stderr
 
 
@@ -116,7 +119,9 @@ def test_a_hangup_sent_by_kill_keeps_the_stop_line_on_a_live_terminal(small_fold
     master, slave = os.openpty()
     args = ["embed", str(small_folder), "--cache-dir", str(tmp_path / "cache"), *NO_TRAINING, "--embed-batch-size", "4"]
     env = cli_env(IMGCLUSTER_FLUSH_EVERY="1000", IMGCLUSTER_FLUSH_SECONDS="1000")
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, "live", str(int(signal.SIGHUP)), *args], stderr=slave, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", CHILD, "live", str(int(signal.SIGHUP)), *args], stderr=slave, env=env, preexec_fn=default_stops
+    )
     os.close(slave)
     shown: list[bytes] = []
 
