@@ -95,6 +95,7 @@ def test_a_signal_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Pa
     import subprocess
     import time
 
+    from faults import default_stops
     from imagefolders import CLASSES, copy_sample
 
     from imgcluster.scale.embed_actor import CRASH_VARIABLE
@@ -105,8 +106,9 @@ def test_a_signal_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Pa
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0", CRASH_VARIABLE: stall}
     args = ["embed", str(folder), "--engine", "ray", "--features-out", str(out), "--model", "efficientnet-lite0", "--embed-batch-size", "2"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "imgcluster", *args], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True
-    )
+        [sys.executable, "-m", "imgcluster", *args], env=env, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        preexec_fn=default_stops,
+    )  # fmt: skip
     deadline = time.monotonic() + 300
     while not list(out.glob("part-*/*.parquet")) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from faults import default_stops
 from imagefolders import SAMPLE
 from storefixtures import MODEL, numbered_store, planted_store, store_from_cache, synthetic_store
 from typer.testing import CliRunner
@@ -126,7 +127,7 @@ def test_ctrl_c_on_the_ray_pass_leaves_no_csv_and_ends_by_the_signal(local_ray: 
     command = [sys.executable, "-m", "imgcluster", "assign", "--features", uri, "--head", str(head), "--engine", "ray",
                "--ray-address", local_ray.get_runtime_context().gcs_address, "--no-names", "--out", str(out)]  # fmt: skip
     earlier = _labellers()  # the other tests' actors stay listed, dead
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env, preexec_fn=default_stops)
     try:
         deadline = time.monotonic() + 120
         while not _labellers() - earlier and process.poll() is None and time.monotonic() < deadline:
