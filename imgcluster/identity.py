@@ -57,6 +57,11 @@ def normalised(value: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def data_config_of(identity: dict[str, Any]) -> dict[str, Any]:
+    """The backbone's preprocessing as timm takes it, from an identity read back from JSON (which keeps tuples as lists)."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in dict(identity["data_config"]).items()}
+
+
 def recorded_identity(cache_root: Path, source: dict[str, Any]) -> dict[str, Any] | None:
     """The identity an earlier run recorded for ``source`` under ``cache_root``; None when no cache
     folder records it (or records disagree). A record counts only in the folder its identity names."""

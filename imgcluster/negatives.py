@@ -65,7 +65,7 @@ class OnnxLite0:
 
     runtime: str  # onnx or onnx-int8/<digest>: names the views' cache
     path: Path
-    data_config: dict[str, Any]  # the model's own preprocessing, as recorded in the features' identity
+    data_config: dict[str, Any]  # the model's own preprocessing, as recorded in the features' identity (as timm takes it)
     feature_dim: int
 
 
@@ -76,6 +76,7 @@ def onnx_lite0(runtime: str, identity: dict[str, Any]) -> OnnxLite0 | None:
     Under ``onnx-int8`` the naming pass built and folded a torch Lite0 of its own beside the int8 sessions, 2.9 CPU s
     (under load) for 160 drawings, and its pass peaked at 1,028 MB RSS on sample_data (``benchmarks/results_memory.md``).
     """
+    from imgcluster.identity import data_config_of
     from imgcluster.int8 import runtime_file
     from imgcluster.naming import is_naming_backbone
 
@@ -84,7 +85,7 @@ def onnx_lite0(runtime: str, identity: dict[str, Any]) -> OnnxLite0 | None:
     path = runtime_file(identity, runtime)
     if path is None:
         return None
-    return OnnxLite0(runtime, path, dict(identity["data_config"]), int(identity["feature_dim"]))
+    return OnnxLite0(runtime, path, data_config_of(identity), int(identity["feature_dim"]))
 
 
 def is_negative(image: Image.Image) -> bool:
@@ -255,8 +256,7 @@ def _onnx_model(onnx: OnnxLite0) -> tuple[Callable[[Any], np.ndarray], Any]:
     from imgcluster.onnxruntime_backend import run, session
 
     model = session(onnx.path, torch.get_num_threads())
-    config: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in onnx.data_config.items()}
-    return (lambda pixels: run(model, pixels.numpy())), create_transform(**config, is_training=False)
+    return (lambda pixels: run(model, pixels.numpy())), create_transform(**onnx.data_config, is_training=False)
 
 
 def _lite0_features(files: list[Path], views: tuple[str, ...], batch: int | None = None, onnx: OnnxLite0 | None = None) -> np.ndarray:

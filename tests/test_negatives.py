@@ -184,8 +184,7 @@ def _tiny_onnx(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[negativ
 
     monkeypatch.setenv("IMGCLUSTER_MODEL_CACHE", str(tmp_path / "models"))
     backbone = tiny_backbone(3)
-    config = {k: list(v) if isinstance(v, tuple) else v for k, v in backbone.data_config.items()}  # as the identity records it
-    return negatives.OnnxLite0("onnx-int8/0123", ensure_exported(backbone), config, backbone.feature_dim), backbone
+    return negatives.OnnxLite0("onnx-int8/0123", ensure_exported(backbone), dict(backbone.data_config), backbone.feature_dim), backbone
 
 
 def _drawings(folder: Path, n: int = 3) -> list[Path]:
@@ -268,7 +267,8 @@ def test_the_onnx_file_is_used_only_for_the_bundled_lite0_and_when_it_is_on_disk
         return path
 
     path = place(identity)
-    assert negatives.onnx_lite0(runtime, identity) == negatives.OnnxLite0(runtime, path, config, 1280)
+    as_timm_takes_it = {"input_size": (3, 224, 224), "crop_pct": 0.875}  # the identity's lists made tuples again
+    assert negatives.onnx_lite0(runtime, identity) == negatives.OnnxLite0(runtime, path, as_timm_takes_it, 1280)
     assert negatives.onnx_lite0("torch", identity) is None
     assert negatives.onnx_lite0("onnx", identity) is None  # the float export is another file
     own_weights = {**identity, "weights": "file:abc"}  # a --weights Lite0: its features are not the classifier's

@@ -456,6 +456,7 @@ def _run(
     import torch
 
     from imgcluster.embedding import default_batch_size
+    from imgcluster.identity import data_config_of
     from imgcluster.load import decode_timeout
 
     ray = import_ray()
@@ -481,7 +482,7 @@ def _run(
         ds = ray.data.from_arrow([table.slice(i, batch_size) for i in range(0, table.num_rows, batch_size)])
     ds = map_batches(
         ds, decode_batch, {"max_retries": RETRIES, "retry_exceptions": True}, batch_size=batch_size, batch_format="numpy", num_cpus=1,
-        fn_kwargs={"source": src, "data_config": _data_config(meta), "timeout": decode_timeout()},
+        fn_kwargs={"source": src, "data_config": data_config_of(meta.identity), "timeout": decode_timeout()},
     )  # fmt: skip
     ds = map_batches(
         ds, EmbedActor, {"max_restarts": RETRIES, "max_task_retries": RETRIES}, fn_constructor_kwargs={"spec": spec},
@@ -500,9 +501,3 @@ def _run(
         summary.skipped.extend(bad)
         summary.embedded += len(reasons) - len(bad)
         report.advance(len(reasons))
-
-
-def _data_config(meta: featurestore.FeatureStoreMeta) -> dict[str, Any]:
-    """The backbone's preprocessing as timm takes it (the identity stores tuples as lists)."""
-    raw = dict(meta.identity["data_config"])
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()}
