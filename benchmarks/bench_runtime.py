@@ -49,7 +49,7 @@ from datasets import FASHION_CLASSES, fashion_mnist_test, write_folder  # noqa: 
 from imgcluster.backbones import create_backbone  # noqa: E402
 from imgcluster.config import TrainConfig  # noqa: E402
 from imgcluster.embedding import embed_files  # noqa: E402
-from imgcluster.int8 import Recipe, collect_ranges, prepare, quantise  # noqa: E402
+from imgcluster.int8 import Recipe, collect_ranges, prepare, quantise, static_padding  # noqa: E402
 from imgcluster.listing import ImageFile  # noqa: E402
 from imgcluster.onnxruntime_backend import ensure_exported  # noqa: E402
 
@@ -112,6 +112,7 @@ class Int8Builder:
 
         self.backbone, self.work = backbone, work
         self.prepared = prepare(exported, work / "prepared.onnx")
+        self.static = static_padding(self.prepared, work / "static.onnx")  # what int8.ensure_quantised quantises
         found = calibration_set(DATA / "int8-calibration")
         self.sources = {k: v for k, v in found.items() if sources is None or k in sources}
         self.ranges: dict[tuple[str, str], dict[str, list[float]]] = {}
@@ -123,7 +124,7 @@ class Int8Builder:
         if key not in self.ranges:
             paths = [p for group in self.sources.values() for p in group]
             self.ranges[key] = collect_ranges(self.prepared, pixel_batches(paths, self.backbone), recipe)
-        return quantise(self.prepared, out, self.ranges[key], recipe)
+        return quantise(self.static, out, self.ranges[key], recipe)
 
 
 def dynamic_int8(model: Path, out: Path) -> Path:

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
     from imgcluster.backbones import Backbone
 
 # Part of the quantised file's identity: bump it when the building code changes what the file computes.
-BUILD_FORMAT = "1"
+# 2: "same" padding folded into the convolutions (static_padding).
+BUILD_FORMAT = "2"
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,86 @@ def shape_arithmetic(graph: Any) -> list[str]:
             derived.update(node.output)
             names.append(node.name)
     return names
+
+
+def static_padding(prepared: Path, out: Path) -> Path:
+    """``prepared`` with each run-time "same" padding folded into the convolution it feeds.
+
+    The graph's input has a fixed height and width (the backbone's input size), so the pad widths that
+    :func:`shape_arithmetic` computes on every pass are constants. Computed once here, they become the
+    convolution's own ``pads``, and the Pad node and its arithmetic go: ONNX Runtime then keeps the float
+    layers in its blocked (NCHWc) layout across the padded convolutions and runs the int8 ones on their
+    quantised input, where each Pad cost a reorder out of and back into that layout, or a dequantise, a
+    float pad and a quantise (benchmarks/results_runtime.md, ``profile-int8``). Zero padding inside the
+    convolution is the same arithmetic; activation ranges keep their names, so the shipped table still fits.
+    """
+    import numpy as np
+    import onnx
+    import onnxruntime
+    from onnx import numpy_helper
+
+    model = onnx.load(str(prepared), load_external_data=False)
+    graph = model.graph
+    shape = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]  # 0 where free (the batch)
+    spatial = shape[2:]
+    derived = set(shape_arithmetic(graph))
+    producer = {o: n for n in graph.node for o in n.output}
+    users: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            users.setdefault(name, []).append(node)
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+
+    def zero_pad(node: Any) -> bool:
+        mode = next((a.s for a in node.attribute if a.name == "mode"), b"constant")
+        value = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        return (
+            mode == b"constant" and (value is None or (value in constants and not constants[value].any()))
+            and len(node.input) < 4 and node.input[1] in producer and producer[node.input[1]].name in derived
+            and len(users.get(node.output[0], [])) == 1 and users[node.output[0]][0].op_type == "Conv"
+        )  # fmt: skip
+
+    pads = [n for n in graph.node if n.op_type == "Pad" and zero_pad(n)]
+    if not pads or not all(spatial) or len(graph.input) != 1:
+        return prepared
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.extend(onnx.helper.make_tensor_value_info(n.input[1], onnx.TensorProto.INT64, None) for n in pads)
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
+    runner = onnxruntime.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    widths = runner.run([n.input[1] for n in pads], {graph.input[0].name: np.zeros((1, *shape[1:]), np.float32)})
+    for pad, width in zip(pads, widths, strict=True):
+        begin, end = np.split(np.asarray(width, np.int64).ravel(), 2)
+        if begin[:2].any() or end[:2].any() or (width < 0).any():
+            raise ExportError(f"cannot fold the padding {pad.name} into its convolution ({width.tolist()})")
+        conv = users[pad.output[0]][0]
+        conv.input[0] = pad.input[0]
+        own = next((a for a in conv.attribute if a.name == "pads"), None)
+        kept = list(own.ints) if own is not None else [0] * 2 * len(spatial)
+        if own is not None:
+            conv.attribute.remove(own)
+        conv.attribute.append(onnx.helper.make_attribute("pads", [int(x) for x in np.concatenate([begin[2:], end[2:]]) + kept]))
+        graph.node.remove(pad)
+    _drop_unused(graph)
+    onnx.save(model, str(out))
+    return out
+
+
+def _drop_unused(graph: Any) -> None:
+    """Remove the nodes, initialisers and shape records that nothing left reads."""
+    needed = {o.name for o in graph.output}
+    kept = []
+    for node in reversed(graph.node):  # topologically sorted: readers come after what they read
+        if any(o in needed for o in node.output):
+            kept.append(node)
+            needed.update(i for i in node.input if i)
+    del graph.node[:]
+    graph.node.extend(reversed(kept))
+    for items in (graph.initializer, graph.value_info):
+        unused = [t for t in items if t.name not in needed]
+        for t in unused:
+            items.remove(t)
 
 
 def quantise(prepared: Path, out: Path, ranges: dict[str, list[float]], recipe: Recipe) -> Path:
@@ -224,7 +305,8 @@ def ensure_quantised(backbone: Backbone) -> Path:
             if graph_signature(prepared) != table["graph"]:
                 raise ExportError("the shipped int8 ranges were made for another export of this model (other torch or onnx versions)")
             recipe = Recipe(**{**table["recipe"], "keep_float": tuple(table["recipe"]["keep_float"])})
-            built = quantise(prepared, Path(tmp) / "int8.onnx", table["ranges"], recipe)
+            static = static_padding(prepared, Path(tmp) / "static.onnx")
+            built = quantise(static, Path(tmp) / "int8.onnx", table["ranges"], recipe)
             with atomic_open(path, "wb") as handle:
                 handle.write(built.read_bytes())
         except (ExportError, ImgclusterError) as exc:

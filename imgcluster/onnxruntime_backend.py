@@ -146,6 +146,13 @@ def session(path: Path, threads: int) -> Any:
     """
     import onnxruntime
 
+    return onnxruntime.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
+
+
+def session_options(threads: int) -> Any:
+    """The options :func:`session` runs with; benchmarks/profile_int8.py profiles a session made with them."""
+    import onnxruntime
+
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -153,7 +160,7 @@ def session(path: Path, threads: int) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.enable_mem_pattern = False
     options.log_severity_level = 3  # errors only: its warnings would reach the user's terminal
-    return onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return options
 
 
 def run(model: Any, pixels: np.ndarray) -> np.ndarray:

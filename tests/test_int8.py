@@ -162,6 +162,45 @@ def test_the_shape_arithmetic_of_same_padding_stays_float(tmp_path: Path, monkey
     assert quantised_feeds(dataclasses.replace(int8.RECIPE, float_shapes=False))  # what the flag prevents
 
 
+def same_padding_backbone() -> Backbone:
+    """A net with timm's TF-style "same" padding at stride 2 (3x3: pads 0/1; 5x5: 1/2), as EfficientNet-Lite has."""
+    from timm.layers import create_conv2d
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        create_conv2d(3, 8, 3, stride=2, padding="same"), nn.ReLU6(),
+        create_conv2d(8, 8, 5, stride=2, padding="same", groups=8), nn.ReLU6(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+    ).eval()  # fmt: skip
+    base = tiny_backbone(6)
+    return Backbone(base.name, base.spec, model, base.data_config, "test:same", 8)
+
+
+def test_same_padding_is_folded_into_the_convolutions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The input's size is fixed, so the pad widths are constants: folded into the convolutions, the Pad
+    nodes and their arithmetic go (on Lite0 the int8 session took 0.69x the CPU; results_runtime.md,
+    ``profile-int8``) and the graph computes what it computed."""
+    import onnx
+    import onnxruntime
+
+    monkeypatch.setenv("IMGCLUSTER_MODEL_CACHE", str(tmp_path / "models"))
+    prepared = int8.prepare(int8.ensure_exported(same_padding_backbone()), tmp_path / "prepared.onnx")
+    static = int8.static_padding(prepared, tmp_path / "static.onnx")
+    ops = [n.op_type for n in onnx.load(str(static)).graph.node]
+    assert "Pad" in [n.op_type for n in onnx.load(str(prepared)).graph.node]
+    assert "Pad" not in ops and "Shape" not in ops and ops.count("Conv") == 2
+    pixels = np.random.default_rng(0).standard_normal((3, 3, 16, 16)).astype(np.float32)
+
+    def features(path: Path) -> np.ndarray:
+        return np.asarray(onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixels": pixels})[0])
+
+    np.testing.assert_allclose(features(static), features(prepared), rtol=1e-6, atol=1e-6)
+    ranges = int8.collect_ranges(prepared, [pixels], int8.RECIPE)  # the table is taken on the unfolded graph
+    quantised = onnx.load(str(int8.quantise(static, tmp_path / "int8.onnx", ranges, int8.RECIPE))).graph
+    assert "Pad" not in [n.op_type for n in quantised.node]
+    assert int8.BUILD_FORMAT != "1"  # the folded file is another build: another name and feature cache than the unfolded one
+
+
 def test_the_csv_sidecar_names_the_int8_runtime(tmp_path: Path, tiny_int8: Backbone) -> None:
     """The CSV's sidecar records which recipe and ranges made the features (they name the cache a report reads)."""
     folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4)
