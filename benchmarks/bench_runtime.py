@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import tempfile
@@ -49,7 +50,7 @@ from datasets import FASHION_CLASSES, fashion_mnist_test, write_folder  # noqa: 
 from imgcluster.backbones import create_backbone  # noqa: E402
 from imgcluster.config import TrainConfig  # noqa: E402
 from imgcluster.embedding import embed_files  # noqa: E402
-from imgcluster.int8 import Recipe, collect_ranges, prepare, quantise, static_padding  # noqa: E402
+from imgcluster.int8 import Recipe, collect_ranges, graph_signature, prepare, quantise, static_padding, table_path  # noqa: E402
 from imgcluster.listing import ImageFile  # noqa: E402
 from imgcluster.onnxruntime_backend import ensure_exported  # noqa: E402
 
@@ -59,6 +60,7 @@ BATCH = 16  # the CPU default when results_runtime.md was measured (embedding.de
 # int8 recipes by name: ``int8:<name>`` in --variants. Ranges from the fixed calibration set of
 # tools/make_int8_calibration.py (never the benchmark's test images).
 EARLY = ("/conv_stem/", "/blocks/blocks.0/", "/blocks/blocks.1/")  # the layers at 112 and 56 px, the most sensitive
+B10, B11 = "/blocks/blocks.1/blocks.1.0/", "/blocks/blocks.1/blocks.1.1/"  # block 1's two inverted residuals
 RECIPES = {
     "base": Recipe(),
     "float-stem-head": Recipe(keep_float=("/conv_stem/", "/conv_head/", "/bn2/", "/global_pool/")),
@@ -89,6 +91,11 @@ RECIPES = {
     "s8-float-early": Recipe(activations="int8", keep_float=EARLY),
     "float-stem-block0": Recipe(keep_float=EARLY[:2]),
     "s8-float-stem-block0": Recipe(activations="int8", keep_float=EARLY[:2]),
+    # speed22: parts of block 1 quantised too (its float convolutions were half the int8 session's time)
+    "early-but-b10-pw": Recipe(float_shapes=True, keep_float=(*EARLY[:2], *(f"{B10}{p}/" for p in ("conv_dw", "bn2", "conv_pwl")), B11)),
+    "early-but-b11": Recipe(float_shapes=True, keep_float=(*EARLY[:2], B10)),
+    "early-but-b1-pw": Recipe(float_shapes=True, keep_float=(*EARLY[:2], *(f"{b}{p}/" for b in (B10, B11) for p in ("conv_dw", "bn2")))),
+    "early-but-b11-pw": Recipe(float_shapes=True, keep_float=(*EARLY[:2], B10, *(f"{B11}{p}/" for p in ("conv_dw", "bn2")))),
 }
 VARIANTS = ("torch", "onnx", "onnx-int8-dynamic", *(f"int8:{name}" for name in RECIPES))
 
@@ -108,21 +115,22 @@ class Int8Builder:
     calibration method and activation type."""
 
     def __init__(self, exported: Path, backbone: object, work: Path, sources: list[str] | None) -> None:
-        from make_int8_calibration import calibration_set
-
         self.backbone, self.work = backbone, work
         self.prepared = prepare(exported, work / "prepared.onnx")
         self.static = static_padding(self.prepared, work / "static.onnx")  # what int8.ensure_quantised quantises
-        found = calibration_set(DATA / "int8-calibration")
-        self.sources = {k: v for k, v in found.items() if sources is None or k in sources}
         self.ranges: dict[tuple[str, str], dict[str, list[float]]] = {}
+        table = json.loads(table_path(MODEL).read_text())
+        if sources is None and table["graph"] == graph_signature(self.prepared):  # the shipped ranges: the same set, taken once
+            self.ranges[(table["recipe"]["calibration"], table["recipe"]["activations"])] = table["ranges"]
+        self.sources = sources
 
     def build(self, recipe: Recipe, out: Path) -> Path:
-        from make_int8_calibration import pixel_batches
+        from make_int8_calibration import calibration_set, pixel_batches
 
         key = (recipe.calibration, recipe.activations)
         if key not in self.ranges:
-            paths = [p for group in self.sources.values() for p in group]
+            found = calibration_set(DATA / "int8-calibration")
+            paths = [p for name, group in found.items() if self.sources is None or name in self.sources for p in group]
             self.ranges[key] = collect_ranges(self.prepared, pixel_batches(paths, self.backbone), recipe)
         return quantise(self.static, out, self.ranges[key], recipe)
 

@@ -60,10 +60,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=320)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--top", type=int, default=12, help="the costliest nodes to list")
     parser.add_argument("--model", default="", help="an ONNX file; default the product's int8 file, 'float' the float32 export")
     args = parser.parse_args()
     os.environ.setdefault("IMGCLUSTER_MODEL_CACHE", str(DATA / "model-cache"))
-    import numpy as np
     import onnx
     import onnxruntime
     from make_int8_calibration import pixel_batches
@@ -99,11 +99,13 @@ def main() -> None:
     by_part: dict[str, float] = defaultdict(float)
     by_conv: dict[str, float] = defaultdict(float)
     counts: dict[str, int] = defaultdict(int)
+    by_node: dict[str, float] = defaultdict(float)
     for e in runs:
         name, op = e["name"].removesuffix("_kernel_time"), e["args"]["op_name"]
         by_op[op] += e["dur"]
         counts[op] += 1
         by_part[part_of(name)] += e["dur"]
+        by_node[f"{name} ({op})"] += e["dur"]
         if op in ("Conv", "QLinearConv", "FusedConv", "NchwcConv") and name in nodes:
             by_conv[conv_kind(op, nodes[name], weights)] += e["dur"]
     passes = len(batches) - 1
@@ -111,12 +113,12 @@ def main() -> None:
     print(f"model {model.name}, {images} images in {passes} passes of {args.batch}, {args.threads} thread(s)")
     print(f"CPU {1000 * cpu / images:.2f} ms/image, wall {1000 * wall / images:.2f} ms/image, kernels {total / 1000 / images:.2f} ms/image")
     print(f"load {os.getloadavg()[0]:.1f}, onnxruntime {onnxruntime.__version__}, {len(optimised.graph.node)} nodes after optimisation")
-    for title, table in (("operator type", by_op), ("part", by_part), ("convolution", by_conv)):
+    top = dict(sorted(by_node.items(), key=lambda kv: -kv[1])[: args.top])
+    for title, table in (("operator type", by_op), ("part", by_part), ("convolution", by_conv), ("node", top)):
         print(f"\n| {title} | ms / image | share |{' nodes / pass |' if title == 'operator type' else ''}")
         for key, dur in sorted(table.items(), key=lambda kv: -kv[1]):
             extra = f" {counts[key] // passes} |" if title == "operator type" else ""
             print(f"| {key} | {dur / 1000 / images:.3f} | {100 * dur / total:.1f} % |{extra}")
-    _ = np
 
 
 if __name__ == "__main__":
