@@ -29,8 +29,10 @@ if TYPE_CHECKING:
     from imgcluster.backbones import Backbone
 
 # Part of the quantised file's identity: bump it when the building code changes what the file computes.
-# 2: "same" padding folded into the convolutions (static_padding).
-BUILD_FORMAT = "2"
+BUILD_FORMAT = "1"
+# Part of the quantised file's name only: bump it when the building code changes how the file computes the
+# same features, so that a file built before is built again. 2: "same" padding folded (static_padding).
+FILE_FORMAT = "2"
 
 
 @dataclass(frozen=True)
@@ -135,7 +137,9 @@ def static_padding(prepared: Path, out: Path) -> Path:
     layers in its blocked (NCHWc) layout across the padded convolutions and runs the int8 ones on their
     quantised input, where each Pad cost a reorder out of and back into that layout, or a dequantise, a
     float pad and a quantise (benchmarks/results_runtime.md, ``profile-int8``). Zero padding inside the
-    convolution is the same arithmetic; activation ranges keep their names, so the shipped table still fits.
+    convolution is the same arithmetic: the int8 features of all 10,000 Fashion-MNIST test images were the same
+    bit for bit, so the features' cache key stays and only the file's name changes (``FILE_FORMAT``). Activation
+    ranges keep their tensors' names, so the shipped table still fits.
     """
     import numpy as np
     import onnx
@@ -313,14 +317,14 @@ def ensure_quantised(backbone: Backbone) -> Path:
             raise ExportError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the quantiser fails in many types (an older onnxruntime among them)
             raise ExportError(f"int8: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    record = {"sha256": _file_digest(path), "table": digest, "recipe": table["recipe"], "build": BUILD_FORMAT}
+    record = {"sha256": _file_digest(path), "table": digest, "recipe": table["recipe"], "build": BUILD_FORMAT, "file": FILE_FORMAT}
     atomic_write_text(_record_path(path), json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
 
 
 def quantised_path(exported: Path, digest: str) -> Path:
     """Where the int8 copy of the exported model ``exported`` made with the table ``digest`` is kept."""
-    return exported.with_name(f"{exported.stem}-int8-{digest}.onnx")
+    return exported.with_name(f"{exported.stem}-int8-{digest}-{FILE_FORMAT}.onnx")
 
 
 def runtime_file(identity: dict[str, Any], runtime: str) -> Path | None:
