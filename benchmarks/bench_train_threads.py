@@ -21,9 +21,10 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from common import DATA, MODEL  # noqa: E402, I001 - imgcluster before torch: OpenMP threads wait passively, as in the CLI
+
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from common import DATA, MODEL  # noqa: E402
 from datasets import FASHION_CLASSES, fashion_mnist_test, write_folder  # noqa: E402
 
 import imgcluster  # noqa: E402
