@@ -131,6 +131,11 @@ def test_the_shipped_table_builds_efficientnet_lite0(tmp_path: Path, monkeypatch
         (in_int8.features * in_float.features).sum(1) / np.linalg.norm(in_int8.features, axis=1) / np.linalg.norm(in_float.features, axis=1)
     )
     assert cosine.min() > 0.9, cosine
+    import onnx
+
+    (built,) = (tmp_path / "models" / "onnx").glob("*-int8-*.onnx")
+    ops = {n.op_type for n in onnx.load(str(built)).graph.node}
+    assert "Pad" not in ops and "Shape" not in ops  # Lite0's five "same" paddings folded (int8.static_padding)
 
 
 def test_the_shape_arithmetic_of_same_padding_stays_float(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
