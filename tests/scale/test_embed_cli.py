@@ -129,3 +129,27 @@ def test_a_signal_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Pa
         import pyarrow.parquet as pq
 
         assert 0 < sum(pq.read_metadata(p).num_rows for p in out.glob("part-*/*.parquet")) < 24
+
+
+@pytest.mark.slow
+def test_a_job_prints_imgclusters_lines_and_none_of_rays_own(tmp_path: Path) -> None:
+    """Ray Data's actor pool made the driver's core worker print `[date E pid tid] core_worker.cc:2465: Actor
+    with class name: 'MapWorker(MapBatches(EmbedActor))' ... has constructor arguments in the object store and
+    max_restarts > 0 ...` on the terminal of every job (ray-project/ray#57733); a file that fails is still said."""
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    import os
+    import subprocess
+
+    from imagefolders import CLASSES, copy_sample
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=3)
+    (folder / "broken.png").write_bytes(b"not a png")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_BACKEND_LOG_LEVEL"}
+    env.update({"RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0"})
+    args = ["embed", str(folder), "--engine", "ray", "--features-out", str(tmp_path / "f"), "--model", "efficientnet-lite0"]
+    done = subprocess.run([sys.executable, "-m", "imgcluster", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    said = (done.stdout + done.stderr).splitlines()
+    assert not [line for line in said if "core_worker" in line or line.startswith("[")], said
+    assert any(line.startswith("embedded 3, reused 0, skipped 1 in ") for line in said), said
+    assert any(line.startswith("warning: skipped 1 unreadable file") for line in said), said
