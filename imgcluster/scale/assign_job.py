@@ -161,9 +161,10 @@ def label_bucket(
     are given at once (a confidence's sixth decimal, measured), so both engines give it the same
     blocks, and the Ray pass writes the local pass's CSV byte for byte.
     """
-    from imgcluster.featurestore import iter_bucket
+    from imgcluster.featurestore import check_finite, iter_bucket
 
     for paths, features in iter_bucket(uri, folder, on_problem):
+        check_finite(uri, paths, features)  # the sample's rows were checked; a row outside it would be labelled as garbage
         for start in range(0, len(paths), batch_rows):
             yield label_batch(objective, model, paths[start : start + batch_rows], features[start : start + batch_rows], device)
 
@@ -228,18 +229,27 @@ def _map_buckets(
     import ray
     from ray.data import ActorPoolStrategy
 
+    from imgcluster.scale.embed_job import RETRIES, map_batches
+    from imgcluster.scale.engine import imgcluster_cause
+
     size = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     dataset = ray.data.from_items([{"bucket": f} for f in folders], override_num_blocks=len(folders))
-    labelled = dataset.map_batches(
-        _Labeller, batch_size=max(1, len(folders) // (4 * size)), num_cpus=1, compute=ActorPoolStrategy(min_size=1, max_size=max(1, size)),
+    labelled = map_batches(  # retries bounded: Ray Data's defaults retry a batch that always fails forever
+        dataset, _Labeller, {"max_restarts": RETRIES, "max_task_retries": RETRIES}, batch_size=max(1, len(folders) // (4 * size)),
+        num_cpus=1, compute=ActorPoolStrategy(min_size=1, max_size=max(1, size)),
         fn_constructor_kwargs={
             "uri": uri, "weights": head.read_bytes(), "description": head.with_suffix(".json").read_bytes(), "model": model,
             "batch_rows": batch_rows,
         },
     )  # fmt: skip
-    for block in labelled.iter_batches(batch_size=None, batch_format="numpy"):
-        if len(block["cluster"]):
-            yield {k: np.asarray(v) for k, v in block.items()}
+    try:
+        for block in labelled.iter_batches(batch_size=None, batch_format="numpy"):
+            if len(block["cluster"]):
+                yield {k: np.asarray(v) for k, v in block.items()}
+    except Exception as exc:
+        if (ours := imgcluster_cause(exc)) is not None:  # a store row the pass refuses: one line, not Ray's traceback
+            raise ours from None
+        raise
 
 
 def assign_store(

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
-from imgcluster.errors import ImgclusterError, ParameterError, literal
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.outputs import check_head_name
 from imgcluster.preflight import check_clusters_fit
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
@@ -109,7 +109,7 @@ def read_sample(
     """The store's rows, or a seeded uniform sample of ``size`` of them, reading the features of
     the sample's rows only (:func:`imgcluster.scale.sample.store_sample`; ``tasks``: in this
     process by default, Ray tasks with :class:`imgcluster.scale.tasks.RayTasks`)."""
-    from imgcluster.featurestore import read_meta
+    from imgcluster.featurestore import check_finite, read_meta
     from imgcluster.scale.sample import store_sample
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
@@ -119,12 +119,7 @@ def read_sample(
     if rows == 0:
         raise ImgclusterError(f"the feature store {uri} holds no rows yet; embed into it first")
     features = features.reshape(len(paths), meta.dim)
-    broken = np.flatnonzero(~np.isfinite(features).all(axis=1))
-    if broken.size:  # float16 holds at most 65504: larger features were written as infinity
-        raise ImgclusterError(
-            f"the feature store {uri} holds {count(broken.size, 'row')} with NaN or infinite features in the sample "
-            f"(e.g. {literal(paths[int(broken[0])])}); embed those images into it again"
-        )
+    check_finite(uri, paths, features, " in the sample")
     if len(paths) < rows:
         Reporter(progress, "sample").info(
             f"training on a seeded sample of {len(paths)} of the store's {rows} rows ({{train_sample}} {size}, {{seed}} {seed})"

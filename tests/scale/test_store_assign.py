@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from imagefolders import SAMPLE
-from storefixtures import MODEL, planted_store, store_from_cache
+from storefixtures import MODEL, planted_store, store_from_cache, synthetic_store, write_unchecked
 from typer.testing import CliRunner
 
 import imgcluster
@@ -405,15 +405,41 @@ def test_a_store_with_infinite_features_is_refused_naming_a_row(tmp_path: Path) 
     meta = FeatureStoreMeta(model="synthetic", key=cache_key(identity, "float16"), identity=identity, dim=8, source="/nowhere")
     x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     x[7] = 1e30
-    store = open_store(str(tmp_path / "store"), meta)
-    with np.errstate(over="ignore"):
-        store.write([f"img/{i:03d}.jpg" for i in range(40)], [1] * 40, [0] * 40, [None] * 40, x)
     uri = str(tmp_path / "store")
-    message = r"^the feature store .+ holds 1 row with NaN or infinite features in the sample \(e\.g\. img/007\.jpg\); embed those"
+    open_store(uri, meta)
+    write_unchecked(uri, [f"img/{i:03d}.jpg" for i in range(40)], x)  # as a store written before the writer refused them
+    message = r"^the feature store .+ holds 1 row with NaN or infinite features in the sample \(e\.g\. img/007\.jpg\); embed its source"
     with pytest.raises(ImgclusterError, match=message):
         train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu")
     done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(tmp_path / "c.csv"), "-k", "3", "--epochs", "1"])
     assert done.exit_code == 1 and done.stderr.startswith("error: the feature store"), done.stderr
+
+
+def infinite_outside_the_sample(tmp_path: Path) -> tuple[str, str, Path]:
+    """A store of 60 rows whose one row outside a 40-row sample is infinite, and a head trained on that sample."""
+    from imgcluster.scale.training import read_sample
+
+    uri = synthetic_store(str(tmp_path / "store"), n=60, dim=16, centres=3)
+    sampled = set(read_sample(uri, 40).paths)
+    far = next(f"img/{i:06d}.jpg" for i in range(60) if f"img/{i:06d}.jpg" not in sampled)
+    write_unchecked(uri, [far], np.full((1, 16), 1e5, np.float32))  # a newer copy of that row: the one read
+    _, head = train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu", train_sample=40)
+    return uri, far, head
+
+
+def test_an_infinite_row_outside_the_sample_is_refused_naming_it(tmp_path: Path) -> None:
+    """Only the sample was checked: a row outside it went through the pass and came out in cluster 0
+    (NaN confidences), with no word, in a CSV that looked whole."""
+    from imgcluster.errors import ImgclusterError
+
+    uri, far, head = infinite_outside_the_sample(tmp_path)
+    with pytest.raises(ImgclusterError) as info:
+        assign_store(uri, out=tmp_path / "c.csv", head=head, train_sample=40)
+    assert str(info.value) == (
+        f"the feature store {uri} holds 1 row with NaN or infinite features (e.g. {far}); "
+        "embed its source into a new location (a rerun into this one keeps the rows it has)"
+    )
+    assert not (tmp_path / "c.csv").exists()
 
 
 def test_a_progress_that_cannot_be_called_is_refused_before_the_store_is_read(tmp_path: Path) -> None:
