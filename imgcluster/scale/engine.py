@@ -184,12 +184,17 @@ def imgcluster_cause(exc: BaseException) -> ImgclusterError | None:
 @contextlib.contextmanager
 def quiet_data_context() -> Iterator[Any]:
     """Ray Data's context for this package's jobs (the embed job, the store's assign pass): no
-    progress bars (the library never prints), Python errors in actor tasks retried. Put back as it
-    was afterwards."""
+    progress bars (the library never prints), Python errors in actor tasks retried, and raised as
+    themselves, not wrapped in Ray Data's ``UserCodeException``, which loses the error it wraps on
+    its way to the driver (:func:`imgcluster_cause` finds an ImgclusterError). Put back as it was
+    afterwards."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    changes = {"enable_progress_bars": False, "actor_task_retry_on_errors": True, "print_on_execution_start": False}
+    changes = {
+        "enable_progress_bars": False, "actor_task_retry_on_errors": True, "print_on_execution_start": False,
+        "raise_original_map_exception": True,
+    }  # fmt: skip
     saved = {k: getattr(ctx, k) for k in changes if hasattr(ctx, k)}
     for k, v in changes.items():
         if hasattr(ctx, k):

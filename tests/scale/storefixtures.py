@@ -93,3 +93,15 @@ def write_unchecked(uri: str, paths: list[str], features: np.ndarray) -> None:
     for i, path in enumerate(paths):
         target = posixpath.join(root, f"{PART_PREFIX}{bucket_of(path):03d}", f"{uuid.uuid4().hex}.parquet")
         write_parquet_file(fs, target, table.slice(i, 1))
+
+
+def infinite_outside_the_sample(tmp_path: Path) -> tuple[str, str, Path]:
+    """A store of 60 rows whose one row outside a 40-row sample is infinite, and a head trained on that sample."""
+    from imgcluster.scale.training import read_sample, train_from_store
+
+    uri = synthetic_store(str(tmp_path / "store"), n=60, dim=16, centres=3)
+    sampled = set(read_sample(uri, 40).paths)
+    far = next(f"img/{i:06d}.jpg" for i in range(60) if f"img/{i:06d}.jpg" not in sampled)
+    write_unchecked(uri, [far], np.full((1, 16), 1e5, np.float32))  # a newer copy of that row: the one read
+    _, head = train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu", train_sample=40)
+    return uri, far, head

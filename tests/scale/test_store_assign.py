@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from imagefolders import SAMPLE
-from storefixtures import MODEL, planted_store, store_from_cache, synthetic_store, write_unchecked
+from storefixtures import MODEL, infinite_outside_the_sample, planted_store, store_from_cache, write_unchecked
 from typer.testing import CliRunner
 
 import imgcluster
@@ -413,18 +413,6 @@ def test_a_store_with_infinite_features_is_refused_naming_a_row(tmp_path: Path) 
         train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu")
     done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(tmp_path / "c.csv"), "-k", "3", "--epochs", "1"])
     assert done.exit_code == 1 and done.stderr.startswith("error: the feature store"), done.stderr
-
-
-def infinite_outside_the_sample(tmp_path: Path) -> tuple[str, str, Path]:
-    """A store of 60 rows whose one row outside a 40-row sample is infinite, and a head trained on that sample."""
-    from imgcluster.scale.training import read_sample
-
-    uri = synthetic_store(str(tmp_path / "store"), n=60, dim=16, centres=3)
-    sampled = set(read_sample(uri, 40).paths)
-    far = next(f"img/{i:06d}.jpg" for i in range(60) if f"img/{i:06d}.jpg" not in sampled)
-    write_unchecked(uri, [far], np.full((1, 16), 1e5, np.float32))  # a newer copy of that row: the one read
-    _, head = train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu", train_sample=40)
-    return uri, far, head
 
 
 def test_an_infinite_row_outside_the_sample_is_refused_naming_it(tmp_path: Path) -> None:
