@@ -28,7 +28,7 @@ from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, 
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD, check_knn_options
-from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch
+from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch, naming_file
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 from imgcluster.userpath import expand_home
 
@@ -280,6 +280,7 @@ def assign_store(
     names: bool = True,
     explain: bool = False,
     device: str = "auto",
+    runtime: str = "auto",
     raw_csv: bool = False,
     batch_rows: int = BATCH_ROWS,
     progress: ProgressFn | None = None,
@@ -294,7 +295,9 @@ def assign_store(
     ``explain`` (see :mod:`imgcluster.scale.labels` for how they are estimated at this scale).
     ``engine`` is ``local`` or ``ray`` (``address``: a cluster, None: a local instance of
     ``num_cpus`` cores); with ``ray`` the sample's buckets are read by Ray tasks too. Rows come in
-    the store's order, bucket by bucket.
+    the store's order, bucket by bucket. ``runtime`` runs the one model pass a store's ``assign``
+    makes, the naming pass over a source drawn light on black (``onnx``, ``onnx-int8``: in the
+    ONNX file a folder's run of that runtime left, as a folder's ``assign`` does; else torch).
     """
     from imgcluster.atomic import check_writable
     from imgcluster.checkpoint import check_backbone, load_checkpoint
@@ -328,6 +331,9 @@ def assign_store(
     progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "assign")
     dev = resolve_device(device)
+    from imgcluster.onnxruntime_backend import plan_runtime
+
+    naming_runtime = plan_runtime(runtime, dev.type)  # before the training: a runtime that cannot run here says so now
     estimator = None
     meta_head: dict[str, Any] | None = None
     if head is None:
@@ -372,6 +378,7 @@ def assign_store(
             model, _ = fit_sample_model(
                 trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain, isolation=isolation,
                 paths=sample.paths, source=sample.meta.source, progress=progress,
+                onnx=naming_file(naming_runtime, sample.meta.identity) if use_names else (None, ""),
             )  # fmt: skip
         tally = Tally()
         problems: list[str] = []

@@ -30,6 +30,8 @@ def test_without_the_extra_one_error_line_names_it(tmp_path: Path, monkeypatch: 
         (["--engine", "spark"], "error: --engine must be local or ray, not 'spark'"),
         (["--engine", "ray", "--features-out", "x", "--workers", "2"], "error: --workers is an option of --engine local"),
         (["--engine", "ray", "--features-out", "x", "--compile"], "error: --compile is an option of --engine local"),
+        # ignored before: the Ray engine's actors run torch whatever was asked
+        (["--engine", "ray", "--features-out", "x", "--runtime", "onnx-int8"], "error: --runtime is an option of --engine local"),
     ],
 )
 def test_ray_options_are_checked_in_one_line(tmp_path: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -435,3 +435,38 @@ def test_a_progress_that_cannot_be_called_is_refused_before_the_store_is_read(tm
         with pytest.raises(imgcluster.ParameterError, match=r"^progress takes a function") as info:
             call(str(tmp_path / "no-store"), out=tmp_path / "x.csv", progress=3)  # type: ignore[operator]
         assert info.value.parameters == ("progress",)
+
+
+@pytest.mark.slow
+def test_an_int8_store_run_names_as_the_int8_folder_run_without_a_torch_lite0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`assign --features URI --runtime onnx-int8` took the option and ignored it: the naming pass over a
+    source drawn light on black built and ran a torch Lite0, where a folder's int8 run classifies the
+    views in the int8 file its embedding ran (imgcluster/negatives.py)."""
+    from imgcluster import negatives
+
+    single = tmp_path / "single.csv"
+    done = imgcluster.cluster_folder(
+        SAMPLE, out=single, n_clusters=5, seed=0, model=MODEL, workers=0, runtime="onnx-int8", cache_dir=tmp_path / "cache", device="cpu"
+    )  # fmt: skip
+    uri = store_from_cache(done.embeddings, str(tmp_path / "store"))
+
+    def no_torch_lite0() -> None:
+        raise AssertionError("the torch Lite0 was built")
+
+    shown: list[str] = []
+    real_features = negatives._lite0_features
+
+    def seen(files: list[Path], views: tuple[str, ...], onnx: negatives.OnnxLite0 | None = None) -> np.ndarray:
+        shown.append(onnx.runtime if onnx else "torch")
+        return real_features(files, views, onnx=onnx)
+
+    monkeypatch.setattr(negatives, "_lite0", no_torch_lite0)
+    monkeypatch.setattr(negatives, "_lite0_features", seen)
+    scaled = tmp_path / "scaled.csv"
+    assign_store(uri, out=scaled, n_clusters=5, seed=0, device="cpu", runtime="onnx-int8")
+    assert shown == [done.embeddings.runtime] and shown[0].startswith("onnx-int8/")
+    named = {r["path"]: (r["cluster"], r["cluster_name"]) for r in _rows(scaled)}
+    assert named == {r["path"]: (r["cluster"], r["cluster_name"]) for r in _rows(single)}  # the folder's int8 names
+    assert {name for _, name in named.values()} != {""}
+    with pytest.raises(imgcluster.ParameterError, match=r"^runtime must be auto, torch, onnx or onnx-int8, not 'int8'"):
+        assign_store(uri, out=scaled, n_clusters=5, runtime="int8")
