@@ -226,6 +226,7 @@ def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows)
     import pyarrow as pa
 
     kept = None
+    left_out = sources.LeftOut()
     if config.manifest is not None:
         if sources.manifest_rows(config.manifest) > LOCAL_PLAN_ROWS:
             return None
@@ -256,7 +257,7 @@ def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows)
     planned = resume.plan_table(listing, config.features_out, skipped)
     todo = resume.of_kind(planned, (resume.EMBED,))
     others = resume.of_kind(planned, (resume.SKIPPED, resume.PROBLEM)).to_pylist()
-    return _Plan(listing.num_rows, todo, todo.num_rows, others, kept, left_out if config.manifest is None else sources.LeftOut())
+    return _Plan(listing.num_rows, todo, todo.num_rows, others, kept, left_out)
 
 
 def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | None, sources.LeftOut]:
