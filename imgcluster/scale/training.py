@@ -23,7 +23,7 @@ import numpy as np
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.outputs import check_head_name
-from imgcluster.preflight import check_clusters_fit
+from imgcluster.preflight import check_clusters_fit, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
@@ -140,8 +140,9 @@ def head_for_store(
 
     if len(sample.paths) < 2:
         raise ImgclusterError("need at least two images to cluster")
-    if isinstance(estimator.n_clusters, int):  # before the kNN and "training ..."
-        check_clusters_fit(estimator.n_clusters, len(sample.paths))
+    k = parse_clusters(estimator.n_clusters)  # the CLI gives it as text ("12"): an isinstance(int) check let that pass
+    if k is not None:  # before the kNN and "training ..."
+        check_clusters_fit(k, len(sample.paths))
     neighbours = None
     partitioned = len(sample.paths) > knn_threshold
     if partitioned:

@@ -88,6 +88,18 @@ def test_more_clusters_than_rows_is_refused_before_any_training(store: tuple[str
     assert not (tmp_path / "h.safetensors").exists()
 
 
+def test_more_clusters_than_rows_from_the_cli_is_refused_before_any_training(store: tuple[str, Path], tmp_path: Path) -> None:
+    """The CLI gives the clusters as text: the check took only a number, and a store of 125 rows printed the
+    kNN's and the training's lines before the training refused 200 clusters."""
+    uri, _ = store
+    for command, out in (("train", "h.safetensors"), ("assign", "c.csv")):
+        done = runner.invoke(app, [command, "--features", uri, "--clusters", "200", "--out", str(tmp_path / out)])
+        said = done.stderr.splitlines()
+        assert done.exit_code == 2 and said[-1] == "error: --clusters 200 is larger than the number of images (125)", done.stderr
+        assert not [line for line in said if line.startswith(("finding", "training", "125 images"))], said
+    assert not list(tmp_path.iterdir())
+
+
 def test_a_head_trained_on_a_sample_labels_every_row(store: tuple[str, Path], tmp_path: Path) -> None:
     uri, _ = store
     events: list[str] = []
