@@ -329,8 +329,6 @@ def open_store(uri: str, meta: FeatureStoreMeta, create: bool = True) -> Feature
     its rows and these would mix. A folder that holds other files and no store is refused too,
     so a mistyped location never fills someone's folder with shards.
     """
-    import pyarrow.fs as pafs
-
     fs, root = resolve(uri)
     text = _read_text(fs, posixpath.join(root, META_NAME))
     if text is not None:
@@ -346,6 +344,23 @@ def open_store(uri: str, meta: FeatureStoreMeta, create: bool = True) -> Feature
         return FeatureStore(uri, found)
     if not create:
         raise ImgclusterError(f"no imgcluster features at {uri} ({META_NAME} not found)")
+    _check_new_location(fs, root, uri)
+    _write_text(fs, posixpath.join(root, META_NAME), meta.to_json())
+    return FeatureStore(uri, meta)
+
+
+def check_location(uri: str) -> None:
+    """Refuse, before any model is built, a location :func:`open_store` would refuse whatever the
+    model: a file, or a folder that holds other files and no store (``embed photos --features-out
+    photos`` built the model, then said so)."""
+    fs, root = resolve(uri)
+    if _read_text(fs, posixpath.join(root, META_NAME)) is None:
+        _check_new_location(fs, root, uri)
+
+
+def _check_new_location(fs: pafs.FileSystem, root: str, uri: str) -> None:
+    import pyarrow.fs as pafs
+
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
         raise ImgclusterError(f"{uri} is a file, not a folder for features")
@@ -353,8 +368,6 @@ def open_store(uri: str, meta: FeatureStoreMeta, create: bool = True) -> Feature
         others = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root)) if not _ours(i.base_name)]
         if others:
             raise ImgclusterError(f"{uri} is not empty and holds no imgcluster features (it has {others[0]!r}); choose an empty location")
-    _write_text(fs, posixpath.join(root, META_NAME), meta.to_json())
-    return FeatureStore(uri, meta)
 
 
 def _ours(name: str) -> bool:

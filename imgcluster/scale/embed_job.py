@@ -142,6 +142,7 @@ def embed_to_store(
     src = open_source(source)
     if manifest is not None and not sources.manifest_rows(manifest):  # its footers checked before a model is built for nothing
         raise ParameterError(f"the {{manifest}} {manifest} lists no files")  # as a SOURCE that holds no images
+    featurestore.check_location(features_out)  # a folder of photos given as the store: said before the model is built
     report.at("model").info(f"loading the model ({model}) ...")
     backbone_name, meta = _describe_model(model, weights, num_gpus, config, report)
     store = featurestore.open_store(features_out, meta)

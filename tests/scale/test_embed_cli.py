@@ -155,3 +155,24 @@ def test_a_job_prints_imgclusters_lines_and_none_of_rays_own(tmp_path: Path) -> 
     assert not [line for line in said if "core_worker" in line or line.startswith("[")], said
     assert any(line.startswith("embedded 3, reused 0, skipped 1 in ") for line in said), said
     assert any(line.startswith("warning: skipped 1 unreadable file") for line in said), said
+
+
+def test_a_folder_that_is_no_store_is_refused_before_any_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`embed photos --engine ray --features-out photos` (or a file) loaded the model, then refused the location."""
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    from imagefolders import CLASSES, copy_sample
+
+    import imgcluster.backbones
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was built for a location that is refused whatever the model")
+
+    monkeypatch.setattr(imgcluster.backbones, "create_backbone", no_model)
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    (tmp_path / "notes.txt").write_text("x")
+    for out, why in ((folder, f"{folder} is not empty and holds no imgcluster features (it has {CLASSES[0]!r})"),
+                     (tmp_path / "notes.txt", f"{tmp_path / 'notes.txt'} is a file, not a folder for features")):  # fmt: skip
+        result = runner.invoke(app, ["embed", str(folder), "--engine", "ray", "--features-out", str(out)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {why}"), result.stderr
+        assert "loading the model" not in result.stderr
