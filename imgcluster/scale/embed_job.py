@@ -494,6 +494,14 @@ def _run(
     cpus = max(1, int(resources.get("CPU", 1)))
     n_actors = config.actors or (max(1, int(gpus // per_actor_gpus)) if use_gpu else 1)
     actor_cpus = 1 if use_gpu else max(1, cpus // (2 * n_actors))
+    if config.actors is not None and n_actors * actor_cpus >= cpus:  # measured: 2 actors on a 2-CPU instance sat at 0 rows for ever
+        crowded = (
+            f"{{actors}} {n_actors}: the embedding actors take {n_actors * actor_cpus} of the Ray cluster's {cpus} CPUs, "
+            "and the decode tasks that feed them need one more"
+        )
+        if config.address is None:  # a local instance does not grow
+            raise ParameterError(f"{crowded}; give at most {max(1, (cpus - 1) // actor_cpus)}")
+        report.warning(f"{crowded}: the job waits until the cluster has more")
     device = torch.device("cuda" if use_gpu else "cpu")
     batch_size = config.batch_size or default_batch_size(device, plan.listed)
     spec = dataclasses.replace(spec, batch_size=batch_size, use_gpu=use_gpu, threads=actor_cpus)
