@@ -310,7 +310,7 @@ def assign_store(
     start = time.perf_counter()
     features, out, head = expand_home(features), expand_home(out), expand_home(head)
     check_progress(progress)
-    check_engine(engine)
+    check_engine(engine, address)
     check_min_confidence(min_confidence)
     check_knn_options(knn_threshold, nprobe)
     out_text = os.fspath(out)

@@ -64,10 +64,14 @@ class StoreSample:
 ENGINES = ("local", "ray")
 
 
-def check_engine(engine: str) -> None:
-    """``local`` or ``ray``, and for ``ray`` the extra installed: one line before any work."""
+def check_engine(engine: str, address: str | None = None) -> None:
+    """``local`` or ``ray``, and for ``ray`` the extra installed: one line before any work. A Ray
+    ``address`` with the local engine is refused: it was ignored, and a job meant for a cluster ran
+    in this process."""
     if engine not in ENGINES:
         raise ParameterError(f"{{engine}} must be local or ray, not {engine!r}")
+    if address is not None and engine != "ray":
+        raise ParameterError(f"{{address}} {address} applies to {{engine}} ray only; {{engine}} {engine} runs in this process")
     if engine == "ray":
         from imgcluster.scale.engine import import_ray
 
@@ -215,7 +219,7 @@ def train_from_store(
 
     features, out = expand_home(features), expand_home(out)
     check_progress(progress)
-    check_engine(engine)
+    check_engine(engine, address)
     check_knn_options(knn_threshold, nprobe)
     estimator = checked_head(
         n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,

@@ -186,6 +186,9 @@ def test_the_knn_and_engine_options_are_checked_first_and_recorded_in_the_head(s
         (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--seed", "4"], "--seed applies only to training"),
         (["train", str(SAMPLE), "--engine", "ray"], "--engine applies only with --features"),
         (["train", "--features", nowhere, "--engine", "spark"], "--engine must be local or ray, not 'spark'"),
+        # ignored before: a job meant for a cluster ran in this process
+        (["train", "--features", nowhere, "--ray-address", "auto"], "--ray-address auto applies to --engine ray only; --engine local runs"),
+        (["assign", "--features", nowhere, "--ray-address", "h:1"], "--ray-address h:1 applies to --engine ray only; --engine local runs"),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.stderr)
