@@ -852,6 +852,7 @@ def train(
         if features is not None:
             from imgcluster.scale import train_from_store
 
+            _refuse_given(ctx, ("runtime",), "to embedding a FOLDER and to assign's naming pass: train --features runs no model")
             _, saved = train_from_store(
                 features, out=out, train_sample=train_sample, knn_threshold=knn_threshold, nprobe=nprobe, engine=engine,
                 address=ray_address, device=device, progress=show,

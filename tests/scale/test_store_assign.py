@@ -189,6 +189,7 @@ def test_the_knn_and_engine_options_are_checked_first_and_recorded_in_the_head(s
         # ignored before: a job meant for a cluster ran in this process
         (["train", "--features", nowhere, "--ray-address", "auto"], "--ray-address auto applies to --engine ray only; --engine local runs"),
         (["assign", "--features", nowhere, "--ray-address", "h:1"], "--ray-address h:1 applies to --engine ray only; --engine local runs"),
+        (["train", "--features", nowhere, "--runtime", "onnx"], "--runtime applies to embedding a FOLDER and to assign's naming pass"),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.stderr)
