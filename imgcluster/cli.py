@@ -752,6 +752,7 @@ def embed(
             local_only = {
                 "cache_dir": cache_dir is not None, "workers": workers is not None, "device": device != "auto", "dtype": dtype != "float16",
                 "compile_model": compile_model, "lock_timeout": lock_timeout != 0, "rehash": rehash, "reembed": reembed, "raw_csv": raw_csv,
+                "runtime": runtime != "auto",  # the Ray engine's actors run torch: it was ignored
             }  # fmt: skip
             if unused := [name for name, given in local_only.items() if given]:
                 raise ParameterError(f"{{{unused[0]}}} is an option of {{engine}} local")
@@ -851,6 +852,7 @@ def train(
         if features is not None:
             from imgcluster.scale import train_from_store
 
+            _refuse_given(ctx, ("runtime",), "to embedding a FOLDER and to assign's naming pass: train --features runs no model")
             _, saved = train_from_store(
                 features, out=out, train_sample=train_sample, knn_threshold=knn_threshold, nprobe=nprobe, engine=engine,
                 address=ray_address, device=device, progress=show,
@@ -975,7 +977,7 @@ def assign(
             assign_store(
                 features, out=out or f"{_store_name(features)}-clusters.csv", head=head, engine=engine, address=ray_address,
                 train_sample=train_sample, knn_threshold=knn_threshold, nprobe=nprobe, min_confidence=min_confidence, names=names,
-                explain=explain, device=device, raw_csv=raw_csv,
+                explain=explain, device=device, runtime=runtime, raw_csv=raw_csv,
                 progress=show, **(_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label,
                                              uco, option) if head is None else {}),
             )  # fmt: skip

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from imgcluster.errors import ImgclusterError
+from imgcluster.errors import ImgclusterError, literal
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,6 +38,7 @@ SKIPPED_DIR = "_skipped"
 MANIFEST_NAME = "_manifest.parquet"  # a listed prefix, kept for the next run (imgcluster.scale.sources)
 PART_PREFIX = "part-"
 N_BUCKETS = 256
+FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: float16 holds anything larger as infinity
 
 # (size, mtime_ns, etag): what a row was made from; a rerun re-embeds a path whose file differs.
 Stamp = tuple[int, "int | None", "str | None"]
@@ -185,6 +186,39 @@ def _stamp_arrays(n: int, sizes: Sequence[int], mtimes: Sequence[int | None], et
     }
 
 
+def unstorable(features: np.ndarray) -> dict[int, str]:
+    """The rows of ``features`` a float16 store cannot hold, with why: NaN or infinity, or a value
+    that float16 would turn into infinity (beyond 65504), which every later read would take for a
+    feature. The writer refuses them; the embed job records them as skipped instead."""
+    values = np.asarray(features)
+    with np.errstate(over="ignore", invalid="ignore"):
+        rows = np.flatnonzero(~np.isfinite(values.astype(np.float16)).all(axis=1))
+    why = {}
+    for row in rows:
+        x = np.asarray(values[row], np.float64)
+        if not np.isfinite(x).all():
+            why[int(row)] = "its features are not finite numbers (NaN or infinity)"
+        else:
+            why[int(row)] = (
+                f"its features reach {np.abs(x).max():.6g}, beyond float16's largest value {FLOAT16_MAX:g}, "
+                "which the store would hold as infinity"
+            )
+    return why
+
+
+def check_finite(where: str, paths: Sequence[str], features: np.ndarray, what: str = "") -> None:
+    """Refuse rows read from a store whose features are NaN or infinite (a store written before the
+    writer refused them held features beyond 65504 as infinity): clustering them gives labels that
+    mean nothing, without a word. ``what`` says which rows were read (" in the sample")."""
+    broken = np.flatnonzero(~np.isfinite(features).all(axis=1)) if len(features) else np.zeros(0, int)
+    if broken.size:
+        n = f"{broken.size} row" + ("s" if broken.size != 1 else "")
+        raise ImgclusterError(
+            f"the feature store {where} holds {n} with NaN or infinite features{what} (e.g. {literal(paths[int(broken[0])])}); "
+            "embed its source into a new location (a rerun into this one keeps the rows it has)"
+        )
+
+
 def row_schema(dim: int) -> pa.Schema:
     import pyarrow as pa
 
@@ -222,15 +256,20 @@ class FeatureStore:
         etags: Sequence[str | None],
         features: np.ndarray,
     ) -> list[str]:
-        """Add rows, one new file per bucket present; returns the files written."""
+        """Add rows, one new file per bucket present; returns the files written. Features a float16
+        store cannot hold (:func:`unstorable`) are refused, naming the first such path."""
         import pyarrow as pa
 
         n = len(paths)
         if n == 0:
             return []
+        if np.shape(features) != (n, self.meta.dim):
+            raise ValueError(f"features of shape {np.shape(features)}, expected ({n}, {self.meta.dim})")
+        if problems := unstorable(features):
+            row, why = next(iter(problems.items()))
+            more = f" (and {len(problems) - 1} other rows)" if len(problems) > 1 else ""
+            raise ImgclusterError(f"cannot store the features of {literal(paths[row])}{more} in {self.uri}: {why}")
         array = np.ascontiguousarray(features, dtype=np.float16)
-        if array.shape != (n, self.meta.dim):
-            raise ValueError(f"features of shape {array.shape}, expected ({n}, {self.meta.dim})")
         fs, root = resolve(self.uri)
         stamps = _stamp_arrays(n, sizes, mtimes, etags)
         flat = pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1), pa.float16()), self.meta.dim)
@@ -290,8 +329,6 @@ def open_store(uri: str, meta: FeatureStoreMeta, create: bool = True) -> Feature
     its rows and these would mix. A folder that holds other files and no store is refused too,
     so a mistyped location never fills someone's folder with shards.
     """
-    import pyarrow.fs as pafs
-
     fs, root = resolve(uri)
     text = _read_text(fs, posixpath.join(root, META_NAME))
     if text is not None:
@@ -307,6 +344,23 @@ def open_store(uri: str, meta: FeatureStoreMeta, create: bool = True) -> Feature
         return FeatureStore(uri, found)
     if not create:
         raise ImgclusterError(f"no imgcluster features at {uri} ({META_NAME} not found)")
+    _check_new_location(fs, root, uri)
+    _write_text(fs, posixpath.join(root, META_NAME), meta.to_json())
+    return FeatureStore(uri, meta)
+
+
+def check_location(uri: str) -> None:
+    """Refuse, before any model is built, a location :func:`open_store` would refuse whatever the
+    model: a file, or a folder that holds other files and no store (``embed photos --features-out
+    photos`` built the model, then said so)."""
+    fs, root = resolve(uri)
+    if _read_text(fs, posixpath.join(root, META_NAME)) is None:
+        _check_new_location(fs, root, uri)
+
+
+def _check_new_location(fs: pafs.FileSystem, root: str, uri: str) -> None:
+    import pyarrow.fs as pafs
+
     info = fs.get_file_info(root)
     if info.type == pafs.FileType.File:
         raise ImgclusterError(f"{uri} is a file, not a folder for features")
@@ -314,8 +368,6 @@ def open_store(uri: str, meta: FeatureStoreMeta, create: bool = True) -> Feature
         others = [i.base_name for i in fs.get_file_info(pafs.FileSelector(root)) if not _ours(i.base_name)]
         if others:
             raise ImgclusterError(f"{uri} is not empty and holds no imgcluster features (it has {others[0]!r}); choose an empty location")
-    _write_text(fs, posixpath.join(root, META_NAME), meta.to_json())
-    return FeatureStore(uri, meta)
 
 
 def _ours(name: str) -> bool:

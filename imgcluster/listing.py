@@ -85,14 +85,21 @@ def list_images(
 
 
 def list_linked(
-    root: Path, links: list[tuple[str, Path]], follow_symlinks: bool, walked: Callable[[Path], bool], limit: int | None = None
+    root: Path,
+    links: list[tuple[str, Path]],
+    follow_symlinks: bool,
+    walked: Callable[[Path], bool],
+    limit: int | None = None,
+    outside: list[str] | None = None,
 ) -> list[ImageFile]:
     """The images :func:`list_images` finds through links, for a listing whose real folders were
     listed in pieces: ``links`` in the order the walk met them (see :func:`list_images`), and
     ``walked``, whether the pieces visited a folder (given its path), in place of the set of
     visited folders a single walk keeps. Sorted by relative path. With ``limit``, the walk stops
-    soon after finding more than that many (a caller that cannot hold more then lists elsewhere)."""
+    soon after finding more than that many (a caller that cannot hold more then lists elsewhere).
+    ``outside``, as for :func:`list_images`."""
     walk = _Walk(Path(root).resolve(), follow_symlinks, (), None, None, walked)
+    walk.outside = outside
     walk.linked = [(path, tuple(rel.split("/"))) for rel, path in links]
     walk.limit = limit
     walk.walk_linked()

@@ -45,11 +45,13 @@ def list_folder(folder: Path, cache_dir: str | os.PathLike[str] | None = None, f
     return listing
 
 
-def outside_links(links: list[str]) -> str:
+def outside_links(links: list[str], count: int | None = None) -> str:
     """What to say of symbolic links the scan left out: a folder of links into a dataset elsewhere
-    was found empty (or smaller) without a word of why."""
+    was found empty (or smaller) without a word of why. ``count``: how many, when ``links`` holds
+    only the first (a listing in pieces counts them where they are met)."""
     first = literal(links[0])
-    return f"left out {len(links)} symbolic link(s) that lead outside the folder (first: {first}); {{follow_symlinks}} follows them"
+    n = len(links) if count is None else count
+    return f"left out {n} symbolic link(s) that lead outside the folder (first: {first}); {{follow_symlinks}} follows them"
 
 
 def check_folder(folder: Path) -> Path:

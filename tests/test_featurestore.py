@@ -181,3 +181,44 @@ def test_importing_the_module_does_not_import_pyarrow() -> None:
     code = "import sys, imgcluster.featurestore; print('pyarrow' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=os.environ)
     assert out.stdout.strip() == "False"
+
+
+def test_features_float16_cannot_hold_are_refused_naming_the_file(tmp_path: Path) -> None:
+    """A feature above 65504 was stored as infinity without a word, and every later read took it for a feature."""
+    uri = str(tmp_path / "feat")
+    store = fst.open_store(uri, meta())
+    paths, sizes, mtimes, etags, features = rows(4)
+    features[2, 5] = 7e4
+    with pytest.raises(ImgclusterError) as info:
+        store.write(paths, sizes, mtimes, etags, features)
+    assert str(info.value) == (
+        f"cannot store the features of cls/0002.png in {uri}: its features reach 70000, beyond float16's largest value 65504, "
+        "which the store would hold as infinity"
+    )
+    features[1, 0] = np.nan
+    first = r"^cannot store the features of cls/0001\.png \(and 1 other rows\) in .+: its features are not finite"
+    with pytest.raises(ImgclusterError, match=first):
+        store.write(paths, sizes, mtimes, etags, features)
+    assert fst.count_rows(uri) == 0  # nothing written
+    features[1, 0], features[2, 5] = -65504.0, 65519.0  # float16's largest, and a value that rounds to it
+    store.write(paths, sizes, mtimes, etags, features)
+    assert np.isfinite(fst.read_features(uri)[1]).all()
+
+
+def test_the_embed_job_records_features_float16_cannot_hold_as_skipped(tmp_path: Path) -> None:
+    """One image whose features overflow float16 is recorded with the reason, as an unreadable one is; the rest are stored."""
+    from imgcluster.scale.embed_job import write_batch
+
+    uri = str(tmp_path / "feat")
+    store = fst.open_store(uri, meta())
+    paths, sizes, mtimes, _, features = rows(3)
+    features[1, 3] = -1e5
+    batch = {
+        "path": np.array(paths, dtype=object), "size": np.array(sizes), "mtime_ns": np.array(mtimes), "etag": np.array(["", "", ""]),
+        "reason": np.array(["", "", ""], dtype=object), "feature": features.astype(np.float32),
+    }  # fmt: skip
+    out = write_batch(batch, store)
+    why = "not stored: its features reach 100000, beyond float16's largest value 65504, which the store would hold as infinity"
+    assert list(out["reason"]) == ["", why, ""]
+    assert sorted(fst.done_rows(uri)) == [paths[0], paths[2]]
+    assert fst.skipped_rows(uri)[paths[1]] == (sizes[1], mtimes[1], None, why)

@@ -28,7 +28,7 @@ from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, 
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD, check_knn_options
-from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch
+from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch, naming_file
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 from imgcluster.userpath import expand_home
 
@@ -161,9 +161,10 @@ def label_bucket(
     are given at once (a confidence's sixth decimal, measured), so both engines give it the same
     blocks, and the Ray pass writes the local pass's CSV byte for byte.
     """
-    from imgcluster.featurestore import iter_bucket
+    from imgcluster.featurestore import check_finite, iter_bucket
 
     for paths, features in iter_bucket(uri, folder, on_problem):
+        check_finite(uri, paths, features)  # the sample's rows were checked; a row outside it would be labelled as garbage
         for start in range(0, len(paths), batch_rows):
             yield label_batch(objective, model, paths[start : start + batch_rows], features[start : start + batch_rows], device)
 
@@ -228,18 +229,27 @@ def _map_buckets(
     import ray
     from ray.data import ActorPoolStrategy
 
+    from imgcluster.scale.embed_job import RETRIES, map_batches
+    from imgcluster.scale.engine import imgcluster_cause
+
     size = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     dataset = ray.data.from_items([{"bucket": f} for f in folders], override_num_blocks=len(folders))
-    labelled = dataset.map_batches(
-        _Labeller, batch_size=max(1, len(folders) // (4 * size)), num_cpus=1, compute=ActorPoolStrategy(min_size=1, max_size=max(1, size)),
+    labelled = map_batches(  # retries bounded: Ray Data's defaults retry a batch that always fails forever
+        dataset, _Labeller, {"max_restarts": RETRIES, "max_task_retries": RETRIES}, batch_size=max(1, len(folders) // (4 * size)),
+        num_cpus=1, compute=ActorPoolStrategy(min_size=1, max_size=max(1, size)),
         fn_constructor_kwargs={
             "uri": uri, "weights": head.read_bytes(), "description": head.with_suffix(".json").read_bytes(), "model": model,
             "batch_rows": batch_rows,
         },
     )  # fmt: skip
-    for block in labelled.iter_batches(batch_size=None, batch_format="numpy"):
-        if len(block["cluster"]):
-            yield {k: np.asarray(v) for k, v in block.items()}
+    try:
+        for block in labelled.iter_batches(batch_size=None, batch_format="numpy"):
+            if len(block["cluster"]):
+                yield {k: np.asarray(v) for k, v in block.items()}
+    except Exception as exc:
+        if (ours := imgcluster_cause(exc)) is not None:  # a store row the pass refuses: one line, not Ray's traceback
+            raise ours from None
+        raise
 
 
 def assign_store(
@@ -270,6 +280,7 @@ def assign_store(
     names: bool = True,
     explain: bool = False,
     device: str = "auto",
+    runtime: str = "auto",
     raw_csv: bool = False,
     batch_rows: int = BATCH_ROWS,
     progress: ProgressFn | None = None,
@@ -284,7 +295,9 @@ def assign_store(
     ``explain`` (see :mod:`imgcluster.scale.labels` for how they are estimated at this scale).
     ``engine`` is ``local`` or ``ray`` (``address``: a cluster, None: a local instance of
     ``num_cpus`` cores); with ``ray`` the sample's buckets are read by Ray tasks too. Rows come in
-    the store's order, bucket by bucket.
+    the store's order, bucket by bucket. ``runtime`` runs the one model pass a store's ``assign``
+    makes, the naming pass over a source drawn light on black (``onnx``, ``onnx-int8``: in the
+    ONNX file a folder's run of that runtime left, as a folder's ``assign`` does; else torch).
     """
     from imgcluster.atomic import check_writable
     from imgcluster.checkpoint import check_backbone, load_checkpoint
@@ -297,7 +310,7 @@ def assign_store(
     start = time.perf_counter()
     features, out, head = expand_home(features), expand_home(out), expand_home(head)
     check_progress(progress)
-    check_engine(engine)
+    check_engine(engine, address)
     check_min_confidence(min_confidence)
     check_knn_options(knn_threshold, nprobe)
     out_text = os.fspath(out)
@@ -318,6 +331,9 @@ def assign_store(
     progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "assign")
     dev = resolve_device(device)
+    from imgcluster.onnxruntime_backend import plan_runtime
+
+    naming_runtime = plan_runtime(runtime, dev.type)  # before the training: a runtime that cannot run here says so now
     estimator = None
     meta_head: dict[str, Any] | None = None
     if head is None:
@@ -362,6 +378,7 @@ def assign_store(
             model, _ = fit_sample_model(
                 trained, sample.features, dev, min_confidence=min_confidence, names=use_names, explain=explain, isolation=isolation,
                 paths=sample.paths, source=sample.meta.source, progress=progress,
+                onnx=naming_file(naming_runtime, sample.meta.identity) if use_names else (None, ""),
             )  # fmt: skip
         tally = Tally()
         problems: list[str] = []

@@ -56,7 +56,8 @@ class ActorSpec:
 
 
 class EmbedActor:
-    """A callable class for ``map_batches``: uint8 pixels in, float16 features out."""
+    """A callable class for ``map_batches``: uint8 pixels in, float32 features out (the writer stores
+    them as float16, refusing what float16 cannot hold: a cast here made values beyond 65504 infinity)."""
 
     def __init__(self, spec: ActorSpec) -> None:
         import torch
@@ -108,13 +109,13 @@ class EmbedActor:
         self.batches += 1
         reasons = np.asarray(batch["reason"], dtype=object)
         ok = np.flatnonzero(reasons == "")
-        features = np.zeros((len(reasons), self.dim), np.float16)
+        features = np.zeros((len(reasons), self.dim), np.float32)
         if len(ok):
             error = None
             for _ in range(2):  # one retry: a passing failure (memory) clears, a persistent one is recorded
                 try:
                     self._maybe_crash()
-                    features[ok] = self._forward(np.ascontiguousarray(batch["pixels"][ok])).astype(np.float16)
+                    features[ok] = self._forward(np.ascontiguousarray(batch["pixels"][ok]))
                     error = None
                     break
                 except Exception as exc:  # noqa: BLE001 - any error in one batch must not stop the job

@@ -30,12 +30,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcluster import featurestore
-from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.errors import ParameterError
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale import resume, sources
 from imgcluster.scale.decode import NO_MTIME, decode_batch
 from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_environment
-from imgcluster.scale.engine import import_ray, quiet_data_context, ray_session, require_ray
+from imgcluster.scale.engine import imgcluster_cause, import_ray, quiet_data_context, ray_session, require_ray
 from imgcluster.scale.sources import Source, open_source
 from imgcluster.signals import Interrupted
 from imgcluster.userpath import expand_home
@@ -142,6 +142,7 @@ def embed_to_store(
     src = open_source(source)
     if manifest is not None and not sources.manifest_rows(manifest):  # its footers checked before a model is built for nothing
         raise ParameterError(f"the {{manifest}} {manifest} lists no files")  # as a SOURCE that holds no images
+    featurestore.check_location(features_out)  # a folder of photos given as the store: said before the model is built
     report.at("model").info(f"loading the model ({model}) ...")
     backbone_name, meta = _describe_model(model, weights, num_gpus, config, report)
     store = featurestore.open_store(features_out, meta)
@@ -214,6 +215,7 @@ class _Plan:
     n_todo: int
     others: list[dict[str, Any]]  # planned rows that are not embedded: recorded unreadable files, torn store files
     kept: str | None  # where the listing of a prefix was kept
+    left_out: sources.LeftOut = field(default_factory=sources.LeftOut)  # links leading outside the folder, not followed
 
 
 def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan | None:
@@ -225,6 +227,7 @@ def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows)
     import pyarrow as pa
 
     kept = None
+    left_out = sources.LeftOut()
     if config.manifest is not None:
         if sources.manifest_rows(config.manifest) > LOCAL_PLAN_ROWS:
             return None
@@ -233,16 +236,20 @@ def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows)
         if not src.relative and not sources.pages_listing(src):
             return None
         max_level = None if src.relative else LOCAL_LEVEL_ENTRIES  # a folder's entries are a stream, counted, not requested
-        split = sources.split_listing(src, LOCAL_SPLIT_FOLDERS, config.follow_symlinks, max_files=LOCAL_PLAN_ROWS, max_level=max_level)
+        outside: list[str] = []
+        split = sources.split_listing(
+            src, LOCAL_SPLIT_FOLDERS, config.follow_symlinks, max_files=LOCAL_PLAN_ROWS, max_level=max_level, outside=outside
+        )
         if not split.complete or split.files_seen > LOCAL_PLAN_ROWS:
             return None
-        blocks = [block for unit in split.units for block in sources.list_unit(src, unit, config.follow_symlinks)]
+        blocks = [block for unit in split.units for block in sources.list_unit(src, unit, config.follow_symlinks, outside=outside)]
         room = LOCAL_PLAN_ROWS - split.files_seen
-        blocks += sources.list_links(src, split.links, config.follow_symlinks, limit=room)
+        blocks += sources.list_links(src, split.links, config.follow_symlinks, limit=room, outside=outside)
         listing = pa.concat_tables([sources.manifest_schema().empty_table(), *blocks])
         if listing.num_rows > LOCAL_PLAN_ROWS:  # linked folders too large to list here (a link out, with follow_symlinks)
             return None
-        _check_found(listing.num_rows, src)
+        left_out = sources.LeftOut.of(outside)
+        _check_found(listing.num_rows, src, left_out)
         if not src.relative:
             kept = sources.start_manifest(config.features_out)
             for n, block in enumerate(blocks):
@@ -251,16 +258,17 @@ def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows)
     planned = resume.plan_table(listing, config.features_out, skipped)
     todo = resume.of_kind(planned, (resume.EMBED,))
     others = resume.of_kind(planned, (resume.SKIPPED, resume.PROBLEM)).to_pylist()
-    return _Plan(listing.num_rows, todo, todo.num_rows, others, kept)
+    return _Plan(listing.num_rows, todo, todo.num_rows, others, kept, left_out)
 
 
-def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | None]:
-    """The source's listing (or the manifest) as a materialised Ray Dataset, its row count, and
-    where a prefix's listing was kept: its top levels listed by :func:`_discover_on_ray`, then one
+def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | None, sources.LeftOut]:
+    """The source's listing (or the manifest) as a materialised Ray Dataset, its row count, where
+    a prefix's listing was kept, and the links left out: its top levels listed by :func:`_discover_on_ray`, then one
     task per sub-prefix left, then one for the linked folders they met (listed last, as the
     single-machine listing does, so that each folder is listed once)."""
     ray = import_ray()
     kept = None
+    left_out = sources.LeftOut()
     if config.manifest is not None:
         sources.manifest_rows(config.manifest)  # its footers checked here: one line for a missing column, not a task's traceback
         files = [{"file": path} for path in sources.manifest_files(config.manifest)]
@@ -271,21 +279,23 @@ def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | No
     else:
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         kept = None if src.relative else sources.start_manifest(config.features_out)
-        prefixes, blocks, links = _discover_on_ray(src, SPLIT_PER_CPU * cpus, config.follow_symlinks, kept)
+        prefixes, blocks, links, left_out = _discover_on_ray(src, SPLIT_PER_CPU * cpus, config.follow_symlinks, kept)
         task = ray.remote(num_returns="streaming", max_retries=RETRIES, retry_exceptions=True)(sources.list_piece)
         pieces = [task.remote(src, config.follow_symlinks, kept, f"{i:06d}", unit=sources.Unit(p, True)) for i, p in enumerate(prefixes)]
         for piece in pieces:
-            links.extend(_piece_refs(piece, blocks))
+            met, outside = _piece_refs(piece, blocks)
+            links.extend(met)
+            left_out += outside
         if links:
-            _piece_refs(task.remote(src, config.follow_symlinks, kept, "links", links=links), blocks)
+            left_out += _piece_refs(task.remote(src, config.follow_symlinks, kept, "links", links=links), blocks)[1]
         listing = ray.data.from_arrow_refs(blocks) if blocks else ray.data.from_arrow(sources.manifest_schema().empty_table())
     listing = _unwrapped(listing.materialize)
     listed = listing.count()
     if config.manifest is None:
-        _check_found(listed, src)
+        _check_found(listed, src, left_out)
         if kept is not None:
             sources.finish_manifest(kept)
-    return listing, listed, kept
+    return listing, listed, kept, left_out
 
 
 def _piece_refs(generator: Any, blocks: list[Any]) -> Any:
@@ -298,32 +308,36 @@ def _piece_refs(generator: Any, blocks: list[Any]) -> Any:
     return last
 
 
-def _discover_on_ray(src: Source, target: int, follow_symlinks: bool, kept: str | None) -> tuple[list[str], list[Any], list[str]]:
+def _discover_on_ray(
+    src: Source, target: int, follow_symlinks: bool, kept: str | None
+) -> tuple[list[str], list[Any], list[str], sources.LeftOut]:
     """:func:`sources.split_listing` with each level listed in a Ray task (:func:`sources.list_level`),
     a whole level of the tree at a time: the prefixes left to list recursively, references to
-    the blocks of files the levels held, and the linked folders met. This process holds folder
-    names and references, never a file's row, also for a flat prefix."""
+    the blocks of files the levels held, the linked folders met and the links left out. This
+    process holds folder names and references, never a file's row, also for a flat prefix."""
     ray = import_ray()
     task = ray.remote(num_returns="streaming", max_retries=RETRIES, retry_exceptions=True)(sources.list_level)
     blocks: list[Any] = []
     links: list[str] = []
     waiting = [""]
     listed = 0
+    left_out = sources.LeftOut()
     while waiting and len(waiting) < target:
         level = [task.remote(src, prefix, follow_symlinks, kept, f"level{listed + i:06d}") for i, prefix in enumerate(waiting)]
         listed += len(waiting)
         waiting = []
         for generator in level:
-            folders: list[sources.Folder] = _piece_refs(generator, blocks)
+            folders, outside = _piece_refs(generator, blocks)
+            left_out += outside
             for folder in folders:
                 (links if folder.linked else waiting).append(folder.prefix)  # a linked folder is listed last, as list_images does
-    return waiting, blocks, links
+    return waiting, blocks, links, left_out
 
 
 def _plan_on_ray(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan:
     """List (or read the manifest) and plan in Ray tasks: the driver holds the units of the listing,
     object references and counts, and the few rows that are not embedded."""
-    listing, listed, kept = list_on_ray(src, config)
+    listing, listed, kept, left_out = list_on_ray(src, config)
     grouped = listing.map_batches(resume.with_buckets, batch_format="pyarrow").groupby(resume.BUCKET)
     planned = _unwrapped(
         grouped.map_groups(
@@ -333,7 +347,7 @@ def _plan_on_ray(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRow
     others = planned.map_batches(resume.of_kind, batch_format="pyarrow", fn_kwargs={"kinds": (resume.SKIPPED, resume.PROBLEM)}).take_all()
     todo = planned.map_batches(resume.of_kind, batch_format="pyarrow", fn_kwargs={"kinds": (resume.EMBED,)})
     n_todo = planned.count() - len(others)
-    return _Plan(listed, todo, n_todo, others, kept)
+    return _Plan(listed, todo, n_todo, others, kept, left_out)
 
 
 def _unwrapped(run: Callable[[], Any]) -> Any:
@@ -342,19 +356,22 @@ def _unwrapped(run: Callable[[], Any]) -> Any:
     try:
         return run()
     except Exception as exc:
-        cause: BaseException | None = exc
-        while cause is not None:
-            if isinstance(cause, ImgclusterError) and type(cause).__module__.startswith("imgcluster"):
-                fresh = type(cause)(cause.template)  # Ray Data appends its retry advice to the message it carries
-                fresh.parameters = cause.parameters
-                raise fresh from None
-            cause = getattr(cause, "cause", None) or cause.__cause__
+        if (ours := imgcluster_cause(exc)) is not None:
+            raise ours from None
         raise
 
 
-def _check_found(listed: int, src: Source) -> None:
+def _check_found(listed: int, src: Source, left_out: sources.LeftOut) -> None:
     if not listed:
-        raise ParameterError(f"{{source}} {src.uri} holds no images")
+        raise ParameterError(f"{{source}} {src.uri} holds no images" + (f"; {_left_out(left_out)}" if left_out.count else ""))
+
+
+def _left_out(left_out: sources.LeftOut) -> str:
+    """What the single-machine listing says of the links it left out, in the same words."""
+    from imgcluster.preflight import outside_links
+
+    assert left_out.first is not None
+    return outside_links([left_out.first], left_out.count)
 
 
 def _account(plan: _Plan, summary: StoreSummary, report: Reporter) -> None:
@@ -364,6 +381,8 @@ def _account(plan: _Plan, summary: StoreSummary, report: Reporter) -> None:
     summary.skipped.extend(old_skips)
     summary.reused = plan.listed - plan.n_todo - len(old_skips)
     summary.manifest = plan.kept
+    if plan.left_out.count:
+        report.warning(_left_out(plan.left_out))
     for problem in summary.problems:
         report.warning(problem)
     report.info(
@@ -424,8 +443,12 @@ def _ray_table(todo: pa.Table) -> pa.Table:
 
 
 def write_batch(batch: dict[str, np.ndarray], store: featurestore.FeatureStore) -> dict[str, np.ndarray]:
-    """Ray Data's last stage: the embedded rows into bucket files, the others into ``_skipped``."""
-    reasons = np.asarray(batch["reason"], dtype=object)
+    """Ray Data's last stage: the embedded rows into bucket files, the others into ``_skipped``
+    (with the files whose features the float16 store cannot hold: :func:`featurestore.unstorable`)."""
+    reasons = np.asarray(batch["reason"], dtype=object).copy()
+    for row, why in featurestore.unstorable(batch["feature"]).items():
+        if reasons[row] == "":
+            reasons[row] = f"not stored: {why}"
     paths = [str(p) for p in batch["path"]]
     sizes = [int(s) for s in batch["size"]]
     mtimes = [None if int(m) == NO_MTIME else int(m) for m in batch["mtime_ns"]]
@@ -471,6 +494,14 @@ def _run(
     cpus = max(1, int(resources.get("CPU", 1)))
     n_actors = config.actors or (max(1, int(gpus // per_actor_gpus)) if use_gpu else 1)
     actor_cpus = 1 if use_gpu else max(1, cpus // (2 * n_actors))
+    if config.actors is not None and n_actors * actor_cpus >= cpus:  # measured: 2 actors on a 2-CPU instance sat at 0 rows for ever
+        crowded = (
+            f"{{actors}} {n_actors}: the embedding actors take {n_actors * actor_cpus} of the Ray cluster's {cpus} CPUs, "
+            "and the decode tasks that feed them need one more"
+        )
+        if config.address is None:  # a local instance does not grow
+            raise ParameterError(f"{crowded}; give at most {max(1, (cpus - 1) // actor_cpus)}")
+        report.warning(f"{crowded}: the job waits until the cluster has more")
     device = torch.device("cuda" if use_gpu else "cpu")
     batch_size = config.batch_size or default_batch_size(device, plan.listed)
     spec = dataclasses.replace(spec, batch_size=batch_size, use_gpu=use_gpu, threads=actor_cpus)

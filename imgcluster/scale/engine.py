@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import signal
 import socket
+import sys
 import threading
 from collections.abc import Iterator
 from types import ModuleType
@@ -29,6 +31,8 @@ LOCAL_OBJECT_STORE_BYTES = 1 << 30
 NO_CLUSTER = "Could not find any running Ray instance"
 # How long to wait for a TCP answer from a cluster's address before ``ray.init`` is let near it.
 PROBE_SECONDS = 10.0
+# A resource no node has: an actor that asks for it is never scheduled (see _spend_restart_notice).
+NEVER_SCHEDULED = "imgcluster-never-scheduled"
 
 
 def import_ray() -> ModuleType:
@@ -88,6 +92,40 @@ def _quiet_ray_loggers() -> None:
                 handler.setLevel(logging.ERROR)
 
 
+def _spend_restart_notice(ray: ModuleType) -> None:
+    """Keep a notice of Ray's off the terminal. Ray's core worker logs, at ERROR and once a process,
+    that an actor whose constructor arguments are object references may fail to restart; every
+    Ray Data actor pool that may restart (the embed job's, the store's assign pass) is such an actor,
+    since Ray Data passes its own context and transformer by reference, and holds them for the
+    pool's life, so its restarts work (ray-project/ray#57733; tests/scale/test_embed_job.py kills an
+    actor). The driver printed it as ``[date E pid tid] core_worker.cc:2465: Actor with class name:
+    'MapWorker(MapBatches(EmbedActor))' ...`` amid imgcluster's lines. Ray's logging has no switch
+    for it: ``RAY_BACKEND_LOG_LEVEL`` prints a line of its own and silences every C++ log. So this
+    process spends its one notice on an actor that is never scheduled, with its standard error
+    pointed at the null device for that call alone; the notice stays in Ray's log of this driver
+    (``python-core-driver-*.log`` in the session's log folder), and any later error still shows."""
+
+    class _Notice:
+        def __init__(self, argument: object) -> None:
+            pass
+
+    notice = ray.remote(max_restarts=1, num_cpus=0, resources={NEVER_SCHEDULED: 1})(_Notice)
+
+    argument = ray.put(None)  # an argument by reference: what the notice is about
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as sink:
+            os.dup2(sink.fileno(), 2)
+            try:
+                actor = notice.remote(argument)
+            finally:
+                os.dup2(saved, 2)
+    finally:
+        os.close(saved)
+    ray.kill(actor)
+
+
 @contextlib.contextmanager
 def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[None]:
     """Connect to the cluster at ``address`` (``"auto"``, ``"host:port"``, ``"ray://host:port"``),
@@ -124,20 +162,39 @@ def ray_session(address: str | None, num_cpus: int | None = None) -> Iterator[No
     for signum, handler in handlers.items():  # Ray's core worker took SIGTERM over (it aborts the process): give it back
         signal.signal(signum, handler)
     try:
+        _spend_restart_notice(ray)
         yield
     finally:
         ray.shutdown()
 
 
+def imgcluster_cause(exc: BaseException) -> ImgclusterError | None:
+    """The ImgclusterError a Ray task or actor raised, as a fresh one in its own words (Ray wraps it
+    with the task's traceback and Ray Data appends its retry advice); None for any other error."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, ImgclusterError) and type(cause).__module__.startswith("imgcluster"):
+            fresh = type(cause)(cause.template)
+            fresh.parameters = cause.parameters
+            return fresh
+        cause = getattr(cause, "cause", None) or cause.__cause__
+    return None
+
+
 @contextlib.contextmanager
 def quiet_data_context() -> Iterator[Any]:
     """Ray Data's context for this package's jobs (the embed job, the store's assign pass): no
-    progress bars (the library never prints), Python errors in actor tasks retried. Put back as it
-    was afterwards."""
+    progress bars (the library never prints), Python errors in actor tasks retried, and raised as
+    themselves, not wrapped in Ray Data's ``UserCodeException``, which loses the error it wraps on
+    its way to the driver (:func:`imgcluster_cause` finds an ImgclusterError). Put back as it was
+    afterwards."""
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
-    changes = {"enable_progress_bars": False, "actor_task_retry_on_errors": True, "print_on_execution_start": False}
+    changes = {
+        "enable_progress_bars": False, "actor_task_retry_on_errors": True, "print_on_execution_start": False,
+        "raise_original_map_exception": True,
+    }  # fmt: skip
     saved = {k: getattr(ctx, k) for k in changes if hasattr(ctx, k)}
     for k, v in changes.items():
         if hasattr(ctx, k):

@@ -43,6 +43,7 @@ from imgcluster.progress import ProgressFn, Reporter, count
 
 if TYPE_CHECKING:
     from imgcluster.naming import Naming
+    from imgcluster.negatives import OnnxLite0
     from imgcluster.scale.knn import Reference
 
 
@@ -171,12 +172,14 @@ def fit_sample_model(
     isolation: Isolation | None = None,
     paths: list[str] | None = None,
     source: str | None = None,
+    onnx: tuple[OnnxLite0 | None, str] = (None, ""),
     progress: ProgressFn | None = None,
 ) -> tuple[SampleModel, np.ndarray]:
     """The estimates from the sample's ``features`` (float32, the head's input) and the sample's clusters.
 
     ``paths`` and ``source`` (the sample's rows and the store's source) let the names of a folder
-    drawn light on black come from its images (:func:`sample_names`)."""
+    drawn light on black come from its images (:func:`sample_names`), their views run in the file
+    ``onnx`` names, or said why not (:func:`naming_file`)."""
     from imgcluster.assign import predict
     from imgcluster.outliers import centre_distances, robust_thresholds
 
@@ -192,14 +195,19 @@ def fit_sample_model(
     if names:
         from imgcluster.naming import say_withheld
 
-        named, how = sample_names(features, clusters, paths, source, progress)
+        named, how = sample_names(features, clusters, paths, source, progress, onnx)
         say_withheld(named, progress)
         cluster_names, withheld = [named.names.get(c, "") for c in range(k)], named.withheld
     return SampleModel(centres, thresholds, cluster_names, min_confidence, explain, isolation, how, withheld), clusters
 
 
 def sample_names(
-    features: np.ndarray, clusters: np.ndarray, paths: list[str] | None, source: str | None, progress: ProgressFn | None = None
+    features: np.ndarray,
+    clusters: np.ndarray,
+    paths: list[str] | None,
+    source: str | None,
+    progress: ProgressFn | None = None,
+    onnx: tuple[OnnxLite0 | None, str] = (None, ""),
 ) -> tuple[Naming, str]:
     """(each cluster's :class:`imgcluster.naming.Naming`, how the names were made): from the chosen members'
     images shown inverted when the store's local source is drawn light on black, as a folder's ``assign``
@@ -218,12 +226,42 @@ def sample_names(
                 "as photos show such things"
             )
 
-        drawn = drawing_names(root, paths, clusters, None, say, features=features)
+        drawn = drawing_names(root, paths, clusters, None, say, features=features, onnx=onnx[0])
         if drawn is not None:
+            if onnx[1]:
+                Reporter(progress, "assign").info(onnx[1])
             return drawn, "the images shown inverted (the source is drawn light on black)"
         return name_clusters(features, clusters), "the features"
     Reporter(progress, "assign").info(f"the clusters are named from the features: {why}")
     return name_clusters(features, clusters), f"the features ({why})"
+
+
+def naming_file(runtime: str, identity: dict[str, Any]) -> tuple[OnnxLite0 | None, str]:
+    """The ONNX file the naming pass runs its views in under ``runtime`` (``torch``, ``onnx`` or
+    ``onnx-int8``, as :func:`imgcluster.onnxruntime_backend.plan_runtime` plans it), found as a
+    folder's ``assign`` finds the file its embedding ran (:func:`imgcluster.negatives.onnx_lite0`),
+    so such a run builds no torch Lite0; and what to say when there is none. None for torch, and when
+    the file is not on disk (a store's features were embedded elsewhere, and building the file
+    would build the torch Lite0 it spares): torch's Lite0 then classifies the views."""
+    from imgcluster.negatives import onnx_lite0
+
+    if runtime == "torch":
+        return None, ""
+    recorded = runtime
+    if runtime == "onnx-int8":
+        from imgcluster.int8 import runtime_name
+        from imgcluster.naming import NAMING_MODEL
+
+        recorded = runtime_name(NAMING_MODEL, identity)
+    found = onnx_lite0(recorded, identity)
+    if found is not None:
+        return found, ""
+    from imgcluster.onnxruntime_backend import model_cache_dir
+
+    return None, (
+        f"the images shown inverted were classified by torch's Lite0: no {runtime} file of it in {model_cache_dir()} "
+        f"(a folder's run with {{runtime}} {runtime} writes it)"
+    )
 
 
 def readable_source(source: str | None) -> tuple[Path | None, str]:

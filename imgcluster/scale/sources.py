@@ -119,14 +119,21 @@ class Split:
 
 
 def split_listing(
-    source: Source, target: int, follow_symlinks: bool = False, max_files: int | None = None, max_level: int | None = None
+    source: Source,
+    target: int,
+    follow_symlinks: bool = False,
+    max_files: int | None = None,
+    max_level: int | None = None,
+    outside: list[str] | None = None,
 ) -> Split:
     """List the top levels of ``source`` breadth first, one folder at a time, until at least
     ``target`` sub-prefixes wait or the tree ends; each listed folder with images is a unit, each
     waiting sub-prefix a recursive one. Holds one folder's sub-folder names and the waiting ones,
     never its files. The look stops partway, as soon as more than ``max_files`` images were seen
     or one level holds more than ``max_level`` entries (a flat prefix): that level then becomes a
-    recursive unit of its own and the split is not complete."""
+    recursive unit of its own and the split is not complete. ``outside`` takes the links the
+    levels listed left out because they lead outside the folder (the recursive units' are
+    :func:`list_unit`'s to count)."""
     units: list[Unit] = []
     links: list[str] = []
     waiting = [""]
@@ -134,7 +141,7 @@ def split_listing(
     while waiting and len(waiting) < target:
         prefix = waiting.pop(0)
         files, entries, folders = 0, 0, []
-        for entry in _level_entries(source, prefix, follow_symlinks, stat=False):
+        for entry in _level_entries(source, prefix, follow_symlinks, stat=False, outside=outside):
             entries += 1
             if isinstance(entry, Folder):
                 folders.append(entry)
@@ -163,8 +170,36 @@ class Folder:
 FileRow = tuple[str, int, int | None]  # a manifest row: path, size, mtime_ns
 
 
-def _level_entries(source: Source, prefix: str, follow_symlinks: bool, stat: bool = True) -> Iterator[Folder | FileRow]:
-    """The sub-folders and image files directly in ``prefix`` (sizes and mtimes only with ``stat``).
+@dataclass(frozen=True)
+class LeftOut:
+    """The symbolic links a listing (or a piece of one) left out because they lead outside the
+    folder: how many, and the first in the single-machine walk's order (depth first, by name), what
+    :func:`imgcluster.preflight.outside_links` says of them. A piece returns this, not the links:
+    a folder of a million links would otherwise be a million names sent to the driver."""
+
+    count: int = 0
+    first: str | None = None
+
+    @classmethod
+    def of(cls, links: list[str]) -> LeftOut:
+        return cls(len(links), min(links, key=_walk_order)) if links else cls()
+
+    def __add__(self, other: LeftOut) -> LeftOut:
+        firsts = [f for f in (self.first, other.first) if f is not None]
+        return LeftOut(self.count + other.count, min(firsts, key=_walk_order) if firsts else None)
+
+
+def _walk_order(rel: str) -> tuple[tuple[str, ...], str]:
+    """The order a depth-first walk by name meets paths in: a folder's own entries before those below it."""
+    parts = rel.split("/")
+    return tuple(parts[:-1]), parts[-1]
+
+
+def _level_entries(
+    source: Source, prefix: str, follow_symlinks: bool, stat: bool = True, outside: list[str] | None = None
+) -> Iterator[Folder | FileRow]:
+    """The sub-folders and image files directly in ``prefix`` (sizes and mtimes only with ``stat``;
+    the links left out, because they lead outside the folder, appended to ``outside``).
     A local folder is streamed, never sorted whole, and so is an s3:// level (a page at a time);
     a gs:// level comes whole from pyarrow (one FileInfo per object)."""
     if source.relative:
@@ -178,6 +213,8 @@ def _level_entries(source: Source, prefix: str, follow_symlinks: bool, stat: boo
                 rel = posixpath.join(prefix, entry.name)
                 try:
                     if entry.is_symlink() and not _link_followed(source, Path(entry.path), follow_symlinks):
+                        if outside is not None:
+                            outside.append(rel)
                         continue
                     if entry.is_dir(follow_symlinks=True):
                         if not entry.name.startswith(".") and not Path(entry.path, OUTPUT_MARKER).exists():
@@ -193,14 +230,15 @@ def _level_entries(source: Source, prefix: str, follow_symlinks: bool, stat: boo
 
 def list_level(
     source: Source, prefix: str, follow_symlinks: bool, manifest_uri: str | None, name: str
-) -> Iterator[pa.Table | list[Folder]]:
+) -> Iterator[pa.Table | tuple[list[Folder], LeftOut]]:
     """A Ray task's share of :func:`split_listing`: the files directly in ``prefix`` in blocks
     (each kept as manifest part ``{name}-{n}`` when ``manifest_uri`` is given), then, last, its
-    sub-folders. The caller keeps the blocks as references and reads only the folder names."""
+    sub-folders and the links it left out. The caller keeps the blocks as references and reads only the last item."""
     folders: list[Folder] = []
+    outside: list[str] = []
 
     def files() -> Iterator[FileRow]:
-        for entry in _level_entries(source, prefix, follow_symlinks):
+        for entry in _level_entries(source, prefix, follow_symlinks, outside=outside):
             if isinstance(entry, Folder):
                 folders.append(entry)
             else:
@@ -210,7 +248,7 @@ def list_level(
         if manifest_uri is not None:
             write_manifest_part(manifest_uri, f"{name}-{n:06d}", block)
         yield block
-    yield sorted(folders, key=lambda f: f.prefix)
+    yield sorted(folders, key=lambda f: f.prefix), LeftOut.of(outside)
 
 
 def _link_followed(source: Source, path: Path, follow_symlinks: bool) -> bool:
@@ -240,18 +278,24 @@ def _reached_directly(source: Source, link: Path) -> bool:
     return True
 
 
-def list_unit(source: Source, unit: Unit, follow_symlinks: bool = False, links: list[str] | None = None) -> Iterator[pa.Table]:
+def list_unit(
+    source: Source, unit: Unit, follow_symlinks: bool = False, links: list[str] | None = None, outside: list[str] | None = None
+) -> Iterator[pa.Table]:
     """One unit's images (as the single-machine listing finds them) in blocks of at most
     :data:`LIST_BLOCK_ROWS` rows, in no order across blocks. In a local folder, ``links`` takes
     the linked folders a recursive unit meets, left for :func:`list_links`; without it they are
-    walked here (right for the whole source, unit "", only)."""
+    walked here (right for the whole source, unit "", only); ``outside`` takes the links a
+    recursive unit left out because they lead outside the folder (a folder's own files, a unit
+    :func:`split_listing` made, had theirs counted there)."""
     if source.relative:
-        yield from _blocks(_folder_rows(source, unit, follow_symlinks, links))
+        yield from _blocks(_folder_rows(source, unit, follow_symlinks, links, outside))
         return
     yield from _blocks(e for e in _object_entries(source, unit.prefix, unit.recursive) if not isinstance(e, Folder))
 
 
-def list_links(source: Source, links: list[str], follow_symlinks: bool = False, limit: int | None = None) -> Iterator[pa.Table]:
+def list_links(
+    source: Source, links: list[str], follow_symlinks: bool = False, limit: int | None = None, outside: list[str] | None = None
+) -> Iterator[pa.Table]:
     """The images reached through the linked folders ``links`` (relative to the source's root)
     that the pieces of a listing met, as the single-machine listing finds them after every real
     folder: in the order its walk meets the links, each folder once, none that the real folders'
@@ -261,7 +305,8 @@ def list_links(source: Source, links: list[str], follow_symlinks: bool = False, 
         return
     order = sorted(links, key=lambda rel: (tuple(rel.split("/")[:-1]), rel.rsplit("/", 1)[-1]))  # the walk's: depth first, by name
     root = Path(source.root)
-    found = list_linked(root, [(rel, root / rel) for rel in order], follow_symlinks, functools.partial(_reached_directly, source), limit)
+    reached = functools.partial(_reached_directly, source)
+    found = list_linked(root, [(rel, root / rel) for rel in order], follow_symlinks, reached, limit, outside)
     yield from _blocks((f.rel, f.size, f.mtime_ns) for f in found)
 
 
@@ -311,15 +356,20 @@ def _s3_client(uri: str) -> Any:
     return s3_pages.client(_filesystem(uri)[0])
 
 
-def _folder_rows(source: Source, unit: Unit, follow_symlinks: bool, links: list[str] | None) -> Iterator[tuple[str, int, int | None]]:
+def _folder_rows(
+    source: Source, unit: Unit, follow_symlinks: bool, links: list[str] | None, outside: list[str] | None
+) -> Iterator[tuple[str, int, int | None]]:
     folder = Path(source.root, unit.prefix)
     if unit.recursive:
         base = f"{unit.prefix}/" if unit.prefix else ""
         met: list[tuple[str, Path]] | None = [] if links is not None else None
-        for f in list_images(folder, follow_symlinks=follow_symlinks, within=Path(source.root), links=met):
+        left: list[str] = []
+        for f in list_images(folder, follow_symlinks=follow_symlinks, within=Path(source.root), links=met, outside=left):
             yield base + f.rel, f.size, f.mtime_ns
         if links is not None and met is not None:
             links.extend(base + rel for rel, _ in met)
+        if outside is not None:
+            outside.extend(base + rel for rel in left)
         return
     for entry in _level_entries(source, unit.prefix, follow_symlinks):
         if not isinstance(entry, Folder):
@@ -507,14 +557,19 @@ def finish_manifest(manifest_uri: str) -> None:
 
 def list_piece(
     source: Source, follow_symlinks: bool, manifest_uri: str | None, name: str, unit: Unit | None = None, links: list[str] | None = None
-) -> Iterator[pa.Table | list[str]]:
+) -> Iterator[pa.Table | tuple[list[str], LeftOut]]:
     """A Ray task's piece of a listing: a recursive unit, or (without one) the linked folders
     ``links`` (:func:`list_links`), in blocks, each kept as manifest part ``{name}-{n}`` when
-    ``manifest_uri`` is given; then, last, the linked folders the unit met, left for the end."""
+    ``manifest_uri`` is given; then, last, the linked folders the unit met, left for the end, and
+    the links it left out."""
     met: list[str] = []
-    blocks = list_unit(source, unit, follow_symlinks, met) if unit is not None else list_links(source, links or [], follow_symlinks)
+    outside: list[str] = []
+    if unit is not None:
+        blocks = list_unit(source, unit, follow_symlinks, met, outside)
+    else:
+        blocks = list_links(source, links or [], follow_symlinks, outside=outside)
     for n, block in enumerate(blocks):
         if manifest_uri is not None:
             write_manifest_part(manifest_uri, f"{name}-{n:06d}", block)
         yield block
-    yield met
+    yield met, LeftOut.of(outside)

@@ -21,9 +21,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
-from imgcluster.errors import ImgclusterError, ParameterError, literal
+from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.outputs import check_head_name
-from imgcluster.preflight import check_clusters_fit
+from imgcluster.preflight import check_clusters_fit, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
@@ -64,10 +64,14 @@ class StoreSample:
 ENGINES = ("local", "ray")
 
 
-def check_engine(engine: str) -> None:
-    """``local`` or ``ray``, and for ``ray`` the extra installed: one line before any work."""
+def check_engine(engine: str, address: str | None = None) -> None:
+    """``local`` or ``ray``, and for ``ray`` the extra installed: one line before any work. A Ray
+    ``address`` with the local engine is refused: it was ignored, and a job meant for a cluster ran
+    in this process."""
     if engine not in ENGINES:
         raise ParameterError(f"{{engine}} must be local or ray, not {engine!r}")
+    if address is not None and engine != "ray":
+        raise ParameterError(f"{{address}} {address} applies to {{engine}} ray only; {{engine}} {engine} runs in this process")
     if engine == "ray":
         from imgcluster.scale.engine import import_ray
 
@@ -109,7 +113,7 @@ def read_sample(
     """The store's rows, or a seeded uniform sample of ``size`` of them, reading the features of
     the sample's rows only (:func:`imgcluster.scale.sample.store_sample`; ``tasks``: in this
     process by default, Ray tasks with :class:`imgcluster.scale.tasks.RayTasks`)."""
-    from imgcluster.featurestore import read_meta
+    from imgcluster.featurestore import check_finite, read_meta
     from imgcluster.scale.sample import store_sample
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 2:
@@ -119,12 +123,7 @@ def read_sample(
     if rows == 0:
         raise ImgclusterError(f"the feature store {uri} holds no rows yet; embed into it first")
     features = features.reshape(len(paths), meta.dim)
-    broken = np.flatnonzero(~np.isfinite(features).all(axis=1))
-    if broken.size:  # float16 holds at most 65504: larger features were written as infinity
-        raise ImgclusterError(
-            f"the feature store {uri} holds {count(broken.size, 'row')} with NaN or infinite features in the sample "
-            f"(e.g. {literal(paths[int(broken[0])])}); embed those images into it again"
-        )
+    check_finite(uri, paths, features, " in the sample")
     if len(paths) < rows:
         Reporter(progress, "sample").info(
             f"training on a seeded sample of {len(paths)} of the store's {rows} rows ({{train_sample}} {size}, {{seed}} {seed})"
@@ -145,8 +144,9 @@ def head_for_store(
 
     if len(sample.paths) < 2:
         raise ImgclusterError("need at least two images to cluster")
-    if isinstance(estimator.n_clusters, int):  # before the kNN and "training ..."
-        check_clusters_fit(estimator.n_clusters, len(sample.paths))
+    k = parse_clusters(estimator.n_clusters)  # the CLI gives it as text ("12"): an isinstance(int) check let that pass
+    if k is not None:  # before the kNN and "training ..."
+        check_clusters_fit(k, len(sample.paths))
     neighbours = None
     partitioned = len(sample.paths) > knn_threshold
     if partitioned:
@@ -219,7 +219,7 @@ def train_from_store(
 
     features, out = expand_home(features), expand_home(out)
     check_progress(progress)
-    check_engine(engine)
+    check_engine(engine, address)
     check_knn_options(knn_threshold, nprobe)
     estimator = checked_head(
         n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,

@@ -70,3 +70,38 @@ def planted_store(uri: str, n: int = 2000, planted: int = 8, dim: int = 64) -> t
     paths = [f"img/{i:06d}.jpg" for i in range(n)] + [f"odd/{i:02d}.jpg" for i in range(planted)]
     open_store(uri, meta).write(paths, [1] * len(paths), [0] * len(paths), [None] * len(paths), np.concatenate([x, odd]))
     return uri, paths[n:]
+
+
+def write_unchecked(uri: str, paths: list[str], features: np.ndarray) -> None:
+    """Rows written as a store written before the writer refused features float16 cannot hold (a
+    value above 65504 became infinity), or by another tool: one parquet file per bucket, newest."""
+    import posixpath
+    import uuid
+
+    import pyarrow as pa
+
+    from imgcluster.featurestore import PART_PREFIX, bucket_of, read_meta, resolve, row_schema, write_parquet_file
+
+    dim = read_meta(uri).dim
+    fs, root = resolve(uri)
+    with np.errstate(over="ignore"):
+        flat = pa.FixedSizeListArray.from_arrays(pa.array(np.asarray(features, np.float16).reshape(-1), pa.float16()), dim)
+    n = len(paths)
+    table = pa.table(
+        {"path": paths, "size": [1] * n, "mtime_ns": [0] * n, "etag": pa.nulls(n, pa.string()), "feature": flat}, schema=row_schema(dim)
+    )
+    for i, path in enumerate(paths):
+        target = posixpath.join(root, f"{PART_PREFIX}{bucket_of(path):03d}", f"{uuid.uuid4().hex}.parquet")
+        write_parquet_file(fs, target, table.slice(i, 1))
+
+
+def infinite_outside_the_sample(tmp_path: Path) -> tuple[str, str, Path]:
+    """A store of 60 rows whose one row outside a 40-row sample is infinite, and a head trained on that sample."""
+    from imgcluster.scale.training import read_sample, train_from_store
+
+    uri = synthetic_store(str(tmp_path / "store"), n=60, dim=16, centres=3)
+    sampled = set(read_sample(uri, 40).paths)
+    far = next(f"img/{i:06d}.jpg" for i in range(60) if f"img/{i:06d}.jpg" not in sampled)
+    write_unchecked(uri, [far], np.full((1, 16), 1e5, np.float32))  # a newer copy of that row: the one read
+    _, head = train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu", train_sample=40)
+    return uri, far, head

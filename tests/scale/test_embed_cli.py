@@ -30,6 +30,8 @@ def test_without_the_extra_one_error_line_names_it(tmp_path: Path, monkeypatch: 
         (["--engine", "spark"], "error: --engine must be local or ray, not 'spark'"),
         (["--engine", "ray", "--features-out", "x", "--workers", "2"], "error: --workers is an option of --engine local"),
         (["--engine", "ray", "--features-out", "x", "--compile"], "error: --compile is an option of --engine local"),
+        # ignored before: the Ray engine's actors run torch whatever was asked
+        (["--engine", "ray", "--features-out", "x", "--runtime", "onnx-int8"], "error: --runtime is an option of --engine local"),
     ],
 )
 def test_ray_options_are_checked_in_one_line(tmp_path: Path, args: list[str], message: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -129,3 +131,48 @@ def test_a_signal_mid_job_says_what_is_kept_and_ends_by_that_signal(tmp_path: Pa
         import pyarrow.parquet as pq
 
         assert 0 < sum(pq.read_metadata(p).num_rows for p in out.glob("part-*/*.parquet")) < 24
+
+
+@pytest.mark.slow
+def test_a_job_prints_imgclusters_lines_and_none_of_rays_own(tmp_path: Path) -> None:
+    """Ray Data's actor pool made the driver's core worker print `[date E pid tid] core_worker.cc:2465: Actor
+    with class name: 'MapWorker(MapBatches(EmbedActor))' ... has constructor arguments in the object store and
+    max_restarts > 0 ...` on the terminal of every job (ray-project/ray#57733); a file that fails is still said."""
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    import os
+    import subprocess
+
+    from imagefolders import CLASSES, copy_sample
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=3)
+    (folder / "broken.png").write_bytes(b"not a png")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_BACKEND_LOG_LEVEL"}
+    env.update({"RAY_AUTH_MODE": "disabled", "RAY_memory_monitor_refresh_ms": "0"})
+    args = ["embed", str(folder), "--engine", "ray", "--features-out", str(tmp_path / "f"), "--model", "efficientnet-lite0"]
+    done = subprocess.run([sys.executable, "-m", "imgcluster", *args], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    said = (done.stdout + done.stderr).splitlines()
+    assert not [line for line in said if "core_worker" in line or line.startswith("[")], said
+    assert any(line.startswith("embedded 3, reused 0, skipped 1 in ") for line in said), said
+    assert any(line.startswith("warning: skipped 1 unreadable file") for line in said), said
+
+
+def test_a_folder_that_is_no_store_is_refused_before_any_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`embed photos --engine ray --features-out photos` (or a file) loaded the model, then refused the location."""
+    pytest.importorskip("ray", reason="needs the 'ray' extra")
+    from imagefolders import CLASSES, copy_sample
+
+    import imgcluster.backbones
+
+    def no_model(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a model was built for a location that is refused whatever the model")
+
+    monkeypatch.setattr(imgcluster.backbones, "create_backbone", no_model)
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    (tmp_path / "notes.txt").write_text("x")
+    for out, why in ((folder, f"{folder} is not empty and holds no imgcluster features (it has {CLASSES[0]!r})"),
+                     (tmp_path / "notes.txt", f"{tmp_path / 'notes.txt'} is a file, not a folder for features")):  # fmt: skip
+        result = runner.invoke(app, ["embed", str(folder), "--engine", "ray", "--features-out", str(out)])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().splitlines()[-1].startswith(f"error: {why}"), result.stderr
+        assert "loading the model" not in result.stderr

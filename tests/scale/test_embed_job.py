@@ -254,3 +254,17 @@ def test_retries_reach_ray_data_without_its_warning_or_a_global_filter() -> None
     assert [str(w.message)[:34] for w in caught] == ["`ray_remote_args` is deprecated an"] and warnings.filters == filters
     newer = embed_job.map_batches(_DatasetWithoutRemoteArgs(), len, {"max_retries": 3}, batch_size=2)  # a Ray after 2.64
     assert newer.options == {"batch_size": 2}
+
+
+def test_more_actors_than_a_local_instance_can_feed_are_refused(local_ray: object, photos: Path, tmp_path: Path) -> None:
+    """`--actors 2` on the 2-CPU local instance: both CPUs went to the actors, no decode task could run,
+    and the job sat at 0 rows until Ray Data's 30-minute no-progress limit (killed after 170 s)."""
+    from imgcluster.errors import ParameterError
+
+    with pytest.raises(ParameterError) as info:
+        embed_job.embed_to_store(str(photos), str(tmp_path / "features"), model=MODEL, actors=2)
+    assert str(info.value) == (
+        "actors 2: the embedding actors take 2 of the Ray cluster's 2 CPUs, and the decode tasks that feed them need one more; "
+        "give at most 1"
+    )
+    assert not list((tmp_path / "features").glob("part-*"))

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from faults import default_stops
 from imagefolders import SAMPLE
-from storefixtures import MODEL, numbered_store, planted_store, store_from_cache, synthetic_store
+from storefixtures import MODEL, infinite_outside_the_sample, numbered_store, planted_store, store_from_cache, synthetic_store
 from typer.testing import CliRunner
 
 import imgcluster
@@ -74,6 +74,19 @@ def test_the_ray_pass_flags_rows_outside_the_sample_as_the_local_pass_does(tmp_p
     with open(local, newline="", encoding="utf-8") as handle:
         reasons = {r["path"]: r["outlier_reason"] for r in csv.DictReader(handle)}
     assert all("isolated" in reasons[p] for p in odd)
+
+
+def test_the_ray_pass_refuses_an_infinite_row_outside_the_sample_in_one_line(tmp_path: Path) -> None:
+    """The actors labelled it as any row (cluster 0); refused, a Python error in an actor was retried
+    for ever (Ray Data's default), then surfaced wrapped in Ray's traceback."""
+    from imgcluster.errors import ImgclusterError
+
+    uri, far, head = infinite_outside_the_sample(tmp_path)
+    started = time.monotonic()
+    with pytest.raises(ImgclusterError) as info:
+        assign_store(uri, out=tmp_path / "c.csv", head=head, train_sample=40, engine="ray")
+    assert str(info.value).startswith(f"the feature store {uri} holds 1 row with NaN or infinite features (e.g. {far}); embed its")
+    assert time.monotonic() - started < 120 and not (tmp_path / "c.csv").exists()
 
 
 def test_partition_tasks_on_ray_give_the_in_process_answer() -> None:

@@ -158,7 +158,29 @@ def test_a_small_folder_with_links_out_or_to_a_hidden_folder_is_planned_without_
             sources.open_source(str(folder)), embed_job.RayEmbedConfig(str(folder), out, follow_symlinks=follow), {}
         )
         assert plan is not None and plan.listed == plan.n_todo
-        assert table_rows(plan.todo) == sorted((f.rel, f.size, f.mtime_ns, None) for f in list_images(folder, follow_symlinks=follow))
+        outside: list[str] = []
+        assert table_rows(plan.todo) == sorted(
+            (f.rel, f.size, f.mtime_ns, None) for f in list_images(folder, follow_symlinks=follow, outside=outside)
+        )
+        assert plan.left_out == sources.LeftOut(len(outside), outside[0] if outside else None)  # as the single-machine listing counts them
+
+
+def test_a_folder_of_links_out_says_why_it_holds_no_images(tmp_path: Path) -> None:
+    """The Ray path said only "holds no images" of a folder whose images are all behind links that
+    lead outside it, where the single-machine path names the links and the option that follows them."""
+    from imgcluster.scale import embed_job
+
+    elsewhere = copy_sample(tmp_path / "dataset", CLASSES[:1], per_class=2)
+    folder = tmp_path / "links"
+    folder.mkdir()
+    (folder / "b").symlink_to(elsewhere, target_is_directory=True)
+    (folder / "a.png").symlink_to(next((elsewhere / CLASSES[0]).glob("*.png")))
+    with pytest.raises(ParameterError) as info:
+        embed_job._plan_here(sources.open_source(str(folder)), embed_job.RayEmbedConfig(str(folder), str(tmp_path / "f")), {})
+    assert str(info.value) == (
+        f"source {folder} holds no images; left out 2 symbolic link(s) that lead outside the folder (first: a.png); "
+        "follow_symlinks follows them"
+    )
 
 
 def test_a_missing_source_or_bad_manifest_is_a_parameter_error(tmp_path: Path) -> None:
@@ -513,7 +535,7 @@ def test_a_flat_prefix_is_listed_in_ray_tasks_and_the_driver_holds_no_file_row(
         monkeypatch.setattr(sources, "_level_entries", refuse)
         monkeypatch.setattr(sources, "_object_entries", refuse)
         with quiet_data_context():
-            listing, listed, kept = embed_job.list_on_ray(source, config)
+            listing, listed, kept, _ = embed_job.list_on_ray(source, config)
         monkeypatch.undo()
         assert listed == 5 and table_rows(pa.Table.from_pylist(listing.take_all(), schema=sources.manifest_schema())) == table_rows(whole)
         assert kept == (None if source.relative else sources.manifest_folder(out))
@@ -593,7 +615,9 @@ def test_links_are_listed_on_ray_as_the_single_machine_listing_lists_them(
     for follow in (False, True):
         config = embed_job.RayEmbedConfig(str(folder), str(tmp_path / "features"), follow_symlinks=follow)
         with quiet_data_context():
-            listing, listed, _ = embed_job.list_on_ray(sources.open_source(str(folder)), config)
+            listing, listed, _, left_out = embed_job.list_on_ray(sources.open_source(str(folder)), config)
         rows = table_rows(pa.Table.from_pylist(listing.take_all(), schema=sources.manifest_schema()))
         assert listed == len(rows)
-        assert rows == sorted((f.rel, f.size, f.mtime_ns, None) for f in list_images(folder, follow_symlinks=follow))
+        outside: list[str] = []
+        assert rows == sorted((f.rel, f.size, f.mtime_ns, None) for f in list_images(folder, follow_symlinks=follow, outside=outside))
+        assert left_out == sources.LeftOut(len(outside), outside[0] if outside else None)  # counted in the tasks, as on one machine

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from imagefolders import SAMPLE
-from storefixtures import MODEL, planted_store, store_from_cache
+from storefixtures import MODEL, infinite_outside_the_sample, planted_store, store_from_cache, write_unchecked
 from typer.testing import CliRunner
 
 import imgcluster
@@ -86,6 +86,18 @@ def test_more_clusters_than_rows_is_refused_before_any_training(store: tuple[str
         train_from_store(uri, n_clusters=200, out=tmp_path / "h.safetensors", progress=events.append)
     assert not [e for e in events if e.stage in ("knn", "train")], events  # said before any training line
     assert not (tmp_path / "h.safetensors").exists()
+
+
+def test_more_clusters_than_rows_from_the_cli_is_refused_before_any_training(store: tuple[str, Path], tmp_path: Path) -> None:
+    """The CLI gives the clusters as text: the check took only a number, and a store of 125 rows printed the
+    kNN's and the training's lines before the training refused 200 clusters."""
+    uri, _ = store
+    for command, out in (("train", "h.safetensors"), ("assign", "c.csv")):
+        done = runner.invoke(app, [command, "--features", uri, "--clusters", "200", "--out", str(tmp_path / out)])
+        said = done.stderr.splitlines()
+        assert done.exit_code == 2 and said[-1] == "error: --clusters 200 is larger than the number of images (125)", done.stderr
+        assert not [line for line in said if line.startswith(("finding", "training", "125 images"))], said
+    assert not list(tmp_path.iterdir())
 
 
 def test_a_head_trained_on_a_sample_labels_every_row(store: tuple[str, Path], tmp_path: Path) -> None:
@@ -174,6 +186,10 @@ def test_the_knn_and_engine_options_are_checked_first_and_recorded_in_the_head(s
         (["assign", "--features", uri, "--head", str(tmp_path / "h.safetensors"), "--seed", "4"], "--seed applies only to training"),
         (["train", str(SAMPLE), "--engine", "ray"], "--engine applies only with --features"),
         (["train", "--features", nowhere, "--engine", "spark"], "--engine must be local or ray, not 'spark'"),
+        # ignored before: a job meant for a cluster ran in this process
+        (["train", "--features", nowhere, "--ray-address", "auto"], "--ray-address auto applies to --engine ray only; --engine local runs"),
+        (["assign", "--features", nowhere, "--ray-address", "h:1"], "--ray-address h:1 applies to --engine ray only; --engine local runs"),
+        (["train", "--features", nowhere, "--runtime", "onnx"], "--runtime applies to embedding a FOLDER and to assign's naming pass"),
     ]:
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.stderr)
@@ -405,15 +421,29 @@ def test_a_store_with_infinite_features_is_refused_naming_a_row(tmp_path: Path) 
     meta = FeatureStoreMeta(model="synthetic", key=cache_key(identity, "float16"), identity=identity, dim=8, source="/nowhere")
     x = np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32)
     x[7] = 1e30
-    store = open_store(str(tmp_path / "store"), meta)
-    with np.errstate(over="ignore"):
-        store.write([f"img/{i:03d}.jpg" for i in range(40)], [1] * 40, [0] * 40, [None] * 40, x)
     uri = str(tmp_path / "store")
-    message = r"^the feature store .+ holds 1 row with NaN or infinite features in the sample \(e\.g\. img/007\.jpg\); embed those"
+    open_store(uri, meta)
+    write_unchecked(uri, [f"img/{i:03d}.jpg" for i in range(40)], x)  # as a store written before the writer refused them
+    message = r"^the feature store .+ holds 1 row with NaN or infinite features in the sample \(e\.g\. img/007\.jpg\); embed its source"
     with pytest.raises(ImgclusterError, match=message):
         train_from_store(uri, out=tmp_path / "h.safetensors", n_clusters=3, epochs=1, device="cpu")
     done = CliRunner().invoke(app, ["assign", "--features", uri, "--out", str(tmp_path / "c.csv"), "-k", "3", "--epochs", "1"])
     assert done.exit_code == 1 and done.stderr.startswith("error: the feature store"), done.stderr
+
+
+def test_an_infinite_row_outside_the_sample_is_refused_naming_it(tmp_path: Path) -> None:
+    """Only the sample was checked: a row outside it went through the pass and came out in cluster 0
+    (NaN confidences), with no word, in a CSV that looked whole."""
+    from imgcluster.errors import ImgclusterError
+
+    uri, far, head = infinite_outside_the_sample(tmp_path)
+    with pytest.raises(ImgclusterError) as info:
+        assign_store(uri, out=tmp_path / "c.csv", head=head, train_sample=40)
+    assert str(info.value) == (
+        f"the feature store {uri} holds 1 row with NaN or infinite features (e.g. {far}); "
+        "embed its source into a new location (a rerun into this one keeps the rows it has)"
+    )
+    assert not (tmp_path / "c.csv").exists()
 
 
 def test_a_progress_that_cannot_be_called_is_refused_before_the_store_is_read(tmp_path: Path) -> None:
@@ -421,3 +451,38 @@ def test_a_progress_that_cannot_be_called_is_refused_before_the_store_is_read(tm
         with pytest.raises(imgcluster.ParameterError, match=r"^progress takes a function") as info:
             call(str(tmp_path / "no-store"), out=tmp_path / "x.csv", progress=3)  # type: ignore[operator]
         assert info.value.parameters == ("progress",)
+
+
+@pytest.mark.slow
+def test_an_int8_store_run_names_as_the_int8_folder_run_without_a_torch_lite0(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`assign --features URI --runtime onnx-int8` took the option and ignored it: the naming pass over a
+    source drawn light on black built and ran a torch Lite0, where a folder's int8 run classifies the
+    views in the int8 file its embedding ran (imgcluster/negatives.py)."""
+    from imgcluster import negatives
+
+    single = tmp_path / "single.csv"
+    done = imgcluster.cluster_folder(
+        SAMPLE, out=single, n_clusters=5, seed=0, model=MODEL, workers=0, runtime="onnx-int8", cache_dir=tmp_path / "cache", device="cpu"
+    )  # fmt: skip
+    uri = store_from_cache(done.embeddings, str(tmp_path / "store"))
+
+    def no_torch_lite0() -> None:
+        raise AssertionError("the torch Lite0 was built")
+
+    shown: list[str] = []
+    real_features = negatives._lite0_features
+
+    def seen(files: list[Path], views: tuple[str, ...], onnx: negatives.OnnxLite0 | None = None) -> np.ndarray:
+        shown.append(onnx.runtime if onnx else "torch")
+        return real_features(files, views, onnx=onnx)
+
+    monkeypatch.setattr(negatives, "_lite0", no_torch_lite0)
+    monkeypatch.setattr(negatives, "_lite0_features", seen)
+    scaled = tmp_path / "scaled.csv"
+    assign_store(uri, out=scaled, n_clusters=5, seed=0, device="cpu", runtime="onnx-int8")
+    assert shown == [done.embeddings.runtime] and shown[0].startswith("onnx-int8/")
+    named = {r["path"]: (r["cluster"], r["cluster_name"]) for r in _rows(scaled)}
+    assert named == {r["path"]: (r["cluster"], r["cluster_name"]) for r in _rows(single)}  # the folder's int8 names
+    assert {name for _, name in named.values()} != {""}
+    with pytest.raises(imgcluster.ParameterError, match=r"^runtime must be auto, torch, onnx or onnx-int8, not 'int8'"):
+        assign_store(uri, out=scaled, n_clusters=5, runtime="int8")
