@@ -39,7 +39,8 @@ class ClusterHead(ClusterMixin, BaseEstimator):
     ``TrainConfig.stable_fraction``); a number is trained as given. ``balance``, ``self_label`` and
     ``uco`` are the shortcuts of ``imgcluster assign``; any other keyword is an option of the
     objective (``imgcluster objectives`` lists them), e.g. ``ClusterHead("scan", hidden=64)``.
-    ``device`` is ``auto``, ``cpu`` or ``cuda``.
+    ``device`` is ``auto``, ``cpu`` or ``cuda``. Values are checked by :meth:`fit`, before any training, as
+    scikit-learn's conventions ask; :meth:`set_params` refuses an unknown name at once, as scikit-learn's does.
 
     After :meth:`fit`: ``labels_``, ``n_clusters_``, ``n_features_in_`` (and ``feature_names_in_``
     for a DataFrame), ``objective_`` (the trained torch module), ``history_`` (loss per epoch),
@@ -91,7 +92,20 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         return {**{name: getattr(self, name) for name in _OWN}, **self._objective_options()}
 
     def set_params(self, **params: Any) -> ClusterHead:
-        """Set constructor parameters, or objective options by name (checked when fitting)."""
+        """Set constructor parameters, or options of the objective (the one these ``params`` set, else
+        the head's), by name. A name that is neither is refused at once with a :class:`ParameterError`
+        (a ValueError, as scikit-learn's own ``set_params`` raises); values are checked by :meth:`fit`,
+        as scikit-learn's conventions ask."""
+        objective = params.get("objective", self.objective)
+        known = {*_OWN, *self._objective_options(), *_option_names(objective)}
+        unknown = [key for key in params if key not in known]
+        if unknown:
+            options = _option_names(objective)
+            theirs = f"; the options of objective {objective!r}: {', '.join(options)}" if options else f"; {objective!r} is no objective"
+            names = ", ".join(map(repr, unknown))
+            raise ParameterError(
+                literal(f"{type(self).__name__} has no parameter {names}; its parameters: {', '.join(_OWN)}{theirs}"), parameter=unknown[0]
+            )
         for key, value in params.items():
             setattr(self, key, value)
         return self
@@ -230,6 +244,15 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         head.choose_k_ = meta.get("choose_k")
         head.description_ = meta
         return head
+
+
+def _option_names(objective: object) -> tuple[str, ...]:
+    """The options of ``objective`` by name; none for a name that is no objective (fit says so)."""
+    from imgcluster.objectives import list_objectives, objective_class
+
+    if not isinstance(objective, str) or objective not in list_objectives():
+        return ()
+    return tuple(f.name for f in dataclasses.fields(objective_class(objective).Params))
 
 
 def parse_auto(n_clusters: int | str) -> bool:
