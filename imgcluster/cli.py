@@ -98,7 +98,8 @@ class OneLineErrors(TyperGroup):
             sys.exit(2)
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
-        except CommandLineError as exc:
+        except CommandLineError as raised:
+            exc = _in_number_words(raised)
             ctx = getattr(exc, "ctx", None)  # usage errors carry the command they came from, most of them
             where = f"{ctx.command_path} --help" if ctx is not None else self._help_for(args)
             message = exc.format_message().strip()
@@ -168,24 +169,57 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-def _positive(value: float) -> float:
-    """Option callback for values that must be strictly positive (Typer's ``min`` cannot exclude 0)."""
-    if not value > 0:
-        raise typer.BadParameter(f"must be above 0, got {value:g}")
-    return value
+class BadNumber(typer.BadParameter):
+    """A number option's value that is not a number, or outside the option's range, worded as the
+    library words its own and naming the flag (``--knn must be a whole number from 1 to 1000, got
+    0``), not as Typer's validator does ("Invalid value for '--knn': Input should be greater than
+    or equal to 1")."""
+
+    def __init__(self, param: Any, typed: object, low: float | None, high: float | None, *, whole: bool, above: bool = False,
+                 ctx: Any = None) -> None:  # fmt: skip
+        bounds = "a whole number" if whole else "a number"
+        if low is not None and (above or high is None):
+            bounds += f" {'above' if above else 'of at least'} {low:g}"
+        elif low is not None and high is not None:
+            bounds += f" from {low:g} to {high:g}"
+        elif high is not None:
+            bounds += f" of at most {high:g}"
+        super().__init__(f"must be {bounds}, got {typed}", ctx=ctx, param=param)
+
+    def format_message(self) -> str:
+        return f"{self.param.opts[0] if self.param is not None else 'the value'} {self.message}"
 
 
-def _within(low: float, high: float | None = None) -> Any:
-    """Option callback for a number in [low, high] (``high`` None: no upper bound). Click's own range
-    check let NaN through its comparisons and called it too large ("less than or equal to 1")."""
+def _in_number_words(exc: CommandLineError) -> CommandLineError:
+    """Typer's refusal of a number option's value (not a number, or outside its ``min``/``max``: every
+    ranged whole-number option) as :class:`BadNumber`; any other error as it is. Typer keeps the
+    value as typed in its validator's error."""
+    param = getattr(exc, "param", None)
+    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    errors = getattr(exc.__cause__, "errors", None)
+    if isinstance(exc, BadNumber) or kind not in (int, float) or not callable(errors):
+        return exc
+    typed = (errors() or [{}])[0].get("input")
+    if typed is None:
+        return exc
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    return BadNumber(param, typed, low, high, whole=kind is int, ctx=getattr(exc, "ctx", None))
 
-    def check(value: float | None) -> float | None:
-        if value is not None and not (low <= value and (high is None or value <= high)):
-            bounds = f"in [{low:g}, {high:g}]" if high is not None else f"of {low:g} or more"
-            raise typer.BadParameter(f"must be a number {bounds}, got {value:g}")
+
+def _within(low: float, high: float | None = None, *, above: bool = False) -> Any:
+    """Option callback for a number in [low, high] (``high`` None: no upper bound; ``above``: over
+    ``low``, which Typer's ``min`` cannot say). Click's own range check let NaN through its
+    comparisons and called it too large ("less than or equal to 1")."""
+
+    def check(param: typer.CallbackParam, value: float | None) -> float | None:
+        if value is not None and not ((value > low if above else low <= value) and (high is None or value <= high)):
+            raise BadNumber(param, f"{value:g}", low, high, whole=False, above=above)
         return value
 
     return check
+
+
+_positive = _within(0, above=True)
 
 
 # ---- options shared by several commands --------------------------------------------------------

@@ -111,19 +111,54 @@ def test_assign_to_a_closed_stdout_is_refused_before_the_work(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("option", "value", "bounds"),
     [
-        ("--min-confidence", "nan", "in [0, 1]"),
-        ("--min-confidence", "inf", "in [0, 1]"),
-        ("--min-confidence", "-0.1", "in [0, 1]"),
-        ("--min-confidence", "1.5", "in [0, 1]"),
-        ("--balance", "nan", "of 0 or more"),
-        ("--lock-timeout", "nan", "of 0 or more"),
+        ("--min-confidence", "nan", "from 0 to 1"),
+        ("--min-confidence", "inf", "from 0 to 1"),
+        ("--min-confidence", "-0.1", "from 0 to 1"),
+        ("--min-confidence", "1.5", "from 0 to 1"),
+        ("--balance", "nan", "of at least 0"),
+        ("--lock-timeout", "nan", "of at least 0"),
+        ("--lr", "0", "above 0"),
+        ("--lr", "nan", "above 0"),
     ],
 )
 def test_a_number_out_of_range_or_nan_says_which_numbers_the_option_takes(option: str, value: str, bounds: str, tmp_path: Path) -> None:
     """`--min-confidence nan` said "Input should be less than or equal to 1", as --balance nan said "greater than or equal to 0"."""
     result = invoke("assign", tmp_path, option, value)
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr == f"error: Invalid value for '{option}': must be a number {bounds}, got {value} (see imgcluster assign --help)\n"
+    assert result.stderr == f"error: {option} must be a number {bounds}, got {value} (see imgcluster assign --help)\n"
+
+
+def _ranged_options() -> list[tuple[str, str, int, int | None]]:
+    """(command, flag, least, most) of every option with a range in Typer's min/max, in every command."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    found = []
+    for name, command in getattr(root, "commands", {}).items():
+        for param in command.params:
+            if getattr(param, "min", None) is not None or getattr(param, "max", None) is not None:
+                found.append((name, param.opts[0], param.min, param.max))
+    return found
+
+
+def test_every_ranged_option_names_its_flag_and_range_as_the_library_does() -> None:
+    """Typer's own wording ("Invalid value for '--knn': Input should be greater than or equal to 1", "Input should be a
+    valid integer, unable to parse string as an integer") for each whole-number option with a range."""
+    ranged = _ranged_options()
+    assert {flag for _, flag, _, _ in ranged} >= {"--knn", "--epochs", "--batch-size", "--k-min", "--per-cluster", "--actors"}
+    for command, flag, least, most in ranged:
+        bounds = f"of at least {least}" if most is None else f"from {least} to {most}"
+        for typed in [str(least - 1), "x", "2.5"] + ([str(most + 1)] if most is not None else []):
+            result = invoke(command, flag, typed)
+            assert result.exit_code == 2 and result.stdout == "", (command, flag, typed)
+            assert result.stderr == f"error: {flag} must be a whole number {bounds}, got {typed} (see imgcluster {command} --help)\n"
+
+
+def test_a_number_option_that_is_not_a_number_says_so_in_one_line() -> None:
+    for option, kind in (("--seed", "a whole number"), ("--lr", "a number"), ("--balance", "a number")):
+        result = invoke("assign", option, "many")
+        assert result.exit_code == 2
+        assert result.stderr == f"error: {option} must be {kind}, got many (see imgcluster assign --help)\n"
 
 
 def test_cluster_folder_refuses_a_bad_min_confidence_before_any_work(tmp_path: Path) -> None:
