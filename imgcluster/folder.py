@@ -32,7 +32,7 @@ from imgcluster.features import check_embedding_options, embed, embed_checked
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
-from imgcluster.outputs import check_head_name, refuse_folder_name, refuse_inputs, refuse_stdout
+from imgcluster.outputs import check_head_name, refuse_folder_name, refuse_inputs, refuse_long_names, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.userpath import expand_home, path_argument
@@ -223,6 +223,8 @@ def check_out(
     out_path = None if text == "-" else Path(text)
     if out_path is None:
         check_stdout()
+    else:
+        refuse_long_names(text, [out_path])
     if out_path is not None and out_path.is_dir():
         raise ParameterError(f"{{out}} {text} is a folder; give a file name")
     # Files that describe the CSV (its .json, the skipped list, the report) go beside it: only
@@ -239,6 +241,7 @@ def check_out(
             from imgcluster.duplicates import duplicates_path
 
             companions.append(duplicates_path(beside))
+        refuse_long_names(text, companions)
         for companion in companions:
             if os.path.isdir(companion):  # False for a name too long to exist: a file that may never be written
                 raise ParameterError(f"{{out}} {literal(text)}: {literal(companion)}, which goes beside it, is a folder")
@@ -634,6 +637,7 @@ def train_folder(
     if out is not None:
         refuse_stdout(out, "out", "a head checkpoint (two files)")
         refuse_folder_name(out)
+        refuse_long_names(out, [Path(out)])  # its .json is shorter
         if not os.fspath(out) or Path(out).is_dir():  # it failed after the training: "cannot write ."
             raise ParameterError(f"{{out}} {literal(os.fspath(out) or repr(''))} is a folder; give a file name")
         check_head_name(out, "out")  # it was saved, then refused by the assign --head that the run's last line suggested

@@ -338,6 +338,35 @@ def test_a_folder_where_a_file_beside_the_csv_goes_is_refused_before_the_work(bl
     assert not (tmp_path / "x.csv").exists() and not (folder / ".imgcluster").exists()
 
 
+@pytest.mark.parametrize(("length", "beside"), [(251, ".csv.json"), (248, "-skipped.csv"), (256, "")])  # the first one too long
+def test_a_csv_name_too_long_for_a_file_beside_it_is_refused_before_the_work(length: int, beside: str, tmp_path: Path) -> None:
+    """A CSV name of about 243 bytes failed after the whole run when a file was skipped (its -skipped.csv too long for the
+    file system), the CSV written; one of 256 failed at the start as an unexpected OSError."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    (folder / "broken.jpg").write_bytes(b"not an image")  # a file the run skips, so NAME-skipped.csv is written
+    out = tmp_path / ("a" * (length - 4) + ".csv")
+    too_long = out.with_name(out.stem + beside) if beside else out
+    result = invoke("assign", folder, *FAST, "--out", out)
+    assert result.exit_code == 2 and result.stdout == ""
+    which = f": {too_long.name}, which goes beside it," if beside else ""
+    assert result.stderr == (
+        f"error: --out {out}{which} holds a name of {len(too_long.name)} bytes, longer than the 255 this file system takes: "
+        "give a shorter name\n"
+    )
+    assert not (folder / ".imgcluster").exists() and not any(p.name.startswith("aaa") for p in tmp_path.iterdir())
+
+
+def test_a_head_name_too_long_is_refused_before_the_work(tmp_path: Path) -> None:
+    from imgcluster import ParameterError, train_folder
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    out = tmp_path / ("h" * 250 + ".safetensors")
+    with pytest.raises(ParameterError) as info:
+        train_folder(folder, out=out, n_clusters=2, model="efficientnet-lite0")
+    assert str(info.value) == f"out {out} holds a name of 262 bytes, longer than the 255 this file system takes: give a shorter name"
+    assert info.value.parameters == ("out",) and not (folder / ".imgcluster").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "typed", "command"),
     [
