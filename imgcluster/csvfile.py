@@ -214,6 +214,8 @@ def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
         raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is not a whole number")
     if cluster < 0:  # export named its folder "-1-...", which commands take for an option
         raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is negative; cluster ids are whole numbers from 0")
+    if cluster >= 2**63:  # it was called "not a whole number"
+        raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is out of range; cluster ids are whole numbers from 0 to 2**63 - 1")
     raw = record.get("confidence")
     try:
         confidence = float(raw) if raw not in (None, "") else math.nan
@@ -225,7 +227,7 @@ def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
 
 
 def _cluster(text: str | None) -> int | None:
-    """A cluster id: a whole number (``3`` or ``3.0``) that fits 64 bits; None for anything else.
+    """A cluster id: a whole number (``3`` or ``3.0``, of any size: the caller checks its range); None for anything else.
 
     ``int(float(...))`` truncated ``0.7`` to 0 and made ``inf`` an overflow, so both are refused.
     """
@@ -239,7 +241,7 @@ def _cluster(text: str | None) -> int | None:
         if not value.is_integer():  # also refuses inf and nan
             return None
         exact = int(value)
-    return exact if -(2**63) <= exact < 2**63 else None
+    return exact
 
 
 def _truthy(value: str | None) -> bool:
