@@ -27,6 +27,7 @@ from imgcluster import __version__
 from imgcluster.atomic import is_stream, stdout_failed, writing_stdout
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences, literal
+from imgcluster.head_config import TRAINING
 from imgcluster.progress import Event, count
 from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
@@ -653,9 +654,7 @@ def _training(
 
 # assign's options that shape a head's training: meaningless with --head, whose training is done (--knn-threshold and
 # --nprobe also shape the isolation test's neighbour search of assign --features, so they stay allowed).
-TRAINING_PARAMETERS = (
-    "objective", "clusters", "k_min", "k_max", "epochs", "batch_size", "lr", "knn", "seed", "balance", "self_label", "uco", "option",
-)  # fmt: skip
+TRAINING_PARAMETERS = (*(CLI_NAMES.get(name, name) for name in TRAINING), "option")
 
 
 def _refuse_training_options(ctx: typer.Context) -> None:

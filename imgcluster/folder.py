@@ -29,6 +29,7 @@ from imgcluster.config import (
 )
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import check_embedding_options, embed, embed_checked
+from imgcluster.head_config import Training
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
@@ -301,6 +302,7 @@ def cluster_folder(
     cluster whose images look too little like the class it would name, :data:`imgcluster.naming.LIKENESS`);
     ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
     """
+    training = Training.of(locals())
     if near_duplicates is not None and (
         isinstance(near_duplicates, bool) or not isinstance(near_duplicates, numbers.Real) or not 0.0 < near_duplicates <= 1.0
     ):
@@ -317,19 +319,14 @@ def cluster_folder(
         weights=weights, head=head, k_range=(k_min, k_max),
     )  # fmt: skip
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
-    from imgcluster.head_config import option_dict, train_config
+    from imgcluster.head_config import option_dict
     from imgcluster.naming import NAMING_MODEL, is_naming_backbone
     from imgcluster.pipeline import resolve_device
 
     progress, warnings = keeping_warnings(progress)
     dev = resolve_device(device)
-    training: dict[str, Any] = {}
     if head is None:  # the training parameters are checked now, not after the embedding
-        training = dict(
-            objective=objective, n_clusters=n_clusters, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn,
-            k_min=k_min, k_max=k_max, balance=balance, self_label=self_label, uco=uco,
-        )  # fmt: skip
-        settings = train_config(**training, options=option_dict(objective_options))
+        settings = training.config(option_dict(objective_options))
     head_meta: dict[str, Any] | None = None
     searched: tuple[np.ndarray, np.ndarray] | None = None  # the neighbour search of a head trained in this run
     if head is not None:
@@ -621,6 +618,7 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
+    training = Training.of(locals())
     check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
     check_progress(progress)
     folder, out = path_argument(folder, "folder", "a folder"), expand_home(out)
@@ -630,10 +628,7 @@ def train_folder(
     )
     from imgcluster.estimator import checked_head
 
-    estimator = checked_head(
-        n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,
-        self_label=self_label, uco=uco, device=device, objective_options=objective_options,
-    )  # fmt: skip
+    estimator = checked_head(training, device=device, objective_options=objective_options)
     if out is not None:
         refuse_stdout(out, "out", "a head checkpoint (two files)")
         refuse_folder_name(out)

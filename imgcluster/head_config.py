@@ -8,9 +8,45 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
-from imgcluster.config import DEFAULT_CLUSTERS, TrainConfig
+from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
+
+
+@dataclass(frozen=True)
+class Training:
+    """The parameters that shape a head's training, with their defaults: the one list that
+    :class:`imgcluster.ClusterHead`, ``cluster_folder``, ``train_folder`` and the feature-store
+    functions take (their signatures spell it out for ``help()``; tests/test_api.py checks each
+    against this one)."""
+
+    objective: str = DEFAULT_OBJECTIVE
+    n_clusters: int | str = DEFAULT_CLUSTERS
+    seed: int = 0
+    epochs: int | None = None
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    knn: int = DEFAULT_KNN
+    k_min: int = 2
+    k_max: int = 20
+    balance: float | None = None
+    self_label: bool = False
+    uco: bool = False
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> Training:
+        """The training parameters among ``values``: an API function's ``locals()``, an estimator's ``vars()``."""
+        return cls(**{name: values[name] for name in TRAINING})
+
+    def arguments(self) -> dict[str, Any]:
+        """As keyword arguments, for :class:`imgcluster.ClusterHead`."""
+        return {name: getattr(self, name) for name in TRAINING}
+
+    def config(self, options: dict[str, Any]) -> TrainConfig:
+        """The training settings, checked (see :func:`train_config`); ``options`` are the objective's own."""
+        return train_config(**self.arguments(), options=options)
 
 
 def train_config(
@@ -81,3 +117,6 @@ def option_dict(options: object) -> dict[str, Any]:
             f"{{objective_options}} takes a dict of the objective's options, such as dict(hidden=64), not {literal(repr(options))}"
         )
     return dict(options)
+
+
+TRAINING = tuple(field.name for field in fields(Training))

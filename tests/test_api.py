@@ -421,3 +421,29 @@ def test_a_progress_that_cannot_be_called_is_refused_before_any_work(
         assert str(info.value) == "progress takes a function that receives each Event (or None), not a str"
         assert info.value.parameters == ("progress",)
     assert sorted(tmp_path.rglob("*")) == before  # no cache, export or report begun
+
+
+@pytest.mark.parametrize(
+    "function",
+    ["ClusterHead.__init__", "cluster_folder", "train_folder", "scale.train_from_store", "scale.assign_store"],
+)
+def test_each_training_function_takes_the_one_list_of_training_parameters(function: str) -> None:
+    """The list is spelled out in each signature for help(); ``head_config.Training`` is the one that each passes on
+    (``Training.of(locals())``), so a parameter added to a signature and not to it, or with another default, would be
+    lost or changed on its way to the head."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from imgcluster.head_config import Training
+
+    importlib.import_module("imgcluster.scale")  # an attribute of imgcluster once imported
+    target: object = imgcluster
+    for part in function.split("."):
+        target = getattr(target, part)
+    parameters = inspect.signature(target).parameters
+    for field in dataclasses.fields(Training):
+        assert field.name in parameters, (function, field.name)
+        parameter = parameters[field.name]
+        assert parameter.default == field.default, (function, field.name)
+        assert parameter.annotation == field.type, (function, field.name)
