@@ -699,6 +699,12 @@ def _refuse_given(ctx: typer.Context, names: Sequence[str], why: str) -> None:
         raise ParameterError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {why}")
 
 
+def _default_csv(stem: str) -> str:
+    """``./<stem>-clusters.csv``, the default CSV: written as ``./`` + the name when the name starts with ``-``, so that
+    the path the run prints can be typed into the next command (`evaluate -photos-clusters.csv` is an unknown option)."""
+    return f"{'./' if stem.startswith('-') else ''}{stem}-clusters.csv"
+
+
 def _store_name(uri: str) -> str:
     """The default CSV's stem for a store: its last path component (``s3://b/run1/`` -> ``run1``)."""
     return uri.rstrip("/").rsplit("/", 1)[-1].split("://")[-1] or "features"
@@ -1006,7 +1012,7 @@ def assign(
             from imgcluster.scale import assign_store
 
             assign_store(
-                features, out=out or f"{_store_name(features)}-clusters.csv", head=head, engine=engine, address=ray_address,
+                features, out=out or _default_csv(_store_name(features)), head=head, engine=engine, address=ray_address,
                 train_sample=train_sample, knn_threshold=knn_threshold, nprobe=nprobe, min_confidence=min_confidence, names=names,
                 explain=explain, device=device, raw_csv=raw_csv,
                 progress=show, **(_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label,
@@ -1016,7 +1022,7 @@ def assign(
         _refuse_given(ctx, ("engine", "ray_address", "train_sample", "knn_threshold", "nprobe"), "only with --features")
         assert folder is not None  # _folder_or_features
         # --out "" is refused, not the default; `assign /` wrote "-clusters.csv", a name commands take for an option
-        out = f"{Path(folder).resolve().name or 'root'}-clusters.csv" if out is None else out
+        out = _default_csv(Path(folder).resolve().name or "root") if out is None else out
         if report and (out == "-" or is_stream(Path(out))):
             where = "stdout" if out == "-" else f"{out}, which is not a regular file"
             raise ParameterError(f"--report needs --out FILE: the report is written beside the CSV, not beside {where}")

@@ -311,6 +311,9 @@ def test_the_default_csv_of_the_root_folder_does_not_start_with_a_dash(tmp_path:
     monkeypatch.chdir(tmp_path)
     assert invoke("assign", "/").exit_code == 0
     assert seen == ["root-clusters.csv"]
+    (tmp_path / "-photos").mkdir()  # wrote "-photos-clusters.csv", and said so: the next command took it for an option too
+    assert invoke("assign", "./-photos").exit_code == 0
+    assert seen[-1] == "./-photos-clusters.csv"
 
 
 def test_assign_report_onto_a_folder_is_refused_before_the_work(tmp_path: Path) -> None:
