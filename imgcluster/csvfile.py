@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from imgcluster.assign import Assignment
 
 BASE_COLUMNS = ["path", "cluster", "confidence"]
+READ_COLUMNS = (*BASE_COLUMNS, "cluster_name", "outlier", "outlier_reason")  # what evaluate, report and export read
 ESCAPE = "'"
 FORMULA_STARTS = frozenset("=+-@\t\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
 
@@ -176,8 +177,15 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
                 other = next((sep for sep in (";", "\t") if any(sep in c for c in columns)), None)  # a spreadsheet's other CSV
                 hint = f" (its columns are separated by {other!r}: save it with commas)" if other else ""
                 raise ImgclusterError(f"{path} is not an assignment CSV: missing column(s) {', '.join(missing)}{hint}")
+            twice = [c for c, n in Counter(columns).items() if n > 1 and c in READ_COLUMNS]  # the reader kept the last
+            if twice:
+                raise ImgclusterError(f"{path} has column(s) {', '.join(twice)} more than once in its header; keep one of each")
             rows = [_row(path, number, record if raw else _unescaped(record)) for number, record in enumerate(reader, start=2)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:  # "'utf-8' codec can't decode byte 0xe9 in position 2: invalid continuation byte"
+        raise ImgclusterError(
+            f"cannot read assignments {path}: it is not UTF-8 text (a byte {exc.object[exc.start]:#04x}); save it as CSV UTF-8"
+        ) from None
+    except (OSError, csv.Error) as exc:
         raise ImgclusterError(f"cannot read assignments {path}: {exc}") from None
     if not rows:
         raise ImgclusterError(f"{path} has no rows")
@@ -209,6 +217,8 @@ def _unescaped(record: dict[str, str | None]) -> dict[str, str | None]:
 def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
     name = record["path"] or ""
     where = f"{path}, line {number} ({name!r})"
+    if record["cluster"] is None:  # "cluster None is not a whole number"
+        raise ImgclusterError(f"{where}: the row ends before its cluster column, with fewer cells than the header")
     cluster = _cluster(record["cluster"])
     if cluster is None:
         raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is not a whole number")

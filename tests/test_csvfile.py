@@ -287,3 +287,24 @@ def test_a_csv_named_dash_points_to_dev_stdin(tmp_path: Path, monkeypatch: pytes
     assert result.stderr == (
         "error: CSV - is not standard input here: evaluate reads a pipe given as /dev/stdin; report and export read a saved CSV\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'"path","cluster","confidence"\n"a.png",0,0.5\n"b.png"\n', "{csv}, line 3 ('b.png'): the row ends before its cluster column, "
+         "with fewer cells than the header"),
+        (b'"path","cluster","cluster"\n"a.png",0,0.5\n', "{csv} has column(s) cluster more than once in its header; keep one of each"),
+        (b'"path","cluster"\n"caf\xe9.png",0\n', "cannot read assignments {csv}: it is not UTF-8 text (a byte 0xe9); save it as CSV UTF-8"),
+    ],
+)  # fmt: skip
+def test_a_hand_edited_csv_says_what_is_wrong_with_it(tmp_path: Path, content: bytes, message: str) -> None:
+    """A short row was "cluster None is not a whole number"; a second cluster column was read instead of the first,
+    silently; a Latin-1 file was "'utf-8' codec can't decode byte 0xe9 in position 20: invalid continuation byte"."""
+    csv = tmp_path / "edited.csv"
+    csv.write_bytes(content)
+    with pytest.raises(ImgclusterError) as caught:
+        read_assignments(csv)
+    assert str(caught.value) == message.format(csv=csv)
+    result = runner.invoke(app, ["evaluate", str(csv), str(tmp_path)])
+    assert result.exit_code == 1 and result.stderr == f"error: {message.format(csv=csv)}\n"
