@@ -1085,7 +1085,7 @@ def evaluate(
             else:
                 # Rendered first, then written: rich ends a broken pipe with exit 1, the write below
                 # reaches handled(), which ends it as `| head` expects (141, silently).
-                buffer = io.StringIO()
+                buffer = _Rendered(getattr(sys.stdout, "encoding", None) or "utf-8")
                 width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
                 _print_evaluation(Console(file=buffer, width=width, highlight=False, soft_wrap=True), evaluation)
                 sys.stdout.write(buffer.getvalue())
@@ -1207,6 +1207,19 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
 
 
 
+class _Rendered(io.StringIO):
+    """Text rendered for a stream of ``encoding``: rich draws the tables in ASCII for one that is not UTF-8 (they
+    came out as backslash escapes under PYTHONIOENCODING=ascii)."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__()
+        self._encoding = encoding
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._encoding
+
+
 def _with_examples(n: int, examples: list[str]) -> str:
     """``2 (a.png, b.png)``, or ``7 (a.png, b.png, c.png, d.png, e.png, ...)`` when not all are named."""
     if not examples:
@@ -1221,6 +1234,11 @@ def main() -> None:
 
     from imgcluster.signals import exit_by_signal, stops_as_interrupt
 
+    # Text for people (evaluate's table, objectives, the help) that stdout's encoding cannot show is written escaped,
+    # as Python writes stderr: a label "bäg ☂" under PYTHONIOENCODING=ascii or a Latin-1 locale ended evaluate in
+    # "unexpected UnicodeEncodeError". Data keeps every character: the CSV is UTF-8 (csvfile.utf8), JSON is ASCII.
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         with stops_as_interrupt():  # SIGTERM or SIGHUP while still importing ends like Ctrl-C, not mid-way
             app(prog_name="imgcluster")

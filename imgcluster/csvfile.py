@@ -14,6 +14,7 @@ of those characters, and every name reads back as it was.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -93,11 +94,28 @@ def names_of_clusters(rows: list[Row]) -> dict[int, str]:
 @contextmanager
 def _output(out: str) -> Iterator[IO[str]]:
     if out == "-":
-        with writing_stdout():
-            yield sys.stdout
+        with writing_stdout(), utf8(sys.stdout) as stdout:
+            yield stdout
     else:
         with atomic_open(Path(out), "w", newline="") as handle:
             yield handle
+
+
+@contextmanager
+def utf8(stream: IO[str]) -> Iterator[IO[str]]:
+    """``stream`` writing UTF-8, as every CSV imgcluster writes is: under ``PYTHONIOENCODING=ascii`` or a Latin-1
+    locale, ``assign --out -`` ended its whole run in "unexpected UnicodeEncodeError" at the first accented name."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None or (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "") == "utf8":
+        yield stream
+        return
+    stream.flush()
+    wrapper = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+    try:
+        yield wrapper
+        wrapper.flush()
+    finally:
+        wrapper.detach()  # the stream keeps its buffer
 
 
 def write_assignments(out: str, paths: list[str], assignment: Assignment, raw_csv: bool = False) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -135,7 +136,6 @@ def test_a_csv_cut_short_inside_a_quoted_cell_is_refused(tmp_path: Path) -> None
 def test_the_csv_to_a_full_standard_output_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """`assign --out - > /dev/full` ended with `unexpected OSError`; a closed pipe stays a BrokenPipeError (exit 141)."""
     import errno
-    import io
 
     class Refusing(io.StringIO):
         def __init__(self, error: OSError) -> None:
@@ -152,6 +152,23 @@ def test_the_csv_to_a_full_standard_output_is_one_error(monkeypatch: pytest.Monk
     monkeypatch.setattr(sys, "stdout", Refusing(BrokenPipeError(errno.EPIPE, "Broken pipe")))
     with pytest.raises(BrokenPipeError):
         write_assignments("-", ["a.png"], assignment(1))
+
+
+def test_a_csv_on_a_stdout_that_is_not_utf8_is_written_in_utf8(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Under PYTHONIOENCODING=ascii (or a Latin-1 locale) `assign --out -` ended its whole run in "unexpected
+    UnicodeEncodeError" at the first accented name; the CSV is UTF-8 wherever it goes."""
+    names = ["bäg ☂/a.png", "plain.png"]
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    stdout.write("before ")
+    write_assignments("-", names, assignment(2))
+    stdout.write("after")  # the stream keeps working: the UTF-8 writer let go of its buffer
+    stdout.flush()
+    text = raw.getvalue().decode("utf-8")
+    assert text.startswith("before ") and text.endswith("after")
+    (tmp_path / "out.csv").write_text(text[len("before ") : -len("after")], encoding="utf-8")
+    assert [row.path for row in read_assignments(tmp_path / "out.csv")] == names
 
 
 def test_escaping_is_unambiguous() -> None:
