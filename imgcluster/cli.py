@@ -1158,13 +1158,13 @@ def export(
     epilog="Examples:\n\n  imgcluster objectives\n\n"
     "  imgcluster assign ./photos --objective scan --option entropy_weight=3 --self-label",
 )
-def objectives() -> None:
+def objectives(quiet: QuietOpt = False) -> None:  # --quiet as every command takes it: a script adding it to each failed here
     """List the clustering objectives and their hyper-parameters (for --option)."""
     import dataclasses
 
     from imgcluster.objectives import DEFAULT_OBJECTIVE, list_objectives, objective_class
 
-    with handled(UI(), STOPPED["nothing"]), writing_stdout():
+    with handled(UI(quiet), STOPPED["nothing"]), writing_stdout():
         for name in list_objectives():
             cls = objective_class(name)
             doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""

@@ -441,3 +441,15 @@ def test_an_output_named_like_a_folder_is_refused_from_python(tmp_path: Path) ->
             call()
         assert str(info.value) == f"out {out} ends in /, as a folder's name does: give a file name" and info.value.parameters == ("out",)
     assert not (tmp_path / "results").exists() and not (folder / ".imgcluster").exists()
+
+
+def test_every_command_takes_quiet() -> None:
+    """A script that adds --quiet to each call failed on `imgcluster objectives --quiet` (No such option)."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    commands = getattr(root, "commands", {})
+    lacking = [name for name, command in commands.items() if "--quiet" not in {o for p in command.params for o in p.opts}]
+    assert lacking == []
+    quiet, plain = invoke("objectives", "--quiet"), invoke("objectives")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == plain.stdout and "secu (default)" in quiet.stdout
