@@ -103,7 +103,7 @@ class OneLineErrors(TyperGroup):
             exc = _in_number_words(raised)
             ctx = getattr(exc, "ctx", None)  # usage errors carry the command they came from, most of them
             where = f"{ctx.command_path} --help" if ctx is not None else self._help_for(args)
-            message = exc.format_message().strip()
+            message = _path_taken_for_option(exc, args) or exc.format_message().strip()
             if message:  # empty when the help was shown instead (no arguments at all)
                 typer.echo(f"error: {message} (see {where})", err=True)
             sys.exit(exc.exit_code)
@@ -189,6 +189,17 @@ class BadNumber(typer.BadParameter):
 
     def format_message(self) -> str:
         return f"{self.param.opts[0] if self.param is not None else 'the value'} {self.message}"
+
+
+def _path_taken_for_option(exc: CommandLineError, args: Sequence[str]) -> str | None:
+    """For an unknown option that is the name of a file or folder (``assign -photos``: "No such option: -p"), how to
+    write it so that it is read as a path."""
+    if not hasattr(exc, "option_name"):  # click's NoSuchOption
+        return None
+    typed = next((a for a in args if a.startswith("-") and a != "-" and os.path.lexists(a)), None)
+    if typed is None:
+        return None
+    return f"{typed} is read as an option; a path that starts with - is written ./{typed}"
 
 
 def _in_number_words(exc: CommandLineError) -> CommandLineError:

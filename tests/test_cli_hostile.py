@@ -453,3 +453,21 @@ def test_every_command_takes_quiet() -> None:
     assert lacking == []
     quiet, plain = invoke("objectives", "--quiet"), invoke("objectives")
     assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == plain.stdout and "secu (default)" in quiet.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "command"), [(["assign", "-photos", "-k", "2"], "assign"), (["evaluate", "-photos-clusters.csv", "x"], "evaluate")]
+)
+def test_a_path_that_starts_with_a_dash_is_shown_how_to_write_it(
+    args: list[str], command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`assign -photos` said only "No such option: -p"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-photos").mkdir()
+    (tmp_path / "-photos-clusters.csv").write_text('"path","cluster"\n')
+    result = invoke(*args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"error: {args[1]} is read as an option; a path that starts with - is written ./{args[1]} (see imgcluster {command} --help)\n"
+    )
+    assert invoke("assign", "--nope").stderr.startswith("error: No such option: --nope (")  # no such path: click's line
