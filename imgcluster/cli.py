@@ -530,6 +530,8 @@ def _outside_commands() -> Iterator[None]:
         _silence_stdout()
         raise typer.Exit(PIPE_CLOSED) from None
     except OSError as exc:  # the help or --version meeting a full disk behind stdout
+        if os.environ.get("IMGCLUSTER_DEBUG") == "1":  # a command's own error, which handled() let through for its traceback
+            raise
         typer.echo(f"error: {stdout_failed(exc)}", err=True)
         raise typer.Exit(1) from None
     except SystemExit as exc:  # rich, drawing the help, points stdout at /dev/null and exits 1

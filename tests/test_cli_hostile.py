@@ -495,3 +495,23 @@ def test_report_and_export_refuse_a_name_too_long_in_one_line(command: str, tmp_
         result = invoke("report", csv, "--folder", folder, *options)
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: {said}, longer than the 255 this file system takes: give a shorter name\n"
+
+
+def test_imgcluster_debug_shows_the_traceback_of_an_os_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With IMGCLUSTER_DEBUG=1 an unexpected OSError in a command ("File name too long") was reported as
+    "cannot write to standard output: File name too long", with no traceback: the help's handler took it for its own."""
+    import errno
+
+    import imgcluster
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENAMETOOLONG, "File name too long")
+
+    monkeypatch.setattr(imgcluster, "evaluate", fails)
+    monkeypatch.setenv("IMGCLUSTER_DEBUG", "1")
+    result = invoke("evaluate", tmp_path / "x.csv", tmp_path)
+    assert isinstance(result.exception, OSError) and "standard output" not in result.stderr
+    monkeypatch.delenv("IMGCLUSTER_DEBUG")
+    result = invoke("evaluate", tmp_path / "x.csv", tmp_path)
+    assert result.exit_code == 1
+    assert result.stderr == "error: unexpected OSError: [Errno 36] File name too long (run with IMGCLUSTER_DEBUG=1 for details)\n"
