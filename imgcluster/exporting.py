@@ -24,6 +24,7 @@ from pathlib import Path
 
 from imgcluster.csvfile import assignments_path, check_assignments_file, names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
+from imgcluster.head_config import check_flags
 from imgcluster.outputs import refuse_long_names, refuse_stdout
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.report.paths import refusal
@@ -81,6 +82,7 @@ def export(
     if mode not in MODES:
         raise ParameterError(f"{{mode}} must be one of {', '.join(MODES)}, got {mode!r}")
     check_progress(progress)
+    check_flags(follow_symlinks=follow_symlinks)
     csv_path = assignments_path(assignments)
     to = path_argument(to, "to", "a folder")
     folder = None if folder is None else path_argument(folder, "folder", "the image folder")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError, literal
-from imgcluster.head_config import check_whole
+from imgcluster.head_config import check_flags, check_whole
 from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
 from imgcluster.preflight import FolderListing, check_dtype, check_environment, check_inputs, check_weights_file
@@ -60,6 +60,7 @@ def embed(
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
     check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
+    check_flags(follow_symlinks=follow_symlinks, compile_model=compile_model, rehash=rehash, reembed=reembed)
     check_progress(progress)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     folder, only = _folder_and_files(folder_or_paths)

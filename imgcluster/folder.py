@@ -29,7 +29,7 @@ from imgcluster.config import (
 )
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import check_embedding_options, embed, embed_checked
-from imgcluster.head_config import Training
+from imgcluster.head_config import Training, check_flags
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
@@ -309,6 +309,10 @@ def cluster_folder(
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates!r}")
     check_min_confidence(min_confidence)  # before the embedding, not after the training
     check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
+    check_flags(
+        explain=explain, names=names, follow_symlinks=follow_symlinks, compile_model=compile_model, rehash=rehash, reembed=reembed,
+        raw_csv=raw_csv,
+    )  # fmt: skip
     check_progress(progress)
     folder, out, head = path_argument(folder, "folder", "a folder"), expand_home(out), expand_home(head)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)
@@ -620,6 +624,7 @@ def train_folder(
     """
     training = Training.of(locals())
     check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
+    check_flags(follow_symlinks=follow_symlinks, compile_model=compile_model, rehash=rehash, reembed=reembed, raw_csv=raw_csv)
     check_progress(progress)
     folder, out = path_argument(folder, "folder", "a folder"), expand_home(out)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)

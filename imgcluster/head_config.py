@@ -72,6 +72,7 @@ def train_config(
     from imgcluster.objectives import objective_flags
     from imgcluster.preflight import check_k_range, parse_clusters
 
+    check_flags(self_label=self_label, uco=uco)
     requested = parse_clusters(n_clusters)
     check_whole("k_min", k_min, 2)  # as the command line's option types: 1 (or 2.5) failed only after the embedding
     check_whole("k_max", k_max, 2)
@@ -102,6 +103,24 @@ def check_whole(name: str, value: object, least: int) -> None:
 
     if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < least):
         raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
+
+
+def check_flags(**flags: object) -> None:
+    """Refuse, by name, an on/off parameter that is not True or False: ``names="no"`` (from a config file) is true
+    to Python, and turned the names on."""
+    from imgcluster.errors import ParameterError, literal
+
+    for name, value in flags.items():
+        if not isinstance(value, bool) and not _numpy_bool(value):
+            raise ParameterError(f"{{{name}}} must be True or False, got {literal(repr(value))}")
+
+
+def _numpy_bool(value: object) -> bool:
+    """Whether ``value`` is a numpy bool (a grid search's), without importing numpy for the command line's checks."""
+    import sys
+
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.bool_)
 
 
 def option_dict(options: object) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from imgcluster.atomic import is_stream
 from imgcluster.config import sidecar_path
 from imgcluster.csvfile import assignments_path
 from imgcluster.errors import ParameterError, literal
+from imgcluster.head_config import check_flags
 from imgcluster.outputs import refuse_folder_name, refuse_inputs, refuse_long_names
 from imgcluster.progress import ProgressFn, Reporter, check_progress
 from imgcluster.report import ReportHooks, ReportResult
@@ -46,6 +47,7 @@ def write_report(
     may not be a file the report reads (the CSV, its sidecar, an image). ``progress`` hears the thumbnails (stage ``report``) and warnings.
     """
     check_progress(progress)
+    check_flags(montage=montage, follow_symlinks=follow_symlinks)
     csv_path = assignments_path(assignments)
     out = expand_home(out)
     if out is not None:

@@ -447,3 +447,28 @@ def test_each_training_function_takes_the_one_list_of_training_parameters(functi
         parameter = parameters[field.name]
         assert parameter.default == field.default, (function, field.name)
         assert parameter.annotation == field.type, (function, field.name)
+
+
+@pytest.mark.parametrize(
+    ("call", "parameter", "value"),
+    [
+        (lambda v: imgcluster.cluster_folder("missing", names=v), "names", "no"),
+        (lambda v: imgcluster.cluster_folder("missing", raw_csv=v), "raw_csv", 1),
+        (lambda v: imgcluster.train_folder("missing", reembed=v), "reembed", "false"),
+        (lambda v: imgcluster.embed("missing", rehash=v), "rehash", "yes"),
+        (lambda v: imgcluster.write_report("missing.csv", montage=v), "montage", "no"),
+        (lambda v: imgcluster.export("missing.csv", "sorted", follow_symlinks=v), "follow_symlinks", 0),
+        (lambda v: imgcluster.ClusterHead(self_label=v).train_config(), "self_label", "no"),
+    ],
+)
+def test_an_on_off_parameter_takes_true_or_false(call: object, parameter: str, value: object) -> None:
+    """``names="no"`` (a config file's value) is true to Python: it turned the names on, ``montage="no"`` wrote montages."""
+    with pytest.raises(ParameterError) as info:
+        call(value)  # type: ignore[operator]
+    assert str(info.value) == f"{parameter} must be True or False, got {value!r}" and info.value.parameters == (parameter,)
+
+
+def test_a_numpy_bool_is_true_or_false() -> None:
+    import numpy as np
+
+    assert imgcluster.ClusterHead("ddc", uco=np.bool_(True)).train_config().objective == "ddc"
