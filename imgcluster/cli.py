@@ -178,13 +178,16 @@ class BadNumber(typer.BadParameter):
 
     def __init__(self, param: Any, typed: object, low: float | None, high: float | None, *, whole: bool, above: bool = False,
                  ctx: Any = None) -> None:  # fmt: skip
+        def number(x: float) -> str:  # 2000000, not 2e+06
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
         bounds = "a whole number" if whole else "a number"
         if low is not None and (above or high is None):
-            bounds += f" {'above' if above else 'of at least'} {low:g}"
+            bounds += f" {'above' if above else 'of at least'} {number(low)}"
         elif low is not None and high is not None:
-            bounds += f" from {low:g} to {high:g}"
+            bounds += f" from {number(low)} to {number(high)}"
         elif high is not None:
-            bounds += f" of at most {high:g}"
+            bounds += f" of at most {number(high)}"
         super().__init__(f"must be {bounds}, got {typed}", ctx=ctx, param=param)
 
     def format_message(self) -> str:

@@ -190,6 +190,8 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle, strict=True)  # a file cut short inside a quoted cell is an error, not a short cell
             columns = reader.fieldnames or []
+            if not columns:  # `imgcluster evaluate x.csv ... > x.csv` empties the CSV before evaluate reads it
+                raise ImgclusterError(f"{path} is empty; give the CSV that assign wrote")
             missing = [c for c in ("path", "cluster") if c not in columns]
             if missing:
                 other = next((sep for sep in (";", "\t") if any(sep in c for c in columns)), None)  # a spreadsheet's other CSV

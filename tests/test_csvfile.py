@@ -312,6 +312,7 @@ def test_a_csv_named_dash_points_to_dev_stdin(tmp_path: Path, monkeypatch: pytes
         (b'"path","cluster","confidence"\n"a.png",0,0.5\n"b.png"\n', "{csv}, line 3 ('b.png'): the row ends before its cluster column, "
          "with fewer cells than the header"),
         (b'"path","cluster","cluster"\n"a.png",0,0.5\n', "{csv} has column(s) cluster more than once in its header; keep one of each"),
+        (b"", "{csv} is empty; give the CSV that assign wrote"),  # "missing column(s) path, cluster" (a `> x.csv` onto it)
         (b'"path","cluster"\n"caf\xe9.png",0\n', "cannot read assignments {csv}: it is not UTF-8 text (a byte 0xe9); save it as CSV UTF-8"),
     ],
 )  # fmt: skip
