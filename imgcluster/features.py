@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -163,9 +164,16 @@ def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list
         return Path(path_argument(source, "folder_or_paths", "a folder or a list of image files")), None
     if not isinstance(source, Iterable):
         raise ParameterError(f"{{folder_or_paths}} takes a folder or a list of image files, not {literal(repr(source))}")
-    files = [Path(expand_home(p)).absolute() for p in source]
+    items = list(source)
+    odd = next((p for p in items if not isinstance(p, (str, bytes, os.PathLike))), None)
+    if odd is not None:  # a TypeError from pathlib
+        raise ParameterError(f"{{folder_or_paths}} takes a folder or a list of image files, and the list holds {literal(repr(odd))}")
+    files = [Path(expand_home(os.fsdecode(p))).absolute() for p in items]
     if not files:
         raise ParameterError("{folder_or_paths} is an empty list; give a folder or some image files")
+    twice = next((f for f, n in Counter(files).items() if n > 1), None)
+    if twice is not None:  # it gave one row for both: the features no longer lined up with the list
+        raise ParameterError(f"{{folder_or_paths}} lists {literal(twice)} more than once; each file has one row of features")
     folder = Path(os.path.commonpath([f.parent for f in files]))
     return folder, [f.relative_to(folder).as_posix() for f in files]
 

@@ -472,3 +472,17 @@ def test_a_numpy_bool_is_true_or_false() -> None:
     import numpy as np
 
     assert imgcluster.ClusterHead("ddc", uco=np.bool_(True)).train_config().objective == "ddc"
+
+
+def test_a_list_of_files_with_one_twice_or_a_non_path_is_refused_by_name(tmp_path: Path) -> None:
+    """embed([a, a, b]) gave two rows for three files, so the features no longer lined up with the list; a number in
+    the list was a TypeError from pathlib."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    a, b = sorted(folder.rglob("*.png"))
+    with pytest.raises(ParameterError) as info:
+        imgcluster.embed([a, str(a.parent / "." / a.name), b], model="efficientnet-lite0")
+    assert str(info.value) == f"folder_or_paths lists {a} more than once; each file has one row of features"
+    with pytest.raises(ParameterError) as info:
+        imgcluster.embed([a, 3], model="efficientnet-lite0")
+    assert str(info.value) == "folder_or_paths takes a folder or a list of image files, and the list holds 3"
+    assert info.value.parameters == ("folder_or_paths",) and not (folder / ".imgcluster").exists()
