@@ -92,7 +92,11 @@ class OneLineErrors(TyperGroup):
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:  # fmt: skip
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
-        args = [_home(arg) for arg in (sys.argv[1:] if args is None else args)]
+        try:
+            args = [_home(arg) for arg in (sys.argv[1:] if args is None else args)]
+        except ParameterError as homeless:  # a ~ that names no home folder
+            typer.echo(f"error: {homeless}", err=True)
+            sys.exit(2)
         problem = self._raw_path_problem(args)
         if problem is not None:
             typer.echo(f"error: {problem}", err=True)
