@@ -201,9 +201,10 @@ class BadNumber(typer.BadParameter):
 def _path_taken_for_option(exc: CommandLineError, args: Sequence[str]) -> str | None:
     """For an unknown option that is the name of a file or folder (``assign -photos``: "No such option: -p"), how to
     write it so that it is read as a path."""
-    if not hasattr(exc, "option_name"):  # click's NoSuchOption
+    option = getattr(exc, "option_name", None)  # click's NoSuchOption: -p of -photos
+    if not option:
         return None
-    typed = next((a for a in args if a.startswith("-") and a != "-" and os.path.lexists(a)), None)
+    typed = next((a for a in args if a.startswith(option) and a != "-" and os.path.lexists(a)), None)
     if typed is None:
         return None
     return f"{typed} is read as an option; a path that starts with - is written ./{typed}"

@@ -471,6 +471,7 @@ def test_a_path_that_starts_with_a_dash_is_shown_how_to_write_it(
         f"error: {args[1]} is read as an option; a path that starts with - is written ./{args[1]} (see imgcluster {command} --help)\n"
     )
     assert invoke("assign", "--nope").stderr.startswith("error: No such option: --nope (")  # no such path: click's line
+    assert invoke("export", "x.csv", "--to", "-photos", "--nope").stderr.startswith("error: No such option: --nope")  # not -photos'
 
 
 @pytest.mark.parametrize("command", ["report", "export", "montage"])
