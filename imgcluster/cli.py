@@ -27,6 +27,7 @@ from imgcluster import __version__
 from imgcluster.atomic import is_stream, stdout_failed, writing_stdout
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences, literal
+from imgcluster.head_config import TRAINING
 from imgcluster.progress import Event, count
 from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
@@ -91,17 +92,22 @@ class OneLineErrors(TyperGroup):
              standalone_mode: bool = True, windows_expand_args: bool = True, **extra: Any) -> Any:  # fmt: skip
         if not standalone_mode:
             return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
-        args = [_home(arg) for arg in (sys.argv[1:] if args is None else args)]
+        try:
+            args = [_home(arg) for arg in (sys.argv[1:] if args is None else args)]
+        except ParameterError as homeless:  # a ~ that names no home folder
+            typer.echo(f"error: {homeless}", err=True)
+            sys.exit(2)
         problem = self._raw_path_problem(args)
         if problem is not None:
             typer.echo(f"error: {problem}", err=True)
             sys.exit(2)
         try:
             code = super().main(args, prog_name, complete_var, False, windows_expand_args, **extra)
-        except CommandLineError as exc:
+        except CommandLineError as raised:
+            exc = _in_number_words(raised)
             ctx = getattr(exc, "ctx", None)  # usage errors carry the command they came from, most of them
             where = f"{ctx.command_path} --help" if ctx is not None else self._help_for(args)
-            message = exc.format_message().strip()
+            message = _path_taken_for_option(exc, args) or exc.format_message().strip()
             if message:  # empty when the help was shown instead (no arguments at all)
                 typer.echo(f"error: {message} (see {where})", err=True)
             sys.exit(exc.exit_code)
@@ -168,24 +174,72 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-def _positive(value: float) -> float:
-    """Option callback for values that must be strictly positive (Typer's ``min`` cannot exclude 0)."""
-    if not value > 0:
-        raise typer.BadParameter(f"must be above 0, got {value:g}")
-    return value
+class BadNumber(typer.BadParameter):
+    """A number option's value that is not a number, or outside the option's range, worded as the
+    library words its own and naming the flag (``--knn must be a whole number from 1 to 1000, got
+    0``), not as Typer's validator does ("Invalid value for '--knn': Input should be greater than
+    or equal to 1")."""
+
+    def __init__(self, param: Any, typed: object, low: float | None, high: float | None, *, whole: bool, above: bool = False,
+                 ctx: Any = None) -> None:  # fmt: skip
+        def number(x: float) -> str:  # 2000000, not 2e+06
+            return str(x) if isinstance(x, int) else f"{x:g}"
+
+        bounds = "a whole number" if whole else "a number"
+        if low is not None and (above or high is None):
+            bounds += f" {'above' if above else 'of at least'} {number(low)}"
+        elif low is not None and high is not None:
+            bounds += f" from {number(low)} to {number(high)}"
+        elif high is not None:
+            bounds += f" of at most {number(high)}"
+        super().__init__(f"must be {bounds}, got {typed}", ctx=ctx, param=param)
+
+    def format_message(self) -> str:
+        return f"{self.param.opts[0] if self.param is not None else 'the value'} {self.message}"
 
 
-def _within(low: float, high: float | None = None) -> Any:
-    """Option callback for a number in [low, high] (``high`` None: no upper bound). Click's own range
-    check let NaN through its comparisons and called it too large ("less than or equal to 1")."""
+def _path_taken_for_option(exc: CommandLineError, args: Sequence[str]) -> str | None:
+    """For an unknown option that is the name of a file or folder (``assign -photos``: "No such option: -p"), how to
+    write it so that it is read as a path."""
+    option = getattr(exc, "option_name", None)  # click's NoSuchOption: -p of -photos
+    if not option:
+        return None
+    typed = next((a for a in args if a.startswith(option) and a != "-" and os.path.lexists(a)), None)
+    if typed is None:
+        return None
+    return f"{typed} is read as an option; a path that starts with - is written ./{typed}"
 
-    def check(value: float | None) -> float | None:
-        if value is not None and not (low <= value and (high is None or value <= high)):
-            bounds = f"in [{low:g}, {high:g}]" if high is not None else f"of {low:g} or more"
-            raise typer.BadParameter(f"must be a number {bounds}, got {value:g}")
+
+def _in_number_words(exc: CommandLineError) -> CommandLineError:
+    """Typer's refusal of a number option's value (not a number, or outside its ``min``/``max``: every
+    ranged whole-number option) as :class:`BadNumber`; any other error as it is. Typer keeps the
+    value as typed in its validator's error."""
+    param = getattr(exc, "param", None)
+    kind = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+    errors = getattr(exc.__cause__, "errors", None)
+    if isinstance(exc, BadNumber) or kind not in (int, float) or not callable(errors):
+        return exc
+    typed = (errors() or [{}])[0].get("input")
+    if typed is None:
+        return exc
+    low, high = getattr(param, "min", None), getattr(param, "max", None)
+    return BadNumber(param, typed, low, high, whole=kind is int, ctx=getattr(exc, "ctx", None))
+
+
+def _within(low: float, high: float | None = None, *, above: bool = False) -> Any:
+    """Option callback for a number in [low, high] (``high`` None: no upper bound; ``above``: over
+    ``low``, which Typer's ``min`` cannot say). Click's own range check let NaN through its
+    comparisons and called it too large ("less than or equal to 1")."""
+
+    def check(param: typer.CallbackParam, value: float | None) -> float | None:
+        if value is not None and not ((value > low if above else low <= value) and (high is None or value <= high)):
+            raise BadNumber(param, f"{value:g}", low, high, whole=False, above=above)
         return value
 
     return check
+
+
+_positive = _within(0, above=True)
 
 
 # ---- options shared by several commands --------------------------------------------------------
@@ -484,6 +538,8 @@ def _outside_commands() -> Iterator[None]:
         _silence_stdout()
         raise typer.Exit(PIPE_CLOSED) from None
     except OSError as exc:  # the help or --version meeting a full disk behind stdout
+        if os.environ.get("IMGCLUSTER_DEBUG") == "1":  # a command's own error, which handled() let through for its traceback
+            raise
         typer.echo(f"error: {stdout_failed(exc)}", err=True)
         raise typer.Exit(1) from None
     except SystemExit as exc:  # rich, drawing the help, points stdout at /dev/null and exits 1
@@ -619,9 +675,7 @@ def _training(
 
 # assign's options that shape a head's training: meaningless with --head, whose training is done (--knn-threshold and
 # --nprobe also shape the isolation test's neighbour search of assign --features, so they stay allowed).
-TRAINING_PARAMETERS = (
-    "objective", "clusters", "k_min", "k_max", "epochs", "batch_size", "lr", "knn", "seed", "balance", "self_label", "uco", "option",
-)  # fmt: skip
+TRAINING_PARAMETERS = (*(CLI_NAMES.get(name, name) for name in TRAINING), "option")
 
 
 def _refuse_training_options(ctx: typer.Context) -> None:
@@ -664,6 +718,12 @@ def _refuse_given(ctx: typer.Context, names: Sequence[str], why: str) -> None:
     given = [flags[name] for name in names if _given(ctx, name)]
     if given:
         raise ParameterError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} {why}")
+
+
+def _default_csv(stem: str) -> str:
+    """``./<stem>-clusters.csv``, the default CSV: written as ``./`` + the name when the name starts with ``-``, so that
+    the path the run prints can be typed into the next command (`evaluate -photos-clusters.csv` is an unknown option)."""
+    return f"{'./' if stem.startswith('-') else ''}{stem}-clusters.csv"
 
 
 def _store_name(uri: str) -> str:
@@ -975,7 +1035,7 @@ def assign(
             from imgcluster.scale import assign_store
 
             assign_store(
-                features, out=out or f"{_store_name(features)}-clusters.csv", head=head, engine=engine, address=ray_address,
+                features, out=out or _default_csv(_store_name(features)), head=head, engine=engine, address=ray_address,
                 train_sample=train_sample, knn_threshold=knn_threshold, nprobe=nprobe, min_confidence=min_confidence, names=names,
                 explain=explain, device=device, runtime=runtime, raw_csv=raw_csv,
                 progress=show, **(_training(ctx, objective, clusters, k_min, k_max, epochs, batch_size, lr, knn, seed, balance, self_label,
@@ -985,7 +1045,7 @@ def assign(
         _refuse_given(ctx, ("engine", "ray_address", "train_sample", "knn_threshold", "nprobe"), "only with --features")
         assert folder is not None  # _folder_or_features
         # --out "" is refused, not the default; `assign /` wrote "-clusters.csv", a name commands take for an option
-        out = f"{Path(folder).resolve().name or 'root'}-clusters.csv" if out is None else out
+        out = _default_csv(Path(folder).resolve().name or "root") if out is None else out
         if report and (out == "-" or is_stream(Path(out))):
             where = "stdout" if out == "-" else f"{out}, which is not a regular file"
             raise ParameterError(f"--report needs --out FILE: the report is written beside the CSV, not beside {where}")
@@ -1048,7 +1108,7 @@ def evaluate(
             else:
                 # Rendered first, then written: rich ends a broken pipe with exit 1, the write below
                 # reaches handled(), which ends it as `| head` expects (141, silently).
-                buffer = io.StringIO()
+                buffer = _Rendered(getattr(sys.stdout, "encoding", None) or "utf-8")
                 width = shutil.get_terminal_size().columns if sys.stdout.isatty() else 100
                 _print_evaluation(Console(file=buffer, width=width, highlight=False, soft_wrap=True), evaluation)
                 sys.stdout.write(buffer.getvalue())
@@ -1121,13 +1181,13 @@ def export(
     epilog="Examples:\n\n  imgcluster objectives\n\n"
     "  imgcluster assign ./photos --objective scan --option entropy_weight=3 --self-label",
 )
-def objectives() -> None:
+def objectives(quiet: QuietOpt = False) -> None:  # --quiet as every command takes it: a script adding it to each failed here
     """List the clustering objectives and their hyper-parameters (for --option)."""
     import dataclasses
 
     from imgcluster.objectives import DEFAULT_OBJECTIVE, list_objectives, objective_class
 
-    with handled(UI(), STOPPED["nothing"]), writing_stdout():
+    with handled(UI(quiet), STOPPED["nothing"]), writing_stdout():
         for name in list_objectives():
             cls = objective_class(name)
             doc = cls.__doc__ or sys.modules[cls.__module__].__doc__ or ""
@@ -1170,6 +1230,19 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
 
 
 
+class _Rendered(io.StringIO):
+    """Text rendered for a stream of ``encoding``: rich draws the tables in ASCII for one that is not UTF-8 (they
+    came out as backslash escapes under PYTHONIOENCODING=ascii)."""
+
+    def __init__(self, encoding: str) -> None:
+        super().__init__()
+        self._encoding = encoding
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return self._encoding
+
+
 def _with_examples(n: int, examples: list[str]) -> str:
     """``2 (a.png, b.png)``, or ``7 (a.png, b.png, c.png, d.png, e.png, ...)`` when not all are named."""
     if not examples:
@@ -1184,6 +1257,11 @@ def main() -> None:
 
     from imgcluster.signals import exit_by_signal, stops_as_interrupt
 
+    # Text for people (evaluate's table, objectives, the help) that stdout's encoding cannot show is written escaped,
+    # as Python writes stderr: a label "bäg ☂" under PYTHONIOENCODING=ascii or a Latin-1 locale ended evaluate in
+    # "unexpected UnicodeEncodeError". Data keeps every character: the CSV is UTF-8 (csvfile.utf8), JSON is ASCII.
+    with contextlib.suppress(AttributeError, ValueError):
+        sys.stdout.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
     try:
         with stops_as_interrupt():  # SIGTERM or SIGHUP while still importing ends like Ctrl-C, not mid-way
             app(prog_name="imgcluster")

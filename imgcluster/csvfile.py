@@ -14,6 +14,7 @@ of those characters, and every name reads back as it was.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from imgcluster.assign import Assignment
 
 BASE_COLUMNS = ["path", "cluster", "confidence"]
+READ_COLUMNS = (*BASE_COLUMNS, "cluster_name", "outlier", "outlier_reason")  # what evaluate, report and export read
 ESCAPE = "'"
 FORMULA_STARTS = frozenset("=+-@\t\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
 
@@ -92,11 +94,28 @@ def names_of_clusters(rows: list[Row]) -> dict[int, str]:
 @contextmanager
 def _output(out: str) -> Iterator[IO[str]]:
     if out == "-":
-        with writing_stdout():
-            yield sys.stdout
+        with writing_stdout(), utf8(sys.stdout) as stdout:
+            yield stdout
     else:
         with atomic_open(Path(out), "w", newline="") as handle:
             yield handle
+
+
+@contextmanager
+def utf8(stream: IO[str]) -> Iterator[IO[str]]:
+    """``stream`` writing UTF-8, as every CSV imgcluster writes is: under ``PYTHONIOENCODING=ascii`` or a Latin-1
+    locale, ``assign --out -`` ended its whole run in "unexpected UnicodeEncodeError" at the first accented name."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None or (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "") == "utf8":
+        yield stream
+        return
+    stream.flush()
+    wrapper = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+    try:
+        yield wrapper
+        wrapper.flush()
+    finally:
+        wrapper.detach()  # the stream keeps its buffer
 
 
 def write_assignments(out: str, paths: list[str], assignment: Assignment, raw_csv: bool = False) -> None:
@@ -171,13 +190,22 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
         with open(path, encoding="utf-8-sig", newline="") as handle:
             reader = csv.DictReader(handle, strict=True)  # a file cut short inside a quoted cell is an error, not a short cell
             columns = reader.fieldnames or []
+            if not columns:  # `imgcluster evaluate x.csv ... > x.csv` empties the CSV before evaluate reads it
+                raise ImgclusterError(f"{path} is empty; give the CSV that assign wrote")
             missing = [c for c in ("path", "cluster") if c not in columns]
             if missing:
                 other = next((sep for sep in (";", "\t") if any(sep in c for c in columns)), None)  # a spreadsheet's other CSV
                 hint = f" (its columns are separated by {other!r}: save it with commas)" if other else ""
                 raise ImgclusterError(f"{path} is not an assignment CSV: missing column(s) {', '.join(missing)}{hint}")
+            twice = [c for c, n in Counter(columns).items() if n > 1 and c in READ_COLUMNS]  # the reader kept the last
+            if twice:
+                raise ImgclusterError(f"{path} has column(s) {', '.join(twice)} more than once in its header; keep one of each")
             rows = [_row(path, number, record if raw else _unescaped(record)) for number, record in enumerate(reader, start=2)]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+    except UnicodeDecodeError as exc:  # "'utf-8' codec can't decode byte 0xe9 in position 2: invalid continuation byte"
+        raise ImgclusterError(
+            f"cannot read assignments {path}: it is not UTF-8 text (a byte {exc.object[exc.start]:#04x}); save it as CSV UTF-8"
+        ) from None
+    except (OSError, csv.Error) as exc:
         raise ImgclusterError(f"cannot read assignments {path}: {exc}") from None
     if not rows:
         raise ImgclusterError(f"{path} has no rows")
@@ -209,11 +237,15 @@ def _unescaped(record: dict[str, str | None]) -> dict[str, str | None]:
 def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
     name = record["path"] or ""
     where = f"{path}, line {number} ({name!r})"
+    if record["cluster"] is None:  # "cluster None is not a whole number"
+        raise ImgclusterError(f"{where}: the row ends before its cluster column, with fewer cells than the header")
     cluster = _cluster(record["cluster"])
     if cluster is None:
         raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is not a whole number")
     if cluster < 0:  # export named its folder "-1-...", which commands take for an option
         raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is negative; cluster ids are whole numbers from 0")
+    if cluster >= 2**63:  # it was called "not a whole number"
+        raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is out of range; cluster ids are whole numbers from 0 to 2**63 - 1")
     raw = record.get("confidence")
     try:
         confidence = float(raw) if raw not in (None, "") else math.nan
@@ -225,7 +257,7 @@ def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
 
 
 def _cluster(text: str | None) -> int | None:
-    """A cluster id: a whole number (``3`` or ``3.0``) that fits 64 bits; None for anything else.
+    """A cluster id: a whole number (``3`` or ``3.0``, of any size: the caller checks its range); None for anything else.
 
     ``int(float(...))`` truncated ``0.7`` to 0 and made ``inf`` an overflow, so both are refused.
     """
@@ -239,7 +271,7 @@ def _cluster(text: str | None) -> int | None:
         if not value.is_integer():  # also refuses inf and nan
             return None
         exact = int(value)
-    return exact if -(2**63) <= exact < 2**63 else None
+    return exact
 
 
 def _truthy(value: str | None) -> bool:

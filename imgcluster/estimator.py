@@ -17,6 +17,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, literal
+from imgcluster.head_config import TRAINING, Training
 from imgcluster.pipeline import Embeddings
 from imgcluster.progress import ProgressFn, check_progress
 from imgcluster.userpath import expand_home
@@ -24,10 +25,7 @@ from imgcluster.userpath import expand_home
 __all__ = ["ClusterHead"]
 
 # The constructor's own parameters; any other keyword is one of the objective's options.
-_OWN = (
-    "objective", "n_clusters", "seed", "epochs", "batch_size", "lr", "knn", "k_min", "k_max",
-    "balance", "self_label", "uco", "device",
-)  # fmt: skip
+_OWN = (*TRAINING, "device")
 
 
 class ClusterHead(ClusterMixin, BaseEstimator):
@@ -39,7 +37,8 @@ class ClusterHead(ClusterMixin, BaseEstimator):
     ``TrainConfig.stable_fraction``); a number is trained as given. ``balance``, ``self_label`` and
     ``uco`` are the shortcuts of ``imgcluster assign``; any other keyword is an option of the
     objective (``imgcluster objectives`` lists them), e.g. ``ClusterHead("scan", hidden=64)``.
-    ``device`` is ``auto``, ``cpu`` or ``cuda``.
+    ``device`` is ``auto``, ``cpu`` or ``cuda``. Values are checked by :meth:`fit`, before any training, as
+    scikit-learn's conventions ask; :meth:`set_params` refuses an unknown name at once, as scikit-learn's does.
 
     After :meth:`fit`: ``labels_``, ``n_clusters_``, ``n_features_in_`` (and ``feature_names_in_``
     for a DataFrame), ``objective_`` (the trained torch module), ``history_`` (loss per epoch),
@@ -91,7 +90,20 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         return {**{name: getattr(self, name) for name in _OWN}, **self._objective_options()}
 
     def set_params(self, **params: Any) -> ClusterHead:
-        """Set constructor parameters, or objective options by name (checked when fitting)."""
+        """Set constructor parameters, or options of the objective (the one these ``params`` set, else
+        the head's), by name. A name that is neither is refused at once with a :class:`ParameterError`
+        (a ValueError, as scikit-learn's own ``set_params`` raises); values are checked by :meth:`fit`,
+        as scikit-learn's conventions ask."""
+        objective = params.get("objective", self.objective)
+        known = {*_OWN, *self._objective_options(), *_option_names(objective)}
+        unknown = [key for key in params if key not in known]
+        if unknown:
+            options = _option_names(objective)
+            theirs = f"; the options of objective {objective!r}: {', '.join(options)}" if options else f"; {objective!r} is no objective"
+            names = ", ".join(map(repr, unknown))
+            raise ParameterError(
+                literal(f"{type(self).__name__} has no parameter {names}; its parameters: {', '.join(_OWN)}{theirs}"), parameter=unknown[0]
+            )
         for key, value in params.items():
             setattr(self, key, value)
         return self
@@ -100,10 +112,7 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         """The training settings these parameters give, checked (unknown options, values out of
         range), so that mistakes surface before any slow work. With ``n_clusters="auto"`` its K
         is a stand-in: :meth:`fit` chooses the real one."""
-        from imgcluster.head_config import train_config
-
-        own = {name: getattr(self, name) for name in _OWN if name != "device"}
-        return train_config(**own, options=self._objective_options())
+        return Training.of(vars(self)).config(self._objective_options())
 
     # ---- fitting and predicting ----------------------------------------------------------
     def fit(self, X: Any, y: None = None, *, progress: ProgressFn | None = None, neighbours: np.ndarray | None = None) -> ClusterHead:
@@ -232,21 +241,24 @@ class ClusterHead(ClusterMixin, BaseEstimator):
         return head
 
 
+def _option_names(objective: object) -> tuple[str, ...]:
+    """The options of ``objective`` by name; none for a name that is no objective (fit says so)."""
+    from imgcluster.objectives import list_objectives, objective_class
+
+    if not isinstance(objective, str) or objective not in list_objectives():
+        return ()
+    return tuple(f.name for f in dataclasses.fields(objective_class(objective).Params))
+
+
 def parse_auto(n_clusters: int | str) -> bool:
     return isinstance(n_clusters, str) and n_clusters.strip().lower() == "auto"
 
 
-def checked_head(
-    n_clusters: int | str, objective: str, seed: int, *, k_min: int, k_max: int, epochs: int | None, batch_size: int, lr: float,
-    knn: int, balance: float | None, self_label: bool, uco: bool, device: str, objective_options: dict[str, Any] | None,
-) -> ClusterHead:  # fmt: skip
+def checked_head(training: Training, *, device: str, objective_options: dict[str, Any] | None) -> ClusterHead:
     """The head to train, its parameters checked before any image is embedded or any row read
     (``imgcluster.train_folder`` and the feature-store commands build their heads here)."""
     from imgcluster.head_config import option_dict
 
-    estimator = ClusterHead(
-        objective, n_clusters, seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, k_min=k_min, k_max=k_max,
-        balance=balance, self_label=self_label, uco=uco, device=device, **option_dict(objective_options),
-    )  # fmt: skip
+    estimator = ClusterHead(**training.arguments(), device=device, **option_dict(objective_options))
     estimator.train_config()
     return estimator

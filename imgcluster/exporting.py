@@ -24,7 +24,8 @@ from pathlib import Path
 
 from imgcluster.csvfile import assignments_path, check_assignments_file, names_of_clusters, read_assignments
 from imgcluster.errors import ImgclusterError, ParameterError
-from imgcluster.outputs import refuse_stdout
+from imgcluster.head_config import check_flags
+from imgcluster.outputs import refuse_long_names, refuse_stdout
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.report.paths import refusal
 from imgcluster.report.sidecar import read_sidecar, resolve_folder
@@ -81,6 +82,7 @@ def export(
     if mode not in MODES:
         raise ParameterError(f"{{mode}} must be one of {', '.join(MODES)}, got {mode!r}")
     check_progress(progress)
+    check_flags(follow_symlinks=follow_symlinks)
     csv_path = assignments_path(assignments)
     to = path_argument(to, "to", "a folder")
     folder = None if folder is None else path_argument(folder, "folder", "the image folder")
@@ -91,6 +93,7 @@ def export(
         raise ImgclusterError(f"image folder {image_folder} not found; give it with {{folder}}")
     refuse_stdout(to, "to", "an export (a folder of images)")
     target = Path(to)
+    refuse_long_names(to, [target], "to")
     real_target, real_images = os.path.realpath(target), os.path.realpath(image_folder)
     if os.path.commonpath([real_target, real_images]) == real_images:
         raise ParameterError(f"{{to}} {target} is inside the image folder {image_folder}; the next scan would find its images twice")

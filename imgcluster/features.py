@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numbers
 import os
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from imgcluster.config import EmbedConfig
 from imgcluster.errors import ParameterError, literal
-from imgcluster.head_config import check_whole
+from imgcluster.head_config import check_flags, check_whole
 from imgcluster.models import check_model_name
 from imgcluster.onnxruntime_backend import check_runtime
 from imgcluster.preflight import FolderListing, check_dtype, check_environment, check_inputs, check_weights_file
@@ -60,6 +61,7 @@ def embed(
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
     check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
+    check_flags(follow_symlinks=follow_symlinks, compile_model=compile_model, rehash=rehash, reembed=reembed)
     check_progress(progress)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)
     folder, only = _folder_and_files(folder_or_paths)
@@ -162,9 +164,16 @@ def _folder_and_files(source: PathLike | Sequence[PathLike]) -> tuple[Path, list
         return Path(path_argument(source, "folder_or_paths", "a folder or a list of image files")), None
     if not isinstance(source, Iterable):
         raise ParameterError(f"{{folder_or_paths}} takes a folder or a list of image files, not {literal(repr(source))}")
-    files = [Path(expand_home(p)).absolute() for p in source]
+    items = list(source)
+    odd = next((p for p in items if not isinstance(p, (str, bytes, os.PathLike))), None)
+    if odd is not None:  # a TypeError from pathlib
+        raise ParameterError(f"{{folder_or_paths}} takes a folder or a list of image files, and the list holds {literal(repr(odd))}")
+    files = [Path(expand_home(os.fsdecode(p))).absolute() for p in items]
     if not files:
         raise ParameterError("{folder_or_paths} is an empty list; give a folder or some image files")
+    twice = next((f for f, n in Counter(files).items() if n > 1), None)
+    if twice is not None:  # it gave one row for both: the features no longer lined up with the list
+        raise ParameterError(f"{{folder_or_paths}} lists {literal(twice)} more than once; each file has one row of features")
     folder = Path(os.path.commonpath([f.parent for f in files]))
     return folder, [f.relative_to(folder).as_posix() for f in files]
 

@@ -29,10 +29,11 @@ from imgcluster.config import (
 )
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.features import check_embedding_options, embed, embed_checked
+from imgcluster.head_config import Training, check_flags
 from imgcluster.kept import keeping_when
 from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
-from imgcluster.outputs import check_head_name, refuse_folder_name, refuse_inputs, refuse_stdout
+from imgcluster.outputs import check_head_name, refuse_folder_name, refuse_inputs, refuse_long_names, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.userpath import expand_home, path_argument
@@ -223,6 +224,8 @@ def check_out(
     out_path = None if text == "-" else Path(text)
     if out_path is None:
         check_stdout()
+    else:
+        refuse_long_names(text, [out_path])
     if out_path is not None and out_path.is_dir():
         raise ParameterError(f"{{out}} {text} is a folder; give a file name")
     # Files that describe the CSV (its .json, the skipped list, the report) go beside it: only
@@ -239,6 +242,7 @@ def check_out(
             from imgcluster.duplicates import duplicates_path
 
             companions.append(duplicates_path(beside))
+        refuse_long_names(text, companions)
         for companion in companions:
             if os.path.isdir(companion):  # False for a name too long to exist: a file that may never be written
                 raise ParameterError(f"{{out}} {literal(text)}: {literal(companion)}, which goes beside it, is a folder")
@@ -298,12 +302,17 @@ def cluster_folder(
     cluster whose images look too little like the class it would name, :data:`imgcluster.naming.LIKENESS`);
     ``progress`` receives every stage's :class:`imgcluster.progress.Event`.
     """
+    training = Training.of(locals())
     if near_duplicates is not None and (
         isinstance(near_duplicates, bool) or not isinstance(near_duplicates, numbers.Real) or not 0.0 < near_duplicates <= 1.0
     ):
         raise ParameterError(f"{{near_duplicates}} is a cosine similarity in (0, 1], got {near_duplicates!r}")
     check_min_confidence(min_confidence)  # before the embedding, not after the training
     check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
+    check_flags(
+        explain=explain, names=names, follow_symlinks=follow_symlinks, compile_model=compile_model, rehash=rehash, reembed=reembed,
+        raw_csv=raw_csv,
+    )  # fmt: skip
     check_progress(progress)
     folder, out, head = path_argument(folder, "folder", "a folder"), expand_home(out), expand_home(head)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)
@@ -314,19 +323,14 @@ def cluster_folder(
         weights=weights, head=head, k_range=(k_min, k_max),
     )  # fmt: skip
     from imgcluster.checkpoint import check_backbone, checkpoint_json, load_checkpoint
-    from imgcluster.head_config import option_dict, train_config
+    from imgcluster.head_config import option_dict
     from imgcluster.naming import NAMING_MODEL, is_naming_backbone
     from imgcluster.pipeline import resolve_device
 
     progress, warnings = keeping_warnings(progress)
     dev = resolve_device(device)
-    training: dict[str, Any] = {}
     if head is None:  # the training parameters are checked now, not after the embedding
-        training = dict(
-            objective=objective, n_clusters=n_clusters, seed=seed, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn,
-            k_min=k_min, k_max=k_max, balance=balance, self_label=self_label, uco=uco,
-        )  # fmt: skip
-        settings = train_config(**training, options=option_dict(objective_options))
+        settings = training.config(option_dict(objective_options))
     head_meta: dict[str, Any] | None = None
     searched: tuple[np.ndarray, np.ndarray] | None = None  # the neighbour search of a head trained in this run
     if head is not None:
@@ -618,7 +622,9 @@ def train_folder(
     The checkpoint goes to ``out``, or into the folder's cache; returns the fitted head and that
     path. Files that could not be read are listed in the cache's ``skipped.csv``.
     """
+    training = Training.of(locals())
     check_embedding_options(embed_batch_size, workers, lock_timeout, dtype)
+    check_flags(follow_symlinks=follow_symlinks, compile_model=compile_model, rehash=rehash, reembed=reembed, raw_csv=raw_csv)
     check_progress(progress)
     folder, out = path_argument(folder, "folder", "a folder"), expand_home(out)
     weights, cache_dir = expand_home(weights), expand_home(cache_dir)
@@ -627,13 +633,11 @@ def train_folder(
     )
     from imgcluster.estimator import checked_head
 
-    estimator = checked_head(
-        n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,
-        self_label=self_label, uco=uco, device=device, objective_options=objective_options,
-    )  # fmt: skip
+    estimator = checked_head(training, device=device, objective_options=objective_options)
     if out is not None:
         refuse_stdout(out, "out", "a head checkpoint (two files)")
         refuse_folder_name(out)
+        refuse_long_names(out, [Path(out)])  # its .json is shorter
         if not os.fspath(out) or Path(out).is_dir():  # it failed after the training: "cannot write ."
             raise ParameterError(f"{{out}} {literal(os.fspath(out) or repr(''))} is a folder; give a file name")
         check_head_name(out, "out")  # it was saved, then refused by the assign --head that the run's last line suggested

@@ -8,9 +8,45 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import Any
 
-from imgcluster.config import DEFAULT_CLUSTERS, TrainConfig
+from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
+
+
+@dataclass(frozen=True)
+class Training:
+    """The parameters that shape a head's training, with their defaults: the one list that
+    :class:`imgcluster.ClusterHead`, ``cluster_folder``, ``train_folder`` and the feature-store
+    functions take (their signatures spell it out for ``help()``; tests/test_api.py checks each
+    against this one)."""
+
+    objective: str = DEFAULT_OBJECTIVE
+    n_clusters: int | str = DEFAULT_CLUSTERS
+    seed: int = 0
+    epochs: int | None = None
+    batch_size: int = TrainConfig.batch_size
+    lr: float = TrainConfig.lr
+    knn: int = DEFAULT_KNN
+    k_min: int = 2
+    k_max: int = 20
+    balance: float | None = None
+    self_label: bool = False
+    uco: bool = False
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> Training:
+        """The training parameters among ``values``: an API function's ``locals()``, an estimator's ``vars()``."""
+        return cls(**{name: values[name] for name in TRAINING})
+
+    def arguments(self) -> dict[str, Any]:
+        """As keyword arguments, for :class:`imgcluster.ClusterHead`."""
+        return {name: getattr(self, name) for name in TRAINING}
+
+    def config(self, options: dict[str, Any]) -> TrainConfig:
+        """The training settings, checked (see :func:`train_config`); ``options`` are the objective's own."""
+        return train_config(**self.arguments(), options=options)
 
 
 def train_config(
@@ -36,6 +72,7 @@ def train_config(
     from imgcluster.objectives import objective_flags
     from imgcluster.preflight import check_k_range, parse_clusters
 
+    check_flags(self_label=self_label, uco=uco)
     requested = parse_clusters(n_clusters)
     check_whole("k_min", k_min, 2)  # as the command line's option types: 1 (or 2.5) failed only after the embedding
     check_whole("k_max", k_max, 2)
@@ -68,6 +105,24 @@ def check_whole(name: str, value: object, least: int) -> None:
         raise ParameterError(f"{{{name}}} must be a whole number of at least {least}, got {value!r}")
 
 
+def check_flags(**flags: object) -> None:
+    """Refuse, by name, an on/off parameter that is not True or False: ``names="no"`` (from a config file) is true
+    to Python, and turned the names on."""
+    from imgcluster.errors import ParameterError, literal
+
+    for name, value in flags.items():
+        if not isinstance(value, bool) and not _numpy_bool(value):
+            raise ParameterError(f"{{{name}}} must be True or False, got {literal(repr(value))}")
+
+
+def _numpy_bool(value: object) -> bool:
+    """Whether ``value`` is a numpy bool (a grid search's), without importing numpy for the command line's checks."""
+    import sys
+
+    numpy = sys.modules.get("numpy")
+    return numpy is not None and isinstance(value, numpy.bool_)
+
+
 def option_dict(options: object) -> dict[str, Any]:
     """``objective_options`` as a dict; anything else refused by name ("hidden=3" failed inside ``dict()``)."""
     from collections.abc import Mapping
@@ -81,3 +136,6 @@ def option_dict(options: object) -> dict[str, Any]:
             f"{{objective_options}} takes a dict of the objective's options, such as dict(hidden=64), not {literal(repr(options))}"
         )
     return dict(options)
+
+
+TRAINING = tuple(field.name for field in fields(Training))

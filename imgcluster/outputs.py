@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from imgcluster.errors import ParameterError, literal
@@ -64,3 +64,31 @@ def check_head_name(path: str | os.PathLike[str], parameter: str | None = None) 
     if Path(path).suffix != ".safetensors":
         named = f"{{{parameter}}} " if parameter else ""
         raise ParameterError(f"{named}{literal(os.fspath(path))} does not end in .safetensors, the only name a head is read back from")
+
+
+def _name_max(folder: Path) -> int:
+    """The longest file name, in bytes, that ``folder``'s file system takes (255 on the usual ones)."""
+    for existing in (folder, *folder.parents):
+        if existing.is_dir():
+            try:
+                return os.pathconf(existing, "PC_NAME_MAX")
+            except (OSError, ValueError):
+                break
+    return 255
+
+
+def refuse_long_names(out: str | os.PathLike[str], files: Iterable[Path], parameter: str = "out") -> None:
+    """Refuse ``out`` when a file the run writes under it (``files``: itself, or one beside it), or a
+    folder on its way, has a name longer than the file system takes: ``NAME-skipped.csv`` failed after
+    the whole run, the CSV written, and a longer ``out`` failed in ``is_dir()`` as an unexpected error."""
+    text = os.fspath(out)
+    for path in files:
+        limit = _name_max(path.parent)
+        for part in path.parts:
+            size = len(os.fsencode(part))
+            if size > limit:
+                which = "" if part in Path(text).parts else f": {literal(part)}, which goes beside it,"
+                raise ParameterError(
+                    f"{{{parameter}}} {literal(text)}{which} holds a name of {size} bytes, longer than the {limit} "
+                    "this file system takes: give a shorter name"
+                )

@@ -12,7 +12,8 @@ from imgcluster.atomic import is_stream
 from imgcluster.config import sidecar_path
 from imgcluster.csvfile import assignments_path
 from imgcluster.errors import ParameterError, literal
-from imgcluster.outputs import refuse_folder_name, refuse_inputs
+from imgcluster.head_config import check_flags
+from imgcluster.outputs import refuse_folder_name, refuse_inputs, refuse_long_names
 from imgcluster.progress import ProgressFn, Reporter, check_progress
 from imgcluster.report import ReportHooks, ReportResult
 from imgcluster.report import write_report as _write_report
@@ -46,6 +47,7 @@ def write_report(
     may not be a file the report reads (the CSV, its sidecar, an image). ``progress`` hears the thumbnails (stage ``report``) and warnings.
     """
     check_progress(progress)
+    check_flags(montage=montage, follow_symlinks=follow_symlinks)
     csv_path = assignments_path(assignments)
     out = expand_home(out)
     if out is not None:
@@ -53,6 +55,9 @@ def write_report(
     labels = None if labels is None else path_argument(labels, "labels", "a folder whose sub-folders are the labels")
     folder = None if folder is None else path_argument(folder, "folder", "the image folder")
     target = Path(out) if out is not None else csv_path.with_suffix(".html")
+    refuse_long_names(target, [target])
+    if montage:
+        refuse_long_names(csv_path, [target.parent / f"{csv_path.stem}-montage"], "montage")
     if out is not None and (os.fspath(out) == "-" or is_stream(target)):
         raise ParameterError("the report is a file with pictures beside it: give {out} FILE.html")
     if is_stream(csv_path):  # a piped CSV: the report went beside it (/dev/stdin.html), and --labels read it twice

@@ -24,13 +24,23 @@ def expand_home(path: str | os.PathLike[str]) -> str | os.PathLike[str]: ...
 
 def expand_home(path: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
     """``path`` with a leading ``~`` or ``~user`` made the home folder; anything else (None, a URI,
-    ``-`` for standard output, bytes) unchanged, of the same type."""
+    ``-`` for standard output, bytes) unchanged, of the same type. A ``~`` that names no home folder
+    (``~nosuchuser``, or ``~`` with HOME set to "") is a :class:`ParameterError`: the first wrote into a
+    new folder named ``~nosuchuser`` in the current folder, the second at the root (``/x.csv``)."""
     if path is None or isinstance(path, bytes) or not isinstance(path, (str, os.PathLike)):
         return path  # the callers' own checks name what is wrong with other types
     text = os.fspath(path)
     if not isinstance(text, str) or not text.startswith("~"):
         return path
+    home = text.split("/", 1)[0]
+    if home == "~" and os.environ.get("HOME") == "":
+        raise ParameterError(f"{literal(text)}: HOME is empty, so ~ names no folder; set HOME or give the whole path")
     expanded = os.path.expanduser(text)
+    if expanded == text:
+        raise ParameterError(
+            f"{literal(text)}: there is no user {literal(home[1:])}, so {literal(home)} names no home folder; "
+            f"write ./{literal(text)} for a folder of that name"
+        )
     return type(path)(expanded) if isinstance(path, Path) else expanded
 
 

@@ -421,3 +421,68 @@ def test_a_progress_that_cannot_be_called_is_refused_before_any_work(
         assert str(info.value) == "progress takes a function that receives each Event (or None), not a str"
         assert info.value.parameters == ("progress",)
     assert sorted(tmp_path.rglob("*")) == before  # no cache, export or report begun
+
+
+@pytest.mark.parametrize(
+    "function",
+    ["ClusterHead.__init__", "cluster_folder", "train_folder", "scale.train_from_store", "scale.assign_store"],
+)
+def test_each_training_function_takes_the_one_list_of_training_parameters(function: str) -> None:
+    """The list is spelled out in each signature for help(); ``head_config.Training`` is the one that each passes on
+    (``Training.of(locals())``), so a parameter added to a signature and not to it, or with another default, would be
+    lost or changed on its way to the head."""
+    import dataclasses
+    import importlib
+    import inspect
+
+    from imgcluster.head_config import Training
+
+    importlib.import_module("imgcluster.scale")  # an attribute of imgcluster once imported
+    target: object = imgcluster
+    for part in function.split("."):
+        target = getattr(target, part)
+    parameters = inspect.signature(target).parameters
+    for field in dataclasses.fields(Training):
+        assert field.name in parameters, (function, field.name)
+        parameter = parameters[field.name]
+        assert parameter.default == field.default, (function, field.name)
+        assert parameter.annotation == field.type, (function, field.name)
+
+
+@pytest.mark.parametrize(
+    ("call", "parameter", "value"),
+    [
+        (lambda v: imgcluster.cluster_folder("missing", names=v), "names", "no"),
+        (lambda v: imgcluster.cluster_folder("missing", raw_csv=v), "raw_csv", 1),
+        (lambda v: imgcluster.train_folder("missing", reembed=v), "reembed", "false"),
+        (lambda v: imgcluster.embed("missing", rehash=v), "rehash", "yes"),
+        (lambda v: imgcluster.write_report("missing.csv", montage=v), "montage", "no"),
+        (lambda v: imgcluster.export("missing.csv", "sorted", follow_symlinks=v), "follow_symlinks", 0),
+        (lambda v: imgcluster.ClusterHead(self_label=v).train_config(), "self_label", "no"),
+    ],
+)
+def test_an_on_off_parameter_takes_true_or_false(call: object, parameter: str, value: object) -> None:
+    """``names="no"`` (a config file's value) is true to Python: it turned the names on, ``montage="no"`` wrote montages."""
+    with pytest.raises(ParameterError) as info:
+        call(value)  # type: ignore[operator]
+    assert str(info.value) == f"{parameter} must be True or False, got {value!r}" and info.value.parameters == (parameter,)
+
+
+def test_a_numpy_bool_is_true_or_false() -> None:
+    import numpy as np
+
+    assert imgcluster.ClusterHead("ddc", uco=np.bool_(True)).train_config().objective == "ddc"
+
+
+def test_a_list_of_files_with_one_twice_or_a_non_path_is_refused_by_name(tmp_path: Path) -> None:
+    """embed([a, a, b]) gave two rows for three files, so the features no longer lined up with the list; a number in
+    the list was a TypeError from pathlib."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    a, b = sorted(folder.rglob("*.png"))
+    with pytest.raises(ParameterError) as info:
+        imgcluster.embed([a, str(a.parent / "." / a.name), b], model="efficientnet-lite0")
+    assert str(info.value) == f"folder_or_paths lists {a} more than once; each file has one row of features"
+    with pytest.raises(ParameterError) as info:
+        imgcluster.embed([a, 3], model="efficientnet-lite0")
+    assert str(info.value) == "folder_or_paths takes a folder or a list of image files, and the list holds 3"
+    assert info.value.parameters == ("folder_or_paths",) and not (folder / ".imgcluster").exists()

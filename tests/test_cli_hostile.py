@@ -111,19 +111,54 @@ def test_assign_to_a_closed_stdout_is_refused_before_the_work(tmp_path: Path) ->
 @pytest.mark.parametrize(
     ("option", "value", "bounds"),
     [
-        ("--min-confidence", "nan", "in [0, 1]"),
-        ("--min-confidence", "inf", "in [0, 1]"),
-        ("--min-confidence", "-0.1", "in [0, 1]"),
-        ("--min-confidence", "1.5", "in [0, 1]"),
-        ("--balance", "nan", "of 0 or more"),
-        ("--lock-timeout", "nan", "of 0 or more"),
+        ("--min-confidence", "nan", "from 0 to 1"),
+        ("--min-confidence", "inf", "from 0 to 1"),
+        ("--min-confidence", "-0.1", "from 0 to 1"),
+        ("--min-confidence", "1.5", "from 0 to 1"),
+        ("--balance", "nan", "of at least 0"),
+        ("--lock-timeout", "nan", "of at least 0"),
+        ("--lr", "0", "above 0"),
+        ("--lr", "nan", "above 0"),
     ],
 )
 def test_a_number_out_of_range_or_nan_says_which_numbers_the_option_takes(option: str, value: str, bounds: str, tmp_path: Path) -> None:
     """`--min-confidence nan` said "Input should be less than or equal to 1", as --balance nan said "greater than or equal to 0"."""
     result = invoke("assign", tmp_path, option, value)
     assert result.exit_code == 2 and result.stdout == ""
-    assert result.stderr == f"error: Invalid value for '{option}': must be a number {bounds}, got {value} (see imgcluster assign --help)\n"
+    assert result.stderr == f"error: {option} must be a number {bounds}, got {value} (see imgcluster assign --help)\n"
+
+
+def _ranged_options() -> list[tuple[str, str, int, int | None]]:
+    """(command, flag, least, most) of every option with a range in Typer's min/max, in every command."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    found = []
+    for name, command in getattr(root, "commands", {}).items():
+        for param in command.params:
+            if getattr(param, "min", None) is not None or getattr(param, "max", None) is not None:
+                found.append((name, param.opts[0], param.min, param.max))
+    return found
+
+
+def test_every_ranged_option_names_its_flag_and_range_as_the_library_does() -> None:
+    """Typer's own wording ("Invalid value for '--knn': Input should be greater than or equal to 1", "Input should be a
+    valid integer, unable to parse string as an integer") for each whole-number option with a range."""
+    ranged = _ranged_options()
+    assert {flag for _, flag, _, _ in ranged} >= {"--knn", "--epochs", "--batch-size", "--k-min", "--per-cluster", "--actors"}
+    for command, flag, least, most in ranged:
+        bounds = f"of at least {least}" if most is None else f"from {least} to {most}"
+        for typed in [str(least - 1), "x", "2.5"] + ([str(most + 1)] if most is not None else []):
+            result = invoke(command, flag, typed)
+            assert result.exit_code == 2 and result.stdout == "", (command, flag, typed)
+            assert result.stderr == f"error: {flag} must be a whole number {bounds}, got {typed} (see imgcluster {command} --help)\n"
+
+
+def test_a_number_option_that_is_not_a_number_says_so_in_one_line() -> None:
+    for option, kind in (("--seed", "a whole number"), ("--lr", "a number"), ("--balance", "a number")):
+        result = invoke("assign", option, "many")
+        assert result.exit_code == 2
+        assert result.stderr == f"error: {option} must be {kind}, got many (see imgcluster assign --help)\n"
 
 
 def test_cluster_folder_refuses_a_bad_min_confidence_before_any_work(tmp_path: Path) -> None:
@@ -276,6 +311,9 @@ def test_the_default_csv_of_the_root_folder_does_not_start_with_a_dash(tmp_path:
     monkeypatch.chdir(tmp_path)
     assert invoke("assign", "/").exit_code == 0
     assert seen == ["root-clusters.csv"]
+    (tmp_path / "-photos").mkdir()  # wrote "-photos-clusters.csv", and said so: the next command took it for an option too
+    assert invoke("assign", "./-photos").exit_code == 0
+    assert seen[-1] == "./-photos-clusters.csv"
 
 
 def test_assign_report_onto_a_folder_is_refused_before_the_work(tmp_path: Path) -> None:
@@ -301,6 +339,35 @@ def test_a_folder_where_a_file_beside_the_csv_goes_is_refused_before_the_work(bl
     assert result.exit_code == 2 and result.stdout == ""
     assert result.stderr == f"error: --out {tmp_path / 'x.csv'}: {tmp_path / blocked}, which goes beside it, is a folder\n"
     assert not (tmp_path / "x.csv").exists() and not (folder / ".imgcluster").exists()
+
+
+@pytest.mark.parametrize(("length", "beside"), [(251, ".csv.json"), (248, "-skipped.csv"), (256, "")])  # the first one too long
+def test_a_csv_name_too_long_for_a_file_beside_it_is_refused_before_the_work(length: int, beside: str, tmp_path: Path) -> None:
+    """A CSV name of about 243 bytes failed after the whole run when a file was skipped (its -skipped.csv too long for the
+    file system), the CSV written; one of 256 failed at the start as an unexpected OSError."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    (folder / "broken.jpg").write_bytes(b"not an image")  # a file the run skips, so NAME-skipped.csv is written
+    out = tmp_path / ("a" * (length - 4) + ".csv")
+    too_long = out.with_name(out.stem + beside) if beside else out
+    result = invoke("assign", folder, *FAST, "--out", out)
+    assert result.exit_code == 2 and result.stdout == ""
+    which = f": {too_long.name}, which goes beside it," if beside else ""
+    assert result.stderr == (
+        f"error: --out {out}{which} holds a name of {len(too_long.name)} bytes, longer than the 255 this file system takes: "
+        "give a shorter name\n"
+    )
+    assert not (folder / ".imgcluster").exists() and not any(p.name.startswith("aaa") for p in tmp_path.iterdir())
+
+
+def test_a_head_name_too_long_is_refused_before_the_work(tmp_path: Path) -> None:
+    from imgcluster import ParameterError, train_folder
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    out = tmp_path / ("h" * 250 + ".safetensors")
+    with pytest.raises(ParameterError) as info:
+        train_folder(folder, out=out, n_clusters=2, model="efficientnet-lite0")
+    assert str(info.value) == f"out {out} holds a name of 262 bytes, longer than the 255 this file system takes: give a shorter name"
+    assert info.value.parameters == ("out",) and not (folder / ".imgcluster").exists()
 
 
 @pytest.mark.parametrize(
@@ -374,3 +441,78 @@ def test_an_output_named_like_a_folder_is_refused_from_python(tmp_path: Path) ->
             call()
         assert str(info.value) == f"out {out} ends in /, as a folder's name does: give a file name" and info.value.parameters == ("out",)
     assert not (tmp_path / "results").exists() and not (folder / ".imgcluster").exists()
+
+
+def test_every_command_takes_quiet() -> None:
+    """A script that adds --quiet to each call failed on `imgcluster objectives --quiet` (No such option)."""
+    import typer.main
+
+    root = typer.main.get_command(app)
+    commands = getattr(root, "commands", {})
+    lacking = [name for name, command in commands.items() if "--quiet" not in {o for p in command.params for o in p.opts}]
+    assert lacking == []
+    quiet, plain = invoke("objectives", "--quiet"), invoke("objectives")
+    assert quiet.exit_code == 0 and quiet.stderr == "" and quiet.stdout == plain.stdout and "secu (default)" in quiet.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "command"), [(["assign", "-photos", "-k", "2"], "assign"), (["evaluate", "-photos-clusters.csv", "x"], "evaluate")]
+)
+def test_a_path_that_starts_with_a_dash_is_shown_how_to_write_it(
+    args: list[str], command: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`assign -photos` said only "No such option: -p"."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "-photos").mkdir()
+    (tmp_path / "-photos-clusters.csv").write_text('"path","cluster"\n')
+    result = invoke(*args)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"error: {args[1]} is read as an option; a path that starts with - is written ./{args[1]} (see imgcluster {command} --help)\n"
+    )
+    assert invoke("assign", "--nope").stderr.startswith("error: No such option: --nope (")  # no such path: click's line
+    assert invoke("export", "x.csv", "--to", "-photos", "--nope").stderr.startswith("error: No such option: --nope")  # not -photos'
+
+
+@pytest.mark.parametrize("command", ["report", "export", "montage"])
+def test_report_and_export_refuse_a_name_too_long_in_one_line(command: str, tmp_path: Path) -> None:
+    """`report --out` and `export --to` with a name over 255 bytes ended in "unexpected OSError: File name too long";
+    the montage folder of a CSV with a 250-byte name failed after the page was written."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    csv = tmp_path / ("m" * 246 + ".csv" if command == "montage" else "x.csv")
+    csv.write_text("".join(['"path","cluster"\n', *(f'"{p.relative_to(folder)}",0\n' for p in sorted(folder.rglob("*.png")))]))
+    long = tmp_path / ("r" * 260)
+    args = {
+        "report": (["--out", f"{long}.html"], f"--out {long}.html holds a name of 265 bytes"),
+        "export": (["--to", long], f"--to {long} holds a name of 260 bytes"),
+        "montage": (["--montage"], f"--montage {csv}: {'m' * 246}-montage, which goes beside it, holds a name of 254 bytes"),
+    }
+    options, said = args[command]
+    result = invoke("export" if command == "export" else "report", csv, "--folder", folder, *options)
+    if command == "montage":  # 254 bytes fit (the CSV's .eval.json, 260, is not there: it was "File name too long"); 258 do not
+        assert result.exit_code == 0, result.stderr
+        csv = csv.rename(tmp_path / ("m" * 250 + ".csv"))
+        said = f"--montage {csv}: {'m' * 250}-montage, which goes beside it, holds a name of 258 bytes"
+        result = invoke("report", csv, "--folder", folder, *options)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == f"error: {said}, longer than the 255 this file system takes: give a shorter name\n"
+
+
+def test_imgcluster_debug_shows_the_traceback_of_an_os_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With IMGCLUSTER_DEBUG=1 an unexpected OSError in a command ("File name too long") was reported as
+    "cannot write to standard output: File name too long", with no traceback: the help's handler took it for its own."""
+    import errno
+
+    import imgcluster
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENAMETOOLONG, "File name too long")
+
+    monkeypatch.setattr(imgcluster, "evaluate", fails)
+    monkeypatch.setenv("IMGCLUSTER_DEBUG", "1")
+    result = invoke("evaluate", tmp_path / "x.csv", tmp_path)
+    assert isinstance(result.exception, OSError) and "standard output" not in result.stderr
+    monkeypatch.delenv("IMGCLUSTER_DEBUG")
+    result = invoke("evaluate", tmp_path / "x.csv", tmp_path)
+    assert result.exit_code == 1
+    assert result.stderr == "error: unexpected OSError: [Errno 36] File name too long (run with IMGCLUSTER_DEBUG=1 for details)\n"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
@@ -46,13 +47,24 @@ def write_clusters(path: Path, clusters: list[str]) -> Path:
     return path
 
 
-@pytest.mark.parametrize("value", ["0.7", "inf", "-inf", "nan", "1e300", "9223372036854775808", "x", ""])
+@pytest.mark.parametrize("value", ["0.7", "inf", "-inf", "nan", "x", ""])
 def test_cluster_ids_that_are_not_whole_numbers_are_refused(tmp_path: Path, value: str) -> None:
     """``int(float(...))`` truncated 0.7 to 0, and inf became -9223372036854775808 or an OverflowError."""
     csv = write_clusters(tmp_path / "odd.csv", ["1", value])
     with pytest.raises(ImgclusterError) as caught:
         read_assignments(csv)
     assert str(caught.value) == f"{csv}, line 3 ('img1.png'): cluster {value!r} is not a whole number"
+
+
+@pytest.mark.parametrize("value", ["9223372036854775808", "1e300", "18446744073709551616"])
+def test_cluster_ids_above_64_bits_are_out_of_range_not_fractions(tmp_path: Path, value: str) -> None:
+    """2**63 and 1e300 are whole numbers, and were reported as "not a whole number"."""
+    csv = write_clusters(tmp_path / "odd.csv", ["1", value])
+    with pytest.raises(ImgclusterError) as caught:
+        read_assignments(csv)
+    assert str(caught.value) == (
+        f"{csv}, line 3 ('img1.png'): cluster {value!r} is out of range; cluster ids are whole numbers from 0 to 2**63 - 1"
+    )
 
 
 def test_whole_cluster_ids_in_any_spelling_are_kept(tmp_path: Path) -> None:
@@ -124,7 +136,6 @@ def test_a_csv_cut_short_inside_a_quoted_cell_is_refused(tmp_path: Path) -> None
 def test_the_csv_to_a_full_standard_output_is_one_error(monkeypatch: pytest.MonkeyPatch) -> None:
     """`assign --out - > /dev/full` ended with `unexpected OSError`; a closed pipe stays a BrokenPipeError (exit 141)."""
     import errno
-    import io
 
     class Refusing(io.StringIO):
         def __init__(self, error: OSError) -> None:
@@ -141,6 +152,23 @@ def test_the_csv_to_a_full_standard_output_is_one_error(monkeypatch: pytest.Monk
     monkeypatch.setattr(sys, "stdout", Refusing(BrokenPipeError(errno.EPIPE, "Broken pipe")))
     with pytest.raises(BrokenPipeError):
         write_assignments("-", ["a.png"], assignment(1))
+
+
+def test_a_csv_on_a_stdout_that_is_not_utf8_is_written_in_utf8(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Under PYTHONIOENCODING=ascii (or a Latin-1 locale) `assign --out -` ended its whole run in "unexpected
+    UnicodeEncodeError" at the first accented name; the CSV is UTF-8 wherever it goes."""
+    names = ["bäg ☂/a.png", "plain.png"]
+    raw = io.BytesIO()
+    stdout = io.TextIOWrapper(raw, encoding="ascii")
+    monkeypatch.setattr(sys, "stdout", stdout)
+    stdout.write("before ")
+    write_assignments("-", names, assignment(2))
+    stdout.write("after")  # the stream keeps working: the UTF-8 writer let go of its buffer
+    stdout.flush()
+    text = raw.getvalue().decode("utf-8")
+    assert text.startswith("before ") and text.endswith("after")
+    (tmp_path / "out.csv").write_text(text[len("before ") : -len("after")], encoding="utf-8")
+    assert [row.path for row in read_assignments(tmp_path / "out.csv")] == names
 
 
 def test_escaping_is_unambiguous() -> None:
@@ -276,3 +304,25 @@ def test_a_csv_named_dash_points_to_dev_stdin(tmp_path: Path, monkeypatch: pytes
     assert result.stderr == (
         "error: CSV - is not standard input here: evaluate reads a pipe given as /dev/stdin; report and export read a saved CSV\n"
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'"path","cluster","confidence"\n"a.png",0,0.5\n"b.png"\n', "{csv}, line 3 ('b.png'): the row ends before its cluster column, "
+         "with fewer cells than the header"),
+        (b'"path","cluster","cluster"\n"a.png",0,0.5\n', "{csv} has column(s) cluster more than once in its header; keep one of each"),
+        (b"", "{csv} is empty; give the CSV that assign wrote"),  # "missing column(s) path, cluster" (a `> x.csv` onto it)
+        (b'"path","cluster"\n"caf\xe9.png",0\n', "cannot read assignments {csv}: it is not UTF-8 text (a byte 0xe9); save it as CSV UTF-8"),
+    ],
+)  # fmt: skip
+def test_a_hand_edited_csv_says_what_is_wrong_with_it(tmp_path: Path, content: bytes, message: str) -> None:
+    """A short row was "cluster None is not a whole number"; a second cluster column was read instead of the first,
+    silently; a Latin-1 file was "'utf-8' codec can't decode byte 0xe9 in position 20: invalid continuation byte"."""
+    csv = tmp_path / "edited.csv"
+    csv.write_bytes(content)
+    with pytest.raises(ImgclusterError) as caught:
+        read_assignments(csv)
+    assert str(caught.value) == message.format(csv=csv)
+    result = runner.invoke(app, ["evaluate", str(csv), str(tmp_path)])
+    assert result.exit_code == 1 and result.stderr == f"error: {message.format(csv=csv)}\n"

@@ -94,6 +94,27 @@ def test_objective_options_are_parameters() -> None:
     assert copy.train_config().objective_options == {"entropy_weight": 1.0}
 
 
+def test_set_params_refuses_an_unknown_name_at_once() -> None:
+    """``set_params(foo=1)`` was accepted and failed only in ``fit``; scikit-learn's own raises a ValueError at once."""
+    head = ClusterHead("secu", n_clusters=3)
+    with pytest.raises(ValueError) as info:
+        head.set_params(n_clusters=4, foo=1)
+    assert isinstance(info.value, ParameterError) and info.value.parameters == ("foo",)
+    assert str(info.value).startswith("ClusterHead has no parameter 'foo'; its parameters: objective, n_clusters, seed, ")
+    assert "; the options of objective 'secu': " in str(info.value) and "hidden" in str(info.value)
+    assert head.n_clusters == 3 and "foo" not in head.get_params()  # nothing set
+    with pytest.raises(ParameterError, match=r"^ClusterHead has no parameter 'hidden'; .*; 'nope' is no objective$"):
+        head.set_params(objective="nope", hidden=64)
+
+
+def test_set_params_takes_the_options_of_the_objective_it_sets() -> None:
+    head = ClusterHead("secu", n_clusters=3).set_params(objective="scan", entropy_weight=2.0)
+    assert head.get_params()["entropy_weight"] == 2.0 and head.objective == "scan"
+    head.set_params(objective="nope", n_clusters=-1)  # values, even unknown objectives, are fit's to check
+    with pytest.raises(ParameterError, match=r"^n_clusters must be at least 2, got -1$"):
+        head.fit(blobs()[0])
+
+
 @pytest.mark.parametrize(
     ("params", "message", "parameter"),
     [

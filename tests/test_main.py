@@ -51,3 +51,18 @@ def test_the_command_ends_through_leave(monkeypatch: pytest.MonkeyPatch, capsys:
     monkeypatch.setattr(sys, "argv", ["imgcluster", "assign", "--clusters", "x", "."])
     entry.main()
     assert left == [0, 2]
+
+
+def test_text_stdout_cannot_show_is_escaped_not_a_crash(tmp_path: Path) -> None:
+    """A label "bäg ☂" under PYTHONIOENCODING=ascii (or a Latin-1 locale) ended evaluate in "unexpected
+    UnicodeEncodeError"; the table is drawn in ASCII and the label escaped, as Python writes stderr."""
+    for label in ("bäg ☂", "shoe"):
+        (tmp_path / "photos" / label).mkdir(parents=True)
+        (tmp_path / "photos" / label / "a.png").write_bytes(b"x")
+    csv = tmp_path / "clusters.csv"
+    csv.write_text('"path","cluster"\n"bäg ☂/a.png",0\n"shoe/a.png",1\n', encoding="utf-8")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONIOENCODING": "ascii"}
+    command = [sys.executable, "-m", "imgcluster", "evaluate", str(csv), str(tmp_path / "photos")]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "| ACC (Hungarian)        | 1.0000 |" in done.stdout and "b\\xe4g \\u2602" in done.stdout

@@ -78,3 +78,28 @@ def test_a_path_that_is_none_or_empty_is_refused_by_name(home: Path, tmp_path: P
             call()
         assert str(info.value) == message and info.value.parameters == (parameter,)
     assert list((tmp_path / "cwd").iterdir()) == []
+
+
+def test_a_tilde_that_names_no_home_folder_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--out ~nosuchuser/x.csv` wrote into a new folder named ~nosuchuser in the current folder; with HOME set to "",
+    `--out ~/x.csv` wrote /x.csv at the root."""
+    from typer.testing import CliRunner
+
+    from imgcluster import ParameterError
+    from imgcluster.cli import app
+
+    monkeypatch.chdir(tmp_path)
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    no_user = "~no-such-user-imgcluster/x.csv"
+    said = f"{no_user}: there is no user no-such-user-imgcluster, so ~no-such-user-imgcluster names no home folder; write ./{no_user} "
+    with pytest.raises(ParameterError) as info:
+        imgcluster.cluster_folder(folder, out=no_user)
+    assert str(info.value) == said + "for a folder of that name"
+    for args in (["--out", no_user], [f"--out={no_user}"]):
+        result = CliRunner().invoke(app, ["assign", str(folder), "-k", "2", *args])
+        assert result.exit_code == 2 and result.stderr == f"error: {said}for a folder of that name\n"
+    monkeypatch.setenv("HOME", "")
+    result = CliRunner().invoke(app, ["export", "x.csv", "--to", "~/sorted"])
+    assert result.exit_code == 2
+    assert result.stderr == "error: ~/sorted: HOME is empty, so ~ names no folder; set HOME or give the whole path\n"
+    assert list(tmp_path.iterdir()) == [folder]  # no ~no-such-user-imgcluster folder, nothing else

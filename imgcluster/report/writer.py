@@ -6,6 +6,7 @@ Nothing here prints; progress and warnings go through :class:`ReportHooks`.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -240,7 +241,7 @@ def score_items(scores: dict[str, Any]) -> list[tuple[str, float]]:
 def _apply_eval_json(csv_path: Path, views: list[ClusterView], info: dict[str, Any], hooks: ReportHooks) -> None:
     """Majority labels and scores from ``<csv>.eval.json`` (the JSON ``imgcluster evaluate`` writes), if present."""
     path = csv_path.with_name(csv_path.name + ".eval.json")
-    if not path.is_file():
+    if not os.path.isfile(path):  # False, not "File name too long", beside a CSV whose name nearly fills NAME_MAX
         return
     try:
         data = json.loads(path.read_text(encoding="utf-8"))

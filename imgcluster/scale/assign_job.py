@@ -303,6 +303,7 @@ def assign_store(
     from imgcluster.checkpoint import check_backbone, load_checkpoint
     from imgcluster.estimator import checked_head
     from imgcluster.folder import check_out
+    from imgcluster.head_config import Training
     from imgcluster.outliers import check_min_confidence
     from imgcluster.pipeline import resolve_device
     from imgcluster.scale.training import check_engine, engine_session, head_for_store, read_sample, said_when_stopped
@@ -337,10 +338,7 @@ def assign_store(
     estimator = None
     meta_head: dict[str, Any] | None = None
     if head is None:
-        estimator = checked_head(
-            n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn,
-            balance=balance, self_label=self_label, uco=uco, device=device, objective_options=objective_options,
-        )  # fmt: skip
+        estimator = checked_head(Training.of(locals()), device=device, objective_options=objective_options)
     else:
         trained, meta_head = load_checkpoint(Path(head))
     with engine_session(engine, address, num_cpus) as tasks:

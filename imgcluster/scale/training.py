@@ -215,16 +215,14 @@ def train_from_store(
     """
     from imgcluster.atomic import check_writable
     from imgcluster.estimator import checked_head
+    from imgcluster.head_config import Training
     from imgcluster.scale.knn import check_knn_options
 
     features, out = expand_home(features), expand_home(out)
     check_progress(progress)
     check_engine(engine, address)
     check_knn_options(knn_threshold, nprobe)
-    estimator = checked_head(
-        n_clusters, objective, seed, k_min=k_min, k_max=k_max, epochs=epochs, batch_size=batch_size, lr=lr, knn=knn, balance=balance,
-        self_label=self_label, uco=uco, device=device, objective_options=objective_options,
-    )  # fmt: skip
+    estimator = checked_head(Training.of(locals()), device=device, objective_options=objective_options)
     if out is not None:
         check_head_name(Path(out), "out")  # before the training, not when saving after it
         check_writable(Path(out))
