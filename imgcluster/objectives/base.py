@@ -124,7 +124,7 @@ class Stage:
 
     name: str
     epochs: int | None = None
-    select_head: bool = True  # pick the lowest-loss head at the end of this stage
+    select_head: bool = True  # pick the head kept at the end of this stage (lowest loss, or tightest clusters)
 
 
 @dataclass
@@ -157,6 +157,9 @@ class Objective(nn.Module):
     # objectives whose ACC the early stop was measured to keep (benchmarks/results_training.md).
     # The others report their assignments too, for the log, and train every epoch.
     stops_when_settled: ClassVar[bool] = False
+    # Keep the head whose clusters are tightest in the input features (train.tightest_head) instead
+    # of the one with the lowest loss: only where that was measured to keep better heads.
+    keeps_tightest_head: ClassVar[bool] = False
     Params: ClassVar[type]
     # Hyper-parameters that weight the objective's pull towards equal cluster sizes (its uniform
     # prior). ``--balance W`` multiplies their defaults by W; empty when the method has no such term.
@@ -168,7 +171,7 @@ class Objective(nn.Module):
         self.in_dim = in_dim
         self.n_clusters = n_clusters
         self.params = params
-        # Index of the head kept after training, chosen by its own loss (never by labels).
+        # Index of the head kept after training, chosen by its own loss or its clusters' tightness (never by labels).
         self.register_buffer("best_head", torch.zeros((), dtype=torch.long))
 
     @classmethod

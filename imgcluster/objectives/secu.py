@@ -159,7 +159,8 @@ class SeCu(CentreObjective):
         L_x = -1/2 sum_views sum_k q_k log softmax(z_v^T C' / tau)_k,
         q = 0.8 softmax(z_other^T C' / tau) + 0.2 onehot(y_prev)
 
-    ``L = mean_heads (L_c + L_x)``; the head with the lowest summed loss is kept, and its
+    ``L = mean_heads (L_c + L_x)``; the head whose clusters are tightest in the input features is
+    kept (:func:`imgcluster.train.tightest_head`; the paper keeps the lowest loss), and its
     prediction is ``softmax(z^T C / tau)``.
 
     Choices the paper leaves to the setting: on cached features the second view is a kNN
@@ -172,6 +173,7 @@ class SeCu(CentreObjective):
     name = "secu"
     Params = SeCuParams
     stops_when_settled = True  # same ACC at 16 of 30 epochs on 10,000 images (results_training.md)
+    keeps_tightest_head = True  # the lowest loss kept heads that mixed two classes in two clusters (results_training.md)
     labels: torch.Tensor
     rho: torch.Tensor
     counts: torch.Tensor
