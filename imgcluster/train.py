@@ -236,20 +236,26 @@ def _gradient_training(
             if stop:
                 break
         if stage.select_head and objective.n_heads > 1:
-            chosen = tightest_head(objective, z) if objective.keeps_tightest_head else int(head_loss_sum.argmin())
+            chosen = tightest_head(objective, z, head_loss_sum) if objective.keeps_tightest_head else int(head_loss_sum.argmin())
             objective.best_head.fill_(chosen)
     return history
 
 
+# Heads whose tightness is within this share of the tightest count as tied (the same partition,
+# up to rounding or a few images); among them the lowest loss is kept, as before.
+TIGHTNESS_TIES = 1e-4
+
+
 @torch.no_grad()
-def tightest_head(objective: Objective, z: torch.Tensor, batch_size: int = 65536) -> int:
+def tightest_head(objective: Objective, z: torch.Tensor, losses: torch.Tensor, batch_size: int = 65536) -> int:
     """The head whose clusters lie closest around their mean directions in the features ``z`` [N, d]
     (unit rows): the largest sum over clusters of the length of their summed features, spherical
-    k-means' objective, as k-means keeps the best of its restarts.
+    k-means' objective, as k-means keeps the best of its restarts. Among heads tied with it, the
+    lowest of ``losses`` [H].
 
-    Why not the lowest loss: SeCu's heads end within their epoch-to-epoch loss noise of each other,
-    and on Fashion-MNIST the loss kept heads that had split two classes across two mixed clusters
-    (ACC 0.67 where the tightest had 0.74-0.75; benchmarks/results_training.md).
+    Why not the lowest loss alone: SeCu's heads end within their epoch-to-epoch loss noise of each
+    other, and on Fashion-MNIST the loss kept heads that had split two classes across two mixed
+    clusters (ACC 0.67 where the tightest had 0.74-0.75; benchmarks/results_training.md).
     """
     was_training = objective.training
     objective.eval()  # predictions as the kept head will give them; BatchNorm's statistics untouched
@@ -260,4 +266,6 @@ def tightest_head(objective: Objective, z: torch.Tensor, batch_size: int = 65536
         for head in range(objective.n_heads):
             sums[head].index_add_(0, labels[head], rows)
     objective.train(was_training)
-    return int(sums.norm(dim=-1).sum(-1).argmax())
+    tightness = sums.norm(dim=-1).sum(-1).cpu()
+    tied = tightness >= tightness.max() * (1 - TIGHTNESS_TIES)
+    return int(torch.where(tied, losses.cpu(), torch.inf).argmin())
