@@ -1,4 +1,4 @@
-"""Which head training keeps: the lowest loss, or (SeCu) the tightest clusters in the input features."""
+"""Which head training keeps: the lowest loss, or (SeCu's ``head_choice="tightest"``) the tightest clusters in the input features."""
 
 from __future__ import annotations
 
@@ -22,7 +22,11 @@ class TwoHeads(Objective):
     def __init__(self, keeps_tightest: bool, same: bool = False) -> None:
         super().__init__(3, 2, None)
         self.weight = torch.nn.Parameter(torch.zeros(()))
-        self.keeps_tightest_head, self.same = keeps_tightest, same
+        self.tightest, self.same = keeps_tightest, same
+
+    @property
+    def keeps_tightest_head(self) -> bool:
+        return self.tightest
 
     @property
     def n_heads(self) -> int:
@@ -66,11 +70,20 @@ def test_among_heads_as_tight_as_the_tightest_the_lowest_loss_is_kept() -> None:
     assert tightest_head(TwoHeads(True), z, torch.tensor([1.0, 2.0])) == 1
 
 
+def test_secu_keeps_the_lowest_loss_unless_told_to_keep_the_tightest() -> None:
+    from imgcluster.objectives import create_objective
+
+    assert not create_objective("secu", 8, 3, {}).keeps_tightest_head  # the paper's choice stays the default
+    assert create_objective("secu", 8, 3, {"head_choice": "tightest"}).keeps_tightest_head
+
+
 def test_secu_keeps_the_head_whose_clusters_are_tightest_and_choosing_changes_nothing_else() -> None:
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(4, 16)) * 2
     x = (centres[np.repeat(np.arange(4), 50)] + rng.normal(size=(200, 16))).astype(np.float32)
-    config = TrainConfig(clusters=4, epochs=3, batch_size=32, knn=5, min_steps=0, stable_fraction=None, seed=4)
+    config = TrainConfig(
+        clusters=4, epochs=3, batch_size=32, knn=5, min_steps=0, stable_fraction=None, seed=4, objective_options={"head_choice": "tightest"}
+    )
     result = train_objective(x, knn_search(x, 5)[0], config, torch.device("cpu"))
     objective = result.objective
     z = torch.from_numpy(l2_normalise(x))

@@ -157,9 +157,6 @@ class Objective(nn.Module):
     # objectives whose ACC the early stop was measured to keep (benchmarks/results_training.md).
     # The others report their assignments too, for the log, and train every epoch.
     stops_when_settled: ClassVar[bool] = False
-    # Keep the head whose clusters are tightest in the input features (train.tightest_head) instead
-    # of the one with the lowest loss: only where that was measured to keep better heads.
-    keeps_tightest_head: ClassVar[bool] = False
     Params: ClassVar[type]
     # Hyper-parameters that weight the objective's pull towards equal cluster sizes (its uniform
     # prior). ``--balance W`` multiplies their defaults by W; empty when the method has no such term.
@@ -183,6 +180,12 @@ class Objective(nn.Module):
     @property
     def n_heads(self) -> int:
         return 1
+
+    @property
+    def keeps_tightest_head(self) -> bool:
+        """Keep the head whose clusters are tightest in the input features (train.tightest_head)
+        instead of the lowest loss: an option of SeCu's, off by default (results_training.md)."""
+        return False
 
     # --- training hooks -------------------------------------------------------------------
     def setup(self, features: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator) -> None:
