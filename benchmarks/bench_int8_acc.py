@@ -9,14 +9,20 @@ float32), and reports each runtime's mean ± sd, and the difference of the means
 interval (Welch's t, the two sets of seeds taken as independent; also paired by seed). Training
 only: the features are embedded once into ``benchmarks/data/int8-acc-cache`` and reused, and each
 seed's scores are kept beside them, keyed by the git tree of ``imgcluster/`` (so scores of older
-training code are never mixed in), so an interrupted run resumes.
+training code are never mixed in) and by the training's options (``--every-epoch``), so an
+interrupted run resumes. ``--every-epoch`` trains every planned epoch (no early stop);
+``--seed-list 21,23`` trains only those seeds (to look at a few again); ``--option KEY=VALUE``
+sets an option of the objective (``head_choice=tightest``).
 
     python benchmarks/bench_int8_acc.py --seeds 10
+    python benchmarks/bench_int8_acc.py --seed-list 21,23 --every-epoch
+    python benchmarks/bench_int8_acc.py --seeds 30 --option head_choice=tightest
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -65,24 +71,39 @@ def code_version() -> str:
     return tree[:12] + ("-dirty" if dirty else "")
 
 
-def seed_scores(data: dict[str, tuple[np.ndarray, np.ndarray]], seeds: int) -> dict[str, list[dict[str, float]]]:
-    """ACC/NMI/ARI of the default head for seeds 0..seeds-1 on each runtime's features, the runtimes
+def training(seed: int, every_epoch: bool, options: dict[str, str]) -> TrainConfig:
+    """The default head's training with ``seed``; ``every_epoch``: no early stop; ``options``: the objective's."""
+    config = TrainConfig(clusters=10, seed=seed, objective_options=dict(options))
+    return dataclasses.replace(config, stable_fraction=None) if every_epoch else config
+
+
+def scores_file(every_epoch: bool, options: dict[str, str]) -> Path:
+    """Where the seeds' scores are kept: one file per training code and training options."""
+    named = "".join(f"-{key}={value}" for key, value in sorted(options.items()))
+    return CACHE / f"scores-{code_version()}{'-every-epoch' if every_epoch else ''}{named}.json"
+
+
+def seed_scores(
+    data: dict[str, tuple[np.ndarray, np.ndarray]], seeds: list[int], every_epoch: bool = False, options: dict[str, str] | None = None
+) -> dict[str, list[dict[str, float]]]:
+    """ACC/NMI/ARI of the default head for each seed on each runtime's features, the runtimes
     in turn seed by seed (so a stopped run leaves both with as many seeds); each kept once trained."""
-    kept = CACHE / f"scores-{code_version()}.json"
+    options = options or {}
+    kept = scores_file(every_epoch, options)
     done: dict[str, dict[str, float]] = json.loads(kept.read_text()) if kept.exists() else {}
     neighbours = {runtime: neighbours_for(x) for runtime, (x, _) in data.items()}
-    for seed in range(seeds):
+    for seed in seeds:
         for runtime, (x, labels) in data.items():
             if f"{runtime}/{seed}" in done:
                 continue
             started = time.perf_counter()
-            run = run_objective(x, labels, neighbours[runtime], TrainConfig(clusters=10, seed=seed), torch.device("cpu"))
+            run = run_objective(x, labels, neighbours[runtime], training(seed, every_epoch, options), torch.device("cpu"))
             done[f"{runtime}/{seed}"] = {key: float(run[key]) for key in ("acc", "nmi", "ari")}
             kept.write_text(json.dumps(done, indent=1))
             took = time.perf_counter() - started
             load = os.getloadavg()[0]
             print(f"  {runtime} seed {seed}: ACC {run['acc']:.4f} ({took:.0f} s, load {load:.1f})", file=sys.stderr, flush=True)
-    return {runtime: [done[f"{runtime}/{seed}"] for seed in range(seeds)] for runtime in data}
+    return {runtime: [done[f"{runtime}/{seed}"] for seed in seeds] for runtime in data}
 
 
 def interval(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
@@ -106,13 +127,34 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half
 
 
+def option(text: str) -> tuple[str, str]:
+    """``head_choice=tightest`` -> ("head_choice", "tightest")."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def seed_list(text: str) -> list[int]:
+    """``21,23`` -> [21, 23]: the seeds to train, in that order."""
+    seeds = [int(part) for part in text.split(",") if part.strip()]
+    if len(seeds) < 2 or len(set(seeds)) < len(seeds) or min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"expected two or more different seeds of 0 or more, comma-separated; got {text!r}")
+    return seeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=10000, help="first N Fashion-MNIST test images")
     parser.add_argument("--seeds", type=int, default=10, help="heads per runtime, seeds 0..N-1")
+    parser.add_argument("--seed-list", type=seed_list, help="these seeds instead, comma-separated (21,23)")
+    parser.add_argument("--every-epoch", action="store_true", help="train every planned epoch (no early stop)")
+    parser.add_argument("--option", action="append", default=[], type=option, help="KEY=VALUE: an option of the objective (repeatable)")
     parser.add_argument("--section", default="int8-acc", help="the results_runtime.md section written")
     parser.add_argument("--note", default="", help="a line written above the table (what else ran on the machine)")
     args = parser.parse_args()
+    seeds = args.seed_list or list(range(args.seeds))
+    options = dict(args.option)
     images, labels = fashion_mnist_test()
     folder = write_folder(images[: args.images], labels[: args.images], FASHION_CLASSES, DATA / "peers" / f"fashion-mnist-{args.images}")
     CACHE.mkdir(parents=True, exist_ok=True)
@@ -122,15 +164,20 @@ def main() -> None:
         x, y, names[runtime] = features(folder, runtime)
         data[runtime] = (x, y)
         agreement[runtime] = label_agreement(x, y)
-    scores = seed_scores(data, args.seeds)
+    scores = seed_scores(data, seeds, args.every_epoch, options)
     rows = {runtime: (names[runtime], agreement[runtime], scores[runtime]) for runtime in RUNTIMES}
+    which = f"seeds {seeds[0]} to {seeds[-1]}" if seeds == list(range(seeds[0], seeds[-1] + 1)) else "seeds " + ", ".join(map(str, seeds))
+    command = f"--seed-list {','.join(map(str, seeds))}" if args.seed_list else f"--seeds {args.seeds}"
     lines = [
-        f"## int8 against float32: ACC of the default head over {args.seeds} seeds (`{args.section}`)\n",
+        f"## int8 against float32: ACC of the default head over {len(seeds)} seeds (`{args.section}`)\n",
         *([f"{args.note}\n"] if args.note else []),
-        f"Run as `python benchmarks/bench_int8_acc.py --images {args.images} --seeds {args.seeds}`: the first {args.images:,} "
-        "Fashion-MNIST test images, EfficientNet-Lite0, each runtime's features as its cache holds them (float16, read as "
-        "float32: what `assign` trains on); the default head (secu, K=10) trained with seeds 0 to "
-        f"{args.seeds - 1} on each (training only); mean ± sd over the seeds (sd with n-1); kNN label agreement: the share of "
+        f"Run as `python benchmarks/bench_int8_acc.py --images {args.images} {command}{' --every-epoch' if args.every_epoch else ''}"
+        + "".join(f" --option {key}={value}" for key, value in options.items())
+        + "`: "
+        f"the first {args.images:,} Fashion-MNIST test images, EfficientNet-Lite0, each runtime's features as its cache holds them "
+        "(float16, read as float32: what `assign` trains on); the default head (secu, K=10) trained with "
+        f"{which} on each (training only{', every planned epoch: no early stop' if args.every_epoch else ''}); mean ± sd over the "
+        "seeds (sd with n-1); kNN label agreement: the share of "
         f"each image's 10 nearest neighbours (cosine) with its label. Load average {load:.1f} → {os.getloadavg()[0]:.1f}.\n",
         "| runtime | kNN label agreement | ACC | NMI | ARI | ACC of each seed |",
         "|---|---|---|---|---|---|",

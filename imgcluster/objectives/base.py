@@ -124,7 +124,7 @@ class Stage:
 
     name: str
     epochs: int | None = None
-    select_head: bool = True  # pick the lowest-loss head at the end of this stage
+    select_head: bool = True  # pick the head kept at the end of this stage (lowest loss, or tightest clusters)
 
 
 @dataclass
@@ -168,7 +168,7 @@ class Objective(nn.Module):
         self.in_dim = in_dim
         self.n_clusters = n_clusters
         self.params = params
-        # Index of the head kept after training, chosen by its own loss (never by labels).
+        # Index of the head kept after training, chosen by its own loss or its clusters' tightness (never by labels).
         self.register_buffer("best_head", torch.zeros((), dtype=torch.long))
 
     @classmethod
@@ -180,6 +180,12 @@ class Objective(nn.Module):
     @property
     def n_heads(self) -> int:
         return 1
+
+    @property
+    def keeps_tightest_head(self) -> bool:
+        """Keep the head whose clusters are tightest in the input features (train.tightest_head)
+        instead of the lowest loss: an option of SeCu's, off by default (results_training.md)."""
+        return False
 
     # --- training hooks -------------------------------------------------------------------
     def setup(self, features: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator) -> None:
