@@ -1100,6 +1100,11 @@ def evaluate(
                 f"{count(e.matched, 'image')} only; ACC of all {e.labelled}, the {e.unassigned_images} missing counted wrong, "
                 f"is {e.acc_of_labelled:.4f}"
             )
+        if evaluation.unlabelled_rows:  # they were counted as "not in the folder", which they are
+            ui.warn(
+                f"rows of the CSV for images at the top of {literal(labelled_folder)}, outside every sub-folder, have no label "
+                f"and are not scored: {_with_examples(evaluation.unlabelled_rows, evaluation.unlabelled_examples)}"
+            )
         with writing_stdout():
             if as_json:
                 if not quiet:
@@ -1212,6 +1217,8 @@ def _print_evaluation(console: Any, evaluation: Any) -> None:
         "purity": f"{e.purity:.4f}", "images matched": str(e.matched),
         "rows not in the folder": _with_examples(e.unmatched_assignments, e.unmatched_examples),
         "images not in the CSV": _with_examples(e.unassigned_images, e.unassigned_examples),
+        **({"rows with no label (at the folder's top)": _with_examples(e.unlabelled_rows, e.unlabelled_examples)}
+           if e.unlabelled_rows else {}),
         **({"coverage": f"{e.matched} of {e.labelled} labelled images ({100 * e.coverage:.1f}%)",
             "ACC, missing = wrong": f"{e.acc_of_labelled:.4f}"} if e.unassigned_images else {}),
         "clusters": str(e.clusters), "classes": str(e.classes),

@@ -41,7 +41,7 @@ class Evaluation:
     ami: float
     purity: float
     matched: int
-    unmatched_assignments: int  # rows in the CSV with no labelled image
+    unmatched_assignments: int  # rows in the CSV with no image in the folder
     unassigned_images: int  # labelled images missing from the CSV
     # The scores above are of the ``matched`` images only: a CSV of 1 of 18 images scored ACC 1.0,
     # which reads as perfect. These say how much of the labelled folder that is, and the ACC of all
@@ -55,6 +55,9 @@ class Evaluation:
     # the first few of each, by path, so that a count of missing files says which ones
     unmatched_examples: list[str] = field(default_factory=list)
     unassigned_examples: list[str] = field(default_factory=list)
+    # rows for images at the folder's top, outside every sub-folder: in the folder, with no label, so not scored
+    unlabelled_rows: int = 0
+    unlabelled_examples: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -81,7 +84,14 @@ def score(labels: np.ndarray, clusters: np.ndarray) -> dict[str, float]:
 
 def folder_labels(folder: Path) -> dict[str, str]:
     """Relative path -> label, the label being the top-level sub-folder's name."""
-    return {f.rel: f.rel.split("/", 1)[0] for f in list_images(folder) if "/" in f.rel}
+    return _labelled(folder)[0]
+
+
+def _labelled(folder: Path) -> tuple[dict[str, str], set[str]]:
+    """(:func:`folder_labels`, the images at the folder's top, which have no label): a CSV's rows for those are
+    in the folder, and were counted as "not in the folder"."""
+    listed = [f.rel for f in list_images(folder)]
+    return {rel: rel.split("/", 1)[0] for rel in listed if "/" in rel}, {rel for rel in listed if "/" not in rel}
 
 
 def check_labelled_folder(folder: Path, parameter: str) -> None:
@@ -104,7 +114,7 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
     rows = read_assignments(assignments)
     paths = [r.path for r in rows]
     clusters = np.array([r.cluster for r in rows], dtype=np.int64)
-    truth = folder_labels(labelled_folder)
+    truth, top = _labelled(labelled_folder)
     if not truth:
         raise ImgclusterError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")
     keep = [i for i, p in enumerate(paths) if p in truth]
@@ -123,7 +133,8 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
         per_cluster.append(ClusterPurity(int(k), int(members.size), majority, purity, names.get(int(k), "")))
     per_cluster.sort(key=lambda p: (-p.size, p.cluster))
     purity = sum(p.purity * p.size for p in per_cluster) / len(keep)
-    unmatched = sorted(set(paths) - set(matched_paths))
+    unlabelled = sorted(set(paths) & top)
+    unmatched = sorted(set(paths) - set(matched_paths) - top)
     unassigned = sorted(set(truth) - set(matched_paths))
     return Evaluation(
         **metrics,
@@ -139,4 +150,6 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
         per_cluster=per_cluster,
         unmatched_examples=unmatched[:EXAMPLES],
         unassigned_examples=unassigned[:EXAMPLES],
+        unlabelled_rows=len(unlabelled),
+        unlabelled_examples=unlabelled[:EXAMPLES],
     )

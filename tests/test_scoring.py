@@ -215,3 +215,19 @@ def test_a_csv_of_a_few_of_the_labelled_images_says_how_few_and_what_acc_of_all_
     assert (e.coverage, e.acc_of_labelled, e.acc) == (1.0, 1.0, 1.0)
     result = runner.invoke(app, ["evaluate", str(whole), str(folder)])
     assert result.exit_code == 0 and result.stderr == "" and "coverage" not in result.stdout
+
+
+def test_rows_for_images_at_the_folders_top_are_unlabelled_not_missing_from_it(tmp_path: Path) -> None:
+    folder = tmp_path / "labelled"
+    for rel in ["cat/1.png", "cat/2.png", "dog/3.png", "stray.png"]:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_bytes(b"x")
+    csv = write_csv(tmp_path / "a.csv", [("cat/1.png", 0), ("cat/2.png", 0), ("dog/3.png", 1), ("stray.png", 1), ("ghost.png", 1)])
+    e = evaluate(csv, folder)
+    assert (e.matched, e.unlabelled_rows, e.unlabelled_examples) == (3, 1, ["stray.png"])
+    assert (e.unmatched_assignments, e.unmatched_examples) == (1, ["ghost.png"])  # stray.png is in the folder
+    assert e.to_dict()["unlabelled_rows"] == 1 and e.acc == 1.0
+    shown = CliRunner().invoke(app, ["evaluate", str(csv), str(folder)])
+    assert shown.exit_code == 0, shown.output
+    assert "outside every sub-folder, have no label and are not scored: 1 (stray.png)" in shown.stderr
+    assert "rows with no label" in shown.stdout and "rows not in the folder" in shown.stdout
