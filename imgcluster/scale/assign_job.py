@@ -230,7 +230,7 @@ def _map_buckets(
     from ray.data import ActorPoolStrategy
 
     from imgcluster.scale.embed_job import RETRIES, map_batches
-    from imgcluster.scale.engine import imgcluster_cause
+    from imgcluster.scale.engine import own_errors
 
     size = actors or max(1, int(ray.cluster_resources().get("CPU", 1)) - 1)
     dataset = ray.data.from_items([{"bucket": f} for f in folders], override_num_blocks=len(folders))
@@ -242,14 +242,10 @@ def _map_buckets(
             "batch_rows": batch_rows,
         },
     )  # fmt: skip
-    try:
+    with own_errors():  # a store row the pass refuses: one line, not Ray's traceback
         for block in labelled.iter_batches(batch_size=None, batch_format="numpy"):
             if len(block["cluster"]):
                 yield {k: np.asarray(v) for k, v in block.items()}
-    except Exception as exc:
-        if (ours := imgcluster_cause(exc)) is not None:  # a store row the pass refuses: one line, not Ray's traceback
-            raise ours from None
-        raise
 
 
 def assign_store(

@@ -35,7 +35,7 @@ from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale import resume, sources
 from imgcluster.scale.decode import NO_MTIME, decode_batch
 from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_environment
-from imgcluster.scale.engine import imgcluster_cause, import_ray, quiet_data_context, ray_session, require_ray
+from imgcluster.scale.engine import import_ray, own_errors, quiet_data_context, ray_session, require_ray
 from imgcluster.scale.sources import Source, open_source
 from imgcluster.signals import Interrupted
 from imgcluster.userpath import expand_home
@@ -352,13 +352,9 @@ def _plan_on_ray(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRow
 
 def _unwrapped(run: Callable[[], Any]) -> Any:
     """Run a Ray step; an ImgclusterError raised in a task (a manifest's bad column) surfaces as
-    itself, in its one line, not as Ray's wrapper with the task's traceback."""
-    try:
+    itself, in its one line, not as Ray's wrapper with the task's traceback (:func:`engine.own_errors`)."""
+    with own_errors():
         return run()
-    except Exception as exc:
-        if (ours := imgcluster_cause(exc)) is not None:
-            raise ours from None
-        raise
 
 
 def _check_found(listed: int, src: Source, left_out: sources.LeftOut) -> None:

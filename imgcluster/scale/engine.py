@@ -182,6 +182,19 @@ def imgcluster_cause(exc: BaseException) -> ImgclusterError | None:
 
 
 @contextlib.contextmanager
+def own_errors() -> Iterator[None]:
+    """Around a Ray step: an ImgclusterError raised in a task or actor (a manifest's bad column, a store
+    row the assign pass refuses) surfaces as itself, in its one line (:func:`imgcluster_cause`), not as
+    Ray's wrapper with the task's traceback; any other error as it is."""
+    try:
+        yield
+    except Exception as exc:
+        if (ours := imgcluster_cause(exc)) is not None:
+            raise ours from None
+        raise
+
+
+@contextlib.contextmanager
 def quiet_data_context() -> Iterator[Any]:
     """Ray Data's context for this package's jobs (the embed job, the store's assign pass): no
     progress bars (the library never prints), Python errors in actor tasks retried, and raised as
