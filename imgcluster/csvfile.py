@@ -13,6 +13,7 @@ of those characters, and every name reads back as it was.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -101,12 +102,20 @@ def _output(out: str) -> Iterator[IO[str]]:
             yield handle
 
 
+def _is_utf8(encoding: str | None) -> bool:
+    """Whether ``encoding`` (any of Python's names for it: ``UTF-8``, ``utf8``, ``U8``...) is UTF-8."""
+    try:
+        return encoding is not None and codecs.lookup(encoding).name == "utf-8"
+    except LookupError:
+        return False
+
+
 @contextmanager
 def utf8(stream: IO[str]) -> Iterator[IO[str]]:
     """``stream`` writing UTF-8, as every CSV imgcluster writes is: under ``PYTHONIOENCODING=ascii`` or a Latin-1
     locale, ``assign --out -`` ended its whole run in "unexpected UnicodeEncodeError" at the first accented name."""
     buffer = getattr(stream, "buffer", None)
-    if buffer is None or (getattr(stream, "encoding", None) or "").lower().replace("-", "").replace("_", "") == "utf8":
+    if buffer is None or _is_utf8(getattr(stream, "encoding", None)):
         yield stream
         return
     stream.flush()
