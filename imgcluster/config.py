@@ -35,8 +35,8 @@ class EmbedConfig:
     rehash: bool = False
     reembed: bool = False  # embed every file again, replacing what the cache holds
     # Who runs the backbone: torch, onnx (ONNX Runtime, CPU only), onnx-int8 (the same quantised, imgcluster.int8)
-    # or auto (torch for now: ONNX Runtime
-    # measured no cheaper for a whole run); see imgcluster.onnxruntime_backend.
+    # or auto: onnx-int8 for the bundled EfficientNet-Lite0 on the CPU, else torch (onnxruntime_backend.auto_runtime).
+    # As asked: the runtime that ran is Embeddings.runtime, in the cache's config.json and the CSV's sidecar.
     runtime: str = "auto"
 
 

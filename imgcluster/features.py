@@ -55,8 +55,9 @@ def embed(
     ``rehash`` reuses it only when the file's content hash matches, ``reembed`` embeds every image
     again. ``runtime`` runs the model in ``torch`` or ``onnx`` (ONNX Runtime, CPU only, exported once per
     backbone and kept in the user's cache folder), or ``onnx-int8`` (that export quantised to int8
-    with activation ranges shipped in the package, :mod:`imgcluster.int8`); ``auto`` is torch (ONNX Runtime measured no
-    cheaper for a whole run). Each runtime's features are cached apart. ``progress`` receives
+    with activation ranges shipped in the package, :mod:`imgcluster.int8`); ``auto`` is onnx-int8 for the bundled
+    EfficientNet-Lite0 on the CPU (half of torch's time) and torch otherwise, or always with ``$IMGCLUSTER_RUNTIME=torch``
+    (:func:`imgcluster.onnxruntime_backend.auto_runtime`). Each runtime's features are cached apart. ``progress`` receives
     :class:`imgcluster.progress.Event` objects (stages ``model`` and ``embed``; ``mark`` events time
     the model's preparation, decoding, forward passes and cache writes); nothing is printed.
     """
@@ -121,7 +122,7 @@ def embed_checked(
             report.start(todo)
 
         hooks = EmbedHooks(
-            on_ready=lambda name, cache: report.at("model").info(f"model {name} on {dev}; cache {cache}"),
+            on_ready=lambda name, cache, runtime: report.at("model").info(f"model {name} on {dev}{_runtime_note(runtime)}; cache {cache}"),
             on_start=on_start,
             on_advance=report.advance,
             on_warning=report.warning,
@@ -137,6 +138,12 @@ def embed_checked(
     result.warnings = warnings
     report.info(f"embedded {result.embedded}, reused {result.reused}, skipped {len(result.skipped)} in {result.seconds:.1f}s")
     return result
+
+
+def _runtime_note(runtime: str) -> str:
+    """`` (onnx-int8)`` for a model not run in torch: the line that names the model and the device names
+    what ``auto`` chose for them, and so for the runtime (the int8 recipe's digest is in the cache's name)."""
+    return "" if runtime == "torch" else f" ({runtime.split('/')[0]})"
 
 
 # What a stop that the embedding loop did not describe keeps: before it (importing torch, loading

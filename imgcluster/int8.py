@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from imgcluster.atomic import atomic_open, atomic_write_text
 from imgcluster.errors import ImgclusterError, ParameterError
-from imgcluster.onnxruntime_backend import INPUT, ExportError, ensure_exported, exported_path
+from imgcluster.onnxruntime_backend import INPUT, ExportError, ensure_exported, exported_path, failure_at, record_failure, recorded_failure
 
 if TYPE_CHECKING:
     import numpy as np
@@ -274,16 +274,24 @@ def runtime_name(model_name: str, identity: dict[str, Any]) -> str:
 
     Checked before anything is built: int8 needs a table made for this model with these weights.
     """
-    found = _table(model_name)
-    if found is None:
+    name = fitting_runtime(model_name, identity)
+    if name is not None:
+        return name
+    if _table(model_name) is None:
         shipped = ", ".join(shipped_models())
         raise ParameterError(f"{{runtime}} onnx-int8 has activation ranges for {shipped} only, not {model_name}; use {{runtime}} onnx")
-    table, digest = found
-    if table["backbone"] != json.loads(json.dumps(identity, default=str)):
-        raise ParameterError(
-            f"{{runtime}} onnx-int8's activation ranges are for {model_name}'s default weights only; use {{runtime}} onnx for others"
-        )
-    return f"onnx-int8/{digest}"
+    raise ParameterError(
+        f"{{runtime}} onnx-int8's activation ranges are for {model_name}'s default weights only; use {{runtime}} onnx for others"
+    )
+
+
+def fitting_runtime(model_name: str, identity: dict[str, Any]) -> str | None:
+    """:func:`runtime_name` when a shipped table was made for this model with these weights (and
+    preprocessing); None when not, for ``auto``, which then runs torch."""
+    found = _table(model_name)
+    if found is None or found[0]["backbone"] != json.loads(json.dumps(identity, default=str)):
+        return None
+    return f"onnx-int8/{found[1]}"
 
 
 def shipped_models() -> list[str]:
@@ -313,10 +321,13 @@ def ensure_quantised(backbone: Backbone) -> Path:
             built = quantise(static, Path(tmp) / "int8.onnx", table["ranges"], recipe)
             with atomic_open(path, "wb") as handle:
                 handle.write(built.read_bytes())
-        except (ExportError, ImgclusterError) as exc:
+        except ImgclusterError as exc:  # the model cache cannot be written: not the model's fault, nothing recorded
             raise ExportError(str(exc)) from None
         except Exception as exc:  # noqa: BLE001 - the quantiser fails in many types (an older onnxruntime among them)
-            raise ExportError(f"int8: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            reason = str(exc) if isinstance(exc, ExportError) else f"int8: {type(exc).__name__}: {first}"
+            record_failure(path, reason)
+            raise ExportError(reason) from None
     record = {"sha256": _file_digest(path), "table": digest, "recipe": table["recipe"], "build": BUILD_FORMAT, "file": FILE_FORMAT}
     atomic_write_text(_record_path(path), json.dumps(record, indent=2, sort_keys=True) + "\n")
     return path
@@ -325,6 +336,17 @@ def ensure_quantised(backbone: Backbone) -> Path:
 def quantised_path(exported: Path, digest: str) -> Path:
     """Where the int8 copy of the exported model ``exported`` made with the table ``digest`` is kept."""
     return exported.with_name(f"{exported.stem}-int8-{digest}-{FILE_FORMAT}.onnx")
+
+
+def recorded_runtime_failure(identity: dict[str, Any], runtime: str) -> str | None:
+    """Why ``runtime`` (``onnx`` or ``onnx-int8/<digest>``) could not be made for the backbone ``identity``,
+    when an earlier run with the same torch and onnxruntime found out: the export failed, or (int8) its
+    quantisation did. A later run then goes straight to torch: with ``auto`` every run would otherwise
+    build the model and fail again."""
+    failure = recorded_failure(identity)
+    if failure is None and runtime.startswith("onnx-int8/"):
+        failure = failure_at(quantised_path(exported_path(identity), runtime.removeprefix("onnx-int8/")))
+    return failure
 
 
 def runtime_file(identity: dict[str, Any], runtime: str) -> Path | None:

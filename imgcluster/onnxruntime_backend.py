@@ -1,20 +1,20 @@
 """Run a backbone with ONNX Runtime on the CPU: the same timm model and weights, exported once.
 
-Opt-in (``runtime="onnx"``): on the project's 2-core CPU it computed EfficientNet-Lite0's features
-as torch does (within 3e-5) but embedded only ~1.2x faster, and a whole cold ``assign`` took the
-same CPU time as torch's with 150 MB more memory (``benchmarks/results_runtime.md``,
-``results_peers.md``), so ``auto`` stays torch until a measurement says otherwise. The model is exported from the
-torch backbone the first time a backbone identity is run, checked against torch on a probe
+``runtime="onnx"`` runs the float32 export: on the project's 2-core CPU it computed EfficientNet-Lite0's
+features as torch does (within 3e-5) but a whole cold ``assign`` took the same CPU time as torch's
+(``benchmarks/results_runtime.md``), so nothing chooses it but the user. ``onnx-int8`` runs that export
+quantised (:mod:`imgcluster.int8`): a cold ``assign`` of 10,000 images in half of torch's time
+(``results_peers.md``), so ``auto`` chooses it where it can (:func:`auto_runtime`). The model is exported
+from the torch backbone the first time a backbone identity is run, checked against torch on a probe
 input, and kept in ``<model cache>/onnx/`` (see :func:`model_cache_dir`) for every later run.
-Nothing here decides *whether* to use it: :func:`plan_runtime` does, from the request and the
-device alone, so the cache key is known without building or exporting anything.
+:func:`plan_runtime` decides which runtime runs, from the request, the device and the model's name
+alone, so the cache key is known without building or exporting anything.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -37,6 +37,7 @@ EXPORT_FORMAT = "1"
 # EfficientNet-Lite0: 1.4e-6 (benchmarks/results_runtime.md); a wrong graph is off by far more.
 CHECK_TOLERANCE = 1e-4
 INPUT, OUTPUT = "pixels", "features"
+RUNTIME_VARIABLE = "IMGCLUSTER_RUNTIME"  # torch: what auto runs (auto_from_env)
 
 
 class ExportError(Exception):
@@ -45,23 +46,59 @@ class ExportError(Exception):
 
 
 def onnxruntime_installed() -> bool:
-    """Both packages are there: onnx is what torch's exporter writes the model with."""
-    return all(importlib.util.find_spec(name) is not None for name in ("onnxruntime", "onnx"))
+    """Both packages import: onnx is what torch's exporter writes the model with. Imported rather than
+    looked up, so that an install whose shared libraries do not load counts as none (0.1 s after torch)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except (ImportError, OSError):
+        return False
+    return True
 
 
 def check_runtime(requested: str) -> str:
-    """``requested`` when it names a runtime; checked before torch is imported, so a typo costs nothing."""
+    """``requested`` when it names a runtime (and, for ``auto``, ``$IMGCLUSTER_RUNTIME`` is valid);
+    checked before torch is imported, so a typo costs nothing."""
     if requested not in RUNTIMES:
         raise ParameterError(f"{{runtime}} must be auto, torch, onnx or onnx-int8, not {requested!r}")
+    if requested == "auto":
+        auto_from_env()
     return requested
 
 
-def plan_runtime(requested: str, device_type: str) -> str:
-    """``torch``, ``onnx`` or ``onnx-int8`` for a run on ``device_type``, from the request alone.
+def auto_from_env() -> str:
+    """``$IMGCLUSTER_RUNTIME``: ``torch`` keeps ``auto`` on torch (to keep using caches made before
+    ``auto`` chose int8, or for features equal to float32's without naming the runtime on every run);
+    unset, empty or ``auto``: :func:`auto_runtime`'s rule."""
+    raw = os.environ.get(RUNTIME_VARIABLE, "")
+    if raw not in ("", "auto", "torch"):
+        raise ParameterError(f"{RUNTIME_VARIABLE} must be auto or torch, not {raw!r}")
+    return raw or "auto"
 
-    ``auto`` is torch on every device: ONNX Runtime was no cheaper than torch for a whole run on the
-    CPU (module docstring), and re-embedding every existing cache into a cache of its own would
-    cost users more than it saves. A model whose export failed before falls back to torch: see
+
+def auto_runtime(device_type: str, model: str | None, weights: str | None) -> str:
+    """What ``auto`` runs: ``onnx-int8`` for a model int8 ships activation ranges for (EfficientNet-Lite0),
+    with its default weights, on the CPU, when onnxruntime and onnx import; torch otherwise.
+
+    A cold ``assign`` of 10,000 images took half of torch's time in int8, at the same ACC within the
+    measured tolerance (``benchmarks/results_peers.md``, ``results_runtime.md``). torch stays for CUDA (int8
+    runs on the CPU only), for other models and other weights (no ranges were made for them), and for
+    ``model`` None: a run that has no model of its own to embed with (a feature store's, whose features
+    Ray's actors made in torch). Whether the ranges fit the built model's identity is checked later
+    (:func:`imgcluster.int8.fitting_runtime`), where a misfit also means torch.
+    """
+    if auto_from_env() == "torch" or device_type != "cpu" or model is None or weights is not None:
+        return "torch"
+    from imgcluster.int8 import shipped_models
+
+    return "onnx-int8" if model in shipped_models() and onnxruntime_installed() else "torch"
+
+
+def plan_runtime(requested: str, device_type: str, model: str | None = None, weights: str | None = None) -> str:
+    """``torch``, ``onnx`` or ``onnx-int8`` for a run of ``model`` (resolved, not ``auto``; None when the
+    run embeds nothing) with ``weights`` on ``device_type``, from these alone.
+
+    ``auto`` is :func:`auto_runtime`. A model whose export failed before falls back to torch: see
     :func:`recorded_failure`.
     """
     check_runtime(requested)
@@ -69,8 +106,10 @@ def plan_runtime(requested: str, device_type: str) -> str:
         if device_type != "cpu":
             raise ParameterError(f"{{runtime}} {requested} runs on the CPU only; use {{device}} cpu with it, or {{runtime}} torch")
         if not onnxruntime_installed():
-            raise ImgclusterError(f"{{runtime}} {requested} needs the packages onnxruntime and onnx: pip install 'imgcluster[onnx]'")
+            raise ImgclusterError(f"{{runtime}} {requested} needs the packages onnxruntime and onnx: pip install onnxruntime onnx")
         return requested
+    if requested == "auto":
+        return auto_runtime(device_type, model, weights)
     return "torch"
 
 
@@ -112,10 +151,24 @@ def _read_record(model: Path) -> dict[str, Any]:
 def recorded_failure(identity: dict[str, Any]) -> str | None:
     """Why this backbone could not be exported, when an earlier run with the same torch and
     onnxruntime found out (so a cached rerun neither builds nor exports again); else None."""
-    record = _read_record(exported_path(identity))
+    return failure_at(exported_path(identity))
+
+
+def failure_at(model: Path) -> str | None:
+    """Why the file ``model`` could not be made, as :func:`record_failure` recorded it with these torch and onnxruntime versions."""
+    record = _read_record(model)
     if "failed" in record and record.get("versions") == _versions():
         return str(record["failed"])
     return None
+
+
+def record_failure(model: Path, reason: str) -> None:
+    """Remember that ``model`` could not be made (a file a failed attempt left is removed), with the
+    versions that failed: another torch or onnxruntime tries again. Best effort: a cache that cannot
+    be written only means the next run tries again too."""
+    with contextlib.suppress(OSError, ImgclusterError):
+        model.unlink(missing_ok=True)
+        atomic_write_text(_record_path(model), json.dumps({"failed": reason, "versions": _versions()}, indent=2) + "\n")
 
 
 def _file_digest(path: Path) -> str:
@@ -226,8 +279,6 @@ def ensure_exported(backbone: Backbone) -> Path:
         raise ExportError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - exporters and runtimes fail in many types
         reason = str(exc) if isinstance(exc, ExportError) else f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        with contextlib.suppress(OSError, ImgclusterError):
-            path.unlink(missing_ok=True)
-            atomic_write_text(_record_path(path), json.dumps({"failed": reason, "versions": _versions()}, indent=2) + "\n")
+        record_failure(path, reason)
         raise ExportError(reason) from None
     return path

@@ -33,12 +33,12 @@ from imgcluster.embedding import (
 )
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.identity import SOURCE_FIELD, forget_record, identity_source, normalised, recorded_identity
-from imgcluster.int8 import ensure_quantised
+from imgcluster.int8 import ensure_quantised, fitting_runtime, recorded_runtime_failure
 from imgcluster.int8 import runtime_name as int8_runtime_name
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile
 from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
-from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime, recorded_failure
+from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime
 from imgcluster.preflight import FolderListing, check_dtype, check_folder, list_folder, outside_links, positive_from_env
 from imgcluster.progress import SAVED, SAVING
 from imgcluster.signals import Interrupted, stops_as_interrupt
@@ -102,7 +102,7 @@ class Embeddings:
 class EmbedHooks:
     """Callbacks the CLI uses for progress; the library stays silent."""
 
-    on_ready: Callable[[str, Path], None] = lambda model, cache_dir: None
+    on_ready: Callable[[str, Path, str], None] = lambda model, cache_dir, runtime: None
     on_start: Callable[[int, int], None] = lambda to_embed, reused: None
     on_advance: Callable[[int], None] = lambda n: None
     on_warning: Callable[[str], None] = lambda message: None
@@ -174,8 +174,8 @@ def embed_folder(
     if not files:
         looked_for = " ".join(sorted(IMAGE_EXTENSIONS))
         raise ImgclusterError(f"no images found in {folder} (looked for {looked_for})")
-    runtime = plan_runtime(config.runtime, device.type)
     model_name, warning = resolve_model_name(config.model, config.weights)
+    runtime = plan_runtime(config.runtime, device.type, model_name, config.weights)
     if warning:
         hooks.on_warning(warning)
     # The model is built only when something must be embedded: a cached run reads its identity,
@@ -189,15 +189,18 @@ def embed_folder(
         identity = normalised(backbone.identity())
     compute = compute_precision(device)
     runtime_warning: str | None = None
+    chosen = config.runtime == "auto"  # by the rule, not by the user: what it cannot run here, it runs in torch without a word
     if runtime == "onnx-int8":  # named by its recipe and activation ranges: int8 features never share a cache
-        runtime = int8_runtime_name(model_name, identity)
-    if runtime != "torch" and (failure := recorded_failure(identity)) is not None:  # an export that failed before is not tried again
-        runtime, runtime_warning = "torch", _onnx_refusal(model_name, failure)
-        hooks.on_warning(runtime_warning)
+        runtime = (fitting_runtime(model_name, identity) or "torch") if chosen else int8_runtime_name(model_name, identity)
+    if runtime != "torch" and (failure := recorded_runtime_failure(identity, runtime)) is not None:  # not tried again
+        runtime = "torch"
+        if not chosen:  # auto said why the first time (below)
+            runtime_warning = _onnx_refusal(model_name, failure)
+            hooks.on_warning(runtime_warning)
     onnx_model: Path | None = None
     while True:
         directory = embeddings_dir(cache_root, model_name, identity, config.dtype, compute, runtime)
-        hooks.on_ready(model_name, directory)
+        hooks.on_ready(model_name, directory, runtime)
         with folder_lock(directory, lock_timeout, on_wait=hooks.on_wait, read_only_ok=True) as writable:
             description = {
                 "embed": to_dict(config), "backbone": identity, "compute": compute, "runtime": runtime, "note": FORMAT_NOTE,
@@ -216,7 +219,7 @@ def embed_folder(
                     continue
             if todo and runtime != "torch" and onnx_model is None:
                 assert backbone is not None
-                onnx_model, runtime_warning = _onnx_model(backbone, int8=runtime != "onnx")
+                onnx_model, runtime_warning = _onnx_model(backbone, runtime)
                 if runtime_warning:  # features of torch go to torch's cache: start again there
                     hooks.on_warning(runtime_warning)
                     runtime = "torch"
@@ -374,12 +377,12 @@ def _embed_and_keep(
     return [(f.rel, cache.lookup(f)) for f in files if f.rel not in skipped], reused
 
 
-def _onnx_model(backbone: Backbone, int8: bool = False) -> tuple[Path | None, str | None]:
-    """The backbone exported for ONNX Runtime (quantised when ``int8``), or (None, why not) to run it in torch instead."""
-    failure = recorded_failure(backbone.identity())
+def _onnx_model(backbone: Backbone, runtime: str) -> tuple[Path | None, str | None]:
+    """The backbone exported for ONNX Runtime (quantised for ``onnx-int8/...``), or (None, why not) to run it in torch instead."""
+    failure = recorded_runtime_failure(backbone.identity(), runtime)
     if failure is None:
         try:
-            return (ensure_quantised(backbone) if int8 else ensure_exported(backbone)), None
+            return (ensure_exported(backbone) if runtime == "onnx" else ensure_quantised(backbone)), None
         except ExportError as exc:
             failure = str(exc)
     return None, _onnx_refusal(backbone.name, failure)

@@ -28,6 +28,27 @@ def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["IMGCLUSTER_MODEL_CACHE"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def torch_runtime() -> Iterator[None]:
+    """Tests embed in torch when they ask for no runtime (``$IMGCLUSTER_RUNTIME=torch``, which their
+    subprocesses inherit): ``auto`` runs EfficientNet-Lite0 in int8 on the CPU, and the tests that are not
+    about the runtime were written for torch's features. Tests of the default ask for :func:`default_runtime`."""
+    previous = os.environ.get("IMGCLUSTER_RUNTIME")
+    os.environ["IMGCLUSTER_RUNTIME"] = "torch"
+    yield
+    if previous is None:
+        os.environ.pop("IMGCLUSTER_RUNTIME", None)
+    else:
+        os.environ["IMGCLUSTER_RUNTIME"] = previous
+
+
+@pytest.fixture
+def default_runtime(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``auto`` as a user gets it: onnx-int8 for EfficientNet-Lite0 on the CPU (the int8 file is built
+    once per session, in the session's model cache)."""
+    monkeypatch.delenv("IMGCLUSTER_RUNTIME")
+
+
 @pytest.fixture(autouse=True)
 def no_stop_left_over(monkeypatch: pytest.MonkeyPatch) -> None:
     """A handled Ctrl-C in one CliRunner test leaves the signal it came from in imgcluster.signals, and

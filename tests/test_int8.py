@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,14 @@ import pytest
 import torch
 from imagefolders import CLASSES, copy_sample
 from test_onnxruntime_backend import tiny_backbone
+from typer.testing import CliRunner
 
 import imgcluster
 import imgcluster.int8 as int8
 import imgcluster.pipeline as pipeline
 from imgcluster.backbones import Backbone
 from imgcluster.cache import embeddings_dir
+from imgcluster.cli import app
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.onnxruntime_backend import ExportError, plan_runtime, run, session
 
@@ -40,13 +43,10 @@ def tiny_int8(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Backbone:
 
 def test_int8_is_planned_like_onnx(monkeypatch: pytest.MonkeyPatch) -> None:
     assert plan_runtime("onnx-int8", "cpu") == "onnx-int8"
-    assert plan_runtime("auto", "cpu") == "torch"  # int8 is opt-in
     with pytest.raises(ParameterError, match="runtime onnx-int8 runs on the CPU only"):
         plan_runtime("onnx-int8", "cuda")
     monkeypatch.setattr("imgcluster.onnxruntime_backend.onnxruntime_installed", lambda: False)
-    with pytest.raises(
-        ImgclusterError, match=r"runtime onnx-int8 needs the packages onnxruntime and onnx: pip install 'imgcluster\[onnx\]'"
-    ):
+    with pytest.raises(ImgclusterError, match=r"runtime onnx-int8 needs the packages onnxruntime and onnx: pip install onnxruntime onnx"):
         plan_runtime("onnx-int8", "cpu")
 
 
@@ -223,3 +223,85 @@ def test_the_csv_sidecar_names_the_int8_runtime(tmp_path: Path, tiny_int8: Backb
     )
     sidecar = json.loads(result.written["sidecar"].read_text())
     assert sidecar["runtime"] == int8.runtime_name("efficientnet-lite0", sidecar["backbone"])
+
+
+def test_auto_embeds_lite0_in_int8_and_says_so(tmp_path: Path, tiny_int8: Backbone, default_runtime: None) -> None:
+    """No runtime asked for, on the CPU: int8, recorded where the runtime is recorded (the cache's name and
+    config.json, the CSV's sidecar) and named on the line that names the model and the device."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4)
+    result = CliRunner().invoke(
+        app, ["assign", str(folder), "--model", "efficientnet-lite0", "--clusters", "2", "--epochs", "2", "--cache-dir",
+              str(tmp_path / "cache"), "--out", str(tmp_path / "clusters.csv"), "--no-names"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    sidecar = json.loads((tmp_path / "clusters.csv.json").read_text())
+    expected = int8.runtime_name("efficientnet-lite0", sidecar["backbone"])
+    assert sidecar["runtime"] == expected and sidecar["embed"]["runtime"] == "auto"
+    (config,) = (tmp_path / "cache").rglob("config.json")
+    assert json.loads(config.read_text())["runtime"] == expected
+    assert config.parent.name == embeddings_dir(Path("/c"), "efficientnet-lite0", sidecar["backbone"], "float16", runtime=expected).name
+    said = [line for line in result.stderr.splitlines() if line.startswith("model ")]
+    assert said == [f"model efficientnet-lite0 on cpu (onnx-int8); cache {config.parent}"], result.stderr
+    assert "ONNX Runtime" not in result.stderr  # no fallback was said
+
+
+def test_a_torch_cache_from_before_is_embedded_again_once_and_kept(tmp_path: Path, tiny_int8: Backbone, default_runtime: None) -> None:
+    """After the upgrade that made auto int8, a folder's torch features are not reused for int8 (other
+    features: never mixed), not an error either: the first run embeds it again into int8's own cache,
+    the next reuses that, and torch's cache stays as it was for runs that ask for torch."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=3)
+    cache = tmp_path / "cache"
+    before = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=cache, runtime="torch")
+    torch_files = {p: p.read_bytes() for p in before.cache_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    upgraded = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=cache)
+    assert upgraded.runtime.startswith("onnx-int8/") and upgraded.cache_dir != before.cache_dir
+    assert (upgraded.embedded, upgraded.reused, upgraded.warnings) == (6, 0, [])
+    assert not np.array_equal(upgraded.features, before.features)
+    again = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=cache)
+    assert (again.embedded, again.reused, again.cache_dir) == (0, 6, upgraded.cache_dir)
+    np.testing.assert_array_equal(again.features, upgraded.features)
+    assert {p: p.read_bytes() for p in before.cache_dir.rglob("*") if p.is_file() and p.name != ".lock"} == torch_files
+    in_torch = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=cache, runtime="torch")
+    assert (in_torch.embedded, in_torch.reused, in_torch.cache_dir) == (0, 6, before.cache_dir)
+
+
+def test_auto_runs_torch_where_int8_does_not_fit(
+    tmp_path: Path, tiny_int8: Backbone, default_runtime: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ranges made for other weights, or no onnxruntime: auto runs torch without a warning (it was not asked
+    for int8); asked for, int8 is refused."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    table = int8.table_path("efficientnet-lite0")
+    original = table.read_text()
+    table.write_text(json.dumps({**json.loads(original), "backbone": {**json.loads(original)["backbone"], "weights": "other"}}))
+    result = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache")
+    assert (result.runtime, result.warnings) == ("torch", [])
+    with pytest.raises(ParameterError, match="activation ranges are for efficientnet-lite0's default weights only"):
+        imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache", runtime="onnx-int8")
+    table.write_text(original)
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # its import fails
+    result = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache")
+    assert (result.runtime, result.warnings, result.reused) == ("torch", [], 2)
+    assert not list((tmp_path / "models").rglob("*-int8-*.onnx"))
+
+
+def test_an_int8_build_that_failed_is_not_tried_again(
+    tmp_path: Path, tiny_int8: Backbone, default_runtime: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under auto, the first run says why it runs torch; later runs neither build the int8 file again (which
+    builds the torch model: seconds each run) nor say it again. Asked for, int8 says it on every run."""
+    table = int8.table_path("efficientnet-lite0")
+    table.write_text(json.dumps({**json.loads(table.read_text()), "graph": "0" * 64}))
+    attempts: list[int] = []
+    build = pipeline.ensure_quantised
+    monkeypatch.setattr(pipeline, "ensure_quantised", lambda backbone: attempts.append(1) or build(backbone))
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    first = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache")
+    assert first.runtime == "torch" and len(first.warnings) == 1 and "made for another export" in first.warnings[0]
+    (tmp_path / "photos" / "more").mkdir()
+    shutil.copy(next(folder.rglob("*.png")), tmp_path / "photos" / "more" / "new.png")
+    second = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache")
+    assert (second.runtime, second.warnings, second.embedded, second.reused) == ("torch", [], 1, 2)
+    assert len(attempts) == 1
+    asked = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache", runtime="onnx-int8")
+    assert asked.runtime == "torch" and "made for another export" in asked.warnings[0] and len(attempts) == 1

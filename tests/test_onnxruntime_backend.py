@@ -43,15 +43,55 @@ def image_files(folder: Path) -> list[ImageFile]:
     return files
 
 
-def test_plan_runtime_needs_no_model() -> None:
-    assert plan_runtime("auto", "cpu") == "torch"  # measured no cheaper for a whole run: opt-in
-    assert plan_runtime("auto", "cuda") == "torch"
+def test_plan_runtime_needs_no_built_model() -> None:
     assert plan_runtime("torch", "cpu") == "torch"
     assert plan_runtime("onnx", "cpu") == "onnx"
     with pytest.raises(ParameterError, match="runtime must be auto, torch, onnx or onnx-int8, not 'tensorrt'"):
         plan_runtime("tensorrt", "cpu")
     with pytest.raises(ParameterError, match="runtime onnx runs on the CPU only"):
         plan_runtime("onnx", "cuda")
+
+
+def test_auto_is_int8_for_the_bundled_lite0_on_the_cpu(default_runtime: None) -> None:
+    """The rule: EfficientNet-Lite0 (int8 ships its ranges) with its own weights, on the CPU, with onnxruntime: int8."""
+    assert plan_runtime("auto", "cpu", "efficientnet-lite0") == "onnx-int8"
+    assert plan_runtime("auto", "cpu", "efficientnet-lite0", "lite0-finetuned.pth") == "torch"  # no ranges for other weights
+    assert plan_runtime("auto", "cpu", "dinov2-vits14") == "torch"  # no ranges for other models
+    assert plan_runtime("auto", "cuda", "efficientnet-lite0") == "torch"  # int8 runs on the CPU only: CUDA keeps torch
+    assert plan_runtime("auto", "cpu", None) == "torch"  # a feature store's pass: Ray's actors made its features in torch
+    assert plan_runtime("torch", "cpu", "efficientnet-lite0") == "torch"  # asked for: as asked
+    assert plan_runtime("onnx", "cpu", "efficientnet-lite0") == "onnx"
+
+
+def test_without_onnxruntime_auto_is_torch_without_a_word(monkeypatch: pytest.MonkeyPatch, default_runtime: None) -> None:
+    """onnxruntime (or onnx) that does not import: auto runs torch, and only an explicit runtime is refused."""
+    for missing in ("onnxruntime", "onnx"):
+        with monkeypatch.context() as patch:
+            patch.setitem(sys.modules, missing, None)  # ``import onnxruntime`` raises ImportError
+            assert not ort_backend.onnxruntime_installed()
+            assert plan_runtime("auto", "cpu", "efficientnet-lite0") == "torch"
+            with pytest.raises(ImgclusterError, match="runtime onnx needs the packages onnxruntime and onnx: pip install onnxruntime onnx"):
+                plan_runtime("onnx", "cpu")
+    assert plan_runtime("auto", "cpu", "efficientnet-lite0") == "onnx-int8"
+
+
+def test_imgcluster_runtime_torch_keeps_auto_on_torch(monkeypatch: pytest.MonkeyPatch, default_runtime: None) -> None:
+    monkeypatch.setenv("IMGCLUSTER_RUNTIME", "torch")
+    assert plan_runtime("auto", "cpu", "efficientnet-lite0") == "torch"
+    assert plan_runtime("onnx-int8", "cpu", "efficientnet-lite0") == "onnx-int8"  # it changes auto only
+    monkeypatch.setenv("IMGCLUSTER_RUNTIME", "auto")
+    assert plan_runtime("auto", "cpu", "efficientnet-lite0") == "onnx-int8"
+    monkeypatch.setenv("IMGCLUSTER_RUNTIME", "onnx-int8")
+    with pytest.raises(ParameterError, match="IMGCLUSTER_RUNTIME must be auto or torch, not 'onnx-int8'"):
+        plan_runtime("auto", "cpu", "efficientnet-lite0")
+
+
+def test_a_bad_imgcluster_runtime_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    monkeypatch.setenv("IMGCLUSTER_RUNTIME", "int8")
+    result = CliRunner().invoke(app, ["embed", str(folder), "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 2 and result.stderr.strip() == "error: IMGCLUSTER_RUNTIME must be auto or torch, not 'int8'", result.stderr
+    assert not (tmp_path / "cache").exists()
 
 
 def test_a_mistyped_runtime_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
@@ -65,13 +105,6 @@ def test_a_mistyped_runtime_is_refused_before_torch_is_imported(tmp_path: Path) 
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "runtime must be auto, torch, onnx or onnx-int8, not 'tensorrt' False"
-
-
-def test_without_onnxruntime_onnx_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(ort_backend, "onnxruntime_installed", lambda: False)
-    assert plan_runtime("auto", "cpu") == "torch"
-    with pytest.raises(ImgclusterError, match=r"needs the packages onnxruntime and onnx: pip install 'imgcluster\[onnx\]'"):
-        plan_runtime("onnx", "cpu")
 
 
 def test_each_runtime_has_its_own_cache_key() -> None:

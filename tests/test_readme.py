@@ -82,7 +82,8 @@ def readers_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.mark.slow
-def test_the_readme_shell_examples_print_what_it_says(readers_folder: Path) -> None:
+def test_the_readme_shell_examples_print_what_it_says(readers_folder: Path, default_runtime: None) -> None:
+    """As a user runs them: no runtime asked for, so EfficientNet-Lite0 in int8 (the output they quote is int8's)."""
     # Quick start: assign, then evaluate, each with the output the comment under it quotes.
     assign, comment, evaluate, scores = shell_lines("Quick start")
     _, err = run(assign)
@@ -90,7 +91,7 @@ def test_the_readme_shell_examples_print_what_it_says(readers_folder: Path) -> N
     assert said(comment) in lines  # wrote 125 assignments to sample_data-clusters.csv (5 clusters)
     warnings = [line for line in lines if line.startswith("warning:")]
     assert "using the bundled offline model efficientnet-lite0" in warnings[0]  # "Offline, assign first says ..."
-    assert any(line.startswith("model efficientnet-lite0 on cpu; cache ") for line in lines)  # which model, where the cache is
+    assert any(line.startswith("model efficientnet-lite0 on cpu (onnx-int8); cache ") for line in lines)  # which model, runtime, cache
     losses = [line for line in lines if re.match(r"epoch \d+/75 \[train\] loss \d", line)]
     assert 8 <= len(losses) <= 12  # "without a terminal: about ten loss lines, at epoch ends" (it said one per epoch)
     out, _ = run(evaluate)

@@ -330,7 +330,9 @@ def assign_store(
     dev = resolve_device(device)
     from imgcluster.onnxruntime_backend import plan_runtime
 
-    naming_runtime = plan_runtime(runtime, dev.type)  # before the training: a runtime that cannot run here says so now
+    # Before the training: a runtime that cannot run here says so now. No model of the run's own (None): auto is
+    # torch, as Ray's actors ran the store's features; the naming pass runs int8 only when asked for it.
+    naming_runtime = plan_runtime(runtime, dev.type, None)
     estimator = None
     meta_head: dict[str, Any] | None = None
     if head is None:
