@@ -87,7 +87,7 @@ def auto_runtime(device_type: str, model: str | None, weights: str | None) -> st
     Ray's actors made in torch). Whether the ranges fit the built model's identity is checked later
     (:func:`imgcluster.int8.fitting_runtime`), where a misfit also means torch.
     """
-    if auto_from_env() == "torch" or device_type != "cpu" or model is None or weights is not None:
+    if auto_from_env() == "torch" or device_type != "cpu" or weights is not None:
         return "torch"
     from imgcluster.int8 import shipped_models
 
