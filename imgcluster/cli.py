@@ -304,9 +304,10 @@ RuntimeOpt = Annotated[
     typer.Option(
         "--runtime",
         metavar="NAME",
-        help="What runs the backbone: auto (torch), torch, onnx (ONNX Runtime, CPU only, the extra imgcluster\\[onnx]; "
-        "the model is exported once into ~/.cache/imgcluster) or onnx-int8 (the same, quantised to int8 with shipped "
-        "activation ranges; EfficientNet-Lite0 only). Each caches its features apart.",
+        help="What runs the backbone: auto (onnx-int8 for efficientnet-lite0 with its bundled weights on the CPU, else "
+        "torch; IMGCLUSTER_RUNTIME=torch keeps it torch), torch, onnx (ONNX Runtime, CPU only; the model is exported once "
+        "into ~/.cache/imgcluster) or onnx-int8 (the same, quantised to int8 with shipped activation ranges; "
+        "EfficientNet-Lite0 only). Each caches its features apart.",
     ),
 ]
 RehashOpt = Annotated[

@@ -46,12 +46,11 @@ def test_help_shows_no_type_after_flags_and_plain_arguments(command: str) -> Non
 
 
 @pytest.mark.parametrize("command", ["embed", "train", "assign"])
-def test_help_keeps_square_brackets_that_are_not_markup(command: str) -> None:
-    """Rich reads ``[onnx]`` as a style tag and drops it, so an unescaped ``imgcluster[onnx]`` showed as
-    "the extra imgcluster"."""
+def test_help_says_what_runtime_auto_runs(command: str) -> None:
     result = runner.invoke(app, [command, "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0
-    assert "imgcluster[onnx]" in result.stdout
+    text = " ".join(result.stdout.replace("│", " ").split())
+    assert "auto (onnx-int8 for efficientnet-lite0 with its bundled weights on the CPU, else torch; IMGCLUSTER_RUNTIME=torch" in text
 
 
 def test_options_that_need_the_images_are_refused_with_features_in_words_that_say_so(tmp_path: Path) -> None:
