@@ -146,12 +146,14 @@ def positive_from_env(name: str, default: float) -> float:
 
 
 def check_environment() -> None:
-    """Refuse a bad ``IMGCLUSTER_FLUSH_*`` or ``IMGCLUSTER_DECODE_TIMEOUT`` before any work."""
+    """Refuse a bad ``IMGCLUSTER_FLUSH_*``, ``IMGCLUSTER_DECODE_TIMEOUT`` or ``IMGCLUSTER_RUNTIME`` before any work."""
     from imgcluster.load import decode_timeout
+    from imgcluster.onnxruntime_backend import auto_from_env
 
     for name in POSITIVE_VARIABLES:
         positive_from_env(name, 1)
     decode_timeout()
+    auto_from_env()
 
 
 def parse_clusters(value: str | int) -> int | None:

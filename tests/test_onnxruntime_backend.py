@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -86,25 +87,20 @@ def test_imgcluster_runtime_torch_keeps_auto_on_torch(monkeypatch: pytest.Monkey
         plan_runtime("auto", "cpu", "efficientnet-lite0")
 
 
-def test_a_bad_imgcluster_runtime_is_refused_before_any_work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
-    monkeypatch.setenv("IMGCLUSTER_RUNTIME", "int8")
-    result = CliRunner().invoke(app, ["embed", str(folder), "--cache-dir", str(tmp_path / "cache")])
-    assert result.exit_code == 2 and result.stderr.strip() == "error: IMGCLUSTER_RUNTIME must be auto or torch, not 'int8'", result.stderr
-    assert not (tmp_path / "cache").exists()
-
-
-def test_a_mistyped_runtime_is_refused_before_torch_is_imported(tmp_path: Path) -> None:
-    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
-    script = (
-        "import sys, imgcluster\n"
-        "try:\n"
-        f"    imgcluster.embed({str(folder)!r}, 'efficientnet-lite0', runtime='tensorrt')\n"
-        "except imgcluster.ParameterError as exc:\n"
-        "    print(exc, 'torch' in sys.modules)\n"
+@pytest.mark.parametrize("command", ["embed", "assign"])
+def test_a_bad_imgcluster_runtime_is_refused_before_any_work(command: str, tmp_path: Path) -> None:
+    """One line, exit 2, before torch is imported and before the cache is made, as the other variables are."""
+    folder = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=2)
+    code = (
+        "import sys, atexit; atexit.register(lambda: print('torch' in sys.modules, file=sys.stderr)); "
+        "from imgcluster.cli import main; sys.argv = ['imgcluster', *sys.argv[1:]]; main()"
     )
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "runtime must be auto, torch, onnx or onnx-int8, not 'tensorrt' False"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "IMGCLUSTER_RUNTIME": "int8"}
+    argv = [command, str(folder), "--model", "efficientnet-lite0", *(["--clusters", "2"] if command != "embed" else [])]
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.splitlines() == ["error: IMGCLUSTER_RUNTIME must be auto or torch, not 'int8'", "False"]
+    assert not (folder / ".imgcluster").exists()
 
 
 def test_each_runtime_has_its_own_cache_key() -> None:
