@@ -15,13 +15,14 @@ alike. Measured for the whole process tree:
   ``imgcluster.scoring.score``.
 
 What runs: ``python -m imgcluster assign FOLDER --model efficientnet-lite0 --clusters K`` with a
-fresh ``--cache-dir`` and otherwise default options (the model in torch; tool ``imgcluster-onnx``
-adds ``--runtime onnx``: the model in ONNX Runtime; ``imgcluster-int8``: ``--runtime onnx-int8``), and fastdup's own k-means entry point,
+fresh ``--cache-dir`` and otherwise default options (``--runtime auto``: since round 23 the model in int8 in
+ONNX Runtime on the CPU; ``$IMGCLUSTER_RUNTIME`` is unset for the run; tools ``imgcluster-torch``,
+``imgcluster-onnx`` and ``imgcluster-int8`` add ``--runtime torch``, ``onnx``, ``onnx-int8``), and fastdup's own k-means entry point,
 ``fastdup.run_kmeans(input_dir=FOLDER, work_dir=FRESH, num_clusters=K)`` (its ONNX model on the
 CPU, default threads), each image taken to the closest of the centroids it lists in
 ``kmeans_assignments.csv``. fastdup lives in its own virtualenv under ``benchmarks/data/``,
-created on first use (pip from PyPI). imgcluster-onnx's exported model lives in
-``benchmarks/data/model-cache`` (``$IMGCLUSTER_MODEL_CACHE``) and is made before the timed runs,
+created on first use (pip from PyPI). imgcluster's exported models live in
+``benchmarks/data/model-cache`` (``$IMGCLUSTER_MODEL_CACHE``) and are made before the timed runs,
 as fastdup's model comes with its package (the seconds that took are printed on stderr).
 
 Writes its table into the ``peers`` section of ``benchmarks/results_peers.md``.
@@ -61,8 +62,8 @@ FASTDUP_VERSION = "2.54"
 FASTDUP_VENV = DATA / "fastdup-venv"
 RUNS = DATA / "peers-runs"
 MODEL_CACHE = DATA / "model-cache"
-IMGCLUSTER_TOOLS = ("imgcluster", "imgcluster-onnx", "imgcluster-int8", "baseline")
-RUNTIME_OF = {"imgcluster-onnx": "onnx", "imgcluster-int8": "onnx-int8"}  # the tools that add --runtime
+IMGCLUSTER_TOOLS = ("imgcluster", "imgcluster-torch", "imgcluster-onnx", "imgcluster-int8", "baseline")
+RUNTIME_OF = {"imgcluster-torch": "torch", "imgcluster-onnx": "onnx", "imgcluster-int8": "onnx-int8"}  # the tools that add --runtime
 FASTDUP_SCRIPT = (
     "import sys, fastdup\nsys.exit(fastdup.run_kmeans(input_dir=sys.argv[1], work_dir=sys.argv[2], num_clusters=int(sys.argv[3])) or 0)\n"
 )
@@ -206,14 +207,17 @@ def run_measured(
     return wall, usage, peak.peak, sampler_cpu
 
 
-def export_model(runtime: str = "onnx") -> float:
-    """Export (and for onnx-int8 quantise) the benchmark's model into ``MODEL_CACHE`` (a no-op once there); returns the seconds."""
+def export_model(runtime: str | None = "onnx") -> float:
+    """Export (and for onnx-int8 quantise) the benchmark's model into ``MODEL_CACHE`` (a no-op once there); returns the seconds.
+    ``runtime`` None: what the default (``auto``) runs, so the default's first run is timed as the others' are."""
     with tempfile.TemporaryDirectory(dir=DATA) as tmp:
         folder = Path(tmp, "one")
         folder.mkdir()
         shutil.copy(next(iter(sorted((HERE.parent / "sample_data").rglob("*.png")))), folder)
         env = dict(os.environ, IMGCLUSTER_MODEL_CACHE=str(MODEL_CACHE), PYTHONPATH=str(HERE.parent))
-        command = [sys.executable, "-m", "imgcluster", "embed", str(folder), "--model", MODEL, "--runtime", runtime, "--quiet"]
+        env.pop("IMGCLUSTER_RUNTIME", None)
+        asked = ["--runtime", runtime] if runtime else []
+        command = [sys.executable, "-m", "imgcluster", "embed", str(folder), "--model", MODEL, *asked, "--quiet"]
         start = time.perf_counter()
         subprocess.run(command, env=env, cwd=tmp, check=True)
         return time.perf_counter() - start
@@ -252,6 +256,7 @@ def run_tool(
     RUNS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{tool}-", dir=RUNS))
     env = dict(os.environ, SENTRY_OPT_OUT="1", PYTHONUNBUFFERED="1", IMGCLUSTER_MODEL_CACHE=str(MODEL_CACHE))
+    env.pop("IMGCLUSTER_RUNTIME", None)  # tool imgcluster is what a user who passes no runtime gets
     # `python -m` puts the current folder first on sys.path, so each run starts in its empty work
     # folder and imports imgcluster from PYTHONPATH: this checkout, or the baseline's
     env["PYTHONPATH"] = str(baseline if tool == "baseline" and baseline else HERE.parent)
@@ -334,9 +339,9 @@ def main() -> None:
         parser.error("tool 'baseline' needs --baseline DIR, a checkout with an imgcluster/ folder")
     fastdup = fastdup_python() if "fastdup" in tools else None
     for tool in tools:
-        if tool in RUNTIME_OF:
-            seconds = export_model(RUNTIME_OF[tool])
-            print(f"imgcluster's {RUNTIME_OF[tool]} model ready in {seconds:.1f} s", file=sys.stderr, flush=True)
+        if tool in RUNTIME_OF or tool == "imgcluster":
+            seconds = export_model(RUNTIME_OF.get(tool))
+            print(f"imgcluster's {RUNTIME_OF.get(tool, 'default')} model ready in {seconds:.1f} s", file=sys.stderr, flush=True)
     folders = ([] if args.no_sample_data else [sample_folder()]) + [fashion_folder(int(n)) for n in args.sizes.split(",") if n]
     results: list[Measured] = []
     for folder in folders:
@@ -365,9 +370,9 @@ def report(results: list[Measured], order: list[str], note: str) -> str:
         "## imgcluster and fastdup side by side (`make bench-peers`)\n\n"
         + (f"{note}\n\n" if note else "")
         + f"Run as `python benchmarks/bench_peers.py {command_line()}`. Each row is one cold run (fresh cache or work "
-        f"folder). imgcluster: `assign FOLDER --model {MODEL} --clusters K`, other options default (the model in torch; "
-        "`imgcluster-onnx`, `imgcluster-int8`: the same with `--runtime onnx` / `onnx-int8`, the model exported (and "
-        "quantised) before the timed runs). fastdup "
+        f"folder). imgcluster: `assign FOLDER --model {MODEL} --clusters K`, other options default (`--runtime auto`: "
+        "int8 in ONNX Runtime on the CPU since round 23, torch before; `imgcluster-torch`, `imgcluster-onnx`, `imgcluster-int8`: "
+        "the same with `--runtime torch` / `onnx` / `onnx-int8`; every model exported (and quantised) before the timed runs). fastdup "
         f"{FASTDUP_VERSION}: "
         "`fastdup.run_kmeans(input_dir=FOLDER, work_dir=FRESH, num_clusters=K)`, each image in its closest centroid's cluster. "
         "CPU, user and system seconds cover the whole process tree (`os.wait4`); tree peak PSS is the largest sum of "
