@@ -37,9 +37,15 @@ def record(config: pytest.Config, name: str, counts: dict[str, object]) -> None:
     print(f"[faults] {name}: {json.dumps(counts, sort_keys=True)}")
 
 
+# Set by conftest.py for the whole session: the runtime the tests embed in (torch) and the model cache (never ~/.cache).
+SESSION_VARIABLES = ("IMGCLUSTER_RUNTIME", "IMGCLUSTER_MODEL_CACHE")
+
+
 def cli_env(**extra: str) -> dict[str, str]:
-    """Environment for a CLI subprocess: offline, no debugger tracebacks, one thread pool."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLUSTER_")}
+    """Environment for a CLI subprocess: offline, no debugger tracebacks, one thread pool; none of the
+    caller's ``IMGCLUSTER_*`` variables but the session's own (without them, auto ran int8 in such a
+    subprocess, against features the test made in torch, and built it in the user's ~/.cache)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IMGCLUSTER_") or k in SESSION_VARIABLES}
     env.update({"HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
     env.update(extra)
     return env
