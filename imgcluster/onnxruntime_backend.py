@@ -80,8 +80,8 @@ def auto_runtime(device_type: str, model: str | None, weights: str | None) -> st
     """What ``auto`` runs: ``onnx-int8`` for a model int8 ships activation ranges for (EfficientNet-Lite0),
     with its default weights, on the CPU, when onnxruntime and onnx import; torch otherwise.
 
-    A cold ``assign`` of 10,000 images took half of torch's time in int8, at the same ACC within the
-    measured tolerance (``benchmarks/results_peers.md``, ``results_runtime.md``). torch stays for CUDA (int8
+    A cold ``assign`` of 10,000 images took half of torch's time in int8 (``benchmarks/results_peers.md``), with
+    features close to float32's, not equal (what that changes: ``results_runtime.md``). torch stays for CUDA (int8
     runs on the CPU only), for other models and other weights (no ranges were made for them), and for
     ``model`` None: a run that has no model of its own to embed with (a feature store's, whose features
     Ray's actors made in torch). Whether the ranges fit the built model's identity is checked later
