@@ -52,9 +52,14 @@ def datasets(data: Path | None = None) -> list[Dataset]:
     ]
 
 
+# The runtime the benchmarks that embed through features() use: torch, as their committed results were measured
+# (auto runs EfficientNet-Lite0 in int8 on the CPU since round 23; bench_int8_acc and bench_peers measure int8).
+RUNTIME = "torch"
+
+
 def features(folder: Path, device: torch.device, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray, float, int]:
-    """Features (through the project's own cached pipeline), labels, seconds, images embedded now."""
-    config = EmbedConfig(str(folder), model=MODEL, cache_dir=str(cache_dir) if cache_dir else None)
+    """Features (through the project's own cached pipeline, in :data:`RUNTIME`), labels, seconds, images embedded now."""
+    config = EmbedConfig(str(folder), model=MODEL, cache_dir=str(cache_dir) if cache_dir else None, runtime=RUNTIME)
     result = embed_folder(config, device)
     labels = np.array([p.split("/", 1)[0] for p in result.paths])
     return result.features, labels, result.seconds, result.embedded
