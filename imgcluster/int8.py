@@ -21,7 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from imgcluster.atomic import atomic_open, atomic_write_text
 from imgcluster.errors import ImgclusterError, ParameterError
-from imgcluster.onnxruntime_backend import INPUT, ExportError, ensure_exported, exported_path, failure_at, record_failure, recorded_failure
+from imgcluster.onnxruntime_backend import (
+    INPUT,
+    ExportError,
+    ensure_exported,
+    exported_path,
+    failure_at,
+    model_cache_writable,
+    record_failure,
+    recorded_failure,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -287,11 +296,21 @@ def runtime_name(model_name: str, identity: dict[str, Any]) -> str:
 
 def fitting_runtime(model_name: str, identity: dict[str, Any]) -> str | None:
     """:func:`runtime_name` when a shipped table was made for this model with these weights (and
-    preprocessing); None when not, for ``auto``, which then runs torch."""
+    preprocessing); None when not."""
     found = _table(model_name)
     if found is None or found[0]["backbone"] != json.loads(json.dumps(identity, default=str)):
         return None
     return f"onnx-int8/{found[1]}"
+
+
+def chosen_runtime(model_name: str, identity: dict[str, Any]) -> str:
+    """What ``auto`` runs once it has planned int8 (:func:`imgcluster.onnxruntime_backend.auto_runtime`) and the
+    model's identity is known: :func:`runtime_name` when a shipped table fits and the int8 file is there or can
+    be built in the model cache; torch otherwise, without a warning (nobody asked for int8)."""
+    name = fitting_runtime(model_name, identity)
+    if name is None or (runtime_file(identity, name) is None and not model_cache_writable()):
+        return "torch"
+    return name
 
 
 def shipped_models() -> list[str]:

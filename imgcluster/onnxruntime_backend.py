@@ -122,6 +122,18 @@ def model_cache_dir() -> Path:
     return Path(base) / "imgcluster"
 
 
+def model_cache_writable() -> bool:
+    """A new file can go into the model cache's ``onnx/`` folder (made if missing). Where it cannot (a
+    read-only home), ``auto`` does not choose a runtime that would build its file there on every run,
+    fail, and say so every time."""
+    folder = model_cache_dir() / "onnx"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(folder, os.W_OK)
+
+
 def exported_path(identity: dict[str, Any]) -> Path:
     """One file per backbone identity (model, weights, preprocessing) and export format."""
     blob = json.dumps({"backbone": identity, "export": EXPORT_FORMAT}, sort_keys=True, default=str)

@@ -33,7 +33,7 @@ from imgcluster.embedding import (
 )
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
 from imgcluster.identity import SOURCE_FIELD, forget_record, identity_source, normalised, recorded_identity
-from imgcluster.int8 import ensure_quantised, fitting_runtime, recorded_runtime_failure
+from imgcluster.int8 import chosen_runtime, ensure_quantised, recorded_runtime_failure
 from imgcluster.int8 import runtime_name as int8_runtime_name
 from imgcluster.listing import IMAGE_EXTENSIONS, UNSUPPORTED_IMAGE_EXTENSIONS, ImageFile
 from imgcluster.load import ImageDecodeError
@@ -191,7 +191,7 @@ def embed_folder(
     runtime_warning: str | None = None
     chosen = config.runtime == "auto"  # by the rule, not by the user: what it cannot run here, it runs in torch without a word
     if runtime == "onnx-int8":  # named by its recipe and activation ranges: int8 features never share a cache
-        runtime = (fitting_runtime(model_name, identity) or "torch") if chosen else int8_runtime_name(model_name, identity)
+        runtime = chosen_runtime(model_name, identity) if chosen else int8_runtime_name(model_name, identity)
     if runtime != "torch" and (failure := recorded_runtime_failure(identity, runtime)) is not None:  # not tried again
         runtime = "torch"
         if not chosen:  # auto said why the first time (below)

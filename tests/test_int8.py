@@ -305,3 +305,24 @@ def test_an_int8_build_that_failed_is_not_tried_again(
     assert len(attempts) == 1
     asked = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache", runtime="onnx-int8")
     assert asked.runtime == "torch" and "made for another export" in asked.warnings[0] and len(attempts) == 1
+
+
+def test_auto_runs_torch_where_the_int8_file_cannot_be_built(
+    tmp_path: Path, tiny_int8: Backbone, default_runtime: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A model cache that cannot be written (a read-only home; here a file where its folder would go): auto
+    runs torch at once, without a warning and without trying to build the int8 file, and a rerun reuses torch's
+    cache. It tried int8 on every run before (its empty cache first, so even a cached rerun built the model),
+    and said each time that it could not write the file."""
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    monkeypatch.setenv("IMGCLUSTER_MODEL_CACHE", str(tmp_path / "blocker" / "models"))
+    attempts: list[int] = []
+    build = pipeline.ensure_quantised
+    monkeypatch.setattr(pipeline, "ensure_quantised", lambda backbone: attempts.append(1) or build(backbone))
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=2)
+    first = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache")
+    assert (first.runtime, first.warnings, first.embedded) == ("torch", [], 2)
+    again = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache")
+    assert (again.runtime, again.warnings, again.reused, attempts) == ("torch", [], 2, [])
+    asked = imgcluster.embed(folder, "efficientnet-lite0", cache_dir=tmp_path / "cache", runtime="onnx-int8")
+    assert asked.runtime == "torch" and "cannot write" in asked.warnings[0]  # asked for, it says why it cannot
