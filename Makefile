@@ -67,7 +67,8 @@ bench-names: install
 bench-peers: install
 	$(BIN)/python benchmarks/bench_peers.py
 
-# issue 15's target run alone: all 10,000 Fashion-MNIST test images, imgcluster then fastdup, with
+# issue 15's target run alone: all 10,000 Fashion-MNIST test images, imgcluster (no --runtime: int8 on the CPU since
+# round 23; add imgcluster-torch to --tools for torch) then fastdup, with
 # imgcluster's phase-by-phase breakdown (about 7 minutes on a quiet 2-core machine)
 bench-peers-10000: install
 	$(BIN)/python benchmarks/bench_peers.py --sizes 10000 --no-sample-data --tools imgcluster,fastdup --section peers-10000-target
