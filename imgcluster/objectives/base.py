@@ -182,10 +182,10 @@ class Objective(nn.Module):
         return 1
 
     @property
-    def keeps_tightest_head(self) -> bool:
-        """Keep the head whose clusters are tightest in the input features (train.tightest_head)
-        instead of the lowest loss: an option of SeCu's, off by default (results_training.md)."""
-        return False
+    def head_choice(self) -> str:
+        """How training picks the head kept among ``n_heads`` (``train.choose_head``): the lowest
+        loss here; SeCu's option ``head_choice`` says otherwise (results_training.md)."""
+        return "loss"
 
     # --- training hooks -------------------------------------------------------------------
     def setup(self, features: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator) -> None:
