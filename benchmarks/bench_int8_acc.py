@@ -40,11 +40,12 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from common import DATA, MODEL, neighbours_for, write_section  # noqa: E402
+from common import DATA, MODEL, neighbours_for, option, write_section  # noqa: E402
 from datasets import FASHION_CLASSES, fashion_mnist_test, write_folder  # noqa: E402
 
 import imgcluster  # noqa: E402
 from imgcluster.assign import predict  # noqa: E402
+from imgcluster.atomic import atomic_write_text  # noqa: E402
 from imgcluster.config import TrainConfig  # noqa: E402
 from imgcluster.neighbours import l2_normalise  # noqa: E402
 from imgcluster.scoring import score  # noqa: E402
@@ -124,7 +125,9 @@ def seed_scores(
                 continue
             started = time.perf_counter()
             done[f"{runtime}/{seed}"] = heads_scores(x, labels, neighbours[runtime], training(seed, every_epoch, options))
-            kept.write_text(json.dumps(done, indent=1))
+            if kept.exists():  # another run of this script may train other seeds into the same file (--seed-list)
+                done = {**json.loads(kept.read_text()), **done}
+            atomic_write_text(kept, json.dumps(done, indent=1))
             took = time.perf_counter() - started
             load = os.getloadavg()[0]
             chosen = " ".join(f"{name} {s['acc']:.4f}" for name, s in done[f"{runtime}/{seed}"].items())
@@ -152,14 +155,6 @@ def paired(a: np.ndarray, b: np.ndarray) -> tuple[float, float, float]:
     d = b - a
     half = float(stats.t.ppf(0.975, len(d) - 1)) * float(d.std(ddof=1)) / np.sqrt(len(d))
     return float(d.mean()), float(d.mean()) - half, float(d.mean()) + half
-
-
-def option(text: str) -> tuple[str, str]:
-    """``head_choice=tightest`` -> ("head_choice", "tightest")."""
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    return key, value
 
 
 def seed_list(text: str) -> list[int]:
