@@ -25,6 +25,10 @@ are trained), so each training is also scored with the head every other choice
 
 from __future__ import annotations
 
+# isort: off
+import imgcluster  # before torch: OpenMP threads wait passively (spinning ones cost 30x on shared cores)
+
+# isort: on
 import argparse
 import dataclasses
 import json
@@ -43,7 +47,6 @@ sys.path.insert(0, str(HERE))
 from common import DATA, MODEL, neighbours_for, option, write_section  # noqa: E402
 from datasets import FASHION_CLASSES, fashion_mnist_test, write_folder  # noqa: E402
 
-import imgcluster  # noqa: E402
 from imgcluster.assign import predict  # noqa: E402
 from imgcluster.atomic import atomic_write_text  # noqa: E402
 from imgcluster.config import TrainConfig  # noqa: E402

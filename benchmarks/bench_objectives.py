@@ -7,6 +7,10 @@ commits ACC / NMI / ARI (mean ± std), training seconds, empty clusters and the 
 
 from __future__ import annotations
 
+# isort: off
+import imgcluster  # noqa: F401 - before torch: OpenMP threads wait passively (spinning ones cost 30x on shared cores)
+
+# isort: on
 import argparse
 import re
 import sys
