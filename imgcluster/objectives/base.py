@@ -124,7 +124,7 @@ class Stage:
 
     name: str
     epochs: int | None = None
-    select_head: bool = True  # pick the head kept at the end of this stage (lowest loss, or tightest clusters)
+    select_head: bool = True  # pick the head kept at the end of this stage (train.choose_head)
 
 
 @dataclass
