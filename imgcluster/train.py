@@ -15,6 +15,7 @@ from imgcluster.config import TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.neighbours import l2_normalise
 from imgcluster.objectives import Batch, Objective, create_objective
+from imgcluster.objectives.base import HEAD_CHOICE
 from imgcluster.preflight import check_clusters_fit
 
 
@@ -258,7 +259,7 @@ TIGHTNESS_TIES = 1e-4
 # (benchmarks/results_training.md). Heads stuck in a poor start may fall inside the band (3.8 % in
 # one Fashion-MNIST training), and their loose clusters keep them from being chosen.
 LOSS_BAND = 0.03
-HEAD_CHOICES = ("tightest-low-loss", "loss", "tightest")
+HEAD_CHOICES = HEAD_CHOICE.words
 
 
 @torch.no_grad()
@@ -278,6 +279,7 @@ def choose_head(objective: Objective, z: torch.Tensor, losses: torch.Tensor, cho
     the best head's (benchmarks/results_training.md).
     """
     choice = choice or objective.head_choice
+    HEAD_CHOICE.check("head_choice", choice)
     losses = losses.detach().double().cpu()
     if choice == "loss":
         return int(losses.argmin())

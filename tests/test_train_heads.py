@@ -93,6 +93,11 @@ def test_a_choice_passed_overrides_the_objectives() -> None:
     assert choose_head(objective, z, objective.losses, "tightest-low-loss") == 1
 
 
+def test_an_unknown_choice_is_refused_not_taken_for_the_tightest() -> None:
+    with pytest.raises(ValueError, match="head_choice must be one of 'tightest-low-loss', 'loss', 'tightest', got 'tight'"):
+        choose_head(Heads("loss", NEAR), torch.from_numpy(two_groups()), torch.tensor(NEAR), "tight")
+
+
 def test_secu_keeps_the_tightest_low_loss_head_by_default_and_the_others_on_request() -> None:
     assert create_objective("secu", 8, 3, {}).head_choice == "tightest-low-loss"
     assert create_objective("secu", 8, 3, {"head_choice": "loss"}).head_choice == "loss"

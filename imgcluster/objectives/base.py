@@ -84,6 +84,8 @@ POSITIVE = Range(0, low_open=True)  # temperatures, concentrations, step sizes, 
 WEIGHT = Range(0)  # weights of loss terms: 0 switches the term off
 MOMENTUM = Range(0, 1, high_open=True)  # EMA momenta: 1 would never move
 FRACTION = Range(0, 1)  # mixing weights and fractions
+# How training picks the head kept (train.choose_head); the lowest loss is every objective's but SeCu's
+HEAD_CHOICE = Choices(("tightest-low-loss", "loss", "tightest"))
 
 
 class CheckedParams:

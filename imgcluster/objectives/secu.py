@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from imgcluster.objectives.base import (
     FRACTION,
+    HEAD_CHOICE,
     HEADS,
     POSITIVE,
     SPHERE,
@@ -62,7 +63,7 @@ class SeCuParams(CheckedParams):
         "centre_lr_scale": POSITIVE,
         "constraint": Choices(("size", "entropy")),
         "centre_init": Choices(("kmeans++", "data", "random")),
-        "head_choice": Choices(("tightest-low-loss", "loss", "tightest")),
+        "head_choice": HEAD_CHOICE,
     }
 
 
@@ -168,9 +169,9 @@ class SeCu(CentreObjective):
     the one whose clusters are tightest in the input features is kept (:func:`imgcluster.train.choose_head`;
     ``head_choice="loss"``: the lowest loss, as the paper; ``"tightest"``: the tightest of all), and
     its prediction is ``softmax(z^T C / tau)``. The heads' losses differ by less than their noise
-    once they have settled, and on Fashion-MNIST the lowest kept heads that mixed two classes; a
-    head stuck in a poor start has a clearly higher loss, and the band keeps it out however tight
-    its clusters (on groups that are not convex, the tight ones cut across them).
+    once they have settled, and on Fashion-MNIST the lowest kept heads that mixed two classes; on
+    groups that are not convex the tightest partition cuts across them, and heads that found one
+    ended 8 % or more above the lowest loss, outside the band (benchmarks/results_training.md).
 
     Choices the paper leaves to the setting: on cached features the second view is a kNN
     neighbour, not an augmentation; centres start from k-means++ seeds of the encoded images
