@@ -7,12 +7,16 @@ commits ACC / NMI / ARI (mean ± std), training seconds, empty clusters and the 
 
 from __future__ import annotations
 
+# isort: off
+import imgcluster  # noqa: F401 - before torch: OpenMP threads wait passively (spinning ones cost 30x on shared cores)
+
+# isort: on
 import argparse
 import re
 import sys
 
 import torch
-from common import RESULTS, datasets, features, machine, mean_std, neighbours_for, run_objective, write_section
+from common import RESULTS, datasets, features, machine, mean_std, neighbours_for, option, run_objective, write_section
 
 from imgcluster.config import TrainConfig
 from imgcluster.objectives import DEFAULT_OBJECTIVE, list_objectives
@@ -45,7 +49,10 @@ def main() -> None:
         action="store_true",
         help="rerun only --objectives and keep the section's rows of the others (marked as from the earlier run)",
     )
+    parser.add_argument("--option", action="append", default=[], type=option, help="KEY=VALUE: an option of every objective run")
     args = parser.parse_args()
+    options = dict(args.option)
+    settings = ("options " + ", ".join(f"{k}={v}" for k, v in options.items())) if options else "default options of each objective"
     device = torch.device(args.device)
     section = args.section or f"objectives-{device.type}"
     kept = earlier_rows(section) if args.keep_other_rows else {}
@@ -58,7 +65,7 @@ def main() -> None:
         "",
         *([f"Run as `python benchmarks/bench_objectives.py {' '.join(sys.argv[1:])}`.", ""] if sys.argv[1:] else []),
         *([f"Rows marked † are kept from the run of {when}; the others are from this run.", ""] if kept else []),
-        f"efficientnet-lite0 features, default options of each objective, seeds {', '.join(map(str, args.seeds))}; "
+        f"efficientnet-lite0 features, {settings}, seeds {', '.join(map(str, args.seeds))}; "
         "mean ± std over seeds. `ECE`: expected calibration error of the confidences `assign` reports "
         "(10 bins; right = the cluster Hungarian-matched to the image's class). `fitted T`: the temperature on the "
         "head's log-probabilities that would fit the true labels best (above 1: the confidences overstate "
@@ -82,7 +89,8 @@ def main() -> None:
                 first, rest = kept[(heading, name)].split("|")[1], kept[(heading, name)].split("|", 2)[2]
                 lines.append(f"|{first.replace(' †', '').rstrip()} † |{rest}")
                 continue
-            runs = [run_objective(x, y, nn, TrainConfig(objective=name, clusters=ds.classes, seed=s), device) for s in args.seeds]
+            configs = [TrainConfig(objective=name, clusters=ds.classes, seed=s, objective_options=dict(options)) for s in args.seeds]
+            runs = [run_objective(x, y, nn, config, device) for config in configs]
             label = f"{name} (default)" if name == DEFAULT_OBJECTIVE else name
             row = (
                 f"| {label} | {mean_std([r['acc'] for r in runs])} | {mean_std([r['nmi'] for r in runs])} | "

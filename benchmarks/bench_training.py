@@ -11,6 +11,10 @@ seconds themselves on a shared machine. Writes a section of benchmarks/results_t
 
 from __future__ import annotations
 
+# isort: off
+import imgcluster  # noqa: F401 - before torch: OpenMP threads wait passively (spinning ones cost 30x on shared cores)
+
+# isort: on
 import argparse
 import dataclasses
 import json

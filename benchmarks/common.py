@@ -6,6 +6,7 @@ from __future__ import annotations
 import imgcluster  # noqa: F401 - before torch: OpenMP threads wait passively (spinning ones cost 30x on shared cores)
 
 # isort: on
+import argparse
 import os
 import platform
 import re
@@ -150,3 +151,11 @@ def write_section(name: str, body: str, results: Path = RESULTS) -> None:
     pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
     text = pattern.sub(lambda _: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
     results.write_text(text)
+
+
+def option(text: str) -> tuple[str, str]:
+    """``head_choice=tightest`` -> ("head_choice", "tightest")."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value

@@ -1,44 +1,47 @@
-"""Which head training keeps: the lowest loss, or (SeCu's ``head_choice="tightest"``) the tightest clusters in the input features."""
+"""Which head training keeps (``train.choose_head``): SeCu's default, the tightest clusters in the input
+features among the heads near the lowest loss; or the lowest loss; or the tightest of all."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 import torch.nn.functional as F
 
 from imgcluster.config import TrainConfig
 from imgcluster.neighbours import knn_search, l2_normalise
-from imgcluster.objectives import Batch, Objective, StepOutput
-from imgcluster.train import _gradient_training, tightest_head, train_objective
+from imgcluster.objectives import Batch, Objective, StepOutput, create_objective
+from imgcluster.train import LOSS_BAND, _gradient_training, choose_head, head_tightness, train_objective
 
 
-class TwoHeads(Objective):
-    """Head 0 splits the images by a noise coordinate (both groups in both clusters) and reports the
-    lower loss; head 1 follows the two groups and reports the higher loss. ``same``: both heads
-    follow the groups (under other cluster numbers)."""
+class Heads(Objective):
+    """Three heads on :func:`two_groups`: head 0 splits the images by a noise coordinate (both groups in
+    both clusters), head 1 follows the two groups, head 2 cuts them as head 0 does but along the other
+    sign, whatever ``same``. ``losses`` are what each head reports per step. ``same``: heads 0 and 1 follow the groups
+    (under other cluster numbers)."""
 
-    name = "two-heads"
+    name = "heads"
 
-    def __init__(self, keeps_tightest: bool, same: bool = False) -> None:
+    def __init__(self, choice: str, losses: tuple[float, ...], same: bool = False) -> None:
         super().__init__(3, 2, None)
         self.weight = torch.nn.Parameter(torch.zeros(()))
-        self.tightest, self.same = keeps_tightest, same
+        self.choice, self.losses, self.same = choice, torch.tensor(losses), same
 
     @property
-    def keeps_tightest_head(self) -> bool:
-        return self.tightest
+    def head_choice(self) -> str:
+        return self.choice
 
     @property
     def n_heads(self) -> int:
-        return 2
+        return 3
 
     def step(self, batch: Batch) -> StepOutput:
-        return StepOutput(loss=self.weight * 0 + 1, head_losses=torch.tensor([1.0, 2.0]))
+        return StepOutput(loss=self.weight * 0 + 1, head_losses=self.losses)
 
     def head_probs(self, z: torch.Tensor) -> torch.Tensor:
-        mixed = (z[:, 1] <= z[:, 0]).long() if self.same else (z[:, 2] > 0).long()
-        groups = (z[:, 1] > z[:, 0]).long()
-        return torch.stack([F.one_hot(mixed, 2), F.one_hot(groups, 2)]).float()
+        groups, noise = (z[:, 1] > z[:, 0]).long(), (z[:, 2] > 0).long()
+        first = 1 - groups if self.same else noise
+        return torch.stack([F.one_hot(first, 2), F.one_hot(groups, 2), F.one_hot(1 - noise, 2)]).float()
 
 
 def two_groups(n: int = 40) -> np.ndarray:
@@ -49,8 +52,9 @@ def two_groups(n: int = 40) -> np.ndarray:
     return l2_normalise(rows)
 
 
-def kept(keeps_tightest: bool, same: bool = False) -> int:
-    objective = TwoHeads(keeps_tightest, same)
+def kept(choice: str, losses: tuple[float, ...], same: bool = False) -> int:
+    """The head training keeps after two epochs in which every step reports ``losses``."""
+    objective = Heads(choice, losses, same)
     x = two_groups()
     config = TrainConfig(stable_fraction=None, min_steps=0)
     knn = np.zeros((40, 1), dtype=np.int64)
@@ -58,31 +62,55 @@ def kept(keeps_tightest: bool, same: bool = False) -> int:
     return int(objective.best_head)
 
 
-def test_the_tightest_head_is_kept_over_a_lower_loss_that_mixes_the_groups() -> None:
-    assert kept(keeps_tightest=True) == 1
-    assert kept(keeps_tightest=False) == 0  # the other objectives keep the lowest loss
+NEAR = (1.0, 1.0 + LOSS_BAND / 2, 1.2)  # head 1 (the groups) within the band of head 0's lowest loss
+
+
+def test_the_default_keeps_the_head_that_follows_the_groups_over_a_lower_loss_that_mixes_them() -> None:
+    # SeCu's heads end within their loss noise of each other, and the lowest loss may mix two groups
+    assert kept("tightest-low-loss", NEAR) == 1
+    assert kept("loss", NEAR) == 0  # the paper's choice, and every other objective's
+
+
+def test_a_tight_head_far_above_the_lowest_loss_is_not_kept() -> None:
+    # Head 1 is the tightest but its loss is 1.5 bands above the lowest: a head stuck in another partition
+    far = (1.0, 1.0 + 1.5 * LOSS_BAND, 1.2)
+    assert kept("tightest-low-loss", far) == 0
+    assert kept("tightest", far) == 1  # the option that ignores the loss keeps it
 
 
 def test_among_heads_as_tight_as_the_tightest_the_lowest_loss_is_kept() -> None:
-    assert kept(keeps_tightest=True, same=True) == 0  # the same partition, numbered otherwise: the loss decides
+    # Heads 0 and 1 are the same partition under other cluster numbers: the loss decides between them
+    assert kept("tightest-low-loss", (1.0, 1.0 + LOSS_BAND / 2, 1.2), same=True) == 0
+    assert kept("tightest-low-loss", (1.0 + LOSS_BAND / 2, 1.0, 1.2), same=True) == 1
     z = torch.from_numpy(two_groups())
-    assert tightest_head(TwoHeads(True, same=True), z, torch.tensor([2.0, 1.0])) == 1
-    assert tightest_head(TwoHeads(True), z, torch.tensor([1.0, 2.0])) == 1
+    assert choose_head(Heads("tightest", (0, 0, 0), same=True), z, torch.tensor([2.0, 1.0, 0.5])) == 1
 
 
-def test_secu_keeps_the_lowest_loss_unless_told_to_keep_the_tightest() -> None:
-    from imgcluster.objectives import create_objective
+def test_a_choice_passed_overrides_the_objectives() -> None:
+    z = torch.from_numpy(two_groups())
+    objective = Heads("loss", NEAR)
+    assert choose_head(objective, z, objective.losses) == 0
+    assert choose_head(objective, z, objective.losses, "tightest-low-loss") == 1
 
-    assert not create_objective("secu", 8, 3, {}).keeps_tightest_head  # the paper's choice stays the default
-    assert create_objective("secu", 8, 3, {"head_choice": "tightest"}).keeps_tightest_head
+
+def test_an_unknown_choice_is_refused_not_taken_for_the_tightest() -> None:
+    with pytest.raises(ValueError, match="head_choice must be one of 'tightest-low-loss', 'loss', 'tightest', got 'tight'"):
+        choose_head(Heads("loss", NEAR), torch.from_numpy(two_groups()), torch.tensor(NEAR), "tight")
 
 
-def test_secu_keeps_the_head_whose_clusters_are_tightest_and_choosing_changes_nothing_else() -> None:
+def test_secu_keeps_the_tightest_low_loss_head_by_default_and_the_others_on_request() -> None:
+    assert create_objective("secu", 8, 3, {}).head_choice == "tightest-low-loss"
+    assert create_objective("secu", 8, 3, {"head_choice": "loss"}).head_choice == "loss"
+    assert create_objective("scan", 8, 3, {}).head_choice == "loss"  # the other objectives keep the lowest loss
+
+
+@pytest.mark.parametrize("choice", ["tightest-low-loss", "tightest"])
+def test_secu_keeps_the_head_its_choice_names_and_choosing_changes_nothing_else(choice: str) -> None:
     rng = np.random.default_rng(1)
     centres = rng.normal(size=(4, 16)) * 2
     x = (centres[np.repeat(np.arange(4), 50)] + rng.normal(size=(200, 16))).astype(np.float32)
     config = TrainConfig(
-        clusters=4, epochs=3, batch_size=32, knn=5, min_steps=0, stable_fraction=None, seed=4, objective_options={"head_choice": "tightest"}
+        clusters=4, epochs=3, batch_size=32, knn=5, min_steps=0, stable_fraction=None, seed=4, objective_options={"head_choice": choice}
     )
     result = train_objective(x, knn_search(x, 5)[0], config, torch.device("cpu"))
     objective = result.objective
@@ -92,13 +120,14 @@ def test_secu_keeps_the_head_whose_clusters_are_tightest_and_choosing_changes_no
     unit = l2_normalise(x)
     tightness = np.array([sum(np.linalg.norm(unit[labels[h] == k].sum(0)) for k in range(4)) for h in range(objective.n_heads)])
     assert tightness.min() < tightness.max() * (1 - 1e-3)  # some head is looser, so the choice is a real one
-    assert tightness[int(objective.best_head)] >= tightness.max() * (1 - 1e-4)
-    looser = int(np.argmin(tightness))
+    np.testing.assert_allclose(head_tightness(objective, z, batch_size=64).numpy(), tightness, rtol=1e-5)  # in pieces: the same sums
+    losses = np.array(result.head_losses)
+    assert losses.shape == (objective.n_heads,)
+    eligible = losses <= losses.min() * (1 + LOSS_BAND) if choice == "tightest-low-loss" else np.ones_like(losses, dtype=bool)
+    best = tightness[eligible].max()
+    assert eligible[int(objective.best_head)] and tightness[int(objective.best_head)] >= best * (1 - 1e-4)
     objective.train()
     state = {key: value.clone() for key, value in objective.state_dict().items()}
-    losses = torch.ones(objective.n_heads)
-    losses[looser] = 0.0  # the lowest loss does not keep a looser head
-    kept = tightest_head(objective, z, losses, batch_size=64)  # in pieces: the same sums
-    assert tightness[kept] >= tightness.max() * (1 - 1e-4) and kept != looser
+    choose_head(objective, z, torch.from_numpy(losses))
     assert objective.training  # left in the mode it was found in, BatchNorm's statistics untouched
     assert all(torch.equal(state[key], value) for key, value in objective.state_dict().items())

@@ -42,7 +42,7 @@ def epochs_run(settle_at: int, config: TrainConfig, report: bool = True) -> int:
     x = np.eye(4, dtype=np.float32)[np.arange(40) % 4]
     knn = np.zeros((40, 1), dtype=np.int64)
     objective = Scripted(settle_at, report)
-    history = _gradient_training(objective, x, knn, 8, 20, config, torch.device("cpu"), torch.Generator().manual_seed(0), None)
+    history, _ = _gradient_training(objective, x, knn, 8, 20, config, torch.device("cpu"), torch.Generator().manual_seed(0), None)
     return len(history)
 
 
@@ -110,7 +110,7 @@ def test_settings_are_saved_with_the_head(tmp_path) -> None:  # type: ignore[no-
 def test_progress_ends_full_when_training_stops_early() -> None:
     calls: list[tuple[int, int]] = []
     x = np.eye(4, dtype=np.float32)[np.arange(40) % 4]
-    history = _gradient_training(
+    history, _ = _gradient_training(
         Scripted(3), x, np.zeros((40, 1), dtype=np.int64), 8, 20, TrainConfig(stable_fraction=0.0, min_steps=0), torch.device("cpu"),
         torch.Generator().manual_seed(0), lambda done, total, log: calls.append((done, total)),
     )  # fmt: skip

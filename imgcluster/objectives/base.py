@@ -84,6 +84,8 @@ POSITIVE = Range(0, low_open=True)  # temperatures, concentrations, step sizes, 
 WEIGHT = Range(0)  # weights of loss terms: 0 switches the term off
 MOMENTUM = Range(0, 1, high_open=True)  # EMA momenta: 1 would never move
 FRACTION = Range(0, 1)  # mixing weights and fractions
+# How training picks the head kept (train.choose_head); the lowest loss is every objective's but SeCu's
+HEAD_CHOICE = Choices(("tightest-low-loss", "loss", "tightest"))
 
 
 class CheckedParams:
@@ -124,7 +126,7 @@ class Stage:
 
     name: str
     epochs: int | None = None
-    select_head: bool = True  # pick the head kept at the end of this stage (lowest loss, or tightest clusters)
+    select_head: bool = True  # pick the head kept at the end of this stage (train.choose_head)
 
 
 @dataclass
@@ -182,10 +184,10 @@ class Objective(nn.Module):
         return 1
 
     @property
-    def keeps_tightest_head(self) -> bool:
-        """Keep the head whose clusters are tightest in the input features (train.tightest_head)
-        instead of the lowest loss: an option of SeCu's, off by default (results_training.md)."""
-        return False
+    def head_choice(self) -> str:
+        """How training picks the head kept among ``n_heads`` (``train.choose_head``): the lowest
+        loss here; SeCu's option ``head_choice`` says otherwise (results_training.md)."""
+        return "loss"
 
     # --- training hooks -------------------------------------------------------------------
     def setup(self, features: torch.Tensor, neighbours: torch.Tensor, generator: torch.Generator) -> None:

@@ -143,7 +143,7 @@ OUT_OF_RANGE = [
     ("temi", "prototype_init", "dino", "prototype_init must be one of 'kmeans', 'random', got 'dino'"),
     ("secu", "centre_init", "kmeans", "centre_init must be one of 'kmeans++', 'data', 'random', got 'kmeans'"),
     ("secu", "constraint", "sizes", "constraint must be one of 'size', 'entropy', got 'sizes'"),
-    ("secu", "head_choice", "tight", "head_choice must be one of 'loss', 'tightest', got 'tight'"),
+    ("secu", "head_choice", "tight", "head_choice must be one of 'tightest-low-loss', 'loss', 'tightest', got 'tight'"),
     ("dsc2i", "inter", "max", "inter must be one of 'margin', 'mean', got 'max'"),
     ("ddc", "uco_layers", "input,bn", "uco_layers must be a comma-separated list of 'input', 'relu', got 'input,bn'"),
     ("ddc", "uco_layers", ",", "uco_layers must be a comma-separated list of 'input', 'relu', got ','"),
