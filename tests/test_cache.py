@@ -217,3 +217,40 @@ def test_a_cache_root_from_the_environment_may_start_with_a_tilde(tmp_path: Path
     monkeypatch.setenv("IMGCLUSTER_CACHE", "~/cache")
     root = default_cache_root(tmp_path / "photos", None)
     assert root.is_relative_to(tmp_path / "home" / "cache")
+
+
+def test_features_the_cache_cannot_hold_are_skipped_with_the_reason_and_not_tried_again(
+    small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feature beyond float16's 65504 became infinity in the shard, which the next run refused as damaged:
+    the image was embedded again on every run. It is skipped with the reason, and remembered, as a file that
+    cannot be decoded is."""
+    from PIL import Image
+
+    import imgcluster.embedding as embedding
+
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(small_folder / "white.png")  # the one image the fake backbone overflows on
+    real = embedding.forward
+    passes: list[int] = []
+
+    def overflowing(model, pixels, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(model, pixels, *args, **kwargs)
+        flat = pixels.flatten(1).float()
+        uniform = (flat.amax(dim=1) == flat.amin(dim=1)).numpy()[: len(out)]  # a one-colour image (padding rows are cut)
+        passes.append(int(uniform.sum()))
+        out[uniform] = 1e6
+        return out
+
+    monkeypatch.setattr(embedding, "forward", overflowing)
+    cache = tmp_path / "cache"
+    first = run(small_folder, cache)
+    why = "not cached: its features reach 1e+06, beyond float16's largest value 65504, which the cache would hold as infinity"
+    assert dict(first.skipped) == {"white.png": why} and first.embedded == 24 and "white.png" not in first.paths
+    assert sum(passes) == 1 and np.isfinite(first.features).all()
+    assert read_failures(first.cache_dir).keys() == {"white.png"}
+    warnings: list[str] = []
+    second = run(small_folder, cache, EmbedHooks(on_warning=warnings.append))
+    assert (second.embedded, second.reused) == (0, 24) and sum(passes) == 1  # no forward pass: nothing left to embed
+    assert not [w for w in warnings if "damaged" in w]  # the shard holds no infinity to refuse
+    assert dict(second.skipped)["white.png"].startswith(why + " (unchanged since it failed on ")
+    assert np.array_equal(first.features, second.features)
