@@ -67,6 +67,18 @@ def test_cluster_ids_above_64_bits_are_out_of_range_not_fractions(tmp_path: Path
     )
 
 
+@pytest.mark.parametrize(("value", "what"), [("7" * 5000, "is out of range; cluster ids are whole numbers from 0 to 2**63 - 1"),
+                                           ("-" + "7" * 5000, "is negative; cluster ids are whole numbers from 0")])
+def test_cluster_ids_beyond_pythons_digit_limit_are_out_of_range_in_a_short_line(tmp_path: Path, value: str, what: str) -> None:
+    """int() refuses more than 4,300 digits, so such an id was "not a whole number", and the line showed all 5,000 of them."""
+    csv = write_clusters(tmp_path / "odd.csv", ["1", value])
+    with pytest.raises(ImgclusterError) as caught:
+        read_assignments(csv)
+    assert str(caught.value) == f"{csv}, line 3 ('img1.png'): cluster {value[:40]!r}... ({len(value):,} characters) {what}"
+    write_clusters(csv, ["1", "0" * 5000])  # leading zeros: a whole number all the same
+    assert [r.cluster for r in read_assignments(csv)] == [1, 0]
+
+
 def test_whole_cluster_ids_in_any_spelling_are_kept(tmp_path: Path) -> None:
     csv = write_clusters(tmp_path / "ok.csv", ["3", "3.0", " 4 ", "-0", "9007199254740993", "9223372036854775807"])
     assert [r.cluster for r in read_assignments(csv)] == [3, 3, 4, 0, 2**53 + 1, 2**63 - 1]
