@@ -299,12 +299,13 @@ def assign_store(
     from imgcluster.checkpoint import check_backbone, load_checkpoint
     from imgcluster.estimator import checked_head
     from imgcluster.folder import check_out
-    from imgcluster.head_config import Training
+    from imgcluster.head_config import Training, check_flags
     from imgcluster.outliers import check_min_confidence
     from imgcluster.pipeline import resolve_device
     from imgcluster.scale.training import check_engine, engine_session, head_for_store, read_sample, said_when_stopped
 
     start = time.perf_counter()
+    check_flags(self_label=self_label, uco=uco, names=names, explain=explain, raw_csv=raw_csv)
     features, out, head = expand_home(features), expand_home(out), expand_home(head)
     check_progress(progress)
     check_engine(engine, address)

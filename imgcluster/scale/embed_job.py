@@ -31,6 +31,7 @@ import numpy as np
 
 from imgcluster import featurestore
 from imgcluster.errors import ParameterError
+from imgcluster.head_config import check_flags
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale import resume, sources
 from imgcluster.scale.decode import NO_MTIME, decode_batch
@@ -126,6 +127,7 @@ def embed_to_store(
     objects; nothing is printed. A stop (Ctrl-C, SIGTERM) raises :class:`EmbedInterrupted`.
     """
     start = time.monotonic()
+    check_flags(retry_skipped=retry_skipped, follow_symlinks=follow_symlinks)
     source, features_out, weights, manifest = expand_home(source), expand_home(features_out), expand_home(weights), expand_home(manifest)
     check_progress(progress)
     if batch_size is not None and batch_size < 1:

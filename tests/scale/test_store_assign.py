@@ -486,3 +486,24 @@ def test_an_int8_store_run_names_as_the_int8_folder_run_without_a_torch_lite0(tm
     assert {name for _, name in named.values()} != {""}
     with pytest.raises(imgcluster.ParameterError, match=r"^runtime must be auto, torch, onnx or onnx-int8, not 'int8'"):
         assign_store(uri, out=scaled, n_clusters=5, runtime="int8")
+
+
+@pytest.mark.parametrize(
+    ("call", "parameter", "value"),
+    [
+        (lambda v, t: assign_store(str(t / "none"), out=t / "x.csv", names=v), "names", "no"),
+        (lambda v, t: assign_store(str(t / "none"), out=t / "x.csv", explain=v), "explain", "false"),
+        (lambda v, t: assign_store(str(t / "none"), out=t / "x.csv", raw_csv=v), "raw_csv", 1),
+        (lambda v, t: assign_store(str(t / "none"), out=t / "x.csv", head=t / "h.safetensors", self_label=v), "self_label", "no"),
+        (lambda v, t: train_from_store(str(t / "none"), uco=v), "uco", "yes"),
+        (lambda v, t: imgcluster.scale.embed_to_store(str(t), str(t / "f"), retry_skipped=v), "retry_skipped", "no"),
+        (lambda v, t: imgcluster.scale.embed_to_store(str(t), str(t / "f"), follow_symlinks=v), "follow_symlinks", 0),
+    ],
+)
+def test_the_store_functions_take_true_or_false_for_on_off_parameters(call: object, parameter: str, value: object, tmp_path: Path) -> None:
+    """``names="no"`` is true to Python: the folder functions refused it, the store's took it (names on, raw cells)."""
+    from imgcluster.errors import ParameterError
+
+    with pytest.raises(ParameterError) as info:
+        call(value, tmp_path)  # type: ignore[operator]
+    assert str(info.value) == f"{parameter} must be True or False, got {value!r}" and info.value.parameters == (parameter,)
