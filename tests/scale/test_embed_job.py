@@ -85,6 +85,22 @@ def test_a_small_folder_with_a_link_to_one_of_its_folders_is_planned_without_ray
     assert sorted(plan.todo.column("path").to_pylist()) == sorted(f"{c}/{p.name}" for c in CLASSES[:2] for p in (folder / c).iterdir())
 
 
+def test_a_source_without_images_is_said_before_the_model_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"SOURCE holds no images" came after "loading the model" (seconds of torch and timm); on one machine it comes first."""
+    from imgcluster.errors import ParameterError
+
+    empty = tmp_path / "empty"
+    (empty / "notes").mkdir(parents=True)
+    (empty / "notes" / "readme.txt").write_text("no image here")
+    monkeypatch.setattr(embed_job, "_describe_model", lambda *a, **kw: pytest.fail("the model was built"))
+    events: list[Event] = []
+    with pytest.raises(ParameterError) as info:
+        embed_job.embed_to_store(str(empty), str(tmp_path / "features"), model=MODEL, progress=events.append)
+    assert str(info.value) == f"source {empty} holds no images" and info.value.parameters == ("source",)
+    assert not [e for e in events if "loading the model" in e.message]
+    assert not (tmp_path / "features").exists()  # nothing written either
+
+
 @pytest.mark.slow
 def test_same_features_as_one_machine_and_a_complete_store_needs_no_ray(
     local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
