@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -229,6 +230,34 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
             f"{path} lists {len(repeated)} path(s) more than once (e.g. {repeated[0]!r}); an assignment has one row per image"
         )
     return rows
+
+
+def with_folder_separators(rows: list[Row], folder: Path) -> list[Row]:
+    """``rows`` with each path written with Windows' ``\\`` between folders (a CSV made or edited on Windows) read
+    with ``/``, where that is unambiguous: no such file exists under ``folder`` as written (on Linux ``\\`` may be
+    part of a file's name), the ``/`` form does, and no other row names it. Every such CSV got the generic "no
+    path matches" before."""
+    names = {r.path for r in rows}
+    targets = Counter(r.path.replace("\\", "/") for r in rows if "\\" in r.path)
+    out = []
+    for row in rows:
+        posix = row.path.replace("\\", "/")
+        if (
+            posix != row.path
+            and all(row.path.split("\\"))  # no empty folder name (a server's share, a doubled or a trailing separator)
+            and targets[posix] == 1
+            and posix not in names
+            and not os.path.lexists(folder / row.path)
+            and os.path.lexists(folder / posix)
+        ):
+            row = dataclasses.replace(row, path=posix)
+        out.append(row)
+    return out
+
+
+def separator_hint(paths: Iterable[str]) -> str:
+    """A clause for "no path matches": the CSV's paths use ``\\`` (as on Windows) and no file matched either way."""
+    return "; its paths separate folders with '\\' (written on Windows?), imgcluster's with '/'" if any("\\" in p for p in paths) else ""
 
 
 def written_raw(path: Path) -> bool:

@@ -22,7 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcluster.csvfile import assignments_path, check_assignments_file, names_of_clusters, read_assignments
+from imgcluster.csvfile import (
+    assignments_path,
+    check_assignments_file,
+    names_of_clusters,
+    read_assignments,
+    separator_hint,
+    with_folder_separators,
+)
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.head_config import check_flags
 from imgcluster.outputs import refuse_long_names, refuse_stdout
@@ -91,6 +98,7 @@ def export(
     image_folder = resolve_folder(csv_path, read_sidecar(csv_path), Path(folder) if folder is not None else None)
     if not image_folder.is_dir():
         raise ImgclusterError(f"image folder {image_folder} not found; give it with {{folder}}")
+    rows = with_folder_separators(rows, image_folder)
     refuse_stdout(to, "to", "an export (a folder of images)")
     target = Path(to)
     refuse_long_names(to, [target], "to")
@@ -127,7 +135,8 @@ def export(
         )
     if result.missing:
         gone = count(len(result.missing), "image")
-        report.warning(f"{gone} of {csv_path.name} not found or not a regular file (e.g. {result.missing[0]}); left out")
+        hint = separator_hint(result.missing)
+        report.warning(f"{gone} of {csv_path.name} not found or not a regular file (e.g. {result.missing[0]}){hint}; left out")
     if result.symlinked:
         report.warning(f"{count(result.symlinked, 'image')} could not be hard-linked into {target} and got symbolic links instead")
     report.info(f"exported {count(result.placed + result.kept, 'image')} to {target} ({result.placed} new, {result.kept} already there)")
