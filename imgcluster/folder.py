@@ -551,12 +551,19 @@ def _train(
     in a read-only shared cache, is a warning and the path None: the whole run used to fail there,
     after the training, though that cache's features are read and its missing ones embedded.
     """
+    from imgcluster.atomic import check_writable
     from imgcluster.checkpoint import save_checkpoint
     from imgcluster.pipeline import head_path_for
     from imgcluster.signals import Interrupted
 
     if len(embeddings.paths) < 2:
         raise ImgclusterError("need at least two images to cluster")
+    if out is None and not keep_optional:  # a read-only cache: said before the training, not after it
+        heads = head_path_for(embeddings.cache_dir, TrainConfig()).parent
+        try:
+            check_writable(heads / "head.safetensors")
+        except ImgclusterError as exc:
+            raise ImgclusterError(f"cannot save the head in the cache: {exc}; give it a file of its own with {{out}}") from None
     try:
         fitted = fit()
     except KeyboardInterrupt as exc:

@@ -234,4 +234,23 @@ def check_inputs(
         check_clusters_fit(k, found)
     elif n_clusters is not None and k_range is not None:  # auto, between k_range's bounds (it embedded, then said so)
         check_auto_k_fits(found, *k_range)
+    check_cache_creatable(where, cache_dir)
     return listing
+
+
+def check_cache_creatable(folder: Path, cache_dir: str | os.PathLike[str] | None) -> None:
+    """Refuse a cache that does not exist and cannot be created (a read-only FOLDER, a ``cache_dir`` under a folder
+    this user cannot write): it failed the same way, but after torch and the model had loaded. A cache that exists is
+    left to the run, which reads a read-only one without writing (:func:`imgcluster.lock.folder_lock`)."""
+    from imgcluster.cache import default_cache_root
+    from imgcluster.lock import CacheNotWritable
+
+    root = default_cache_root(folder, os.fspath(cache_dir) if cache_dir else None)
+    existing = next((p for p in (root, *root.parents) if os.path.lexists(p)), None)
+    if existing is None or existing == root or not existing.is_dir():  # a file in the way: the run's own message says so
+        return
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CacheNotWritable(
+            f"cannot create the cache folder {root}: {literal(existing)} is not writable",
+            "pass {cache_dir} DIR or set $IMGCLUSTER_CACHE to a writable folder",
+        )

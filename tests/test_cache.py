@@ -254,3 +254,42 @@ def test_features_the_cache_cannot_hold_are_skipped_with_the_reason_and_not_trie
     assert not [w for w in warnings if "damaged" in w]  # the shard holds no infinity to refuse
     assert dict(second.skipped)["white.png"].startswith(why + " (unchanged since it failed on ")
     assert np.array_equal(first.features, second.features)
+
+
+@pytest.mark.slow
+def test_a_cache_this_user_cannot_write_is_read_and_train_says_so_before_training(small_folder: Path, tmp_path: Path) -> None:
+    """Real permissions (as root: without the capabilities that override them). ``train`` without ``--out`` into a
+    read-only cache trained, then failed saving the head; ``assign`` reads the cache and writes nothing into it."""
+    import subprocess
+    import sys
+
+    from unprivileged import prefix
+
+    words = prefix()
+    cache = tmp_path / "cache"
+    run(small_folder, cache)
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    folders = [cache, *(p for p in cache.rglob("*") if p.is_dir())]
+    for path in folders:
+        path.chmod(0o555)
+    common = ["--model", "efficientnet-lite0", "--cache-dir", str(cache), "-k", "2", "--workers", "0"]
+    env = {**os.environ, "COLUMNS": "200"}
+    try:
+        train = subprocess.run(
+            [*words, sys.executable, "-m", "imgcluster", "train", str(small_folder), *common],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assign = subprocess.run(
+            [*words, sys.executable, "-m", "imgcluster", "assign", str(small_folder), *common, "--out", str(tmp_path / "out.csv")],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+    finally:
+        for path in folders:
+            path.chmod(0o755)
+    assert train.returncode == 1 and "epoch" not in train.stderr and "Traceback" not in train.stderr, train.stderr
+    last = train.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: cannot save the head in the cache: cannot write .*/heads/head\.safetensors: Permission denied; "
+                        r"give it a file of its own with --out", last), last  # fmt: skip
+    assert assign.returncode == 0 and "Traceback" not in assign.stderr, assign.stderr
+    assert "the head is not kept" in assign.stderr and (tmp_path / "out.csv").is_file()
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before  # nothing written, nothing removed
