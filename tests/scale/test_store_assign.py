@@ -507,3 +507,27 @@ def test_the_store_functions_take_true_or_false_for_on_off_parameters(call: obje
     with pytest.raises(ParameterError) as info:
         call(value, tmp_path)  # type: ignore[operator]
     assert str(info.value) == f"{parameter} must be True or False, got {value!r}" and info.value.parameters == (parameter,)
+
+
+def test_rows_of_files_deleted_since_the_embed_are_counted_and_said(tmp_path: Path) -> None:
+    """The store keeps the rows of files deleted from its source (a rerun of embed adds, never removes): assign labelled
+    them without a word, and the CSV named files that are gone. Counted when the source is a local folder, and said."""
+    from imagefolders import CLASSES, copy_sample
+    from storefixtures import synthetic_store
+
+    photos = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4)
+    embeddings = imgcluster.embed(photos, MODEL, cache_dir=tmp_path / "cache", device="cpu", workers=0)
+    uri = store_from_cache(embeddings, str(tmp_path / "features"))
+    gone = sorted(embeddings.paths)[:2]
+    for rel in gone:
+        (photos / rel).unlink()
+    result = assign_store(uri, out=tmp_path / "a.csv", n_clusters=2, epochs=2, names=False, device="cpu")
+    said = (
+        f"2 of the 8 rows are of files no longer in {photos} (deleted or moved since they were embedded; e.g. {gone[0]}): "
+        "they are labelled as the store holds them"
+    )
+    assert result.missing_files == 2 and said in result.warnings and result.rows == 8
+    done = runner.invoke(app, ["assign", "--features", uri, "--head", str(result.head), "--out", str(tmp_path / "b.csv"), "--quiet"])
+    assert done.exit_code == 0 and done.stderr == f"warning: {said}\n", done.stderr
+    synthetic = assign_store(synthetic_store(str(tmp_path / "synthetic"), n=200), out=tmp_path / "s.csv", n_clusters=2, epochs=1)
+    assert synthetic.missing_files is None and not [w for w in synthetic.warnings if "no longer in" in w]  # its source: not a folder here
