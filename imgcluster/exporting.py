@@ -56,6 +56,9 @@ class ExportResult:
     conflicts: list[Path] = field(default_factory=list)  # foreign files left as they were
     refused: list[tuple[str, str]] = field(default_factory=list)  # (CSV path, why it was not opened)
     symlinked: int = 0  # mode "link" on a file system without hard links between these folders
+    # files an earlier export of another assignment left in other cluster folders, which this one does not name: an
+    # image exported again after a new assign sat in its old cluster's folder and its new one, without a word
+    stale: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # images not in the image folder (any more), or not regular files
 
 
@@ -125,6 +128,7 @@ def export(
     for rel, where in plan:
         place(image_folder / rel, target / where / rel)
         report.advance()
+    result.stale = _earlier_exports(target, plan)
     if result.refused:
         path, why = result.refused[0]
         report.warning(f"refused {count(len(result.refused), 'row')} of {csv_path.name} (e.g. {path!r}: {why})")
@@ -137,6 +141,11 @@ def export(
         gone = count(len(result.missing), "image")
         hint = separator_hint(result.missing)
         report.warning(f"{gone} of {csv_path.name} not found or not a regular file (e.g. {result.missing[0]}){hint}; left out")
+    if result.stale:
+        report.warning(
+            f"{count(len(result.stale), 'file')} in {target} are these images in other cluster folders, from an earlier export "
+            f"(e.g. {result.stale[0]}); nothing was deleted: export into a new folder to see this assignment alone"
+        )
     if result.symlinked:
         report.warning(f"{count(result.symlinked, 'image')} could not be hard-linked into {target} and got symbolic links instead")
     report.info(f"exported {count(result.placed + result.kept, 'image')} to {target} ({result.placed} new, {result.kept} already there)")
@@ -169,6 +178,23 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
         if rel in allowed and group.isdigit():  # only rows of the CSV that passed the checks above
             out.append((rel, Path(DUPLICATES) / group.zfill(width)))
     return out
+
+
+def _earlier_exports(target: Path, plan: list[tuple[str, Path]]) -> list[Path]:
+    """Files in ``target`` that are images of ``plan`` in a folder ``plan`` does not put them in (``<folder>/<path>``,
+    ``duplicates/<group>/<path>``): what an export of an earlier assignment left there. Sorted; the folder is walked once."""
+    wanted = {target / where / rel for rel, where in plan}
+    rels = {rel for rel, _ in plan}
+    stale = []
+    for root, folders, files in os.walk(target):
+        folders.sort()
+        for name in files:
+            path = Path(root) / name
+            parts = path.relative_to(target).parts
+            skip = 2 if parts[0] == DUPLICATES else 1
+            if path not in wanted and len(parts) > skip and "/".join(parts[skip:]) in rels:
+                stale.append(path)
+    return sorted(stale)
 
 
 def _refuse_image_folder_clash(target: Path, folders: set[Path], image_folder: Path) -> None:
