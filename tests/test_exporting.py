@@ -51,7 +51,7 @@ def test_link_export_and_rerun(assigned: tuple[Path, Path, list[str]], tmp_path:
     assert {p: (os.stat(folder / p).st_ino, (folder / p).read_bytes()) for p in paths} == before  # nothing moved or changed
 
 
-def test_an_export_of_a_new_assignment_over_an_earlier_one_says_what_it_left(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+def test_an_export_over_an_earlier_one_of_other_clusters_says_what_it_left(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
     """Export, assign again (other clusters), export into the same folder: every moved image sat in its old cluster's
     folder and its new one (18 files for 10 images, on a real run), and the run said "exported 10 images"."""
     folder, csv_path, paths = assigned
