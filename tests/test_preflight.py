@@ -104,6 +104,13 @@ def _cli(*args: str | Path, **environ: str) -> dict:
             2,
             "error: --cache-dir {tmp}/file is a file, not a folder",
         ),
+        (  # "Not a directory" once the model had loaded
+            lambda p: [_images(p / "two", 2), p.joinpath("two", ".imgcluster").write_text("x")],
+            ("assign", "{tmp}/two", "-k", "2"),
+            1,
+            "error: cannot create the cache folder {tmp}/two/.imgcluster: {tmp}/two/.imgcluster is a file, not a folder; "
+            "pass --cache-dir DIR or set $IMGCLUSTER_CACHE to a writable folder",
+        ),
         # these two were found missing after torch had been imported (4.7 s), the weights with exit code 1
         (lambda p: _images(p / "two", 2), ("embed", "{tmp}/two", "--weights", "{tmp}/w"), 2, "error: weights file not found: {tmp}/w"),
         (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two", "--head", "{tmp}/h"), 2, "error: head checkpoint not found: {tmp}/h"),
