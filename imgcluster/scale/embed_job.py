@@ -35,10 +35,9 @@ from imgcluster.errors import ParameterError
 from imgcluster.head_config import check_flags
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale import resume, sources
-from imgcluster.scale.decode import NO_MTIME, decode_batch
 from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_environment
 from imgcluster.scale.engine import import_ray, own_errors, quiet_data_context, ray_session, require_ray
-from imgcluster.scale.sources import Source, open_source
+from imgcluster.scale.sources import NO_MTIME, Source, open_source
 from imgcluster.signals import Interrupted
 from imgcluster.userpath import expand_home
 
@@ -504,6 +503,7 @@ def _run(
     from imgcluster.embedding import default_batch_size
     from imgcluster.identity import data_config_of
     from imgcluster.load import decode_timeout
+    from imgcluster.scale.decode import decode_batch  # torch and timm: imported for the work, not for a refusal before it
 
     ray = import_ray()
     from ray.data import ActorPoolStrategy

@@ -99,6 +99,19 @@ def test_a_source_without_images_is_said_before_the_model_is_built(tmp_path: Pat
     assert str(info.value) == f"source {empty} holds no images" and info.value.parameters == ("source",)
     assert not [e for e in events if "loading the model" in e.message]
     assert not (tmp_path / "features").exists()  # nothing written either
+    # From the command line, without importing torch (3 s of the 4 it took: the decode tasks' module imported it)
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\nfrom imgcluster.cli import app\ntry:\n    app(sys.argv[1:], prog_name='imgcluster')\n"
+        "except SystemExit as exc:\n    print(json.dumps([exc.code, 'torch' in sys.modules]))"
+    )
+    args = ["embed", str(empty), "--engine", "ray", "--features-out", str(tmp_path / "features")]
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.splitlines()[-1]) == [2, False], done.stderr
+    assert done.stderr == f"error: SOURCE {empty} holds no images\n"
 
 
 @pytest.mark.slow
