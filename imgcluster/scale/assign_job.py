@@ -308,12 +308,10 @@ def assign_store(
     ONNX file a folder's run of that runtime left, as a folder's ``assign`` does; else torch).
     """
     from imgcluster.atomic import check_writable
-    from imgcluster.checkpoint import check_backbone, load_checkpoint
-    from imgcluster.estimator import checked_head
+    from imgcluster.featurestore import read_meta
     from imgcluster.folder import check_out
     from imgcluster.head_config import Training, check_flags
     from imgcluster.outliers import check_min_confidence
-    from imgcluster.pipeline import resolve_device
     from imgcluster.scale.training import check_engine, engine_session, head_for_store, read_sample, said_when_stopped
 
     start = time.perf_counter()
@@ -338,6 +336,11 @@ def assign_store(
         raise ParameterError(f"{{out}} {literal(out_text)}: {literal(parquet_path(beside))}, which goes beside it, is a folder")
     if out_path is not None:
         check_writable(out_path)  # fail before the training, not after it
+    read_meta(features)  # no store there: said before torch is imported (5.8 s), as a missing FOLDER is
+    from imgcluster.checkpoint import check_backbone, load_checkpoint
+    from imgcluster.estimator import checked_head
+    from imgcluster.pipeline import resolve_device
+
     progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "assign")
     dev = resolve_device(device)

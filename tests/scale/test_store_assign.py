@@ -531,3 +531,19 @@ def test_rows_of_files_deleted_since_the_embed_are_counted_and_said(tmp_path: Pa
     assert done.exit_code == 0 and done.stderr == f"warning: {said}\n", done.stderr
     synthetic = assign_store(synthetic_store(str(tmp_path / "synthetic"), n=200), out=tmp_path / "s.csv", n_clusters=2, epochs=1)
     assert synthetic.missing_files is None and not [w for w in synthetic.warnings if "no longer in" in w]  # its source: not a folder here
+
+
+@pytest.mark.parametrize("command", [["assign", "--out", "{tmp}/x.csv"], ["train", "-k", "3"]])
+def test_a_missing_store_is_said_before_torch_is_imported(tmp_path: Path, command: list[str]) -> None:
+    """``assign --features nothing`` said "no imgcluster features" after 5.8 s, importing torch for the head first."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\nfrom imgcluster.cli import app\ntry:\n    app(sys.argv[1:], prog_name='imgcluster')\n"
+        "except SystemExit as exc:\n    print(json.dumps([exc.code, 'torch' in sys.modules]))"
+    )
+    args = [command[0], "--features", str(tmp_path / "nothing"), *(a.format(tmp=tmp_path) for a in command[1:])]
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.splitlines()[-1]) == [1, False], done.stderr
+    assert done.stderr == f"error: no imgcluster features at {tmp_path / 'nothing'} (_imgcluster.json not found)\n"
