@@ -158,7 +158,8 @@ class Tally:
         if len(columns["confidence"]):
             self.top = max(self.top, float(np.max(columns["confidence"])))
         if self.source is not None:
-            gone = [str(p) for p in columns["path"] if not os.path.lexists(self.source / str(p))]
+            # a manifest's row may name an object (s3://...) rather than a file under the source: not checked
+            gone = [str(p) for p in columns["path"] if "://" not in str(p) and not os.path.lexists(self.source / str(p))]
             self.missing += len(gone)
             if gone:  # the first by name, whatever order the store's files come in
                 self.missing_example = min(gone) if not self.missing_example else min(self.missing_example, *gone)

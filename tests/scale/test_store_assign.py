@@ -521,12 +521,16 @@ def test_rows_of_files_deleted_since_the_embed_are_counted_and_said(tmp_path: Pa
     gone = sorted(embeddings.paths)[:2]
     for rel in gone:
         (photos / rel).unlink()
+    from imgcluster.featurestore import open_store, read_meta
+
+    object_row = "s3://bucket/x.png"  # a manifest may name objects beside the source's files: not counted as gone
+    open_store(uri, read_meta(uri), create=False).write([object_row], [1], [None], ["e"], embeddings.features[:1])
     result = assign_store(uri, out=tmp_path / "a.csv", n_clusters=2, epochs=2, names=False, device="cpu")
     said = (
-        f"2 of the 8 rows are of files no longer in {photos} (deleted or moved since they were embedded; e.g. {gone[0]}): "
+        f"2 of the 9 rows are of files no longer in {photos} (deleted or moved since they were embedded; e.g. {gone[0]}): "
         "they are labelled as the store holds them"
     )
-    assert result.missing_files == 2 and said in result.warnings and result.rows == 8
+    assert result.missing_files == 2 and said in result.warnings and result.rows == 9
     done = runner.invoke(app, ["assign", "--features", uri, "--head", str(result.head), "--out", str(tmp_path / "b.csv"), "--quiet"])
     assert done.exit_code == 0 and done.stderr == f"warning: {said}\n", done.stderr
     synthetic = assign_store(synthetic_store(str(tmp_path / "synthetic"), n=200), out=tmp_path / "s.csv", n_clusters=2, epochs=1)
