@@ -188,9 +188,18 @@ def _describe_model(
     identity = backbone.identity()
     meta = featurestore.FeatureStoreMeta(
         model=name, key=cache_key(identity, "float16", compute), identity=identity, dim=backbone.feature_dim, compute=compute,
-        source=config.source, config=dataclasses.asdict(config),
+        source=_recorded_source(config.source), config=dataclasses.asdict(config),
     )  # fmt: skip
     return name, meta
+
+
+def _recorded_source(source: str) -> str:
+    """The source as the store records it: a local folder as an absolute path, so that its later readers (``assign``'s
+    names and its count of files gone, the CSV's sidecar) find it from any working folder, not another folder of that
+    name there; a URI as given."""
+    import os
+
+    return source if "://" in source else os.path.abspath(source)
 
 
 def _cluster_has_gpus(address: str | None, num_gpus: float | None) -> bool:

@@ -114,6 +114,19 @@ def test_a_source_without_images_is_said_before_the_model_is_built(tmp_path: Pat
     assert done.stderr == f"error: SOURCE {empty} holds no images\n"
 
 
+def test_a_store_records_a_local_source_as_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``embed photos --engine ray`` recorded "photos": assign, run from elsewhere, named and counted files gone against
+    whatever folder of that name was there (or none)."""
+    from imgcluster.progress import Reporter
+
+    monkeypatch.chdir(tmp_path)
+    config = embed_job.RayEmbedConfig("photos", "features")
+    _, meta = embed_job._describe_model(MODEL, None, 0, config, Reporter(None, "embed"))
+    assert meta.source == str(tmp_path / "photos") and meta.config["source"] == "photos"  # the job's options as given
+    _, remote = embed_job._describe_model(MODEL, None, 0, embed_job.RayEmbedConfig("s3://bucket/photos", "f"), Reporter(None, "embed"))
+    assert remote.source == "s3://bucket/photos"
+
+
 @pytest.mark.slow
 def test_same_features_as_one_machine_and_a_complete_store_needs_no_ray(
     local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
