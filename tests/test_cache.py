@@ -293,3 +293,24 @@ def test_a_cache_this_user_cannot_write_is_read_and_train_says_so_before_trainin
     assert assign.returncode == 0 and "Traceback" not in assign.stderr, assign.stderr
     assert "the head is not kept" in assign.stderr and (tmp_path / "out.csv").is_file()
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before  # nothing written, nothing removed
+
+
+def test_a_folder_whose_features_all_overflow_says_why_it_has_too_few_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image skipped (here: features beyond float16's range) ended in "need at least two images to cluster", with
+    no reason and no skipped list written."""
+    from imagefolders import CLASSES, copy_sample
+    from typer.testing import CliRunner
+
+    import imgcluster.embedding as embedding
+    from imgcluster.cli import app
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=3)
+    real = embedding.forward
+    monkeypatch.setattr(embedding, "forward", lambda *a, **kw: real(*a, **kw) * 0 + 1e6)
+    args = ["assign", str(folder), "-k", "2", "--model", "efficientnet-lite0", "--workers", "0", "--cache-dir", str(tmp_path / "cache")]
+    done = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "c.csv")])
+    first = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))[0]
+    assert done.exit_code == 1 and done.stderr.splitlines()[-1] == (
+        f"error: need at least two images to cluster: 0 embedded, 3 skipped (e.g. {first}: not cached: its features reach "
+        "1e+06, beyond float16's largest value 65504, which the cache would hold as infinity)"
+    ), done.stderr
