@@ -232,27 +232,35 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
     return rows
 
 
-def with_folder_separators(rows: list[Row], folder: Path) -> list[Row]:
-    """``rows`` with each path written with Windows' ``\\`` between folders (a CSV made or edited on Windows) read
-    with ``/``, where that is unambiguous: no such file exists under ``folder`` as written (on Linux ``\\`` may be
-    part of a file's name), the ``/`` form does, and no other row names it. Every such CSV got the generic "no
-    path matches" before."""
+def as_folder_paths(rows: list[Row], folder: Path) -> list[Row]:
+    """``rows`` with each path spelled as imgcluster spells a path below ``folder``, where that is unambiguous: Windows'
+    ``\\`` between folders read as ``/`` (a CSV made or edited on Windows), a leading ``./`` left out (a list made by
+    ``find .``). Only when no other file exists under ``folder`` as written (on Linux ``\\`` may be part of a file's
+    name), the new spelling names one, and no other row names it. Such a CSV got the generic "no path matches" before."""
     names = {r.path for r in rows}
-    targets = Counter(r.path.replace("\\", "/") for r in rows if "\\" in r.path)
+    targets = Counter(spelled for r in rows if (spelled := _folder_spelling(r.path)) != r.path)
     out = []
     for row in rows:
-        posix = row.path.replace("\\", "/")
+        spelled = _folder_spelling(row.path)
         if (
-            posix != row.path
-            and all(row.path.split("\\"))  # no empty folder name (a server's share, a doubled or a trailing separator)
-            and targets[posix] == 1
-            and posix not in names
-            and not os.path.lexists(folder / row.path)
-            and os.path.lexists(folder / posix)
+            spelled != row.path
+            and all(spelled.split("/"))  # no empty folder name: not absolute, not a server's share, no doubled or trailing separator
+            and targets[spelled] == 1
+            and spelled not in names
+            and (folder / row.path == folder / spelled or not os.path.lexists(folder / row.path))  # "./x": the same file
+            and os.path.lexists(folder / spelled)
         ):
-            row = dataclasses.replace(row, path=posix)
+            row = dataclasses.replace(row, path=spelled)
         out.append(row)
     return out
+
+
+def _folder_spelling(path: str) -> str:
+    """``path`` with ``/`` between folders and without a leading ``./``."""
+    spelled = path.replace("\\", "/")
+    while spelled.startswith("./"):
+        spelled = spelled[2:]
+    return spelled
 
 
 def separator_hint(paths: Iterable[str]) -> str:

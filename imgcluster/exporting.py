@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from imgcluster.csvfile import (
+    as_folder_paths,
     assignments_path,
     check_assignments_file,
     names_of_clusters,
     read_assignments,
     separator_hint,
-    with_folder_separators,
 )
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.head_config import check_flags
@@ -101,7 +101,7 @@ def export(
     image_folder = resolve_folder(csv_path, read_sidecar(csv_path), Path(folder) if folder is not None else None)
     if not image_folder.is_dir():
         raise ImgclusterError(f"image folder {image_folder} not found; give it with {{folder}}")
-    rows = with_folder_separators(rows, image_folder)
+    rows = as_folder_paths(rows, image_folder)
     refuse_stdout(to, "to", "an export (a folder of images)")
     target = Path(to)
     refuse_long_names(to, [target], "to")

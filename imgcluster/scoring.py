@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 
 from imgcluster.csvfile import (
+    as_folder_paths,
     assignments_path,
     check_assignments_file,
     names_of_clusters,
     read_assignments,
     separator_hint,
-    with_folder_separators,
 )
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.listing import list_images
@@ -118,7 +118,7 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
     labelled_folder = Path(path_argument(labelled_folder, "labelled_folder", "a folder whose sub-folders are the labels"))
     check_assignments_file(assignments)
     check_labelled_folder(labelled_folder, "labelled_folder")
-    rows = with_folder_separators(read_assignments(assignments), labelled_folder)
+    rows = as_folder_paths(read_assignments(assignments), labelled_folder)
     paths = [r.path for r in rows]
     clusters = np.array([r.cluster for r in rows], dtype=np.int64)
     truth, top = _labelled(labelled_folder)

@@ -127,10 +127,10 @@ def test_a_csv_written_on_windows_is_read_with_its_backslashes_as_folders(tmp_pa
         ]  # fmt: skip
 
 
-def test_backslashes_are_read_as_folders_only_when_that_is_unambiguous(tmp_path: Path) -> None:
+def test_backslashes_and_a_leading_dot_slash_are_read_as_imgcluster_spells_paths_only_when_unambiguous(tmp_path: Path) -> None:
     """On Linux "\\" may be part of a file's name: such a file, a path also listed with "/", or two rows that would become
     one, stay as written; a CSV whose paths match nothing either way says what its paths look like."""
-    from imgcluster.csvfile import with_folder_separators
+    from imgcluster.csvfile import as_folder_paths
     from imgcluster.scoring import evaluate
 
     (tmp_path / "a").mkdir()
@@ -138,13 +138,15 @@ def test_backslashes_are_read_as_folders_only_when_that_is_unambiguous(tmp_path:
         (tmp_path / name).touch() if name != "x" else (tmp_path / name).mkdir()
     (tmp_path / "x" / "y.png").touch()
     rows = [Row(p, 0, 0.5, False) for p in ["a\\b.png", "x\\y.png", "a\\c.png", "a/c.png", "a/e\\", "\\\\a\\b.png"]]
-    assert [r.path for r in with_folder_separators(rows, tmp_path)] == [
+    assert [r.path for r in as_folder_paths(rows, tmp_path)] == [
         "a/b.png", "x\\y.png", "a\\c.png", "a/c.png", "a/e\\", "\\\\a\\b.png",
     ]  # fmt: skip
     twice = [Row("a\\b/c.png", 0, 0.5, False), Row("a/b\\c.png", 0, 0.5, False)]
     (tmp_path / "a" / "b").mkdir()
     (tmp_path / "a" / "b" / "c.png").touch()
-    assert with_folder_separators(twice, tmp_path) == twice  # "a/b/c.png" twice: left as written
+    assert as_folder_paths(twice, tmp_path) == twice  # "a/b/c.png" twice: left as written
+    found = [Row(p, 0, 0.5, False) for p in ["./a/e.png", ".\\a\\b.png", ".//x/y.png", "./"]]  # a list made by `find .`
+    assert [r.path for r in as_folder_paths(found, tmp_path)] == ["a/e.png", "a/b.png", ".//x/y.png", "./"]  # never "/x/y.png"
     labelled = tmp_path / "labelled" / "cat"
     labelled.mkdir(parents=True)
     (labelled / "img0.png").touch()
