@@ -238,10 +238,10 @@ def as_folder_paths(rows: list[Row], folder: Path) -> list[Row]:
     ``find .``). Only when no other file exists under ``folder`` as written (on Linux ``\\`` may be part of a file's
     name), the new spelling names one, and no other row names it. Such a CSV got the generic "no path matches" before."""
     names = {r.path for r in rows}
-    targets = Counter(spelled for r in rows if (spelled := _folder_spelling(r.path)) != r.path)
+    targets = Counter(spelled for r in rows if (spelled := folder_spelling(r.path)) != r.path)
     out = []
     for row in rows:
-        spelled = _folder_spelling(row.path)
+        spelled = folder_spelling(row.path)
         if (
             spelled != row.path
             and all(spelled.split("/"))  # no empty folder name: not absolute, not a server's share, no doubled or trailing separator
@@ -255,7 +255,7 @@ def as_folder_paths(rows: list[Row], folder: Path) -> list[Row]:
     return out
 
 
-def _folder_spelling(path: str) -> str:
+def folder_spelling(path: str) -> str:
     """``path`` with ``/`` between folders and without a leading ``./``."""
     spelled = path.replace("\\", "/")
     while spelled.startswith("./"):

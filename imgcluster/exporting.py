@@ -161,7 +161,7 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
         return []
     import csv
 
-    from imgcluster.csvfile import unescape_cell, written_raw
+    from imgcluster.csvfile import folder_spelling, unescape_cell, written_raw
 
     raw = written_raw(csv_path)
     out = []
@@ -175,6 +175,8 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
     for record, group in zip(records, groups):
         rel = str(record.get("path") or "")
         rel = rel if raw else unescape_cell(rel)
+        if rel not in allowed and folder_spelling(rel) in allowed:  # written on Windows, as the CSV may be (as_folder_paths)
+            rel = folder_spelling(rel)
         if rel in allowed and group.isdigit():  # only rows of the CSV that passed the checks above
             out.append((rel, Path(DUPLICATES) / group.zfill(width)))
     return out

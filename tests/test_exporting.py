@@ -175,6 +175,20 @@ def test_near_duplicates_get_their_own_folders(assigned: tuple[Path, Path, list[
     assert (tmp_path / "sorted" / "00-sandal-running-shoe" / paths[0]).is_file()  # still in its cluster too
 
 
+def test_near_duplicates_written_on_windows_get_their_folders_too(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    """The CSV's Windows paths were read as folders, its duplicates' were not: the groups were left out without a word."""
+    folder, _, paths = assigned
+    windows = [p.replace("/", "\\") for p in paths]
+    rows = [(p, i // 3, "sandal" if i < 3 else "mailbag", 0) for i, p in enumerate(windows)]
+    csv_path = write_csv(tmp_path / "win.csv", rows)
+    (tmp_path / "win-duplicates.csv").write_text(
+        f'"group","path","similarity"\n0,"{windows[0]}",1.0\n0,"{windows[1]}",0.99\n', encoding="utf-8"
+    )
+    imgcluster.export(csv_path, tmp_path / "sorted", folder=folder)
+    group = tmp_path / "sorted" / "duplicates" / "000"
+    assert sorted(p.relative_to(group).as_posix() for p in group.rglob("*.png")) == paths[:2]
+
+
 def test_a_duplicates_csv_cut_short_is_refused(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
     """Cut short inside a quoted path, the last group's last image was read as a shorter path, without a word."""
     folder, csv_path, paths = assigned
