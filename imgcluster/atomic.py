@@ -109,8 +109,11 @@ def _open_stream(path: Path, mode: str, encoding: str | None, newline: str | Non
 
 
 @contextlib.contextmanager
-def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None) -> Iterator[IO]:
-    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``."""
+def atomic_open(
+    path: Path, mode: str = "w", encoding: str | None = "utf-8", newline: str | None = None, durable: bool = True
+) -> Iterator[IO]:
+    """Open a temporary file beside ``path``; on success fsync and rename it over ``path``. ``durable`` False skips
+    the fsyncs, for a cache whose files cost nothing to lose but would cost a sync each (thumbnails)."""
     path = Path(path)
     if is_stream(path):
         with _open_stream(path, mode, encoding, newline) as handle:
@@ -126,9 +129,11 @@ def atomic_open(path: Path, mode: str = "w", encoding: str | None = "utf-8", new
             yield handle
             in_body = False
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        if durable:
+            _fsync_dir(path.parent)
     except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -189,8 +194,8 @@ def atomic_write_text(path: Path, text: str) -> None:
         handle.write(text)
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    with atomic_open(path, "wb") as handle:
+def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
+    with atomic_open(path, "wb", durable=durable) as handle:
         handle.write(data)
 
 

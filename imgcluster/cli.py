@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import io
 import json
@@ -467,6 +468,9 @@ def handled(ui: UI, stopped: str = STOPPED["embed"]) -> Iterator[None]:
     except Exception as exc:
         if os.environ.get("IMGCLUSTER_DEBUG") == "1":
             raise
+        if (unencodable := _unencodable_name(exc)) is not None:
+            ui.error(unencodable)
+            raise typer.Exit(1) from None
         if type(exc).__name__ == "OutOfMemoryError":  # torch's, on CUDA; not imported here to keep --help fast
             ui.error(
                 f"the GPU ran out of memory ({first_sentences(exc, 2)}); lower --batch-size (training) or "
@@ -475,6 +479,18 @@ def handled(ui: UI, stopped: str = STOPPED["embed"]) -> Iterator[None]:
             raise typer.Exit(1) from None
         ui.error(f"unexpected {type(exc).__name__}: {exc} (run with IMGCLUSTER_DEBUG=1 for details)")
         raise typer.Exit(1) from None
+
+
+def _unencodable_name(exc: Exception) -> str | None:
+    """The line for a file name read from a CSV or a sidecar (UTF-8 text) that this system's file-name encoding cannot
+    hold (``PYTHONUTF8=0`` with ``LC_ALL=C``, a Latin-1 locale): every file call on it raised an unexpected
+    UnicodeEncodeError. None for any other error."""
+    if not isinstance(exc, UnicodeEncodeError) or codecs.lookup(exc.encoding).name != codecs.lookup(sys.getfilesystemencoding()).name:
+        return None
+    return (
+        f"a file name holds {exc.object[exc.start : exc.end]!r}, which this system's file-name encoding ({exc.encoding}) "
+        "cannot hold: run imgcluster in a UTF-8 locale (LANG=C.UTF-8) or with PYTHONUTF8=1"
+    )
 
 
 # Library parameters whose command-line parameter has another name.

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import dataclasses
 import io
 import json
 import math
 import os
+import re
 import sys
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
 BASE_COLUMNS = ["path", "cluster", "confidence"]
 READ_COLUMNS = (*BASE_COLUMNS, "cluster_name", "outlier", "outlier_reason")  # what evaluate, report and export read
+WHOLE = re.compile(r"\s*([+-]?)([0-9]+(?:_[0-9]+)*)\s*")  # a whole number as int() spells it (ASCII digits; int() takes others too)
+SHOWN = 40  # characters of a cell an error line shows
 ESCAPE = "'"
 FORMULA_STARTS = frozenset("=+-@\t\r")  # what makes a spreadsheet read a cell as a formula (OWASP)
 
@@ -228,6 +232,42 @@ def read_assignments(path: Path, raw_csv: bool | None = None) -> list[Row]:
     return rows
 
 
+def as_folder_paths(rows: list[Row], folder: Path) -> list[Row]:
+    """``rows`` with each path spelled as imgcluster spells a path below ``folder``, where that is unambiguous: Windows'
+    ``\\`` between folders read as ``/`` (a CSV made or edited on Windows), a leading ``./`` left out (a list made by
+    ``find .``). Only when no other file exists under ``folder`` as written (on Linux ``\\`` may be part of a file's
+    name), the new spelling names one, and no other row names it. Such a CSV got the generic "no path matches" before."""
+    names = {r.path for r in rows}
+    targets = Counter(spelled for r in rows if (spelled := folder_spelling(r.path)) != r.path)
+    out = []
+    for row in rows:
+        spelled = folder_spelling(row.path)
+        if (
+            spelled != row.path
+            and all(spelled.split("/"))  # no empty folder name: not absolute, not a server's share, no doubled or trailing separator
+            and targets[spelled] == 1
+            and spelled not in names
+            and (folder / row.path == folder / spelled or not os.path.lexists(folder / row.path))  # "./x": the same file
+            and os.path.lexists(folder / spelled)
+        ):
+            row = dataclasses.replace(row, path=spelled)
+        out.append(row)
+    return out
+
+
+def folder_spelling(path: str) -> str:
+    """``path`` with ``/`` between folders and without a leading ``./``."""
+    spelled = path.replace("\\", "/")
+    while spelled.startswith("./"):
+        spelled = spelled[2:]
+    return spelled
+
+
+def separator_hint(paths: Iterable[str]) -> str:
+    """A clause for "no path matches": the CSV's paths use ``\\`` (as on Windows) and no file matched either way."""
+    return "; its paths separate folders with '\\' (written on Windows?), imgcluster's with '/'" if any("\\" in p for p in paths) else ""
+
+
 def written_raw(path: Path) -> bool:
     """Whether the sidecar of the CSV at ``path`` says its cells were written unescaped."""
     from imgcluster.config import sidecar_path
@@ -249,12 +289,13 @@ def _row(path: Path, number: int, record: dict[str, str | None]) -> Row:
     if record["cluster"] is None:  # "cluster None is not a whole number"
         raise ImgclusterError(f"{where}: the row ends before its cluster column, with fewer cells than the header")
     cluster = _cluster(record["cluster"])
+    shown = _shown(record["cluster"])
     if cluster is None:
-        raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is not a whole number")
+        raise ImgclusterError(f"{where}: cluster {shown} is not a whole number")
     if cluster < 0:  # export named its folder "-1-...", which commands take for an option
-        raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is negative; cluster ids are whole numbers from 0")
+        raise ImgclusterError(f"{where}: cluster {shown} is negative; cluster ids are whole numbers from 0")
     if cluster >= 2**63:  # it was called "not a whole number"
-        raise ImgclusterError(f"{where}: cluster {record['cluster']!r} is out of range; cluster ids are whole numbers from 0 to 2**63 - 1")
+        raise ImgclusterError(f"{where}: cluster {shown} is out of range; cluster ids are whole numbers from 0 to 2**63 - 1")
     raw = record.get("confidence")
     try:
         confidence = float(raw) if raw not in (None, "") else math.nan
@@ -273,6 +314,9 @@ def _cluster(text: str | None) -> int | None:
     try:
         exact = int(text or "")
     except ValueError:
+        if whole := WHOLE.fullmatch(text or ""):  # beyond Python's limit of 4,300 digits for int(): still a whole number
+            sign, digits = whole.groups()
+            return 0 if not digits.replace("_", "").strip("0") else -1 if sign == "-" else 2**63
         try:
             value = float(text or "")
         except ValueError:
@@ -281,6 +325,11 @@ def _cluster(text: str | None) -> int | None:
             return None
         exact = int(value)
     return exact
+
+
+def _shown(text: str) -> str:
+    """A cell as an error line shows it: whole when short, else its start and its length (a cluster id of 5,000 digits)."""
+    return repr(text) if len(text) <= SHOWN else f"{text[:SHOWN]!r}... ({len(text):,} characters)"
 
 
 def _truthy(value: str | None) -> bool:

@@ -22,7 +22,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from imgcluster.csvfile import assignments_path, check_assignments_file, names_of_clusters, read_assignments
+from imgcluster.csvfile import (
+    as_folder_paths,
+    assignments_path,
+    check_assignments_file,
+    names_of_clusters,
+    read_assignments,
+    separator_hint,
+)
 from imgcluster.errors import ImgclusterError, ParameterError
 from imgcluster.head_config import check_flags
 from imgcluster.outputs import refuse_long_names, refuse_stdout
@@ -49,6 +56,9 @@ class ExportResult:
     conflicts: list[Path] = field(default_factory=list)  # foreign files left as they were
     refused: list[tuple[str, str]] = field(default_factory=list)  # (CSV path, why it was not opened)
     symlinked: int = 0  # mode "link" on a file system without hard links between these folders
+    # files an earlier export of another assignment left in other cluster folders, which this one does not name: an
+    # image exported again after a new assign sat in its old cluster's folder and its new one, without a word
+    stale: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)  # images not in the image folder (any more), or not regular files
 
 
@@ -91,6 +101,7 @@ def export(
     image_folder = resolve_folder(csv_path, read_sidecar(csv_path), Path(folder) if folder is not None else None)
     if not image_folder.is_dir():
         raise ImgclusterError(f"image folder {image_folder} not found; give it with {{folder}}")
+    rows = as_folder_paths(rows, image_folder)
     refuse_stdout(to, "to", "an export (a folder of images)")
     target = Path(to)
     refuse_long_names(to, [target], "to")
@@ -117,6 +128,7 @@ def export(
     for rel, where in plan:
         place(image_folder / rel, target / where / rel)
         report.advance()
+    result.stale = _earlier_exports(target, plan)
     if result.refused:
         path, why = result.refused[0]
         report.warning(f"refused {count(len(result.refused), 'row')} of {csv_path.name} (e.g. {path!r}: {why})")
@@ -127,7 +139,13 @@ def export(
         )
     if result.missing:
         gone = count(len(result.missing), "image")
-        report.warning(f"{gone} of {csv_path.name} not found or not a regular file (e.g. {result.missing[0]}); left out")
+        hint = separator_hint(result.missing)
+        report.warning(f"{gone} of {csv_path.name} not found or not a regular file (e.g. {result.missing[0]}){hint}; left out")
+    if result.stale:
+        report.warning(
+            f"{count(len(result.stale), 'file')} in {target} are these images in other cluster folders, from an earlier export "
+            f"(e.g. {result.stale[0]}); nothing was deleted: export into a new folder to see this assignment alone"
+        )
     if result.symlinked:
         report.warning(f"{count(result.symlinked, 'image')} could not be hard-linked into {target} and got symbolic links instead")
     report.info(f"exported {count(result.placed + result.kept, 'image')} to {target} ({result.placed} new, {result.kept} already there)")
@@ -143,7 +161,7 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
         return []
     import csv
 
-    from imgcluster.csvfile import unescape_cell, written_raw
+    from imgcluster.csvfile import folder_spelling, unescape_cell, written_raw
 
     raw = written_raw(csv_path)
     out = []
@@ -157,9 +175,28 @@ def _duplicates(csv_path: Path, allowed: set[str]) -> list[tuple[str, Path]]:
     for record, group in zip(records, groups):
         rel = str(record.get("path") or "")
         rel = rel if raw else unescape_cell(rel)
+        if rel not in allowed and folder_spelling(rel) in allowed:  # written on Windows, as the CSV may be (as_folder_paths)
+            rel = folder_spelling(rel)
         if rel in allowed and group.isdigit():  # only rows of the CSV that passed the checks above
             out.append((rel, Path(DUPLICATES) / group.zfill(width)))
     return out
+
+
+def _earlier_exports(target: Path, plan: list[tuple[str, Path]]) -> list[Path]:
+    """Files in ``target`` that are images of ``plan`` in a folder ``plan`` does not put them in (``<folder>/<path>``,
+    ``duplicates/<group>/<path>``): what an export of an earlier assignment left there. Sorted; the folder is walked once."""
+    wanted = {target / where / rel for rel, where in plan}
+    rels = {rel for rel, _ in plan}
+    stale = []
+    for root, folders, files in os.walk(target):
+        folders.sort()
+        for name in files:
+            path = Path(root) / name
+            parts = path.relative_to(target).parts
+            skip = 2 if parts[0] == DUPLICATES else 1
+            if path not in wanted and len(parts) > skip and "/".join(parts[skip:]) in rels:
+                stale.append(path)
+    return sorted(stale)
 
 
 def _refuse_image_folder_clash(target: Path, folders: set[Path], image_folder: Path) -> None:

@@ -38,7 +38,6 @@ SKIPPED_DIR = "_skipped"
 MANIFEST_NAME = "_manifest.parquet"  # a listed prefix, kept for the next run (imgcluster.scale.sources)
 PART_PREFIX = "part-"
 N_BUCKETS = 256
-FLOAT16_MAX = float(np.finfo(np.float16).max)  # 65504: float16 holds anything larger as infinity
 
 # (size, mtime_ns, etag): what a row was made from; a rerun re-embeds a path whose file differs.
 Stamp = tuple[int, "int | None", "str | None"]
@@ -186,13 +185,15 @@ def _stamp_arrays(n: int, sizes: Sequence[int], mtimes: Sequence[int | None], et
     }
 
 
-def unstorable(features: np.ndarray) -> dict[int, str]:
-    """The rows of ``features`` a float16 store cannot hold, with why: NaN or infinity, or a value
-    that float16 would turn into infinity (beyond 65504), which every later read would take for a
-    feature. The writer refuses them; the embed job records them as skipped instead."""
+def unstorable(features: np.ndarray, dtype: str = "float16", holder: str = "the store") -> dict[int, str]:
+    """The rows of ``features`` that ``holder``, keeping them as ``dtype``, cannot hold, with why: NaN
+    or infinity, or a value that ``dtype`` would turn into infinity (float16: beyond 65504), which
+    every later read would take for a feature (the local cache refused such a shard as damaged on
+    the next run, so the image was embedded again on every run). The store's writer refuses them;
+    the embed job and the local cache's embedding loop record them as skipped instead."""
     values = np.asarray(features)
     with np.errstate(over="ignore", invalid="ignore"):
-        rows = np.flatnonzero(~np.isfinite(values.astype(np.float16)).all(axis=1))
+        rows = np.flatnonzero(~np.isfinite(values.astype(dtype)).all(axis=1))
     why = {}
     for row in rows:
         x = np.asarray(values[row], np.float64)
@@ -200,8 +201,8 @@ def unstorable(features: np.ndarray) -> dict[int, str]:
             why[int(row)] = "its features are not finite numbers (NaN or infinity)"
         else:
             why[int(row)] = (
-                f"its features reach {np.abs(x).max():.6g}, beyond float16's largest value {FLOAT16_MAX:g}, "
-                "which the store would hold as infinity"
+                f"its features reach {np.abs(x).max():.6g}, beyond {np.dtype(dtype).name}'s largest value "
+                f"{float(np.finfo(dtype).max):g}, which {holder} would hold as infinity"
             )
     return why
 

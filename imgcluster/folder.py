@@ -555,8 +555,18 @@ def _train(
     from imgcluster.pipeline import head_path_for
     from imgcluster.signals import Interrupted
 
-    if len(embeddings.paths) < 2:
-        raise ImgclusterError("need at least two images to cluster")
+    if len(embeddings.paths) < 2:  # the files were found, so the rest were skipped: it said not why, and wrote no list
+        why = ""
+        if embeddings.skipped:
+            rel, reason = embeddings.skipped[0]
+            why = f": {len(embeddings.paths)} embedded, {len(embeddings.skipped)} skipped (e.g. {literal(rel)}: {reason})"
+        raise ImgclusterError(f"need at least two images to cluster{why}")
+    if out is None and not keep_optional:  # a read-only cache: said before the training, not after it
+        heads = head_path_for(embeddings.cache_dir, TrainConfig()).parent
+        try:
+            check_writable(heads / "head.safetensors")
+        except ImgclusterError as exc:
+            raise ImgclusterError(f"cannot save the head in the cache: {exc}; give it a file of its own with {{out}}") from None
     try:
         fitted = fit()
     except KeyboardInterrupt as exc:

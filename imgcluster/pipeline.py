@@ -32,6 +32,7 @@ from imgcluster.embedding import (
     shared_memory_free,
 )
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences
+from imgcluster.featurestore import unstorable
 from imgcluster.identity import SOURCE_FIELD, forget_record, identity_source, normalised, recorded_identity
 from imgcluster.int8 import chosen_runtime, ensure_quantised, recorded_runtime_failure
 from imgcluster.int8 import runtime_name as int8_runtime_name
@@ -480,7 +481,14 @@ def _embed_into_cache(
         for batch in batches:
             for i, reason in batch.failures:
                 skipped[todo[i].rel] = reason
-            for i in batch.indices:
+            # Features the cache's dtype cannot hold (float16: beyond 65504) became infinity in the shard, which the
+            # next run refused as damaged and embedded again, forever: recorded as skipped instead, as a failed decode is.
+            refused = unstorable(batch.features, cache.dtype, "the cache")
+            for row, why in refused.items():
+                skipped[todo[batch.indices[row]].rel] = f"not cached: {why}"
+            for row, i in enumerate(batch.indices):
+                if row in refused:
+                    continue
                 file = todo[i]
                 stat, digest = batch.seen[i]
                 if stat != file.stat_key:  # decoded content belongs to the stat seen at decode time
@@ -488,8 +496,8 @@ def _embed_into_cache(
                     file = changed[file.rel] = dataclasses.replace(file, size=size, mtime_ns=mtime_ns, ctime_ns=ctime_ns, inode=inode)
                 pending_files.append(file)
                 pending_hashes.append(digest)
-            if batch.indices:
-                pending_feats.append(batch.features)
+            if len(batch.indices) > len(refused):
+                pending_feats.append(np.delete(batch.features, list(refused), axis=0) if refused else batch.features)
             hooks.on_advance(len(batch.indices) + len(batch.failures))
             if len(pending_files) >= every or time.monotonic() - saved_at[0] >= seconds:
                 flush()

@@ -236,4 +236,27 @@ def check_inputs(
         check_clusters_fit(k, found)
     elif n_clusters is not None and k_range is not None:  # auto, between k_range's bounds (it embedded, then said so)
         check_auto_k_fits(found, *k_range)
+    check_cache_creatable(where, cache_dir)
     return listing
+
+
+def check_cache_creatable(folder: Path, cache_dir: str | os.PathLike[str] | None) -> None:
+    """Refuse a cache that does not exist and cannot be created (a read-only FOLDER, a ``cache_dir`` under a folder
+    this user cannot write, a file ``FOLDER/.imgcluster``): it failed the same way, but after torch and the model had
+    loaded. A cache that exists is left to the run, which reads a read-only one without writing
+    (:func:`imgcluster.lock.folder_lock`)."""
+    from imgcluster.cache import default_cache_root
+    from imgcluster.lock import CacheNotWritable
+
+    root = default_cache_root(folder, os.fspath(cache_dir) if cache_dir else None)
+    existing = next((p for p in (root, *root.parents) if os.path.lexists(p)), None)
+    if existing is None or (existing == root and existing.is_dir()):
+        return
+    if not existing.is_dir():  # FOLDER/.imgcluster a file: "Not a directory" once the model had loaded
+        why = f"{literal(existing)} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        why = f"{literal(existing)} is not writable"
+    else:
+        return
+    advice = "pass {cache_dir} DIR or set $IMGCLUSTER_CACHE to a writable folder"
+    raise CacheNotWritable(f"cannot create the cache folder {root}: {why}", advice)

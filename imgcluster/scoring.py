@@ -9,7 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from imgcluster.csvfile import assignments_path, check_assignments_file, names_of_clusters, read_assignments
+from imgcluster.csvfile import (
+    as_folder_paths,
+    assignments_path,
+    check_assignments_file,
+    names_of_clusters,
+    read_assignments,
+    separator_hint,
+)
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.listing import list_images
 from imgcluster.matching import best_matching
@@ -111,7 +118,7 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
     labelled_folder = Path(path_argument(labelled_folder, "labelled_folder", "a folder whose sub-folders are the labels"))
     check_assignments_file(assignments)
     check_labelled_folder(labelled_folder, "labelled_folder")
-    rows = read_assignments(assignments)
+    rows = as_folder_paths(read_assignments(assignments), labelled_folder)
     paths = [r.path for r in rows]
     clusters = np.array([r.cluster for r in rows], dtype=np.int64)
     truth, top = _labelled(labelled_folder)
@@ -119,7 +126,9 @@ def evaluate(assignments: str | os.PathLike[str], labelled_folder: str | os.Path
         raise ImgclusterError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")
     keep = [i for i, p in enumerate(paths) if p in truth]
     if not keep:
-        raise ImgclusterError(f"no path in {assignments.name} matches an image in {labelled_folder}; were they made from the same folder?")
+        hint = separator_hint(paths)
+        where = f"{labelled_folder}{hint}"
+        raise ImgclusterError(f"no path in {assignments.name} matches an image in {where}; were they made from the same folder?")
     matched_paths = [paths[i] for i in keep]
     y = np.array([truth[p] for p in matched_paths])
     c = clusters[keep]

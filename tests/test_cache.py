@@ -217,3 +217,100 @@ def test_a_cache_root_from_the_environment_may_start_with_a_tilde(tmp_path: Path
     monkeypatch.setenv("IMGCLUSTER_CACHE", "~/cache")
     root = default_cache_root(tmp_path / "photos", None)
     assert root.is_relative_to(tmp_path / "home" / "cache")
+
+
+def test_features_the_cache_cannot_hold_are_skipped_with_the_reason_and_not_tried_again(
+    small_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A feature beyond float16's 65504 became infinity in the shard, which the next run refused as damaged:
+    the image was embedded again on every run. It is skipped with the reason, and remembered, as a file that
+    cannot be decoded is."""
+    from PIL import Image
+
+    import imgcluster.embedding as embedding
+
+    Image.new("RGB", (64, 64), (255, 255, 255)).save(small_folder / "white.png")  # the one image the fake backbone overflows on
+    real = embedding.forward
+    passes: list[int] = []
+
+    def overflowing(model, pixels, *args, **kwargs):  # type: ignore[no-untyped-def]
+        out = real(model, pixels, *args, **kwargs)
+        flat = pixels.flatten(1).float()
+        uniform = (flat.amax(dim=1) == flat.amin(dim=1)).numpy()[: len(out)]  # a one-colour image (padding rows are cut)
+        passes.append(int(uniform.sum()))
+        out[uniform] = 1e6
+        return out
+
+    monkeypatch.setattr(embedding, "forward", overflowing)
+    cache = tmp_path / "cache"
+    first = run(small_folder, cache)
+    why = "not cached: its features reach 1e+06, beyond float16's largest value 65504, which the cache would hold as infinity"
+    assert dict(first.skipped) == {"white.png": why} and first.embedded == 24 and "white.png" not in first.paths
+    assert sum(passes) == 1 and np.isfinite(first.features).all()
+    assert read_failures(first.cache_dir).keys() == {"white.png"}
+    warnings: list[str] = []
+    second = run(small_folder, cache, EmbedHooks(on_warning=warnings.append))
+    assert (second.embedded, second.reused) == (0, 24) and sum(passes) == 1  # no forward pass: nothing left to embed
+    assert not [w for w in warnings if "damaged" in w]  # the shard holds no infinity to refuse
+    assert dict(second.skipped)["white.png"].startswith(why + " (unchanged since it failed on ")
+    assert np.array_equal(first.features, second.features)
+
+
+@pytest.mark.slow
+def test_a_cache_this_user_cannot_write_is_read_and_train_says_so_before_training(small_folder: Path, tmp_path: Path) -> None:
+    """Real permissions (as root: without the capabilities that override them). ``train`` without ``--out`` into a
+    read-only cache trained, then failed saving the head; ``assign`` reads the cache and writes nothing into it."""
+    import subprocess
+    import sys
+
+    from unprivileged import prefix
+
+    words = prefix()
+    cache = tmp_path / "cache"
+    run(small_folder, cache)
+    before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
+    folders = [cache, *(p for p in cache.rglob("*") if p.is_dir())]
+    for path in folders:
+        path.chmod(0o555)
+    common = ["--model", "efficientnet-lite0", "--cache-dir", str(cache), "-k", "2", "--workers", "0"]
+    env = {**os.environ, "COLUMNS": "200"}
+    try:
+        train = subprocess.run(
+            [*words, sys.executable, "-m", "imgcluster", "train", str(small_folder), *common],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+        assign = subprocess.run(
+            [*words, sys.executable, "-m", "imgcluster", "assign", str(small_folder), *common, "--out", str(tmp_path / "out.csv")],
+            capture_output=True, text=True, env=env, timeout=300,
+        )  # fmt: skip
+    finally:
+        for path in folders:
+            path.chmod(0o755)
+    assert train.returncode == 1 and "epoch" not in train.stderr and "Traceback" not in train.stderr, train.stderr
+    last = train.stderr.strip().splitlines()[-1]
+    assert re.fullmatch(r"error: cannot save the head in the cache: cannot write .*/heads/head\.safetensors: Permission denied; "
+                        r"give it a file of its own with --out", last), last  # fmt: skip
+    assert assign.returncode == 0 and "Traceback" not in assign.stderr, assign.stderr
+    assert "the head is not kept" in assign.stderr and (tmp_path / "out.csv").is_file()
+    assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before  # nothing written, nothing removed
+
+
+def test_a_folder_whose_features_all_overflow_says_why_it_has_too_few_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every image skipped (here: features beyond float16's range) ended in "need at least two images to cluster", with
+    no reason and no skipped list written."""
+    from imagefolders import CLASSES, copy_sample
+    from typer.testing import CliRunner
+
+    import imgcluster.embedding as embedding
+    from imgcluster.cli import app
+
+    folder = copy_sample(tmp_path / "photos", CLASSES[:1], per_class=3)
+    real = embedding.forward
+    monkeypatch.setattr(embedding, "forward", lambda *a, **kw: real(*a, **kw) * 0 + 1e6)
+    args = ["assign", str(folder), "-k", "2", "--model", "efficientnet-lite0", "--workers", "0", "--cache-dir", str(tmp_path / "cache")]
+    done = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "c.csv")])
+    first = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png"))[0]
+    assert done.exit_code == 1 and done.stderr.splitlines()[-1] == (
+        f"error: need at least two images to cluster: 0 embedded, 3 skipped (e.g. {first}: not cached: its features reach "
+        "1e+06, beyond float16's largest value 65504, which the cache would hold as infinity)"
+    ), done.stderr

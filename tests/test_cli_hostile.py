@@ -516,3 +516,24 @@ def test_imgcluster_debug_shows_the_traceback_of_an_os_error(tmp_path: Path, mon
     result = invoke("evaluate", tmp_path / "x.csv", tmp_path)
     assert result.exit_code == 1
     assert result.stderr == "error: unexpected OSError: [Errno 36] File name too long (run with IMGCLUSTER_DEBUG=1 for details)\n"
+
+
+def test_a_file_name_the_locale_cannot_encode_is_one_line_saying_what_to_do(tmp_path: Path) -> None:
+    """Names read from a CSV or its sidecar are UTF-8 text; where Python's file-name encoding is ASCII (PYTHONUTF8=0 with
+    LC_ALL=C) every file call on such a name raised, and report ended in "unexpected UnicodeEncodeError"."""
+    csv = tmp_path / "x.csv"
+    csv.write_text('"path","cluster","confidence"\n"bag/a.png",0,0.5\n', encoding="utf-8")
+    (tmp_path / "x.csv.json").write_text(json.dumps({"assign": {"folder": str(tmp_path / "photos é")}}), encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("PYTHONIOENCODING", None)
+    code = "import sys; print(sys.getfilesystemencoding())"
+    probe = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    if probe.stdout.strip() != "ascii":
+        pytest.skip(f"this Python's file-name encoding under LC_ALL=C is {probe.stdout.strip()!r}, not ascii")
+    done = subprocess.run([sys.executable, "-m", "imgcluster", "report", str(csv)], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.splitlines()[-1] == (
+        "error: a file name holds '\\xe9', which this system's file-name encoding (ascii) cannot hold: "
+        "run imgcluster in a UTF-8 locale (LANG=C.UTF-8) or with PYTHONUTF8=1"
+    )
+    assert "unexpected" not in done.stderr

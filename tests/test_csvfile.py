@@ -67,6 +67,18 @@ def test_cluster_ids_above_64_bits_are_out_of_range_not_fractions(tmp_path: Path
     )
 
 
+@pytest.mark.parametrize(("value", "what"), [("7" * 5000, "is out of range; cluster ids are whole numbers from 0 to 2**63 - 1"),
+                                           ("-" + "7" * 5000, "is negative; cluster ids are whole numbers from 0")])
+def test_cluster_ids_beyond_pythons_digit_limit_are_out_of_range_in_a_short_line(tmp_path: Path, value: str, what: str) -> None:
+    """int() refuses more than 4,300 digits, so such an id was "not a whole number", and the line showed all 5,000 of them."""
+    csv = write_clusters(tmp_path / "odd.csv", ["1", value])
+    with pytest.raises(ImgclusterError) as caught:
+        read_assignments(csv)
+    assert str(caught.value) == f"{csv}, line 3 ('img1.png'): cluster {value[:40]!r}... ({len(value):,} characters) {what}"
+    write_clusters(csv, ["1", "0" * 5000])  # leading zeros: a whole number all the same
+    assert [r.cluster for r in read_assignments(csv)] == [1, 0]
+
+
 def test_whole_cluster_ids_in_any_spelling_are_kept(tmp_path: Path) -> None:
     csv = write_clusters(tmp_path / "ok.csv", ["3", "3.0", " 4 ", "-0", "9007199254740993", "9223372036854775807"])
     assert [r.cluster for r in read_assignments(csv)] == [3, 3, 4, 0, 2**53 + 1, 2**63 - 1]
@@ -88,6 +100,64 @@ def test_negative_cluster_ids_are_refused_naming_the_row(tmp_path: Path, command
     assert result.exit_code == 1 and result.stdout == ""
     assert result.stderr == f"error: {csv}, line 3 ('cat/img1.png'): cluster {value!r} is negative; cluster ids are whole numbers from 0\n"
     assert not (tmp_path / "sorted").exists() and not (tmp_path / "odd.html").exists()
+
+
+@pytest.mark.parametrize("command", ["evaluate", "report", "export"])
+def test_a_csv_written_on_windows_is_read_with_its_backslashes_as_folders(tmp_path: Path, command: str) -> None:
+    """A CSV made or edited on Windows names "cat\\img0.png": evaluate said "no path matches", report showed every image
+    as missing, export left every one out."""
+    from imagefolders import sample_image
+
+    photos = tmp_path / "photos"
+    for rel in ("cat/img0.png", "cat/img1.png", "dog/img2.png"):
+        (photos / rel).parent.mkdir(parents=True, exist_ok=True)
+        sample_image().save(photos / rel)
+    csv = tmp_path / "windows.csv"
+    csv.write_text('"path","cluster","confidence"\r\n"cat\\img0.png",0,0.9\r\n"cat\\img1.png",0,0.8\r\n"dog\\img2.png",1,0.7\r\n')
+    where = ["--folder", str(photos)]
+    args = {"evaluate": [str(photos)], "report": where, "export": ["--to", str(tmp_path / "sorted"), *where]}[command]
+    result = runner.invoke(app, [command, str(csv), *args])
+    assert result.exit_code == 0, result.stderr
+    assert "missing" not in result.stderr and "not found" not in result.stderr
+    if command == "evaluate":
+        assert "ACC (Hungarian)" in result.stdout and "1.0000" in result.stdout
+    if command == "export":
+        assert sorted(p.relative_to(tmp_path / "sorted").as_posix() for p in (tmp_path / "sorted").rglob("*.png")) == [
+            "00/cat/img0.png", "00/cat/img1.png", "01/dog/img2.png",
+        ]  # fmt: skip
+
+
+def test_backslashes_and_a_leading_dot_slash_are_read_as_imgcluster_spells_paths_only_when_unambiguous(tmp_path: Path) -> None:
+    """On Linux "\\" may be part of a file's name: such a file, a path also listed with "/", or two rows that would become
+    one, stay as written; a CSV whose paths match nothing either way says what its paths look like."""
+    from imgcluster.csvfile import as_folder_paths
+    from imgcluster.scoring import evaluate
+
+    (tmp_path / "a").mkdir()
+    for name in ("a/b.png", "a/c.png", "a/e.png", "x\\y.png", "x"):
+        (tmp_path / name).touch() if name != "x" else (tmp_path / name).mkdir()
+    (tmp_path / "x" / "y.png").touch()
+    rows = [Row(p, 0, 0.5, False) for p in ["a\\b.png", "x\\y.png", "a\\c.png", "a/c.png", "a/e\\", "\\\\a\\b.png"]]
+    assert [r.path for r in as_folder_paths(rows, tmp_path)] == [
+        "a/b.png", "x\\y.png", "a\\c.png", "a/c.png", "a/e\\", "\\\\a\\b.png",
+    ]  # fmt: skip
+    twice = [Row("a\\b/c.png", 0, 0.5, False), Row("a/b\\c.png", 0, 0.5, False)]
+    (tmp_path / "a" / "b").mkdir()
+    (tmp_path / "a" / "b" / "c.png").touch()
+    assert as_folder_paths(twice, tmp_path) == twice  # "a/b/c.png" twice: left as written
+    found = [Row(p, 0, 0.5, False) for p in ["./a/e.png", ".\\a\\b.png", ".//x/y.png", "./"]]  # a list made by `find .`
+    assert [r.path for r in as_folder_paths(found, tmp_path)] == ["a/e.png", "a/b.png", ".//x/y.png", "./"]  # never "/x/y.png"
+    labelled = tmp_path / "labelled" / "cat"
+    labelled.mkdir(parents=True)
+    (labelled / "img0.png").touch()
+    csv = tmp_path / "gone.csv"
+    csv.write_text('"path","cluster"\n"cat\\img9.png",0\n')
+    with pytest.raises(ImgclusterError) as info:
+        evaluate(csv, tmp_path / "labelled")
+    assert str(info.value) == (
+        f"no path in gone.csv matches an image in {tmp_path / 'labelled'}; its paths separate folders with '\\' (written on Windows?), "
+        "imgcluster's with '/'; were they made from the same folder?"
+    )
 
 
 def test_missing_confidence_is_nan_and_a_bad_one_is_refused(tmp_path: Path) -> None:

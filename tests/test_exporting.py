@@ -51,6 +51,26 @@ def test_link_export_and_rerun(assigned: tuple[Path, Path, list[str]], tmp_path:
     assert {p: (os.stat(folder / p).st_ino, (folder / p).read_bytes()) for p in paths} == before  # nothing moved or changed
 
 
+def test_an_export_over_an_earlier_one_of_other_clusters_says_what_it_left(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    """Export, assign again (other clusters), export into the same folder: every moved image sat in its old cluster's
+    folder and its new one (18 files for 10 images, on a real run), and the run said "exported 10 images"."""
+    folder, csv_path, paths = assigned
+    to = tmp_path / "sorted"
+    imgcluster.export(csv_path, to, folder=folder)
+    rows = [(p, 0 if i in (0, 1, 3) else 1, "sandal, running shoe" if i in (0, 1, 3) else "mailbag", 0) for i, p in enumerate(paths)]
+    events: list[imgcluster.Event] = []
+    again = imgcluster.export(write_csv(tmp_path / "new.csv", rows), to, folder=folder, progress=events.append)
+    assert (again.placed, again.kept) == (3, 3)  # 2 and 3 changed clusters, 5 is no longer an outlier; 0, 1 and 4 stayed
+    left = [to / "00-sandal-running-shoe" / paths[2], to / "01-mailbag" / paths[3], to / "outliers" / paths[5]]
+    assert again.stale == sorted(left) and all(p.is_file() for p in left)  # said, and nothing deleted
+    warnings = [e.message for e in events if e.kind == "warning"]
+    assert warnings == [
+        f"3 files in {to} are these images in other cluster folders, from an earlier export (e.g. {min(left)}); "
+        "nothing was deleted: export into a new folder to see this assignment alone"
+    ]
+    assert imgcluster.export(write_csv(tmp_path / "new.csv", rows), tmp_path / "fresh", folder=folder).stale == []
+
+
 def test_symlink_and_copy_modes(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
     folder, csv_path, paths = assigned
     imgcluster.export(csv_path, tmp_path / "links", "symlink", folder=folder)
@@ -153,6 +173,20 @@ def test_near_duplicates_get_their_own_folders(assigned: tuple[Path, Path, list[
     group = tmp_path / "sorted" / "duplicates" / "000"
     assert sorted(p.relative_to(group).as_posix() for p in group.rglob("*.png")) == paths[:2]
     assert (tmp_path / "sorted" / "00-sandal-running-shoe" / paths[0]).is_file()  # still in its cluster too
+
+
+def test_near_duplicates_written_on_windows_get_their_folders_too(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:
+    """The CSV's Windows paths were read as folders, its duplicates' were not: the groups were left out without a word."""
+    folder, _, paths = assigned
+    windows = [p.replace("/", "\\") for p in paths]
+    rows = [(p, i // 3, "sandal" if i < 3 else "mailbag", 0) for i, p in enumerate(windows)]
+    csv_path = write_csv(tmp_path / "win.csv", rows)
+    (tmp_path / "win-duplicates.csv").write_text(
+        f'"group","path","similarity"\n0,"{windows[0]}",1.0\n0,"{windows[1]}",0.99\n', encoding="utf-8"
+    )
+    imgcluster.export(csv_path, tmp_path / "sorted", folder=folder)
+    group = tmp_path / "sorted" / "duplicates" / "000"
+    assert sorted(p.relative_to(group).as_posix() for p in group.rglob("*.png")) == paths[:2]
 
 
 def test_a_duplicates_csv_cut_short_is_refused(assigned: tuple[Path, Path, list[str]], tmp_path: Path) -> None:

@@ -134,12 +134,14 @@ def test_unreachable_folders_and_files_are_reported(tmp_path: Path, monkeypatch:
 
 
 def test_a_really_unreadable_folder_is_reported(tmp_path: Path) -> None:
-    """Real permissions: as root, the scan runs without the capabilities that bypass them (or as
-    ``nobody``), in a world-readable folder. Python 3.11's ``Path.exists`` raised there, and the
+    """Real permissions: as root, the scan runs without the capabilities that bypass them
+    (:mod:`unprivileged`), in a world-readable folder. Python 3.11's ``Path.exists`` raised there, and the
     folder was dropped without a word."""
     import subprocess
     import sys
     import tempfile
+
+    from unprivileged import prefix
 
     base = Path(tempfile.mkdtemp(prefix="imgcluster-perm-"))
     try:
@@ -154,18 +156,9 @@ def test_a_really_unreadable_folder_is_reported(tmp_path: Path) -> None:
             "import json, sys; from pathlib import Path; from imgcluster.listing import list_images; u = []; "
             "found = [f.rel for f in list_images(Path(sys.argv[1]), unreachable=u)]; print(json.dumps([found, u]))"
         )
-        command = [sys.executable, "-c", code, str(base)]
-        user = {"user": 65534, "group": 65534} if os.geteuid() == 0 else {}
-        if user and shutil.which("setpriv"):  # root without CAP_DAC_*: permissions apply, Python stays reachable
-            command = ["setpriv", "--bounding-set=-dac_override,-dac_read_search", "--inh-caps=-dac_override,-dac_read_search", *command]
-            user = {}
+        command = [*prefix(), sys.executable, "-c", code, str(base)]  # as root: without the capabilities that bypass them
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
-        try:
-            done = subprocess.run(command, capture_output=True, text=True, env=env, check=False, **user)
-        except PermissionError as exc:  # this Python lives where nobody may not go
-            pytest.skip(f"cannot run Python as nobody here: {exc}")
-        if done.returncode != 0 and os.geteuid() == 0:
-            pytest.skip(f"cannot run as nobody here: {done.stderr.strip()[-200:]}")
+        done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
         assert done.returncode == 0, done.stderr
         found, unreachable = json.loads(done.stdout)
         assert found == ["open/1.png"]

@@ -104,6 +104,13 @@ def _cli(*args: str | Path, **environ: str) -> dict:
             2,
             "error: --cache-dir {tmp}/file is a file, not a folder",
         ),
+        (  # "Not a directory" once the model had loaded
+            lambda p: [_images(p / "two", 2), p.joinpath("two", ".imgcluster").write_text("x")],
+            ("assign", "{tmp}/two", "-k", "2"),
+            1,
+            "error: cannot create the cache folder {tmp}/two/.imgcluster: {tmp}/two/.imgcluster is a file, not a folder; "
+            "pass --cache-dir DIR or set $IMGCLUSTER_CACHE to a writable folder",
+        ),
         # these two were found missing after torch had been imported (4.7 s), the weights with exit code 1
         (lambda p: _images(p / "two", 2), ("embed", "{tmp}/two", "--weights", "{tmp}/w"), 2, "error: weights file not found: {tmp}/w"),
         (lambda p: _images(p / "two", 2), ("assign", "{tmp}/two", "--head", "{tmp}/h"), 2, "error: head checkpoint not found: {tmp}/h"),
@@ -158,3 +165,38 @@ def test_a_cache_variable_naming_a_file_fails_before_torch(tmp_path: Path) -> No
     result = _cli("assign", tmp_path / "two", "-k", "2", IMGCLUSTER_CACHE=str(tmp_path / "file"))
     assert result["code"] == 2 and not result["torch"]
     assert result["stderr"] == f"error: $IMGCLUSTER_CACHE {tmp_path / 'file'} is a file, not a folder\n"
+
+
+@pytest.mark.parametrize("where", ["folder", "cache_dir", "variable"])
+def test_a_cache_that_cannot_be_created_fails_before_torch(tmp_path: Path, where: str) -> None:
+    """A read-only FOLDER (its default cache inside it) or a cache root under a folder this user cannot write failed only
+    once torch and the model had loaded. Run with real permissions: as root, without the capabilities that override them."""
+    from unprivileged import prefix
+
+    folder = _images(tmp_path / "photos", 3)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    args, environ, root = ["assign", str(folder), "-k", "2"], {}, folder / ".imgcluster"
+    if where == "cache_dir":
+        args += ["--cache-dir", str(closed / "cache")]
+    if where == "variable":
+        environ["IMGCLUSTER_CACHE"] = str(closed / "cache")
+    if where != "folder":
+        from imgcluster.cache import default_cache_root
+
+        root = default_cache_root(folder, str(closed / "cache"))
+    (closed if where != "folder" else folder).chmod(0o555)
+    try:
+        env = {**os.environ, "COLUMNS": "200", **environ}
+        done = subprocess.run([*prefix(), sys.executable, "-c", PROBE, *args], capture_output=True, text=True, env=env, timeout=120)
+    finally:
+        (closed if where != "folder" else folder).chmod(0o755)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    blocked = closed if where != "folder" else folder
+    assert result["code"] == 1 and not result["torch"], result
+    assert result["stderr"] == (
+        f"error: cannot create the cache folder {root}: {blocked} is not writable; "
+        "pass --cache-dir DIR or set $IMGCLUSTER_CACHE to a writable folder\n"
+    )
+    assert not root.exists()

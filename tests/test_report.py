@@ -295,6 +295,10 @@ def test_thumbnails_are_made_once(clustered: Clustered, tmp_path: Path) -> None:
     made = write_report(clustered.csv, out=tmp_path / "again.html")
     assert made.shown == 25 and made.typical_by == "features"
     assert {p: p.stat().st_mtime_ns for p in thumbs.iterdir()} == files  # nothing re-made
+    umask = os.umask(0o022)
+    os.umask(umask)
+    # mkstemp's 0600 kept them from any other user of a shared cache; they get a new file's mode, as every file written
+    assert {p.stat().st_mode & 0o777 for p in thumbs.iterdir()} == {0o666 & ~umask}
 
 
 def test_rows_outside_the_folder_are_refused(clustered: Clustered, tmp_path: Path) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from imgcluster.csvfile import Row, names_of_clusters
+from imgcluster.csvfile import Row, names_of_clusters, separator_hint
 from imgcluster.errors import ImgclusterError
 
 DEFAULT_PER_CLUSTER = 48  # most typical images per cluster; a third as many least confident ones join them
@@ -45,7 +45,8 @@ def label_mix(rows: list[Row], labelled_folder: Path) -> dict[int, Counter[str]]
     if not truth:
         raise ImgclusterError(f"no labelled images in {labelled_folder}: put each class in its own sub-folder")
     if not any(r.path in truth for r in rows):
-        raise ImgclusterError(f"no path in the CSV matches an image in {labelled_folder}; were they made from the same folder?")
+        hint = separator_hint(r.path for r in rows)
+        raise ImgclusterError(f"no path in the CSV matches an image in {labelled_folder}{hint}; were they made from the same folder?")
     mix: dict[int, Counter[str]] = {}
     for r in rows:
         mix.setdefault(r.cluster, Counter())[truth.get(r.path, "(no label)")] += 1

@@ -5,15 +5,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import stat
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, features
 
+from imgcluster.errors import ImgclusterError
 from imgcluster.load import DecodeTimeout, ImageDecodeError, decode_timeout, load_rgb, time_limit
 
 THUMB_PX = 112  # longest side of a thumbnail
@@ -93,18 +92,13 @@ class ThumbCache:
         return buffer.getvalue()
 
     def _store(self, path: Path, data: bytes) -> None:
+        """Written as every file is (:mod:`imgcluster.atomic`: the mode a new file gets, not mkstemp's 0600, which kept
+        other users of a shared cache from reading them), without the fsyncs: a lost thumbnail is made again."""
+        from imgcluster.atomic import atomic_write_bytes
+
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        except OSError as exc:
-            self.write_problem = self.write_problem or f"thumbnail cache {path.parent} not writable ({exc}); thumbnails not kept"
-            return
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, path)
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+            atomic_write_bytes(path, data, durable=False)
+        except ImgclusterError as exc:
             self.write_problem = self.write_problem or f"thumbnail cache {path.parent} not writable ({exc}); thumbnails not kept"
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from imgcluster.atomic import atomic_write_text
-from imgcluster.csvfile import check_assignments_file, read_assignments
+from imgcluster.csvfile import as_folder_paths, check_assignments_file, read_assignments
 from imgcluster.errors import ParameterError
 from imgcluster.head_config import check_whole
 from imgcluster.report.layout import DEFAULT_PER_CLUSTER, MAX_IMAGES, ClusterView, Plan, label_mix, plan_clusters
@@ -133,6 +133,7 @@ def _write_report(
     rows = read_assignments(assignments)
     sidecar = read_sidecar(assignments)
     image_folder = resolve_folder(assignments, sidecar, folder)
+    rows = as_folder_paths(rows, image_folder)
     if not image_folder.is_dir():
         hooks.on_warning(f"image folder {image_folder} not found; every image is shown as a placeholder")
 

@@ -28,7 +28,7 @@ from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, 
 from imgcluster.errors import ImgclusterError, ParameterError, literal
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
 from imgcluster.scale.knn import DEFAULT_NPROBE, RAY_KNN_THRESHOLD, check_knn_options
-from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch, naming_file
+from imgcluster.scale.labels import SampleModel, fit_isolation, fit_sample_model, label_batch, naming_file, readable_source
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 from imgcluster.userpath import expand_home
 
@@ -54,6 +54,9 @@ class StoreAssignment:
     seconds: float
     sample: dict[str, Any]
     warnings: list[str] = field(default_factory=list)
+    # rows whose file is no longer in the store's source (deleted or moved since it was embedded): labelled all the
+    # same, as the store holds them; None when the source is not a local folder this process can read (not checked)
+    missing_files: int | None = None
 
 
 def parquet_path(out: Path) -> Path:
@@ -126,9 +129,13 @@ def _is_stream(out: str) -> bool:
 
 
 class Tally:
-    """Counts the pass keeps as blocks go by: rows, cluster sizes, outliers, the highest confidence."""
+    """Counts the pass keeps as blocks go by: rows, cluster sizes, outliers, the highest confidence, and, when the
+    store's source is a local folder (``source``), the rows whose file is no longer there (one ``lstat`` a row)."""
 
-    def __init__(self) -> None:
+    def __init__(self, source: Path | None = None) -> None:
+        self.source = source
+        self.missing = 0
+        self.missing_example = ""
         self.rows = 0
         self.sizes: dict[int, int] = {}
         self.outliers = 0
@@ -150,6 +157,12 @@ class Tally:
         self.low += sum(REASON_CONFIDENCE in r for r in reasons)
         if len(columns["confidence"]):
             self.top = max(self.top, float(np.max(columns["confidence"])))
+        if self.source is not None:
+            # a manifest's row may name an object (s3://...) rather than a file under the source: not checked
+            gone = [str(p) for p in columns["path"] if "://" not in str(p) and not os.path.lexists(self.source / str(p))]
+            self.missing += len(gone)
+            if gone:  # the first by name, whatever order the store's files come in
+                self.missing_example = min(gone) if not self.missing_example else min(self.missing_example, *gone)
 
 
 def label_bucket(
@@ -296,15 +309,14 @@ def assign_store(
     ONNX file a folder's run of that runtime left, as a folder's ``assign`` does; else torch).
     """
     from imgcluster.atomic import check_writable
-    from imgcluster.checkpoint import check_backbone, load_checkpoint
-    from imgcluster.estimator import checked_head
+    from imgcluster.featurestore import read_meta
     from imgcluster.folder import check_out
-    from imgcluster.head_config import Training
+    from imgcluster.head_config import Training, check_flags
     from imgcluster.outliers import check_min_confidence
-    from imgcluster.pipeline import resolve_device
     from imgcluster.scale.training import check_engine, engine_session, head_for_store, read_sample, said_when_stopped
 
     start = time.perf_counter()
+    check_flags(self_label=self_label, uco=uco, names=names, explain=explain, raw_csv=raw_csv)
     features, out, head = expand_home(features), expand_home(out), expand_home(head)
     check_progress(progress)
     check_engine(engine, address)
@@ -325,6 +337,11 @@ def assign_store(
         raise ParameterError(f"{{out}} {literal(out_text)}: {literal(parquet_path(beside))}, which goes beside it, is a folder")
     if out_path is not None:
         check_writable(out_path)  # fail before the training, not after it
+    read_meta(features)  # no store there: said before torch is imported (5.8 s), as a missing FOLDER is
+    from imgcluster.checkpoint import check_backbone, load_checkpoint
+    from imgcluster.estimator import checked_head
+    from imgcluster.pipeline import resolve_device
+
     progress, warnings = keeping_warnings(progress)
     report = Reporter(progress, "assign")
     dev = resolve_device(device)
@@ -376,7 +393,8 @@ def assign_store(
                 paths=sample.paths, source=sample.meta.source, progress=progress,
                 onnx=naming_file(naming_runtime, sample.meta.identity) if use_names else (None, ""),
             )  # fmt: skip
-        tally = Tally()
+        local_source, _ = readable_source(sample.meta.source)
+        tally = Tally(local_source)
         problems: list[str] = []
         report.start(sample.rows, f"assigning {sample.rows} rows ({engine})")
         try:
@@ -395,6 +413,11 @@ def assign_store(
             ) from None  # fmt: skip
         for problem in problems:
             report.warning(f"feature file ignored: {problem}")
+        if tally.missing:
+            report.warning(
+                f"{tally.missing} of the {tally.rows} rows are of files no longer in {sample.meta.source} (deleted or moved since "
+                f"they were embedded; e.g. {literal(tally.missing_example)}): they are labelled as the store holds them"
+            )
         chance = 1.0 / trained.n_clusters
         if tally.rows and tally.top < chance + 0.01:
             report.warning(
@@ -430,6 +453,7 @@ def assign_store(
         return StoreAssignment(
             rows=tally.rows, cluster_sizes=dict(sorted(tally.sizes.items())), outliers=tally.outliers, head=head_path, written=written,
             engine=engine, seconds=time.perf_counter() - start, sample=sample.describe(), warnings=warnings,
+            missing_files=tally.missing if local_source is not None else None,
         )  # fmt: skip
 
 

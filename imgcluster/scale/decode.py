@@ -18,9 +18,8 @@ import numpy as np
 
 from imgcluster.embedding import draft_size_for, limit_aspect, split_transform
 from imgcluster.load import DecodeTimeout, ImageDecodeError, load_rgb, time_limit
-from imgcluster.scale.sources import Source
+from imgcluster.scale.sources import NO_MTIME, Source
 
-NO_MTIME = -1  # mtime_ns of a row without one (an object listed by etag), in Ray batches, which hold no nulls
 _transforms: dict[str, Callable] = {}  # per worker process: building a transform for every batch would cost more than the batch
 
 

@@ -1,7 +1,8 @@
 """``embed_to_store``: embed a folder, a prefix or a manifest on Ray into a feature store.
 
-The driver builds the model once to learn its cache key and width. A small source (or manifest)
-is listed and planned in this process: the rows the store already holds (same path, size and
+A small source (or manifest) is listed in this process first, so one without images is refused
+before the model is built, as on one machine. The driver then builds the model once to learn
+its cache key and width, and plans the small listing in this process: the rows the store already holds (same path, size and
 mtime or etag) and the unchanged files it recorded as not embeddable are subtracted bucket by
 bucket (:mod:`imgcluster.scale.resume`), and with nothing left the job returns without starting
 Ray. A large one (and any gs:// prefix, which cannot be listed a page at a time) is listed in
@@ -31,12 +32,12 @@ import numpy as np
 
 from imgcluster import featurestore
 from imgcluster.errors import ParameterError
+from imgcluster.head_config import check_flags
 from imgcluster.progress import ProgressFn, Reporter, check_progress, count
 from imgcluster.scale import resume, sources
-from imgcluster.scale.decode import NO_MTIME, decode_batch
 from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_environment
 from imgcluster.scale.engine import import_ray, own_errors, quiet_data_context, ray_session, require_ray
-from imgcluster.scale.sources import Source, open_source
+from imgcluster.scale.sources import NO_MTIME, Source, open_source
 from imgcluster.signals import Interrupted
 from imgcluster.userpath import expand_home
 
@@ -126,6 +127,7 @@ def embed_to_store(
     objects; nothing is printed. A stop (Ctrl-C, SIGTERM) raises :class:`EmbedInterrupted`.
     """
     start = time.monotonic()
+    check_flags(retry_skipped=retry_skipped, follow_symlinks=follow_symlinks)
     source, features_out, weights, manifest = expand_home(source), expand_home(features_out), expand_home(weights), expand_home(manifest)
     check_progress(progress)
     if batch_size is not None and batch_size < 1:
@@ -143,15 +145,19 @@ def embed_to_store(
     if manifest is not None and not sources.manifest_rows(manifest):  # its footers checked before a model is built for nothing
         raise ParameterError(f"the {{manifest}} {manifest} lists no files")  # as a SOURCE that holds no images
     featurestore.check_location(features_out)  # a folder of photos given as the store: said before the model is built
+    summary = StoreSummary(features_out, 0, 0)
+    try:  # a small source is listed before the model is built: one without images is said at once, as on one machine
+        listed = _list_here(src, config)
+    except KeyboardInterrupt as exc:
+        raise EmbedInterrupted(summary, getattr(exc, "signum", signal.SIGINT)) from None
     report.at("model").info(f"loading the model ({model}) ...")
     backbone_name, meta = _describe_model(model, weights, num_gpus, config, report)
     store = featurestore.open_store(features_out, meta)
-    summary = StoreSummary(features_out, 0, 0)
     skipped = {} if retry_skipped else featurestore.skipped_rows(features_out, summary.problems.append)
     spec = ActorSpec(backbone_name, weights, meta.key, meta.dtype, 0, False, 1, crash_from_environment())
     with _Session(config.address, report) as session:
         try:
-            plan = _plan_here(src, config, skipped)
+            plan = None if listed is None else _plan_listed(listed, config, skipped)
             if plan is None:  # too large for this process: list and plan in Ray tasks
                 session.start()
                 plan = _plan_on_ray(src, config, skipped)
@@ -182,9 +188,18 @@ def _describe_model(
     identity = backbone.identity()
     meta = featurestore.FeatureStoreMeta(
         model=name, key=cache_key(identity, "float16", compute), identity=identity, dim=backbone.feature_dim, compute=compute,
-        source=config.source, config=dataclasses.asdict(config),
+        source=_recorded_source(config.source), config=dataclasses.asdict(config),
     )  # fmt: skip
     return name, meta
+
+
+def _recorded_source(source: str) -> str:
+    """The source as the store records it: a local folder as an absolute path, so that its later readers (``assign``'s
+    names and its count of files gone, the CSV's sidecar) find it from any working folder, not another folder of that
+    name there; a URI as given."""
+    import os
+
+    return source if "://" in source else os.path.abspath(source)
 
 
 def _cluster_has_gpus(address: str | None, num_gpus: float | None) -> bool:
@@ -219,46 +234,66 @@ class _Plan:
 
 
 def _plan_here(src: Source, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan | None:
-    """Plan a small job in this process, so a complete store needs no Ray: a manifest of at most
+    """Plan a small job in this process (:func:`_list_here`, then :func:`_plan_listed`); None when it is too large."""
+    listed = _list_here(src, config)
+    return None if listed is None else _plan_listed(listed, config, skipped)
+
+
+@dataclass
+class _Listed:
+    """A small source's listing made in this process, before the model is built; nothing written yet."""
+
+    listing: pa.Table
+    blocks: list[pa.Table]  # the listing's blocks, kept as the manifest of a prefix once the store is open
+    left_out: sources.LeftOut
+
+
+def _list_here(src: Source, config: RayEmbedConfig) -> _Listed | None:
+    """List a small job in this process, so a complete store needs no Ray: a manifest of at most
     LOCAL_PLAN_ROWS rows (counted from its parquet footers), or a source whose top levels,
     listed one folder at a time, end within that many images (and, on object storage, within
     LOCAL_LEVEL_ENTRIES entries a level). None when it is larger, or when it is a prefix that
-    cannot be listed a page at a time (gs://: pyarrow would hold a flat prefix whole here)."""
+    cannot be listed a page at a time (gs://: pyarrow would hold a flat prefix whole here).
+    A source without images is refused here, before the model is built."""
     import pyarrow as pa
 
-    kept = None
-    left_out = sources.LeftOut()
     if config.manifest is not None:
         if sources.manifest_rows(config.manifest) > LOCAL_PLAN_ROWS:
             return None
         listing = sources.read_manifest(config.manifest)
-    else:
-        if not src.relative and not sources.pages_listing(src):
-            return None
-        max_level = None if src.relative else LOCAL_LEVEL_ENTRIES  # a folder's entries are a stream, counted, not requested
-        outside: list[str] = []
-        split = sources.split_listing(
-            src, LOCAL_SPLIT_FOLDERS, config.follow_symlinks, max_files=LOCAL_PLAN_ROWS, max_level=max_level, outside=outside
-        )
-        if not split.complete or split.files_seen > LOCAL_PLAN_ROWS:
-            return None
-        blocks = [block for unit in split.units for block in sources.list_unit(src, unit, config.follow_symlinks, outside=outside)]
-        room = LOCAL_PLAN_ROWS - split.files_seen
-        blocks += sources.list_links(src, split.links, config.follow_symlinks, limit=room, outside=outside)
-        listing = pa.concat_tables([sources.manifest_schema().empty_table(), *blocks])
-        if listing.num_rows > LOCAL_PLAN_ROWS:  # linked folders too large to list here (a link out, with follow_symlinks)
-            return None
-        left_out = sources.LeftOut.of(outside)
-        _check_found(listing.num_rows, src, left_out)
-        if not src.relative:
-            kept = sources.start_manifest(config.features_out)
-            for n, block in enumerate(blocks):
-                sources.write_manifest_part(kept, f"{0:06d}-{n:06d}", block)
-            sources.finish_manifest(kept)
-    planned = resume.plan_table(listing, config.features_out, skipped)
+        return _Listed(listing, [], sources.LeftOut())
+    if not src.relative and not sources.pages_listing(src):
+        return None
+    max_level = None if src.relative else LOCAL_LEVEL_ENTRIES  # a folder's entries are a stream, counted, not requested
+    outside: list[str] = []
+    split = sources.split_listing(
+        src, LOCAL_SPLIT_FOLDERS, config.follow_symlinks, max_files=LOCAL_PLAN_ROWS, max_level=max_level, outside=outside
+    )
+    if not split.complete or split.files_seen > LOCAL_PLAN_ROWS:
+        return None
+    blocks = [block for unit in split.units for block in sources.list_unit(src, unit, config.follow_symlinks, outside=outside)]
+    room = LOCAL_PLAN_ROWS - split.files_seen
+    blocks += sources.list_links(src, split.links, config.follow_symlinks, limit=room, outside=outside)
+    listing = pa.concat_tables([sources.manifest_schema().empty_table(), *blocks])
+    if listing.num_rows > LOCAL_PLAN_ROWS:  # linked folders too large to list here (a link out, with follow_symlinks)
+        return None
+    left_out = sources.LeftOut.of(outside)
+    _check_found(listing.num_rows, src, left_out)
+    return _Listed(listing, [] if src.relative else blocks, left_out)
+
+
+def _plan_listed(listed: _Listed, config: RayEmbedConfig, skipped: resume.SkippedRows) -> _Plan:
+    """The listing against the store, bucket by bucket; a prefix's listing is kept in the store as its manifest."""
+    kept = None
+    if config.manifest is None and listed.blocks:
+        kept = sources.start_manifest(config.features_out)
+        for n, block in enumerate(listed.blocks):
+            sources.write_manifest_part(kept, f"{0:06d}-{n:06d}", block)
+        sources.finish_manifest(kept)
+    planned = resume.plan_table(listed.listing, config.features_out, skipped)
     todo = resume.of_kind(planned, (resume.EMBED,))
     others = resume.of_kind(planned, (resume.SKIPPED, resume.PROBLEM)).to_pylist()
-    return _Plan(listing.num_rows, todo, todo.num_rows, others, kept, left_out)
+    return _Plan(listed.listing.num_rows, todo, todo.num_rows, others, kept, listed.left_out)
 
 
 def list_on_ray(src: Source, config: RayEmbedConfig) -> tuple[Any, int, str | None, sources.LeftOut]:
@@ -477,6 +512,7 @@ def _run(
     from imgcluster.embedding import default_batch_size
     from imgcluster.identity import data_config_of
     from imgcluster.load import decode_timeout
+    from imgcluster.scale.decode import decode_batch  # torch and timm: imported for the work, not for a refusal before it
 
     ray = import_ray()
     from ray.data import ActorPoolStrategy

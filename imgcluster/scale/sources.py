@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 OBJECT_SCHEMES = ("s3://", "gs://", "gcs://")
 LIST_BLOCK_ROWS = 65536  # rows per listing block (and per kept manifest part): about 13 MB of paths
+NO_MTIME = -1  # mtime_ns of a row without one (an object listed by etag), in Ray batches, which hold no nulls
 INCOMPLETE_MARK = "_incomplete"  # in a kept manifest folder while its listing runs; readers refuse it
 
 

@@ -214,18 +214,22 @@ def train_from_store(
     ``choose_k`` and ``train``.
     """
     from imgcluster.atomic import check_writable
-    from imgcluster.estimator import checked_head
-    from imgcluster.head_config import Training
+    from imgcluster.featurestore import read_meta
+    from imgcluster.head_config import Training, check_flags
     from imgcluster.scale.knn import check_knn_options
 
     features, out = expand_home(features), expand_home(out)
     check_progress(progress)
     check_engine(engine, address)
     check_knn_options(knn_threshold, nprobe)
-    estimator = checked_head(Training.of(locals()), device=device, objective_options=objective_options)
+    check_flags(self_label=self_label, uco=uco)
     if out is not None:
         check_head_name(Path(out), "out")  # before the training, not when saving after it
         check_writable(Path(out))
+    read_meta(features)  # no store there: said before torch is imported (the head's checks import it), as a missing FOLDER is
+    from imgcluster.estimator import checked_head
+
+    estimator = checked_head(Training.of(locals()), device=device, objective_options=objective_options)
     with engine_session(engine, address, num_cpus) as tasks:
         with said_when_stopped("reading the training sample", "no head was written; the next run starts again from the store"):
             sample = read_sample(features, train_sample, seed, progress, tasks)

@@ -85,6 +85,48 @@ def test_a_small_folder_with_a_link_to_one_of_its_folders_is_planned_without_ray
     assert sorted(plan.todo.column("path").to_pylist()) == sorted(f"{c}/{p.name}" for c in CLASSES[:2] for p in (folder / c).iterdir())
 
 
+def test_a_source_without_images_is_said_before_the_model_is_built(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """"SOURCE holds no images" came after "loading the model" (seconds of torch and timm); on one machine it comes first."""
+    from imgcluster.errors import ParameterError
+
+    empty = tmp_path / "empty"
+    (empty / "notes").mkdir(parents=True)
+    (empty / "notes" / "readme.txt").write_text("no image here")
+    monkeypatch.setattr(embed_job, "_describe_model", lambda *a, **kw: pytest.fail("the model was built"))
+    events: list[Event] = []
+    with pytest.raises(ParameterError) as info:
+        embed_job.embed_to_store(str(empty), str(tmp_path / "features"), model=MODEL, progress=events.append)
+    assert str(info.value) == f"source {empty} holds no images" and info.value.parameters == ("source",)
+    assert not [e for e in events if "loading the model" in e.message]
+    assert not (tmp_path / "features").exists()  # nothing written either
+    # From the command line, without importing torch (3 s of the 4 it took: the decode tasks' module imported it)
+    import json
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\nfrom imgcluster.cli import app\ntry:\n    app(sys.argv[1:], prog_name='imgcluster')\n"
+        "except SystemExit as exc:\n    print(json.dumps([exc.code, 'torch' in sys.modules]))"
+    )
+    args = ["embed", str(empty), "--engine", "ray", "--features-out", str(tmp_path / "features")]
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.splitlines()[-1]) == [2, False], done.stderr
+    assert done.stderr == f"error: SOURCE {empty} holds no images\n"
+
+
+def test_a_store_records_a_local_source_as_an_absolute_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``embed photos --engine ray`` recorded "photos": assign, run from elsewhere, named and counted files gone against
+    whatever folder of that name was there (or none)."""
+    from imgcluster.progress import Reporter
+
+    monkeypatch.chdir(tmp_path)
+    config = embed_job.RayEmbedConfig("photos", "features")
+    _, meta = embed_job._describe_model(MODEL, None, 0, config, Reporter(None, "embed"))
+    assert meta.source == str(tmp_path / "photos") and meta.config["source"] == "photos"  # the job's options as given
+    _, remote = embed_job._describe_model(MODEL, None, 0, embed_job.RayEmbedConfig("s3://bucket/photos", "f"), Reporter(None, "embed"))
+    assert remote.source == "s3://bucket/photos"
+
+
 @pytest.mark.slow
 def test_same_features_as_one_machine_and_a_complete_store_needs_no_ray(
     local_ray: object, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

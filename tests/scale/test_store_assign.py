@@ -486,3 +486,68 @@ def test_an_int8_store_run_names_as_the_int8_folder_run_without_a_torch_lite0(tm
     assert {name for _, name in named.values()} != {""}
     with pytest.raises(imgcluster.ParameterError, match=r"^runtime must be auto, torch, onnx or onnx-int8, not 'int8'"):
         assign_store(uri, out=scaled, n_clusters=5, runtime="int8")
+
+
+@pytest.mark.parametrize(
+    ("call", "parameter", "value"),
+    [
+        (lambda v, t: assign_store(str(t / "none"), out=t / "x.csv", names=v), "names", "no"),
+        (lambda v, t: assign_store(str(t / "none"), out=t / "x.csv", explain=v), "explain", "false"),
+        (lambda v, t: assign_store(str(t / "none"), out=t / "x.csv", raw_csv=v), "raw_csv", 1),
+        (lambda v, t: assign_store(str(t / "none"), out=t / "x.csv", head=t / "h.safetensors", self_label=v), "self_label", "no"),
+        (lambda v, t: train_from_store(str(t / "none"), uco=v), "uco", "yes"),
+        (lambda v, t: imgcluster.scale.embed_to_store(str(t), str(t / "f"), retry_skipped=v), "retry_skipped", "no"),
+        (lambda v, t: imgcluster.scale.embed_to_store(str(t), str(t / "f"), follow_symlinks=v), "follow_symlinks", 0),
+    ],
+)
+def test_the_store_functions_take_true_or_false_for_on_off_parameters(call: object, parameter: str, value: object, tmp_path: Path) -> None:
+    """``names="no"`` is true to Python: the folder functions refused it, the store's took it (names on, raw cells)."""
+    from imgcluster.errors import ParameterError
+
+    with pytest.raises(ParameterError) as info:
+        call(value, tmp_path)  # type: ignore[operator]
+    assert str(info.value) == f"{parameter} must be True or False, got {value!r}" and info.value.parameters == (parameter,)
+
+
+def test_rows_of_files_deleted_since_the_embed_are_counted_and_said(tmp_path: Path) -> None:
+    """The store keeps the rows of files deleted from its source (a rerun of embed adds, never removes): assign labelled
+    them without a word, and the CSV named files that are gone. Counted when the source is a local folder, and said."""
+    from imagefolders import CLASSES, copy_sample
+    from storefixtures import synthetic_store
+
+    photos = copy_sample(tmp_path / "photos", CLASSES[:2], per_class=4)
+    embeddings = imgcluster.embed(photos, MODEL, cache_dir=tmp_path / "cache", device="cpu", workers=0)
+    uri = store_from_cache(embeddings, str(tmp_path / "features"))
+    gone = sorted(embeddings.paths)[:2]
+    for rel in gone:
+        (photos / rel).unlink()
+    from imgcluster.featurestore import open_store, read_meta
+
+    object_row = "s3://bucket/x.png"  # a manifest may name objects beside the source's files: not counted as gone
+    open_store(uri, read_meta(uri), create=False).write([object_row], [1], [None], ["e"], embeddings.features[:1])
+    result = assign_store(uri, out=tmp_path / "a.csv", n_clusters=2, epochs=2, names=False, device="cpu")
+    said = (
+        f"2 of the 9 rows are of files no longer in {photos} (deleted or moved since they were embedded; e.g. {gone[0]}): "
+        "they are labelled as the store holds them"
+    )
+    assert result.missing_files == 2 and said in result.warnings and result.rows == 9
+    done = runner.invoke(app, ["assign", "--features", uri, "--head", str(result.head), "--out", str(tmp_path / "b.csv"), "--quiet"])
+    assert done.exit_code == 0 and done.stderr == f"warning: {said}\n", done.stderr
+    synthetic = assign_store(synthetic_store(str(tmp_path / "synthetic"), n=200), out=tmp_path / "s.csv", n_clusters=2, epochs=1)
+    assert synthetic.missing_files is None and not [w for w in synthetic.warnings if "no longer in" in w]  # its source: not a folder here
+
+
+@pytest.mark.parametrize("command", [["assign", "--out", "{tmp}/x.csv"], ["train", "-k", "3"]])
+def test_a_missing_store_is_said_before_torch_is_imported(tmp_path: Path, command: list[str]) -> None:
+    """``assign --features nothing`` said "no imgcluster features" after 5.8 s, importing torch for the head first."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import json, sys\nfrom imgcluster.cli import app\ntry:\n    app(sys.argv[1:], prog_name='imgcluster')\n"
+        "except SystemExit as exc:\n    print(json.dumps([exc.code, 'torch' in sys.modules]))"
+    )
+    args = [command[0], "--features", str(tmp_path / "nothing"), *(a.format(tmp=tmp_path) for a in command[1:])]
+    done = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True, text=True, timeout=120)
+    assert json.loads(done.stdout.splitlines()[-1]) == [1, False], done.stderr
+    assert done.stderr == f"error: no imgcluster features at {tmp_path / 'nothing'} (_imgcluster.json not found)\n"
