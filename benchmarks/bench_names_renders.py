@@ -3,8 +3,8 @@
 `make bench-names` names each true class from its 16 members nearest the centre, shown inverted and enlarged
 from 28 to 256 px (the eval transform then crops the middle 224): a blurry object filling the frame, unlike
 ImageNet's product photos. This script shows the classifier the same members rendered otherwise
-(``RENDERS``: the object smaller on a light canvas, on a grey ground, resampled another way, its tones bent
-or stretched, its bounding box filling the frame) and, for ``VARIANTS`` of more than one render, the Lite0
+(``RENDERS``: the object smaller on a light canvas, on a grey ground, resampled another way, blurred or
+sharpened, its tones bent or stretched, its bounding box filling the frame) and, for ``VARIANTS`` of more than one render, the Lite0
 features averaged over them (as ``imgcluster.negatives.view_features`` averages views); and, apart, the same framing
 at a larger input than Lite0's 224 px (``SIZES``: more pixels on the same object). The clusters, their
 members and the folders' own features are the same for every variant; only the pixels the naming pass reads
@@ -106,6 +106,8 @@ RENDERS: dict[str, Render] = {
     "grey-ground": grey_ground(GREY),
     "lanczos": resampled(Image.Resampling.LANCZOS),
     "nearest-blur": resampled(Image.Resampling.NEAREST, 2.0),
+    "bicubic-blur": resampled(Image.Resampling.BICUBIC, 1.0),
+    "sharpened": lambda image: resampled(Image.Resampling.BICUBIC)(image).filter(ImageFilter.UnsharpMask(2, 150, 3)),
     "gamma-0.7": gamma(0.7),
     "gamma-1.4": gamma(1.4),
     "zoom": zoom,
