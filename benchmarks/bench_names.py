@@ -411,10 +411,11 @@ its bounding box filling the crop; Lite0 at a 288 or 320 px input (the same fram
 averaged over plain + canvas 160 + canvas 128, canvas 160 + 128 + 96, plain + canvas 128, plain + bounding box, plain +
 gamma 1.4. None names a sandal, sneaker or trouser right on any folder: the sandals stay `ski`, `oboe` or
 `assault rifle`, the sneakers cutting implements or `hatchet`, the trousers `can opener`. A smaller object is worse,
-not better: at 160 px and below the ankle boots are `hatchet` on every folder, sample_data's bags `combination lock`
-or `binder`, and at 128 and 96 px the T-shirts and pullovers `can opener`, `whistle` or `bulletproof vest` (3 and 1 of
-the 18 counted training names right, against 9); the bounding box filling the crop and the larger inputs lose the
-boots (`hatchet`, `muzzle`) and sample_data's bags (`binder`, `cassette player`) the same way. The renders that keep
+not better: at 192 px and below the ankle boots are `hatchet` on every folder (but the Fashion-MNIST test folder at
+96 px), sample_data's bags `combination lock` or `binder`, and at 128 and 96 px most T-shirts and pullovers `can
+opener`, `whistle` or `bulletproof vest` (3 and 1 of the 18 counted training names right, against 9); the bounding box
+filling the crop and the larger inputs lose the boots (`hatchet`, `muzzle`; at 288 and 320 px all but sample_data's)
+and sample_data's bags (`binder`, `cassette player`) the same way. The renders that keep
 most plain names change no wrong one to a right one: the grey ground (sample_data's bags `combination lock`, the test
 folder's pullovers `hand-held computer`), Lanczos and gamma 0.7 (one draw's ankle boots `muzzle`; 6 of 8 right names
 shown on the training draws), and the
