@@ -397,7 +397,44 @@ verdict on any folder (training draws 4 and 5 of 9, test 6 of 9, sample_data 3 o
 Cost (last table): this round adds no work to the naming pass (the withheld guesses it already computed are said once
 and written to the sidecar); it is measured against main as the round began, in fresh processes, alternating. In round
 20 the pass went from caching class probabilities to caching Lite0's 1280 pooled features (2.8 and 3.1 CPU s against
-3.3 and 3.4, ratio 0.88, load 14-15), with the same forward passes.""".splitlines()
+3.3 and 3.4, ratio 0.88, load 14-15), with the same forward passes.
+
+Round 23, tried and lost: what the classifier is shown (`python benchmarks/bench_names_renders.py`, its tables in
+`results_names_renders.md`; 2026-11-30 16:58-18:03 UTC, 2-core CPU, no GPU, load 2.4-9; round 21's folders and
+caches). Every measure above changes how sure a name is; this round changed the pixels the naming pass reads instead,
+for its 16 members a cluster only (the clusters and the folders' features unchanged), read by `assign`'s rule as is and
+judged as above: the inverted drawing at 192, 160, 128 or 96 px of the 224 px crop, centred on a white canvas (the
+margin of a product shot); at 128 px on a grey (235) ground; the whole drawing on that grey ground; enlarged by Lanczos,
+or by nearest neighbour and a 2 px blur, instead of bicubic; bicubic and a 1 px blur; bicubic and sharpened (unsharp
+mask); its tones at gamma 0.7 and 1.4; its contrast stretched;
+its bounding box filling the crop; Lite0 at a 288 or 320 px input (the same framing, more pixels); and the features
+averaged over plain + canvas 160 + canvas 128, canvas 160 + 128 + 96, plain + canvas 128, plain + bounding box, plain +
+gamma 1.4. None names a sandal, sneaker or trouser right on any folder: the sandals stay `ski`, `oboe` or
+`assault rifle`, the sneakers cutting implements or `hatchet`, the trousers `can opener`. A smaller object is worse,
+not better: at 192 px and below the ankle boots are `hatchet` on every folder (but the Fashion-MNIST test folder at
+96 px), sample_data's bags `combination lock` or `binder`, and at 128 and 96 px most T-shirts and pullovers `can
+opener`, `whistle` or `bulletproof vest` (3 and 1 of the 18 counted training names right, against 9); the bounding box
+filling the crop and the larger inputs lose the boots (`hatchet`, `muzzle`; at 288 and 320 px all but sample_data's)
+and sample_data's bags (`binder`, `cassette player`) the same way. The renders that keep
+most plain names change no wrong one to a right one: the grey ground (sample_data's bags `combination lock`, the test
+folder's pullovers `hand-held computer`), Lanczos and gamma 0.7 (one draw's ankle boots `muzzle`; 6 of 8 right names
+shown on the training draws), and the
+stretched contrast (the same verdicts on the training draws, but sample_data's sandals `assault rifle, ski` at
+likeness 0.164: one more wrong name shown). The nearest miss is plain + gamma 1.4: on the training draws the same names
+and verdicts as plain (9 right and 9 wrong named; 9 right and 1 wrong shown at 0.164, which is again its own cut),
+on sample_data the same verdicts (the T-shirts `jersey, abaya`), and on the Fashion-MNIST test folder one right name
+more shown (the ankle boots' `Loafer`, likeness 0.165, was 0.161) and one right name lost (the dresses `pedestal`, was
+`abaya`; withheld either way), the sandals' `ski` still shown; no better on the training draws, where the bar is set,
+at twice the naming pass's forward passes: not adopted. The only render that names more training classes right is
+the sharpened one (10 of 18, the first draw's dresses `abaya`, was `pedestal`), but it raises the wrong names' likeness
+with the right ones' (the sandals' `ski` 0.164 and 0.161, the trousers' `can opener` 0.161 and 0.157): at 0.164 it
+shows 8 right names on the training draws, one fewer than plain (and withholds sample_data's ankle boots, 0.163), and
+at its own cut, 0.161, it shows 10 right and 2 wrong (the first draw's sandals), and on the Fashion-MNIST test folder
+the trousers' `can opener` (0.163) beside the sandals' `ski`: not adopted. A 1 px blur changes one test name (the
+dresses `pedestal`, withheld either way). Item 2 of the round: the family table already judges a right
+class right (sandal and running shoe are footwear with clog, Loafer and cowboy boot; mailbag, purse, backpack and
+plastic bag are bag; sweatshirt and cardigan are sweater; jersey and jean stand alone, accepted for T-shirts and
+trousers by name), so nothing changed there. No default changed; the tables below are round 21's run.""".splitlines()
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ def test_the_bundled_table_groups_kinds_of_one_thing() -> None:
     assert family_of("sandal") == family_of("cowboy boot") == "footwear"
     assert {"mailbag", "purse", "backpack", "plastic bag"} <= members("mailbag") and family_of("purse") == "bag"
     assert family_of("jersey") == "" and members("jersey") == {"jersey"}  # no family: alone
+    assert members("sweatshirt") == {"sweatshirt", "cardigan"} and members("jean") == {"jean"}  # pullovers; trousers' nearest
     assert family_of("muzzle") == "" and family_of("combination lock") == "lock"  # no catch-all "restraint"
 
 
