@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -13,33 +14,34 @@ from PIL import Image
 
 import imgcluster  # noqa: F401 - before any torch import: sets OpenMP waiting
 
-
-@pytest.fixture(scope="session", autouse=True)
-def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Models exported for ONNX Runtime go to a folder of the session (shared by its tests and
-    their subprocesses), never to the user's ~/.cache."""
-    path = tmp_path_factory.mktemp("models")
-    previous = os.environ.get("IMGCLUSTER_MODEL_CACHE")
-    os.environ["IMGCLUSTER_MODEL_CACHE"] = str(path)
-    yield path
-    if previous is None:
-        os.environ.pop("IMGCLUSTER_MODEL_CACHE", None)
-    else:
-        os.environ["IMGCLUSTER_MODEL_CACHE"] = previous
+# The session's variables are set when pytest starts, before test modules are imported: a module that
+# builds a subprocess environment at import time (test_faults_kill's ENV) must see them too. A session
+# fixture came too late for that one: its runs embedded in int8 (too fast to interrupt where the test
+# meant to) and built the int8 file in the user's ~/.cache.
+_SESSION: dict[str, str | None] = {}
+_MODEL_CACHE: list[str] = []
 
 
-@pytest.fixture(scope="session", autouse=True)
-def torch_runtime() -> Iterator[None]:
-    """Tests embed in torch when they ask for no runtime (``$IMGCLUSTER_RUNTIME=torch``, which their
-    subprocesses inherit): ``auto`` runs EfficientNet-Lite0 in int8 on the CPU, and the tests that are not
-    about the runtime were written for torch's features. Tests of the default ask for :func:`default_runtime`."""
-    previous = os.environ.get("IMGCLUSTER_RUNTIME")
-    os.environ["IMGCLUSTER_RUNTIME"] = "torch"
-    yield
-    if previous is None:
-        os.environ.pop("IMGCLUSTER_RUNTIME", None)
-    else:
-        os.environ["IMGCLUSTER_RUNTIME"] = previous
+def pytest_configure(config: pytest.Config) -> None:
+    """Models exported for ONNX Runtime go to a folder of the session (shared by its tests and their
+    subprocesses), never to the user's ~/.cache; and tests embed in torch when they ask for no runtime
+    (``$IMGCLUSTER_RUNTIME=torch``, which their subprocesses inherit): ``auto`` runs EfficientNet-Lite0 in
+    int8 on the CPU, and the tests that are not about the runtime were written for torch's features. Tests
+    of the default ask for :func:`default_runtime`."""
+    _MODEL_CACHE.append(tempfile.mkdtemp(prefix="imgcluster-models-"))
+    for name, value in (("IMGCLUSTER_MODEL_CACHE", _MODEL_CACHE[0]), ("IMGCLUSTER_RUNTIME", "torch")):
+        _SESSION[name] = os.environ.get(name)
+        os.environ[name] = value
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for name, previous in _SESSION.items():
+        if previous is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = previous
+    for folder in _MODEL_CACHE:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture
