@@ -29,7 +29,7 @@ from imgcluster.atomic import is_stream, stdout_failed, writing_stdout
 from imgcluster.config import DEFAULT_CLUSTERS, DEFAULT_KNN, DEFAULT_OBJECTIVE, TrainConfig
 from imgcluster.errors import ImgclusterError, ParameterError, first_sentences, literal
 from imgcluster.head_config import TRAINING
-from imgcluster.progress import Event, count
+from imgcluster.progress import Event, count, skipped_files
 from imgcluster.scale.limits import DEFAULT_NPROBE, RAY_KNN_THRESHOLD
 from imgcluster.scale.sample import DEFAULT_TRAIN_SAMPLE
 from imgcluster.ui import UI, ProgressTask, one_line
@@ -848,7 +848,7 @@ def embed(
         )  # fmt: skip
         skipped = result.write_skipped(raw_csv=raw_csv)
         if skipped is not None:
-            ui.warn(f"skipped {count(len(result.skipped), 'unreadable file')}; details in {skipped}")
+            ui.warn(f"skipped {skipped_files(reason for _, reason in result.skipped)}; details in {skipped}")
 
 
 def _embed_on_ray(
@@ -868,7 +868,7 @@ def _embed_on_ray(
     if summary.manifest:
         ui.info(f"the listing is kept in {summary.manifest}; pass it as --manifest to skip listing next time")
     if summary.skipped:
-        ui.warn(f"skipped {count(len(summary.skipped), 'unreadable file')}; reasons in {features_out.rstrip('/')}/_skipped/")
+        ui.warn(f"skipped {skipped_files(reason for _, reason in summary.skipped)}; reasons in {features_out.rstrip('/')}/_skipped/")
 
 
 @app.command(

@@ -35,7 +35,7 @@ from imgcluster.models import OFFLINE_MODEL
 from imgcluster.outliers import check_min_confidence
 from imgcluster.outputs import check_head_name, refuse_folder_name, refuse_inputs, refuse_long_names, refuse_stdout
 from imgcluster.preflight import check_inputs, parse_clusters
-from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings
+from imgcluster.progress import ProgressFn, Reporter, check_progress, count, keeping_warnings, skipped_files
 from imgcluster.userpath import expand_home, path_argument
 
 if TYPE_CHECKING:  # torch comes with these: imported once the arguments have been checked
@@ -203,7 +203,7 @@ class Assignment:
         skipped = self.embeddings.write_skipped(beside, raw_csv)
         if skipped is not None:
             self.written["skipped"] = skipped
-            report.warning(f"skipped {count(len(self.embeddings.skipped), 'unreadable file')}; details in {skipped}")
+            report.warning(f"skipped {skipped_files(reason for _, reason in self.embeddings.skipped)}; details in {skipped}")
         if beside is not None:
             self.written["sidecar"] = write_sidecar(sidecar_path(beside), **self.provenance(os.fspath(out), raw_csv))
         if out_path is not None:
@@ -660,7 +660,7 @@ def train_folder(
     )  # fmt: skip
     skipped = embeddings.write_skipped(raw_csv=raw_csv)
     if skipped is not None:
-        Reporter(progress, "embed").warning(f"skipped {count(len(embeddings.skipped), 'unreadable file')}; details in {skipped}")
+        Reporter(progress, "embed").warning(f"skipped {skipped_files(reason for _, reason in embeddings.skipped)}; details in {skipped}")
     from imgcluster.fitting import FittedHead
 
     _finite(embeddings.features)  # scikit-learn's own refusal named neither the features nor the cure

@@ -41,7 +41,7 @@ from imgcluster.load import ImageDecodeError
 from imgcluster.lock import folder_lock
 from imgcluster.onnxruntime_backend import ExportError, ensure_exported, plan_runtime
 from imgcluster.preflight import FolderListing, check_dtype, check_folder, list_folder, outside_links, positive_from_env
-from imgcluster.progress import SAVED, SAVING
+from imgcluster.progress import NOT_CACHED, SAVED, SAVING
 from imgcluster.signals import Interrupted, stops_as_interrupt
 
 FLUSH_EVERY = 512  # images per cache shard: what an interruption can lose at most
@@ -485,7 +485,7 @@ def _embed_into_cache(
             # next run refused as damaged and embedded again, forever: recorded as skipped instead, as a failed decode is.
             refused = unstorable(batch.features, cache.dtype, "the cache")
             for row, why in refused.items():
-                skipped[todo[batch.indices[row]].rel] = f"not cached: {why}"
+                skipped[todo[batch.indices[row]].rel] = f"{NOT_CACHED}{why}"
             for row, i in enumerate(batch.indices):
                 if row in refused:
                     continue

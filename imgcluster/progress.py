@@ -10,7 +10,7 @@ whatever a caller maps them to (the CLI: its flags).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
@@ -73,6 +73,25 @@ def keeping_warnings(progress: ProgressFn | None) -> tuple[ProgressFn, list[str]
 def count(n: int, noun: str) -> str:
     """``1 image``, ``2 images``: messages read as sentences."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+# How a skipped file's reason starts when the file was read but its features could not be kept (the local
+# cache's embedding loop, the embed job's writer; featurestore.unstorable says why): not an unreadable file.
+NOT_CACHED, NOT_STORED = "not cached: ", "not stored: "
+
+
+def skipped_files(reasons: Iterable[str]) -> str:
+    """``3 unreadable files``, ``1 file whose features could not be kept``, or ``3 files (2 unreadable, 1
+    whose features could not be kept)``, from the skipped files' reasons: a file skipped because its
+    features were beyond what the cache holds was counted as unreadable, which it is not."""
+    reasons = list(reasons)
+    kept_out = sum(reason.startswith((NOT_CACHED, NOT_STORED)) for reason in reasons)
+    if not kept_out:
+        return count(len(reasons), "unreadable file")
+    whose = "whose features could not be kept"
+    if kept_out == len(reasons):
+        return f"{count(kept_out, 'file')} {whose}"
+    return f"{count(len(reasons), 'file')} ({len(reasons) - kept_out} unreadable, {kept_out} {whose})"
 
 
 class Reporter:

@@ -254,6 +254,13 @@ def test_features_the_cache_cannot_hold_are_skipped_with_the_reason_and_not_trie
     assert not [w for w in warnings if "damaged" in w]  # the shard holds no infinity to refuse
     assert dict(second.skipped)["white.png"].startswith(why + " (unchanged since it failed on ")
     assert np.array_equal(first.features, second.features)
+    from typer.testing import CliRunner
+
+    from imgcluster.cli import app
+
+    said = CliRunner().invoke(app, ["embed", str(small_folder), "--cache-dir", str(tmp_path / "cli-cache"), "--quiet"])
+    assert said.exit_code == 0, said.output
+    assert "skipped 1 file whose features could not be kept; details in " in said.stderr, said.stderr  # not "unreadable"
 
 
 @pytest.mark.slow

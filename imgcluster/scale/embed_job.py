@@ -33,7 +33,7 @@ import numpy as np
 from imgcluster import featurestore
 from imgcluster.errors import ParameterError
 from imgcluster.head_config import check_flags
-from imgcluster.progress import ProgressFn, Reporter, check_progress, count
+from imgcluster.progress import NOT_STORED, ProgressFn, Reporter, check_progress, count
 from imgcluster.scale import resume, sources
 from imgcluster.scale.embed_actor import ActorSpec, EmbedActor, crash_from_environment
 from imgcluster.scale.engine import import_ray, own_errors, quiet_data_context, ray_session, require_ray
@@ -479,7 +479,7 @@ def write_batch(batch: dict[str, np.ndarray], store: featurestore.FeatureStore) 
     reasons = np.asarray(batch["reason"], dtype=object).copy()
     for row, why in featurestore.unstorable(batch["feature"]).items():
         if reasons[row] == "":
-            reasons[row] = f"not stored: {why}"
+            reasons[row] = f"{NOT_STORED}{why}"
     paths = [str(p) for p in batch["path"]]
     sizes = [int(s) for s in batch["size"]]
     mtimes = [None if int(m) == NO_MTIME else int(m) for m in batch["mtime_ns"]]
